@@ -1,0 +1,684 @@
+//! A typed model of the nats-server configuration natsmesh runs, and its
+//! rendering into the configuration language.
+//!
+//! The model holds only what natsmesh sets; anything else an operator needs
+//! (accounts, authorization, MQTT details) reaches the broker as an `include`
+//! inside a named block. Rendering is a pure function of the model and the
+//! broker version: it refuses, rather than drops, a key the version does not
+//! know (see `version::GATED_KEYS`).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use semver::Version;
+
+use crate::conf::{Block, IncludePath, Value};
+use crate::version;
+
+/// A listening port: a fixed number, or `-1`, which asks nats-server to pick
+/// a free one (used by tests; `0` would mean the default port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Port {
+    /// This port.
+    Fixed(u16),
+    /// A free port chosen by the server.
+    Random,
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Port::Fixed(p) => write!(f, "{p}"),
+            Port::Random => f.write_str("-1"),
+        }
+    }
+}
+
+/// Where a listener binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Listen {
+    /// Bind address.
+    pub host: IpAddr,
+    /// Port.
+    pub port: Port,
+}
+
+impl Listen {
+    /// A listener on `host:port`.
+    pub fn new(host: IpAddr, port: u16) -> Self {
+        Self {
+            host,
+            port: Port::Fixed(port),
+        }
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host {
+            IpAddr::V6(h) => write!(f, "[{h}]:{}", self.port),
+            IpAddr::V4(h) => write!(f, "{h}:{}", self.port),
+        }
+    }
+}
+
+/// A host name or address with a port, as advertised or dialled.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    host: Host,
+    port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+/// Why a `host:port` string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostPortError {
+    /// No `:port` at the end.
+    #[error("{0:?} has no port (expected host:port, IPv6 as [addr]:port)")]
+    NoPort(String),
+    /// Not a number in 1..=65535.
+    #[error("{0:?} has an invalid port (expected 1-65535)")]
+    BadPort(String),
+    /// Neither an IP address nor a DNS name.
+    #[error("{0:?} is neither an IP address nor a DNS host name")]
+    BadHost(String),
+}
+
+impl HostPort {
+    /// Parses `host:port`, `a.b.c.d:port` or `[v6]:port`.
+    pub fn parse(s: &str) -> Result<Self, HostPortError> {
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, p) = rest
+                .split_once("]:")
+                .ok_or_else(|| HostPortError::NoPort(s.to_owned()))?;
+            let ip: IpAddr = h
+                .parse()
+                .map_err(|_| HostPortError::BadHost(s.to_owned()))?;
+            (Host::Ip(ip), p)
+        } else {
+            let (h, p) = s
+                .rsplit_once(':')
+                .ok_or_else(|| HostPortError::NoPort(s.to_owned()))?;
+            if h.contains(':') {
+                // A bare IPv6 address: nats-server would split it wrongly.
+                return Err(HostPortError::BadHost(s.to_owned()));
+            }
+            let host = match h.parse::<IpAddr>() {
+                Ok(ip) => Host::Ip(ip),
+                Err(_) if is_dns_name(h) => Host::Name(h.to_ascii_lowercase()),
+                Err(_) => return Err(HostPortError::BadHost(s.to_owned())),
+            };
+            (host, p)
+        };
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| HostPortError::BadPort(s.to_owned()))?;
+        Ok(Self { host, port })
+    }
+
+    /// From an address and port.
+    pub fn from_ip(ip: IpAddr, port: u16) -> Self {
+        Self {
+            host: Host::Ip(ip),
+            port,
+        }
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The address, when the host is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self.host {
+            Host::Ip(ip) => Some(ip),
+            Host::Name(_) => None,
+        }
+    }
+}
+
+/// Whether `s` is a syntactically valid DNS host name (letters, digits,
+/// hyphens and underscores in dot-separated labels of at most 63 bytes).
+pub fn is_dns_name(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Ip(IpAddr::V6(h)) => write!(f, "[{h}]:{}", self.port),
+            Host::Ip(IpAddr::V4(h)) => write!(f, "{h}:{}", self.port),
+            Host::Name(n) => write!(f, "{n}:{}", self.port),
+        }
+    }
+}
+
+/// Route compression modes (2.10+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// No compression.
+    Off,
+    /// Compress only if the peer asks.
+    Accept,
+    /// S2 fast.
+    S2Fast,
+    /// S2 better.
+    S2Better,
+    /// S2 best.
+    S2Best,
+    /// Chosen by round-trip time.
+    S2Auto,
+}
+
+impl Compression {
+    /// The mode string nats-server reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Off => "off",
+            Compression::Accept => "accept",
+            Compression::S2Fast => "s2_fast",
+            Compression::S2Better => "s2_better",
+            Compression::S2Best => "s2_best",
+            Compression::S2Auto => "s2_auto",
+        }
+    }
+
+    /// Every mode, for error messages and parsing.
+    pub const ALL: [Compression; 6] = [
+        Compression::Off,
+        Compression::Accept,
+        Compression::S2Fast,
+        Compression::S2Better,
+        Compression::S2Best,
+        Compression::S2Auto,
+    ];
+}
+
+/// `jetstream {}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStream {
+    /// Parent of the `jetstream/` directory the server creates.
+    pub store_dir: PathBuf,
+    /// Bytes; never 0 (0 means "dynamic" to nats-server).
+    pub max_memory_store: u64,
+    /// Bytes; never 0.
+    pub max_file_store: u64,
+    /// JetStream domain, for leafnode edges.
+    pub domain: Option<String>,
+}
+
+/// `cluster {}`: the routes of one region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// The cluster name: natsmesh's region.
+    pub name: String,
+    /// Route listener.
+    pub listen: Listen,
+    /// Address other servers dial for implicit routes.
+    pub advertise: Option<HostPort>,
+    /// Do not gossip client URLs to clients.
+    pub no_advertise: bool,
+    /// One URL per server of the region, this one included.
+    pub routes: Vec<HostPort>,
+    /// Route pool size (2.10+).
+    pub pool_size: Option<i64>,
+    /// Route compression (2.10+).
+    pub compression: Option<Compression>,
+    /// Operator's extra settings for this block.
+    pub include: Option<IncludePath>,
+}
+
+/// A remote region in `gateway.gateways`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteGateway {
+    /// The remote region's name.
+    pub name: String,
+    /// Where to dial it.
+    pub urls: Vec<HostPort>,
+}
+
+/// `gateway {}`: links between regions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateway {
+    /// Must equal the cluster name.
+    pub name: String,
+    /// Gateway listener.
+    pub listen: Listen,
+    /// Address other regions dial.
+    pub advertise: Option<HostPort>,
+    /// Explicit remote regions.
+    pub gateways: Vec<RemoteGateway>,
+    /// Operator's extra settings for this block.
+    pub include: Option<IncludePath>,
+}
+
+/// A `leafnodes.remotes` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafRemote {
+    /// Hub URLs.
+    pub urls: Vec<HostPort>,
+    /// Local account bound to the remote.
+    pub account: Option<String>,
+    /// Credentials file.
+    pub credentials: Option<PathBuf>,
+}
+
+/// `leafnodes {}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leafnodes {
+    /// Accepting listener, if this node is a hub.
+    pub listen: Option<Listen>,
+    /// Address leaf nodes dial.
+    pub advertise: Option<HostPort>,
+    /// Outbound connections to hubs.
+    pub remotes: Vec<LeafRemote>,
+    /// Operator's extra settings for this block.
+    pub include: Option<IncludePath>,
+}
+
+/// `mqtt {}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mqtt {
+    /// Listener.
+    pub listen: Listen,
+    /// Operator's extra settings for this block.
+    pub include: Option<IncludePath>,
+}
+
+/// `websocket {}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Websocket {
+    /// Listener.
+    pub listen: Listen,
+    /// Plain-text websocket (nats-server requires TLS otherwise).
+    pub no_tls: bool,
+    /// Operator's extra settings for this block.
+    pub include: Option<IncludePath>,
+}
+
+/// The whole configuration of one nats-server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Permanent, unique server name.
+    pub server_name: String,
+    /// Client listener.
+    pub listen: Listen,
+    /// Client URL advertised to other servers' clients.
+    pub client_advertise: Option<HostPort>,
+    /// Monitoring (HTTP) listener; loopback or private only.
+    pub monitoring: Option<Listen>,
+    /// Where the server writes the ports it took (tests use `Port::Random`).
+    pub ports_file_dir: Option<PathBuf>,
+    /// Timestamps in the log (off under journald, which adds its own).
+    pub logtime: bool,
+    /// Debug logging.
+    pub debug: bool,
+    /// Protocol tracing.
+    pub trace: bool,
+    /// How long a lame-duck drain spreads client closes over (≥ 30 s).
+    pub lame_duck_duration: Duration,
+    /// Wait before the first client is closed (< duration).
+    pub lame_duck_grace_period: Duration,
+    /// `server_tags` (the server lower-cases them).
+    pub tags: Vec<String>,
+    /// `accounts { include ... }`.
+    pub accounts_include: Option<IncludePath>,
+    /// `authorization { include ... }`.
+    pub authorization_include: Option<IncludePath>,
+    /// JetStream, when enabled.
+    pub jetstream: Option<JetStream>,
+    /// Routes, when this node is part of a region.
+    pub cluster: Option<Cluster>,
+    /// Gateways, when the region is part of a supercluster.
+    pub gateway: Option<Gateway>,
+    /// Leafnode listener and remotes.
+    pub leafnodes: Option<Leafnodes>,
+    /// MQTT listener.
+    pub mqtt: Option<Mqtt>,
+    /// Websocket listener.
+    pub websocket: Option<Websocket>,
+}
+
+impl ServerConfig {
+    /// A standalone server with natsmesh's defaults: lame-duck 2m / 10s, no
+    /// JetStream, no cluster.
+    pub fn standalone(server_name: impl Into<String>, listen: Listen) -> Self {
+        Self {
+            server_name: server_name.into(),
+            listen,
+            client_advertise: None,
+            monitoring: None,
+            ports_file_dir: None,
+            logtime: true,
+            debug: false,
+            trace: false,
+            lame_duck_duration: Duration::from_secs(120),
+            lame_duck_grace_period: Duration::from_secs(10),
+            tags: Vec::new(),
+            accounts_include: None,
+            authorization_include: None,
+            jetstream: None,
+            cluster: None,
+            gateway: None,
+            leafnodes: None,
+            mqtt: None,
+            websocket: None,
+        }
+    }
+
+    /// Every include path the config names.
+    pub fn includes(&self) -> Vec<&IncludePath> {
+        [
+            self.accounts_include.as_ref(),
+            self.authorization_include.as_ref(),
+            self.cluster.as_ref().and_then(|c| c.include.as_ref()),
+            self.gateway.as_ref().and_then(|g| g.include.as_ref()),
+            self.leafnodes.as_ref().and_then(|l| l.include.as_ref()),
+            self.mqtt.as_ref().and_then(|m| m.include.as_ref()),
+            self.websocket.as_ref().and_then(|w| w.include.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// A configuration rendered for one broker version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// The version it was rendered for.
+    pub version: Version,
+    /// The value tree (what the classifier compares).
+    pub tree: Block,
+    /// The file text.
+    pub text: String,
+    /// Include files it names, in order.
+    pub includes: Vec<IncludePath>,
+}
+
+/// Why a model could not be rendered for a version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    /// A key this version's parser does not know; rendering it would stop the
+    /// server from starting.
+    #[error("`{key}` needs nats-server {since} or newer; this broker is {version}")]
+    UnsupportedKey {
+        /// Dotted key path.
+        key: String,
+        /// First release that knows it.
+        since: Version,
+        /// The broker's version.
+        version: Version,
+    },
+    /// A path that is not UTF-8 cannot be written into the file.
+    #[error("`{key}`: path {path:?} is not valid UTF-8")]
+    NonUtf8Path {
+        /// Dotted key path.
+        key: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+}
+
+fn path_value(key: &'static str, p: &Path) -> Result<Value, RenderError> {
+    p.to_str()
+        .map(Value::from)
+        .ok_or_else(|| RenderError::NonUtf8Path {
+            key,
+            path: p.to_owned(),
+        })
+}
+
+fn listen_value(l: &Listen) -> Value {
+    Value::Str(l.to_string())
+}
+
+fn size_value(bytes: u64) -> Value {
+    // nats-server stores sizes as int64; clamp rather than wrap.
+    Value::Int(i64::try_from(bytes).unwrap_or(i64::MAX))
+}
+
+fn urls(scheme: &str, hosts: &[HostPort]) -> Value {
+    Value::Array(
+        hosts
+            .iter()
+            .map(|h| Value::Str(format!("{scheme}://{h}")))
+            .collect(),
+    )
+}
+
+/// Starts a block with the operator's include first, so that every key
+/// natsmesh writes after it wins (nats-server keeps the last duplicate).
+fn block_with(include: Option<&IncludePath>) -> Block {
+    let mut b = Block::new();
+    if let Some(i) = include {
+        b.include(i);
+    }
+    b
+}
+
+/// Renders the model for `version`.
+pub fn render(cfg: &ServerConfig, version: &Version) -> Result<Rendered, RenderError> {
+    let tree = to_tree(cfg)?;
+    for key in crate::conf::key_paths(&tree) {
+        if let Some(since) = version::key_since(&key)
+            && version < since
+        {
+            return Err(RenderError::UnsupportedKey {
+                key,
+                since: since.clone(),
+                version: version.clone(),
+            });
+        }
+    }
+    let mut text = String::from(
+        "# Rendered by natsmeshd; every edit is overwritten. Change /etc/natsmesh instead.\n",
+    );
+    text.push_str(&tree.to_file_text());
+    Ok(Rendered {
+        version: version.clone(),
+        includes: cfg.includes().into_iter().cloned().collect(),
+        tree,
+        text,
+    })
+}
+
+fn to_tree(cfg: &ServerConfig) -> Result<Block, RenderError> {
+    let mut top = Block::new();
+    top.set("server_name", cfg.server_name.as_str())
+        .set("listen", listen_value(&cfg.listen))
+        .set_opt(
+            "client_advertise",
+            cfg.client_advertise.as_ref().map(|h| h.to_string()),
+        )
+        .set_opt("http", cfg.monitoring.as_ref().map(listen_value));
+    if let Some(dir) = &cfg.ports_file_dir {
+        top.set("ports_file_dir", path_value("ports_file_dir", dir)?);
+    }
+    top.set("logtime", cfg.logtime)
+        .set("debug", cfg.debug)
+        .set("trace", cfg.trace)
+        .set("lame_duck_duration", cfg.lame_duck_duration)
+        .set("lame_duck_grace_period", cfg.lame_duck_grace_period);
+    if !cfg.tags.is_empty() {
+        top.set("server_tags", cfg.tags.clone());
+    }
+    if let Some(inc) = &cfg.accounts_include {
+        top.set("accounts", block_with(Some(inc)));
+    }
+    if let Some(inc) = &cfg.authorization_include {
+        top.set("authorization", block_with(Some(inc)));
+    }
+    if let Some(js) = &cfg.jetstream {
+        let mut b = Block::new();
+        b.set(
+            "store_dir",
+            path_value("jetstream.store_dir", &js.store_dir)?,
+        )
+        .set("max_memory_store", size_value(js.max_memory_store))
+        .set("max_file_store", size_value(js.max_file_store))
+        .set_opt("domain", js.domain.clone());
+        top.set("jetstream", b);
+    }
+    if let Some(c) = &cfg.cluster {
+        let mut b = block_with(c.include.as_ref());
+        b.set("name", c.name.as_str())
+            .set("listen", listen_value(&c.listen))
+            .set_opt("advertise", c.advertise.as_ref().map(|h| h.to_string()));
+        if c.no_advertise {
+            b.set("no_advertise", true);
+        }
+        b.set("routes", urls("nats-route", &c.routes))
+            .set_opt("pool_size", c.pool_size)
+            .set_opt("compression", c.compression.map(|m| m.as_str()));
+        top.set("cluster", b);
+    }
+    if let Some(g) = &cfg.gateway {
+        let mut b = block_with(g.include.as_ref());
+        b.set("name", g.name.as_str())
+            .set("listen", listen_value(&g.listen))
+            .set_opt("advertise", g.advertise.as_ref().map(|h| h.to_string()));
+        if !g.gateways.is_empty() {
+            let remotes = g
+                .gateways
+                .iter()
+                .map(|r| {
+                    let mut rb = Block::new();
+                    rb.set("name", r.name.as_str())
+                        .set("urls", urls("nats", &r.urls));
+                    Value::Block(rb)
+                })
+                .collect();
+            b.set("gateways", Value::Array(remotes));
+        }
+        top.set("gateway", b);
+    }
+    if let Some(l) = &cfg.leafnodes {
+        let mut b = block_with(l.include.as_ref());
+        b.set_opt("listen", l.listen.as_ref().map(listen_value))
+            .set_opt("advertise", l.advertise.as_ref().map(|h| h.to_string()));
+        if !l.remotes.is_empty() {
+            let mut remotes = Vec::new();
+            for r in &l.remotes {
+                let mut rb = Block::new();
+                rb.set("urls", urls("nats-leaf", &r.urls))
+                    .set_opt("account", r.account.clone());
+                if let Some(c) = &r.credentials {
+                    rb.set(
+                        "credentials",
+                        path_value("leafnodes.remotes.credentials", c)?,
+                    );
+                }
+                remotes.push(Value::Block(rb));
+            }
+            b.set("remotes", Value::Array(remotes));
+        }
+        top.set("leafnodes", b);
+    }
+    if let Some(m) = &cfg.mqtt {
+        let mut b = block_with(m.include.as_ref());
+        b.set("listen", listen_value(&m.listen));
+        top.set("mqtt", b);
+    }
+    if let Some(w) = &cfg.websocket {
+        let mut b = block_with(w.include.as_ref());
+        b.set("listen", listen_value(&w.listen));
+        if w.no_tls {
+            b.set("no_tls", true);
+        }
+        top.set("websocket", b);
+    }
+    Ok(top)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn host_port_parsing() {
+        assert_eq!(
+            HostPort::parse("[::1]:6222").map(|h| h.to_string()),
+            Ok("[::1]:6222".into())
+        );
+        assert_eq!(
+            HostPort::parse("N1.Example.com:6222").map(|h| h.to_string()),
+            Ok("n1.example.com:6222".into())
+        );
+        assert!(matches!(
+            HostPort::parse("::1:6222"),
+            Err(HostPortError::BadHost(_))
+        ));
+        assert!(matches!(
+            HostPort::parse("h:0"),
+            Err(HostPortError::BadPort(_))
+        ));
+        assert!(matches!(
+            HostPort::parse("h"),
+            Err(HostPortError::NoPort(_))
+        ));
+        assert!(matches!(
+            HostPort::parse("a b:1"),
+            Err(HostPortError::BadHost(_))
+        ));
+        assert!(matches!(
+            HostPort::parse("h\":1"),
+            Err(HostPortError::BadHost(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_keys_the_version_does_not_know() {
+        let mut cfg = ServerConfig::standalone("n1", Listen::new(LOCAL, 4222));
+        cfg.cluster = Some(Cluster {
+            name: "fra1".into(),
+            listen: Listen::new(LOCAL, 6222),
+            advertise: None,
+            no_advertise: false,
+            routes: vec![HostPort::from_ip(LOCAL, 6222)],
+            pool_size: Some(3),
+            compression: None,
+            include: None,
+        });
+        let err = render(&cfg, &Version::new(2, 9, 10)).expect_err("2.9.10 lacks pool_size");
+        assert_eq!(
+            err.to_string(),
+            "`cluster.pool_size` needs nats-server 2.10.0 or newer; this broker is 2.9.10"
+        );
+        let ok = render(&cfg, &Version::new(2, 10, 0)).expect("2.10 knows pool_size");
+        assert!(ok.text.contains("pool_size: 3"));
+    }
+
+    #[test]
+    fn ipv6_listeners_are_quoted() {
+        let cfg = ServerConfig::standalone(
+            "n1",
+            Listen::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 4222),
+        );
+        let r = render(&cfg, &Version::new(2, 9, 10)).expect("renders");
+        assert!(r.text.contains("listen: \"[::1]:4222\""), "{}", r.text);
+    }
+}
