@@ -354,6 +354,29 @@ mod tests {
     }
 
     #[test]
+    fn include_content_is_part_of_the_config() {
+        use crate::conf::IncludePath;
+        use crate::model::{Listen, ServerConfig, render};
+        let dir = std::env::temp_dir().join(format!("natsmesh-classify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let inc = dir.join("accounts.conf");
+        std::fs::write(&inc, "A: {}\n").expect("write include");
+        let mut cfg = ServerConfig::standalone("n1", Listen::new([127, 0, 0, 1].into(), 4222));
+        cfg.accounts_include = Some(IncludePath::new(&inc).expect("include path"));
+        let r = render(&cfg, &Version::new(2, 9, 10), &dir).expect("renders");
+        let before = Snapshot::capture(&r);
+        assert_eq!(
+            classify(&before, &Snapshot::capture(&r)).action,
+            Action::Nothing
+        );
+        std::fs::write(&inc, "A: {}\nB: {}\n").expect("rewrite include");
+        let d = classify(&before, &Snapshot::capture(&r));
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(d.action, Action::Reload);
+        assert_eq!(d.changes[0].key, "accounts.include");
+    }
+
+    #[test]
     fn unknown_keys_restart() {
         assert_eq!(
             judge_at("max_pending", "1", "2", (2, 15, 1)),

@@ -16,7 +16,11 @@
 //! - durations must be Go duration strings (`lame_duck_duration` refuses an
 //!   integer, and an unquoted `2m` is the number 2000000), so they are quoted;
 //! - `include` takes its path raw, without escape processing, so an include
-//!   path is a checked type that cannot hold a quote or a backslash.
+//!   path is a checked type that cannot hold a quote or a backslash;
+//! - nats-server joins every include path to the directory of the including
+//!   file, even an absolute one (`/etc/x` from `/var/lib/natsmesh` opens
+//!   `/var/lib/natsmesh/etc/x`), so includes are written relative to the
+//!   directory the rendered file lives in.
 //!
 //! Keys are `&'static str`: every key natsmesh writes is a literal in this
 //! crate, so no input can become a key.
@@ -96,10 +100,14 @@ impl Block {
         })
     }
 
-    /// Writes the block as the top level of a configuration file.
-    pub fn to_file_text(&self) -> String {
+    /// Writes the block as the top level of a configuration file that will
+    /// live in the absolute directory `file_dir`.
+    pub fn to_file_text(&self, file_dir: &Path) -> String {
         let mut out = String::new();
-        write_entries(&mut out, self, 0);
+        let w = Writer {
+            up: up_to_root(file_dir),
+        };
+        w.entries(&mut out, self, 0);
         out
     }
 }
@@ -229,26 +237,67 @@ fn indent(out: &mut String, level: usize) {
     }
 }
 
-fn write_entries(out: &mut String, block: &Block, level: usize) {
-    for entry in &block.entries {
-        indent(out, level);
-        match entry {
-            Entry::Pair(key, value) => {
-                out.push_str(key);
-                out.push_str(": ");
-                write_value(out, value, level);
+/// `../` repeated once per component of `dir`, leading from `dir` to `/`.
+fn up_to_root(dir: &Path) -> String {
+    dir.components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .map(|_| "../")
+        .collect()
+}
+
+/// Writes blocks for a file in a given directory.
+struct Writer {
+    /// Prefix that turns an absolute include path into one relative to the
+    /// rendered file's directory.
+    up: String,
+}
+
+impl Writer {
+    fn entries(&self, out: &mut String, block: &Block, level: usize) {
+        for entry in &block.entries {
+            indent(out, level);
+            match entry {
+                Entry::Pair(key, value) => {
+                    out.push_str(key);
+                    out.push_str(": ");
+                    self.value(out, value, level);
+                }
+                Entry::Include(path) => {
+                    out.push_str("include \"");
+                    out.push_str(&self.up);
+                    out.push_str(path.as_str().trim_start_matches('/'));
+                    out.push('"');
+                }
             }
-            Entry::Include(path) => {
-                out.push_str("include \"");
-                out.push_str(path.as_str());
-                out.push('"');
-            }
+            out.push('\n');
         }
-        out.push('\n');
+    }
+
+    fn value(&self, out: &mut String, value: &Value, level: usize) {
+        match value {
+            Value::Block(block) => {
+                out.push_str("{\n");
+                self.entries(out, block, level + 1);
+                indent(out, level);
+                out.push('}');
+            }
+            Value::Array(items) if items.iter().any(|v| matches!(v, Value::Block(_))) => {
+                out.push_str("[\n");
+                for item in items {
+                    indent(out, level + 1);
+                    self.value(out, item, level + 1);
+                    out.push('\n');
+                }
+                indent(out, level);
+                out.push(']');
+            }
+            other => write_scalar(out, other),
+        }
     }
 }
 
-fn write_value(out: &mut String, value: &Value, level: usize) {
+/// Writes a value that holds no include (scalars and arrays of scalars).
+fn write_scalar(out: &mut String, value: &Value) {
     match value {
         Value::Str(s) => out.push_str(&quote(s)),
         Value::Int(n) => {
@@ -257,33 +306,27 @@ fn write_value(out: &mut String, value: &Value, level: usize) {
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Duration(d) => out.push_str(&quote(&go_duration(*d))),
         Value::Array(items) => {
-            let nested = items
-                .iter()
-                .any(|v| matches!(v, Value::Block(_) | Value::Array(_)));
-            if nested {
-                out.push_str("[\n");
-                for item in items {
-                    indent(out, level + 1);
-                    write_value(out, item, level + 1);
-                    out.push('\n');
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
                 }
-                indent(out, level);
-                out.push(']');
-            } else {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    write_value(out, item, level);
-                }
-                out.push(']');
+                write_scalar(out, item);
             }
+            out.push(']');
         }
         Value::Block(block) => {
-            out.push_str("{\n");
-            write_entries(out, block, level + 1);
-            indent(out, level);
+            // Only reached for a block inside an array of scalars, which the
+            // model never builds; write it flat rather than lose it.
+            out.push_str("{ ");
+            for e in &block.entries {
+                if let Entry::Pair(k, v) = e {
+                    out.push_str(k);
+                    out.push_str(": ");
+                    write_scalar(out, v);
+                    out.push_str("; ");
+                }
+            }
             out.push('}');
         }
     }
@@ -305,7 +348,7 @@ fn flatten_into(out: &mut Vec<(String, String)>, prefix: &str, block: &Block) {
             }
             Entry::Pair(key, value) => {
                 let mut text = String::new();
-                write_value(&mut text, value, 0);
+                Writer { up: String::new() }.value(&mut text, value, 0);
                 out.push((join(prefix, key), text));
             }
             Entry::Include(path) => {
@@ -389,11 +432,11 @@ mod tests {
             .set("lame_duck_duration", Duration::from_secs(30))
             .set("cluster", cluster)
             .set("gateways", Value::Array(vec![Value::Block(gw)]));
-        let text = top.to_file_text();
+        let text = top.to_file_text(Path::new("/var/lib/natsmesh"));
         assert_eq!(
             text,
             "server_name: \"yes\"\nport: 4222\ndebug: false\nlame_duck_duration: \"30s\"\n\
-             cluster: {\n  include \"/etc/x.conf\"\n  name: \"a\"\n  routes: [\"nats-route://[::1]:6222\"]\n}\n\
+             cluster: {\n  include \"../../../etc/x.conf\"\n  name: \"a\"\n  routes: [\"nats-route://[::1]:6222\"]\n}\n\
              gateways: [\n  {\n    name: \"b\"\n    urls: [\"nats://h:7222\"]\n  }\n]\n"
         );
         let paths = key_paths(&top);

@@ -477,8 +477,13 @@ fn block_with(include: Option<&IncludePath>) -> Block {
     b
 }
 
-/// Renders the model for `version`.
-pub fn render(cfg: &ServerConfig, version: &Version) -> Result<Rendered, RenderError> {
+/// Renders the model for `version`, as a file that will be written into the
+/// absolute directory `file_dir` (include paths are relative to it).
+pub fn render(
+    cfg: &ServerConfig,
+    version: &Version,
+    file_dir: &Path,
+) -> Result<Rendered, RenderError> {
     let tree = to_tree(cfg)?;
     for key in crate::conf::key_paths(&tree) {
         if let Some(since) = version::key_since(&key)
@@ -494,7 +499,7 @@ pub fn render(cfg: &ServerConfig, version: &Version) -> Result<Rendered, RenderE
     let mut text = String::from(
         "# Rendered by natsmeshd; every edit is overwritten. Change /etc/natsmesh instead.\n",
     );
-    text.push_str(&tree.to_file_text());
+    text.push_str(&tree.to_file_text(file_dir));
     Ok(Rendered {
         version: version.clone(),
         includes: cfg.includes().into_iter().cloned().collect(),
@@ -663,12 +668,14 @@ mod tests {
             compression: None,
             include: None,
         });
-        let err = render(&cfg, &Version::new(2, 9, 10)).expect_err("2.9.10 lacks pool_size");
+        let err = render(&cfg, &Version::new(2, 9, 10), Path::new("/"))
+            .expect_err("2.9.10 lacks pool_size");
         assert_eq!(
             err.to_string(),
             "`cluster.pool_size` needs nats-server 2.10.0 or newer; this broker is 2.9.10"
         );
-        let ok = render(&cfg, &Version::new(2, 10, 0)).expect("2.10 knows pool_size");
+        let ok =
+            render(&cfg, &Version::new(2, 10, 0), Path::new("/")).expect("2.10 knows pool_size");
         assert!(ok.text.contains("pool_size: 3"));
     }
 
@@ -678,7 +685,7 @@ mod tests {
             "n1",
             Listen::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 4222),
         );
-        let r = render(&cfg, &Version::new(2, 9, 10)).expect("renders");
+        let r = render(&cfg, &Version::new(2, 9, 10), Path::new("/")).expect("renders");
         assert!(r.text.contains("listen: \"[::1]:4222\""), "{}", r.text);
     }
 }

@@ -27,7 +27,8 @@ pub fn base(dir: &Path) -> ServerConfig {
 
 /// Renders for `version` and writes the file; panics on a render error.
 pub fn write(cfg: &ServerConfig, version: &str, path: &Path) -> Rendered {
-    let r = render(cfg, &semver(version)).unwrap_or_else(|e| panic!("render for {version}: {e}"));
+    let r = render(cfg, &semver(version), path.parent().unwrap())
+        .unwrap_or_else(|e| panic!("render for {version}: {e}"));
     std::fs::write(path, &r.text).unwrap();
     r
 }
