@@ -1,1 +1,20 @@
+//! natsmeshd: turns a machine into a member of a secure, multi-region NATS
+//! supercluster by running the real nats-server as a careful operator would.
+//!
+//! `main.rs` only parses the command line; everything else is here so tests
+//! can call it.
+#![forbid(unsafe_code)]
 
+pub mod config;
+pub mod prepare;
+pub mod run;
+
+/// Exit code for a configuration problem (`check` and refused starts).
+pub const EXIT_CONFIG: i32 = 2;
+/// Exit code for a runtime failure.
+pub const EXIT_FAILURE: i32 = 1;
+
+/// Whether this process was started by systemd as a service.
+pub fn under_systemd() -> bool {
+    std::env::var_os("INVOCATION_ID").is_some()
+}

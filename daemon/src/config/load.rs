@@ -1,0 +1,380 @@
+//! Finding, parsing and merging the main file and its drop-ins.
+//!
+//! The main file (`natsmesh.toml`) is read first, then every `*.toml` in the
+//! drop-in directory next to it (`natsmesh.d/`) in lexical order; a later
+//! file overrides a key set by an earlier one, tables merge key by key, and
+//! arrays are replaced whole. Each file is checked on its own first, so a
+//! syntax error, an unknown key or a wrong type names the file, line and
+//! column where it is written; the merge remembers where every effective
+//! value came from, for `--explain` and for later errors.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+use toml::{Spanned, Table, Value};
+
+use super::problem::{Location, Problem, Problems, Source};
+use super::schema::RawConfig;
+
+/// The packaged main file.
+pub const DEFAULT_PATH: &str = "/etc/natsmesh/natsmesh.toml";
+
+/// The embedded default, used when there is no configuration at all.
+pub const EMBEDDED: &str = include_str!("embedded-default.toml");
+
+/// One segment of a key path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Seg {
+    /// A table key.
+    Key(String),
+    /// An array index.
+    Index(usize),
+}
+
+/// A dotted key path such as `broker.gateway.remotes[0].name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyPath(pub Vec<Seg>);
+
+impl KeyPath {
+    fn child(&self, seg: Seg) -> Self {
+        let mut v = self.0.clone();
+        v.push(seg);
+        Self(v)
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                Seg::Key(k) if i == 0 => f.write_str(k)?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where each effective value was written.
+#[derive(Debug, Clone, Default)]
+pub struct Origins(BTreeMap<String, Location>);
+
+impl Origins {
+    /// The location of `key` (dotted form), if a file set it.
+    pub fn get(&self, key: &str) -> Option<&Location> {
+        self.0.get(key)
+    }
+
+    /// Every (key, location) pair.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Location)> {
+        self.0.iter()
+    }
+}
+
+/// Which files make up the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sources {
+    /// The main file (if present) and drop-ins, in merge order.
+    Files {
+        /// The main file path (may be absent when only drop-ins exist).
+        main: PathBuf,
+        /// Files to merge, in order.
+        files: Vec<PathBuf>,
+    },
+    /// No configuration anywhere: the embedded default.
+    Embedded,
+}
+
+/// The drop-in directory for a main file: `natsmesh.toml` → `natsmesh.d/`.
+pub fn dropin_dir(main: &Path) -> PathBuf {
+    let stem = main
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "natsmesh".into());
+    main.with_file_name(format!("{stem}.d"))
+}
+
+/// Finds the files. With `explicit`, that file must exist; without, the
+/// packaged path is used and its absence (with no drop-ins either) means
+/// "embedded default".
+pub fn discover(explicit: Option<&Path>) -> Result<Sources, Problem> {
+    let main = explicit.map_or_else(|| PathBuf::from(DEFAULT_PATH), Path::to_path_buf);
+    let dir = dropin_dir(&main);
+    let mut dropins: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return Err(Problem {
+                location: None,
+                key: None,
+                message: format!("cannot read drop-in directory {}: {e}", dir.display()),
+            });
+        }
+    };
+    // Lexical order of the file names, byte-wise, as systemd does.
+    dropins.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    let main_exists = main.exists();
+    if explicit.is_some() && !main_exists {
+        return Err(Problem {
+            location: None,
+            key: None,
+            message: format!("config file {} does not exist", main.display()),
+        });
+    }
+    if !main_exists && dropins.is_empty() {
+        return Ok(Sources::Embedded);
+    }
+    let mut files = Vec::new();
+    if main_exists {
+        files.push(main.clone());
+    }
+    files.extend(dropins);
+    Ok(Sources::Files { main, files })
+}
+
+/// The merged configuration with the origin of every value.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The merged raw configuration (defaults filled in).
+    pub raw: RawConfig,
+    /// Where each value set by a file came from.
+    pub origins: Origins,
+    /// Whether this is the embedded default.
+    pub embedded: bool,
+    /// The files merged, in order.
+    pub files: Vec<Source>,
+}
+
+/// Reads, checks and merges `sources`. Every file is checked even when an
+/// earlier one has problems, so one run lists them all.
+pub fn load(sources: &Sources) -> Result<Loaded, Problems> {
+    let inputs: Vec<(Source, Result<String, Problem>)> = match sources {
+        Sources::Embedded => vec![(Source::Embedded, Ok(EMBEDDED.to_owned()))],
+        Sources::Files { files, .. } => files
+            .iter()
+            .map(|p| {
+                let src = Source::File(p.clone());
+                let text = std::fs::read_to_string(p).map_err(|e| Problem {
+                    location: None,
+                    key: None,
+                    message: format!("cannot read {}: {e}", p.display()),
+                });
+                (src, text)
+            })
+            .collect(),
+    };
+
+    let mut problems = Vec::new();
+    let mut merged = Table::new();
+    let mut origins = Origins::default();
+    for (source, text) in &inputs {
+        let text = match text {
+            Ok(t) => t,
+            Err(p) => {
+                problems.push(p.clone());
+                continue;
+            }
+        };
+        match check_file(source, text) {
+            Ok((table, file_origins)) => {
+                merge(&mut merged, table, &mut origins, file_origins);
+            }
+            Err(mut ps) => problems.append(&mut ps),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Problems(problems));
+    }
+    let raw: RawConfig = Value::Table(merged)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            Problems(vec![Problem {
+                location: None,
+                key: None,
+                message: format!("merged configuration: {}", e.message()),
+            }])
+        })?;
+    Ok(Loaded {
+        raw,
+        origins,
+        embedded: matches!(sources, Sources::Embedded),
+        files: inputs.into_iter().map(|(s, _)| s).collect(),
+    })
+}
+
+type FileOrigins = Vec<(KeyPath, Location)>;
+
+/// A value in one file: its path, the byte range from its key to the end of
+/// its value, and whether it is a table.
+struct Entry {
+    path: KeyPath,
+    range: std::ops::Range<usize>,
+    is_table: bool,
+}
+
+/// Checks one file: syntax, then schema (every unknown key and wrong type),
+/// and returns its table and the location of each value.
+fn check_file(source: &Source, text: &str) -> Result<(Table, FileOrigins), Vec<Problem>> {
+    let doc = DeTable::parse(text).map_err(|e| vec![syntax_problem(source, text, &e)])?;
+    let mut entries = Vec::new();
+    collect_table(&KeyPath::default(), doc.get_ref(), &mut entries);
+
+    // serde stops at the first error. To report every unknown key and wrong
+    // type in one run, blank the offending `key = value` (keeping newlines,
+    // so every later position is unchanged) and try again. Only leaves are
+    // blanked, and only when the result still parses; otherwise stop there.
+    let mut masked = text.to_owned();
+    let mut problems = Vec::new();
+    for _ in 0..=entries.len() {
+        let Err(err) = toml::from_str::<RawConfig>(&masked) else {
+            break;
+        };
+        let entry = err.span().and_then(|s| innermost(&entries, s.start));
+        problems.push(Problem {
+            location: err.span().map(|s| Location::at(source, text, s.start)),
+            key: entry.map(|e| e.path.to_string()),
+            message: friendly(err.message()),
+        });
+        let Some(entry) = entry.filter(|e| !e.is_table) else {
+            break;
+        };
+        let candidate = blank(&masked, entry.range.clone());
+        if DeTable::parse(&candidate).is_err() {
+            break;
+        }
+        masked = candidate;
+    }
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| p.location.as_ref().map(|l| (l.line, l.column)));
+        return Err(problems);
+    }
+    let table: Table = toml::from_str(text).map_err(|e| vec![syntax_problem(source, text, &e)])?;
+    let origins = entries
+        .into_iter()
+        .map(|e| (e.path, Location::at(source, text, e.range.start)))
+        .collect();
+    Ok((table, origins))
+}
+
+/// `text` with `range` replaced by spaces, newlines kept.
+fn blank(text: &str, range: std::ops::Range<usize>) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, c) in text.char_indices() {
+        if range.contains(&i) && c != '\n' {
+            for _ in 0..c.len_utf8() {
+                out.push(' ');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn syntax_problem(source: &Source, text: &str, e: &toml::de::Error) -> Problem {
+    Problem {
+        location: e.span().map(|s| Location::at(source, text, s.start)),
+        key: None,
+        message: format!("syntax error: {}", e.message().trim()),
+    }
+}
+
+fn collect_table(prefix: &KeyPath, table: &DeTable<'_>, out: &mut Vec<Entry>) {
+    for (k, v) in table.iter() {
+        let path = prefix.child(Seg::Key(k.get_ref().to_string()));
+        let start = k.span().start.min(v.span().start);
+        let end = k.span().end.max(v.span().end);
+        collect_value(path, start..end, v, out);
+    }
+}
+
+fn collect_value(
+    path: KeyPath,
+    range: std::ops::Range<usize>,
+    v: &Spanned<DeValue<'_>>,
+    out: &mut Vec<Entry>,
+) {
+    out.push(Entry {
+        path: path.clone(),
+        range,
+        is_table: v.get_ref().is_table(),
+    });
+    match v.get_ref() {
+        DeValue::Table(t) => collect_table(&path, t, out),
+        DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                collect_value(path.child(Seg::Index(i)), item.span(), item, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The deepest entry whose range contains `offset`.
+fn innermost(entries: &[Entry], offset: usize) -> Option<&Entry> {
+    entries
+        .iter()
+        .filter(|e| e.range.contains(&offset))
+        .max_by_key(|e| e.path.0.len())
+}
+
+/// Rewrites serde's messages into the words an operator reads, adding the
+/// closest valid key to an unknown one.
+fn friendly(msg: &str) -> String {
+    let msg = msg.trim();
+    if let Some(rest) = msg.strip_prefix("unknown field `")
+        && let Some((name, tail)) = rest.split_once('`')
+    {
+        let allowed: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+        let suggestion = allowed
+            .iter()
+            .map(|a| (strsim::jaro_winkler(name, a), *a))
+            .filter(|(score, _)| *score >= 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, a)| format!("; did you mean `{a}`?"))
+            .unwrap_or_default();
+        let list = if allowed.is_empty() {
+            "no keys are allowed here".to_owned()
+        } else {
+            format!("allowed: {}", allowed.join(", "))
+        };
+        return format!("unknown key `{name}`{suggestion} ({list})");
+    }
+    if let Some(rest) = msg.strip_prefix("unknown variant `")
+        && let Some((name, tail)) = rest.split_once('`')
+    {
+        let allowed: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+        return format!("unknown value `{name}` (allowed: {})", allowed.join(", "));
+    }
+    msg.to_owned()
+}
+
+/// Merges `table` (one file) into `merged`, recording origins.
+fn merge(merged: &mut Table, table: Table, origins: &mut Origins, file: FileOrigins) {
+    deep_merge(merged, table);
+    for (path, loc) in file {
+        let key = path.to_string();
+        // A later file replaces an array whole: forget the old elements.
+        let elem_prefix = format!("{key}[");
+        origins.0.retain(|k, _| !k.starts_with(&elem_prefix));
+        origins.0.insert(key, loc);
+    }
+}
+
+fn deep_merge(into: &mut Table, from: Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(Value::Table(a)), Value::Table(b)) => deep_merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The TOML schema of `/etc/natsmesh/natsmesh.toml` and its drop-ins, with
+//! every default in one place.
+//!
+//! These structs are the *input*: they only know shapes and defaults. What
+//! a value means, and whether it is allowed, is decided in `validate`. Every
+//! table refuses unknown keys, so a typo is an error, not a silent default.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::{Size, Span};
+
+/// The whole file (and every drop-in).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// Who this node is.
+    pub node: RawNode,
+    /// The nats-server natsmesh runs.
+    pub broker: RawBroker,
+}
+
+/// Where natsmesh learns its identity from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Everything from this file.
+    #[default]
+    None,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawNode {
+    /// natsmesh's region label: the cluster name, the gateway name and the
+    /// DNS label at once. Required.
+    pub region: Option<String>,
+    /// Identity source.
+    pub provider: Provider,
+    /// Permanent server name (`provider = "none"`); defaults to the host name.
+    pub name: Option<String>,
+}
+
+/// `[broker]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawBroker {
+    /// nats-server binary: a path, or a name looked up in `PATH`.
+    pub binary: PathBuf,
+    /// State directory (rendered config, JetStream store). Default:
+    /// `$STATE_DIRECTORY` under systemd, else `/var/lib/natsmesh`; the
+    /// embedded default uses a per-user directory.
+    pub state_dir: Option<PathBuf>,
+    /// Lame-duck drain length (nats-server minimum 30s).
+    pub lame_duck_duration: Span,
+    /// Wait before lame duck starts closing clients (< duration).
+    pub lame_duck_grace_period: Span,
+    /// `server_tags`.
+    pub tags: Vec<String>,
+    /// Broker debug logging.
+    pub debug: bool,
+    /// Broker protocol tracing (very verbose).
+    pub trace: bool,
+    /// Client listener.
+    pub client: RawClient,
+    /// Monitoring (HTTP) listener.
+    pub monitoring: RawMonitoring,
+    /// JetStream.
+    pub jetstream: RawJetStream,
+    /// Routes inside the region.
+    pub cluster: RawCluster,
+    /// Gateways between regions.
+    pub gateway: RawGateway,
+    /// Leafnode listener and remotes.
+    pub leafnodes: RawLeafnodes,
+    /// MQTT listener.
+    pub mqtt: RawMqtt,
+    /// Websocket listener.
+    pub websocket: RawWebsocket,
+    /// Extra nats-server settings, each included inside its named block.
+    pub include: RawIncludes,
+}
+
+const ANY_V4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+const LOOPBACK_V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+impl Default for RawBroker {
+    fn default() -> Self {
+        Self {
+            binary: PathBuf::from("nats-server"),
+            state_dir: None,
+            lame_duck_duration: Span(Duration::from_secs(120)),
+            lame_duck_grace_period: Span(Duration::from_secs(10)),
+            tags: Vec::new(),
+            debug: false,
+            trace: false,
+            client: RawClient::default(),
+            monitoring: RawMonitoring::default(),
+            jetstream: RawJetStream::default(),
+            cluster: RawCluster::default(),
+            gateway: RawGateway::default(),
+            leafnodes: RawLeafnodes::default(),
+            mqtt: RawMqtt::default(),
+            websocket: RawWebsocket::default(),
+            include: RawIncludes::default(),
+        }
+    }
+}
+
+/// `[broker.monitoring]`: no authentication, so loopback by default and
+/// never a public address.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMonitoring {
+    /// Bind address.
+    pub bind: IpAddr,
+    /// Port.
+    pub port: u16,
+}
+
+impl Default for RawMonitoring {
+    fn default() -> Self {
+        Self {
+            bind: LOOPBACK_V4,
+            port: 8222,
+        }
+    }
+}
+
+/// `[broker.client]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawClient {
+    /// Bind address.
+    pub bind: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// `host:port` advertised to clients of other servers.
+    pub advertise: Option<String>,
+}
+
+impl Default for RawClient {
+    fn default() -> Self {
+        Self {
+            bind: ANY_V4,
+            port: 4222,
+            advertise: None,
+        }
+    }
+}
+
+/// `[broker.mqtt]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMqtt {
+    /// Whether it listens.
+    pub enabled: bool,
+    /// Bind address.
+    pub bind: IpAddr,
+    /// Port.
+    pub port: u16,
+}
+
+impl Default for RawMqtt {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bind: ANY_V4,
+            port: 1883,
+        }
+    }
+}
+
+/// `[broker.jetstream]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawJetStream {
+    /// JetStream on this node.
+    pub enabled: bool,
+    /// Required when enabled: nats-server's 0 means "dynamic", not "none".
+    pub max_memory_store: Option<Size>,
+    /// Required when enabled.
+    pub max_file_store: Option<Size>,
+    /// JetStream domain (leafnode edges).
+    pub domain: Option<String>,
+}
+
+impl Default for RawJetStream {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_memory_store: None,
+            max_file_store: None,
+            domain: None,
+        }
+    }
+}
+
+/// `[broker.cluster]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCluster {
+    /// Whether this node routes to the rest of its region.
+    pub enabled: bool,
+    /// Bind address.
+    pub bind: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// `host:port` peers dial; also this node's own route. Needed when
+    /// `bind` is an unspecified address.
+    pub advertise: Option<String>,
+    /// Static routes (`host:port`) to the region's other servers; this
+    /// node's own route is always added.
+    pub routes: Vec<String>,
+    /// Route pool size (nats-server 2.10+).
+    pub pool_size: Option<i64>,
+    /// Route compression (nats-server 2.10+).
+    pub compression: Option<String>,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bind: ANY_V4,
+            port: 6222,
+            advertise: None,
+            routes: Vec::new(),
+            pool_size: None,
+            compression: None,
+        }
+    }
+}
+
+/// `[broker.gateway]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawGateway {
+    /// Whether this region links to others.
+    pub enabled: bool,
+    /// Bind address.
+    pub bind: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// `host:port` other regions dial.
+    pub advertise: Option<String>,
+    /// Static remote regions.
+    pub remotes: Vec<RawRemoteGateway>,
+}
+
+impl Default for RawGateway {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bind: ANY_V4,
+            port: 7222,
+            advertise: None,
+            remotes: Vec::new(),
+        }
+    }
+}
+
+/// `[[broker.gateway.remotes]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRemoteGateway {
+    /// The remote region.
+    pub name: String,
+    /// `host:port` of its gateways.
+    pub urls: Vec<String>,
+}
+
+/// `[broker.leafnodes]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLeafnodes {
+    /// Whether this node accepts leaf nodes.
+    pub enabled: bool,
+    /// Bind address.
+    pub bind: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// `host:port` leaf nodes dial.
+    pub advertise: Option<String>,
+    /// Outbound connections to hubs.
+    pub remotes: Vec<RawLeafRemote>,
+}
+
+impl Default for RawLeafnodes {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bind: ANY_V4,
+            port: 7422,
+            advertise: None,
+            remotes: Vec::new(),
+        }
+    }
+}
+
+/// `[[broker.leafnodes.remotes]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLeafRemote {
+    /// `host:port` of the hub's leafnode listeners.
+    pub urls: Vec<String>,
+    /// Local account bound to this remote.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Credentials file for the hub.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+}
+
+/// `[broker.websocket]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawWebsocket {
+    /// Whether it listens.
+    pub enabled: bool,
+    /// Bind address.
+    pub bind: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Plain-text websocket; nats-server requires TLS otherwise.
+    pub no_tls: bool,
+}
+
+impl Default for RawWebsocket {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bind: ANY_V4,
+            port: 8080,
+            no_tls: false,
+        }
+    }
+}
+
+/// `[broker.include]`: files of nats-server settings, each rendered as an
+/// `include` inside its block. Paths are absolute or relative to the TOML
+/// file that names them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawIncludes {
+    /// Inside `accounts {}`.
+    pub accounts: Option<PathBuf>,
+    /// Inside `authorization {}`.
+    pub authorization: Option<PathBuf>,
+    /// Inside `cluster {}`.
+    pub cluster: Option<PathBuf>,
+    /// Inside `gateway {}`.
+    pub gateway: Option<PathBuf>,
+    /// Inside `leafnodes {}`.
+    pub leafnodes: Option<PathBuf>,
+    /// Inside `mqtt {}`.
+    pub mqtt: Option<PathBuf>,
+    /// Inside `websocket {}`.
+    pub websocket: Option<PathBuf>,
+}

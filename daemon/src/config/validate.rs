@@ -1,0 +1,537 @@
+//! From the merged raw configuration to validated settings.
+//!
+//! Every problem is collected (not just the first), each naming the key,
+//! the value and what is allowed, located in the file that set it. What
+//! nats-server itself would refuse at start is checked by
+//! `natsmesh_broker::validate` on the built model; its problems are mapped
+//! back to the TOML key an operator writes.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use natsmesh_broker::conf::IncludePath;
+use natsmesh_broker::model::{
+    Cluster, Compression, Gateway, HostPort, JetStream, LeafRemote, Leafnodes, Listen, Mqtt,
+    RemoteGateway, ServerConfig, Websocket,
+};
+
+use super::load::Loaded;
+use super::problem::{Problem, Problems, Source};
+use super::schema::{Provider, RawConfig};
+
+/// Validated settings: everything natsmeshd needs to run a broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// natsmesh's region label (cluster and gateway name).
+    pub region: String,
+    /// Identity source.
+    pub provider: Provider,
+    /// The nats-server binary, resolved.
+    pub binary: PathBuf,
+    /// State directory; the rendered config lives here.
+    pub state_dir: PathBuf,
+    /// The broker configuration, version-independent.
+    pub server: ServerConfig,
+}
+
+impl Settings {
+    /// Where the rendered nats-server config is written.
+    pub fn rendered_path(&self) -> PathBuf {
+        self.state_dir.join("nats-server.conf")
+    }
+}
+
+/// Facts about the machine that validation needs; a parameter so tests can
+/// set them.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// This machine's host name.
+    pub hostname: String,
+    /// `PATH`, for finding the broker binary.
+    pub path: Option<std::ffi::OsString>,
+    /// The state directory when the config sets none.
+    pub default_state_dir: PathBuf,
+}
+
+impl Environment {
+    /// Reads the real environment. `embedded` selects the per-user state
+    /// directory of the embedded default.
+    pub fn current(embedded: bool) -> Self {
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        Self {
+            hostname,
+            path: std::env::var_os("PATH"),
+            default_state_dir: if embedded {
+                user_state_dir()
+            } else {
+                system_state_dir()
+            },
+        }
+    }
+}
+
+/// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`), else
+/// `/var/lib/natsmesh`.
+pub fn system_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|v| {
+            // systemd passes a colon-separated list; the first is ours.
+            let s = v.to_string_lossy().into_owned();
+            s.split(':')
+                .next()
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("/var/lib/natsmesh"))
+}
+
+/// `$XDG_STATE_HOME/natsmesh`, else `~/.local/state/natsmesh`.
+pub fn user_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("natsmesh");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".local/state/natsmesh")
+}
+
+struct Checker<'a> {
+    loaded: &'a Loaded,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            location: self.loaded.origins.get(key).cloned(),
+            key: Some(key.to_owned()),
+            message: message.into(),
+        });
+    }
+
+    fn host_port(&mut self, key: &str, value: &str) -> Option<HostPort> {
+        match HostPort::parse(value) {
+            Ok(hp) => Some(hp),
+            Err(e) => {
+                self.problem(key, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn host_ports(&mut self, key: &str, values: &[String]) -> Vec<HostPort> {
+        values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| self.host_port(&format!("{key}[{i}]"), v))
+            .collect()
+    }
+
+    /// Resolves an include path against the file that named it, and checks
+    /// that nats-server can read and carry it.
+    fn include(&mut self, key: &str, path: Option<&PathBuf>) -> Option<IncludePath> {
+        let path = path?;
+        let base = match self.loaded.origins.get(key).map(|l| &l.source) {
+            Some(Source::File(f)) => f.parent().map(Path::to_path_buf),
+            _ => None,
+        };
+        let resolved = if path.is_absolute() {
+            path.clone()
+        } else if let Some(base) = base {
+            base.join(path)
+        } else {
+            self.problem(key, format!("{} must be an absolute path", path.display()));
+            return None;
+        };
+        match std::fs::metadata(&resolved) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                self.problem(key, format!("{} is not a file", resolved.display()));
+                return None;
+            }
+            Err(e) => {
+                self.problem(key, format!("cannot read {}: {e}", resolved.display()));
+                return None;
+            }
+        }
+        match IncludePath::new(resolved) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.problem(key, e.to_string());
+                None
+            }
+        }
+    }
+}
+
+/// Whether `s` is a lower-case DNS label: the region is the cluster name,
+/// the gateway name and a DNS label at once.
+fn is_region_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Whether `s` may be a permanent server name.
+pub fn is_server_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Finds `binary` (a path, or a name in `PATH`).
+pub fn resolve_binary(binary: &Path, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    if binary.components().count() > 1 || binary.is_absolute() {
+        return binary.is_file().then(|| binary.to_path_buf());
+    }
+    std::env::split_paths(path_var?)
+        .map(|dir| dir.join(binary))
+        .find(|p| p.is_file())
+}
+
+fn listen(bind: IpAddr, port: u16) -> Listen {
+    Listen::new(bind, port)
+}
+
+/// Validates `loaded` into settings, or lists every problem.
+pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems> {
+    let mut c = Checker {
+        loaded,
+        problems: Vec::new(),
+    };
+    let raw: &RawConfig = &loaded.raw;
+
+    let region = match raw.node.region.as_deref() {
+        None => {
+            c.problem("node.region", "required: natsmesh's region label, e.g. \"fra1\" (it names the cluster, the gateway and the DNS label)");
+            String::new()
+        }
+        Some(r) if !is_region_label(r) => {
+            c.problem(
+                "node.region",
+                format!("{r:?} is not a lower-case DNS label (a-z, 0-9 and '-', at most 63, no leading or trailing '-')"),
+            );
+            String::new()
+        }
+        Some(r) => r.to_owned(),
+    };
+
+    let server_name = match raw.node.name.as_deref() {
+        Some(n) if is_server_name(n) => n.to_owned(),
+        Some(n) => {
+            c.problem(
+                "node.name",
+                format!(
+                    "{n:?} is not a valid server name (A-Z, a-z, 0-9, '_', '.', '-', at most 128)"
+                ),
+            );
+            String::new()
+        }
+        None if is_server_name(&env.hostname) => env.hostname.clone(),
+        None => {
+            c.problem(
+                "node.name",
+                format!(
+                    "the host name {:?} cannot be a server name (A-Z, a-z, 0-9, '_', '.', '-'); set node.name",
+                    env.hostname
+                ),
+            );
+            String::new()
+        }
+    };
+
+    let b = &raw.broker;
+    let binary = match resolve_binary(&b.binary, env.path.as_deref()) {
+        Some(p) => p,
+        None => {
+            c.problem(
+                "broker.binary",
+                format!(
+                    "nats-server binary `{}` not found{}",
+                    b.binary.display(),
+                    if b.binary.components().count() > 1 {
+                        ""
+                    } else {
+                        " in PATH"
+                    }
+                ),
+            );
+            b.binary.clone()
+        }
+    };
+
+    let state_dir = b
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| env.default_state_dir.clone());
+    if !state_dir.is_absolute() {
+        c.problem(
+            "broker.state_dir",
+            format!("{} must be an absolute path", state_dir.display()),
+        );
+    }
+
+    let mut server = ServerConfig::standalone(server_name, listen(b.client.bind, b.client.port));
+    server.client_advertise = b
+        .client
+        .advertise
+        .as_deref()
+        .and_then(|a| c.host_port("broker.client.advertise", a));
+    server.monitoring = Some(listen(b.monitoring.bind, b.monitoring.port));
+    server.lame_duck_duration = b.lame_duck_duration.0;
+    server.lame_duck_grace_period = b.lame_duck_grace_period.0;
+    server.tags = b.tags.clone();
+    server.debug = b.debug;
+    server.trace = b.trace;
+    server.accounts_include = c.include("broker.include.accounts", b.include.accounts.as_ref());
+    server.authorization_include = c.include(
+        "broker.include.authorization",
+        b.include.authorization.as_ref(),
+    );
+
+    if b.jetstream.enabled {
+        let mut size = |key: &str, v: Option<super::units::Size>| match v {
+            None => {
+                c.problem(
+                    key,
+                    "required when JetStream is enabled (nats-server's default of 0 means \"take a share of the machine\"), e.g. \"1GiB\"",
+                );
+                1
+            }
+            Some(s) => s.0,
+        };
+        let max_memory_store = size(
+            "broker.jetstream.max_memory_store",
+            b.jetstream.max_memory_store,
+        );
+        let max_file_store = size(
+            "broker.jetstream.max_file_store",
+            b.jetstream.max_file_store,
+        );
+        server.jetstream = Some(JetStream {
+            store_dir: state_dir.clone(),
+            max_memory_store,
+            max_file_store,
+            domain: b.jetstream.domain.clone(),
+        });
+    }
+
+    // A region of one that has gateways still needs a cluster block with its
+    // own route (JetStream with gateways refuses to start without one).
+    if b.cluster.enabled || b.gateway.enabled {
+        let advertise = b
+            .cluster
+            .advertise
+            .as_deref()
+            .and_then(|a| c.host_port("broker.cluster.advertise", a));
+        let own = match (&advertise, b.cluster.bind.is_unspecified()) {
+            (Some(a), _) => Some(a.clone()),
+            (None, false) => Some(HostPort::from_ip(b.cluster.bind, b.cluster.port)),
+            (None, true) => {
+                c.problem(
+                    "broker.cluster.advertise",
+                    format!(
+                        "required when broker.cluster.bind is {}: this node's own route needs an address its peers can dial",
+                        b.cluster.bind
+                    ),
+                );
+                None
+            }
+        };
+        let mut routes = c.host_ports("broker.cluster.routes", &b.cluster.routes);
+        routes.extend(own);
+        // Identical on every node: sorted, each server once.
+        routes.sort();
+        routes.dedup();
+        let compression = b.cluster.compression.as_deref().and_then(|m| {
+            let found = Compression::ALL.into_iter().find(|x| x.as_str() == m);
+            if found.is_none() {
+                let allowed: Vec<&str> = Compression::ALL.iter().map(|x| x.as_str()).collect();
+                c.problem(
+                    "broker.cluster.compression",
+                    format!("unknown mode {m:?} (allowed: {})", allowed.join(", ")),
+                );
+            }
+            found
+        });
+        if let Some(p) = b.cluster.pool_size
+            && !(p == -1 || (1..=64).contains(&p))
+        {
+            c.problem(
+                "broker.cluster.pool_size",
+                format!("{p} is out of range (1-64, or -1 for no pooling)"),
+            );
+        }
+        server.cluster = Some(Cluster {
+            name: region.clone(),
+            listen: listen(b.cluster.bind, b.cluster.port),
+            advertise,
+            no_advertise: false,
+            routes,
+            pool_size: b.cluster.pool_size,
+            compression,
+            include: c.include("broker.include.cluster", b.include.cluster.as_ref()),
+        });
+    } else if b.include.cluster.is_some() {
+        c.problem("broker.include.cluster", "set, but no cluster block is rendered (broker.cluster.enabled and broker.gateway.enabled are false)");
+    }
+
+    if b.gateway.enabled {
+        let advertise = b
+            .gateway
+            .advertise
+            .as_deref()
+            .and_then(|a| c.host_port("broker.gateway.advertise", a));
+        let mut remotes = Vec::new();
+        for (i, r) in b.gateway.remotes.iter().enumerate() {
+            let key = format!("broker.gateway.remotes[{i}]");
+            if !is_region_label(&r.name) {
+                c.problem(
+                    &format!("{key}.name"),
+                    format!("{:?} is not a region label", r.name),
+                );
+            }
+            let urls = c.host_ports(&format!("{key}.urls"), &r.urls);
+            remotes.push(RemoteGateway {
+                name: r.name.clone(),
+                urls,
+            });
+        }
+        server.gateway = Some(Gateway {
+            name: region.clone(),
+            listen: listen(b.gateway.bind, b.gateway.port),
+            advertise,
+            gateways: remotes,
+            include: c.include("broker.include.gateway", b.include.gateway.as_ref()),
+        });
+    } else if b.include.gateway.is_some() {
+        c.problem(
+            "broker.include.gateway",
+            "set, but broker.gateway.enabled is false",
+        );
+    }
+
+    if b.leafnodes.enabled || !b.leafnodes.remotes.is_empty() {
+        let advertise = b
+            .leafnodes
+            .advertise
+            .as_deref()
+            .and_then(|a| c.host_port("broker.leafnodes.advertise", a));
+        let remotes = b
+            .leafnodes
+            .remotes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| LeafRemote {
+                urls: c.host_ports(&format!("broker.leafnodes.remotes[{i}].urls"), &r.urls),
+                account: r.account.clone(),
+                credentials: r.credentials.clone(),
+            })
+            .collect();
+        server.leafnodes = Some(Leafnodes {
+            listen: b
+                .leafnodes
+                .enabled
+                .then(|| listen(b.leafnodes.bind, b.leafnodes.port)),
+            advertise,
+            remotes,
+            include: c.include("broker.include.leafnodes", b.include.leafnodes.as_ref()),
+        });
+    } else if b.include.leafnodes.is_some() {
+        c.problem(
+            "broker.include.leafnodes",
+            "set, but leafnodes are not enabled and have no remotes",
+        );
+    }
+
+    if b.mqtt.enabled {
+        server.mqtt = Some(Mqtt {
+            listen: listen(b.mqtt.bind, b.mqtt.port),
+            include: c.include("broker.include.mqtt", b.include.mqtt.as_ref()),
+        });
+    } else if b.include.mqtt.is_some() {
+        c.problem(
+            "broker.include.mqtt",
+            "set, but broker.mqtt.enabled is false",
+        );
+    }
+
+    if b.websocket.enabled {
+        server.websocket = Some(Websocket {
+            listen: listen(b.websocket.bind, b.websocket.port),
+            no_tls: b.websocket.no_tls,
+            include: c.include("broker.include.websocket", b.include.websocket.as_ref()),
+        });
+    } else if b.include.websocket.is_some() {
+        c.problem(
+            "broker.include.websocket",
+            "set, but broker.websocket.enabled is false",
+        );
+    }
+
+    // What nats-server would refuse at start, in natsmesh's words. Missing
+    // names are already listed above; stand-ins keep the rest checkable.
+    let mut model = server.clone();
+    if model.server_name.is_empty() {
+        model.server_name = "unnamed".into();
+    }
+    if region.is_empty() {
+        for name in [
+            model.cluster.as_mut().map(|x| &mut x.name),
+            model.gateway.as_mut().map(|x| &mut x.name),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *name = "unnamed".into();
+        }
+    }
+    for p in natsmesh_broker::validate::validate(&model) {
+        c.problem(toml_key(p.key), p.message);
+    }
+
+    if c.problems.is_empty() {
+        Ok(Settings {
+            region,
+            provider: raw.node.provider,
+            binary,
+            state_dir,
+            server,
+        })
+    } else {
+        Err(Problems(c.problems))
+    }
+}
+
+/// The TOML key an operator writes for a nats-server key.
+fn toml_key(nats_key: &str) -> &'static str {
+    match nats_key {
+        "server_name" => "node.name",
+        "listen" => "broker.client.port",
+        "http" => "broker.monitoring.bind",
+        "lame_duck_duration" => "broker.lame_duck_duration",
+        "lame_duck_grace_period" => "broker.lame_duck_grace_period",
+        "server_tags" => "broker.tags",
+        "jetstream.max_memory_store" => "broker.jetstream.max_memory_store",
+        "jetstream.max_file_store" => "broker.jetstream.max_file_store",
+        "jetstream.domain" => "broker.jetstream.domain",
+        "cluster.name" | "gateway.name" => "node.region",
+        "cluster" | "cluster.routes" => "broker.cluster.routes",
+        "cluster.listen" => "broker.cluster.port",
+        "gateway.listen" => "broker.gateway.port",
+        "gateway.gateways.name" | "gateway.gateways.urls" => "broker.gateway.remotes",
+        "leafnodes" | "leafnodes.remotes.urls" => "broker.leafnodes.remotes",
+        "leafnodes.listen" => "broker.leafnodes.port",
+        "mqtt" => "broker.mqtt.enabled",
+        "mqtt.listen" => "broker.mqtt.port",
+        "websocket.no_tls" => "broker.websocket.no_tls",
+        "websocket.listen" => "broker.websocket.port",
+        _ => "broker",
+    }
+}

@@ -1,0 +1,119 @@
+//! From settings to a broker config that is known to load: detect the
+//! broker version, render for it, validate, and run `nats-server -t`.
+
+use std::path::{Path, PathBuf};
+
+use natsmesh_broker::Version;
+use natsmesh_broker::check::{CheckError, CheckReport, check_file};
+use natsmesh_broker::model::{RenderError, Rendered, render};
+use natsmesh_broker::version::{VersionError, detect};
+
+use crate::config::Settings;
+
+/// A rendered config that passed `nats-server -t`.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The broker version it was rendered for.
+    pub version: Version,
+    /// The rendered config.
+    pub rendered: Rendered,
+    /// What `-t` reported.
+    pub check: CheckReport,
+    /// Where it was written.
+    pub path: PathBuf,
+}
+
+/// Why a config could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The broker binary did not tell its version.
+    #[error("broker.binary: {0}")]
+    Version(#[from] VersionError),
+    /// A setting this broker version does not have.
+    #[error("{key}: {source}")]
+    Render {
+        /// The TOML key.
+        key: String,
+        /// The renderer's reason.
+        source: RenderError,
+    },
+    /// `nats-server -t` refused the rendered file.
+    #[error("{0}")]
+    Check(#[from] CheckError),
+    /// The file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl PrepareError {
+    /// Whether the configuration (not the machine) is at fault.
+    pub fn is_config_error(&self) -> bool {
+        !matches!(self, PrepareError::Write { .. })
+    }
+}
+
+/// Renders `settings` for the broker at `settings.binary`, as a file in
+/// `dir`, writes it to `dir/name` atomically and checks it with `-t`.
+pub async fn prepare_in(
+    settings: &Settings,
+    dir: &Path,
+    name: &str,
+) -> Result<Prepared, PrepareError> {
+    let version = detect(&settings.binary).await?;
+    let rendered =
+        render(&settings.server, &version, dir).map_err(|source| PrepareError::Render {
+            key: match &source {
+                RenderError::UnsupportedKey { key, .. } => format!("broker.{key}"),
+                RenderError::NonUtf8Path { key, .. } => format!("broker.{key}"),
+            },
+            source,
+        })?;
+    let path = dir.join(name);
+    write_atomically(&path, rendered.text.as_bytes()).map_err(|source| PrepareError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    let check = check_file(&settings.binary, &path).await?;
+    Ok(Prepared {
+        version,
+        rendered,
+        check,
+        path,
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory,
+/// fsynced and renamed, so a reader never sees half a file. Mode 0640.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
