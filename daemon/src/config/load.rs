@@ -101,7 +101,21 @@ pub fn dropin_dir(main: &Path) -> PathBuf {
 /// packaged path is used and its absence (with no drop-ins either) means
 /// "embedded default".
 pub fn discover(explicit: Option<&Path>) -> Result<Sources, Problem> {
-    let main = explicit.map_or_else(|| PathBuf::from(DEFAULT_PATH), Path::to_path_buf);
+    match explicit {
+        Some(main) if !main.exists() => Err(Problem {
+            location: None,
+            key: None,
+            message: format!("config file {} does not exist", main.display()),
+        }),
+        Some(main) => discover_at(main),
+        None => discover_at(Path::new(DEFAULT_PATH)),
+    }
+}
+
+/// The main file at `main` (if present) and its drop-ins; neither means
+/// the embedded default.
+pub fn discover_at(main: &Path) -> Result<Sources, Problem> {
+    let main = main.to_path_buf();
     let dir = dropin_dir(&main);
     let mut dropins: Vec<PathBuf> = match std::fs::read_dir(&dir) {
         Ok(entries) => entries
@@ -121,13 +135,6 @@ pub fn discover(explicit: Option<&Path>) -> Result<Sources, Problem> {
     // Lexical order of the file names, byte-wise, as systemd does.
     dropins.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     let main_exists = main.exists();
-    if explicit.is_some() && !main_exists {
-        return Err(Problem {
-            location: None,
-            key: None,
-            message: format!("config file {} does not exist", main.display()),
-        });
-    }
     if !main_exists && dropins.is_empty() {
         return Ok(Sources::Embedded);
     }

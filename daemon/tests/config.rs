@@ -1,0 +1,412 @@
+//! Configuration loading: drop-in merge order, origins, and that every
+//! problem names its file, line and key.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use natsmesh::config::load::{Sources, discover, load};
+use natsmesh::config::problem::{Problem, Source};
+use natsmesh::config::validate::{Environment, Settings, validate};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("natsmesh-test-")
+            .tempdir()
+            .unwrap();
+        // A stand-in binary for PATH resolution; these tests never run it.
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join("nats-server"), "").unwrap();
+        Self { dir }
+    }
+
+    fn main(&self) -> PathBuf {
+        self.dir.path().join("natsmesh.toml")
+    }
+
+    fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn env(&self) -> Environment {
+        Environment {
+            hostname: "testhost".into(),
+            path: Some(self.dir.path().join("bin").into_os_string()),
+            default_state_dir: self.dir.path().join("state"),
+        }
+    }
+
+    fn settings(&self) -> Result<Settings, Vec<Problem>> {
+        let sources = discover(Some(&self.main())).map_err(|p| vec![p])?;
+        let loaded = load(&sources).map_err(|p| p.0)?;
+        validate(&loaded, &self.env()).map_err(|p| p.0)
+    }
+
+    fn problems(&self) -> Vec<Problem> {
+        match self.settings() {
+            Ok(s) => panic!("expected problems, got settings {s:?}"),
+            Err(p) => p,
+        }
+    }
+}
+
+const MINIMAL: &str = r#"
+[node]
+region = "fra1"
+
+[broker.jetstream]
+max_memory_store = "64MiB"
+max_file_store = "1GiB"
+"#;
+
+fn file_of(p: &Problem) -> Option<&Path> {
+    match &p.location.as_ref()?.source {
+        Source::File(f) => Some(f),
+        Source::Embedded => None,
+    }
+}
+
+/// Asserts a single problem on `key`, located in `file` at `line`, whose
+/// message contains `needle`.
+fn assert_problem(problems: &[Problem], key: &str, file: &Path, line: usize, needle: &str) {
+    let p = problems
+        .iter()
+        .find(|p| p.key.as_deref() == Some(key))
+        .unwrap_or_else(|| panic!("no problem on {key}: {problems:#?}"));
+    assert_eq!(file_of(p), Some(file), "{p}");
+    assert_eq!(p.location.as_ref().unwrap().line, line, "{p}");
+    assert!(p.message.contains(needle), "{p} lacks {needle:?}");
+    let shown = p.to_string();
+    assert!(
+        shown.contains(&file.display().to_string()) && shown.contains(key),
+        "{shown}"
+    );
+}
+
+#[test]
+fn minimal_config_gives_a_standalone_jetstream_node() {
+    let f = Fixture::new();
+    f.write("natsmesh.toml", MINIMAL);
+    let s = f.settings().unwrap();
+    assert_eq!(s.region, "fra1");
+    assert_eq!(s.server.server_name, "testhost");
+    assert_eq!(s.server.listen.to_string(), "0.0.0.0:4222");
+    assert_eq!(s.server.monitoring.unwrap().to_string(), "127.0.0.1:8222");
+    assert!(s.server.cluster.is_none());
+    let js = s.server.jetstream.unwrap();
+    assert_eq!(
+        (js.max_memory_store, js.max_file_store),
+        (64 << 20, 1 << 30)
+    );
+    assert_eq!(js.store_dir, f.dir.path().join("state"));
+}
+
+#[test]
+fn dropins_merge_in_lexical_order_and_later_files_win() {
+    let f = Fixture::new();
+    f.write(
+        "natsmesh.toml",
+        &format!("{MINIMAL}\n[broker.client]\nport = 4000\nbind = \"127.0.0.1\"\n"),
+    );
+    // "10-" sorts before "9-": lexical, not numeric.
+    f.write("natsmesh.d/9-late.toml", "[broker.client]\nport = 4009\n");
+    let early = f.write(
+        "natsmesh.d/10-early.toml",
+        "[broker.client]\nport = 4010\n[broker]\ntags = [\"a\", \"b\"]\n",
+    );
+    let late = f.write(
+        "natsmesh.d/9-late.toml",
+        "[broker.client]\nport = 4009\n[broker]\ntags = [\"c\"]\n",
+    );
+    f.write("natsmesh.d/README", "not toml, ignored");
+    f.write("natsmesh.d/50-other.toml.bak", "garbage [");
+    let sources = discover(Some(&f.main())).unwrap();
+    let Sources::Files { files, .. } = &sources else {
+        panic!("{sources:?}")
+    };
+    let names: Vec<_> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap())
+        .collect();
+    assert_eq!(names, ["natsmesh.toml", "10-early.toml", "9-late.toml"]);
+    let loaded = load(&sources).unwrap();
+    let s = validate(&loaded, &f.env()).unwrap();
+    // Scalars: last file wins; tables merge key by key (bind from main);
+    // arrays are replaced whole.
+    assert_eq!(s.server.listen.to_string(), "127.0.0.1:4009");
+    assert_eq!(s.server.tags, ["c"]);
+    assert_eq!(
+        loaded.origins.get("broker.client.port").unwrap().source,
+        Source::File(late.clone())
+    );
+    assert_eq!(
+        loaded.origins.get("broker.client.bind").unwrap().source,
+        Source::File(f.main())
+    );
+    assert_eq!(
+        loaded.origins.get("broker.tags").unwrap().source,
+        Source::File(late)
+    );
+    assert!(
+        loaded.origins.get("broker.tags[1]").is_none(),
+        "stale element origin from {early:?}"
+    );
+}
+
+#[test]
+fn only_dropins_are_enough_and_nothing_means_embedded() {
+    let f = Fixture::new();
+    // With an explicit path that does not exist: an error naming it.
+    let err = discover(Some(&f.main())).unwrap_err();
+    assert!(err.message.contains("does not exist"), "{err}");
+    // Drop-ins alone (cloud-init writes only those) are a configuration.
+    f.write("natsmesh.d/10-node.toml", MINIMAL);
+    let sources = natsmesh::config::load::discover_at(&f.main()).unwrap();
+    assert!(matches!(sources, Sources::Files { .. }));
+    let empty = Fixture::new();
+    assert_eq!(
+        natsmesh::config::load::discover_at(&empty.main()).unwrap(),
+        Sources::Embedded
+    );
+}
+
+#[test]
+fn syntax_errors_name_file_line_and_column() {
+    let f = Fixture::new();
+    f.write("natsmesh.toml", MINIMAL);
+    let bad = f.write(
+        "natsmesh.d/10-bad.toml",
+        "[broker.client]\nport = 4222\nbind = \"127.0.0.1\n",
+    );
+    let problems = f.problems();
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    let p = &problems[0];
+    assert_eq!(file_of(p), Some(bad.as_path()));
+    assert_eq!(p.location.as_ref().unwrap().line, 3);
+    assert!(p.message.starts_with("syntax error"), "{p}");
+}
+
+#[test]
+fn every_unknown_key_and_wrong_type_in_a_file_is_listed_with_a_suggestion() {
+    let f = Fixture::new();
+    let main = f.write(
+        "natsmesh.toml",
+        "[node]\nregion = \"fra1\"\nregoin = \"x\"\n\n[broker.client]\nbnid = \"0.0.0.0\"\nport = \"4222\"\n\n[broker.jetstream]\nmax_file_store = \"1G\"\n",
+    );
+    let other = f.write(
+        "natsmesh.d/10-x.toml",
+        "[broker]\nlame_duck_duraton = \"1m\"\n",
+    );
+    let problems = f.problems();
+    assert_problem(&problems, "node.regoin", &main, 3, "did you mean `region`?");
+    assert_problem(
+        &problems,
+        "broker.client.bnid",
+        &main,
+        6,
+        "did you mean `bind`?",
+    );
+    assert_problem(&problems, "broker.client.port", &main, 7, "expected u16");
+    assert_problem(
+        &problems,
+        "broker.jetstream.max_file_store",
+        &main,
+        10,
+        "unknown size unit \"G\"",
+    );
+    assert_problem(
+        &problems,
+        "broker.lame_duck_duraton",
+        &other,
+        2,
+        "did you mean `lame_duck_duration`?",
+    );
+    assert_eq!(problems.len(), 5, "{problems:#?}");
+}
+
+#[test]
+fn semantic_errors_name_the_key_the_value_and_what_is_allowed() {
+    let f = Fixture::new();
+    let main = f.write(
+        "natsmesh.toml",
+        r#"
+[node]
+region = "Fra 1"
+name = "n 1"
+
+[broker]
+lame_duck_duration = "20s"
+tags = ["GPU"]
+
+[broker.monitoring]
+bind = "0.0.0.0"
+
+[broker.cluster]
+enabled = true
+routes = ["a.example:6222", "::1:6222", "b.example:0"]
+compression = "fast"
+pool_size = 0
+
+[broker.include]
+accounts = "missing-accounts.conf"
+mqtt = "/etc/hosts"
+
+[broker.jetstream]
+max_memory_store = "64MiB"
+"#,
+    );
+    let problems = f.problems();
+    assert_problem(&problems, "node.region", &main, 3, "lower-case DNS label");
+    assert_problem(&problems, "node.name", &main, 4, "not a valid server name");
+    assert_problem(
+        &problems,
+        "broker.lame_duck_duration",
+        &main,
+        7,
+        "minimum of 30s",
+    );
+    assert_problem(&problems, "broker.tags", &main, 8, "\"gpu\"");
+    assert_problem(
+        &problems,
+        "broker.monitoring.bind",
+        &main,
+        11,
+        "no authentication",
+    );
+    assert_problem(
+        &problems,
+        "broker.cluster.routes[1]",
+        &main,
+        15,
+        "neither an IP address nor a DNS host name",
+    );
+    assert_problem(
+        &problems,
+        "broker.cluster.routes[2]",
+        &main,
+        15,
+        "invalid port",
+    );
+    assert_problem(
+        &problems,
+        "broker.cluster.compression",
+        &main,
+        16,
+        "allowed: off, accept",
+    );
+    assert_problem(
+        &problems,
+        "broker.cluster.pool_size",
+        &main,
+        17,
+        "out of range",
+    );
+    assert_problem(
+        &problems,
+        "broker.include.accounts",
+        &main,
+        20,
+        "missing-accounts.conf",
+    );
+    assert_problem(
+        &problems,
+        "broker.include.mqtt",
+        &main,
+        21,
+        "broker.mqtt.enabled is false",
+    );
+    // Keys not written anywhere still get named.
+    let p = problems
+        .iter()
+        .find(|p| p.key.as_deref() == Some("broker.jetstream.max_file_store"))
+        .unwrap();
+    assert!(
+        p.message.contains("required when JetStream is enabled"),
+        "{p}"
+    );
+    let p = problems
+        .iter()
+        .find(|p| p.key.as_deref() == Some("broker.cluster.advertise"))
+        .unwrap();
+    assert!(p.message.contains("0.0.0.0"), "{p}");
+}
+
+#[test]
+fn region_is_required() {
+    let f = Fixture::new();
+    f.write("natsmesh.toml", "[broker.jetstream]\nenabled = false\n");
+    let problems = f.problems();
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(problems[0].key.as_deref(), Some("node.region"));
+    assert!(problems[0].message.starts_with("required"));
+}
+
+#[test]
+fn includes_resolve_against_the_file_that_names_them() {
+    let f = Fixture::new();
+    f.write("natsmesh.toml", MINIMAL);
+    let acc = f.write("natsmesh.d/accounts.conf", "A: {}\n");
+    f.write(
+        "natsmesh.d/20-accounts.toml",
+        "[broker.include]\naccounts = \"accounts.conf\"\n",
+    );
+    let s = f.settings().unwrap();
+    assert_eq!(s.server.accounts_include.unwrap().as_path(), acc);
+}
+
+#[test]
+fn a_region_of_one_with_gateways_gets_a_cluster_block_with_its_own_route() {
+    let f = Fixture::new();
+    f.write(
+        "natsmesh.toml",
+        &format!("{MINIMAL}\n[broker.gateway]\nenabled = true\n[broker.cluster]\nadvertise = \"n1.fra1.example:6222\"\n"),
+    );
+    let s = f.settings().unwrap();
+    let c = s.server.cluster.unwrap();
+    assert_eq!(c.name, "fra1");
+    assert_eq!(
+        c.routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["n1.fra1.example:6222"]
+    );
+    assert_eq!(s.server.gateway.unwrap().name, "fra1");
+}
+
+#[test]
+fn routes_are_sorted_and_deduplicated_with_the_own_route() {
+    let f = Fixture::new();
+    f.write(
+        "natsmesh.toml",
+        &format!(
+            "{MINIMAL}\n[broker.cluster]\nenabled = true\nbind = \"10.0.0.2\"\nroutes = [\"10.0.0.3:6222\", \"10.0.0.2:6222\", \"10.0.0.1:6222\", \"10.0.0.3:6222\"]\n"
+        ),
+    );
+    let s = f.settings().unwrap();
+    let routes: Vec<_> = s
+        .server
+        .cluster
+        .unwrap()
+        .routes
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(routes, ["10.0.0.1:6222", "10.0.0.2:6222", "10.0.0.3:6222"]);
+}
+
+#[test]
+fn the_embedded_default_validates() {
+    let loaded = load(&Sources::Embedded).unwrap();
+    let f = Fixture::new();
+    let s = validate(&loaded, &f.env()).unwrap();
+    assert_eq!(s.server.listen.to_string(), "127.0.0.1:4222");
+    assert_eq!(s.server.monitoring.unwrap().to_string(), "127.0.0.1:8222");
+    assert!(s.server.jetstream.is_some());
+    assert_eq!(s.region, "local");
+}
