@@ -5,7 +5,10 @@
 //! - [`version`]: which release a binary is, and which keys it knows;
 //! - [`validate`]: the start-time checks `nats-server -t` does not make;
 //! - [`check`]: `nats-server -t` itself;
-//! - [`classify`]: whether a change needs a reload or a restart.
+//! - [`classify`]: whether a change needs a reload or a restart;
+//! - [`process`]: starting and signalling the broker;
+//! - [`monitor`]: probing a running broker (HTTP monitoring, client port);
+//! - [`log`]: reading its log lines.
 //!
 //! This crate never decides policy for a node (that is the daemon's job); it
 //! only knows what a given nats-server accepts.
@@ -14,7 +17,10 @@
 pub mod check;
 pub mod classify;
 pub mod conf;
+pub mod log;
 pub mod model;
+pub mod monitor;
+pub mod process;
 pub mod validate;
 pub mod version;
 

@@ -6,8 +6,12 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod control;
+pub mod logging;
+pub mod notify;
 pub mod prepare;
 pub mod run;
+pub mod supervisor;
 
 /// Exit code for a configuration problem (`check` and refused starts).
 pub const EXIT_CONFIG: i32 = 2;

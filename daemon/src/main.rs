@@ -1,12 +1,13 @@
-//! The natsmeshd command line. Everything but argument parsing and logging
-//! set-up lives in the library.
+//! The natsmeshd command line. Everything but argument parsing lives in the
+//! library.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use natsmesh::config::{self, Problems, Sources};
+use natsmesh::control::{self, Request};
 use natsmesh::prepare::prepare_in;
 use natsmesh::{EXIT_CONFIG, EXIT_FAILURE};
 
@@ -21,13 +22,19 @@ struct Cli {
     #[arg(long, short, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
 
+    /// Control socket of the running daemon (status, reload, drain).
+    /// Default: control.socket from the configuration, else
+    /// /run/natsmesh/control.sock.
+    #[arg(long, global = true, value_name = "PATH", env = "NATSMESH_SOCKET")]
+    socket: Option<PathBuf>,
+
     #[command(subcommand)]
-    command: Command,
+    command: Cmd,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
-    /// Run nats-server with the configuration.
+enum Cmd {
+    /// Run and supervise nats-server (the daemon).
     Run,
     /// Check the configuration: exit 0, or 2 listing every problem.
     Check,
@@ -37,19 +44,28 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
+    /// Show the running daemon's state on one screen.
+    Status {
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running daemon re-read its configuration.
+    Reload {
+        /// Wait for the outcome; exit non-zero, saying why, if refused.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Take the node out of service (lame duck); natsmeshd keeps running.
+    Drain,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NATSMESH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    natsmesh::logging::init();
+    // One thread: the broker is forked from it, and PR_SET_PDEATHSIG is tied
+    // to the forking thread, which must live as long as the broker.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -75,14 +91,56 @@ async fn dispatch(cli: Cli) -> i32 {
         Ok(s) => s,
         Err(p) => return report(&p),
     };
-    if matches!(cli.command, Command::Run)
-        && sources == Sources::Embedded
-        && natsmesh::under_systemd()
+    match cli.command {
+        Cmd::Status { json } => {
+            let socket = cli
+                .socket
+                .unwrap_or_else(|| config::control_socket(&sources));
+            return match control::request(&socket, &Request::Status).await {
+                Ok(r) if r.ok => match r.status {
+                    Some(s) if json => {
+                        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                        0
+                    }
+                    Some(s) => {
+                        print!("{}", s.screen());
+                        0
+                    }
+                    None => {
+                        eprintln!("natsmeshd: the daemon sent no status");
+                        EXIT_FAILURE
+                    }
+                },
+                Ok(r) => {
+                    eprintln!("natsmeshd: {}", r.message);
+                    EXIT_FAILURE
+                }
+                Err(e) => {
+                    eprintln!("natsmeshd: is natsmeshd running? {e}");
+                    EXIT_FAILURE
+                }
+            };
+        }
+        Cmd::Reload { wait } => {
+            let socket = cli
+                .socket
+                .unwrap_or_else(|| config::control_socket(&sources));
+            return simple_request(&socket, &Request::Reload { wait }).await;
+        }
+        Cmd::Drain => {
+            let socket = cli
+                .socket
+                .unwrap_or_else(|| config::control_socket(&sources));
+            return simple_request(&socket, &Request::Drain).await;
+        }
+        _ => {}
+    }
+    if matches!(cli.command, Cmd::Run) && sources == Sources::Embedded && natsmesh::under_systemd()
     {
         eprintln!(
             "natsmeshd: no configuration at {} (nor drop-ins in {}); under systemd natsmeshd does not fall back to its embedded default. Write a configuration (see `natsmeshd render --explain`).",
             config::load::DEFAULT_PATH,
-            config::load::dropin_dir(std::path::Path::new(config::load::DEFAULT_PATH)).display()
+            config::load::dropin_dir(Path::new(config::load::DEFAULT_PATH)).display()
         );
         return EXIT_CONFIG;
     }
@@ -91,70 +149,96 @@ async fn dispatch(cli: Cli) -> i32 {
         Err(p) => return report(&p),
     };
     match cli.command {
-        Command::Run => {
+        Cmd::Run => {
             if loaded.embedded {
                 tracing::info!(
                     state_dir = %settings.state_dir.display(),
                     "no configuration found: running the embedded default (one standalone node on loopback)"
                 );
             }
-            match natsmesh::run::run(settings).await {
-                Ok(code) => code,
+            natsmesh::run::run(sources, settings).await
+        }
+        Cmd::Render { explain } => {
+            let (prepared, _scratch) = match check_in_scratch(&settings).await {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            if explain {
+                print!("{}", config::explain::explain(&loaded, &settings));
+                println!();
+            }
+            // Shown as it will be written in the state directory.
+            match natsmesh_broker::model::render(
+                &settings.server,
+                &prepared.version,
+                &settings.state_dir,
+            ) {
+                Ok(r) => {
+                    print!("{}", r.text);
+                    0
+                }
                 Err(e) => {
-                    eprintln!("natsmeshd: {e:#}");
-                    EXIT_FAILURE
+                    eprintln!("{e}");
+                    EXIT_CONFIG
                 }
             }
         }
-        Command::Check | Command::Render { .. } => {
-            let scratch = match tempfile::Builder::new().prefix("natsmesh-check-").tempdir() {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("natsmeshd: cannot create a scratch directory: {e}");
-                    return EXIT_FAILURE;
-                }
+        _ => {
+            let (prepared, _scratch) = match check_in_scratch(&settings).await {
+                Ok(v) => v,
+                Err(code) => return code,
             };
-            let prepared = match prepare_in(&settings, scratch.path(), "nats-server.conf").await {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return if e.is_config_error() {
-                        EXIT_CONFIG
-                    } else {
-                        EXIT_FAILURE
-                    };
-                }
-            };
-            match cli.command {
-                Command::Render { explain } => {
-                    if explain {
-                        print!("{}", config::explain::explain(&loaded, &settings));
-                        println!();
-                    }
-                    // Shown as it will be written in the state directory.
-                    match natsmesh_broker::model::render(
-                        &settings.server,
-                        &prepared.version,
-                        &settings.state_dir,
-                    ) {
-                        Ok(r) => print!("{}", r.text),
-                        Err(e) => {
-                            eprintln!("{e}");
-                            return EXIT_CONFIG;
-                        }
-                    }
-                }
-                _ => {
-                    let files: Vec<String> = loaded.files.iter().map(ToString::to_string).collect();
-                    println!(
-                        "configuration OK ({}); nats-server {} at {} accepts the rendered file",
-                        files.join(", "),
-                        prepared.version,
-                        settings.binary.display()
-                    );
-                }
-            }
+            let files: Vec<String> = loaded.files.iter().map(ToString::to_string).collect();
+            println!(
+                "configuration OK ({}); nats-server {} at {} accepts the rendered file",
+                files.join(", "),
+                prepared.version,
+                settings.binary.display()
+            );
             0
+        }
+    }
+}
+
+/// Renders and checks with `-t` in a scratch directory (the state directory
+/// may not exist or be writable for the person running `check`).
+async fn check_in_scratch(
+    settings: &config::Settings,
+) -> Result<(natsmesh::prepare::Prepared, tempfile::TempDir), i32> {
+    let scratch = tempfile::Builder::new()
+        .prefix("natsmesh-check-")
+        .tempdir()
+        .map_err(|e| {
+            eprintln!("natsmeshd: cannot create a scratch directory: {e}");
+            EXIT_FAILURE
+        })?;
+    match prepare_in(settings, scratch.path(), "nats-server.conf").await {
+        Ok(p) => Ok((p, scratch)),
+        Err(e) => {
+            eprintln!("{e}");
+            Err(if e.is_config_error() {
+                EXIT_CONFIG
+            } else {
+                EXIT_FAILURE
+            })
+        }
+    }
+}
+
+async fn simple_request(socket: &Path, req: &Request) -> i32 {
+    match control::request(socket, req).await {
+        Ok(r) => {
+            if r.ok {
+                println!("{}", r.message);
+                0
+            } else {
+                eprintln!("natsmeshd: {}", r.message);
+                EXIT_FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("natsmeshd: is natsmeshd running? {e}");
+            EXIT_FAILURE
         }
     }
 }

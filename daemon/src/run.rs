@@ -1,66 +1,73 @@
-//! `natsmeshd run`: prepare the config, start nats-server with `-c <file>`
-//! only, and stop it cleanly on SIGTERM/SIGINT.
-//!
-//! This is the plain runner; probes, restarts, reloads and the lame-duck
-//! drain belong to the supervisor.
+//! `natsmeshd run`: the daemon. Wires the supervisor, the control socket,
+//! signals and systemd together and turns the outcome into an exit code.
 
-use std::process::Stdio;
-
-use anyhow::{Context as _, Result};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 
-use crate::config::Settings;
-use crate::prepare::prepare_in;
+use crate::config::{Settings, Sources};
+use crate::control;
+use crate::notify::Notifier;
+use crate::supervisor::{Command, Exit, Supervisor};
 
-/// Runs the broker until a stop signal; returns its exit status code.
-pub async fn run(settings: Settings) -> Result<i32> {
-    std::fs::create_dir_all(&settings.state_dir).with_context(|| {
-        format!(
-            "cannot create state directory {}",
-            settings.state_dir.display()
-        )
-    })?;
-    let prepared = prepare_in(&settings, &settings.state_dir, "nats-server.conf").await?;
-    tracing::info!(
-        version = %prepared.version,
-        config = %prepared.path.display(),
-        server_name = %settings.server.server_name,
-        client = %settings.server.listen,
-        monitoring = ?settings.server.monitoring.map(|m| m.to_string()),
-        "starting nats-server"
-    );
-    let mut child = tokio::process::Command::new(&settings.binary)
-        .arg("-c")
-        .arg(&prepared.path)
-        .env_clear()
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", settings.binary.display()))?;
-    let pid = child
-        .id()
-        .and_then(|p| i32::try_from(p).ok())
-        .map(Pid::from_raw)
-        .context("nats-server exited at once")?;
+/// Runs until stopped; returns the process exit code.
+pub async fn run(sources: Sources, settings: Settings) -> i32 {
+    let notifier = Notifier::from_env();
+    let socket = settings.control_socket.clone();
+    let (supervisor, status) = match Supervisor::new(sources, settings, notifier.clone()).await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("natsmeshd: {e:#}");
+            notifier.status(&format!("failed: {e}"));
+            return crate::EXIT_CONFIG;
+        }
+    };
+    let listener = match control::bind(&socket) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("natsmeshd: {e}");
+            return crate::EXIT_FAILURE;
+        }
+    };
+    let (commands, rx) = mpsc::channel(16);
+    let control = tokio::spawn(control::serve(listener, commands.clone(), status));
+    let signals = match forward_signals(commands.clone()) {
+        Ok(task) => task,
+        Err(e) => {
+            eprintln!("natsmeshd: cannot install signal handlers: {e}");
+            return crate::EXIT_FAILURE;
+        }
+    };
+    drop(commands);
+    let exit = supervisor.run(rx).await;
+    control.abort();
+    signals.abort();
+    let _ = std::fs::remove_file(&socket);
+    match exit {
+        Exit::Stopped => 0,
+        Exit::CrashLoop(why) | Exit::Failed(why) => {
+            eprintln!("natsmeshd: {why}");
+            crate::EXIT_FAILURE
+        }
+    }
+}
 
+/// SIGTERM and SIGINT stop (drain first); SIGHUP reloads.
+fn forward_signals(
+    commands: mpsc::Sender<Command>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        status = child.wait() => {
-            let status = status?;
-            tracing::warn!(%status, "nats-server exited");
-            return Ok(status.code().unwrap_or(crate::EXIT_FAILURE));
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let cmd = tokio::select! {
+                _ = term.recv() => Command::Stop,
+                _ = int.recv() => Command::Stop,
+                _ = hup.recv() => Command::Reload { reply: None },
+            };
+            if commands.send(cmd).await.is_err() {
+                return;
+            }
         }
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("stopping nats-server");
-    // SIGINT: a clean shutdown that flushes JetStream (SIGTERM exits 1 on
-    // 2.9/2.10).
-    let _ = kill(pid, Signal::SIGINT);
-    let status = child.wait().await?;
-    tracing::info!(%status, "nats-server stopped");
-    Ok(0)
+    }))
 }

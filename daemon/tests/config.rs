@@ -41,6 +41,7 @@ impl Fixture {
             hostname: "testhost".into(),
             path: Some(self.dir.path().join("bin").into_os_string()),
             default_state_dir: self.dir.path().join("state"),
+            default_control_socket: self.dir.path().join("control.sock"),
         }
     }
 

@@ -28,6 +28,17 @@ pub fn load_settings(sources: &Sources) -> Result<(Loaded, Settings), Problems> 
     Ok((loaded, settings))
 }
 
+/// The control socket the configuration names, or the default; readable
+/// even when the rest of the configuration is not valid, so `status` works
+/// while an operator is mid-edit.
+pub fn control_socket(sources: &Sources) -> std::path::PathBuf {
+    let embedded = *sources == Sources::Embedded;
+    load::load(sources)
+        .ok()
+        .and_then(|l| l.raw.control.socket)
+        .unwrap_or_else(|| validate::default_control_socket(embedded))
+}
+
 /// Finds the configuration files (see [`load::discover`]).
 pub fn discover(explicit: Option<&Path>) -> Result<Sources, Problems> {
     load::discover(explicit).map_err(|p| Problems(vec![p]))

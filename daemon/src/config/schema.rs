@@ -21,6 +21,123 @@ pub struct RawConfig {
     pub node: RawNode,
     /// The nats-server natsmesh runs.
     pub broker: RawBroker,
+    /// The three probes.
+    pub health: RawHealth,
+    /// Restarting a broker that exits or hangs.
+    pub restart: RawRestart,
+    /// The control socket.
+    pub control: RawControl,
+}
+
+/// A set of probe timings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthProfile {
+    /// Patient: a broker that is busy or recovering JetStream is left alone.
+    #[default]
+    Default,
+    /// Quick to act, for small brokers and tests.
+    Fast,
+}
+
+/// Probe timings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthTimings {
+    /// Time between probe rounds.
+    pub interval: Duration,
+    /// Time a single probe may take.
+    pub timeout: Duration,
+    /// Timeouts-only time after which the broker is killed.
+    pub liveness_budget: Duration,
+    /// Start-up grace.
+    pub startup_grace: Duration,
+    /// Wait for a first route.
+    pub route_wait: Duration,
+}
+
+impl HealthProfile {
+    /// The profile's timings.
+    pub fn timings(self) -> HealthTimings {
+        match self {
+            HealthProfile::Default => HealthTimings {
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(2),
+                liveness_budget: Duration::from_secs(60),
+                startup_grace: Duration::from_secs(120),
+                route_wait: Duration::from_secs(30),
+            },
+            HealthProfile::Fast => HealthTimings {
+                interval: Duration::from_millis(250),
+                timeout: Duration::from_millis(500),
+                liveness_budget: Duration::from_secs(3),
+                startup_grace: Duration::from_secs(10),
+                route_wait: Duration::from_secs(5),
+            },
+        }
+    }
+}
+
+/// `[health]`: the profile's timings, each overridable.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawHealth {
+    /// Base timings.
+    pub profile: HealthProfile,
+    /// Time between probe rounds.
+    pub interval: Option<Span>,
+    /// Time a single probe may take.
+    pub timeout: Option<Span>,
+    /// Only timeouts for this long make a broker "hung" (then it is killed).
+    pub liveness_budget: Option<Span>,
+    /// After a start, timeouts do not count for this long; extended while the
+    /// broker answers but does not serve yet (JetStream recovering).
+    pub startup_grace: Option<Span>,
+    /// With peers configured, how long a started broker waits for its first
+    /// route before it serves anyway (it never waits on another machine for
+    /// longer).
+    pub route_wait: Option<Span>,
+}
+
+/// `[restart]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRestart {
+    /// Second retry delay (the first is immediate); doubles up to the max.
+    pub backoff_initial: Span,
+    /// Longest delay between retries.
+    pub backoff_max: Span,
+    /// This many crashes within the window end natsmeshd with an error, so
+    /// systemd sees the failure.
+    pub crash_loop_count: u32,
+    /// The crash-loop window.
+    pub crash_loop_window: Span,
+    /// After the lame-duck duration, how long to wait before SIGINT.
+    pub stop_margin: Span,
+    /// After SIGINT, how long to wait before SIGKILL.
+    pub kill_after: Span,
+}
+
+impl Default for RawRestart {
+    fn default() -> Self {
+        Self {
+            backoff_initial: Span(Duration::from_millis(500)),
+            backoff_max: Span(Duration::from_secs(30)),
+            crash_loop_count: 5,
+            crash_loop_window: Span(Duration::from_secs(300)),
+            stop_margin: Span(Duration::from_secs(10)),
+            kill_after: Span(Duration::from_secs(20)),
+        }
+    }
+}
+
+/// `[control]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawControl {
+    /// Control socket path. Default: `$RUNTIME_DIRECTORY/control.sock`
+    /// under systemd, else `/run/natsmesh/control.sock`; the embedded
+    /// default uses `$XDG_RUNTIME_DIR/natsmesh/control.sock`.
+    pub socket: Option<PathBuf>,
 }
 
 /// Where natsmesh learns its identity from.

@@ -8,6 +8,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use natsmesh_broker::conf::IncludePath;
 use natsmesh_broker::model::{
@@ -17,7 +18,7 @@ use natsmesh_broker::model::{
 
 use super::load::Loaded;
 use super::problem::{Problem, Problems, Source};
-use super::schema::{Provider, RawConfig};
+use super::schema::{HealthTimings, Provider, RawConfig};
 
 /// Validated settings: everything natsmeshd needs to run a broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,29 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// The broker configuration, version-independent.
     pub server: ServerConfig,
+    /// Probe timings.
+    pub health: HealthTimings,
+    /// Restart policy.
+    pub restart: RestartSettings,
+    /// Control socket path.
+    pub control_socket: PathBuf,
+}
+
+/// How a broker that exits or hangs is restarted, and how it is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartSettings {
+    /// Delay of the second retry (the first is immediate).
+    pub backoff_initial: Duration,
+    /// Longest delay.
+    pub backoff_max: Duration,
+    /// Crashes within the window that end natsmeshd.
+    pub crash_loop_count: u32,
+    /// The window.
+    pub crash_loop_window: Duration,
+    /// Wait past the lame-duck duration before SIGINT.
+    pub stop_margin: Duration,
+    /// Wait past SIGINT before SIGKILL.
+    pub kill_after: Duration,
 }
 
 impl Settings {
@@ -51,6 +75,8 @@ pub struct Environment {
     pub path: Option<std::ffi::OsString>,
     /// The state directory when the config sets none.
     pub default_state_dir: PathBuf,
+    /// The control socket when the config sets none.
+    pub default_control_socket: PathBuf,
 }
 
 impl Environment {
@@ -69,7 +95,35 @@ impl Environment {
             } else {
                 system_state_dir()
             },
+            default_control_socket: default_control_socket(embedded),
         }
+    }
+}
+
+/// Where the control socket lives when the config does not say:
+/// `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`), else
+/// `/run/natsmesh`; for the embedded default `$XDG_RUNTIME_DIR/natsmesh`,
+/// else the per-user state directory.
+pub fn default_control_socket(embedded: bool) -> PathBuf {
+    let first = |var: &str| {
+        std::env::var_os(var)
+            .map(|v| v.to_string_lossy().into_owned())
+            .and_then(|s| {
+                s.split(':')
+                    .next()
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+            })
+    };
+    if embedded {
+        first("XDG_RUNTIME_DIR")
+            .map(|d| d.join("natsmesh"))
+            .unwrap_or_else(user_state_dir)
+            .join("control.sock")
+    } else {
+        first("RUNTIME_DIRECTORY")
+            .unwrap_or_else(|| PathBuf::from("/run/natsmesh"))
+            .join("control.sock")
     }
 }
 
@@ -496,6 +550,40 @@ pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems
         c.problem(toml_key(p.key), p.message);
     }
 
+    let health = health_timings(&mut c, raw);
+    let r = &raw.restart;
+    let restart = RestartSettings {
+        backoff_initial: r.backoff_initial.0,
+        backoff_max: r.backoff_max.0,
+        crash_loop_count: r.crash_loop_count,
+        crash_loop_window: r.crash_loop_window.0,
+        stop_margin: r.stop_margin.0,
+        kill_after: r.kill_after.0,
+    };
+    if restart.crash_loop_count < 2 {
+        c.problem(
+            "restart.crash_loop_count",
+            format!("{} is too small (at least 2)", restart.crash_loop_count),
+        );
+    }
+    if restart.backoff_max < restart.backoff_initial {
+        c.problem(
+            "restart.backoff_max",
+            "must not be below restart.backoff_initial",
+        );
+    }
+    let control_socket = raw
+        .control
+        .socket
+        .clone()
+        .unwrap_or_else(|| env.default_control_socket.clone());
+    if !control_socket.is_absolute() {
+        c.problem(
+            "control.socket",
+            format!("{} must be an absolute path", control_socket.display()),
+        );
+    }
+
     if c.problems.is_empty() {
         Ok(Settings {
             region,
@@ -503,10 +591,52 @@ pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems
             binary,
             state_dir,
             server,
+            health,
+            restart,
+            control_socket,
         })
     } else {
         Err(Problems(c.problems))
     }
+}
+
+/// The profile's timings with the explicit overrides, checked for sense.
+fn health_timings(c: &mut Checker<'_>, raw: &RawConfig) -> HealthTimings {
+    let h = &raw.health;
+    let mut t = h.profile.timings();
+    for (value, slot) in [
+        (h.interval, &mut t.interval),
+        (h.timeout, &mut t.timeout),
+        (h.liveness_budget, &mut t.liveness_budget),
+        (h.startup_grace, &mut t.startup_grace),
+        (h.route_wait, &mut t.route_wait),
+    ] {
+        if let Some(v) = value {
+            *slot = v.0;
+        }
+    }
+    if t.interval < Duration::from_millis(50) {
+        c.problem(
+            "health.interval",
+            format!("{:?} is too short (at least 50ms)", t.interval),
+        );
+    }
+    if t.timeout < Duration::from_millis(50) {
+        c.problem(
+            "health.timeout",
+            format!("{:?} is too short (at least 50ms)", t.timeout),
+        );
+    }
+    if t.liveness_budget <= t.timeout.max(t.interval) {
+        c.problem(
+            "health.liveness_budget",
+            format!(
+                "{:?} must be longer than both health.interval and health.timeout, or one slow answer would kill the broker",
+                t.liveness_budget
+            ),
+        );
+    }
+    t
 }
 
 /// The TOML key an operator writes for a nats-server key.

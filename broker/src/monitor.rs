@@ -1,0 +1,235 @@
+//! Talking to a running broker: its monitoring endpoints and its client
+//! port.
+//!
+//! Each call returns what happened on the wire — an answer (any status), a
+//! refused connection, or a timeout — because the supervisor gives them
+//! different meanings: only a timeout says "hung"; a refusal during start or
+//! lame duck is expected; a status code is an answer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use semver::Version;
+use serde::Deserialize;
+use tokio::io::AsyncBufReadExt;
+
+/// What an HTTP probe saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Http {
+    /// The broker answered.
+    Answered {
+        /// HTTP status.
+        status: u16,
+        /// Body (truncated to 4 KiB).
+        body: String,
+    },
+    /// Nothing listens.
+    Refused,
+    /// No answer in time.
+    Timeout,
+    /// Anything else (reset, bad HTTP).
+    Failed(String),
+}
+
+/// A client for one broker's monitoring port.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    http: reqwest::Client,
+    base: String,
+    timeout: Duration,
+}
+
+/// The `/healthz` query that checks JetStream without its streams: the
+/// meaning of `js-server-only` changed in 2.11.0 and `js-meta-only` took
+/// over the old one (reference §4).
+pub fn healthz_js_meta_query(version: &Version) -> &'static str {
+    if *version >= Version::new(2, 11, 0) {
+        "/healthz?js-meta-only=true"
+    } else {
+        "/healthz?js-server-only=true"
+    }
+}
+
+/// `/healthz` that only asks "is JetStream enabled", used for liveness.
+pub const HEALTHZ_ALIVE: &str = "/healthz?js-enabled-only=true";
+
+impl Monitor {
+    /// A client for `http://addr`, each request bounded by `timeout`.
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            // The environment's proxies must never see loopback probes.
+            .no_proxy()
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .pool_max_idle_per_host(1)
+            .build()
+            .unwrap_or_default();
+        Self {
+            http,
+            base: format!("http://{addr}"),
+            timeout,
+        }
+    }
+
+    /// GET `path` (with query).
+    pub async fn get(&self, path: &str) -> Http {
+        let req = self.http.get(format!("{}{path}", self.base)).send();
+        match tokio::time::timeout(self.timeout, req).await {
+            Err(_) => Http::Timeout,
+            Ok(Err(e)) if e.is_timeout() => Http::Timeout,
+            Ok(Err(e)) if e.is_connect() => {
+                if is_refused(&e) {
+                    Http::Refused
+                } else {
+                    Http::Failed(e.to_string())
+                }
+            }
+            Ok(Err(e)) => Http::Failed(e.to_string()),
+            Ok(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                match tokio::time::timeout(self.timeout, resp.bytes()).await {
+                    Err(_) => Http::Timeout,
+                    Ok(Err(e)) => Http::Failed(e.to_string()),
+                    Ok(Ok(b)) => {
+                        let body = String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned();
+                        Http::Answered { status, body }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `/varz`, parsed.
+    pub async fn varz(&self) -> Result<Varz, Http> {
+        match self.get("/varz").await {
+            Http::Answered { status: 200, body } => {
+                serde_json::from_str(&body).map_err(|e| Http::Failed(format!("bad /varz: {e}")))
+            }
+            other => Err(other),
+        }
+    }
+}
+
+fn is_refused(e: &reqwest::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// The parts of `/varz` natsmesh reads. Fields missing on a version are
+/// `None`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct Varz {
+    /// Server id (for `$SYS` subjects).
+    pub server_id: Option<String>,
+    /// Server name.
+    pub server_name: Option<String>,
+    /// Version string.
+    pub version: Option<String>,
+    /// Client connections.
+    #[serde(default)]
+    pub connections: u64,
+    /// Route connections (pooled ones counted each).
+    #[serde(default)]
+    pub routes: u64,
+    /// Distinct route peers (newer servers); prefer this over `routes`.
+    pub remotes: Option<u64>,
+    /// Leafnode connections.
+    #[serde(default)]
+    pub leafnodes: u64,
+    /// When the config was last loaded (RFC 3339).
+    pub config_load_time: Option<String>,
+    /// `sha256:<hex>` of the loaded config (2.11+).
+    pub config_digest: Option<String>,
+    /// Messages in.
+    #[serde(default)]
+    pub in_msgs: u64,
+    /// Messages out.
+    #[serde(default)]
+    pub out_msgs: u64,
+    /// Bytes in.
+    #[serde(default)]
+    pub in_bytes: u64,
+    /// Bytes out.
+    #[serde(default)]
+    pub out_bytes: u64,
+    /// Slow consumers.
+    #[serde(default)]
+    pub slow_consumers: u64,
+    /// Resident memory of the broker.
+    #[serde(default)]
+    pub mem: u64,
+    /// Broker CPU percentage.
+    #[serde(default)]
+    pub cpu: f64,
+}
+
+impl Varz {
+    /// Number of route peers: `remotes` where the server reports it (2.10+
+    /// pools several connections per peer), else `routes`.
+    pub fn route_peers(&self) -> u64 {
+        self.remotes.unwrap_or(self.routes)
+    }
+}
+
+/// What the client port said when a client connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientPort {
+    /// INFO received and the server is accepting clients.
+    Serving,
+    /// INFO received with `"ldm": true`.
+    LameDuck,
+    /// Nothing listens (start-up, lame duck, or stopped).
+    Refused,
+    /// No INFO in time.
+    Timeout,
+    /// Anything else.
+    Failed(String),
+}
+
+#[derive(Deserialize)]
+struct Info {
+    #[serde(default)]
+    ldm: bool,
+}
+
+/// Connects to the client port, reads the INFO line the server sends first,
+/// and hangs up.
+pub async fn probe_client_port(addr: SocketAddr, timeout: Duration) -> ClientPort {
+    let attempt = async {
+        let stream = match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return ClientPort::Refused;
+            }
+            Err(e) => return ClientPort::Failed(e.to_string()),
+        };
+        // Bounded: a misbehaving peer cannot grow memory.
+        let mut reader =
+            tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(stream, 64 * 1024));
+        let mut line = String::new();
+        match reader.read_line(&mut line).await {
+            Ok(0) => ClientPort::Failed("closed before INFO".into()),
+            Ok(_) => match line.strip_prefix("INFO ") {
+                Some(json) => match serde_json::from_str::<Info>(json.trim()) {
+                    Ok(info) if info.ldm => ClientPort::LameDuck,
+                    Ok(_) => ClientPort::Serving,
+                    Err(e) => ClientPort::Failed(format!("bad INFO: {e}")),
+                },
+                None => ClientPort::Failed(format!(
+                    "expected INFO, got {:?}",
+                    line.chars().take(40).collect::<String>()
+                )),
+            },
+            Err(e) => ClientPort::Failed(e.to_string()),
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(ClientPort::Timeout)
+}

@@ -1,0 +1,238 @@
+//! The control socket: `natsmeshd status`, `reload --wait` and `drain` talk
+//! to the running daemon here.
+//!
+//! One JSON request per connection, one JSON reply. Only root and the user
+//! natsmeshd runs as may connect (checked with the peer's credentials, not
+//! just file modes).
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::supervisor::{Command, Status};
+
+/// A request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase")]
+pub enum Request {
+    /// The status.
+    Status,
+    /// Re-read the configuration; with `wait`, reply with the outcome.
+    Reload {
+        /// Wait for the outcome.
+        wait: bool,
+    },
+    /// Leave service and keep running.
+    Drain,
+}
+
+/// A reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// What happened, for a person.
+    pub message: String,
+    /// The status, for `status`.
+    pub status: Option<Status>,
+}
+
+/// Why the control socket could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Binding or connecting failed.
+    #[error("control socket {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The daemon answered something unreadable.
+    #[error("control socket {path}: bad reply: {detail}")]
+    Protocol {
+        /// The socket path.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Binds the socket (replacing a stale one), mode 0660.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Serves requests until the command channel closes.
+pub async fn serve(
+    listener: UnixListener,
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<Status>,
+) {
+    let me = nix::unistd::geteuid().as_raw();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, most likely: back off instead of spinning.
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let allowed = stream
+            .peer_cred()
+            .map(|c| c.uid() == 0 || c.uid() == me)
+            .unwrap_or(false);
+        let commands = commands.clone();
+        let status = status.clone();
+        tokio::spawn(async move {
+            if allowed {
+                let _ = handle(stream, commands, status).await;
+            } else {
+                let _ = write_reply(
+                    stream,
+                    &Reply {
+                        ok: false,
+                        message:
+                            "permission denied: only root and the natsmesh user may use this socket"
+                                .into(),
+                        status: None,
+                    },
+                )
+                .await;
+            }
+        });
+    }
+}
+
+async fn handle(
+    stream: UnixStream,
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<Status>,
+) -> std::io::Result<()> {
+    let (read, write) = stream.into_split();
+    let mut line = String::new();
+    // One bounded line per connection.
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, 64 * 1024));
+    tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::other("request timeout"))??;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Reply {
+            ok: false,
+            message: format!("bad request: {e}"),
+            status: None,
+        },
+        Ok(Request::Status) => Reply {
+            ok: true,
+            message: String::new(),
+            status: Some(status.borrow().clone()),
+        },
+        Ok(Request::Reload { wait }) => {
+            let (tx, rx) = oneshot::channel();
+            let reply = wait.then_some(tx);
+            if commands.send(Command::Reload { reply }).await.is_err() {
+                Reply {
+                    ok: false,
+                    message: "natsmeshd is stopping".into(),
+                    status: None,
+                }
+            } else if wait {
+                outcome(rx.await)
+            } else {
+                Reply {
+                    ok: true,
+                    message: "reload requested".into(),
+                    status: None,
+                }
+            }
+        }
+        Ok(Request::Drain) => {
+            let (tx, rx) = oneshot::channel();
+            if commands
+                .send(Command::Drain { reply: Some(tx) })
+                .await
+                .is_err()
+            {
+                Reply {
+                    ok: false,
+                    message: "natsmeshd is stopping".into(),
+                    status: None,
+                }
+            } else {
+                outcome(rx.await)
+            }
+        }
+    };
+    let mut write = write;
+    let mut text = serde_json::to_string(&reply).unwrap_or_default();
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
+}
+
+fn outcome(r: Result<Result<String, String>, oneshot::error::RecvError>) -> Reply {
+    match r {
+        Ok(Ok(message)) => Reply {
+            ok: true,
+            message,
+            status: None,
+        },
+        Ok(Err(message)) => Reply {
+            ok: false,
+            message,
+            status: None,
+        },
+        Err(_) => Reply {
+            ok: false,
+            message: "natsmeshd stopped before answering".into(),
+            status: None,
+        },
+    }
+}
+
+async fn write_reply(mut stream: UnixStream, reply: &Reply) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(reply).unwrap_or_default();
+    text.push('\n');
+    stream.write_all(text.as_bytes()).await
+}
+
+/// Sends one request to the daemon at `path` and reads its reply.
+pub async fn request(path: &Path, req: &Request) -> Result<Reply, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).await.map_err(io)?;
+    let mut text = serde_json::to_string(req).unwrap_or_default();
+    text.push('\n');
+    stream.write_all(text.as_bytes()).await.map_err(io)?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .await
+        .map_err(io)?;
+    serde_json::from_str(&line).map_err(|e| ControlError::Protocol {
+        path: path.to_path_buf(),
+        detail: format!("{e}: {line:?}"),
+    })
+}

@@ -1,0 +1,814 @@
+//! The supervisor: owns the nats-server process and runs it as a careful
+//! operator would — start, probe, restart when it dies or truly hangs,
+//! reload when a reloadable setting changes, drain with lame duck — and
+//! never makes an outage worse.
+//!
+//! One task owns everything here; the rest of natsmeshd talks to it through
+//! [`Command`]s and reads its [`Status`] from a watch channel. It sends
+//! systemd WATCHDOG=1 from its own loop, so a stalled loop is noticed.
+
+pub mod backoff;
+pub mod liveness;
+pub mod output;
+pub mod probe;
+pub mod state;
+pub mod status;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, UNIX_EPOCH};
+
+use natsmesh_broker::classify::{Action, Snapshot, classify};
+use natsmesh_broker::log::{ReloadOutcome, needs_restart};
+use natsmesh_broker::monitor::ClientPort;
+use natsmesh_broker::process::{BrokerProcess, spawn};
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep_until};
+
+use crate::config::{self, Settings, Sources};
+use crate::logging::ids;
+use crate::notify::Notifier;
+use crate::prepare::{Prepared, prepare_in, write_atomically};
+use backoff::{AfterCrash, RestartPolicy};
+use liveness::{Liveness, Verdict};
+use output::BrokerOutput;
+use probe::{Report, Targets, local_addr};
+use state::{Lifecycle, State};
+pub use status::Status;
+
+/// The rendered file the broker runs.
+pub const CONFIG_NAME: &str = "nats-server.conf";
+const NEXT_NAME: &str = "nats-server.conf.next";
+/// Probe pace until the broker first serves, so READY=1 follows at once.
+const STARTUP_PROBE_PACE: Duration = Duration::from_millis(20);
+/// How long a signalled reload may take to show its outcome.
+const RELOAD_CONFIRM: Duration = Duration::from_secs(10);
+/// Consecutive failed serving probes before a ready node leaves service.
+const SERVING_FAILURES: u32 = 3;
+
+/// What a caller may ask.
+#[derive(Debug)]
+pub enum Command {
+    /// Re-read the configuration and apply it (reload or restart).
+    Reload {
+        /// Where the outcome goes, if anyone waits for it.
+        reply: Option<oneshot::Sender<Result<String, String>>>,
+    },
+    /// Leave service (lame duck) and keep natsmeshd running.
+    Drain {
+        /// Acknowledgement.
+        reply: Option<oneshot::Sender<Result<String, String>>>,
+    },
+    /// Drain and exit.
+    Stop,
+}
+
+/// How supervision ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped on request.
+    Stopped,
+    /// The broker kept crashing.
+    CrashLoop(String),
+    /// The broker could not be started at all.
+    Failed(String),
+}
+
+/// What to do when the running broker exits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AfterExit {
+    /// Unexpected: a crash.
+    Crash,
+    /// Start it again at once (a restart natsmeshd asked for).
+    Restart(String),
+    /// Stay stopped and keep running (drain).
+    StayDown,
+    /// Stop supervision.
+    Finish,
+}
+
+struct Running {
+    process: BrokerProcess,
+    pid: u32,
+    liveness: Liveness,
+    targets: Targets,
+    first_served: Option<Instant>,
+    serving_failures: u32,
+}
+
+/// Deadlines of a stop in progress: SIGINT, then SIGKILL.
+#[derive(Debug, Clone, Copy)]
+struct StopPlan {
+    interrupt_at: Instant,
+    kill_at: Instant,
+    interrupted: bool,
+}
+
+type ProbeFuture = Pin<Box<dyn Future<Output = Report> + Send>>;
+type Reply = oneshot::Sender<Result<String, String>>;
+
+/// The supervisor task.
+pub struct Supervisor {
+    sources: Sources,
+    settings: Settings,
+    current: Prepared,
+    last_good: Option<Prepared>,
+    life: Lifecycle,
+    running: Option<Running>,
+    after_exit: AfterExit,
+    stop: Option<StopPlan>,
+    restart_at: Option<Instant>,
+    policy: RestartPolicy,
+    notifier: Notifier,
+    output: BrokerOutput,
+    status: Status,
+    status_tx: watch::Sender<Status>,
+    last_status_line: String,
+    pending_reply: Option<Reply>,
+    exit: Option<Exit>,
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Supervisor {
+    /// Prepares the first configuration (rendered, validated, `-t`) and
+    /// writes it to the state directory. Fails before any broker starts.
+    pub async fn new(
+        sources: Sources,
+        settings: Settings,
+        notifier: Notifier,
+    ) -> anyhow::Result<(Self, watch::Receiver<Status>)> {
+        std::fs::create_dir_all(&settings.state_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create state directory {}: {e}",
+                settings.state_dir.display()
+            )
+        })?;
+        let current = prepare_in(&settings, &settings.state_dir, CONFIG_NAME).await?;
+        let status = Status {
+            natsmesh_version: env!("CARGO_PKG_VERSION").into(),
+            server_name: settings.server.server_name.clone(),
+            region: settings.region.clone(),
+            broker_version: current.version.to_string(),
+            config_file: current.path.display().to_string(),
+            ..Status::default()
+        };
+        let (status_tx, status_rx) = watch::channel(status.clone());
+        let now = Instant::now();
+        Ok((
+            Self {
+                policy: RestartPolicy::new(settings.restart),
+                sources,
+                settings,
+                current,
+                last_good: None,
+                life: Lifecycle::new(now),
+                running: None,
+                after_exit: AfterExit::Crash,
+                stop: None,
+                restart_at: None,
+                notifier,
+                output: BrokerOutput::start(),
+                status,
+                status_tx,
+                last_status_line: String::new(),
+                pending_reply: None,
+                exit: None,
+            },
+            status_rx,
+        ))
+    }
+
+    /// Runs until stopped or until the broker cannot be kept up.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Exit {
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            broker = %self.current.version,
+            server_name = %self.settings.server.server_name,
+            region = %self.settings.region,
+            client = %self.settings.server.listen,
+            monitoring = %self.settings.server.monitoring.map(|m| m.to_string()).unwrap_or_default(),
+            cluster = %self.settings.server.cluster.as_ref().map(|c| c.listen.to_string()).unwrap_or_default(),
+            gateway = %self.settings.server.gateway.as_ref().map(|g| g.listen.to_string()).unwrap_or_default(),
+            control = %self.settings.control_socket.display(),
+            "natsmeshd starting"
+        );
+        self.start_broker();
+        let mut probe: Option<ProbeFuture> = None;
+        let mut next_probe = Instant::now();
+        let watchdog_every = self.notifier.watchdog_interval();
+        let mut next_watchdog = Instant::now();
+        loop {
+            if let Some(exit) = self.exit.take() {
+                return exit;
+            }
+            if probe.is_none()
+                && Instant::now() >= next_probe
+                && let Some(r) = &self.running
+            {
+                let targets = r.targets.clone();
+                probe = Some(Box::pin(async move { probe::probe(&targets).await }));
+            }
+            let wake = [
+                Some(next_probe),
+                watchdog_every.map(|_| next_watchdog),
+                self.restart_at,
+                self.stop.map(|s| {
+                    if s.interrupted {
+                        s.kill_at
+                    } else {
+                        s.interrupt_at
+                    }
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| Instant::now() + self.settings.health.interval);
+            tokio::select! {
+                status = wait_exit(&mut self.running) => self.on_exit(status),
+                report = poll_probe(&mut probe) => {
+                    probe = None;
+                    let pace = if matches!(self.life.state(), State::Starting | State::Syncing) {
+                        STARTUP_PROBE_PACE
+                    } else {
+                        self.settings.health.interval
+                    };
+                    next_probe = report.at + pace;
+                    self.on_report(report);
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    // Everyone who could ask is gone: stop.
+                    None => self.begin_stop(),
+                },
+                _ = sleep_until(wake) => {}
+            }
+            let now = Instant::now();
+            if let Some(every) = watchdog_every
+                && now >= next_watchdog
+            {
+                // Only this loop sends WATCHDOG=1: if it stalls, systemd acts.
+                self.notifier.watchdog();
+                next_watchdog = now + every;
+            }
+            if self.restart_at.is_some_and(|t| now >= t) {
+                self.restart_at = None;
+                self.start_broker();
+            }
+            self.check_stop_deadlines(now);
+        }
+    }
+
+    fn go(&mut self, to: State, reason: impl Into<String>) {
+        let reason = reason.into();
+        match self.life.go(to, reason.clone(), Instant::now()) {
+            Ok(true) => tracing::debug!(state = %to, %reason, "state change"),
+            Ok(false) => {}
+            // A bug: report it and stay in the current state.
+            Err(e) => tracing::error!(error = %e, %reason, "refused a state change"),
+        }
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        let s = &mut self.status;
+        s.state = self.life.state().to_string();
+        s.reason = self.life.reason().to_owned();
+        s.since_unix_ms = unix_ms(self.life.since_wall());
+        s.broker_pid = self.running.as_ref().map(|r| r.pid);
+        s.broker_version = self.current.version.to_string();
+        s.log_lines_dropped = self.output.dropped();
+        let line = s.line();
+        if line != self.last_status_line {
+            self.notifier.status(&line);
+            self.last_status_line = line;
+        }
+        self.status_tx.send_replace(self.status.clone());
+    }
+
+    fn start_broker(&mut self) {
+        let s = &self.settings;
+        let (Some(mon), Some(client)) = (
+            s.server.monitoring.as_ref().and_then(local_addr),
+            local_addr(&s.server.listen),
+        ) else {
+            self.fail("the monitoring and client listeners need fixed ports".into());
+            return;
+        };
+        let mut process = match spawn(&s.binary, &self.current.path) {
+            Ok(p) => p,
+            Err(e) => {
+                self.fail(e.to_string());
+                return;
+            }
+        };
+        let pid = process.pid();
+        let (stdout, stderr) = process.take_output();
+        if let Some(out) = stdout {
+            self.output.read(pid, out);
+        }
+        if let Some(err) = stderr {
+            self.output.read(pid, err);
+        }
+        let now = Instant::now();
+        self.running = Some(Running {
+            process,
+            pid,
+            liveness: Liveness::new(now, s.health.liveness_budget, s.health.startup_grace),
+            targets: Targets::new(
+                mon,
+                client,
+                &self.current.version,
+                s.server.jetstream.is_some(),
+                s.health.timeout,
+            ),
+            first_served: None,
+            serving_failures: 0,
+        });
+        self.after_exit = AfterExit::Crash;
+        self.go(
+            State::Starting,
+            format!("nats-server {} started (pid {pid})", self.current.version),
+        );
+    }
+
+    fn fail(&mut self, why: String) {
+        tracing::error!(error = %why, "cannot run the broker");
+        self.go(State::Stopped, why.clone());
+        self.exit = Some(Exit::Failed(why));
+    }
+
+    fn on_report(&mut self, report: Report) {
+        let state = self.life.state();
+        let Some(run) = self.running.as_mut() else {
+            return;
+        };
+        self.status.alive = report.alive_detail.clone();
+        self.status.serving = match &report.client {
+            ClientPort::Serving => "accepting clients".into(),
+            ClientPort::LameDuck => "lame duck".into(),
+            ClientPort::Refused => "client port closed".into(),
+            ClientPort::Timeout => "client port: no INFO in time".into(),
+            ClientPort::Failed(e) => format!("client port: {e}"),
+        };
+        self.status.jetstream = report.jetstream.describe();
+        if let Some(v) = &report.varz {
+            self.status.routes = self
+                .settings
+                .server
+                .cluster
+                .is_some()
+                .then(|| v.route_peers());
+            self.status.clients = Some(v.connections);
+        }
+        if state == State::Draining {
+            self.publish();
+            return;
+        }
+        let now = report.at;
+        if let Verdict::Hung { silent_for } = run.liveness.observe(report.alive, now) {
+            tracing::error!(
+                message_id = ids::BROKER_LOST,
+                pid = run.pid,
+                silent_for = ?silent_for,
+                "nats-server is hung (only timeouts for {silent_for:?}); killing it"
+            );
+            self.status.hang_kills += 1;
+            let _ = run.process.signal(Signal::SIGKILL);
+            self.after_exit = AfterExit::Restart(format!("hung for {silent_for:?}"));
+            return;
+        }
+        let serving = report.client == ClientPort::Serving;
+        if serving {
+            run.serving_failures = 0;
+            run.liveness.served(now);
+            run.first_served.get_or_insert(now);
+        } else {
+            run.serving_failures += 1;
+        }
+        let peers_configured = self
+            .settings
+            .server
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.routes.len() > 1);
+        let routes = report.varz.as_ref().map_or(0, |v| v.route_peers());
+        let waited = run
+            .first_served
+            .is_some_and(|t| now - t >= self.settings.health.route_wait);
+        let routes_ok = !peers_configured || routes > 0 || waited;
+        match state {
+            State::Starting | State::Syncing if serving && routes_ok => {
+                if peers_configured && routes == 0 {
+                    tracing::warn!(
+                        "no route to any peer after {:?}; serving anyway",
+                        self.settings.health.route_wait
+                    );
+                }
+                self.become_ready();
+            }
+            State::Starting | State::Syncing if serving => {
+                self.go(State::Syncing, "waiting for a first route to a peer");
+            }
+            State::Starting => {
+                if report.alive == liveness::Observation::Answered {
+                    // The monitoring port answers before the client port
+                    // opens: JetStream is recovering. Keep systemd waiting.
+                    self.notifier.extend_timeout(
+                        self.settings.health.interval * 10 + Duration::from_secs(10),
+                    );
+                }
+                self.publish();
+            }
+            State::Ready if run.serving_failures >= SERVING_FAILURES => {
+                let why = self.status.serving.clone();
+                tracing::warn!(reason = %why, "nats-server stopped serving clients");
+                self.go(State::Syncing, format!("not serving: {why}"));
+            }
+            _ => self.publish(),
+        }
+    }
+
+    fn become_ready(&mut self) {
+        self.policy.healthy();
+        self.last_good = Some(self.current.clone());
+        self.status.restart_pending.clear();
+        self.go(State::Ready, "serving clients");
+        let line = self.status.line();
+        tracing::info!(message_id = ids::READY, status = %line, "ready");
+        self.notifier.ready(&line);
+        if let Some(reply) = self.pending_reply.take() {
+            let _ = reply.send(Ok(format!("restarted; {line}")));
+        }
+    }
+
+    fn on_exit(&mut self, status: std::io::Result<std::process::ExitStatus>) {
+        let Some(run) = self.running.take() else {
+            return;
+        };
+        let status = status.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string());
+        self.stop = None;
+        match std::mem::replace(&mut self.after_exit, AfterExit::Crash) {
+            AfterExit::Finish => {
+                tracing::info!(pid = run.pid, %status, "nats-server stopped");
+                self.go(State::Stopped, "stopped");
+                self.exit = Some(Exit::Stopped);
+            }
+            AfterExit::StayDown => {
+                tracing::info!(pid = run.pid, %status, "nats-server drained and stopped");
+                self.go(
+                    State::Stopped,
+                    "drained; natsmeshd keeps running (restart the service to serve again)",
+                );
+            }
+            AfterExit::Restart(why) => {
+                tracing::info!(message_id = ids::RESTART, pid = run.pid, %status, reason = %why, "restarting nats-server");
+                self.status.restarts += 1;
+                self.go(State::Restarting, format!("restarting: {why}"));
+                self.start_broker();
+            }
+            AfterExit::Crash => self.on_crash(run, status),
+        }
+    }
+
+    fn on_crash(&mut self, run: Running, status: String) {
+        self.status.crashes += 1;
+        tracing::error!(message_id = ids::BROKER_LOST, pid = run.pid, %status, "nats-server exited unexpectedly");
+        // A new configuration that never served is the likely cause: go back
+        // to the last one that did, rather than crash-loop on it.
+        if run.first_served.is_none()
+            && let Some(good) = self.last_good.clone()
+            && good.rendered.text != self.current.rendered.text
+        {
+            let why = format!(
+                "nats-server exited ({status}) with the new configuration before serving; rolled back to the last good one"
+            );
+            tracing::error!(message_id = ids::RELOAD_FAILED, "{why}");
+            if let Err(e) = write_atomically(&good.path, good.rendered.text.as_bytes()) {
+                tracing::error!(error = %e, "cannot write back the last good configuration");
+            }
+            self.current = good;
+            self.status.restart_pending.clear();
+            self.status.reloads_failed += 1;
+            self.status.last_reload = Some(why.clone());
+            if let Some(reply) = self.pending_reply.take() {
+                let _ = reply.send(Err(why));
+            }
+        }
+        match self.policy.crashed(Instant::now(), fastrand::f64()) {
+            AfterCrash::RestartIn(delay) => {
+                self.status.restarts += 1;
+                self.go(
+                    State::Restarting,
+                    format!("nats-server exited ({status}); restarting in {delay:?}"),
+                );
+                if delay.is_zero() {
+                    self.start_broker();
+                } else {
+                    self.restart_at = Some(Instant::now() + delay);
+                }
+            }
+            AfterCrash::GiveUp { crashes, window } => {
+                let why = format!(
+                    "nats-server crashed {crashes} times within {window:?}; giving up so systemd sees the failure"
+                );
+                tracing::error!("{why}");
+                self.go(State::Stopped, why.clone());
+                self.exit = Some(Exit::CrashLoop(why));
+            }
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Stop => self.begin_stop(),
+            Command::Drain { reply } => {
+                let res = self.begin_drain(AfterExit::StayDown, "drain requested");
+                if let Some(r) = reply {
+                    let _ = r.send(res);
+                }
+            }
+            Command::Reload { reply } => {
+                self.notifier.reloading();
+                let outcome = self.reload().await;
+                let line = self.status.line();
+                self.notifier.ready(&line);
+                match outcome {
+                    Reloaded::Done(res) => {
+                        if let Some(r) = reply {
+                            let _ = r.send(res);
+                        }
+                    }
+                    Reloaded::Pending => {
+                        if let Some(old) = std::mem::replace(&mut self.pending_reply, reply) {
+                            let _ = old.send(Err("superseded by a newer reload".into()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lame duck, with deadlines for SIGINT and SIGKILL.
+    fn begin_drain(&mut self, after: AfterExit, why: &str) -> Result<String, String> {
+        let Some(run) = &self.running else {
+            if after == AfterExit::Finish {
+                self.go(State::Stopped, "stopped");
+                self.exit = Some(Exit::Stopped);
+            }
+            return Err("no broker is running".into());
+        };
+        if self.life.state() == State::Draining {
+            // Already leaving: a stop now only changes what follows.
+            if after == AfterExit::Finish {
+                self.after_exit = AfterExit::Finish;
+            }
+            return Ok("already draining".into());
+        }
+        let now = Instant::now();
+        let ldm = self.settings.server.lame_duck_duration;
+        let r = &self.settings.restart;
+        if run.first_served.is_none() {
+            // Never served: no client to drain, a clean SIGINT is enough.
+            let _ = run.process.signal(Signal::SIGINT);
+            self.stop = Some(StopPlan {
+                interrupt_at: now,
+                kill_at: now + r.kill_after,
+                interrupted: true,
+            });
+        } else {
+            let _ = run.process.signal(Signal::SIGUSR2);
+            self.stop = Some(StopPlan {
+                interrupt_at: now + ldm + r.stop_margin,
+                kill_at: now + ldm + r.stop_margin + r.kill_after,
+                interrupted: false,
+            });
+        }
+        tracing::info!(
+            message_id = ids::DRAINING,
+            pid = run.pid,
+            reason = why,
+            "draining nats-server (lame duck)"
+        );
+        self.after_exit = after;
+        self.go(State::Draining, why.to_owned());
+        Ok(format!("draining (lame duck up to {ldm:?})"))
+    }
+
+    fn begin_stop(&mut self) {
+        self.notifier.stopping();
+        if let Some(reply) = self.pending_reply.take() {
+            let _ = reply.send(Err("natsmeshd is stopping".into()));
+        }
+        self.restart_at = None;
+        let _ = self.begin_drain(AfterExit::Finish, "stopping");
+    }
+
+    fn check_stop_deadlines(&mut self, now: Instant) {
+        let (Some(plan), Some(run)) = (self.stop.as_mut(), self.running.as_ref()) else {
+            return;
+        };
+        if !plan.interrupted && now >= plan.interrupt_at {
+            // Lame duck should have ended by itself; SIGINT is a clean stop
+            // that flushes JetStream (SIGTERM is ignored during lame duck).
+            tracing::warn!(
+                pid = run.pid,
+                "lame duck did not end in time; sending SIGINT"
+            );
+            let _ = run.process.signal(Signal::SIGINT);
+            plan.interrupted = true;
+        } else if plan.interrupted && now >= plan.kill_at {
+            tracing::error!(pid = run.pid, "nats-server did not stop; sending SIGKILL");
+            let _ = run.process.signal(Signal::SIGKILL);
+            plan.kill_at = now + Duration::from_secs(3600);
+        }
+    }
+
+    async fn reload(&mut self) -> Reloaded {
+        match self.life.state() {
+            State::Draining | State::Stopped | State::Restarting => {
+                return Reloaded::Done(Err(format!("cannot reload while {}", self.life.state())));
+            }
+            _ => {}
+        }
+        let (_, settings) = match config::load_settings(&self.sources) {
+            Ok(v) => v,
+            Err(p) => {
+                return self.refused(format!(
+                    "configuration refused, the previous one keeps serving:\n{p}"
+                ));
+            }
+        };
+        let next = match prepare_in(&settings, &settings.state_dir, NEXT_NAME).await {
+            Ok(p) => p,
+            Err(e) => {
+                return self.refused(format!(
+                    "configuration refused, the previous one keeps serving: {e}"
+                ));
+            }
+        };
+        let decision = classify(
+            &Snapshot::capture(&self.current.rendered),
+            &Snapshot::capture(&next.rendered),
+        );
+        match decision.action {
+            Action::Nothing => {
+                let _ = std::fs::remove_file(&next.path);
+                self.settings = settings;
+                Reloaded::Done(Ok("no change".into()))
+            }
+            Action::Reload => self.signal_reload(settings, next, &decision).await,
+            Action::Restart => self.restart_for(settings, next, decision.restart_reasons()),
+        }
+    }
+
+    fn refused(&mut self, why: String) -> Reloaded {
+        tracing::error!(message_id = ids::RELOAD_FAILED, "{why}");
+        self.status.reloads_failed += 1;
+        self.status.last_reload = Some(why.lines().next().unwrap_or_default().to_owned());
+        self.publish();
+        Reloaded::Done(Err(why))
+    }
+
+    /// Installs `next` as the running file and sends SIGHUP, then confirms
+    /// the broker loaded it; restores the old file when it did not.
+    async fn signal_reload(
+        &mut self,
+        settings: Settings,
+        next: Prepared,
+        decision: &natsmesh_broker::classify::Decision,
+    ) -> Reloaded {
+        let Some(targets) = self.running.as_ref().map(|r| r.targets.clone()) else {
+            return Reloaded::Done(Err("no broker is running".into()));
+        };
+        let path = self.current.path.clone();
+        if let Err(e) = std::fs::rename(&next.path, &path) {
+            return self.refused(format!("cannot install the new configuration: {e}"));
+        }
+        let before = targets.monitor().varz().await.ok();
+        let mut outcomes = self.output.reloads();
+        let sent = match &self.running {
+            Some(run) => run.process.signal(Signal::SIGHUP),
+            None => Err(std::io::Error::other("the broker exited")),
+        };
+        if let Err(e) = sent {
+            let _ = write_atomically(&path, self.current.rendered.text.as_bytes());
+            return self.refused(format!("cannot signal the broker: {e}"));
+        }
+        let outcome = tokio::time::timeout(RELOAD_CONFIRM, async {
+            loop {
+                match outcomes.recv().await {
+                    Ok(o) => return Some(o),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return None,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        let keys: Vec<&str> = decision.changes.iter().map(|c| c.key.as_str()).collect();
+        match outcome {
+            Some(ReloadOutcome::Reloaded) => {
+                // Confirm from the broker's own view: the digest `-t` printed
+                // (2.11+), else a new config_load_time.
+                let after = targets.monitor().varz().await.ok();
+                let confirmed = match (
+                    &next.check.digest,
+                    after.as_ref().and_then(|v| v.config_digest.clone()),
+                ) {
+                    (Some(want), Some(got)) => *want == got,
+                    _ => {
+                        after.as_ref().and_then(|v| v.config_load_time.clone())
+                            != before.as_ref().and_then(|v| v.config_load_time.clone())
+                    }
+                };
+                if !confirmed {
+                    tracing::warn!(
+                        "the broker logged a reload, but /varz does not show the new configuration yet"
+                    );
+                }
+                let msg = format!("reloaded ({})", keys.join(", "));
+                tracing::info!(message_id = ids::RELOADED, changes = %keys.join(", "), "configuration reloaded");
+                self.current = Prepared { path, ..next };
+                self.settings = settings;
+                self.status.reloads_ok += 1;
+                self.status.last_reload = Some(msg.clone());
+                self.publish();
+                Reloaded::Done(Ok(msg))
+            }
+            Some(ReloadOutcome::Failed(why)) if needs_restart(&why) => {
+                let next = Prepared {
+                    path: path.clone(),
+                    ..next
+                };
+                self.restart_for(
+                    settings,
+                    next,
+                    vec![format!("the broker cannot reload this change: {why}")],
+                )
+            }
+            Some(ReloadOutcome::Failed(why)) => {
+                let _ = write_atomically(&path, self.current.rendered.text.as_bytes());
+                self.refused(format!("nats-server refused the new configuration, the previous one keeps serving: {why}"))
+            }
+            None => {
+                let _ = write_atomically(&path, self.current.rendered.text.as_bytes());
+                self.refused(format!("nats-server logged no reload outcome within {RELOAD_CONFIRM:?}; the previous configuration stays"))
+            }
+        }
+    }
+
+    /// A change only a restart applies: mark it pending and restart through
+    /// lame duck. (Fleet-wide coordination of this restart is a later layer.)
+    fn restart_for(
+        &mut self,
+        settings: Settings,
+        next: Prepared,
+        reasons: Vec<String>,
+    ) -> Reloaded {
+        let path = self.current.path.clone();
+        if next.path != path
+            && let Err(e) = std::fs::rename(&next.path, &path)
+        {
+            return self.refused(format!("cannot install the new configuration: {e}"));
+        }
+        tracing::warn!(message_id = ids::RESTART, reasons = %reasons.join("; "), "restart pending: the change needs a broker restart");
+        self.status.restart_pending = reasons.clone();
+        self.current = Prepared { path, ..next };
+        self.settings = settings;
+        self.policy = RestartPolicy::new(self.settings.restart);
+        match self.begin_drain(
+            AfterExit::Restart(format!("configuration change: {}", reasons.join("; "))),
+            "restart pending: draining before the restart",
+        ) {
+            Ok(_) => Reloaded::Pending,
+            Err(e) => Reloaded::Done(Err(e)),
+        }
+    }
+}
+
+enum Reloaded {
+    Done(Result<String, String>),
+    Pending,
+}
+
+async fn wait_exit(running: &mut Option<Running>) -> std::io::Result<std::process::ExitStatus> {
+    match running {
+        Some(r) => r.process.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_probe(probe: &mut Option<ProbeFuture>) -> Report {
+    match probe {
+        Some(p) => p.await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,170 @@
+//! One round of the three probes against a running broker.
+//!
+//! 1. *alive*: `/healthz?js-enabled-only=true` — any answer counts as alive;
+//!    only a timeout is evidence of a hang (see `liveness`).
+//! 2. *serving*: a client connects to the client port and reads INFO; it
+//!    serves unless refused or in lame duck (`"ldm": true`).
+//! 3. *JetStream*: `js-server-only` (2.9/2.10) or `js-meta-only` (2.11+),
+//!    then the full `/healthz`. Reported, never used to kill or deregister.
+//!
+//! The three run concurrently, each bounded by the probe timeout.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use natsmesh_broker::Version;
+use natsmesh_broker::model::{Listen, Port};
+use natsmesh_broker::monitor::{
+    ClientPort, HEALTHZ_ALIVE, Http, Monitor, Varz, healthz_js_meta_query, probe_client_port,
+};
+use tokio::time::Instant;
+
+use super::liveness::Observation;
+
+/// Where and how to probe one broker.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    monitor: Monitor,
+    client: SocketAddr,
+    js_meta_query: &'static str,
+    jetstream: bool,
+    timeout: Duration,
+}
+
+/// The address a local prober dials for a listener: its bind address, or
+/// loopback when it binds every address.
+pub fn local_addr(l: &Listen) -> Option<SocketAddr> {
+    let Port::Fixed(port) = l.port else {
+        return None;
+    };
+    let ip = match l.host {
+        IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v) if v.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+impl Targets {
+    /// Targets for a broker with these listeners.
+    pub fn new(
+        monitoring: SocketAddr,
+        client: SocketAddr,
+        version: &Version,
+        jetstream: bool,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            monitor: Monitor::new(monitoring, timeout),
+            client,
+            js_meta_query: healthz_js_meta_query(version),
+            jetstream,
+            timeout,
+        }
+    }
+
+    /// The monitoring client.
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
+    }
+}
+
+/// JetStream health as reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JetStream {
+    /// Not enabled on this node.
+    Disabled,
+    /// Server and every asset current.
+    Current,
+    /// Meta current, some stream or consumer catching up.
+    Catching(String),
+    /// Not current with the meta leader (or no meta leader).
+    NotCurrent(String),
+    /// No answer.
+    Unknown(String),
+}
+
+impl JetStream {
+    /// A short phrase for STATUS.
+    pub fn describe(&self) -> String {
+        match self {
+            JetStream::Disabled => "JetStream off".into(),
+            JetStream::Current => "JetStream current".into(),
+            JetStream::Catching(w) => format!("JetStream catching up ({w})"),
+            JetStream::NotCurrent(w) => format!("JetStream not current ({w})"),
+            JetStream::Unknown(w) => format!("JetStream unknown ({w})"),
+        }
+    }
+}
+
+/// What one round saw.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// When the round started.
+    pub at: Instant,
+    /// The liveness observation.
+    pub alive: Observation,
+    /// The raw liveness answer, for status.
+    pub alive_detail: String,
+    /// The client port.
+    pub client: ClientPort,
+    /// JetStream.
+    pub jetstream: JetStream,
+    /// `/varz`, when it answered.
+    pub varz: Option<Varz>,
+}
+
+fn error_of(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| body.chars().take(120).collect())
+}
+
+async fn jetstream(t: &Targets) -> JetStream {
+    if !t.jetstream {
+        return JetStream::Disabled;
+    }
+    match t.monitor.get(t.js_meta_query).await {
+        Http::Answered { status: 200, .. } => {}
+        Http::Answered { body, .. } => return JetStream::NotCurrent(error_of(&body)),
+        Http::Refused => return JetStream::Unknown("monitoring port closed".into()),
+        Http::Timeout => return JetStream::Unknown("timeout".into()),
+        Http::Failed(e) => return JetStream::Unknown(e),
+    }
+    match t.monitor.get("/healthz").await {
+        Http::Answered { status: 200, .. } => JetStream::Current,
+        Http::Answered { body, .. } => JetStream::Catching(error_of(&body)),
+        Http::Timeout => JetStream::Unknown("timeout".into()),
+        Http::Refused => JetStream::Unknown("monitoring port closed".into()),
+        Http::Failed(e) => JetStream::Unknown(e),
+    }
+}
+
+/// Runs one round.
+pub async fn probe(t: &Targets) -> Report {
+    let at = Instant::now();
+    let (alive, client, js, varz) = tokio::join!(
+        t.monitor.get(HEALTHZ_ALIVE),
+        probe_client_port(t.client, t.timeout),
+        jetstream(t),
+        t.monitor.varz(),
+    );
+    let (alive, alive_detail) = match alive {
+        Http::Answered { status, .. } => (Observation::Answered, format!("answered {status}")),
+        Http::Refused => (Observation::NoListener, "monitoring port refused".into()),
+        Http::Timeout => (
+            Observation::Timeout,
+            format!("no answer within {:?}", t.timeout),
+        ),
+        Http::Failed(e) => (Observation::NoListener, e),
+    };
+    Report {
+        at,
+        alive,
+        alive_detail,
+        client,
+        jetstream: js,
+        varz: varz.ok(),
+    }
+}

@@ -1,0 +1,152 @@
+//! The status natsmeshd reports: on the control socket (`natsmeshd status`),
+//! and as systemd STATUS= lines a person can read.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything `natsmeshd status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// natsmeshd's version.
+    pub natsmesh_version: String,
+    /// Supervisor state.
+    pub state: String,
+    /// Why it is in that state.
+    pub reason: String,
+    /// When the state began (Unix milliseconds).
+    pub since_unix_ms: u64,
+    /// Identity.
+    pub server_name: String,
+    /// Region.
+    pub region: String,
+    /// nats-server version.
+    pub broker_version: String,
+    /// Broker pid, when running.
+    pub broker_pid: Option<u32>,
+    /// The rendered config in use.
+    pub config_file: String,
+    /// Liveness probe.
+    pub alive: String,
+    /// Serving probe.
+    pub serving: String,
+    /// JetStream probe.
+    pub jetstream: String,
+    /// Route peers.
+    pub routes: Option<u64>,
+    /// Client connections.
+    pub clients: Option<u64>,
+    /// Why a restart is pending, when one is.
+    pub restart_pending: Vec<String>,
+    /// Restarts of the broker (any cause).
+    pub restarts: u64,
+    /// Unexpected exits.
+    pub crashes: u64,
+    /// Kills of a hung broker.
+    pub hang_kills: u64,
+    /// Confirmed reloads.
+    pub reloads_ok: u64,
+    /// Refused reloads.
+    pub reloads_failed: u64,
+    /// The last reload's outcome.
+    pub last_reload: Option<String>,
+    /// Broker log lines dropped because the log was slow.
+    pub log_lines_dropped: u64,
+}
+
+impl Status {
+    /// One line for systemd's STATUS=, e.g. "ready: 2 routes, 14 clients,
+    /// JetStream current".
+    pub fn line(&self) -> String {
+        let mut s = format!("{}: ", self.state);
+        match self.state.as_str() {
+            "ready" | "syncing" => {
+                let mut parts = Vec::new();
+                if let Some(r) = self.routes {
+                    parts.push(format!("{r} route{}", if r == 1 { "" } else { "s" }));
+                }
+                if let Some(c) = self.clients {
+                    parts.push(format!("{c} client{}", if c == 1 { "" } else { "s" }));
+                }
+                parts.push(self.jetstream.clone());
+                s.push_str(&parts.join(", "));
+                if self.state == "syncing" {
+                    let _ = write!(s, " ({})", self.reason);
+                }
+            }
+            _ => s.push_str(&self.reason),
+        }
+        if !self.restart_pending.is_empty() {
+            let _ = write!(s, "; restart pending: {}", self.restart_pending.join("; "));
+        }
+        s
+    }
+
+    /// The one screen `natsmeshd status` prints.
+    pub fn screen(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "{}", self.line());
+        let _ = writeln!(s);
+        let rows: [(&str, String); 12] = [
+            (
+                "server",
+                format!("{} (region {})", self.server_name, self.region),
+            ),
+            ("state", format!("{} — {}", self.state, self.reason)),
+            (
+                "broker",
+                format!(
+                    "nats-server {}{}",
+                    self.broker_version,
+                    self.broker_pid
+                        .map(|p| format!(", pid {p}"))
+                        .unwrap_or_default()
+                ),
+            ),
+            ("config", self.config_file.clone()),
+            ("alive", self.alive.clone()),
+            ("serving", self.serving.clone()),
+            ("jetstream", self.jetstream.clone()),
+            (
+                "peers",
+                format!(
+                    "{} routes, {} clients",
+                    self.routes.map_or("?".into(), |r| r.to_string()),
+                    self.clients.map_or("?".into(), |c| c.to_string())
+                ),
+            ),
+            (
+                "restarts",
+                format!(
+                    "{} ({} crashes, {} hang kills)",
+                    self.restarts, self.crashes, self.hang_kills
+                ),
+            ),
+            (
+                "reloads",
+                format!(
+                    "{} ok, {} refused{}",
+                    self.reloads_ok,
+                    self.reloads_failed,
+                    self.last_reload
+                        .as_ref()
+                        .map(|l| format!("; last: {l}"))
+                        .unwrap_or_default()
+                ),
+            ),
+            (
+                "pending",
+                if self.restart_pending.is_empty() {
+                    "no restart pending".into()
+                } else {
+                    format!("restart pending: {}", self.restart_pending.join("; "))
+                },
+            ),
+            ("natsmeshd", self.natsmesh_version.clone()),
+        ];
+        for (k, v) in rows {
+            let _ = writeln!(s, "{k:>10}  {v}");
+        }
+        s
+    }
+}
