@@ -106,27 +106,14 @@ pub async fn serve(
         let commands = commands.clone();
         let status = status.clone();
         tokio::spawn(async move {
-            if allowed {
-                let _ = handle(stream, commands, status).await;
-            } else {
-                let _ = write_reply(
-                    stream,
-                    &Reply {
-                        ok: false,
-                        message:
-                            "permission denied: only root and the natsmesh user may use this socket"
-                                .into(),
-                        status: None,
-                    },
-                )
-                .await;
-            }
+            let _ = handle(stream, allowed, commands, status).await;
         });
     }
 }
 
 async fn handle(
     stream: UnixStream,
+    allowed: bool,
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
 ) -> std::io::Result<()> {
@@ -137,7 +124,14 @@ async fn handle(
     tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
         .await
         .map_err(|_| std::io::Error::other("request timeout"))??;
-    let reply = match serde_json::from_str::<Request>(&line) {
+    let request = serde_json::from_str::<Request>(&line);
+    let reply = match request {
+        _ if !allowed => Reply {
+            ok: false,
+            message: "permission denied: only root and the natsmesh user may use this socket"
+                .into(),
+            status: None,
+        },
         Err(e) => Reply {
             ok: false,
             message: format!("bad request: {e}"),
@@ -208,12 +202,6 @@ fn outcome(r: Result<Result<String, String>, oneshot::error::RecvError>) -> Repl
             status: None,
         },
     }
-}
-
-async fn write_reply(mut stream: UnixStream, reply: &Reply) -> std::io::Result<()> {
-    let mut text = serde_json::to_string(reply).unwrap_or_default();
-    text.push('\n');
-    stream.write_all(text.as_bytes()).await
 }
 
 /// Sends one request to the daemon at `path` and reads its reply.

@@ -105,7 +105,8 @@ struct StopPlan {
     interrupted: bool,
 }
 
-type ProbeFuture = Pin<Box<dyn Future<Output = Report> + Send>>;
+/// A probe round in flight, tagged with the broker process it probes.
+type ProbeFuture = Pin<Box<dyn Future<Output = (u32, Report)> + Send>>;
 type Reply = oneshot::Sender<Result<String, String>>;
 
 /// The supervisor task.
@@ -113,7 +114,8 @@ pub struct Supervisor {
     sources: Sources,
     settings: Settings,
     current: Prepared,
-    last_good: Option<Prepared>,
+    /// The last configuration a broker served with, and its settings.
+    last_good: Option<(Prepared, Settings)>,
     life: Lifecycle,
     running: Option<Running>,
     after_exit: AfterExit,
@@ -211,8 +213,8 @@ impl Supervisor {
                 && Instant::now() >= next_probe
                 && let Some(r) = &self.running
             {
-                let targets = r.targets.clone();
-                probe = Some(Box::pin(async move { probe::probe(&targets).await }));
+                let (targets, pid) = (r.targets.clone(), r.pid);
+                probe = Some(Box::pin(async move { (pid, probe::probe(&targets).await) }));
             }
             let wake = [
                 Some(next_probe),
@@ -232,8 +234,13 @@ impl Supervisor {
             .unwrap_or_else(|| Instant::now() + self.settings.health.interval);
             tokio::select! {
                 status = wait_exit(&mut self.running) => self.on_exit(status),
-                report = poll_probe(&mut probe) => {
+                (pid, report) = poll_probe(&mut probe) => {
                     probe = None;
+                    // A round that began before a restart says nothing about
+                    // the new process.
+                    if self.running.as_ref().map(|r| r.pid) != Some(pid) {
+                        continue;
+                    }
                     let pace = if matches!(self.life.state(), State::Starting | State::Syncing) {
                         STARTUP_PROBE_PACE
                     } else {
@@ -437,7 +444,7 @@ impl Supervisor {
 
     fn become_ready(&mut self) {
         self.policy.healthy();
-        self.last_good = Some(self.current.clone());
+        self.last_good = Some((self.current.clone(), self.settings.clone()));
         self.status.restart_pending.clear();
         self.go(State::Ready, "serving clients");
         let line = self.status.line();
@@ -483,7 +490,7 @@ impl Supervisor {
         // A new configuration that never served is the likely cause: go back
         // to the last one that did, rather than crash-loop on it.
         if run.first_served.is_none()
-            && let Some(good) = self.last_good.clone()
+            && let Some((good, good_settings)) = self.last_good.clone()
             && good.rendered.text != self.current.rendered.text
         {
             let why = format!(
@@ -494,6 +501,7 @@ impl Supervisor {
                 tracing::error!(error = %e, "cannot write back the last good configuration");
             }
             self.current = good;
+            self.settings = good_settings;
             self.status.restart_pending.clear();
             self.status.reloads_failed += 1;
             self.status.last_reload = Some(why.clone());
@@ -806,7 +814,7 @@ async fn wait_exit(running: &mut Option<Running>) -> std::io::Result<std::proces
     }
 }
 
-async fn poll_probe(probe: &mut Option<ProbeFuture>) -> Report {
+async fn poll_probe(probe: &mut Option<ProbeFuture>) -> (u32, Report) {
     match probe {
         Some(p) => p.await,
         None => std::future::pending().await,

@@ -1,0 +1,295 @@
+//! A real natsmeshd under test: its own scratch directory, ports, control
+//! socket and NOTIFY_SOCKET; killed (with its broker) when dropped.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use natsmesh::supervisor::Status;
+use natsmesh_harness::{broker_binary, free_port, scratch};
+
+pub const NATSMESHD: &str = env!("CARGO_BIN_EXE_natsmeshd");
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub version: String,
+    pub client_port: u16,
+    pub monitor_port: u16,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+    notes: Arc<Mutex<Vec<String>>>,
+    last_broker_pid: Option<u32>,
+}
+
+#[derive(Default)]
+pub struct Options {
+    pub extra: String,
+    pub binary: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Daemon {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("natsmesh.toml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
+    /// Writes the config: fast probes, 30 s lame duck with a 1 s grace.
+    pub fn write_config(&self, client_port: u16, extra: &str, binary: &Path) {
+        std::fs::write(
+            self.config_path(),
+            format!(
+                r#"
+[node]
+region = "fra1"
+name = "n1"
+
+[broker]
+binary = "{binary}"
+state_dir = "{state}"
+lame_duck_duration = "30s"
+lame_duck_grace_period = "1s"
+
+[broker.client]
+bind = "127.0.0.1"
+port = {client_port}
+
+[broker.monitoring]
+port = {monitor}
+
+[broker.jetstream]
+max_memory_store = "64MiB"
+max_file_store = "256MiB"
+
+[health]
+profile = "fast"
+
+[restart]
+backoff_initial = "200ms"
+backoff_max = "1s"
+
+[control]
+socket = "{socket}"
+"#,
+                binary = binary.display(),
+                state = self.dir.path().join("state").display(),
+                monitor = self.monitor_port,
+                socket = self.socket().display(),
+            ),
+        )
+        .unwrap();
+        // Test-specific settings arrive as a drop-in, merged over the above.
+        let dropins = self.dir.path().join("natsmesh.d");
+        std::fs::create_dir_all(&dropins).unwrap();
+        std::fs::write(dropins.join("50-test.toml"), extra).unwrap();
+    }
+
+    pub fn start(version: &str, opts: Options) -> Self {
+        let dir = scratch();
+        let mut d = Self {
+            dir,
+            version: version.into(),
+            client_port: free_port(),
+            monitor_port: free_port(),
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+            notes: Arc::new(Mutex::new(Vec::new())),
+            last_broker_pid: None,
+        };
+        let binary = opts
+            .binary
+            .clone()
+            .unwrap_or_else(|| broker_binary(version));
+        d.write_config(d.client_port, &opts.extra, &binary);
+
+        let notify_path = d.dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        let notes = d.notes.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = notify.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                notes.lock().unwrap().push(text);
+            }
+        });
+
+        let mut cmd = Command::new(NATSMESHD);
+        cmd.args(["run", "--config"])
+            .arg(d.config_path())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("NATSMESH_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = d.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        d.child = Some(child);
+        d
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Every sd_notify datagram so far, in order.
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.lock().unwrap().clone()
+    }
+
+    /// Every sd_notify assignment so far, flattened, in order.
+    pub fn note_lines(&self) -> Vec<String> {
+        self.notes()
+            .iter()
+            .flat_map(|n| n.lines().map(str::to_owned).collect::<Vec<_>>())
+            .collect()
+    }
+
+    pub fn wait_note(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.note_lines().iter().any(|l| pred(l)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(NATSMESHD)
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--config")
+            .arg(self.config_path())
+            .env_clear()
+            .output()
+            .unwrap()
+    }
+
+    pub fn status(&mut self) -> Option<Status> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let s: Status = serde_json::from_slice(&out.stdout).ok()?;
+        if let Some(pid) = s.broker_pid {
+            self.last_broker_pid = Some(pid);
+        }
+        Some(s)
+    }
+
+    /// Waits until `pred` holds for the status.
+    pub fn wait_status(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&Status) -> bool,
+        timeout: Duration,
+    ) -> Status {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(s) = self.status() {
+                if pred(&s) {
+                    return s;
+                }
+                last = Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "{} {what}: not within {timeout:?}; last status {last:#?}\nlog:\n{}",
+            self.version,
+            self.log()
+        );
+    }
+
+    pub fn wait_ready(&mut self) -> Status {
+        self.wait_status("ready", |s| s.state == "ready", Duration::from_secs(20))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        signal(self.pid(), sig);
+    }
+
+    /// Waits for natsmeshd to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "natsmeshd did not exit within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn client_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie is dead for our purposes.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.split(") ")
+                .nth(1)
+                .is_some_and(|rest| rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(pid) = self.last_broker_pid
+            && alive(pid)
+        {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}

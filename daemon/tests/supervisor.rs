@@ -1,0 +1,506 @@
+//! The supervisor against real nats-servers (2.9.10 and the pinned current
+//! release): start, crash, hang, false positives, reload, restart, refusal,
+//! lame-duck stop, parent death, and what systemd is told.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Options, alive, signal};
+use natsmesh_harness::{OLDEST_AND_CURRENT, free_port};
+
+fn each_version(test: impl Fn(&str)) {
+    for v in OLDEST_AND_CURRENT {
+        test(v);
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn starts_to_ready_and_tells_systemd() {
+    each_version(|v| {
+        let mut d = Daemon::start(v, Options::default());
+        let s = d.wait_ready();
+        assert_eq!(s.broker_version, v);
+        assert!(
+            d.wait_note(|l| l == "READY=1", Duration::from_secs(5)),
+            "{v}: no READY=1: {:?}",
+            d.notes()
+        );
+        let status = d
+            .note_lines()
+            .into_iter()
+            .filter_map(|l| l.strip_prefix("STATUS=").map(str::to_owned))
+            .next_back()
+            .unwrap();
+        assert!(
+            status.starts_with("ready: 0 clients, JetStream current"),
+            "{v}: {status}"
+        );
+        let screen = text(&d.cli(&["status"]).stdout);
+        assert!(
+            screen.contains("n1 (region fra1)") && screen.contains(&format!("nats-server {v}")),
+            "{screen}"
+        );
+    });
+}
+
+#[test]
+fn kill_9_of_the_broker_is_restarted_at_once() {
+    each_version(|v| {
+        let mut d = Daemon::start(v, Options::default());
+        let first = d.wait_ready().broker_pid.unwrap();
+        let killed_at = Instant::now();
+        signal(first, "KILL");
+        let s = d.wait_status(
+            "ready again",
+            |s| s.state == "ready" && s.broker_pid != Some(first),
+            Duration::from_secs(10),
+        );
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(5),
+            "{v}: {:?}",
+            killed_at.elapsed()
+        );
+        assert_eq!((s.crashes, s.restarts, s.hang_kills), (1, 1, 0), "{v}");
+    });
+}
+
+#[test]
+fn a_stopped_broker_is_killed_only_after_the_liveness_budget() {
+    each_version(|v| {
+        let mut d = Daemon::start(v, Options::default());
+        let first = d.wait_ready().broker_pid.unwrap();
+        let stopped_at = Instant::now();
+        signal(first, "STOP");
+        // The fast profile's budget is 3 s of nothing but timeouts.
+        std::thread::sleep(Duration::from_millis(2000));
+        let s = d.status().unwrap();
+        assert_eq!(
+            s.broker_pid,
+            Some(first),
+            "{v}: restarted before the budget"
+        );
+        assert_eq!(s.hang_kills, 0, "{v}");
+        let s = d.wait_status(
+            "restarted after a hang",
+            |s| s.state == "ready" && s.broker_pid != Some(first),
+            Duration::from_secs(15),
+        );
+        let took = stopped_at.elapsed();
+        assert!(took >= Duration::from_secs(3), "{v}: killed after {took:?}");
+        assert_eq!((s.hang_kills, s.crashes), (1, 0), "{v}");
+        assert!(!alive(first), "{v}: the hung broker is still there");
+    });
+}
+
+#[test]
+fn a_busy_broker_is_not_restarted() {
+    // Freezes shorter than the budget, again and again for 12 s: slow
+    // answers and timeouts, but never a budget's worth in a row.
+    each_version(|v| {
+        let mut d = Daemon::start(v, Options::default());
+        let pid = d.wait_ready().broker_pid.unwrap();
+        let until = Instant::now() + Duration::from_secs(12);
+        while Instant::now() < until {
+            signal(pid, "STOP");
+            std::thread::sleep(Duration::from_millis(1500));
+            signal(pid, "CONT");
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        let s = d.wait_ready();
+        assert_eq!(s.broker_pid, Some(pid), "{v}: restarted a busy broker");
+        assert_eq!((s.hang_kills, s.crashes, s.restarts), (0, 0, 0), "{v}");
+    });
+}
+
+/// A region whose other two servers are unreachable: JetStream has no meta
+/// leader and `/healthz` answers 503 for as long as that lasts.
+fn lonely_cluster() -> String {
+    let me = free_port();
+    format!(
+        "[broker.cluster]\nenabled = true\nbind = \"127.0.0.1\"\nport = {me}\nroutes = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n\n[health]\nroute_wait = \"1s\"\n",
+        free_port(),
+        free_port()
+    )
+}
+
+#[test]
+fn a_jetstream_wide_problem_keeps_core_nats_in_service() {
+    each_version(|v| {
+        let mut d = Daemon::start(
+            v,
+            Options {
+                extra: lonely_cluster(),
+                ..Options::default()
+            },
+        );
+        let s = d.wait_ready();
+        assert!(s.jetstream.contains("not current"), "{v}: {}", s.jetstream);
+        let pid = s.broker_pid;
+        // Core NATS works through it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let nc = async_nats::connect(d.client_addr()).await.unwrap();
+            let mut sub = nc.subscribe("orders.new").await.unwrap();
+            nc.publish("orders.new", "x".into()).await.unwrap();
+            nc.flush().await.unwrap();
+            use futures_util::StreamExt as _;
+            let msg = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&msg.payload[..], b"x");
+        });
+        // And it is left alone while JetStream stays unavailable (503s).
+        std::thread::sleep(Duration::from_secs(8));
+        let s = d.status().unwrap();
+        assert_eq!(
+            (s.state.as_str(), s.broker_pid, s.restarts),
+            ("ready", pid, 0),
+            "{v}"
+        );
+        assert!(s.jetstream.contains("not current"), "{v}: {}", s.jetstream);
+    });
+}
+
+#[test]
+fn a_reloadable_change_is_reloaded_and_confirmed() {
+    each_version(|v| {
+        let mut d = Daemon::start(v, Options::default());
+        let pid = d.wait_ready().broker_pid;
+        let cfg = std::fs::read_to_string(d.config_path()).unwrap();
+        std::fs::write(
+            d.config_path(),
+            cfg.replace(
+                "[broker.client]",
+                "debug = true\ntags = [\"az:1\"]\n\n[broker.client]",
+            ),
+        )
+        .unwrap();
+        let before = d.note_lines().len();
+        let out = d.cli(&["reload", "--wait"]);
+        assert!(
+            out.status.success(),
+            "{v}: {}{}",
+            text(&out.stderr),
+            d.log()
+        );
+        assert!(
+            text(&out.stdout).contains("reloaded (debug, server_tags)"),
+            "{v}: {}",
+            text(&out.stdout)
+        );
+        let s = d.status().unwrap();
+        assert_eq!((s.broker_pid, s.reloads_ok, s.restarts), (pid, 1, 0), "{v}");
+        let rendered =
+            std::fs::read_to_string(d.dir.path().join("state/nats-server.conf")).unwrap();
+        assert!(rendered.contains("debug: true"), "{rendered}");
+        // RELOADING=1 with MONOTONIC_USEC, then READY=1.
+        let lines: Vec<String> = d.note_lines()[before..].to_vec();
+        let reloading = lines
+            .iter()
+            .position(|l| l == "RELOADING=1")
+            .unwrap_or_else(|| panic!("{lines:?}"));
+        assert!(
+            lines[reloading + 1].starts_with("MONOTONIC_USEC="),
+            "{lines:?}"
+        );
+        assert!(
+            lines[reloading..].iter().any(|l| l == "READY=1"),
+            "{lines:?}"
+        );
+    });
+}
+
+#[test]
+fn a_non_reloadable_change_restarts_through_lame_duck() {
+    each_version(|v| {
+        let mut d = Daemon::start(v, Options::default());
+        let pid = d.wait_ready().broker_pid;
+        let new_port = free_port();
+        let cfg = std::fs::read_to_string(d.config_path()).unwrap();
+        std::fs::write(
+            d.config_path(),
+            cfg.replace(
+                &format!("port = {}", d.client_port),
+                &format!("port = {new_port}"),
+            ),
+        )
+        .unwrap();
+        let out = d.cli(&["reload", "--wait"]);
+        assert!(out.status.success(), "{v}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).starts_with("restarted"),
+            "{v}: {}",
+            text(&out.stdout)
+        );
+        let s = d.status().unwrap();
+        assert_ne!(s.broker_pid, pid, "{v}");
+        assert_eq!(
+            (s.state.as_str(), s.restarts, s.crashes),
+            ("ready", 1, 0),
+            "{v}"
+        );
+        assert!(s.restart_pending.is_empty(), "{v}: {:?}", s.restart_pending);
+        std::net::TcpStream::connect(("127.0.0.1", new_port)).unwrap();
+        let log = d.log();
+        assert!(
+            log.contains("restart pending")
+                && log.contains("listen: the client listener cannot move"),
+            "{log}"
+        );
+    });
+}
+
+#[test]
+fn an_invalid_change_is_refused_and_the_old_config_keeps_serving() {
+    each_version(|v| {
+        let mut d = Daemon::start(v, Options::default());
+        let pid = d.wait_ready().broker_pid;
+        let rendered = d.dir.path().join("state/nats-server.conf");
+        let before = std::fs::read_to_string(&rendered).unwrap();
+        let cfg = std::fs::read_to_string(d.config_path()).unwrap();
+        std::fs::write(
+            d.config_path(),
+            cfg.replace(
+                "lame_duck_duration = \"30s\"",
+                "lame_duck_duration = \"5s\"",
+            ),
+        )
+        .unwrap();
+        let out = d.cli(&["reload", "--wait"]);
+        assert_eq!(out.status.code(), Some(1), "{v}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("broker.lame_duck_duration") && err.contains("previous one keeps serving"),
+            "{v}: {err}"
+        );
+        let s = d.status().unwrap();
+        assert_eq!(
+            (s.state.as_str(), s.broker_pid, s.reloads_failed),
+            ("ready", pid, 1),
+            "{v}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&rendered).unwrap(),
+            before,
+            "{v}: the running file changed"
+        );
+    });
+}
+
+#[test]
+fn a_restart_into_a_config_that_cannot_start_rolls_back() {
+    each_version(|v| {
+        let mut d = Daemon::start(v, Options::default());
+        d.wait_ready();
+        // The new client port is taken by someone else: the broker will
+        // fail to bind after `-t` and validation passed.
+        let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = squatter.local_addr().unwrap().port();
+        let cfg = std::fs::read_to_string(d.config_path()).unwrap();
+        std::fs::write(
+            d.config_path(),
+            cfg.replace(
+                &format!("port = {}", d.client_port),
+                &format!("port = {taken}"),
+            ),
+        )
+        .unwrap();
+        let out = d.cli(&["reload", "--wait"]);
+        assert_eq!(out.status.code(), Some(1), "{v}: {}", text(&out.stdout));
+        assert!(
+            text(&out.stderr).contains("rolled back"),
+            "{v}: {}",
+            text(&out.stderr)
+        );
+        let s = d.wait_ready();
+        assert_eq!(s.reloads_failed, 1, "{v}");
+        std::net::TcpStream::connect(d.client_addr()).unwrap();
+        drop(squatter);
+    });
+}
+
+#[test]
+fn sigterm_drains_with_lame_duck_and_exits_zero() {
+    each_version(|v| {
+        let mut d = Daemon::start(v, Options::default());
+        let broker = d.wait_ready().broker_pid.unwrap();
+        let mut client = std::net::TcpStream::connect(d.client_addr()).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut reader = BufReader::new(client.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with("INFO "), "{line}");
+        // protocol 1: the client takes asynchronous INFO updates, as real clients do.
+        client
+            .write_all(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\nPING\r\n")
+            .unwrap();
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "PONG\r\n");
+
+        let term_at = Instant::now();
+        d.signal("TERM");
+        let mut saw_ldm = false;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if line.starts_with("INFO ") && line.contains("\"ldm\":true") => {
+                    saw_ldm = true
+                }
+                Ok(_) if line == "PING\r\n" => client.write_all(b"PONG\r\n").unwrap(),
+                Ok(_) => {}
+            }
+        }
+        assert!(saw_ldm, "{v}: the client never saw the lame-duck INFO");
+        let status = d.wait_exit(Duration::from_secs(45));
+        assert!(status.success(), "{v}: {status}\n{}", d.log());
+        // Within the budget: lame duck (30 s) + margin.
+        assert!(
+            term_at.elapsed() < Duration::from_secs(40),
+            "{v}: {:?}",
+            term_at.elapsed()
+        );
+        assert!(!alive(broker), "{v}");
+        let lines = d.note_lines();
+        let stopping = lines
+            .iter()
+            .position(|l| l == "STOPPING=1")
+            .unwrap_or_else(|| panic!("{lines:?}"));
+        assert!(lines.iter().position(|l| l == "READY=1").unwrap() < stopping);
+        assert!(
+            lines[stopping..]
+                .iter()
+                .any(|l| l.starts_with("STATUS=draining")),
+            "{lines:?}"
+        );
+    });
+}
+
+#[test]
+fn the_broker_dies_with_natsmeshd() {
+    each_version(|v| {
+        let mut d = Daemon::start(v, Options::default());
+        let broker = d.wait_ready().broker_pid.unwrap();
+        d.signal("KILL");
+        let killed = Instant::now();
+        while alive(broker) {
+            assert!(
+                killed.elapsed() < Duration::from_secs(3),
+                "{v}: broker {broker} outlived natsmeshd"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+}
+
+#[test]
+fn a_crash_loop_ends_natsmeshd_with_an_error() {
+    let d0 = natsmesh_harness::scratch();
+    // Answers --version and -t like the real one, then dies at start.
+    let fake = d0.path().join("nats-server");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in --version|-t) exec {} \"$@\";; esac\necho '[1] [FTL] simulated crash' >&2\nexit 1\n",
+            natsmesh_harness::broker_binary(natsmesh_harness::CURRENT).display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x"])
+        .arg(&fake)
+        .status()
+        .unwrap();
+    let mut d = Daemon::start(
+        natsmesh_harness::CURRENT,
+        Options {
+            binary: Some(fake),
+            extra: "\n[restart]\ncrash_loop_count = 3\n".into(),
+            ..Options::default()
+        },
+    );
+    let status = d.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", d.log());
+    let log = d.log();
+    assert!(log.contains("crashed 3 times within"), "{log}");
+    assert!(
+        log.contains("simulated crash"),
+        "broker output reaches the log: {log}"
+    );
+}
+
+#[test]
+fn watchdog_pings_come_from_the_supervision_loop() {
+    let mut d = Daemon::start(
+        natsmesh_harness::CURRENT,
+        Options {
+            env: vec![("WATCHDOG_USEC".into(), "400000".into())],
+            ..Options::default()
+        },
+    );
+    d.wait_ready();
+    std::thread::sleep(Duration::from_secs(1));
+    let n = d.note_lines().iter().filter(|l| *l == "WATCHDOG=1").count();
+    assert!(n >= 3, "only {n} WATCHDOG=1 in {:?}", d.notes());
+}
+
+#[test]
+fn drain_leaves_service_and_natsmeshd_keeps_running() {
+    let mut d = Daemon::start(natsmesh_harness::CURRENT, Options::default());
+    let broker = d.wait_ready().broker_pid.unwrap();
+    let out = d.cli(&["drain"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("draining"));
+    let s = d.wait_status(
+        "stopped after drain",
+        |s| s.state == "stopped",
+        Duration::from_secs(10),
+    );
+    assert!(s.reason.contains("drained"), "{}", s.reason);
+    assert!(!alive(broker));
+    assert!(alive(d.pid()), "natsmeshd exited after a drain");
+}
+
+#[test]
+fn only_root_and_the_service_user_may_use_the_control_socket() {
+    let mut d = Daemon::start(natsmesh_harness::CURRENT, Options::default());
+    d.wait_ready();
+    let mode = std::fs::metadata(d.socket()).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o660);
+    // Open the file mode so only the peer-credential check stands in the way.
+    std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            common::NATSMESHD,
+            "status",
+            "--socket",
+        ])
+        .arg(d.socket())
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+}
