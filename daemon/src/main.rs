@@ -156,7 +156,7 @@ async fn dispatch(cli: Cli) -> i32 {
                     "no configuration found: running the embedded default (one standalone node on loopback)"
                 );
             }
-            natsmesh::run::run(sources, settings).await
+            natsmesh::run::run(cli.config.clone(), settings).await
         }
         Cmd::Render { explain } => {
             let (prepared, _scratch) = match check_in_scratch(&settings).await {

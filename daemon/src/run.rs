@@ -4,16 +4,19 @@
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::config::{Settings, Sources};
+use std::path::PathBuf;
+
+use crate::config::Settings;
 use crate::control;
 use crate::notify::Notifier;
 use crate::supervisor::{Command, Exit, Supervisor};
 
 /// Runs until stopped; returns the process exit code.
-pub async fn run(sources: Sources, settings: Settings) -> i32 {
+pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     let notifier = Notifier::from_env();
     let socket = settings.control_socket.clone();
-    let (supervisor, status) = match Supervisor::new(sources, settings, notifier.clone()).await {
+    let (supervisor, status) = match Supervisor::new(config_path, settings, notifier.clone()).await
+    {
         Ok(v) => v,
         Err(e) => {
             eprintln!("natsmeshd: {e:#}");

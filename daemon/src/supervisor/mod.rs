@@ -15,6 +15,7 @@ pub mod state;
 pub mod status;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -26,7 +27,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
-use crate::config::{self, Settings, Sources};
+use crate::config::{self, Settings};
 use crate::logging::ids;
 use crate::notify::Notifier;
 use crate::prepare::{Prepared, prepare_in, write_atomically};
@@ -111,7 +112,9 @@ type Reply = oneshot::Sender<Result<String, String>>;
 
 /// The supervisor task.
 pub struct Supervisor {
-    sources: Sources,
+    /// `--config`, if given: the files are found again on every reload, so
+    /// a drop-in added since the start is read.
+    config_path: Option<PathBuf>,
     settings: Settings,
     current: Prepared,
     /// The last configuration a broker served with, and its settings.
@@ -141,7 +144,7 @@ impl Supervisor {
     /// Prepares the first configuration (rendered, validated, `-t`) and
     /// writes it to the state directory. Fails before any broker starts.
     pub async fn new(
-        sources: Sources,
+        config_path: Option<PathBuf>,
         settings: Settings,
         notifier: Notifier,
     ) -> anyhow::Result<(Self, watch::Receiver<Status>)> {
@@ -165,7 +168,7 @@ impl Supervisor {
         Ok((
             Self {
                 policy: RestartPolicy::new(settings.restart),
-                sources,
+                config_path,
                 settings,
                 current,
                 last_good: None,
@@ -645,7 +648,8 @@ impl Supervisor {
             }
             _ => {}
         }
-        let (_, settings) = match config::load_settings(&self.sources) {
+        let found = config::discover(self.config_path.as_deref());
+        let (_, settings) = match found.and_then(|sources| config::load_settings(&sources)) {
             Ok(v) => v,
             Err(p) => {
                 return self.refused(format!(

@@ -7,7 +7,8 @@
 //! 3. *JetStream*: `js-server-only` (2.9/2.10) or `js-meta-only` (2.11+),
 //!    then the full `/healthz`. Reported, never used to kill or deregister.
 //!
-//! The three run concurrently, each bounded by the probe timeout.
+//! The three run concurrently, each bounded by the probe timeout, after a
+//! `/varz` read for the status line.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -144,11 +145,13 @@ async fn jetstream(t: &Targets) -> JetStream {
 /// Runs one round.
 pub async fn probe(t: &Targets) -> Report {
     let at = Instant::now();
-    let (alive, client, js, varz) = tokio::join!(
+    // /varz first: the client-port probe is itself a client connection and
+    // would show up in the count.
+    let varz = t.monitor.varz().await;
+    let (alive, client, js) = tokio::join!(
         t.monitor.get(HEALTHZ_ALIVE),
         probe_client_port(t.client, t.timeout),
         jetstream(t),
-        t.monitor.varz(),
     );
     let (alive, alive_detail) = match alive {
         Http::Answered { status, .. } => (Observation::Answered, format!("answered {status}")),

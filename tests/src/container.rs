@@ -1,0 +1,302 @@
+//! Real hosts with systemd as PID 1: a Debian root made with mmdebstrap,
+//! booted with systemd-nspawn under a pseudo-terminal (recipe in
+//! shared/reference/test-hosts.md), commands run inside with nsenter.
+//!
+//! Needs root, `systemd-nspawn`, `mmdebstrap` and `script`; a missing one
+//! fails the test. The container has a private network (only its own
+//! loopback), so nothing it does reaches the host's ports. It is powered off
+//! and its root removed on drop, also when the test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Fails the test unless this machine can run containers.
+pub fn require_container_tools() {
+    let uid = Command::new("id").arg("-u").output().expect("id -u");
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "container tests need root"
+    );
+    for tool in ["systemd-nspawn", "mmdebstrap", "script", "nsenter"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            found,
+            "{tool} is missing: apt-get install systemd-container mmdebstrap util-linux bsdutils"
+        );
+    }
+}
+
+/// A cached tarball of a Debian root with systemd, built once per release.
+pub fn image(release: &str) -> PathBuf {
+    let dir = crate::brokers_dir().with_file_name("images");
+    std::fs::create_dir_all(&dir).expect("image cache dir");
+    let tar = dir.join(format!("{release}-systemd.tar"));
+    if tar.is_file() {
+        return tar;
+    }
+    // mmdebstrap picks the output format from the extension.
+    let partial = dir.join(format!(
+        "{release}-systemd.partial-{}.tar",
+        std::process::id()
+    ));
+    let out = Command::new("mmdebstrap")
+        .args([
+            "--variant=minbase",
+            "--include=systemd,systemd-sysv,dbus,iproute2,ca-certificates,procps",
+            release,
+        ])
+        .arg(&partial)
+        .output()
+        .expect("mmdebstrap");
+    assert!(
+        out.status.success(),
+        "mmdebstrap {release} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&partial, &tar).expect("install image");
+    tar
+}
+
+/// A container root on disk, not yet booted.
+pub struct Root {
+    dir: tempfile::TempDir,
+}
+
+impl Root {
+    /// Unpacks `release` into a fresh directory.
+    pub fn new(release: &str) -> Self {
+        require_container_tools();
+        let tar = image(release);
+        let dir = tempfile::Builder::new()
+            .prefix("natsmesh-nspawn-")
+            .tempdir()
+            .expect("container dir");
+        let ok = Command::new("tar")
+            .arg("-xf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(dir.path())
+            .status()
+            .expect("tar")
+            .success();
+        assert!(ok, "unpacking {}", tar.display());
+        Self { dir }
+    }
+
+    /// The root directory on the host.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Copies a host file to `dest` (absolute, inside the container).
+    pub fn install(&self, src: &Path, dest: &str, mode: u32) {
+        let target = self.inside(dest);
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(src, &target)
+            .unwrap_or_else(|e| panic!("copy {} → {dest}: {e}", src.display()));
+        set_mode(&target, mode);
+    }
+
+    /// Writes `text` to `dest` inside the container.
+    pub fn write(&self, dest: &str, text: &str, mode: u32) {
+        let target = self.inside(dest);
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&target, text).expect("write");
+        set_mode(&target, mode);
+    }
+
+    /// A path inside the container, as seen from the host.
+    pub fn inside(&self, dest: &str) -> PathBuf {
+        self.dir.path().join(dest.trim_start_matches('/'))
+    }
+
+    /// Boots it with systemd as PID 1 and waits for the boot to finish.
+    pub fn boot(self) -> Container {
+        let log = self.dir.path().with_extension("console.log");
+        let cmd = format!(
+            "exec systemd-nspawn --register=no --keep-unit --private-network --quiet -D {} -b",
+            self.dir.path().display()
+        );
+        let script = Command::new("script")
+            .arg("-qfc")
+            .arg(&cmd)
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script");
+        let mut c = Container {
+            root: Some(self),
+            script,
+            init: 0,
+            log,
+        };
+        c.init = c.find_init();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = c.exec(&["systemctl", "is-system-running"]);
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if state == "running" || state == "degraded" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container did not boot (state {state:?}):\n{}",
+                c.console()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A booted container.
+pub struct Container {
+    root: Option<Root>,
+    script: Child,
+    init: u32,
+    log: PathBuf,
+}
+
+impl Container {
+    fn find_init(&mut self) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let pattern = format!("^systemd-nspawn.* -D {}", self.root().path().display());
+        loop {
+            let nspawn = Command::new("pgrep")
+                .args(["-f", &pattern])
+                .output()
+                .expect("pgrep");
+            let nspawn = String::from_utf8_lossy(&nspawn.stdout).trim().to_owned();
+            if let Some(pid) = nspawn.lines().next() {
+                let init = Command::new("pgrep")
+                    .args(["-P", pid])
+                    .output()
+                    .expect("pgrep -P");
+                if let Some(init) = String::from_utf8_lossy(&init.stdout).lines().next()
+                    && let Ok(pid) = init.trim().parse()
+                {
+                    return pid;
+                }
+            }
+            if let Ok(Some(status)) = self.script.try_wait() {
+                panic!("systemd-nspawn exited ({status}):\n{}", self.console());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no container init:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The container's root.
+    pub fn root(&self) -> &Root {
+        self.root.as_ref().expect("root")
+    }
+
+    /// What the console printed.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs a command inside, bounded to 120 s.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .args([
+                "120",
+                "nsenter",
+                "-t",
+                &self.init.to_string(),
+                "-m",
+                "-u",
+                "-i",
+                "-n",
+                "-p",
+                "--",
+            ])
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .expect("nsenter")
+    }
+
+    /// Runs a command inside and returns its stdout, failing the test on a
+    /// non-zero exit.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.exec(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits (up to 15 s; journald writes asynchronously) until the journal
+    /// of `unit`, filtered by `matches` (`FIELD=value`), contains `needle`;
+    /// returns that journal text (`-o cat`).
+    pub fn wait_journal(&self, unit: &str, matches: &[&str], needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut args = vec!["journalctl", "-u", unit, "-o", "cat", "--no-pager"];
+            args.extend_from_slice(matches);
+            let text = self.ok(&args);
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "journal of {unit} {matches:?} never showed {needle:?}:\n{}",
+                self.ok(&["journalctl", "-u", unit, "-o", "cat", "--no-pager"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `systemctl show -p PROP --value UNIT`.
+    pub fn unit_property(&self, unit: &str, prop: &str) -> String {
+        self.ok(&["systemctl", "show", "-p", prop, "--value", unit])
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // SIGTERM to systemd-nspawn powers the container off cleanly.
+        let pattern = format!("^systemd-nspawn.* -D {}", self.root().path().display());
+        let _ = Command::new("pkill")
+            .args(["-TERM", "-f", &pattern])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.script.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", &pattern])
+            .status();
+        let _ = self.script.kill();
+        let _ = self.script.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
