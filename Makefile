@@ -9,7 +9,7 @@ BROKERS ?= $(or $(NATSMESH_BROKERS),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/natsm
 CURRENT := 2.15.1
 export NATSMESH_BROKERS := $(BROKERS)
 
-.PHONY: run test lint fmt clippy ci brokers tools
+.PHONY: run test lint fmt clippy ci brokers tools bench
 
 # The pinned current nats-server is installed (hash-checked) when missing
 # and put first on PATH; natsmeshd finds it there by default.
@@ -36,3 +36,9 @@ clippy:
 lint: fmt clippy
 
 ci: lint test
+
+# Supervisor benchmark (about 10 minutes): prints a table and writes
+# bench/results/supervisor.md. NATSMESH_BENCH_SOAK_SECS=1800 for the
+# 30-minute leak check.
+bench: brokers
+	$(CARGO) bench -p natsmesh --bench supervisor

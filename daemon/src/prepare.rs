@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use natsmesh_broker::Version;
 use natsmesh_broker::check::{CheckError, CheckReport, check_file};
+use natsmesh_broker::classify::Snapshot;
 use natsmesh_broker::model::{RenderError, Rendered, render};
 use natsmesh_broker::version::{VersionError, detect};
 
@@ -19,6 +20,10 @@ pub struct Prepared {
     pub rendered: Rendered,
     /// What `-t` reported.
     pub check: CheckReport,
+    /// The config with its includes' content, as of rendering: what a later
+    /// change is compared against (the include files may change on disk
+    /// before that comparison).
+    pub snapshot: Snapshot,
     /// Where it was written.
     pub path: PathBuf,
 }
@@ -78,11 +83,13 @@ pub async fn prepare_in(
         path: path.clone(),
         source,
     })?;
+    let snapshot = Snapshot::capture(&rendered);
     let check = check_file(&settings.binary, &path).await?;
     Ok(Prepared {
         version,
         rendered,
         check,
+        snapshot,
         path,
     })
 }

@@ -32,15 +32,15 @@ fn starts_to_ready_and_tells_systemd() {
             "{v}: no READY=1: {:?}",
             d.notes()
         );
-        let status = d
-            .note_lines()
-            .into_iter()
-            .filter_map(|l| l.strip_prefix("STATUS=").map(str::to_owned))
-            .next_back()
-            .unwrap();
+        // The first ready line may come before /varz was read; the counts
+        // follow within a probe interval.
         assert!(
-            status.starts_with("ready: 0 clients, JetStream current"),
-            "{v}: {status}"
+            d.wait_note(
+                |l| l == "STATUS=ready: 0 clients, JetStream current",
+                Duration::from_secs(5)
+            ),
+            "{v}: {:?}",
+            d.notes()
         );
         let screen = text(&d.cli(&["status"]).stdout);
         assert!(
@@ -502,5 +502,90 @@ fn only_root_and_the_service_user_may_use_the_control_socket() {
         text(&out.stderr).contains("permission denied"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+#[test]
+fn an_include_change_the_broker_cannot_reload_becomes_a_restart() {
+    each_version(|v| {
+        let me = free_port();
+        let gw = free_port();
+        let extra = format!(
+            "[broker.cluster]\nbind = \"127.0.0.1\"\nport = {me}\n\n[broker.gateway]\nenabled = true\nbind = \"127.0.0.1\"\nport = {gw}\n\n[broker.include]\ngateway = \"gateway.conf\"\n"
+        );
+        let dir = natsmesh_harness::scratch();
+        let include = dir.path().join("natsmesh.d/gateway.conf");
+        std::fs::create_dir_all(include.parent().unwrap()).unwrap();
+        std::fs::write(&include, "connect_retries: 3\n").unwrap();
+        let mut d = Daemon::start_in(
+            dir,
+            v,
+            Options {
+                extra,
+                ..Options::default()
+            },
+        );
+        let pid = d.wait_ready().broker_pid;
+        // Same file name, new content: the classifier tries a reload; the
+        // broker refuses gateway changes; natsmeshd restarts through lame duck.
+        std::fs::write(&include, "connect_retries: 5\n").unwrap();
+        let out = d.cli(&["reload", "--wait"]);
+        assert!(out.status.success(), "{v}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).starts_with("restarted"),
+            "{v}: {}",
+            text(&out.stdout)
+        );
+        let s = d.status().unwrap();
+        assert_ne!(s.broker_pid, pid, "{v}");
+        assert_eq!((s.restarts, s.crashes), (1, 0), "{v}");
+        let log = d.log();
+        assert!(
+            log.contains("config reload not supported for Gateway"),
+            "{v}: {log}"
+        );
+    });
+}
+
+#[test]
+fn systemd_start_timeout_is_extended_while_jetstream_recovers() {
+    let mut d = Daemon::start(natsmesh_harness::CURRENT, Options::default());
+    d.wait_ready();
+    // Many streams make JetStream recovery at start take a while, during
+    // which the monitoring port answers and the client port is closed.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let nc = async_nats::connect(d.client_addr()).await.unwrap();
+        let js = async_nats::jetstream::new(nc);
+        for i in 0..400 {
+            js.create_stream(async_nats::jetstream::stream::Config {
+                name: format!("S{i}"),
+                subjects: vec![format!("s.{i}")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+    });
+    let pid = d.status().unwrap().broker_pid.unwrap();
+    let t = Instant::now();
+    signal(pid, "KILL");
+    d.wait_status(
+        "ready again",
+        |s| s.state == "ready" && s.broker_pid != Some(pid),
+        Duration::from_secs(60),
+    );
+    let extended = d
+        .notes_timed()
+        .iter()
+        .any(|(at, n)| *at >= t && n.lines().any(|l| l.starts_with("EXTEND_TIMEOUT_USEC=")));
+    assert!(
+        extended,
+        "no EXTEND_TIMEOUT_USEC during recovery: {:?}\n{}",
+        d.notes(),
+        d.log()
     );
 }

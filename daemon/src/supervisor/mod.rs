@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, UNIX_EPOCH};
 
-use natsmesh_broker::classify::{Action, Snapshot, classify};
+use natsmesh_broker::classify::{Action, classify};
 use natsmesh_broker::log::{ReloadOutcome, needs_restart};
 use natsmesh_broker::monitor::ClientPort;
 use natsmesh_broker::process::{BrokerProcess, spawn};
@@ -45,6 +45,8 @@ const NEXT_NAME: &str = "nats-server.conf.next";
 const STARTUP_PROBE_PACE: Duration = Duration::from_millis(20);
 /// How long a signalled reload may take to show its outcome.
 const RELOAD_CONFIRM: Duration = Duration::from_secs(10);
+/// How often, and by a multiple of which, EXTEND_TIMEOUT_USEC is sent.
+const EXTEND_EVERY: Duration = Duration::from_secs(5);
 /// Consecutive failed serving probes before a ready node leaves service.
 const SERVING_FAILURES: u32 = 3;
 
@@ -132,6 +134,7 @@ pub struct Supervisor {
     last_status_line: String,
     pending_reply: Option<Reply>,
     exit: Option<Exit>,
+    last_extend: Option<Instant>,
 }
 
 fn unix_ms(t: std::time::SystemTime) -> u64 {
@@ -184,6 +187,7 @@ impl Supervisor {
                 last_status_line: String::new(),
                 pending_reply: None,
                 exit: None,
+                last_extend: None,
             },
             status_rx,
         ))
@@ -217,7 +221,10 @@ impl Supervisor {
                 && let Some(r) = &self.running
             {
                 let (targets, pid) = (r.targets.clone(), r.pid);
-                probe = Some(Box::pin(async move { (pid, probe::probe(&targets).await) }));
+                let with_varz = self.life.state() != State::Starting;
+                probe = Some(Box::pin(async move {
+                    (pid, probe::probe(&targets, with_varz).await)
+                }));
             }
             let wake = [
                 Some(next_probe),
@@ -359,6 +366,7 @@ impl Supervisor {
         let Some(run) = self.running.as_mut() else {
             return;
         };
+        tracing::trace!(alive = %report.alive_detail, client = ?report.client, jetstream = ?report.jetstream, "probe round");
         self.status.alive = report.alive_detail.clone();
         self.status.serving = match &report.client {
             ClientPort::Serving => "accepting clients".into(),
@@ -427,14 +435,21 @@ impl Supervisor {
                 self.go(State::Syncing, "waiting for a first route to a peer");
             }
             State::Starting => {
-                if report.alive == liveness::Observation::Answered {
+                if report.alive == liveness::Observation::Answered
+                    && self.last_extend.is_none_or(|t| now - t >= EXTEND_EVERY)
+                {
                     // The monitoring port answers before the client port
-                    // opens: JetStream is recovering. Keep systemd waiting.
-                    self.notifier.extend_timeout(
-                        self.settings.health.interval * 10 + Duration::from_secs(10),
+                    // opens: JetStream is recovering. Keep systemd waiting
+                    // (it honours this only while the unit starts).
+                    self.last_extend = Some(now);
+                    self.notifier.extend_timeout(EXTEND_EVERY * 3);
+                    self.go(
+                        State::Starting,
+                        "JetStream recovering; the client port is not open yet",
                     );
+                } else {
+                    self.publish();
                 }
-                self.publish();
             }
             State::Ready if run.serving_failures >= SERVING_FAILURES => {
                 let why = self.status.serving.clone();
@@ -665,10 +680,7 @@ impl Supervisor {
                 ));
             }
         };
-        let decision = classify(
-            &Snapshot::capture(&self.current.rendered),
-            &Snapshot::capture(&next.rendered),
-        );
+        let decision = classify(&self.current.snapshot, &next.snapshot);
         match decision.action {
             Action::Nothing => {
                 let _ = std::fs::remove_file(&next.path);

@@ -142,12 +142,18 @@ async fn jetstream(t: &Targets) -> JetStream {
     }
 }
 
-/// Runs one round.
-pub async fn probe(t: &Targets) -> Report {
+/// Runs one round; `/varz` (for routes and the status line) only when
+/// asked: it is not needed before the broker serves, and it answers late
+/// while JetStream starts.
+pub async fn probe(t: &Targets, with_varz: bool) -> Report {
     let at = Instant::now();
     // /varz first: the client-port probe is itself a client connection and
     // would show up in the count.
-    let varz = t.monitor.varz().await;
+    let varz = if with_varz {
+        t.monitor.varz().await.ok()
+    } else {
+        None
+    };
     let (alive, client, js) = tokio::join!(
         t.monitor.get(HEALTHZ_ALIVE),
         probe_client_port(t.client, t.timeout),
@@ -168,6 +174,6 @@ pub async fn probe(t: &Targets) -> Report {
         alive_detail,
         client,
         jetstream: js,
-        varz: varz.ok(),
+        varz,
     }
 }

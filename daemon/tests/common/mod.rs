@@ -21,7 +21,7 @@ pub struct Daemon {
     pub monitor_port: u16,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
-    notes: Arc<Mutex<Vec<String>>>,
+    notes: Arc<Mutex<Vec<(Instant, String)>>>,
     last_broker_pid: Option<u32>,
 }
 
@@ -30,6 +30,7 @@ pub struct Options {
     pub extra: String,
     pub binary: Option<PathBuf>,
     pub env: Vec<(String, String)>,
+    pub log_level: Option<String>,
 }
 
 impl Daemon {
@@ -92,7 +93,11 @@ socket = "{socket}"
     }
 
     pub fn start(version: &str, opts: Options) -> Self {
-        let dir = scratch();
+        Self::start_in(scratch(), version, opts)
+    }
+
+    /// Starts in a given directory (a state directory may already be there).
+    pub fn start_in(dir: tempfile::TempDir, version: &str, opts: Options) -> Self {
         let mut d = Self {
             dir,
             version: version.into(),
@@ -116,7 +121,7 @@ socket = "{socket}"
             let mut buf = vec![0u8; 4096];
             while let Ok(n) = notify.recv(&mut buf) {
                 let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                notes.lock().unwrap().push(text);
+                notes.lock().unwrap().push((Instant::now(), text));
             }
         });
 
@@ -126,7 +131,12 @@ socket = "{socket}"
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("NOTIFY_SOCKET", &notify_path)
-            .env("NATSMESH_LOG", "debug")
+            .env(
+                "NATSMESH_LOG",
+                opts.log_level
+                    .as_deref()
+                    .unwrap_or("debug,natsmesh::supervisor=trace"),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -153,7 +163,39 @@ socket = "{socket}"
 
     /// Every sd_notify datagram so far, in order.
     pub fn notes(&self) -> Vec<String> {
+        self.notes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    /// Every sd_notify datagram with the time it arrived.
+    pub fn notes_timed(&self) -> Vec<(Instant, String)> {
         self.notes.lock().unwrap().clone()
+    }
+
+    /// Waits for a datagram containing `line` that arrived after `after`;
+    /// returns its arrival time.
+    pub fn wait_note_after(
+        &self,
+        line: &str,
+        after: Instant,
+        timeout: Duration,
+    ) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some((t, _)) = self
+                .notes_timed()
+                .into_iter()
+                .find(|(t, n)| *t >= after && n.lines().any(|l| l == line))
+            {
+                return Some(t);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        None
     }
 
     /// Every sd_notify assignment so far, flattened, in order.
@@ -226,6 +268,17 @@ socket = "{socket}"
 
     pub fn wait_ready(&mut self) -> Status {
         self.wait_status("ready", |s| s.state == "ready", Duration::from_secs(20))
+    }
+
+    /// Sends `req` on the control socket directly (no CLI process), for
+    /// measurements.
+    pub fn request(&self, req: &natsmesh::control::Request) -> natsmesh::control::Reply {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(natsmesh::control::request(&self.socket(), req))
+            .unwrap()
     }
 
     pub fn pid(&self) -> u32 {
