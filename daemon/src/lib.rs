@@ -10,6 +10,7 @@ pub mod control;
 pub mod logging;
 pub mod notify;
 pub mod prepare;
+pub mod provider;
 pub mod run;
 pub mod supervisor;
 

@@ -144,7 +144,13 @@ async fn dispatch(cli: Cli) -> i32 {
         );
         return EXIT_CONFIG;
     }
-    let (loaded, settings) = match config::load_settings(&sources) {
+    // `run` waits for the metadata service as configured; `check` and
+    // `render` answer within seconds.
+    let patience = match cli.command {
+        Cmd::Run => config::Patience::Configured,
+        _ => config::Patience::AtMost(std::time::Duration::from_secs(5)),
+    };
+    let (loaded, settings) = match config::load_settings(&sources, patience).await {
         Ok(v) => v,
         Err(p) => return report(&p),
     };

@@ -4,9 +4,17 @@
 
 use std::path::{Path, PathBuf};
 
+use natsmesh::config::identity::static_identity;
+use natsmesh::config::load::Loaded;
 use natsmesh::config::load::{Sources, discover, load};
+use natsmesh::config::problem::Problems;
 use natsmesh::config::problem::{Problem, Source};
-use natsmesh::config::validate::{Environment, Settings, validate};
+use natsmesh::config::validate::{Environment, Settings};
+
+/// Validation for `provider = "none"` (identity from the file).
+fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems> {
+    natsmesh::config::validate::validate(loaded, env, &static_identity(loaded, env))
+}
 
 struct Fixture {
     dir: tempfile::TempDir,

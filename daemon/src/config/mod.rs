@@ -7,7 +7,9 @@
 //! - [`validate`]: meaning and permission, every problem at once;
 //! - [`explain`]: the effective values and their origins.
 
+pub mod bind;
 pub mod explain;
+pub mod identity;
 pub mod load;
 pub mod problem;
 pub mod schema;
@@ -20,11 +22,57 @@ pub use load::{Loaded, Sources};
 pub use problem::{Problem, Problems};
 pub use validate::{Environment, Settings};
 
-/// Finds, loads and validates the configuration in one step.
-pub fn load_settings(sources: &Sources) -> Result<(Loaded, Settings), Problems> {
+/// How long a command may wait for the metadata service: `run` waits the
+/// configured `node.metadata.retry_for`; `check` and `render` answer soon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Patience {
+    /// As configured.
+    Configured,
+    /// At most this long.
+    AtMost(std::time::Duration),
+}
+
+/// Finds, loads and validates the configuration in one step, learning this
+/// machine's identity on the way.
+pub async fn load_settings(
+    sources: &Sources,
+    patience: Patience,
+) -> Result<(Loaded, Settings), Problems> {
     let loaded = load::load(sources)?;
     let env = Environment::current(loaded.embedded);
-    let settings = validate::validate(&loaded, &env)?;
+    let cap = match patience {
+        Patience::Configured => None,
+        Patience::AtMost(d) => Some(d),
+    };
+    let identity = identity::resolve(&loaded, &env, cap)
+        .await
+        .map_err(|p| Problems(vec![p]))?;
+    let settings = validate::validate(&loaded, &env, &identity)?;
+    Ok((loaded, settings))
+}
+
+/// Loads and validates with an identity already known (a reload: the
+/// machine did not change, and a metadata hiccup must not refuse it).
+pub fn load_settings_as(
+    sources: &Sources,
+    identity: &crate::provider::Identity,
+) -> Result<(Loaded, Settings), Problems> {
+    let loaded = load::load(sources)?;
+    let env = Environment::current(loaded.embedded);
+    let identity = if loaded.raw.node.provider == identity.provider && identity.provider.is_cloud()
+    {
+        identity.clone()
+    } else {
+        identity::static_identity(&loaded, &env)
+    };
+    if loaded.raw.node.provider != identity.provider {
+        return Err(Problems(vec![Problem {
+            location: loaded.origins.get("node.provider").cloned(),
+            key: Some("node.provider".into()),
+            message: "the provider cannot change while natsmeshd runs; restart the service".into(),
+        }]));
+    }
+    let settings = validate::validate(&loaded, &env, &identity)?;
     Ok((loaded, settings))
 }
 

@@ -5,12 +5,12 @@
 //! a value means, and whether it is allowed, is decided in `validate`. Every
 //! table refuses unknown keys, so a typo is an error, not a silent default.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::bind::Bind;
 use super::units::{Size, Span};
 
 /// The whole file (and every drop-in).
@@ -147,6 +147,10 @@ pub enum Provider {
     /// Everything from this file.
     #[default]
     None,
+    /// The droplet metadata service.
+    DigitalOcean,
+    /// The Linode Metadata Service.
+    Linode,
 }
 
 /// `[node]`.
@@ -158,8 +162,42 @@ pub struct RawNode {
     pub region: Option<String>,
     /// Identity source.
     pub provider: Provider,
-    /// Permanent server name (`provider = "none"`); defaults to the host name.
+    /// Permanent server name (`provider = "none"` only; a cloud derives it
+    /// from the instance); defaults to the host name.
     pub name: Option<String>,
+    /// Private address (`provider = "none"`; a cloud's metadata says).
+    pub private_address: Option<std::net::Ipv4Addr>,
+    /// Public address (`provider = "none"`).
+    pub public_address: Option<std::net::Ipv4Addr>,
+    /// Public IPv6 address (`provider = "none"`).
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
+    /// The metadata service.
+    pub metadata: RawMetadata,
+}
+
+/// `[node.metadata]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMetadata {
+    /// Base URL of the metadata service.
+    pub url: String,
+    /// The Linode service's IPv6 address, tried when the first is unreachable.
+    pub ipv6_url: Option<String>,
+    /// Per request.
+    pub timeout: Span,
+    /// How long to keep trying at start before giving up.
+    pub retry_for: Span,
+}
+
+impl Default for RawMetadata {
+    fn default() -> Self {
+        Self {
+            url: "http://169.254.169.254".into(),
+            ipv6_url: None,
+            timeout: Span(Duration::from_secs(2)),
+            retry_for: Span(Duration::from_secs(60)),
+        }
+    }
 }
 
 /// `[broker]`.
@@ -202,9 +240,6 @@ pub struct RawBroker {
     pub include: RawIncludes,
 }
 
-const ANY_V4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-const LOOPBACK_V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
 impl Default for RawBroker {
     fn default() -> Self {
         Self {
@@ -233,8 +268,8 @@ impl Default for RawBroker {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawMonitoring {
-    /// Bind address.
-    pub bind: IpAddr,
+    /// Bind address or policy.
+    pub bind: Bind,
     /// Port.
     pub port: u16,
 }
@@ -242,7 +277,7 @@ pub struct RawMonitoring {
 impl Default for RawMonitoring {
     fn default() -> Self {
         Self {
-            bind: LOOPBACK_V4,
+            bind: Bind::Loopback,
             port: 8222,
         }
     }
@@ -252,8 +287,8 @@ impl Default for RawMonitoring {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawClient {
-    /// Bind address.
-    pub bind: IpAddr,
+    /// Bind address or policy.
+    pub bind: Bind,
     /// Port.
     pub port: u16,
     /// `host:port` advertised to clients of other servers.
@@ -263,7 +298,7 @@ pub struct RawClient {
 impl Default for RawClient {
     fn default() -> Self {
         Self {
-            bind: ANY_V4,
+            bind: Bind::Auto,
             port: 4222,
             advertise: None,
         }
@@ -276,8 +311,8 @@ impl Default for RawClient {
 pub struct RawMqtt {
     /// Whether it listens.
     pub enabled: bool,
-    /// Bind address.
-    pub bind: IpAddr,
+    /// Bind address or policy.
+    pub bind: Bind,
     /// Port.
     pub port: u16,
 }
@@ -286,7 +321,7 @@ impl Default for RawMqtt {
     fn default() -> Self {
         Self {
             enabled: false,
-            bind: ANY_V4,
+            bind: Bind::Auto,
             port: 1883,
         }
     }
@@ -323,8 +358,8 @@ impl Default for RawJetStream {
 pub struct RawCluster {
     /// Whether this node routes to the rest of its region.
     pub enabled: bool,
-    /// Bind address.
-    pub bind: IpAddr,
+    /// Bind address or policy.
+    pub bind: Bind,
     /// Port.
     pub port: u16,
     /// `host:port` peers dial; also this node's own route. Needed when
@@ -343,7 +378,7 @@ impl Default for RawCluster {
     fn default() -> Self {
         Self {
             enabled: false,
-            bind: ANY_V4,
+            bind: Bind::Auto,
             port: 6222,
             advertise: None,
             routes: Vec::new(),
@@ -359,8 +394,8 @@ impl Default for RawCluster {
 pub struct RawGateway {
     /// Whether this region links to others.
     pub enabled: bool,
-    /// Bind address.
-    pub bind: IpAddr,
+    /// Bind address or policy.
+    pub bind: Bind,
     /// Port.
     pub port: u16,
     /// `host:port` other regions dial.
@@ -373,7 +408,7 @@ impl Default for RawGateway {
     fn default() -> Self {
         Self {
             enabled: false,
-            bind: ANY_V4,
+            bind: Bind::Auto,
             port: 7222,
             advertise: None,
             remotes: Vec::new(),
@@ -397,8 +432,8 @@ pub struct RawRemoteGateway {
 pub struct RawLeafnodes {
     /// Whether this node accepts leaf nodes.
     pub enabled: bool,
-    /// Bind address.
-    pub bind: IpAddr,
+    /// Bind address or policy.
+    pub bind: Bind,
     /// Port.
     pub port: u16,
     /// `host:port` leaf nodes dial.
@@ -411,7 +446,7 @@ impl Default for RawLeafnodes {
     fn default() -> Self {
         Self {
             enabled: false,
-            bind: ANY_V4,
+            bind: Bind::Auto,
             port: 7422,
             advertise: None,
             remotes: Vec::new(),
@@ -439,8 +474,8 @@ pub struct RawLeafRemote {
 pub struct RawWebsocket {
     /// Whether it listens.
     pub enabled: bool,
-    /// Bind address.
-    pub bind: IpAddr,
+    /// Bind address or policy.
+    pub bind: Bind,
     /// Port.
     pub port: u16,
     /// Plain-text websocket; nats-server requires TLS otherwise.
@@ -451,7 +486,7 @@ impl Default for RawWebsocket {
     fn default() -> Self {
         Self {
             enabled: false,
-            bind: ANY_V4,
+            bind: Bind::Auto,
             port: 8080,
             no_tls: false,
         }

@@ -6,7 +6,7 @@
 //! `natsmesh_broker::validate` on the built model; its problems are mapped
 //! back to the TOML key an operator writes.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,9 +16,11 @@ use natsmesh_broker::model::{
     RemoteGateway, ServerConfig, Websocket,
 };
 
+use super::bind::Bind;
 use super::load::Loaded;
 use super::problem::{Problem, Problems, Source};
 use super::schema::{HealthTimings, Provider, RawConfig};
+use crate::provider::Identity;
 
 /// Validated settings: everything natsmeshd needs to run a broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +41,8 @@ pub struct Settings {
     pub restart: RestartSettings,
     /// Control socket path.
     pub control_socket: PathBuf,
+    /// Who this machine is.
+    pub identity: Identity,
 }
 
 /// How a broker that exits or hangs is restarted, and how it is stopped.
@@ -253,8 +257,94 @@ fn listen(bind: IpAddr, port: u16) -> Listen {
     Listen::new(bind, port)
 }
 
-/// Validates `loaded` into settings, or lists every problem.
-pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems> {
+/// What a listener is for: decides where `bind = "auto"` goes and which
+/// address is advertised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Clients (and MQTT, websocket): where the load balancer reaches.
+    Client,
+    /// Routes inside the region: the private network.
+    Cluster,
+    /// Gateways and leaf nodes between regions: the public network.
+    Edge,
+    /// Monitoring: loopback.
+    Monitoring,
+}
+
+/// What to do about a missing private address, per provider.
+fn no_private_hint(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Linode => {
+            "this Linode has no private IPv4 address: add one (Cloud Manager → the Linode → Network → Add an IP Address → Private IPv4) or attach a VPC interface, then restart natsmeshd"
+        }
+        Provider::DigitalOcean => {
+            "this droplet has no private (VPC) interface in its metadata: create droplets inside a VPC"
+        }
+        Provider::None => "set node.private_address",
+    }
+}
+
+impl Checker<'_> {
+    /// Resolves a bind setting for `role` against this machine's identity.
+    fn bind(&mut self, key: &str, bind: Bind, role: Role, id: &Identity) -> IpAddr {
+        let private = id.private_ipv4.map(IpAddr::V4);
+        let public = id.public_ipv4.map(IpAddr::V4);
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        match bind {
+            Bind::Ip(ip) => ip,
+            Bind::Any => any,
+            Bind::Loopback => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Bind::Auto => match role {
+                Role::Monitoring => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                Role::Client if id.provider.is_cloud() => private.unwrap_or(any),
+                Role::Client => any,
+                Role::Cluster => private.unwrap_or(any),
+                Role::Edge => public.unwrap_or(any),
+            },
+            Bind::Private => private.unwrap_or_else(|| {
+                self.problem(key, format!("\"private\", but {}", no_private_hint(id.provider)));
+                any
+            }),
+            Bind::Public => public.unwrap_or_else(|| {
+                self.problem(key, "\"public\", but this machine has no public IPv4 address (set node.public_address with provider \"none\")");
+                any
+            }),
+        }
+    }
+
+    /// The advertised `host:port`: as written, else the bound address when it
+    /// is a specific one, else the address its role calls for.
+    fn advertise(
+        &mut self,
+        key: &str,
+        written: Option<&str>,
+        bound: IpAddr,
+        port: u16,
+        role: Role,
+        id: &Identity,
+    ) -> Option<HostPort> {
+        if let Some(a) = written {
+            return self.host_port(key, a);
+        }
+        if !bound.is_unspecified() {
+            return Some(HostPort::from_ip(bound, port));
+        }
+        let derived = match role {
+            Role::Cluster | Role::Client => id.private_ipv4,
+            Role::Edge => id.public_ipv4.or(id.private_ipv4),
+            Role::Monitoring => None,
+        };
+        derived.map(|ip| HostPort::from_ip(IpAddr::V4(ip), port))
+    }
+}
+
+/// Validates `loaded` into settings for the machine `identity` describes,
+/// or lists every problem.
+pub fn validate(
+    loaded: &Loaded,
+    env: &Environment,
+    identity: &Identity,
+) -> Result<Settings, Problems> {
     let mut c = Checker {
         loaded,
         problems: Vec::new(),
@@ -276,9 +366,25 @@ pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems
         Some(r) => r.to_owned(),
     };
 
+    let cloud = identity.provider.is_cloud();
+    for (key, set) in [
+        ("node.name", raw.node.name.is_some()),
+        ("node.private_address", raw.node.private_address.is_some()),
+        ("node.public_address", raw.node.public_address.is_some()),
+        ("node.public_ipv6", raw.node.public_ipv6.is_some()),
+    ] {
+        if cloud && set {
+            c.problem(
+                key,
+                format!(
+                    "comes from the {} metadata service; remove it",
+                    identity.provider
+                ),
+            );
+        }
+    }
     let server_name = match raw.node.name.as_deref() {
-        Some(n) if is_server_name(n) => n.to_owned(),
-        Some(n) => {
+        Some(n) if !cloud && !is_server_name(n) => {
             c.problem(
                 "node.name",
                 format!(
@@ -287,18 +393,14 @@ pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems
             );
             String::new()
         }
-        None if is_server_name(&env.hostname) => env.hostname.clone(),
-        None => {
-            c.problem(
-                "node.name",
-                format!(
-                    "the host name {:?} cannot be a server name (A-Z, a-z, 0-9, '_', '.', '-'); set node.name",
-                    env.hostname
-                ),
-            );
-            String::new()
-        }
+        _ => identity.server_name(),
     };
+    if !server_name.is_empty() && !is_server_name(&server_name) {
+        c.problem(
+            "node.name",
+            format!("the server name {server_name:?} is not valid; set node.name"),
+        );
+    }
 
     let b = &raw.broker;
     let binary = match resolve_binary(&b.binary, env.path.as_deref()) {
@@ -331,13 +433,29 @@ pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems
         );
     }
 
-    let mut server = ServerConfig::standalone(server_name, listen(b.client.bind, b.client.port));
-    server.client_advertise = b
-        .client
-        .advertise
-        .as_deref()
-        .and_then(|a| c.host_port("broker.client.advertise", a));
-    server.monitoring = Some(listen(b.monitoring.bind, b.monitoring.port));
+    if !server_name.is_empty()
+        && let Err(stored) = super::identity::check_stored_name(&state_dir, &server_name)
+    {
+        c.problem(if cloud { "node.provider" } else { "node.name" }, stored);
+    }
+
+    let id = identity;
+    let client_ip = c.bind("broker.client.bind", b.client.bind, Role::Client, id);
+    let mut server = ServerConfig::standalone(server_name, listen(client_ip, b.client.port));
+    match b.client.advertise.as_deref() {
+        None | Some("auto") => {}
+        // Clients behind a load balancer must not learn the servers' own
+        // addresses and bypass it.
+        Some("none") => {}
+        Some(a) => server.client_advertise = c.host_port("broker.client.advertise", a),
+    }
+    let monitoring_ip = c.bind(
+        "broker.monitoring.bind",
+        b.monitoring.bind,
+        Role::Monitoring,
+        id,
+    );
+    server.monitoring = Some(listen(monitoring_ip, b.monitoring.port));
     server.lame_duck_duration = b.lame_duck_duration.0;
     server.lame_duck_grace_period = b.lame_duck_grace_period.0;
     server.tags = b.tags.clone();
@@ -379,25 +497,24 @@ pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems
     // A region of one that has gateways still needs a cluster block with its
     // own route (JetStream with gateways refuses to start without one).
     if b.cluster.enabled || b.gateway.enabled {
-        let advertise = b
-            .cluster
-            .advertise
-            .as_deref()
-            .and_then(|a| c.host_port("broker.cluster.advertise", a));
-        let own = match (&advertise, b.cluster.bind.is_unspecified()) {
-            (Some(a), _) => Some(a.clone()),
-            (None, false) => Some(HostPort::from_ip(b.cluster.bind, b.cluster.port)),
-            (None, true) => {
-                c.problem(
-                    "broker.cluster.advertise",
-                    format!(
-                        "required when broker.cluster.bind is {}: this node's own route needs an address its peers can dial",
-                        b.cluster.bind
-                    ),
-                );
-                None
-            }
-        };
+        let bound = c.bind("broker.cluster.bind", b.cluster.bind, Role::Cluster, id);
+        let advertise = c.advertise(
+            "broker.cluster.advertise",
+            b.cluster.advertise.as_deref(),
+            bound,
+            b.cluster.port,
+            Role::Cluster,
+            id,
+        );
+        if advertise.is_none() && b.cluster.advertise.is_none() {
+            c.problem(
+                "broker.cluster.advertise",
+                format!(
+                    "required when the route listener binds {bound} and the node has no private address: this node's own route needs an address its peers can dial"
+                ),
+            );
+        }
+        let own = advertise.clone();
         let mut routes = c.host_ports("broker.cluster.routes", &b.cluster.routes);
         routes.extend(own);
         // Identical on every node: sorted, each server once.
@@ -424,9 +541,9 @@ pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems
         }
         server.cluster = Some(Cluster {
             name: region.clone(),
-            listen: listen(b.cluster.bind, b.cluster.port),
+            listen: listen(bound, b.cluster.port),
             advertise,
-            no_advertise: false,
+            no_advertise: b.client.advertise.as_deref() == Some("none"),
             routes,
             pool_size: b.cluster.pool_size,
             compression,
@@ -437,11 +554,15 @@ pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems
     }
 
     if b.gateway.enabled {
-        let advertise = b
-            .gateway
-            .advertise
-            .as_deref()
-            .and_then(|a| c.host_port("broker.gateway.advertise", a));
+        let bound = c.bind("broker.gateway.bind", b.gateway.bind, Role::Edge, id);
+        let advertise = c.advertise(
+            "broker.gateway.advertise",
+            b.gateway.advertise.as_deref(),
+            bound,
+            b.gateway.port,
+            Role::Edge,
+            id,
+        );
         let mut remotes = Vec::new();
         for (i, r) in b.gateway.remotes.iter().enumerate() {
             let key = format!("broker.gateway.remotes[{i}]");
@@ -459,7 +580,7 @@ pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems
         }
         server.gateway = Some(Gateway {
             name: region.clone(),
-            listen: listen(b.gateway.bind, b.gateway.port),
+            listen: listen(bound, b.gateway.port),
             advertise,
             gateways: remotes,
             include: c.include("broker.include.gateway", b.include.gateway.as_ref()),
@@ -472,11 +593,19 @@ pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems
     }
 
     if b.leafnodes.enabled || !b.leafnodes.remotes.is_empty() {
-        let advertise = b
-            .leafnodes
-            .advertise
-            .as_deref()
-            .and_then(|a| c.host_port("broker.leafnodes.advertise", a));
+        let bound = c.bind("broker.leafnodes.bind", b.leafnodes.bind, Role::Edge, id);
+        let advertise = if b.leafnodes.enabled {
+            c.advertise(
+                "broker.leafnodes.advertise",
+                b.leafnodes.advertise.as_deref(),
+                bound,
+                b.leafnodes.port,
+                Role::Edge,
+                id,
+            )
+        } else {
+            None
+        };
         let remotes = b
             .leafnodes
             .remotes
@@ -489,10 +618,7 @@ pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems
             })
             .collect();
         server.leafnodes = Some(Leafnodes {
-            listen: b
-                .leafnodes
-                .enabled
-                .then(|| listen(b.leafnodes.bind, b.leafnodes.port)),
+            listen: b.leafnodes.enabled.then(|| listen(bound, b.leafnodes.port)),
             advertise,
             remotes,
             include: c.include("broker.include.leafnodes", b.include.leafnodes.as_ref()),
@@ -506,7 +632,10 @@ pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems
 
     if b.mqtt.enabled {
         server.mqtt = Some(Mqtt {
-            listen: listen(b.mqtt.bind, b.mqtt.port),
+            listen: listen(
+                c.bind("broker.mqtt.bind", b.mqtt.bind, Role::Client, id),
+                b.mqtt.port,
+            ),
             include: c.include("broker.include.mqtt", b.include.mqtt.as_ref()),
         });
     } else if b.include.mqtt.is_some() {
@@ -518,7 +647,10 @@ pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems
 
     if b.websocket.enabled {
         server.websocket = Some(Websocket {
-            listen: listen(b.websocket.bind, b.websocket.port),
+            listen: listen(
+                c.bind("broker.websocket.bind", b.websocket.bind, Role::Client, id),
+                b.websocket.port,
+            ),
             no_tls: b.websocket.no_tls,
             include: c.include("broker.include.websocket", b.include.websocket.as_ref()),
         });
@@ -586,6 +718,7 @@ pub fn validate(loaded: &Loaded, env: &Environment) -> Result<Settings, Problems
 
     if c.problems.is_empty() {
         Ok(Settings {
+            identity: identity.clone(),
             region,
             provider: raw.node.provider,
             binary,

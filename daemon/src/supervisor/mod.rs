@@ -157,11 +157,21 @@ impl Supervisor {
                 settings.state_dir.display()
             )
         })?;
+        // The first start fixes the server name for good (JetStream).
+        config::identity::persist_name(&settings.state_dir, &settings.server.server_name).map_err(
+            |e| {
+                anyhow::anyhow!(
+                    "cannot record the server name in {}: {e}",
+                    settings.state_dir.display()
+                )
+            },
+        )?;
         let current = prepare_in(&settings, &settings.state_dir, CONFIG_NAME).await?;
         let status = Status {
             natsmesh_version: env!("CARGO_PKG_VERSION").into(),
             server_name: settings.server.server_name.clone(),
             region: settings.region.clone(),
+            identity: settings.identity.describe(),
             broker_version: current.version.to_string(),
             config_file: current.path.display().to_string(),
             ..Status::default()
@@ -664,14 +674,16 @@ impl Supervisor {
             _ => {}
         }
         let found = config::discover(self.config_path.as_deref());
-        let (_, settings) = match found.and_then(|sources| config::load_settings(&sources)) {
-            Ok(v) => v,
-            Err(p) => {
-                return self.refused(format!(
-                    "configuration refused, the previous one keeps serving:\n{p}"
-                ));
-            }
-        };
+        let identity = self.settings.identity.clone();
+        let (_, settings) =
+            match found.and_then(|sources| config::load_settings_as(&sources, &identity)) {
+                Ok(v) => v,
+                Err(p) => {
+                    return self.refused(format!(
+                        "configuration refused, the previous one keeps serving:\n{p}"
+                    ));
+                }
+            };
         let next = match prepare_in(&settings, &settings.state_dir, NEXT_NAME).await {
             Ok(p) => p,
             Err(e) => {

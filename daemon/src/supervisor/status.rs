@@ -20,6 +20,9 @@ pub struct Status {
     pub server_name: String,
     /// Region.
     pub region: String,
+    /// Where the identity came from, with the provider's own facts:
+    /// `digitalocean droplet 2756294 in nyc3, private 10.0.0.5, public 203.0.113.5`.
+    pub identity: String,
     /// nats-server version.
     pub broker_version: String,
     /// Broker pid, when running.

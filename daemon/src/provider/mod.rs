@@ -1,0 +1,244 @@
+//! Cloud providers: who this machine is (metadata), and later its load
+//! balancer and DNS. One module per provider behind small traits, chosen by
+//! one `match`; base URLs are parameters so tests point them at fakes.
+
+pub mod digitalocean;
+pub mod http;
+pub mod linode;
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::config::schema::Provider;
+
+/// Who this machine is, as its provider says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Where it came from.
+    pub provider: Provider,
+    /// The provider's instance id (droplet id, Linode id); empty for `none`.
+    pub instance_id: String,
+    /// Host name / label.
+    pub hostname: String,
+    /// The provider's own region name (`nyc3`, `us-east`), not natsmesh's.
+    pub provider_region: String,
+    /// Private / VPC IPv4: routes and the load balancer's path.
+    pub private_ipv4: Option<Ipv4Addr>,
+    /// Public IPv4: gateways between regions.
+    pub public_ipv4: Option<Ipv4Addr>,
+    /// Public IPv6.
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// Provider tags.
+    pub tags: Vec<String>,
+}
+
+impl Identity {
+    /// One line for status: provider, instance, region, addresses.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![match self.provider {
+            Provider::None => format!("from configuration (host {})", self.hostname),
+            p => format!(
+                "{p} instance {} ({}) in {}",
+                self.instance_id, self.hostname, self.provider_region
+            ),
+        }];
+        if let Some(a) = self.private_ipv4 {
+            parts.push(format!("private {a}"));
+        }
+        if let Some(a) = self.public_ipv4 {
+            parts.push(format!("public {a}"));
+        }
+        if let Some(a) = self.public_ipv6 {
+            parts.push(format!("public {a}"));
+        }
+        parts.join(", ")
+    }
+
+    /// The permanent server name: `<provider>-<region>-<instance id>` on a
+    /// cloud, the host name (or `node.name`) otherwise; limited to
+    /// `[A-Za-z0-9_.-]`, anything else becoming `-`.
+    pub fn server_name(&self) -> String {
+        let raw = match self.provider {
+            Provider::None => self.hostname.clone(),
+            p => format!(
+                "{}-{}-{}",
+                p.as_str(),
+                self.provider_region,
+                self.instance_id
+            ),
+        };
+        raw.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    }
+}
+
+/// Why the metadata service did not say who we are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    /// No connection or no answer in time: worth retrying.
+    #[error("metadata service {endpoint} unreachable: {reason}")]
+    Unreachable {
+        /// URL asked.
+        endpoint: String,
+        /// What happened.
+        reason: String,
+    },
+    /// An HTTP error status.
+    #[error("metadata service {endpoint} answered HTTP {status}: {body}")]
+    Status {
+        /// URL asked.
+        endpoint: String,
+        /// Status code.
+        status: u16,
+        /// Start of the body.
+        body: String,
+    },
+    /// An answer that is not what the provider documents.
+    #[error("metadata service {endpoint}: {field}: {reason}")]
+    Invalid {
+        /// URL asked.
+        endpoint: String,
+        /// The field at fault.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl MetadataError {
+    /// Whether asking again may help: no answer, 5xx or 429. A wrong
+    /// answer or a 4xx will not change by itself.
+    pub fn retryable(&self) -> bool {
+        match self {
+            MetadataError::Unreachable { .. } => true,
+            MetadataError::Status { status, .. } => *status >= 500 || *status == 429,
+            MetadataError::Invalid { .. } => false,
+        }
+    }
+}
+
+/// A metadata service.
+pub trait Metadata {
+    /// Asks once.
+    fn identity(&self) -> impl Future<Output = Result<Identity, MetadataError>>;
+}
+
+/// Asks `source` until it answers, a non-retryable error, or `retry_for`
+/// has passed (backoff from 250 ms doubling to 5 s).
+pub async fn identity_with_retry(
+    source: &impl Metadata,
+    retry_for: Duration,
+) -> Result<Identity, MetadataError> {
+    let deadline = Instant::now() + retry_for;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match source.identity().await {
+            Ok(id) => return Ok(id),
+            Err(e) if e.retryable() && Instant::now() + delay < deadline => {
+                tracing::warn!(error = %e, retry_in = ?delay, "metadata not available yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Provider {
+    /// The lower-case name used in config and server names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::None => "none",
+            Provider::DigitalOcean => "digitalocean",
+            Provider::Linode => "linode",
+        }
+    }
+
+    /// Whether this is a cloud with a metadata service.
+    pub fn is_cloud(self) -> bool {
+        self != Provider::None
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Checks a provider region or host name field: non-empty, printable, short.
+pub(crate) fn text_field(
+    endpoint: &str,
+    field: &str,
+    value: &str,
+) -> Result<String, MetadataError> {
+    let v = value.trim();
+    if v.is_empty() || v.len() > 253 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(MetadataError::Invalid {
+            endpoint: endpoint.to_owned(),
+            field: field.to_owned(),
+            reason: format!("{value:?} is not a valid value"),
+        });
+    }
+    Ok(v.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(provider: Provider, region: &str, instance: &str, host: &str) -> Identity {
+        Identity {
+            provider,
+            instance_id: instance.into(),
+            hostname: host.into(),
+            provider_region: region.into(),
+            private_ipv4: None,
+            public_ipv4: None,
+            public_ipv6: None,
+            tags: vec![],
+        }
+    }
+
+    #[test]
+    fn server_names() {
+        assert_eq!(
+            id(Provider::DigitalOcean, "nyc3", "2756294", "x").server_name(),
+            "digitalocean-nyc3-2756294"
+        );
+        assert_eq!(
+            id(Provider::Linode, "us-east", "532754976", "x").server_name(),
+            "linode-us-east-532754976"
+        );
+        assert_eq!(id(Provider::None, "", "", "web 1").server_name(), "web-1");
+    }
+
+    #[test]
+    fn what_is_worth_retrying() {
+        let st = |status| MetadataError::Status {
+            endpoint: "e".into(),
+            status,
+            body: String::new(),
+        };
+        assert!(st(500).retryable() && st(503).retryable() && st(429).retryable());
+        assert!(!st(404).retryable() && !st(401).retryable());
+        assert!(
+            MetadataError::Unreachable {
+                endpoint: "e".into(),
+                reason: "r".into()
+            }
+            .retryable()
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! Fakes of what cannot be reached from here: the cloud providers' APIs.
+//! Each follows the provider's published contract (paths, content types,
+//! status codes, error bodies) as recorded in shared/reference, and can be
+//! told to misbehave (a status, a delay, an empty or garbage body).
+//!
+//! Each fake serves on 127.0.0.1 from a runtime thread of its own, so sync
+//! tests can use it; it stops when dropped.
+
+pub mod do_metadata;
+pub mod linode_metadata;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+
+/// A way for a fake to misbehave, for every request until cleared.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Fault {
+    /// Behave.
+    #[default]
+    None,
+    /// Answer every request with this status (and the provider's error body).
+    Status(u16),
+    /// Answer with this status for the next `n` requests, then behave.
+    StatusTimes(u16, u32),
+    /// Answer after this delay.
+    Delay(Duration),
+    /// 200 with an empty body.
+    EmptyBody,
+    /// 200 with a body that is not what the provider documents.
+    Garbage,
+}
+
+/// A running fake server.
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves `router` on a free loopback port.
+    pub fn start(router: Router) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("fake runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind fake");
+                addr_tx
+                    .send(listener.local_addr().expect("addr"))
+                    .expect("send addr");
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+        });
+        let addr = addr_rx.recv().expect("fake address");
+        Self {
+            addr,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Shared state of a fake, with a request log.
+pub type Shared<T> = Arc<Mutex<T>>;
+
+/// The fault that applies to this request, counting down `StatusTimes`.
+pub(crate) fn take(fault: &mut Fault) -> Fault {
+    match fault.clone() {
+        Fault::StatusTimes(s, n) => {
+            *fault = if n <= 1 {
+                Fault::None
+            } else {
+                Fault::StatusTimes(s, n - 1)
+            };
+            Fault::Status(s)
+        }
+        other => other,
+    }
+}
+
+/// Acts on a request's fault: waits out a delay, or answers with an error
+/// status and the provider's error body (`Some`).
+pub(crate) async fn act(
+    fault: &Fault,
+    error_body: impl Fn(u16) -> (String, &'static str),
+) -> Option<axum::response::Response> {
+    use axum::response::IntoResponse;
+    match fault {
+        Fault::Delay(d) => {
+            tokio::time::sleep(*d).await;
+            None
+        }
+        Fault::Status(status) => {
+            let (body, ctype) = error_body(*status);
+            let code = axum::http::StatusCode::from_u16(*status)
+                .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+            Some((code, [(axum::http::header::CONTENT_TYPE, ctype)], body).into_response())
+        }
+        _ => None,
+    }
+}
