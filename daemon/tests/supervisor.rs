@@ -36,7 +36,7 @@ fn starts_to_ready_and_tells_systemd() {
         // follow within a probe interval.
         assert!(
             d.wait_note(
-                |l| l == "STATUS=ready: 0 clients, JetStream current",
+                |l| l == "STATUS=ready: 0 clients, JetStream current — n1",
                 Duration::from_secs(5)
             ),
             "{v}: {:?}",

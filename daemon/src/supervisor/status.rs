@@ -59,7 +59,7 @@ pub struct Status {
 
 impl Status {
     /// One line for systemd's STATUS=, e.g. "ready: 2 routes, 14 clients,
-    /// JetStream current".
+    /// JetStream current — digitalocean-nyc3-2756294".
     pub fn line(&self) -> String {
         let mut s = format!("{}: ", self.state);
         match self.state.as_str() {
@@ -81,6 +81,9 @@ impl Status {
         }
         if !self.restart_pending.is_empty() {
             let _ = write!(s, "; restart pending: {}", self.restart_pending.join("; "));
+        }
+        if !self.server_name.is_empty() {
+            let _ = write!(s, " — {}", self.server_name);
         }
         s
     }
