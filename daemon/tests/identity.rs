@@ -513,3 +513,26 @@ fn with_provider_none_a_changed_name_is_refused() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn the_metadata_token_never_reaches_the_log() {
+    let dir = scratch();
+    let lin = FakeLinodeMetadata::start(Linode::default());
+    // Expired tokens force a renewal too; every token issued is checked.
+    lin.fault(Fault::StatusTimes(500, 1));
+    let main = cloud_config(dir.path(), "linode", &lin.url(), "");
+    let out = Command::new(NATSMESHD)
+        .args(["render", "--explain", "-c", main.to_str().unwrap()])
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("NATSMESH_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tokens: Vec<String> = lin.state.lock().unwrap().tokens.keys().cloned().collect();
+    assert!(!tokens.is_empty());
+    let everything = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    for t in tokens {
+        assert!(!everything.contains(&t), "token in the output");
+    }
+}
