@@ -95,6 +95,19 @@ use Verdict::{Reload, ReloadIncreaseSince, ReloadSince, Restart};
 /// The rule table, most specific first. Sources: `reload.go` `diffOptions`
 /// on each tag (reference §2.2, §2.4), checked by the test suite.
 const RULES: &[Rule] = &[
+    // TLS material reloads in every block (new connections use it); a
+    // changed file content counts as a change (see `Snapshot`).
+    rule("tls", Reload, "client TLS material reloads"),
+    rule("cluster.tls", Reload, "route TLS material reloads"),
+    rule("gateway.tls", Reload, "gateway TLS material reloads"),
+    rule("leafnodes.tls", Reload, "leafnode TLS material reloads"),
+    rule("mqtt.tls", Reload, "MQTT TLS material reloads"),
+    rule("websocket.tls", Reload, "websocket TLS material reloads"),
+    rule(
+        "https",
+        Restart,
+        "the monitoring listener cannot move at run time",
+    ),
     rule(
         "server_name",
         Restart,
@@ -217,8 +230,8 @@ const RULES: &[Rule] = &[
 
 const UNKNOWN_WHY: &str = "not known to be reloadable";
 
-/// A rendered config with the content of its includes, as compared by the
-/// classifier: a changed include file is a config change.
+/// A rendered config with the content of its includes and TLS files, as
+/// compared by the classifier: a changed file is a config change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// The broker version it was rendered for.
@@ -232,8 +245,12 @@ impl Snapshot {
         let entries = conf::flatten(&rendered.tree)
             .into_iter()
             .map(|(key, value)| {
-                if key.ends_with("include") {
-                    // The value is the quoted path; add what the file holds.
+                if ["include", "cert_file", "key_file", "ca_file"]
+                    .iter()
+                    .any(|k| key.ends_with(k))
+                {
+                    // The value is the quoted path; add what the file holds,
+                    // so new content (a renewed certificate) is a change.
                     let path = value.trim_matches('"');
                     let digest = match std::fs::read(path) {
                         Ok(bytes) => hex::encode(Sha256::digest(&bytes)),

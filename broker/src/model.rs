@@ -214,6 +214,23 @@ impl Compression {
     ];
 }
 
+/// A `tls {}` block. The certificate and key files hold this node's chain
+/// and key; `ca_file` the roots peers are checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// Certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// Private key (PEM).
+    pub key_file: PathBuf,
+    /// Trusted roots (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Require and verify a client certificate (routes and gateways always
+    /// do, whatever this says).
+    pub verify: bool,
+    /// Handshake timeout.
+    pub timeout: Option<Duration>,
+}
+
 /// `jetstream {}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JetStream {
@@ -244,6 +261,8 @@ pub struct Cluster {
     pub pool_size: Option<i64>,
     /// Route compression (2.10+).
     pub compression: Option<Compression>,
+    /// TLS for this listener.
+    pub tls: Option<Tls>,
     /// Operator's extra settings for this block.
     pub include: Option<IncludePath>,
 }
@@ -268,6 +287,8 @@ pub struct Gateway {
     pub advertise: Option<HostPort>,
     /// Explicit remote regions.
     pub gateways: Vec<RemoteGateway>,
+    /// TLS for this listener.
+    pub tls: Option<Tls>,
     /// Operator's extra settings for this block.
     pub include: Option<IncludePath>,
 }
@@ -281,6 +302,8 @@ pub struct LeafRemote {
     pub account: Option<String>,
     /// Credentials file.
     pub credentials: Option<PathBuf>,
+    /// TLS towards the hub.
+    pub tls: Option<Tls>,
 }
 
 /// `leafnodes {}`.
@@ -292,6 +315,8 @@ pub struct Leafnodes {
     pub advertise: Option<HostPort>,
     /// Outbound connections to hubs.
     pub remotes: Vec<LeafRemote>,
+    /// TLS for this listener.
+    pub tls: Option<Tls>,
     /// Operator's extra settings for this block.
     pub include: Option<IncludePath>,
 }
@@ -301,6 +326,8 @@ pub struct Leafnodes {
 pub struct Mqtt {
     /// Listener.
     pub listen: Listen,
+    /// TLS for this listener.
+    pub tls: Option<Tls>,
     /// Operator's extra settings for this block.
     pub include: Option<IncludePath>,
 }
@@ -312,6 +339,8 @@ pub struct Websocket {
     pub listen: Listen,
     /// Plain-text websocket (nats-server requires TLS otherwise).
     pub no_tls: bool,
+    /// TLS for this listener.
+    pub tls: Option<Tls>,
     /// Operator's extra settings for this block.
     pub include: Option<IncludePath>,
 }
@@ -345,6 +374,10 @@ pub struct ServerConfig {
     pub accounts_include: Option<IncludePath>,
     /// `authorization { include ... }`.
     pub authorization_include: Option<IncludePath>,
+    /// Client-port TLS (top-level `tls {}`): required of every client.
+    pub tls: Option<Tls>,
+    /// Serve monitoring over HTTPS (with the client-port certificate).
+    pub monitoring_https: bool,
     /// JetStream, when enabled.
     pub jetstream: Option<JetStream>,
     /// Routes, when this node is part of a region.
@@ -377,6 +410,8 @@ impl ServerConfig {
             tags: Vec::new(),
             accounts_include: None,
             authorization_include: None,
+            tls: None,
+            monitoring_https: false,
             jetstream: None,
             cluster: None,
             gateway: None,
@@ -467,6 +502,23 @@ fn urls(scheme: &str, hosts: &[HostPort]) -> Value {
     )
 }
 
+fn tls_block(t: &Tls) -> Result<Block, RenderError> {
+    let mut b = Block::new();
+    b.set("cert_file", path_value("tls.cert_file", &t.cert_file)?)
+        .set("key_file", path_value("tls.key_file", &t.key_file)?);
+    if let Some(ca) = &t.ca_file {
+        b.set("ca_file", path_value("tls.ca_file", ca)?);
+    }
+    if t.verify {
+        b.set("verify", true);
+    }
+    if let Some(d) = t.timeout {
+        // A quoted Go duration: every supported release reads it here.
+        b.set("timeout", d);
+    }
+    Ok(b)
+}
+
 /// Starts a block with the operator's include first, so that every key
 /// natsmesh writes after it wins (nats-server keeps the last duplicate).
 fn block_with(include: Option<&IncludePath>) -> Block {
@@ -516,7 +568,14 @@ fn to_tree(cfg: &ServerConfig) -> Result<Block, RenderError> {
             "client_advertise",
             cfg.client_advertise.as_ref().map(|h| h.to_string()),
         )
-        .set_opt("http", cfg.monitoring.as_ref().map(listen_value));
+        .set_opt(
+            if cfg.monitoring_https {
+                "https"
+            } else {
+                "http"
+            },
+            cfg.monitoring.as_ref().map(listen_value),
+        );
     if let Some(dir) = &cfg.ports_file_dir {
         top.set("ports_file_dir", path_value("ports_file_dir", dir)?);
     }
@@ -527,6 +586,9 @@ fn to_tree(cfg: &ServerConfig) -> Result<Block, RenderError> {
         .set("lame_duck_grace_period", cfg.lame_duck_grace_period);
     if !cfg.tags.is_empty() {
         top.set("server_tags", cfg.tags.clone());
+    }
+    if let Some(t) = &cfg.tls {
+        top.set("tls", tls_block(t)?);
     }
     if let Some(inc) = &cfg.accounts_include {
         top.set("accounts", block_with(Some(inc)));
@@ -553,6 +615,9 @@ fn to_tree(cfg: &ServerConfig) -> Result<Block, RenderError> {
         if c.no_advertise {
             b.set("no_advertise", true);
         }
+        if let Some(t) = &c.tls {
+            b.set("tls", tls_block(t)?);
+        }
         b.set("routes", urls("nats-route", &c.routes))
             .set_opt("pool_size", c.pool_size)
             .set_opt("compression", c.compression.map(|m| m.as_str()));
@@ -563,6 +628,9 @@ fn to_tree(cfg: &ServerConfig) -> Result<Block, RenderError> {
         b.set("name", g.name.as_str())
             .set("listen", listen_value(&g.listen))
             .set_opt("advertise", g.advertise.as_ref().map(|h| h.to_string()));
+        if let Some(t) = &g.tls {
+            b.set("tls", tls_block(t)?);
+        }
         if !g.gateways.is_empty() {
             let remotes = g
                 .gateways
@@ -582,6 +650,9 @@ fn to_tree(cfg: &ServerConfig) -> Result<Block, RenderError> {
         let mut b = block_with(l.include.as_ref());
         b.set_opt("listen", l.listen.as_ref().map(listen_value))
             .set_opt("advertise", l.advertise.as_ref().map(|h| h.to_string()));
+        if let Some(t) = &l.tls {
+            b.set("tls", tls_block(t)?);
+        }
         if !l.remotes.is_empty() {
             let mut remotes = Vec::new();
             for r in &l.remotes {
@@ -603,12 +674,17 @@ fn to_tree(cfg: &ServerConfig) -> Result<Block, RenderError> {
     if let Some(m) = &cfg.mqtt {
         let mut b = block_with(m.include.as_ref());
         b.set("listen", listen_value(&m.listen));
+        if let Some(t) = &m.tls {
+            b.set("tls", tls_block(t)?);
+        }
         top.set("mqtt", b);
     }
     if let Some(w) = &cfg.websocket {
         let mut b = block_with(w.include.as_ref());
         b.set("listen", listen_value(&w.listen));
-        if w.no_tls {
+        if let Some(t) = &w.tls {
+            b.set("tls", tls_block(t)?);
+        } else if w.no_tls {
             b.set("no_tls", true);
         }
         top.set("websocket", b);
@@ -667,6 +743,7 @@ mod tests {
             pool_size: Some(3),
             compression: None,
             include: None,
+            tls: None,
         });
         let err = render(&cfg, &Version::new(2, 9, 10), Path::new("/"))
             .expect_err("2.9.10 lacks pool_size");

@@ -207,6 +207,7 @@ pub fn validate(cfg: &ServerConfig) -> Vec<Problem> {
 
     if let Some(w) = &cfg.websocket
         && !w.no_tls
+        && w.tls.is_none()
     {
         out.push(Problem {
             key: "websocket.no_tls",
@@ -291,6 +292,7 @@ mod tests {
             pool_size: None,
             compression: None,
             include: None,
+            tls: None,
         }
     }
 
@@ -343,6 +345,7 @@ mod tests {
             advertise: None,
             gateways: vec![],
             include: None,
+            tls: None,
         });
         assert_eq!(keys(&c), ["gateway.name"]);
         c.cluster = None;
@@ -383,6 +386,7 @@ mod tests {
         c.mqtt = Some(Mqtt {
             listen: Listen::new(LOCAL, 1883),
             include: None,
+            tls: None,
         });
         assert_eq!(keys(&c), ["mqtt"]);
     }

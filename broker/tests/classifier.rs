@@ -27,6 +27,7 @@ fn cluster(dir: &Path) -> Cluster {
         pool_size: None,
         compression: None,
         include: None,
+        tls: None,
     }
 }
 
@@ -220,7 +221,7 @@ rows! {
     };
     gateway_remotes => |d| {
         let c = cluster(d);
-        let g = Gateway { name: "fra1".into(), listen: Listen::new(common::LOCAL, free_port()), advertise: None, gateways: vec![], include: None };
+        let g = Gateway { name: "fra1".into(), listen: Listen::new(common::LOCAL, free_port()), advertise: None, gateways: vec![], include: None, tls: None };
         let g2 = Gateway {
             gateways: vec![RemoteGateway { name: "nyc3".into(), urls: vec![HostPort::from_ip(common::LOCAL, free_port())] }],
             ..g.clone()
@@ -230,9 +231,9 @@ rows! {
         (old, new)
     };
     leafnode_remotes => |d| {
-        let l = Leafnodes { listen: Some(Listen::new(common::LOCAL, free_port())), advertise: None, remotes: vec![], include: None };
+        let l = Leafnodes { listen: Some(Listen::new(common::LOCAL, free_port())), advertise: None, remotes: vec![], include: None, tls: None };
         let l2 = Leafnodes {
-            remotes: vec![LeafRemote { urls: vec![HostPort::from_ip(common::LOCAL, free_port())], account: None, credentials: None }],
+            remotes: vec![LeafRemote { urls: vec![HostPort::from_ip(common::LOCAL, free_port())], account: None, credentials: None, tls: None }],
             ..l.clone()
         };
         let old = ServerConfig { leafnodes: Some(l), ..common::base(d) };
@@ -240,14 +241,14 @@ rows! {
         (old, new)
     };
     mqtt_listener => |d| {
-        let m = Mqtt { listen: Listen::new(common::LOCAL, free_port()), include: None };
-        let m2 = Mqtt { listen: Listen::new(common::LOCAL, free_port()), include: None };
+        let m = Mqtt { listen: Listen::new(common::LOCAL, free_port()), include: None, tls: None };
+        let m2 = Mqtt { listen: Listen::new(common::LOCAL, free_port()), include: None, tls: None };
         let old = ServerConfig { jetstream: Some(js(d)), mqtt: Some(m), ..common::base(d) };
         let new = ServerConfig { mqtt: Some(m2), ..old.clone() };
         (old, new)
     };
     websocket_listener => |d| {
-        let w = Websocket { listen: Listen::new(common::LOCAL, free_port()), no_tls: true, include: None };
+        let w = Websocket { listen: Listen::new(common::LOCAL, free_port()), no_tls: true, include: None, tls: None };
         let w2 = Websocket { listen: Listen::new(common::LOCAL, free_port()), ..w.clone() };
         let old = ServerConfig { websocket: Some(w), ..common::base(d) };
         let new = ServerConfig { websocket: Some(w2), ..old.clone() };

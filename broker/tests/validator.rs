@@ -32,6 +32,7 @@ fn cluster(name: &str, routes: Vec<HostPort>) -> Cluster {
         pool_size: None,
         compression: None,
         include: None,
+        tls: None,
     }
 }
 
@@ -42,6 +43,7 @@ fn gateway(name: &str) -> Gateway {
         advertise: None,
         gateways: vec![],
         include: None,
+        tls: None,
     }
 }
 
@@ -121,6 +123,7 @@ const CASES: &[(&str, &str, &str, Mutation)] = &[
         c.mqtt = Some(Mqtt {
             listen: common::random_port(),
             include: None,
+            tls: None,
         });
     }),
     (
@@ -132,6 +135,7 @@ const CASES: &[(&str, &str, &str, Mutation)] = &[
                 listen: common::random_port(),
                 no_tls: false,
                 include: None,
+                tls: None,
             });
         },
     ),

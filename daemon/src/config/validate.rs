@@ -540,6 +540,7 @@ pub fn validate(
             );
         }
         server.cluster = Some(Cluster {
+            tls: None,
             name: region.clone(),
             listen: listen(bound, b.cluster.port),
             advertise,
@@ -579,6 +580,7 @@ pub fn validate(
             });
         }
         server.gateway = Some(Gateway {
+            tls: None,
             name: region.clone(),
             listen: listen(bound, b.gateway.port),
             advertise,
@@ -612,12 +614,14 @@ pub fn validate(
             .iter()
             .enumerate()
             .map(|(i, r)| LeafRemote {
+                tls: None,
                 urls: c.host_ports(&format!("broker.leafnodes.remotes[{i}].urls"), &r.urls),
                 account: r.account.clone(),
                 credentials: r.credentials.clone(),
             })
             .collect();
         server.leafnodes = Some(Leafnodes {
+            tls: None,
             listen: b.leafnodes.enabled.then(|| listen(bound, b.leafnodes.port)),
             advertise,
             remotes,
@@ -632,6 +636,7 @@ pub fn validate(
 
     if b.mqtt.enabled {
         server.mqtt = Some(Mqtt {
+            tls: None,
             listen: listen(
                 c.bind("broker.mqtt.bind", b.mqtt.bind, Role::Client, id),
                 b.mqtt.port,
@@ -647,6 +652,7 @@ pub fn validate(
 
     if b.websocket.enabled {
         server.websocket = Some(Websocket {
+            tls: None,
             listen: listen(
                 c.bind("broker.websocket.bind", b.websocket.bind, Role::Client, id),
                 b.websocket.port,
