@@ -99,7 +99,11 @@ const RULES: &[Rule] = &[
     // changed file content counts as a change (see `Snapshot`).
     rule("tls", Reload, "client TLS material reloads"),
     rule("cluster.tls", Reload, "route TLS material reloads"),
-    rule("gateway.tls", Reload, "gateway TLS material reloads"),
+    rule(
+        "gateway.tls",
+        ReloadSince(Version::new(2, 11, 4)),
+        "before 2.11.4 a reload does not reach implicit gateways, which keep the old certificate (nats-server#6875); natsmesh restarts instead",
+    ),
     rule("leafnodes.tls", Reload, "leafnode TLS material reloads"),
     rule("mqtt.tls", Reload, "MQTT TLS material reloads"),
     rule("websocket.tls", Reload, "websocket TLS material reloads"),

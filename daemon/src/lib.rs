@@ -5,6 +5,7 @@
 //! can call it.
 #![forbid(unsafe_code)]
 
+pub mod ca_cli;
 pub mod config;
 pub mod control;
 pub mod logging;
@@ -13,6 +14,7 @@ pub mod prepare;
 pub mod provider;
 pub mod run;
 pub mod supervisor;
+pub mod tls;
 
 /// Exit code for a configuration problem (`check` and refused starts).
 pub const EXIT_CONFIG: i32 = 2;

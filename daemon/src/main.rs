@@ -58,6 +58,51 @@ enum Cmd {
     },
     /// Take the node out of service (lame duck); natsmeshd keeps running.
     Drain,
+    /// Offline certificate authority tasks (run on an operator's machine).
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCmd {
+    /// Create the offline root CA: DIR/root.crt and DIR/root.key (0600).
+    Init {
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Common name of the root.
+        #[arg(long, default_value = "natsmesh root CA")]
+        name: String,
+        /// Validity.
+        #[arg(long, default_value = "3650days", value_parser = humantime::parse_duration)]
+        validity: std::time::Duration,
+    },
+    /// Create a region's intermediate, limited to the domain and to
+    /// private address ranges: OUT/<region>.crt and OUT/<region>.key (0600).
+    Intermediate {
+        /// Directory holding root.crt and root.key.
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        /// The region (natsmesh's region label).
+        #[arg(long)]
+        region: String,
+        /// The supercluster's DNS domain (node.domain).
+        #[arg(long)]
+        domain: String,
+        /// Another permitted address range (repeatable), e.g. a public /24
+        /// the gateways advertise.
+        #[arg(long = "permit-ip", value_name = "CIDR")]
+        permit_ip: Vec<String>,
+        /// Do not permit the private ranges and loopback by default.
+        #[arg(long)]
+        no_default_ranges: bool,
+        /// Validity.
+        #[arg(long, default_value = "90days", value_parser = humantime::parse_duration)]
+        validity: std::time::Duration,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +132,42 @@ fn report(problems: &Problems) -> i32 {
 }
 
 async fn dispatch(cli: Cli) -> i32 {
+    if let Cmd::Ca(ca) = &cli.command {
+        let done = match ca {
+            CaCmd::Init {
+                out,
+                name,
+                validity,
+            } => natsmesh::ca_cli::init(out, name, *validity),
+            CaCmd::Intermediate {
+                root,
+                region,
+                domain,
+                permit_ip,
+                no_default_ranges,
+                validity,
+                out,
+            } => natsmesh::ca_cli::intermediate(
+                root,
+                region,
+                domain,
+                permit_ip,
+                !no_default_ranges,
+                *validity,
+                out,
+            ),
+        };
+        return match done {
+            Ok(msg) => {
+                println!("{msg}");
+                0
+            }
+            Err(e) => {
+                eprintln!("natsmeshd: {e}");
+                EXIT_FAILURE
+            }
+        };
+    }
     let sources = match config::discover(cli.config.as_deref()) {
         Ok(s) => s,
         Err(p) => return report(&p),
@@ -218,7 +299,17 @@ async fn check_in_scratch(
             eprintln!("natsmeshd: cannot create a scratch directory: {e}");
             EXIT_FAILURE
         })?;
-    match prepare_in(settings, scratch.path(), "nats-server.conf").await {
+    // With natsmeshd issuing certificates, issue a throwaway one here: it
+    // proves the intermediate, the roots and the names, and lets `-t` read
+    // real files.
+    let settings = settings.with_issued_tls_in(scratch.path());
+    if let Some(tls) = &settings.tls
+        && let Err(e) = natsmesh::tls::ensure(tls, std::time::SystemTime::now(), true)
+    {
+        eprintln!("TLS: {e}");
+        return Err(EXIT_CONFIG);
+    }
+    match prepare_in(&settings, scratch.path(), "nats-server.conf").await {
         Ok(p) => Ok((p, scratch)),
         Err(e) => {
             eprintln!("{e}");

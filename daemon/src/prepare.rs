@@ -97,6 +97,12 @@ pub async fn prepare_in(
 /// Writes `bytes` to `path` through a temporary file in the same directory,
 /// fsynced and renamed, so a reader never sees half a file. Mode 0640.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomically_mode(path, bytes, 0o640)
+}
+
+/// [`write_atomically`] with a given mode, set when the file is created (a
+/// secret is never readable by others, not even for a moment).
+pub fn write_atomically_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -112,7 +118,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o640)
+            .mode(mode)
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;

@@ -50,6 +50,7 @@ impl Fixture {
             path: Some(self.dir.path().join("bin").into_os_string()),
             default_state_dir: self.dir.path().join("state"),
             default_control_socket: self.dir.path().join("control.sock"),
+            credentials_dir: None,
         }
     }
 

@@ -27,6 +27,85 @@ pub struct RawConfig {
     pub restart: RawRestart,
     /// The control socket.
     pub control: RawControl,
+    /// TLS and trust.
+    pub tls: RawTls,
+}
+
+/// Where node certificates come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// No TLS (loopback-only set-ups).
+    #[default]
+    Off,
+    /// natsmeshd issues short-lived node certificates from the region's
+    /// intermediate.
+    Issue,
+    /// The operator's PKI (step-ca, Vault…) keeps the files; natsmeshd checks
+    /// them and reloads the broker when they change.
+    Files,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTls {
+    /// Where node certificates come from.
+    pub mode: TlsMode,
+    /// Trusted roots (PEM bundle; old and new during a CA rotation).
+    pub ca_file: Option<PathBuf>,
+    /// `issue`: the region intermediate's certificate. A relative path is
+    /// looked up in `$CREDENTIALS_DIRECTORY`, else next to this file.
+    pub intermediate_cert: PathBuf,
+    /// `issue`: the intermediate's key (keep it a systemd credential).
+    pub intermediate_key: PathBuf,
+    /// `issue`: lifetime of node certificates (renewed at two thirds).
+    pub validity: Span,
+    /// `files`: the node certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// `files`: the node key.
+    pub key_file: Option<PathBuf>,
+    /// A separate certificate for client-facing listeners (a public CA's).
+    pub client_cert_file: Option<PathBuf>,
+    /// Its key.
+    pub client_key_file: Option<PathBuf>,
+    /// More DNS names for the node certificate (the load balancer's name).
+    pub extra_names: Vec<String>,
+    /// TLS handshake timeout on every listener.
+    pub handshake_timeout: Span,
+    /// Client-facing TLS: `auto` requires it on every listener that is not
+    /// loopback-only; `required` everywhere.
+    pub client: ClientTls,
+}
+
+/// When client-facing listeners require TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTls {
+    /// On every listener that is not loopback-only.
+    #[default]
+    Auto,
+    /// On every listener.
+    Required,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            mode: TlsMode::Off,
+            ca_file: None,
+            intermediate_cert: PathBuf::from("intermediate.crt"),
+            intermediate_key: PathBuf::from("intermediate.key"),
+            validity: Span(Duration::from_secs(7 * 24 * 3600)),
+            cert_file: None,
+            key_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            extra_names: Vec::new(),
+            handshake_timeout: Span(Duration::from_secs(2)),
+            client: ClientTls::Auto,
+        }
+    }
 }
 
 /// A set of probe timings.
@@ -171,6 +250,9 @@ pub struct RawNode {
     pub public_address: Option<std::net::Ipv4Addr>,
     /// Public IPv6 address (`provider = "none"`).
     pub public_ipv6: Option<std::net::Ipv6Addr>,
+    /// The supercluster's DNS domain: certificate names
+    /// (`<server>.<region>.<domain>`) and, later, discovery records.
+    pub domain: Option<String>,
     /// The metadata service.
     pub metadata: RawMetadata,
 }

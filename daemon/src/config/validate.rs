@@ -13,14 +13,16 @@ use std::time::Duration;
 use natsmesh_broker::conf::IncludePath;
 use natsmesh_broker::model::{
     Cluster, Compression, Gateway, HostPort, JetStream, LeafRemote, Leafnodes, Listen, Mqtt,
-    RemoteGateway, ServerConfig, Websocket,
+    RemoteGateway, ServerConfig, Tls, Websocket,
 };
 
 use super::bind::Bind;
 use super::load::Loaded;
 use super::problem::{Problem, Problems, Source};
-use super::schema::{HealthTimings, Provider, RawConfig};
+use super::schema::{ClientTls, HealthTimings, Provider, RawConfig, TlsMode};
 use crate::provider::Identity;
+use crate::tls::issue::NodeNames;
+use crate::tls::{Source as TlsSource, TlsSettings};
 
 /// Validated settings: everything natsmeshd needs to run a broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,8 @@ pub struct Settings {
     pub control_socket: PathBuf,
     /// Who this machine is.
     pub identity: Identity,
+    /// TLS, when on.
+    pub tls: Option<TlsSettings>,
 }
 
 /// How a broker that exits or hangs is restarted, and how it is stopped.
@@ -67,6 +71,63 @@ impl Settings {
     pub fn rendered_path(&self) -> PathBuf {
         self.state_dir.join("nats-server.conf")
     }
+
+    /// The same settings with natsmeshd-issued TLS files in `dir`, for
+    /// checking a configuration without touching the state directory.
+    pub fn with_issued_tls_in(&self, dir: &Path) -> Settings {
+        let mut s = self.clone();
+        let Some(tls) = s.tls.as_mut() else {
+            return s;
+        };
+        if !matches!(tls.source, TlsSource::Issue { .. }) {
+            return s;
+        }
+        let mut moves: Vec<(PathBuf, PathBuf)> = vec![
+            (tls.cert_file.clone(), dir.join("node.crt")),
+            (tls.key_file.clone(), dir.join("node.key")),
+        ];
+        if let Some(r) = &tls.region_ca_file {
+            moves.push((r.clone(), dir.join("region-ca.pem")));
+            tls.region_ca_file = Some(dir.join("region-ca.pem"));
+        }
+        tls.cert_file = dir.join("node.crt");
+        tls.key_file = dir.join("node.key");
+        let relocate = |t: &mut Option<Tls>| {
+            if let Some(t) = t {
+                for (from, to) in &moves {
+                    for p in [&mut t.cert_file, &mut t.key_file] {
+                        if p == from {
+                            *p = to.clone();
+                        }
+                    }
+                    if t.ca_file.as_ref() == Some(from) {
+                        t.ca_file = Some(to.clone());
+                    }
+                }
+            }
+        };
+        let srv = &mut s.server;
+        relocate(&mut srv.tls);
+        if let Some(c) = srv.cluster.as_mut() {
+            relocate(&mut c.tls);
+        }
+        if let Some(g) = srv.gateway.as_mut() {
+            relocate(&mut g.tls);
+        }
+        if let Some(l) = srv.leafnodes.as_mut() {
+            relocate(&mut l.tls);
+            for r in &mut l.remotes {
+                relocate(&mut r.tls);
+            }
+        }
+        if let Some(m) = srv.mqtt.as_mut() {
+            relocate(&mut m.tls);
+        }
+        if let Some(w) = srv.websocket.as_mut() {
+            relocate(&mut w.tls);
+        }
+        s
+    }
 }
 
 /// Facts about the machine that validation needs; a parameter so tests can
@@ -81,6 +142,8 @@ pub struct Environment {
     pub default_state_dir: PathBuf,
     /// The control socket when the config sets none.
     pub default_control_socket: PathBuf,
+    /// `$CREDENTIALS_DIRECTORY`: where relative credential paths are found.
+    pub credentials_dir: Option<PathBuf>,
 }
 
 impl Environment {
@@ -100,6 +163,7 @@ impl Environment {
                 system_state_dir()
             },
             default_control_socket: default_control_socket(embedded),
+            credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
         }
     }
 }
@@ -688,6 +752,8 @@ pub fn validate(
         c.problem(toml_key(p.key), p.message);
     }
 
+    let tls = apply_tls(&mut c, raw, env, &region, &state_dir, &mut server);
+
     let health = health_timings(&mut c, raw);
     let r = &raw.restart;
     let restart = RestartSettings {
@@ -733,10 +799,283 @@ pub fn validate(
             health,
             restart,
             control_socket,
+            tls,
         })
     } else {
         Err(Problems(c.problems))
     }
+}
+
+impl Checker<'_> {
+    /// A file path from `key`: absolute, or relative to the credentials
+    /// directory (`credential`) or to the file that set it.
+    fn file(&mut self, key: &str, path: &Path, env: &Environment, credential: bool) -> PathBuf {
+        if path.is_absolute() {
+            return path.to_path_buf();
+        }
+        if credential && let Some(dir) = &env.credentials_dir {
+            return dir.join(path);
+        }
+        match self.loaded.origins.get(key).map(|l| &l.source) {
+            Some(Source::File(f)) => f
+                .parent()
+                .map_or_else(|| path.to_path_buf(), |d| d.join(path)),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// Checks that `path` can be read now (the broker and natsmeshd will).
+    fn readable(&mut self, key: &str, path: &Path) {
+        if let Err(e) = std::fs::File::open(path) {
+            self.problem(key, format!("cannot read {}: {e}", path.display()));
+        }
+    }
+}
+
+/// TLS from `[tls]`: which certificate, which names it must cover, and a
+/// `tls {}` block on every listener that needs one. Client-facing
+/// listeners that do not bind loopback require TLS; routes and gateways
+/// are always mutual.
+fn apply_tls(
+    c: &mut Checker<'_>,
+    raw: &RawConfig,
+    env: &Environment,
+    region: &str,
+    state_dir: &Path,
+    server: &mut ServerConfig,
+) -> Option<TlsSettings> {
+    let t = &raw.tls;
+    if t.mode == TlsMode::Off {
+        for (key, set) in [
+            ("tls.ca_file", t.ca_file.is_some()),
+            ("tls.cert_file", t.cert_file.is_some()),
+            ("tls.client_cert_file", t.client_cert_file.is_some()),
+        ] {
+            if set {
+                c.problem(key, "set, but tls.mode is \"off\"");
+            }
+        }
+        return None;
+    }
+    let ca_file = match &t.ca_file {
+        Some(p) => c.file("tls.ca_file", p, env, false),
+        None => {
+            c.problem(
+                "tls.ca_file",
+                "required with TLS: the roots peers and clients are checked against",
+            );
+            PathBuf::new()
+        }
+    };
+    if !ca_file.as_os_str().is_empty() {
+        c.readable("tls.ca_file", &ca_file);
+    }
+    let domain = raw
+        .node
+        .domain
+        .as_deref()
+        .map(|d| d.trim_end_matches('.').to_ascii_lowercase());
+    if let Some(d) = &domain
+        && !natsmesh_broker::model::is_dns_name(d)
+    {
+        c.problem("node.domain", format!("{d:?} is not a DNS name"));
+    }
+    let (source, cert_file, key_file) = match t.mode {
+        TlsMode::Issue => {
+            if domain.is_none() {
+                c.problem("node.domain", "required with tls.mode = \"issue\": node certificates are named <server>.<region>.<domain>, within the intermediate's constraints");
+            }
+            let cert = c.file("tls.intermediate_cert", &t.intermediate_cert, env, true);
+            let key = c.file("tls.intermediate_key", &t.intermediate_key, env, true);
+            c.readable("tls.intermediate_cert", &cert);
+            c.readable("tls.intermediate_key", &key);
+            if t.validity.0 < Duration::from_secs(10) {
+                c.problem(
+                    "tls.validity",
+                    format!("{:?} is too short (at least 10s)", t.validity.0),
+                );
+            }
+            let dir = state_dir.join("tls");
+            (
+                TlsSource::Issue {
+                    intermediate_cert: cert,
+                    intermediate_key: key,
+                    validity: t.validity.0,
+                },
+                dir.join("node.crt"),
+                dir.join("node.key"),
+            )
+        }
+        _ => {
+            let mut need = |key: &str, v: &Option<PathBuf>| match v {
+                Some(p) => {
+                    let p = c.file(key, p, env, false);
+                    c.readable(key, &p);
+                    p
+                }
+                None => {
+                    c.problem(key, "required with tls.mode = \"files\"");
+                    PathBuf::new()
+                }
+            };
+            let cert = need("tls.cert_file", &t.cert_file);
+            let key = need("tls.key_file", &t.key_file);
+            (
+                TlsSource::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                cert,
+                key,
+            )
+        }
+    };
+    let client_pair = match (&t.client_cert_file, &t.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let cert = c.file("tls.client_cert_file", cert, env, false);
+            let key = c.file("tls.client_key_file", key, env, true);
+            c.readable("tls.client_cert_file", &cert);
+            c.readable("tls.client_key_file", &key);
+            Some((cert, key))
+        }
+        (None, None) => None,
+        _ => {
+            c.problem(
+                "tls.client_cert_file",
+                "tls.client_cert_file and tls.client_key_file go together",
+            );
+            None
+        }
+    };
+
+    // Routes trust only this region's intermediates (a node of another
+    // region, under the same root, cannot join the cluster); gateways and
+    // clients trust the roots.
+    let region_ca_file =
+        matches!(source, TlsSource::Issue { .. }).then(|| state_dir.join("tls/region-ca.pem"));
+    let timeout = Some(t.handshake_timeout.0);
+    let node = |verify: bool| Tls {
+        cert_file: cert_file.clone(),
+        key_file: key_file.clone(),
+        ca_file: Some(ca_file.clone()),
+        verify,
+        timeout,
+    };
+    let client = || match &client_pair {
+        Some((cert, key)) => Tls {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            ca_file: Some(ca_file.clone()),
+            verify: false,
+            timeout,
+        },
+        None => node(false),
+    };
+    // Client-facing listeners need TLS unless they bind loopback only
+    // (`tls.client = "required"` asks for it there too).
+    let required = t.client == ClientTls::Required;
+    let public = |l: &Listen| required || !l.host.is_loopback();
+    if public(&server.listen) {
+        server.tls = Some(client());
+    }
+    if let Some(m) = server.mqtt.as_mut()
+        && public(&m.listen)
+    {
+        m.tls = Some(client());
+    }
+    if let Some(w) = server.websocket.as_mut()
+        && public(&w.listen)
+        && !w.no_tls
+    {
+        w.tls = Some(client());
+    }
+    if let Some(cl) = server.cluster.as_mut() {
+        cl.tls = Some(Tls {
+            ca_file: Some(region_ca_file.clone().unwrap_or_else(|| ca_file.clone())),
+            ..node(true)
+        });
+    }
+    if let Some(g) = server.gateway.as_mut() {
+        g.tls = Some(node(true));
+    }
+    if let Some(l) = server.leafnodes.as_mut() {
+        if l.listen.is_some() {
+            l.tls = Some(node(false));
+        }
+        for r in &mut l.remotes {
+            r.tls = Some(node(false));
+        }
+    }
+
+    // The names the certificate must cover.
+    let mut dns = Vec::new();
+    if let Some(d) = &domain {
+        dns.push(format!(
+            "{}.{region}.{d}",
+            server.server_name.to_ascii_lowercase()
+        ));
+        dns.push(format!("{region}.{d}"));
+    }
+    for (i, n) in t.extra_names.iter().enumerate() {
+        if natsmesh_broker::model::is_dns_name(n) {
+            dns.push(n.to_ascii_lowercase());
+        } else {
+            c.problem(
+                &format!("tls.extra_names[{i}]"),
+                format!("{n:?} is not a DNS name"),
+            );
+        }
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let mut add = |ip: IpAddr| {
+        if ip.is_unspecified() {
+            ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        } else {
+            ips.push(ip);
+        }
+    };
+    add(server.listen.host);
+    for l in [
+        server.cluster.as_ref().map(|x| x.listen),
+        server.gateway.as_ref().map(|x| x.listen),
+        server.leafnodes.as_ref().and_then(|x| x.listen),
+        server.mqtt.as_ref().map(|x| x.listen),
+        server.websocket.as_ref().map(|x| x.listen),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        add(l.host);
+    }
+    for a in [
+        server.cluster.as_ref().and_then(|x| x.advertise.clone()),
+        server.gateway.as_ref().and_then(|x| x.advertise.clone()),
+        server.leafnodes.as_ref().and_then(|x| x.advertise.clone()),
+        server.client_advertise.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Some(ip) = a.ip() {
+            add(ip);
+        }
+    }
+    ips.sort();
+    ips.dedup();
+    dns.sort();
+    dns.dedup();
+    Some(TlsSettings {
+        source,
+        ca_file,
+        cert_file,
+        key_file,
+        region_ca_file,
+        names: NodeNames {
+            common_name: server.server_name.clone(),
+            dns,
+            ips,
+        },
+    })
 }
 
 /// The profile's timings with the explicit overrides, checked for sense.

@@ -135,6 +135,10 @@ pub struct Supervisor {
     pending_reply: Option<Reply>,
     exit: Option<Exit>,
     last_extend: Option<Instant>,
+    /// The node certificate in use, when TLS is on.
+    cert: Option<crate::tls::Current>,
+    /// When to renew it (or, in `files` mode, look at the files again).
+    cert_due: Option<Instant>,
 }
 
 fn unix_ms(t: std::time::SystemTime) -> u64 {
@@ -157,6 +161,20 @@ impl Supervisor {
                 settings.state_dir.display()
             )
         })?;
+        let cert = match &settings.tls {
+            None => None,
+            Some(t) => {
+                let (current, issued) = crate::tls::ensure(t, std::time::SystemTime::now(), false)
+                    .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+                for w in &current.warnings {
+                    tracing::warn!("{w}");
+                }
+                if issued {
+                    tracing::info!(serial = %current.info.serial, "issued a node certificate");
+                }
+                Some(current)
+            }
+        };
         // The first start fixes the server name for good (JetStream).
         config::identity::persist_name(&settings.state_dir, &settings.server.server_name).map_err(
             |e| {
@@ -174,6 +192,10 @@ impl Supervisor {
             identity: settings.identity.describe(),
             broker_version: current.version.to_string(),
             config_file: current.path.display().to_string(),
+            certificate: cert
+                .as_ref()
+                .map(describe_cert)
+                .unwrap_or_else(|| "TLS off".into()),
             ..Status::default()
         };
         let (status_tx, status_rx) = watch::channel(status.clone());
@@ -198,6 +220,8 @@ impl Supervisor {
                 pending_reply: None,
                 exit: None,
                 last_extend: None,
+                cert_due: cert.as_ref().map(|c| due(c.renew_at)),
+                cert: cert.clone(),
             },
             status_rx,
         ))
@@ -240,6 +264,7 @@ impl Supervisor {
                 Some(next_probe),
                 watchdog_every.map(|_| next_watchdog),
                 self.restart_at,
+                self.cert_due,
                 self.stop.map(|s| {
                     if s.interrupted {
                         s.kill_at
@@ -283,6 +308,9 @@ impl Supervisor {
                 // Only this loop sends WATCHDOG=1: if it stalls, systemd acts.
                 self.notifier.watchdog();
                 next_watchdog = now + every;
+            }
+            if self.cert_due.is_some_and(|t| now >= t) {
+                self.renew_certificate().await;
             }
             if self.restart_at.is_some_and(|t| now >= t) {
                 self.restart_at = None;
@@ -826,6 +854,116 @@ impl Supervisor {
         ) {
             Ok(_) => Reloaded::Pending,
             Err(e) => Reloaded::Done(Err(e)),
+        }
+    }
+}
+
+/// A monotonic deadline for a wall-clock time.
+fn due(at: std::time::SystemTime) -> Instant {
+    Instant::now()
+        + at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+}
+
+fn describe_cert(c: &crate::tls::Current) -> String {
+    let t = |x| humantime::format_rfc3339_seconds(x).to_string();
+    format!(
+        "serial {}, valid until {}, next check {}",
+        c.info.serial,
+        t(c.info.not_after),
+        t(c.renew_at)
+    )
+}
+
+impl Supervisor {
+    /// Renews (mode `issue`) or re-reads (mode `files`) the node
+    /// certificate, and when it changed has the broker load it: a reload,
+    /// confirmed by asking the broker which certificate it serves; or a
+    /// restart where the broker would keep an old one (gateways before
+    /// 2.11.4).
+    async fn renew_certificate(&mut self) {
+        let Some(tls) = self.settings.tls.clone() else {
+            self.cert_due = None;
+            return;
+        };
+        let now = std::time::SystemTime::now();
+        let old = self.cert.as_ref().map(|c| c.info.serial.clone());
+        match crate::tls::ensure(&tls, now, false) {
+            Err(e) => {
+                // Keep the certificate in use; try again soon.
+                let until = self.cert.as_ref().map(|c| c.info.not_after);
+                tracing::error!(error = %e, valid_until = ?until.map(humantime::format_rfc3339_seconds), "certificate renewal failed; the current certificate stays");
+                self.status.certificate = format!("renewal failing: {e}");
+                self.cert_due = Some(Instant::now() + Duration::from_secs(30));
+            }
+            Ok((current, _)) => {
+                for w in &current.warnings {
+                    tracing::warn!("{w}");
+                }
+                let changed = old.as_deref() != Some(current.info.serial.as_str());
+                self.cert_due = Some(due(current.renew_at));
+                self.status.certificate = describe_cert(&current);
+                let serial = current.info.serial.clone();
+                self.cert = Some(current);
+                if changed {
+                    tracing::info!(%serial, "new node certificate; loading it into the broker");
+                    self.notifier.reloading();
+                    match self.reload().await {
+                        Reloaded::Done(Ok(msg)) => {
+                            let confirmed = self.confirm_serial(&tls, &serial).await;
+                            tracing::info!(message_id = ids::RELOADED, %serial, confirmed, "certificate renewal: {msg}");
+                        }
+                        Reloaded::Done(Err(e)) => {
+                            tracing::error!(%serial, "certificate renewal not loaded: {e}")
+                        }
+                        Reloaded::Pending => {
+                            tracing::warn!(%serial, "certificate renewal goes through a restart (see restart pending)")
+                        }
+                    }
+                    let line = self.status.line();
+                    self.notifier.ready(&line);
+                }
+                self.publish();
+            }
+        }
+    }
+
+    /// Whether a TLS listener of the broker now serves `serial`.
+    async fn confirm_serial(&self, tls: &crate::tls::TlsSettings, serial: &str) -> bool {
+        let s = &self.settings.server;
+        let (listener, info_first) = if s.tls.is_some() {
+            (Some(s.listen), true)
+        } else {
+            (
+                s.cluster
+                    .as_ref()
+                    .map(|c| c.listen)
+                    .or(s.gateway.as_ref().map(|g| g.listen)),
+                false,
+            )
+        };
+        let Some(addr) = listener.as_ref().and_then(local_addr) else {
+            return false;
+        };
+        let timeout = self.settings.health.timeout * 4;
+        match crate::tls::probe::served_serial(
+            tls,
+            addr,
+            &addr.ip().to_string(),
+            info_first,
+            timeout,
+        )
+        .await
+        {
+            Ok(got) if got == serial => true,
+            Ok(got) => {
+                tracing::warn!(expected = %serial, served = %got, "the broker still serves the previous certificate");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the broker which certificate it serves");
+                false
+            }
         }
     }
 }

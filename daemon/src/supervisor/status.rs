@@ -29,6 +29,8 @@ pub struct Status {
     pub broker_pid: Option<u32>,
     /// The rendered config in use.
     pub config_file: String,
+    /// The node certificate.
+    pub certificate: String,
     /// Liveness probe.
     pub alive: String,
     /// Serving probe.
@@ -93,11 +95,12 @@ impl Status {
         let mut s = String::new();
         let _ = writeln!(s, "{}", self.line());
         let _ = writeln!(s);
-        let rows: [(&str, String); 12] = [
+        let rows = [
             (
                 "server",
                 format!("{} (region {})", self.server_name, self.region),
             ),
+            ("identity", self.identity.clone()),
             ("state", format!("{} — {}", self.state, self.reason)),
             (
                 "broker",
@@ -110,6 +113,7 @@ impl Status {
                 ),
             ),
             ("config", self.config_file.clone()),
+            ("tls", self.certificate.clone()),
             ("alive", self.alive.clone()),
             ("serving", self.serving.clone()),
             ("jetstream", self.jetstream.clone()),

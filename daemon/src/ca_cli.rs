@@ -1,0 +1,111 @@
+//! `natsmeshd ca init` and `natsmeshd ca intermediate`: the offline part of
+//! the trust model, run on an operator's machine, never on a node.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use crate::tls::issue::{self, Issued};
+use crate::tls::{pki, write_secret};
+
+/// Parses `a.b.c.d/n` or `v6::/n`.
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (a, p) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR range (addr/prefix)"))?;
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|_| format!("{s:?}: {a:?} is not an address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = p
+        .parse()
+        .ok()
+        .filter(|n| *n <= max)
+        .ok_or_else(|| format!("{s:?}: bad prefix length"))?;
+    Ok((addr, prefix))
+}
+
+fn refuse_overwrite(paths: &[&Path]) -> Result<(), String> {
+    for p in paths {
+        if p.exists() {
+            return Err(format!(
+                "{} exists; natsmeshd never overwrites CA material",
+                p.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn write_pair(dir: &Path, stem: &str, issued: &Issued) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let cert = dir.join(format!("{stem}.crt"));
+    let key = dir.join(format!("{stem}.key"));
+    refuse_overwrite(&[&cert, &key])?;
+    write_secret(&key, issued.key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    crate::prepare::write_atomically_mode(&cert, issued.cert_pem.as_bytes(), 0o644)
+        .map_err(|e| format!("cannot write {}: {e}", cert.display()))
+}
+
+/// `ca init`: a new offline root in `out` (`root.crt`, `root.key` 0600).
+pub fn init(out: &Path, name: &str, validity: Duration) -> Result<String, String> {
+    refuse_overwrite(&[&out.join("root.crt"), &out.join("root.key")])?;
+    let root = issue::root(name, SystemTime::now(), validity).map_err(|e| e.to_string())?;
+    write_pair(out, "root", &root)?;
+    Ok(format!(
+        "root CA written to {dir}/root.crt and {dir}/root.key (0600).\n\
+         Keep root.key offline. Distribute root.crt to every node as tls.ca_file (/etc/natsmesh/ca.crt).\n\
+         Next: natsmeshd ca intermediate --root {dir} --region <region> --domain <domain> --out <dir>",
+        dir = out.display()
+    ))
+}
+
+/// `ca intermediate`: a region's intermediate, signed by the root in `root_dir`.
+pub fn intermediate(
+    root_dir: &Path,
+    region: &str,
+    domain: &str,
+    extra_ranges: &[String],
+    default_ranges: bool,
+    validity: Duration,
+    out: &Path,
+) -> Result<String, String> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let root = Issued {
+        cert_pem: read(&root_dir.join("root.crt"))?,
+        key_pem: read(&root_dir.join("root.key"))?,
+    };
+    let what = root_dir.join("root.crt").display().to_string();
+    let info = pki::inspect(
+        &what,
+        &pki::certs_from_pem(&what, root.cert_pem.as_bytes()).map_err(|e| e.to_string())?[0],
+    )
+    .map_err(|e| e.to_string())?;
+    if !pki::key_matches(&info, &root.key_pem) {
+        return Err(format!("{what}: root.key does not belong to root.crt"));
+    }
+    let mut ranges = if default_ranges {
+        issue::default_permitted_ranges()
+    } else {
+        Vec::new()
+    };
+    for r in extra_ranges {
+        ranges.push(parse_cidr(r)?);
+    }
+    let now = SystemTime::now();
+    // Never outlive the root.
+    let validity = validity.min(info.not_after.duration_since(now).unwrap_or_default());
+    let inter = issue::intermediate(&root, region, domain, &ranges, now, validity)
+        .map_err(|e| e.to_string())?;
+    write_pair(out, region, &inter)?;
+    Ok(format!(
+        "intermediate for region {region} written to {dir}/{region}.crt and {dir}/{region}.key (0600),\n\
+         limited to *.{domain} and {n} address ranges, valid {days} days.\n\
+         Give it to the region's nodes as systemd credentials (tls.intermediate_cert / tls.intermediate_key).",
+        dir = out.display(),
+        n = ranges.len(),
+        days = validity.as_secs() / 86400
+    ))
+}

@@ -1,0 +1,357 @@
+//! Trust: this node's certificate, issued from its region's intermediate
+//! (mode `issue`) or taken from the operator's PKI (mode `files`), checked
+//! before use, written atomically, renewed before it expires.
+//!
+//! - [`issue`]: making roots, intermediates and node certificates;
+//! - [`pki`]: reading and verifying certificates and keys;
+//! - [`probe`]: asking a running broker which certificate it serves.
+//!
+//! Nothing here logs a key. A file that fails a check is never used: the
+//! last good certificate stays.
+
+pub mod issue;
+pub mod pki;
+pub mod probe;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use pki_types::CertificateDer;
+
+use crate::prepare::write_atomically;
+use issue::{Issued, NodeNames};
+use pki::{CertInfo, PkiError};
+
+/// How far the clock may be off before natsmeshd says so.
+pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// Where the node certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Issued here from a region intermediate.
+    Issue {
+        /// The intermediate's certificate.
+        intermediate_cert: PathBuf,
+        /// The intermediate's key (a systemd credential).
+        intermediate_key: PathBuf,
+        /// Lifetime of node certificates.
+        validity: Duration,
+    },
+    /// Kept by the operator's PKI; natsmeshd only reads and checks it.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Key.
+        key: PathBuf,
+    },
+}
+
+/// TLS as configured for this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Where the certificate comes from.
+    pub source: Source,
+    /// Trusted roots (several during a CA rotation).
+    pub ca_file: PathBuf,
+    /// The certificate file the broker reads.
+    pub cert_file: PathBuf,
+    /// The key file the broker reads.
+    pub key_file: PathBuf,
+    /// Trust for routes (mode `issue`): the region's intermediates only, so
+    /// a node of another region (same root) cannot join this region's
+    /// cluster. Written from the intermediate file.
+    pub region_ca_file: Option<PathBuf>,
+    /// The names the certificate must cover.
+    pub names: NodeNames,
+}
+
+/// Why TLS material is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {why}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        why: String,
+    },
+    /// A file could not be written.
+    #[error("cannot write {path}: {why}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The OS error.
+        why: String,
+    },
+    /// A certificate or key problem.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// Issuing failed.
+    #[error(transparent)]
+    Issue(#[from] issue::IssueError),
+    /// A certificate outside its validity period.
+    #[error(
+        "{what} is not valid now: valid from {from} to {until} (check the clock if this is unexpected)"
+    )]
+    Expired {
+        /// What.
+        what: String,
+        /// Not before.
+        from: String,
+        /// Not after.
+        until: String,
+    },
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|e| TlsError::Read {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })
+}
+
+fn stamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The certificate a node uses now, and what is known about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    /// The leaf.
+    pub info: CertInfo,
+    /// When to renew (mode `issue`) or look again (mode `files`).
+    pub renew_at: SystemTime,
+    /// Warnings to repeat (a root used as issuer, a clock far off).
+    pub warnings: Vec<String>,
+}
+
+/// Loads the trusted roots.
+pub fn roots(settings: &TlsSettings) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let text = read(&settings.ca_file)?;
+    Ok(pki::certs_from_pem(
+        &settings.ca_file.display().to_string(),
+        text.as_bytes(),
+    )?)
+}
+
+/// Checks a certificate/key pair on disk against the roots and names.
+fn check_pair(
+    settings: &TlsSettings,
+    cert_path: &Path,
+    key_path: &Path,
+    now: SystemTime,
+) -> Result<CertInfo, TlsError> {
+    let what = cert_path.display().to_string();
+    let chain = pki::certs_from_pem(&what, read(cert_path)?.as_bytes())?;
+    let info = pki::inspect(&what, &chain[0])?;
+    if !pki::key_matches(&info, &read(key_path)?) {
+        return Err(PkiError::KeyMismatch {
+            cert: what,
+            key: key_path.display().to_string(),
+        }
+        .into());
+    }
+    if !info.valid_at(now) {
+        return Err(TlsError::Expired {
+            what,
+            from: stamp(info.not_before),
+            until: stamp(info.not_after),
+        });
+    }
+    let names: Vec<String> = settings
+        .names
+        .dns
+        .iter()
+        .cloned()
+        .chain(settings.names.ips.iter().map(ToString::to_string))
+        .collect();
+    pki::verify_chain(&what, &chain, &roots(settings)?, now, &names)?;
+    Ok(info)
+}
+
+/// Renewal point: two thirds of the lifetime (counted from issuance, not
+/// from the backdated start), minus up to a twelfth of it as jitter so a
+/// region's nodes do not renew (and reload) together.
+pub fn renew_point(info: &CertInfo, jitter: f64) -> SystemTime {
+    let issued = (info.not_before + issue::BACKDATE).min(info.not_after);
+    let life = info.not_after.duration_since(issued).unwrap_or_default();
+    let two_thirds = life.mul_f64(2.0 / 3.0);
+    let spread = life.mul_f64(jitter.clamp(0.0, 1.0) / 12.0);
+    issued + two_thirds - spread
+}
+
+/// Makes sure a usable certificate is on disk: keeps a good one, issues a
+/// new one when it is missing, broken, expiring or no longer covers this
+/// node's names (mode `issue`), or refuses (mode `files`).
+pub fn ensure(
+    settings: &TlsSettings,
+    now: SystemTime,
+    force: bool,
+) -> Result<(Current, bool), TlsError> {
+    match &settings.source {
+        Source::Files { cert, key } => {
+            let info = check_pair(settings, cert, key, now)?;
+            let renew_at = now + Duration::from_secs(60);
+            Ok((
+                Current {
+                    info,
+                    renew_at,
+                    warnings: Vec::new(),
+                },
+                false,
+            ))
+        }
+        Source::Issue {
+            intermediate_cert,
+            intermediate_key,
+            validity,
+        } => {
+            let issuer = Issued {
+                cert_pem: read(intermediate_cert)?,
+                key_pem: read(intermediate_key)?,
+            };
+            let what = intermediate_cert.display().to_string();
+            let ca_chain = pki::certs_from_pem(&what, issuer.cert_pem.as_bytes())?;
+            let ca = pki::inspect(&what, &ca_chain[0])?;
+            if !pki::key_matches(&ca, &issuer.key_pem) {
+                return Err(PkiError::KeyMismatch {
+                    cert: what,
+                    key: intermediate_key.display().to_string(),
+                }
+                .into());
+            }
+            let mut warnings = Vec::new();
+            if ca.self_signed {
+                warnings.push(format!(
+                    "{what} is a ROOT CA: a node holding the root key can mint certificates for the whole supercluster. Keep the root offline and give each region's nodes an intermediate (`natsmeshd ca intermediate`)."
+                ));
+            }
+            if now + CLOCK_TOLERANCE < ca.not_before {
+                warnings.push(format!(
+                    "the clock ({}) is before the intermediate's start ({}): is the clock right?",
+                    stamp(now),
+                    stamp(ca.not_before)
+                ));
+            }
+            if !ca.valid_at(now) {
+                return Err(TlsError::Expired {
+                    what,
+                    from: stamp(ca.not_before),
+                    until: stamp(ca.not_after),
+                });
+            }
+            write_region_cas(settings, &ca_chain, now)?;
+            if !force
+                && let Ok(info) = check_pair(settings, &settings.cert_file, &settings.key_file, now)
+                && issued_by(&settings.cert_file, &ca_chain[0])
+            {
+                let renew_at = renew_point(&info, fastrand::f64());
+                if now < renew_at {
+                    return Ok((
+                        Current {
+                            info,
+                            renew_at,
+                            warnings,
+                        },
+                        false,
+                    ));
+                }
+            }
+            // A node certificate never outlives its issuer.
+            let until = ca.not_after.duration_since(now).unwrap_or_default();
+            let lifetime = (*validity).min(until);
+            let fresh = issue::node(&issuer, &settings.names, now, lifetime)?;
+            let what = "the new node certificate".to_owned();
+            let chain = pki::certs_from_pem(&what, fresh.cert_pem.as_bytes())?;
+            let info = pki::inspect(&what, &chain[0])?;
+            let names: Vec<String> = settings
+                .names
+                .dns
+                .iter()
+                .cloned()
+                .chain(settings.names.ips.iter().map(ToString::to_string))
+                .collect();
+            // Catches names outside the intermediate's constraints before
+            // any peer refuses them.
+            pki::verify_chain(&what, &chain, &roots(settings)?, now, &names)?;
+            write_pair(settings, &fresh)?;
+            let renew_at = renew_point(&info, fastrand::f64());
+            Ok((
+                Current {
+                    info,
+                    renew_at,
+                    warnings,
+                },
+                true,
+            ))
+        }
+    }
+}
+
+/// Whether the node certificate on disk came from `issuer` (the chain in
+/// the file carries the issuing certificate second). A new intermediate
+/// (a rotation) means a new node certificate.
+fn issued_by(cert_file: &Path, issuer: &CertificateDer<'_>) -> bool {
+    std::fs::read(cert_file)
+        .ok()
+        .and_then(|b| pki::certs_from_pem("node certificate", &b).ok())
+        .is_some_and(|chain| chain.get(1).is_some_and(|c| c.as_ref() == issuer.as_ref()))
+}
+
+/// Writes the region's trusted intermediates for routes: every certificate
+/// in the intermediate file (the current one first, then those being
+/// rotated in or out) that is valid now.
+fn write_region_cas(
+    settings: &TlsSettings,
+    chain: &[CertificateDer<'_>],
+    now: SystemTime,
+) -> Result<(), TlsError> {
+    let Some(path) = &settings.region_ca_file else {
+        return Ok(());
+    };
+    let mut pem = String::new();
+    for der in chain {
+        if pki::inspect("intermediate", der).is_ok_and(|i| i.is_ca && i.valid_at(now)) {
+            pem.push_str(&pki_pem(der));
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| TlsError::Write {
+            path: dir.display().to_string(),
+            why: e.to_string(),
+        })?;
+    }
+    write_atomically(path, pem.as_bytes()).map_err(|e| TlsError::Write {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })
+}
+
+/// A DER certificate as PEM.
+fn pki_pem(der: &CertificateDer<'_>) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref().to_vec()))
+}
+
+/// Writes key then certificate, each atomically; the key 0600.
+fn write_pair(settings: &TlsSettings, fresh: &Issued) -> Result<(), TlsError> {
+    if let Some(dir) = settings.key_file.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| TlsError::Write {
+            path: dir.display().to_string(),
+            why: e.to_string(),
+        })?;
+    }
+    write_secret(&settings.key_file, fresh.key_pem.as_bytes())?;
+    write_atomically(&settings.cert_file, fresh.cert_pem.as_bytes()).map_err(|e| TlsError::Write {
+        path: settings.cert_file.display().to_string(),
+        why: e.to_string(),
+    })
+}
+
+/// Writes a secret atomically with mode 0600 from the start.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    crate::prepare::write_atomically_mode(path, bytes, 0o600).map_err(|e| TlsError::Write {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })
+}
