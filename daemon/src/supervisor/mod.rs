@@ -712,6 +712,25 @@ impl Supervisor {
                     ));
                 }
             };
+        // New roots, a new intermediate (a rotation) or new names may need a
+        // new certificate; a broken one refuses the reload.
+        if let Some(tls) = &settings.tls {
+            match crate::tls::ensure(tls, std::time::SystemTime::now(), false) {
+                Ok((current, issued)) => {
+                    if issued {
+                        tracing::info!(serial = %current.info.serial, "issued a node certificate for the new configuration");
+                    }
+                    self.cert_due = Some(due(current.renew_at));
+                    self.status.certificate = describe_cert(&current);
+                    self.cert = Some(current);
+                }
+                Err(e) => {
+                    return self.refused(format!(
+                        "TLS: {e}; the previous configuration keeps serving"
+                    ));
+                }
+            }
+        }
         let next = match prepare_in(&settings, &settings.state_dir, NEXT_NAME).await {
             Ok(p) => p,
             Err(e) => {

@@ -1,0 +1,597 @@
+//! TLS and trust against real nats-servers (2.9.10 and the pinned current
+//! release): mutual TLS routes (also by gossip), refusal of another
+//! region's or another CA's node, client TLS, renewal under a connected
+//! client, CA rotation, bad material, file modes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, NATSMESHD, Options};
+use natsmesh_harness::{CURRENT, OLDEST_AND_CURRENT, scratch};
+
+fn each_version(test: impl Fn(&str)) {
+    for v in OLDEST_AND_CURRENT {
+        test(v);
+    }
+}
+
+fn ca(args: &[&str]) {
+    let out = Command::new(NATSMESHD)
+        .arg("ca")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ca {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Roots and intermediates made with `natsmeshd ca`.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        Self { dir: scratch() }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A root in `<name>/`.
+    fn root(&self, name: &str) -> &Self {
+        ca(&[
+            "init",
+            "--out",
+            self.path(name).to_str().unwrap(),
+            "--name",
+            name,
+        ]);
+        self
+    }
+
+    /// An intermediate `<out>/<region>.{crt,key}` under root `<root>/`.
+    fn intermediate(&self, root: &str, region: &str, out: &str) -> &Self {
+        ca(&[
+            "intermediate",
+            "--root",
+            self.path(root).to_str().unwrap(),
+            "--region",
+            region,
+            "--domain",
+            "nats.test",
+            "--out",
+            self.path(out).to_str().unwrap(),
+        ]);
+        self
+    }
+
+    /// Concatenates PEM files into `dest`.
+    fn bundle(&self, dest: &str, parts: &[&str]) -> PathBuf {
+        let text: String = parts
+            .iter()
+            .map(|p| std::fs::read_to_string(self.path(p)).unwrap())
+            .collect();
+        std::fs::write(self.path(dest), text).unwrap();
+        self.path(dest)
+    }
+}
+
+/// The `[node]` and `[tls]` drop-in for issuing from an intermediate.
+fn tls_issue(ca_file: &Path, cert: &Path, key: &Path, validity: &str) -> String {
+    format!(
+        "[node]\ndomain = \"nats.test\"\n\n[tls]\nmode = \"issue\"\nca_file = \"{}\"\nintermediate_cert = \"{}\"\nintermediate_key = \"{}\"\nvalidity = \"{validity}\"\nclient = \"required\"\n",
+        ca_file.display(),
+        cert.display(),
+        key.display()
+    )
+}
+
+/// `tls` (from [`tls_issue`]) for a cluster member on its own loopback
+/// address, named after it.
+fn cluster(tls: &str, ip: &str, port: u16, routes: &[&str]) -> String {
+    let routes: Vec<String> = routes.iter().map(|r| format!("\"{r}:{port}\"")).collect();
+    let name = format!("n{}", ip.rsplit('.').next().unwrap_or("0"));
+    // The node table comes first in `tls`: add the name there.
+    let tls = tls.replacen("[node]\n", &format!("[node]\nname = \"{name}\"\n"), 1);
+    format!(
+        "{tls}\n[broker.cluster]\nenabled = true\nbind = \"{ip}\"\nport = {port}\nroutes = [{}]\n\n[health]\nroute_wait = \"30s\"\n",
+        routes.join(", ")
+    )
+}
+
+fn varz(d: &Daemon) -> serde_json::Value {
+    let url = format!("http://127.0.0.1:{}/varz", d.monitor_port);
+    let body = ureq::get(&url)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+fn routes(d: &mut Daemon) -> u64 {
+    d.status().and_then(|s| s.routes).unwrap_or(0)
+}
+
+fn wait_routes(d: &mut Daemon, n: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while routes(d) != n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} routes, wanted {n}\n{}",
+            routes(d),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn three_nodes_form_a_cluster_over_mutual_tls_one_of_them_by_gossip() {
+    each_version(|v| {
+        let pki = Pki::new();
+        pki.root("r1").intermediate("r1", "fra1", "i1");
+        let tls = tls_issue(
+            &pki.path("r1/root.crt"),
+            &pki.path("i1/fra1.crt"),
+            &pki.path("i1/fra1.key"),
+            "1h",
+        );
+        let port = natsmesh_harness::free_port();
+        let opts = |ip: &str, routes: &[&str]| Options {
+            extra: cluster(&tls, ip, port, routes),
+            ..Options::default()
+        };
+        let mut a = Daemon::start(v, opts("127.0.1.1", &["127.0.1.1", "127.0.1.2"]));
+        let mut b = Daemon::start(v, opts("127.0.1.2", &["127.0.1.1", "127.0.1.2"]));
+        // c knows only a; it learns b from a's gossip.
+        let mut c = Daemon::start(v, opts("127.0.1.3", &["127.0.1.1"]));
+        for (d, name) in [(&mut a, "a"), (&mut b, "b"), (&mut c, "c")] {
+            wait_routes(d, 2, &format!("{v} {name}"));
+        }
+        let vz = varz(&c);
+        assert_eq!(vz["cluster"]["tls_required"], true, "{v}: {vz}");
+        assert_eq!(vz["cluster"]["tls_verify"], true, "{v}: {vz}");
+    });
+}
+
+#[test]
+fn a_node_of_another_region_or_another_ca_is_refused() {
+    each_version(|v| {
+        let pki = Pki::new();
+        pki.root("r1")
+            .intermediate("r1", "fra1", "fra1")
+            .intermediate("r1", "nyc3", "nyc3");
+        pki.root("r9").intermediate("r9", "fra1", "other");
+        let port = natsmesh_harness::free_port();
+        let node = |ip: &str, int: &str, root: &str| Options {
+            extra: {
+                let file = if int == "nyc3" { "nyc3" } else { "fra1" };
+                let tls = tls_issue(
+                    &pki.path(&format!("{root}/root.crt")),
+                    &pki.path(&format!("{int}/{file}.crt")),
+                    &pki.path(&format!("{int}/{file}.key")),
+                    "1h",
+                );
+                cluster(&tls, ip, port, &["127.0.1.1", ip])
+            },
+            ..Options::default()
+        };
+        let mut a = Daemon::start(v, node("127.0.1.1", "fra1", "r1"));
+        a.wait_ready();
+        // Same root, but the nyc3 intermediate: not a member of fra1's routes.
+        let mut d = Daemon::start(v, node("127.0.1.4", "nyc3", "r1"));
+        // Another CA altogether.
+        let mut e = Daemon::start(v, node("127.0.1.5", "other", "r9"));
+        std::thread::sleep(Duration::from_secs(4));
+        assert_eq!(
+            routes(&mut a),
+            0,
+            "{v}: a accepted a foreign route\n{}",
+            a.log()
+        );
+        assert_eq!(routes(&mut d), 0, "{v}");
+        assert_eq!(routes(&mut e), 0, "{v}");
+        let log = a.log();
+        assert!(
+            log.contains("TLS route handshake error") || log.contains("TLS handshake error"),
+            "{v}: no refusal in the broker log:\n{log}"
+        );
+        let routez: serde_json::Value = {
+            let url = format!("http://127.0.0.1:{}/routez", a.monitor_port);
+            serde_json::from_str(
+                &ureq::get(&url)
+                    .call()
+                    .unwrap()
+                    .body_mut()
+                    .read_to_string()
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(routez["num_routes"], 0, "{v}: {routez}");
+    });
+}
+
+fn client_tls_node(v: &str, pki: &Pki, validity: &str) -> Daemon {
+    let tls = tls_issue(
+        &pki.path("r1/root.crt"),
+        &pki.path("i1/fra1.crt"),
+        &pki.path("i1/fra1.key"),
+        validity,
+    );
+    Daemon::start(
+        v,
+        Options {
+            extra: tls,
+            ..Options::default()
+        },
+    )
+}
+
+#[test]
+fn clients_need_tls_and_the_root() {
+    each_version(|v| {
+        let pki = Pki::new();
+        pki.root("r1").intermediate("r1", "fra1", "i1");
+        pki.root("r9");
+        let mut d = client_tls_node(v, &pki, "1h");
+        d.wait_ready();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let trusted = async_nats::ConnectOptions::new()
+                .add_root_certificates(pki.path("r1/root.crt"))
+                .require_tls(true)
+                .connect(d.client_addr())
+                .await
+                .unwrap();
+            let mut sub = trusted.subscribe("t").await.unwrap();
+            trusted.publish("t", "ok".into()).await.unwrap();
+            use futures_util::StreamExt as _;
+            let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&m.payload[..], b"ok");
+            let untrusted = async_nats::ConnectOptions::new()
+                .add_root_certificates(pki.path("r9/root.crt"))
+                .require_tls(true)
+                .connect(d.client_addr())
+                .await;
+            assert!(
+                untrusted.is_err(),
+                "{v}: a client trusting another root connected"
+            );
+        });
+        // A plaintext client is told TLS is required and cannot proceed.
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::net::TcpStream::connect(d.client_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("\"tls_required\":true"), "{v}: {line}");
+        let _ = s.write_all(b"CONNECT {}\r\nPING\r\n");
+        let mut rest = String::new();
+        let _ = r.read_line(&mut rest);
+        assert!(
+            !rest.starts_with("PONG"),
+            "{v}: a plaintext client got through: {rest}"
+        );
+    });
+}
+
+#[test]
+fn renewal_never_disturbs_a_connected_client() {
+    each_version(|v| {
+        let pki = Pki::new();
+        pki.root("r1").intermediate("r1", "fra1", "i1");
+        // 12 s certificates: renewed about every 8 s.
+        let mut d = client_tls_node(v, &pki, "12s");
+        d.wait_ready();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (sent, got, events) = rt.block_on(async {
+            let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let ev = events.clone();
+            let nc = async_nats::ConnectOptions::new()
+                .add_root_certificates(pki.path("r1/root.crt"))
+                .require_tls(true)
+                .event_callback(move |e| {
+                    let ev = ev.clone();
+                    async move {
+                        ev.lock().unwrap().push(e.to_string());
+                    }
+                })
+                .connect(d.client_addr())
+                .await
+                .unwrap();
+            let mut sub = nc.subscribe("seq").await.unwrap();
+            let mut sent = 0u32;
+            let until = tokio::time::Instant::now() + Duration::from_secs(30);
+            while tokio::time::Instant::now() < until {
+                nc.publish("seq", sent.to_string().into()).await.unwrap();
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            nc.flush().await.unwrap();
+            let mut got = Vec::new();
+            use futures_util::StreamExt as _;
+            while got.len() < sent as usize {
+                match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+                    Ok(Some(m)) => {
+                        got.push(String::from_utf8_lossy(&m.payload).parse::<u32>().unwrap())
+                    }
+                    _ => break,
+                }
+            }
+            let events = events.lock().unwrap().clone();
+            (sent, got, events)
+        });
+        assert_eq!(
+            got,
+            (0..sent).collect::<Vec<_>>(),
+            "{v}: messages lost or out of order"
+        );
+        // The initial "connected" is the only event a quiet client sees.
+        let trouble: Vec<&String> = events
+            .iter()
+            .filter(|e| e.as_str() != "connected")
+            .collect();
+        assert!(trouble.is_empty(), "{v}: the client saw {events:?}");
+        let renewals = d.log().matches("certificate renewal: reloaded").count();
+        let confirmed = d.log().matches("confirmed=true").count();
+        assert!(renewals >= 3, "{v}: only {renewals} renewals\n{}", d.log());
+        assert_eq!(
+            confirmed, renewals,
+            "{v}: a renewal was not confirmed by the served serial"
+        );
+    });
+}
+
+#[test]
+fn ca_rotation_keeps_the_cluster_together() {
+    each_version(|v| {
+        let pki = Pki::new();
+        pki.root("r1").intermediate("r1", "fra1", "i1");
+        pki.root("r2").intermediate("r2", "fra1", "i2");
+        let bundle = pki.bundle("bundle.pem", &["r1/root.crt"]);
+        let inter = pki.bundle("inter.pem", &["i1/fra1.crt"]);
+        let key = pki.path("inter.key");
+        std::fs::copy(pki.path("i1/fra1.key"), &key).unwrap();
+        let port = natsmesh_harness::free_port();
+        let opts = |ip: &str| Options {
+            extra: cluster(
+                &tls_issue(&bundle, &inter, &key, "1h"),
+                ip,
+                port,
+                &["127.0.1.1", "127.0.1.2"],
+            ),
+            ..Options::default()
+        };
+        let mut a = Daemon::start(v, opts("127.0.1.1"));
+        let mut b = Daemon::start(v, opts("127.0.1.2"));
+        wait_routes(&mut a, 1, "start");
+        let step = |a: &mut Daemon, b: &mut Daemon, what: &str| {
+            for d in [&mut *a, &mut *b] {
+                let out = d.cli(&["reload", "--wait"]);
+                assert!(
+                    out.status.success(),
+                    "{v} {what}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            wait_routes(a, 1, what);
+            // A new connection must work too: restart b's broker.
+            let pid = b.status().unwrap().broker_pid.unwrap();
+            common::signal(pid, "KILL");
+            b.wait_status(
+                "restarted",
+                |s| s.state == "ready" && s.broker_pid != Some(pid),
+                Duration::from_secs(20),
+            );
+            wait_routes(a, 1, &format!("{what}, after a new connection"));
+            wait_routes(b, 1, &format!("{what}, after a new connection (b)"));
+        };
+        // 1. Trust both roots.
+        pki.bundle("bundle.pem", &["r1/root.crt", "r2/root.crt"]);
+        step(&mut a, &mut b, "both roots trusted");
+        // 2. Announce the new intermediate (still issuing from the old one).
+        pki.bundle("inter.pem", &["i1/fra1.crt", "i2/fra1.crt"]);
+        step(&mut a, &mut b, "new intermediate announced");
+        // 3. Issue from the new intermediate; the old one stays trusted.
+        pki.bundle("inter.pem", &["i2/fra1.crt", "i1/fra1.crt"]);
+        std::fs::copy(pki.path("i2/fra1.key"), &key).unwrap();
+        step(&mut a, &mut b, "issuing from the new intermediate");
+        let served = b.status().unwrap().certificate;
+        assert!(
+            a.log()
+                .contains("issued a node certificate for the new configuration"),
+            "{v}: {served}"
+        );
+        // 4. Drop the old root and intermediate.
+        pki.bundle("bundle.pem", &["r2/root.crt"]);
+        pki.bundle("inter.pem", &["i2/fra1.crt"]);
+        step(&mut a, &mut b, "old root removed");
+    });
+}
+
+#[test]
+fn bad_material_is_refused_with_a_clear_message() {
+    let pki = Pki::new();
+    pki.root("r1").intermediate("r1", "fra1", "i1");
+    pki.root("r9").intermediate("r9", "fra1", "i9");
+    std::fs::write(
+        pki.path("garbage.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let check = |extra: String| -> (Option<i32>, String) {
+        let d = natsmesh_harness::scratch();
+        let main = d.path().join("natsmesh.toml");
+        std::fs::write(
+            &main,
+            format!(
+                "[node]\nregion = \"fra1\"\nname = \"n1\"\n\n[broker]\nbinary = \"{}\"\nstate_dir = \"{}\"\n\n[broker.client]\nbind = \"127.0.0.1\"\n\n[broker.jetstream]\nenabled = false\n",
+                natsmesh_harness::broker_binary(CURRENT).display(),
+                d.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(d.path().join("natsmesh.d")).unwrap();
+        std::fs::write(d.path().join("natsmesh.d/50-tls.toml"), extra).unwrap();
+        let out = Command::new(NATSMESHD)
+            .args(["check", "-c", main.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let root = pki.path("r1/root.crt");
+    let ok = tls_issue(
+        &root,
+        &pki.path("i1/fra1.crt"),
+        &pki.path("i1/fra1.key"),
+        "7d",
+    );
+    assert_eq!(check(ok).0, Some(0));
+    let (code, err) = check(tls_issue(
+        &root,
+        &pki.path("missing.crt"),
+        &pki.path("i1/fra1.key"),
+        "7d",
+    ));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("tls.intermediate_cert") && err.contains("missing.crt"),
+        "{err}"
+    );
+    let (code, err) = check(tls_issue(
+        &root,
+        &pki.path("i1/fra1.crt"),
+        &pki.path("i9/fra1.key"),
+        "7d",
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("does not belong to the certificate"), "{err}");
+    let (code, err) = check(tls_issue(
+        &root,
+        &pki.path("garbage.pem"),
+        &pki.path("i1/fra1.key"),
+        "7d",
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("garbage.pem"), "{err}");
+    // An intermediate of another root: the chain does not verify.
+    let (code, err) = check(tls_issue(
+        &root,
+        &pki.path("i9/fra1.crt"),
+        &pki.path("i9/fra1.key"),
+        "7d",
+    ));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("does not verify against the trusted roots"),
+        "{err}"
+    );
+    // The root itself as issuer: works, with a loud warning.
+    let d = Daemon::start(
+        CURRENT,
+        Options {
+            extra: tls_issue(&root, &root, &pki.path("r1/root.key"), "7d"),
+            ..Options::default()
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("is a ROOT CA") {
+        assert!(
+            Instant::now() < deadline,
+            "no warning about the root key:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // No key material in the log.
+    let key = std::fs::read_to_string(pki.path("r1/root.key")).unwrap();
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!d.log().contains(&body));
+}
+
+#[test]
+fn an_expired_node_certificate_is_replaced_at_start_and_files_have_safe_modes() {
+    let pki = Pki::new();
+    pki.root("r1").intermediate("r1", "fra1", "i1");
+    let dir = scratch();
+    let state = dir.path().join("state/tls");
+    std::fs::create_dir_all(&state).unwrap();
+    // An expired certificate from the right intermediate.
+    let issuer = natsmesh::tls::issue::Issued {
+        cert_pem: std::fs::read_to_string(pki.path("i1/fra1.crt")).unwrap(),
+        key_pem: std::fs::read_to_string(pki.path("i1/fra1.key")).unwrap(),
+    };
+    let names = natsmesh::tls::issue::NodeNames {
+        common_name: "n1".into(),
+        dns: vec!["n1.fra1.nats.test".into()],
+        ips: vec!["127.0.0.1".parse().unwrap()],
+    };
+    let old = natsmesh::tls::issue::node(
+        &issuer,
+        &names,
+        std::time::SystemTime::now() - Duration::from_secs(3600),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    std::fs::write(state.join("node.crt"), &old.cert_pem).unwrap();
+    std::fs::write(state.join("node.key"), &old.key_pem).unwrap();
+    let mut d = Daemon::start_in(
+        dir,
+        CURRENT,
+        Options {
+            extra: tls_issue(
+                &pki.path("r1/root.crt"),
+                &pki.path("i1/fra1.crt"),
+                &pki.path("i1/fra1.key"),
+                "7d",
+            ),
+            ..Options::default()
+        },
+    );
+    d.wait_ready();
+    let cert = std::fs::read_to_string(state.join("node.crt")).unwrap();
+    assert_ne!(
+        cert, old.cert_pem,
+        "the expired certificate is still in use"
+    );
+    let me = nix::unistd::geteuid().as_raw();
+    for (file, mode) in [
+        ("node.key", 0o600),
+        ("node.crt", 0o640),
+        ("region-ca.pem", 0o640),
+    ] {
+        let m = std::fs::metadata(state.join(file)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, mode, "{file}");
+        assert_eq!(m.uid(), me, "{file}");
+    }
+    let m = std::fs::metadata(pki.path("r1/root.key")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    let m = std::fs::metadata(pki.path("i1/fra1.key")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
+}
