@@ -665,6 +665,9 @@ fn to_tree(cfg: &ServerConfig) -> Result<Block, RenderError> {
                         path_value("leafnodes.remotes.credentials", c)?,
                     );
                 }
+                if let Some(t) = &r.tls {
+                    rb.set("tls", tls_block(t)?);
+                }
                 remotes.push(Value::Block(rb));
             }
             b.set("remotes", Value::Array(remotes));

@@ -61,17 +61,25 @@ impl Pki {
 
     /// An intermediate `<out>/<region>.{crt,key}` under root `<root>/`.
     fn intermediate(&self, root: &str, region: &str, out: &str) -> &Self {
-        ca(&[
+        self.intermediate_with(root, region, out, &[])
+    }
+
+    /// The same with more `ca intermediate` arguments.
+    fn intermediate_with(&self, root: &str, region: &str, out: &str, more: &[&str]) -> &Self {
+        let (root, out) = (self.path(root), self.path(out));
+        let mut args = vec![
             "intermediate",
             "--root",
-            self.path(root).to_str().unwrap(),
+            root.to_str().unwrap(),
             "--region",
             region,
             "--domain",
             "nats.test",
             "--out",
-            self.path(out).to_str().unwrap(),
-        ]);
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(more);
+        ca(&args);
         self
     }
 
@@ -594,4 +602,165 @@ fn an_expired_node_certificate_is_replaced_at_start_and_files_have_safe_modes() 
     assert_eq!(m.permissions().mode() & 0o777, 0o600);
     let m = std::fs::metadata(pki.path("i1/fra1.key")).unwrap();
     assert_eq!(m.permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn two_regions_link_over_mutual_tls_gateways() {
+    each_version(|v| {
+        let pki = Pki::new();
+        pki.root("r1")
+            .intermediate("r1", "fra1", "fra1")
+            .intermediate("r1", "nyc3", "nyc3");
+        let (ga, gb) = (natsmesh_harness::free_port(), natsmesh_harness::free_port());
+        let region = |region: &str,
+                      ip: &str,
+                      gw: u16,
+                      remote: &str,
+                      remote_ip: &str,
+                      remote_gw: u16| {
+            let tls = tls_issue(
+                &pki.path("r1/root.crt"),
+                &pki.path(&format!("{region}/{region}.crt")),
+                &pki.path(&format!("{region}/{region}.key")),
+                "12s",
+            );
+            let base = cluster(&tls, ip, natsmesh_harness::free_port(), &[ip]);
+            Options {
+                extra: format!(
+                    "{base}\n[broker.gateway]\nenabled = true\nbind = \"{ip}\"\nport = {gw}\n[[broker.gateway.remotes]]\nname = \"{remote}\"\nurls = [\"{remote_ip}:{remote_gw}\"]\n"
+                )
+                .replace("[node]\n", &format!("[node]\nregion = \"{region}\"\n")),
+                ..Options::default()
+            }
+        };
+        let mut a = Daemon::start(v, region("fra1", "127.0.1.1", ga, "nyc3", "127.0.1.2", gb));
+        let mut b = Daemon::start(v, region("nyc3", "127.0.1.2", gb, "fra1", "127.0.1.1", ga));
+        a.wait_ready();
+        b.wait_ready();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let opts = || {
+                async_nats::ConnectOptions::new()
+                    .add_root_certificates(pki.path("r1/root.crt"))
+                    .require_tls(true)
+            };
+            let na = opts().connect(a.client_addr()).await.unwrap();
+            let nb = opts().connect(b.client_addr()).await.unwrap();
+            let mut sub = nb.subscribe("across").await.unwrap();
+            nb.flush().await.unwrap();
+            use futures_util::StreamExt as _;
+            // Gateways take a moment to learn interest: publish until seen.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                na.publish("across", "hello".into()).await.unwrap();
+                if let Ok(Some(m)) =
+                    tokio::time::timeout(Duration::from_millis(250), sub.next()).await
+                {
+                    assert_eq!(&m.payload[..], b"hello");
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{v}: nothing crossed the gateway\n{}",
+                    a.log()
+                );
+            }
+        });
+        let vz = varz(&a);
+        assert_eq!(vz["gateway"]["tls_required"], true, "{v}: {vz}");
+        // Renewal with gateways: a reload from 2.11.4 on; before that a
+        // restart, because implicit gateways would keep the old certificate.
+        let old_gw = natsmesh_harness::semver(v) < natsmesh_harness::semver("2.11.4");
+        let want = if old_gw { "restart" } else { "reload" };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = a.status().unwrap();
+            let renewed = if old_gw {
+                s.restarts >= 1 && s.state == "ready"
+            } else {
+                a.log().contains("certificate renewal: reloaded")
+            };
+            if renewed {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{v}: no renewal by {want}\n{}",
+                a.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if old_gw {
+            assert!(
+                a.log()
+                    .contains("before 2.11.4 a reload does not reach implicit gateways"),
+                "{v}"
+            );
+        }
+    });
+}
+
+#[test]
+fn every_listener_renders_tls_that_the_broker_accepts() {
+    each_version(|v| {
+        let pki = Pki::new();
+        pki.root("r1");
+        // Without the public range, the node's public address is refused.
+        pki.intermediate("r1", "fra1", "private-only");
+        pki.intermediate_with("r1", "fra1", "i1", &["--permit-ip", "192.0.2.0/24"]);
+        let dir = scratch();
+        let main = dir.path().join("natsmesh.toml");
+        std::fs::write(
+            &main,
+            format!(
+                "[node]\nregion = \"fra1\"\nname = \"n1\"\ndomain = \"nats.test\"\nprivate_address = \"10.0.0.5\"\npublic_address = \"192.0.2.5\"\n\n[broker]\nbinary = \"{}\"\nstate_dir = \"{}\"\n\n[broker.jetstream]\nmax_memory_store = \"64MiB\"\nmax_file_store = \"1GiB\"\n\n[broker.cluster]\nenabled = true\n\n[broker.gateway]\nenabled = true\n\n[broker.leafnodes]\nenabled = true\n\n[[broker.leafnodes.remotes]]\nurls = [\"hub.nats.test:7422\"]\n\n[broker.mqtt]\nenabled = true\n\n[broker.websocket]\nenabled = true\n\n[tls]\nmode = \"issue\"\nca_file = \"{}\"\nintermediate_cert = \"{}\"\nintermediate_key = \"{}\"\n",
+                natsmesh_harness::broker_binary(v).display(),
+                dir.path().join("state").display(),
+                pki.path("r1/root.crt").display(),
+                pki.path("i1/fra1.crt").display(),
+                pki.path("i1/fra1.key").display(),
+            ),
+        )
+        .unwrap();
+        let out = Command::new(NATSMESHD)
+            .args(["check", "-c", main.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{v}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let strict = std::fs::read_to_string(&main).unwrap().replace(
+            &pki.path("i1/").display().to_string(),
+            &pki.path("private-only/").display().to_string(),
+        );
+        std::fs::write(&main, strict).unwrap();
+        let out = Command::new(NATSMESHD)
+            .args(["check", "-c", main.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{v}: {err}");
+        assert!(
+            err.contains("192.0.2.5") && err.contains("--permit-ip"),
+            "{v}: {err}"
+        );
+        let fine = std::fs::read_to_string(&main).unwrap().replace(
+            &pki.path("private-only/").display().to_string(),
+            &pki.path("i1/").display().to_string(),
+        );
+        std::fs::write(&main, fine).unwrap();
+        let out = Command::new(NATSMESHD)
+            .args(["render", "-c", main.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let r = String::from_utf8_lossy(&out.stdout);
+        // Client, cluster, gateway, leafnodes (+ remote), MQTT, websocket.
+        assert_eq!(r.matches("tls: {").count(), 7, "{v}:\n{r}");
+        assert!(!r.contains("no_tls"), "{r}");
+    });
 }

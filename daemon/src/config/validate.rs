@@ -731,6 +731,8 @@ pub fn validate(
         );
     }
 
+    let tls = apply_tls(&mut c, raw, env, &region, &state_dir, &mut server);
+
     // What nats-server would refuse at start, in natsmesh's words. Missing
     // names are already listed above; stand-ins keep the rest checkable.
     let mut model = server.clone();
@@ -751,8 +753,6 @@ pub fn validate(
     for p in natsmesh_broker::validate::validate(&model) {
         c.problem(toml_key(p.key), p.message);
     }
-
-    let tls = apply_tls(&mut c, raw, env, &region, &state_dir, &mut server);
 
     let health = health_timings(&mut c, raw);
     let r = &raw.restart;

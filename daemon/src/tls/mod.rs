@@ -274,7 +274,16 @@ pub fn ensure(
                 .collect();
             // Catches names outside the intermediate's constraints before
             // any peer refuses them.
-            pki::verify_chain(&what, &chain, &roots(settings)?, now, &names)?;
+            pki::verify_chain(&what, &chain, &roots(settings)?, now, &names).map_err(|e| match e {
+                PkiError::Chain { what, why } if why.contains("NameConstraint") => PkiError::Chain {
+                    what,
+                    why: format!(
+                        "{why}: the intermediate's name constraints do not cover one of {} — issue it with `natsmeshd ca intermediate --permit-ip <range>` for public addresses, or keep listeners on private ones",
+                        names.join(", ")
+                    ),
+                },
+                other => other,
+            })?;
             write_pair(settings, &fresh)?;
             let renew_at = renew_point(&info, fastrand::f64());
             Ok((
