@@ -192,6 +192,7 @@ impl Supervisor {
             identity: settings.identity.describe(),
             broker_version: current.version.to_string(),
             config_file: current.path.display().to_string(),
+            warnings: cert.as_ref().map(|c| c.warnings.clone()).unwrap_or_default(),
             certificate: cert
                 .as_ref()
                 .map(describe_cert)
@@ -722,6 +723,7 @@ impl Supervisor {
                     }
                     self.cert_due = Some(due(current.renew_at));
                     self.status.certificate = describe_cert(&current);
+                    self.status.warnings = current.warnings.clone();
                     self.cert = Some(current);
                 }
                 Err(e) => {
@@ -922,6 +924,7 @@ impl Supervisor {
                 let changed = old.as_deref() != Some(current.info.serial.as_str());
                 self.cert_due = Some(due(current.renew_at));
                 self.status.certificate = describe_cert(&current);
+                self.status.warnings = current.warnings.clone();
                 let serial = current.info.serial.clone();
                 self.cert = Some(current);
                 if changed {

@@ -31,6 +31,8 @@ pub struct Status {
     pub config_file: String,
     /// The node certificate.
     pub certificate: String,
+    /// Things a person should fix (a root key on the node, a clock far off).
+    pub warnings: Vec<String>,
     /// Liveness probe.
     pub alive: String,
     /// Serving probe.
@@ -156,6 +158,9 @@ impl Status {
         ];
         for (k, v) in rows {
             let _ = writeln!(s, "{k:>10}  {v}");
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "{:>10}  {w}", "WARNING");
         }
         s
     }
