@@ -42,3 +42,4 @@ ci: lint test
 # 30-minute leak check.
 bench: brokers
 	$(CARGO) bench -p natsmesh --bench supervisor
+	$(CARGO) bench -p natsmesh --bench tls

@@ -764,3 +764,90 @@ fn every_listener_renders_tls_that_the_broker_accepts() {
         assert!(!r.contains("no_tls"), "{r}");
     });
 }
+
+#[test]
+fn files_mode_follows_the_operators_pki() {
+    each_version(|v| {
+        let pki = Pki::new();
+        pki.root("r1").intermediate("r1", "fra1", "i1");
+        let issuer = natsmesh::tls::issue::Issued {
+            cert_pem: std::fs::read_to_string(pki.path("i1/fra1.crt")).unwrap(),
+            key_pem: std::fs::read_to_string(pki.path("i1/fra1.key")).unwrap(),
+        };
+        let names = natsmesh::tls::issue::NodeNames {
+            common_name: "n1".into(),
+            dns: vec!["n1.fra1.nats.test".into()],
+            ips: vec!["127.0.0.1".parse().unwrap()],
+        };
+        let issue = || {
+            natsmesh::tls::issue::node(
+                &issuer,
+                &names,
+                std::time::SystemTime::now(),
+                Duration::from_secs(3600),
+            )
+            .unwrap()
+        };
+        let serial_of = |pem: &str| {
+            let der = natsmesh::tls::pki::certs_from_pem("t", pem.as_bytes()).unwrap();
+            natsmesh::tls::pki::inspect("t", &der[0]).unwrap().serial
+        };
+        let (cert, key) = (pki.path("node.crt"), pki.path("node.key"));
+        // The operator's tooling replaces files by rename.
+        let install = |c: &str, k: &str| {
+            std::fs::write(pki.path("node.key.tmp"), k).unwrap();
+            std::fs::write(pki.path("node.crt.tmp"), c).unwrap();
+            std::fs::rename(pki.path("node.key.tmp"), &key).unwrap();
+            std::fs::rename(pki.path("node.crt.tmp"), &cert).unwrap();
+        };
+        let first = issue();
+        install(&first.cert_pem, &first.key_pem);
+        let extra = format!(
+            "[tls]\nmode = \"files\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient = \"required\"\n",
+            pki.path("r1/root.crt").display(),
+            cert.display(),
+            key.display()
+        );
+        let mut d = Daemon::start(
+            v,
+            Options {
+                extra,
+                ..Options::default()
+            },
+        );
+        let s = d.wait_ready();
+        assert!(
+            s.certificate.contains(&serial_of(&first.cert_pem)),
+            "{v}: {}",
+            s.certificate
+        );
+        // A new certificate from the PKI: loaded and confirmed.
+        let second = issue();
+        install(&second.cert_pem, &second.key_pem);
+        let want = serial_of(&second.cert_pem);
+        d.wait_status(
+            "new certificate",
+            |s| s.certificate.contains(&want),
+            Duration::from_secs(20),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !d.log().contains("confirmed=true") {
+            assert!(Instant::now() < deadline, "{v}: not confirmed\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // A broken pair: refused, the good certificate keeps serving.
+        let third = issue();
+        install(&third.cert_pem, &first.key_pem);
+        d.wait_status(
+            "refusal",
+            |s| s.certificate.starts_with("renewal failing"),
+            Duration::from_secs(20),
+        );
+        assert!(
+            d.log().contains("does not belong to the certificate"),
+            "{v}"
+        );
+        let s = d.status().unwrap();
+        assert_eq!(s.state, "ready", "{v}");
+    });
+}

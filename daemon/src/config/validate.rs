@@ -1064,7 +1064,12 @@ fn apply_tls(
     ips.dedup();
     dns.sort();
     dns.dedup();
+    // The operator's PKI may replace the files at any time: look often,
+    // but not more than the probes do.
+    let files_check_every = (health_timings_of(raw).interval * 30)
+        .clamp(Duration::from_secs(5), Duration::from_secs(60));
     Some(TlsSettings {
+        files_check_every,
         source,
         ca_file,
         cert_file,
@@ -1078,8 +1083,8 @@ fn apply_tls(
     })
 }
 
-/// The profile's timings with the explicit overrides, checked for sense.
-fn health_timings(c: &mut Checker<'_>, raw: &RawConfig) -> HealthTimings {
+/// The profile's timings with the explicit overrides.
+fn health_timings_of(raw: &RawConfig) -> HealthTimings {
     let h = &raw.health;
     let mut t = h.profile.timings();
     for (value, slot) in [
@@ -1093,6 +1098,12 @@ fn health_timings(c: &mut Checker<'_>, raw: &RawConfig) -> HealthTimings {
             *slot = v.0;
         }
     }
+    t
+}
+
+/// The profile's timings with the explicit overrides, checked for sense.
+fn health_timings(c: &mut Checker<'_>, raw: &RawConfig) -> HealthTimings {
+    let t = health_timings_of(raw);
     if t.interval < Duration::from_millis(50) {
         c.problem(
             "health.interval",

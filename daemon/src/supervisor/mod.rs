@@ -192,7 +192,10 @@ impl Supervisor {
             identity: settings.identity.describe(),
             broker_version: current.version.to_string(),
             config_file: current.path.display().to_string(),
-            warnings: cert.as_ref().map(|c| c.warnings.clone()).unwrap_or_default(),
+            warnings: cert
+                .as_ref()
+                .map(|c| c.warnings.clone())
+                .unwrap_or_default(),
             certificate: cert
                 .as_ref()
                 .map(describe_cert)

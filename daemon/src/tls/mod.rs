@@ -57,6 +57,9 @@ pub struct TlsSettings {
     pub cert_file: PathBuf,
     /// The key file the broker reads.
     pub key_file: PathBuf,
+    /// Mode `files`: how often the files are read again for a new
+    /// certificate.
+    pub files_check_every: Duration,
     /// Trust for routes (mode `issue`): the region's intermediates only, so
     /// a node of another region (same root) cannot join this region's
     /// cluster. Written from the intermediate file.
@@ -192,7 +195,7 @@ pub fn ensure(
     match &settings.source {
         Source::Files { cert, key } => {
             let info = check_pair(settings, cert, key, now)?;
-            let renew_at = now + Duration::from_secs(60);
+            let renew_at = now + settings.files_check_every;
             Ok((
                 Current {
                     info,
