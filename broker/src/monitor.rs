@@ -56,17 +56,30 @@ pub const HEALTHZ_ALIVE: &str = "/healthz?js-enabled-only=true";
 impl Monitor {
     /// A client for `http://addr`, each request bounded by `timeout`.
     pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
+        Self::build(addr, timeout, None)
+    }
+
+    /// A client for `https://addr` (the broker's `https` monitoring),
+    /// verifying the broker with `tls`.
+    pub fn with_tls(addr: SocketAddr, timeout: Duration, tls: rustls::ClientConfig) -> Self {
+        Self::build(addr, timeout, Some(tls))
+    }
+
+    fn build(addr: SocketAddr, timeout: Duration, tls: Option<rustls::ClientConfig>) -> Self {
+        install_crypto_provider();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut builder = reqwest::Client::builder()
             // The environment's proxies must never see loopback probes.
             .no_proxy()
             .connect_timeout(timeout)
             .timeout(timeout)
-            .pool_max_idle_per_host(1)
-            .build()
-            .unwrap_or_default();
+            .pool_max_idle_per_host(1);
+        if let Some(config) = tls {
+            builder = builder.tls_backend_preconfigured(config);
+        }
         Self {
-            http,
-            base: format!("http://{addr}"),
+            http: builder.build().unwrap_or_default(),
+            base: format!("{scheme}://{addr}"),
             timeout,
         }
     }
@@ -108,6 +121,13 @@ impl Monitor {
             other => Err(other),
         }
     }
+}
+
+/// Makes ring the process's rustls provider. reqwest is built without a
+/// provider of its own (no aws-lc-rs, no C toolchain needed) and otherwise
+/// refuses to build any client, even a plain-HTTP one. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn is_refused(e: &reqwest::Error) -> bool {

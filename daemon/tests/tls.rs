@@ -851,3 +851,81 @@ fn files_mode_follows_the_operators_pki() {
         assert_eq!(s.state, "ready", "{v}");
     });
 }
+
+#[test]
+fn monitoring_over_https_when_asked() {
+    each_version(|v| {
+        let pki = Pki::new();
+        pki.root("r1").intermediate("r1", "fra1", "i1");
+        let tls = tls_issue(
+            &pki.path("r1/root.crt"),
+            &pki.path("i1/fra1.crt"),
+            &pki.path("i1/fra1.key"),
+            "1h",
+        )
+        .replace("client = \"required\"\n", "monitoring = true\n");
+        let mut d = Daemon::start(
+            v,
+            Options {
+                extra: tls,
+                ..Options::default()
+            },
+        );
+        // natsmeshd's own probes go over HTTPS: it becomes ready.
+        let s = d.wait_ready();
+        assert!(s.alive.starts_with("answered 200"), "{v}: {}", s.alive);
+        let rendered =
+            std::fs::read_to_string(d.dir.path().join("state/nats-server.conf")).unwrap();
+        assert!(
+            rendered.contains(&format!("https: \"127.0.0.1:{}\"", d.monitor_port)),
+            "{rendered}"
+        );
+        // Plain HTTP gets no answer a client could use.
+        let plain = ureq::get(&format!("http://127.0.0.1:{}/varz", d.monitor_port))
+            .config()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .call();
+        assert!(
+            plain.is_err() || plain.is_ok_and(|r| r.status() != 200),
+            "{v}: plain HTTP answered"
+        );
+        // HTTPS trusting the root does.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let roots = pki.path("r1/root.crt");
+        let body = rt.block_on(async {
+            let mut store = tokio_rustls::rustls::RootCertStore::empty();
+            for c in natsmesh::tls::pki::certs_from_pem(
+                "root",
+                std::fs::read(&roots).unwrap().as_slice(),
+            )
+            .unwrap()
+            {
+                store.add(c).unwrap();
+            }
+            let cfg = tokio_rustls::rustls::ClientConfig::builder_with_provider(
+                std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()),
+            )
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(store)
+            .with_no_client_auth();
+            let m = natsmesh_broker::monitor::Monitor::with_tls(
+                format!("127.0.0.1:{}", d.monitor_port).parse().unwrap(),
+                Duration::from_secs(2),
+                cfg,
+            );
+            m.get("/healthz").await
+        });
+        assert!(
+            matches!(
+                body,
+                natsmesh_broker::monitor::Http::Answered { status: 200, .. }
+            ),
+            "{v}: {body:?}"
+        );
+    });
+}

@@ -76,6 +76,9 @@ pub struct RawTls {
     /// Client-facing TLS: `auto` requires it on every listener that is not
     /// loopback-only; `required` everywhere.
     pub client: ClientTls,
+    /// Serve monitoring over HTTPS (with the client-port certificate; the
+    /// client port then requires TLS too).
+    pub monitoring: bool,
 }
 
 /// When client-facing listeners require TLS.
@@ -104,6 +107,7 @@ impl Default for RawTls {
             extra_names: Vec::new(),
             handshake_timeout: Span(Duration::from_secs(2)),
             client: ClientTls::Auto,
+            monitoring: false,
         }
     }
 }

@@ -850,6 +850,7 @@ fn apply_tls(
             ("tls.ca_file", t.ca_file.is_some()),
             ("tls.cert_file", t.cert_file.is_some()),
             ("tls.client_cert_file", t.client_cert_file.is_some()),
+            ("tls.monitoring", t.monitoring),
         ] {
             if set {
                 c.problem(key, "set, but tls.mode is \"off\"");
@@ -975,9 +976,12 @@ fn apply_tls(
     // (`tls.client = "required"` asks for it there too).
     let required = t.client == ClientTls::Required;
     let public = |l: &Listen| required || !l.host.is_loopback();
-    if public(&server.listen) {
+    // HTTPS monitoring serves the top-level (client) certificate, so it
+    // brings client TLS along.
+    if public(&server.listen) || t.monitoring {
         server.tls = Some(client());
     }
+    server.monitoring_https = t.monitoring;
     if let Some(m) = server.mqtt.as_mut()
         && public(&m.listen)
     {
@@ -1035,6 +1039,11 @@ fn apply_tls(
         }
     };
     add(server.listen.host);
+    if t.monitoring
+        && let Some(m) = server.monitoring
+    {
+        add(m.host);
+    }
     for l in [
         server.cluster.as_ref().map(|x| x.listen),
         server.gateway.as_ref().map(|x| x.listen),
@@ -1069,6 +1078,8 @@ fn apply_tls(
     let files_check_every = (health_timings_of(raw).interval * 30)
         .clamp(Duration::from_secs(5), Duration::from_secs(60));
     Some(TlsSettings {
+        client_cert_file: client_pair.as_ref().map(|(c, _)| c.clone()),
+        monitoring: t.monitoring,
         files_check_every,
         source,
         ca_file,

@@ -21,6 +21,7 @@ pub struct Answer {
 
 /// A client with `timeout` per request.
 pub fn client(timeout: Duration) -> Client {
+    natsmesh_broker::monitor::install_crypto_provider();
     Client::builder()
         .no_proxy()
         .connect_timeout(timeout)

@@ -360,6 +360,16 @@ impl Supervisor {
             self.fail("the monitoring and client listeners need fixed ports".into());
             return;
         };
+        let https = match s.tls.as_ref().filter(|t| t.monitoring) {
+            None => None,
+            Some(t) => match crate::tls::probe::monitoring_client(t) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    self.fail(format!("cannot probe HTTPS monitoring: {e}"));
+                    return;
+                }
+            },
+        };
         let mut process = match spawn(&s.binary, &self.current.path) {
             Ok(p) => p,
             Err(e) => {
@@ -386,6 +396,7 @@ impl Supervisor {
                 &self.current.version,
                 s.server.jetstream.is_some(),
                 s.health.timeout,
+                https,
             ),
             first_served: None,
             serving_failures: 0,

@@ -47,16 +47,22 @@ pub fn local_addr(l: &Listen) -> Option<SocketAddr> {
 }
 
 impl Targets {
-    /// Targets for a broker with these listeners.
+    /// Targets for a broker with these listeners; `https` when monitoring
+    /// is served over TLS.
     pub fn new(
         monitoring: SocketAddr,
         client: SocketAddr,
         version: &Version,
         jetstream: bool,
         timeout: Duration,
+        https: Option<tokio_rustls::rustls::ClientConfig>,
     ) -> Self {
+        let monitor = match https {
+            Some(tls) => Monitor::with_tls(monitoring, timeout, tls),
+            None => Monitor::new(monitoring, timeout),
+        };
         Self {
-            monitor: Monitor::new(monitoring, timeout),
+            monitor,
             client,
             js_meta_query: healthz_js_meta_query(version),
             jetstream,

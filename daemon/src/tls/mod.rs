@@ -57,6 +57,11 @@ pub struct TlsSettings {
     pub cert_file: PathBuf,
     /// The key file the broker reads.
     pub key_file: PathBuf,
+    /// The client-facing certificate, when it is not the node's (its chain
+    /// is trusted for the HTTPS monitoring probe).
+    pub client_cert_file: Option<PathBuf>,
+    /// Monitoring over HTTPS.
+    pub monitoring: bool,
     /// Mode `files`: how often the files are read again for a new
     /// certificate.
     pub files_check_every: Duration,

@@ -16,6 +16,30 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use super::TlsSettings;
 
+/// A TLS client for the broker's HTTPS monitoring: trusts the roots, and
+/// the chain of a separate client-facing certificate when there is one.
+pub fn monitoring_client(settings: &TlsSettings) -> Result<ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    for r in super::roots(settings).map_err(|e| e.to_string())? {
+        roots.add(r).map_err(|e| e.to_string())?;
+    }
+    if let Some(file) = &settings.client_cert_file {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+            .and_then(|i| i.collect())
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        // The last certificate of the served chain is its top issuer.
+        if let Some(top) = chain.last() {
+            roots.add(top.clone()).map_err(|e| e.to_string())?;
+        }
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// Reads up to the end of the INFO line, byte by byte, so nothing of the
 /// TLS handshake that follows is consumed.
 async fn read_info(stream: &mut TcpStream) -> std::io::Result<String> {
