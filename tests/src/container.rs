@@ -139,18 +139,22 @@ impl Root {
             log,
         };
         c.init = c.find_init();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Boot takes well under a second alone; allow for a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let out = c.exec(&["systemctl", "is-system-running"]);
             let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             if state == "running" || state == "degraded" {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "container did not boot (state {state:?}):\n{}",
-                c.console()
-            );
+            if Instant::now() >= deadline {
+                let jobs = c.exec(&["systemctl", "list-jobs", "--no-pager"]);
+                panic!(
+                    "container did not boot (state {state:?}); jobs:\n{}\nconsole:\n{}",
+                    String::from_utf8_lossy(&jobs.stdout),
+                    c.console()
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         c
