@@ -21,8 +21,9 @@ pub struct Answer {
 
 /// A client with `timeout` per request.
 pub fn client(timeout: Duration) -> Client {
-    natsmesh_broker::monitor::install_crypto_provider();
     Client::builder()
+        // Metadata services speak plain HTTP: no system root store.
+        .tls_backend_preconfigured(natsmesh_broker::monitor::plain_only_tls())
         .no_proxy()
         .connect_timeout(timeout)
         .timeout(timeout)

@@ -488,18 +488,23 @@ impl Supervisor {
                 self.go(State::Syncing, "waiting for a first route to a peer");
             }
             State::Starting => {
-                if report.alive == liveness::Observation::Answered
-                    && self.last_extend.is_none_or(|t| now - t >= EXTEND_EVERY)
+                // A broker that answers on its monitoring port but does not
+                // serve yet is recovering JetStream; one still silent after
+                // a few seconds is most likely reading a big store. Keep
+                // systemd waiting (it honours this only while the unit
+                // starts); the liveness judge still kills a true hang.
+                let recovering = report.alive == liveness::Observation::Answered;
+                let slow = now - self.life.since() >= EXTEND_EVERY;
+                if (recovering || slow) && self.last_extend.is_none_or(|t| now - t >= EXTEND_EVERY)
                 {
-                    // The monitoring port answers before the client port
-                    // opens: JetStream is recovering. Keep systemd waiting
-                    // (it honours this only while the unit starts).
                     self.last_extend = Some(now);
                     self.notifier.extend_timeout(EXTEND_EVERY * 3);
-                    self.go(
-                        State::Starting,
-                        "JetStream recovering; the client port is not open yet",
-                    );
+                    let why = if recovering {
+                        "JetStream recovering; the client port is not open yet"
+                    } else {
+                        "the broker is still starting"
+                    };
+                    self.go(State::Starting, why);
                 } else {
                     self.publish();
                 }
