@@ -57,8 +57,31 @@ pub struct Block {
 pub enum Entry {
     /// `key: value`
     Pair(&'static str, Value),
+    /// `"name": value`, for keys that are data (account names).
+    Named(Name, Value),
     /// `include "path"`
     Include(IncludePath),
+}
+
+/// A key that comes from data (an account name): checked to hold only
+/// letters, digits, `_` and `-`, and written quoted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(String);
+
+impl Name {
+    /// Checks `s`: 1 to 64 of `[A-Za-z0-9_-]`.
+    pub fn new(s: &str) -> Option<Self> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        ok.then(|| Self(s.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl Block {
@@ -78,6 +101,12 @@ impl Block {
         if let Some(v) = value {
             self.set(key, v);
         }
+        self
+    }
+
+    /// Appends `"name": value`.
+    pub fn set_named(&mut self, name: &Name, value: impl Into<Value>) -> &mut Self {
+        self.entries.push(Entry::Named(name.clone(), value.into()));
         self
     }
 
@@ -262,6 +291,11 @@ impl Writer {
                     out.push_str(": ");
                     self.value(out, value, level);
                 }
+                Entry::Named(name, value) => {
+                    out.push_str(&quote(name.as_str()));
+                    out.push_str(": ");
+                    self.value(out, value, level);
+                }
                 Entry::Include(path) => {
                     out.push_str("include \"");
                     out.push_str(&self.up);
@@ -345,6 +379,14 @@ fn flatten_into(out: &mut Vec<(String, String)>, prefix: &str, block: &Block) {
         match entry {
             Entry::Pair(key, Value::Block(inner)) => {
                 flatten_into(out, &join(prefix, key), inner);
+            }
+            Entry::Named(name, Value::Block(inner)) => {
+                flatten_into(out, &join(prefix, name.as_str()), inner);
+            }
+            Entry::Named(name, value) => {
+                let mut text = String::new();
+                Writer { up: String::new() }.value(&mut text, value, 0);
+                out.push((join(prefix, name.as_str()), text));
             }
             Entry::Pair(key, value) => {
                 let mut text = String::new();

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use semver::Version;
 
-use crate::conf::{Block, IncludePath, Value};
+use crate::conf::{Block, IncludePath, Name, Value};
 use crate::version;
 
 /// A listening port: a fixed number, or `-1`, which asks nats-server to pick
@@ -231,6 +231,114 @@ pub struct Tls {
     pub timeout: Option<Duration>,
 }
 
+/// How a user proves who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A user nkey (public, `U…`); the client signs with its seed.
+    Nkey(String),
+    /// A user name and a bcrypt hash of its password.
+    Password {
+        /// User name.
+        user: String,
+        /// bcrypt hash (`$2a$`/`$2b$`).
+        bcrypt: String,
+    },
+}
+
+/// Subject permissions of a user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// Subjects it may publish to (empty: any).
+    pub publish_allow: Vec<String>,
+    /// Subjects it may not publish to.
+    pub publish_deny: Vec<String>,
+    /// Subjects it may subscribe to (empty: any).
+    pub subscribe_allow: Vec<String>,
+    /// Subjects it may not subscribe to.
+    pub subscribe_deny: Vec<String>,
+    /// May answer requests on the reply subjects it receives.
+    pub allow_responses: bool,
+}
+
+impl Permissions {
+    /// Whether it limits anything.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A user of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Its credential.
+    pub credential: Credential,
+    /// Its permissions.
+    pub permissions: Permissions,
+}
+
+/// JetStream for an account: off, or on with optional limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountJetStream {
+    /// Memory storage limit, bytes.
+    pub max_memory: Option<u64>,
+    /// File storage limit, bytes.
+    pub max_file: Option<u64>,
+    /// Streams.
+    pub max_streams: Option<i64>,
+    /// Consumers.
+    pub max_consumers: Option<i64>,
+}
+
+/// What an account offers other accounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Export {
+    /// Messages on these subjects.
+    Stream(String),
+    /// Requests on these subjects.
+    Service(String),
+}
+
+/// What an account takes from another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Import {
+    /// A service (requests) rather than a stream (messages).
+    pub service: bool,
+    /// The exporting account.
+    pub account: Name,
+    /// The exported subject.
+    pub subject: String,
+    /// Where it appears locally (services: `to`; streams: a prefix).
+    pub to: Option<String>,
+}
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Its name.
+    pub name: Name,
+    /// JetStream, when enabled for it.
+    pub jetstream: Option<AccountJetStream>,
+    /// Its users.
+    pub users: Vec<User>,
+    /// Its exports.
+    pub exports: Vec<Export>,
+    /// Its imports.
+    pub imports: Vec<Import>,
+}
+
+/// Decentralized (JWT) authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorAuth {
+    /// The operator JWT file.
+    pub jwt: PathBuf,
+    /// The system account's public key.
+    pub system_account: String,
+    /// Where the full resolver keeps account JWTs.
+    pub resolver_dir: PathBuf,
+    /// Account JWTs to preload, by public key.
+    pub preload: Vec<(Name, String)>,
+}
+
 /// `jetstream {}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JetStream {
@@ -376,6 +484,14 @@ pub struct ServerConfig {
     pub authorization_include: Option<IncludePath>,
     /// Client-port TLS (top-level `tls {}`): required of every client.
     pub tls: Option<Tls>,
+    /// Config-file accounts (rendered after `accounts_include`).
+    pub accounts: Vec<Account>,
+    /// The system account's name.
+    pub system_account: Option<Name>,
+    /// The user a client without credentials becomes.
+    pub no_auth_user: Option<String>,
+    /// JWT authentication (instead of config-file accounts).
+    pub operator: Option<OperatorAuth>,
     /// Serve monitoring over HTTPS (with the client-port certificate).
     pub monitoring_https: bool,
     /// JetStream, when enabled.
@@ -412,6 +528,10 @@ impl ServerConfig {
             authorization_include: None,
             tls: None,
             monitoring_https: false,
+            accounts: Vec::new(),
+            system_account: None,
+            no_auth_user: None,
+            operator: None,
             jetstream: None,
             cluster: None,
             gateway: None,
@@ -462,6 +582,17 @@ pub enum RenderError {
         key: String,
         /// First release that knows it.
         since: Version,
+        /// The broker's version.
+        version: Version,
+    },
+    /// `no_auth_user` with a route or leafnode listener bypasses
+    /// authentication on this release (fixed in 2.11.16, 2.12.7, 2.14.0).
+    #[error(
+        "`no_auth_user` together with a {listener} listener lets unauthenticated connections through on nats-server {version} (fixed in 2.11.16, 2.12.7 and 2.14.0)"
+    )]
+    UnsafeNoAuthUser {
+        /// Which listener.
+        listener: &'static str,
         /// The broker's version.
         version: Version,
     },
@@ -519,6 +650,109 @@ fn tls_block(t: &Tls) -> Result<Block, RenderError> {
     Ok(b)
 }
 
+fn subjects(list: &[String]) -> Value {
+    Value::Array(list.iter().map(|s| Value::Str(s.clone())).collect())
+}
+
+fn account_block(a: &Account) -> Block {
+    let mut b = Block::new();
+    if let Some(js) = &a.jetstream {
+        let limits = [js.max_memory, js.max_file];
+        if limits.iter().all(Option::is_none)
+            && js.max_streams.is_none()
+            && js.max_consumers.is_none()
+        {
+            b.set("jetstream", "enabled");
+        } else {
+            let mut j = Block::new();
+            j.set_opt("max_memory", js.max_memory.map(size_value))
+                .set_opt("max_file", js.max_file.map(size_value))
+                .set_opt("max_streams", js.max_streams)
+                .set_opt("max_consumers", js.max_consumers);
+            b.set("jetstream", j);
+        }
+    }
+    let users: Vec<Value> = a
+        .users
+        .iter()
+        .map(|u| {
+            let mut ub = Block::new();
+            match &u.credential {
+                Credential::Nkey(k) => {
+                    ub.set("nkey", k.as_str());
+                }
+                Credential::Password { user, bcrypt } => {
+                    ub.set("user", user.as_str())
+                        .set("password", bcrypt.as_str());
+                }
+            }
+            let p = &u.permissions;
+            if !p.is_empty() {
+                let mut pb = Block::new();
+                let side = |allow: &[String], deny: &[String]| {
+                    let mut s = Block::new();
+                    if !allow.is_empty() {
+                        s.set("allow", subjects(allow));
+                    }
+                    if !deny.is_empty() {
+                        s.set("deny", subjects(deny));
+                    }
+                    s
+                };
+                if !p.publish_allow.is_empty() || !p.publish_deny.is_empty() {
+                    pb.set("publish", side(&p.publish_allow, &p.publish_deny));
+                }
+                if !p.subscribe_allow.is_empty() || !p.subscribe_deny.is_empty() {
+                    pb.set("subscribe", side(&p.subscribe_allow, &p.subscribe_deny));
+                }
+                if p.allow_responses {
+                    pb.set("allow_responses", true);
+                }
+                ub.set("permissions", pb);
+            }
+            Value::Block(ub)
+        })
+        .collect();
+    if !users.is_empty() {
+        b.set("users", Value::Array(users));
+    }
+    if !a.exports.is_empty() {
+        let exports = a
+            .exports
+            .iter()
+            .map(|e| {
+                let mut eb = Block::new();
+                match e {
+                    Export::Stream(s) => eb.set("stream", s.as_str()),
+                    Export::Service(s) => eb.set("service", s.as_str()),
+                };
+                Value::Block(eb)
+            })
+            .collect();
+        b.set("exports", Value::Array(exports));
+    }
+    if !a.imports.is_empty() {
+        let imports = a
+            .imports
+            .iter()
+            .map(|i| {
+                let mut src = Block::new();
+                src.set("account", i.account.as_str())
+                    .set("subject", i.subject.as_str());
+                let mut ib = Block::new();
+                if i.service {
+                    ib.set("service", src).set_opt("to", i.to.clone());
+                } else {
+                    ib.set("stream", src).set_opt("prefix", i.to.clone());
+                }
+                Value::Block(ib)
+            })
+            .collect();
+        b.set("imports", Value::Array(imports));
+    }
+    b
+}
+
 /// Starts a block with the operator's include first, so that every key
 /// natsmesh writes after it wins (nats-server keeps the last duplicate).
 fn block_with(include: Option<&IncludePath>) -> Block {
@@ -529,6 +763,17 @@ fn block_with(include: Option<&IncludePath>) -> Block {
     b
 }
 
+/// Whether `no_auth_user` next to route or leafnode listeners lets
+/// connections skip authentication on `v` (fixed in 2.11.16, 2.12.7 and
+/// 2.14.0).
+pub fn no_auth_user_bypass(v: &Version) -> bool {
+    match (v.major, v.minor) {
+        (2, 12) => *v < Version::new(2, 12, 7),
+        (2, 13) => true,
+        _ => *v < Version::new(2, 11, 16),
+    }
+}
+
 /// Renders the model for `version`, as a file that will be written into the
 /// absolute directory `file_dir` (include paths are relative to it).
 pub fn render(
@@ -536,6 +781,21 @@ pub fn render(
     version: &Version,
     file_dir: &Path,
 ) -> Result<Rendered, RenderError> {
+    if cfg.no_auth_user.is_some() && no_auth_user_bypass(version) {
+        let listener = if cfg.cluster.is_some() {
+            Some("route")
+        } else if cfg.leafnodes.as_ref().is_some_and(|l| l.listen.is_some()) {
+            Some("leafnode")
+        } else {
+            None
+        };
+        if let Some(listener) = listener {
+            return Err(RenderError::UnsafeNoAuthUser {
+                listener,
+                version: version.clone(),
+            });
+        }
+    }
     let tree = to_tree(cfg)?;
     for key in crate::conf::key_paths(&tree) {
         if let Some(since) = version::key_since(&key)
@@ -590,8 +850,33 @@ fn to_tree(cfg: &ServerConfig) -> Result<Block, RenderError> {
     if let Some(t) = &cfg.tls {
         top.set("tls", tls_block(t)?);
     }
-    if let Some(inc) = &cfg.accounts_include {
-        top.set("accounts", block_with(Some(inc)));
+    if cfg.accounts_include.is_some() || !cfg.accounts.is_empty() {
+        let mut accounts = block_with(cfg.accounts_include.as_ref());
+        for a in &cfg.accounts {
+            accounts.set_named(&a.name, account_block(a));
+        }
+        top.set("accounts", accounts);
+    }
+    if let Some(s) = &cfg.system_account {
+        top.set("system_account", s.as_str());
+    }
+    top.set_opt("no_auth_user", cfg.no_auth_user.clone());
+    if let Some(o) = &cfg.operator {
+        top.set("operator", path_value("operator", &o.jwt)?)
+            .set("system_account", o.system_account.as_str());
+        let mut r = Block::new();
+        r.set("type", "full")
+            .set("dir", path_value("resolver.dir", &o.resolver_dir)?)
+            .set("allow_delete", false)
+            .set("interval", Duration::from_secs(120));
+        top.set("resolver", r);
+        if !o.preload.is_empty() {
+            let mut p = Block::new();
+            for (k, jwt) in &o.preload {
+                p.set_named(k, jwt.as_str());
+            }
+            top.set("resolver_preload", p);
+        }
     }
     if let Some(inc) = &cfg.authorization_include {
         top.set("authorization", block_with(Some(inc)));

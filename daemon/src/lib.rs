@@ -5,6 +5,7 @@
 //! can call it.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod ca_cli;
 pub mod config;
 pub mod control;

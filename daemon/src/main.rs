@@ -302,7 +302,21 @@ async fn check_in_scratch(
     // With natsmeshd issuing certificates, issue a throwaway one here: it
     // proves the intermediate, the roots and the names, and lets `-t` read
     // real files.
-    let settings = settings.with_issued_tls_in(scratch.path());
+    let mut settings = settings.with_issued_tls_in(scratch.path());
+    // natsmeshd's system password is created on the first real start; a
+    // check works with a throwaway one.
+    if let Some(config::validate::SystemUser::Password {
+        file,
+        generate: true,
+    }) = &mut settings.system_user
+        && !file.exists()
+    {
+        *file = scratch.path().join("system.password");
+    }
+    if let Err(e) = natsmesh::auth::add_system_account(&mut settings, scratch.path()) {
+        eprintln!("system user: {e}");
+        return Err(EXIT_CONFIG);
+    }
     if let Some(tls) = &settings.tls
         && let Err(e) = natsmesh::tls::ensure(tls, std::time::SystemTime::now(), true)
     {

@@ -75,6 +75,7 @@ pub async fn prepare_in(
             key: match &source {
                 RenderError::UnsupportedKey { key, .. } => format!("broker.{key}"),
                 RenderError::NonUtf8Path { key, .. } => format!("broker.{key}"),
+                RenderError::UnsafeNoAuthUser { .. } => "auth.anonymous_account".to_owned(),
             },
             source,
         })?;

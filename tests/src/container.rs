@@ -189,10 +189,16 @@ impl Container {
                     .args(["-P", pid])
                     .output()
                     .expect("pgrep -P");
-                if let Some(init) = String::from_utf8_lossy(&init.stdout).lines().next()
-                    && let Ok(pid) = init.trim().parse()
-                {
-                    return pid;
+                // nspawn's first child may still be its own helper; the
+                // container's init is the one that became systemd.
+                for child in String::from_utf8_lossy(&init.stdout).lines() {
+                    let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.trim()))
+                        .unwrap_or_default();
+                    if comm.trim() == "systemd"
+                        && let Ok(pid) = child.trim().parse()
+                    {
+                        return pid;
+                    }
                 }
             }
             if let Ok(Some(status)) = self.script.try_wait() {

@@ -29,6 +29,125 @@ pub struct RawConfig {
     pub control: RawControl,
     /// TLS and trust.
     pub tls: RawTls,
+    /// Who may connect.
+    pub auth: RawAuth,
+    /// Config-file accounts, by name (identical on every node).
+    pub accounts: std::collections::BTreeMap<String, RawAccount>,
+}
+
+/// How clients authenticate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Accounts and users from `[accounts]` (the default): nothing
+    /// connects without credentials.
+    #[default]
+    Accounts,
+    /// Decentralized JWT auth: an operator JWT and the built-in full
+    /// resolver.
+    Operator,
+    /// No authentication; only where every client-facing listener binds
+    /// loopback (the embedded default).
+    None,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAuth {
+    /// How clients authenticate.
+    pub mode: AuthMode,
+    /// Loopback-only deployments: clients without credentials join this
+    /// account (`no_auth_user`).
+    pub anonymous_account: Option<String>,
+    /// natsmeshd's own system user password (a systemd credential); when
+    /// unset, one is generated in the state directory (0600) on first start.
+    pub system_password_file: Option<PathBuf>,
+    /// `mode = "operator"`.
+    pub operator: RawOperator,
+}
+
+/// `[auth.operator]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawOperator {
+    /// The operator JWT file.
+    pub jwt: Option<PathBuf>,
+    /// The system account's public key (`A…`).
+    pub system_account: Option<String>,
+    /// Account JWTs to preload into the resolver, by public key.
+    pub preload: std::collections::BTreeMap<String, PathBuf>,
+    /// natsmeshd's system-account user (a `.creds` file, a systemd
+    /// credential).
+    pub system_creds: Option<PathBuf>,
+}
+
+/// `[accounts.<NAME>]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAccount {
+    /// JetStream for this account.
+    pub jetstream: bool,
+    /// JetStream memory limit.
+    pub max_memory: Option<Size>,
+    /// JetStream file limit.
+    pub max_file: Option<Size>,
+    /// JetStream streams limit.
+    pub max_streams: Option<i64>,
+    /// JetStream consumers limit.
+    pub max_consumers: Option<i64>,
+    /// What it offers other accounts.
+    pub exports: Vec<RawExport>,
+    /// What it takes from other accounts.
+    pub imports: Vec<RawImport>,
+    /// Its users.
+    pub users: Vec<RawUser>,
+}
+
+/// An export: exactly one of `stream` and `service`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawExport {
+    /// Messages on these subjects.
+    pub stream: Option<String>,
+    /// Requests on these subjects.
+    pub service: Option<String>,
+}
+
+/// An import: exactly one of `stream` and `service`, from `account`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawImport {
+    /// Messages on these subjects.
+    pub stream: Option<String>,
+    /// Requests on these subjects.
+    pub service: Option<String>,
+    /// The exporting account.
+    pub account: String,
+    /// Local subject (service) or prefix (stream).
+    pub to: Option<String>,
+}
+
+/// `[[accounts.<NAME>.users]]`: an nkey, or a name with a bcrypt hash.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawUser {
+    /// User name (with `password_hash`).
+    pub name: Option<String>,
+    /// bcrypt hash of the password (`natsmeshd user add` writes it).
+    pub password_hash: Option<String>,
+    /// Public user nkey (`U…`).
+    pub nkey: Option<String>,
+    /// Subjects it may publish to (empty: any).
+    pub publish: Vec<String>,
+    /// Subjects it may subscribe to (empty: any).
+    pub subscribe: Vec<String>,
+    /// Subjects it may not publish to.
+    pub deny_publish: Vec<String>,
+    /// Subjects it may not subscribe to.
+    pub deny_subscribe: Vec<String>,
+    /// May reply to requests it receives.
+    pub allow_responses: bool,
 }
 
 /// Where node certificates come from.

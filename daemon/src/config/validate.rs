@@ -12,17 +12,19 @@ use std::time::Duration;
 
 use natsmesh_broker::conf::IncludePath;
 use natsmesh_broker::model::{
-    Cluster, Compression, Gateway, HostPort, JetStream, LeafRemote, Leafnodes, Listen, Mqtt,
-    RemoteGateway, ServerConfig, Tls, Websocket,
+    Account, AccountJetStream, Cluster, Compression, Credential, Export, Gateway, HostPort, Import,
+    JetStream, LeafRemote, Leafnodes, Listen, Mqtt, OperatorAuth, Permissions, RemoteGateway,
+    ServerConfig, Tls, User, Websocket,
 };
 
 use super::bind::Bind;
 use super::load::Loaded;
 use super::problem::{Problem, Problems, Source};
-use super::schema::{ClientTls, HealthTimings, Provider, RawConfig, TlsMode};
+use super::schema::{AuthMode, ClientTls, HealthTimings, Provider, RawConfig, TlsMode};
 use crate::provider::Identity;
 use crate::tls::issue::NodeNames;
 use crate::tls::{Source as TlsSource, TlsSettings};
+use natsmesh_broker::conf::Name;
 
 /// Validated settings: everything natsmeshd needs to run a broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +49,29 @@ pub struct Settings {
     pub identity: Identity,
     /// TLS, when on.
     pub tls: Option<TlsSettings>,
+    /// natsmeshd's own user in the system account, when there is one.
+    pub system_user: Option<SystemUser>,
 }
+
+/// How natsmeshd authenticates as its system-account user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemUser {
+    /// `natsmesh` with a password read from (or generated into) `file`;
+    /// its bcrypt hash is cached beside it (`<file>.bcrypt`).
+    Password {
+        /// Secret file (a credential, or `<state_dir>/system.password`).
+        file: PathBuf,
+        /// Whether natsmeshd may create it on first start.
+        generate: bool,
+    },
+    /// A `.creds` file (operator mode).
+    Creds(PathBuf),
+}
+
+/// The system account natsmeshd renders in accounts mode.
+pub const SYSTEM_ACCOUNT: &str = "SYS";
+/// natsmeshd's user name in it.
+pub const SYSTEM_USER: &str = "natsmesh";
 
 /// How a broker that exits or hangs is restarted, and how it is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -732,6 +756,7 @@ pub fn validate(
     }
 
     let tls = apply_tls(&mut c, raw, env, &region, &state_dir, &mut server);
+    let system_user = apply_auth(&mut c, raw, env, &state_dir, &mut server);
 
     // What nats-server would refuse at start, in natsmesh's words. Missing
     // names are already listed above; stand-ins keep the rest checkable.
@@ -800,6 +825,7 @@ pub fn validate(
             restart,
             control_socket,
             tls,
+            system_user,
         })
     } else {
         Err(Problems(c.problems))
@@ -1092,6 +1118,367 @@ fn apply_tls(
             ips,
         },
     })
+}
+
+/// Whether a listener can be reached from other machines.
+fn reachable(l: &Listen) -> bool {
+    !l.host.is_loopback()
+}
+
+/// Accounts, users and the system account from `[auth]` and `[accounts]`.
+/// The system account's own user is added when the configuration is
+/// prepared (its password hash lives in the state directory).
+fn apply_auth(
+    c: &mut Checker<'_>,
+    raw: &RawConfig,
+    env: &Environment,
+    state_dir: &Path,
+    server: &mut ServerConfig,
+) -> Option<SystemUser> {
+    let a = &raw.auth;
+    let mut client_facing = vec![("broker.client.bind", server.listen)];
+    client_facing.extend(server.mqtt.as_ref().map(|m| ("broker.mqtt.bind", m.listen)));
+    client_facing.extend(
+        server
+            .websocket
+            .as_ref()
+            .map(|w| ("broker.websocket.bind", w.listen)),
+    );
+    client_facing.extend(
+        server
+            .leafnodes
+            .as_ref()
+            .and_then(|l| l.listen)
+            .map(|l| ("broker.leafnodes.bind", l)),
+    );
+    let public: Vec<&str> = client_facing
+        .iter()
+        .filter(|(_, l)| reachable(l))
+        .map(|(k, _)| *k)
+        .collect();
+    match a.mode {
+        AuthMode::None => {
+            if !public.is_empty() {
+                c.problem(
+                    "auth.mode",
+                    format!(
+                        "\"none\" leaves the broker open, allowed only when every client-facing listener binds loopback; {} do not",
+                        public.join(", ")
+                    ),
+                );
+            }
+            if !raw.accounts.is_empty() {
+                c.problem(
+                    "auth.mode",
+                    "\"none\" but [accounts] are configured; use \"accounts\"",
+                );
+            }
+            None
+        }
+        AuthMode::Operator => apply_operator(c, raw, env, state_dir, server),
+        AuthMode::Accounts => {
+            let mut names = std::collections::HashSet::new();
+            for (name, acct) in &raw.accounts {
+                let key = format!("accounts.{name}");
+                let Some(n) = Name::new(name) else {
+                    c.problem(&key, format!("account name {name:?} may hold letters, digits, '_' and '-' (at most 64)"));
+                    continue;
+                };
+                if name == SYSTEM_ACCOUNT || name == "$G" || name == "$SYS" {
+                    c.problem(&key, format!("{name:?} is reserved (natsmeshd keeps the system account {SYSTEM_ACCOUNT})"));
+                    continue;
+                }
+                let account = account(c, &key, n, acct, raw, &mut names);
+                if account.jetstream.is_some() && server.jetstream.is_none() {
+                    c.problem(
+                        &format!("{key}.jetstream"),
+                        "JetStream for the account, but broker.jetstream.enabled is false",
+                    );
+                }
+                server.accounts.push(account);
+            }
+            if let Some(anon) = &a.anonymous_account {
+                if !public.is_empty() {
+                    c.problem(
+                        "auth.anonymous_account",
+                        format!("clients without credentials only on loopback-only listeners; {} are reachable from other machines", public.join(", ")),
+                    );
+                }
+                match server.accounts.iter_mut().find(|x| x.name.as_str() == anon) {
+                    None => c.problem(
+                        "auth.anonymous_account",
+                        format!("no account {anon:?} in [accounts]"),
+                    ),
+                    Some(acct) => {
+                        acct.users.push(User {
+                            credential: Credential::Password {
+                                user: ANONYMOUS_USER.into(),
+                                bcrypt: crate::auth::unusable_hash(anon),
+                            },
+                            permissions: Permissions::default(),
+                        });
+                        server.no_auth_user = Some(ANONYMOUS_USER.into());
+                    }
+                }
+            }
+            server.system_account = Name::new(SYSTEM_ACCOUNT);
+            Some(match &a.system_password_file {
+                Some(p) => SystemUser::Password {
+                    file: c.file("auth.system_password_file", p, env, true),
+                    generate: false,
+                },
+                None => SystemUser::Password {
+                    file: state_dir.join("system.password"),
+                    generate: true,
+                },
+            })
+        }
+    }
+}
+
+/// The user clients without credentials become (loopback only).
+pub const ANONYMOUS_USER: &str = "anonymous";
+
+fn subjects_ok(c: &mut Checker<'_>, key: &str, list: &[String]) -> Vec<String> {
+    for (i, s) in list.iter().enumerate() {
+        if s.is_empty()
+            || s.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+            || s.starts_with('.')
+            || s.ends_with('.')
+        {
+            c.problem(
+                &format!("{key}[{i}]"),
+                format!("{s:?} is not a NATS subject"),
+            );
+        }
+    }
+    list.to_vec()
+}
+
+fn account(
+    c: &mut Checker<'_>,
+    key: &str,
+    name: Name,
+    a: &super::schema::RawAccount,
+    raw: &RawConfig,
+    user_names: &mut std::collections::HashSet<String>,
+) -> Account {
+    let jetstream = a.jetstream.then(|| AccountJetStream {
+        max_memory: a.max_memory.map(|s| s.0),
+        max_file: a.max_file.map(|s| s.0),
+        max_streams: a.max_streams,
+        max_consumers: a.max_consumers,
+    });
+    if !a.jetstream
+        && (a.max_memory.is_some()
+            || a.max_file.is_some()
+            || a.max_streams.is_some()
+            || a.max_consumers.is_some())
+    {
+        c.problem(
+            &format!("{key}.jetstream"),
+            "JetStream limits are set, but jetstream is false",
+        );
+    }
+    let mut users = Vec::new();
+    for (i, u) in a.users.iter().enumerate() {
+        let ukey = format!("{key}.users[{i}]");
+        let credential = match (&u.name, &u.password_hash, &u.nkey) {
+            (Some(n), Some(h), None) => {
+                if !(h.starts_with("$2a$") || h.starts_with("$2b$") || h.starts_with("$2y$"))
+                    || h.len() != 60
+                {
+                    c.problem(
+                        &format!("{ukey}.password_hash"),
+                        "not a bcrypt hash (write it with `natsmeshd user add`)",
+                    );
+                }
+                if n.is_empty()
+                    || n.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+                    || n == ANONYMOUS_USER
+                    || n == SYSTEM_USER
+                {
+                    c.problem(
+                        &format!("{ukey}.name"),
+                        format!("{n:?} is not a usable user name"),
+                    );
+                }
+                if !user_names.insert(n.clone()) {
+                    c.problem(
+                        &format!("{ukey}.name"),
+                        format!(
+                            "user {n:?} is defined twice (user names are unique across accounts)"
+                        ),
+                    );
+                }
+                Credential::Password {
+                    user: n.clone(),
+                    bcrypt: h.clone(),
+                }
+            }
+            (None, None, Some(k)) => {
+                if !crate::auth::is_user_nkey(k) {
+                    c.problem(
+                        &format!("{ukey}.nkey"),
+                        format!("{k:?} is not a public user nkey (U…, 56 characters)"),
+                    );
+                }
+                if !user_names.insert(k.clone()) {
+                    c.problem(&format!("{ukey}.nkey"), "this nkey is defined twice");
+                }
+                Credential::Nkey(k.clone())
+            }
+            _ => {
+                c.problem(&ukey, "a user has either name + password_hash, or nkey");
+                continue;
+            }
+        };
+        users.push(User {
+            credential,
+            permissions: Permissions {
+                publish_allow: subjects_ok(c, &format!("{ukey}.publish"), &u.publish),
+                publish_deny: subjects_ok(c, &format!("{ukey}.deny_publish"), &u.deny_publish),
+                subscribe_allow: subjects_ok(c, &format!("{ukey}.subscribe"), &u.subscribe),
+                subscribe_deny: subjects_ok(
+                    c,
+                    &format!("{ukey}.deny_subscribe"),
+                    &u.deny_subscribe,
+                ),
+                allow_responses: u.allow_responses,
+            },
+        });
+    }
+    let mut exports = Vec::new();
+    for (i, e) in a.exports.iter().enumerate() {
+        let ekey = format!("{key}.exports[{i}]");
+        match (&e.stream, &e.service) {
+            (Some(s), None) => exports.push(Export::Stream(
+                subjects_ok(c, &ekey, std::slice::from_ref(s)).remove(0),
+            )),
+            (None, Some(s)) => exports.push(Export::Service(
+                subjects_ok(c, &ekey, std::slice::from_ref(s)).remove(0),
+            )),
+            _ => c.problem(&ekey, "an export has exactly one of stream and service"),
+        }
+    }
+    let mut imports = Vec::new();
+    for (i, im) in a.imports.iter().enumerate() {
+        let ikey = format!("{key}.imports[{i}]");
+        if !raw.accounts.contains_key(&im.account) {
+            c.problem(
+                &format!("{ikey}.account"),
+                format!("no account {:?} in [accounts]", im.account),
+            );
+        }
+        let (service, subject) = match (&im.stream, &im.service) {
+            (Some(s), None) => (false, s),
+            (None, Some(s)) => (true, s),
+            _ => {
+                c.problem(&ikey, "an import has exactly one of stream and service");
+                continue;
+            }
+        };
+        if let Some(account) = Name::new(&im.account) {
+            imports.push(Import {
+                service,
+                account,
+                subject: subjects_ok(c, &ikey, std::slice::from_ref(subject)).remove(0),
+                to: im.to.clone(),
+            });
+        }
+    }
+    Account {
+        name,
+        jetstream,
+        users,
+        exports,
+        imports,
+    }
+}
+
+/// Decentralized JWT auth: the operator JWT, the full resolver in the
+/// state directory, preloaded accounts.
+fn apply_operator(
+    c: &mut Checker<'_>,
+    raw: &RawConfig,
+    env: &Environment,
+    state_dir: &Path,
+    server: &mut ServerConfig,
+) -> Option<SystemUser> {
+    let o = &raw.auth.operator;
+    if !raw.accounts.is_empty() {
+        c.problem(
+            "auth.mode",
+            "\"operator\" takes accounts from JWTs; remove [accounts]",
+        );
+    }
+    let jwt = match &o.jwt {
+        Some(p) => {
+            let p = c.file("auth.operator.jwt", p, env, false);
+            c.readable("auth.operator.jwt", &p);
+            p
+        }
+        None => {
+            c.problem(
+                "auth.operator.jwt",
+                "required with auth.mode = \"operator\"",
+            );
+            PathBuf::new()
+        }
+    };
+    let system_account = match &o.system_account {
+        Some(s) if crate::auth::is_account_key(s) => s.clone(),
+        Some(s) => {
+            c.problem(
+                "auth.operator.system_account",
+                format!("{s:?} is not an account public key (A…, 56 characters)"),
+            );
+            String::new()
+        }
+        None => {
+            c.problem(
+                "auth.operator.system_account",
+                "required with auth.mode = \"operator\"",
+            );
+            String::new()
+        }
+    };
+    let mut preload = Vec::new();
+    for (k, p) in &o.preload {
+        let key = format!("auth.operator.preload.{k}");
+        let p = c.file(&key, p, env, false);
+        match (
+            crate::auth::is_account_key(k)
+                .then(|| Name::new(k))
+                .flatten(),
+            std::fs::read_to_string(&p),
+        ) {
+            (Some(n), Ok(jwt)) => preload.push((n, jwt.trim().to_owned())),
+            (None, _) => c.problem(&key, format!("{k:?} is not an account public key")),
+            (_, Err(e)) => c.problem(&key, format!("cannot read {}: {e}", p.display())),
+        }
+    }
+    let creds = match &o.system_creds {
+        Some(p) => {
+            let p = c.file("auth.operator.system_creds", p, env, true);
+            c.readable("auth.operator.system_creds", &p);
+            Some(SystemUser::Creds(p))
+        }
+        None => {
+            c.problem(
+                "auth.operator.system_creds",
+                "required: natsmeshd's system-account user (a .creds file)",
+            );
+            None
+        }
+    };
+    server.operator = Some(OperatorAuth {
+        jwt,
+        system_account,
+        resolver_dir: state_dir.join("jwt"),
+        preload,
+    });
+    creds
 }
 
 /// The profile's timings with the explicit overrides.

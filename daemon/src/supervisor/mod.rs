@@ -184,6 +184,10 @@ impl Supervisor {
                 )
             },
         )?;
+        let mut settings = settings;
+        let state_dir = settings.state_dir.clone();
+        crate::auth::add_system_account(&mut settings, &state_dir)
+            .map_err(|e| anyhow::anyhow!("system user: {e}"))?;
         let current = prepare_in(&settings, &settings.state_dir, CONFIG_NAME).await?;
         let status = Status {
             natsmesh_version: env!("CARGO_PKG_VERSION").into(),
@@ -732,6 +736,13 @@ impl Supervisor {
                     ));
                 }
             };
+        let mut settings = settings;
+        let state_dir = settings.state_dir.clone();
+        if let Err(e) = crate::auth::add_system_account(&mut settings, &state_dir) {
+            return self.refused(format!(
+                "system user: {e}; the previous configuration keeps serving"
+            ));
+        }
         // New roots, a new intermediate (a rotation) or new names may need a
         // new certificate; a broken one refuses the reload.
         if let Some(tls) = &settings.tls {
@@ -796,27 +807,50 @@ impl Supervisor {
             return self.refused(format!("cannot install the new configuration: {e}"));
         }
         let before = targets.monitor().varz().await.ok();
-        let mut outcomes = self.output.reloads();
-        let sent = match &self.running {
-            Some(run) => run.process.signal(Signal::SIGHUP),
-            None => Err(std::io::Error::other("the broker exited")),
-        };
-        if let Err(e) = sent {
-            let _ = write_atomically(&path, self.current.rendered.text.as_bytes());
-            return self.refused(format!("cannot signal the broker: {e}"));
-        }
-        let outcome = tokio::time::timeout(RELOAD_CONFIRM, async {
-            loop {
-                match outcomes.recv().await {
-                    Ok(o) => return Some(o),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => return None,
+        // From 2.10 the broker answers a reload request on `$SYS` with its
+        // verdict; SIGHUP only logs it. Use the request where possible.
+        let via_sys = match before.as_ref().and_then(|v| v.server_id.clone()) {
+            Some(id)
+                if self.current.version >= natsmesh_broker::Version::new(2, 10, 0)
+                    && self.settings.system_user.is_some() =>
+            {
+                match crate::auth::system_client(&self.settings).await {
+                    Ok(client) => Some(crate::auth::sys_reload(&client, &id).await),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot reach the broker as the system user; reloading with SIGHUP");
+                        None
+                    }
                 }
             }
-        })
-        .await
-        .ok()
-        .flatten();
+            _ => None,
+        };
+        let outcome = match via_sys {
+            Some(Ok(())) => Some(ReloadOutcome::Reloaded),
+            Some(Err(why)) => Some(ReloadOutcome::Failed(why)),
+            None => {
+                let mut outcomes = self.output.reloads();
+                let sent = match &self.running {
+                    Some(run) => run.process.signal(Signal::SIGHUP),
+                    None => Err(std::io::Error::other("the broker exited")),
+                };
+                if let Err(e) = sent {
+                    let _ = write_atomically(&path, self.current.rendered.text.as_bytes());
+                    return self.refused(format!("cannot signal the broker: {e}"));
+                }
+                tokio::time::timeout(RELOAD_CONFIRM, async {
+                    loop {
+                        match outcomes.recv().await {
+                            Ok(o) => return Some(o),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(_) => return None,
+                        }
+                    }
+                })
+                .await
+                .ok()
+                .flatten()
+            }
+        };
         let keys: Vec<&str> = decision.changes.iter().map(|c| c.key.as_str()).collect();
         match outcome {
             Some(ReloadOutcome::Reloaded) => {

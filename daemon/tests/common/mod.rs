@@ -78,6 +78,9 @@ backoff_max = "1s"
 
 [control]
 socket = "{socket}"
+
+[auth]
+mode = "none"
 "#,
                 binary = binary.display(),
                 state = self.dir.path().join("state").display(),

@@ -1,0 +1,193 @@
+//! Client authentication: the checks on keys and hashes, natsmeshd's own
+//! user in the system account, and its connection to the broker for `$SYS`
+//! requests.
+//!
+//! The system user's password never reaches a log, the command line or a
+//! child's environment: it lives in a 0600 file (a systemd credential, or
+//! one natsmeshd generates in its state directory), and only its bcrypt
+//! hash is rendered. The hash is cached so the rendered file stays the
+//! same from one reload to the next.
+
+use std::fmt;
+use std::path::Path;
+
+use natsmesh_broker::conf::Name;
+use natsmesh_broker::model::{Account, Credential, Permissions, User};
+use sha2::{Digest, Sha256};
+
+use crate::config::validate::{SYSTEM_ACCOUNT, SYSTEM_USER, Settings, SystemUser};
+use crate::prepare::write_atomically_mode;
+
+/// Whether `k` is a public user nkey.
+pub fn is_user_nkey(k: &str) -> bool {
+    k.starts_with('U') && nkeys::KeyPair::from_public_key(k).is_ok()
+}
+
+/// Whether `k` is a public account nkey.
+pub fn is_account_key(k: &str) -> bool {
+    k.starts_with('A') && nkeys::KeyPair::from_public_key(k).is_ok()
+}
+
+/// A deterministic bcrypt hash no password anyone types will match: for
+/// the anonymous user, which is reached only through `no_auth_user`.
+pub fn unusable_hash(account: &str) -> String {
+    let digest = Sha256::digest(format!("natsmesh anonymous salt {account}"));
+    let mut salt = [0u8; 16];
+    salt.copy_from_slice(&digest[..16]);
+    let secret = hex::encode(Sha256::digest(format!("natsmesh anonymous {account}")));
+    bcrypt::hash_with_salt(secret, 4, salt)
+        .map(|h| h.format_for_version(bcrypt::Version::TwoB))
+        .unwrap_or_default()
+}
+
+/// A new random password (hex, 256 bits).
+pub fn random_password() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(hex::encode(bytes))
+}
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// Reads natsmeshd's system password, creating it (0600) when allowed.
+fn system_password(file: &Path, generate: bool) -> Result<Secret, String> {
+    match std::fs::read_to_string(file) {
+        Ok(s) if !s.trim().is_empty() => Ok(Secret(s.trim().to_owned())),
+        Ok(_) => Err(format!("{} is empty", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
+            let pw = random_password()?;
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            write_atomically_mode(file, format!("{pw}\n").as_bytes(), 0o600)
+                .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+            Ok(Secret(pw))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", file.display())),
+    }
+}
+
+/// The bcrypt hash of `pw`, from a cache in `cache_dir` keyed by the
+/// password's SHA-256 (bcrypt salts differ on every call, and a new hash
+/// would look like a configuration change).
+fn cached_hash(pw: &Secret, cache_dir: &Path) -> Result<String, String> {
+    let key = hex::encode(Sha256::digest(pw.expose()));
+    let cache = cache_dir.join("system.password.bcrypt");
+    if let Ok(text) = std::fs::read_to_string(&cache)
+        && let Some((k, h)) = text.trim().split_once(' ')
+        && k == key
+    {
+        return Ok(h.to_owned());
+    }
+    let hash = bcrypt::hash(pw.expose(), 10).map_err(|e| format!("bcrypt: {e}"))?;
+    std::fs::create_dir_all(cache_dir)
+        .map_err(|e| format!("cannot create {}: {e}", cache_dir.display()))?;
+    write_atomically_mode(&cache, format!("{key} {hash}\n").as_bytes(), 0o600)
+        .map_err(|e| format!("cannot write {}: {e}", cache.display()))?;
+    Ok(hash)
+}
+
+/// Adds the system account with natsmeshd's user to the broker
+/// configuration (accounts mode); `cache_dir` keeps the hash.
+pub fn add_system_account(settings: &mut Settings, cache_dir: &Path) -> Result<(), String> {
+    let Some(SystemUser::Password { file, generate }) = &settings.system_user else {
+        return Ok(());
+    };
+    let pw = system_password(file, *generate)?;
+    let hash = cached_hash(&pw, cache_dir)?;
+    let Some(name) = Name::new(SYSTEM_ACCOUNT) else {
+        return Err("system account name".into());
+    };
+    settings.server.accounts.retain(|a| a.name != name);
+    settings.server.accounts.push(Account {
+        name,
+        jetstream: None,
+        users: vec![User {
+            credential: Credential::Password {
+                user: SYSTEM_USER.into(),
+                bcrypt: hash,
+            },
+            permissions: Permissions::default(),
+        }],
+        exports: Vec::new(),
+        imports: Vec::new(),
+    });
+    Ok(())
+}
+
+/// Connects to the local broker as natsmeshd's system user.
+pub async fn system_client(settings: &Settings) -> Result<async_nats::Client, String> {
+    let Some(user) = &settings.system_user else {
+        return Err("no system user configured".into());
+    };
+    let addr =
+        crate::supervisor::probe::local_addr(&settings.server.listen).ok_or("no client address")?;
+    let mut opts = match user {
+        SystemUser::Password { file, .. } => {
+            let pw = system_password(file, false)?;
+            async_nats::ConnectOptions::with_user_and_password(
+                SYSTEM_USER.into(),
+                pw.expose().into(),
+            )
+        }
+        SystemUser::Creds(file) => async_nats::ConnectOptions::with_credentials_file(file)
+            .await
+            .map_err(|e| format!("{}: {e}", file.display()))?,
+    };
+    opts = opts
+        .name("natsmeshd")
+        .connection_timeout(std::time::Duration::from_secs(2))
+        .max_reconnects(Some(0));
+    if settings.server.tls.is_some()
+        && let Some(tls) = &settings.tls
+    {
+        opts = opts
+            .add_root_certificates(tls.ca_file.clone())
+            .require_tls(true);
+        if let Some(c) = &tls.client_cert_file {
+            opts = opts.add_root_certificates(c.clone());
+        }
+    }
+    opts.connect(addr.to_string())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Asks the broker to reload its configuration through `$SYS` (2.10+):
+/// `Ok(())`, or the broker's reason for refusing.
+pub async fn sys_reload(client: &async_nats::Client, server_id: &str) -> Result<(), String> {
+    let subject = format!("$SYS.REQ.SERVER.{server_id}.RELOAD");
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.request(subject, "".into()),
+    )
+    .await
+    .map_err(|_| "no reply to the $SYS reload request".to_owned())?
+    .map_err(|e| format!("$SYS reload request: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&reply.payload).map_err(|e| format!("bad $SYS reply: {e}"))?;
+    match v.get("error") {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(e) => Err(e
+            .get("description")
+            .and_then(|d| d.as_str())
+            .unwrap_or("refused")
+            .to_owned()),
+    }
+}
