@@ -236,12 +236,14 @@ pub struct Tls {
 pub enum Credential {
     /// A user nkey (public, `U…`); the client signs with its seed.
     Nkey(String),
-    /// A user name and a bcrypt hash of its password.
+    /// A user name and its password: a bcrypt hash (`$2a$`/`$2b$`), or for
+    /// the `no_auth_user` alone a plain one (nats-server checks that user's
+    /// stored password against itself).
     Password {
         /// User name.
         user: String,
-        /// bcrypt hash (`$2a$`/`$2b$`).
-        bcrypt: String,
+        /// bcrypt hash, or plain for the `no_auth_user`.
+        password: String,
     },
 }
 
@@ -681,9 +683,9 @@ fn account_block(a: &Account) -> Block {
                 Credential::Nkey(k) => {
                     ub.set("nkey", k.as_str());
                 }
-                Credential::Password { user, bcrypt } => {
+                Credential::Password { user, password } => {
                     ub.set("user", user.as_str())
-                        .set("password", bcrypt.as_str());
+                        .set("password", password.as_str());
                 }
             }
             let p = &u.permissions;

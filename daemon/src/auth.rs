@@ -28,16 +28,13 @@ pub fn is_account_key(k: &str) -> bool {
     k.starts_with('A') && nkeys::KeyPair::from_public_key(k).is_ok()
 }
 
-/// A deterministic bcrypt hash no password anyone types will match: for
-/// the anonymous user, which is reached only through `no_auth_user`.
-pub fn unusable_hash(account: &str) -> String {
-    let digest = Sha256::digest(format!("natsmesh anonymous salt {account}"));
-    let mut salt = [0u8; 16];
-    salt.copy_from_slice(&digest[..16]);
-    let secret = hex::encode(Sha256::digest(format!("natsmesh anonymous {account}")));
-    bcrypt::hash_with_salt(secret, 4, salt)
-        .map(|h| h.format_for_version(bcrypt::Version::TwoB))
-        .unwrap_or_default()
+/// The anonymous user's password. nats-server hands a credential-less
+/// client the `no_auth_user`'s *stored* password and then checks it, so it
+/// must be plain, not a bcrypt hash. It guards nothing (whoever could use
+/// it may connect without credentials anyway), and is derived from the
+/// account so the rendered file stays the same.
+pub fn anonymous_password(account: &str) -> String {
+    hex::encode(Sha256::digest(format!("natsmesh anonymous {account}")))
 }
 
 /// A new random password (hex, 256 bits).
@@ -121,7 +118,7 @@ pub fn add_system_account(settings: &mut Settings, cache_dir: &Path) -> Result<(
         users: vec![User {
             credential: Credential::Password {
                 user: SYSTEM_USER.into(),
-                bcrypt: hash,
+                password: hash,
             },
             permissions: Permissions::default(),
         }],

@@ -16,6 +16,7 @@ pub mod provider;
 pub mod run;
 pub mod supervisor;
 pub mod tls;
+pub mod user_cli;
 
 /// Exit code for a configuration problem (`check` and refused starts).
 pub const EXIT_CONFIG: i32 = 2;

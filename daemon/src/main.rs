@@ -61,6 +61,38 @@ enum Cmd {
     /// Offline certificate authority tasks (run on an operator's machine).
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Client users.
+    #[command(subcommand)]
+    User(UserCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCmd {
+    /// Make a user, print its secret once, and append only its public key
+    /// or bcrypt hash to a drop-in.
+    Add {
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// The user name (password users).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// An nkey user (prints the seed) instead of a password user.
+        #[arg(long)]
+        nkey: bool,
+        /// Subjects the user may publish to (repeatable; none: any).
+        #[arg(long = "publish", value_name = "SUBJECT")]
+        publish: Vec<String>,
+        /// Subjects the user may subscribe to (repeatable; none: any).
+        #[arg(long = "subscribe", value_name = "SUBJECT")]
+        subscribe: Vec<String>,
+        /// May reply to requests it receives.
+        #[arg(long)]
+        allow_responses: bool,
+        /// The drop-in to append to (keep an account's users in one file).
+        #[arg(long, value_name = "PATH")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +164,35 @@ fn report(problems: &Problems) -> i32 {
 }
 
 async fn dispatch(cli: Cli) -> i32 {
+    if let Cmd::User(UserCmd::Add {
+        account,
+        name,
+        nkey,
+        publish,
+        subscribe,
+        allow_responses,
+        file,
+    }) = &cli.command
+    {
+        let user = natsmesh::user_cli::NewUser {
+            account,
+            name,
+            nkey: *nkey,
+            publish,
+            subscribe,
+            allow_responses: *allow_responses,
+        };
+        return match natsmesh::user_cli::add(&user, file) {
+            Ok(msg) => {
+                print!("{msg}");
+                0
+            }
+            Err(e) => {
+                eprintln!("natsmeshd: {e}");
+                EXIT_FAILURE
+            }
+        };
+    }
     if let Cmd::Ca(ca) = &cli.command {
         let done = match ca {
             CaCmd::Init {
@@ -246,17 +307,22 @@ async fn dispatch(cli: Cli) -> i32 {
             natsmesh::run::run(cli.config.clone(), settings).await
         }
         Cmd::Render { explain } => {
-            let (prepared, _scratch) = match check_in_scratch(&settings).await {
+            let (prepared, _scratch, checked) = match check_in_scratch(&settings).await {
                 Ok(v) => v,
                 Err(code) => return code,
             };
+            // Shown with the state directory's paths, and the accounts as
+            // checked (the system user's hash is a throwaway one until the
+            // first start makes the real password).
+            let mut shown = settings.clone();
+            shown.server.accounts = checked.server.accounts.clone();
             if explain {
                 print!("{}", config::explain::explain(&loaded, &settings));
                 println!();
             }
             // Shown as it will be written in the state directory.
             match natsmesh_broker::model::render(
-                &settings.server,
+                &shown.server,
                 &prepared.version,
                 &settings.state_dir,
             ) {
@@ -271,7 +337,7 @@ async fn dispatch(cli: Cli) -> i32 {
             }
         }
         _ => {
-            let (prepared, _scratch) = match check_in_scratch(&settings).await {
+            let (prepared, _scratch, _) = match check_in_scratch(&settings).await {
                 Ok(v) => v,
                 Err(code) => return code,
             };
@@ -291,7 +357,14 @@ async fn dispatch(cli: Cli) -> i32 {
 /// may not exist or be writable for the person running `check`).
 async fn check_in_scratch(
     settings: &config::Settings,
-) -> Result<(natsmesh::prepare::Prepared, tempfile::TempDir), i32> {
+) -> Result<
+    (
+        natsmesh::prepare::Prepared,
+        tempfile::TempDir,
+        config::Settings,
+    ),
+    i32,
+> {
     let scratch = tempfile::Builder::new()
         .prefix("natsmesh-check-")
         .tempdir()
@@ -324,7 +397,7 @@ async fn check_in_scratch(
         return Err(EXIT_CONFIG);
     }
     match prepare_in(&settings, scratch.path(), "nats-server.conf").await {
-        Ok(p) => Ok((p, scratch)),
+        Ok(p) => Ok((p, scratch, settings)),
         Err(e) => {
             eprintln!("{e}");
             Err(if e.is_config_error() {

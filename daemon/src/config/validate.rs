@@ -1213,7 +1213,7 @@ fn apply_auth(
                         acct.users.push(User {
                             credential: Credential::Password {
                                 user: ANONYMOUS_USER.into(),
-                                bcrypt: crate::auth::unusable_hash(anon),
+                                password: crate::auth::anonymous_password(anon),
                             },
                             permissions: Permissions::default(),
                         });
@@ -1313,7 +1313,7 @@ fn account(
                 }
                 Credential::Password {
                     user: n.clone(),
-                    bcrypt: h.clone(),
+                    password: h.clone(),
                 }
             }
             (None, None, Some(k)) => {

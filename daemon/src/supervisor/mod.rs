@@ -825,8 +825,14 @@ impl Supervisor {
             _ => None,
         };
         let outcome = match via_sys {
-            Some(Ok(())) => Some(ReloadOutcome::Reloaded),
-            Some(Err(why)) => Some(ReloadOutcome::Failed(why)),
+            Some(Ok(())) => {
+                tracing::debug!("the broker confirmed the reload through $SYS");
+                Some(ReloadOutcome::Reloaded)
+            }
+            Some(Err(why)) => {
+                tracing::warn!(reason = %why, "the broker refused the reload (answered through $SYS)");
+                Some(ReloadOutcome::Failed(why))
+            }
             None => {
                 let mut outcomes = self.output.reloads();
                 let sent = match &self.running {

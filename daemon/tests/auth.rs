@@ -1,0 +1,460 @@
+//! Client authentication and accounts against real nats-servers: nothing
+//! reaches a public listener without credentials, permissions hold,
+//! accounts are isolated and share through exports across a gateway,
+//! natsmeshd's system user reloads through `$SYS`, and no secret leaks.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Daemon, NATSMESHD, Options};
+use futures_util::StreamExt as _;
+use natsmesh_harness::{CURRENT, OLDEST_AND_CURRENT, free_port, scratch};
+
+fn each_version(test: impl Fn(&str)) {
+    for v in OLDEST_AND_CURRENT {
+        test(v);
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `natsmeshd user add` and returns the secret it printed.
+fn user_add(file: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(NATSMESHD)
+        .args(["user", "add"])
+        .args(args)
+        .arg("--file")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("password: ")
+                .or_else(|| l.strip_prefix("nkey seed: "))
+        })
+        .unwrap()
+        .to_owned()
+}
+
+/// Accounts mode, the client listener on every address (so reachable from
+/// other machines), with `users.toml` holding the users.
+fn accounts_node(v: &str, users: &std::path::Path, extra: &str) -> Daemon {
+    let accounts = std::fs::read_to_string(users).unwrap_or_default();
+    Daemon::start(
+        v,
+        Options {
+            extra: format!(
+                "[auth]\nmode = \"accounts\"\n\n[broker.client]\nbind = \"0.0.0.0\"\n{extra}\n{accounts}"
+            ),
+            ..Options::default()
+        },
+    )
+}
+
+#[test]
+fn nothing_reaches_a_public_listener_without_credentials() {
+    each_version(|v| {
+        let dir = scratch();
+        let users = dir.path().join("users.toml");
+        std::fs::write(&users, "[accounts.APP]\njetstream = true\n").unwrap();
+        let pw = user_add(&users, &["--account", "APP", "--name", "svc"]);
+        let seed = user_add(&users, &["--account", "APP", "--nkey"]);
+        // The file holds no secret.
+        let text = std::fs::read_to_string(&users).unwrap();
+        assert!(!text.contains(&pw) && !text.contains(&seed), "{text}");
+        let mut d = accounts_node(v, &users, "");
+        d.wait_ready();
+        let addr = d.client_addr();
+        rt().block_on(async {
+            let anon = async_nats::ConnectOptions::new()
+                .max_reconnects(Some(0))
+                .connect(&addr)
+                .await;
+            assert!(
+                anon.is_err(),
+                "{v}: an anonymous client connected to a public listener"
+            );
+            let bad =
+                async_nats::ConnectOptions::with_user_and_password("svc".into(), "wrong".into())
+                    .max_reconnects(Some(0))
+                    .connect(&addr)
+                    .await;
+            assert!(bad.is_err(), "{v}: a wrong password connected");
+            let by_pw =
+                async_nats::ConnectOptions::with_user_and_password("svc".into(), pw.clone())
+                    .connect(&addr)
+                    .await
+                    .unwrap();
+            let by_nkey = async_nats::ConnectOptions::with_nkey(seed.clone())
+                .connect(&addr)
+                .await
+                .unwrap();
+            let mut sub = by_nkey.subscribe("hello").await.unwrap();
+            by_nkey.flush().await.unwrap();
+            by_pw.publish("hello", "x".into()).await.unwrap();
+            by_pw.flush().await.unwrap();
+            let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&m.payload[..], b"x");
+        });
+    });
+}
+
+#[test]
+fn anonymous_clients_only_on_loopback_and_only_when_configured() {
+    let dir = scratch();
+    let users = dir.path().join("users.toml");
+    std::fs::write(&users, "[accounts.APP]\n").unwrap();
+    let pw = user_add(&users, &["--account", "APP", "--name", "svc"]);
+    let accounts = std::fs::read_to_string(&users).unwrap();
+    // Refused on a listener other machines can reach.
+    let main = dir.path().join("natsmesh.toml");
+    std::fs::write(
+        &main,
+        format!(
+            "[node]\nregion = \"fra1\"\nname = \"n1\"\n\n[broker]\nbinary = \"{}\"\nstate_dir = \"{}\"\n\n[broker.client]\nbind = \"0.0.0.0\"\n\n[broker.jetstream]\nenabled = false\n\n[auth]\nanonymous_account = \"APP\"\n\n{accounts}",
+            natsmesh_harness::broker_binary(CURRENT).display(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(NATSMESHD)
+        .args(["check", "-c", main.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("auth.anonymous_account"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Allowed on loopback when asked for: anonymous clients land in APP.
+    let mut d = Daemon::start(
+        CURRENT,
+        Options {
+            extra: format!(
+                "[auth]\nmode = \"accounts\"\nanonymous_account = \"APP\"\n\n{accounts}"
+            ),
+            ..Options::default()
+        },
+    );
+    d.wait_ready();
+    let addr = d.client_addr();
+    rt().block_on(async {
+        let anon = async_nats::connect(&addr).await.unwrap();
+        let svc = async_nats::ConnectOptions::with_user_and_password("svc".into(), pw)
+            .connect(&addr)
+            .await
+            .unwrap();
+        let mut sub = svc.subscribe("from.anon").await.unwrap();
+        svc.flush().await.unwrap();
+        anon.publish("from.anon", "hi".into()).await.unwrap();
+        anon.flush().await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&m.payload[..], b"hi");
+    });
+    // And never next to routes on a release where that bypasses auth.
+    let cluster = format!(
+        "\n[broker.cluster]\nenabled = true\nbind = \"127.0.0.1\"\nport = {}\n",
+        free_port()
+    );
+    std::fs::write(
+        &main,
+        std::fs::read_to_string(&main)
+            .unwrap()
+            .replace("bind = \"0.0.0.0\"", "bind = \"127.0.0.1\"")
+            .replace(
+                &natsmesh_harness::broker_binary(CURRENT)
+                    .display()
+                    .to_string(),
+                &natsmesh_harness::broker_binary(natsmesh_harness::DEBIAN_12)
+                    .display()
+                    .to_string(),
+            )
+            + &cluster,
+    )
+    .unwrap();
+    let out = Command::new(NATSMESHD)
+        .args(["check", "-c", main.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no_auth_user") && err.contains("2.9.10"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_user_limited_to_orders_cannot_publish_elsewhere() {
+    each_version(|v| {
+        let dir = scratch();
+        let users = dir.path().join("users.toml");
+        std::fs::write(&users, "[accounts.APP]\n").unwrap();
+        let writer = user_add(
+            &users,
+            &[
+                "--account",
+                "APP",
+                "--name",
+                "writer",
+                "--publish",
+                "orders.>",
+                "--subscribe",
+                "_INBOX.>",
+            ],
+        );
+        let reader = user_add(&users, &["--account", "APP", "--name", "reader"]);
+        let mut d = accounts_node(v, &users, "");
+        d.wait_ready();
+        let addr = d.client_addr();
+        rt().block_on(async {
+            let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+            let e2 = errors.clone();
+            let w = async_nats::ConnectOptions::with_user_and_password("writer".into(), writer)
+                .event_callback(move |e| {
+                    let e2 = e2.clone();
+                    async move {
+                        e2.lock().unwrap().push(e.to_string());
+                    }
+                })
+                .connect(&addr)
+                .await
+                .unwrap();
+            let r = async_nats::ConnectOptions::with_user_and_password("reader".into(), reader)
+                .connect(&addr)
+                .await
+                .unwrap();
+            let mut orders = r.subscribe("orders.new").await.unwrap();
+            let mut payments = r.subscribe("payments.new").await.unwrap();
+            r.flush().await.unwrap();
+            w.publish("payments.new", "no".into()).await.unwrap();
+            w.flush().await.unwrap();
+            // The allowed subject goes through (the client library may drop
+            // a publish queued right behind a refused one, so keep trying
+            // for a bounded while).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                w.publish("orders.new", "yes".into()).await.unwrap();
+                w.flush().await.unwrap();
+                if let Ok(Some(m)) =
+                    tokio::time::timeout(Duration::from_millis(250), orders.next()).await
+                {
+                    assert_eq!(&m.payload[..], b"yes");
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{v}: the allowed publish never arrived; events {:?}",
+                    errors.lock().unwrap()
+                );
+            }
+            assert!(
+                tokio::time::timeout(Duration::from_millis(500), payments.next())
+                    .await
+                    .is_err(),
+                "{v}: a forbidden publish arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let errs = errors.lock().unwrap().clone();
+            assert!(
+                errs.iter().any(|e| e.to_lowercase().contains("permission")),
+                "{v}: no permissions violation reported: {errs:?}"
+            );
+        });
+    });
+}
+
+#[test]
+fn accounts_are_isolated_and_share_through_exports_across_a_gateway() {
+    each_version(|v| {
+        let dir = scratch();
+        let users = dir.path().join("users.toml");
+        std::fs::write(
+            &users,
+            "[accounts.ORDERS]\nexports = [ { stream = \"orders.>\" } ]\n\n[accounts.ANALYTICS]\nimports = [ { stream = \"orders.>\", account = \"ORDERS\" } ]\n",
+        )
+        .unwrap();
+        let op = user_add(&users, &["--account", "ORDERS", "--name", "op"]);
+        let an = user_add(&users, &["--account", "ANALYTICS", "--name", "an"]);
+        let (ga, gb) = (free_port(), free_port());
+        let region = |r: &str, gw: u16, remote: &str, rgw: u16| {
+            format!(
+                "[node]\nregion = \"{r}\"\nname = \"{r}-1\"\n\n[broker.cluster]\nbind = \"127.0.0.1\"\nport = {}\n\n[broker.gateway]\nenabled = true\nbind = \"127.0.0.1\"\nport = {gw}\n[[broker.gateway.remotes]]\nname = \"{remote}\"\nurls = [\"127.0.0.1:{rgw}\"]\n",
+                free_port()
+            )
+        };
+        let mut a = accounts_node(v, &users, &region("fra1", ga, "nyc3", gb));
+        let mut b = accounts_node(v, &users, &region("nyc3", gb, "fra1", ga));
+        a.wait_ready();
+        b.wait_ready();
+        let (addr_a, addr_b) = (a.client_addr(), b.client_addr());
+        rt().block_on(async {
+            let orders = async_nats::ConnectOptions::with_user_and_password("op".into(), op)
+                .connect(&addr_a)
+                .await
+                .unwrap();
+            let analytics = async_nats::ConnectOptions::with_user_and_password("an".into(), an)
+                .connect(&addr_b)
+                .await
+                .unwrap();
+            let mut imported = analytics.subscribe("orders.new").await.unwrap();
+            let mut private = analytics.subscribe("private.x").await.unwrap();
+            analytics.flush().await.unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                orders.publish("private.x", "secret".into()).await.unwrap();
+                orders.publish("orders.new", "o1".into()).await.unwrap();
+                orders.flush().await.unwrap();
+                if let Ok(Some(m)) =
+                    tokio::time::timeout(Duration::from_millis(250), imported.next()).await
+                {
+                    assert_eq!(&m.payload[..], b"o1");
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{v}: the export never crossed the gateway"
+                );
+            }
+            assert!(
+                tokio::time::timeout(Duration::from_millis(500), private.next())
+                    .await
+                    .is_err(),
+                "{v}: a message crossed from one account into another without an export"
+            );
+        });
+    });
+}
+
+#[test]
+fn natsmeshd_reloads_through_sys_and_reads_the_brokers_refusal() {
+    // 2.10+ answers the `$SYS` reload request (2.9.10 is covered by SIGHUP
+    // in the supervisor tests).
+    for v in ["2.10.26", CURRENT] {
+        let dir = scratch();
+        let users = dir.path().join("users.toml");
+        std::fs::write(&users, "[accounts.APP]\n").unwrap();
+        let _ = user_add(&users, &["--account", "APP", "--name", "svc"]);
+        let include = dir.path().join("gateway.conf");
+        std::fs::write(&include, "connect_retries: 3\n").unwrap();
+        let extra = format!(
+            "\n[broker.cluster]\nbind = \"127.0.0.1\"\nport = {}\n\n[broker.gateway]\nenabled = true\nbind = \"127.0.0.1\"\nport = {}\n\n[broker.include]\ngateway = \"{}\"\n",
+            free_port(),
+            free_port(),
+            include.display()
+        );
+        let mut d = accounts_node(v, &users, &extra);
+        let pid = d.wait_ready().broker_pid;
+        // A reloadable change: confirmed through $SYS.
+        let cfg = d.dir.path().join("natsmesh.d/60-debug.toml");
+        std::fs::write(&cfg, "[broker]\ndebug = true\n").unwrap();
+        let out = d.cli(&["reload", "--wait"]);
+        assert!(
+            out.status.success(),
+            "{v}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            d.log()
+                .contains("the broker confirmed the reload through $SYS"),
+            "{v}:\n{}",
+            d.log()
+        );
+        // A change the broker cannot reload: its reason arrives through $SYS.
+        std::fs::write(&include, "connect_retries: 5\n").unwrap();
+        let out = d.cli(&["reload", "--wait"]);
+        assert!(
+            out.status.success(),
+            "{v}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = d.log();
+        assert!(
+            log.contains("the broker refused the reload (answered through $SYS)")
+                && log.contains("config reload not supported for Gateway"),
+            "{v}:\n{log}"
+        );
+        assert_ne!(d.status().unwrap().broker_pid, pid, "{v}: not restarted");
+    }
+}
+
+#[test]
+fn secrets_never_reach_logs_argv_or_a_childs_environment() {
+    let dir = scratch();
+    let users = dir.path().join("users.toml");
+    std::fs::write(&users, "[accounts.APP]\n").unwrap();
+    let pw = user_add(&users, &["--account", "APP", "--name", "svc"]);
+    let mut d = Daemon::start(
+        CURRENT,
+        Options {
+            extra: format!(
+                "[auth]\nmode = \"accounts\"\n\n{}",
+                std::fs::read_to_string(&users).unwrap()
+            ),
+            log_level: Some("trace".into()),
+            ..Options::default()
+        },
+    );
+    let broker = d.wait_ready().broker_pid.unwrap();
+    // Exercise the system user once.
+    std::fs::write(
+        d.dir.path().join("natsmesh.d/60-debug.toml"),
+        "[broker]\ndebug = true\n",
+    )
+    .unwrap();
+    assert!(d.cli(&["reload", "--wait"]).status.success());
+    let system = std::fs::read_to_string(d.dir.path().join("state/system.password")).unwrap();
+    let system = system.trim();
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(d.dir.path().join("state/system.password"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let log = d.log();
+    for secret in [system, pw.as_str()] {
+        assert!(!log.contains(secret), "a secret in the log");
+    }
+    let cmdline = std::fs::read(format!("/proc/{broker}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert_eq!(args.len(), 3, "{args:?}");
+    assert_eq!(args[1], "-c");
+    let environ = std::fs::read(format!("/proc/{broker}/environ")).unwrap();
+    assert!(
+        environ.is_empty(),
+        "the broker has an environment: {}",
+        String::from_utf8_lossy(&environ)
+    );
+    let own = std::fs::read(format!("/proc/{}/cmdline", d.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&own).contains(system));
+    let rendered = std::fs::read_to_string(d.dir.path().join("state/nats-server.conf")).unwrap();
+    assert!(
+        !rendered.contains(system) && !rendered.contains(&pw),
+        "a plain secret in the rendered file"
+    );
+}
