@@ -377,6 +377,13 @@ pub fn flatten(block: &Block) -> Vec<(String, String)> {
 fn flatten_into(out: &mut Vec<(String, String)>, prefix: &str, block: &Block) {
     for entry in &block.entries {
         match entry {
+            // An empty block still exists (an account with no users yet).
+            Entry::Pair(key, Value::Block(inner)) if inner.entries.is_empty() => {
+                out.push((join(prefix, key), "{}".into()));
+            }
+            Entry::Named(name, Value::Block(inner)) if inner.entries.is_empty() => {
+                out.push((join(prefix, name.as_str()), "{}".into()));
+            }
             Entry::Pair(key, Value::Block(inner)) => {
                 flatten_into(out, &join(prefix, key), inner);
             }
@@ -486,6 +493,23 @@ mod tests {
         assert!(paths.contains(&"gateways.urls".to_owned()));
         let flat = flatten(&top);
         assert!(flat.contains(&("cluster.include".into(), "\"/etc/x.conf\"".into())));
+    }
+
+    #[test]
+    fn an_empty_block_is_still_part_of_the_config() {
+        let mut accounts = Block::new();
+        accounts.set_named(&Name::new("EXTRA").expect("name"), Block::new());
+        let mut top = Block::new();
+        top.set("accounts", accounts);
+        assert_eq!(
+            flatten(&top),
+            [("accounts.EXTRA".to_owned(), "{}".to_owned())]
+        );
+        assert!(
+            top.to_file_text(Path::new("/"))
+                .contains("\"EXTRA\": {\n  }")
+        );
+        assert!(Name::new("a\"b").is_none() && Name::new("").is_none());
     }
 
     #[test]

@@ -166,6 +166,48 @@ pub async fn system_client(settings: &Settings) -> Result<async_nats::Client, St
         .map_err(|e| e.to_string())
 }
 
+/// Every server's account names, from `$SYS.REQ.SERVER.PING.ACCOUNTZ`
+/// (answers gathered for a second), as (server name, accounts).
+pub async fn accounts_of_all(
+    client: &async_nats::Client,
+) -> Result<Vec<(String, std::collections::BTreeSet<String>)>, String> {
+    use futures_util::StreamExt as _;
+    let inbox = client.new_inbox();
+    let mut sub = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .publish_with_reply("$SYS.REQ.SERVER.PING.ACCOUNTZ", inbox, "{}".into())
+        .await
+        .map_err(|e| e.to_string())?;
+    client.flush().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&msg.payload) else {
+            continue;
+        };
+        let server = v["server"]["name"].as_str().unwrap_or_default().to_owned();
+        let accounts = v["data"]["accounts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    // Every server has these of its own.
+                    .filter(|n| *n != "$G" && *n != "$SYS")
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((server, accounts));
+    }
+    if out.is_empty() {
+        return Err("no server answered the accounts request".into());
+    }
+    Ok(out)
+}
+
 /// Asks the broker to reload its configuration through `$SYS` (2.10+):
 /// `Ok(())`, or the broker's reason for refusing.
 pub async fn sys_reload(client: &async_nats::Client, server_id: &str) -> Result<(), String> {

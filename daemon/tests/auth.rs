@@ -103,8 +103,7 @@ fn nothing_reaches_a_public_listener_without_credentials() {
                 .connect(&addr)
                 .await
                 .unwrap();
-            let mut sub = by_nkey.subscribe("hello").await.unwrap();
-            by_nkey.flush().await.unwrap();
+            let mut sub = common::subscribed(&by_nkey, "hello").await;
             by_pw.publish("hello", "x".into()).await.unwrap();
             by_pw.flush().await.unwrap();
             let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
@@ -162,8 +161,7 @@ fn anonymous_clients_only_on_loopback_and_only_when_configured() {
             .connect(&addr)
             .await
             .unwrap();
-        let mut sub = svc.subscribe("from.anon").await.unwrap();
-        svc.flush().await.unwrap();
+        let mut sub = common::subscribed(&svc, "from.anon").await;
         anon.publish("from.anon", "hi".into()).await.unwrap();
         anon.flush().await.unwrap();
         let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
@@ -245,30 +243,21 @@ fn a_user_limited_to_orders_cannot_publish_elsewhere() {
                 .connect(&addr)
                 .await
                 .unwrap();
-            let mut orders = r.subscribe("orders.new").await.unwrap();
-            let mut payments = r.subscribe("payments.new").await.unwrap();
-            r.flush().await.unwrap();
+            let mut orders = common::subscribed(&r, "orders.new").await;
+            let mut payments = common::subscribed(&r, "payments.new").await;
             w.publish("payments.new", "no".into()).await.unwrap();
+            w.publish("orders.new", "yes".into()).await.unwrap();
             w.flush().await.unwrap();
-            // The allowed subject goes through (the client library may drop
-            // a publish queued right behind a refused one, so keep trying
-            // for a bounded while).
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                w.publish("orders.new", "yes".into()).await.unwrap();
-                w.flush().await.unwrap();
-                if let Ok(Some(m)) =
-                    tokio::time::timeout(Duration::from_millis(250), orders.next()).await
-                {
-                    assert_eq!(&m.payload[..], b"yes");
-                    break;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{v}: the allowed publish never arrived; events {:?}",
-                    errors.lock().unwrap()
-                );
-            }
+            let m = tokio::time::timeout(Duration::from_secs(5), orders.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{v}: the allowed publish never arrived; events {:?}",
+                        errors.lock().unwrap()
+                    )
+                })
+                .unwrap();
+            assert_eq!(&m.payload[..], b"yes");
             assert!(
                 tokio::time::timeout(Duration::from_millis(500), payments.next())
                     .await
@@ -457,4 +446,179 @@ fn secrets_never_reach_logs_argv_or_a_childs_environment() {
         !rendered.contains(system) && !rendered.contains(&pw),
         "a plain secret in the rendered file"
     );
+}
+
+/// A `.creds` file for a user JWT and its seed.
+fn creds(jwt: &str, seed: &str) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n************************* IMPORTANT *************************\nNKEY Seed printed below can be used to sign and prove identity.\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    )
+}
+
+#[test]
+fn operator_mode_with_the_full_resolver() {
+    use nats_io_jwt::{Account, KeyPair, Operator, OperatorLimits, SystemAccount, Token, User};
+    // Absent limits decode as zeros (no connection allowed): say unlimited.
+    let unlimited = || Account {
+        limits: Some(OperatorLimits {
+            conn: -1,
+            subs: -1,
+            data: -1,
+            payload: -1,
+            imports: -1,
+            exports: -1,
+            leaf: -1,
+            wildcards: true,
+            // No JetStream (never allowed on the system account).
+            mem_storage: 0,
+            disk_storage: 0,
+            streams: 0,
+            consumer: 0,
+            ..OperatorLimits::default()
+        }),
+        ..Account::default()
+    };
+    let dir = scratch();
+    let p = |f: &str| dir.path().join(f);
+    let op = KeyPair::new_operator();
+    let sys = KeyPair::new_account();
+    let app = KeyPair::new_account();
+    let operator = Operator {
+        system_account: Some(SystemAccount(sys.public_key())),
+        ..Operator::default()
+    };
+    std::fs::write(
+        p("operator.jwt"),
+        Token::new(op.public_key())
+            .name("op")
+            .claims(operator)
+            .sign(&op),
+    )
+    .unwrap();
+    std::fs::write(
+        p("sys.jwt"),
+        Token::new(sys.public_key())
+            .name("SYS")
+            .claims(unlimited())
+            .sign(&op),
+    )
+    .unwrap();
+    std::fs::write(
+        p("app.jwt"),
+        Token::new(app.public_key())
+            .name("APP")
+            .claims(unlimited())
+            .sign(&op),
+    )
+    .unwrap();
+    let user_creds = |account: &KeyPair, name: &str| {
+        let u = KeyPair::new_user();
+        let jwt = Token::new(u.public_key())
+            .name(name)
+            .claims(User::default())
+            .sign(account);
+        creds(&jwt, &u.seed().unwrap())
+    };
+    std::fs::write(p("natsmesh.creds"), user_creds(&sys, "natsmesh")).unwrap();
+    std::fs::write(p("app.creds"), user_creds(&app, "svc")).unwrap();
+    let extra = format!(
+        "[auth]\nmode = \"operator\"\n\n[auth.operator]\njwt = \"{}\"\nsystem_account = \"{}\"\nsystem_creds = \"{}\"\n\n[auth.operator.preload]\n{} = \"{}\"\n{} = \"{}\"\n",
+        p("operator.jwt").display(),
+        sys.public_key(),
+        p("natsmesh.creds").display(),
+        sys.public_key(),
+        p("sys.jwt").display(),
+        app.public_key(),
+        p("app.jwt").display()
+    );
+    let mut d = Daemon::start(
+        CURRENT,
+        Options {
+            extra,
+            ..Options::default()
+        },
+    );
+    d.wait_ready();
+    let addr = d.client_addr();
+    rt().block_on(async {
+        let anon = async_nats::ConnectOptions::new()
+            .max_reconnects(Some(0))
+            .connect(&addr)
+            .await;
+        assert!(
+            anon.is_err(),
+            "an anonymous client connected in operator mode"
+        );
+        let nc = async_nats::ConnectOptions::with_credentials_file(p("app.creds"))
+            .await
+            .unwrap()
+            .connect(&addr)
+            .await
+            .unwrap();
+        let mut sub = nc.subscribe("jwt.works").await.unwrap();
+        nc.flush().await.unwrap();
+        nc.publish("jwt.works", "y".into()).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&m.payload[..], b"y");
+    });
+    // natsmeshd's system user (from its .creds) reloads through $SYS.
+    std::fs::write(
+        d.dir.path().join("natsmesh.d/60-debug.toml"),
+        "[broker]\ndebug = true\n",
+    )
+    .unwrap();
+    let out = d.cli(&["reload", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        d.log()
+            .contains("the broker confirmed the reload through $SYS"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_node_whose_accounts_differ_from_its_peers_stays_out_of_service() {
+    let dir = scratch();
+    let users = dir.path().join("users.toml");
+    std::fs::write(&users, "[accounts.APP]\n").unwrap();
+    let port = free_port();
+    let cluster = |ip: &str| {
+        format!(
+            "[node]\nname = \"n{}\"\n\n[broker.cluster]\nenabled = true\nbind = \"{ip}\"\nport = {port}\nroutes = [\"127.0.1.1:{port}\", \"127.0.1.2:{port}\"]\n",
+            ip.rsplit('.').next().unwrap()
+        )
+    };
+    let mut a = accounts_node(CURRENT, &users, &cluster("127.0.1.1"));
+    a.wait_ready();
+    // b has an account a does not.
+    std::fs::write(&users, "[accounts.APP]\n\n[accounts.EXTRA]\n").unwrap();
+    let mut b = accounts_node(CURRENT, &users, &cluster("127.0.1.2"));
+    let s = b.wait_status(
+        "refusing",
+        |s| s.state == "syncing" && s.reason.contains("accounts differ"),
+        Duration::from_secs(20),
+    );
+    assert!(s.reason.contains("EXTRA"), "{}", s.reason);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        b.status().unwrap().state,
+        "syncing",
+        "joined with different accounts"
+    );
+    // Bring a's accounts in line (a reload): b joins.
+    std::fs::write(
+        a.dir.path().join("natsmesh.d/70-extra.toml"),
+        "[accounts.EXTRA]\n",
+    )
+    .unwrap();
+    assert!(a.cli(&["reload", "--wait"]).status.success());
+    b.wait_status("joined", |s| s.state == "ready", Duration::from_secs(20));
 }

@@ -139,6 +139,10 @@ pub struct Supervisor {
     cert: Option<crate::tls::Current>,
     /// When to renew it (or, in `files` mode, look at the files again).
     cert_due: Option<Instant>,
+    /// The account set matched the peers' (checked when joining).
+    accounts_agreed: bool,
+    /// The loop should compare account sets with the peers now.
+    accounts_check_due: bool,
 }
 
 fn unix_ms(t: std::time::SystemTime) -> u64 {
@@ -229,6 +233,8 @@ impl Supervisor {
                 exit: None,
                 last_extend: None,
                 cert_due: cert.as_ref().map(|c| due(c.renew_at)),
+                accounts_agreed: false,
+                accounts_check_due: false,
                 cert: cert.clone(),
             },
             status_rx,
@@ -320,6 +326,9 @@ impl Supervisor {
             if self.cert_due.is_some_and(|t| now >= t) {
                 self.renew_certificate().await;
             }
+            if std::mem::take(&mut self.accounts_check_due) {
+                self.check_accounts().await;
+            }
             if self.restart_at.is_some_and(|t| now >= t) {
                 self.restart_at = None;
                 self.start_broker();
@@ -406,6 +415,8 @@ impl Supervisor {
             serving_failures: 0,
         });
         self.after_exit = AfterExit::Crash;
+        // Every start joins the peers anew.
+        self.accounts_agreed = false;
         self.go(
             State::Starting,
             format!("nats-server {} started (pid {pid})", self.current.version),
@@ -486,7 +497,15 @@ impl Supervisor {
                         self.settings.health.route_wait
                     );
                 }
-                self.become_ready();
+                // A node joining peers must hold the same accounts as they
+                // do; that needs a `$SYS` round trip, made from the loop.
+                let peers = routes > 0 || self.settings.server.gateway.is_some();
+                if peers && self.settings.system_user.is_some() && !self.accounts_agreed {
+                    self.accounts_check_due = true;
+                    self.publish();
+                } else {
+                    self.become_ready();
+                }
             }
             State::Starting | State::Syncing if serving => {
                 self.go(State::Syncing, "waiting for a first route to a peer");
@@ -1006,6 +1025,62 @@ impl Supervisor {
                 }
                 self.publish();
             }
+        }
+    }
+
+    /// Compares this node's accounts with every server's answer to
+    /// `$SYS.REQ.SERVER.PING.ACCOUNTZ`. The same: the node serves. Not the
+    /// same: it stays out of service, saying what differs, until they agree
+    /// (a reload on either side).
+    async fn check_accounts(&mut self) {
+        if !matches!(self.life.state(), State::Starting | State::Syncing) {
+            return;
+        }
+        let answers = match crate::auth::system_client(&self.settings).await {
+            Ok(client) => crate::auth::accounts_of_all(&client).await,
+            Err(e) => Err(e),
+        };
+        let answers = match answers {
+            Ok(a) => a,
+            Err(e) => {
+                // Cannot ask: do not hold service hostage to it.
+                tracing::warn!(error = %e, "cannot compare accounts with the peers; serving anyway");
+                self.accounts_agreed = true;
+                self.become_ready();
+                return;
+            }
+        };
+        let name = self.settings.server.server_name.clone();
+        let mine = answers
+            .iter()
+            .find(|(server, _)| *server == name)
+            .map(|(_, a)| a.clone());
+        let Some(mine) = mine else {
+            self.accounts_agreed = true;
+            self.become_ready();
+            return;
+        };
+        let mut differences = Vec::new();
+        for (server, theirs) in &answers {
+            if *server == name || *theirs == mine {
+                continue;
+            }
+            let missing: Vec<&String> = theirs.difference(&mine).collect();
+            let extra: Vec<&String> = mine.difference(theirs).collect();
+            differences.push(format!(
+                "{server} (this node lacks {missing:?}, has extra {extra:?})"
+            ));
+        }
+        if differences.is_empty() {
+            self.accounts_agreed = true;
+            self.become_ready();
+        } else {
+            let why = format!(
+                "accounts differ from the peers': {}",
+                differences.join("; ")
+            );
+            tracing::error!("{why}; staying out of service until they agree");
+            self.go(State::Syncing, why);
         }
     }
 

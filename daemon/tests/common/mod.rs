@@ -349,3 +349,22 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Subscribes and waits until the server holds the subscription:
+/// async-nats' `flush` only writes the buffer, so a message published
+/// right after by another connection can arrive before the SUB does. A
+/// warm-up message on the same connection comes back only once it has.
+pub async fn subscribed(client: &async_nats::Client, subject: &str) -> async_nats::Subscriber {
+    use futures_util::StreamExt as _;
+    let mut sub = client.subscribe(subject.to_owned()).await.unwrap();
+    client
+        .publish(subject.to_owned(), "natsmesh-warm-up".into())
+        .await
+        .unwrap();
+    let warm = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("the warm-up message came back")
+        .unwrap();
+    assert_eq!(&warm.payload[..], b"natsmesh-warm-up");
+    sub
+}
