@@ -622,3 +622,29 @@ fn a_node_whose_accounts_differ_from_its_peers_stays_out_of_service() {
     assert!(a.cli(&["reload", "--wait"]).status.success());
     b.wait_status("joined", |s| s.state == "ready", Duration::from_secs(20));
 }
+
+#[test]
+fn account_jetstream_limits_render_for_every_release() {
+    for v in natsmesh_harness::MATRIX {
+        let dir = scratch();
+        let main = dir.path().join("natsmesh.toml");
+        std::fs::write(
+            &main,
+            format!(
+                "[node]\nregion = \"fra1\"\nname = \"n1\"\n\n[broker]\nbinary = \"{}\"\nstate_dir = \"{}\"\n\n[broker.jetstream]\nmax_memory_store = \"1GiB\"\nmax_file_store = \"10GiB\"\n\n[accounts.APP]\njetstream = true\nmax_memory = \"256MiB\"\nmax_file = \"2GiB\"\nmax_streams = 10\nmax_consumers = 100\nexports = [ {{ service = \"api.>\" }} ]\n\n[accounts.OTHER]\njetstream = true\nimports = [ {{ service = \"api.>\", account = \"APP\", to = \"app.api.>\" }} ]\n",
+                natsmesh_harness::broker_binary(v).display(),
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(NATSMESHD)
+            .args(["check", "-c", main.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{v}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
