@@ -9,6 +9,7 @@ pub mod auth;
 pub mod ca_cli;
 pub mod config;
 pub mod control;
+pub mod discovery;
 pub mod logging;
 pub mod notify;
 pub mod prepare;

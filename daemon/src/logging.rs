@@ -44,9 +44,16 @@ fn stderr_is_journal() -> bool {
 }
 
 /// Installs the global subscriber. `NATSMESH_LOG` sets the filter (default
-/// `info`).
+/// `info`). The DNS library's own debug output (every packet) stays at
+/// `warn` unless the filter names it: at `debug` it drowns natsmeshd's lines.
 pub fn init() {
-    let filter = EnvFilter::try_from_env("NATSMESH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = std::env::var("NATSMESH_LOG").unwrap_or_else(|_| "info".to_owned());
+    let spec = if spec.contains("hickory") {
+        spec
+    } else {
+        format!("{spec},hickory_proto=warn,hickory_resolver=warn,hickory_net=warn")
+    };
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
     if stderr_is_journal()
         && let Ok(journald) = tracing_journald::layer()
     {

@@ -15,15 +15,30 @@ use crate::supervisor::{Command, Exit, Supervisor};
 pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     let notifier = Notifier::from_env();
     let socket = settings.control_socket.clone();
-    let (supervisor, status) = match Supervisor::new(config_path, settings, notifier.clone()).await
-    {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("natsmeshd: {e:#}");
-            notifier.status(&format!("failed: {e}"));
-            return crate::EXIT_CONFIG;
-        }
+    let mut settings = settings;
+    let followed = match &settings.discovery {
+        None => None,
+        Some(d) => match first_answer(d, &settings, &notifier).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("natsmeshd: {e}");
+                notifier.status(&format!("failed: {e}"));
+                return crate::EXIT_FAILURE;
+            }
+        },
     };
+    if let Some((_, found)) = &followed {
+        crate::discovery::apply(&mut settings, found);
+    }
+    let (mut supervisor, status) =
+        match Supervisor::new(config_path, settings, notifier.clone()).await {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("natsmeshd: {e:#}");
+                notifier.status(&format!("failed: {e}"));
+                return crate::EXIT_CONFIG;
+            }
+        };
     let listener = match control::bind(&socket) {
         Ok(l) => l,
         Err(e) => {
@@ -31,6 +46,11 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
             return crate::EXIT_FAILURE;
         }
     };
+    let follower = followed.map(|(discovery, found)| {
+        let (tx, rx) = tokio::sync::watch::channel(found);
+        supervisor.follow(rx);
+        tokio::spawn(crate::discovery::follow(discovery, tx))
+    });
     let (commands, rx) = mpsc::channel(16);
     let control = tokio::spawn(control::serve(listener, commands.clone(), status));
     let signals = match forward_signals(commands.clone()) {
@@ -44,6 +64,9 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     let exit = supervisor.run(rx).await;
     control.abort();
     signals.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     match exit {
         Exit::Stopped => 0,
@@ -52,6 +75,36 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
             crate::EXIT_FAILURE
         }
     }
+}
+
+/// The first DNS answer, waiting for the region's servers before
+/// JetStream's first start when asked (that start fixes the group size).
+async fn first_answer(
+    d: &crate::config::validate::Discovered,
+    settings: &Settings,
+    notifier: &Notifier,
+) -> Result<(crate::discovery::Discovery, crate::discovery::Found), String> {
+    let discovery = crate::discovery::Discovery::new(d.settings.clone())?;
+    let first_jetstream_start =
+        settings.server.jetstream.is_some() && !settings.state_dir.join("jetstream").exists();
+    if d.bootstrap_expect > 1 && first_jetstream_start {
+        notifier.status(&format!(
+            "waiting for {} servers of the region in DNS (JetStream's first start)",
+            d.bootstrap_expect
+        ));
+        let found =
+            crate::discovery::wait_for_peers(&discovery, d.bootstrap_expect, d.bootstrap_timeout)
+                .await?;
+        return Ok((discovery, found));
+    }
+    let found = match discovery.lookup().await {
+        Ok((found, _)) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "no DNS answer at start; using the seeds");
+            discovery.seeds()
+        }
+    };
+    Ok((discovery, found))
 }
 
 /// SIGTERM and SIGINT stop (drain first); SIGHUP reloads.

@@ -9,6 +9,7 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod container;
+pub mod dns;
 pub mod fakes;
 
 use std::io::{BufRead, BufReader};

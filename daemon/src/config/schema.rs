@@ -33,6 +33,55 @@ pub struct RawConfig {
     pub auth: RawAuth,
     /// Config-file accounts, by name (identical on every node).
     pub accounts: std::collections::BTreeMap<String, RawAccount>,
+    /// Peers and regions from DNS.
+    pub discovery: RawDiscovery,
+}
+
+/// `[discovery]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDiscovery {
+    /// Follow DNS for routes (and regions).
+    pub enabled: bool,
+    /// The region's route SRV record; `{region}` and `{domain}` are filled in.
+    pub route_record: String,
+    /// The regions; empty: read them from `regions_record`.
+    pub regions: Vec<String>,
+    /// TXT record listing the regions.
+    pub regions_record: String,
+    /// Nameservers (`ip:port`); empty: the system resolver.
+    pub nameservers: Vec<String>,
+    /// Shortest wait between lookups (a record's TTL, within the bounds).
+    pub min_refresh: Span,
+    /// Longest wait between lookups.
+    pub max_refresh: Span,
+    /// Routes (`host:port`) used until DNS has answered once.
+    pub seeds: Vec<String>,
+    /// Route records beyond this many are ignored.
+    pub max_records: usize,
+    /// JetStream's first start waits for this many servers in the region
+    /// (it fixes the group size for good); 0: do not wait.
+    pub bootstrap_expect: usize,
+    /// How long to wait for them before giving up (and not starting).
+    pub bootstrap_timeout: Span,
+}
+
+impl Default for RawDiscovery {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            route_record: "_nats-route._tcp.{region}.{domain}".into(),
+            regions: Vec::new(),
+            regions_record: "_nats-regions.{domain}".into(),
+            nameservers: Vec::new(),
+            min_refresh: Span(Duration::from_secs(5)),
+            max_refresh: Span(Duration::from_secs(300)),
+            seeds: Vec::new(),
+            max_records: 64,
+            bootstrap_expect: 0,
+            bootstrap_timeout: Span(Duration::from_secs(600)),
+        }
+    }
 }
 
 /// How clients authenticate.

@@ -6,7 +6,7 @@
 //! `natsmesh_broker::validate` on the built model; its problems are mapped
 //! back to the TOML key an operator writes.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -51,6 +51,30 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// natsmeshd's own user in the system account, when there is one.
     pub system_user: Option<SystemUser>,
+    /// Discovery through DNS, when on.
+    pub discovery: Option<Discovered>,
+}
+
+/// Discovery as validated, with the JetStream bootstrap wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    /// What to look up.
+    pub settings: crate::discovery::DiscoverySettings,
+    /// Servers to wait for before JetStream's first start (0: none).
+    pub bootstrap_expect: usize,
+    /// How long to wait for them.
+    pub bootstrap_timeout: Duration,
+}
+
+/// The gateway URL of a region: `<region>.<domain>:<port>`, a stable name
+/// nats-server resolves itself, so the rendered gateways never depend on
+/// addresses.
+pub fn region_gateway(region: &str, domain: &str, port: u16) -> Option<RemoteGateway> {
+    let url = HostPort::parse(&format!("{region}.{domain}:{port}")).ok()?;
+    Some(RemoteGateway {
+        name: region.to_owned(),
+        urls: vec![url],
+    })
 }
 
 /// How natsmeshd authenticates as its system-account user.
@@ -314,7 +338,7 @@ impl Checker<'_> {
 
 /// Whether `s` is a lower-case DNS label: the region is the cluster name,
 /// the gateway name and a DNS label at once.
-fn is_region_label(s: &str) -> bool {
+pub fn is_region_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && !s.starts_with('-')
@@ -755,6 +779,7 @@ pub fn validate(
         );
     }
 
+    let discovery = apply_discovery(&mut c, raw, &region, &mut server);
     let tls = apply_tls(&mut c, raw, env, &region, &state_dir, &mut server);
     let system_user = apply_auth(&mut c, raw, env, &state_dir, &mut server);
 
@@ -826,6 +851,7 @@ pub fn validate(
             control_socket,
             tls,
             system_user,
+            discovery,
         })
     } else {
         Err(Problems(c.problems))
@@ -1117,6 +1143,120 @@ fn apply_tls(
             dns,
             ips,
         },
+    })
+}
+
+/// `[discovery]`: the SRV record of the region's routes, the regions (from
+/// config here, or from TXT at run time), and the gateway list as a pure
+/// function of the region names.
+fn apply_discovery(
+    c: &mut Checker<'_>,
+    raw: &RawConfig,
+    region: &str,
+    server: &mut ServerConfig,
+) -> Option<Discovered> {
+    let d = &raw.discovery;
+    if !d.enabled {
+        return None;
+    }
+    let Some(domain) = raw
+        .node
+        .domain
+        .as_deref()
+        .map(|s| s.trim_end_matches('.').to_ascii_lowercase())
+    else {
+        c.problem(
+            "node.domain",
+            "required with discovery: records are named under it",
+        );
+        return None;
+    };
+    let fill = |t: &str| t.replace("{region}", region).replace("{domain}", &domain);
+    let Some(cluster) = server.cluster.as_ref() else {
+        c.problem(
+            "discovery.enabled",
+            "discovery finds the region's routes: enable broker.cluster (or broker.gateway)",
+        );
+        return None;
+    };
+    let Some(own_route) = cluster.advertise.clone() else {
+        c.problem(
+            "broker.cluster.advertise",
+            "discovery lists this server's own route by address: bind the cluster to one address or set advertise",
+        );
+        return None;
+    };
+    let mut nameservers = Vec::new();
+    for (i, ns) in d.nameservers.iter().enumerate() {
+        let parsed = ns
+            .parse::<SocketAddr>()
+            .or_else(|_| ns.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+        match parsed {
+            Ok(a) => nameservers.push(a),
+            Err(_) => c.problem(
+                &format!("discovery.nameservers[{i}]"),
+                format!("{ns:?} is not ip or ip:port"),
+            ),
+        }
+    }
+    let seeds = c.host_ports("discovery.seeds", &d.seeds);
+    if d.min_refresh.0 < Duration::from_millis(100) || d.max_refresh.0 < d.min_refresh.0 {
+        c.problem(
+            "discovery.max_refresh",
+            "refresh bounds must satisfy 100ms <= min_refresh <= max_refresh",
+        );
+    }
+    for (i, r) in d.regions.iter().enumerate() {
+        if !is_region_label(r) {
+            c.problem(
+                &format!("discovery.regions[{i}]"),
+                format!("{r:?} is not a region label"),
+            );
+        }
+    }
+    if let Some(g) = server.gateway.as_mut() {
+        if !raw.broker.gateway.remotes.is_empty() {
+            c.problem(
+                "broker.gateway.remotes",
+                "discovery names the regions; remove the static remotes",
+            );
+        }
+        if !d.regions.is_empty() {
+            let port = match g.listen.port {
+                natsmesh_broker::model::Port::Fixed(p) => p,
+                natsmesh_broker::model::Port::Random => 0,
+            };
+            let mut regions = d.regions.clone();
+            regions.sort();
+            regions.dedup();
+            g.gateways = regions
+                .iter()
+                .filter_map(|r| region_gateway(r, &domain, port))
+                .collect();
+        }
+    }
+    if let Some(cl) = server.cluster.as_mut() {
+        // Until DNS answers: this server and the seeds.
+        let mut routes: std::collections::BTreeSet<HostPort> = seeds.iter().cloned().collect();
+        routes.insert(own_route.clone());
+        cl.routes = routes.into_iter().collect();
+    }
+    Some(Discovered {
+        settings: crate::discovery::DiscoverySettings {
+            route_record: fill(&d.route_record),
+            regions_record: (d.regions.is_empty() && server.gateway.is_some())
+                .then(|| fill(&d.regions_record)),
+            domain,
+            region: region.to_owned(),
+            nameservers,
+            min_refresh: d.min_refresh.0,
+            max_refresh: d.max_refresh.0,
+            seeds,
+            max_records: d.max_records.max(1),
+            own_route,
+        },
+        bootstrap_expect: d.bootstrap_expect,
+        bootstrap_timeout: d.bootstrap_timeout.0,
     })
 }
 

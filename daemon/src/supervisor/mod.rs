@@ -143,6 +143,9 @@ pub struct Supervisor {
     accounts_agreed: bool,
     /// The loop should compare account sets with the peers now.
     accounts_check_due: bool,
+    /// What DNS last found, followed by [`crate::discovery::follow`].
+    found: Option<crate::discovery::Found>,
+    discovery: Option<watch::Receiver<crate::discovery::Found>>,
 }
 
 fn unix_ms(t: std::time::SystemTime) -> u64 {
@@ -235,10 +238,19 @@ impl Supervisor {
                 cert_due: cert.as_ref().map(|c| due(c.renew_at)),
                 accounts_agreed: false,
                 accounts_check_due: false,
+                found: None,
+                discovery: None,
                 cert: cert.clone(),
             },
             status_rx,
         ))
+    }
+
+    /// Follows DNS: `rx` carries each new answer (its current value is the
+    /// one the settings were built with).
+    pub fn follow(&mut self, mut rx: watch::Receiver<crate::discovery::Found>) {
+        self.found = Some(rx.borrow_and_update().clone());
+        self.discovery = Some(rx);
     }
 
     /// Runs until stopped or until the broker cannot be kept up.
@@ -307,6 +319,10 @@ impl Supervisor {
                     };
                     next_probe = report.at + pace;
                     self.on_report(report);
+                }
+                Some(found) = next_found(&mut self.discovery) => {
+                    self.found = Some(found);
+                    self.follow_discovery().await;
                 }
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd).await,
@@ -762,6 +778,38 @@ impl Supervisor {
                 "system user: {e}; the previous configuration keeps serving"
             ));
         }
+        if let Some(found) = &self.found {
+            crate::discovery::apply(&mut settings, found);
+        }
+        self.apply_settings(settings, false).await
+    }
+
+    /// What DNS found changed: apply it to the running settings. Routes
+    /// reload; a gateway list that would need a restart is only marked
+    /// "restart pending" (discovery never restarts a broker by itself).
+    async fn follow_discovery(&mut self) {
+        if !matches!(
+            self.life.state(),
+            State::Starting | State::Syncing | State::Ready
+        ) {
+            return;
+        }
+        let Some(found) = self.found.clone() else {
+            return;
+        };
+        let mut settings = self.settings.clone();
+        crate::discovery::apply(&mut settings, &found);
+        match self.apply_settings(settings, true).await {
+            Reloaded::Done(Ok(msg)) => tracing::info!("discovery: {msg}"),
+            Reloaded::Done(Err(e)) => tracing::warn!("discovery: {e}"),
+            Reloaded::Pending => {}
+        }
+    }
+
+    /// Checks, renders and applies `settings`: nothing, a confirmed reload,
+    /// or a restart through lame duck (only marked pending when discovery
+    /// asked for it).
+    async fn apply_settings(&mut self, settings: Settings, from_discovery: bool) -> Reloaded {
         // New roots, a new intermediate (a rotation) or new names may need a
         // new certificate; a broken one refuses the reload.
         if let Some(tls) = &settings.tls {
@@ -798,6 +846,14 @@ impl Supervisor {
                 Reloaded::Done(Ok("no change".into()))
             }
             Action::Reload => self.signal_reload(settings, next, &decision).await,
+            Action::Restart if from_discovery => {
+                let _ = std::fs::remove_file(&next.path);
+                let reasons = decision.restart_reasons();
+                tracing::warn!(message_id = ids::RESTART, reasons = %reasons.join("; "), "restart pending: DNS changed what only a restart applies; waiting for a coordinated restart");
+                self.status.restart_pending = reasons.clone();
+                self.publish();
+                Reloaded::Done(Ok(format!("restart pending: {}", reasons.join("; "))))
+            }
             Action::Restart => self.restart_for(settings, next, decision.restart_reasons()),
         }
     }
@@ -1127,6 +1183,23 @@ impl Supervisor {
 enum Reloaded {
     Done(Result<String, String>),
     Pending,
+}
+
+/// The next change of the discovery answer; pending forever without
+/// discovery (or once its task has gone).
+async fn next_found(
+    rx: &mut Option<watch::Receiver<crate::discovery::Found>>,
+) -> Option<crate::discovery::Found> {
+    match rx {
+        Some(r) => match r.changed().await {
+            Ok(()) => Some(r.borrow_and_update().clone()),
+            Err(_) => {
+                *rx = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 async fn wait_exit(running: &mut Option<Running>) -> std::io::Result<std::process::ExitStatus> {

@@ -31,6 +31,10 @@ pub struct Options {
     pub binary: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub log_level: Option<String>,
+    /// Run in a private mount namespace whose `/etc/resolv.conf` is this
+    /// file, so the daemon's and nats-server's system resolver ask the
+    /// test's DNS server (needs root).
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -128,7 +132,18 @@ mode = "none"
             }
         });
 
-        let mut cmd = Command::new(NATSMESHD);
+        let mut cmd = match &opts.resolv_conf {
+            None => Command::new(NATSMESHD),
+            Some(resolv) => {
+                // `exec` keeps the daemon's pid the child's, so drop kills it.
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+                    .arg(r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#)
+                    .arg(resolv)
+                    .arg(NATSMESHD);
+                c
+            }
+        };
         cmd.args(["run", "--config"])
             .arg(d.config_path())
             .env_clear()
@@ -158,6 +173,18 @@ mode = "none"
         });
         d.child = Some(child);
         d
+    }
+
+    /// GET a monitoring endpoint of the broker, parsed.
+    pub fn monitor(&self, path: &str) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}{path}", self.monitor_port);
+        let mut resp = ureq::get(&url)
+            .config()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .call()
+            .ok()?;
+        serde_json::from_str(&resp.body_mut().read_to_string().ok()?).ok()
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,307 @@
+//! Discovery through DNS: the region's servers from an SRV record, the
+//! list of regions from config or a TXT record, followed over time.
+//!
+//! Records (the convention natsmesh publishes and reads):
+//! - `_nats-route._tcp.<region>.<domain>` SRV: one per server of the
+//!   region, target its host name, port its route port;
+//! - `<region>.<domain>` A/AAAA: the region's gateway endpoints (read by
+//!   nats-server itself, through the system resolver, as the gateway URL);
+//! - `_nats-regions.<domain>` TXT: the region names, space-separated (when
+//!   `discovery.regions` is not set).
+//!
+//! Routes are rendered by address (sorted, each `host:port` once, this
+//! server included), so every node renders the same list and a custom
+//! nameserver works although nats-server uses the system resolver. A failed
+//! lookup (timeout, SERVFAIL, NXDOMAIN, empty) keeps the last good set; a
+//! bad record (port 0, a target that does not resolve, too many records)
+//! is skipped with a warning naming it.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use natsmesh_broker::model::HostPort;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Discovery as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverySettings {
+    /// The supercluster's domain.
+    pub domain: String,
+    /// This node's region.
+    pub region: String,
+    /// The SRV name listing the region's routes.
+    pub route_record: String,
+    /// The TXT name listing the regions (when not configured).
+    pub regions_record: Option<String>,
+    /// Nameservers (`ip:port`); empty: the system resolver.
+    pub nameservers: Vec<SocketAddr>,
+    /// Shortest wait between lookups.
+    pub min_refresh: Duration,
+    /// Longest wait between lookups (and the cap on a record's TTL).
+    pub max_refresh: Duration,
+    /// Routes to use until DNS has answered once.
+    pub seeds: Vec<HostPort>,
+    /// Records beyond this many are ignored.
+    pub max_records: usize,
+    /// This server's own route.
+    pub own_route: HostPort,
+}
+
+/// What one lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Every route of the region, this server's included, sorted, unique.
+    pub routes: Vec<HostPort>,
+    /// The regions from the TXT record, sorted (when looked up).
+    pub regions: Option<Vec<String>>,
+}
+
+/// Why a lookup gave nothing usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("DNS lookup of {name} failed: {why}")]
+pub struct LookupError {
+    /// The name asked.
+    pub name: String,
+    /// Why.
+    pub why: String,
+}
+
+/// A resolver and what to ask it.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    resolver: TokioResolver,
+    settings: DiscoverySettings,
+}
+
+impl Discovery {
+    /// A resolver for `settings` (custom nameservers, or the system's).
+    pub fn new(settings: DiscoverySettings) -> Result<Self, String> {
+        let mut opts = ResolverOpts::default();
+        // natsmesh schedules its own lookups from the TTLs: no cache.
+        opts.cache_size = 0;
+        opts.timeout = Duration::from_secs(2);
+        opts.attempts = 2;
+        let builder = if settings.nameservers.is_empty() {
+            TokioResolver::builder_tokio().map_err(|e| format!("system resolver: {e}"))?
+        } else {
+            let mut config = ResolverConfig::default();
+            for ns in &settings.nameservers {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = ns.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = ns.port();
+                config.add_name_server(NameServerConfig::new(ns.ip(), true, vec![udp, tcp]));
+            }
+            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+        };
+        let resolver = builder
+            .with_options(opts)
+            .build()
+            .map_err(|e| format!("resolver: {e}"))?;
+        Ok(Self { resolver, settings })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &DiscoverySettings {
+        &self.settings
+    }
+
+    /// One lookup: the routes (and regions), and how long the answer holds.
+    pub async fn lookup(&self) -> Result<(Found, Duration), LookupError> {
+        let s = &self.settings;
+        let now = Instant::now();
+        let err = |name: &str, e: &dyn std::fmt::Display| LookupError {
+            name: name.to_owned(),
+            why: e.to_string(),
+        };
+        let srv = self
+            .resolver
+            .srv_lookup(s.route_record.as_str())
+            .await
+            .map_err(|e| err(&s.route_record, &e))?;
+        let mut ttl = srv.valid_until().saturating_duration_since(now.into_std());
+        let mut records: Vec<(String, u16)> = srv
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::SRV(srv) => Some((srv.target.to_utf8(), srv.port)),
+                _ => None,
+            })
+            .collect();
+        records.sort();
+        records.dedup();
+        if records.is_empty() {
+            return Err(err(&s.route_record, &"no SRV records"));
+        }
+        if records.len() > s.max_records {
+            tracing::warn!(
+                record = %s.route_record,
+                count = records.len(),
+                "too many route records; using the first {}",
+                s.max_records
+            );
+            records.truncate(s.max_records);
+        }
+        let mut routes = BTreeSet::new();
+        routes.insert(s.own_route.clone());
+        for (target, port) in records {
+            if port == 0 {
+                tracing::warn!(record = %s.route_record, %target, "SRV record with port 0 ignored");
+                continue;
+            }
+            match self.resolver.lookup_ip(target.as_str()).await {
+                Ok(ips) => {
+                    ttl = ttl.min(ips.valid_until().saturating_duration_since(now.into_std()));
+                    for ip in ips.iter() {
+                        routes.insert(HostPort::from_ip(ip, port));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(record = %s.route_record, %target, error = %e, "SRV target does not resolve; ignored");
+                }
+            }
+        }
+        let regions = match &s.regions_record {
+            None => None,
+            Some(name) => {
+                let txt = self
+                    .resolver
+                    .txt_lookup(name.as_str())
+                    .await
+                    .map_err(|e| err(name, &e))?;
+                ttl = ttl.min(txt.valid_until().saturating_duration_since(now.into_std()));
+                let mut regions: Vec<String> = txt
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TXT(t) => Some(t),
+                        _ => None,
+                    })
+                    .flat_map(|t| t.txt_data.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect::<Vec<_>>())
+                    .flat_map(|t| t.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+                    .filter(|r| {
+                        let ok = crate::config::validate::is_region_label(r);
+                        if !ok {
+                            tracing::warn!(record = %name, region = %r, "not a region label; ignored");
+                        }
+                        ok
+                    })
+                    .collect();
+                regions.sort();
+                regions.dedup();
+                Some(regions)
+            }
+        };
+        let refresh = ttl.clamp(s.min_refresh, s.max_refresh);
+        Ok((
+            Found {
+                routes: routes.into_iter().collect(),
+                regions,
+            },
+            refresh,
+        ))
+    }
+
+    /// The answer to use before DNS has answered: this server and the seeds.
+    pub fn seeds(&self) -> Found {
+        let mut routes: BTreeSet<HostPort> = self.settings.seeds.iter().cloned().collect();
+        routes.insert(self.settings.own_route.clone());
+        Found {
+            routes: routes.into_iter().collect(),
+            regions: None,
+        }
+    }
+}
+
+/// Follows DNS: looks up again when the answer's TTL runs out (within the
+/// bounds), publishes a changed answer, keeps the last good one through
+/// failures (retried with backoff).
+pub async fn follow(discovery: Discovery, tx: watch::Sender<Found>) {
+    let s = discovery.settings().clone();
+    let mut failures = 0u32;
+    loop {
+        let wait = match discovery.lookup().await {
+            Ok((found, refresh)) => {
+                failures = 0;
+                tx.send_if_modified(|current| {
+                    if *current == found {
+                        false
+                    } else {
+                        tracing::info!(routes = ?found.routes.iter().map(ToString::to_string).collect::<Vec<_>>(), regions = ?found.regions, "DNS answer changed");
+                        *current = found;
+                        true
+                    }
+                });
+                refresh
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait =
+                    (s.min_refresh * 2u32.saturating_pow(failures.min(8))).min(s.max_refresh);
+                tracing::warn!(error = %e, retry_in = ?wait, "DNS lookup failed; keeping the last good peers");
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Waits until discovery finds at least `expect` servers in the region
+/// (this one included), or `timeout` passes.
+pub async fn wait_for_peers(
+    discovery: &Discovery,
+    expect: usize,
+    timeout: Duration,
+) -> Result<Found, String> {
+    let deadline = Instant::now() + timeout;
+    let mut last = 0;
+    loop {
+        match discovery.lookup().await {
+            Ok((found, _)) if found.routes.len() >= expect => return Ok(found),
+            Ok((found, _)) => last = found.routes.len(),
+            Err(e) => tracing::warn!(error = %e, "waiting for peers"),
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "JetStream's first start fixes its group size for good: found {last} of the {expect} servers discovery.bootstrap_expect asks for within {timeout:?}; not starting"
+            ));
+        }
+        tracing::info!(
+            found = last,
+            expect,
+            "waiting for the region's servers before JetStream's first start"
+        );
+        tokio::time::sleep(discovery.settings().min_refresh).await;
+    }
+}
+
+/// Puts what DNS found into the settings: the routes, and the gateways
+/// when the regions came from DNS (a pure function of the names).
+pub fn apply(settings: &mut crate::config::Settings, found: &Found) {
+    if let Some(c) = settings.server.cluster.as_mut() {
+        c.routes = found.routes.clone();
+    }
+    let domain = settings
+        .discovery
+        .as_ref()
+        .map(|d| d.settings.domain.clone());
+    if let (Some(g), Some(regions), Some(domain)) =
+        (settings.server.gateway.as_mut(), &found.regions, domain)
+        && !regions.is_empty()
+    {
+        let port = match g.listen.port {
+            natsmesh_broker::model::Port::Fixed(p) => p,
+            natsmesh_broker::model::Port::Random => 0,
+        };
+        g.gateways = regions
+            .iter()
+            .filter_map(|r| crate::config::validate::region_gateway(r, &domain, port))
+            .collect();
+    }
+}

@@ -1,0 +1,260 @@
+//! Discovery through a real DNS server (dnsmasq on loopback) with real
+//! nats-servers, each node on its own loopback address: a region's cluster
+//! from DNS alone, a record appearing and disappearing, a DNS outage, and
+//! garbage answers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Options};
+use natsmesh_harness::dns::{Dns, Records};
+use natsmesh_harness::{CURRENT, OLDEST_AND_CURRENT, free_port};
+
+const SRV: &str = "_nats-route._tcp.fra1.nats.test";
+
+fn ip(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 2, n])
+}
+
+/// Records for servers `ns` of fra1, routes on `port`.
+fn region(ns: &[u8], port: u16) -> Records {
+    let mut r = Records::default();
+    for n in ns {
+        let host = format!("n{n}.fra1.nats.test");
+        r.srv.push((SRV.into(), host.clone(), port));
+        r.hosts.push((host, ip(*n)));
+    }
+    r
+}
+
+fn node(v: &str, n: u8, port: u16, dns: &Dns) -> Daemon {
+    Daemon::start(
+        v,
+        Options {
+            extra: format!(
+                "[node]\nname = \"n{n}\"\ndomain = \"nats.test\"\n\n[broker.cluster]\nenabled = true\nbind = \"{}\"\nport = {port}\n\n[discovery]\nenabled = true\nnameservers = [\"{}\"]\nmin_refresh = \"300ms\"\nmax_refresh = \"1s\"\n\n[health]\nroute_wait = \"30s\"\n",
+                ip(n),
+                dns.addr()
+            ),
+            ..Options::default()
+        },
+    )
+}
+
+fn wait_routes(d: &mut Daemon, n: u64, what: &str) {
+    d.wait_status(what, |s| s.routes == Some(n), Duration::from_secs(30));
+}
+
+fn rendered_routes(d: &Daemon) -> String {
+    let text = std::fs::read_to_string(d.dir.path().join("state/nats-server.conf")).unwrap();
+    text.lines()
+        .find(|l| l.trim_start().starts_with("routes:"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_region_forms_from_dns_and_follows_it() {
+    for v in OLDEST_AND_CURRENT {
+        let port = free_port();
+        let mut dns = Dns::start(IpAddr::from([127, 0, 0, 1]), &region(&[1, 2, 3], port));
+        let mut a = node(v, 1, port, &dns);
+        let mut b = node(v, 2, port, &dns);
+        let mut c = node(v, 3, port, &dns);
+        for (d, name) in [(&mut a, "a"), (&mut b, "b"), (&mut c, "c")] {
+            wait_routes(d, 2, &format!("{v} {name} formed the region from DNS"));
+        }
+        // The same route list everywhere, by address, this node included.
+        let list = rendered_routes(&a);
+        assert!(
+            list.contains("127.0.2.1") && list.contains("127.0.2.2") && list.contains("127.0.2.3"),
+            "{v}: {list}\n{}",
+            a.log()
+        );
+        assert_eq!(list, rendered_routes(&b), "{v}");
+        let pids: Vec<_> = [&mut a, &mut b, &mut c]
+            .iter_mut()
+            .map(|d| d.status().unwrap().broker_pid)
+            .collect();
+
+        // A fourth server appears in DNS: everyone routes to it, no restart.
+        dns.set(&region(&[1, 2, 3, 4], port));
+        let mut d4 = node(v, 4, port, &dns);
+        for (d, name) in [(&mut a, "a"), (&mut b, "b"), (&mut c, "c"), (&mut d4, "d")] {
+            wait_routes(d, 3, &format!("{v} {name} with the fourth server"));
+        }
+        // Gossip alone connects the newcomer; the rendered config must
+        // follow too, so a restart later keeps the route.
+        for (d, name) in [(&mut a, "a"), (&mut b, "b"), (&mut c, "c")] {
+            d.wait_status(
+                &format!("{v} {name} reloaded with the fourth route"),
+                |s| s.reloads_ok >= 1,
+                Duration::from_secs(15),
+            );
+            assert!(rendered_routes(d).contains("127.0.2.4"), "{v} {name}");
+        }
+        let now: Vec<_> = [&mut a, &mut b, &mut c]
+            .iter_mut()
+            .map(|d| d.status().unwrap().broker_pid)
+            .collect();
+        assert_eq!(pids, now, "{v}: a broker restarted");
+        assert!(
+            a.log().contains("Reloaded: cluster routes")
+                || a.log().contains("configuration reloaded"),
+            "{v}"
+        );
+
+        // It leaves DNS: the configured route goes.
+        dns.set(&region(&[1, 2, 3], port));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while rendered_routes(&a).contains("127.0.2.4") {
+            assert!(
+                Instant::now() < deadline,
+                "{v}: the route to the fourth server stayed"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(d4);
+        wait_routes(&mut a, 2, &format!("{v} after the fourth server left"));
+        let after: Vec<_> = [&mut a, &mut b, &mut c]
+            .iter_mut()
+            .map(|d| d.status().unwrap().broker_pid)
+            .collect();
+        assert_eq!(pids, after, "{v}: a broker restarted");
+    }
+}
+
+#[test]
+fn a_dns_outage_changes_nothing_and_traffic_flows() {
+    let v = CURRENT;
+    let port = free_port();
+    let mut dns = Dns::start(IpAddr::from([127, 0, 0, 1]), &region(&[1, 2], port));
+    let mut a = node(v, 1, port, &dns);
+    let mut b = node(v, 2, port, &dns);
+    wait_routes(&mut a, 1, "formed");
+    wait_routes(&mut b, 1, "formed");
+    let before = (a.status().unwrap(), b.status().unwrap());
+    dns.stop();
+    // Long enough for several failed lookups (timeouts included).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a
+        .log()
+        .matches("DNS lookup failed; keeping the last good peers")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no failed lookup logged:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = (a.status().unwrap(), b.status().unwrap());
+    for (x, y) in [(&before.0, &after.0), (&before.1, &after.1)] {
+        assert_eq!(
+            (x.broker_pid, x.reloads_ok, x.reloads_failed, x.restarts),
+            (y.broker_pid, y.reloads_ok, y.reloads_failed, y.restarts)
+        );
+        assert_eq!(y.routes, Some(1));
+        assert_eq!(y.state, "ready");
+    }
+    assert!(
+        a.log()
+            .contains("DNS lookup failed; keeping the last good peers"),
+        "{}",
+        a.log()
+    );
+    // Traffic still flows across the route.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use futures_util::StreamExt as _;
+        let na = async_nats::connect(a.client_addr()).await.unwrap();
+        let nb = async_nats::connect(b.client_addr()).await.unwrap();
+        let mut sub = common::subscribed(&nb, "across").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            na.publish("across", "x".into()).await.unwrap();
+            na.flush().await.unwrap();
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(250), sub.next()).await
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no traffic across the route during the DNS outage"
+            );
+        }
+    });
+}
+
+#[test]
+fn bad_records_are_skipped_with_a_warning() {
+    let v = CURRENT;
+    let port = free_port();
+    let mut records = region(&[1, 2], port);
+    // Port 0, and a target that resolves to nothing.
+    records
+        .srv
+        .push((SRV.into(), "zero.fra1.nats.test".into(), 0));
+    records.hosts.push(("zero.fra1.nats.test".into(), ip(9)));
+    records
+        .srv
+        .push((SRV.into(), "nowhere.fra1.nats.test".into(), port));
+    let dns = Dns::start(IpAddr::from([127, 0, 0, 1]), &records);
+    let mut a = node(v, 1, port, &dns);
+    let mut b = node(v, 2, port, &dns);
+    wait_routes(&mut a, 1, "formed despite the bad records");
+    b.wait_ready();
+    let log = a.log();
+    assert!(log.contains("SRV record with port 0 ignored"), "{log}");
+    assert!(
+        log.contains("SRV target does not resolve; ignored"),
+        "{log}"
+    );
+    let routes = rendered_routes(&a);
+    assert!(!routes.contains("127.0.2.9"), "{routes}");
+    assert_eq!(routes.matches("nats-route://").count(), 2, "{routes}");
+}
+
+#[test]
+fn a_flood_of_records_is_capped() {
+    let v = CURRENT;
+    let port = free_port();
+    let mut records = region(&[1], port);
+    for i in 0..200u16 {
+        let host = format!("flood{i}.fra1.nats.test");
+        records.srv.push((SRV.into(), host.clone(), 40000 + i));
+        records
+            .hosts
+            .push((host, IpAddr::from([127, 0, 3, (i % 250) as u8 + 1])));
+    }
+    let dns = Dns::start(IpAddr::from([127, 0, 0, 1]), &records);
+    let mut a = node(v, 1, port, &dns);
+    let s = a.wait_status(
+        "broker up",
+        |s| s.broker_pid.is_some(),
+        Duration::from_secs(20),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a
+        .log()
+        .contains("too many route records; using the first 64")
+    {
+        assert!(Instant::now() < deadline, "no warning:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let routes = rendered_routes(&a);
+    assert_eq!(routes.matches("nats-route://").count(), 64 + 1, "{routes}");
+    // Routes that go nowhere keep JetStream from a meta leader, so the node
+    // does not serve; but nothing crashes or restarts over it.
+    std::thread::sleep(Duration::from_secs(2));
+    let now = a.status().unwrap();
+    assert_eq!((now.broker_pid, now.restarts), (s.broker_pid, s.restarts));
+}

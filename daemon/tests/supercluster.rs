@@ -1,0 +1,419 @@
+//! Regions forming a supercluster from DNS alone: real nats-servers, each
+//! on its own loopback address, in a private mount namespace whose
+//! `/etc/resolv.conf` names a real DNS server (dnsmasq on port 53) — the
+//! daemon's system resolver and nats-server's own gateway lookups both go
+//! there. No address appears in any config. Needs root; serialised.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use common::{Daemon, Options};
+use futures_util::StreamExt as _;
+use natsmesh_harness::dns::{Dns, Records, require_root};
+use natsmesh_harness::{CURRENT, free_port};
+
+const DOMAIN: &str = "nats.test";
+
+/// One region: its name, the third octet of its nodes' addresses and how
+/// many nodes it has.
+#[derive(Clone, Copy)]
+struct Region {
+    name: &'static str,
+    octet: u8,
+    nodes: u8,
+}
+
+const FRA1: Region = Region {
+    name: "fra1",
+    octet: 11,
+    nodes: 3,
+};
+const NYC3: Region = Region {
+    name: "nyc3",
+    octet: 12,
+    nodes: 2,
+};
+const SGP1: Region = Region {
+    name: "sgp1",
+    octet: 13,
+    nodes: 2,
+};
+
+fn ip(r: Region, n: u8) -> IpAddr {
+    IpAddr::from([127, 0, r.octet, n])
+}
+
+struct Mesh {
+    dns: Dns,
+    resolv: PathBuf,
+    _dir: tempfile::TempDir,
+    route_port: u16,
+    gateway_port: u16,
+    nodes: BTreeMap<String, Daemon>,
+}
+
+impl Mesh {
+    fn new(regions: &[Region]) -> Self {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("natsmesh-mesh-")
+            .tempdir()
+            .unwrap();
+        // A nameserver address of this test's own, so that no other DNS
+        // server on the machine is in the way.
+        let ns = SocketAddr::new(IpAddr::from([127, 0, 10, 53]), 53);
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(
+            &resolv,
+            format!("nameserver {}\noptions timeout:1 attempts:2\n", ns.ip()),
+        )
+        .unwrap();
+        let route_port = free_port();
+        let gateway_port = free_port();
+        let dns = Dns::start_on(ns, &records(regions, route_port, gateway_port));
+        Self {
+            dns,
+            resolv,
+            _dir: dir,
+            route_port,
+            gateway_port,
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    fn publish(&mut self, regions: &[Region]) {
+        self.dns
+            .set(&records(regions, self.route_port, self.gateway_port));
+    }
+
+    fn start(&mut self, r: Region) {
+        for n in 1..=r.nodes {
+            let extra = format!(
+                r#"[node]
+name = "{region}-n{n}"
+region = "{region}"
+domain = "{DOMAIN}"
+
+[broker.cluster]
+enabled = true
+bind = "{ip}"
+port = {route}
+
+[broker.gateway]
+enabled = true
+bind = "{ip}"
+port = {gateway}
+
+[discovery]
+enabled = true
+min_refresh = "300ms"
+max_refresh = "1s"
+
+[health]
+route_wait = "30s"
+"#,
+                region = r.name,
+                ip = ip(r, n),
+                route = self.route_port,
+                gateway = self.gateway_port,
+            );
+            let d = Daemon::start(
+                CURRENT,
+                Options {
+                    extra,
+                    resolv_conf: Some(self.resolv.clone()),
+                    ..Options::default()
+                },
+            );
+            self.nodes.insert(format!("{}-n{n}", r.name), d);
+        }
+    }
+
+    fn node(&mut self, name: &str) -> &mut Daemon {
+        self.nodes.get_mut(name).unwrap()
+    }
+
+    /// Waits until every node of `r` routes to the rest of its region and
+    /// has an outbound gateway to each of `others`.
+    fn wait_joined(&mut self, r: Region, others: &[Region]) {
+        for n in 1..=r.nodes {
+            let name = format!("{}-n{n}", r.name);
+            let d = self.node(&name);
+            d.wait_status(
+                &format!("{name} routes to its region"),
+                |s| s.routes == Some(u64::from(r.nodes - 1)),
+                Duration::from_secs(30),
+            );
+            wait_gateways(d, &name, others);
+        }
+    }
+
+    fn pids(&mut self) -> BTreeMap<String, Option<u32>> {
+        self.nodes
+            .iter_mut()
+            .map(|(k, d)| (k.clone(), d.status().unwrap().broker_pid))
+            .collect()
+    }
+}
+
+fn wait_gateways(d: &mut Daemon, name: &str, others: &[Region]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = d
+            .monitor("/gatewayz")
+            .and_then(|g| g["outbound_gateways"].as_object().cloned())
+            .unwrap_or_default();
+        if others.iter().all(|o| out.contains_key(o.name)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: outbound gateways {:?}, want {:?}\n{}",
+            out.keys().collect::<Vec<_>>(),
+            others.iter().map(|o| o.name).collect::<Vec<_>>(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The records natsmesh reads: per region the route SRV and each
+/// server's address, the region's gateway name (every server's address),
+/// and the list of regions.
+fn records(regions: &[Region], route_port: u16, gateway_port: u16) -> Records {
+    let _ = gateway_port; // the gateway port is in config; names carry no port
+    let mut rec = Records::default();
+    for r in regions {
+        for n in 1..=r.nodes {
+            let host = format!("n{n}.{}.{DOMAIN}", r.name);
+            rec.srv.push((
+                format!("_nats-route._tcp.{}.{DOMAIN}", r.name),
+                host.clone(),
+                route_port,
+            ));
+            rec.hosts.push((host, ip(*r, n)));
+            rec.hosts.push((format!("{}.{DOMAIN}", r.name), ip(*r, n)));
+        }
+    }
+    let names: Vec<_> = regions.iter().map(|r| r.name).collect();
+    rec.txt
+        .push((format!("_nats-regions.{DOMAIN}"), names.join(" ")));
+    rec
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Publishes on `from` until a subscriber on `to` receives (bounded).
+async fn across(from: &str, to: &str, subject: &str) {
+    let a = async_nats::connect(from).await.unwrap();
+    let b = async_nats::connect(to).await.unwrap();
+    let mut sub = b.subscribe(subject.to_owned()).await.unwrap();
+    b.flush().await.unwrap();
+    // Interest crosses a gateway asynchronously: retry, bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        a.publish(subject.to_owned(), "hello".into()).await.unwrap();
+        a.flush().await.unwrap();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(250), sub.next()).await {
+            assert_eq!(&m.payload[..], b"hello");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no message from {from} to {to} on {subject}"
+        );
+    }
+}
+
+/// A responder on `at`, a request from `from` (bounded retries).
+async fn request_reply(at: &str, from: &str) {
+    let responder = async_nats::connect(at).await.unwrap();
+    let mut svc = responder.subscribe("svc.echo").await.unwrap();
+    responder.flush().await.unwrap();
+    tokio::spawn(async move {
+        while let Some(m) = svc.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, m.payload).await;
+                let _ = responder.flush().await;
+            }
+        }
+    });
+    let client = async_nats::connect(from).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(1),
+            client.request("svc.echo", "ping".into()),
+        )
+        .await
+        {
+            Ok(Ok(m)) => {
+                assert_eq!(&m.payload[..], b"ping");
+                return;
+            }
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no reply from {at} to {from}: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn regions_form_a_supercluster_from_dns_and_a_new_region_joins_without_restarts() {
+    let mut mesh = Mesh::new(&[FRA1, NYC3]);
+    mesh.start(FRA1);
+    mesh.start(NYC3);
+    mesh.wait_joined(FRA1, &[NYC3]);
+    mesh.wait_joined(NYC3, &[FRA1]);
+    for d in mesh.nodes.values_mut() {
+        d.wait_ready();
+    }
+    // No address in any config: routes come from DNS, gateways are names.
+    for d in mesh.nodes.values() {
+        let conf = std::fs::read_to_string(d.dir.path().join("natsmesh.toml")).unwrap();
+        let dropin = std::fs::read_to_string(d.dir.path().join("natsmesh.d/50-test.toml")).unwrap();
+        assert!(!conf.contains("routes") && !dropin.contains("routes"));
+        let rendered =
+            std::fs::read_to_string(d.dir.path().join("state/nats-server.conf")).unwrap();
+        assert!(rendered.contains(&format!("fra1.{DOMAIN}")), "{rendered}");
+        assert!(rendered.contains(&format!("nyc3.{DOMAIN}")), "{rendered}");
+    }
+
+    let url = |mesh: &Mesh, n: &str| mesh.nodes[n].client_addr();
+    let rt = runtime();
+    rt.block_on(across(
+        &url(&mesh, "fra1-n1"),
+        &url(&mesh, "nyc3-n2"),
+        "east.west",
+    ));
+    rt.block_on(across(
+        &url(&mesh, "nyc3-n1"),
+        &url(&mesh, "fra1-n3"),
+        "west.east",
+    ));
+    rt.block_on(request_reply(
+        &url(&mesh, "fra1-n2"),
+        &url(&mesh, "nyc3-n1"),
+    ));
+
+    // A region added later: its servers dial the existing regions, which
+    // answer with implicit gateways. Nobody restarts; the existing nodes'
+    // explicit gateway lists are out of date, marked for a later restart.
+    let before = mesh.pids();
+    mesh.publish(&[FRA1, NYC3, SGP1]);
+    mesh.start(SGP1);
+    mesh.wait_joined(SGP1, &[FRA1, NYC3]);
+    for n in ["fra1-n1", "fra1-n2", "fra1-n3", "nyc3-n1", "nyc3-n2"] {
+        wait_gateways(mesh.node(n), n, &[SGP1]);
+    }
+    rt.block_on(across(
+        &url(&mesh, "sgp1-n1"),
+        &url(&mesh, "fra1-n1"),
+        "south.north",
+    ));
+    rt.block_on(across(
+        &url(&mesh, "nyc3-n2"),
+        &url(&mesh, "sgp1-n2"),
+        "north.south",
+    ));
+    let after = mesh.pids();
+    for (name, pid) in &before {
+        assert_eq!(pid, &after[name], "{name} restarted");
+    }
+    for n in ["fra1-n1", "nyc3-n1"] {
+        let d = mesh.node(n);
+        let s = d.wait_status(
+            "a restart marked pending for the new region",
+            |s| !s.restart_pending.is_empty(),
+            Duration::from_secs(10),
+        );
+        assert_eq!(s.restarts, 0, "{n}");
+        assert!(
+            s.restart_pending.iter().any(|p| p.contains("gateway")),
+            "{n}: {:?}",
+            s.restart_pending
+        );
+    }
+
+    // JetStream R3 in fra1, used from another region; it survives one of
+    // its servers going away.
+    let fra1 = url(&mesh, "fra1-n1");
+    let sgp1 = url(&mesh, "sgp1-n1");
+    rt.block_on(async {
+        let js = jetstream::new(async_nats::connect(&sgp1).await.unwrap());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            let config = jetstream::stream::Config {
+                name: "ORDERS".into(),
+                subjects: vec!["orders.>".into()],
+                num_replicas: 3,
+                placement: Some(jetstream::stream::Placement {
+                    cluster: Some("fra1".into()),
+                    tags: vec![],
+                }),
+                ..Default::default()
+            };
+            match js.create_stream(config).await {
+                Ok(s) => break s,
+                // The meta group may still be settling after sgp1 joined.
+                Err(e) => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "stream not created: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let mut stream = stream;
+        let info = stream.info().await.unwrap().clone();
+        let cluster = info.cluster.unwrap();
+        assert_eq!(cluster.name.as_deref(), Some("fra1"));
+        assert_eq!(cluster.replicas.len(), 2, "R3: a leader and two replicas");
+        for i in 0..50u32 {
+            js.publish("orders.new", i.to_string().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
+    // One of fra1's servers goes away: the stream keeps its quorum.
+    drop(mesh.nodes.remove("fra1-n3"));
+    rt.block_on(async {
+        let js = jetstream::new(async_nats::connect(&fra1).await.unwrap());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            // A message id: a retry after a lost ack is not stored twice.
+            let msg = jetstream::message::PublishMessage::build()
+                .payload("50".into())
+                .message_id("orders-50");
+            match tokio::time::timeout(Duration::from_secs(2), js.send_publish("orders.new", msg))
+                .await
+            {
+                Ok(Ok(ack)) => match ack.await {
+                    Ok(_) => break,
+                    Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+                },
+                other => assert!(tokio::time::Instant::now() < deadline, "{other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut stream = js.get_stream("ORDERS").await.unwrap();
+        let info = stream.info().await.unwrap();
+        assert_eq!(info.state.messages, 51);
+        let first = stream.get_raw_message(1).await.unwrap();
+        assert_eq!(&first.payload[..], b"0");
+    });
+}
