@@ -79,6 +79,10 @@ fn a_region_forms_from_dns_and_follows_it() {
             .iter_mut()
             .map(|d| d.status().unwrap().broker_pid)
             .collect();
+        // Unchanged answers (a 1 s TTL: several lookups) reload nothing.
+        let reloads = a.status().unwrap().reloads_ok;
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(a.status().unwrap().reloads_ok, reloads, "{v}");
 
         // A fourth server appears in DNS: everyone routes to it, no restart.
         dns.set(&region(&[1, 2, 3, 4], port));
@@ -125,6 +129,79 @@ fn a_region_forms_from_dns_and_follows_it() {
             .collect();
         assert_eq!(pids, after, "{v}: a broker restarted");
     }
+}
+
+#[test]
+fn a_single_server_region_renders_only_its_own_route() {
+    let port = free_port();
+    let dns = Dns::start(IpAddr::from([127, 0, 0, 1]), &region(&[1], port));
+    let mut a = node(CURRENT, 1, port, &dns);
+    a.wait_ready();
+    let routes = rendered_routes(&a);
+    assert_eq!(routes.matches("nats-route://").count(), 1, "{routes}");
+    assert!(routes.contains(&format!("127.0.2.1:{port}")), "{routes}");
+}
+
+fn bootstrap(v: &str, n: u8, port: u16, dns: &Dns, timeout: &str) -> Daemon {
+    Daemon::start(
+        v,
+        Options {
+            extra: format!(
+                "[node]\nname = \"n{n}\"\ndomain = \"nats.test\"\n\n[broker.cluster]\nenabled = true\nbind = \"{}\"\nport = {port}\n\n[discovery]\nenabled = true\nnameservers = [\"{}\"]\nmin_refresh = \"300ms\"\nmax_refresh = \"1s\"\nbootstrap_expect = 2\nbootstrap_timeout = \"{timeout}\"\n",
+                ip(n),
+                dns.addr()
+            ),
+            ..Options::default()
+        },
+    )
+}
+
+#[test]
+fn jetstreams_first_start_waits_for_the_expected_servers() {
+    let v = CURRENT;
+    let port = free_port();
+    let mut dns = Dns::start(IpAddr::from([127, 0, 0, 1]), &region(&[1], port));
+    let mut a = bootstrap(v, 1, port, &dns, "60s");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a
+        .log()
+        .contains("waiting for the region's servers before JetStream's first start")
+    {
+        assert!(Instant::now() < deadline, "{}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Not started: no broker, no state directory for JetStream yet.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!a.log().contains("natsmeshd starting"), "{}", a.log());
+    assert!(!a.dir.path().join("state/jetstream").exists());
+    assert!(
+        a.notes()
+            .iter()
+            .any(|n| n.contains("STATUS=waiting for 2 servers")),
+        "{:?}",
+        a.notes()
+    );
+    dns.set(&region(&[1, 2], port));
+    let mut b = bootstrap(v, 2, port, &dns, "60s");
+    wait_routes(&mut a, 1, "started once the second server was in DNS");
+    wait_routes(&mut b, 1, "started with its peer");
+    a.wait_ready();
+    b.wait_ready();
+}
+
+#[test]
+fn jetstreams_first_start_gives_up_loudly() {
+    let port = free_port();
+    let dns = Dns::start(IpAddr::from([127, 0, 0, 1]), &region(&[1], port));
+    let mut a = bootstrap(CURRENT, 1, port, &dns, "2s");
+    let status = a.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    let log = a.log();
+    assert!(
+        log.contains("found 1 of the 2 servers discovery.bootstrap_expect asks for"),
+        "{log}"
+    );
+    assert!(!a.dir.path().join("state/jetstream").exists());
 }
 
 #[test]

@@ -49,29 +49,43 @@ pub struct Dns {
 
 impl Dns {
     /// Starts on `ip` (a free UDP port there) serving `records`.
+    /// Another process may take the port (UDP or TCP) between the pick and
+    /// dnsmasq's bind: then it tries another.
     pub fn start(ip: IpAddr, records: &Records) -> Self {
-        let port = UdpSocket::bind((ip, 0))
-            .expect("udp")
-            .local_addr()
-            .expect("addr")
-            .port();
-        Self::start_on(SocketAddr::new(ip, port), records)
+        let mut last = String::new();
+        for _ in 0..10 {
+            let port = UdpSocket::bind((ip, 0))
+                .expect("udp")
+                .local_addr()
+                .expect("addr")
+                .port();
+            let mut d = Self::new(SocketAddr::new(ip, port));
+            match d.try_set(records) {
+                Ok(()) => return d,
+                Err(e) => last = e,
+            }
+        }
+        panic!("dnsmasq did not start: {last}");
     }
 
     /// Starts on `addr` (port 53 for a resolv.conf nameserver; needs
     /// root) serving `records`.
     pub fn start_on(addr: SocketAddr, records: &Records) -> Self {
+        let mut d = Self::new(addr);
+        d.set(records);
+        d
+    }
+
+    fn new(addr: SocketAddr) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("natsmesh-dns-")
             .tempdir()
             .expect("dns dir");
-        let mut d = Self {
+        Self {
             dir,
             addr,
             child: None,
-        };
-        d.set(records);
-        d
+        }
     }
 
     /// `ip:port` to give resolvers.
@@ -85,6 +99,12 @@ impl Dns {
 
     /// Serves `records` from now on (restarting dnsmasq).
     pub fn set(&mut self, records: &Records) {
+        if let Err(e) = self.try_set(records) {
+            panic!("dnsmasq did not start on {}: {e}", self.addr);
+        }
+    }
+
+    fn try_set(&mut self, records: &Records) -> Result<(), String> {
         self.stop();
         let mut conf = format!(
             "port={}\nlisten-address={}\nbind-interfaces\nno-resolv\nno-hosts\nlocal-ttl=1\nneg-ttl=1\n",
@@ -101,7 +121,7 @@ impl Dns {
             conf.push_str(&format!("txt-record={name},\"{text}\"\n"));
         }
         std::fs::write(self.conf(), conf).expect("dnsmasq.conf");
-        let child = Command::new(if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
+        let mut child = Command::new(if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
             "/usr/sbin/dnsmasq"
         } else {
             "dnsmasq"
@@ -114,15 +134,28 @@ impl Dns {
         ))
         .arg("--user=root")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("dnsmasq (apt-get install dnsmasq-base)");
-        self.child = Some(child);
-        // Ready once it answers on TCP as well.
+        // Ready once it answers a query; an early exit (port taken) fails.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(self.addr).is_err() {
-            assert!(Instant::now() < deadline, "dnsmasq did not start");
-            std::thread::sleep(Duration::from_millis(10));
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return Err(format!("{status}: {}", err.trim()));
+            }
+            if answers(self.addr) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("no answer within 5s".into());
+            }
         }
     }
 
@@ -139,4 +172,30 @@ impl Drop for Dns {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether a DNS server answers at `addr`: one query for an A record
+/// (any reply, NXDOMAIN included, will do), a 100 ms wait.
+fn answers(addr: SocketAddr) -> bool {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "127.0.0.1:0".parse().expect("addr")
+    } else {
+        "[::1]:0".parse().expect("addr")
+    };
+    let Ok(sock) = UdpSocket::bind(bind) else {
+        return false;
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
+    // Header: id 0x4e4d, recursion desired, one question.
+    let mut q = vec![0x4e, 0x4d, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["natsmesh-ready", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
+    if sock.send_to(&q, addr).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    matches!(sock.recv_from(&mut buf), Ok((n, from)) if n >= 12 && from == addr && buf[..2] == [0x4e, 0x4d])
 }
