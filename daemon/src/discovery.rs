@@ -23,6 +23,7 @@ use std::time::Duration;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::rr::RData;
 use natsmesh_broker::model::HostPort;
 use tokio::sync::watch;
@@ -70,6 +71,34 @@ pub struct LookupError {
     pub name: String,
     /// Why.
     pub why: String,
+    /// How long the server said the absence holds (an NXDOMAIN or empty
+    /// answer's negative TTL, from its SOA).
+    pub negative_ttl: Option<Duration>,
+}
+
+/// The negative TTL of a "no records" answer, if the server gave one.
+fn negative_ttl(e: &NetError) -> Option<Duration> {
+    match e {
+        NetError::Dns(DnsError::NoRecordsFound(none)) => {
+            none.negative_ttl.map(|t| Duration::from_secs(u64::from(t)))
+        }
+        _ => None,
+    }
+}
+
+/// How long to wait after `failures` failed lookups in a row: the
+/// negative TTL when the server gave one, else a doubling backoff; always
+/// within the refresh bounds.
+pub fn retry_wait(
+    s: &DiscoverySettings,
+    failures: u32,
+    negative_ttl: Option<Duration>,
+) -> Duration {
+    let wait = negative_ttl.unwrap_or_else(|| {
+        s.min_refresh
+            .saturating_mul(2u32.saturating_pow(failures.min(8)))
+    });
+    wait.clamp(s.min_refresh, s.max_refresh)
 }
 
 /// A resolver and what to ask it.
@@ -116,9 +145,10 @@ impl Discovery {
     pub async fn lookup(&self) -> Result<(Found, Duration), LookupError> {
         let s = &self.settings;
         let now = Instant::now();
-        let err = |name: &str, e: &dyn std::fmt::Display| LookupError {
+        let err = |name: &str, e: &NetError| LookupError {
             name: name.to_owned(),
             why: e.to_string(),
+            negative_ttl: negative_ttl(e),
         };
         let srv = self
             .resolver
@@ -137,7 +167,11 @@ impl Discovery {
         records.sort();
         records.dedup();
         if records.is_empty() {
-            return Err(err(&s.route_record, &"no SRV records"));
+            return Err(LookupError {
+                name: s.route_record.clone(),
+                why: "no SRV records".into(),
+                negative_ttl: None,
+            });
         }
         if records.len() > s.max_records {
             tracing::warn!(
@@ -242,8 +276,7 @@ pub async fn follow(discovery: Discovery, tx: watch::Sender<Found>) {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                let wait =
-                    (s.min_refresh * 2u32.saturating_pow(failures.min(8))).min(s.max_refresh);
+                let wait = retry_wait(&s, failures, e.negative_ttl);
                 tracing::warn!(error = %e, retry_in = ?wait, "DNS lookup failed; keeping the last good peers");
                 wait
             }
@@ -303,5 +336,54 @@ pub fn apply(settings: &mut crate::config::Settings, found: &Found) {
             .iter()
             .filter_map(|r| crate::config::validate::region_gateway(r, &domain, port))
             .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> DiscoverySettings {
+        DiscoverySettings {
+            domain: "nats.test".into(),
+            region: "fra1".into(),
+            route_record: "_nats-route._tcp.fra1.nats.test".into(),
+            regions_record: None,
+            nameservers: Vec::new(),
+            min_refresh: Duration::from_secs(5),
+            max_refresh: Duration::from_secs(60),
+            seeds: Vec::new(),
+            max_records: 64,
+            own_route: HostPort::parse("10.0.0.1:6222").unwrap(),
+        }
+    }
+
+    #[test]
+    fn failures_back_off_within_the_bounds() {
+        let s = settings();
+        let waits: Vec<_> = (1..=6).map(|f| retry_wait(&s, f, None).as_secs()).collect();
+        assert_eq!(waits, [10, 20, 40, 60, 60, 60]);
+        assert_eq!(retry_wait(&s, u32::MAX, None), s.max_refresh);
+    }
+
+    #[test]
+    fn a_negative_ttl_sets_the_retry_within_the_bounds() {
+        let s = settings();
+        let ttl = |t| retry_wait(&s, 1, Some(Duration::from_secs(t)));
+        assert_eq!(ttl(30), Duration::from_secs(30));
+        assert_eq!(ttl(1), s.min_refresh);
+        assert_eq!(ttl(86_400), s.max_refresh);
+    }
+
+    #[test]
+    fn seeds_include_this_server_once() {
+        let mut s = settings();
+        s.seeds = vec![
+            HostPort::parse("10.0.0.2:6222").unwrap(),
+            HostPort::parse("10.0.0.1:6222").unwrap(),
+        ];
+        let found = Discovery::new(s).unwrap().seeds();
+        let routes: Vec<_> = found.routes.iter().map(ToString::to_string).collect();
+        assert_eq!(routes, ["10.0.0.1:6222", "10.0.0.2:6222"]);
     }
 }

@@ -420,3 +420,131 @@ fn the_embedded_default_validates() {
     assert!(s.server.jetstream.is_some());
     assert_eq!(s.region, "local");
 }
+
+/// A region's node with discovery (MINIMAL plus a domain).
+const DISCOVERY: &str = r#"
+[node]
+region = "fra1"
+domain = "Nats.Test."
+
+[broker.jetstream]
+max_memory_store = "64MiB"
+max_file_store = "1GiB"
+
+[broker.cluster]
+enabled = true
+bind = "10.0.0.1"
+
+[broker.gateway]
+enabled = true
+bind = "10.0.0.1"
+port = 7443
+
+[discovery]
+enabled = true
+"#;
+
+#[test]
+fn discovery_gateways_are_a_function_of_the_region_names() {
+    let f = Fixture::new();
+    f.write(
+        "natsmesh.toml",
+        &format!("{DISCOVERY}regions = [\"sgp1\", \"fra1\", \"nyc3\", \"fra1\"]\nseeds = [\"10.0.0.2:6222\"]\n"),
+    );
+    let s = f.settings().unwrap();
+    let g = s.server.gateway.as_ref().unwrap();
+    let gateways: Vec<_> = g
+        .gateways
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.urls.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        gateways,
+        [
+            ("fra1".to_owned(), vec!["fra1.nats.test:7443".to_owned()]),
+            ("nyc3".to_owned(), vec!["nyc3.nats.test:7443".to_owned()]),
+            ("sgp1".to_owned(), vec!["sgp1.nats.test:7443".to_owned()]),
+        ]
+    );
+    let d = s.discovery.as_ref().unwrap();
+    assert_eq!(d.settings.route_record, "_nats-route._tcp.fra1.nats.test");
+    assert_eq!(d.settings.regions_record, None);
+
+    // What DNS finds replaces the routes; the gateways stay names.
+    let mut applied = s.clone();
+    let found = natsmesh::discovery::Found {
+        routes: vec![
+            natsmesh_broker::model::HostPort::parse("10.0.0.1:6222").unwrap(),
+            natsmesh_broker::model::HostPort::parse("10.0.0.7:6222").unwrap(),
+        ],
+        regions: None,
+    };
+    natsmesh::discovery::apply(&mut applied, &found);
+    assert_eq!(
+        applied.server.cluster.as_ref().unwrap().routes,
+        found.routes
+    );
+    assert_eq!(applied.server.gateway, s.server.gateway);
+}
+
+#[test]
+fn regions_from_txt_become_gateways_when_found() {
+    let f = Fixture::new();
+    f.write("natsmesh.toml", &format!("{DISCOVERY}"));
+    let mut s = f.settings().unwrap();
+    let d = s.discovery.as_ref().unwrap();
+    assert_eq!(
+        d.settings.regions_record.as_deref(),
+        Some("_nats-regions.nats.test")
+    );
+    let found = natsmesh::discovery::Found {
+        routes: vec![natsmesh_broker::model::HostPort::parse("10.0.0.1:6222").unwrap()],
+        regions: Some(vec!["ams3".into(), "fra1".into()]),
+    };
+    natsmesh::discovery::apply(&mut s, &found);
+    let names: Vec<_> = s
+        .server
+        .gateway
+        .unwrap()
+        .gateways
+        .iter()
+        .map(|g| g.name.clone())
+        .collect();
+    assert_eq!(names, ["ams3", "fra1"]);
+}
+
+#[test]
+fn discovery_problems_name_the_key() {
+    let f = Fixture::new();
+    f.write(
+        "natsmesh.toml",
+        &format!(
+            "{MINIMAL}\n[broker.cluster]\nenabled = true\nbind = \"10.0.0.1\"\n[discovery]\nenabled = true\nnameservers = [\"dns.example\"]\nregions = [\"Not A Region\"]\nmin_refresh = \"10ms\"\n"
+        ),
+    );
+    let problems = f.problems();
+    let keys: Vec<_> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
+    assert!(keys.contains(&"node.domain"), "{problems:?}");
+
+    f.write(
+        "natsmesh.toml",
+        &format!(
+            "{DISCOVERY}nameservers = [\"dns.example\"]\nregions = [\"Not A Region\"]\nmin_refresh = \"10ms\"\n[[broker.gateway.remotes]]\nname = \"nyc3\"\nurls = [\"10.1.0.1:7222\"]\n"
+        ),
+    );
+    let problems = f.problems();
+    let keys: Vec<_> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
+    for key in [
+        "discovery.nameservers[0]",
+        "discovery.regions[0]",
+        "discovery.max_refresh",
+        "broker.gateway.remotes",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {problems:?}");
+    }
+}

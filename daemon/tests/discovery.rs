@@ -31,11 +31,15 @@ fn region(ns: &[u8], port: u16) -> Records {
 }
 
 fn node(v: &str, n: u8, port: u16, dns: &Dns) -> Daemon {
+    node_in(v, "fra1", n, port, dns)
+}
+
+fn node_in(v: &str, region: &str, n: u8, port: u16, dns: &Dns) -> Daemon {
     Daemon::start(
         v,
         Options {
             extra: format!(
-                "[node]\nname = \"n{n}\"\ndomain = \"nats.test\"\n\n[broker.cluster]\nenabled = true\nbind = \"{}\"\nport = {port}\n\n[discovery]\nenabled = true\nnameservers = [\"{}\"]\nmin_refresh = \"300ms\"\nmax_refresh = \"1s\"\n\n[health]\nroute_wait = \"30s\"\n",
+                "[node]\nname = \"n{n}\"\nregion = \"{region}\"\ndomain = \"nats.test\"\n\n[broker.cluster]\nenabled = true\nbind = \"{}\"\nport = {port}\n\n[discovery]\nenabled = true\nnameservers = [\"{}\"]\nmin_refresh = \"300ms\"\nmax_refresh = \"1s\"\n\n[health]\nroute_wait = \"30s\"\n",
                 ip(n),
                 dns.addr()
             ),
@@ -129,6 +133,53 @@ fn a_region_forms_from_dns_and_follows_it() {
             .collect();
         assert_eq!(pids, after, "{v}: a broker restarted");
     }
+}
+
+#[test]
+fn another_regions_record_naming_this_server_is_refused_by_cluster_name() {
+    let v = CURRENT;
+    let port = free_port();
+    let mut records = region(&[1, 2], port);
+    // nyc3's record wrongly lists fra1's n1 beside its own n3.
+    let nyc3 = "_nats-route._tcp.nyc3.nats.test";
+    records
+        .srv
+        .push((nyc3.into(), "n1.fra1.nats.test".into(), port));
+    records
+        .srv
+        .push((nyc3.into(), "n3.nyc3.nats.test".into(), port));
+    records.hosts.push(("n3.nyc3.nats.test".into(), ip(3)));
+    let dns = Dns::start(IpAddr::from([127, 0, 0, 1]), &records);
+    let mut a = node(v, 1, port, &dns);
+    let mut b = node(v, 2, port, &dns);
+    let mut c = node_in(v, "nyc3", 3, port, &dns);
+    wait_routes(&mut a, 1, "fra1 formed");
+    wait_routes(&mut b, 1, "fra1 formed");
+    a.wait_ready();
+    // The stray route is refused for its cluster name; fra1 keeps its one
+    // route, nothing restarts, and nyc3 routes to nobody.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(c.log().contains("does not match") || a.log().contains("does not match")) {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}\n{}",
+            a.log(),
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let s = a.status().unwrap();
+    assert_eq!(
+        (s.routes, s.restarts, s.state.as_str()),
+        (Some(1), 0, "ready")
+    );
+    assert_eq!(c.status().unwrap().routes, Some(0));
+    assert!(
+        rendered_routes(&c).contains("127.0.2.1"),
+        "{}",
+        rendered_routes(&c)
+    );
 }
 
 #[test]
