@@ -495,7 +495,7 @@ fn discovery_gateways_are_a_function_of_the_region_names() {
 #[test]
 fn regions_from_txt_become_gateways_when_found() {
     let f = Fixture::new();
-    f.write("natsmesh.toml", &format!("{DISCOVERY}"));
+    f.write("natsmesh.toml", DISCOVERY);
     let mut s = f.settings().unwrap();
     let d = s.discovery.as_ref().unwrap();
     assert_eq!(
