@@ -43,3 +43,4 @@ ci: lint test
 bench: brokers
 	$(CARGO) bench -p natsmesh --bench supervisor
 	$(CARGO) bench -p natsmesh --bench tls
+	$(CARGO) bench -p natsmesh --bench discovery

@@ -940,9 +940,11 @@ fn to_tree(cfg: &ServerConfig) -> Result<Block, RenderError> {
         if let Some(t) = &l.tls {
             b.set("tls", tls_block(t)?);
         }
-        if !l.remotes.is_empty() {
+        // A remote whose URLs are not known yet (a hub's DNS record that
+        // has not answered) is left out: nats-server refuses one without.
+        if l.remotes.iter().any(|r| !r.urls.is_empty()) {
             let mut remotes = Vec::new();
-            for r in &l.remotes {
+            for r in l.remotes.iter().filter(|r| !r.urls.is_empty()) {
                 let mut rb = Block::new();
                 rb.set("urls", urls("nats-leaf", &r.urls))
                     .set_opt("account", r.account.clone());

@@ -188,21 +188,16 @@ pub fn validate(cfg: &ServerConfig) -> Vec<Problem> {
         }
     }
 
-    if let Some(l) = &cfg.leafnodes {
-        if l.listen.is_none() && l.remotes.is_empty() {
-            out.push(Problem {
-                key: "leafnodes",
-                message: "a leafnodes block needs a listener or at least one remote".into(),
-            });
-        }
-        for r in &l.remotes {
-            if r.urls.is_empty() {
-                out.push(Problem {
-                    key: "leafnodes.remotes.urls",
-                    message: "a leafnode remote has no URL".into(),
-                });
-            }
-        }
+    // A remote without URLs (a hub DNS has not named yet) counts: it is
+    // left out of the file until it has some.
+    if let Some(l) = &cfg.leafnodes
+        && l.listen.is_none()
+        && l.remotes.is_empty()
+    {
+        out.push(Problem {
+            key: "leafnodes",
+            message: "a leafnodes block needs a listener or at least one remote".into(),
+        });
     }
 
     if let Some(w) = &cfg.websocket

@@ -36,8 +36,9 @@ pub struct DiscoverySettings {
     pub domain: String,
     /// This node's region.
     pub region: String,
-    /// The SRV name listing the region's routes.
-    pub route_record: String,
+    /// The SRV name listing the region's routes (none on a leafnode edge
+    /// without a cluster).
+    pub route_record: Option<String>,
     /// The TXT name listing the regions (when not configured).
     pub regions_record: Option<String>,
     /// Nameservers (`ip:port`); empty: the system resolver.
@@ -50,8 +51,13 @@ pub struct DiscoverySettings {
     pub seeds: Vec<HostPort>,
     /// Records beyond this many are ignored.
     pub max_records: usize,
-    /// This server's own route.
-    pub own_route: HostPort,
+    /// This server's own route (with a cluster).
+    pub own_route: Option<HostPort>,
+    /// SRV names of leafnode hubs, one per `broker.leafnodes.remotes`
+    /// entry that names a record (in `leaf_remotes` order).
+    pub leaf_records: Vec<String>,
+    /// The index in `broker.leafnodes.remotes` of each `leaf_records` entry.
+    pub leaf_remotes: Vec<usize>,
 }
 
 /// What one lookup found.
@@ -61,6 +67,8 @@ pub struct Found {
     pub routes: Vec<HostPort>,
     /// The regions from the TXT record, sorted (when looked up).
     pub regions: Option<Vec<String>>,
+    /// Each leafnode hub record's addresses, sorted (as `leaf_records`).
+    pub leaves: Vec<Vec<HostPort>>,
 }
 
 /// Why a lookup gave nothing usable.
@@ -141,20 +149,57 @@ impl Discovery {
         &self.settings
     }
 
-    /// One lookup: the routes (and regions), and how long the answer holds.
+    /// One lookup: the routes (and regions, and leafnode hubs), and how
+    /// long the answer holds (the shortest TTL seen, within the bounds).
     pub async fn lookup(&self) -> Result<(Found, Duration), LookupError> {
         let s = &self.settings;
         let now = Instant::now();
-        let err = |name: &str, e: &NetError| LookupError {
-            name: name.to_owned(),
-            why: e.to_string(),
-            negative_ttl: negative_ttl(e),
+        let mut ttl = s.max_refresh;
+        let mut routes = BTreeSet::new();
+        if let Some(record) = &s.route_record {
+            let (found, valid) = self.srv_addresses(record, "route", now).await?;
+            ttl = ttl.min(valid);
+            routes.extend(found);
+            routes.extend(s.own_route.clone());
+        }
+        let regions = match &s.regions_record {
+            None => None,
+            Some(name) => {
+                let (regions, valid) = self.regions(name, now).await?;
+                ttl = ttl.min(valid);
+                Some(regions)
+            }
         };
+        let mut leaves = Vec::new();
+        for record in &s.leaf_records {
+            let (found, valid) = self.srv_addresses(record, "leafnode", now).await?;
+            ttl = ttl.min(valid);
+            leaves.push(found.into_iter().collect());
+        }
+        Ok((
+            Found {
+                routes: routes.into_iter().collect(),
+                regions,
+                leaves,
+            },
+            ttl.clamp(s.min_refresh, s.max_refresh),
+        ))
+    }
+
+    /// The addresses an SRV record names (each target resolved, bad
+    /// records skipped with a warning), and how long they hold.
+    async fn srv_addresses(
+        &self,
+        record: &str,
+        kind: &str,
+        now: Instant,
+    ) -> Result<(BTreeSet<HostPort>, Duration), LookupError> {
+        let s = &self.settings;
         let srv = self
             .resolver
-            .srv_lookup(s.route_record.as_str())
+            .srv_lookup(record)
             .await
-            .map_err(|e| err(&s.route_record, &e))?;
+            .map_err(|e| lookup_error(record, &e))?;
         let mut ttl = srv.valid_until().saturating_duration_since(now.into_std());
         let mut records: Vec<(String, u16)> = srv
             .answers()
@@ -164,92 +209,106 @@ impl Discovery {
                 _ => None,
             })
             .collect();
+        // Sorted, so that a capped list is the same on every node.
         records.sort();
         records.dedup();
-        if records.is_empty() {
-            return Err(LookupError {
-                name: s.route_record.clone(),
-                why: "no SRV records".into(),
-                negative_ttl: None,
-            });
-        }
         if records.len() > s.max_records {
             tracing::warn!(
-                record = %s.route_record,
+                %record,
                 count = records.len(),
-                "too many route records; using the first {}",
+                "too many {kind} records; using the first {}",
                 s.max_records
             );
             records.truncate(s.max_records);
         }
-        let mut routes = BTreeSet::new();
-        routes.insert(s.own_route.clone());
+        let mut found = BTreeSet::new();
         for (target, port) in records {
             if port == 0 {
-                tracing::warn!(record = %s.route_record, %target, "SRV record with port 0 ignored");
+                tracing::warn!(%record, %target, "SRV record with port 0 ignored");
                 continue;
             }
             match self.resolver.lookup_ip(target.as_str()).await {
                 Ok(ips) => {
                     ttl = ttl.min(ips.valid_until().saturating_duration_since(now.into_std()));
-                    for ip in ips.iter() {
-                        routes.insert(HostPort::from_ip(ip, port));
-                    }
+                    found.extend(ips.iter().map(|ip| HostPort::from_ip(ip, port)));
                 }
                 Err(e) => {
-                    tracing::warn!(record = %s.route_record, %target, error = %e, "SRV target does not resolve; ignored");
+                    tracing::warn!(%record, %target, error = %e, "SRV target does not resolve; ignored");
                 }
             }
         }
-        let regions = match &s.regions_record {
-            None => None,
-            Some(name) => {
-                let txt = self
-                    .resolver
-                    .txt_lookup(name.as_str())
-                    .await
-                    .map_err(|e| err(name, &e))?;
-                ttl = ttl.min(txt.valid_until().saturating_duration_since(now.into_std()));
-                let mut regions: Vec<String> = txt
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::TXT(t) => Some(t),
-                        _ => None,
-                    })
-                    .flat_map(|t| t.txt_data.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect::<Vec<_>>())
-                    .flat_map(|t| t.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-                    .filter(|r| {
-                        let ok = crate::config::validate::is_region_label(r);
-                        if !ok {
-                            tracing::warn!(record = %name, region = %r, "not a region label; ignored");
-                        }
-                        ok
-                    })
-                    .collect();
-                regions.sort();
-                regions.dedup();
-                Some(regions)
-            }
-        };
-        let refresh = ttl.clamp(s.min_refresh, s.max_refresh);
-        Ok((
-            Found {
-                routes: routes.into_iter().collect(),
-                regions,
-            },
-            refresh,
-        ))
+        if found.is_empty() {
+            // Nothing usable is a failed lookup: the last good set stays.
+            return Err(LookupError {
+                name: record.to_owned(),
+                why: format!("no usable {kind} records"),
+                negative_ttl: None,
+            });
+        }
+        Ok((found, ttl))
     }
 
-    /// The answer to use before DNS has answered: this server and the seeds.
+    /// The region names a TXT record lists (space-separated, any number of
+    /// strings), sorted; anything not a region label is skipped.
+    async fn regions(
+        &self,
+        name: &str,
+        now: Instant,
+    ) -> Result<(Vec<String>, Duration), LookupError> {
+        let txt = self
+            .resolver
+            .txt_lookup(name)
+            .await
+            .map_err(|e| lookup_error(name, &e))?;
+        let ttl = txt.valid_until().saturating_duration_since(now.into_std());
+        let mut regions: Vec<String> = txt
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(t) => Some(t),
+                _ => None,
+            })
+            .flat_map(|t| {
+                t.txt_data
+                    .iter()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
+            .flat_map(|t| t.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .filter(|r| {
+                let ok = crate::config::validate::is_region_label(r);
+                if !ok {
+                    tracing::warn!(record = %name, region = %r, "not a region label; ignored");
+                }
+                ok
+            })
+            .collect();
+        regions.sort();
+        regions.dedup();
+        Ok((regions, ttl))
+    }
+
+    /// The answer to use before DNS has answered: this server and the
+    /// seeds; no leafnode hubs yet.
     pub fn seeds(&self) -> Found {
-        let mut routes: BTreeSet<HostPort> = self.settings.seeds.iter().cloned().collect();
-        routes.insert(self.settings.own_route.clone());
+        let s = &self.settings;
+        let mut routes = BTreeSet::new();
+        if s.route_record.is_some() {
+            routes.extend(s.seeds.iter().cloned());
+            routes.extend(s.own_route.clone());
+        }
         Found {
             routes: routes.into_iter().collect(),
             regions: None,
+            leaves: vec![Vec::new(); s.leaf_records.len()],
         }
+    }
+}
+
+fn lookup_error(name: &str, e: &NetError) -> LookupError {
+    LookupError {
+        name: name.to_owned(),
+        why: e.to_string(),
+        negative_ttl: negative_ttl(e),
     }
 }
 
@@ -320,6 +379,18 @@ pub fn apply(settings: &mut crate::config::Settings, found: &Found) {
     if let Some(c) = settings.server.cluster.as_mut() {
         c.routes = found.routes.clone();
     }
+    let leaf_remotes = settings
+        .discovery
+        .as_ref()
+        .map(|d| d.settings.leaf_remotes.clone())
+        .unwrap_or_default();
+    if let Some(l) = settings.server.leafnodes.as_mut() {
+        for (index, urls) in leaf_remotes.iter().zip(&found.leaves) {
+            if let Some(remote) = l.remotes.get_mut(*index) {
+                remote.urls = urls.clone();
+            }
+        }
+    }
     let domain = settings
         .discovery
         .as_ref()
@@ -347,14 +418,16 @@ mod tests {
         DiscoverySettings {
             domain: "nats.test".into(),
             region: "fra1".into(),
-            route_record: "_nats-route._tcp.fra1.nats.test".into(),
+            route_record: Some("_nats-route._tcp.fra1.nats.test".into()),
             regions_record: None,
             nameservers: Vec::new(),
             min_refresh: Duration::from_secs(5),
             max_refresh: Duration::from_secs(60),
             seeds: Vec::new(),
             max_records: 64,
-            own_route: HostPort::parse("10.0.0.1:6222").unwrap(),
+            own_route: Some(HostPort::parse("10.0.0.1:6222").unwrap()),
+            leaf_records: Vec::new(),
+            leaf_remotes: Vec::new(),
         }
     }
 

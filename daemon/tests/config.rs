@@ -472,7 +472,10 @@ fn discovery_gateways_are_a_function_of_the_region_names() {
         ]
     );
     let d = s.discovery.as_ref().unwrap();
-    assert_eq!(d.settings.route_record, "_nats-route._tcp.fra1.nats.test");
+    assert_eq!(
+        d.settings.route_record.as_deref(),
+        Some("_nats-route._tcp.fra1.nats.test")
+    );
     assert_eq!(d.settings.regions_record, None);
 
     // What DNS finds replaces the routes; the gateways stay names.
@@ -483,6 +486,7 @@ fn discovery_gateways_are_a_function_of_the_region_names() {
             natsmesh_broker::model::HostPort::parse("10.0.0.7:6222").unwrap(),
         ],
         regions: None,
+        leaves: Vec::new(),
     };
     natsmesh::discovery::apply(&mut applied, &found);
     assert_eq!(
@@ -505,6 +509,7 @@ fn regions_from_txt_become_gateways_when_found() {
     let found = natsmesh::discovery::Found {
         routes: vec![natsmesh_broker::model::HostPort::parse("10.0.0.1:6222").unwrap()],
         regions: Some(vec!["ams3".into(), "fra1".into()]),
+        leaves: Vec::new(),
     };
     natsmesh::discovery::apply(&mut s, &found);
     let names: Vec<_> = s
@@ -547,4 +552,33 @@ fn discovery_problems_name_the_key() {
     ] {
         assert!(keys.contains(&key), "{key} missing from {problems:?}");
     }
+}
+
+#[test]
+fn a_jetstream_edge_needs_its_own_domain_and_a_remote_needs_urls_or_a_record() {
+    let f = Fixture::new();
+    f.write(
+        "natsmesh.toml",
+        &format!("{MINIMAL}\n[[broker.leafnodes.remotes]]\nurls = [\"hub.example:7422\"]\n[[broker.leafnodes.remotes]]\n[[broker.leafnodes.remotes]]\nurls = [\"hub.example:7422\"]\nrecord = \"_nats-leaf._tcp.hub.example\"\n[[broker.leafnodes.remotes]]\nrecord = \"_nats-leaf._tcp.hub.example\"\n"),
+    );
+    let problems = f.problems();
+    let keys: Vec<_> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
+    for key in [
+        "broker.jetstream.domain",
+        "broker.leafnodes.remotes[1]",
+        "broker.leafnodes.remotes[2]",
+        "broker.leafnodes.remotes[3].record",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {problems:?}");
+    }
+
+    // With a domain and discovery, an edge without a cluster is fine.
+    f.write(
+        "natsmesh.toml",
+        "[node]\nregion = \"edge\"\ndomain = \"nats.test\"\n[broker.jetstream]\nmax_memory_store = \"64MiB\"\nmax_file_store = \"1GiB\"\ndomain = \"edge\"\n[[broker.leafnodes.remotes]]\nrecord = \"_nats-leaf._tcp.{region}.{domain}\"\n[discovery]\nenabled = true\n",
+    );
+    let s = f.settings().unwrap();
+    let d = &s.discovery.as_ref().unwrap().settings;
+    assert_eq!(d.leaf_records, ["_nats-leaf._tcp.edge.nats.test"]);
+    assert_eq!(d.route_record, None);
 }

@@ -386,3 +386,138 @@ fn a_flood_of_records_is_capped() {
     let now = a.status().unwrap();
     assert_eq!((now.broker_pid, now.restarts), (s.broker_pid, s.restarts));
 }
+
+/// A hub server of fra1 accepting leafnodes on `leaf_port`.
+fn hub(v: &str, n: u8, port: u16, leaf_port: u16, dns: &Dns) -> Daemon {
+    Daemon::start(
+        v,
+        Options {
+            extra: format!(
+                "[node]\nname = \"n{n}\"\ndomain = \"nats.test\"\n\n[broker.cluster]\nenabled = true\nbind = \"{ip}\"\nport = {port}\n\n[broker.leafnodes]\nenabled = true\nbind = \"{ip}\"\nport = {leaf_port}\n\n[discovery]\nenabled = true\nnameservers = [\"{ns}\"]\nmin_refresh = \"300ms\"\nmax_refresh = \"1s\"\n\n[health]\nroute_wait = \"30s\"\n",
+                ip = ip(n),
+                ns = dns.addr()
+            ),
+            ..Options::default()
+        },
+    )
+}
+
+/// An edge: no cluster, its own JetStream domain, its hub from DNS.
+fn edge(v: &str, dns: &Dns) -> Daemon {
+    Daemon::start(
+        v,
+        Options {
+            extra: format!(
+                "[node]\nname = \"edge1\"\nregion = \"edge\"\ndomain = \"nats.test\"\n\n[broker.jetstream]\ndomain = \"edge\"\n\n[[broker.leafnodes.remotes]]\nrecord = \"_nats-leaf._tcp.fra1.{{domain}}\"\n\n[discovery]\nenabled = true\nnameservers = [\"{}\"]\nmin_refresh = \"300ms\"\nmax_refresh = \"1s\"\n",
+                dns.addr()
+            ),
+            ..Options::default()
+        },
+    )
+}
+
+fn with_leaf(mut r: Records, ns: &[u8], leaf_port: u16) -> Records {
+    for n in ns {
+        r.srv.push((
+            "_nats-leaf._tcp.fra1.nats.test".into(),
+            format!("n{n}.fra1.nats.test"),
+            leaf_port,
+        ));
+    }
+    r
+}
+
+fn rendered_leaf_urls(d: &Daemon) -> String {
+    let text = std::fs::read_to_string(d.dir.path().join("state/nats-server.conf")).unwrap();
+    text.lines()
+        .filter(|l| l.contains("nats-leaf://"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn an_edge_finds_its_hub_in_dns_and_follows_it() {
+    // 2.14 reloads leafnode remotes; before it a change waits for a restart.
+    for v in ["2.12.8", CURRENT] {
+        let port = free_port();
+        let leaf_port = free_port();
+        let mut dns = Dns::start(
+            IpAddr::from([127, 0, 0, 1]),
+            &with_leaf(region(&[1, 2], port), &[1], leaf_port),
+        );
+        let mut h1 = hub(v, 1, port, leaf_port, &dns);
+        let mut h2 = hub(v, 2, port, leaf_port, &dns);
+        wait_routes(&mut h1, 1, "hub formed");
+        wait_routes(&mut h2, 1, "hub formed");
+        let mut e = edge(v, &dns);
+        e.wait_ready();
+        let urls = rendered_leaf_urls(&e);
+        assert!(
+            urls.contains(&format!("127.0.2.1:{leaf_port}")) && !urls.contains("127.0.2.2"),
+            "{v}: {urls}"
+        );
+
+        // A message from the edge reaches a subscriber on the hub.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (edge_url, hub_url) = (e.client_addr(), h2.client_addr());
+        rt.block_on(async {
+            use futures_util::StreamExt as _;
+            let at_hub = async_nats::connect(&hub_url).await.unwrap();
+            let at_edge = async_nats::connect(&edge_url).await.unwrap();
+            let mut sub = at_hub.subscribe("edge.readings").await.unwrap();
+            at_hub.flush().await.unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                at_edge
+                    .publish("edge.readings", "21.5".into())
+                    .await
+                    .unwrap();
+                at_edge.flush().await.unwrap();
+                if let Ok(Some(_)) =
+                    tokio::time::timeout(Duration::from_millis(250), sub.next()).await
+                {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{v}: nothing from the edge reached the hub"
+                );
+            }
+        });
+
+        // The hub's record grows: the edge follows without a restart.
+        let pid = e.status().unwrap().broker_pid;
+        dns.set(&with_leaf(region(&[1, 2], port), &[1, 2], leaf_port));
+        if natsmesh_harness::semver(v) >= natsmesh_harness::semver("2.14.0") {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !rendered_leaf_urls(&e).contains("127.0.2.2") {
+                assert!(
+                    Instant::now() < deadline,
+                    "{v}: the new hub server was not rendered\n{}",
+                    e.log()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            e.wait_status(
+                &format!("{v} reloaded"),
+                |s| s.reloads_ok >= 1,
+                Duration::from_secs(10),
+            );
+        } else {
+            let s = e.wait_status(
+                &format!("{v} restart pending"),
+                |s| s.restart_pending.iter().any(|p| p.contains("leafnodes")),
+                Duration::from_secs(15),
+            );
+            assert_eq!(s.restarts, 0, "{v}");
+        }
+        assert_eq!(
+            e.status().unwrap().broker_pid,
+            pid,
+            "{v}: discovery restarted the edge"
+        );
+    }
+}

@@ -716,7 +716,7 @@ fn every_listener_renders_tls_that_the_broker_accepts() {
         std::fs::write(
             &main,
             format!(
-                "[node]\nregion = \"fra1\"\nname = \"n1\"\ndomain = \"nats.test\"\nprivate_address = \"10.0.0.5\"\npublic_address = \"192.0.2.5\"\n\n[broker]\nbinary = \"{}\"\nstate_dir = \"{}\"\n\n[broker.jetstream]\nmax_memory_store = \"64MiB\"\nmax_file_store = \"1GiB\"\n\n[broker.cluster]\nenabled = true\n\n[broker.gateway]\nenabled = true\n\n[broker.leafnodes]\nenabled = true\n\n[[broker.leafnodes.remotes]]\nurls = [\"hub.nats.test:7422\"]\n\n[broker.mqtt]\nenabled = true\n\n[broker.websocket]\nenabled = true\n\n[tls]\nmode = \"issue\"\nca_file = \"{}\"\nintermediate_cert = \"{}\"\nintermediate_key = \"{}\"\n",
+                "[node]\nregion = \"fra1\"\nname = \"n1\"\ndomain = \"nats.test\"\nprivate_address = \"10.0.0.5\"\npublic_address = \"192.0.2.5\"\n\n[broker]\nbinary = \"{}\"\nstate_dir = \"{}\"\n\n[broker.jetstream]\nmax_memory_store = \"64MiB\"\nmax_file_store = \"1GiB\"\ndomain = \"hub\"\n\n[broker.cluster]\nenabled = true\n\n[broker.gateway]\nenabled = true\n\n[broker.leafnodes]\nenabled = true\n\n[[broker.leafnodes.remotes]]\nurls = [\"hub.nats.test:7422\"]\n\n[broker.mqtt]\nenabled = true\n\n[broker.websocket]\nenabled = true\n\n[tls]\nmode = \"issue\"\nca_file = \"{}\"\nintermediate_cert = \"{}\"\nintermediate_key = \"{}\"\n",
                 natsmesh_harness::broker_binary(v).display(),
                 dir.path().join("state").display(),
                 pki.path("r1/root.crt").display(),

@@ -713,7 +713,12 @@ impl Default for RawLeafnodes {
 #[serde(deny_unknown_fields)]
 pub struct RawLeafRemote {
     /// `host:port` of the hub's leafnode listeners.
+    #[serde(default)]
     pub urls: Vec<String>,
+    /// Or the hub's SRV record (`{region}` and `{domain}` filled in),
+    /// followed by discovery.
+    #[serde(default)]
+    pub record: Option<String>,
     /// Local account bound to this remote.
     #[serde(default)]
     pub account: Option<String>,

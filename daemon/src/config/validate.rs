@@ -725,13 +725,37 @@ pub fn validate(
             .remotes
             .iter()
             .enumerate()
-            .map(|(i, r)| LeafRemote {
-                tls: None,
-                urls: c.host_ports(&format!("broker.leafnodes.remotes[{i}].urls"), &r.urls),
-                account: r.account.clone(),
-                credentials: r.credentials.clone(),
+            .map(|(i, r)| {
+                let key = format!("broker.leafnodes.remotes[{i}]");
+                match (&r.record, r.urls.is_empty()) {
+                    (Some(_), false) => c.problem(&key, "set urls or record, not both"),
+                    (None, true) => c.problem(
+                        &key,
+                        "set urls (host:port) or record (the hub's SRV record)",
+                    ),
+                    (Some(_), true) if !raw.discovery.enabled => c.problem(
+                        &format!("{key}.record"),
+                        "a record is followed by discovery: set discovery.enabled",
+                    ),
+                    _ => {}
+                }
+                LeafRemote {
+                    tls: None,
+                    // A record's URLs come from DNS; none yet is not rendered.
+                    urls: c.host_ports(&format!("{key}.urls"), &r.urls),
+                    account: r.account.clone(),
+                    credentials: r.credentials.clone(),
+                }
             })
             .collect();
+        // Without a domain of its own, an edge's JetStream and its hub's
+        // would have to be one meta group across the leafnode link.
+        if !b.leafnodes.remotes.is_empty() && b.jetstream.enabled && b.jetstream.domain.is_none() {
+            c.problem(
+                "broker.jetstream.domain",
+                "required on a JetStream edge with leafnode remotes: its JetStream stays its own, apart from the hub's",
+            );
+        }
         server.leafnodes = Some(Leafnodes {
             tls: None,
             listen: b.leafnodes.enabled.then(|| listen(bound, b.leafnodes.port)),
@@ -1172,19 +1196,34 @@ fn apply_discovery(
         return None;
     };
     let fill = |t: &str| t.replace("{region}", region).replace("{domain}", &domain);
-    let Some(cluster) = server.cluster.as_ref() else {
-        c.problem(
-            "discovery.enabled",
-            "discovery finds the region's routes: enable broker.cluster (or broker.gateway)",
-        );
-        return None;
-    };
-    let Some(own_route) = cluster.advertise.clone() else {
-        c.problem(
-            "broker.cluster.advertise",
-            "discovery lists this server's own route by address: bind the cluster to one address or set advertise",
-        );
-        return None;
+    // Leafnode remotes that name a hub's SRV record instead of URLs.
+    let (leaf_remotes, leaf_records): (Vec<usize>, Vec<String>) = raw
+        .broker
+        .leafnodes
+        .remotes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.record.as_deref().map(|rec| (i, fill(rec))))
+        .unzip();
+    let own_route = match server.cluster.as_ref() {
+        None if leaf_records.is_empty() => {
+            c.problem(
+                "discovery.enabled",
+                "discovery finds the region's routes or leafnode hubs: enable broker.cluster (or broker.gateway), or name a record in broker.leafnodes.remotes",
+            );
+            return None;
+        }
+        None => None,
+        Some(cluster) => {
+            let Some(own) = cluster.advertise.clone() else {
+                c.problem(
+                    "broker.cluster.advertise",
+                    "discovery lists this server's own route by address: bind the cluster to one address or set advertise",
+                );
+                return None;
+            };
+            Some(own)
+        }
     };
     let mut nameservers = Vec::new();
     for (i, ns) in d.nameservers.iter().enumerate() {
@@ -1238,12 +1277,14 @@ fn apply_discovery(
     if let Some(cl) = server.cluster.as_mut() {
         // Until DNS answers: this server and the seeds.
         let mut routes: std::collections::BTreeSet<HostPort> = seeds.iter().cloned().collect();
-        routes.insert(own_route.clone());
+        routes.extend(own_route.clone());
         cl.routes = routes.into_iter().collect();
     }
     Some(Discovered {
         settings: crate::discovery::DiscoverySettings {
-            route_record: fill(&d.route_record),
+            route_record: own_route.is_some().then(|| fill(&d.route_record)),
+            leaf_records,
+            leaf_remotes,
             regions_record: (d.regions.is_empty() && server.gateway.is_some())
                 .then(|| fill(&d.regions_record)),
             domain,

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod mesh;
+
 use natsmesh::supervisor::Status;
 use natsmesh_harness::{broker_binary, free_port, scratch};
 
