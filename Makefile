@@ -37,9 +37,9 @@ lint: fmt clippy
 
 ci: lint test
 
-# Supervisor benchmark (about 10 minutes): prints a table and writes
-# bench/results/supervisor.md. NATSMESH_BENCH_SOAK_SECS=1800 for the
-# 30-minute leak check.
+# Benchmarks (about 12 minutes): each prints a table and writes it to
+# bench/results/{supervisor,tls,discovery}.md. NATSMESH_BENCH_SOAK_SECS=1800
+# for the 30-minute leak check; discovery needs root.
 bench: brokers
 	$(CARGO) bench -p natsmesh --bench supervisor
 	$(CARGO) bench -p natsmesh --bench tls

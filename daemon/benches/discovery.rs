@@ -57,8 +57,10 @@ fn row(what: &str, samples: &[Duration]) -> String {
     )
 }
 
-fn varz_routes(monitor_port: u16) -> Option<u64> {
-    let mut resp = ureq::get(&format!("http://127.0.0.1:{monitor_port}/varz"))
+/// Servers this one routes to: `/varz` counts pooled connections (2.10+
+/// opens several per peer), so distinct remote ids from `/routez`.
+fn route_peers(monitor_port: u16) -> Option<u64> {
+    let mut resp = ureq::get(&format!("http://127.0.0.1:{monitor_port}/routez"))
         .config()
         .timeout_global(Some(Duration::from_secs(1)))
         .build()
@@ -66,7 +68,12 @@ fn varz_routes(monitor_port: u16) -> Option<u64> {
         .ok()?;
     let v: serde_json::Value =
         serde_json::from_str(&resp.body_mut().read_to_string().ok()?).ok()?;
-    v["routes"].as_u64()
+    let peers: std::collections::BTreeSet<&str> = v["routes"]
+        .as_array()?
+        .iter()
+        .filter_map(|r| r["remote_id"].as_str())
+        .collect();
+    Some(peers.len() as u64)
 }
 
 fn loopback(n: u8) -> IpAddr {
@@ -127,10 +134,12 @@ fn new_record_to_route(rounds: usize) -> Vec<Duration> {
         );
         let t0 = Instant::now();
         dns.set(&region_records(&[1, 2, 3], port));
-        while varz_routes(a.monitor_port) != Some(2) && varz_routes(b.monitor_port) != Some(2) {
+        while route_peers(a.monitor_port) != Some(2) && route_peers(b.monitor_port) != Some(2) {
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
-                "no route to the newcomer"
+                "no route to the newcomer\n{}\n{}",
+                a.log(),
+                c.log()
             );
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -138,7 +147,7 @@ fn new_record_to_route(rounds: usize) -> Vec<Duration> {
         drop(c);
         dns.set(&region_records(&[1, 2], port));
         let deadline = Instant::now() + Duration::from_secs(30);
-        while varz_routes(a.monitor_port) != Some(1) || varz_routes(b.monitor_port) != Some(1) {
+        while route_peers(a.monitor_port) != Some(1) || route_peers(b.monitor_port) != Some(1) {
             assert!(Instant::now() < deadline, "the newcomer's routes stayed");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -283,6 +292,9 @@ fn natsmeshd_latency(count: usize) -> Vec<Duration> {
     mesh.start(b);
     mesh.wait_joined(a, &[b]);
     mesh.wait_joined(b, &[a]);
+    for d in mesh.nodes.values_mut() {
+        d.wait_ready();
+    }
     round_trips(
         &mesh.nodes["fra1-n1"].client_addr(),
         &mesh.nodes["nyc3-n1"].client_addr(),
@@ -341,6 +353,17 @@ fn bare_latency(count: usize) -> Vec<Duration> {
             .unwrap();
         servers.push(Bare { child, _dir: dir });
         clients.push(format!("nats://127.0.0.1:{client}"));
+    }
+    for c in &clients {
+        let addr = c.trim_start_matches("nats://");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "bare nats-server on {addr} never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     round_trips(&clients[0], &clients[1], count)
 }

@@ -265,15 +265,30 @@ fn a_dns_outage_changes_nothing_and_traffic_flows() {
     wait_routes(&mut a, 1, "formed");
     wait_routes(&mut b, 1, "formed");
     let before = (a.status().unwrap(), b.status().unwrap());
+    let routes = rendered_routes(&a);
+    // The record vanishes (NXDOMAIN): the last good routes stay.
+    dns.set(&Records::default());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !a.log().contains("_nats-route._tcp.fra1.nats.test failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no failed lookup logged:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(rendered_routes(&a), routes);
+    // Then the server stops answering at all.
+    let failed = |d: &Daemon| {
+        d.log()
+            .matches("DNS lookup failed; keeping the last good peers")
+            .count()
+    };
+    let failures = failed(&a);
     dns.stop();
     // Long enough for several failed lookups (timeouts included).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while a
-        .log()
-        .matches("DNS lookup failed; keeping the last good peers")
-        .count()
-        < 2
-    {
+    while failed(&a) < failures + 2 {
         assert!(
             Instant::now() < deadline,
             "no failed lookup logged:\n{}",
@@ -351,12 +366,16 @@ fn bad_records_are_skipped_with_a_warning() {
     assert_eq!(routes.matches("nats-route://").count(), 2, "{routes}");
 }
 
+/// 300 records (a 12 KB answer, over TCP). Observed: at 450 and more
+/// (about 19 KB) the lookup times out between hickory-resolver 0.26 and
+/// dnsmasq, although dnsmasq answers such a query over TCP in 3 ms; a
+/// failed lookup keeps the last good set, so a flood cannot empty a region.
 #[test]
 fn a_flood_of_records_is_capped() {
     let v = CURRENT;
     let port = free_port();
     let mut records = region(&[1], port);
-    for i in 0..200u16 {
+    for i in 0..300u16 {
         let host = format!("flood{i}.fra1.nats.test");
         records.srv.push((SRV.into(), host.clone(), 40000 + i));
         records
