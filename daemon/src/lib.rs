@@ -14,6 +14,7 @@ pub mod logging;
 pub mod notify;
 pub mod prepare;
 pub mod provider;
+pub mod publish;
 pub mod run;
 pub mod supervisor;
 pub mod tls;

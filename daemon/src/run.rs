@@ -16,6 +16,9 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     let notifier = Notifier::from_env();
     let socket = settings.control_socket.clone();
     let mut settings = settings;
+    if let Some(p) = &settings.publish {
+        crate::publish::reconcile_at_start(p).await;
+    }
     let followed = match &settings.discovery {
         None => None,
         Some(d) => match first_answer(d, &settings, &notifier).await {
@@ -30,6 +33,7 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     if let Some((_, found)) = &followed {
         crate::discovery::apply(&mut settings, found);
     }
+    let publish = settings.publish.clone();
     let (mut supervisor, status) =
         match Supervisor::new(config_path, settings, notifier.clone()).await {
             Ok(v) => v,
@@ -51,6 +55,11 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         supervisor.follow(rx);
         tokio::spawn(crate::discovery::follow(discovery, tx))
     });
+    let publisher = publish.map(|p| {
+        let (up_tx, up_rx) = tokio::sync::watch::channel(false);
+        supervisor.announce(up_rx);
+        tokio::spawn(crate::publish::follow(p, status.clone(), up_tx))
+    });
     let (commands, rx) = mpsc::channel(16);
     let control = tokio::spawn(control::serve(listener, commands.clone(), status));
     let signals = match forward_signals(commands.clone()) {
@@ -66,6 +75,9 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     signals.abort();
     if let Some(f) = follower {
         f.abort();
+    }
+    if let Some(p) = publisher {
+        p.abort();
     }
     let _ = std::fs::remove_file(&socket);
     match exit {

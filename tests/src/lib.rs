@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bind;
 pub mod container;
 pub mod dns;
 pub mod fakes;

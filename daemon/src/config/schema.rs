@@ -35,6 +35,75 @@ pub struct RawConfig {
     pub accounts: std::collections::BTreeMap<String, RawAccount>,
     /// Peers and regions from DNS.
     pub discovery: RawDiscovery,
+    /// This node's own discovery records, written and removed by natsmeshd.
+    pub dns_publish: RawDnsPublish,
+}
+
+/// Where `[dns_publish]` writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsBackend {
+    /// Publish nothing (the default): records are managed elsewhere.
+    #[default]
+    None,
+    /// RFC 2136 dynamic update with TSIG (BIND, Knot, PowerDNS).
+    Rfc2136,
+    /// DigitalOcean Domains API.
+    Digitalocean,
+    /// Linode (Akamai) Domains API.
+    Linode,
+    /// Cloudflare DNS API.
+    Cloudflare,
+}
+
+/// `[dns_publish]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDnsPublish {
+    /// Which DNS provider takes the records.
+    pub backend: DnsBackend,
+    /// The zone the records go into; default: `node.domain`.
+    pub zone: Option<String>,
+    /// TTL of every record (raised to the provider's minimum).
+    pub ttl: Span,
+    /// Publish the region name's address record for gateways.
+    pub gateway: bool,
+    /// How long a stop waits for the withdrawal before lame duck anyway.
+    pub withdraw_timeout: Span,
+    /// How often published records are checked and repaired.
+    pub verify_every: Span,
+    /// RFC 2136: the primary server, `ip` or `ip:port`.
+    pub server: Option<String>,
+    /// RFC 2136: the TSIG key name.
+    pub tsig_key_name: Option<String>,
+    /// RFC 2136: `hmac-sha256` (default), `hmac-sha384` or `hmac-sha512`.
+    pub tsig_algorithm: String,
+    /// RFC 2136: file with the base64 secret, or a `tsig-keygen` key clause
+    /// (relative: a systemd credential name).
+    pub tsig_secret_file: Option<PathBuf>,
+    /// API backends: file with the token (relative: a systemd credential name).
+    pub token_file: Option<PathBuf>,
+    /// API backends: base URL, for a proxy; default: the provider's.
+    pub api_url: Option<String>,
+}
+
+impl Default for RawDnsPublish {
+    fn default() -> Self {
+        Self {
+            backend: DnsBackend::None,
+            zone: None,
+            ttl: Span(Duration::from_secs(30)),
+            gateway: true,
+            withdraw_timeout: Span(Duration::from_secs(10)),
+            verify_every: Span(Duration::from_secs(300)),
+            server: None,
+            tsig_key_name: None,
+            tsig_algorithm: "hmac-sha256".into(),
+            tsig_secret_file: None,
+            token_file: None,
+            api_url: None,
+        }
+    }
 }
 
 /// `[discovery]`.

@@ -6,6 +6,8 @@
 //! `natsmesh_broker::validate` on the built model; its problems are mapped
 //! back to the TOML key an operator writes.
 
+mod publish;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -53,6 +55,8 @@ pub struct Settings {
     pub system_user: Option<SystemUser>,
     /// Discovery through DNS, when on.
     pub discovery: Option<Discovered>,
+    /// This node's own DNS records, when natsmeshd writes them.
+    pub publish: Option<crate::publish::PublishSettings>,
 }
 
 /// Discovery as validated, with the JetStream bootstrap wait.
@@ -806,6 +810,7 @@ pub fn validate(
     let discovery = apply_discovery(&mut c, raw, &region, &mut server);
     let tls = apply_tls(&mut c, raw, env, &region, &state_dir, &mut server);
     let system_user = apply_auth(&mut c, raw, env, &state_dir, &mut server);
+    let publish = publish::apply_publish(&mut c, raw, env, &state_dir, &server, discovery.as_ref());
 
     // What nats-server would refuse at start, in natsmesh's words. Missing
     // names are already listed above; stand-ins keep the rest checkable.
@@ -876,6 +881,7 @@ pub fn validate(
             tls,
             system_user,
             discovery,
+            publish,
         })
     } else {
         Err(Problems(c.problems))

@@ -100,9 +100,11 @@ struct Running {
     serving_failures: u32,
 }
 
-/// Deadlines of a stop in progress: SIGINT, then SIGKILL.
+/// Deadlines of a stop in progress: lame duck (once this node's DNS
+/// records are withdrawn, or at this deadline), SIGINT, then SIGKILL.
 #[derive(Debug, Clone, Copy)]
 struct StopPlan {
+    lame_duck_at: Option<Instant>,
     interrupt_at: Instant,
     kill_at: Instant,
     interrupted: bool,
@@ -146,6 +148,8 @@ pub struct Supervisor {
     /// What DNS last found, followed by [`crate::discovery::follow`].
     found: Option<crate::discovery::Found>,
     discovery: Option<watch::Receiver<crate::discovery::Found>>,
+    /// Whether this node's DNS records may exist ([`crate::publish`]).
+    announced: Option<watch::Receiver<bool>>,
 }
 
 fn unix_ms(t: std::time::SystemTime) -> u64 {
@@ -240,10 +244,17 @@ impl Supervisor {
                 accounts_check_due: false,
                 found: None,
                 discovery: None,
+                announced: None,
                 cert: cert.clone(),
             },
             status_rx,
         ))
+    }
+
+    /// Gates lame duck on this node's DNS records being withdrawn: `rx`
+    /// is true while they may exist.
+    pub fn announce(&mut self, rx: watch::Receiver<bool>) {
+        self.announced = Some(rx);
     }
 
     /// Follows DNS: `rx` carries each new answer (its current value is the
@@ -292,7 +303,9 @@ impl Supervisor {
                 self.restart_at,
                 self.cert_due,
                 self.stop.map(|s| {
-                    if s.interrupted {
+                    if let Some(t) = s.lame_duck_at {
+                        t
+                    } else if s.interrupted {
                         s.kill_at
                     } else {
                         s.interrupt_at
@@ -319,6 +332,12 @@ impl Supervisor {
                     };
                     next_probe = report.at + pace;
                     self.on_report(report);
+                }
+                Some(up) = next_announced(&mut self.announced) => {
+                    if !up && self.stop.is_some_and(|s| s.lame_duck_at.is_some()) {
+                        tracing::info!("DNS records withdrawn");
+                        self.lame_duck();
+                    }
                 }
                 Some(found) = next_found(&mut self.discovery) => {
                     self.found = Some(found);
@@ -701,27 +720,65 @@ impl Supervisor {
             // Never served: no client to drain, a clean SIGINT is enough.
             let _ = run.process.signal(Signal::SIGINT);
             self.stop = Some(StopPlan {
+                lame_duck_at: None,
                 interrupt_at: now,
                 kill_at: now + r.kill_after,
                 interrupted: true,
             });
-        } else {
-            let _ = run.process.signal(Signal::SIGUSR2);
+        } else if self.announced.as_ref().is_some_and(|a| *a.borrow()) {
+            // Out of DNS first, so peers and clients stop being sent here
+            // before the broker starts turning them away.
+            let wait = self
+                .settings
+                .publish
+                .as_ref()
+                .map_or(Duration::ZERO, |p| p.withdraw_timeout);
+            let far = now + Duration::from_secs(86_400);
             self.stop = Some(StopPlan {
-                interrupt_at: now + ldm + r.stop_margin,
-                kill_at: now + ldm + r.stop_margin + r.kill_after,
+                lame_duck_at: Some(now + wait),
+                interrupt_at: far,
+                kill_at: far,
                 interrupted: false,
             });
+            tracing::info!(
+                message_id = ids::DRAINING,
+                pid = run.pid,
+                reason = why,
+                "withdrawing this node's DNS records, then lame duck"
+            );
+        } else {
+            self.stop = None;
+            tracing::info!(
+                message_id = ids::DRAINING,
+                pid = run.pid,
+                reason = why,
+                "draining nats-server (lame duck)"
+            );
         }
-        tracing::info!(
-            message_id = ids::DRAINING,
-            pid = run.pid,
-            reason = why,
-            "draining nats-server (lame duck)"
-        );
         self.after_exit = after;
         self.go(State::Draining, why.to_owned());
+        if self.stop.is_none() {
+            self.lame_duck();
+        }
         Ok(format!("draining (lame duck up to {ldm:?})"))
+    }
+
+    /// SIGUSR2: nats-server stops accepting, then closes clients over the
+    /// lame-duck duration and exits.
+    fn lame_duck(&mut self) {
+        let Some(run) = &self.running else {
+            return;
+        };
+        let now = Instant::now();
+        let ldm = self.settings.server.lame_duck_duration;
+        let r = &self.settings.restart;
+        let _ = run.process.signal(Signal::SIGUSR2);
+        self.stop = Some(StopPlan {
+            lame_duck_at: None,
+            interrupt_at: now + ldm + r.stop_margin,
+            kill_at: now + ldm + r.stop_margin + r.kill_after,
+            interrupted: false,
+        });
     }
 
     fn begin_stop(&mut self) {
@@ -734,6 +791,15 @@ impl Supervisor {
     }
 
     fn check_stop_deadlines(&mut self, now: Instant) {
+        if self
+            .stop
+            .and_then(|s| s.lame_duck_at)
+            .is_some_and(|t| now >= t)
+        {
+            tracing::warn!("DNS records not withdrawn in time; lame duck anyway");
+            self.lame_duck();
+            return;
+        }
         let (Some(plan), Some(run)) = (self.stop.as_mut(), self.running.as_ref()) else {
             return;
         };
@@ -1187,6 +1253,19 @@ enum Reloaded {
 
 /// The next change of the discovery answer; pending forever without
 /// discovery (or once its task has gone).
+async fn next_announced(rx: &mut Option<watch::Receiver<bool>>) -> Option<bool> {
+    match rx {
+        Some(r) => match r.changed().await {
+            Ok(()) => Some(*r.borrow_and_update()),
+            Err(_) => {
+                *rx = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_found(
     rx: &mut Option<watch::Receiver<crate::discovery::Found>>,
 ) -> Option<crate::discovery::Found> {

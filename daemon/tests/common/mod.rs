@@ -124,6 +124,8 @@ mode = "none"
         d.write_config(d.client_port, &opts.extra, &binary);
 
         let notify_path = d.dir.path().join("notify.sock");
+        // A directory reused after a kill still has the old socket.
+        let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         let notes = d.notes.clone();
         std::thread::spawn(move || {

@@ -1,0 +1,452 @@
+//! DNS self-publication: a node writes its own discovery records while it
+//! serves and removes them before it drains, so no operator edits DNS.
+//!
+//! The publisher task follows the supervisor's status: `ready` means the
+//! records should exist, anything else means they should not. Each change
+//! is a reconciliation against what the DNS provider lists now: records are
+//! this node's when their content says so (its own host name, or a record
+//! it remembers publishing), so a peer's records are never touched and a
+//! crashed node's stale records are repaired rather than duplicated.
+//! Provider trouble is retried with backoff and never reaches supervision;
+//! the only coupling is a bounded wait for the withdrawal before lame duck.
+
+pub mod api;
+pub mod record;
+pub mod rfc2136;
+mod secret;
+mod state;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+
+pub use record::{Data, Record};
+
+use crate::supervisor::Status;
+
+/// `[dns_publish]` as validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishSettings {
+    /// Where the records go.
+    pub backend: BackendSettings,
+    /// The zone (DNS provider "domain") the records live in.
+    pub zone: String,
+    /// TTL of every record, in seconds (already rounded to what the
+    /// provider accepts).
+    pub ttl: u32,
+    /// This node's records.
+    pub records: Vec<Record>,
+    /// This node's own host name (`<server>.<region>.<domain>`): every
+    /// address record at it, and every SRV record naming it, is this node's.
+    pub host: String,
+    /// How long a stop waits for the withdrawal before lame duck anyway.
+    pub withdraw_timeout: Duration,
+    /// How often published records are checked (someone may delete them).
+    pub verify_every: Duration,
+    /// Where the last published set is remembered across restarts.
+    pub state_file: PathBuf,
+}
+
+/// Which DNS provider, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendSettings {
+    /// RFC 2136 dynamic update with TSIG (BIND, Knot, PowerDNS).
+    Rfc2136 {
+        /// The primary server.
+        server: SocketAddr,
+        /// TSIG key name, as the server knows it.
+        key_name: String,
+        /// TSIG algorithm (`hmac-sha256`, `hmac-sha384`, `hmac-sha512`).
+        algorithm: String,
+        /// File holding the base64 TSIG secret (a systemd credential).
+        secret_file: PathBuf,
+    },
+    /// An HTTP API: DigitalOcean, Linode or Cloudflare.
+    Api {
+        /// Which one.
+        provider: api::Provider,
+        /// Base URL (the provider's own unless a test or proxy says so).
+        url: String,
+        /// File holding the API token (a systemd credential).
+        token_file: PathBuf,
+    },
+}
+
+impl BackendSettings {
+    /// A name for logs: `rfc2136 127.0.0.1:53`, `digitalocean`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Rfc2136 { server, .. } => format!("rfc2136 {server}"),
+            Self::Api { provider, .. } => provider.to_string(),
+        }
+    }
+}
+
+/// A provider call that did not work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {why}")]
+pub struct PublishError {
+    /// The call (`POST /v2/domains/example.net/records`, `update of x`).
+    pub what: String,
+    /// Why, in the provider's own words where it gave some.
+    pub why: String,
+    /// When the provider asked to be called again (rate limits).
+    pub retry_after: Option<Duration>,
+}
+
+impl PublishError {
+    /// An error without a retry hint.
+    pub fn new(what: impl Into<String>, why: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            why: why.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// A record as the provider lists it, with the provider's id for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Present {
+    /// The record.
+    pub record: Record,
+    /// The provider's id (empty for RFC 2136, which deletes by content).
+    pub id: String,
+}
+
+/// The DNS provider behind one interface.
+pub enum Backend {
+    /// RFC 2136.
+    Rfc2136(rfc2136::Rfc2136),
+    /// An HTTP API.
+    Api(api::Api),
+}
+
+impl Backend {
+    /// A backend for these settings (nothing is contacted yet).
+    pub fn new(s: &PublishSettings) -> Result<Self, PublishError> {
+        Ok(match &s.backend {
+            BackendSettings::Rfc2136 {
+                server,
+                key_name,
+                algorithm,
+                secret_file,
+            } => Self::Rfc2136(rfc2136::Rfc2136::new(
+                *server,
+                key_name,
+                algorithm,
+                secret_file.clone(),
+                &s.zone,
+            )),
+            BackendSettings::Api {
+                provider,
+                url,
+                token_file,
+            } => Self::Api(api::Api::new(*provider, url, token_file.clone(), &s.zone)?),
+        })
+    }
+
+    /// The records of natsmesh's types at `names`.
+    pub async fn list(&mut self, names: &BTreeSet<String>) -> Result<Vec<Present>, PublishError> {
+        match self {
+            Self::Rfc2136(b) => b.list(names).await,
+            Self::Api(b) => b.list(names).await,
+        }
+    }
+
+    /// Adds one record.
+    pub async fn add(&mut self, record: &Record, ttl: u32) -> Result<(), PublishError> {
+        match self {
+            Self::Rfc2136(b) => b.add(record, ttl).await,
+            Self::Api(b) => b.add(record, ttl).await,
+        }
+    }
+
+    /// Removes exactly this record (by id where the provider has ids).
+    pub async fn remove(&mut self, present: &Present) -> Result<(), PublishError> {
+        match self {
+            Self::Rfc2136(b) => b.remove(&present.record).await,
+            Self::Api(b) => b.remove(present).await,
+        }
+    }
+}
+
+/// What a reconciliation changes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Wanted and missing.
+    pub add: Vec<Record>,
+    /// This node's, and not wanted (or a duplicate of a wanted one).
+    pub remove: Vec<Present>,
+}
+
+/// Compares what is wanted with what the provider lists. A listed record
+/// is this node's when it sits at `host`, names `host` as SRV target, or
+/// is `remembered` from an earlier run; anything else belongs to a peer
+/// and is left alone, even when it is identical to a wanted one (two nodes
+/// on one address is a configuration the operator must see, not a record
+/// natsmesh should fight over).
+pub fn plan(
+    want: &[Record],
+    present: &[Present],
+    host: &str,
+    remembered: &BTreeSet<Record>,
+) -> Plan {
+    let ours = |r: &Record| {
+        r.name == host
+            || matches!(&r.data, Data::Srv { target, .. } if target == host)
+            || remembered.contains(r)
+            || want.contains(r)
+    };
+    let mut seen: BTreeSet<&Record> = BTreeSet::new();
+    let mut plan = Plan::default();
+    for p in present {
+        if want.contains(&p.record) {
+            if !seen.insert(&p.record) {
+                // A duplicate (an API that keeps identical records apart).
+                plan.remove.push(p.clone());
+            }
+        } else if ours(&p.record) {
+            plan.remove.push(p.clone());
+        }
+    }
+    plan.add = want.iter().filter(|r| !seen.contains(r)).cloned().collect();
+    plan
+}
+
+/// Brings the provider to `want` (empty: withdraw). Returns what changed.
+pub async fn sync(
+    backend: &mut Backend,
+    s: &PublishSettings,
+    want: &[Record],
+) -> Result<Plan, PublishError> {
+    let remembered = state::load(&s.state_file);
+    let names: BTreeSet<String> = want
+        .iter()
+        .chain(remembered.iter())
+        .chain(s.records.iter())
+        .map(|r| r.name.clone())
+        .collect();
+    let present = backend.list(&names).await?;
+    let plan = plan(want, &present, &s.host, &remembered);
+    if plan.add.is_empty() && plan.remove.is_empty() {
+        state::save(&s.state_file, want);
+        return Ok(plan);
+    }
+    // Remember everything that may exist until this pass has finished, so
+    // a crash half-way leaves nothing unknown behind.
+    let mut may_exist = remembered.clone();
+    may_exist.extend(want.iter().cloned());
+    may_exist.extend(plan.remove.iter().map(|p| p.record.clone()));
+    state::save(&s.state_file, &may_exist.into_iter().collect::<Vec<_>>());
+    for p in &plan.remove {
+        backend.remove(p).await?;
+    }
+    for r in &plan.add {
+        backend.add(r, s.ttl).await?;
+    }
+    state::save(&s.state_file, want);
+    Ok(plan)
+}
+
+/// Before the first DNS lookup: takes away whatever this node left behind
+/// (a crash skips the withdrawal), so discovery never hands the broker a
+/// route to this node's own stale address. Bounded by the withdrawal
+/// timeout; a failure is logged and start goes on.
+pub async fn reconcile_at_start(s: &PublishSettings) {
+    let pass = async {
+        let mut backend = Backend::new(s)?;
+        sync(&mut backend, s, &[]).await
+    };
+    match tokio::time::timeout(s.withdraw_timeout, pass).await {
+        Ok(Ok(plan)) if !plan.remove.is_empty() => {
+            log_change(&s.backend.describe(), false, &plan, 0);
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(
+            backend = %s.backend.describe(),
+            error = %e,
+            "cannot check this node's DNS records at start; stale ones may remain until the next pass"
+        ),
+        Err(_) => tracing::warn!(
+            backend = %s.backend.describe(),
+            "checking this node's DNS records at start timed out; going on"
+        ),
+    }
+}
+
+/// Retry waits: 1 s doubling to 60 s, or what a rate limit asked for.
+fn retry_wait(failures: u32, hint: Option<Duration>) -> Duration {
+    let backoff =
+        Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60));
+    let jitter = Duration::from_millis(fastrand::u64(0..=250));
+    match hint {
+        Some(h) => h.min(Duration::from_secs(900)) + jitter,
+        None => backoff + jitter,
+    }
+}
+
+/// Follows the supervisor's status until it ends. `up` is true from the
+/// moment records may exist until a withdrawal has succeeded; a stop waits
+/// (bounded) for it to turn false before lame duck.
+pub async fn follow(
+    s: PublishSettings,
+    mut status: watch::Receiver<Status>,
+    up: watch::Sender<bool>,
+) {
+    let mut backend = match Backend::new(&s) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "DNS publication cannot start; records stay as they are");
+            return;
+        }
+    };
+    let backend_name = s.backend.describe();
+    // What the provider was last brought to (None: not known yet).
+    let mut achieved: Option<bool> = None;
+    let mut failures = 0u32;
+    let mut retry_at: Option<Instant> = None;
+    let mut verify_at: Option<Instant> = None;
+    loop {
+        let serving = status.borrow_and_update().state == "ready";
+        let now = Instant::now();
+        if verify_at.is_some_and(|t| now >= t) {
+            verify_at = None;
+            achieved = None;
+        }
+        let due = retry_at.is_none_or(|t| now >= t);
+        if achieved != Some(serving) && due {
+            if serving {
+                up.send_replace(true);
+            }
+            let want: &[Record] = if serving { &s.records } else { &[] };
+            match sync(&mut backend, &s, want).await {
+                Ok(plan) => {
+                    if failures > 0 || !plan.add.is_empty() || !plan.remove.is_empty() {
+                        log_change(&backend_name, serving, &plan, failures);
+                    }
+                    achieved = Some(serving);
+                    failures = 0;
+                    retry_at = None;
+                    verify_at = serving.then(|| Instant::now() + s.verify_every);
+                    if !serving {
+                        up.send_replace(false);
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = retry_wait(failures, e.retry_after);
+                    tracing::warn!(
+                        backend = %backend_name,
+                        error = %e,
+                        attempt = failures,
+                        retry_in = ?wait,
+                        "DNS {} failed; supervision goes on and this is retried",
+                        if serving { "publication" } else { "withdrawal" }
+                    );
+                    retry_at = Some(Instant::now() + wait);
+                }
+            }
+            continue;
+        }
+        let wake = [retry_at.filter(|_| achieved != Some(serving)), verify_at]
+            .into_iter()
+            .flatten()
+            .min();
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            _ = sleep_until(wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))) => {}
+        }
+    }
+}
+
+fn log_change(backend: &str, serving: bool, plan: &Plan, failures: u32) {
+    let added: Vec<String> = plan.add.iter().map(Record::to_string).collect();
+    let removed: Vec<String> = plan.remove.iter().map(|p| p.record.to_string()).collect();
+    tracing::info!(
+        backend,
+        added = ?added,
+        removed = ?removed,
+        after_failures = failures,
+        "{}",
+        if serving {
+            "DNS records published"
+        } else {
+            "DNS records withdrawn"
+        }
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(name: &str, ip: &str) -> Record {
+        Record::address(
+            name,
+            ip.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+        )
+    }
+
+    fn present(r: &Record, id: &str) -> Present {
+        Present {
+            record: r.clone(),
+            id: id.into(),
+        }
+    }
+
+    const HOST: &str = "n1.fra1.example.net";
+
+    #[test]
+    fn adds_what_is_missing_and_leaves_peers_alone() {
+        let srv = Record::srv("_nats-route._tcp.fra1.example.net", 6222, HOST);
+        let peer = Record::srv(
+            "_nats-route._tcp.fra1.example.net",
+            6222,
+            "n2.fra1.example.net",
+        );
+        let want = vec![srv.clone(), a(HOST, "10.0.0.1")];
+        let p = plan(&want, &[present(&peer, "7")], HOST, &BTreeSet::new());
+        assert_eq!(p.add, want);
+        assert!(p.remove.is_empty());
+    }
+
+    #[test]
+    fn repairs_a_stale_address_and_a_duplicate() {
+        let want = vec![a(HOST, "10.0.0.1")];
+        let listed = [
+            present(&a(HOST, "10.0.0.9"), "1"),
+            present(&a(HOST, "10.0.0.1"), "2"),
+            present(&a(HOST, "10.0.0.1"), "3"),
+        ];
+        let p = plan(&want, &listed, HOST, &BTreeSet::new());
+        assert!(p.add.is_empty());
+        let ids: Vec<&str> = p.remove.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["1", "3"]);
+    }
+
+    #[test]
+    fn withdraws_only_its_own_shared_name_records() {
+        // Gateway addresses share the region's name with the peers': only
+        // the remembered one is this node's.
+        let mine = a("fra1.example.net", "203.0.113.1");
+        let theirs = a("fra1.example.net", "203.0.113.2");
+        let remembered: BTreeSet<Record> = [mine.clone()].into();
+        let listed = [present(&mine, "1"), present(&theirs, "2")];
+        let p = plan(&[], &listed, HOST, &remembered);
+        assert_eq!(p.remove, vec![present(&mine, "1")]);
+        assert!(p.add.is_empty());
+    }
+
+    #[test]
+    fn retry_waits_grow_and_honour_rate_limits() {
+        assert!(retry_wait(1, None) < Duration::from_millis(1300));
+        assert!(retry_wait(3, None) >= Duration::from_secs(4));
+        assert!(retry_wait(30, None) <= Duration::from_millis(60_250));
+        assert!(retry_wait(1, Some(Duration::from_secs(30))) >= Duration::from_secs(30));
+    }
+}

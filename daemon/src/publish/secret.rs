@@ -1,0 +1,42 @@
+//! Tokens and TSIG secrets: read from a file (a systemd credential) when
+//! needed, never printed.
+
+use std::fmt;
+use std::path::Path;
+
+use super::PublishError;
+
+/// A secret whose `Debug` and `Display` show nothing of it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Reads and trims `path`; an empty file is an error.
+    pub fn read(path: &Path, what: &str) -> Result<Self, PublishError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            PublishError::new(
+                format!("reading the {what}"),
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(PublishError::new(
+                format!("reading the {what}"),
+                format!("{} is empty", path.display()),
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
