@@ -30,9 +30,10 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
             }
         },
     };
-    if let Some((_, found)) = &followed {
+    if let Some((_, found, _)) = &followed {
         crate::discovery::apply(&mut settings, found);
     }
+    let bootstrapped = followed.as_ref().is_some_and(|(_, _, b)| *b);
     let publish = settings.publish.clone();
     let (mut supervisor, status) =
         match Supervisor::new(config_path, settings, notifier.clone()).await {
@@ -50,7 +51,7 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
             return crate::EXIT_FAILURE;
         }
     };
-    let follower = followed.map(|(discovery, found)| {
+    let follower = followed.map(|(discovery, found, _)| {
         let (tx, rx) = tokio::sync::watch::channel(found);
         supervisor.follow(rx);
         tokio::spawn(crate::discovery::follow(discovery, tx))
@@ -58,7 +59,12 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     let publisher = publish.map(|p| {
         let (up_tx, up_rx) = tokio::sync::watch::channel(false);
         supervisor.announce(up_rx);
-        tokio::spawn(crate::publish::follow(p, status.clone(), up_tx))
+        tokio::spawn(crate::publish::follow(
+            p,
+            status.clone(),
+            up_tx,
+            bootstrapped,
+        ))
     });
     let (commands, rx) = mpsc::channel(16);
     let control = tokio::spawn(control::serve(listener, commands.clone(), status));
@@ -95,7 +101,7 @@ async fn first_answer(
     d: &crate::config::validate::Discovered,
     settings: &Settings,
     notifier: &Notifier,
-) -> Result<(crate::discovery::Discovery, crate::discovery::Found), String> {
+) -> Result<(crate::discovery::Discovery, crate::discovery::Found, bool), String> {
     let discovery = crate::discovery::Discovery::new(d.settings.clone())?;
     let first_jetstream_start =
         settings.server.jetstream.is_some() && !settings.state_dir.join("jetstream").exists();
@@ -104,10 +110,31 @@ async fn first_answer(
             "waiting for {} servers of the region in DNS (JetStream's first start)",
             d.bootstrap_expect
         ));
+        // With self-publication every waiting server must show itself, or
+        // all of them would wait for each other.
+        let announcer = settings
+            .publish
+            .clone()
+            .map(|p| tokio::spawn(crate::publish::announce_for_bootstrap(p)));
         let found =
             crate::discovery::wait_for_peers(&discovery, d.bootstrap_expect, d.bootstrap_timeout)
-                .await?;
-        return Ok((discovery, found));
+                .await;
+        let mut announced = false;
+        if let (Some(a), Some(p)) = (announcer, &settings.publish) {
+            if found.is_ok() {
+                // Peers still counting must see this node: finish the
+                // announcement (bounded) before starting.
+                announced = matches!(
+                    tokio::time::timeout(p.withdraw_timeout, a).await,
+                    Ok(Ok(()))
+                );
+            } else {
+                // Not starting after all: take the announcement back.
+                a.abort();
+                crate::publish::reconcile_at_start(p).await;
+            }
+        }
+        return Ok((discovery, found?, announced));
     }
     let found = match discovery.lookup().await {
         Ok((found, _)) => found,
@@ -116,7 +143,7 @@ async fn first_answer(
             discovery.seeds()
         }
     };
-    Ok((discovery, found))
+    Ok((discovery, found, false))
 }
 
 /// SIGTERM and SIGINT stop (drain first); SIGHUP reloads.

@@ -582,3 +582,134 @@ fn a_jetstream_edge_needs_its_own_domain_and_a_remote_needs_urls_or_a_record() {
     assert_eq!(d.leaf_records, ["_nats-leaf._tcp.edge.nats.test"]);
     assert_eq!(d.route_record, None);
 }
+
+/// Writes a secret file with `mode`.
+fn secret(f: &Fixture, rel: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = f.write(rel, "token-value\n");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+#[test]
+fn dns_publish_writes_discoverys_records_for_this_node() {
+    let f = Fixture::new();
+    secret(&f, "creds/do-token", 0o600);
+    f.write(
+        "natsmesh.toml",
+        &format!("{DISCOVERY}\n[dns_publish]\nbackend = \"digitalocean\"\ntoken_file = \"do-token\"\nttl = \"5s\"\n"),
+    );
+    let env = Environment {
+        credentials_dir: Some(f.dir.path().join("creds")),
+        ..f.env()
+    };
+    let sources = discover(Some(&f.main())).unwrap();
+    let s = validate(&load(&sources).unwrap(), &env).unwrap();
+    let p = s.publish.as_ref().unwrap();
+    let host = format!(
+        "{}.fra1.nats.test",
+        s.server.server_name.to_ascii_lowercase()
+    );
+    let records: Vec<String> = p.records.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        records,
+        [
+            format!("_nats-route._tcp.fra1.nats.test SRV 10 10 6222 {host}."),
+            format!("{host} A 10.0.0.1"),
+            "fra1.nats.test A 10.0.0.1".to_owned(),
+        ]
+    );
+    assert_eq!(p.host, host);
+    assert_eq!(p.zone, "nats.test");
+    // DigitalOcean keeps nothing below 30 s.
+    assert_eq!(p.ttl, 30);
+    // A relative token file is a systemd credential.
+    match &p.backend {
+        natsmesh::publish::BackendSettings::Api {
+            token_file, url, ..
+        } => {
+            assert_eq!(token_file, &f.dir.path().join("creds/do-token"));
+            assert_eq!(url, "https://api.digitalocean.com");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.state_file, s.state_dir.join("dns-published.json"));
+
+    // Linode keeps SRV records at a Domain's apex: one Domain per region,
+    // and only its fixed TTLs.
+    f.write(
+        "natsmesh.toml",
+        &format!("{DISCOVERY}\n[dns_publish]\nbackend = \"linode\"\ntoken_file = \"creds/do-token\"\ngateway = false\n"),
+    );
+    let p = f.settings().unwrap().publish.unwrap();
+    assert_eq!(p.zone, "fra1.nats.test");
+    assert_eq!(p.ttl, 300);
+    assert_eq!(p.records.len(), 2, "no gateway address: {:?}", p.records);
+}
+
+#[test]
+fn dns_publish_problems_name_the_key() {
+    let f = Fixture::new();
+    secret(&f, "open-token", 0o644);
+    // Off, but half configured.
+    f.write(
+        "natsmesh.toml",
+        &format!("{DISCOVERY}\n[dns_publish]\ntoken_file = \"x\"\n"),
+    );
+    let problems = f.problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key.as_deref() == Some("dns_publish.token_file")
+                && p.message.contains("backend")),
+        "{problems:?}"
+    );
+    // Without discovery there is nothing to publish.
+    f.write(
+        "natsmesh.toml",
+        &format!(
+            "{MINIMAL}\n[dns_publish]\nbackend = \"cloudflare\"\ntoken_file = \"open-token\"\n"
+        ),
+    );
+    let problems = f.problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key.as_deref() == Some("dns_publish.backend")
+                && p.message.contains("[discovery]")),
+        "{problems:?}"
+    );
+    // RFC 2136 without its parts; a token in clear text off the machine; a
+    // secret everyone can read; a zone the records are not in.
+    f.write(
+        "natsmesh.toml",
+        &format!("{DISCOVERY}\n[dns_publish]\nbackend = \"rfc2136\"\ntsig_algorithm = \"hmac-md5\"\nzone = \"other.test\"\n"),
+    );
+    let problems = f.problems();
+    let keys: Vec<_> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
+    for key in [
+        "dns_publish.server",
+        "dns_publish.tsig_key_name",
+        "dns_publish.tsig_algorithm",
+        "dns_publish.tsig_secret_file",
+        "dns_publish.zone",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {problems:?}");
+    }
+    f.write(
+        "natsmesh.toml",
+        &format!("{DISCOVERY}\n[dns_publish]\nbackend = \"cloudflare\"\ntoken_file = \"open-token\"\napi_url = \"http://api.example.com\"\n"),
+    );
+    let problems = f.problems();
+    for (key, needle) in [
+        ("dns_publish.api_url", "clear text"),
+        ("dns_publish.token_file", "readable by every user"),
+    ] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key.as_deref() == Some(key) && p.message.contains(needle)),
+            "{key}: {needle} missing from {problems:?}"
+        );
+    }
+}

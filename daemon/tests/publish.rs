@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, Options};
 use natsmesh_harness::bind::{Bind, KEY_NAME};
+use natsmesh_harness::fakes::Fault;
+use natsmesh_harness::fakes::dns_api::{ApiRecord, FakeDnsApi, Flavor};
 use natsmesh_harness::{CURRENT, free_port};
 
 const ZONE: &str = "nats.test";
@@ -154,7 +156,7 @@ fn a_crashed_nodes_records_are_repaired_not_duplicated() {
     let mut a = node(1, port, &bind);
     a.wait_ready();
     wait_for("a published", Duration::from_secs(20), || {
-        srv_targets(&bind) == targets(&[1])
+        srv_targets(&bind) == targets(&[1]) && bind.dig(&host(1), "A") == vec![ip(1).to_string()]
     });
     // A record this node published in an earlier life at another address.
     bind.update(&[format!("update add {} 30 A 127.0.3.99", host(1))])
@@ -218,4 +220,237 @@ fn a_wrong_key_is_reported_retried_and_never_blocks_serving() {
     );
     // Supervision carried on: one broker all along.
     assert_eq!(a.status().unwrap().restarts, 0);
+}
+
+#[test]
+fn jetstreams_first_start_waits_for_peers_that_announce_themselves() {
+    let bind = Bind::start(ZONE);
+    let port = free_port();
+    let boot = |n: u8| {
+        let mut o = node_opts(n, port, &bind, &rfc2136(&bind));
+        // A route_wait far beyond the test's patience: a node must never
+        // reach service only because waiting for a peer gave up.
+        o.extra = o
+            .extra
+            .replace(
+                "max_refresh = \"1s\"\n",
+                "max_refresh = \"1s\"\nbootstrap_expect = 3\nbootstrap_timeout = \"60s\"\n",
+            )
+            .replace("route_wait = \"30s\"", "route_wait = \"10m\"");
+        Daemon::start(CURRENT, o)
+    };
+    // Each waits for the others, which it can only see because every one
+    // announces itself while waiting.
+    let mut a = boot(1);
+    let mut b = boot(2);
+    let mut c = boot(3);
+    for (d, name) in [(&mut a, "a"), (&mut b, "b"), (&mut c, "c")] {
+        d.wait_status(
+            &format!("{name} ready"),
+            |s| s.state == "ready",
+            Duration::from_secs(60),
+        );
+        wait_routes(d, 2, &format!("{name} routed to both peers"));
+    }
+    // One JetStream group of three, not three groups of one.
+    wait_for(
+        "a JetStream meta group of three",
+        Duration::from_secs(30),
+        || {
+            a.monitor("/jsz")
+                .and_then(|j| j["meta_cluster"]["cluster_size"].as_u64())
+                == Some(3)
+        },
+    );
+    assert_eq!(srv_targets(&bind), targets(&[1, 2, 3]));
+}
+
+/// Publishes through a provider's API (a fake that follows its published
+/// contract and writes into BIND), so discovery reads what the API wrote.
+fn through_provider(flavor: Flavor, backend: &str, zone: &str) {
+    let bind = Bind::start(zone);
+    let token = format!("{backend}-token-7f3a9c");
+    let fake = FakeDnsApi::start(flavor, zone, &token, Some(bind.writer()));
+    // A peer's record the node must never touch.
+    let peer = ApiRecord {
+        id: String::new(),
+        kind: "SRV".into(),
+        name: SRV.into(),
+        value: host(7),
+        priority: 10,
+        weight: 10,
+        port: 6222,
+        ttl: 300,
+    };
+    {
+        let mut s = fake.state.lock().unwrap();
+        let mut p = peer.clone();
+        p.id = "900001".into();
+        s.records.push(p);
+        // The provider's rate limit on the first request: honoured, retried.
+        s.rate_limited = 1;
+        s.retry_after_secs = 1;
+    }
+    let scratch = natsmesh_harness::scratch();
+    let token_file = scratch.path().join("token");
+    natsmesh_harness::bind::write_private(&token_file, &format!("{token}\n"));
+    let port = free_port();
+    let gw = free_port();
+    let publish = format!(
+        "backend = \"{backend}\"\nzone = \"{zone}\"\ntoken_file = \"{}\"\napi_url = \"{}\"\n\n[broker.gateway]\nenabled = true\nbind = \"{}\"\nport = {gw}\n",
+        token_file.display(),
+        fake.url(),
+        ip(1),
+    );
+    let mut opts = node_opts(1, port, &bind, &publish);
+    opts.extra = opts.extra.replace(
+        "max_refresh = \"1s\"\n",
+        "max_refresh = \"1s\"\nregions = [\"fra1\"]\n",
+    );
+    let mut a = Daemon::start(CURRENT, opts);
+    a.wait_ready();
+    wait_for(
+        &format!("{backend}: records in BIND through the API"),
+        Duration::from_secs(30),
+        || {
+            srv_targets(&bind) == targets(&[1])
+                && bind.dig(&host(1), "A") == vec![ip(1).to_string()]
+                && bind.dig("fra1.nats.test", "A") == vec![ip(1).to_string()]
+                && fake.records().len() == 4
+        },
+    );
+    let log = a.log();
+    assert!(
+        log.contains("429"),
+        "{backend}: the rate limit is reported:\n{log}"
+    );
+    // Exactly three records of this node's, the peer's untouched.
+    let mine: Vec<ApiRecord> = fake
+        .records()
+        .into_iter()
+        .filter(|r| r.name == host(1) || r.value == host(1) || r.name == "fra1.nats.test")
+        .collect();
+    assert_eq!(mine.len(), 3, "{backend}: {mine:?}");
+
+    // Stop: withdrawn through the API before lame duck; the peer's stays.
+    a.signal("TERM");
+    assert!(
+        a.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        a.log()
+    );
+    assert!(
+        srv_targets(&bind).is_empty(),
+        "{backend}: {:?}",
+        srv_targets(&bind)
+    );
+    assert!(bind.dig(&host(1), "A").is_empty());
+    assert!(bind.dig("fra1.nats.test", "A").is_empty());
+    let left = fake.records();
+    assert_eq!(left.len(), 1, "{backend}: {left:?}");
+    assert_eq!(left[0].value, peer.value);
+    // The token went only where it belongs.
+    let log = a.log();
+    assert!(!log.contains(&token), "{backend}: token in the log");
+    let seen = fake.state.lock().unwrap().authorization_seen.clone();
+    assert!(!seen.is_empty() && seen.iter().all(|h| *h == format!("Bearer {token}")));
+}
+
+#[test]
+fn digitalocean_domains_api() {
+    through_provider(Flavor::DigitalOcean, "digitalocean", ZONE);
+}
+
+#[test]
+fn linode_domains_api() {
+    // Linode keeps SRV owners at a Domain's apex: the region's own Domain.
+    through_provider(Flavor::Linode, "linode", "fra1.nats.test");
+}
+
+#[test]
+fn cloudflare_dns_api() {
+    through_provider(Flavor::Cloudflare, "cloudflare", ZONE);
+}
+
+#[test]
+fn a_provider_outage_never_blocks_serving_or_stopping() {
+    let bind = Bind::start(ZONE);
+    let fake = FakeDnsApi::start(Flavor::DigitalOcean, ZONE, "tok", Some(bind.writer()));
+    fake.state.lock().unwrap().fault = Fault::Status(500);
+    let scratch = natsmesh_harness::scratch();
+    let token_file = scratch.path().join("token");
+    natsmesh_harness::bind::write_private(&token_file, "tok\n");
+    let publish = format!(
+        "backend = \"digitalocean\"\ntoken_file = \"{}\"\napi_url = \"{}\"\nwithdraw_timeout = \"2s\"\ngateway = false\n",
+        token_file.display(),
+        fake.url(),
+    );
+    let mut a = Daemon::start(CURRENT, node_opts(1, free_port(), &bind, &publish));
+    a.wait_ready();
+    wait_for("the outage is reported", Duration::from_secs(20), || {
+        a.log().contains("DNS publication failed")
+    });
+    assert!(a.log().contains("500"), "{}", a.log());
+    // The provider recovers: published on the next retry.
+    fake.state.lock().unwrap().fault = Fault::None;
+    wait_for("published after recovery", Duration::from_secs(30), || {
+        srv_targets(&bind) == targets(&[1])
+    });
+    // Down again at stop: the stop waits withdraw_timeout, no longer.
+    fake.state.lock().unwrap().fault = Fault::Status(500);
+    let asked = Instant::now();
+    a.signal("TERM");
+    assert!(a.wait_exit(Duration::from_secs(60)).success());
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "did not wait for the withdrawal: {took:?}"
+    );
+    assert!(
+        a.log().contains("not withdrawn in time; lame duck anyway"),
+        "{}",
+        a.log()
+    );
+}
+
+#[test]
+fn a_rate_limit_is_waited_out_as_the_provider_asks() {
+    let bind = Bind::start(ZONE);
+    let fake = FakeDnsApi::start(Flavor::Linode, "fra1.nats.test", "tok", None);
+    let scratch = natsmesh_harness::scratch();
+    let token_file = scratch.path().join("token");
+    natsmesh_harness::bind::write_private(&token_file, "tok\n");
+    let publish = format!(
+        "backend = \"linode\"\ntoken_file = \"{}\"\napi_url = \"{}\"\ngateway = false\n",
+        token_file.display(),
+        fake.url(),
+    );
+    let mut a = Daemon::start(CURRENT, node_opts(1, free_port(), &bind, &publish));
+    a.wait_ready();
+    wait_for("published", Duration::from_secs(20), || {
+        fake.records().len() == 2
+    });
+    {
+        let mut s = fake.state.lock().unwrap();
+        s.rate_limited = 1;
+        s.retry_after_secs = 3;
+    }
+    // Drain: the withdrawal meets the 429 and waits as long as it says.
+    let asked = Instant::now();
+    let out = a.cli(&["drain"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("withdrawn after the wait", Duration::from_secs(20), || {
+        fake.records().is_empty()
+    });
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "retried before Retry-After: {took:?}"
+    );
+    let log = a.log();
+    assert!(log.contains("429") && log.contains("retry_in=3."), "{log}");
 }

@@ -150,8 +150,38 @@ zone "{zone}" {{
     /// Sends one signed update (`nsupdate` lines such as
     /// `update add x.example.net 30 A 10.0.0.1`); the error text on failure.
     pub fn update(&self, lines: &[String]) -> Result<(), String> {
+        self.writer().update(lines)
+    }
+
+    /// What a fake provider API needs to write into this server.
+    pub fn writer(&self) -> BindWriter {
+        BindWriter {
+            addr: self.addr,
+            zone: self.zone.clone(),
+            key_file: self.key_file(),
+        }
+    }
+}
+
+/// What a fake provider API needs to mirror its records into this server.
+#[derive(Debug, Clone)]
+pub struct BindWriter {
+    /// The server, UDP and TCP.
+    pub addr: SocketAddr,
+    /// The zone it serves.
+    pub zone: String,
+    /// The TSIG key clause `nsupdate -k` reads.
+    pub key_file: PathBuf,
+}
+
+impl BindWriter {
+    /// One nsupdate transaction (lines like
+    /// `update add x.example.net 30 A 10.0.0.1`); the error text on failure.
+    /// Blocking: call it from `spawn_blocking` in async code.
+    pub fn update(&self, lines: &[String]) -> Result<(), String> {
         let mut script = format!(
-            "server 127.0.0.1 {}\nzone {}\n",
+            "server {} {}\nzone {}\n",
+            self.addr.ip(),
             self.addr.port(),
             self.zone
         );
@@ -162,7 +192,7 @@ zone "{zone}" {{
         script.push_str("send\n");
         let mut child = Command::new("nsupdate")
             .arg("-k")
-            .arg(self.key_file())
+            .arg(&self.key_file)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

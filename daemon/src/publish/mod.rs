@@ -253,6 +253,51 @@ pub async fn sync(
     Ok(plan)
 }
 
+impl PublishSettings {
+    /// The route records alone (the SRV record and this host's address),
+    /// without the region's gateway address.
+    pub fn route_records(&self) -> Vec<Record> {
+        self.records
+            .iter()
+            .filter(|r| matches!(r.data, Data::Srv { .. }) || r.name == self.host)
+            .cloned()
+            .collect()
+    }
+}
+
+/// While JetStream's first start waits for the region's servers to appear
+/// in DNS, each of them must appear: this node's route records go up now
+/// (retried until they are), though it serves nothing yet. Nothing sends
+/// clients by these records; the gateway address waits for serving. The
+/// publisher takes over once the broker runs.
+pub async fn announce_for_bootstrap(s: PublishSettings) {
+    let want = s.route_records();
+    let mut failures = 0;
+    loop {
+        let pass = async {
+            let mut backend = Backend::new(&s)?;
+            sync(&mut backend, &s, &want).await
+        };
+        match pass.await {
+            Ok(plan) => {
+                log_change(&s.backend.describe(), true, &plan, failures);
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = retry_wait(failures, e.retry_after);
+                tracing::warn!(
+                    backend = %s.backend.describe(),
+                    error = %e,
+                    retry_in = ?wait,
+                    "cannot announce this node for JetStream's first start; its peers will not count it until this works"
+                );
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
 /// Before the first DNS lookup: takes away whatever this node left behind
 /// (a crash skips the withdrawal), so discovery never hands the broker a
 /// route to this node's own stale address. Bounded by the withdrawal
@@ -290,13 +335,28 @@ fn retry_wait(failures: u32, hint: Option<Duration>) -> Duration {
     }
 }
 
+/// What should be in DNS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// Nothing of this node's.
+    Nothing,
+    /// Only the route records: JetStream's first start, announced while
+    /// waiting for the region and kept until this node first serves, so
+    /// peers still counting do not lose it.
+    Routes,
+    /// Everything: this node serves.
+    All,
+}
+
 /// Follows the supervisor's status until it ends. `up` is true from the
 /// moment records may exist until a withdrawal has succeeded; a stop waits
-/// (bounded) for it to turn false before lame duck.
+/// (bounded) for it to turn false before lame duck. `bootstrapped`: this
+/// node announced its route records for JetStream's first start.
 pub async fn follow(
     s: PublishSettings,
     mut status: watch::Receiver<Status>,
     up: watch::Sender<bool>,
+    bootstrapped: bool,
 ) {
     let mut backend = match Backend::new(&s) {
         Ok(b) => b,
@@ -306,34 +366,50 @@ pub async fn follow(
         }
     };
     let backend_name = s.backend.describe();
+    let routes = s.route_records();
+    let mut served = false;
+    if bootstrapped {
+        up.send_replace(true);
+    }
     // What the provider was last brought to (None: not known yet).
-    let mut achieved: Option<bool> = None;
+    let mut achieved: Option<Target> = bootstrapped.then_some(Target::Routes);
     let mut failures = 0u32;
     let mut retry_at: Option<Instant> = None;
     let mut verify_at: Option<Instant> = None;
     loop {
-        let serving = status.borrow_and_update().state == "ready";
+        let state = status.borrow_and_update().state.clone();
+        served |= state == "ready";
+        let target = match state.as_str() {
+            "ready" => Target::All,
+            "starting" | "syncing" if bootstrapped && !served => Target::Routes,
+            _ => Target::Nothing,
+        };
         let now = Instant::now();
         if verify_at.is_some_and(|t| now >= t) {
             verify_at = None;
             achieved = None;
         }
         let due = retry_at.is_none_or(|t| now >= t);
-        if achieved != Some(serving) && due {
-            if serving {
+        if achieved != Some(target) && due {
+            if target != Target::Nothing {
                 up.send_replace(true);
             }
-            let want: &[Record] = if serving { &s.records } else { &[] };
+            let want: &[Record] = match target {
+                Target::Nothing => &[],
+                Target::Routes => &routes,
+                Target::All => &s.records,
+            };
+            let publishing = target != Target::Nothing;
             match sync(&mut backend, &s, want).await {
                 Ok(plan) => {
                     if failures > 0 || !plan.add.is_empty() || !plan.remove.is_empty() {
-                        log_change(&backend_name, serving, &plan, failures);
+                        log_change(&backend_name, publishing, &plan, failures);
                     }
-                    achieved = Some(serving);
+                    achieved = Some(target);
                     failures = 0;
                     retry_at = None;
-                    verify_at = serving.then(|| Instant::now() + s.verify_every);
-                    if !serving {
+                    verify_at = publishing.then(|| Instant::now() + s.verify_every);
+                    if !publishing {
                         up.send_replace(false);
                     }
                 }
@@ -346,14 +422,14 @@ pub async fn follow(
                         attempt = failures,
                         retry_in = ?wait,
                         "DNS {} failed; supervision goes on and this is retried",
-                        if serving { "publication" } else { "withdrawal" }
+                        if publishing { "publication" } else { "withdrawal" }
                     );
                     retry_at = Some(Instant::now() + wait);
                 }
             }
             continue;
         }
-        let wake = [retry_at.filter(|_| achieved != Some(serving)), verify_at]
+        let wake = [retry_at.filter(|_| achieved != Some(target)), verify_at]
             .into_iter()
             .flatten()
             .min();

@@ -27,6 +27,9 @@ pub fn load(path: &Path) -> BTreeSet<Record> {
 pub fn save(path: &Path, records: &[Record]) {
     let write = || -> std::io::Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
+        // The first start writes this before the supervisor made the
+        // state directory.
+        std::fs::create_dir_all(dir)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         serde_json::to_writer_pretty(&mut tmp, records)?;
         tmp.as_file().sync_all()?;

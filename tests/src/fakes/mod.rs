@@ -6,6 +6,7 @@
 //! Each fake serves on 127.0.0.1 from a runtime thread of its own, so sync
 //! tests can use it; it stops when dropped.
 
+pub mod dns_api;
 pub mod do_metadata;
 pub mod linode_metadata;
 
