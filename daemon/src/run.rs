@@ -57,7 +57,7 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         tokio::spawn(crate::discovery::follow(discovery, tx))
     });
     let publisher = publish.map(|p| {
-        let (up_tx, up_rx) = tokio::sync::watch::channel(false);
+        let (up_tx, up_rx) = tokio::sync::watch::channel(crate::publish::Announced::default());
         supervisor.announce(up_rx);
         tokio::spawn(crate::publish::follow(
             p,

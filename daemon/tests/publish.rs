@@ -120,6 +120,9 @@ fn three_nodes_publish_themselves_form_a_cluster_and_one_leaves() {
     for n in 1..=3 {
         assert_eq!(bind.dig(&host(n), "A"), vec![ip(n).to_string()]);
     }
+    // `natsmeshd status` says what is in DNS.
+    let dns = a.status().unwrap().dns;
+    assert!(dns.starts_with("2 records published via rfc2136"), "{dns}");
     // The SRV record points at the route port.
     assert!(
         bind.dig(SRV, "SRV")
@@ -391,6 +394,11 @@ fn a_provider_outage_never_blocks_serving_or_stopping() {
         a.log().contains("DNS publication failed")
     });
     assert!(a.log().contains("500"), "{}", a.log());
+    let dns = a.status().unwrap().dns;
+    assert!(
+        dns.starts_with("publication failing via digitalocean"),
+        "{dns}"
+    );
     // The provider recovers: published on the next retry.
     fake.state.lock().unwrap().fault = Fault::None;
     wait_for("published after recovery", Duration::from_secs(30), || {

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use natsmesh::logging::ids;
 use natsmesh_harness::container::Root;
+use natsmesh_harness::fakes::dns_api::{FakeDnsApi, Flavor};
 use natsmesh_harness::{CURRENT, broker_binary};
 
 const NATSMESHD: &str = env!("CARGO_BIN_EXE_natsmeshd");
@@ -146,4 +147,112 @@ fn without_a_configuration_the_unit_does_not_start() {
     // The condition is not met: skipped, not failed, and never running.
     assert_eq!(c.unit_property("natsmeshd", "ActiveState"), "inactive");
     assert_eq!(c.unit_property("natsmeshd", "ConditionResult"), "no");
+}
+
+#[test]
+fn a_dns_token_arrives_as_a_credential_and_goes_nowhere_else() {
+    const TOKEN: &str = "dop_v1_natsmesh-test-4b1d0c0ffee";
+    let root = Root::new("bookworm");
+    root.install(Path::new(NATSMESHD), "/usr/bin/natsmeshd", 0o755);
+    root.install(
+        &broker_binary(CURRENT),
+        "/usr/lib/natsmesh/nats-server",
+        0o755,
+    );
+    root.install(
+        &packaging("natsmeshd.service"),
+        "/usr/lib/systemd/system/natsmeshd.service",
+        0o644,
+    );
+    root.install(
+        &packaging("natsmesh.sysusers"),
+        "/usr/lib/sysusers.d/natsmesh.conf",
+        0o644,
+    );
+    root.install(
+        &packaging("natsmesh.toml"),
+        "/etc/natsmesh/natsmesh.toml",
+        0o644,
+    );
+    // Readable by root only; the service user gets it through systemd.
+    root.write(
+        "/etc/natsmesh/credentials/dns-token",
+        &format!("{TOKEN}\n"),
+        0o600,
+    );
+    root.write(
+        "/etc/systemd/system/natsmeshd.service.d/dns.conf",
+        "[Service]\nLoadCredential=dns-token:/etc/natsmesh/credentials/dns-token\n",
+        0o644,
+    );
+    let c = root.boot();
+    // The provider's API, on the container's own loopback.
+    let fake = FakeDnsApi::start_in(
+        Flavor::DigitalOcean,
+        "nats.test",
+        TOKEN,
+        None,
+        Some(c.netns()),
+    );
+    c.root().write("/etc/natsmesh/natsmesh.d/10-node.toml", NODE, 0o644);
+    c.root().write(
+        "/etc/natsmesh/natsmesh.d/20-dns.toml",
+        &format!(
+            "[node]\ndomain = \"nats.test\"\n\n[broker.cluster]\nenabled = true\nbind = \"127.0.0.1\"\n\n[discovery]\nenabled = true\nnameservers = [\"127.0.0.1:5399\"]\n\n[dns_publish]\nbackend = \"digitalocean\"\ntoken_file = \"dns-token\"\napi_url = \"{}\"\n",
+            fake.url()
+        ),
+        0o644,
+    );
+
+    let started = c.exec(&["systemctl", "start", "natsmeshd"]);
+    assert!(
+        started.status.success(),
+        "{}",
+        c.ok(&["journalctl", "-u", "natsmeshd", "--no-pager"])
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fake.records().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not published: {:?}\n{}",
+            fake.requests(),
+            c.ok(&["journalctl", "-u", "natsmeshd", "--no-pager"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let screen = c.ok(&["natsmeshd", "status"]);
+    assert!(
+        screen.contains("2 records published via digitalocean"),
+        "{screen}"
+    );
+    let seen = fake.state.lock().unwrap().authorization_seen.clone();
+    assert!(
+        seen.iter().all(|h| *h == format!("Bearer {TOKEN}")),
+        "{seen:?}"
+    );
+
+    // Not in either process's argv or environment, not in the journal.
+    let main_pid = c.unit_property("natsmeshd", "MainPID");
+    let broker_pid = c.ok(&["pgrep", "-x", "nats-server"]).trim().to_owned();
+    for pid in [main_pid.as_str(), broker_pid.as_str()] {
+        for file in ["environ", "cmdline"] {
+            let text = c.ok(&["cat", &format!("/proc/{pid}/{file}")]);
+            assert!(!text.contains(TOKEN), "token in /proc/{pid}/{file}");
+        }
+    }
+    c.ok(&["systemctl", "stop", "natsmeshd"]);
+    assert!(
+        fake.records().is_empty(),
+        "not withdrawn: {:?}",
+        fake.records()
+    );
+    let journal = c.ok(&["journalctl", "-u", "natsmeshd", "--no-pager"]);
+    assert!(!journal.contains(TOKEN), "token in the journal");
+    let withdrawn = journal
+        .find("DNS records withdrawn")
+        .expect("withdrawal logged");
+    let lame_duck = journal
+        .find("Entering lame duck mode")
+        .expect("lame duck logged");
+    assert!(withdrawn < lame_duck, "{journal}");
 }

@@ -213,6 +213,11 @@ impl Container {
         }
     }
 
+    /// The container's network namespace (it has a private network).
+    pub fn netns(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.init))
+    }
+
     /// The container's root.
     pub fn root(&self) -> &Root {
         self.root.as_ref().expect("root")

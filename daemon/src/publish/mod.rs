@@ -335,6 +335,17 @@ fn retry_wait(failures: u32, hint: Option<Duration>) -> Duration {
     }
 }
 
+/// What the publisher tells the supervisor: whether this node's records
+/// may exist (a stop waits for `false` before lame duck), and a line for
+/// `natsmeshd status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Announced {
+    /// Records may exist.
+    pub up: bool,
+    /// What happened last, for a person.
+    pub line: String,
+}
+
 /// What should be in DNS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -355,9 +366,15 @@ enum Target {
 pub async fn follow(
     s: PublishSettings,
     mut status: watch::Receiver<Status>,
-    up: watch::Sender<bool>,
+    up: watch::Sender<Announced>,
     bootstrapped: bool,
 ) {
+    let tell = |may_exist: bool, line: String| {
+        up.send_replace(Announced {
+            up: may_exist,
+            line,
+        });
+    };
     let mut backend = match Backend::new(&s) {
         Ok(b) => b,
         Err(e) => {
@@ -369,7 +386,10 @@ pub async fn follow(
     let routes = s.route_records();
     let mut served = false;
     if bootstrapped {
-        up.send_replace(true);
+        tell(
+            true,
+            format!("route records announced for JetStream's first start ({backend_name})"),
+        );
     }
     // What the provider was last brought to (None: not known yet).
     let mut achieved: Option<Target> = bootstrapped.then_some(Target::Routes);
@@ -391,8 +411,9 @@ pub async fn follow(
         }
         let due = retry_at.is_none_or(|t| now >= t);
         if achieved != Some(target) && due {
-            if target != Target::Nothing {
-                up.send_replace(true);
+            let may_exist = up.borrow().up;
+            if target != Target::Nothing && !may_exist {
+                tell(true, format!("publishing via {backend_name}"));
             }
             let want: &[Record] = match target {
                 Target::Nothing => &[],
@@ -409,9 +430,18 @@ pub async fn follow(
                     failures = 0;
                     retry_at = None;
                     verify_at = publishing.then(|| Instant::now() + s.verify_every);
-                    if !publishing {
-                        up.send_replace(false);
-                    }
+                    let line = match target {
+                        Target::Nothing => format!("no records (withdrawn) via {backend_name}"),
+                        Target::Routes => {
+                            format!("{} route records announced via {backend_name}", want.len())
+                        }
+                        Target::All => format!(
+                            "{} records published via {backend_name}, ttl {}s",
+                            want.len(),
+                            s.ttl
+                        ),
+                    };
+                    tell(publishing, line);
                 }
                 Err(e) => {
                     failures += 1;
@@ -425,6 +455,19 @@ pub async fn follow(
                         if publishing { "publication" } else { "withdrawal" }
                     );
                     retry_at = Some(Instant::now() + wait);
+                    let may_exist = up.borrow().up;
+                    tell(
+                        may_exist,
+                        format!(
+                            "{} failing via {backend_name} (attempt {failures}, retry in {}s): {e}",
+                            if publishing {
+                                "publication"
+                            } else {
+                                "withdrawal"
+                            },
+                            wait.as_secs()
+                        ),
+                    );
                 }
             }
             continue;

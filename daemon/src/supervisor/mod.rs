@@ -149,7 +149,7 @@ pub struct Supervisor {
     found: Option<crate::discovery::Found>,
     discovery: Option<watch::Receiver<crate::discovery::Found>>,
     /// Whether this node's DNS records may exist ([`crate::publish`]).
-    announced: Option<watch::Receiver<bool>>,
+    announced: Option<watch::Receiver<crate::publish::Announced>>,
 }
 
 fn unix_ms(t: std::time::SystemTime) -> u64 {
@@ -253,7 +253,7 @@ impl Supervisor {
 
     /// Gates lame duck on this node's DNS records being withdrawn: `rx`
     /// is true while they may exist.
-    pub fn announce(&mut self, rx: watch::Receiver<bool>) {
+    pub fn announce(&mut self, rx: watch::Receiver<crate::publish::Announced>) {
         self.announced = Some(rx);
     }
 
@@ -333,8 +333,10 @@ impl Supervisor {
                     next_probe = report.at + pace;
                     self.on_report(report);
                 }
-                Some(up) = next_announced(&mut self.announced) => {
-                    if !up && self.stop.is_some_and(|s| s.lame_duck_at.is_some()) {
+                Some(announced) = next_announced(&mut self.announced) => {
+                    self.status.dns = announced.line;
+                    self.publish();
+                    if !announced.up && self.stop.is_some_and(|s| s.lame_duck_at.is_some()) {
                         tracing::info!("DNS records withdrawn");
                         self.lame_duck();
                     }
@@ -725,7 +727,7 @@ impl Supervisor {
                 kill_at: now + r.kill_after,
                 interrupted: true,
             });
-        } else if self.announced.as_ref().is_some_and(|a| *a.borrow()) {
+        } else if self.announced.as_ref().is_some_and(|a| a.borrow().up) {
             // Out of DNS first, so peers and clients stop being sent here
             // before the broker starts turning them away.
             let wait = self
@@ -1253,10 +1255,12 @@ enum Reloaded {
 
 /// The next change of the discovery answer; pending forever without
 /// discovery (or once its task has gone).
-async fn next_announced(rx: &mut Option<watch::Receiver<bool>>) -> Option<bool> {
+async fn next_announced(
+    rx: &mut Option<watch::Receiver<crate::publish::Announced>>,
+) -> Option<crate::publish::Announced> {
     match rx {
         Some(r) => match r.changed().await {
-            Ok(()) => Some(*r.borrow_and_update()),
+            Ok(()) => Some(r.borrow_and_update().clone()),
             Err(_) => {
                 *rx = None;
                 None

@@ -59,6 +59,9 @@ pub struct Status {
     pub last_reload: Option<String>,
     /// Broker log lines dropped because the log was slow.
     pub log_lines_dropped: u64,
+    /// This node's DNS records (`[dns_publish]`), when natsmeshd writes them.
+    #[serde(default)]
+    pub dns: String,
 }
 
 impl Status {
@@ -154,9 +157,13 @@ impl Status {
                     format!("restart pending: {}", self.restart_pending.join("; "))
                 },
             ),
+            ("dns", self.dns.clone()),
             ("natsmeshd", self.natsmesh_version.clone()),
         ];
-        for (k, v) in rows {
+        for (k, v) in rows
+            .into_iter()
+            .filter(|(k, v)| *k != "dns" || !v.is_empty())
+        {
             let _ = writeln!(s, "{k:>10}  {v}");
         }
         for w in &self.warnings {

@@ -171,6 +171,18 @@ const LINODE_TTLS: [u32; 12] = [
 impl FakeDnsApi {
     /// Serves `zone` for `token`; mirrors into `bind` when given.
     pub fn start(flavor: Flavor, zone: &str, token: &str, bind: Option<BindWriter>) -> Self {
+        Self::start_in(flavor, zone, token, bind, None)
+    }
+
+    /// As [`FakeDnsApi::start`], listening in the network namespace at
+    /// `netns` (see [`Server::start_in`]).
+    pub fn start_in(
+        flavor: Flavor,
+        zone: &str,
+        token: &str,
+        bind: Option<BindWriter>,
+        netns: Option<std::path::PathBuf>,
+    ) -> Self {
         let zone = normal(zone);
         let state = Arc::new(Mutex::new(DnsApiState {
             flavor,
@@ -200,7 +212,7 @@ impl FakeDnsApi {
         let router = Router::new().fallback(handle).with_state(ctx);
         Self {
             state,
-            server: Server::start(router),
+            server: Server::start_in(router, netns),
         }
     }
 

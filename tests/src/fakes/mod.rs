@@ -44,9 +44,21 @@ pub struct Server {
 impl Server {
     /// Serves `router` on a free loopback port.
     pub fn start(router: Router) -> Self {
+        Self::start_in(router, None)
+    }
+
+    /// Serves `router` on a free loopback port of the network namespace at
+    /// `netns` (`/proc/<pid>/ns/net`, e.g. a container's, so a daemon in a
+    /// container with a private network reaches it on its own loopback).
+    pub fn start_in(router: Router, netns: Option<std::path::PathBuf>) -> Self {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
+            if let Some(ns) = netns {
+                // Only this thread moves; its runtime and sockets live there.
+                let file = std::fs::File::open(&ns).expect("open netns");
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
