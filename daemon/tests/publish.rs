@@ -462,3 +462,56 @@ fn a_rate_limit_is_waited_out_as_the_provider_asks() {
     let log = a.log();
     assert!(log.contains("429") && log.contains("retry_in=3."), "{log}");
 }
+
+#[test]
+fn records_follow_serving_a_hung_broker_leaves_dns_and_returns() {
+    let bind = Bind::start(ZONE);
+    let mut a = node(1, free_port(), &bind);
+    let pid = a.wait_ready().broker_pid.unwrap();
+    wait_for("published", Duration::from_secs(20), || {
+        srv_targets(&bind) == targets(&[1])
+    });
+    // The broker stops answering: out of service, out of DNS.
+    common::signal(pid, "STOP");
+    wait_for(
+        "withdrawn while not serving",
+        Duration::from_secs(20),
+        || srv_targets(&bind).is_empty() && bind.dig(&host(1), "A").is_empty(),
+    );
+    // The hang is killed and a new broker serves: back in DNS.
+    a.wait_status(
+        "a new broker serves",
+        |s| s.state == "ready" && s.broker_pid != Some(pid),
+        Duration::from_secs(30),
+    );
+    wait_for("published again", Duration::from_secs(20), || {
+        srv_targets(&bind) == targets(&[1]) && bind.dig(&host(1), "A") == vec![ip(1).to_string()]
+    });
+}
+
+#[test]
+fn a_record_deleted_behind_natsmeshds_back_is_restored() {
+    let bind = Bind::start(ZONE);
+    let port = free_port();
+    let mut a = Daemon::start(
+        CURRENT,
+        node_opts(
+            1,
+            port,
+            &bind,
+            &format!("{}verify_every = \"10s\"\n", rfc2136(&bind)),
+        ),
+    );
+    a.wait_ready();
+    wait_for("published", Duration::from_secs(20), || {
+        srv_targets(&bind) == targets(&[1])
+    });
+    bind.update(&[format!("update delete {SRV} SRV 10 10 {port} {}.", host(1))])
+        .unwrap();
+    assert!(srv_targets(&bind).is_empty());
+    wait_for(
+        "restored by the periodic check",
+        Duration::from_secs(30),
+        || srv_targets(&bind) == targets(&[1]),
+    );
+}

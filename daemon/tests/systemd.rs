@@ -194,7 +194,8 @@ fn a_dns_token_arrives_as_a_credential_and_goes_nowhere_else() {
         None,
         Some(c.netns()),
     );
-    c.root().write("/etc/natsmesh/natsmesh.d/10-node.toml", NODE, 0o644);
+    c.root()
+        .write("/etc/natsmesh/natsmesh.d/10-node.toml", NODE, 0o644);
     c.root().write(
         "/etc/natsmesh/natsmesh.d/20-dns.toml",
         &format!(
