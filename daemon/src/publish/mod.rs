@@ -395,6 +395,10 @@ pub async fn follow(
     let mut achieved: Option<Target> = bootstrapped.then_some(Target::Routes);
     let mut failures = 0u32;
     let mut retry_at: Option<Instant> = None;
+    // The target of the failed attempt, and whether the provider itself
+    // asked for the wait (a rate limit binds whatever comes next; a plain
+    // backoff does not delay a different target, e.g. a stop's withdrawal).
+    let mut failed: Option<(Target, bool)> = None;
     let mut verify_at: Option<Instant> = None;
     loop {
         let state = status.borrow_and_update().state.clone();
@@ -408,6 +412,9 @@ pub async fn follow(
         if verify_at.is_some_and(|t| now >= t) {
             verify_at = None;
             achieved = None;
+        }
+        if failed.is_some_and(|(t, hinted)| t != target && !hinted) {
+            retry_at = None;
         }
         let due = retry_at.is_none_or(|t| now >= t);
         if achieved != Some(target) && due {
@@ -429,6 +436,7 @@ pub async fn follow(
                     achieved = Some(target);
                     failures = 0;
                     retry_at = None;
+                    failed = None;
                     verify_at = publishing.then(|| Instant::now() + s.verify_every);
                     let line = match target {
                         Target::Nothing => format!("no records (withdrawn) via {backend_name}"),
@@ -455,6 +463,7 @@ pub async fn follow(
                         if publishing { "publication" } else { "withdrawal" }
                     );
                     retry_at = Some(Instant::now() + wait);
+                    failed = Some((target, e.retry_after.is_some()));
                     let may_exist = up.borrow().up;
                     tell(
                         may_exist,

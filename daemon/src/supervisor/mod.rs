@@ -251,8 +251,9 @@ impl Supervisor {
         ))
     }
 
-    /// Gates lame duck on this node's DNS records being withdrawn: `rx`
-    /// is true while they may exist.
+    /// Gates lame duck on this node's DNS records being withdrawn (`up`
+    /// is true while they may exist) and shows the publisher's line in
+    /// `status`.
     pub fn announce(&mut self, rx: watch::Receiver<crate::publish::Announced>) {
         self.announced = Some(rx);
     }
@@ -849,6 +850,13 @@ impl Supervisor {
         if let Some(found) = &self.found {
             crate::discovery::apply(&mut settings, found);
         }
+        if settings.publish != self.settings.publish {
+            // The publisher task runs with the settings it started with.
+            tracing::warn!(
+                "[dns_publish] changed: the change takes effect when natsmeshd restarts"
+            );
+            settings.publish = self.settings.publish.clone();
+        }
         self.apply_settings(settings, false).await
     }
 
@@ -1253,8 +1261,8 @@ enum Reloaded {
     Pending,
 }
 
-/// The next change of the discovery answer; pending forever without
-/// discovery (or once its task has gone).
+/// The publisher's next word; pending forever without publication (or
+/// once its task has gone).
 async fn next_announced(
     rx: &mut Option<watch::Receiver<crate::publish::Announced>>,
 ) -> Option<crate::publish::Announced> {
@@ -1270,6 +1278,8 @@ async fn next_announced(
     }
 }
 
+/// The next change of the discovery answer; pending forever without
+/// discovery (or once its task has gone).
 async fn next_found(
     rx: &mut Option<watch::Receiver<crate::discovery::Found>>,
 ) -> Option<crate::discovery::Found> {
