@@ -16,6 +16,10 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "stats/mod.rs"]
+mod stats;
+
+use stats::row;
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -33,28 +37,6 @@ fn env_num(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn percentile(samples: &[Duration], p: f64) -> Duration {
-    let mut v = samples.to_vec();
-    v.sort();
-    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[idx.min(v.len() - 1)]
-}
-
-fn row(what: &str, samples: &[Duration]) -> String {
-    format!(
-        "| {what} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
-        ms(percentile(samples, 0.5)),
-        ms(percentile(samples, 0.9)),
-        ms(percentile(samples, 0.99)),
-        ms(*samples.iter().max().unwrap()),
-        samples.len()
-    )
 }
 
 /// Servers this one routes to: `/varz` counts pooled connections (2.10+

@@ -14,6 +14,10 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "stats/mod.rs"]
+mod stats;
+
+use stats::row;
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -25,31 +29,6 @@ use natsmesh_harness::{CURRENT, free_port};
 
 const ZONE: &str = "nats.test";
 const SRV: &str = "_nats-route._tcp.fra1.nats.test";
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn percentile(samples: &[Duration], p: f64) -> Duration {
-    let mut v = samples.to_vec();
-    v.sort();
-    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[idx.min(v.len() - 1)]
-}
-
-fn row(what: &str, samples: &[Duration]) -> String {
-    if samples.is_empty() {
-        return format!("| {what} | – | – | – | – | 0 |\n");
-    }
-    format!(
-        "| {what} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
-        ms(percentile(samples, 0.5)),
-        ms(percentile(samples, 0.9)),
-        ms(percentile(samples, 0.99)),
-        ms(*samples.iter().max().unwrap()),
-        samples.len()
-    )
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Backend {

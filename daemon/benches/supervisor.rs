@@ -13,6 +13,10 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "stats/mod.rs"]
+mod stats;
+
+use stats::{ms, percentile};
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -28,17 +32,6 @@ fn env_num(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn percentile(samples: &[Duration], p: f64) -> Duration {
-    let mut v = samples.to_vec();
-    v.sort();
-    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[idx.min(v.len() - 1)]
 }
 
 fn summary(samples: &[Duration]) -> String {

@@ -36,8 +36,9 @@ max_memory_store = "64MiB"
 max_file_store = "256MiB"
 "#;
 
-#[test]
-fn the_unit_starts_reports_reloads_and_stops_under_systemd() {
+/// A Debian 12 root with natsmeshd, the pinned broker, the unit, the
+/// sysusers entry and the packaged defaults, where the package puts them.
+fn installed() -> Root {
     let root = Root::new("bookworm");
     root.install(Path::new(NATSMESHD), "/usr/bin/natsmeshd", 0o755);
     root.install(
@@ -60,6 +61,12 @@ fn the_unit_starts_reports_reloads_and_stops_under_systemd() {
         "/etc/natsmesh/natsmesh.toml",
         0o644,
     );
+    root
+}
+
+#[test]
+fn the_unit_starts_reports_reloads_and_stops_under_systemd() {
+    let root = installed();
     root.write("/etc/natsmesh/natsmesh.d/10-node.toml", NODE, 0o644);
     let c = root.boot();
 
@@ -152,28 +159,7 @@ fn without_a_configuration_the_unit_does_not_start() {
 #[test]
 fn a_dns_token_arrives_as_a_credential_and_goes_nowhere_else() {
     const TOKEN: &str = "dop_v1_natsmesh-test-4b1d0c0ffee";
-    let root = Root::new("bookworm");
-    root.install(Path::new(NATSMESHD), "/usr/bin/natsmeshd", 0o755);
-    root.install(
-        &broker_binary(CURRENT),
-        "/usr/lib/natsmesh/nats-server",
-        0o755,
-    );
-    root.install(
-        &packaging("natsmeshd.service"),
-        "/usr/lib/systemd/system/natsmeshd.service",
-        0o644,
-    );
-    root.install(
-        &packaging("natsmesh.sysusers"),
-        "/usr/lib/sysusers.d/natsmesh.conf",
-        0o644,
-    );
-    root.install(
-        &packaging("natsmesh.toml"),
-        "/etc/natsmesh/natsmesh.toml",
-        0o644,
-    );
+    let root = installed();
     // Readable by root only; the service user gets it through systemd.
     root.write(
         "/etc/natsmesh/credentials/dns-token",

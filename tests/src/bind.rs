@@ -12,17 +12,10 @@ use std::time::{Duration, Instant};
 
 /// Fails the test unless BIND and its tools are installed.
 pub fn require_bind() {
-    for tool in ["named", "tsig-keygen", "dig", "nsupdate"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("PATH=$PATH:/usr/sbin command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "{tool} is missing: apt-get install bind9 bind9-dnsutils"
-        );
-    }
+    crate::require_tools(
+        &["named", "tsig-keygen", "dig", "nsupdate"],
+        "bind9 bind9-dnsutils",
+    );
 }
 
 /// The TSIG key's name.
@@ -86,7 +79,7 @@ zone "{zone}" {{
             std::fs::write(dir.path().join("named.conf"), conf).expect("named.conf");
             let mut cmd = Command::new("named");
             cmd.arg("-g").arg("-c").arg(dir.path().join("named.conf"));
-            if nix_is_root() {
+            if crate::is_root() {
                 cmd.args(["-u", "root"]);
             }
             let log = std::fs::File::create(dir.path().join("named.log")).expect("log");
@@ -254,13 +247,6 @@ fn dig(addr: SocketAddr, name: &str, kind: &str) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-fn nix_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// A loopback port free for both UDP and TCP right now.

@@ -13,23 +13,11 @@ use std::time::{Duration, Instant};
 
 /// Fails the test unless this machine can run containers.
 pub fn require_container_tools() {
-    let uid = Command::new("id").arg("-u").output().expect("id -u");
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
-        "container tests need root"
+    assert!(crate::is_root(), "container tests need root");
+    crate::require_tools(
+        &["systemd-nspawn", "mmdebstrap", "script", "nsenter"],
+        "systemd-container mmdebstrap util-linux bsdutils",
     );
-    for tool in ["systemd-nspawn", "mmdebstrap", "script", "nsenter"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "{tool} is missing: apt-get install systemd-container mmdebstrap util-linux bsdutils"
-        );
-    }
 }
 
 /// A cached tarball of a Debian root with systemd, built once per release.

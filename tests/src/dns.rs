@@ -10,23 +10,14 @@ use std::time::{Duration, Instant};
 /// Fails the test unless this machine can give a daemon its own
 /// `/etc/resolv.conf` (root, unshare, mount) and serve DNS on port 53.
 pub fn require_root() {
-    let uid = Command::new("id").arg("-u").output().expect("id -u");
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
+    assert!(
+        crate::is_root(),
         "supercluster tests need root (a mount namespace per node, DNS on port 53)"
     );
-    for tool in ["unshare", "mount", "dnsmasq"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("PATH=$PATH:/usr/sbin command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "{tool} is missing: apt-get install util-linux mount dnsmasq-base"
-        );
-    }
+    crate::require_tools(
+        &["unshare", "mount", "dnsmasq"],
+        "util-linux mount dnsmasq-base",
+    );
 }
 
 /// The records served.

@@ -28,6 +28,27 @@ pub const MATRIX: &[&str] = &["2.9.10", "2.10.26", "2.11.11", "2.12.8", "2.14.6"
 /// The two releases that every behavioural test covers.
 pub const OLDEST_AND_CURRENT: &[&str] = &[DEBIAN_12, CURRENT];
 
+/// Fails the test unless every tool is on PATH (or in /usr/sbin); `hint`
+/// says which Debian packages bring them.
+pub fn require_tools(tools: &[&str], hint: &str) {
+    for tool in tools {
+        let found = Command::new("sh")
+            .args(["-c", &format!("PATH=$PATH:/usr/sbin command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(found, "{tool} is missing: apt-get install {hint}");
+    }
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
 /// Where `scripts/install-brokers` puts the binaries.
 pub fn brokers_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("NATSMESH_BROKERS") {

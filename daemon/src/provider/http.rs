@@ -65,8 +65,9 @@ pub async fn send(
     })
 }
 
-/// The error's description without the URL (which the caller names once).
-fn without_url(e: &reqwest::Error) -> String {
+/// The error's description without the URL (which the caller names once)
+/// and never with headers (tokens).
+pub(crate) fn without_url(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

@@ -219,13 +219,13 @@ impl Api {
         let resp = req
             .send()
             .await
-            .map_err(|e| PublishError::new(&what, describe(&e)))?;
+            .map_err(|e| PublishError::new(&what, crate::provider::http::without_url(&e)))?;
         let status = resp.status();
         let retry_after = retry_after(resp.headers(), self.provider);
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| PublishError::new(&what, describe(&e)))?;
+            .map_err(|e| PublishError::new(&what, crate::provider::http::without_url(&e)))?;
         if status == expected {
             if bytes.is_empty() {
                 return Ok(Value::Null);
@@ -651,29 +651,6 @@ fn https_client() -> Result<Client, PublishError> {
         .user_agent(concat!("natsmeshd/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| PublishError::new("HTTP client", e.to_string()))
-}
-
-/// A reqwest error without the URL (which the caller names once) and
-/// never with headers (the token).
-fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut cause = String::new();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        cause = s.to_string();
-        src = s.source();
-    }
-    if cause.is_empty() {
-        kind.to_owned()
-    } else {
-        format!("{kind}: {cause}")
-    }
 }
 
 #[cfg(test)]

@@ -334,7 +334,7 @@ impl Supervisor {
                     next_probe = report.at + pace;
                     self.on_report(report);
                 }
-                Some(announced) = next_announced(&mut self.announced) => {
+                Some(announced) = next_change(&mut self.announced) => {
                     self.status.dns = announced.line;
                     self.publish();
                     if !announced.up && self.stop.is_some_and(|s| s.lame_duck_at.is_some()) {
@@ -342,7 +342,7 @@ impl Supervisor {
                         self.lame_duck();
                     }
                 }
-                Some(found) = next_found(&mut self.discovery) => {
+                Some(found) = next_change(&mut self.discovery) => {
                     self.found = Some(found);
                     self.follow_discovery().await;
                 }
@@ -1261,28 +1261,9 @@ enum Reloaded {
     Pending,
 }
 
-/// The publisher's next word; pending forever without publication (or
-/// once its task has gone).
-async fn next_announced(
-    rx: &mut Option<watch::Receiver<crate::publish::Announced>>,
-) -> Option<crate::publish::Announced> {
-    match rx {
-        Some(r) => match r.changed().await {
-            Ok(()) => Some(r.borrow_and_update().clone()),
-            Err(_) => {
-                *rx = None;
-                None
-            }
-        },
-        None => std::future::pending().await,
-    }
-}
-
-/// The next change of the discovery answer; pending forever without
-/// discovery (or once its task has gone).
-async fn next_found(
-    rx: &mut Option<watch::Receiver<crate::discovery::Found>>,
-) -> Option<crate::discovery::Found> {
+/// The next value of a followed channel (DNS answers, the publisher's
+/// word); pending forever when there is none (or once its task has gone).
+async fn next_change<T: Clone>(rx: &mut Option<watch::Receiver<T>>) -> Option<T> {
     match rx {
         Some(r) => match r.changed().await {
             Ok(()) => Some(r.borrow_and_update().clone()),

@@ -348,6 +348,22 @@ impl Req<'_> {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+
+    /// `page` (from 1) and `per_page` (`default`, clamped to `range`).
+    fn paging(&self, default: usize, range: (usize, usize)) -> (usize, usize) {
+        let num = |key: &str| self.param(key).and_then(|v| v.parse::<usize>().ok());
+        let per_page = num("per_page").unwrap_or(default).clamp(range.0, range.1);
+        (num("page").unwrap_or(1).max(1), per_page)
+    }
+}
+
+/// Page `page` (from 1) of `items`, `size` a page.
+fn page_of(items: Vec<Value>, page: usize, size: usize) -> Vec<Value> {
+    items
+        .into_iter()
+        .skip((page - 1).saturating_mul(size))
+        .take(size)
+        .collect()
 }
 
 /// Content type and rate-limit headers on every answer; `retry-after` on
@@ -707,16 +723,7 @@ fn do_apex_records() -> Vec<Value> {
 fn do_list(ctx: &Ctx, req: &Req<'_>) -> Response {
     let name = req.param("name").map(normal);
     let kind = req.param("type").map(str::to_ascii_uppercase);
-    let per_page = req
-        .param("per_page")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(20)
-        .clamp(1, 200);
-    let page = req
-        .param("page")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(1)
-        .max(1);
+    let (page, per_page) = req.paging(20, (1, 200));
     let mut all = do_apex_records();
     all.extend(
         lock(&ctx.state)
@@ -736,11 +743,7 @@ fn do_list(ctx: &Ctx, req: &Req<'_>) -> Response {
         .collect();
     let total = matching.len();
     let pages = total.div_ceil(per_page);
-    let items: Vec<Value> = matching
-        .into_iter()
-        .skip((page - 1).saturating_mul(per_page))
-        .take(per_page)
-        .collect();
+    let items: Vec<Value> = page_of(matching, page, per_page);
     let mut links = Map::new();
     if pages > 1 {
         let host = req
@@ -1008,11 +1011,7 @@ fn linode_matches(item: &Value, filter: &Map<String, Value>) -> bool {
 fn linode_page(items: Vec<Value>, page: usize, size: usize) -> Value {
     let results = items.len();
     let pages = results.div_ceil(size).max(1);
-    let data: Vec<Value> = items
-        .into_iter()
-        .skip((page - 1).saturating_mul(size))
-        .take(size)
-        .collect();
+    let data: Vec<Value> = page_of(items, page, size);
     json!({"data": data, "page": page, "pages": pages, "results": results})
 }
 
@@ -1218,16 +1217,7 @@ fn cf_info(page: usize, per_page: usize, count: usize, total: usize) -> Value {
 }
 
 fn cf_zones(ctx: &Ctx, req: &Req<'_>) -> Response {
-    let per_page = req
-        .param("per_page")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(20)
-        .clamp(5, 50);
-    let page = req
-        .param("page")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(1)
-        .max(1);
+    let (page, per_page) = req.paging(20, (5, 50));
     let name_ok = req.param("name").is_none_or(|n| normal(n) == ctx.zone);
     let status_ok = req.param("status").is_none_or(|s| s == "active");
     let all: Vec<Value> = if name_ok && status_ok {
@@ -1236,11 +1226,7 @@ fn cf_zones(ctx: &Ctx, req: &Req<'_>) -> Response {
         Vec::new()
     };
     let total = all.len();
-    let items: Vec<Value> = all
-        .into_iter()
-        .skip((page - 1).saturating_mul(per_page))
-        .take(per_page)
-        .collect();
+    let items: Vec<Value> = page_of(all, page, per_page);
     let info = cf_info(page, per_page, items.len(), total);
     cf_ok(&json!(items), Some(info))
 }
@@ -1272,16 +1258,7 @@ fn cf_json(ctx: &Ctx, r: &ApiRecord) -> Value {
 }
 
 fn cf_list(ctx: &Ctx, req: &Req<'_>) -> Response {
-    let per_page = req
-        .param("per_page")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(100)
-        .clamp(1, 5_000_000);
-    let page = req
-        .param("page")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(1)
-        .max(1);
+    let (page, per_page) = req.paging(100, (1, 5_000_000));
     let any = req.param("match") == Some("any");
     let matching: Vec<Value> = lock(&ctx.state)
         .records
@@ -1290,11 +1267,7 @@ fn cf_list(ctx: &Ctx, req: &Req<'_>) -> Response {
         .map(|r| cf_json(ctx, r))
         .collect();
     let total = matching.len();
-    let items: Vec<Value> = matching
-        .into_iter()
-        .skip((page - 1).saturating_mul(per_page))
-        .take(per_page)
-        .collect();
+    let items: Vec<Value> = page_of(matching, page, per_page);
     let info = cf_info(page, per_page, items.len(), total);
     cf_ok(&json!(items), Some(info))
 }
