@@ -5,6 +5,7 @@
 pub mod digitalocean;
 pub mod http;
 pub mod linode;
+pub mod rest;
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -9,21 +9,17 @@
 //! `protocol` at the zone apex, so with Linode a region's records live in
 //! a zone of their own (`<region>.<domain>`), as Linode's SRV guide says.
 
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use reqwest::header::HeaderMap;
-use reqwest::{Client, Method, StatusCode};
-use serde_json::{Value, json};
 
 use super::record::{absolute, normal, relative};
 use super::secret::Secret;
 use super::{Data, Present, PublishError, Record};
+use crate::provider::rest::{Flavor, Rest};
 
-/// Per request.
-const TIMEOUT: Duration = Duration::from_secs(10);
 /// Pages followed at most in one listing (a zone with more records than
 /// this many pages is not one natsmesh's names live in alone).
 const MAX_PAGES: usize = 50;
@@ -79,6 +75,15 @@ impl Provider {
         }
     }
 
+    /// Its error bodies and rate-limit headers.
+    fn flavor(self) -> Flavor {
+        match self {
+            Self::DigitalOcean => Flavor::DigitalOcean,
+            Self::Linode => Flavor::Linode,
+            Self::Cloudflare => Flavor::Cloudflare,
+        }
+    }
+
     /// What the token needs, for error messages and the README.
     pub fn scopes(self) -> &'static str {
         match self {
@@ -92,10 +97,9 @@ impl Provider {
 /// A client of one provider's API for one zone.
 pub struct Api {
     provider: Provider,
-    base: String,
+    rest: Rest,
     token_file: PathBuf,
     zone: String,
-    http: Client,
     /// Linode's domain id or Cloudflare's zone id, once looked up.
     zone_id: Option<String>,
     token: Option<Secret>,
@@ -109,12 +113,13 @@ impl Api {
         token_file: PathBuf,
         zone: &str,
     ) -> Result<Self, PublishError> {
+        let rest = Rest::new(provider.flavor(), base)
+            .map_err(|e| PublishError::new(format!("{provider} API client"), e))?;
         Ok(Self {
             provider,
-            base: base.trim_end_matches('/').to_owned(),
+            rest,
             token_file,
             zone: normal(zone),
-            http: https_client()?,
             zone_id: None,
             token: None,
         })
@@ -190,8 +195,8 @@ impl Api {
         }
     }
 
-    /// One request; the parsed JSON body on `expected`, the provider's
-    /// own error text otherwise, with its retry hint on 429 and 503.
+    /// One request; the provider's own error text on failure, with a hint
+    /// at the token's scopes when it was refused.
     async fn call(
         &self,
         method: Method,
@@ -200,88 +205,26 @@ impl Api {
         headers: &[(&str, String)],
         expected: StatusCode,
     ) -> Result<Value, PublishError> {
-        let what = format!("{} {method} {path}", self.provider);
-        let token = self
-            .token
-            .as_ref()
-            .ok_or_else(|| PublishError::new(&what, "no token read"))?;
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token.expose())
-            .header("Accept", "application/json");
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
+        let token = self.token.as_ref().ok_or_else(|| {
+            PublishError::new(format!("{} {path}", self.provider), "no token read")
+        })?;
+        self.rest
+            .call(token.expose(), method, path, body, headers, expected)
             .await
-            .map_err(|e| PublishError::new(&what, crate::provider::http::without_url(&e)))?;
-        let status = resp.status();
-        let retry_after = retry_after(resp.headers(), self.provider);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| PublishError::new(&what, crate::provider::http::without_url(&e)))?;
-        if status == expected {
-            if bytes.is_empty() {
-                return Ok(Value::Null);
-            }
-            return serde_json::from_slice(&bytes).map_err(|e| {
-                PublishError::new(&what, format!("{status} with a body that is not JSON: {e}"))
-            });
-        }
-        let mut why = format!("{} {}", status.as_u16(), self.error_text(&bytes));
-        if matches!(status.as_u16(), 401 | 403) {
-            why.push_str(&format!(" (the token needs {})", self.provider.scopes()));
-        }
-        Err(PublishError {
-            what,
-            why,
-            retry_after: retry_after.filter(|_| matches!(status.as_u16(), 429 | 503)),
-        })
-    }
-
-    /// The provider's error message, from its documented error body.
-    fn error_text(&self, body: &[u8]) -> String {
-        let v: Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(_) => {
-                let text = String::from_utf8_lossy(body);
-                return text.chars().take(200).collect::<String>().trim().to_owned();
-            }
-        };
-        let text = match self.provider {
-            // {"id":"unauthorized","message":"Unable to authenticate you."}
-            Provider::DigitalOcean => v["message"].as_str().map(str::to_owned),
-            // {"errors":[{"reason":"…","field":"…"}]}
-            Provider::Linode => v["errors"].as_array().map(|errs| {
-                errs.iter()
-                    .map(|e| match e["field"].as_str() {
-                        Some(f) => format!("{f}: {}", e["reason"].as_str().unwrap_or("")),
-                        None => e["reason"].as_str().unwrap_or("").to_owned(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            }),
-            // {"success":false,"errors":[{"code":81058,"message":"…"}]}
-            Provider::Cloudflare => v["errors"].as_array().map(|errs| {
-                errs.iter()
-                    .map(|e| {
-                        format!(
-                            "{} (code {})",
-                            e["message"].as_str().unwrap_or(""),
-                            e["code"]
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            }),
-        };
-        text.unwrap_or_else(|| v.to_string().chars().take(200).collect())
+            .map_err(|e| {
+                let mut why = match e.status {
+                    Some(s) => format!("{s} {}", e.text),
+                    None => e.text,
+                };
+                if matches!(e.status, Some(401 | 403)) {
+                    why.push_str(&format!(" (the token needs {})", self.provider.scopes()));
+                }
+                PublishError {
+                    what: e.what,
+                    why,
+                    retry_after: e.retry_after,
+                }
+            })
     }
 
     // DigitalOcean ---------------------------------------------------------
@@ -307,7 +250,12 @@ impl Api {
                     }
                 }
                 match v["links"]["pages"]["next"].as_str() {
-                    Some(next) => path = next.strip_prefix(&self.base).unwrap_or(next).to_owned(),
+                    Some(next) => {
+                        path = next
+                            .strip_prefix(self.rest.base())
+                            .unwrap_or(next)
+                            .to_owned()
+                    }
                     None => break,
                 }
             }
@@ -584,75 +532,6 @@ fn in_zone(r: &Record, zone: &str) -> Result<String, PublishError> {
     })
 }
 
-/// How long the provider asked to wait: `Retry-After` (seconds or an HTTP
-/// date), else the reset time of an exhausted window (DigitalOcean
-/// `ratelimit-reset`, Linode `X-RateLimit-Reset`: Unix seconds;
-/// Cloudflare `Ratelimit: …;t=<seconds>`).
-pub fn retry_after(headers: &HeaderMap, provider: Provider) -> Option<Duration> {
-    let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(v) = get("retry-after") {
-        if let Ok(secs) = v.parse::<u64>() {
-            return Some(Duration::from_secs(secs));
-        }
-        if let Ok(at) = httpdate(v) {
-            return Some(at.duration_since(SystemTime::now()).unwrap_or_default());
-        }
-    }
-    match provider {
-        Provider::DigitalOcean | Provider::Linode => {
-            let (remaining, reset) = match provider {
-                Provider::DigitalOcean => (get("ratelimit-remaining"), get("ratelimit-reset")),
-                _ => (get("x-ratelimit-remaining"), get("x-ratelimit-reset")),
-            };
-            if remaining? != "0" {
-                return None;
-            }
-            let reset: u64 = reset?.parse().ok()?;
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-            Some(Duration::from_secs(reset.saturating_sub(now)))
-        }
-        Provider::Cloudflare => {
-            let v = get("ratelimit")?;
-            let t = v.split(';').find_map(|p| p.trim().strip_prefix("t="))?;
-            t.parse().ok().map(Duration::from_secs)
-        }
-    }
-}
-
-fn httpdate(s: &str) -> Result<SystemTime, ()> {
-    let fmt = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    let t = time::PrimitiveDateTime::parse(s, &fmt).map_err(|_| ())?;
-    let secs = t.assume_utc().unix_timestamp();
-    u64::try_from(secs)
-        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
-        .map_err(|_| ())
-}
-
-/// HTTPS with the system's trust store (Debian's ca-certificates); plain
-/// HTTP only where validation allowed it (loopback).
-fn https_client() -> Result<Client, PublishError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        let _ = roots.add(cert);
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| PublishError::new("TLS set-up", e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Client::builder()
-        .tls_backend_preconfigured(tls)
-        .connect_timeout(TIMEOUT)
-        .timeout(TIMEOUT)
-        .user_agent(concat!("natsmeshd/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| PublishError::new("HTTP client", e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,41 +556,5 @@ mod tests {
             linode_srv_owner("_nats-route._tcp.fra1.example.net", "example.net"),
             None
         );
-    }
-
-    #[test]
-    fn retry_hints_from_each_providers_headers() {
-        let mut h = HeaderMap::new();
-        h.insert("retry-after", "29".parse().expect("header"));
-        assert_eq!(
-            retry_after(&h, Provider::DigitalOcean),
-            Some(Duration::from_secs(29))
-        );
-        let mut h = HeaderMap::new();
-        h.insert("Ratelimit", "\"default\";r=0;t=42".parse().expect("header"));
-        assert_eq!(
-            retry_after(&h, Provider::Cloudflare),
-            Some(Duration::from_secs(42))
-        );
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut h = HeaderMap::new();
-        h.insert("X-RateLimit-Remaining", "0".parse().expect("header"));
-        h.insert(
-            "X-RateLimit-Reset",
-            (now + 20).to_string().parse().expect("header"),
-        );
-        let wait = retry_after(&h, Provider::Linode).unwrap_or_default();
-        assert!(wait > Duration::from_secs(15) && wait <= Duration::from_secs(20));
-        h.insert("X-RateLimit-Remaining", "5".parse().expect("header"));
-        assert_eq!(retry_after(&h, Provider::Linode), None);
-        let mut h = HeaderMap::new();
-        h.insert(
-            "retry-after",
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("header"),
-        );
-        assert_eq!(retry_after(&h, Provider::Cloudflare), Some(Duration::ZERO));
     }
 }

@@ -233,7 +233,7 @@ fn api_backend(
         .clone()
         .unwrap_or_else(|| provider.default_url().to_owned());
     let url = url.trim_end_matches('/').to_owned();
-    if let Err(why) = token_safe_url(&url) {
+    if let Err(why) = crate::provider::rest::token_safe_url(&url) {
         c.problem("dns_publish.api_url", why);
     }
     let token_file = secret_file(c, env, "dns_publish.token_file", p.token_file.as_deref())?;
@@ -242,26 +242,6 @@ fn api_backend(
         url,
         token_file,
     })
-}
-
-/// A token only travels over HTTPS, or plain HTTP to this machine (a
-/// local proxy or a test double).
-fn token_safe_url(url: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" => match parsed
-            .host_str()
-            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-        {
-            Some("localhost") => Ok(()),
-            Some(h) if h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) => Ok(()),
-            _ => Err(format!(
-                "{url:?}: the token would travel in clear text; use https (plain http only to loopback)"
-            )),
-        },
-        other => Err(format!("{url:?}: scheme {other:?} is not https")),
-    }
 }
 
 /// A secret file: required, a systemd credential name when relative,
@@ -291,19 +271,4 @@ fn secret_file(
         }
     }
     Some(path)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::token_safe_url;
-
-    #[test]
-    fn tokens_never_travel_in_clear_text_off_the_machine() {
-        assert!(token_safe_url("https://api.digitalocean.com").is_ok());
-        assert!(token_safe_url("http://127.0.0.1:8080").is_ok());
-        assert!(token_safe_url("http://[::1]:8080").is_ok());
-        assert!(token_safe_url("http://api.linode.com").is_err());
-        assert!(token_safe_url("ftp://x").is_err());
-        assert!(token_safe_url("not a url").is_err());
-    }
 }

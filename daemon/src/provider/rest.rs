@@ -1,0 +1,333 @@
+//! The providers' REST APIs as natsmesh calls them: bearer token, JSON,
+//! HTTPS with the system's trust store (plain HTTP only where validation
+//! allowed it: loopback), bounded timeouts, each provider's error body and
+//! rate-limit headers read into one error type. Used by DNS publication
+//! and load-balancer membership.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::HeaderMap;
+use reqwest::{Client, Method, StatusCode};
+use serde_json::Value;
+
+/// Per request.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whose conventions: error bodies and rate-limit headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `{"id","message"}`; `ratelimit-*`.
+    DigitalOcean,
+    /// `{"errors":[{"reason","field"}]}`; `X-RateLimit-*`.
+    Linode,
+    /// `{"success":false,"errors":[{"code","message"}]}`; `Ratelimit`.
+    Cloudflare,
+}
+
+impl fmt::Display for Flavor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::DigitalOcean => "digitalocean",
+            Self::Linode => "linode",
+            Self::Cloudflare => "cloudflare",
+        })
+    }
+}
+
+/// A call that did not give the expected answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestError {
+    /// `digitalocean POST /v2/…`
+    pub what: String,
+    /// The HTTP status, when there was an answer.
+    pub status: Option<u16>,
+    /// The provider's own words (or the transport's).
+    pub text: String,
+    /// How long the provider asked to wait (429, 503, an exhausted window).
+    pub retry_after: Option<Duration>,
+}
+
+impl fmt::Display for RestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.status {
+            Some(s) => write!(f, "{}: {s} {}", self.what, self.text),
+            None => write!(f, "{}: {}", self.what, self.text),
+        }
+    }
+}
+
+/// One provider's API at one base URL.
+pub struct Rest {
+    flavor: Flavor,
+    base: String,
+    http: Client,
+}
+
+impl Rest {
+    /// A client; nothing is contacted yet.
+    pub fn new(flavor: Flavor, base: &str) -> Result<Self, String> {
+        Ok(Self {
+            flavor,
+            base: base.trim_end_matches('/').to_owned(),
+            http: https_client()?,
+        })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// One request with `token`; the JSON body (`Null` when empty) on
+    /// `expected`, a [`RestError`] otherwise. The token goes only into the
+    /// `Authorization` header and never into an error.
+    pub async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+        expected: StatusCode,
+    ) -> Result<Value, RestError> {
+        let what = format!(
+            "{} {method} {}",
+            self.flavor,
+            path.split('?').next().unwrap_or(path)
+        );
+        let fail = |text: String| RestError {
+            what: what.clone(),
+            status: None,
+            text,
+            retry_after: None,
+        };
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("Accept", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| fail(super::http::without_url(&e)))?;
+        let status = resp.status();
+        let retry_after = retry_after(resp.headers(), self.flavor);
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| fail(super::http::without_url(&e)))?;
+        if status == expected {
+            if bytes.is_empty() {
+                return Ok(Value::Null);
+            }
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| fail(format!("{status} with a body that is not JSON: {e}")));
+        }
+        Err(RestError {
+            what,
+            status: Some(status.as_u16()),
+            text: error_text(self.flavor, &bytes),
+            retry_after: retry_after.filter(|_| matches!(status.as_u16(), 429 | 503)),
+        })
+    }
+}
+
+/// The provider's error message, from its documented error body.
+pub fn error_text(flavor: Flavor, body: &[u8]) -> String {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            return text.chars().take(200).collect::<String>().trim().to_owned();
+        }
+    };
+    let list = |errs: &Value, one: &dyn Fn(&Value) -> String| {
+        errs.as_array()
+            .map(|e| e.iter().map(one).collect::<Vec<_>>().join("; "))
+    };
+    let text = match flavor {
+        // {"id":"unauthorized","message":"Unable to authenticate you."}
+        Flavor::DigitalOcean => v["message"].as_str().map(str::to_owned),
+        // {"errors":[{"reason":"…","field":"…"}]}
+        Flavor::Linode => list(&v["errors"], &|e| match e["field"].as_str() {
+            Some(f) => format!("{f}: {}", e["reason"].as_str().unwrap_or("")),
+            None => e["reason"].as_str().unwrap_or("").to_owned(),
+        }),
+        // {"success":false,"errors":[{"code":81058,"message":"…"}]}
+        Flavor::Cloudflare => list(&v["errors"], &|e| {
+            format!(
+                "{} (code {})",
+                e["message"].as_str().unwrap_or(""),
+                e["code"]
+            )
+        }),
+    };
+    text.unwrap_or_else(|| v.to_string().chars().take(200).collect())
+}
+
+/// How long the provider asked to wait: `Retry-After` (seconds or an HTTP
+/// date), else the reset time of an exhausted window (DigitalOcean
+/// `ratelimit-reset`, Linode `X-RateLimit-Reset`: Unix seconds;
+/// Cloudflare `Ratelimit: …;t=<seconds>`).
+pub fn retry_after(headers: &HeaderMap, flavor: Flavor) -> Option<Duration> {
+    let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(v) = get("retry-after") {
+        if let Ok(secs) = v.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        if let Ok(at) = httpdate(v) {
+            return Some(at.duration_since(SystemTime::now()).unwrap_or_default());
+        }
+    }
+    match flavor {
+        Flavor::DigitalOcean | Flavor::Linode => {
+            let (remaining, reset) = match flavor {
+                Flavor::DigitalOcean => (get("ratelimit-remaining"), get("ratelimit-reset")),
+                _ => (get("x-ratelimit-remaining"), get("x-ratelimit-reset")),
+            };
+            if remaining? != "0" {
+                return None;
+            }
+            let reset: u64 = reset?.parse().ok()?;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+            Some(Duration::from_secs(reset.saturating_sub(now)))
+        }
+        Flavor::Cloudflare => {
+            let v = get("ratelimit")?;
+            let t = v.split(';').find_map(|p| p.trim().strip_prefix("t="))?;
+            t.parse().ok().map(Duration::from_secs)
+        }
+    }
+}
+
+fn httpdate(s: &str) -> Result<SystemTime, ()> {
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let t = time::PrimitiveDateTime::parse(s, &fmt).map_err(|_| ())?;
+    let secs = t.assume_utc().unix_timestamp();
+    u64::try_from(secs)
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+        .map_err(|_| ())
+}
+
+/// HTTPS with the system's trust store (Debian's ca-certificates).
+fn https_client() -> Result<Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(TIMEOUT)
+        .timeout(TIMEOUT)
+        .user_agent(concat!("natsmeshd/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// A token only travels over HTTPS, or plain HTTP to this machine (a
+/// local proxy or a test double).
+pub fn token_safe_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" => match parsed
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        {
+            Some("localhost") => Ok(()),
+            Some(h)
+                if h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback()) =>
+            {
+                Ok(())
+            }
+            _ => Err(format!(
+                "{url:?}: the token would travel in clear text; use https (plain http only to loopback)"
+            )),
+        },
+        other => Err(format!("{url:?}: scheme {other:?} is not https")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_hints_from_each_providers_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "29".parse().expect("header"));
+        assert_eq!(
+            retry_after(&h, Flavor::DigitalOcean),
+            Some(Duration::from_secs(29))
+        );
+        let mut h = HeaderMap::new();
+        h.insert("Ratelimit", "\"default\";r=0;t=42".parse().expect("header"));
+        assert_eq!(
+            retry_after(&h, Flavor::Cloudflare),
+            Some(Duration::from_secs(42))
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut h = HeaderMap::new();
+        h.insert("X-RateLimit-Remaining", "0".parse().expect("header"));
+        h.insert(
+            "X-RateLimit-Reset",
+            (now + 20).to_string().parse().expect("header"),
+        );
+        let wait = retry_after(&h, Flavor::Linode).unwrap_or_default();
+        assert!(wait > Duration::from_secs(15) && wait <= Duration::from_secs(20));
+        h.insert("X-RateLimit-Remaining", "5".parse().expect("header"));
+        assert_eq!(retry_after(&h, Flavor::Linode), None);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("header"),
+        );
+        assert_eq!(retry_after(&h, Flavor::Cloudflare), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn error_bodies_in_each_providers_shape() {
+        let t = error_text(Flavor::DigitalOcean, br#"{"id":"forbidden","message":"Load Balancer can't be updated while it processes previous actions"}"#);
+        assert!(t.starts_with("Load Balancer can't"));
+        let t = error_text(
+            Flavor::Linode,
+            br#"{"errors":[{"field":"label","reason":"bad"},{"reason":"x"}]}"#,
+        );
+        assert_eq!(t, "label: bad; x");
+        let t = error_text(Flavor::Cloudflare, br#"{"success":false,"errors":[{"code":81058,"message":"An identical record already exists."}]}"#);
+        assert_eq!(t, "An identical record already exists. (code 81058)");
+        assert_eq!(
+            error_text(Flavor::Linode, b"<html>busy</html>"),
+            "<html>busy</html>"
+        );
+    }
+
+    #[test]
+    fn tokens_never_travel_in_clear_text_off_the_machine() {
+        assert!(token_safe_url("https://api.digitalocean.com").is_ok());
+        assert!(token_safe_url("http://127.0.0.1:8080").is_ok());
+        assert!(token_safe_url("http://[::1]:8080").is_ok());
+        assert!(token_safe_url("http://api.linode.com").is_err());
+        assert!(token_safe_url("ftp://x").is_err());
+        assert!(token_safe_url("not a url").is_err());
+    }
+}
