@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod balancer;
 pub mod ca_cli;
 pub mod config;
 pub mod control;

@@ -35,6 +35,22 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     }
     let bootstrapped = followed.as_ref().is_some_and(|(_, _, b)| *b);
     let publish = settings.publish.clone();
+    let balancer = settings.balancer.clone();
+    // The health check's endpoint binds before anything starts, so a taken
+    // port is a clear start-up failure.
+    let ready_listener = match &balancer {
+        None => None,
+        Some(b) => match crate::balancer::ready::bind(b.ready).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!(
+                    "natsmeshd: cannot listen for the load balancer's health check on {}: {e}",
+                    b.ready
+                );
+                return crate::EXIT_FAILURE;
+            }
+        },
+    };
     let (mut supervisor, status) =
         match Supervisor::new(config_path, settings, notifier.clone()).await {
             Ok(v) => v,
@@ -58,13 +74,20 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     });
     let publisher = publish.map(|p| {
         let (up_tx, up_rx) = tokio::sync::watch::channel(crate::publish::Announced::default());
-        supervisor.announce(up_rx);
+        supervisor.announce(crate::supervisor::Pointer::Dns, up_rx, p.withdraw_timeout);
         tokio::spawn(crate::publish::follow(
             p,
             status.clone(),
             up_tx,
             bootstrapped,
         ))
+    });
+    let ready =
+        ready_listener.map(|l| tokio::spawn(crate::balancer::ready::serve(l, status.clone())));
+    let member = balancer.map(|b| {
+        let (tx, rx) = tokio::sync::watch::channel(crate::publish::Announced::default());
+        supervisor.announce(crate::supervisor::Pointer::LoadBalancer, rx, b.stop_budget);
+        tokio::spawn(crate::balancer::follow(b, status.clone(), tx))
     });
     let (commands, rx) = mpsc::channel(16);
     let control = tokio::spawn(control::serve(listener, commands.clone(), status));
@@ -82,8 +105,8 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     if let Some(f) = follower {
         f.abort();
     }
-    if let Some(p) = publisher {
-        p.abort();
+    for task in [publisher, member, ready].into_iter().flatten() {
+        task.abort();
     }
     let _ = std::fs::remove_file(&socket);
     match exit {

@@ -713,3 +713,69 @@ fn dns_publish_problems_name_the_key() {
         );
     }
 }
+
+/// MINIMAL on a DigitalOcean droplet.
+fn on_do() -> String {
+    MINIMAL.replace("[node]\n", "[node]\nprovider = \"digitalocean\"\n")
+}
+
+#[test]
+fn load_balancer_membership_needs_the_providers_identity_and_a_port_of_its_own() {
+    let f = Fixture::new();
+    secret(&f, "lb-token", 0o600);
+    f.write(
+        "natsmesh.toml",
+        &format!("{}\n[broker.client]\nport = 4222\n[load_balancer]\nprovider = \"digitalocean\"\nid = \"4de7ac8b\"\ntoken_file = \"lb-token\"\n", on_do()),
+    );
+    let identity = natsmesh::provider::Identity {
+        provider: natsmesh::config::schema::Provider::DigitalOcean,
+        instance_id: "3164444".into(),
+        hostname: "n1".into(),
+        provider_region: "fra1".into(),
+        private_ipv4: Some("10.110.0.5".parse().unwrap()),
+        public_ipv4: Some("203.0.113.5".parse().unwrap()),
+        public_ipv6: None,
+        tags: Vec::new(),
+    };
+    let sources = discover(Some(&f.main())).unwrap();
+    let loaded = load(&sources).unwrap();
+    let s = natsmesh::config::validate::validate(&loaded, &f.env(), &identity).unwrap();
+    let b = s.balancer.unwrap();
+    assert_eq!(b.instance_id, "3164444");
+    assert_eq!(b.region, "fra1");
+    assert_eq!(b.client_port, 4222);
+    // The readiness endpoint listens on the private address by default.
+    assert_eq!(b.ready.to_string(), "10.110.0.5:8223");
+    assert_eq!(b.url, "https://api.digitalocean.com");
+    assert_eq!(b.token_file, f.dir.path().join("lb-token"));
+
+    // With identity from the file there is no droplet to register; a
+    // readiness port on the client port, a token in clear text.
+    f.write(
+        "natsmesh.toml",
+        &format!("{MINIMAL}\n[load_balancer]\nprovider = \"digitalocean\"\n"),
+    );
+    let problems = f.problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key.as_deref() == Some("load_balancer.provider")),
+        "{problems:?}"
+    );
+    f.write(
+        "natsmesh.toml",
+        &format!("{}\n[broker.client]\nport = 4222\n[load_balancer]\nprovider = \"digitalocean\"\ntoken_file = \"lb-token\"\nready_port = 4222\napi_url = \"http://api.example.com\"\n", on_do()),
+    );
+    let loaded = load(&discover(Some(&f.main())).unwrap()).unwrap();
+    let problems = natsmesh::config::validate::validate(&loaded, &f.env(), &identity)
+        .unwrap_err()
+        .0;
+    let keys: Vec<_> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
+    for key in [
+        "load_balancer.id",
+        "load_balancer.ready_port",
+        "load_balancer.api_url",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {problems:?}");
+    }
+}

@@ -37,6 +37,57 @@ pub struct RawConfig {
     pub discovery: RawDiscovery,
     /// This node's own discovery records, written and removed by natsmeshd.
     pub dns_publish: RawDnsPublish,
+    /// Membership of the provider's load balancer.
+    pub load_balancer: RawLoadBalancer,
+}
+
+/// Whose load balancer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbKind {
+    /// None managed by natsmeshd (the default).
+    #[default]
+    None,
+    /// A DigitalOcean Load Balancer.
+    Digitalocean,
+}
+
+/// `[load_balancer]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLoadBalancer {
+    /// Whose balancer; the node's provider must be the same.
+    pub provider: LbKind,
+    /// The balancer's id (DigitalOcean: its uuid).
+    pub id: Option<String>,
+    /// File with the API token (relative: a systemd credential name).
+    pub token_file: Option<PathBuf>,
+    /// API base URL, for a proxy; default: the provider's.
+    pub api_url: Option<String>,
+    /// Where the readiness endpoint listens (for the health check).
+    pub ready_bind: Bind,
+    /// Its port.
+    pub ready_port: u16,
+    /// Minimum time a state holds before membership follows it.
+    pub dwell: Span,
+    /// The most a stop spends leaving the balancer (deregistration and
+    /// the drain delay its health check implies).
+    pub stop_budget: Span,
+}
+
+impl Default for RawLoadBalancer {
+    fn default() -> Self {
+        Self {
+            provider: LbKind::None,
+            id: None,
+            token_file: None,
+            api_url: None,
+            ready_bind: Bind::Private,
+            ready_port: 8223,
+            dwell: Span(Duration::from_secs(5)),
+            stop_budget: Span(Duration::from_secs(60)),
+        }
+    }
 }
 
 /// Where `[dns_publish]` writes.

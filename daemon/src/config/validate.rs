@@ -6,6 +6,7 @@
 //! `natsmesh_broker::validate` on the built model; its problems are mapped
 //! back to the TOML key an operator writes.
 
+mod balancer;
 mod publish;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -57,6 +58,8 @@ pub struct Settings {
     pub discovery: Option<Discovered>,
     /// This node's own DNS records, when natsmeshd writes them.
     pub publish: Option<crate::publish::PublishSettings>,
+    /// Load-balancer membership, when natsmeshd manages it.
+    pub balancer: Option<crate::balancer::LbSettings>,
 }
 
 /// Discovery as validated, with the JetStream bootstrap wait.
@@ -810,6 +813,7 @@ pub fn validate(
     let discovery = apply_discovery(&mut c, raw, &region, &mut server);
     let tls = apply_tls(&mut c, raw, env, &region, &state_dir, &mut server);
     let system_user = apply_auth(&mut c, raw, env, &state_dir, &mut server);
+    let balancer = balancer::apply_balancer(&mut c, raw, env, identity, &server);
     let publish = publish::apply_publish(&mut c, raw, env, &state_dir, &server, discovery.as_ref());
 
     // What nats-server would refuse at start, in natsmesh's words. Missing
@@ -882,6 +886,7 @@ pub fn validate(
             system_user,
             discovery,
             publish,
+            balancer,
         })
     } else {
         Err(Problems(c.problems))

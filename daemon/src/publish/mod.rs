@@ -13,7 +13,7 @@
 pub mod api;
 pub mod record;
 pub mod rfc2136;
-mod secret;
+pub(crate) mod secret;
 mod state;
 
 use std::collections::BTreeSet;

@@ -148,8 +148,9 @@ pub struct Supervisor {
     /// What DNS last found, followed by [`crate::discovery::follow`].
     found: Option<crate::discovery::Found>,
     discovery: Option<watch::Receiver<crate::discovery::Found>>,
-    /// Whether this node's DNS records may exist ([`crate::publish`]).
-    announced: Option<watch::Receiver<crate::publish::Announced>>,
+    /// Whoever points clients and peers here (DNS records, the load
+    /// balancer): lame duck waits until none does.
+    announcers: Vec<Announcer>,
 }
 
 fn unix_ms(t: std::time::SystemTime) -> u64 {
@@ -244,18 +245,32 @@ impl Supervisor {
                 accounts_check_due: false,
                 found: None,
                 discovery: None,
-                announced: None,
+                announcers: Vec::new(),
                 cert: cert.clone(),
             },
             status_rx,
         ))
     }
 
-    /// Gates lame duck on this node's DNS records being withdrawn (`up`
-    /// is true while they may exist) and shows the publisher's line in
+    /// Gates lame duck on `kind` having stopped pointing here (`up` is
+    /// true while it may), waiting at most `budget`, and shows its line in
     /// `status`.
-    pub fn announce(&mut self, rx: watch::Receiver<crate::publish::Announced>) {
-        self.announced = Some(rx);
+    pub fn announce(
+        &mut self,
+        kind: Pointer,
+        rx: watch::Receiver<crate::publish::Announced>,
+        budget: Duration,
+    ) {
+        self.announcers.push(Announcer { kind, rx, budget });
+    }
+
+    /// The longest budget of those still pointing here, if any is.
+    fn pointed_at(&self) -> Option<Duration> {
+        self.announcers
+            .iter()
+            .filter(|a| a.rx.borrow().up)
+            .map(|a| a.budget)
+            .max()
     }
 
     /// Follows DNS: `rx` carries each new answer (its current value is the
@@ -334,12 +349,17 @@ impl Supervisor {
                     next_probe = report.at + pace;
                     self.on_report(report);
                 }
-                Some(announced) = next_change(&mut self.announced) => {
-                    self.status.dns = announced.line;
+                Some((kind, announced)) = next_announcement(&mut self.announcers) => {
+                    match kind {
+                        Pointer::Dns => self.status.dns = announced.line,
+                        Pointer::LoadBalancer => self.status.load_balancer = announced.line,
+                    }
                     self.publish();
                     if !announced.up && self.stop.is_some_and(|s| s.lame_duck_at.is_some()) {
-                        tracing::info!("DNS records withdrawn");
-                        self.lame_duck();
+                        tracing::info!("{kind} no longer points here");
+                        if self.pointed_at().is_none() {
+                            self.lame_duck();
+                        }
                     }
                 }
                 Some(found) = next_change(&mut self.discovery) => {
@@ -728,14 +748,9 @@ impl Supervisor {
                 kill_at: now + r.kill_after,
                 interrupted: true,
             });
-        } else if self.announced.as_ref().is_some_and(|a| a.borrow().up) {
-            // Out of DNS first, so peers and clients stop being sent here
-            // before the broker starts turning them away.
-            let wait = self
-                .settings
-                .publish
-                .as_ref()
-                .map_or(Duration::ZERO, |p| p.withdraw_timeout);
+        } else if let Some(wait) = self.pointed_at() {
+            // Out of DNS and the load balancer first, so peers and clients
+            // stop being sent here before the broker turns them away.
             let far = now + Duration::from_secs(86_400);
             self.stop = Some(StopPlan {
                 lame_duck_at: Some(now + wait),
@@ -747,7 +762,7 @@ impl Supervisor {
                 message_id = ids::DRAINING,
                 pid = run.pid,
                 reason = why,
-                "withdrawing this node's DNS records, then lame duck"
+                "leaving DNS and the load balancer, then lame duck"
             );
         } else {
             self.stop = None;
@@ -799,7 +814,9 @@ impl Supervisor {
             .and_then(|s| s.lame_duck_at)
             .is_some_and(|t| now >= t)
         {
-            tracing::warn!("DNS records not withdrawn in time; lame duck anyway");
+            tracing::warn!(
+                "DNS records or load-balancer membership not withdrawn in time; lame duck anyway"
+            );
             self.lame_duck();
             return;
         }
@@ -1259,6 +1276,52 @@ impl Supervisor {
 enum Reloaded {
     Done(Result<String, String>),
     Pending,
+}
+
+/// What points clients or peers at this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pointer {
+    /// Its DNS records.
+    Dns,
+    /// The provider's load balancer.
+    LoadBalancer,
+}
+
+impl std::fmt::Display for Pointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Dns => "DNS",
+            Self::LoadBalancer => "the load balancer",
+        })
+    }
+}
+
+struct Announcer {
+    kind: Pointer,
+    rx: watch::Receiver<crate::publish::Announced>,
+    budget: Duration,
+}
+
+/// The next word of any announcer; pending forever when there is none.
+/// An announcer whose task has gone is dropped (and counts as gone).
+async fn next_announcement(
+    list: &mut Vec<Announcer>,
+) -> Option<(Pointer, crate::publish::Announced)> {
+    if list.is_empty() {
+        return std::future::pending().await;
+    }
+    let changes = list.iter_mut().map(|a| Box::pin(a.rx.changed()));
+    let (result, index, _) = futures_util::future::select_all(changes).await;
+    match result {
+        Ok(()) => {
+            let a = &mut list[index];
+            Some((a.kind, a.rx.borrow_and_update().clone()))
+        }
+        Err(_) => {
+            let gone = list.remove(index);
+            Some((gone.kind, crate::publish::Announced::default()))
+        }
+    }
 }
 
 /// The next value of a followed channel (DNS answers, the publisher's

@@ -62,6 +62,9 @@ pub struct Status {
     /// This node's DNS records (`[dns_publish]`), when natsmeshd writes them.
     #[serde(default)]
     pub dns: String,
+    /// Membership of the provider's load balancer, when natsmeshd manages it.
+    #[serde(default)]
+    pub load_balancer: String,
 }
 
 impl Status {
@@ -158,11 +161,12 @@ impl Status {
                 },
             ),
             ("dns", self.dns.clone()),
+            ("balancer", self.load_balancer.clone()),
             ("natsmeshd", self.natsmesh_version.clone()),
         ];
         for (k, v) in rows
             .into_iter()
-            .filter(|(k, v)| *k != "dns" || !v.is_empty())
+            .filter(|(k, v)| !matches!(*k, "dns" | "balancer") || !v.is_empty())
         {
             let _ = writeln!(s, "{k:>10}  {v}");
         }

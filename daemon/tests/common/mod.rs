@@ -37,6 +37,9 @@ pub struct Options {
     /// file, so the daemon's and nats-server's system resolver ask the
     /// test's DNS server (needs root).
     pub resolv_conf: Option<PathBuf>,
+    /// The identity comes from a provider (`extra` sets `node.provider`):
+    /// the base file names no server.
+    pub cloud: bool,
 }
 
 impl Daemon {
@@ -49,14 +52,14 @@ impl Daemon {
     }
 
     /// Writes the config: fast probes, 30 s lame duck with a 1 s grace.
-    pub fn write_config(&self, client_port: u16, extra: &str, binary: &Path) {
+    pub fn write_config(&self, client_port: u16, extra: &str, binary: &Path, cloud: bool) {
         std::fs::write(
             self.config_path(),
             format!(
                 r#"
 [node]
 region = "fra1"
-name = "n1"
+{name}
 
 [broker]
 binary = "{binary}"
@@ -92,6 +95,7 @@ mode = "none"
                 state = self.dir.path().join("state").display(),
                 monitor = self.monitor_port,
                 socket = self.socket().display(),
+                name = if cloud { "" } else { "name = \"n1\"" },
             ),
         )
         .unwrap();
@@ -121,7 +125,7 @@ mode = "none"
             .binary
             .clone()
             .unwrap_or_else(|| broker_binary(version));
-        d.write_config(d.client_port, &opts.extra, &binary);
+        d.write_config(d.client_port, &opts.extra, &binary, opts.cloud);
 
         let notify_path = d.dir.path().join("notify.sock");
         // A directory reused after a kill still has the old socket.

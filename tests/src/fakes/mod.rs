@@ -7,8 +7,12 @@
 //! tests can use it; it stops when dropped.
 
 pub mod dns_api;
+pub mod do_lb;
 pub mod do_metadata;
+pub mod lb;
+pub mod linode_lb;
 pub mod linode_metadata;
+pub mod openapi;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -246,7 +246,7 @@ fn api_backend(
 
 /// A secret file: required, a systemd credential name when relative,
 /// readable, and not readable by everyone.
-fn secret_file(
+pub(super) fn secret_file(
     c: &mut Checker<'_>,
     env: &Environment,
     key: &str,

@@ -1,0 +1,172 @@
+//! DigitalOcean Load Balancers (reference §1): read the balancer, and add
+//! or remove this droplet through the add/remove endpoints, never a PUT of
+//! the whole balancer (a full replace would overwrite what other nodes
+//! wrote). A balancer defined by a droplet tag refuses droplet ids (422):
+//! membership is then the tag itself, assigned to and removed from this
+//! droplet.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::{Health, LbError, Setup};
+use crate::provider::rest::{Flavor, Rest, RestError};
+
+/// One balancer, seen from one droplet.
+pub struct DigitalOcean {
+    rest: Rest,
+    lb_id: String,
+    droplet_id: u64,
+}
+
+impl DigitalOcean {
+    /// Nothing is contacted yet.
+    pub fn new(base: &str, lb_id: &str, droplet_id: u64) -> Result<Self, String> {
+        Ok(Self {
+            rest: Rest::new(Flavor::DigitalOcean, base)?,
+            lb_id: lb_id.to_owned(),
+            droplet_id,
+        })
+    }
+
+    /// `GET /v2/load_balancers/{id}`, read into what natsmesh checks.
+    pub async fn read(&self, token: &str) -> Result<Setup, LbError> {
+        let path = format!("/v2/load_balancers/{}", self.lb_id);
+        let v = self
+            .rest
+            .call(token, Method::GET, &path, None, &[], StatusCode::OK)
+            .await
+            .map_err(classify)?;
+        let lb = &v["load_balancer"];
+        if !lb.is_object() {
+            return Err(LbError::fatal(
+                format!("GET {path}"),
+                "no load_balancer in the answer",
+            ));
+        }
+        let droplets: Vec<u64> = lb["droplet_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect();
+        let hc = &lb["health_check"];
+        let num = |k: &str, default: u64| hc[k].as_u64().unwrap_or(default);
+        Ok(Setup {
+            rules: lb["forwarding_rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| super::Rule {
+                    entry: format!(
+                        "{}:{}",
+                        r["entry_protocol"].as_str().unwrap_or("?"),
+                        r["entry_port"]
+                    ),
+                    target_protocol: r["target_protocol"].as_str().unwrap_or("?").to_owned(),
+                    target_port: r["target_port"]
+                        .as_u64()
+                        .and_then(|p| u16::try_from(p).ok()),
+                    tls_passthrough: r["tls_passthrough"].as_bool().unwrap_or(false),
+                })
+                .collect(),
+            health: Health {
+                protocol: hc["protocol"].as_str().unwrap_or("http").to_owned(),
+                port: u16::try_from(num("port", 80)).ok(),
+                path: hc["path"].as_str().unwrap_or("/").to_owned(),
+                interval: std::time::Duration::from_secs(num("check_interval_seconds", 10)),
+                timeout: std::time::Duration::from_secs(num("response_timeout_seconds", 5)),
+                unhealthy: u32::try_from(num("unhealthy_threshold", 5)).unwrap_or(5),
+                healthy: u32::try_from(num("healthy_threshold", 3)).unwrap_or(3),
+            },
+            region: lb["region"]["slug"].as_str().unwrap_or("").to_owned(),
+            status: lb["status"].as_str().unwrap_or("").to_owned(),
+            tag: lb["tag"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
+            registered: droplets.contains(&self.droplet_id),
+        })
+    }
+
+    /// Adds this droplet (or the balancer's tag to it). Idempotent.
+    pub async fn register(&self, token: &str, tag: Option<&str>) -> Result<(), LbError> {
+        self.write(token, Method::POST, tag).await
+    }
+
+    /// Removes this droplet (or the tag from it); 404 means done.
+    pub async fn deregister(&self, token: &str, tag: Option<&str>) -> Result<(), LbError> {
+        match self.write(token, Method::DELETE, tag).await {
+            Err(e) if e.status == Some(404) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn write(&self, token: &str, method: Method, tag: Option<&str>) -> Result<(), LbError> {
+        let (path, body) = match tag {
+            None => (
+                format!("/v2/load_balancers/{}/droplets", self.lb_id),
+                json!({ "droplet_ids": [self.droplet_id] }),
+            ),
+            Some(tag) => (
+                format!("/v2/tags/{tag}/resources"),
+                json!({ "resources": [{ "resource_id": self.droplet_id.to_string(), "resource_type": "droplet" }] }),
+            ),
+        };
+        self.rest
+            .call(
+                token,
+                method,
+                &path,
+                Some(&body),
+                &[],
+                StatusCode::NO_CONTENT,
+            )
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+}
+
+/// Which answers are worth a retry: transport failures, 429, 5xx, and the
+/// 403 a balancer gives while it applies an earlier change; not 401, not
+/// the 422 of a tag-based balancer, not other refusals.
+fn classify(e: RestError) -> LbError {
+    let retry = match e.status {
+        None => true,
+        Some(429) => true,
+        Some(s) if s >= 500 => true,
+        Some(403) => e.text.contains("processes previous actions"),
+        Some(_) => false,
+    };
+    LbError::from_rest(e, retry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(status: u16, text: &str) -> RestError {
+        RestError {
+            what: "x".into(),
+            status: Some(status),
+            text: text.into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn retries_what_passes_and_not_what_will_not() {
+        assert!(classify(err(429, "API rate limit exceeded.")).retry);
+        assert!(classify(err(503, "")).retry);
+        assert!(
+            classify(err(
+                403,
+                "Load Balancer can't be updated while it processes previous actions"
+            ))
+            .retry
+        );
+        assert!(!classify(err(403, "You do not have access for the attempted action.")).retry);
+        assert!(!classify(err(401, "Unable to authenticate you.")).retry);
+        assert!(!classify(err(422, "tag-based")).retry);
+    }
+}

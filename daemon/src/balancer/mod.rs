@@ -1,0 +1,563 @@
+//! Load-balancer membership: this node is in the provider's balancer only
+//! while it serves, and out before it drains.
+//!
+//! The member task follows the supervisor's status. `ready` means "in";
+//! anything else means "out", but only after the state has held for the
+//! dwell time (hysteresis), so a blip the balancer's own health check
+//! rides out does not churn the API. Only this node's own serving probe
+//! decides; JetStream's state, which every node sees alike during a
+//! cluster-wide outage, never does, so the balancer is never emptied by
+//! one. On stop and drain the node leaves at once, then waits a drain delay
+//! derived from the balancer's own health-check settings, and only then
+//! does the supervisor start lame duck.
+//!
+//! Before registering, the balancer's set-up is read and checked (TCP to
+//! the client port, a health check on natsmeshd's readiness endpoint, the
+//! same region); a wrong set-up is never joined, and the log and
+//! `natsmeshd status` say exactly what to change.
+
+pub mod digitalocean;
+pub mod ready;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+
+use crate::provider::rest::RestError;
+use crate::publish::Announced;
+use crate::publish::secret::Secret;
+use crate::supervisor::Status;
+
+/// `[load_balancer]` as validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbSettings {
+    /// Which provider's balancer.
+    pub provider: LbProvider,
+    /// The balancer's id (DigitalOcean uuid, Linode NodeBalancer id).
+    pub id: String,
+    /// API base URL.
+    pub url: String,
+    /// File holding the API token (a systemd credential).
+    pub token_file: PathBuf,
+    /// This machine at the provider (droplet id, Linode id).
+    pub instance_id: String,
+    /// The provider's region of this machine (`fra1`).
+    pub region: String,
+    /// The broker's client port: the balancer must forward TCP to it.
+    pub client_port: u16,
+    /// The monitoring port, which a health check must never target.
+    pub monitoring_port: Option<u16>,
+    /// The readiness endpoint natsmeshd serves for the health check.
+    pub ready: SocketAddr,
+    /// Minimum time in a state before membership follows it.
+    pub dwell: Duration,
+    /// How long a stop may spend leaving: deregistration plus drain delay.
+    pub stop_budget: Duration,
+}
+
+/// The providers with a balancer natsmesh can join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbProvider {
+    /// DigitalOcean Load Balancer.
+    DigitalOcean,
+}
+
+impl std::fmt::Display for LbProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::DigitalOcean => "digitalocean",
+        })
+    }
+}
+
+impl LbProvider {
+    /// The provider's API base.
+    pub fn default_url(self) -> &'static str {
+        match self {
+            Self::DigitalOcean => "https://api.digitalocean.com",
+        }
+    }
+
+    /// What the token needs.
+    pub fn scopes(self) -> &'static str {
+        match self {
+            Self::DigitalOcean => {
+                "load_balancer:read, load_balancer:update (tag-based balancers: tag:create, tag:delete, droplet:update)"
+            }
+        }
+    }
+}
+
+/// A forwarding rule, as natsmesh checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// `tcp:4222`
+    pub entry: String,
+    /// `tcp`, `http`, …
+    pub target_protocol: String,
+    /// The port on the node.
+    pub target_port: Option<u16>,
+    /// TLS passed through (DigitalOcean).
+    pub tls_passthrough: bool,
+}
+
+/// The balancer's health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// `http`, `https`, `tcp`.
+    pub protocol: String,
+    /// Port on the node.
+    pub port: Option<u16>,
+    /// HTTP path.
+    pub path: String,
+    /// Between checks.
+    pub interval: Duration,
+    /// Per check.
+    pub timeout: Duration,
+    /// Failures before out.
+    pub unhealthy: u32,
+    /// Successes before in.
+    pub healthy: u32,
+}
+
+impl Health {
+    /// How long the balancer may keep sending after this node stops
+    /// passing its check: every failing check it needs, each up to its
+    /// timeout late.
+    pub fn drain_delay(&self) -> Duration {
+        (self.interval + self.timeout) * self.unhealthy.max(1)
+    }
+}
+
+/// What the API says of the balancer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setup {
+    /// Forwarding rules.
+    pub rules: Vec<Rule>,
+    /// Health check.
+    pub health: Health,
+    /// Provider region.
+    pub region: String,
+    /// `active`, `new`, `errored`.
+    pub status: String,
+    /// DigitalOcean: the droplet tag a tag-based balancer targets.
+    pub tag: Option<String>,
+    /// Whether this machine is a member now.
+    pub registered: bool,
+}
+
+/// Why the set-up is not one to join, one line per thing to change.
+pub fn check(setup: &Setup, s: &LbSettings) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let port = s.client_port;
+    let to_client: Vec<&Rule> = setup
+        .rules
+        .iter()
+        .filter(|r| r.target_port == Some(port))
+        .collect();
+    if to_client.is_empty() {
+        wrong.push(format!(
+            "no forwarding rule targets the client port {port}: add entry tcp:4222 → target tcp:{port}"
+        ));
+    }
+    for r in to_client {
+        if !r.entry.starts_with("tcp:") || r.target_protocol != "tcp" {
+            wrong.push(format!(
+                "forwarding rule {} → {}:{port} must be tcp → tcp: NATS sends INFO before the client speaks, so an HTTP or TLS-terminating rule breaks it (clients use TLS end to end)",
+                r.entry, r.target_protocol
+            ));
+        }
+    }
+    let h = &setup.health;
+    let ready_port = s.ready.port();
+    if h.port.is_some() && h.port == s.monitoring_port {
+        wrong.push(format!(
+            "the health check targets the monitoring port {}: it has no authentication and says nothing about serving; use http, port {ready_port}, path {}",
+            s.monitoring_port.unwrap_or_default(),
+            ready::PATH
+        ));
+    } else if h.protocol != "http" || h.port != Some(ready_port) || h.path != ready::PATH {
+        wrong.push(format!(
+            "the health check is {}:{}{}; it must ask natsmeshd's readiness endpoint: protocol http, port {ready_port}, path {} (a TCP check on the client port keeps passing while a node drains)",
+            h.protocol,
+            h.port.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+            h.path,
+            ready::PATH
+        ));
+    }
+    if !s.region.is_empty() && !setup.region.is_empty() && setup.region != s.region {
+        wrong.push(format!(
+            "the balancer is in {}, this machine in {}: a balancer reaches only its own region's private network",
+            setup.region, s.region
+        ));
+    }
+    wrong
+}
+
+/// A provider call that did not work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbError {
+    /// What was asked.
+    pub what: String,
+    /// The HTTP status, if any.
+    pub status: Option<u16>,
+    /// Why.
+    pub why: String,
+    /// Worth retrying.
+    pub retry: bool,
+    /// When the provider asked to be called again.
+    pub retry_after: Option<Duration>,
+}
+
+impl LbError {
+    fn fatal(what: impl Into<String>, why: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            status: None,
+            why: why.into(),
+            retry: false,
+            retry_after: None,
+        }
+    }
+
+    fn from_rest(e: RestError, retry: bool) -> Self {
+        Self {
+            why: match e.status {
+                Some(s) => format!("{s} {}", e.text),
+                None => e.text,
+            },
+            what: e.what,
+            status: e.status,
+            retry,
+            retry_after: e.retry_after,
+        }
+    }
+}
+
+impl std::fmt::Display for LbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.why)
+    }
+}
+
+/// The provider behind one interface.
+enum Client {
+    DigitalOcean(digitalocean::DigitalOcean),
+}
+
+impl Client {
+    fn new(s: &LbSettings) -> Result<Self, String> {
+        match s.provider {
+            LbProvider::DigitalOcean => {
+                let id: u64 = s
+                    .instance_id
+                    .parse()
+                    .map_err(|_| format!("droplet id {:?} is not a number", s.instance_id))?;
+                Ok(Self::DigitalOcean(digitalocean::DigitalOcean::new(
+                    &s.url, &s.id, id,
+                )?))
+            }
+        }
+    }
+
+    async fn read(&self, token: &str) -> Result<Setup, LbError> {
+        match self {
+            Self::DigitalOcean(c) => c.read(token).await,
+        }
+    }
+
+    async fn register(&self, token: &str, setup: &Setup) -> Result<(), LbError> {
+        match self {
+            Self::DigitalOcean(c) => c.register(token, setup.tag.as_deref()).await,
+        }
+    }
+
+    async fn deregister(&self, token: &str, setup: &Setup) -> Result<(), LbError> {
+        match self {
+            Self::DigitalOcean(c) => c.deregister(token, setup.tag.as_deref()).await,
+        }
+    }
+}
+
+/// Retry waits: 500 ms doubling to 30 s, or what the provider asked for.
+fn retry_wait(failures: u32, hint: Option<Duration>) -> Duration {
+    let backoff = (Duration::from_millis(500) * (1u32 << failures.saturating_sub(1).min(6)))
+        .min(Duration::from_secs(30));
+    hint.map_or(backoff, |h| h.min(Duration::from_secs(300)))
+        + Duration::from_millis(fastrand::u64(0..=200))
+}
+
+/// How often a set-up is read again: soon while it is wrong (an operator
+/// is fixing it), rarely while it is right.
+const RECHECK_WRONG: Duration = Duration::from_secs(15);
+const RECHECK_RIGHT: Duration = Duration::from_secs(300);
+
+/// Follows the supervisor's status until it ends; `up` tells the
+/// supervisor whether this node may still receive clients through the
+/// balancer (a stop waits for `false` before lame duck).
+pub async fn follow(
+    s: LbSettings,
+    mut status: watch::Receiver<Status>,
+    up: watch::Sender<Announced>,
+) {
+    let tell = |may_receive: bool, line: String| {
+        up.send_replace(Announced {
+            up: may_receive,
+            line,
+        });
+    };
+    let client = match Client::new(&s) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "load-balancer membership cannot start");
+            tell(false, format!("not managed: {e}"));
+            return;
+        }
+    };
+    let name = format!("{} load balancer {}", s.provider, s.id);
+    let mut setup: Option<Setup> = None;
+    let mut setup_wrong: Vec<String> = Vec::new();
+    let mut check_at = Instant::now();
+    // Membership as last seen or made (None: unknown).
+    let mut member: Option<bool> = None;
+    let mut state_since = Instant::now();
+    let mut last_state = String::new();
+    let mut retry_at: Option<Instant> = None;
+    let mut failures = 0u32;
+    let mut left = false;
+    loop {
+        let state = status.borrow_and_update().state.clone();
+        let now = Instant::now();
+        if state != last_state {
+            last_state.clone_from(&state);
+            state_since = now;
+        }
+        let leaving = matches!(state.as_str(), "draining" | "stopped");
+        let due = retry_at.is_none_or(|t| now >= t);
+        if due && (setup.is_none() || (now >= check_at && !leaving)) {
+            match read(&client, &s, &name).await {
+                Ok(found) => {
+                    setup_wrong = check(&found, &s);
+                    member = Some(found.registered);
+                    check_at = Instant::now()
+                        + if setup_wrong.is_empty() {
+                            RECHECK_RIGHT
+                        } else {
+                            RECHECK_WRONG
+                        };
+                    if !setup_wrong.is_empty() {
+                        tracing::error!(
+                            balancer = %name,
+                            problems = ?setup_wrong,
+                            "the load balancer is not set up for NATS; this node does not join it until it is"
+                        );
+                        tell(
+                            found.registered,
+                            format!("not joining {name}: {}", setup_wrong.join("; ")),
+                        );
+                    }
+                    setup = Some(found);
+                    failures = 0;
+                    retry_at = None;
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = if e.retry {
+                        retry_wait(failures, e.retry_after)
+                    } else {
+                        RECHECK_WRONG
+                    };
+                    retry_at = Some(Instant::now() + wait);
+                    tracing::warn!(balancer = %name, error = %e, retry_in = ?wait, "cannot read the load balancer");
+                    tell(member.unwrap_or(false), format!("cannot read {name}: {e}"));
+                }
+            }
+            continue;
+        }
+        // What membership should be now.
+        let want_in = state == "ready" && setup_wrong.is_empty();
+        let settled = now.duration_since(state_since) >= s.dwell;
+        let change = setup.is_some()
+            && match member {
+                _ if leaving => member != Some(false),
+                Some(m) => m != want_in && settled,
+                None => false,
+            };
+        if change && due {
+            let Some(found) = setup.clone() else {
+                continue;
+            };
+            let token = match Secret::read(&s.token_file, &format!("{} API token", s.provider)) {
+                Ok(t) => t,
+                Err(e) => {
+                    failures += 1;
+                    retry_at = Some(Instant::now() + retry_wait(failures, None));
+                    tell(
+                        member.unwrap_or(false),
+                        format!("cannot act on {name}: {e}"),
+                    );
+                    continue;
+                }
+            };
+            let joining = want_in && !leaving;
+            let result = if joining {
+                client.register(token.expose(), &found).await
+            } else {
+                client.deregister(token.expose(), &found).await
+            };
+            match result {
+                Ok(()) => {
+                    failures = 0;
+                    retry_at = None;
+                    member = Some(joining);
+                    if joining {
+                        tracing::info!(balancer = %name, "joined the load balancer");
+                        tell(true, format!("in {name}"));
+                    } else {
+                        tracing::info!(balancer = %name, state = %state, "left the load balancer");
+                        tell(true, format!("left {name}"));
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = retry_wait(failures, e.retry_after);
+                    retry_at = Some(Instant::now() + wait);
+                    if e.retry {
+                        tracing::warn!(balancer = %name, error = %e, retry_in = ?wait, "load-balancer change failed; retrying");
+                    } else {
+                        tracing::error!(balancer = %name, error = %e, "load-balancer change refused (token needs {})", s.provider.scopes());
+                    }
+                    tell(
+                        member.unwrap_or(true),
+                        format!("change failing on {name}: {e}"),
+                    );
+                }
+            }
+            continue;
+        }
+        if leaving && (member == Some(false) || setup.is_none()) && !left {
+            // Out: the balancer may still send until its health check
+            // notices; wait that long before lame duck.
+            left = true;
+            let delay = setup
+                .as_ref()
+                .map_or(Duration::ZERO, |f| f.health.drain_delay())
+                .min(s.stop_budget);
+            if !delay.is_zero() {
+                let line = format!(
+                    "out of {name}; drain delay {}s (health check {}×{}s)",
+                    delay.as_secs(),
+                    setup.as_ref().map_or(0, |f| f.health.unhealthy),
+                    setup.as_ref().map_or(0, |f| f.health.interval.as_secs())
+                );
+                tracing::info!(balancer = %name, delay = ?delay, "out of the load balancer; waiting for its health check before lame duck");
+                tell(true, line);
+                tokio::time::sleep(delay).await;
+            }
+            tell(false, format!("out of {name}"));
+            continue;
+        }
+        if !leaving {
+            left = false;
+        }
+        let wake = [
+            retry_at,
+            (!leaving).then_some(check_at),
+            (member.is_some_and(|m| m != want_in) && !settled).then(|| state_since + s.dwell),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            _ = sleep_until(wake) => {}
+        }
+    }
+}
+
+async fn read(client: &Client, s: &LbSettings, name: &str) -> Result<Setup, LbError> {
+    let token = Secret::read(&s.token_file, &format!("{} API token", s.provider))
+        .map_err(|e| LbError::fatal(format!("reading {name}'s token"), e.why))?;
+    client.read(token.expose()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> LbSettings {
+        LbSettings {
+            provider: LbProvider::DigitalOcean,
+            id: "lb".into(),
+            url: "http://127.0.0.1:1".into(),
+            token_file: "/nonexistent".into(),
+            instance_id: "42".into(),
+            region: "fra1".into(),
+            client_port: 4222,
+            monitoring_port: Some(8222),
+            ready: "10.0.0.5:8223".parse().expect("addr"),
+            dwell: Duration::from_secs(5),
+            stop_budget: Duration::from_secs(60),
+        }
+    }
+
+    fn good() -> Setup {
+        Setup {
+            rules: vec![Rule {
+                entry: "tcp:4222".into(),
+                target_protocol: "tcp".into(),
+                target_port: Some(4222),
+                tls_passthrough: false,
+            }],
+            health: Health {
+                protocol: "http".into(),
+                port: Some(8223),
+                path: "/ready".into(),
+                interval: Duration::from_secs(3),
+                timeout: Duration::from_secs(2),
+                unhealthy: 2,
+                healthy: 2,
+            },
+            region: "fra1".into(),
+            status: "active".into(),
+            tag: None,
+            registered: false,
+        }
+    }
+
+    #[test]
+    fn a_right_set_up_passes_and_each_wrong_one_says_what_to_change() {
+        let s = settings();
+        assert!(check(&good(), &s).is_empty());
+        assert_eq!(good().health.drain_delay(), Duration::from_secs(10));
+
+        let mut https = good();
+        https.rules[0].entry = "https:443".into();
+        https.rules[0].target_protocol = "http".into();
+        let w = check(&https, &s);
+        assert!(w[0].contains("must be tcp → tcp"), "{w:?}");
+
+        let mut elsewhere = good();
+        elsewhere.rules[0].target_port = Some(4333);
+        assert!(
+            check(&elsewhere, &s)[0].contains("no forwarding rule targets the client port 4222")
+        );
+
+        let mut monitoring = good();
+        monitoring.health.port = Some(8222);
+        assert!(check(&monitoring, &s)[0].contains("monitoring port 8222"));
+
+        let mut tcp_check = good();
+        tcp_check.health.protocol = "tcp".into();
+        tcp_check.health.port = Some(4222);
+        assert!(check(&tcp_check, &s)[0].contains("port 8223, path /ready"));
+
+        let mut region = good();
+        region.region = "nyc3".into();
+        assert!(check(&region, &s)[0].contains("in nyc3, this machine in fra1"));
+    }
+}

@@ -1,0 +1,102 @@
+//! `[load_balancer]`: whose balancer, which machine joins it, and where
+//! natsmeshd's readiness endpoint listens for its health check.
+
+use std::net::SocketAddr;
+
+use super::{Checker, Environment, Role};
+use crate::balancer::{LbProvider, LbSettings};
+use crate::config::schema::{LbKind, Provider, RawConfig};
+use crate::provider::Identity;
+use natsmesh_broker::model::{Port, ServerConfig};
+
+/// What `[load_balancer]` asks for, or `None` when it is off or wrong.
+pub(super) fn apply_balancer(
+    c: &mut Checker<'_>,
+    raw: &RawConfig,
+    env: &Environment,
+    id: &Identity,
+    server: &ServerConfig,
+) -> Option<LbSettings> {
+    let b = &raw.load_balancer;
+    let provider = match b.provider {
+        LbKind::None => {
+            for (key, set) in [
+                ("load_balancer.id", b.id.is_some()),
+                ("load_balancer.token_file", b.token_file.is_some()),
+                ("load_balancer.api_url", b.api_url.is_some()),
+            ] {
+                if set {
+                    c.problem(key, "set, but load_balancer.provider is \"none\"");
+                }
+            }
+            return None;
+        }
+        LbKind::Digitalocean => LbProvider::DigitalOcean,
+    };
+    if raw.node.provider != Provider::DigitalOcean {
+        c.problem(
+            "load_balancer.provider",
+            "a DigitalOcean balancer needs node.provider = \"digitalocean\" (it names this droplet by the id the metadata service gives)",
+        );
+        return None;
+    }
+    let lb_id = b.id.clone().filter(|i| !i.trim().is_empty());
+    if lb_id.is_none() {
+        c.problem(
+            "load_balancer.id",
+            "required: the balancer's id (DigitalOcean: its uuid)",
+        );
+    }
+    let url = b
+        .api_url
+        .clone()
+        .unwrap_or_else(|| provider.default_url().to_owned());
+    if let Err(why) = crate::provider::rest::token_safe_url(&url) {
+        c.problem("load_balancer.api_url", why);
+    }
+    let token_file =
+        super::publish::secret_file(c, env, "load_balancer.token_file", b.token_file.as_deref());
+    let client_port = match server.listen.port {
+        Port::Fixed(p) => p,
+        Port::Random => {
+            c.problem(
+                "broker.client.port",
+                "a load balancer forwards to a fixed port: set one",
+            );
+            0
+        }
+    };
+    let monitoring_port = server.monitoring.as_ref().and_then(|m| match m.port {
+        Port::Fixed(p) => Some(p),
+        Port::Random => None,
+    });
+    let ip = c.bind("load_balancer.ready_bind", b.ready_bind, Role::Client, id);
+    if b.ready_port == 0 || Some(b.ready_port) == monitoring_port || b.ready_port == client_port {
+        c.problem(
+            "load_balancer.ready_port",
+            format!(
+                "{} must be a port of its own (not the client or monitoring port)",
+                b.ready_port
+            ),
+        );
+    }
+    if b.dwell.0 > b.stop_budget.0 {
+        c.problem(
+            "load_balancer.dwell",
+            "must not exceed load_balancer.stop_budget",
+        );
+    }
+    Some(LbSettings {
+        provider,
+        id: lb_id?,
+        url: url.trim_end_matches('/').to_owned(),
+        token_file: token_file?,
+        instance_id: id.instance_id.clone(),
+        region: id.provider_region.clone(),
+        client_port,
+        monitoring_port,
+        ready: SocketAddr::new(ip, b.ready_port),
+        dwell: b.dwell.0,
+        stop_budget: b.stop_budget.0,
+    })
+}

@@ -1,0 +1,380 @@
+//! Load-balancer membership against a fake DigitalOcean Load Balancer that
+//! follows the published API and models the real one: registration takes
+//! effect after a propagation delay, its own HTTP health check (on
+//! natsmeshd's readiness endpoint) takes nodes in and out after thresholds,
+//! writes are refused while it applies an earlier change, and it proxies
+//! TCP round robin to the nodes it considers in service, so a client
+//! "behind the balancer" sees what a real user would.
+//!
+//! Modelled delays (every test): health check every 1 s, 2 successes in,
+//! 2 failures out, 1 s timeout; changes propagate after 500 ms.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Options};
+use natsmesh_harness::fakes::do_lb::{DoLb, FakeDoLb};
+use natsmesh_harness::fakes::do_metadata::{Droplet, FakeDoMetadata};
+use natsmesh_harness::fakes::lb::Model;
+use natsmesh_harness::fakes::openapi::{Spec, validate_request};
+use natsmesh_harness::{CURRENT, free_port};
+
+const TOKEN: &str = "dop_v1_lb-test-51c0ffee";
+const LB: &str = "4de7ac8b-495b-4884-9a69-1050c6793cd6";
+
+fn ip(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 5, n])
+}
+
+fn droplet_id(n: u8) -> u64 {
+    3_164_440 + u64::from(n)
+}
+
+fn model() -> Model {
+    Model {
+        check_interval: Duration::from_secs(1),
+        healthy_threshold: 2,
+        unhealthy_threshold: 2,
+        propagation: Duration::from_millis(500),
+        response_timeout: Duration::from_secs(1),
+    }
+}
+
+/// A region of `n` droplets behind one balancer.
+struct Fleet {
+    lb: FakeDoLb,
+    metadata: Vec<FakeDoMetadata>,
+    client_port: u16,
+    ready_port: u16,
+    token: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn new(n: u8, lb: impl FnOnce(u16, u16) -> DoLb) -> Self {
+        let (client_port, ready_port) = (free_port(), free_port());
+        let droplets = (1..=n).map(|i| (droplet_id(i), ip(i))).collect();
+        let fake = FakeDoLb::start(TOKEN, lb(client_port, ready_port), droplets, model());
+        let metadata = (1..=n)
+            .map(|i| {
+                FakeDoMetadata::start(Droplet {
+                    id: droplet_id(i),
+                    hostname: format!("node-{i}"),
+                    region: "fra1".into(),
+                    private_ipv4: Some(ip(i).to_string()),
+                    public_ipv4: None,
+                    public_ipv6: None,
+                    tags: Vec::new(),
+                })
+            })
+            .collect();
+        let token = natsmesh_harness::scratch();
+        natsmesh_harness::bind::write_private(&token.path().join("token"), &format!("{TOKEN}\n"));
+        Self {
+            lb: fake,
+            metadata,
+            client_port,
+            ready_port,
+            token,
+        }
+    }
+
+    fn good(n: u8) -> Self {
+        Self::new(n, |client, ready| DoLb::tcp(LB, "fra1", client, ready))
+    }
+
+    fn options(&self, n: u8, extra: &str) -> Options {
+        Options {
+            extra: format!(
+                r#"[node]
+provider = "digitalocean"
+
+[node.metadata]
+url = "{meta}"
+timeout = "300ms"
+retry_for = "5s"
+
+[broker.client]
+bind = "private"
+port = {client}
+advertise = "none"
+
+[load_balancer]
+provider = "digitalocean"
+id = "{LB}"
+token_file = "{token}"
+api_url = "{api}"
+ready_port = {ready}
+dwell = "1s"
+{extra}"#,
+                meta = self.metadata[usize::from(n - 1)].url(),
+                client = self.client_port,
+                token = self.token.path().join("token").display(),
+                api = self.lb.api_url(),
+                ready = self.ready_port,
+            ),
+            cloud: true,
+            ..Options::default()
+        }
+    }
+
+    fn node(&self, n: u8) -> Daemon {
+        Daemon::start(CURRENT, self.options(n, ""))
+    }
+
+    fn wait_in_service(&self, ids: &[u64], what: &str) {
+        let mut want = ids.to_vec();
+        want.sort_unstable();
+        wait_for(what, Duration::from_secs(30), || {
+            let mut got = self.lb.in_service();
+            got.sort_unstable();
+            got == want
+        });
+    }
+
+    /// Every request natsmeshd sent matches DigitalOcean's OpenAPI files.
+    fn assert_requests_follow_the_spec(&self) {
+        for (req, body) in self.lb.requests() {
+            let (method, path) = req.split_once(' ').unwrap();
+            validate_request(Spec::DigitalOcean, method, path, body.as_ref())
+                .unwrap_or_else(|e| panic!("{req} {body:?}: {e}"));
+        }
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One connection through the balancer: the server's INFO line arrives.
+fn connect_through(lb: &FakeDoLb) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&lb.frontend(), Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    let mut line = String::new();
+    BufReader::new(&mut s)
+        .read_line(&mut line)
+        .map_err(|e| format!("read: {e}"))?;
+    if line.starts_with("INFO ") {
+        Ok(line)
+    } else {
+        Err(format!("no INFO: {line:?}"))
+    }
+}
+
+#[test]
+fn a_node_joins_once_ready_and_leaves_before_lame_duck() {
+    let fleet = Fleet::good(1);
+    let mut a = fleet.node(1);
+    a.wait_ready();
+    fleet.wait_in_service(&[droplet_id(1)], "in service behind the balancer");
+    assert_eq!(fleet.lb.registered(), vec![droplet_id(1)]);
+    let info = connect_through(&fleet.lb).unwrap();
+    assert!(
+        info.contains("\"server_name\":\"digitalocean-fra1-"),
+        "{info}"
+    );
+    let screen = a.status().unwrap().load_balancer;
+    assert!(
+        screen.starts_with("in digitalocean load balancer"),
+        "{screen}"
+    );
+
+    let asked = Instant::now();
+    a.signal("TERM");
+    assert!(
+        a.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        a.log()
+    );
+    assert!(fleet.lb.registered().is_empty());
+    let log = a.log();
+    let left = log.find("left the load balancer").expect("left");
+    let lame_duck = log.find("Entering lame duck mode").expect("lame duck");
+    assert!(left < lame_duck, "{log}");
+    // The drain delay the health check implies: (1 s + 1 s) × 2.
+    assert!(
+        log.contains("waiting for its health check before lame duck") && log.contains("delay=4s"),
+        "{log}"
+    );
+    assert!(asked.elapsed() >= Duration::from_secs(4));
+    assert!(!log.contains(TOKEN), "the token was logged");
+    fleet.assert_requests_follow_the_spec();
+}
+
+#[test]
+fn a_hung_broker_leaves_the_balancer_and_returns() {
+    let fleet = Fleet::good(1);
+    let mut a = fleet.node(1);
+    let pid = a.wait_ready().broker_pid.unwrap();
+    wait_for("registered", Duration::from_secs(20), || {
+        fleet.lb.registered() == vec![droplet_id(1)]
+    });
+    common::signal(pid, "STOP");
+    wait_for(
+        "deregistered while not serving",
+        Duration::from_secs(20),
+        || fleet.lb.registered().is_empty(),
+    );
+    a.wait_status(
+        "a new broker serves",
+        |s| s.state == "ready" && s.broker_pid != Some(pid),
+        Duration::from_secs(30),
+    );
+    fleet.wait_in_service(&[droplet_id(1)], "back in service");
+    connect_through(&fleet.lb).unwrap();
+}
+
+#[test]
+fn a_misconfigured_balancer_is_never_joined_and_the_reason_is_given() {
+    let monitoring = free_port();
+    let fleet = Fleet::new(1, |client, ready| {
+        let mut lb = DoLb::tcp(LB, "fra1", client, ready);
+        // TLS terminated at the balancer, health check on the monitoring port.
+        lb.forwarding_rules = vec![serde_json::json!({
+            "entry_protocol": "https", "entry_port": 443, "target_protocol": "http",
+            "target_port": client, "certificate_id": "cert", "tls_passthrough": false,
+        })];
+        lb.health_check["port"] = serde_json::json!(monitoring);
+        lb
+    });
+    let mut opts = fleet.options(1, "");
+    opts.extra
+        .push_str(&format!("\n[broker.monitoring]\nport = {monitoring}\n"));
+    let mut a = Daemon::start(CURRENT, opts);
+    a.wait_ready();
+    wait_for("the refusal is reported", Duration::from_secs(20), || {
+        a.log().contains("not set up for NATS")
+    });
+    let line = a.status().unwrap().load_balancer;
+    assert!(line.contains("must be tcp → tcp"), "{line}");
+    assert!(
+        line.contains(&format!("monitoring port {monitoring}")),
+        "{line}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(fleet.lb.registered().is_empty(), "joined a wrong balancer");
+}
+
+#[test]
+fn busy_and_rate_limited_answers_are_retried() {
+    let fleet = Fleet::good(2);
+    {
+        let mut s = fleet.lb.state.lock().unwrap();
+        s.rate_limited = 1;
+        s.retry_after_secs = 1;
+        // Long enough that the second droplet's add meets it.
+        s.processing = Duration::from_secs(2);
+    }
+    // Two droplets join at once: one meets "can't be updated while it
+    // processes previous actions" and tries again.
+    let mut a = fleet.node(1);
+    let mut b = fleet.node(2);
+    a.wait_ready();
+    b.wait_ready();
+    fleet.wait_in_service(&[droplet_id(1), droplet_id(2)], "both in service");
+    let log = format!("{}{}", a.log(), b.log());
+    assert!(log.contains("429"), "no 429 met:\n{log}");
+    assert!(
+        log.contains("processes previous actions"),
+        "no 403 while processing met:\n{log}"
+    );
+    fleet.assert_requests_follow_the_spec();
+}
+
+#[test]
+fn a_jetstream_wide_outage_keeps_every_node_in() {
+    // Two servers whose configured region has two more that never come:
+    // no JetStream meta leader anywhere, clients still served.
+    let fleet = Fleet::good(2);
+    let (route, ghost1, ghost2) = (free_port(), free_port(), free_port());
+    let cluster = format!(
+        "\n[broker.cluster]\nenabled = true\nport = {route}\nroutes = [\"127.0.5.1:{route}\", \"127.0.5.2:{route}\", \"127.0.5.9:{ghost1}\", \"127.0.5.9:{ghost2}\"]\n\n[health]\nroute_wait = \"2s\"\n"
+    );
+    let mut a = Daemon::start(CURRENT, fleet.options(1, &cluster));
+    let mut b = Daemon::start(CURRENT, fleet.options(2, &cluster));
+    for d in [&mut a, &mut b] {
+        d.wait_status(
+            "serving without JetStream",
+            |s| s.state == "ready" && s.jetstream.contains("not current"),
+            Duration::from_secs(30),
+        );
+    }
+    fleet.wait_in_service(&[droplet_id(1), droplet_id(2)], "both stay in");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        fleet.lb.registered().len(),
+        2,
+        "a JetStream outage emptied the balancer"
+    );
+    connect_through(&fleet.lb).unwrap();
+}
+
+#[test]
+fn a_rolling_restart_behind_the_balancer_fails_no_connection() {
+    let fleet = Fleet::good(3);
+    let mut nodes: Vec<Daemon> = (1..=3).map(|n| fleet.node(n)).collect();
+    for d in &mut nodes {
+        d.wait_ready();
+    }
+    fleet.wait_in_service(&[droplet_id(1), droplet_id(2), droplet_id(3)], "all in");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        let frontend = fleet.lb.frontend();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(120);
+            // Bounded: one connection every 20 ms, two minutes at most.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let r = TcpStream::connect_timeout(&frontend, Duration::from_secs(2))
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut s| {
+                        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+                        let mut line = String::new();
+                        BufReader::new(&mut s)
+                            .read_line(&mut line)
+                            .map_err(|e| e.to_string())?;
+                        if line.starts_with("INFO ") {
+                            Ok(())
+                        } else {
+                            Err(format!("{line:?}"))
+                        }
+                    });
+                match r {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        })
+    };
+    for (n, d) in (1u8..).zip(nodes.iter_mut()) {
+        d.signal("TERM");
+        assert!(d.wait_exit(Duration::from_secs(60)).success());
+        let dir = std::mem::replace(&mut d.dir, natsmesh_harness::scratch());
+        *d = Daemon::start_in(dir, CURRENT, fleet.options(n, ""));
+        d.wait_ready();
+        fleet.wait_in_service(
+            &[droplet_id(1), droplet_id(2), droplet_id(3)],
+            "back to three",
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = client.join().unwrap();
+    assert!(ok > 100, "too few connections to say anything: {ok}");
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+}
