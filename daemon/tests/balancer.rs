@@ -155,7 +155,11 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 /// One connection through the balancer: the server's INFO line arrives.
 fn connect_through(lb: &FakeDoLb) -> Result<String, String> {
-    let mut s = TcpStream::connect_timeout(&lb.frontend(), Duration::from_secs(2))
+    connect_through_addr(lb.frontend())
+}
+
+fn connect_through_addr(frontend: std::net::SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&frontend, Duration::from_secs(2))
         .map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok();
     let mut line = String::new();
@@ -377,4 +381,133 @@ fn a_rolling_restart_behind_the_balancer_fails_no_connection() {
         failed.len(),
         ok as usize + failed.len()
     );
+}
+
+#[test]
+fn a_linode_nodebalancer_node_joins_drains_on_stop_and_is_removed() {
+    use natsmesh_harness::fakes::linode_lb::{FakeLinodeLb, LinodeNb};
+    use natsmesh_harness::fakes::linode_metadata::{FakeLinodeMetadata, Linode};
+    let client_port = free_port();
+    let nb = LinodeNb::tcp(1_774_401, "eu-central", 2_706_113, 4222)
+        .with_model(&model())
+        .with_check("connection");
+    let lb = FakeLinodeLb::start(TOKEN, nb, model());
+    let meta = FakeLinodeMetadata::start(Linode {
+        id: 532_754_976,
+        label: "nats-fra1-1".into(),
+        region: "eu-central".into(),
+        tags: Vec::new(),
+        public_ipv4: Vec::new(),
+        private_ipv4: vec!["127.0.5.21/17".into()],
+        slaac: None,
+    });
+    let token = natsmesh_harness::scratch();
+    natsmesh_harness::bind::write_private(&token.path().join("token"), &format!("{TOKEN}\n"));
+    let extra = format!(
+        r#"[node]
+provider = "linode"
+
+[node.metadata]
+url = "{meta}"
+timeout = "300ms"
+retry_for = "5s"
+
+[broker.client]
+bind = "private"
+port = {client_port}
+advertise = "none"
+
+[load_balancer]
+provider = "linode"
+id = "1774401"
+token_file = "{token}"
+api_url = "{api}"
+ready_port = {ready}
+dwell = "1s"
+"#,
+        meta = meta.url(),
+        token = token.path().join("token").display(),
+        api = lb.api_url(),
+        ready = free_port(),
+    );
+    let mut a = Daemon::start(
+        CURRENT,
+        Options {
+            extra,
+            cloud: true,
+            ..Options::default()
+        },
+    );
+    a.wait_ready();
+    let address = format!("127.0.5.21:{client_port}");
+    wait_for(
+        "in service behind the NodeBalancer",
+        Duration::from_secs(30),
+        || lb.in_service() == vec![address.clone()],
+    );
+    let node = lb.nodes().into_iter().next().unwrap();
+    assert_eq!(node["mode"], "accept");
+    let label = node["label"].as_str().unwrap().to_owned();
+    assert!(label.starts_with("linode-"), "{label}");
+    connect_through_addr(lb.frontend()).unwrap();
+
+    // Stop: drain (no new connections), the drain delay, then the node goes.
+    a.signal("TERM");
+    wait_for("drained", Duration::from_secs(10), || {
+        lb.nodes().first().is_some_and(|n| n["mode"] == "drain")
+    });
+    assert!(
+        a.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        a.log()
+    );
+    assert!(lb.nodes().is_empty(), "{:?}", lb.nodes());
+    let log = a.log();
+    assert!(
+        log.find("left the load balancer").unwrap() < log.find("Entering lame duck mode").unwrap(),
+        "{log}"
+    );
+    assert!(!log.contains(TOKEN));
+    for (req, body) in lb.requests() {
+        let (method, path) = req.split_once(' ').unwrap();
+        validate_request(Spec::Linode, method, path, body.as_ref())
+            .unwrap_or_else(|e| panic!("{req} {body:?}: {e}"));
+    }
+}
+
+#[test]
+fn a_nodebalancer_checking_http_on_the_nats_port_is_refused() {
+    use natsmesh_harness::fakes::linode_lb::{FakeLinodeLb, LinodeNb};
+    use natsmesh_harness::fakes::linode_metadata::{FakeLinodeMetadata, Linode};
+    let nb = LinodeNb::tcp(1_774_401, "eu-central", 2_706_113, 4222).with_model(&model());
+    let lb = FakeLinodeLb::start(TOKEN, nb, model());
+    let meta = FakeLinodeMetadata::start(Linode {
+        region: "eu-central".into(),
+        private_ipv4: vec!["127.0.5.22/17".into()],
+        ..Linode::default()
+    });
+    let token = natsmesh_harness::scratch();
+    natsmesh_harness::bind::write_private(&token.path().join("token"), &format!("{TOKEN}\n"));
+    let extra = format!(
+        "[node]\nprovider = \"linode\"\n[node.metadata]\nurl = \"{}\"\ntimeout = \"300ms\"\nretry_for = \"5s\"\n[broker.client]\nbind = \"private\"\nport = {}\n[load_balancer]\nprovider = \"linode\"\nid = \"1774401\"\ntoken_file = \"{}\"\napi_url = \"{}\"\nready_port = {}\n",
+        meta.url(),
+        free_port(),
+        token.path().join("token").display(),
+        lb.api_url(),
+        free_port()
+    );
+    let mut a = Daemon::start(
+        CURRENT,
+        Options {
+            extra,
+            cloud: true,
+            ..Options::default()
+        },
+    );
+    a.wait_ready();
+    wait_for("the refusal", Duration::from_secs(20), || {
+        a.status()
+            .is_some_and(|s| s.load_balancer.contains("set check = \"connection\""))
+    });
+    assert!(lb.nodes().is_empty());
 }

@@ -85,6 +85,7 @@ impl DigitalOcean {
                 .filter(|t| !t.is_empty())
                 .map(str::to_owned),
             registered: droplets.contains(&self.droplet_id),
+            members: Vec::new(),
         })
     }
 

@@ -17,6 +17,7 @@
 //! `natsmeshd status` say exactly what to change.
 
 pub mod digitalocean;
+pub mod linode;
 pub mod ready;
 
 use std::net::SocketAddr;
@@ -44,6 +45,10 @@ pub struct LbSettings {
     pub token_file: PathBuf,
     /// This machine at the provider (droplet id, Linode id).
     pub instance_id: String,
+    /// Its private IPv4 (a NodeBalancer node's address).
+    pub private_ip: Option<std::net::Ipv4Addr>,
+    /// Its server name (a NodeBalancer node's label).
+    pub server_name: String,
     /// The provider's region of this machine (`fra1`).
     pub region: String,
     /// The broker's client port: the balancer must forward TCP to it.
@@ -63,12 +68,15 @@ pub struct LbSettings {
 pub enum LbProvider {
     /// DigitalOcean Load Balancer.
     DigitalOcean,
+    /// Linode NodeBalancer.
+    Linode,
 }
 
 impl std::fmt::Display for LbProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::DigitalOcean => "digitalocean",
+            Self::Linode => "linode",
         })
     }
 }
@@ -78,6 +86,7 @@ impl LbProvider {
     pub fn default_url(self) -> &'static str {
         match self {
             Self::DigitalOcean => "https://api.digitalocean.com",
+            Self::Linode => "https://api.linode.com/v4",
         }
     }
 
@@ -87,6 +96,7 @@ impl LbProvider {
             Self::DigitalOcean => {
                 "load_balancer:read, load_balancer:update (tag-based balancers: tag:create, tag:delete, droplet:update)"
             }
+            Self::Linode => "nodebalancers:read_write",
         }
     }
 }
@@ -147,10 +157,15 @@ pub struct Setup {
     pub tag: Option<String>,
     /// Whether this machine is a member now.
     pub registered: bool,
+    /// Linode: this machine's node on each config.
+    pub members: Vec<linode::Member>,
 }
 
 /// Why the set-up is not one to join, one line per thing to change.
 pub fn check(setup: &Setup, s: &LbSettings) -> Vec<String> {
+    if s.provider == LbProvider::Linode {
+        return check_linode(setup, s);
+    }
     let mut wrong = Vec::new();
     let port = s.client_port;
     let to_client: Vec<&Rule> = setup
@@ -191,6 +206,34 @@ pub fn check(setup: &Setup, s: &LbSettings) -> Vec<String> {
     if !s.region.is_empty() && !setup.region.is_empty() && setup.region != s.region {
         wrong.push(format!(
             "the balancer is in {}, this machine in {}: a balancer reaches only its own region's private network",
+            setup.region, s.region
+        ));
+    }
+    wrong
+}
+
+/// A NodeBalancer: every config forwards TCP (to this machine's client
+/// port, where its node points), and checks nodes with `connection`, the
+/// only check that works on a NATS port (it has no separate check port).
+fn check_linode(setup: &Setup, s: &LbSettings) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for r in &setup.rules {
+        if r.target_protocol != "tcp" {
+            wrong.push(format!(
+                "config {} must use protocol tcp: NATS sends INFO before the client speaks, so HTTP or TLS termination breaks it",
+                r.entry
+            ));
+        }
+    }
+    if setup.health.protocol != "connection" {
+        wrong.push(format!(
+            "the health check is {:?}; set check = \"connection\": a NodeBalancer checks the node's own port ({}), which speaks NATS, not HTTP, and a connection check fails once lame duck closes it (natsmeshd drains the node before that)",
+            setup.health.protocol, s.client_port
+        ));
+    }
+    if !s.region.is_empty() && !setup.region.is_empty() && setup.region != s.region {
+        wrong.push(format!(
+            "the NodeBalancer is in {}, this Linode in {}: it reaches only its own region's private network",
             setup.region, s.region
         ));
     }
@@ -246,6 +289,7 @@ impl std::fmt::Display for LbError {
 /// The provider behind one interface.
 enum Client {
     DigitalOcean(digitalocean::DigitalOcean),
+    Linode(linode::Linode),
 }
 
 impl Client {
@@ -260,24 +304,52 @@ impl Client {
                     &s.url, &s.id, id,
                 )?))
             }
+            LbProvider::Linode => {
+                let ip = s
+                    .private_ip
+                    .ok_or("a NodeBalancer node needs this Linode's private IPv4 address")?;
+                Ok(Self::Linode(linode::Linode::new(
+                    &s.url,
+                    &s.id,
+                    ip,
+                    s.client_port,
+                    &s.server_name,
+                )?))
+            }
         }
     }
 
     async fn read(&self, token: &str) -> Result<Setup, LbError> {
         match self {
             Self::DigitalOcean(c) => c.read(token).await,
+            Self::Linode(c) => c.read(token).await.map(|(mut setup, members)| {
+                setup.members = members;
+                setup
+            }),
         }
     }
 
     async fn register(&self, token: &str, setup: &Setup) -> Result<(), LbError> {
         match self {
             Self::DigitalOcean(c) => c.register(token, setup.tag.as_deref()).await,
+            // Node ids as they are now (another pass may have created one).
+            Self::Linode(c) => c.register(token, &c.read(token).await?.1).await,
         }
     }
 
     async fn deregister(&self, token: &str, setup: &Setup) -> Result<(), LbError> {
         match self {
             Self::DigitalOcean(c) => c.deregister(token, setup.tag.as_deref()).await,
+            // Out of rotation, pinned connections go on; deleted on stop.
+            Self::Linode(c) => c.drain(token, &c.read(token).await?.1).await,
+        }
+    }
+
+    /// After the drain delay on stop: what is left to remove.
+    async fn finish_leaving(&self, token: &str) -> Result<(), LbError> {
+        match self {
+            Self::DigitalOcean(_) => Ok(()),
+            Self::Linode(c) => c.remove(token, &c.read(token).await?.1).await,
         }
     }
 }
@@ -457,6 +529,13 @@ pub async fn follow(
                 tell(true, line);
                 tokio::time::sleep(delay).await;
             }
+            if setup.is_some()
+                && let Ok(token) = Secret::read(&s.token_file, &format!("{} API token", s.provider))
+                && let Err(e) = client.finish_leaving(token.expose()).await
+            {
+                // Drained already: a leftover node takes no new clients.
+                tracing::warn!(balancer = %name, error = %e, "cannot remove this node after draining it");
+            }
             tell(false, format!("out of {name}"));
             continue;
         }
@@ -496,6 +575,8 @@ mod tests {
             url: "http://127.0.0.1:1".into(),
             token_file: "/nonexistent".into(),
             instance_id: "42".into(),
+            private_ip: None,
+            server_name: "n1".into(),
             region: "fra1".into(),
             client_port: 4222,
             monitoring_port: Some(8222),
@@ -526,6 +607,7 @@ mod tests {
             status: "active".into(),
             tag: None,
             registered: false,
+            members: Vec::new(),
         }
     }
 
@@ -559,5 +641,23 @@ mod tests {
         let mut region = good();
         region.region = "nyc3".into();
         assert!(check(&region, &s)[0].contains("in nyc3, this machine in fra1"));
+    }
+
+    #[test]
+    fn a_nodebalancer_needs_tcp_configs_and_a_connection_check() {
+        let s = LbSettings {
+            provider: LbProvider::Linode,
+            region: "eu-central".into(),
+            ..settings()
+        };
+        let mut nb = good();
+        nb.region = "eu-central".into();
+        nb.health.protocol = "connection".into();
+        assert!(check(&nb, &s).is_empty(), "{:?}", check(&nb, &s));
+        nb.health.protocol = "http".into();
+        nb.rules[0].target_protocol = "https".into();
+        let w = check(&nb, &s);
+        assert!(w[0].contains("must use protocol tcp"), "{w:?}");
+        assert!(w[1].contains("set check = \"connection\""), "{w:?}");
     }
 }

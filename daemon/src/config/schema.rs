@@ -50,6 +50,8 @@ pub enum LbKind {
     None,
     /// A DigitalOcean Load Balancer.
     Digitalocean,
+    /// A Linode NodeBalancer.
+    Linode,
 }
 
 /// `[load_balancer]`.

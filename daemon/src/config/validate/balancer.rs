@@ -32,13 +32,24 @@ pub(super) fn apply_balancer(
             return None;
         }
         LbKind::Digitalocean => LbProvider::DigitalOcean,
+        LbKind::Linode => LbProvider::Linode,
     };
-    if raw.node.provider != Provider::DigitalOcean {
+    let needs = match provider {
+        LbProvider::DigitalOcean => Provider::DigitalOcean,
+        LbProvider::Linode => Provider::Linode,
+    };
+    if raw.node.provider != needs {
         c.problem(
             "load_balancer.provider",
-            "a DigitalOcean balancer needs node.provider = \"digitalocean\" (it names this droplet by the id the metadata service gives)",
+            format!("a {provider} balancer needs node.provider = \"{provider}\" (the machine is named by the id and address its metadata service gives)"),
         );
         return None;
+    }
+    if provider == LbProvider::Linode && id.private_ipv4.is_none() {
+        c.problem(
+            "load_balancer.provider",
+            "a NodeBalancer reaches nodes on their private IPv4 address: add a private IP (or VPC interface) to this Linode",
+        );
     }
     let lb_id = b.id.clone().filter(|i| !i.trim().is_empty());
     if lb_id.is_none() {
@@ -92,6 +103,8 @@ pub(super) fn apply_balancer(
         url: url.trim_end_matches('/').to_owned(),
         token_file: token_file?,
         instance_id: id.instance_id.clone(),
+        private_ip: id.private_ipv4,
+        server_name: server.server_name.clone(),
         region: id.provider_region.clone(),
         client_port,
         monitoring_port,
