@@ -38,10 +38,11 @@ lint: fmt clippy
 ci: lint test
 
 # Benchmarks (about 12 minutes): each prints a table and writes it to
-# bench/results/{supervisor,tls,discovery,publish}.md. NATSMESH_BENCH_SOAK_SECS=1800
+# bench/results/{supervisor,tls,discovery,publish,balancer}.md. NATSMESH_BENCH_SOAK_SECS=1800
 # for the 30-minute leak check; discovery needs root.
 bench: brokers
 	$(CARGO) bench -p natsmesh --bench supervisor
 	$(CARGO) bench -p natsmesh --bench tls
 	$(CARGO) bench -p natsmesh --bench discovery
 	$(CARGO) bench -p natsmesh --bench publish
+	$(CARGO) bench -p natsmesh --bench balancer
