@@ -511,3 +511,82 @@ fn a_nodebalancer_checking_http_on_the_nats_port_is_refused() {
     });
     assert!(lb.nodes().is_empty());
 }
+
+#[test]
+fn a_tag_based_balancer_is_joined_through_its_tag() {
+    const TAG: &str = "natsmesh:fra1";
+    let fleet = Fleet::new(1, |client, ready| {
+        DoLb::tcp(LB, "fra1", client, ready).with_tag(TAG)
+    });
+    fleet
+        .lb
+        .state
+        .lock()
+        .unwrap()
+        .tags
+        .insert(TAG.into(), Vec::new());
+    fleet.lb.sync();
+    let mut a = fleet.node(1);
+    a.wait_ready();
+    fleet.wait_in_service(&[droplet_id(1)], "in service through the tag");
+    a.signal("TERM");
+    assert!(
+        a.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        a.log()
+    );
+    assert!(fleet.lb.registered().is_empty());
+    let requests: Vec<String> = fleet.lb.requests().into_iter().map(|(r, _)| r).collect();
+    let tag_path = format!("/v2/tags/{TAG}/resources");
+    assert!(
+        requests.contains(&format!("POST {tag_path}")),
+        "{requests:?}"
+    );
+    assert!(
+        requests.contains(&format!("DELETE {tag_path}")),
+        "{requests:?}"
+    );
+    assert!(
+        !requests.iter().any(|r| r.ends_with("/droplets")),
+        "droplet ids sent to a tag-based balancer: {requests:?}"
+    );
+    fleet.assert_requests_follow_the_spec();
+}
+
+#[test]
+fn a_refused_token_is_reported_not_hammered() {
+    let fleet = Fleet::good(1);
+    natsmesh_harness::bind::write_private(&fleet.token.path().join("token"), "dop_v1_wrong\n");
+    let mut a = fleet.node(1);
+    a.wait_ready();
+    wait_for("the refusal", Duration::from_secs(20), || {
+        a.log().contains("401")
+    });
+    let before = fleet.lb.requests().len();
+    std::thread::sleep(Duration::from_secs(5));
+    let more = fleet.lb.requests().len() - before;
+    assert!(more <= 1, "{more} requests in 5 s after a 401");
+    assert!(fleet.lb.registered().is_empty());
+    let line = a.status().unwrap().load_balancer;
+    assert!(line.contains("401"), "{line}");
+}
+
+#[test]
+fn an_api_outage_at_stop_delays_lame_duck_by_the_budget_only() {
+    let fleet = Fleet::good(1);
+    let mut a = Daemon::start(CURRENT, fleet.options(1, "stop_budget = \"3s\"\n"));
+    a.wait_ready();
+    fleet.wait_in_service(&[droplet_id(1)], "in service");
+    fleet.lb.state.lock().unwrap().fault = natsmesh_harness::fakes::Fault::Status(500);
+    let asked = Instant::now();
+    a.signal("TERM");
+    assert!(
+        a.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        a.log()
+    );
+    let took = asked.elapsed();
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert!(a.log().contains("lame duck anyway"), "{}", a.log());
+}
