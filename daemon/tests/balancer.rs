@@ -384,7 +384,7 @@ fn a_rolling_restart_behind_the_balancer_fails_no_connection() {
 }
 
 #[test]
-fn a_linode_nodebalancer_node_joins_drains_on_stop_and_is_removed() {
+fn a_linode_nodebalancer_node_joins_through_busy_answers_drains_on_stop_and_is_removed() {
     use natsmesh_harness::fakes::linode_lb::{FakeLinodeLb, LinodeNb};
     use natsmesh_harness::fakes::linode_metadata::{FakeLinodeMetadata, Linode};
     let client_port = free_port();
@@ -392,6 +392,8 @@ fn a_linode_nodebalancer_node_joins_drains_on_stop_and_is_removed() {
         .with_model(&model())
         .with_check("connection");
     let lb = FakeLinodeLb::start(TOKEN, nb, model());
+    // Its first write meets "busy": retried.
+    lb.state.lock().unwrap().busy = 1;
     let meta = FakeLinodeMetadata::start(Linode {
         id: 532_754_976,
         label: "nats-fra1-1".into(),
@@ -468,6 +470,7 @@ dwell = "1s"
         "{log}"
     );
     assert!(!log.contains(TOKEN));
+    assert!(log.contains("busy"), "the busy answer was not met:\n{log}");
     for (req, body) in lb.requests() {
         let (method, path) = req.split_once(' ').unwrap();
         validate_request(Spec::Linode, method, path, body.as_ref())
