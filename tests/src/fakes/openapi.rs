@@ -4,8 +4,9 @@
 //! is an operation of it, path parameters and the JSON body satisfy their
 //! schemas.
 //!
-//! The specs are the copies in shared/reference/provider-specs (beside the
-//! repository; `NATSMESH_PROVIDER_SPECS` overrides the folder):
+//! The specs are copies in `tests/specs` (Apache-2.0, the providers' own
+//! files, as shared/reference/provider-specs has them;
+//! `NATSMESH_PROVIDER_SPECS` overrides the folder):
 //! DigitalOcean's split YAML files from
 //! `digitalocean/specification/load-balancer-subset.v2.yaml` (load balancer
 //! get, droplets add/remove, tag assign/unassign; relative `$ref`s resolved
@@ -210,7 +211,7 @@ struct Docs {
 
 fn specs_dir() -> PathBuf {
     std::env::var_os("NATSMESH_PROVIDER_SPECS").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/provider-specs"),
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("specs"),
         PathBuf::from,
     )
 }
