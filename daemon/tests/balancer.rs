@@ -201,7 +201,9 @@ fn a_node_joins_once_ready_and_leaves_before_lame_duck() {
     assert!(fleet.lb.registered().is_empty());
     let log = a.log();
     let left = log.find("left the load balancer").expect("left");
-    let lame_duck = log.find("Entering lame duck mode").expect("lame duck");
+    let lame_duck = log
+        .find("Entering lame duck mode")
+        .unwrap_or_else(|| panic!("{log}"));
     assert!(left < lame_duck, "{log}");
     // The drain delay the health check implies: (1 s + 1 s) × 2.
     assert!(
@@ -465,10 +467,11 @@ dwell = "1s"
     );
     assert!(lb.nodes().is_empty(), "{:?}", lb.nodes());
     let log = a.log();
-    assert!(
-        log.find("left the load balancer").unwrap() < log.find("Entering lame duck mode").unwrap(),
-        "{log}"
-    );
+    let left = log.find("left the load balancer").expect("left");
+    let lame_duck = log
+        .find("Entering lame duck mode")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(left < lame_duck, "{log}");
     assert!(!log.contains(TOKEN));
     assert!(log.contains("busy"), "the busy answer was not met:\n{log}");
     for (req, body) in lb.requests() {

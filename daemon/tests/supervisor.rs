@@ -375,6 +375,14 @@ fn sigterm_drains_with_lame_duck_and_exits_zero() {
             term_at.elapsed()
         );
         assert!(!alive(broker), "{v}");
+        // The broker's last words reach the log before natsmeshd's own
+        // word on its exit (its pipes are read to the end first).
+        let log = d.log();
+        let last_words = log
+            .rfind("Server Exiting")
+            .unwrap_or_else(|| panic!("{v}: the broker's shutdown line is missing:\n{log}"));
+        let stopped = log.rfind("nats-server stopped").unwrap();
+        assert!(last_words < stopped, "{v}:\n{log}");
         let lines = d.note_lines();
         let stopping = lines
             .iter()

@@ -413,7 +413,6 @@ pub async fn follow(
             match read(&client, &s, &name).await {
                 Ok(found) => {
                     setup_wrong = check(&found, &s);
-                    member = Some(found.registered);
                     check_at = Instant::now()
                         + if setup_wrong.is_empty() {
                             RECHECK_RIGHT
@@ -430,7 +429,17 @@ pub async fn follow(
                             found.registered,
                             format!("not joining {name}: {}", setup_wrong.join("; ")),
                         );
+                    } else if member != Some(found.registered) {
+                        // What the balancer says now (a crashed run may
+                        // have left this machine in it).
+                        let line = if found.registered {
+                            format!("in {name}")
+                        } else {
+                            format!("not in {name}")
+                        };
+                        tell(found.registered, line);
                     }
+                    member = Some(found.registered);
                     setup = Some(found);
                     failures = 0;
                     retry_at = None;
@@ -495,7 +504,14 @@ pub async fn follow(
                 }
                 Err(e) => {
                     failures += 1;
-                    let wait = retry_wait(failures, e.retry_after);
+                    let wait = if e.retry {
+                        retry_wait(failures, e.retry_after)
+                    } else {
+                        // Refused: read the balancer again before another
+                        // try (its set-up may have changed, e.g. to a tag).
+                        check_at = Instant::now();
+                        RECHECK_WRONG
+                    };
                     retry_at = Some(Instant::now() + wait);
                     if e.retry {
                         tracing::warn!(balancer = %name, error = %e, retry_in = ?wait, "load-balancer change failed; retrying");

@@ -93,6 +93,8 @@ enum AfterExit {
 
 struct Running {
     process: BrokerProcess,
+    /// The readers of its stdout and stderr.
+    readers: Vec<tokio::task::JoinHandle<()>>,
     pid: u32,
     liveness: Liveness,
     targets: Targets,
@@ -333,7 +335,10 @@ impl Supervisor {
             .min()
             .unwrap_or_else(|| Instant::now() + self.settings.health.interval);
             tokio::select! {
-                status = wait_exit(&mut self.running) => self.on_exit(status),
+                status = wait_exit(&mut self.running) => {
+                    self.drain_output().await;
+                    self.on_exit(status);
+                }
                 (pid, report) = poll_probe(&mut probe) => {
                     probe = None;
                     // A round that began before a restart says nothing about
@@ -450,15 +455,17 @@ impl Supervisor {
         };
         let pid = process.pid();
         let (stdout, stderr) = process.take_output();
-        if let Some(out) = stdout {
-            self.output.read(pid, out);
-        }
-        if let Some(err) = stderr {
-            self.output.read(pid, err);
-        }
+        let readers = [
+            stdout.map(|out| self.output.read(pid, out)),
+            stderr.map(|err| self.output.read(pid, err)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let now = Instant::now();
         self.running = Some(Running {
             process,
+            readers,
             pid,
             liveness: Liveness::new(now, s.health.liveness_budget, s.health.startup_grace),
             targets: Targets::new(
@@ -610,6 +617,18 @@ impl Supervisor {
         if let Some(reply) = self.pending_reply.take() {
             let _ = reply.send(Ok(format!("restarted; {line}")));
         }
+    }
+
+    /// The exited broker's last lines (lame duck, shutdown) reach the log
+    /// before anything natsmeshd says about the exit: the pipes are read to
+    /// their end and the queue written out, each for at most a second.
+    async fn drain_output(&mut self) {
+        if let Some(run) = self.running.as_mut() {
+            for reader in run.readers.drain(..) {
+                let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.output.flush()).await;
     }
 
     fn on_exit(&mut self, status: std::io::Result<std::process::ExitStatus>) {

@@ -11,14 +11,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use natsmesh_broker::log::{Level, ReloadOutcome, parse_line, reload_outcome};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 const QUEUE: usize = 1024;
+
+/// What the writer task is given.
+#[derive(Debug)]
+enum Item {
+    /// A line of the broker with this pid.
+    Line(u32, String),
+    /// Acknowledge once every line before this one is written.
+    Flush(oneshot::Sender<()>),
+}
 
 /// Shared between the readers and the writer.
 #[derive(Debug, Clone)]
 pub struct BrokerOutput {
-    lines: mpsc::Sender<(u32, String)>,
+    lines: mpsc::Sender<Item>,
     reloads: broadcast::Sender<ReloadOutcome>,
     dropped: Arc<AtomicU64>,
 }
@@ -26,10 +36,15 @@ pub struct BrokerOutput {
 impl BrokerOutput {
     /// Starts the writer task.
     pub fn start() -> Self {
-        let (lines, mut rx) = mpsc::channel::<(u32, String)>(QUEUE);
+        let (lines, mut rx) = mpsc::channel::<Item>(QUEUE);
         tokio::spawn(async move {
-            while let Some((pid, line)) = rx.recv().await {
-                emit(pid, &line);
+            while let Some(item) = rx.recv().await {
+                match item {
+                    Item::Line(pid, line) => emit(pid, &line),
+                    Item::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
             }
         });
         let (reloads, _) = broadcast::channel(16);
@@ -50,8 +65,18 @@ impl BrokerOutput {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Starts a reader for one pipe of the broker with `pid`.
-    pub fn read(&self, pid: u32, pipe: impl AsyncRead + Unpin + Send + 'static) {
+    /// Waits until every line queued so far is written (a broker's last
+    /// words before natsmeshd itself exits).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.lines.send(Item::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Starts a reader for one pipe of the broker with `pid`; it ends at
+    /// the pipe's end.
+    pub fn read(&self, pid: u32, pipe: impl AsyncRead + Unpin + Send + 'static) -> JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(pipe).lines();
@@ -59,11 +84,11 @@ impl BrokerOutput {
                 if let Some(outcome) = reload_outcome(parse_line(&line).1) {
                     let _ = this.reloads.send(outcome);
                 }
-                if this.lines.try_send((pid, line)).is_err() {
+                if this.lines.try_send(Item::Line(pid, line)).is_err() {
                     this.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
-        });
+        })
     }
 }
 
