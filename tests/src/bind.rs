@@ -5,7 +5,7 @@
 //! lives in a temporary directory.
 
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,7 +54,7 @@ impl Bind {
         .expect("zone file");
         let mut last = String::new();
         for _ in 0..10 {
-            let addr = free_port();
+            let addr = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
             let conf = format!(
                 r#"include "{key}";
 options {{
@@ -247,17 +247,6 @@ fn dig(addr: SocketAddr, name: &str, kind: &str) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-/// A loopback port free for both UDP and TCP right now.
-fn free_port() -> SocketAddr {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
-        let addr = udp.local_addr().expect("addr");
-        if TcpListener::bind(addr).is_ok() {
-            return addr;
-        }
-    }
 }
 
 /// Writes a file only its owner can read.

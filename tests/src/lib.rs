@@ -266,11 +266,44 @@ pub fn start_refused(
     }
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// A port that was free for TCP and UDP a moment ago on 127.0.0.1.
+///
+/// Picked at random below the kernel's ephemeral range (32768-60999 on
+/// Linux): a port the kernel hands out as port 0 is also the source port of
+/// some other test's outgoing connection a moment later, which then takes
+/// the port before the broker binds it. Ports here are only ever taken by a
+/// listener, and never twice by this process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..1000 {
+        let port = 20_000 + u16::try_from(random() % 12_000).unwrap_or(0);
+        if given.contains(&port) {
+            continue;
+        }
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999 after 1000 tries");
+}
+
+/// A random number from the clock and the process id (no dependency for
+/// a port pick).
+fn random() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    u32::try_from(h.finish() & 0xffff_ffff).unwrap_or(0)
 }
