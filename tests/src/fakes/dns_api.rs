@@ -263,10 +263,7 @@ async fn serve(
     let (fault, limited, token) = {
         let mut s = lock(&ctx.state);
         s.requests.push(format!("{method} {path}"));
-        if let Some(a) = headers.get(header::AUTHORIZATION) {
-            s.authorization_seen
-                .push(String::from_utf8_lossy(a.as_bytes()).into_owned());
-        }
+        s.authorization_seen.extend(super::authorization(headers));
         if method == Method::POST {
             let logged = parsed
                 .clone()
@@ -295,11 +292,7 @@ async fn serve(
     {
         return r;
     }
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {token}"));
-    if !authorized {
+    if !super::bearer_ok(headers, &token) {
         return error(ctx, 401, &path);
     }
     match fault {

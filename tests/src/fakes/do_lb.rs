@@ -359,20 +359,9 @@ async fn serve(
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let (fault, limited, token) = {
         let mut s = lock(&ctx.state);
-        let logged = if body.is_empty() {
-            None
-        } else {
-            Some(
-                parsed
-                    .clone()
-                    .unwrap_or_else(|| Value::String(String::from_utf8_lossy(body).into_owned())),
-            )
-        };
+        let logged = super::logged_body(body, parsed.as_ref());
         s.requests.push((format!("{method} {path}"), logged));
-        if let Some(a) = headers.get(header::AUTHORIZATION) {
-            s.authorization_seen
-                .push(String::from_utf8_lossy(a.as_bytes()).into_owned());
-        }
+        s.authorization_seen.extend(super::authorization(headers));
         if s.rate_limited > 0 {
             s.rate_limited -= 1;
             (Fault::None, true, s.token.clone())
@@ -391,11 +380,7 @@ async fn serve(
     {
         return r;
     }
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {token}"));
-    if !authorized {
+    if !super::bearer_ok(headers, &token) {
         return error(ctx, 401);
     }
     match fault {

@@ -427,20 +427,9 @@ async fn serve(
     let write = matches!(*method, Method::POST | Method::PUT | Method::DELETE);
     let (maintenance, fault, limited, token) = {
         let mut s = lock(&ctx.state);
-        let logged = if body.is_empty() {
-            None
-        } else {
-            Some(
-                parsed
-                    .clone()
-                    .unwrap_or_else(|| Value::String(String::from_utf8_lossy(body).into_owned())),
-            )
-        };
+        let logged = super::logged_body(body, parsed.as_ref());
         s.requests.push((format!("{method} {path}"), logged));
-        if let Some(a) = headers.get(header::AUTHORIZATION) {
-            s.authorization_seen
-                .push(String::from_utf8_lossy(a.as_bytes()).into_owned());
-        }
+        s.authorization_seen.extend(super::authorization(headers));
         if s.maintenance {
             (true, Fault::None, false, String::new())
         } else if s.rate_limited > 0 {
@@ -466,11 +455,7 @@ async fn serve(
     {
         return r;
     }
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {token}"));
-    if !authorized {
+    if !super::bearer_ok(headers, &token) {
         return error(401);
     }
     match fault {

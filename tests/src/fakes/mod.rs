@@ -106,6 +106,34 @@ impl Drop for Server {
     }
 }
 
+/// A request body as the request logs keep it: the JSON, or the text when
+/// it was not JSON; nothing for an empty body.
+pub(crate) fn logged_body(
+    body: &[u8],
+    parsed: Option<&serde_json::Value>,
+) -> Option<serde_json::Value> {
+    (!body.is_empty()).then(|| {
+        parsed.cloned().unwrap_or_else(|| {
+            serde_json::Value::String(String::from_utf8_lossy(body).into_owned())
+        })
+    })
+}
+
+/// The raw `Authorization` header, for the fakes' logs of what was sent.
+pub(crate) fn authorization(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|a| String::from_utf8_lossy(a.as_bytes()).into_owned())
+}
+
+/// Whether the request carries exactly `Bearer <token>`.
+pub(crate) fn bearer_ok(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {token}"))
+}
+
 /// Shared state of a fake, with a request log.
 pub type Shared<T> = Arc<Mutex<T>>;
 
