@@ -73,7 +73,7 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         tokio::spawn(crate::discovery::follow(discovery, tx))
     });
     let publisher = publish.map(|p| {
-        let (up_tx, up_rx) = tokio::sync::watch::channel(crate::publish::Announced::default());
+        let (up_tx, up_rx) = tokio::sync::watch::channel(crate::supervisor::Announced::default());
         supervisor.announce(crate::supervisor::Pointer::Dns, up_rx, p.withdraw_timeout);
         tokio::spawn(crate::publish::follow(
             p,
@@ -85,7 +85,7 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     let ready =
         ready_listener.map(|l| tokio::spawn(crate::balancer::ready::serve(l, status.clone())));
     let member = balancer.map(|b| {
-        let (tx, rx) = tokio::sync::watch::channel(crate::publish::Announced::default());
+        let (tx, rx) = tokio::sync::watch::channel(crate::supervisor::Announced::default());
         supervisor.announce(crate::supervisor::Pointer::LoadBalancer, rx, b.stop_budget);
         tokio::spawn(crate::balancer::follow(b, status.clone(), tx))
     });

@@ -28,9 +28,9 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 use crate::provider::rest::RestError;
-use crate::publish::Announced;
+
 use crate::publish::secret::Secret;
-use crate::supervisor::Status;
+use crate::supervisor::{Announced, Status};
 
 /// `[load_balancer]` as validated.
 #[derive(Debug, Clone, PartialEq, Eq)]

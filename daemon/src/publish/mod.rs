@@ -26,7 +26,7 @@ use tokio::time::{Instant, sleep_until};
 
 pub use record::{Data, Record};
 
-use crate::supervisor::Status;
+use crate::supervisor::{Announced, Status};
 
 /// `[dns_publish]` as validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,17 +333,6 @@ fn retry_wait(failures: u32, hint: Option<Duration>) -> Duration {
         Some(h) => h.min(Duration::from_secs(900)) + jitter,
         None => backoff + jitter,
     }
-}
-
-/// What the publisher tells the supervisor: whether this node's records
-/// may exist (a stop waits for `false` before lame duck), and a line for
-/// `natsmeshd status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Announced {
-    /// Records may exist.
-    pub up: bool,
-    /// What happened last, for a person.
-    pub line: String,
 }
 
 /// What should be in DNS.

@@ -257,12 +257,7 @@ impl Supervisor {
     /// Gates lame duck on `kind` having stopped pointing here (`up` is
     /// true while it may), waiting at most `budget`, and shows its line in
     /// `status`.
-    pub fn announce(
-        &mut self,
-        kind: Pointer,
-        rx: watch::Receiver<crate::publish::Announced>,
-        budget: Duration,
-    ) {
+    pub fn announce(&mut self, kind: Pointer, rx: watch::Receiver<Announced>, budget: Duration) {
         self.announcers.push(Announcer { kind, rx, budget });
     }
 
@@ -1297,6 +1292,17 @@ enum Reloaded {
     Pending,
 }
 
+/// What a pointer's task tells the supervisor: whether it may still send
+/// clients or peers here (a stop waits for `false` before lame duck), and
+/// a line for `natsmeshd status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Announced {
+    /// It may still point here.
+    pub up: bool,
+    /// What happened last, for a person.
+    pub line: String,
+}
+
 /// What points clients or peers at this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pointer {
@@ -1317,15 +1323,13 @@ impl std::fmt::Display for Pointer {
 
 struct Announcer {
     kind: Pointer,
-    rx: watch::Receiver<crate::publish::Announced>,
+    rx: watch::Receiver<Announced>,
     budget: Duration,
 }
 
 /// The next word of any announcer; pending forever when there is none.
 /// An announcer whose task has gone is dropped (and counts as gone).
-async fn next_announcement(
-    list: &mut Vec<Announcer>,
-) -> Option<(Pointer, crate::publish::Announced)> {
+async fn next_announcement(list: &mut Vec<Announcer>) -> Option<(Pointer, Announced)> {
     if list.is_empty() {
         return std::future::pending().await;
     }
@@ -1338,7 +1342,7 @@ async fn next_announcement(
         }
         Err(_) => {
             let gone = list.remove(index);
-            Some((gone.kind, crate::publish::Announced::default()))
+            Some((gone.kind, Announced::default()))
         }
     }
 }
