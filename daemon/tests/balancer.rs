@@ -211,6 +211,14 @@ fn a_node_joins_once_ready_and_leaves_before_lame_duck() {
         "{log}"
     );
     assert!(asked.elapsed() >= Duration::from_secs(4));
+    // systemd's STATUS says why the stop waits.
+    let notes = a.note_lines();
+    assert!(
+        notes
+            .iter()
+            .any(|l| l.starts_with("STATUS=draining") && l.contains("drain delay 4s")),
+        "{notes:?}"
+    );
     assert!(!log.contains(TOKEN), "the token was logged");
     fleet.assert_requests_follow_the_spec();
 }

@@ -87,6 +87,10 @@ impl Status {
                     let _ = write!(s, " ({})", self.reason);
                 }
             }
+            "draining" if !self.load_balancer.is_empty() => {
+                // The drain delay the balancer's health check implies.
+                let _ = write!(s, "{}; {}", self.reason, self.load_balancer);
+            }
             _ => s.push_str(&self.reason),
         }
         if !self.restart_pending.is_empty() {
