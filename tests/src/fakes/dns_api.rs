@@ -265,47 +265,39 @@ async fn serve(
         s.requests.push(format!("{method} {path}"));
         s.authorization_seen.extend(super::authorization(headers));
         if method == Method::POST {
-            let logged = parsed
-                .clone()
-                .unwrap_or_else(|| Value::String(String::from_utf8_lossy(body).into_owned()));
+            // Every POST body, the empty one as an empty string.
+            let logged = super::logged_body(body, parsed.as_ref())
+                .unwrap_or_else(|| Value::String(String::new()));
             s.bodies.push(logged);
         }
-        if s.rate_limited > 0 {
-            s.rate_limited -= 1;
-            (Fault::None, true, s.token.clone())
-        } else {
-            (super::take(&mut s.fault), false, s.token.clone())
-        }
+        let s = &mut *s;
+        let (fault, limited) = super::next_fault(&mut s.rate_limited, &mut s.fault);
+        (fault, limited, s.token.clone())
     };
-    if limited {
-        return error(ctx, 429, &path);
-    }
     let rid = request_id(ctx);
     let flavor = ctx.flavor;
-    if let Some(r) = super::act(&fault, |status| {
-        (
-            error_body(flavor, status, &path, &rid).to_string(),
-            flavor.content_type(),
-        )
-    })
+    let junk = match flavor {
+        Flavor::DigitalOcean => r#"{"domain_records":"none","links":7,"meta":null}"#,
+        Flavor::Linode => r#"{"data":"none","page":"one","id":"x"}"#,
+        Flavor::Cloudflare => r#"{"success":"maybe","result":"none"}"#,
+    };
+    if let Some(r) = super::gate(
+        limited,
+        &fault,
+        headers,
+        &token,
+        |status| error(ctx, status, &path),
+        |status| {
+            (
+                error_body(flavor, status, &path, &rid).to_string(),
+                flavor.content_type(),
+            )
+        },
+        junk,
+    )
     .await
     {
         return r;
-    }
-    if !super::bearer_ok(headers, &token) {
-        return error(ctx, 401, &path);
-    }
-    match fault {
-        Fault::EmptyBody => return (StatusCode::OK, "").into_response(),
-        Fault::Garbage => {
-            let junk = match flavor {
-                Flavor::DigitalOcean => r#"{"domain_records":"none","links":7,"meta":null}"#,
-                Flavor::Linode => r#"{"data":"none","page":"one","id":"x"}"#,
-                Flavor::Cloudflare => r#"{"success":"maybe","result":"none"}"#,
-            };
-            return (StatusCode::OK, junk).into_response();
-        }
-        _ => {}
     }
     let q = query(uri);
     let segs: Vec<&str> = path.split('/').skip(1).collect();

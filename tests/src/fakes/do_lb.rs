@@ -362,33 +362,23 @@ async fn serve(
         let logged = super::logged_body(body, parsed.as_ref());
         s.requests.push((format!("{method} {path}"), logged));
         s.authorization_seen.extend(super::authorization(headers));
-        if s.rate_limited > 0 {
-            s.rate_limited -= 1;
-            (Fault::None, true, s.token.clone())
-        } else {
-            (super::take(&mut s.fault), false, s.token.clone())
-        }
+        let s = &mut *s;
+        let (fault, limited) = super::next_fault(&mut s.rate_limited, &mut s.fault);
+        (fault, limited, s.token.clone())
     };
-    if limited {
-        return error(ctx, 429);
-    }
     let rid = request_id(ctx);
-    if let Some(r) = super::act(&fault, |status| {
-        (error_body(status, &rid).to_string(), CONTENT_TYPE)
-    })
+    if let Some(r) = super::gate(
+        limited,
+        &fault,
+        headers,
+        &token,
+        |status| error(ctx, status),
+        |status| (error_body(status, &rid).to_string(), CONTENT_TYPE),
+        r#"{"load_balancer":"none","links":7}"#,
+    )
     .await
     {
         return r;
-    }
-    if !super::bearer_ok(headers, &token) {
-        return error(ctx, 401);
-    }
-    match fault {
-        Fault::EmptyBody => return (StatusCode::OK, "").into_response(),
-        Fault::Garbage => {
-            return (StatusCode::OK, r#"{"load_balancer":"none","links":7}"#).into_response();
-        }
-        _ => {}
     }
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let lb_id = lock(&ctx.state).lb.id.clone();

@@ -432,11 +432,10 @@ async fn serve(
         s.authorization_seen.extend(super::authorization(headers));
         if s.maintenance {
             (true, Fault::None, false, String::new())
-        } else if s.rate_limited > 0 {
-            s.rate_limited -= 1;
-            (false, Fault::None, true, s.token.clone())
         } else {
-            (false, super::take(&mut s.fault), false, s.token.clone())
+            let s = &mut *s;
+            let (fault, limited) = super::next_fault(&mut s.rate_limited, &mut s.fault);
+            (false, fault, limited, s.token.clone())
         }
     };
     if maintenance {
@@ -445,25 +444,18 @@ async fn serve(
             .insert("x-maintenance-mode", HeaderValue::from_static("true"));
         return r;
     }
-    if limited {
-        return error(429);
-    }
-    if let Some(r) = super::act(&fault, |status| {
-        (error_body(status).to_string(), CONTENT_TYPE)
-    })
+    if let Some(r) = super::gate(
+        limited,
+        &fault,
+        headers,
+        &token,
+        error,
+        |status| (error_body(status).to_string(), CONTENT_TYPE),
+        r#"{"data":"none","page":"one"}"#,
+    )
     .await
     {
         return r;
-    }
-    if !super::bearer_ok(headers, &token) {
-        return error(401);
-    }
-    match fault {
-        Fault::EmptyBody => return (StatusCode::OK, "").into_response(),
-        Fault::Garbage => {
-            return (StatusCode::OK, r#"{"data":"none","page":"one"}"#).into_response();
-        }
-        _ => {}
     }
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let Some((version, rest)) = segs.split_first() else {

@@ -126,6 +126,48 @@ pub(crate) fn authorization(headers: &axum::http::HeaderMap) -> Option<String> {
         .map(|a| String::from_utf8_lossy(a.as_bytes()).into_owned())
 }
 
+/// This request's misbehaviour: a pending 429 first (counted down), else
+/// the fault (`StatusTimes` counted down). Returns the fault and whether
+/// the request is rate limited.
+pub(crate) fn next_fault(rate_limited: &mut u32, fault: &mut Fault) -> (Fault, bool) {
+    if *rate_limited > 0 {
+        *rate_limited -= 1;
+        (Fault::None, true)
+    } else {
+        (take(fault), false)
+    }
+}
+
+/// The front every provider-API fake puts before its routes, once the
+/// request is logged: a 429 when rate limited, the fault (with the
+/// provider's error body), 401 without the right token, then an empty or
+/// `garbage` 200. `refuse` answers 429 and 401 the provider's way.
+pub(crate) async fn gate(
+    limited: bool,
+    fault: &Fault,
+    headers: &axum::http::HeaderMap,
+    token: &str,
+    refuse: impl Fn(u16) -> axum::response::Response,
+    fault_body: impl Fn(u16) -> (String, &'static str),
+    garbage: &str,
+) -> Option<axum::response::Response> {
+    use axum::response::IntoResponse;
+    if limited {
+        return Some(refuse(429));
+    }
+    if let Some(r) = act(fault, fault_body).await {
+        return Some(r);
+    }
+    if !bearer_ok(headers, token) {
+        return Some(refuse(401));
+    }
+    match fault {
+        Fault::EmptyBody => Some((axum::http::StatusCode::OK, "").into_response()),
+        Fault::Garbage => Some((axum::http::StatusCode::OK, garbage.to_owned()).into_response()),
+        _ => None,
+    }
+}
+
 /// Whether the request carries exactly `Bearer <token>`.
 pub(crate) fn bearer_ok(headers: &axum::http::HeaderMap, token: &str) -> bool {
     headers
