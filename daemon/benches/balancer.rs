@@ -25,104 +25,19 @@ use stats::row;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Options};
-use natsmesh_harness::fakes::do_lb::{DoLb, FakeDoLb};
-use natsmesh_harness::fakes::do_metadata::{Droplet, FakeDoMetadata};
-use natsmesh_harness::fakes::lb::Model;
-use natsmesh_harness::{Broker, CURRENT, broker_binary, free_port, scratch};
+use common::Daemon;
+use common::fleet::{Fleet, LB, TOKEN, droplet_id as id, ip, wait_for};
+use natsmesh_harness::fakes::do_lb::DoLb;
+use natsmesh_harness::{Broker, CURRENT, broker_binary, scratch};
 
-const TOKEN: &str = "bench-token";
-const LB: &str = "4de7ac8b-495b-4884-9a69-1050c6793cd6";
 /// Each node's restart takes at least this long in both rolling runs, so
 /// both clients try about as many connections.
 const CYCLE: Duration = Duration::from_secs(8);
-
-fn model() -> Model {
-    Model {
-        check_interval: Duration::from_secs(1),
-        healthy_threshold: 2,
-        unhealthy_threshold: 2,
-        propagation: Duration::from_millis(500),
-        response_timeout: Duration::from_secs(1),
-    }
-}
-
-fn ip(n: u8) -> IpAddr {
-    IpAddr::from([127, 0, 5, 100 + n])
-}
-
-fn id(n: u8) -> u64 {
-    5_000_000 + u64::from(n)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-struct Fleet {
-    lb: FakeDoLb,
-    metadata: Vec<FakeDoMetadata>,
-    client_port: u16,
-    ready_port: u16,
-    token: tempfile::TempDir,
-}
-
-impl Fleet {
-    fn new(n: u8, lb: DoLb, client_port: u16, ready_port: u16) -> Self {
-        let fake = FakeDoLb::start(
-            TOKEN,
-            lb,
-            (1..=n).map(|i| (id(i), ip(i))).collect(),
-            model(),
-        );
-        let metadata = (1..=n)
-            .map(|i| {
-                FakeDoMetadata::start(Droplet {
-                    id: id(i),
-                    hostname: format!("node-{i}"),
-                    region: "fra1".into(),
-                    private_ipv4: Some(ip(i).to_string()),
-                    public_ipv4: None,
-                    public_ipv6: None,
-                    tags: Vec::new(),
-                })
-            })
-            .collect();
-        let token = scratch();
-        natsmesh_harness::bind::write_private(&token.path().join("token"), TOKEN);
-        Self {
-            lb: fake,
-            metadata,
-            client_port,
-            ready_port,
-            token,
-        }
-    }
-
-    fn options(&self, n: u8) -> Options {
-        Options {
-            extra: format!(
-                "[node]\nprovider = \"digitalocean\"\n[node.metadata]\nurl = \"{}\"\ntimeout = \"300ms\"\nretry_for = \"5s\"\n[broker.client]\nbind = \"private\"\nport = {}\nadvertise = \"none\"\n[load_balancer]\nprovider = \"digitalocean\"\nid = \"{LB}\"\ntoken_file = \"{}\"\napi_url = \"{}\"\nready_port = {}\ndwell = \"1s\"\n",
-                self.metadata[usize::from(n - 1)].url(),
-                self.client_port,
-                self.token.path().join("token").display(),
-                self.lb.api_url(),
-                self.ready_port,
-            ),
-            cloud: true,
-            ..Options::default()
-        }
-    }
-}
 
 /// Connects through `frontend` every 20 ms until told to stop (at most
 /// 5 minutes); counts connections that delivered INFO and those that did not.
@@ -152,10 +67,9 @@ fn client_loop(frontend: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::Join
 }
 
 fn natsmeshd_rolling(out: &mut String) {
-    let (client, ready) = (free_port(), free_port());
-    let fleet = Fleet::new(3, DoLb::tcp(LB, "fra1", client, ready), client, ready);
+    let fleet = Fleet::good(3);
     let mut nodes: Vec<Daemon> = (1..=3)
-        .map(|n| Daemon::start(CURRENT, fleet.options(n)))
+        .map(|n| Daemon::start(CURRENT, fleet.options(n, "")))
         .collect();
     for d in &mut nodes {
         d.wait_ready();
@@ -170,7 +84,7 @@ fn natsmeshd_rolling(out: &mut String) {
         d.signal("TERM");
         assert!(d.wait_exit(Duration::from_secs(60)).success());
         let dir = std::mem::replace(&mut d.dir, scratch());
-        *d = Daemon::start_in(dir, CURRENT, fleet.options(n));
+        *d = Daemon::start_in(dir, CURRENT, fleet.options(n, ""));
         d.wait_ready();
         wait_for("back to three", Duration::from_secs(30), || {
             fleet.lb.in_service().len() == 3
@@ -187,10 +101,13 @@ fn natsmeshd_rolling(out: &mut String) {
 }
 
 fn bare_rolling(out: &mut String) {
-    let client = free_port();
-    let mut lb = DoLb::tcp(LB, "fra1", client, client);
-    lb.health_check["protocol"] = serde_json::json!("tcp");
-    let fleet = Fleet::new(3, lb, client, client);
+    // A TCP health check on the client port, as the cookbooks set up.
+    let fleet = Fleet::new(3, |client, _| {
+        let mut lb = DoLb::tcp(LB, "fra1", client, client);
+        lb.health_check["protocol"] = serde_json::json!("tcp");
+        lb
+    });
+    let client = fleet.client_port;
     let dir = scratch();
     let start = |n: u8| {
         let conf = dir.path().join(format!("n{n}.conf"));
@@ -252,11 +169,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let (mut join, mut out_of, mut exit) = (Vec::new(), Vec::new(), Vec::new());
-    let (client, ready) = (free_port(), free_port());
-    let fleet = Fleet::new(1, DoLb::tcp(LB, "fra1", client, ready), client, ready);
+    let fleet = Fleet::good(1);
     for _ in 0..rounds {
         let spawned = Instant::now();
-        let mut d = Daemon::start(CURRENT, fleet.options(1));
+        let mut d = Daemon::start(CURRENT, fleet.options(1, ""));
         let ready_at = d
             .wait_note_after("READY=1", spawned, Duration::from_secs(30))
             .unwrap_or_else(|| panic!("no READY=1:\n{}", d.log()));
