@@ -101,7 +101,8 @@ fn cached_hash(pw: &Secret, cache_dir: &Path) -> Result<String, String> {
 }
 
 /// Adds the system account with natsmeshd's user to the broker
-/// configuration (accounts mode); `cache_dir` keeps the hash.
+/// configuration (accounts mode), and natsmeshd's user to its own account
+/// (the lease bucket's) when that is rendered; `cache_dir` keeps the hash.
 pub fn add_system_account(settings: &mut Settings, cache_dir: &Path) -> Result<(), String> {
     let Some(SystemUser::Password { file, generate }) = &settings.system_user else {
         return Ok(());
@@ -118,13 +119,27 @@ pub fn add_system_account(settings: &mut Settings, cache_dir: &Path) -> Result<(
         users: vec![User {
             credential: Credential::Password {
                 user: SYSTEM_USER.into(),
-                password: hash,
+                password: hash.clone(),
             },
             permissions: Permissions::default(),
         }],
         exports: Vec::new(),
         imports: Vec::new(),
     });
+    if let Some(fleet) = settings
+        .server
+        .accounts
+        .iter_mut()
+        .find(|a| a.name.as_str() == crate::fleet::FLEET_ACCOUNT)
+    {
+        fleet.users = vec![User {
+            credential: Credential::Password {
+                user: crate::fleet::FLEET_USER.into(),
+                password: hash,
+            },
+            permissions: Permissions::default(),
+        }];
+    }
     Ok(())
 }
 
@@ -133,15 +148,22 @@ pub async fn system_client(settings: &Settings) -> Result<async_nats::Client, St
     let Some(user) = &settings.system_user else {
         return Err("no system user configured".into());
     };
+    local_client(settings, user, SYSTEM_USER).await
+}
+
+/// Connects to the local broker as `name` (password logins) with the
+/// secret `login` names.
+pub async fn local_client(
+    settings: &Settings,
+    login: &SystemUser,
+    name: &str,
+) -> Result<async_nats::Client, String> {
     let addr =
         crate::supervisor::probe::local_addr(&settings.server.listen).ok_or("no client address")?;
-    let mut opts = match user {
+    let mut opts = match login {
         SystemUser::Password { file, .. } => {
             let pw = system_password(file, false)?;
-            async_nats::ConnectOptions::with_user_and_password(
-                SYSTEM_USER.into(),
-                pw.expose().into(),
-            )
+            async_nats::ConnectOptions::with_user_and_password(name.into(), pw.expose().into())
         }
         SystemUser::Creds(file) => async_nats::ConnectOptions::with_credentials_file(file)
             .await
@@ -219,8 +241,13 @@ pub async fn sys_reload(client: &async_nats::Client, server_id: &str) -> Result<
     .await
     .map_err(|_| "no reply to the $SYS reload request".to_owned())?
     .map_err(|e| format!("$SYS reload request: {e}"))?;
+    api_answer(&reply.payload)
+}
+
+/// A `$SYS` or JetStream API answer: `Ok`, or its error's description.
+pub fn api_answer(payload: &[u8]) -> Result<(), String> {
     let v: serde_json::Value =
-        serde_json::from_slice(&reply.payload).map_err(|e| format!("bad $SYS reply: {e}"))?;
+        serde_json::from_slice(payload).map_err(|e| format!("unreadable answer: {e}"))?;
     match v.get("error") {
         None | Some(serde_json::Value::Null) => Ok(()),
         Some(e) => Err(e

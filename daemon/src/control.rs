@@ -1,5 +1,5 @@
-//! The control socket: `natsmeshd status`, `reload --wait` and `drain` talk
-//! to the running daemon here.
+//! The control socket: `natsmeshd status`, `reload --wait`, `drain`,
+//! `undrain`, `pause` and `resume` talk to the running daemon here.
 //!
 //! One JSON request per connection, one JSON reply. Only root and the user
 //! natsmeshd runs as may connect (checked with the peer's credentials, not
@@ -29,6 +29,14 @@ pub enum Request {
     },
     /// Leave service and keep running.
     Drain,
+    /// Back into service after `drain`.
+    Undrain,
+    /// Hold planned restarts back.
+    Pause,
+    /// Let planned restarts go ahead.
+    Resume,
+    /// Leave the region for good.
+    Decommission,
 }
 
 /// A reply.
@@ -161,27 +169,32 @@ async fn handle(
                 }
             }
         }
-        Ok(Request::Drain) => {
-            let (tx, rx) = oneshot::channel();
-            if commands
-                .send(Command::Drain { reply: Some(tx) })
-                .await
-                .is_err()
-            {
-                Reply {
-                    ok: false,
-                    message: "natsmeshd is stopping".into(),
-                    status: None,
-                }
-            } else {
-                outcome(rx.await)
-            }
-        }
+        Ok(Request::Drain) => ask(&commands, |reply| Command::Drain { reply }).await,
+        Ok(Request::Undrain) => ask(&commands, |reply| Command::Undrain { reply }).await,
+        Ok(Request::Pause) => ask(&commands, |reply| Command::Pause { reply }).await,
+        Ok(Request::Resume) => ask(&commands, |reply| Command::Resume { reply }).await,
+        Ok(Request::Decommission) => ask(&commands, |reply| Command::Decommission { reply }).await,
     };
     let mut write = write;
     let mut text = serde_json::to_string(&reply).unwrap_or_default();
     text.push('\n');
     write.write_all(text.as_bytes()).await
+}
+
+/// Sends a command that answers, and waits for the answer.
+async fn ask(
+    commands: &mpsc::Sender<Command>,
+    command: impl FnOnce(Option<oneshot::Sender<Result<String, String>>>) -> Command,
+) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    if commands.send(command(Some(tx))).await.is_err() {
+        return Reply {
+            ok: false,
+            message: "natsmeshd is stopping".into(),
+            status: None,
+        };
+    }
+    outcome(rx.await)
 }
 
 fn outcome(r: Result<Result<String, String>, oneshot::error::RecvError>) -> Reply {

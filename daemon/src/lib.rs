@@ -11,6 +11,7 @@ pub mod ca_cli;
 pub mod config;
 pub mod control;
 pub mod discovery;
+pub mod fleet;
 pub mod logging;
 pub mod notify;
 pub mod prepare;
@@ -19,6 +20,7 @@ pub mod publish;
 pub mod run;
 pub mod supervisor;
 pub mod tls;
+pub mod upgrade;
 pub mod user_cli;
 
 /// Exit code for a configuration problem (`check` and refused starts).

@@ -56,8 +56,20 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
-    /// Take the node out of service (lame duck); natsmeshd keeps running.
+    /// Take the node out of service (out of DNS and the load balancer,
+    /// then lame duck); natsmeshd keeps running.
     Drain,
+    /// Put a drained node back into service.
+    Undrain,
+    /// Hold planned restarts (configuration changes, upgrades) back;
+    /// a crashed broker is still restarted.
+    Pause,
+    /// Let planned restarts go ahead again.
+    Resume,
+    /// Leave the region for good: re-place this node's JetStream replicas,
+    /// remove it from the JetStream group, leave DNS and the balancer,
+    /// stop, and never rejoin with the old state.
+    Decommission,
     /// Offline certificate authority tasks (run on an operator's machine).
     #[command(subcommand)]
     Ca(CaCmd),
@@ -269,11 +281,18 @@ async fn dispatch(cli: Cli) -> i32 {
                 .unwrap_or_else(|| config::control_socket(&sources));
             return simple_request(&socket, &Request::Reload { wait }).await;
         }
-        Cmd::Drain => {
+        Cmd::Drain | Cmd::Undrain | Cmd::Pause | Cmd::Resume | Cmd::Decommission => {
             let socket = cli
                 .socket
                 .unwrap_or_else(|| config::control_socket(&sources));
-            return simple_request(&socket, &Request::Drain).await;
+            let request = match cli.command {
+                Cmd::Drain => Request::Drain,
+                Cmd::Undrain => Request::Undrain,
+                Cmd::Pause => Request::Pause,
+                Cmd::Decommission => Request::Decommission,
+                _ => Request::Resume,
+            };
+            return simple_request(&socket, &request).await;
         }
         _ => {}
     }

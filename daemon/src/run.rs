@@ -16,7 +16,19 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     let notifier = Notifier::from_env();
     let socket = settings.control_socket.clone();
     let mut settings = settings;
-    if let Some(p) = &settings.publish {
+    // The image this one replaced (a natsmeshd upgrade) hands its broker
+    // over; the node kept serving, so its DNS records stand.
+    let handoff = match crate::upgrade::take_handoff() {
+        Some(Ok(h)) => Some(h),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the previous natsmeshd's handoff");
+            None
+        }
+        None => None,
+    };
+    if let Some(p) = &settings.publish
+        && handoff.is_none()
+    {
         crate::publish::reconcile_at_start(p).await;
     }
     let followed = match &settings.discovery {
@@ -60,6 +72,9 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
                 return crate::EXIT_CONFIG;
             }
         };
+    if let Some(h) = handoff {
+        supervisor.take_over(h);
+    }
     let listener = match control::bind(&socket) {
         Ok(l) => l,
         Err(e) => {

@@ -467,7 +467,7 @@ fn watchdog_pings_come_from_the_supervision_loop() {
 }
 
 #[test]
-fn drain_leaves_service_and_natsmeshd_keeps_running() {
+fn drain_leaves_service_natsmeshd_keeps_running_and_undrain_serves_again() {
     let mut d = Daemon::start(natsmesh_harness::CURRENT, Options::default());
     let broker = d.wait_ready().broker_pid.unwrap();
     let out = d.cli(&["drain"]);
@@ -481,6 +481,20 @@ fn drain_leaves_service_and_natsmeshd_keeps_running() {
     assert!(s.reason.contains("drained"), "{}", s.reason);
     assert!(!alive(broker));
     assert!(alive(d.pid()), "natsmeshd exited after a drain");
+
+    let out = d.cli(&["undrain"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = d.wait_ready();
+    assert_ne!(s.broker_pid, Some(broker));
+    std::net::TcpStream::connect(d.client_addr()).unwrap();
+    // Only a drained node can be undrained.
+    let out = d.cli(&["undrain"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not drained"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -39,6 +39,32 @@ pub struct RawConfig {
     pub dns_publish: RawDnsPublish,
     /// Membership of the provider's load balancer.
     pub load_balancer: RawLoadBalancer,
+    /// Restarts, upgrades and decommission, one node of the region at a time.
+    pub fleet: RawFleet,
+}
+
+/// `[fleet]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawFleet {
+    /// Take the region's restart lease before any planned restart.
+    pub coordinate: bool,
+    /// How long a lease lasts without renewal (a dead holder frees it
+    /// after this); longer than a restart takes.
+    pub lease_ttl: Span,
+    /// Operator mode: a `.creds` file of a user in a JetStream-enabled
+    /// account, where the lease bucket lives.
+    pub lease_creds: Option<PathBuf>,
+}
+
+impl Default for RawFleet {
+    fn default() -> Self {
+        Self {
+            coordinate: true,
+            lease_ttl: Span(Duration::from_secs(300)),
+            lease_creds: None,
+        }
+    }
 }
 
 /// Whose load balancer.

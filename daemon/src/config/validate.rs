@@ -7,6 +7,7 @@
 //! back to the TOML key an operator writes.
 
 mod balancer;
+mod fleet;
 mod publish;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -60,6 +61,8 @@ pub struct Settings {
     pub publish: Option<crate::publish::PublishSettings>,
     /// Load-balancer membership, when natsmeshd manages it.
     pub balancer: Option<crate::balancer::LbSettings>,
+    /// Whether planned restarts take the region's lease.
+    pub fleet: crate::fleet::Coordination,
 }
 
 /// Discovery as validated, with the JetStream bootstrap wait.
@@ -813,6 +816,7 @@ pub fn validate(
     let discovery = apply_discovery(&mut c, raw, &region, &mut server);
     let tls = apply_tls(&mut c, raw, env, &region, &state_dir, &mut server);
     let system_user = apply_auth(&mut c, raw, env, &state_dir, &mut server);
+    let fleet = fleet::apply_fleet(&mut c, raw, env, system_user.as_ref(), &mut server);
     let balancer = balancer::apply_balancer(&mut c, raw, env, identity, &server);
     let publish = publish::apply_publish(&mut c, raw, env, &state_dir, &server, discovery.as_ref());
 
@@ -887,6 +891,7 @@ pub fn validate(
             discovery,
             publish,
             balancer,
+            fleet,
         })
     } else {
         Err(Problems(c.problems))
@@ -1378,6 +1383,13 @@ fn apply_auth(
                 };
                 if name == SYSTEM_ACCOUNT || name == "$G" || name == "$SYS" {
                     c.problem(&key, format!("{name:?} is reserved (natsmeshd keeps the system account {SYSTEM_ACCOUNT})"));
+                    continue;
+                }
+                if name == crate::fleet::FLEET_ACCOUNT {
+                    c.problem(
+                        &key,
+                        format!("{name:?} is reserved (natsmeshd keeps its restart lease there)"),
+                    );
                     continue;
                 }
                 let account = account(c, &key, n, acct, raw, &mut names);

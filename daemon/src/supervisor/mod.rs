@@ -10,9 +10,11 @@
 pub mod backoff;
 pub mod liveness;
 pub mod output;
+mod planned;
 pub mod probe;
 pub mod state;
 pub mod status;
+mod upgrades;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -61,6 +63,26 @@ pub enum Command {
     /// Leave service (lame duck) and keep natsmeshd running.
     Drain {
         /// Acknowledgement.
+        reply: Option<oneshot::Sender<Result<String, String>>>,
+    },
+    /// Back into service after a drain.
+    Undrain {
+        /// Acknowledgement.
+        reply: Option<oneshot::Sender<Result<String, String>>>,
+    },
+    /// Hold planned restarts back (crash recovery goes on).
+    Pause {
+        /// Acknowledgement.
+        reply: Option<oneshot::Sender<Result<String, String>>>,
+    },
+    /// Let planned restarts go ahead again.
+    Resume {
+        /// Acknowledgement.
+        reply: Option<oneshot::Sender<Result<String, String>>>,
+    },
+    /// Leave the region for good (see [`crate::fleet::decommission`]).
+    Decommission {
+        /// Acknowledgement (or why not).
         reply: Option<oneshot::Sender<Result<String, String>>>,
     },
     /// Drain and exit.
@@ -153,6 +175,27 @@ pub struct Supervisor {
     /// Whoever points clients and peers here (DNS records, the load
     /// balancer): lame duck waits until none does.
     announcers: Vec<Announcer>,
+    /// What natsmeshd wants to do under the lease (see `planned.rs`).
+    planned: Option<planned::Plan>,
+    /// The decommission's JetStream removal, while it runs.
+    removal: Option<oneshot::Receiver<Result<String, String>>>,
+    /// The wait for the region's restart lease.
+    gate: Option<mpsc::Receiver<crate::fleet::Gate>>,
+    /// The lease, while this node holds it.
+    lease: Option<crate::fleet::Held>,
+    /// `natsmeshd pause`: planned restarts wait.
+    paused: bool,
+    /// Tags this process's lease records.
+    nonce: String,
+    /// natsmeshd's own binary, as it was at start.
+    exe: Option<(PathBuf, crate::upgrade::FileId)>,
+    /// The binary the running broker was started from.
+    broker_bin: Option<crate::upgrade::FileId>,
+    next_binary_check: Instant,
+    /// A broker handed over by the image this one replaced.
+    handoff: Option<crate::upgrade::HandoffFile>,
+    /// The loop should hand over to the new natsmeshd binary now.
+    reexec_due: bool,
 }
 
 fn unix_ms(t: std::time::SystemTime) -> u64 {
@@ -198,6 +241,8 @@ impl Supervisor {
                 )
             },
         )?;
+        crate::fleet::decommission::refuse_if_decommissioned(&settings.state_dir)
+            .map_err(|e| anyhow::anyhow!(e))?;
         let mut settings = settings;
         let state_dir = settings.state_dir.clone();
         crate::auth::add_system_account(&mut settings, &state_dir)
@@ -248,6 +293,18 @@ impl Supervisor {
                 found: None,
                 discovery: None,
                 announcers: Vec::new(),
+                planned: None,
+                removal: None,
+                gate: None,
+                lease: None,
+                paused: false,
+                nonce: crate::fleet::nonce(),
+                exe: crate::upgrade::own_exe()
+                    .and_then(|p| crate::upgrade::file_id(&p).map(|id| (p, id))),
+                broker_bin: None,
+                next_binary_check: Instant::now() + upgrades::CHECK_EVERY,
+                handoff: None,
+                reexec_due: false,
                 cert: cert.clone(),
             },
             status_rx,
@@ -268,6 +325,12 @@ impl Supervisor {
             .filter(|a| a.rx.borrow().up)
             .map(|a| a.budget)
             .max()
+    }
+
+    /// Takes over the broker a previous image handed over instead of
+    /// starting one.
+    pub fn take_over(&mut self, handoff: crate::upgrade::HandoffFile) {
+        self.handoff = Some(handoff);
     }
 
     /// Follows DNS: `rx` carries each new answer (its current value is the
@@ -291,7 +354,10 @@ impl Supervisor {
             control = %self.settings.control_socket.display(),
             "natsmeshd starting"
         );
-        self.start_broker();
+        match self.handoff.take() {
+            Some(h) => self.adopt(h),
+            None => self.start_broker(),
+        }
         let mut probe: Option<ProbeFuture> = None;
         let mut next_probe = Instant::now();
         let watchdog_every = self.notifier.watchdog_interval();
@@ -315,6 +381,7 @@ impl Supervisor {
                 watchdog_every.map(|_| next_watchdog),
                 self.restart_at,
                 self.cert_due,
+                Some(self.next_binary_check),
                 self.stop.map(|s| {
                     if let Some(t) = s.lame_duck_at {
                         t
@@ -362,6 +429,8 @@ impl Supervisor {
                         }
                     }
                 }
+                gate = next_gate(&mut self.gate) => self.on_gate(gate),
+                removed = next_removal(&mut self.removal) => self.on_removed(removed),
                 Some(found) = next_change(&mut self.discovery) => {
                     self.found = Some(found);
                     self.follow_discovery().await;
@@ -386,6 +455,12 @@ impl Supervisor {
             }
             if std::mem::take(&mut self.accounts_check_due) {
                 self.check_accounts().await;
+            }
+            if now >= self.next_binary_check {
+                self.check_binaries().await;
+            }
+            if std::mem::take(&mut self.reexec_due) {
+                self.reexec().await;
             }
             if self.restart_at.is_some_and(|t| now >= t) {
                 self.restart_at = None;
@@ -414,6 +489,7 @@ impl Supervisor {
         s.broker_pid = self.running.as_ref().map(|r| r.pid);
         s.broker_version = self.current.version.to_string();
         s.log_lines_dropped = self.output.dropped();
+        s.paused = self.paused;
         let line = s.line();
         if line != self.last_status_line {
             self.notifier.status(&line);
@@ -423,13 +499,36 @@ impl Supervisor {
     }
 
     fn start_broker(&mut self) {
+        let Some(targets) = self.probe_targets() else {
+            return;
+        };
+        // The file it starts from: a later package upgrade replaces it.
+        self.broker_bin = crate::upgrade::resolve(&self.settings.binary)
+            .and_then(|p| crate::upgrade::file_id(&p));
+        let process = match spawn(&self.settings.binary, &self.current.path) {
+            Ok(p) => p,
+            Err(e) => {
+                self.fail(e.to_string());
+                return;
+            }
+        };
+        let pid = process.pid();
+        self.install(
+            process,
+            targets,
+            format!("nats-server {} started (pid {pid})", self.current.version),
+        );
+    }
+
+    /// Where the probes look, or `None` after failing with the reason.
+    fn probe_targets(&mut self) -> Option<Targets> {
         let s = &self.settings;
         let (Some(mon), Some(client)) = (
             s.server.monitoring.as_ref().and_then(local_addr),
             local_addr(&s.server.listen),
         ) else {
             self.fail("the monitoring and client listeners need fixed ports".into());
-            return;
+            return None;
         };
         let https = match s.tls.as_ref().filter(|t| t.monitoring) {
             None => None,
@@ -437,17 +536,23 @@ impl Supervisor {
                 Ok(c) => Some(c),
                 Err(e) => {
                     self.fail(format!("cannot probe HTTPS monitoring: {e}"));
-                    return;
+                    return None;
                 }
             },
         };
-        let mut process = match spawn(&s.binary, &self.current.path) {
-            Ok(p) => p,
-            Err(e) => {
-                self.fail(e.to_string());
-                return;
-            }
-        };
+        Some(Targets::new(
+            mon,
+            client,
+            &self.current.version,
+            s.server.jetstream.is_some(),
+            s.health.timeout,
+            https,
+        ))
+    }
+
+    /// Supervises `process` from now on (started, or adopted).
+    fn install(&mut self, mut process: BrokerProcess, targets: Targets, what: String) {
+        let s = &self.settings;
         let pid = process.pid();
         let (stdout, stderr) = process.take_output();
         let readers = [
@@ -463,24 +568,15 @@ impl Supervisor {
             readers,
             pid,
             liveness: Liveness::new(now, s.health.liveness_budget, s.health.startup_grace),
-            targets: Targets::new(
-                mon,
-                client,
-                &self.current.version,
-                s.server.jetstream.is_some(),
-                s.health.timeout,
-                https,
-            ),
+            targets,
             first_served: None,
             serving_failures: 0,
         });
         self.after_exit = AfterExit::Crash;
+        self.started();
         // Every start joins the peers anew.
         self.accounts_agreed = false;
-        self.go(
-            State::Starting,
-            format!("nats-server {} started (pid {pid})", self.current.version),
-        );
+        self.go(State::Starting, what);
     }
 
     fn fail(&mut self, why: String) {
@@ -599,6 +695,7 @@ impl Supervisor {
             }
             _ => self.publish(),
         }
+        self.maybe_release(&report.jetstream);
     }
 
     fn become_ready(&mut self) {
@@ -616,14 +713,16 @@ impl Supervisor {
 
     /// The exited broker's last lines (lame duck, shutdown) reach the log
     /// before anything natsmeshd says about the exit: the pipes are read to
-    /// their end and the queue written out, each for at most a second.
+    /// their end and the queue written out, each for at most a few seconds
+    /// (a loaded machine needs more than one).
     async fn drain_output(&mut self) {
+        const AT_MOST: Duration = Duration::from_secs(3);
         if let Some(run) = self.running.as_mut() {
             for reader in run.readers.drain(..) {
-                let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
+                let _ = tokio::time::timeout(AT_MOST, reader).await;
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.output.flush()).await;
+        let _ = tokio::time::timeout(AT_MOST, self.output.flush()).await;
     }
 
     fn on_exit(&mut self, status: std::io::Result<std::process::ExitStatus>) {
@@ -713,6 +812,13 @@ impl Supervisor {
                     let _ = r.send(res);
                 }
             }
+            Command::Undrain { reply } => answer(reply, self.undrain()),
+            Command::Decommission { reply } => {
+                let res = self.decommission().await;
+                answer(reply, res);
+            }
+            Command::Pause { reply } => answer(reply, self.pause()),
+            Command::Resume { reply } => answer(reply, self.resume()),
             Command::Reload { reply } => {
                 self.notifier.reloading();
                 let outcome = self.reload().await;
@@ -950,10 +1056,14 @@ impl Supervisor {
             Action::Nothing => {
                 let _ = std::fs::remove_file(&next.path);
                 self.settings = settings;
+                self.settings_changed();
                 Reloaded::Done(Ok("no change".into()))
             }
             Action::Reload => self.signal_reload(settings, next, &decision).await,
-            Action::Restart if from_discovery => {
+            Action::Restart
+                if from_discovery
+                    && matches!(self.settings.fleet, crate::fleet::Coordination::Off(_)) =>
+            {
                 let _ = std::fs::remove_file(&next.path);
                 let reasons = decision.restart_reasons();
                 tracing::warn!(message_id = ids::RESTART, reasons = %reasons.join("; "), "restart pending: DNS changed what only a restart applies; waiting for a coordinated restart");
@@ -1091,8 +1201,8 @@ impl Supervisor {
         }
     }
 
-    /// A change only a restart applies: mark it pending and restart through
-    /// lame duck. (Fleet-wide coordination of this restart is a later layer.)
+    /// A change only a restart applies: install it, mark it pending and
+    /// plan the restart (through the region's lease when coordinated).
     fn restart_for(
         &mut self,
         settings: Settings,
@@ -1110,13 +1220,11 @@ impl Supervisor {
         self.current = Prepared { path, ..next };
         self.settings = settings;
         self.policy = RestartPolicy::new(self.settings.restart);
-        match self.begin_drain(
-            AfterExit::Restart(format!("configuration change: {}", reasons.join("; "))),
-            "restart pending: draining before the restart",
-        ) {
-            Ok(_) => Reloaded::Pending,
-            Err(e) => Reloaded::Done(Err(e)),
+        if self.running.is_none() {
+            return Reloaded::Done(Err("no broker is running".into()));
         }
+        self.plan_restart(format!("configuration change: {}", reasons.join("; ")));
+        Reloaded::Pending
     }
 }
 
@@ -1349,6 +1457,34 @@ async fn next_announcement(list: &mut Vec<Announcer>) -> Option<(Pointer, Announ
 
 /// The next value of a followed channel (DNS answers, the publisher's
 /// word); pending forever when there is none (or once its task has gone).
+fn answer(reply: Option<Reply>, res: Result<String, String>) {
+    if let Some(r) = reply {
+        let _ = r.send(res);
+    }
+}
+
+/// The outcome of the decommission's removal; pends forever without one.
+async fn next_removal(
+    removal: &mut Option<oneshot::Receiver<Result<String, String>>>,
+) -> Result<String, String> {
+    match removal {
+        Some(rx) => rx
+            .await
+            .unwrap_or_else(|_| Err("the removal task ended without an answer".into())),
+        None => std::future::pending().await,
+    }
+}
+
+/// The next word from the lease wait; pends forever without one.
+async fn next_gate(
+    gate: &mut Option<mpsc::Receiver<crate::fleet::Gate>>,
+) -> Option<crate::fleet::Gate> {
+    match gate {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_change<T: Clone>(rx: &mut Option<watch::Receiver<T>>) -> Option<T> {
     match rx {
         Some(r) => match r.changed().await {

@@ -65,6 +65,12 @@ pub struct Status {
     /// Membership of the provider's load balancer, when natsmeshd manages it.
     #[serde(default)]
     pub load_balancer: String,
+    /// The region's restart lease: waiting for it (and why), or held.
+    #[serde(default)]
+    pub fleet: String,
+    /// Planned restarts are paused (`natsmeshd pause`).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl Status {
@@ -95,6 +101,12 @@ impl Status {
         }
         if !self.restart_pending.is_empty() {
             let _ = write!(s, "; restart pending: {}", self.restart_pending.join("; "));
+        }
+        if !self.fleet.is_empty() {
+            let _ = write!(s, "; {}", self.fleet);
+        }
+        if self.paused {
+            s.push_str("; paused");
         }
         if !self.server_name.is_empty() {
             let _ = write!(s, " — {}", self.server_name);
@@ -162,6 +174,15 @@ impl Status {
                     "no restart pending".into()
                 } else {
                     format!("restart pending: {}", self.restart_pending.join("; "))
+                },
+            ),
+            (
+                "fleet",
+                match (self.paused, self.fleet.is_empty()) {
+                    (true, true) => "paused: no planned restarts".into(),
+                    (true, false) => format!("paused: {}", self.fleet),
+                    (false, true) => "no restart lease wanted".into(),
+                    (false, false) => self.fleet.clone(),
                 },
             ),
             ("dns", self.dns.clone()),

@@ -41,6 +41,8 @@ pub struct Options {
     /// The identity comes from a provider (`extra` sets `node.provider`):
     /// the base file names no server.
     pub cloud: bool,
+    /// natsmeshd's own binary (default: the one cargo built).
+    pub natsmeshd: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -141,15 +143,19 @@ mode = "none"
             }
         });
 
+        let natsmeshd = opts
+            .natsmeshd
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(NATSMESHD));
         let mut cmd = match &opts.resolv_conf {
-            None => Command::new(NATSMESHD),
+            None => Command::new(&natsmeshd),
             Some(resolv) => {
                 // `exec` keeps the daemon's pid the child's, so drop kills it.
                 let mut c = Command::new("unshare");
                 c.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
                     .arg(r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#)
                     .arg(resolv)
-                    .arg(NATSMESHD);
+                    .arg(&natsmeshd);
                 c
             }
         };

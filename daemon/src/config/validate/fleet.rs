@@ -1,0 +1,105 @@
+//! `[fleet]`: whether planned restarts take the region's lease, and how
+//! natsmeshd reaches the bucket that holds it.
+
+use std::time::Duration;
+
+use super::{Checker, Environment, SystemUser};
+use crate::config::schema::{AuthMode, RawConfig};
+use crate::fleet::{Coordination, FLEET_ACCOUNT, FLEET_USER, FleetSettings};
+use natsmesh_broker::conf::Name;
+use natsmesh_broker::model::{Account, AccountJetStream, ServerConfig};
+
+/// The lease must outlive a restart: lame duck plus a start.
+const RESTART_ALLOWANCE: Duration = Duration::from_secs(10);
+
+/// The coordination `[fleet]` asks for and the set-up allows; in accounts
+/// mode this renders natsmeshd's own account for the lease bucket.
+pub(super) fn apply_fleet(
+    c: &mut Checker<'_>,
+    raw: &RawConfig,
+    env: &Environment,
+    system_user: Option<&SystemUser>,
+    server: &mut ServerConfig,
+) -> Coordination {
+    let f = &raw.fleet;
+    // The account is there whether or not this node coordinates, so every
+    // node of a region holds the same accounts.
+    let own_account = raw.auth.mode == AuthMode::Accounts
+        && system_user.is_some()
+        && server.jetstream.is_some()
+        && add_account(server);
+    if !f.coordinate {
+        return Coordination::Off("fleet.coordinate is false".into());
+    }
+    let ttl = f.lease_ttl.0;
+    let least = server.lame_duck_duration + RESTART_ALLOWANCE;
+    if ttl < least {
+        c.problem(
+            "fleet.lease_ttl",
+            format!(
+                "{ttl:?} could expire while this node is still down: at least broker.lame_duck_duration + {RESTART_ALLOWANCE:?} ({least:?})"
+            ),
+        );
+    }
+    if server.jetstream.is_none() {
+        if f.lease_creds.is_some() {
+            c.problem(
+                "fleet.lease_creds",
+                "the lease lives in JetStream, but broker.jetstream.enabled is false",
+            );
+        }
+        return Coordination::Off("JetStream is off, and the lease lives in JetStream".into());
+    }
+    let (login, user) = match (raw.auth.mode, system_user) {
+        (AuthMode::None, _) | (_, None) => {
+            return Coordination::Off("no system user (auth.mode = \"none\")".into());
+        }
+        (AuthMode::Accounts, Some(login)) => {
+            if f.lease_creds.is_some() {
+                c.problem(
+                    "fleet.lease_creds",
+                    "only for auth.mode = \"operator\"; in accounts mode natsmeshd keeps its own account",
+                );
+            }
+            if !own_account {
+                return Coordination::Off("no account for the lease bucket".into());
+            }
+            (login.clone(), FLEET_USER.to_owned())
+        }
+        (AuthMode::Operator, Some(_)) => match &f.lease_creds {
+            Some(p) => {
+                let p = c.file("fleet.lease_creds", p, env, true);
+                c.readable("fleet.lease_creds", &p);
+                (SystemUser::Creds(p), String::new())
+            }
+            None => {
+                return Coordination::Off(
+                    "auth.mode = \"operator\" without fleet.lease_creds (a user in a JetStream account)".into(),
+                );
+            }
+        },
+    };
+    Coordination::Lease(FleetSettings { ttl, login, user })
+}
+
+/// natsmeshd's own account, where the lease bucket lives (small limits:
+/// the bucket holds one key); its user is added with the system user's
+/// password hash when the configuration is prepared.
+fn add_account(server: &mut ServerConfig) -> bool {
+    let Some(name) = Name::new(FLEET_ACCOUNT) else {
+        return false;
+    };
+    server.accounts.push(Account {
+        name,
+        jetstream: Some(AccountJetStream {
+            max_memory: Some(1 << 20),
+            max_file: Some(16 << 20),
+            max_streams: Some(4),
+            max_consumers: Some(16),
+        }),
+        users: Vec::new(),
+        exports: Vec::new(),
+        imports: Vec::new(),
+    });
+    true
+}

@@ -1,0 +1,263 @@
+//! `natsmeshd decommission`: this node leaves the region for good without
+//! leaving a JetStream ghost. natsmeshd checks that every stream with a
+//! replica here can be placed on the servers that stay, asks the meta
+//! leader to remove this server from the JetStream group
+//! (`$JS.API.SERVER.REMOVE`, which re-places its replicas on the others),
+//! waits until each of those streams has its replicas again, all current,
+//! then the node leaves like any stop (DNS, load balancer, lame duck) and
+//! is marked so it never rejoins by accident.
+//!
+//! The removal comes before the withdrawal, so a removal that fails leaves
+//! the node serving as before rather than half gone.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::view::{self, StreamId, View};
+use crate::config::Settings;
+
+/// How long the re-placed replicas have to catch up.
+const EVACUATION: Duration = Duration::from_secs(300);
+/// How long the region's servers have to answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(1);
+
+/// The file that marks a decommissioned node's state directory.
+pub fn marker(state_dir: &Path) -> PathBuf {
+    state_dir.join("decommissioned")
+}
+
+/// Refuses a start on a decommissioned node's state.
+pub fn refuse_if_decommissioned(state_dir: &Path) -> Result<(), String> {
+    let m = marker(state_dir);
+    match std::fs::read_to_string(&m) {
+        Ok(text) => Err(format!(
+            "this node was decommissioned ({}); it left the JetStream group and must not rejoin with its old data. To bring the machine back as a new member, remove {} and {}",
+            text.trim(),
+            state_dir.join("jetstream").display(),
+            m.display()
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Writes the marker.
+pub fn mark(state_dir: &Path, server: &str) -> Result<(), String> {
+    let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    crate::prepare::write_atomically(
+        &marker(state_dir),
+        format!("{server} decommissioned at {when}\n").as_bytes(),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", marker(state_dir).display()))
+}
+
+/// What must hold before a decommission starts: `Ok` with the streams
+/// to wait for, or every reason it would break replication.
+pub async fn check(settings: &Settings) -> Result<Vec<(StreamId, usize)>, String> {
+    let me = &settings.server.server_name;
+    let sys = crate::auth::system_client(settings)
+        .await
+        .map_err(|e| format!("cannot ask the region (system user): {e}"))?;
+    let view = view::gather(&sys, &super::cluster_name(settings), ANSWER_WAIT).await?;
+    if view.answer(me).is_none() {
+        return Err("this server did not answer its own JetStream request".into());
+    }
+    let blockers = view.removal_blockers(me);
+    if !blockers.is_empty() {
+        return Err(format!(
+            "decommission would break replication: {}",
+            blockers.join("; ")
+        ));
+    }
+    Ok(hosted(&view, me))
+}
+
+fn hosted(view: &View, me: &str) -> Vec<(StreamId, usize)> {
+    view.hosted_on(me)
+        .into_iter()
+        .map(|(id, d)| (id, d.config.as_ref().map_or(1, |c| c.num_replicas.max(1))))
+        .collect()
+}
+
+/// Removes this server from the JetStream group and waits until the
+/// streams it hosted have all their replicas elsewhere, current.
+pub async fn remove_self(
+    settings: &Settings,
+    streams: &[(StreamId, usize)],
+) -> Result<String, String> {
+    let me = settings.server.server_name.clone();
+    let cluster = super::cluster_name(settings);
+    let sys = crate::auth::system_client(settings)
+        .await
+        .map_err(|e| format!("cannot reach the broker (system user): {e}"))?;
+    step_down_if_leader(&sys, &cluster, &me).await?;
+    // The request names the server in `peer` (its id would be `peer_id`).
+    let body = serde_json::json!({ "peer": me }).to_string();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        sys.request("$JS.API.SERVER.REMOVE", body.into()),
+    )
+    .await
+    .map_err(|_| "the JetStream meta leader did not answer the removal request".to_owned())?
+    .map_err(|e| format!("removal request: {e}"))?;
+    crate::auth::api_answer(&reply.payload)
+        .map_err(|e| format!("the meta leader refused the removal: {e}"))?;
+    tracing::info!(server = %me, "removed from the JetStream group; waiting for its replicas to be re-placed");
+    let deadline = tokio::time::Instant::now() + EVACUATION;
+    loop {
+        let view = view::gather(&sys, &cluster, ANSWER_WAIT).await?;
+        match evacuated(&view, &me, streams) {
+            Ok(()) => {
+                return Ok(format!(
+                    "removed from the JetStream group; {} stream{} re-placed and current",
+                    streams.len(),
+                    if streams.len() == 1 { "" } else { "s" }
+                ));
+            }
+            Err(why) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "removed from the JetStream group, but after {EVACUATION:?}: {why}"
+                ));
+            }
+            Err(why) => tracing::debug!(%why, "waiting for re-placed replicas"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The meta leader cannot remove itself: hand leadership over first.
+async fn step_down_if_leader(
+    sys: &async_nats::Client,
+    cluster: &str,
+    me: &str,
+) -> Result<(), String> {
+    for _ in 0..20 {
+        let view = view::gather(sys, cluster, ANSWER_WAIT).await?;
+        let leader = view
+            .answer(me)
+            .and_then(|a| a.data.meta_cluster.as_ref())
+            .map(|m| m.leader.clone())
+            .unwrap_or_default();
+        if leader != me {
+            return Ok(());
+        }
+        tracing::info!("this server leads the JetStream meta group; stepping down first");
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            sys.request("$JS.API.META.LEADER.STEPDOWN", "".into()),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err("this server is still the JetStream meta leader after asking it to step down".into())
+}
+
+/// `Ok` once every stream that had a replica on `me` has, as its leader
+/// sees it, all its replicas on other servers and current.
+pub fn evacuated(view: &View, me: &str, streams: &[(StreamId, usize)]) -> Result<(), String> {
+    for (id, replicas) in streams {
+        let Some((leader, cluster)) = view.lead(id) else {
+            return Err(format!("stream {id} has no leader yet"));
+        };
+        if leader == me {
+            return Err(format!("stream {id} is still led here"));
+        }
+        let others: Vec<_> = cluster
+            .replicas
+            .iter()
+            .filter(|r| r.name != leader)
+            .collect();
+        if others.iter().any(|r| r.name == me) {
+            return Err(format!("stream {id} still has a replica here"));
+        }
+        if others.len() + 1 < *replicas {
+            return Err(format!(
+                "stream {id} has {} of {replicas} replicas",
+                others.len() + 1
+            ));
+        }
+        if let Some(r) = others.iter().find(|r| !r.current || r.offline) {
+            return Err(format!("stream {id}: replica on {} is catching up", r.name));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::fleet::view::Answer;
+
+    fn answer(name: &str, leader: &str, replicas: serde_json::Value) -> Answer {
+        serde_json::from_value(serde_json::json!({
+            "server": {"name": name, "cluster": "fra1"},
+            "data": {"account_details": [{"name": "APP", "stream_detail": [{
+                "name": "ORDERS",
+                "config": {"num_replicas": 3},
+                "cluster": {"leader": leader, "replicas": replicas},
+            }]}]}
+        }))
+        .unwrap()
+    }
+
+    fn orders() -> Vec<(StreamId, usize)> {
+        vec![(
+            StreamId {
+                account: "APP".into(),
+                name: "ORDERS".into(),
+            },
+            3,
+        )]
+    }
+
+    #[test]
+    fn evacuation_needs_every_replica_elsewhere_and_current() {
+        let moved = |n4_current: bool| View {
+            answers: vec![answer(
+                "n1",
+                "n1",
+                serde_json::json!([
+                    {"name": "n3", "current": true},
+                    {"name": "n4", "current": n4_current},
+                ]),
+            )],
+        };
+        assert_eq!(evacuated(&moved(true), "n2", &orders()), Ok(()));
+        assert_eq!(
+            evacuated(&moved(false), "n2", &orders()),
+            Err("stream ORDERS (account APP): replica on n4 is catching up".into())
+        );
+        let still = View {
+            answers: vec![answer(
+                "n1",
+                "n1",
+                serde_json::json!([{"name": "n2", "current": true}, {"name": "n3", "current": true}]),
+            )],
+        };
+        assert_eq!(
+            evacuated(&still, "n2", &orders()),
+            Err("stream ORDERS (account APP) still has a replica here".into())
+        );
+        let short = View {
+            answers: vec![answer(
+                "n1",
+                "n1",
+                serde_json::json!([{"name": "n3", "current": true}]),
+            )],
+        };
+        assert_eq!(
+            evacuated(&short, "n2", &orders()),
+            Err("stream ORDERS (account APP) has 2 of 3 replicas".into())
+        );
+    }
+
+    #[test]
+    fn a_decommissioned_state_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(refuse_if_decommissioned(dir.path()).is_ok());
+        mark(dir.path(), "n2").unwrap();
+        let e = refuse_if_decommissioned(dir.path()).unwrap_err();
+        assert!(e.contains("n2 decommissioned at"), "{e}");
+        assert!(e.contains("jetstream"), "{e}");
+    }
+}

@@ -1,0 +1,197 @@
+//! The region's restart lease: one key in a JetStream key-value bucket
+//! placed in the region's own cluster. Whoever creates the key holds the
+//! lease; the bucket's `max_age` is the lease's expiry, so a holder that
+//! dies frees it without anyone's help, and a live holder renews it by
+//! rewriting the key (compare-and-set on its revision).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, kv};
+use serde::{Deserialize, Serialize};
+
+const KEY: &str = "holder";
+
+/// What the key holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The holder's server name.
+    pub server: String,
+    /// Which natsmeshd process (a holder restarted is another one).
+    pub nonce: String,
+    /// What it does with the lease.
+    pub why: String,
+    /// When it took the lease (Unix milliseconds).
+    pub since_unix_ms: u64,
+}
+
+impl Holder {
+    /// A holder record for this process.
+    pub fn new(server: &str, nonce: &str, why: &str) -> Self {
+        Self {
+            server: server.to_owned(),
+            nonce: nonce.to_owned(),
+            why: why.to_owned(),
+            since_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let now = Holder::new("", "", "").since_unix_ms;
+        let secs = now.saturating_sub(self.since_unix_ms) / 1000;
+        format!("{} for {secs} s ({})", self.server, self.why)
+    }
+}
+
+/// The bucket of a region: letters, digits, `-` and `_` only.
+pub fn bucket_name(cluster: &str) -> String {
+    let safe: String = cluster
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("natsmesh-restart-{safe}")
+}
+
+/// Opens the region's bucket, creating it (or raising its replicas as the
+/// region grows, up to three).
+pub async fn bucket(
+    js: &jetstream::Context,
+    cluster: &str,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    let name = bucket_name(cluster);
+    let replicas = replicas.clamp(1, 3);
+    if let Ok(store) = js.get_key_value(&name).await {
+        let stream_name = format!("KV_{name}");
+        if let Ok(mut stream) = js.get_stream(&stream_name).await
+            && let Ok(info) = stream.info().await
+        {
+            let mut config = info.config.clone();
+            if config.num_replicas < replicas || config.max_age != ttl {
+                config.num_replicas = config.num_replicas.max(replicas);
+                config.max_age = ttl;
+                config.duplicate_window = config.duplicate_window.min(ttl);
+                if let Err(e) = js.update_stream(config).await {
+                    tracing::warn!(bucket = %name, error = %e, "cannot update the restart lease bucket");
+                }
+            }
+        }
+        return Ok(store);
+    }
+    let created = js
+        .create_key_value(kv::Config {
+            bucket: name.clone(),
+            description: "natsmesh: who may restart a server of this region".into(),
+            history: 1,
+            max_age: ttl,
+            max_value_size: 1024,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            placement: Some(jetstream::stream::Placement {
+                cluster: Some(cluster.to_owned()),
+                tags: Vec::new(),
+            }),
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Ok(store),
+        // Another node created it first.
+        Err(e) => js
+            .get_key_value(&name)
+            .await
+            .map_err(|_| format!("cannot create the restart lease bucket {name}: {e}")),
+    }
+}
+
+/// The outcome of an attempt.
+#[derive(Debug)]
+pub enum Take {
+    /// Held, at this revision.
+    Taken(u64),
+    /// Someone else holds it.
+    HeldBy(String),
+}
+
+/// Takes the lease unless another live holder has it. A record of this
+/// server from an earlier natsmeshd (that died holding it) is taken over.
+pub async fn take(store: &kv::Store, me: &Holder) -> Result<Take, String> {
+    let value = serde_json::to_vec(me).map_err(|e| e.to_string())?;
+    match store.create(KEY, value.clone().into()).await {
+        Ok(rev) => return Ok(Take::Taken(rev)),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("restart lease: {e}")),
+    }
+    let entry = store
+        .entry(KEY)
+        .await
+        .map_err(|e| format!("restart lease: {e}"))?;
+    let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+        // Released (or expired) between the two calls: try again later.
+        return Ok(Take::HeldBy("nobody (released just now)".into()));
+    };
+    let held: Holder = match serde_json::from_slice(&entry.value) {
+        Ok(h) => h,
+        Err(_) => {
+            return Ok(Take::HeldBy(format!(
+                "an unreadable record (revision {})",
+                entry.revision
+            )));
+        }
+    };
+    if held.server != me.server {
+        return Ok(Take::HeldBy(held.describe()));
+    }
+    // Ours, from this process or a previous one of this server.
+    store
+        .update(KEY, value.into(), entry.revision)
+        .await
+        .map(Take::Taken)
+        .map_err(|e| format!("restart lease: {e}"))
+}
+
+/// Rewrites the key so it does not expire; the new revision, or why the
+/// lease is no longer ours.
+pub async fn renew(store: &kv::Store, me: &Holder, revision: u64) -> Result<u64, String> {
+    let value = serde_json::to_vec(me).map_err(|e| e.to_string())?;
+    store
+        .update(KEY, value.into(), revision)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Gives the lease back, only if it is still ours.
+pub async fn release(store: &kv::Store, revision: u64) -> Result<(), String> {
+    store
+        .delete_expect_revision(KEY, Some(revision))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Who holds the lease now, if anyone.
+pub async fn holder(store: &kv::Store) -> Result<Option<Holder>, String> {
+    let entry = store.entry(KEY).await.map_err(|e| e.to_string())?;
+    Ok(entry
+        .filter(|e| e.operation == kv::Operation::Put)
+        .and_then(|e| serde_json::from_slice(&e.value).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names_are_safe() {
+        assert_eq!(bucket_name("fra1"), "natsmesh-restart-fra1");
+        assert_eq!(bucket_name("us.east 1"), "natsmesh-restart-us_east_1");
+    }
+}

@@ -1,0 +1,217 @@
+//! One node of a region at a time: every planned disruption of the broker
+//! (a restart a configuration change needs, an upgrade) first takes the
+//! region's restart lease, held in the supercluster itself, and only once
+//! the region can spare this node — all its servers answer, and every
+//! replicated stream hosted here has its other replicas current.
+//!
+//! The supervisor asks with [`acquire`] and hears back through a channel:
+//! why it still waits (for STATUS), then the lease ([`Held`]), which it
+//! gives back once the restarted broker serves with JetStream current.
+
+pub mod decommission;
+pub mod lease;
+pub mod view;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tokio::sync::mpsc;
+
+use crate::config::Settings;
+use crate::config::validate::SystemUser;
+
+/// The account natsmeshd keeps (accounts mode) for the lease bucket: the
+/// system account cannot hold JetStream.
+pub const FLEET_ACCOUNT: &str = "NATSMESH";
+/// natsmeshd's user in it (the system user's password).
+pub const FLEET_USER: &str = "natsmesh-fleet";
+/// How long the region's servers have to answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(1);
+/// How often a waiting node looks again.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Whether planned restarts are coordinated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Coordination {
+    /// Through the region's lease.
+    Lease(FleetSettings),
+    /// Not, and why.
+    Off(String),
+}
+
+/// How the lease is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSettings {
+    /// Expiry of an unrenewed lease.
+    pub ttl: Duration,
+    /// The user in the lease bucket's account.
+    pub login: SystemUser,
+    /// Its name (password logins).
+    pub user: String,
+}
+
+/// What the supervisor hears while it waits.
+#[derive(Debug)]
+pub enum Gate {
+    /// Not yet, and why.
+    Waiting(String),
+    /// The lease is this node's.
+    Granted(Box<Held>),
+}
+
+/// A lease held by this process, renewed in the background until released
+/// (or dropped, when it simply expires).
+pub struct Held {
+    store: jetstream::kv::Store,
+    revision: Arc<Mutex<u64>>,
+    renewer: tokio::task::JoinHandle<()>,
+    /// Keeps the connection open while the lease is held.
+    _client: async_nats::Client,
+    /// Who holds it and why.
+    pub holder: lease::Holder,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held")
+            .field("holder", &self.holder)
+            .finish()
+    }
+}
+
+impl Held {
+    /// Gives the lease back (if it is still ours).
+    pub async fn release(self) -> Result<(), String> {
+        self.renewer.abort();
+        let revision = *self.revision.lock().unwrap_or_else(|e| e.into_inner());
+        lease::release(&self.store, revision).await
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
+/// A process-unique tag for lease records.
+pub fn nonce() -> String {
+    format!("{}-{:016x}", std::process::id(), fastrand::u64(..))
+}
+
+/// Waits until this node may disrupt its broker for `why`, telling `tx`
+/// why it waits, and ends with the lease (or when `tx` is dropped).
+pub async fn acquire(
+    settings: Settings,
+    fleet: FleetSettings,
+    why: String,
+    nonce: String,
+    tx: mpsc::Sender<Gate>,
+) {
+    let mut last = String::new();
+    loop {
+        let outcome = tokio::select! {
+            o = attempt(&settings, &fleet, &why, &nonce) => o,
+            _ = tx.closed() => return,
+        };
+        match outcome {
+            Ok(held) => {
+                tracing::info!(reason = %why, "took the region's restart lease");
+                let _ = tx.send(Gate::Granted(Box::new(held))).await;
+                return;
+            }
+            Err(wait) => {
+                if wait != last {
+                    tracing::info!(reason = %wait, "waiting before a restart");
+                    if tx.send(Gate::Waiting(wait.clone())).await.is_err() {
+                        return;
+                    }
+                    last = wait;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// The region's cluster name (a standalone server has none).
+pub fn cluster_name(settings: &Settings) -> String {
+    settings
+        .server
+        .cluster
+        .as_ref()
+        .map_or_else(String::new, |c| c.name.clone())
+}
+
+/// How many servers the region has: one route per server, this one
+/// included.
+pub fn region_size(settings: &Settings) -> usize {
+    settings
+        .server
+        .cluster
+        .as_ref()
+        .map_or(1, |c| c.routes.len().max(1))
+}
+
+async fn attempt(
+    settings: &Settings,
+    fleet: &FleetSettings,
+    why: &str,
+    nonce: &str,
+) -> Result<Held, String> {
+    let me = &settings.server.server_name;
+    let cluster = cluster_name(settings);
+    let sys = crate::auth::system_client(settings)
+        .await
+        .map_err(|e| format!("cannot ask the region (system user): {e}"))?;
+    let view = view::gather(&sys, &cluster, ANSWER_WAIT).await?;
+    view.peers_ready(region_size(settings))?;
+    view.others_current(me)?;
+    let client = crate::auth::local_client(settings, &fleet.login, &fleet.user)
+        .await
+        .map_err(|e| format!("cannot reach the lease bucket: {e}"))?;
+    let js = jetstream::new(client.clone());
+    let store = lease::bucket(&js, &cluster, fleet.ttl, view.jetstream_servers()).await?;
+    let holder = lease::Holder::new(me, nonce, why);
+    match lease::take(&store, &holder).await? {
+        lease::Take::HeldBy(who) => Err(format!("the restart lease is held by {who}")),
+        lease::Take::Taken(revision) => {
+            let revision = Arc::new(Mutex::new(revision));
+            let renewer = tokio::spawn(renew(
+                store.clone(),
+                holder.clone(),
+                revision.clone(),
+                fleet.ttl,
+            ));
+            Ok(Held {
+                store,
+                revision,
+                renewer,
+                _client: client,
+                holder,
+            })
+        }
+    }
+}
+
+/// Rewrites the lease every quarter of its expiry. While this node's own
+/// broker restarts the writes fail; the expiry covers that gap.
+async fn renew(
+    store: jetstream::kv::Store,
+    holder: lease::Holder,
+    revision: Arc<Mutex<u64>>,
+    ttl: Duration,
+) {
+    loop {
+        tokio::time::sleep(ttl / 4).await;
+        let rev = *revision.lock().unwrap_or_else(|e| e.into_inner());
+        match lease::renew(&store, &holder, rev).await {
+            Ok(next) => *revision.lock().unwrap_or_else(|e| e.into_inner()) = next,
+            Err(e) => tracing::debug!(error = %e, "cannot renew the restart lease (yet)"),
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! What the region's servers say about JetStream, gathered through `$SYS`
+//! (`$SYS.REQ.SERVER.PING.JSZ`, one answer per server), and the checks a
+//! disruptive action must pass: the region's servers are all there, and
+//! every replicated stream this node hosts has its other replicas current
+//! (as that stream's leader sees them — only the leader tracks its peers).
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+
+/// One server's answer.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Answer {
+    /// Who answered.
+    pub server: ServerInfo,
+    /// Its JetStream view.
+    #[serde(default)]
+    pub data: Jsz,
+}
+
+/// The answering server.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ServerInfo {
+    /// Server name.
+    #[serde(default)]
+    pub name: String,
+    /// Cluster (region).
+    #[serde(default)]
+    pub cluster: String,
+}
+
+/// The part of `/jsz` used here.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Jsz {
+    /// JetStream is off on this server.
+    #[serde(default)]
+    pub disabled: bool,
+    /// The meta group as this server sees it.
+    #[serde(default)]
+    pub meta_cluster: Option<Meta>,
+    /// Accounts with streams on this server.
+    #[serde(default)]
+    pub account_details: Vec<AccountDetail>,
+}
+
+/// The JetStream meta group.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Meta {
+    /// The meta leader's name; empty while there is none.
+    #[serde(default)]
+    pub leader: String,
+}
+
+/// An account's streams on one server.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AccountDetail {
+    /// Account name.
+    #[serde(default)]
+    pub name: String,
+    /// Its streams.
+    #[serde(default)]
+    pub stream_detail: Vec<StreamDetail>,
+}
+
+/// One stream replica.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamDetail {
+    /// Stream name.
+    pub name: String,
+    /// Its Raft group, when replicated (or clustered).
+    #[serde(default)]
+    pub cluster: Option<StreamCluster>,
+    /// Its configuration (asked for with `config: true`).
+    #[serde(default)]
+    pub config: Option<StreamConfig>,
+}
+
+/// A stream's configuration, as far as placement goes.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamConfig {
+    /// Replicas asked for.
+    #[serde(default)]
+    pub num_replicas: usize,
+}
+
+/// A stream's group.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamCluster {
+    /// The leader's name.
+    #[serde(default)]
+    pub leader: String,
+    /// The other replicas (as the answering server sees them).
+    #[serde(default)]
+    pub replicas: Vec<Replica>,
+}
+
+/// A replica other than the answering server.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Replica {
+    /// Server name.
+    pub name: String,
+    /// Caught up with the leader.
+    #[serde(default)]
+    pub current: bool,
+    /// Not heard from.
+    #[serde(default)]
+    pub offline: bool,
+    /// Operations behind.
+    #[serde(default)]
+    pub lag: u64,
+}
+
+/// Every answer from one cluster.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// The answers, one per server.
+    pub answers: Vec<Answer>,
+}
+
+/// Asks every server of `cluster` for its JetStream view through `$SYS`
+/// and gathers the answers for `wait`.
+pub async fn gather(
+    sys: &async_nats::Client,
+    cluster: &str,
+    wait: Duration,
+) -> Result<View, String> {
+    let inbox = sys.new_inbox();
+    let mut sub = sys
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| format!("$SYS subscribe: {e}"))?;
+    let body = serde_json::json!({
+        "accounts": true,
+        "streams": true,
+        "config": true,
+        "cluster": cluster,
+    });
+    sys.publish_with_reply("$SYS.REQ.SERVER.PING.JSZ", inbox, body.to_string().into())
+        .await
+        .map_err(|e| format!("$SYS request: {e}"))?;
+    sys.flush()
+        .await
+        .map_err(|e| format!("$SYS request: {e}"))?;
+    let mut view = View::default();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+        match serde_json::from_slice::<Answer>(&msg.payload) {
+            Ok(a) if a.server.cluster == cluster => view.answers.push(a),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "unreadable JetStream answer"),
+        }
+    }
+    view.answers
+        .sort_by(|a, b| a.server.name.cmp(&b.server.name));
+    Ok(view)
+}
+
+/// A stream somewhere in the region.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamId {
+    /// Its account.
+    pub account: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (account {})", self.name, self.account)
+    }
+}
+
+impl View {
+    /// Servers with JetStream on.
+    pub fn jetstream_servers(&self) -> usize {
+        self.answers.iter().filter(|a| !a.data.disabled).count()
+    }
+
+    /// The answer of server `name`.
+    pub fn answer(&self, name: &str) -> Option<&Answer> {
+        self.answers.iter().find(|a| a.server.name == name)
+    }
+
+    /// The streams with a replica on `server`, with their detail there.
+    pub fn hosted_on(&self, server: &str) -> Vec<(StreamId, &StreamDetail)> {
+        self.answer(server)
+            .map(|a| {
+                a.data
+                    .account_details
+                    .iter()
+                    .flat_map(|acct| {
+                        acct.stream_detail.iter().map(|s| {
+                            (
+                                StreamId {
+                                    account: acct.name.clone(),
+                                    name: s.name.clone(),
+                                },
+                                s,
+                            )
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The leader's detail of a stream, from the leader's own answer.
+    fn leader_view(&self, id: &StreamId, leader: &str) -> Option<&StreamCluster> {
+        self.answer(leader)?
+            .data
+            .account_details
+            .iter()
+            .filter(|a| a.name == id.account)
+            .flat_map(|a| &a.stream_detail)
+            .find(|s| s.name == id.name)?
+            .cluster
+            .as_ref()
+    }
+
+    /// A stream's leader and its view of the group, from the answer of
+    /// the server that says it leads it.
+    pub fn lead(&self, id: &StreamId) -> Option<(&str, &StreamCluster)> {
+        self.answers.iter().find_map(|a| {
+            let c = a
+                .data
+                .account_details
+                .iter()
+                .filter(|acct| acct.name == id.account)
+                .flat_map(|acct| &acct.stream_detail)
+                .find(|s| s.name == id.name)?
+                .cluster
+                .as_ref()?;
+            (c.leader == a.server.name).then_some((a.server.name.as_str(), c))
+        })
+    }
+
+    /// `Ok` when all `expected` servers of the region answered, each with
+    /// JetStream running under a meta leader; else why not.
+    pub fn peers_ready(&self, expected: usize) -> Result<(), String> {
+        if self.answers.len() < expected {
+            let names: Vec<_> = self
+                .answers
+                .iter()
+                .map(|a| a.server.name.as_str())
+                .collect();
+            return Err(format!(
+                "{} of {expected} servers of the region answered ({})",
+                self.answers.len(),
+                names.join(", ")
+            ));
+        }
+        for a in &self.answers {
+            if a.data.disabled {
+                continue;
+            }
+            if a.data
+                .meta_cluster
+                .as_ref()
+                .is_none_or(|m| m.leader.is_empty())
+            {
+                return Err(format!("{} has no JetStream meta leader", a.server.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// `Ok` when every replicated stream hosted on `me` has its other
+    /// replicas current as its leader sees them; else the first that is
+    /// not, and why.
+    pub fn others_current(&self, me: &str) -> Result<(), String> {
+        for (id, detail) in self.hosted_on(me) {
+            let Some(cluster) = &detail.cluster else {
+                continue;
+            };
+            let replicas = detail.config.as_ref().map_or(0, |c| c.num_replicas);
+            if replicas <= 1 && cluster.replicas.is_empty() {
+                continue;
+            }
+            if cluster.leader.is_empty() {
+                return Err(format!("stream {id} has no leader"));
+            }
+            let Some(seen) = self.leader_view(&id, &cluster.leader) else {
+                return Err(format!(
+                    "stream {id}: its leader {} did not answer",
+                    cluster.leader
+                ));
+            };
+            for r in seen.replicas.iter().filter(|r| r.name != me) {
+                if r.offline || !r.current {
+                    return Err(format!(
+                        "stream {id}: replica on {} is {} ({} behind)",
+                        r.name,
+                        if r.offline { "offline" } else { "not current" },
+                        r.lag
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Why removing `me` from the region would break a stream's
+    /// replication: streams whose replicas could not all be placed on the
+    /// servers left, or whose only copy is here.
+    pub fn removal_blockers(&self, me: &str) -> Vec<String> {
+        let left = self
+            .answers
+            .iter()
+            .filter(|a| a.server.name != me && !a.data.disabled)
+            .count();
+        let mut out = Vec::new();
+        for (id, detail) in self.hosted_on(me) {
+            let replicas = detail.config.as_ref().map_or(1, |c| c.num_replicas.max(1));
+            if replicas == 1 {
+                out.push(format!(
+                    "stream {id} has its only replica here; raise its replicas or move it first"
+                ));
+            } else if replicas > left {
+                out.push(format!(
+                    "stream {id} has {replicas} replicas, and only {left} other JetStream server{} would be left in the region",
+                    if left == 1 { "" } else { "s" }
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn answer(name: &str, streams: serde_json::Value) -> Answer {
+        serde_json::from_value(serde_json::json!({
+            "server": {"name": name, "cluster": "fra1"},
+            "data": {
+                "meta_cluster": {"leader": "n1"},
+                "account_details": [{"name": "APP", "stream_detail": streams}],
+            }
+        }))
+        .unwrap()
+    }
+
+    fn orders(leader: &str, replicas: serde_json::Value) -> serde_json::Value {
+        serde_json::json!([{
+            "name": "ORDERS",
+            "config": {"num_replicas": 3},
+            "cluster": {"leader": leader, "replicas": replicas},
+        }])
+    }
+
+    fn region(n3_current: bool) -> View {
+        let lead = serde_json::json!([
+            {"name": "n2", "current": true},
+            {"name": "n3", "current": n3_current, "lag": if n3_current { 0 } else { 42 }},
+        ]);
+        // Followers see no progress of their peers.
+        let follower = serde_json::json!([{"name": "n1", "current": false}]);
+        View {
+            answers: vec![
+                answer("n1", orders("n1", lead)),
+                answer("n2", orders("n1", follower.clone())),
+                answer("n3", orders("n1", follower)),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_leaders_view_decides() {
+        assert_eq!(region(true).others_current("n2"), Ok(()));
+        assert_eq!(
+            region(false).others_current("n2"),
+            Err("stream ORDERS (account APP): replica on n3 is not current (42 behind)".into())
+        );
+        // n3 itself being behind does not stop n3: it is the one leaving.
+        assert_eq!(region(false).others_current("n3"), Ok(()));
+        // The leader checks its own followers.
+        assert!(region(false).others_current("n1").is_err());
+    }
+
+    #[test]
+    fn every_server_must_answer_under_a_meta_leader() {
+        let v = region(true);
+        assert_eq!(v.peers_ready(3), Ok(()));
+        assert_eq!(
+            v.peers_ready(4),
+            Err("3 of 4 servers of the region answered (n1, n2, n3)".into())
+        );
+    }
+
+    #[test]
+    fn removal_needs_room_for_every_replica() {
+        let v = region(true);
+        assert_eq!(
+            v.removal_blockers("n2"),
+            vec!["stream ORDERS (account APP) has 3 replicas, and only 2 other JetStream servers would be left in the region".to_owned()]
+        );
+        let mut four = region(true);
+        four.answers.push(answer("n4", serde_json::json!([])));
+        assert!(four.removal_blockers("n2").is_empty());
+        assert!(four.removal_blockers("n4").is_empty());
+        let single = View {
+            answers: vec![
+                answer(
+                    "n1",
+                    serde_json::json!([{"name": "LOG", "config": {"num_replicas": 1}}]),
+                ),
+                answer("n2", serde_json::json!([])),
+            ],
+        };
+        assert_eq!(
+            single.removal_blockers("n1"),
+            vec!["stream LOG (account APP) has its only replica here; raise its replicas or move it first".to_owned()]
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! Planned restarts: a restart natsmeshd decides on (a change only a
+//! restart applies) waits for the region's restart lease when restarts are
+//! coordinated, then runs the one pipeline every stop runs — out of DNS and
+//! the load balancer, drain delay, lame duck, stop — and starts the broker
+//! again; the lease goes back once the new broker serves with JetStream
+//! current. `pause` holds planned restarts back; crash recovery never waits.
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::probe::JetStream;
+use super::{AfterExit, State, Supervisor};
+use crate::fleet::decommission;
+use crate::fleet::view::StreamId;
+use crate::fleet::{Coordination, Gate};
+
+/// What a node waits for the lease to do.
+#[derive(Debug, Clone)]
+pub(super) enum Plan {
+    /// Restart the broker, for this reason.
+    Restart(String),
+    /// Leave the region for good; these streams have replicas here.
+    Decommission(Vec<(StreamId, usize)>),
+    /// Hand the broker over to a new natsmeshd binary.
+    Reexec,
+}
+
+impl Plan {
+    fn why(&self) -> String {
+        match self {
+            Plan::Restart(why) => why.clone(),
+            Plan::Decommission(_) => "decommission".into(),
+            Plan::Reexec => "a new natsmeshd binary".into(),
+        }
+    }
+}
+
+impl Supervisor {
+    /// Restarts for `why` as soon as the region allows.
+    pub(super) fn plan_restart(&mut self, why: String) {
+        if matches!(self.planned, Some(Plan::Decommission(_))) || self.removal.is_some() {
+            tracing::info!(reason = %why, "no restart: this node is being decommissioned");
+            return;
+        }
+        self.planned = Some(Plan::Restart(why));
+        self.ask_for_lease();
+    }
+
+    /// Starts (or restarts) the wait for the lease, or drains at once
+    /// when restarts are not coordinated.
+    pub(super) fn ask_for_lease(&mut self) {
+        let Some(plan) = self.planned.clone() else {
+            return;
+        };
+        let why = plan.why();
+        let decommission = matches!(plan, Plan::Decommission(_));
+        if self.paused && !decommission {
+            self.status.fleet = format!("paused; then: {why}");
+            self.gate = None;
+            self.publish();
+            return;
+        }
+        match &self.settings.fleet {
+            Coordination::Off(reason) => {
+                tracing::debug!(%reason, "not coordinated");
+                self.planned = None;
+                self.status.fleet.clear();
+                self.carry_out(plan);
+            }
+            // Nobody else in the region to keep serving (and a lone
+            // server's JetStream may have no meta leader to hold a lease).
+            Coordination::Lease(_) if crate::fleet::region_size(&self.settings) <= 1 => {
+                tracing::debug!("a region of one server: nothing to coordinate");
+                self.planned = None;
+                self.status.fleet.clear();
+                self.carry_out(plan);
+            }
+            Coordination::Lease(fleet) => {
+                if self.gate.is_some() || self.lease.is_some() {
+                    return;
+                }
+                let (tx, rx) = mpsc::channel(4);
+                tokio::spawn(crate::fleet::acquire(
+                    self.settings.clone(),
+                    fleet.clone(),
+                    why.clone(),
+                    self.nonce.clone(),
+                    tx,
+                ));
+                self.gate = Some(rx);
+                self.status.fleet = format!("{why}: asking the region for the restart lease");
+                self.publish();
+            }
+        }
+    }
+
+    /// New settings took effect: a wait for the lease under the old ones
+    /// starts again (`fleet.coordinate = false` is the way out of a wait
+    /// that cannot end, such as a region whose JetStream lost its quorum).
+    pub(super) fn settings_changed(&mut self) {
+        if self.gate.take().is_some() {
+            self.ask_for_lease();
+        }
+    }
+
+    /// What the lease (or no need for one) allows.
+    fn carry_out(&mut self, plan: Plan) {
+        match plan {
+            Plan::Restart(why) => self.drain_for_restart(why),
+            Plan::Decommission(streams) => self.start_removal(streams),
+            // In the loop, where it can wait for the lease's release.
+            Plan::Reexec => self.reexec_due = true,
+        }
+    }
+
+    fn drain_for_restart(&mut self, why: String) {
+        if let Err(e) = self.begin_drain(
+            AfterExit::Restart(why),
+            "restart pending: draining before the restart",
+        ) {
+            tracing::warn!(error = %e, "cannot restart");
+        }
+    }
+
+    pub(super) fn on_gate(&mut self, gate: Option<Gate>) {
+        match gate {
+            Some(Gate::Waiting(why)) => {
+                self.status.fleet = format!("waiting to restart: {why}");
+                self.publish();
+            }
+            Some(Gate::Granted(held)) => {
+                self.gate = None;
+                let Some(plan) = self.planned.take() else {
+                    // Nothing to do any more (a crash restart applied it).
+                    tokio::spawn(release(*held));
+                    return;
+                };
+                self.status.fleet = format!("{}: holding the region's restart lease", plan.why());
+                self.lease = Some(*held);
+                self.carry_out(plan);
+            }
+            // The task ended without a lease (it cannot, but be safe).
+            None => self.gate = None,
+        }
+    }
+
+    /// A new broker process runs the current configuration: a planned
+    /// restart is done (or no longer needed).
+    pub(super) fn started(&mut self) {
+        if matches!(self.planned, Some(Plan::Restart(_))) {
+            self.planned = None;
+            self.gate = None;
+            if self.lease.is_none() {
+                self.status.fleet.clear();
+            }
+        }
+    }
+
+    /// Gives the lease back once the restarted broker serves with
+    /// JetStream current.
+    pub(super) fn maybe_release(&mut self, jetstream: &JetStream) {
+        if self.life.state() != State::Ready
+            || !matches!(jetstream, JetStream::Current | JetStream::Disabled)
+        {
+            return;
+        }
+        if self.removal.is_some() {
+            return;
+        }
+        if let Some(held) = self.lease.take() {
+            self.status.fleet.clear();
+            self.publish();
+            tokio::spawn(release(held));
+        }
+    }
+
+    pub(super) fn pause(&mut self) -> Result<String, String> {
+        if self.paused {
+            return Ok("already paused".into());
+        }
+        self.paused = true;
+        let msg = if self.lease.is_some() {
+            "paused; the restart in progress finishes first"
+        } else {
+            self.gate = None;
+            if let Some(plan) = &self.planned {
+                self.status.fleet = format!("paused; then: {}", plan.why());
+            }
+            "paused: no planned restarts until `natsmeshd resume`"
+        };
+        tracing::info!("{msg}");
+        self.publish();
+        Ok(msg.into())
+    }
+
+    pub(super) fn resume(&mut self) -> Result<String, String> {
+        if !self.paused {
+            return Ok("not paused".into());
+        }
+        self.paused = false;
+        self.status.fleet.clear();
+        tracing::info!("resumed: planned restarts go ahead");
+        self.ask_for_lease();
+        self.publish();
+        Ok(match &self.planned {
+            Some(plan) => format!("resumed; pending: {}", plan.why()),
+            None => "resumed".into(),
+        })
+    }
+
+    /// `natsmeshd decommission`: checked now (a refusal names the streams
+    /// it would break), carried out under the region's lease.
+    pub(super) async fn decommission(&mut self) -> Result<String, String> {
+        if matches!(self.planned, Some(Plan::Decommission(_))) || self.removal.is_some() {
+            return Ok("already decommissioning".into());
+        }
+        if self.life.state() != State::Ready {
+            return Err(format!(
+                "only a serving node can be decommissioned (state {})",
+                self.life.state()
+            ));
+        }
+        let me = self.settings.server.server_name.clone();
+        if self.settings.server.jetstream.is_none() {
+            // No JetStream group to leave.
+            self.planned = None;
+            self.finish_decommission(format!("{me} has no JetStream to move"));
+            return Ok("decommissioning: leaving DNS and the load balancer, then stopping".into());
+        }
+        if self.settings.system_user.is_none() {
+            return Err("removing a server from the JetStream group needs natsmeshd's system user (auth.mode = \"accounts\" or \"operator\")".into());
+        }
+        let streams = decommission::check(&self.settings).await?;
+        tracing::info!(streams = streams.len(), "decommission accepted");
+        self.gate = None;
+        self.planned = Some(Plan::Decommission(streams.clone()));
+        self.ask_for_lease();
+        Ok(format!(
+            "decommissioning {me}: {} stream{} to re-place; then out of DNS and the load balancer, lame duck, stop (`natsmeshd status` follows it)",
+            streams.len(),
+            if streams.len() == 1 { "" } else { "s" }
+        ))
+    }
+
+    fn start_removal(&mut self, streams: Vec<(StreamId, usize)>) {
+        let (tx, rx) = oneshot::channel();
+        let settings = self.settings.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(decommission::remove_self(&settings, &streams).await);
+        });
+        self.removal = Some(rx);
+        self.status.fleet = "decommission: leaving the JetStream group".into();
+        self.publish();
+    }
+
+    pub(super) fn on_removed(&mut self, res: Result<String, String>) {
+        self.removal = None;
+        if let Some(held) = self.lease.take() {
+            tokio::spawn(release(held));
+        }
+        match res {
+            Ok(msg) => {
+                tracing::info!("{msg}");
+                self.finish_decommission(msg);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "decommission failed; this node keeps serving");
+                self.status.fleet = format!("decommission failed: {e}");
+                self.publish();
+            }
+        }
+    }
+
+    /// Marks the state directory and leaves like any stop.
+    fn finish_decommission(&mut self, msg: String) {
+        if let Err(e) =
+            decommission::mark(&self.settings.state_dir, &self.settings.server.server_name)
+        {
+            tracing::error!(error = %e, "cannot mark this node decommissioned");
+        }
+        self.status.fleet = format!("decommissioned: {msg}");
+        self.notifier.stopping();
+        let _ = self.begin_drain(AfterExit::Finish, "decommissioned: leaving the region");
+    }
+
+    /// Back into service after `drain`.
+    pub(super) fn undrain(&mut self) -> Result<String, String> {
+        if self.life.state() != State::Stopped || self.running.is_some() {
+            return Err(format!(
+                "not drained (state {}); nothing to undo",
+                self.life.state()
+            ));
+        }
+        tracing::info!("undrain: starting nats-server again");
+        self.start_broker();
+        Ok("starting nats-server; back in service once it serves".into())
+    }
+}
+
+async fn release(held: crate::fleet::Held) {
+    match held.release().await {
+        Ok(()) => tracing::info!("released the region's restart lease"),
+        // It expires by itself.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot release the restart lease; it expires by itself")
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! New binaries (see [`crate::upgrade`]): noticed every few seconds while
+//! the node serves; a new natsmeshd re-executes itself under the region's
+//! lease and the new image adopts the running broker; a new nats-server is
+//! checked against the configuration and restarted under the lease.
+
+use std::time::Duration;
+
+use natsmesh_broker::process::adopt;
+use tokio::time::Instant;
+
+use super::planned::Plan;
+use super::{NEXT_NAME, State, Supervisor};
+use crate::logging::ids;
+use crate::prepare::prepare_in;
+use crate::upgrade::{self, HandoffFile};
+
+/// How often the binaries are looked at.
+pub(super) const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+impl Supervisor {
+    /// Has a package replaced natsmeshd or nats-server?
+    pub(super) async fn check_binaries(&mut self) {
+        self.next_binary_check = Instant::now() + CHECK_EVERY;
+        if self.planned.is_some()
+            || self.lease.is_some()
+            || self.removal.is_some()
+            || self.life.state() != State::Ready
+        {
+            return;
+        }
+        if let Some((path, id)) = &self.exe
+            && upgrade::file_id(path).is_some_and(|now| now != *id)
+        {
+            tracing::info!(
+                path = %path.display(),
+                "a new natsmeshd binary: it takes over under the region's lease; the broker keeps running"
+            );
+            self.planned = Some(Plan::Reexec);
+            self.ask_for_lease();
+            return;
+        }
+        let Some(path) = upgrade::resolve(&self.settings.binary) else {
+            return;
+        };
+        let now = upgrade::file_id(&path);
+        if now.is_none() || now == self.broker_bin {
+            return;
+        }
+        // Looked at once per new file, whatever comes of it.
+        self.broker_bin = now;
+        let settings = self.settings.clone();
+        match prepare_in(&settings, &settings.state_dir, NEXT_NAME).await {
+            Err(e) => {
+                tracing::error!(
+                    path = %path.display(),
+                    error = %e,
+                    "a new nats-server binary cannot run this configuration; the running broker stays"
+                );
+                self.status.warnings.push(format!(
+                    "new nats-server at {} refused: {e}",
+                    path.display()
+                ));
+                self.publish();
+            }
+            Ok(next) => {
+                let why = format!(
+                    "a new nats-server binary ({} → {})",
+                    self.current.version, next.version
+                );
+                let _ = self.restart_for(settings, next, vec![why]);
+            }
+        }
+    }
+
+    /// Hands the broker over to the new natsmeshd binary: only returns if
+    /// that failed (and then this image goes on as before).
+    pub(super) async fn reexec(&mut self) {
+        let Some((exe, _)) = self.exe.clone() else {
+            return;
+        };
+        if let Some(held) = self.lease.take() {
+            // The exec is quick and the broker keeps serving.
+            let _ = tokio::time::timeout(Duration::from_secs(2), held.release()).await;
+        }
+        self.status.fleet.clear();
+        let Some(run) = self.running.as_mut() else {
+            tracing::warn!(
+                "no broker running: the new natsmeshd binary takes over at the next start"
+            );
+            return;
+        };
+        let Some(broker) = run.process.handoff() else {
+            tracing::error!(
+                "this broker cannot be handed over; the new natsmeshd binary takes over at the next restart"
+            );
+            self.exe = None;
+            return;
+        };
+        let file = HandoffFile {
+            broker,
+            broker_binary: self.broker_bin,
+            rendered: self.current.rendered.text.clone(),
+            served: run.first_served.is_some(),
+        };
+        let pid = run.pid;
+        let path = match upgrade::write_handoff(&self.settings.state_dir, &file) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot hand over; this natsmeshd keeps running");
+                self.exe = None;
+                return;
+            }
+        };
+        tracing::info!(message_id = ids::RESTART, exe = %exe.display(), broker_pid = pid, "re-executing natsmeshd; nats-server keeps running");
+        self.notifier.status(&format!(
+            "re-executing natsmeshd ({}); nats-server pid {pid} keeps running",
+            exe.display()
+        ));
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.output.flush()).await;
+        let err = upgrade::exec_self(&exe, &path);
+        // Still here: the exec failed and this image goes on.
+        let _ = std::fs::remove_file(&path);
+        tracing::error!(error = %err, "cannot re-execute natsmeshd; this one keeps running");
+        self.status.warnings.push(err);
+        self.exe = upgrade::file_id(&exe).map(|id| (exe, id));
+        self.publish();
+    }
+
+    /// Takes over the broker the previous image handed over (or starts
+    /// one, if that cannot be done).
+    pub(super) fn adopt(&mut self, h: HandoffFile) {
+        let Some(targets) = self.probe_targets() else {
+            return;
+        };
+        let process = match adopt(h.broker, &self.current.path) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take over the running broker; starting one");
+                self.start_broker();
+                return;
+            }
+        };
+        let pid = process.pid();
+        tracing::info!(
+            broker_pid = pid,
+            "natsmeshd re-executed; took over the running nats-server"
+        );
+        self.install(
+            process,
+            targets,
+            format!(
+                "took over nats-server {} (pid {pid}) from the previous natsmeshd",
+                self.current.version
+            ),
+        );
+        self.broker_bin = h.broker_binary;
+        if let Some(run) = self.running.as_mut() {
+            run.first_served = h.served.then(Instant::now);
+        }
+        if h.rendered != self.current.rendered.text {
+            let why = "this natsmeshd renders a different configuration".to_owned();
+            self.status.restart_pending = vec![why.clone()];
+            self.plan_restart(why);
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Upgrades without a maintenance window. A package upgrade replaces
+//! natsmeshd's binary (and perhaps nats-server's) but never restarts the
+//! service; natsmeshd notices the new files itself:
+//!
+//! - a new **natsmeshd** binary: under the region's lease natsmeshd
+//!   replaces its own image (`execve`, same pid, so systemd and the broker's
+//!   parent stay the same) and the new image adopts the running broker — a
+//!   natsmesh upgrade costs no broker restart. The broker's parent-death
+//!   signal is tied to the thread that forked it, natsmeshd's main thread,
+//!   which is the thread that calls `execve` and so lives on;
+//! - a new **nats-server** binary: the configuration is rendered and
+//!   checked for the new version, then a coordinated restart.
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use natsmesh_broker::process::Handoff;
+
+/// Names the handoff file for the next image.
+pub const HANDOFF_ENV: &str = "NATSMESH_HANDOFF";
+const HANDOFF_NAME: &str = "handoff.json";
+
+/// Which file a path named at some moment: replaced files get a new inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    mtime_ns: i64,
+}
+
+/// The identity of the file at `path` now.
+pub fn file_id(path: &Path) -> Option<FileId> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        mtime_ns: m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
+    })
+}
+
+/// The file a binary setting names: a path as is, a bare name through
+/// `PATH` (as the broker is started).
+pub fn resolve(binary: &Path) -> Option<PathBuf> {
+    if binary.components().count() > 1 {
+        return Some(binary.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
+}
+
+/// This program's path (the file a package upgrade replaces).
+pub fn own_exe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    // A replaced binary reads as "<path> (deleted)".
+    let text = exe.as_os_str().as_bytes();
+    let trimmed = text.strip_suffix(b" (deleted)").unwrap_or(text);
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(trimmed)))
+}
+
+/// What one image tells the next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffFile {
+    /// The running broker.
+    pub broker: Handoff,
+    /// The binary it was started from.
+    pub broker_binary: Option<FileId>,
+    /// The configuration it runs, as rendered.
+    pub rendered: String,
+    /// Whether it has served clients.
+    pub served: bool,
+}
+
+/// Writes the handoff (0600) into the state directory.
+pub fn write_handoff(state_dir: &Path, h: &HandoffFile) -> Result<PathBuf, String> {
+    let path = state_dir.join(HANDOFF_NAME);
+    let text = serde_json::to_vec(h).map_err(|e| e.to_string())?;
+    crate::prepare::write_atomically_mode(&path, &text, 0o600)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The handoff left by the previous image, if this process is one it
+/// replaced itself with (the file is removed: it is read once).
+pub fn take_handoff() -> Option<Result<HandoffFile, String>> {
+    let path = PathBuf::from(std::env::var_os(HANDOFF_ENV)?);
+    let text = std::fs::read(&path);
+    let _ = std::fs::remove_file(&path);
+    Some(
+        text.map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|t| {
+                serde_json::from_slice(&t).map_err(|e| format!("{}: {e}", path.display()))
+            }),
+    )
+}
+
+/// Replaces this process's image with `exe`, same arguments, same
+/// environment plus the handoff's path. Returns only on failure.
+pub fn exec_self(exe: &Path, handoff: &Path) -> String {
+    let cstr = |s: &std::ffi::OsStr| CString::new(s.as_bytes()).map_err(|e| e.to_string());
+    let run = || -> Result<std::convert::Infallible, String> {
+        let program = cstr(exe.as_os_str())?;
+        let args = std::env::args_os()
+            .map(|a| cstr(&a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut env = Vec::new();
+        for (k, v) in std::env::vars_os().filter(|(k, _)| k != HANDOFF_ENV) {
+            let mut kv = k;
+            kv.push("=");
+            kv.push(v);
+            env.push(cstr(&kv)?);
+        }
+        let mut kv = OsString::from(HANDOFF_ENV);
+        kv.push("=");
+        kv.push(handoff.as_os_str());
+        env.push(cstr(&kv)?);
+        nix::unistd::execve(&program, &args, &env).map_err(|e| e.to_string())
+    };
+    match run() {
+        Ok(never) => match never {},
+        Err(e) => format!("cannot execute {}: {e}", exe.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_replaced_file_has_a_new_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bin");
+        std::fs::write(&p, "one").unwrap();
+        let before = file_id(&p).unwrap();
+        assert_eq!(file_id(&p), Some(before));
+        // How packages install: a new file renamed over the old one.
+        let tmp = dir.path().join("bin.new");
+        std::fs::write(&tmp, "two").unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        assert_ne!(file_id(&p), Some(before));
+    }
+
+    #[test]
+    fn bare_names_are_found_on_the_path() {
+        assert_eq!(resolve(Path::new("/x/y")), Some(PathBuf::from("/x/y")));
+        assert!(resolve(Path::new("sh")).is_some_and(|p| p.ends_with("sh")));
+        assert_eq!(resolve(Path::new("natsmesh-no-such-binary")), None);
+    }
+}

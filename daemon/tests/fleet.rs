@@ -1,0 +1,710 @@
+//! Fleet lifecycle against a real region of three nats-servers found
+//! through a real DNS server (dnsmasq on loopback), with an R3 stream under
+//! acknowledged publish load: a change only a restart applies, arriving on
+//! every node at once, rolls through the region one node at a time under
+//! the region's restart lease; a dead lease holder frees the lease when it
+//! expires; pause holds a restart back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Options};
+use natsmesh::control::Request;
+use natsmesh_harness::dns::{Dns, Records};
+use natsmesh_harness::{CURRENT, free_port};
+
+const SRV: &str = "_nats-route._tcp.fra1.nats.test";
+/// The shortest the lease may last: nats-server's least lame-duck
+/// duration (30 s, the harness's) plus ten seconds.
+const TTL: &str = "40s";
+
+fn ip(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 7, n])
+}
+
+struct Region {
+    _dns: Dns,
+    nodes: BTreeMap<u8, Daemon>,
+    extras: BTreeMap<u8, String>,
+    /// Each node's own copies of natsmeshd and nats-server, when asked
+    /// for (a package upgrade replaces them).
+    bins: Option<tempfile::TempDir>,
+}
+
+impl Region {
+    /// `count` nodes, all in DNS from the start, forming one JetStream
+    /// group; clients need no credentials on loopback (account APP).
+    fn start(count: u8) -> Self {
+        Self::start_with(count, false)
+    }
+
+    /// With `own_binaries`, every node runs its own copy of natsmeshd and
+    /// nats-server (`<bins>/n<n>/`).
+    fn start_with(count: u8, own_binaries: bool) -> Self {
+        let bins = own_binaries.then(|| {
+            let d = tempfile::Builder::new()
+                .prefix("natsmesh-bins-")
+                .tempdir()
+                .unwrap();
+            for n in 1..=count {
+                let dir = d.path().join(format!("n{n}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::copy(common::NATSMESHD, dir.join("natsmeshd")).unwrap();
+                std::fs::copy(
+                    natsmesh_harness::broker_binary(CURRENT),
+                    dir.join("nats-server"),
+                )
+                .unwrap();
+            }
+            d
+        });
+        let port = free_port();
+        let mut records = Records::default();
+        for n in 1..=count {
+            let host = format!("n{n}.fra1.nats.test");
+            records.srv.push((SRV.into(), host.clone(), port));
+            records.hosts.push((host, ip(n)));
+        }
+        let dns = Dns::start(IpAddr::from([127, 0, 0, 1]), &records);
+        let (mut nodes, mut extras) = (BTreeMap::new(), BTreeMap::new());
+        for n in 1..=count {
+            let extra = format!(
+                r#"[node]
+name = "n{n}"
+domain = "nats.test"
+
+[broker.cluster]
+enabled = true
+bind = "{ip}"
+port = {port}
+
+[discovery]
+enabled = true
+nameservers = ["{ns}"]
+min_refresh = "300ms"
+max_refresh = "1s"
+
+[health]
+route_wait = "30s"
+
+[auth]
+mode = "accounts"
+anonymous_account = "APP"
+
+[accounts.APP]
+jetstream = true
+
+[fleet]
+lease_ttl = "{TTL}"
+"#,
+                ip = ip(n),
+                ns = dns.addr(),
+            );
+            let mut opts = options(&extra);
+            if let Some(b) = &bins {
+                let dir = b.path().join(format!("n{n}"));
+                opts.natsmeshd = Some(dir.join("natsmeshd"));
+                opts.binary = Some(dir.join("nats-server"));
+            }
+            nodes.insert(n, Daemon::start(CURRENT, opts));
+            extras.insert(n, extra);
+        }
+        let mut r = Self {
+            _dns: dns,
+            nodes,
+            extras,
+            bins,
+        };
+        for d in r.nodes.values_mut() {
+            d.wait_status(
+                "routes to the whole region",
+                |s| {
+                    s.state == "ready"
+                        && s.routes == Some(u64::from(count - 1))
+                        && s.jetstream == "JetStream current"
+                },
+                Duration::from_secs(40),
+            );
+        }
+        r
+    }
+
+    fn urls(&self) -> String {
+        self.nodes
+            .values()
+            .map(|d| format!("nats://{}", d.client_addr()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn sockets(&self) -> Vec<(u8, PathBuf)> {
+        self.nodes.iter().map(|(n, d)| (*n, d.socket())).collect()
+    }
+
+    /// A change only a restart applies (a smaller JetStream file limit),
+    /// written as a drop-in on node `n`, then `natsmeshd reload`.
+    fn change(&mut self, n: u8) {
+        let d = &self.nodes[&n];
+        std::fs::write(
+            d.dir.path().join("natsmesh.d/60-change.toml"),
+            "[broker.jetstream]\nmax_file_store = \"200MiB\"\n",
+        )
+        .unwrap();
+        let out = d.cli(&["reload"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    /// Kills natsmeshd on node `n` (SIGKILL; its broker dies with it) and
+    /// starts it again on the same state.
+    fn kill_and_restart(&mut self, n: u8) {
+        let d = self.nodes.get_mut(&n).unwrap();
+        let dir = std::mem::replace(&mut d.dir, natsmesh_harness::scratch());
+        self.nodes.remove(&n);
+        self.nodes
+            .insert(n, Daemon::start_in(dir, CURRENT, options(&self.extras[&n])));
+    }
+
+    /// Installs a new file over node `n`'s copy of `name` as a package
+    /// manager does: written beside it, renamed over it.
+    fn replace_binary(&self, n: u8, name: &str, from: &std::path::Path) {
+        let dir = self.bins.as_ref().unwrap().path().join(format!("n{n}"));
+        let tmp = dir.join(format!(".{name}.new"));
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(n, d)| format!("==== n{n}\n{}", d.log()))
+            .collect()
+    }
+}
+
+fn options(extra: &str) -> Options {
+    Options {
+        extra: extra.to_owned(),
+        log_level: Some("info,natsmesh=debug".into()),
+        ..Options::default()
+    }
+}
+
+/// `nats://a,nats://b` as the addresses async-nats takes.
+fn addrs(urls: &str) -> Vec<async_nats::ServerAddr> {
+    urls.split(',').map(|u| u.parse().unwrap()).collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Creates the R3 stream ORDERS in account APP (a young JetStream group
+/// may still be electing its meta leader: a bounded retry).
+fn create_stream(urls: &str) {
+    runtime().block_on(async {
+        let client = async_nats::connect(addrs(urls)).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let created = js
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: "ORDERS".into(),
+                    subjects: vec!["orders.>".into()],
+                    num_replicas: 3,
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(_) => return,
+                Err(e) => assert!(Instant::now() < deadline, "create ORDERS: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+}
+
+/// Publishes with acknowledgements (each message retried, with the same
+/// message id, until acknowledged) until `stop`, at most 60 000 messages
+/// or 240 s. Returns the acknowledged sequences and the failed attempts.
+fn publisher(urls: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Vec<u64>, u64)> {
+    std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let client = async_nats::ConnectOptions::new()
+                .connect(addrs(&urls))
+                .await
+                .unwrap();
+            let js = async_nats::jetstream::new(client);
+            let (mut acked, mut failed) = (Vec::new(), 0u64);
+            let deadline = Instant::now() + Duration::from_secs(240);
+            'messages: for i in 0..60_000u32 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                for _ in 0..200 {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", format!("m{i}").as_str());
+                    let sent = tokio::time::timeout(Duration::from_secs(2), async {
+                        js.publish_with_headers("orders.new", headers, "x".into())
+                            .await?
+                            .await
+                            .map_err(async_nats::Error::from)
+                    })
+                    .await;
+                    match sent {
+                        Ok(Ok(ack)) => {
+                            acked.push(ack.sequence);
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue 'messages;
+                        }
+                        _ => {
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                panic!("message m{i} never acknowledged");
+            }
+            (acked, failed)
+        })
+    })
+}
+
+/// Every acknowledged message is in the stream, which still has three
+/// current replicas.
+fn check_stream(urls: &str, acked: &[u64]) {
+    runtime().block_on(async {
+        let client = async_nats::connect(addrs(urls)).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut stream = js.get_stream("ORDERS").await.unwrap();
+            let info = stream.info().await.unwrap();
+            let state = &info.state;
+            let cluster = info.cluster.clone().unwrap_or_default();
+            let current = cluster.replicas.iter().filter(|r| r.current).count();
+            if current == 2 || Instant::now() > deadline {
+                // No message lost or removed: sequences 1..=last all held.
+                assert_eq!(state.first_sequence, 1, "{state:?}");
+                assert_eq!(state.messages, state.last_sequence, "{state:?}");
+                let max = acked.iter().copied().max().unwrap_or(0);
+                assert!(
+                    max <= state.last_sequence,
+                    "acknowledged {max}, stream {state:?}"
+                );
+                assert_eq!(
+                    current, 2,
+                    "leader {:?} with replicas {:?}",
+                    cluster.leader, cluster.replicas
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+/// What [`watch_states`] saw: the most nodes out of service at once,
+/// which they were, and each node's broker pids in order.
+type Seen = (usize, Vec<String>, BTreeMap<u8, Vec<u32>>);
+
+/// Samples every node's state until `stop`.
+fn watch_states(
+    sockets: Vec<(u8, PathBuf)>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Seen> {
+    std::thread::spawn(move || {
+        let rt = runtime();
+        let (mut worst, mut when) = (0, Vec::new());
+        let mut pids: BTreeMap<u8, Vec<u32>> = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let mut down = Vec::new();
+            for (n, socket) in &sockets {
+                let Ok(reply) = rt.block_on(natsmesh::control::request(socket, &Request::Status))
+                else {
+                    down.push(format!("n{n}: no answer"));
+                    continue;
+                };
+                let Some(s) = reply.status else { continue };
+                if let Some(pid) = s.broker_pid {
+                    let seen = pids.entry(*n).or_default();
+                    if seen.last() != Some(&pid) {
+                        seen.push(pid);
+                    }
+                }
+                if !matches!(s.state.as_str(), "ready" | "syncing") {
+                    down.push(format!("n{n}: {}", s.state));
+                }
+            }
+            if down.len() > worst {
+                worst = down.len();
+                when = down;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        (worst, when, pids)
+    })
+}
+
+fn wait_all_applied(region: &mut Region, timeout: Duration) {
+    for (n, d) in &mut region.nodes {
+        d.wait_status(
+            &format!("n{n} runs the change and leaves the lease"),
+            |s| {
+                s.state == "ready"
+                    && s.restart_pending.is_empty()
+                    && s.fleet.is_empty()
+                    && s.restarts >= 1
+            },
+            timeout,
+        );
+    }
+}
+
+#[test]
+fn a_change_on_every_node_rolls_through_the_region_one_node_at_a_time() {
+    let mut region = Region::start(3);
+    let urls = region.urls();
+    create_stream(&urls);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = publisher(urls.clone(), stop.clone());
+    let watcher = watch_states(region.sockets(), stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+
+    for n in 1..=3 {
+        region.change(n);
+    }
+    wait_all_applied(&mut region, Duration::from_secs(150));
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = load.join().unwrap();
+    let (worst, when, pids) = watcher.join().unwrap();
+    println!(
+        "{} messages acknowledged ({failed} attempts retried); at most {worst} node(s) out at once ({when:?}); broker pids {pids:?}",
+        acked.len()
+    );
+    assert_eq!(worst, 1, "{when:?}\n{}", region.logs());
+    for n in 1..=3u8 {
+        assert_eq!(pids[&n].len(), 2, "n{n} restarted once: {pids:?}");
+        let s = region.nodes.get_mut(&n).unwrap().status().unwrap();
+        assert_eq!((s.restarts, s.crashes), (1, 0), "n{n}");
+    }
+    let logs = region.logs();
+    assert_eq!(
+        logs.matches("took the region's restart lease").count(),
+        3,
+        "{logs}"
+    );
+    assert_eq!(
+        logs.matches("released the region's restart lease").count(),
+        3,
+        "{logs}"
+    );
+    assert!(acked.len() > 100, "the load ran: {}", acked.len());
+    check_stream(&urls, &acked);
+}
+
+#[test]
+fn a_dead_lease_holder_frees_the_lease_when_it_expires() {
+    let mut region = Region::start(3);
+    // n1 takes the lease and is killed (with its broker) while it holds it.
+    region.change(1);
+    region.nodes.get_mut(&1).unwrap().wait_status(
+        "n1 holds the lease",
+        |s| s.fleet.contains("holding"),
+        Duration::from_secs(30),
+    );
+    let killed = Instant::now();
+    // It comes back at once (its new configuration needs no restart now).
+    region.kill_and_restart(1);
+    region.nodes.get_mut(&1).unwrap().wait_status(
+        "n1 back",
+        |s| s.state == "ready" && s.routes == Some(2),
+        Duration::from_secs(40),
+    );
+
+    region.change(2);
+    let d2 = region.nodes.get_mut(&2).unwrap();
+    let waiting = d2.wait_status(
+        "n2 waits for the lease n1 held",
+        |s| s.fleet.contains("held by n1"),
+        Duration::from_secs(20),
+    );
+    println!("n2: {}", waiting.fleet);
+    d2.wait_status(
+        "n2 restarts once the lease expired",
+        |s| s.state == "ready" && s.restarts == 1 && s.fleet.is_empty(),
+        Duration::from_secs(90),
+    );
+    let waited = killed.elapsed();
+    // The lease is renewed every ttl/4, so it lasts at least 3/4 of it.
+    assert!(
+        waited >= Duration::from_secs(30),
+        "n2 restarted {waited:?} after n1 died"
+    );
+}
+
+#[test]
+fn a_region_that_cannot_spare_the_node_makes_it_wait_and_say_why() {
+    let mut region = Region::start(3);
+    // n3 is gone: the region cannot spare another server.
+    let d3 = region.nodes.remove(&3).unwrap();
+    drop(d3);
+    region.change(2);
+    let d = region.nodes.get_mut(&2).unwrap();
+    let s = d.wait_status(
+        "n2 waits for the region",
+        |s| s.fleet.contains("2 of 3 servers of the region answered"),
+        Duration::from_secs(20),
+    );
+    assert!(s.line().contains("waiting to restart"), "{}", s.line());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(d.status().unwrap().restarts, 0, "still waiting");
+    // The operator's way out: no coordination for this node.
+    std::fs::write(
+        d.dir.path().join("natsmesh.d/70-alone.toml"),
+        "[fleet]\ncoordinate = false\n",
+    )
+    .unwrap();
+    assert!(d.cli(&["reload"]).status.success());
+    d.wait_status(
+        "n2 restarts without the lease",
+        |s| s.state == "ready" && s.restarts == 1 && s.fleet.is_empty(),
+        Duration::from_secs(60),
+    );
+}
+
+#[test]
+fn pause_holds_a_planned_restart_back_until_resume() {
+    let mut region = Region::start(3);
+    let d = region.nodes.get_mut(&2).unwrap();
+    let out = d.cli(&["pause"]);
+    assert!(out.status.success(), "{out:?}");
+    let pid = d.status().unwrap().broker_pid;
+    region.change(2);
+    let d = region.nodes.get_mut(&2).unwrap();
+    let s = d.wait_status(
+        "restart pending, paused",
+        |s| s.paused && !s.restart_pending.is_empty(),
+        Duration::from_secs(10),
+    );
+    assert!(s.fleet.starts_with("paused"), "{s:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    let s = d.status().unwrap();
+    assert_eq!((s.broker_pid, s.restarts), (pid, 0), "held back: {s:?}");
+    let screen = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    assert!(screen.contains("paused"), "{screen}");
+
+    let out = d.cli(&["resume"]);
+    assert!(out.status.success(), "{out:?}");
+    d.wait_status(
+        "restarted after resume",
+        |s| !s.paused && s.state == "ready" && s.restarts == 1 && s.fleet.is_empty(),
+        Duration::from_secs(60),
+    );
+}
+
+/// The stream's leader and replica servers.
+fn stream_servers(urls: &str) -> (String, Vec<String>) {
+    runtime().block_on(async {
+        let client = async_nats::connect(addrs(urls)).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("ORDERS").await.unwrap();
+        let cluster = stream.info().await.unwrap().cluster.clone().unwrap();
+        let leader = cluster.leader.clone().unwrap_or_default();
+        let replicas = cluster.replicas.iter().map(|r| r.name.clone()).collect();
+        (leader, replicas)
+    })
+}
+
+#[test]
+fn decommission_re_places_the_replicas_and_leaves_no_ghost() {
+    let mut region = Region::start(4);
+    let urls = region.urls();
+    create_stream(&urls);
+    let (leader, replicas) = stream_servers(&urls);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = publisher(urls.clone(), stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The stream's leader goes: the hardest case.
+    let n: u8 = leader.trim_start_matches('n').parse().unwrap();
+    let out = region.nodes[&n].cli(&["decommission"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        said.contains("1 stream") || said.contains("2 streams"),
+        "{said}"
+    );
+    let exited = region
+        .nodes
+        .get_mut(&n)
+        .unwrap()
+        .wait_exit(Duration::from_secs(120));
+    assert!(exited.success(), "{}", region.logs());
+    let gone = region.nodes.remove(&n).unwrap();
+    let log = gone.log();
+    assert!(log.contains("removed from the JetStream group"), "{log}");
+
+    let rest: Vec<_> = region
+        .nodes
+        .values()
+        .map(|d| format!("nats://{}", d.client_addr()))
+        .collect();
+    let rest = rest.join(",");
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = load.join().unwrap();
+    println!(
+        "decommissioned {leader} (stream on {leader} + {replicas:?}); {} acknowledged, {failed} retried",
+        acked.len()
+    );
+    check_stream(&rest, &acked);
+    let (_, now) = stream_servers(&rest);
+    assert!(!now.contains(&leader), "{now:?}");
+
+    // No ghost: the meta leader knows three servers, none offline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metas: Vec<_> = region
+            .nodes
+            .values()
+            .filter_map(|d| d.monitor("/jsz"))
+            .map(|j| j["meta_cluster"].clone())
+            .collect();
+        let lead = metas
+            .iter()
+            .find(|m| m["replicas"].as_array().is_some_and(|r| !r.is_empty()));
+        if let Some(m) = lead {
+            let peers = m["replicas"].as_array().unwrap();
+            let clean = peers.len() == 2
+                && peers.iter().all(|p| p["offline"].as_bool() != Some(true))
+                && peers
+                    .iter()
+                    .all(|p| p["name"].as_str() != Some(leader.as_str()));
+            if clean {
+                assert_eq!(m["cluster_size"], 3, "{m}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "meta group {m}");
+        }
+        assert!(Instant::now() < deadline, "no meta leader: {metas:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // It does not come back with its old state by accident.
+    let mut again = Daemon::start_in(gone_dir(gone), CURRENT, options(&region.extras[&n]));
+    let status = again.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{}", again.log());
+    assert!(again.log().contains("decommissioned"), "{}", again.log());
+}
+
+fn gone_dir(mut d: Daemon) -> tempfile::TempDir {
+    std::mem::replace(&mut d.dir, natsmesh_harness::scratch())
+}
+
+#[test]
+fn a_decommission_that_would_break_replication_is_refused() {
+    let mut region = Region::start(3);
+    create_stream(&region.urls());
+    let out = region.nodes[&2].cli(&["decommission"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        err.contains(
+            "stream ORDERS (account APP) has 3 replicas, and only 2 other JetStream servers would be left in the region"
+        ),
+        "{err}"
+    );
+    let s = region.nodes.get_mut(&2).unwrap().status().unwrap();
+    assert_eq!((s.state.as_str(), s.restarts), ("ready", 0), "{s:?}");
+}
+
+#[test]
+fn upgrades_a_new_natsmeshd_keeps_the_brokers_and_a_new_broker_rolls() {
+    let mut region = Region::start_with(3, true);
+    let urls = region.urls();
+    create_stream(&urls);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = publisher(urls.clone(), stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    let before: BTreeMap<u8, (u32, Option<u32>)> = region
+        .nodes
+        .iter_mut()
+        .map(|(n, d)| (*n, (d.pid(), d.status().unwrap().broker_pid)))
+        .collect();
+
+    // A natsmesh package upgrade on every node at once.
+    for n in 1..=3 {
+        region.replace_binary(n, "natsmeshd", std::path::Path::new(common::NATSMESHD));
+    }
+    for (n, d) in &mut region.nodes {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !d.log().contains("took over the running nats-server") {
+            assert!(
+                Instant::now() < deadline,
+                "n{n} never took over:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let s = d.wait_ready();
+        let (pid, broker) = before[n];
+        assert_eq!(d.pid(), pid, "n{n}: same process (exec)");
+        assert_eq!(s.broker_pid, broker, "n{n}: the broker kept running");
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert!(
+            !exe.to_string_lossy().ends_with("(deleted)"),
+            "n{n} runs the new file: {exe:?}"
+        );
+    }
+    let logs = region.logs();
+    assert_eq!(logs.matches("re-executing natsmeshd").count(), 3, "{logs}");
+
+    // A new nats-server on every node at once: one restart each, one node
+    // at a time.
+    let watcher = watch_states(region.sockets(), stop.clone());
+    let broker = natsmesh_harness::broker_binary(CURRENT);
+    for n in 1..=3 {
+        region.replace_binary(n, "nats-server", &broker);
+    }
+    wait_all_applied(&mut region, Duration::from_secs(150));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = load.join().unwrap();
+    let (worst, when, pids) = watcher.join().unwrap();
+    println!(
+        "{} acknowledged ({failed} retried); at most {worst} node(s) out at once ({when:?}); broker pids {pids:?}",
+        acked.len()
+    );
+    assert_eq!(worst, 1, "{when:?}\n{}", region.logs());
+    for (n, d) in &mut region.nodes {
+        let s = d.status().unwrap();
+        assert_ne!(
+            s.broker_pid, before[n].1,
+            "n{n}: restarted for the new broker"
+        );
+        assert_eq!(s.restarts, 1, "n{n}");
+    }
+    check_stream(&urls, &acked);
+
+    // The broker still dies with the natsmeshd that re-executed itself.
+    let d1 = region.nodes.get_mut(&1).unwrap();
+    let broker_pid = d1.status().unwrap().broker_pid.unwrap();
+    common::signal(d1.pid(), "KILL");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::alive(broker_pid) {
+        assert!(Instant::now() < deadline, "the broker outlived natsmeshd");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
