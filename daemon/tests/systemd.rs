@@ -121,6 +121,22 @@ fn the_unit_starts_reports_reloads_and_stops_under_systemd() {
     assert_eq!(c.unit_property("natsmeshd", "ActiveState"), "active");
     std::fs::remove_file(c.root().inside("/etc/natsmesh/natsmesh.d/30-bad.toml")).unwrap();
 
+    // An upgrade installs a new natsmeshd binary the way dpkg does (written
+    // beside, renamed over) and restarts nothing: natsmeshd re-executes
+    // itself, same main pid, and keeps its broker.
+    let main_pid = c.unit_property("natsmeshd", "MainPID");
+    let broker = c.ok(&["pgrep", "-x", "nats-server"]);
+    let staged = c.root().inside("/usr/bin/.natsmeshd.dpkg-new");
+    std::fs::copy(NATSMESHD, &staged).unwrap();
+    std::fs::rename(&staged, c.root().inside("/usr/bin/natsmeshd")).unwrap();
+    c.wait_journal("natsmeshd", &[], "took over the running nats-server");
+    assert_eq!(c.unit_property("natsmeshd", "MainPID"), main_pid);
+    assert_eq!(c.unit_property("natsmeshd", "ActiveState"), "active");
+    assert_eq!(c.unit_property("natsmeshd", "NRestarts"), "0");
+    assert_eq!(c.ok(&["pgrep", "-x", "nats-server"]), broker);
+    let exe = c.ok(&["readlink", &format!("/proc/{main_pid}/exe")]);
+    assert!(!exe.contains("deleted"), "runs the new file: {exe}");
+
     // Stop: lame duck, then a clean exit 0.
     c.ok(&["systemctl", "stop", "natsmeshd"]);
     assert_eq!(c.unit_property("natsmeshd", "ActiveState"), "inactive");

@@ -1,9 +1,12 @@
-//! Planned restarts: a restart natsmeshd decides on (a change only a
-//! restart applies) waits for the region's restart lease when restarts are
-//! coordinated, then runs the one pipeline every stop runs — out of DNS and
-//! the load balancer, drain delay, lame duck, stop — and starts the broker
-//! again; the lease goes back once the new broker serves with JetStream
-//! current. `pause` holds planned restarts back; crash recovery never waits.
+//! Planned disruptions. A restart natsmeshd decides on (a change only a
+//! restart applies, a new nats-server binary), a hand-over to a new
+//! natsmeshd binary and a decommission all wait for the region's restart
+//! lease when restarts are coordinated. A restart then runs the one
+//! pipeline every stop runs — out of DNS and the load balancer, drain
+//! delay, lame duck, stop — and starts the broker again; the lease goes
+//! back once the new broker serves with JetStream current. `pause` holds
+//! planned restarts back (not an operator's decommission); crash recovery
+//! never waits.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -178,8 +181,9 @@ impl Supervisor {
             return Ok("already paused".into());
         }
         self.paused = true;
-        let msg = if self.lease.is_some() {
-            "paused; the restart in progress finishes first"
+        let decommission = matches!(self.planned, Some(Plan::Decommission(_)));
+        let msg = if self.lease.is_some() || decommission {
+            "paused; what is in progress finishes first"
         } else {
             self.gate = None;
             if let Some(plan) = &self.planned {

@@ -26,6 +26,8 @@ pub struct Daemon {
     log: Arc<Mutex<String>>,
     notes: Arc<Mutex<Vec<(Instant, String)>>>,
     last_broker_pid: Option<u32>,
+    /// Set when natsmeshd's stderr reached its end (all of it is in `log`).
+    log_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Default)]
@@ -123,6 +125,7 @@ mode = "none"
             log: Arc::new(Mutex::new(String::new())),
             notes: Arc::new(Mutex::new(Vec::new())),
             last_broker_pid: None,
+            log_done: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let binary = opts
             .binary
@@ -179,12 +182,14 @@ mode = "none"
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = d.log.clone();
+        let done = d.log_done.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut l = log.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
             }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         d.child = Some(child);
         d
@@ -340,6 +345,14 @@ mode = "none"
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = child.try_wait().unwrap() {
+                // Its last words (the reason it exited) are read by another
+                // thread: wait for the end of its output, briefly.
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while !self.log_done.load(std::sync::atomic::Ordering::SeqCst)
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return s;
             }
             assert!(
