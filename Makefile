@@ -9,7 +9,7 @@ BROKERS ?= $(or $(NATSMESH_BROKERS),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/natsm
 CURRENT := 2.15.1
 export NATSMESH_BROKERS := $(BROKERS)
 
-.PHONY: run test lint fmt clippy ci brokers tools bench
+.PHONY: run test lint fmt clippy ci brokers tools bench unit-security
 
 # The pinned current nats-server is installed (hash-checked) when missing
 # and put first on PATH; natsmeshd finds it there by default.
@@ -36,6 +36,10 @@ clippy:
 lint: fmt clippy
 
 ci: lint test
+
+# systemd's exposure score for the unit beside nats-server's hardened sample.
+unit-security:
+	scripts/unit-security
 
 # Benchmarks (about 12 minutes): each prints a table and writes it to
 # bench/results/{supervisor,tls,discovery,publish,balancer}.md. NATSMESH_BENCH_SOAK_SECS=1800

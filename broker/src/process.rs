@@ -133,12 +133,28 @@ pub fn spawn(binary: &Path, config: &Path) -> Result<BrokerProcess, SpawnError> 
                 "the broker exited before its pid was read",
             ))
         })?;
+    raise_oom_score(pid);
     Ok(BrokerProcess {
         kind: Kind::Spawned(child),
         pid,
         handoff,
         config: config.to_path_buf(),
     })
+}
+
+/// Under memory pressure the kernel should kill the broker (it holds the
+/// data, and natsmeshd restarts it) before natsmeshd: the broker gets
+/// natsmeshd's own OOM score adjustment + 500. Raising it needs no
+/// privilege; a failure changes nothing else.
+fn raise_oom_score(pid: Pid) {
+    let own = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .unwrap_or(0);
+    let _ = std::fs::write(
+        format!("/proc/{pid}/oom_score_adj"),
+        (own + 500).min(1000).to_string(),
+    );
 }
 
 /// Why a broker could not be adopted.

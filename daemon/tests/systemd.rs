@@ -85,6 +85,35 @@ fn the_unit_starts_reports_reloads_and_stops_under_systemd() {
         users.contains("natsmeshd") && users.contains("nats-server"),
         "{users}"
     );
+    // The kernel's OOM killer picks the broker before its supervisor.
+    let oom = |pid: &str| -> i32 {
+        c.ok(&["cat", &format!("/proc/{}/oom_score_adj", pid.trim())])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let main_pid = c.unit_property("natsmeshd", "MainPID");
+    let broker_pid = c.ok(&["pgrep", "-x", "nats-server"]);
+    // (Inside systemd-nspawn systemd may not lower a score below 0, so the
+    // unit's OOMScoreAdjust=-500 can read 0 here; the gap is what counts.)
+    let (own, broker) = (oom(&main_pid), oom(&broker_pid));
+    assert!(
+        own <= 0 && broker == (own + 500).min(1000),
+        "{own} {broker}"
+    );
+    // Sandboxed: no capability, a read-only system, no new privileges.
+    let caps = c.ok(&[
+        "grep",
+        "-E",
+        "^(CapEff|CapBnd|NoNewPrivs)",
+        &format!("/proc/{main_pid}/status"),
+    ]);
+    assert!(
+        caps.contains("CapEff:\t0000000000000000")
+            && caps.contains("CapBnd:\t0000000000000000")
+            && caps.contains("NoNewPrivs:\t1"),
+        "{caps}"
+    );
     c.wait_journal(
         "natsmeshd",
         &[&format!("MESSAGE_ID={}", ids::READY)],
