@@ -63,6 +63,18 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
             }
         },
     };
+    // Metrics are for people: a port already taken is a warning, not a
+    // reason to keep a broker from serving.
+    let metrics = match &settings.metrics {
+        None => None,
+        Some(m) => match tokio::net::TcpListener::bind(m.listen).await {
+            Ok(l) => Some((l, *m, crate::metrics::broker_monitor(&settings))),
+            Err(e) => {
+                tracing::warn!(listen = %m.listen, error = %e, "cannot serve /metrics; running without");
+                None
+            }
+        },
+    };
     let (mut supervisor, status) =
         match Supervisor::new(config_path, settings, notifier.clone()).await {
             Ok(v) => v,
@@ -99,6 +111,9 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     });
     let ready =
         ready_listener.map(|l| tokio::spawn(crate::balancer::ready::serve(l, status.clone())));
+    let metrics = metrics.and_then(|(l, m, broker)| {
+        broker.map(|b| tokio::spawn(crate::metrics::serve(l, m, status.clone(), b)))
+    });
     let member = balancer.map(|b| {
         let (tx, rx) = tokio::sync::watch::channel(crate::supervisor::Announced::default());
         supervisor.announce(crate::supervisor::Pointer::LoadBalancer, rx, b.stop_budget);
@@ -120,7 +135,7 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     if let Some(f) = follower {
         f.abort();
     }
-    for task in [publisher, member, ready].into_iter().flatten() {
+    for task in [publisher, member, ready, metrics].into_iter().flatten() {
         task.abort();
     }
     let _ = std::fs::remove_file(&socket);

@@ -8,8 +8,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::httpd::{read_request, respond};
 use tokio::sync::watch;
 
 use crate::supervisor::Status;
@@ -18,8 +19,6 @@ use crate::supervisor::Status;
 pub const PATH: &str = "/ready";
 /// A request must arrive whole within this.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
-/// Requests larger than this are refused.
-const MAX_REQUEST: usize = 4096;
 
 /// Binds now (so a taken port fails the start), serves until dropped.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -42,51 +41,22 @@ pub async fn serve(listener: TcpListener, status: watch::Receiver<Status>) {
 }
 
 async fn answer(mut stream: TcpStream, state: &str) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_REQUEST {
-            return respond(&mut stream, 431, "request too large").await;
-        }
-    }
-    let line = String::from_utf8_lossy(&buf);
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or(path);
-    match (method, path) {
-        ("GET" | "HEAD", PATH) if state == "ready" => respond(&mut stream, 200, "ready").await,
-        ("GET" | "HEAD", PATH) => respond(&mut stream, 503, state).await,
-        ("GET" | "HEAD", _) => respond(&mut stream, 404, "not found").await,
-        _ => respond(&mut stream, 405, "method not allowed").await,
-    }
-}
-
-async fn respond(stream: &mut TcpStream, code: u16, text: &str) -> std::io::Result<()> {
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
+    let Some(req) = read_request(&mut stream).await? else {
+        return Ok(());
     };
-    let body = format!("{text}\n");
-    let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    let (code, text) = match (req.method.as_str(), req.path.as_str()) {
+        ("GET" | "HEAD", PATH) if state == "ready" => (200, "ready"),
+        ("GET" | "HEAD", PATH) => (503, state),
+        ("GET" | "HEAD", _) => (404, "not found"),
+        _ => (405, "method not allowed"),
+    };
+    respond(&mut stream, code, "text/plain", &format!("{text}\n")).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get(addr: SocketAddr, request: &str) -> String {
         let mut s = TcpStream::connect(addr).await.expect("connect");

@@ -41,6 +41,33 @@ pub struct RawConfig {
     pub load_balancer: RawLoadBalancer,
     /// Restarts, upgrades and decommission, one node of the region at a time.
     pub fleet: RawFleet,
+    /// Prometheus metrics.
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// Bind address or policy (unauthenticated: loopback or private).
+    pub bind: Bind,
+    /// Port.
+    pub port: u16,
+    /// How often the broker's own figures are read (never per scrape).
+    pub scrape_every: Span,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: Bind::Loopback,
+            port: 7778,
+            scrape_every: Span(Duration::from_secs(15)),
+        }
+    }
 }
 
 /// `[fleet]`.

@@ -63,6 +63,8 @@ pub struct Settings {
     pub balancer: Option<crate::balancer::LbSettings>,
     /// Whether planned restarts take the region's lease.
     pub fleet: crate::fleet::Coordination,
+    /// Prometheus `/metrics`, when on.
+    pub metrics: Option<crate::metrics::MetricsSettings>,
 }
 
 /// Discovery as validated, with the JetStream bootstrap wait.
@@ -817,6 +819,17 @@ pub fn validate(
     let tls = apply_tls(&mut c, raw, env, &region, &state_dir, &mut server);
     let system_user = apply_auth(&mut c, raw, env, &state_dir, &mut server);
     let fleet = fleet::apply_fleet(&mut c, raw, env, system_user.as_ref(), &mut server);
+    let metrics = raw.metrics.enabled.then(|| {
+        let ip = c.bind("metrics.bind", raw.metrics.bind, Role::Monitoring, identity);
+        crate::metrics::MetricsSettings {
+            listen: std::net::SocketAddr::new(ip, raw.metrics.port),
+            scrape_every: raw
+                .metrics
+                .scrape_every
+                .0
+                .max(std::time::Duration::from_secs(1)),
+        }
+    });
     let balancer = balancer::apply_balancer(&mut c, raw, env, identity, &server);
     let publish = publish::apply_publish(&mut c, raw, env, &state_dir, &server, discovery.as_ref());
 
@@ -892,6 +905,7 @@ pub fn validate(
             publish,
             balancer,
             fleet,
+            metrics,
         })
     } else {
         Err(Problems(c.problems))

@@ -22,6 +22,7 @@ pub struct Daemon {
     pub version: String,
     pub client_port: u16,
     pub monitor_port: u16,
+    pub metrics_port: u16,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
     notes: Arc<Mutex<Vec<(Instant, String)>>>,
@@ -95,10 +96,15 @@ socket = "{socket}"
 
 [auth]
 mode = "none"
+
+[metrics]
+port = {metrics}
+scrape_every = "1s"
 "#,
                 binary = binary.display(),
                 state = self.dir.path().join("state").display(),
                 monitor = self.monitor_port,
+                metrics = self.metrics_port,
                 socket = self.socket().display(),
                 name = if cloud { "" } else { "name = \"n1\"" },
             ),
@@ -121,6 +127,7 @@ mode = "none"
             version: version.into(),
             client_port: free_port(),
             monitor_port: free_port(),
+            metrics_port: free_port(),
             child: None,
             log: Arc::new(Mutex::new(String::new())),
             notes: Arc::new(Mutex::new(Vec::new())),
