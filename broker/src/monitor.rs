@@ -197,6 +197,80 @@ pub struct Varz {
     /// Broker CPU percentage.
     #[serde(default)]
     pub cpu: f64,
+    /// JetStream, when enabled (and readable: a shape this code does not
+    /// know leaves it out rather than failing the whole `/varz`).
+    #[serde(default, deserialize_with = "lenient")]
+    pub jetstream: Option<VarzJetStream>,
+}
+
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).ok())
+}
+
+/// `/varz.jetstream` (the same shape from 2.9.10 to 2.15).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct VarzJetStream {
+    /// Its limits.
+    #[serde(default)]
+    pub config: JetStreamLimits,
+    /// Its usage.
+    #[serde(default)]
+    pub stats: JetStreamUsage,
+    /// The meta group, when clustered.
+    #[serde(default)]
+    pub meta: Option<JetStreamMeta>,
+}
+
+/// JetStream limits, bytes.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct JetStreamLimits {
+    /// Memory store limit.
+    #[serde(default)]
+    pub max_memory: i64,
+    /// File store limit.
+    #[serde(default)]
+    pub max_storage: i64,
+}
+
+/// JetStream usage, bytes.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct JetStreamUsage {
+    /// Memory store used.
+    #[serde(default)]
+    pub memory: u64,
+    /// File store used.
+    #[serde(default)]
+    pub storage: u64,
+    /// API requests and errors.
+    #[serde(default)]
+    pub api: JetStreamApi,
+}
+
+/// JetStream API counts.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct JetStreamApi {
+    /// Requests.
+    #[serde(default)]
+    pub total: u64,
+    /// Errors answered.
+    #[serde(default)]
+    pub errors: u64,
+}
+
+/// The meta group as this server sees it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct JetStreamMeta {
+    /// The leader's name, if there is one.
+    #[serde(default)]
+    pub leader: Option<String>,
+    /// Servers in the group.
+    #[serde(default)]
+    pub cluster_size: u64,
 }
 
 impl Varz {

@@ -270,6 +270,9 @@ impl prometheus_client::collector::Collector for Snapshot {
                 "Slow consumers the broker saw",
                 v.slow_consumers,
             )?;
+            if let Some(js) = &v.jetstream {
+                jetstream(&mut e, js)?;
+            }
             gauge(
                 &mut e,
                 "natsmesh_broker_resident_memory_bytes",
@@ -285,6 +288,65 @@ impl prometheus_client::collector::Collector for Snapshot {
         )?;
         Ok(())
     }
+}
+
+fn jetstream(
+    e: &mut DescriptorEncoder,
+    js: &natsmesh_broker::monitor::VarzJetStream,
+) -> Result<(), std::fmt::Error> {
+    let bytes = |n: i64| n.max(0) as f64;
+    gauge(
+        e,
+        "natsmesh_jetstream_memory_bytes",
+        "JetStream memory store used",
+        js.stats.memory as f64,
+    )?;
+    gauge(
+        e,
+        "natsmesh_jetstream_storage_bytes",
+        "JetStream file store used",
+        js.stats.storage as f64,
+    )?;
+    gauge(
+        e,
+        "natsmesh_jetstream_max_memory_bytes",
+        "JetStream memory store limit",
+        bytes(js.config.max_memory),
+    )?;
+    gauge(
+        e,
+        "natsmesh_jetstream_max_storage_bytes",
+        "JetStream file store limit",
+        bytes(js.config.max_storage),
+    )?;
+    counter(
+        e,
+        "natsmesh_jetstream_api_requests",
+        "JetStream API requests",
+        js.stats.api.total,
+    )?;
+    counter(
+        e,
+        "natsmesh_jetstream_api_errors",
+        "JetStream API requests answered with an error",
+        js.stats.api.errors,
+    )?;
+    if let Some(meta) = &js.meta {
+        let known = meta.leader.as_deref().is_some_and(|l| !l.is_empty());
+        gauge(
+            e,
+            "natsmesh_jetstream_meta_leader_known",
+            "1 while the JetStream meta group has a leader",
+            f64::from(u8::from(known)),
+        )?;
+        gauge(
+            e,
+            "natsmesh_jetstream_meta_cluster_size",
+            "Servers in the JetStream meta group",
+            meta.cluster_size as f64,
+        )?;
+    }
+    Ok(())
 }
 
 fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> Result<(), std::fmt::Error> {

@@ -62,6 +62,12 @@ fn metrics_follow_the_broker_and_pass_promtool() {
     );
     assert_eq!(value(&text, "natsmesh_broker_restarts_total"), Some(0.0));
     assert!(value(&text, "natsmesh_broker_resident_memory_bytes").unwrap() > 0.0);
+    // The harness's JetStream limits, as the broker reports them.
+    assert_eq!(
+        value(&text, "natsmesh_jetstream_max_storage_bytes"),
+        Some(256.0 * 1024.0 * 1024.0)
+    );
+    assert_eq!(value(&text, "natsmesh_jetstream_storage_bytes"), Some(0.0));
 
     // Traffic shows in the broker's counters.
     let before = value(&text, "natsmesh_broker_in_messages_total").unwrap();
