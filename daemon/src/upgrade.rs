@@ -99,6 +99,50 @@ pub fn take_handoff() -> Option<Result<HandoffFile, String>> {
     )
 }
 
+/// Runs `exe check` with this process's arguments (`run` becomes `check`)
+/// and environment (less systemd's notification socket): `Ok` when the new
+/// binary accepts the configuration, else what it said.
+pub async fn check_with(exe: &Path) -> Result<(), String> {
+    let args: Vec<OsString> = std::env::args_os()
+        .skip(1)
+        .map(|a| {
+            if a == "run" {
+                OsString::from("check")
+            } else {
+                a
+            }
+        })
+        .collect();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::process::Command::new(exe)
+            .args(&args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove(HANDOFF_ENV)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| format!("{} check did not answer within 30 s", exe.display()))?
+    .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    let said = said.trim();
+    Err(format!(
+        "{} check exited with {}: {}",
+        exe.display(),
+        out.status,
+        if said.is_empty() {
+            "no reason given"
+        } else {
+            said
+        }
+    ))
+}
+
 /// Replaces this process's image with `exe`, same arguments, same
 /// environment plus the handoff's path. Returns only on failure.
 pub fn exec_self(exe: &Path, handoff: &Path) -> String {

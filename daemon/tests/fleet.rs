@@ -708,3 +708,48 @@ fn upgrades_a_new_natsmeshd_keeps_the_brokers_and_a_new_broker_rolls() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_new_natsmeshd_that_refuses_the_configuration_is_not_taken() {
+    let bins = tempfile::Builder::new()
+        .prefix("natsmesh-bins-")
+        .tempdir()
+        .unwrap();
+    let exe = bins.path().join("natsmeshd");
+    std::fs::copy(common::NATSMESHD, &exe).unwrap();
+    let mut d = Daemon::start(
+        CURRENT,
+        Options {
+            natsmeshd: Some(exe.clone()),
+            ..options("")
+        },
+    );
+    let before = d.wait_ready();
+    // A "new release" that refuses this configuration.
+    let staged = bins.path().join(".natsmeshd.new");
+    std::fs::write(
+        &staged,
+        "#!/bin/sh\necho 'natsmesh.toml: broker.frobnicate: unknown key' >&2\nexit 2\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &exe).unwrap();
+    let s = d.wait_status(
+        "the refusal reported",
+        |s| {
+            s.warnings
+                .iter()
+                .any(|w| w.contains("new natsmeshd not taken"))
+        },
+        Duration::from_secs(20),
+    );
+    let warning = s.warnings.join("\n");
+    assert!(
+        warning.contains("broker.frobnicate: unknown key"),
+        "{warning}"
+    );
+    assert_eq!(s.broker_pid, before.broker_pid, "the broker keeps running");
+    assert_eq!(s.state, "ready");
+    assert!(!d.log().contains("re-executing natsmeshd"), "{}", d.log());
+}

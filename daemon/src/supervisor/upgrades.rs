@@ -83,6 +83,17 @@ impl Supervisor {
             let _ = tokio::time::timeout(Duration::from_secs(2), held.release()).await;
         }
         self.status.fleet.clear();
+        // The new binary must accept this configuration before it gets the
+        // broker: an image that refused it would exit, and the broker with it.
+        if let Err(e) = upgrade::check_with(&exe).await {
+            tracing::error!(error = %e, "the new natsmeshd refuses this configuration; this one keeps running");
+            self.status
+                .warnings
+                .push(format!("new natsmeshd not taken: {e}"));
+            self.exe = upgrade::file_id(&exe).map(|id| (exe, id));
+            self.publish();
+            return;
+        }
         let Some(run) = self.running.as_mut() else {
             tracing::warn!(
                 "no broker running: the new natsmeshd binary takes over at the next start"
