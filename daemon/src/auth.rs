@@ -188,25 +188,50 @@ pub async fn local_client(
         .map_err(|e| e.to_string())
 }
 
-/// Every server's account names, from `$SYS.REQ.SERVER.PING.ACCOUNTZ`
-/// (answers gathered for a second), as (server name, accounts).
-pub async fn accounts_of_all(
+/// Sends a `$SYS` ping (`subject`, every server answers) and gathers the
+/// answers that arrive within `wait`.
+pub async fn sys_ping(
     client: &async_nats::Client,
-) -> Result<Vec<(String, std::collections::BTreeSet<String>)>, String> {
+    subject: &'static str,
+    body: String,
+    wait: std::time::Duration,
+) -> Result<Vec<async_nats::Message>, String> {
     use futures_util::StreamExt as _;
     let inbox = client.new_inbox();
     let mut sub = client
         .subscribe(inbox.clone())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("$SYS subscribe: {e}"))?;
     client
-        .publish_with_reply("$SYS.REQ.SERVER.PING.ACCOUNTZ", inbox, "{}".into())
+        .publish_with_reply(subject, inbox, body.into())
         .await
-        .map_err(|e| e.to_string())?;
-    client.flush().await.map_err(|e| e.to_string())?;
+        .map_err(|e| format!("$SYS request: {e}"))?;
+    client
+        .flush()
+        .await
+        .map_err(|e| format!("$SYS request: {e}"))?;
     let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + wait;
     while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+        out.push(msg);
+    }
+    Ok(out)
+}
+
+/// Every server's account names, from `$SYS.REQ.SERVER.PING.ACCOUNTZ`
+/// (answers gathered for a second), as (server name, accounts).
+pub async fn accounts_of_all(
+    client: &async_nats::Client,
+) -> Result<Vec<(String, std::collections::BTreeSet<String>)>, String> {
+    let answers = sys_ping(
+        client,
+        "$SYS.REQ.SERVER.PING.ACCOUNTZ",
+        "{}".into(),
+        std::time::Duration::from_secs(1),
+    )
+    .await?;
+    let mut out = Vec::new();
+    for msg in answers {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&msg.payload) else {
             continue;
         };

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use natsmesh_broker::monitor::{Monitor, Varz};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::TypedMetric;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
@@ -123,45 +124,34 @@ struct Snapshot {
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.status;
-        let up = |b: bool| i64::from(b);
-        // A labelled family: one descriptor, one sample per state.
-        {
-            let mut m = e.encode_descriptor(
-                "natsmesh_state",
-                "Supervisor state: 1 for the state natsmeshd is in",
-                None,
-                ConstGauge::<i64>::new(0).metric_type(),
-            )?;
-            for state in State::ALL {
-                let labels = [("state", state.as_str())];
-                ConstGauge::new(up(s.state == state.as_str())).encode(m.encode_family(&labels)?)?;
-            }
-        }
+        let up = |b: bool| ConstGauge::new(i64::from(b));
+        family(
+            &mut e,
+            "natsmesh_state",
+            "Supervisor state: 1 for the state natsmeshd is in",
+            "state",
+            State::ALL.map(|state| (state.as_str(), up(s.state == state.as_str()))),
+        )?;
         gauge(
             &mut e,
             "natsmesh_state_since_timestamp_seconds",
             "When the supervisor entered its state",
             s.since_unix_ms as f64 / 1000.0,
         )?;
-        {
-            let mut m = e.encode_descriptor(
-                "natsmesh_probe_ok",
-                "Probe outcome: 1 when it passed (alive, serving, jetstream current)",
-                None,
-                ConstGauge::<i64>::new(0).metric_type(),
-            )?;
-            let probes = [
-                ("alive", s.alive.starts_with("answered")),
-                ("serving", s.serving == "accepting clients"),
+        family(
+            &mut e,
+            "natsmesh_probe_ok",
+            "Probe outcome: 1 when it passed (alive, serving, jetstream current)",
+            "probe",
+            [
+                ("alive", up(s.alive.starts_with("answered"))),
+                ("serving", up(s.serving == "accepting clients")),
                 (
                     "jetstream",
-                    s.jetstream == "JetStream current" || s.jetstream == "JetStream off",
+                    up(s.jetstream == "JetStream current" || s.jetstream == "JetStream off"),
                 ),
-            ];
-            for (name, ok) in probes {
-                ConstGauge::new(up(ok)).encode(m.encode_family(&[("probe", name)])?)?;
-            }
-        }
+            ],
+        )?;
         counter(
             &mut e,
             "natsmesh_broker_restarts",
@@ -180,17 +170,16 @@ impl prometheus_client::collector::Collector for Snapshot {
             "Kills of a hung broker",
             s.hang_kills,
         )?;
-        {
-            let mut m = e.encode_descriptor(
-                "natsmesh_reloads",
-                "Configuration reloads by outcome",
-                None,
-                ConstCounter::<u64>::new(0).metric_type(),
-            )?;
-            for (result, n) in [("ok", s.reloads_ok), ("refused", s.reloads_failed)] {
-                ConstCounter::new(n).encode(m.encode_family(&[("result", result)])?)?;
-            }
-        }
+        family(
+            &mut e,
+            "natsmesh_reloads",
+            "Configuration reloads by outcome",
+            "result",
+            [
+                ("ok", ConstCounter::new(s.reloads_ok)),
+                ("refused", ConstCounter::new(s.reloads_failed)),
+            ],
+        )?;
         gauge(
             &mut e,
             "natsmesh_restart_pending",
@@ -345,6 +334,22 @@ fn jetstream(
             "Servers in the JetStream meta group",
             meta.cluster_size as f64,
         )?;
+    }
+    Ok(())
+}
+
+/// One labelled family: a descriptor, then a sample per `(value, metric)`
+/// of the label `key`.
+fn family<M: EncodeMetric + TypedMetric>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    key: &str,
+    samples: impl IntoIterator<Item = (&'static str, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, M::TYPE)?;
+    for (value, metric) in samples {
+        metric.encode(m.encode_family(&[(key, value)])?)?;
     }
     Ok(())
 }

@@ -31,18 +31,21 @@ impl Holder {
             server: server.to_owned(),
             nonce: nonce.to_owned(),
             why: why.to_owned(),
-            since_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                .unwrap_or(0),
+            since_unix_ms: now_unix_ms(),
         }
     }
 
     fn describe(&self) -> String {
-        let now = Holder::new("", "", "").since_unix_ms;
-        let secs = now.saturating_sub(self.since_unix_ms) / 1000;
+        let secs = now_unix_ms().saturating_sub(self.since_unix_ms) / 1000;
         format!("{} for {secs} s ({})", self.server, self.why)
     }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// The bucket of a region: letters, digits, `-` and `_` only.

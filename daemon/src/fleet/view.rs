@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use serde::Deserialize;
 
 /// One server's answer.
@@ -125,26 +124,16 @@ pub async fn gather(
     cluster: &str,
     wait: Duration,
 ) -> Result<View, String> {
-    let inbox = sys.new_inbox();
-    let mut sub = sys
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| format!("$SYS subscribe: {e}"))?;
     let body = serde_json::json!({
         "accounts": true,
         "streams": true,
         "config": true,
         "cluster": cluster,
     });
-    sys.publish_with_reply("$SYS.REQ.SERVER.PING.JSZ", inbox, body.to_string().into())
-        .await
-        .map_err(|e| format!("$SYS request: {e}"))?;
-    sys.flush()
-        .await
-        .map_err(|e| format!("$SYS request: {e}"))?;
+    let answers =
+        crate::auth::sys_ping(sys, "$SYS.REQ.SERVER.PING.JSZ", body.to_string(), wait).await?;
     let mut view = View::default();
-    let deadline = tokio::time::Instant::now() + wait;
-    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+    for msg in answers {
         match serde_json::from_slice::<Answer>(&msg.payload) {
             Ok(a) if a.server.cluster == cluster => view.answers.push(a),
             Ok(_) => {}
