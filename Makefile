@@ -3,13 +3,16 @@
 #   make test   set up and run every test
 #   make lint   rustfmt and clippy, warnings as errors
 #   make ci     lint + test, as CI runs it
+#   make deb    the natsmesh and natsmesh-broker .debs in target/packages/
+#   make rpm    the same as .rpms
 
 CARGO   ?= cargo
 BROKERS ?= $(or $(NATSMESH_BROKERS),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/natsmesh/brokers)
 CURRENT := 2.15.1
 export NATSMESH_BROKERS := $(BROKERS)
 
-.PHONY: run test lint fmt clippy ci brokers tools bench unit-security
+PACKAGES := target/packages
+.PHONY: run test lint fmt clippy ci brokers tools bench unit-security packages deb rpm release stage-broker package-tools manpage
 
 # The pinned current nats-server is installed (hash-checked) when missing
 # and put first on PATH; natsmeshd finds it there by default.
@@ -21,10 +24,15 @@ run:
 brokers:
 	scripts/install-brokers
 
-tools:
+tools: package-tools
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
 
-test: brokers tools
+package-tools:
+	@command -v cargo-deb >/dev/null || $(CARGO) install --locked cargo-deb
+	@command -v cargo-generate-rpm >/dev/null || $(CARGO) install --locked cargo-generate-rpm
+
+# The install tests boot Debian 12 and 13 and apt-get install these.
+test: brokers tools packages
 	$(CARGO) nextest run --workspace --profile $(if $(CI),ci,default)
 
 fmt:
@@ -36,6 +44,30 @@ clippy:
 lint: fmt clippy
 
 ci: lint test
+
+release:
+	$(CARGO) build --release --locked -p natsmesh
+
+# The pinned broker and its licence, from the hash-checked artefact.
+stage-broker:
+	scripts/install-brokers $(CURRENT)
+	install -D -m 0755 $(BROKERS)/$(CURRENT)/nats-server target/natsmesh-broker/nats-server
+	install -D -m 0644 $(BROKERS)/$(CURRENT)/LICENSE target/natsmesh-broker/LICENSE
+
+packages: deb rpm
+
+# The manual page, from the same definitions as --help.
+manpage: release
+	install -d target/man
+	target/release/natsmeshd manpage | gzip -9n > target/man/natsmeshd.8.gz
+
+deb: package-tools release stage-broker manpage
+	$(CARGO) deb -p natsmesh --no-build -o $(PACKAGES)/
+	$(CARGO) deb -p natsmesh-broker --no-build --deb-version $(CURRENT)-1 -o $(PACKAGES)/
+
+rpm: package-tools release stage-broker manpage
+	$(CARGO) generate-rpm -p daemon -o $(PACKAGES)/
+	$(CARGO) generate-rpm -p broker -s 'version = "$(CURRENT)"' -o $(PACKAGES)/
 
 # systemd's exposure score for the unit beside nats-server's hardened sample.
 unit-security:

@@ -76,6 +76,9 @@ enum Cmd {
     /// Client users.
     #[command(subcommand)]
     User(UserCmd),
+    /// Print the natsmeshd(8) manual page (roff), for the packages.
+    #[command(hide = true)]
+    Manpage,
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,8 +152,24 @@ enum CaCmd {
     },
 }
 
+/// The manual page, from the same definitions as `--help`.
+fn manpage() -> ExitCode {
+    use clap::CommandFactory as _;
+    let page = clap_mangen::Man::new(Cli::command()).section("8");
+    match page.render(&mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("natsmeshd: cannot write the manual page: {e}");
+            ExitCode::from(EXIT_FAILURE as u8)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Manpage = cli.command {
+        return manpage();
+    }
     natsmesh::logging::init();
     // One thread: the broker is forked from it, and PR_SET_PDEATHSIG is tied
     // to the forking thread, which must live as long as the broker.

@@ -635,6 +635,26 @@ fn dns_publish_writes_discoverys_records_for_this_node() {
     }
     assert_eq!(p.state_file, s.state_dir.join("dns-published.json"));
 
+    // The packaged unit loads /etc/natsmesh/credentials as a whole, which
+    // systemd names `natsmesh_<file>`: the same setting finds it there.
+    std::fs::rename(
+        f.dir.path().join("creds/do-token"),
+        f.dir.path().join("creds/natsmesh_do-token"),
+    )
+    .unwrap();
+    let s = validate(&load(&sources).unwrap(), &env).unwrap();
+    match &s.publish.unwrap().backend {
+        natsmesh::publish::BackendSettings::Api { token_file, .. } => {
+            assert_eq!(token_file, &f.dir.path().join("creds/natsmesh_do-token"));
+        }
+        other => panic!("{other:?}"),
+    }
+    std::fs::rename(
+        f.dir.path().join("creds/natsmesh_do-token"),
+        f.dir.path().join("creds/do-token"),
+    )
+    .unwrap();
+
     // Linode keeps SRV records at a Domain's apex: one Domain per region,
     // and only its fixed TTLs.
     f.write(
@@ -778,4 +798,31 @@ fn load_balancer_membership_needs_the_providers_identity_and_a_port_of_its_own()
     ] {
         assert!(keys.contains(&key), "{key} missing from {problems:?}");
     }
+}
+
+/// The packaged /etc/natsmesh/natsmesh.toml: its settings validate, and
+/// the commented example of a cloud node names only real keys with values
+/// of the right type.
+#[test]
+fn the_packaged_defaults_and_their_commented_example_are_valid() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/natsmesh.toml"),
+    )
+    .unwrap();
+    let packaged: natsmesh::config::schema::RawConfig = toml::from_str(&text).unwrap();
+    assert_eq!(
+        packaged.broker.binary,
+        Path::new("/usr/lib/natsmesh/nats-server")
+    );
+
+    let start = text.find("# [node]").expect("the example section");
+    let example: String = text[start..]
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|l| format!("{}\n", l.strip_prefix(' ').unwrap_or(l)))
+        .collect();
+    let parsed: Result<natsmesh::config::schema::RawConfig, _> = toml::from_str(&example);
+    let parsed = parsed.unwrap_or_else(|e| panic!("{e}\n{example}"));
+    assert_eq!(parsed.node.region.as_deref(), Some("fra1"));
+    assert!(parsed.discovery.enabled && parsed.broker.gateway.enabled);
 }

@@ -57,6 +57,11 @@ fn installed() -> Root {
         0o644,
     );
     root.install(
+        &packaging("natsmesh-tmpfiles.conf"),
+        "/usr/lib/tmpfiles.d/natsmesh.conf",
+        0o644,
+    );
+    root.install(
         &packaging("natsmesh.toml"),
         "/etc/natsmesh/natsmesh.toml",
         0o644,
@@ -205,16 +210,12 @@ fn without_a_configuration_the_unit_does_not_start() {
 fn a_dns_token_arrives_as_a_credential_and_goes_nowhere_else() {
     const TOKEN: &str = "dop_v1_natsmesh-test-4b1d0c0ffee";
     let root = installed();
-    // Readable by root only; the service user gets it through systemd.
+    // Readable by root only; the service user gets it through systemd
+    // (the unit loads the whole directory).
     root.write(
         "/etc/natsmesh/credentials/dns-token",
         &format!("{TOKEN}\n"),
         0o600,
-    );
-    root.write(
-        "/etc/systemd/system/natsmeshd.service.d/dns.conf",
-        "[Service]\nLoadCredential=dns-token:/etc/natsmesh/credentials/dns-token\n",
-        0o644,
     );
     let c = root.boot();
     // The provider's API, on the container's own loopback.

@@ -920,7 +920,7 @@ impl Checker<'_> {
             return path.to_path_buf();
         }
         if credential && let Some(dir) = &env.credentials_dir {
-            return dir.join(path);
+            return credential_path(dir, path);
         }
         match self.loaded.origins.get(key).map(|l| &l.source) {
             Some(Source::File(f)) => f
@@ -936,6 +936,22 @@ impl Checker<'_> {
             self.problem(key, format!("cannot read {}: {e}", path.display()));
         }
     }
+}
+
+/// The packaged unit loads the directory /etc/natsmesh/credentials whole
+/// (`LoadCredential=natsmesh:/etc/natsmesh/credentials`), and systemd names
+/// each of its files `natsmesh_<file>`.
+const PACKAGED_CREDENTIAL_PREFIX: &str = "natsmesh_";
+
+/// A credential named `name`: `$CREDENTIALS_DIRECTORY/<name>` as loaded
+/// one by one, else the file of that name from the packaged directory.
+fn credential_path(dir: &Path, name: &Path) -> PathBuf {
+    let own = dir.join(name);
+    if own.exists() {
+        return own;
+    }
+    let packaged = dir.join(format!("{PACKAGED_CREDENTIAL_PREFIX}{}", name.display()));
+    if packaged.exists() { packaged } else { own }
 }
 
 /// TLS from `[tls]`: which certificate, which names it must cover, and a
