@@ -85,8 +85,13 @@ impl Monitor {
         }
     }
 
-    /// GET `path` (with query).
+    /// GET `path` (with query), keeping at most [`MAX_BODY`] of the answer.
     pub async fn get(&self, path: &str) -> Http {
+        self.get_up_to(path, MAX_BODY).await
+    }
+
+    /// GET `path`, keeping at most `max` bytes of the answer.
+    pub async fn get_up_to(&self, path: &str, max: usize) -> Http {
         let req = self.http.get(format!("{}{path}", self.base)).send();
         match tokio::time::timeout(self.timeout, req).await {
             Err(_) => Http::Timeout,
@@ -105,7 +110,7 @@ impl Monitor {
                     Err(_) => Http::Timeout,
                     Ok(Err(e)) => Http::Failed(e.to_string()),
                     Ok(Ok(b)) => {
-                        let body = String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned();
+                        let body = String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned();
                         Http::Answered { status, body }
                     }
                 }
@@ -115,13 +120,39 @@ impl Monitor {
 
     /// `/varz`, parsed.
     pub async fn varz(&self) -> Result<Varz, Http> {
-        match self.get("/varz").await {
+        self.json("/varz").await
+    }
+
+    /// `/gatewayz` (connections only, no per-account detail), parsed.
+    pub async fn gatewayz(&self) -> Result<Gatewayz, Http> {
+        self.json("/gatewayz?accs=0").await
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Http> {
+        match self.get(path).await {
             Http::Answered { status: 200, body } => {
-                serde_json::from_str(&body).map_err(|e| Http::Failed(format!("bad /varz: {e}")))
+                serde_json::from_str(&body).map_err(|e| Http::Failed(format!("bad {path}: {e}")))
             }
             other => Err(other),
         }
     }
+}
+
+/// The most of a monitoring answer kept: `/varz` of a server with many
+/// gateways, routes and tags runs to several KiB; this only bounds a
+/// broker gone wrong.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// The parts of `/gatewayz` natsmesh reads: which regions this server has
+/// a gateway connection to, each way.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct Gatewayz {
+    /// Connections this server made, by remote gateway (region) name.
+    #[serde(default)]
+    pub outbound_gateways: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Connections other servers made here, by remote gateway name.
+    #[serde(default)]
+    pub inbound_gateways: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// A TLS configuration that trusts nothing: for clients that only speak

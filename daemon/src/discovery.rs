@@ -26,6 +26,8 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::rr::RData;
 use natsmesh_broker::model::HostPort;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -312,16 +314,47 @@ fn lookup_error(name: &str, e: &NetError) -> LookupError {
     }
 }
 
+/// How following DNS goes, for `/metrics`; written by [`follow`].
+#[derive(Debug, Default)]
+pub struct Health {
+    /// When a lookup last answered (Unix milliseconds; 0: not yet).
+    pub last_ok_unix_ms: AtomicU64,
+    /// Lookups that gave nothing usable.
+    pub failures: AtomicU64,
+    /// Routes in the last good answer (this server's included).
+    pub routes: AtomicU64,
+    /// Regions in the last good TXT answer (0: regions come from the
+    /// configuration).
+    pub regions: AtomicU64,
+}
+
+impl Health {
+    fn record(&self, found: &Found) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        self.last_ok_unix_ms
+            .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.routes
+            .store(found.routes.len() as u64, Ordering::Relaxed);
+        self.regions.store(
+            found.regions.as_ref().map_or(0, |r| r.len() as u64),
+            Ordering::Relaxed,
+        );
+    }
+}
+
 /// Follows DNS: looks up again when the answer's TTL runs out (within the
 /// bounds), publishes a changed answer, keeps the last good one through
 /// failures (retried with backoff).
-pub async fn follow(discovery: Discovery, tx: watch::Sender<Found>) {
+pub async fn follow(discovery: Discovery, tx: watch::Sender<Found>, health: Arc<Health>) {
     let s = discovery.settings().clone();
     let mut failures = 0u32;
     loop {
         let wait = match discovery.lookup().await {
             Ok((found, refresh)) => {
                 failures = 0;
+                health.record(&found);
                 tx.send_if_modified(|current| {
                     if *current == found {
                         false
@@ -335,6 +368,7 @@ pub async fn follow(discovery: Discovery, tx: watch::Sender<Found>) {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
+                health.failures.fetch_add(1, Ordering::Relaxed);
                 let wait = retry_wait(&s, failures, e.negative_ttl);
                 tracing::warn!(error = %e, retry_in = ?wait, "DNS lookup failed; keeping the last good peers");
                 wait

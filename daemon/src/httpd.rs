@@ -3,8 +3,7 @@
 //! request, a complete answer, then close. Both endpoints answer from
 //! state natsmeshd already holds, so nothing here waits on anything else.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Requests larger than this are refused.
 const MAX_REQUEST: usize = 4096;
@@ -22,7 +21,9 @@ pub struct Request {
 
 /// What was asked, or `None` for a request too large (already answered
 /// with 431).
-pub async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<Request>> {
+pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<Option<Request>> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -55,8 +56,8 @@ pub async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<Requ
 }
 
 /// Writes a whole answer and closes.
-pub async fn respond(
-    stream: &mut TcpStream,
+pub async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     code: u16,
     content_type: &str,
     body: &str,

@@ -68,7 +68,19 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     let metrics = match &settings.metrics {
         None => None,
         Some(m) => match tokio::net::TcpListener::bind(m.listen).await {
-            Ok(l) => Some((l, *m, crate::metrics::broker_monitor(&settings))),
+            Ok(l) => {
+                let gateways = settings
+                    .server
+                    .gateway
+                    .as_ref()
+                    .map(|g| g.gateways.iter().filter(|r| r.name != g.name).count() as u64);
+                Some((
+                    l,
+                    m.clone(),
+                    crate::metrics::broker_monitor(&settings),
+                    gateways,
+                ))
+            }
             Err(e) => {
                 tracing::warn!(listen = %m.listen, error = %e, "cannot serve /metrics; running without");
                 None
@@ -94,10 +106,14 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
             return crate::EXIT_FAILURE;
         }
     };
+    let discovery_health = followed
+        .as_ref()
+        .map(|_| std::sync::Arc::new(crate::discovery::Health::default()));
     let follower = followed.map(|(discovery, found, _)| {
         let (tx, rx) = tokio::sync::watch::channel(found);
         supervisor.follow(rx);
-        tokio::spawn(crate::discovery::follow(discovery, tx))
+        let health = discovery_health.clone().unwrap_or_default();
+        tokio::spawn(crate::discovery::follow(discovery, tx, health))
     });
     let publisher = publish.map(|p| {
         let (up_tx, up_rx) = tokio::sync::watch::channel(crate::supervisor::Announced::default());
@@ -111,8 +127,14 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     });
     let ready =
         ready_listener.map(|l| tokio::spawn(crate::balancer::ready::serve(l, status.clone())));
-    let metrics = metrics.and_then(|(l, m, broker)| {
-        broker.map(|b| tokio::spawn(crate::metrics::serve(l, m, status.clone(), b)))
+    let metrics = metrics.and_then(|(l, m, broker, gateways)| {
+        let sources = crate::metrics::Sources {
+            status: status.clone(),
+            broker: broker?,
+            discovery: discovery_health.clone(),
+            gateways_configured: gateways,
+        };
+        Some(tokio::spawn(crate::metrics::serve(l, m, sources)))
     });
     let member = balancer.map(|b| {
         let (tx, rx) = tokio::sync::watch::channel(crate::supervisor::Announced::default());

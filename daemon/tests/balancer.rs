@@ -100,12 +100,15 @@ fn a_hung_broker_leaves_the_balancer_and_returns() {
     wait_for("registered", Duration::from_secs(20), || {
         fleet.lb.registered() == vec![droplet_id(1)]
     });
+    let registered = "natsmesh_load_balancer_registered";
+    a.wait_metric(registered, Duration::from_secs(10), |v| v == 1.0);
     common::signal(pid, "STOP");
     wait_for(
         "deregistered while not serving",
         Duration::from_secs(20),
         || fleet.lb.registered().is_empty(),
     );
+    a.wait_metric(registered, Duration::from_secs(10), |v| v == 0.0);
     a.wait_status(
         "a new broker serves",
         |s| s.state == "ready" && s.broker_pid != Some(pid),
@@ -113,6 +116,7 @@ fn a_hung_broker_leaves_the_balancer_and_returns() {
     );
     fleet.wait_in_service(&[droplet_id(1)], "back in service");
     connect_through(&fleet.lb).unwrap();
+    a.wait_metric(registered, Duration::from_secs(10), |v| v == 1.0);
 }
 
 #[test]

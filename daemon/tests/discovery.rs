@@ -79,6 +79,23 @@ fn a_region_forms_from_dns_and_follows_it() {
             a.log()
         );
         assert_eq!(list, rendered_routes(&b), "{v}");
+        // /metrics: what DNS said, and when.
+        a.wait_metric("natsmesh_discovery_routes", Duration::from_secs(10), |n| {
+            n == 3.0
+        });
+        let last = a.wait_metric(
+            "natsmesh_discovery_last_success_timestamp_seconds",
+            Duration::from_secs(10),
+            |t| t > 0.0,
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            (now - last).abs() < 30.0,
+            "{v}: last lookup at {last}, now {now}"
+        );
         let pids: Vec<_> = [&mut a, &mut b, &mut c]
             .iter_mut()
             .map(|d| d.status().unwrap().broker_pid)

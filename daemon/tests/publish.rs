@@ -394,6 +394,11 @@ fn a_provider_outage_never_blocks_serving_or_stopping() {
         a.log().contains("DNS publication failed")
     });
     assert!(a.log().contains("500"), "{}", a.log());
+    a.wait_metric(
+        "natsmesh_provider_api_errors_total{purpose=\"dns_publish\",provider=\"digitalocean\",status=\"500\"}",
+        Duration::from_secs(10),
+        |n| n >= 1.0,
+    );
     let dns = a.status().unwrap().dns;
     assert!(
         dns.starts_with("publication failing via digitalocean"),
@@ -403,6 +408,9 @@ fn a_provider_outage_never_blocks_serving_or_stopping() {
     fake.state.lock().unwrap().fault = Fault::None;
     wait_for("published after recovery", Duration::from_secs(30), || {
         srv_targets(&bind) == targets(&[1])
+    });
+    a.wait_metric("natsmesh_dns_published", Duration::from_secs(10), |v| {
+        v == 1.0
     });
     // Down again at stop: the stop waits withdraw_timeout, no longer.
     fake.state.lock().unwrap().fault = Fault::Status(500);

@@ -363,6 +363,28 @@ fn renewal_never_disturbs_a_connected_client() {
             .filter(|e| e.as_str() != "connected")
             .collect();
         assert!(trouble.is_empty(), "{v}: the client saw {events:?}");
+        // /metrics shows the certificate in use: 12 s certificates expire
+        // within 12 s of now, whichever renewal is current.
+        let expiry = d.wait_metric(
+            "natsmesh_certificate_expiry_timestamp_seconds",
+            Duration::from_secs(5),
+            |t| t > 0.0,
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            expiry > now - 1.0 && expiry < now + 13.0,
+            "{v}: {expiry} vs {now}"
+        );
+        assert_eq!(
+            common::metric(
+                &d.metrics().unwrap(),
+                "natsmesh_certificate_renewal_failing"
+            ),
+            Some(0.0)
+        );
         let renewals = d.log().matches("certificate renewal: reloaded").count();
         let confirmed = d.log().matches("confirmed=true").count();
         assert!(renewals >= 3, "{v}: only {renewals} renewals\n{}", d.log());
@@ -671,6 +693,20 @@ fn two_regions_link_over_mutual_tls_gateways() {
         });
         let vz = varz(&a);
         assert_eq!(vz["gateway"]["tls_required"], true, "{v}: {vz}");
+        // /metrics: each region has the one gateway it should have.
+        for d in [&a, &b] {
+            d.wait_metric(
+                "natsmesh_broker_gateway_regions_connected",
+                Duration::from_secs(10),
+                |n| n == 1.0,
+            );
+            let text = d.metrics().unwrap();
+            assert_eq!(
+                common::metric(&text, "natsmesh_gateway_regions_expected"),
+                Some(1.0),
+                "{v}: {text}"
+            );
+        }
         // Renewal with gateways: a reload from 2.11.4 on; before that a
         // restart, because implicit gateways would keep the old certificate.
         let old_gw = natsmesh_harness::semver(v) < natsmesh_harness::semver("2.11.4");
@@ -863,7 +899,8 @@ fn monitoring_over_https_when_asked() {
             &pki.path("i1/fra1.key"),
             "1h",
         )
-        .replace("client = \"required\"\n", "monitoring = true\n");
+        .replace("client = \"required\"\n", "monitoring = true\n")
+            + "\n[metrics]\ntls = true\n";
         let mut d = Daemon::start(
             v,
             Options {
@@ -913,19 +950,50 @@ fn monitoring_over_https_when_asked() {
             .unwrap()
             .with_root_certificates(store)
             .with_no_client_auth();
+            let cfg_for_metrics = cfg.clone();
             let m = natsmesh_broker::monitor::Monitor::with_tls(
                 format!("127.0.0.1:{}", d.monitor_port).parse().unwrap(),
                 Duration::from_secs(2),
                 cfg,
             );
-            m.get("/healthz").await
+            let healthz = m.get("/healthz").await;
+            // natsmeshd's /metrics over HTTPS with the node certificate,
+            // reading the broker's figures over HTTPS too.
+            let metrics = natsmesh_broker::monitor::Monitor::with_tls(
+                format!("127.0.0.1:{}", d.metrics_port).parse().unwrap(),
+                Duration::from_secs(2),
+                cfg_for_metrics,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let scraped = loop {
+                let got = metrics.get("/metrics").await;
+                let done = matches!(&got, natsmesh_broker::monitor::Http::Answered { status: 200, body } if body.contains("\nnatsmesh_broker_up 1"));
+                if done || Instant::now() > deadline {
+                    break got;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            (healthz, scraped)
         });
+        let (healthz, scraped) = body;
         assert!(
             matches!(
-                body,
+                healthz,
                 natsmesh_broker::monitor::Http::Answered { status: 200, .. }
             ),
-            "{v}: {body:?}"
+            "{v}: {healthz:?}"
         );
+        assert!(
+            matches!(&scraped, natsmesh_broker::monitor::Http::Answered { status: 200, body } if body.contains("\nnatsmesh_broker_up 1")),
+            "{v}: {scraped:?}\n{}",
+            d.log()
+        );
+        // Plain HTTP on the metrics port gets nothing.
+        let plain = ureq::get(&format!("http://127.0.0.1:{}/metrics", d.metrics_port))
+            .config()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .call();
+        assert!(plain.is_err(), "{v}: /metrics answered plain HTTP");
     });
 }

@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::{Health, LbError, Setup};
-use crate::provider::rest::{Flavor, Rest, RestError};
+use crate::provider::rest::{Flavor, Purpose, Rest, RestError};
 
 /// One balancer, seen from one droplet.
 pub struct DigitalOcean {
@@ -22,7 +22,7 @@ impl DigitalOcean {
     /// Nothing is contacted yet.
     pub fn new(base: &str, lb_id: &str, droplet_id: u64) -> Result<Self, String> {
         Ok(Self {
-            rest: Rest::new(Flavor::DigitalOcean, base)?,
+            rest: Rest::new(Flavor::DigitalOcean, base, Purpose::LoadBalancer)?,
             lb_id: lb_id.to_owned(),
             droplet_id,
         })

@@ -16,7 +16,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::{Health, LbError, Rule, Setup};
-use crate::provider::rest::{Flavor, Rest, RestError};
+use crate::provider::rest::{Flavor, Purpose, Rest, RestError};
 
 /// One NodeBalancer, seen from one Linode.
 pub struct Linode {
@@ -45,7 +45,7 @@ impl Linode {
         name: &str,
     ) -> Result<Self, String> {
         Ok(Self {
-            rest: Rest::new(Flavor::Linode, base)?,
+            rest: Rest::new(Flavor::Linode, base, Purpose::LoadBalancer)?,
             nb_id: nb_id.to_owned(),
             address: format!("{private}:{client_port}"),
             label: label(name),

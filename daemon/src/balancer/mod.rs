@@ -375,9 +375,10 @@ pub async fn follow(
     mut status: watch::Receiver<Status>,
     up: watch::Sender<Announced>,
 ) {
-    let tell = |may_receive: bool, line: String| {
+    let tell = |may_receive: bool, member: Option<bool>, line: String| {
         up.send_replace(Announced {
             up: may_receive,
+            member,
             line,
         });
     };
@@ -385,7 +386,7 @@ pub async fn follow(
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "load-balancer membership cannot start");
-            tell(false, format!("not managed: {e}"));
+            tell(false, None, format!("not managed: {e}"));
             return;
         }
     };
@@ -427,6 +428,7 @@ pub async fn follow(
                         );
                         tell(
                             found.registered,
+                            Some(found.registered),
                             format!("not joining {name}: {}", setup_wrong.join("; ")),
                         );
                     } else if member != Some(found.registered) {
@@ -437,7 +439,7 @@ pub async fn follow(
                         } else {
                             format!("not in {name}")
                         };
-                        tell(found.registered, line);
+                        tell(found.registered, Some(found.registered), line);
                     }
                     member = Some(found.registered);
                     setup = Some(found);
@@ -453,7 +455,11 @@ pub async fn follow(
                     };
                     retry_at = Some(Instant::now() + wait);
                     tracing::warn!(balancer = %name, error = %e, retry_in = ?wait, "cannot read the load balancer");
-                    tell(member.unwrap_or(false), format!("cannot read {name}: {e}"));
+                    tell(
+                        member.unwrap_or(false),
+                        member,
+                        format!("cannot read {name}: {e}"),
+                    );
                 }
             }
             continue;
@@ -478,6 +484,7 @@ pub async fn follow(
                     retry_at = Some(Instant::now() + retry_wait(failures, None));
                     tell(
                         member.unwrap_or(false),
+                        member,
                         format!("cannot act on {name}: {e}"),
                     );
                     continue;
@@ -496,10 +503,10 @@ pub async fn follow(
                     member = Some(joining);
                     if joining {
                         tracing::info!(balancer = %name, "joined the load balancer");
-                        tell(true, format!("in {name}"));
+                        tell(true, member, format!("in {name}"));
                     } else {
                         tracing::info!(balancer = %name, state = %state, "left the load balancer");
-                        tell(true, format!("left {name}"));
+                        tell(true, member, format!("left {name}"));
                     }
                 }
                 Err(e) => {
@@ -520,6 +527,7 @@ pub async fn follow(
                     }
                     tell(
                         member.unwrap_or(true),
+                        member,
                         format!("change failing on {name}: {e}"),
                     );
                 }
@@ -542,7 +550,7 @@ pub async fn follow(
                     setup.as_ref().map_or(0, |f| f.health.interval.as_secs())
                 );
                 tracing::info!(balancer = %name, delay = ?delay, "out of the load balancer; waiting for its health check before lame duck");
-                tell(true, line);
+                tell(true, member, line);
                 tokio::time::sleep(delay).await;
             }
             if setup.is_some()
@@ -552,7 +560,7 @@ pub async fn follow(
                 // Drained already: a leftover node takes no new clients.
                 tracing::warn!(balancer = %name, error = %e, "cannot remove this node after draining it");
             }
-            tell(false, format!("out of {name}"));
+            tell(false, member, format!("out of {name}"));
             continue;
         }
         if !leaving {

@@ -57,6 +57,11 @@ pub struct RawMetrics {
     pub port: u16,
     /// How often the broker's own figures are read (never per scrape).
     pub scrape_every: Span,
+    /// Series per stream (messages, bytes, consumers, replicas behind) for
+    /// the streams this server leads; one `/jsz` read per `scrape_every`.
+    pub streams: bool,
+    /// Serve HTTPS with the node certificate (needs `[tls]`).
+    pub tls: bool,
 }
 
 impl Default for RawMetrics {
@@ -66,6 +71,8 @@ impl Default for RawMetrics {
             bind: Bind::Loopback,
             port: 7778,
             scrape_every: Span(Duration::from_secs(15)),
+            streams: false,
+            tls: false,
         }
     }
 }

@@ -828,7 +828,26 @@ pub fn validate(
                 .scrape_every
                 .0
                 .max(std::time::Duration::from_secs(1)),
+            streams: raw.metrics.streams,
+            tls: None,
         }
+    });
+    let metrics = metrics.map(|mut m| {
+        if raw.metrics.tls {
+            match &tls {
+                Some(t) => {
+                    m.tls = Some(crate::metrics::MetricsTls {
+                        cert_file: t.cert_file.clone(),
+                        key_file: t.key_file.clone(),
+                    });
+                }
+                None => c.problem(
+                    "metrics.tls",
+                    "HTTPS for /metrics uses the node certificate: set [tls] mode = \"issue\" or \"files\"",
+                ),
+            }
+        }
+        m
     });
     let balancer = balancer::apply_balancer(&mut c, raw, env, identity, &server);
     let publish = publish::apply_publish(&mut c, raw, env, &state_dir, &server, discovery.as_ref());

@@ -73,6 +73,23 @@ pub struct StreamDetail {
     /// Its configuration (asked for with `config: true`).
     #[serde(default)]
     pub config: Option<StreamConfig>,
+    /// What it holds, as this server has it.
+    #[serde(default)]
+    pub state: StreamState,
+}
+
+/// A stream's contents.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamState {
+    /// Messages.
+    #[serde(default)]
+    pub messages: u64,
+    /// Bytes.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Consumers.
+    #[serde(default)]
+    pub consumer_count: u64,
 }
 
 /// A stream's configuration, as far as placement goes.

@@ -4,7 +4,9 @@
 //! rate-limit headers read into one error type. Used by DNS publication
 //! and load-balancer membership.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
@@ -15,7 +17,7 @@ use serde_json::Value;
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whose conventions: error bodies and rate-limit headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Flavor {
     /// `{"id","message"}`; `ratelimit-*`.
     DigitalOcean,
@@ -57,18 +59,63 @@ impl fmt::Display for RestError {
     }
 }
 
+/// What natsmeshd uses a provider's API for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Purpose {
+    /// `[dns_publish]`.
+    DnsPublish,
+    /// `[load_balancer]`.
+    LoadBalancer,
+}
+
+impl Purpose {
+    /// Its label in `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DnsPublish => "dns_publish",
+            Self::LoadBalancer => "load_balancer",
+        }
+    }
+}
+
+/// One failed call's key: what for, whose API, and the HTTP status (or
+/// `transport` when there was no answer).
+pub type ErrorKey = (Purpose, Flavor, String);
+
+/// Calls that did not get their expected answer, since start; read by
+/// `/metrics`. A process-wide tally, as the calls come from several tasks
+/// and a few keys (statuses seen) ever exist.
+static ERRORS: Mutex<BTreeMap<ErrorKey, u64>> = Mutex::new(BTreeMap::new());
+
+fn count_error(purpose: Purpose, flavor: Flavor, status: Option<u16>) {
+    let status = status.map_or_else(|| "transport".to_owned(), |s| s.to_string());
+    if let Ok(mut e) = ERRORS.lock() {
+        *e.entry((purpose, flavor, status)).or_default() += 1;
+    }
+}
+
+/// The failed calls so far, by key.
+pub fn errors() -> Vec<(ErrorKey, u64)> {
+    ERRORS
+        .lock()
+        .map(|e| e.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        .unwrap_or_default()
+}
+
 /// One provider's API at one base URL.
 pub struct Rest {
     flavor: Flavor,
+    purpose: Purpose,
     base: String,
     http: Client,
 }
 
 impl Rest {
     /// A client; nothing is contacted yet.
-    pub fn new(flavor: Flavor, base: &str) -> Result<Self, String> {
+    pub fn new(flavor: Flavor, base: &str, purpose: Purpose) -> Result<Self, String> {
         Ok(Self {
             flavor,
+            purpose,
             base: base.trim_end_matches('/').to_owned(),
             http: https_client()?,
         })
@@ -83,6 +130,24 @@ impl Rest {
     /// `expected`, a [`RestError`] otherwise. The token goes only into the
     /// `Authorization` header and never into an error.
     pub async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+        expected: StatusCode,
+    ) -> Result<Value, RestError> {
+        let answer = self
+            .call_once(token, method, path, body, headers, expected)
+            .await;
+        if let Err(e) = &answer {
+            count_error(self.purpose, self.flavor, e.status);
+        }
+        answer
+    }
+
+    async fn call_once(
         &self,
         token: &str,
         method: Method,

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use super::record::{absolute, normal, relative};
 use super::secret::Secret;
 use super::{Data, Present, PublishError, Record};
-use crate::provider::rest::{Flavor, Rest};
+use crate::provider::rest::{Flavor, Purpose, Rest};
 
 /// Pages followed at most in one listing (a zone with more records than
 /// this many pages is not one natsmesh's names live in alone).
@@ -113,7 +113,7 @@ impl Api {
         token_file: PathBuf,
         zone: &str,
     ) -> Result<Self, PublishError> {
-        let rest = Rest::new(provider.flavor(), base)
+        let rest = Rest::new(provider.flavor(), base, Purpose::DnsPublish)
             .map_err(|e| PublishError::new(format!("{provider} API client"), e))?;
         Ok(Self {
             provider,

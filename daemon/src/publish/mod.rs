@@ -361,6 +361,7 @@ pub async fn follow(
     let tell = |may_exist: bool, line: String| {
         up.send_replace(Announced {
             up: may_exist,
+            member: None,
             line,
         });
     };

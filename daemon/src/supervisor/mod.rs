@@ -263,6 +263,7 @@ impl Supervisor {
                 .as_ref()
                 .map(describe_cert)
                 .unwrap_or_else(|| "TLS off".into()),
+            certificate_not_after_unix: cert.as_ref().map(|c| unix_seconds(c.info.not_after)),
             ..Status::default()
         };
         let (status_tx, status_rx) = watch::channel(status.clone());
@@ -418,8 +419,14 @@ impl Supervisor {
                 }
                 Some((kind, announced)) = next_announcement(&mut self.announcers) => {
                     match kind {
-                        Pointer::Dns => self.status.dns = announced.line,
-                        Pointer::LoadBalancer => self.status.load_balancer = announced.line,
+                        Pointer::Dns => {
+                            self.status.dns = announced.line;
+                            self.status.dns_up = Some(announced.up);
+                        }
+                        Pointer::LoadBalancer => {
+                            self.status.load_balancer = announced.line;
+                            self.status.load_balancer_registered = announced.member;
+                        }
                     }
                     self.publish();
                     if !announced.up && self.stop.is_some_and(|s| s.lame_duck_at.is_some()) {
@@ -1032,8 +1039,7 @@ impl Supervisor {
                         tracing::info!(serial = %current.info.serial, "issued a node certificate for the new configuration");
                     }
                     self.cert_due = Some(due(current.renew_at));
-                    self.status.certificate = describe_cert(&current);
-                    self.status.warnings = current.warnings.clone();
+                    self.show_cert(&current);
                     self.cert = Some(current);
                 }
                 Err(e) => {
@@ -1245,7 +1251,20 @@ fn describe_cert(c: &crate::tls::Current) -> String {
     )
 }
 
+fn unix_seconds(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl Supervisor {
+    /// The certificate in use, in the status.
+    fn show_cert(&mut self, current: &crate::tls::Current) {
+        self.status.certificate = describe_cert(current);
+        self.status.certificate_not_after_unix = Some(unix_seconds(current.info.not_after));
+        self.status.certificate_failing = false;
+        self.status.warnings = current.warnings.clone();
+    }
+
     /// Renews (mode `issue`) or re-reads (mode `files`) the node
     /// certificate, and when it changed has the broker load it: a reload,
     /// confirmed by asking the broker which certificate it serves; or a
@@ -1264,6 +1283,7 @@ impl Supervisor {
                 let until = self.cert.as_ref().map(|c| c.info.not_after);
                 tracing::error!(error = %e, valid_until = ?until.map(humantime::format_rfc3339_seconds), "certificate renewal failed; the current certificate stays");
                 self.status.certificate = format!("renewal failing: {e}");
+                self.status.certificate_failing = true;
                 self.cert_due = Some(Instant::now() + Duration::from_secs(30));
             }
             Ok((current, _)) => {
@@ -1272,8 +1292,7 @@ impl Supervisor {
                 }
                 let changed = old.as_deref() != Some(current.info.serial.as_str());
                 self.cert_due = Some(due(current.renew_at));
-                self.status.certificate = describe_cert(&current);
-                self.status.warnings = current.warnings.clone();
+                self.show_cert(&current);
                 let serial = current.info.serial.clone();
                 self.cert = Some(current);
                 if changed {
@@ -1407,6 +1426,9 @@ enum Reloaded {
 pub struct Announced {
     /// It may still point here.
     pub up: bool,
+    /// The provider lists this node (a balancer's membership as last seen
+    /// or made; `None`: unknown, or not that kind of pointer).
+    pub member: Option<bool>,
     /// What happened last, for a person.
     pub line: String,
 }

@@ -31,6 +31,12 @@ pub struct Status {
     pub config_file: String,
     /// The node certificate.
     pub certificate: String,
+    /// When the node certificate in use expires (Unix seconds), with TLS.
+    #[serde(default)]
+    pub certificate_not_after_unix: Option<u64>,
+    /// The last renewal (or re-read) failed; the certificate in use stays.
+    #[serde(default)]
+    pub certificate_failing: bool,
     /// Things a person should fix (a root key on the node, a clock far off).
     pub warnings: Vec<String>,
     /// Liveness probe.
@@ -65,6 +71,12 @@ pub struct Status {
     /// Membership of the provider's load balancer, when natsmeshd manages it.
     #[serde(default)]
     pub load_balancer: String,
+    /// The records are (or may be) in DNS, when natsmeshd writes them.
+    #[serde(default)]
+    pub dns_up: Option<bool>,
+    /// The balancer lists this node (as last seen or made), when managed.
+    #[serde(default)]
+    pub load_balancer_registered: Option<bool>,
     /// The region's restart lease: waiting for it (and why), or held.
     #[serde(default)]
     pub fleet: String,

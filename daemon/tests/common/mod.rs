@@ -218,6 +218,36 @@ scrape_every = "1s"
         self.log.lock().unwrap().clone()
     }
 
+    /// One scrape of `/metrics` (classic text), if it answered.
+    pub fn metrics(&self) -> Option<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let mut resp = ureq::get(&url)
+            .config()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .call()
+            .ok()?;
+        resp.body_mut().read_to_string().ok()
+    }
+
+    /// Scrapes until `series` (exactly, with its labels) satisfies `pred`,
+    /// within `timeout`; returns its value.
+    pub fn wait_metric(&self, series: &str, timeout: Duration, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.metrics().unwrap_or_default();
+            if let Some(v) = metric(&text, series).filter(|v| pred(*v)) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} never as wanted:\n{text}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Every sd_notify datagram so far, in order.
     pub fn notes(&self) -> Vec<String> {
         self.notes
@@ -429,4 +459,12 @@ pub async fn subscribed(client: &async_nats::Client, subject: &str) -> async_nat
         .unwrap();
     assert_eq!(&warm.payload[..], b"natsmesh-warm-up");
     sub
+}
+
+/// The value of the sample named exactly `series` (with its labels) in a
+/// scrape.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -9,18 +9,20 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use natsmesh_broker::monitor::{Monitor, Varz};
+use natsmesh_broker::monitor::{Gatewayz, Monitor, Varz};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::TypedMetric;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::httpd::{read_request, respond};
 use crate::supervisor::Status;
 use crate::supervisor::state::State;
+
+pub mod node;
 
 /// OpenMetrics text, what prometheus-client writes and Prometheus asks for.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -28,12 +30,47 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Where `/metrics` listens and how often the broker is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsSettings {
     /// The listener.
     pub listen: SocketAddr,
     /// The broker's own pace.
     pub scrape_every: Duration,
+    /// Per-stream series (opt-in).
+    pub streams: bool,
+    /// HTTPS, with the node certificate.
+    pub tls: Option<MetricsTls>,
+}
+
+/// The certificate `/metrics` is served with over HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsTls {
+    /// The node certificate chain (renewed in place: read per connection).
+    pub cert_file: std::path::PathBuf,
+    /// Its key.
+    pub key_file: std::path::PathBuf,
+}
+
+impl MetricsTls {
+    /// An acceptor with the certificate as it is now on disk, so a renewed
+    /// one serves from the next scrape on.
+    fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+        use pki_types::pem::PemObject as _;
+        let chain: Vec<pki_types::CertificateDer<'static>> =
+            pki_types::CertificateDer::pem_file_iter(&self.cert_file)
+                .and_then(|i| i.collect())
+                .map_err(|e| format!("{}: {e}", self.cert_file.display()))?;
+        let key = pki_types::PrivateKeyDer::from_pem_file(&self.key_file)
+            .map_err(|e| format!("{}: {e}", self.key_file.display()))?;
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| e.to_string())?;
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
 }
 
 /// A client for the broker's monitoring port, as the probes reach it.
@@ -56,21 +93,43 @@ pub fn broker_monitor(settings: &crate::config::Settings) -> Option<Monitor> {
     }
 }
 
-/// The broker's last `/varz`, when it answered.
-type Cache = Arc<Mutex<Option<Varz>>>;
+/// What the broker last said, when it answered.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerFigures {
+    /// `/varz`.
+    pub varz: Option<Varz>,
+    /// `/gatewayz`, with gateways configured.
+    pub gatewayz: Option<Gatewayz>,
+    /// `/jsz` with streams, when per-stream series are asked for.
+    pub jsz: Option<Arc<crate::fleet::view::Jsz>>,
+}
+
+type Cache = Arc<Mutex<BrokerFigures>>;
+
+/// Where a scrape's figures come from.
+pub struct Sources {
+    /// The supervisor's status.
+    pub status: watch::Receiver<Status>,
+    /// The broker's monitoring port.
+    pub broker: Monitor,
+    /// Discovery, when it follows DNS.
+    pub discovery: Option<Arc<crate::discovery::Health>>,
+    /// Other regions the gateway block names (with gateways on).
+    pub gateways_configured: Option<u64>,
+}
 
 /// Serves `/metrics` from `listener` until dropped, reading the broker
-/// through `broker` every `scrape_every`.
-pub async fn serve(
-    listener: TcpListener,
-    settings: MetricsSettings,
-    status: watch::Receiver<Status>,
-    broker: Monitor,
-) {
-    let cache: Cache = Arc::new(Mutex::new(None));
+/// every `scrape_every`.
+pub async fn serve(listener: TcpListener, settings: MetricsSettings, sources: Sources) {
+    let cache: Cache = Arc::new(Mutex::new(BrokerFigures::default()));
     // Ends with this task (which is aborted at shutdown).
+    let reads = Reads {
+        gateways: sources.gateways_configured.is_some(),
+        streams: settings.streams,
+    };
     let _reader = AbortOnDrop(tokio::spawn(read_broker(
-        broker,
+        sources.broker,
+        reads,
         settings.scrape_every,
         cache.clone(),
     )));
@@ -80,12 +139,30 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let text = render(
-            &status.borrow(),
-            cache.lock().map(|c| c.clone()).ok().flatten(),
-        );
+        let snapshot = Snapshot {
+            status: sources.status.borrow().clone(),
+            broker: cache.lock().map(|c| c.clone()).unwrap_or_default(),
+            node: node::Figures::now(sources.discovery.as_deref(), sources.gateways_configured),
+        };
+        let text = render(snapshot);
+        let tls = match &settings.tls {
+            None => None,
+            Some(t) => match t.acceptor() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot serve /metrics over HTTPS; connection refused");
+                    continue;
+                }
+            },
+        };
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, text)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), async move {
+                match tls {
+                    None => answer(stream, text).await,
+                    Some(acceptor) => answer(acceptor.accept(stream).await?, text).await,
+                }
+            })
+            .await;
         });
     }
 }
@@ -98,9 +175,37 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn read_broker(broker: Monitor, every: Duration, cache: Cache) {
+/// What the broker is asked for beside `/varz`.
+#[derive(Debug, Clone, Copy)]
+struct Reads {
+    gateways: bool,
+    streams: bool,
+}
+
+/// The most of a `/jsz` with every stream kept (some 500 bytes a stream).
+const MAX_JSZ: usize = 64 << 20;
+
+async fn read_broker(broker: Monitor, reads: Reads, every: Duration, cache: Cache) {
     loop {
         let varz = broker.varz().await.ok();
+        let gatewayz = if reads.gateways && varz.is_some() {
+            broker.gatewayz().await.ok()
+        } else {
+            None
+        };
+        let jsz = if reads.streams && varz.is_some() {
+            match broker
+                .get_up_to("/jsz?accounts=true&streams=true", MAX_JSZ)
+                .await
+            {
+                natsmesh_broker::monitor::Http::Answered { status: 200, body } => {
+                    serde_json::from_str(&body).ok().map(Arc::new)
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
         // Until the broker answers (starting, restarting), look again soon.
         let pause = if varz.is_some() {
             every
@@ -108,21 +213,30 @@ async fn read_broker(broker: Monitor, every: Duration, cache: Cache) {
             every.min(Duration::from_secs(1))
         };
         if let Ok(mut c) = cache.lock() {
-            *c = varz;
+            *c = BrokerFigures {
+                varz,
+                gatewayz,
+                jsz,
+            };
         }
         tokio::time::sleep(pause).await;
     }
 }
 
 /// One scrape's worth of series.
-#[derive(Debug)]
-struct Snapshot {
-    status: Status,
-    varz: Option<Varz>,
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The supervisor's status.
+    pub status: Status,
+    /// The broker's figures.
+    pub broker: BrokerFigures,
+    /// The node's own: discovery, clock, provider APIs.
+    pub node: node::Figures,
 }
 
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        node::encode(&mut e, &self.status, &self.node)?;
         let s = &self.status;
         let up = |b: bool| ConstGauge::new(i64::from(b));
         family(
@@ -210,7 +324,18 @@ impl prometheus_client::collector::Collector for Snapshot {
             "Broker log lines dropped because the log was slow",
             s.log_lines_dropped,
         )?;
-        if let Some(v) = &self.varz {
+        if let Some(jsz) = &self.broker.jsz {
+            node::streams(&mut e, jsz, self.broker.varz.as_ref())?;
+        }
+        if let Some(g) = &self.broker.gatewayz {
+            gauge(
+                &mut e,
+                "natsmesh_broker_gateway_regions_connected",
+                "Regions this broker has an outbound gateway connection to",
+                g.outbound_gateways.len() as f64,
+            )?;
+        }
+        if let Some(v) = &self.broker.varz {
             gauge(
                 &mut e,
                 "natsmesh_broker_connections",
@@ -273,7 +398,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             &mut e,
             "natsmesh_broker_up",
             "1 when the broker's last /varz answered",
-            f64::from(u8::from(self.varz.is_some())),
+            f64::from(u8::from(self.broker.varz.is_some())),
         )?;
         Ok(())
     }
@@ -340,7 +465,7 @@ fn jetstream(
 
 /// One labelled family: a descriptor, then a sample per `(value, metric)`
 /// of the label `key`.
-fn family<M: EncodeMetric + TypedMetric>(
+pub(super) fn family<M: EncodeMetric + TypedMetric>(
     e: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -354,12 +479,17 @@ fn family<M: EncodeMetric + TypedMetric>(
     Ok(())
 }
 
-fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> Result<(), std::fmt::Error> {
+pub(super) fn gauge(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: f64,
+) -> Result<(), std::fmt::Error> {
     let g = ConstGauge::new(v);
     g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
-fn counter(
+pub(super) fn counter(
     e: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -396,12 +526,9 @@ pub fn classic(openmetrics: &str) -> String {
 }
 
 /// The exposition text for one scrape.
-pub fn render(status: &Status, varz: Option<Varz>) -> String {
+pub fn render(snapshot: Snapshot) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Snapshot {
-        status: status.clone(),
-        varz,
-    }));
+    registry.register_collector(Box::new(snapshot));
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
         text.clear();
@@ -409,7 +536,10 @@ pub fn render(status: &Status, varz: Option<Varz>) -> String {
     text
 }
 
-async fn answer(mut stream: TcpStream, body: String) -> std::io::Result<()> {
+async fn answer<S>(mut stream: S, body: String) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let Some(req) = read_request(&mut stream).await? else {
         return Ok(());
     };
@@ -440,13 +570,13 @@ mod tests {
 
     #[test]
     fn a_scrape_without_the_broker_says_so() {
-        let text = render(
-            &Status {
+        let text = render(Snapshot {
+            status: Status {
                 state: "restarting".into(),
                 ..Status::default()
             },
-            None,
-        );
+            ..Snapshot::default()
+        });
         assert!(
             text.contains("natsmesh_state{state=\"restarting\"} 1\n"),
             "{text}"
