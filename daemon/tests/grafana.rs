@@ -11,7 +11,7 @@ use natsmesh::metrics::node::{DiscoveryFigures, Figures};
 use natsmesh::metrics::{BrokerFigures, Snapshot, render};
 use natsmesh::provider::rest::{Flavor, Purpose};
 use natsmesh::supervisor::Status;
-use natsmesh_broker::monitor::{Gatewayz, JetStreamMeta, Varz, VarzJetStream};
+use natsmesh_broker::monitor::{JetStreamMeta, Varz, VarzJetStream};
 
 fn grafana() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/grafana")
@@ -56,11 +56,11 @@ fn exported() -> BTreeSet<String> {
             certificate_not_after_unix: Some(1),
             dns_up: Some(true),
             load_balancer_registered: Some(true),
+            gateways: Some(vec!["nyc3".into()]),
             ..Status::default()
         },
         broker: BrokerFigures {
             varz: Some(varz),
-            gatewayz: Some(Gatewayz::default()),
             jsz: Some(std::sync::Arc::new(
                 serde_json::from_value(serde_json::json!({
                     "account_details": [{"name": "APP", "stream_detail": [{"name": "ORDERS"}]}]

@@ -149,3 +149,50 @@ fn promtool(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn per_stream_series_when_asked_for_streams_this_server_leads() {
+    let d = Daemon::start(
+        CURRENT,
+        Options {
+            extra: "[metrics]\nstreams = true\n".into(),
+            ..Options::default()
+        },
+    );
+    let mut d = d;
+    d.wait_ready();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let nc = async_nats::connect(d.client_addr()).await.unwrap();
+        let js = async_nats::jetstream::new(nc);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        for i in 0..3 {
+            js.publish(format!("orders.{i}"), "x".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
+    let series = "natsmesh_stream_messages{account=\"$G\",stream=\"ORDERS\"}";
+    d.wait_metric(series, Duration::from_secs(10), |n| n == 3.0);
+    let text = scrape(&d, None).1;
+    assert_eq!(
+        value(
+            &text,
+            "natsmesh_stream_replicas_behind{account=\"$G\",stream=\"ORDERS\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    promtool(&text);
+}

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use natsmesh_broker::monitor::{Gatewayz, Monitor, Varz};
+use natsmesh_broker::monitor::{Monitor, Varz};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::TypedMetric;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -98,8 +98,6 @@ pub fn broker_monitor(settings: &crate::config::Settings) -> Option<Monitor> {
 pub struct BrokerFigures {
     /// `/varz`.
     pub varz: Option<Varz>,
-    /// `/gatewayz`, with gateways configured.
-    pub gatewayz: Option<Gatewayz>,
     /// `/jsz` with streams, when per-stream series are asked for.
     pub jsz: Option<Arc<crate::fleet::view::Jsz>>,
 }
@@ -123,13 +121,9 @@ pub struct Sources {
 pub async fn serve(listener: TcpListener, settings: MetricsSettings, sources: Sources) {
     let cache: Cache = Arc::new(Mutex::new(BrokerFigures::default()));
     // Ends with this task (which is aborted at shutdown).
-    let reads = Reads {
-        gateways: sources.gateways_configured.is_some(),
-        streams: settings.streams,
-    };
     let _reader = AbortOnDrop(tokio::spawn(read_broker(
         sources.broker,
-        reads,
+        settings.streams,
         settings.scrape_every,
         cache.clone(),
     )));
@@ -175,25 +169,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// What the broker is asked for beside `/varz`.
-#[derive(Debug, Clone, Copy)]
-struct Reads {
-    gateways: bool,
-    streams: bool,
-}
-
 /// The most of a `/jsz` with every stream kept (some 500 bytes a stream).
 const MAX_JSZ: usize = 64 << 20;
 
-async fn read_broker(broker: Monitor, reads: Reads, every: Duration, cache: Cache) {
+/// Reads `/varz` (and, for per-stream series, `/jsz`) every `every`.
+async fn read_broker(broker: Monitor, streams: bool, every: Duration, cache: Cache) {
     loop {
         let varz = broker.varz().await.ok();
-        let gatewayz = if reads.gateways && varz.is_some() {
-            broker.gatewayz().await.ok()
-        } else {
-            None
-        };
-        let jsz = if reads.streams && varz.is_some() {
+        let jsz = if streams && varz.is_some() {
             match broker
                 .get_up_to("/jsz?accounts=true&streams=true", MAX_JSZ)
                 .await
@@ -213,11 +196,7 @@ async fn read_broker(broker: Monitor, reads: Reads, every: Duration, cache: Cach
             every.min(Duration::from_secs(1))
         };
         if let Ok(mut c) = cache.lock() {
-            *c = BrokerFigures {
-                varz,
-                gatewayz,
-                jsz,
-            };
+            *c = BrokerFigures { varz, jsz };
         }
         tokio::time::sleep(pause).await;
     }
@@ -327,12 +306,13 @@ impl prometheus_client::collector::Collector for Snapshot {
         if let Some(jsz) = &self.broker.jsz {
             node::streams(&mut e, jsz, self.broker.varz.as_ref())?;
         }
-        if let Some(g) = &self.broker.gatewayz {
+        // From the supervisor's probe, which reads /gatewayz with /varz.
+        if let Some(g) = &s.gateways {
             gauge(
                 &mut e,
                 "natsmesh_broker_gateway_regions_connected",
                 "Regions this broker has an outbound gateway connection to",
-                g.outbound_gateways.len() as f64,
+                g.len() as f64,
             )?;
         }
         if let Some(v) = &self.broker.varz {

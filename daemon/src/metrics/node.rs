@@ -2,7 +2,6 @@
 //! place in DNS and the load balancer, discovery, the gateways it should
 //! have, the clock, and the providers' APIs answering.
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -13,11 +12,6 @@ use super::{counter, gauge};
 use crate::discovery::Health;
 use crate::provider::rest::{self, ErrorKey};
 use crate::supervisor::Status;
-
-/// systemd-timesyncd's own word: this file exists while the clock is
-/// synchronised (systemd 239+). Other time daemons (chrony, ntpd) have
-/// their own exporters; without timesyncd the series is left out.
-const TIMESYNC_DIR: &str = "/run/systemd/timesync";
 
 /// What a scrape reads beside the status.
 #[derive(Debug, Clone, Default)]
@@ -61,9 +55,7 @@ impl Figures {
                 .filter(|d| d.regions > 0)
                 .map_or(configured, |d| d.regions - 1)
         });
-        let clock_synchronized = Path::new(TIMESYNC_DIR)
-            .is_dir()
-            .then(|| Path::new(TIMESYNC_DIR).join("synchronized").exists());
+        let clock_synchronized = crate::supervisor::status::clock_synchronized();
         Self {
             discovery,
             gateways_expected,

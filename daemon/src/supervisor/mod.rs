@@ -547,14 +547,17 @@ impl Supervisor {
                 }
             },
         };
-        Some(Targets::new(
-            mon,
-            client,
-            &self.current.version,
-            s.server.jetstream.is_some(),
-            s.health.timeout,
-            https,
-        ))
+        Some(
+            Targets::new(
+                mon,
+                client,
+                &self.current.version,
+                s.server.jetstream.is_some(),
+                s.health.timeout,
+                https,
+            )
+            .with_gateways(s.server.gateway.is_some()),
+        )
     }
 
     /// Supervises `process` from now on (started, or adopted).
@@ -616,6 +619,11 @@ impl Supervisor {
                 .then(|| v.route_peers());
             self.status.clients = Some(v.connections);
         }
+        self.status.gateways = report
+            .gatewayz
+            .as_ref()
+            .map(|g| g.outbound_gateways.keys().cloned().collect());
+        self.status.clock_synchronized = status::clock_synchronized();
         if state == State::Draining {
             self.publish();
             return;

@@ -30,6 +30,7 @@ pub struct Targets {
     js_meta_query: &'static str,
     jetstream: bool,
     timeout: Duration,
+    gateways: bool,
 }
 
 /// The address a local prober dials for a listener: its bind address, or
@@ -67,7 +68,14 @@ impl Targets {
             js_meta_query: healthz_js_meta_query(version),
             jetstream,
             timeout,
+            gateways: false,
         }
+    }
+
+    /// Also reads `/gatewayz` with `/varz` (gateways are configured).
+    pub fn with_gateways(mut self, gateways: bool) -> Self {
+        self.gateways = gateways;
+        self
     }
 
     /// The monitoring client.
@@ -119,6 +127,8 @@ pub struct Report {
     pub jetstream: JetStream,
     /// `/varz`, when it answered.
     pub varz: Option<Varz>,
+    /// `/gatewayz`, read with `/varz` when gateways are configured.
+    pub gatewayz: Option<natsmesh_broker::monitor::Gatewayz>,
 }
 
 fn error_of(body: &str) -> String {
@@ -160,6 +170,11 @@ pub async fn probe(t: &Targets, with_varz: bool) -> Report {
     } else {
         None
     };
+    let gatewayz = if t.gateways && varz.is_some() {
+        t.monitor.gatewayz().await.ok()
+    } else {
+        None
+    };
     let (alive, client, js) = tokio::join!(
         t.monitor.get(HEALTHZ_ALIVE),
         probe_client_port(t.client, t.timeout),
@@ -181,5 +196,6 @@ pub async fn probe(t: &Targets, with_varz: bool) -> Report {
         client,
         jetstream: js,
         varz,
+        gatewayz,
     }
 }

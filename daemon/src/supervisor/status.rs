@@ -49,6 +49,12 @@ pub struct Status {
     pub routes: Option<u64>,
     /// Client connections.
     pub clients: Option<u64>,
+    /// Regions with an outbound gateway connection (gateways configured).
+    #[serde(default)]
+    pub gateways: Option<Vec<String>>,
+    /// systemd-timesyncd's verdict on the clock (where it runs).
+    #[serde(default)]
+    pub clock_synchronized: Option<bool>,
     /// Why a restart is pending, when one is.
     pub restart_pending: Vec<String>,
     /// Restarts of the broker (any cause).
@@ -83,6 +89,18 @@ pub struct Status {
     /// Planned restarts are paused (`natsmeshd pause`).
     #[serde(default)]
     pub paused: bool,
+}
+
+/// systemd-timesyncd's own word: this file exists while the clock is
+/// synchronised (systemd 239+). Other time daemons (chrony, ntpd) have
+/// their own exporters; without timesyncd there is no verdict.
+const TIMESYNC_DIR: &str = "/run/systemd/timesync";
+
+/// Whether systemd-timesyncd has the clock synchronised (`None`: it does
+/// not run here).
+pub fn clock_synchronized() -> Option<bool> {
+    let dir = std::path::Path::new(TIMESYNC_DIR);
+    dir.is_dir().then(|| dir.join("synchronized").exists())
 }
 
 impl Status {
@@ -197,14 +215,31 @@ impl Status {
                     (false, false) => self.fleet.clone(),
                 },
             ),
+            (
+                "gateways",
+                self.gateways.as_ref().map_or_else(String::new, |g| {
+                    if g.is_empty() {
+                        "no region connected".into()
+                    } else {
+                        format!("{} connected: {}", g.len(), g.join(", "))
+                    }
+                }),
+            ),
+            (
+                "clock",
+                match self.clock_synchronized {
+                    Some(true) => "synchronised (systemd-timesyncd)".into(),
+                    Some(false) => "NOT synchronised (systemd-timesyncd)".into(),
+                    None => String::new(),
+                },
+            ),
             ("dns", self.dns.clone()),
             ("balancer", self.load_balancer.clone()),
             ("natsmeshd", self.natsmesh_version.clone()),
         ];
-        for (k, v) in rows
-            .into_iter()
-            .filter(|(k, v)| !matches!(*k, "dns" | "balancer") || !v.is_empty())
-        {
+        for (k, v) in rows.into_iter().filter(|(k, v)| {
+            !matches!(*k, "dns" | "balancer" | "gateways" | "clock") || !v.is_empty()
+        }) {
             let _ = writeln!(s, "{k:>10}  {v}");
         }
         for w in &self.warnings {
