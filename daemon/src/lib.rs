@@ -24,6 +24,7 @@ pub mod supervisor;
 pub mod tls;
 pub mod upgrade;
 pub mod user_cli;
+pub mod user_data;
 
 /// Exit code for a configuration problem (`check` and refused starts).
 pub const EXIT_CONFIG: i32 = 2;

@@ -76,6 +76,9 @@ enum Cmd {
     /// Client users.
     #[command(subcommand)]
     User(UserCmd),
+    /// Print cloud-init user-data that makes a new machine a member of its
+    /// region (secrets included: paste it only into the creation form).
+    UserData(Box<natsmesh::user_data::Request>),
     /// Print the natsmeshd(8) manual page (roff), for the packages.
     #[command(hide = true)]
     Manpage,
@@ -169,6 +172,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Manpage = cli.command {
         return manpage();
+    }
+    if let Cmd::UserData(req) = &cli.command {
+        return match natsmesh::user_data::render(req) {
+            Ok((text, note)) => {
+                print!("{text}");
+                eprint!("{note}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("natsmeshd: {e}");
+                ExitCode::from(EXIT_FAILURE as u8)
+            }
+        };
     }
     natsmesh::logging::init();
     // One thread: the broker is forked from it, and PR_SET_PDEATHSIG is tied

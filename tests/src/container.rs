@@ -20,25 +20,35 @@ pub fn require_container_tools() {
     );
 }
 
+/// What every test root has.
+const BASE: &str = "systemd,systemd-sysv,dbus,iproute2,ca-certificates,procps";
+
 /// A cached tarball of a Debian root with systemd, built once per release.
 pub fn image(release: &str) -> PathBuf {
+    image_with(release, "systemd", "")
+}
+
+/// A cached tarball of a Debian root with systemd and `extra` packages
+/// (comma-separated), cached under `<release>-<tag>.tar`.
+pub fn image_with(release: &str, tag: &str, extra: &str) -> PathBuf {
     let dir = crate::brokers_dir().with_file_name("images");
     std::fs::create_dir_all(&dir).expect("image cache dir");
-    let tar = dir.join(format!("{release}-systemd.tar"));
+    let tar = dir.join(format!("{release}-{tag}.tar"));
     if tar.is_file() {
         return tar;
     }
     // mmdebstrap picks the output format from the extension.
     let partial = dir.join(format!(
-        "{release}-systemd.partial-{}.tar",
+        "{release}-{tag}.partial-{}.tar",
         std::process::id()
     ));
+    let include = if extra.is_empty() {
+        format!("--include={BASE}")
+    } else {
+        format!("--include={BASE},{extra}")
+    };
     let out = Command::new("mmdebstrap")
-        .args([
-            "--variant=minbase",
-            "--include=systemd,systemd-sysv,dbus,iproute2,ca-certificates,procps",
-            release,
-        ])
+        .args(["--variant=minbase", &include, release])
         .arg(&partial)
         .output()
         .expect("mmdebstrap");
@@ -60,14 +70,24 @@ impl Root {
     /// Unpacks `release` into a fresh directory.
     pub fn new(release: &str) -> Self {
         require_container_tools();
-        let tar = image(release);
+        Self::from_image(&image(release))
+    }
+
+    /// Unpacks `release` with cloud-init (and gpg, which its apt module
+    /// uses for keys) into a fresh directory.
+    pub fn with_cloud_init(release: &str) -> Self {
+        require_container_tools();
+        Self::from_image(&image_with(release, "cloud-init", "cloud-init,gpg"))
+    }
+
+    fn from_image(tar: &Path) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("natsmesh-nspawn-")
             .tempdir()
             .expect("container dir");
         let ok = Command::new("tar")
             .arg("-xf")
-            .arg(&tar)
+            .arg(tar)
             .arg("-C")
             .arg(dir.path())
             .status()

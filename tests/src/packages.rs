@@ -154,6 +154,12 @@ impl AptRepo {
             .arg(self.dir.path().join("Release")));
     }
 
+    /// The repository's public key, ASCII-armoured (as an operator hands
+    /// it to cloud-init).
+    pub fn armored_key(&self) -> String {
+        run(self.gpg().args(["--armor", "--export"]))
+    }
+
     /// Puts the repository (at /srv/natsmesh-apt) and its key into a
     /// container root as its only apt source: the container has no
     /// network, so Debian's own sources are removed.

@@ -1,0 +1,338 @@
+//! `natsmeshd user-data`: a ready-to-paste cloud-init user-data file that
+//! turns a new droplet, Linode or NoCloud machine into a member of its
+//! region: natsmesh's drop-in and credentials written root-only, natsmesh
+//! installed from its signed apt repository, the unit started by the
+//! package. Nobody hand-edits YAML: the drop-in is TOML built from typed
+//! values and the YAML is serialised, never templated.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// Where the machine's identity comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// A droplet: identity from DigitalOcean's metadata service.
+    Digitalocean,
+    /// A Linode: identity from the Linode Metadata Service.
+    Linode,
+    /// Any machine with a NoCloud seed (tests, bare metal): identity from
+    /// `--name` and `--private-address`.
+    Nocloud,
+}
+
+/// Whose DNS API publishes the node's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DnsApi {
+    /// DigitalOcean Domains.
+    Digitalocean,
+    /// Linode Domains.
+    Linode,
+    /// Cloudflare DNS.
+    Cloudflare,
+}
+
+impl DnsApi {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Digitalocean => "digitalocean",
+            Self::Linode => "linode",
+            Self::Cloudflare => "cloudflare",
+        }
+    }
+}
+
+/// What `natsmeshd user-data` was asked for.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Request {
+    /// The machine's provider.
+    #[arg(long)]
+    pub provider: Target,
+    /// The region label (cluster, gateway and DNS name).
+    #[arg(long)]
+    pub region: String,
+    /// The supercluster's DNS domain.
+    #[arg(long)]
+    pub domain: String,
+    /// natsmesh's apt repository (a flat repository: `URL ./`).
+    #[arg(long, value_name = "URL")]
+    pub apt_url: String,
+    /// The repository's OpenPGP public key (ASCII-armoured).
+    #[arg(long, value_name = "FILE")]
+    pub apt_key: PathBuf,
+    /// The supercluster's root certificate(s).
+    #[arg(long, value_name = "FILE")]
+    pub roots: PathBuf,
+    /// The region intermediate's certificate.
+    #[arg(long, value_name = "FILE")]
+    pub intermediate_cert: PathBuf,
+    /// The region intermediate's key (short-lived, this region only).
+    #[arg(long, value_name = "FILE")]
+    pub intermediate_key: PathBuf,
+    /// JetStream's first start waits for this many servers of the region.
+    #[arg(long, default_value_t = 3)]
+    pub bootstrap_expect: usize,
+    /// JetStream's memory store limit.
+    #[arg(long, default_value = "1GiB", value_name = "SIZE")]
+    pub jetstream_memory: String,
+    /// JetStream's file store limit (size it to the machine's disk).
+    #[arg(long, default_value = "10GiB", value_name = "SIZE")]
+    pub jetstream_store: String,
+    /// DNS servers for discovery (`ip` or `ip:port`, repeatable; default:
+    /// the machine's resolver).
+    #[arg(long = "nameserver", value_name = "ADDR")]
+    pub nameservers: Vec<String>,
+    /// Publish this node's records through this DNS API.
+    #[arg(long, value_name = "API", requires = "dns_token")]
+    pub dns: Option<DnsApi>,
+    /// A token for it, scoped to the zone's records.
+    #[arg(long, value_name = "FILE")]
+    pub dns_token: Option<PathBuf>,
+    /// The load balancer (DigitalOcean: its id; Linode: the NodeBalancer id).
+    #[arg(long, value_name = "ID", requires = "lb_token")]
+    pub lb_id: Option<String>,
+    /// A token for it, scoped to load balancers.
+    #[arg(long, value_name = "FILE")]
+    pub lb_token: Option<PathBuf>,
+    /// NoCloud: the server name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// NoCloud: the private address.
+    #[arg(long, value_name = "IPV4")]
+    pub private_address: Option<std::net::Ipv4Addr>,
+}
+
+/// A cloud-config document (the keys used here).
+#[derive(Debug, Serialize)]
+struct CloudConfig {
+    write_files: Vec<WriteFile>,
+    apt: Apt,
+    package_update: bool,
+    packages: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct WriteFile {
+    path: String,
+    owner: String,
+    permissions: String,
+    content: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Apt {
+    sources: BTreeMap<String, AptSource>,
+}
+
+#[derive(Debug, Serialize)]
+struct AptSource {
+    source: String,
+    key: String,
+}
+
+/// The credentials directory the packaged unit loads.
+const CREDENTIALS: &str = "/etc/natsmesh/credentials";
+
+fn read(what: &str, path: &PathBuf) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))
+}
+
+fn secret(name: &str, content: String) -> WriteFile {
+    WriteFile {
+        path: format!("{CREDENTIALS}/{name}"),
+        owner: "root:root".into(),
+        permissions: "0600".into(),
+        content,
+    }
+}
+
+fn table(entries: &[(&str, toml::Value)]) -> toml::Value {
+    toml::Value::Table(
+        entries
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    )
+}
+
+fn s(v: &str) -> toml::Value {
+    toml::Value::String(v.to_owned())
+}
+
+/// The node's drop-in, as TOML.
+fn dropin(r: &Request) -> Result<String, String> {
+    let provider = match r.provider {
+        Target::Digitalocean => "digitalocean",
+        Target::Linode => "linode",
+        Target::Nocloud => "none",
+    };
+    let mut node = vec![
+        ("region", s(&r.region)),
+        ("domain", s(&r.domain)),
+        ("provider", s(provider)),
+    ];
+    if r.provider == Target::Nocloud {
+        let (Some(name), Some(addr)) = (&r.name, r.private_address) else {
+            return Err("--provider nocloud needs --name and --private-address".into());
+        };
+        node.push(("name", s(name)));
+        node.push(("private_address", s(&addr.to_string())));
+    }
+    let mut discovery = vec![
+        ("enabled", toml::Value::Boolean(true)),
+        (
+            "bootstrap_expect",
+            toml::Value::Integer(i64::try_from(r.bootstrap_expect).unwrap_or(i64::MAX)),
+        ),
+    ];
+    if !r.nameservers.is_empty() {
+        discovery.push((
+            "nameservers",
+            toml::Value::Array(r.nameservers.iter().map(|n| s(n)).collect()),
+        ));
+    }
+    let mut doc = vec![
+        ("node", table(&node)),
+        (
+            "tls",
+            table(&[
+                ("mode", s("issue")),
+                ("ca_file", s("/etc/natsmesh/roots.pem")),
+                ("intermediate_cert", s("intermediate.crt")),
+                ("intermediate_key", s("intermediate.key")),
+            ]),
+        ),
+        (
+            "broker",
+            table(&[
+                ("cluster", table(&[("enabled", toml::Value::Boolean(true))])),
+                ("gateway", table(&[("enabled", toml::Value::Boolean(true))])),
+                (
+                    "jetstream",
+                    table(&[
+                        ("max_memory_store", s(&r.jetstream_memory)),
+                        ("max_file_store", s(&r.jetstream_store)),
+                    ]),
+                ),
+            ]),
+        ),
+        ("discovery", table(&discovery)),
+    ];
+    if let Some(api) = r.dns {
+        doc.push((
+            "dns_publish",
+            table(&[("backend", s(api.name())), ("token_file", s("dns-token"))]),
+        ));
+    }
+    if let Some(id) = &r.lb_id {
+        let provider = match r.provider {
+            Target::Digitalocean => "digitalocean",
+            Target::Linode => "linode",
+            Target::Nocloud => {
+                return Err("a load balancer needs --provider digitalocean or linode".into());
+            }
+        };
+        doc.push((
+            "load_balancer",
+            table(&[
+                ("provider", s(provider)),
+                ("id", s(id)),
+                ("token_file", s("lb-token")),
+            ]),
+        ));
+    }
+    let text = toml::to_string(&table(&doc)).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "# Written by cloud-init from `natsmeshd user-data`; `natsmeshd render --explain` shows the result.\n{text}"
+    ))
+}
+
+/// The user-data document, and what it exposes (for stderr).
+pub fn render(r: &Request) -> Result<(String, String), String> {
+    let mut files = vec![
+        WriteFile {
+            path: "/etc/natsmesh/natsmesh.d/10-node.toml".into(),
+            owner: "root:root".into(),
+            permissions: "0644".into(),
+            content: dropin(r)?,
+        },
+        WriteFile {
+            path: "/etc/natsmesh/roots.pem".into(),
+            owner: "root:root".into(),
+            permissions: "0644".into(),
+            content: read("--roots", &r.roots)?,
+        },
+        secret(
+            "intermediate.crt",
+            read("--intermediate-cert", &r.intermediate_cert)?,
+        ),
+        secret(
+            "intermediate.key",
+            read("--intermediate-key", &r.intermediate_key)?,
+        ),
+    ];
+    let mut exposed = vec![
+        "the region intermediate's key (it can issue certificates for this region's names until it expires)",
+    ];
+    if let Some(t) = &r.dns_token {
+        files.push(secret("dns-token", read("--dns-token", t)?));
+        exposed.push("the DNS token");
+    }
+    if let Some(t) = &r.lb_token {
+        files.push(secret("lb-token", read("--lb-token", t)?));
+        exposed.push("the load-balancer token");
+    }
+    let key = read("--apt-key", &r.apt_key)?;
+    if !key.contains("BEGIN PGP PUBLIC KEY BLOCK") {
+        return Err(format!(
+            "--apt-key {}: not an ASCII-armoured OpenPGP public key (gpg --armor --export)",
+            r.apt_key.display()
+        ));
+    }
+    let doc = CloudConfig {
+        write_files: files,
+        apt: Apt {
+            sources: BTreeMap::from([(
+                "natsmesh.list".to_owned(),
+                AptSource {
+                    // cloud-init writes the key to a keyring of its own and
+                    // puts its path where $KEY_FILE stands.
+                    source: format!("deb [signed-by=$KEY_FILE] {} ./", r.apt_url),
+                    key,
+                },
+            )]),
+        },
+        package_update: true,
+        packages: vec!["natsmesh".into()],
+    };
+    let yaml = serde_norway::to_string(&doc).map_err(|e| e.to_string())?;
+    let text = format!(
+        "#cloud-config\n# natsmesh node of region {} ({}), made by natsmeshd user-data {}.\n# It holds secrets: paste it only into the machine's creation form.\n{yaml}",
+        r.region,
+        r.domain,
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut note = format!(
+        "user-data for a {} node of region {}: writes /etc/natsmesh/natsmesh.d/10-node.toml, the roots, and {} root-only (0600) file(s) in {CREDENTIALS}; installs natsmesh from {}.\n",
+        match r.provider {
+            Target::Digitalocean => "DigitalOcean",
+            Target::Linode => "Linode",
+            Target::Nocloud => "NoCloud",
+        },
+        r.region,
+        doc.write_files.len() - 2,
+        r.apt_url
+    );
+    note.push_str(&format!("It exposes {}.\n", exposed.join(", ")));
+    match r.provider {
+        Target::Digitalocean => note.push_str(
+            "DigitalOcean serves user-data to any local process from 169.254.169.254 for the droplet's whole life: give it only short-lived, narrow secrets (a region intermediate of short validity, tokens scoped to the zone and the balancer) and rotate them.\n",
+        ),
+        Target::Linode => note.push_str(
+            "Linode's metadata service serves user-data to local processes that ask for a token: give it only short-lived, narrow secrets.\n",
+        ),
+        Target::Nocloud => note.push_str("The NoCloud seed keeps these secrets on its medium: remove it after the first boot.\n"),
+    }
+    Ok((text, note))
+}
