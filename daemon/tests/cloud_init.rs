@@ -153,4 +153,64 @@ fn a_nocloud_machine_becomes_a_ready_member_from_its_user_data_alone() {
         screen.contains("node-1 (region fra1)") && screen.contains("serial "),
         "{screen}"
     );
+
+    // The metadata guard: user-data (secrets included) stays readable by
+    // root and natsmesh only. A stand-in metadata service on the
+    // container's own 169.254.169.254.
+    assert_eq!(
+        c.unit_property("natsmesh-metadata-guard", "ActiveState"),
+        "active"
+    );
+    c.ok(&["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"]);
+    c.ok(&[
+        "systemd-run",
+        "--unit=natsmesh-test-metadata",
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "169.254.169.254",
+        "80",
+    ]);
+    let reach = |user: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = c.exec(&[
+                "runuser",
+                "-u",
+                user,
+                "--",
+                "timeout",
+                "10",
+                "bash",
+                "-c",
+                "exec 3<>/dev/tcp/169.254.169.254/80 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && head -c 12 <&3",
+            ]);
+            let said = String::from_utf8_lossy(&out.stdout).into_owned();
+            // root's answer means the stand-in is up; others wait for it.
+            if said.starts_with("HTTP/1.0 200") || Instant::now() > deadline || user != "root" {
+                return (
+                    out.status.success(),
+                    said,
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (ok, said, err) = reach("root");
+    assert!(ok && said.starts_with("HTTP/1.0 200"), "root: {said} {err}");
+    let (ok, said, err) = reach("natsmesh");
+    assert!(
+        ok && said.starts_with("HTTP/1.0 200"),
+        "natsmesh: {said} {err}"
+    );
+    let (ok, said, err) = reach("nobody");
+    let rules = c.ok(&["nft", "list", "ruleset"]);
+    assert!(
+        !ok && said.is_empty(),
+        "nobody reached the metadata service: {said} {err}\n{rules}"
+    );
+    // Refused at once, not left to time out.
+    assert!(err.contains("refused"), "{err}\n{rules}");
 }

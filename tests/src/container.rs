@@ -77,7 +77,11 @@ impl Root {
     /// uses for keys) into a fresh directory.
     pub fn with_cloud_init(release: &str) -> Self {
         require_container_tools();
-        Self::from_image(&image_with(release, "cloud-init", "cloud-init,gpg"))
+        Self::from_image(&image_with(
+            release,
+            "cloud-init-nft",
+            "cloud-init,gpg,nftables",
+        ))
     }
 
     fn from_image(tar: &Path) -> Self {
