@@ -88,10 +88,7 @@ fn a_region_forms_from_dns_and_follows_it() {
             Duration::from_secs(10),
             |t| t > 0.0,
         );
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
+        let now = common::unix_now();
         assert!(
             (now - last).abs() < 30.0,
             "{v}: last lookup at {last}, now {now}"

@@ -370,10 +370,7 @@ fn renewal_never_disturbs_a_connected_client() {
             Duration::from_secs(5),
             |t| t > 0.0,
         );
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
+        let now = common::unix_now();
         assert!(
             expiry > now - 1.0 && expiry < now + 13.0,
             "{v}: {expiry} vs {now}"

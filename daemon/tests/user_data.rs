@@ -108,6 +108,30 @@ fn file<'a>(doc: &'a serde_norway::Value, path: &str) -> &'a serde_norway::Value
         .unwrap_or_else(|| panic!("no {path} in write_files"))
 }
 
+/// A successful run's user-data: schema-checked, parsed, and its drop-in
+/// read against natsmesh's schema.
+fn valid(
+    inputs: &Inputs,
+    out: Output,
+) -> (
+    String,
+    serde_norway::Value,
+    natsmesh::config::schema::RawConfig,
+) {
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("#cloud-config\n"), "{text}");
+    schema_ok(inputs.dir.path(), &text);
+    let doc: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let raw = toml::from_str(
+        file(&doc, "/etc/natsmesh/natsmesh.d/10-node.toml")["content"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    (text, doc, raw)
+}
+
 #[test]
 fn digitalocean_user_data_is_valid_cloud_config_with_root_only_secrets() {
     let inputs = Inputs::new();
@@ -123,17 +147,11 @@ fn digitalocean_user_data_is_valid_cloud_config_with_root_only_secrets() {
         "--lb-token",
         "lb.tok",
     ]);
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.starts_with("#cloud-config\n"), "{text}");
-    schema_ok(inputs.dir.path(), &text);
-
-    let doc: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let said = String::from_utf8(out.stderr.clone()).unwrap();
+    let (text, doc, raw) = valid(&inputs, out);
     // The node's settings: a drop-in natsmesh reads, every key known.
     let dropin = file(&doc, "/etc/natsmesh/natsmesh.d/10-node.toml");
     assert_eq!(dropin["permissions"].as_str(), Some("0644"));
-    let raw: natsmesh::config::schema::RawConfig =
-        toml::from_str(dropin["content"].as_str().unwrap()).unwrap();
     assert_eq!(raw.node.region.as_deref(), Some("fra1"));
     assert_eq!(raw.node.domain.as_deref(), Some("nats.example.com"));
     assert_eq!(
@@ -190,7 +208,6 @@ fn digitalocean_user_data_is_valid_cloud_config_with_root_only_secrets() {
     );
     assert_eq!(doc["packages"][0].as_str(), Some("natsmesh"));
     // What it exposes is said, on stderr, never mixed into the YAML.
-    let said = String::from_utf8(out.stderr).unwrap();
     assert!(
         said.contains("169.254.169.254") && said.contains("the DNS token"),
         "{said}"
@@ -209,16 +226,7 @@ fn linode_and_nocloud_user_data_are_valid_and_nocloud_needs_its_identity() {
         "--lb-token",
         "lb.tok",
     ]);
-    assert!(linode.status.success(), "{linode:?}");
-    let text = String::from_utf8(linode.stdout).unwrap();
-    schema_ok(inputs.dir.path(), &text);
-    let doc: serde_norway::Value = serde_norway::from_str(&text).unwrap();
-    let raw: natsmesh::config::schema::RawConfig = toml::from_str(
-        file(&doc, "/etc/natsmesh/natsmesh.d/10-node.toml")["content"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let (_, _, raw) = valid(&inputs, linode);
     assert_eq!(
         raw.node.provider,
         natsmesh::config::schema::Provider::Linode
@@ -239,16 +247,7 @@ fn linode_and_nocloud_user_data_are_valid_and_nocloud_needs_its_identity() {
         "--private-address",
         "10.251.0.1",
     ]);
-    assert!(nocloud.status.success(), "{nocloud:?}");
-    let text = String::from_utf8(nocloud.stdout).unwrap();
-    schema_ok(inputs.dir.path(), &text);
-    let doc: serde_norway::Value = serde_norway::from_str(&text).unwrap();
-    let raw: natsmesh::config::schema::RawConfig = toml::from_str(
-        file(&doc, "/etc/natsmesh/natsmesh.d/10-node.toml")["content"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let (_, _, raw) = valid(&inputs, nocloud);
     assert_eq!(raw.node.name.as_deref(), Some("node-1"));
     assert_eq!(
         raw.node.private_address,
