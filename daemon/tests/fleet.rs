@@ -400,7 +400,18 @@ fn a_change_on_every_node_rolls_through_the_region_one_node_at_a_time() {
         let s = region.nodes.get_mut(&n).unwrap().status().unwrap();
         assert_eq!((s.restarts, s.crashes), (1, 0), "n{n}");
     }
-    let logs = region.logs();
+    // The status shows the lease left as the release starts; its log line
+    // follows the bucket's answer (and the log pipe), so wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let logs = loop {
+        let logs = region.logs();
+        if logs.matches("released the region's restart lease").count() >= 3
+            || std::time::Instant::now() > deadline
+        {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(
         logs.matches("took the region's restart lease").count(),
         3,
