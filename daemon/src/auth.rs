@@ -169,10 +169,14 @@ pub async fn local_client(
             .await
             .map_err(|e| format!("{}: {e}", file.display()))?,
     };
+    // Only ever this node's own broker: the passwords are per node, so a
+    // reconnect to a server the cluster advertised would be refused there
+    // (and logged by it as an authentication error).
     opts = opts
         .name("natsmeshd")
         .connection_timeout(std::time::Duration::from_secs(2))
-        .max_reconnects(Some(0));
+        .max_reconnects(Some(0))
+        .ignore_discovered_servers();
     if settings.server.tls.is_some()
         && let Some(tls) = &settings.tls
     {
