@@ -91,7 +91,7 @@ impl Monitor {
     }
 
     /// GET `path`, keeping at most `max` bytes of the answer.
-    pub async fn get_up_to(&self, path: &str, max: usize) -> Http {
+    async fn get_up_to(&self, path: &str, max: usize) -> Http {
         let req = self.http.get(format!("{}{path}", self.base)).send();
         match tokio::time::timeout(self.timeout, req).await {
             Err(_) => Http::Timeout,
@@ -129,7 +129,16 @@ impl Monitor {
     }
 
     async fn json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Http> {
-        match self.get(path).await {
+        self.json_up_to(path, MAX_BODY).await
+    }
+
+    /// GET `path` and parse its JSON, keeping at most `max` bytes.
+    pub async fn json_up_to<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        max: usize,
+    ) -> Result<T, Http> {
+        match self.get_up_to(path, max).await {
             Http::Answered { status: 200, body } => {
                 serde_json::from_str(&body).map_err(|e| Http::Failed(format!("bad {path}: {e}")))
             }
@@ -143,16 +152,13 @@ impl Monitor {
 /// broker gone wrong.
 pub const MAX_BODY: usize = 1 << 20;
 
-/// The parts of `/gatewayz` natsmesh reads: which regions this server has
-/// a gateway connection to, each way.
+/// The part of `/gatewayz` natsmesh reads: which regions this server has
+/// made a gateway connection to.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct Gatewayz {
     /// Connections this server made, by remote gateway (region) name.
     #[serde(default)]
     pub outbound_gateways: std::collections::BTreeMap<String, serde_json::Value>,
-    /// Connections other servers made here, by remote gateway name.
-    #[serde(default)]
-    pub inbound_gateways: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// A TLS configuration that trusts nothing: for clients that only speak

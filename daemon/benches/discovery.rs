@@ -19,7 +19,7 @@ mod common;
 #[path = "stats/mod.rs"]
 mod stats;
 
-use stats::row;
+use stats::{env_num, row};
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -31,13 +31,6 @@ use common::{Daemon, Options};
 use futures_util::StreamExt as _;
 use natsmesh_harness::dns::{Dns, Records};
 use natsmesh_harness::{CURRENT, broker_binary, free_port, scratch};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Servers this one routes to: `/varz` counts pooled connections (2.10+
 /// opens several per peer), so distinct remote ids from `/routez`.

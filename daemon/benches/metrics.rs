@@ -18,14 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, Options};
 use natsmesh_harness::CURRENT;
-use stats::{ms, percentile};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use stats::{env_num, ms, percentile};
 
 /// Clock ticks a process has spent (user + system) from /proc.
 fn cpu_ticks(pid: u32) -> u64 {

@@ -16,7 +16,7 @@ mod common;
 #[path = "stats/mod.rs"]
 mod stats;
 
-use stats::{ms, percentile};
+use stats::{env_num, ms, percentile};
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -26,13 +26,6 @@ use std::time::{Duration, Instant};
 use common::{Daemon, Options, signal};
 use natsmesh::control::Request;
 use natsmesh_harness::{CURRENT, broker_binary, free_port, scratch};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn summary(samples: &[Duration]) -> String {
     format!(

@@ -330,11 +330,10 @@ pub struct Health {
 
 impl Health {
     fn record(&self, found: &Found) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        self.last_ok_unix_ms
-            .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.last_ok_unix_ms.store(
+            crate::unix_ms(std::time::SystemTime::now()),
+            Ordering::Relaxed,
+        );
         self.routes
             .store(found.routes.len() as u64, Ordering::Relaxed);
         self.regions.store(

@@ -35,3 +35,11 @@ pub const EXIT_FAILURE: i32 = 1;
 pub fn under_systemd() -> bool {
     std::env::var_os("INVOCATION_ID").is_some()
 }
+
+/// A wall-clock time as Unix milliseconds (0 before the epoch), as status
+/// and metrics report times.
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -313,15 +313,19 @@ pub fn render(r: &Request) -> Result<(String, String), String> {
         r.domain,
         env!("CARGO_PKG_VERSION")
     );
+    let secrets = doc
+        .write_files
+        .iter()
+        .filter(|f| f.path.starts_with(CREDENTIALS))
+        .count();
     let mut note = format!(
-        "user-data for a {} node of region {}: writes /etc/natsmesh/natsmesh.d/10-node.toml, the roots, and {} root-only (0600) file(s) in {CREDENTIALS}; installs natsmesh from {}.\n",
+        "user-data for a {} node of region {}: writes /etc/natsmesh/natsmesh.d/10-node.toml, the roots, and {secrets} root-only (0600) file(s) in {CREDENTIALS}; installs natsmesh from {}.\n",
         match r.provider {
             Target::Digitalocean => "DigitalOcean",
             Target::Linode => "Linode",
             Target::Nocloud => "NoCloud",
         },
         r.region,
-        doc.write_files.len() - 2,
         r.apt_url
     );
     note.push_str(&format!("It exposes {}.\n", exposed.join(", ")));

@@ -6,13 +6,15 @@
 //! done by hand. Runs in the nextest `serial` group (root, containers).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::NATSMESHD;
+use common::pki::Pki;
 use natsmesh_harness::container::Root;
 use natsmesh_harness::packages::{AptRepo, built};
-
-const NATSMESHD: &str = env!("CARGO_BIN_EXE_natsmeshd");
 
 fn natsmeshd(dir: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new(NATSMESHD)
@@ -27,28 +29,13 @@ fn natsmeshd(dir: &std::path::Path, args: &[&str]) -> String {
 #[test]
 fn a_nocloud_machine_becomes_a_ready_member_from_its_user_data_alone() {
     let repo = AptRepo::new(&[built("natsmesh", "deb"), built("natsmesh-broker", "deb")]);
-    let pki = natsmesh_harness::scratch();
-    natsmeshd(pki.path(), &["ca", "init", "--out", "root"]);
-    natsmeshd(
-        pki.path(),
-        &[
-            "ca",
-            "intermediate",
-            "--root",
-            "root",
-            "--region",
-            "fra1",
-            "--domain",
-            "nats.test",
-            "--out",
-            "inter",
-        ],
-    );
-    std::fs::write(pki.path().join("key.asc"), repo.armored_key()).unwrap();
+    let pki = Pki::new();
+    pki.root("root").intermediate("root", "fra1", "inter");
+    std::fs::write(pki.path("key.asc"), repo.armored_key()).unwrap();
     // A region of one, found through a DNS server that is not there yet:
     // discovery keeps the node's own route and goes on asking.
     let user_data = natsmeshd(
-        pki.path(),
+        &pki.path(""),
         &[
             "user-data",
             "--provider",

@@ -57,6 +57,7 @@ fn exported() -> BTreeSet<String> {
             dns_up: Some(true),
             load_balancer_registered: Some(true),
             gateways: Some(vec!["nyc3".into()]),
+            clock_synchronized: Some(true),
             ..Status::default()
         },
         broker: BrokerFigures {
@@ -71,7 +72,6 @@ fn exported() -> BTreeSet<String> {
         node: Figures {
             discovery: Some(DiscoveryFigures::default()),
             gateways_expected: Some(1),
-            clock_synchronized: Some(true),
             api_errors: vec![(
                 (Purpose::LoadBalancer, Flavor::DigitalOcean, "429".into()),
                 1,

@@ -152,14 +152,13 @@ fn promtool(text: &str) {
 
 #[test]
 fn per_stream_series_when_asked_for_streams_this_server_leads() {
-    let d = Daemon::start(
+    let mut d = Daemon::start(
         CURRENT,
         Options {
             extra: "[metrics]\nstreams = true\n".into(),
             ..Options::default()
         },
     );
-    let mut d = d;
     d.wait_ready();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -7,90 +7,17 @@
 mod common;
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::pki::Pki;
 use common::{Daemon, NATSMESHD, Options};
 use natsmesh_harness::{CURRENT, OLDEST_AND_CURRENT, scratch};
 
 fn each_version(test: impl Fn(&str)) {
     for v in OLDEST_AND_CURRENT {
         test(v);
-    }
-}
-
-fn ca(args: &[&str]) {
-    let out = Command::new(NATSMESHD)
-        .arg("ca")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ca {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Roots and intermediates made with `natsmeshd ca`.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        Self { dir: scratch() }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// A root in `<name>/`.
-    fn root(&self, name: &str) -> &Self {
-        ca(&[
-            "init",
-            "--out",
-            self.path(name).to_str().unwrap(),
-            "--name",
-            name,
-        ]);
-        self
-    }
-
-    /// An intermediate `<out>/<region>.{crt,key}` under root `<root>/`.
-    fn intermediate(&self, root: &str, region: &str, out: &str) -> &Self {
-        self.intermediate_with(root, region, out, &[])
-    }
-
-    /// The same with more `ca intermediate` arguments.
-    fn intermediate_with(&self, root: &str, region: &str, out: &str, more: &[&str]) -> &Self {
-        let (root, out) = (self.path(root), self.path(out));
-        let mut args = vec![
-            "intermediate",
-            "--root",
-            root.to_str().unwrap(),
-            "--region",
-            region,
-            "--domain",
-            "nats.test",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(more);
-        ca(&args);
-        self
-    }
-
-    /// Concatenates PEM files into `dest`.
-    fn bundle(&self, dest: &str, parts: &[&str]) -> PathBuf {
-        let text: String = parts
-            .iter()
-            .map(|p| std::fs::read_to_string(self.path(p)).unwrap())
-            .collect();
-        std::fs::write(self.path(dest), text).unwrap();
-        self.path(dest)
     }
 }
 

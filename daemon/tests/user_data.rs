@@ -4,42 +4,24 @@
 //! installs natsmesh from its signed repository, and says what it exposes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
-const NATSMESHD: &str = env!("CARGO_BIN_EXE_natsmeshd");
+use common::NATSMESHD;
+use common::pki::Pki;
 
 struct Inputs {
-    dir: tempfile::TempDir,
+    pki: Pki,
 }
 
 impl Inputs {
     /// A root, the fra1 intermediate, an apt key and two tokens.
     fn new() -> Self {
-        let dir = natsmesh_harness::scratch();
-        let p = dir.path();
-        for args in [
-            vec!["ca", "init", "--out", "root"],
-            vec![
-                "ca",
-                "intermediate",
-                "--root",
-                "root",
-                "--region",
-                "fra1",
-                "--domain",
-                "nats.example.com",
-                "--out",
-                "inter",
-            ],
-        ] {
-            let out = Command::new(NATSMESHD)
-                .args(&args)
-                .current_dir(p)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-        }
+        let pki = Pki::new();
+        pki.root("root").intermediate("root", "fra1", "inter");
+        let p = pki.path("");
         // Only the armour's shape is checked; no key needs to be real here.
         std::fs::write(
             p.join("key.asc"),
@@ -48,7 +30,7 @@ impl Inputs {
         .unwrap();
         std::fs::write(p.join("dns.tok"), "dop_v1_dns-token-for-the-zone\n").unwrap();
         std::fs::write(p.join("lb.tok"), "dop_v1_lb-token-for-the-balancer\n").unwrap();
-        Self { dir }
+        Self { pki }
     }
 
     fn run(&self, extra: &[&str]) -> Output {
@@ -72,13 +54,13 @@ impl Inputs {
         args.extend_from_slice(extra);
         Command::new(NATSMESHD)
             .args(&args)
-            .current_dir(self.dir.path())
+            .current_dir(self.path(""))
             .output()
             .unwrap()
     }
 
     fn path(&self, rel: &str) -> std::path::PathBuf {
-        self.dir.path().join(rel)
+        self.pki.path(rel)
     }
 }
 
@@ -121,7 +103,7 @@ fn valid(
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("#cloud-config\n"), "{text}");
-    schema_ok(inputs.dir.path(), &text);
+    schema_ok(&inputs.path(""), &text);
     let doc: serde_norway::Value = serde_norway::from_str(&text).unwrap();
     let raw = toml::from_str(
         file(&doc, "/etc/natsmesh/natsmesh.d/10-node.toml")["content"]

@@ -1,4 +1,4 @@
-//! Percentiles and table rows shared by the benchmarks (included with
+//! Knobs, percentiles and table rows shared by the benchmarks (included with
 //! `#[path]`; each bench uses what it needs).
 #![allow(dead_code)]
 
@@ -31,4 +31,12 @@ pub fn row(what: &str, samples: &[Duration]) -> String {
         ms(*max),
         samples.len()
     )
+}
+
+/// A benchmark knob from the environment, or its default.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -4,7 +4,7 @@
 //! dies frees it without anyone's help, and a live holder renews it by
 //! rewriting the key (compare-and-set on its revision).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
@@ -42,10 +42,7 @@ impl Holder {
 }
 
 fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    crate::unix_ms(SystemTime::now())
 }
 
 /// The bucket of a region: letters, digits, `-` and `_` only.

@@ -177,15 +177,11 @@ async fn read_broker(broker: Monitor, streams: bool, every: Duration, cache: Cac
     loop {
         let varz = broker.varz().await.ok();
         let jsz = if streams && varz.is_some() {
-            match broker
-                .get_up_to("/jsz?accounts=true&streams=true", MAX_JSZ)
+            broker
+                .json_up_to("/jsz?accounts=true&streams=true", MAX_JSZ)
                 .await
-            {
-                natsmesh_broker::monitor::Http::Answered { status: 200, body } => {
-                    serde_json::from_str(&body).ok().map(Arc::new)
-                }
-                _ => None,
-            }
+                .ok()
+                .map(Arc::new)
         } else {
             None
         };

@@ -20,8 +20,6 @@ pub struct Figures {
     pub discovery: Option<DiscoveryFigures>,
     /// How many other regions this node should have gateways to.
     pub gateways_expected: Option<u64>,
-    /// systemd-timesyncd's verdict, where it runs.
-    pub clock_synchronized: Option<bool>,
     /// Failed provider API calls so far.
     pub api_errors: Vec<(ErrorKey, u64)>,
 }
@@ -55,11 +53,9 @@ impl Figures {
                 .filter(|d| d.regions > 0)
                 .map_or(configured, |d| d.regions - 1)
         });
-        let clock_synchronized = crate::supervisor::status::clock_synchronized();
         Self {
             discovery,
             gateways_expected,
-            clock_synchronized,
             api_errors: rest::errors(),
         }
     }
@@ -185,7 +181,8 @@ pub fn encode(e: &mut DescriptorEncoder, s: &Status, f: &Figures) -> Result<(), 
             n as f64,
         )?;
     }
-    if let Some(synced) = f.clock_synchronized {
+    // The supervisor reads systemd-timesyncd's verdict with every probe.
+    if let Some(synced) = s.clock_synchronized {
         gauge(
             e,
             "natsmesh_clock_synchronized",

@@ -19,7 +19,7 @@ mod upgrades;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use natsmesh_broker::classify::{Action, classify};
 use natsmesh_broker::log::{ReloadOutcome, needs_restart};
@@ -198,12 +198,6 @@ pub struct Supervisor {
     reexec_due: bool,
 }
 
-fn unix_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 impl Supervisor {
     /// Prepares the first configuration (rendered, validated, `-t`) and
     /// writes it to the state directory. Fails before any broker starts.
@@ -263,7 +257,9 @@ impl Supervisor {
                 .as_ref()
                 .map(describe_cert)
                 .unwrap_or_else(|| "TLS off".into()),
-            certificate_not_after_unix: cert.as_ref().map(|c| unix_seconds(c.info.not_after)),
+            certificate_not_after_unix: cert
+                .as_ref()
+                .map(|c| crate::unix_ms(c.info.not_after) / 1000),
             ..Status::default()
         };
         let (status_tx, status_rx) = watch::channel(status.clone());
@@ -492,7 +488,7 @@ impl Supervisor {
         let s = &mut self.status;
         s.state = self.life.state().to_string();
         s.reason = self.life.reason().to_owned();
-        s.since_unix_ms = unix_ms(self.life.since_wall());
+        s.since_unix_ms = crate::unix_ms(self.life.since_wall());
         s.broker_pid = self.running.as_ref().map(|r| r.pid);
         s.broker_version = self.current.version.to_string();
         s.log_lines_dropped = self.output.dropped();
@@ -1259,16 +1255,12 @@ fn describe_cert(c: &crate::tls::Current) -> String {
     )
 }
 
-fn unix_seconds(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl Supervisor {
     /// The certificate in use, in the status.
     fn show_cert(&mut self, current: &crate::tls::Current) {
         self.status.certificate = describe_cert(current);
-        self.status.certificate_not_after_unix = Some(unix_seconds(current.info.not_after));
+        self.status.certificate_not_after_unix =
+            Some(crate::unix_ms(current.info.not_after) / 1000);
         self.status.certificate_failing = false;
         self.status.warnings = current.warnings.clone();
     }

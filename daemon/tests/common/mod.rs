@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod fleet;
 pub mod mesh;
+pub mod pki;
 
 use natsmesh::supervisor::Status;
 use natsmesh_harness::{broker_binary, free_port, scratch};

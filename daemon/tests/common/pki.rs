@@ -1,0 +1,85 @@
+//! Roots and region intermediates made with the real `natsmeshd ca`, in a
+//! scratch directory (`<root>/root.{crt,key}`, `<out>/<region>.{crt,key}`,
+//! domain `nats.test`).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use natsmesh_harness::scratch;
+
+use super::NATSMESHD;
+
+pub fn ca(args: &[&str]) {
+    let out = Command::new(NATSMESHD)
+        .arg("ca")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ca {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Roots and intermediates made with `natsmeshd ca`.
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        Self { dir: scratch() }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A root in `<name>/`.
+    pub fn root(&self, name: &str) -> &Self {
+        ca(&[
+            "init",
+            "--out",
+            self.path(name).to_str().unwrap(),
+            "--name",
+            name,
+        ]);
+        self
+    }
+
+    /// An intermediate `<out>/<region>.{crt,key}` under root `<root>/`.
+    pub fn intermediate(&self, root: &str, region: &str, out: &str) -> &Self {
+        self.intermediate_with(root, region, out, &[])
+    }
+
+    /// The same with more `ca intermediate` arguments.
+    pub fn intermediate_with(&self, root: &str, region: &str, out: &str, more: &[&str]) -> &Self {
+        let (root, out) = (self.path(root), self.path(out));
+        let mut args = vec![
+            "intermediate",
+            "--root",
+            root.to_str().unwrap(),
+            "--region",
+            region,
+            "--domain",
+            "nats.test",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(more);
+        ca(&args);
+        self
+    }
+
+    /// Concatenates PEM files into `dest`.
+    pub fn bundle(&self, dest: &str, parts: &[&str]) -> PathBuf {
+        let text: String = parts
+            .iter()
+            .map(|p| std::fs::read_to_string(self.path(p)).unwrap())
+            .collect();
+        std::fs::write(self.path(dest), text).unwrap();
+        self.path(dest)
+    }
+}
