@@ -84,6 +84,9 @@ pub struct LookupError {
     /// How long the server said the absence holds (an NXDOMAIN or empty
     /// answer's negative TTL, from its SOA).
     pub negative_ttl: Option<Duration>,
+    /// The name has no such records (NXDOMAIN or an empty answer), as
+    /// opposed to a server that did not answer.
+    pub absent: bool,
 }
 
 /// The negative TTL of a "no records" answer, if the server gave one.
@@ -116,6 +119,10 @@ pub fn retry_wait(
 pub struct Discovery {
     resolver: TokioResolver,
     settings: DiscoverySettings,
+    /// The regions of the last TXT answer, kept while the record is absent.
+    last_regions: Arc<std::sync::Mutex<Option<Vec<String>>>>,
+    /// The record's absence was logged (once per absence, not per lookup).
+    regions_absent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Discovery {
@@ -143,7 +150,12 @@ impl Discovery {
             .with_options(opts)
             .build()
             .map_err(|e| format!("resolver: {e}"))?;
-        Ok(Self { resolver, settings })
+        Ok(Self {
+            resolver,
+            settings,
+            last_regions: Arc::default(),
+            regions_absent: Arc::default(),
+        })
     }
 
     /// The settings.
@@ -166,11 +178,7 @@ impl Discovery {
         }
         let regions = match &s.regions_record {
             None => None,
-            Some(name) => {
-                let (regions, valid) = self.regions(name, now).await?;
-                ttl = ttl.min(valid);
-                Some(regions)
-            }
+            Some(name) => self.regions_or_last(name, now, &mut ttl).await?,
         };
         let mut leaves = Vec::new();
         for record in &s.leaf_records {
@@ -245,9 +253,50 @@ impl Discovery {
                 name: record.to_owned(),
                 why: format!("no usable {kind} records"),
                 negative_ttl: None,
+                absent: false,
             });
         }
         Ok((found, ttl))
+    }
+
+    /// The regions record's answer; while the record does not exist (a
+    /// zone that is still empty, the first region's first servers), the
+    /// last answer it gave, or none: routes never wait for it, and gateways
+    /// stay as configured until it appears.
+    async fn regions_or_last(
+        &self,
+        name: &str,
+        now: Instant,
+        ttl: &mut Duration,
+    ) -> Result<Option<Vec<String>>, LookupError> {
+        let last = || {
+            self.last_regions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        };
+        match self.regions(name, now).await {
+            Ok((regions, valid)) => {
+                *ttl = (*ttl).min(valid);
+                *self
+                    .last_regions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(regions.clone());
+                self.regions_absent.store(false, Ordering::Relaxed);
+                Ok(Some(regions))
+            }
+            Err(e) if e.absent => {
+                let kept = last();
+                if !self.regions_absent.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(record = %name, kept = ?kept, "no regions record (TXT): gateways stay as configured, or as it last said, until it appears");
+                }
+                if let Some(t) = e.negative_ttl {
+                    *ttl = (*ttl).min(t);
+                }
+                Ok(kept)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The region names a TXT record lists (space-separated, any number of
@@ -311,6 +360,7 @@ fn lookup_error(name: &str, e: &NetError) -> LookupError {
         name: name.to_owned(),
         why: e.to_string(),
         negative_ttl: negative_ttl(e),
+        absent: matches!(e, NetError::Dns(DnsError::NoRecordsFound(_))),
     }
 }
 

@@ -191,9 +191,24 @@ async fn first_answer(
             .publish
             .clone()
             .map(|p| tokio::spawn(crate::publish::announce_for_bootstrap(p)));
-        let found =
-            crate::discovery::wait_for_peers(&discovery, d.bootstrap_expect, d.bootstrap_timeout)
-                .await;
+        let found = {
+            let wait = crate::discovery::wait_for_peers(
+                &discovery,
+                d.bootstrap_expect,
+                d.bootstrap_timeout,
+            );
+            tokio::pin!(wait);
+            // The wait is bounded by bootstrap_timeout, which may be far
+            // beyond the unit's TimeoutStartSec (machines of a new region
+            // come up minutes apart): systemd is told the start goes on.
+            let mut tick = tokio::time::interval(crate::supervisor::EXTEND_EVERY);
+            loop {
+                tokio::select! {
+                    found = &mut wait => break found,
+                    _ = tick.tick() => notifier.extend_timeout(crate::supervisor::EXTEND_EVERY * 3),
+                }
+            }
+        };
         let mut announced = false;
         if let (Some(a), Some(p)) = (announcer, &settings.publish) {
             if found.is_ok() {

@@ -89,12 +89,19 @@ pub struct Request {
     /// A token for it, scoped to the zone's records.
     #[arg(long, value_name = "FILE")]
     pub dns_token: Option<PathBuf>,
+    /// The DNS API's base URL, for an egress proxy; default: the provider's.
+    #[arg(long, value_name = "URL", requires = "dns")]
+    pub dns_api_url: Option<String>,
     /// The load balancer (DigitalOcean: its id; Linode: the NodeBalancer id).
     #[arg(long, value_name = "ID", requires = "lb_token")]
     pub lb_id: Option<String>,
     /// A token for it, scoped to load balancers.
     #[arg(long, value_name = "FILE")]
     pub lb_token: Option<PathBuf>,
+    /// The load-balancer API's base URL, for an egress proxy; default: the
+    /// provider's.
+    #[arg(long, value_name = "URL", requires = "lb_id")]
+    pub lb_api_url: Option<String>,
     /// NoCloud: the server name.
     #[arg(long)]
     pub name: Option<String>,
@@ -220,10 +227,11 @@ fn dropin(r: &Request) -> Result<String, String> {
         ("discovery", table(&discovery)),
     ];
     if let Some(api) = r.dns {
-        doc.push((
-            "dns_publish",
-            table(&[("backend", s(api.name())), ("token_file", s("dns-token"))]),
-        ));
+        let mut publish = vec![("backend", s(api.name())), ("token_file", s("dns-token"))];
+        if let Some(url) = &r.dns_api_url {
+            publish.push(("api_url", s(url)));
+        }
+        doc.push(("dns_publish", table(&publish)));
     }
     if let Some(id) = &r.lb_id {
         let provider = match r.provider {
@@ -233,14 +241,15 @@ fn dropin(r: &Request) -> Result<String, String> {
                 return Err("a load balancer needs --provider digitalocean or linode".into());
             }
         };
-        doc.push((
-            "load_balancer",
-            table(&[
-                ("provider", s(provider)),
-                ("id", s(id)),
-                ("token_file", s("lb-token")),
-            ]),
-        ));
+        let mut lb = vec![
+            ("provider", s(provider)),
+            ("id", s(id)),
+            ("token_file", s("lb-token")),
+        ];
+        if let Some(url) = &r.lb_api_url {
+            lb.push(("api_url", s(url)));
+        }
+        doc.push(("load_balancer", table(&lb)));
     }
     let text = toml::to_string(&table(&doc)).map_err(|e| e.to_string())?;
     Ok(format!(

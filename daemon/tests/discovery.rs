@@ -554,3 +554,60 @@ fn an_edge_finds_its_hub_in_dns_and_follows_it() {
         );
     }
 }
+
+/// A new supercluster's zone has no regions record yet: the region still
+/// forms from its route records (gateways stay as configured), takes the
+/// record when it appears, and keeps its last answer if it goes again.
+#[test]
+fn a_region_forms_before_the_regions_record_exists() {
+    let port = free_port();
+    let gw = free_port();
+    let mut dns = Dns::start(IpAddr::from([127, 0, 0, 1]), &region(&[1, 2], port));
+    let gateway = |n: u8| {
+        Daemon::start(
+            CURRENT,
+            Options {
+                extra: format!(
+                    "[node]\nname = \"n{n}\"\nregion = \"fra1\"\ndomain = \"nats.test\"\n\n[broker.cluster]\nenabled = true\nbind = \"{ip}\"\nport = {port}\n\n[broker.gateway]\nenabled = true\nbind = \"{ip}\"\nport = {gw}\n\n[discovery]\nenabled = true\nnameservers = [\"{}\"]\nmin_refresh = \"300ms\"\nmax_refresh = \"1s\"\n\n[health]\nroute_wait = \"30s\"\n",
+                    dns.addr(),
+                    ip = ip(n),
+                ),
+                ..Options::default()
+            },
+        )
+    };
+    let mut a = gateway(1);
+    let mut b = gateway(2);
+    wait_routes(&mut a, 1, "a formed the region without a regions record");
+    wait_routes(&mut b, 1, "b formed the region without a regions record");
+    let said = a.log().matches("no regions record (TXT)").count();
+    assert_eq!(said, 1, "said once, not per lookup:\n{}", a.log());
+    let conf = || std::fs::read_to_string(a.dir.path().join("state/nats-server.conf")).unwrap();
+    assert!(!conf().contains("nyc3.nats.test"), "{}", conf());
+
+    // The record appears: the gateways follow it (a gateway list takes a
+    // restart, so it waits for a coordinated one).
+    let mut with_regions = region(&[1, 2], port);
+    with_regions
+        .txt
+        .push(("_nats-regions.nats.test".into(), "fra1 nyc3".into()));
+    dns.set(&with_regions);
+    a.wait_status(
+        "the regions record taken",
+        |s| s.restart_pending.iter().any(|r| r.contains("gateway")),
+        Duration::from_secs(15),
+    );
+    assert!(a.log().contains(r#"regions=Some(["fra1", "nyc3"])"#));
+    // It goes again: its last answer stays.
+    dns.set(&region(&[1, 2], port));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while a.log().matches("no regions record (TXT)").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let log = a.log();
+    let gone = &log[log.rfind("no regions record (TXT)").unwrap()..];
+    assert!(gone.contains(r#"kept=Some(["fra1", "nyc3"])"#), "{gone}");
+    assert!(!gone.contains("DNS answer changed"), "{gone}");
+}

@@ -33,6 +33,12 @@ impl Bind {
     /// Serves an empty `zone` (SOA and NS only) on a free loopback port,
     /// updatable with the test key.
     pub fn start(zone: &str) -> Self {
+        Self::start_on(zone, std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    /// As [`Bind::start`], listening on `ip` (e.g. a [`crate::netns::Lan`]'s
+    /// host address, for test hosts in their own network namespaces).
+    pub fn start_on(zone: &str, ip: std::net::Ipv4Addr) -> Self {
         require_bind();
         let dir = tempfile::Builder::new()
             .prefix("natsmesh-bind-")
@@ -54,13 +60,13 @@ impl Bind {
         .expect("zone file");
         let mut last = String::new();
         for _ in 0..10 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+            let addr = SocketAddr::from((ip, crate::free_port()));
             let conf = format!(
                 r#"include "{key}";
 options {{
     directory "{dir}";
     pid-file "{dir}/named.pid";
-    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on port {port} {{ {ip}; }};
     listen-on-v6 {{ none; }};
     recursion no;
     notify no;
@@ -114,7 +120,7 @@ zone "{zone}" {{
         panic!("named did not start:\n{last}");
     }
 
-    /// `127.0.0.1:<port>`, UDP and TCP.
+    /// `<ip>:<port>`, UDP and TCP.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -229,7 +235,7 @@ fn dig(addr: SocketAddr, name: &str, kind: &str) -> Vec<String> {
             "+time=1",
             "-p",
             &addr.port().to_string(),
-            "@127.0.0.1",
+            &format!("@{}", addr.ip()),
             name,
             kind,
         ])

@@ -128,12 +128,97 @@ impl Root {
         self.dir.path().join(dest.trim_start_matches('/'))
     }
 
-    /// Boots it with systemd as PID 1 and waits for the boot to finish.
+    /// Boots it with systemd as PID 1 on a private network (only its own
+    /// loopback) and waits for the boot to finish.
     pub fn boot(self) -> Container {
+        self.boot_on(&Network::Private)
+    }
+
+    /// Boots it on `net` and waits for the boot to finish.
+    pub fn boot_on(self, net: &Network) -> Container {
+        self.spawn(net, Boot::Finished)
+    }
+
+    /// Boots it on `net` and returns once systemd answers, with boot jobs
+    /// possibly still running (a unit that waits for other machines, say).
+    pub fn start_on(self, net: &Network) -> Container {
+        self.spawn(net, Boot::Started)
+    }
+
+    fn spawn(self, net: &Network, wait: Boot) -> Container {
+        let target = format!("-D {}", self.dir.path().display());
         let log = self.dir.path().with_extension("console.log");
+        Container::start(Some(self), target, net, &[], log, wait)
+    }
+}
+
+/// How far a boot is waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Boot {
+    /// Every boot job done (`running` or `degraded`).
+    Finished,
+    /// systemd up, jobs may still be queued (`starting` too).
+    Started,
+}
+
+/// Where a container's network lives.
+#[derive(Debug, Clone)]
+pub enum Network {
+    /// A network namespace of its own with only loopback.
+    Private,
+    /// A network namespace the test made (`/run/netns/NAME`), e.g. one
+    /// host of a [`crate::netns::Lan`].
+    Namespace(PathBuf),
+}
+
+impl Network {
+    fn arg(&self) -> String {
+        match self {
+            Self::Private => "--private-network".into(),
+            Self::Namespace(p) => format!("--network-namespace-path={}", p.display()),
+        }
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A booted container.
+pub struct Container {
+    root: Option<Root>,
+    /// What nspawn boots (`-D DIR` or `--image=FILE`): names its process.
+    target: String,
+    script: Child,
+    init: u32,
+    log: PathBuf,
+}
+
+impl Container {
+    /// Boots the disk image at `image` (a raw disk with a discoverable root
+    /// partition) with `extra` nspawn arguments (e.g. `--bind-ro=` for a
+    /// seed) and waits for the boot to finish. The image is written to: boot
+    /// a copy.
+    pub fn boot_image(image: &Path, net: &Network, extra: &[String]) -> Self {
+        require_container_tools();
+        let target = format!("--image={}", image.display());
+        let log = image.with_extension("console.log");
+        Self::start(None, target, net, extra, log, Boot::Finished)
+    }
+
+    fn start(
+        root: Option<Root>,
+        target: String,
+        net: &Network,
+        extra: &[String],
+        log: PathBuf,
+        wait: Boot,
+    ) -> Self {
         let cmd = format!(
-            "exec systemd-nspawn --register=no --keep-unit --private-network --quiet -D {} -b",
-            self.dir.path().display()
+            "exec systemd-nspawn --register=no --keep-unit {} --quiet {} {target} -b",
+            net.arg(),
+            extra.join(" "),
         );
         let script = Command::new("script")
             .arg("-qfc")
@@ -144,8 +229,9 @@ impl Root {
             .stderr(Stdio::null())
             .spawn()
             .expect("script");
-        let mut c = Container {
-            root: Some(self),
+        let mut c = Self {
+            root,
+            target,
             script,
             init: 0,
             log,
@@ -156,7 +242,10 @@ impl Root {
         loop {
             let out = c.exec(&["systemctl", "is-system-running"]);
             let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            if state == "running" || state == "degraded" {
+            if state == "running"
+                || state == "degraded"
+                || (wait == Boot::Started && state == "starting")
+            {
                 break;
             }
             if Instant::now() >= deadline {
@@ -171,25 +260,15 @@ impl Root {
         }
         c
     }
-}
 
-fn set_mode(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
+    /// The pattern matching this container's systemd-nspawn process.
+    fn nspawn_pattern(&self) -> String {
+        format!("^systemd-nspawn.* {}( |$)", regex_escape(&self.target))
+    }
 
-/// A booted container.
-pub struct Container {
-    root: Option<Root>,
-    script: Child,
-    init: u32,
-    log: PathBuf,
-}
-
-impl Container {
     fn find_init(&mut self) -> u32 {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let pattern = format!("^systemd-nspawn.* -D {}", self.root().path().display());
+        let pattern = self.nspawn_pattern();
         loop {
             let nspawn = Command::new("pgrep")
                 .args(["-f", &pattern])
@@ -230,9 +309,11 @@ impl Container {
         PathBuf::from(format!("/proc/{}/ns/net", self.init))
     }
 
-    /// The container's root.
+    /// The container's root (a directory-booted container only).
     pub fn root(&self) -> &Root {
-        self.root.as_ref().expect("root")
+        self.root
+            .as_ref()
+            .expect("booted from an image: no root directory")
     }
 
     /// What the console printed.
@@ -308,7 +389,7 @@ impl Container {
 impl Drop for Container {
     fn drop(&mut self) {
         // SIGTERM to systemd-nspawn powers the container off cleanly.
-        let pattern = format!("^systemd-nspawn.* -D {}", self.root().path().display());
+        let pattern = self.nspawn_pattern();
         let _ = Command::new("pkill")
             .args(["-TERM", "-f", &pattern])
             .status();
@@ -326,4 +407,17 @@ impl Drop for Container {
         let _ = self.script.wait();
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// `s` with the characters `pgrep -f` (extended regex) treats specially
+/// escaped.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.^$|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

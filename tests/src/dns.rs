@@ -97,8 +97,10 @@ impl Dns {
 
     fn try_set(&mut self, records: &Records) -> Result<(), String> {
         self.stop();
+        // `local=/test/`: names it does not know get NXDOMAIN, as from a
+        // real zone's server, not REFUSED.
         let mut conf = format!(
-            "port={}\nlisten-address={}\nbind-interfaces\nno-resolv\nno-hosts\nlocal-ttl=1\nneg-ttl=1\n",
+            "port={}\nlisten-address={}\nbind-interfaces\nno-resolv\nno-hosts\nlocal=/test/\nlocal-ttl=1\nneg-ttl=1\n",
             self.addr.port(),
             self.addr.ip()
         );

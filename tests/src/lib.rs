@@ -12,6 +12,7 @@ pub mod bind;
 pub mod container;
 pub mod dns;
 pub mod fakes;
+pub mod netns;
 pub mod packages;
 
 use std::io::{BufRead, BufReader};

@@ -48,7 +48,7 @@ const STARTUP_PROBE_PACE: Duration = Duration::from_millis(20);
 /// How long a signalled reload may take to show its outcome.
 const RELOAD_CONFIRM: Duration = Duration::from_secs(10);
 /// How often, and by a multiple of which, EXTEND_TIMEOUT_USEC is sent.
-const EXTEND_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const EXTEND_EVERY: Duration = Duration::from_secs(5);
 /// Consecutive failed serving probes before a ready node leaves service.
 const SERVING_FAILURES: u32 = 3;
 
