@@ -74,7 +74,7 @@ unit-security:
 	scripts/unit-security
 
 # Benchmarks (about 12 minutes): each prints a table and writes it to
-# bench/results/{supervisor,tls,discovery,publish,balancer,metrics}.md. NATSMESH_BENCH_SOAK_SECS=1800
+# bench/results/{supervisor,tls,discovery,publish,balancer,metrics,boot}.md. NATSMESH_BENCH_SOAK_SECS=1800
 # for the 30-minute leak check; discovery needs root.
 bench: brokers
 	$(CARGO) bench -p natsmesh --bench supervisor
@@ -83,3 +83,5 @@ bench: brokers
 	$(CARGO) bench -p natsmesh --bench publish
 	$(CARGO) bench -p natsmesh --bench balancer
 	$(CARGO) bench -p natsmesh --bench metrics
+	$(MAKE) deb
+	$(CARGO) bench -p natsmesh --bench boot

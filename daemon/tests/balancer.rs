@@ -93,6 +93,19 @@ fn a_node_joins_once_ready_and_leaves_before_lame_duck() {
 }
 
 #[test]
+fn the_first_join_after_start_does_not_wait_for_the_dwell() {
+    let fleet = Fleet::good(1);
+    let mut a = Daemon::start(CURRENT, fleet.options(1, "dwell = \"30s\""));
+    a.wait_ready();
+    // A fresh node takes clients as soon as it serves: well within the
+    // 30 s a later change of state would have to hold.
+    wait_for("registered at once", Duration::from_secs(10), || {
+        fleet.lb.registered() == vec![droplet_id(1)]
+    });
+    fleet.wait_in_service(&[droplet_id(1)], "in service");
+}
+
+#[test]
 fn a_hung_broker_leaves_the_balancer_and_returns() {
     let fleet = Fleet::good(1);
     let mut a = fleet.node(1);

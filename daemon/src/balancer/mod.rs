@@ -3,7 +3,7 @@
 //!
 //! The member task follows the supervisor's status. `ready` means "in";
 //! anything else means "out", but only after the state has held for the
-//! dwell time (hysteresis), so a blip the balancer's own health check
+//! dwell time (hysteresis; not before the first join after start), so a blip the balancer's own health check
 //! rides out does not churn the API. Only this node's own serving probe
 //! decides; JetStream's state, which every node sees alike during a
 //! cluster-wide outage, never does, so the balancer is never emptied by
@@ -396,6 +396,9 @@ pub async fn follow(
     let mut check_at = Instant::now();
     // Membership as last seen or made (None: unknown).
     let mut member: Option<bool> = None;
+    // Whether this run has joined the balancer once (the first join does
+    // not wait for the dwell).
+    let mut joined_once = false;
     let mut state_since = Instant::now();
     let mut last_state = String::new();
     let mut retry_at: Option<Instant> = None;
@@ -466,7 +469,10 @@ pub async fn follow(
         }
         // What membership should be now.
         let want_in = state == "ready" && setup_wrong.is_empty();
-        let settled = now.duration_since(state_since) >= s.dwell;
+        // The dwell guards against flapping; a node's first ready since it
+        // started has no history to flap, and a fresh machine should take
+        // clients as soon as it serves.
+        let settled = now.duration_since(state_since) >= s.dwell || (want_in && !joined_once);
         let change = setup.is_some()
             && match member {
                 _ if leaving => member != Some(false),
@@ -502,6 +508,7 @@ pub async fn follow(
                     retry_at = None;
                     member = Some(joining);
                     if joining {
+                        joined_once = true;
                         tracing::info!(balancer = %name, "joined the load balancer");
                         tell(true, member, format!("in {name}"));
                     } else {

@@ -130,7 +130,8 @@ pub struct RawLoadBalancer {
     pub ready_bind: Bind,
     /// Its port.
     pub ready_port: u16,
-    /// Minimum time a state holds before membership follows it.
+    /// Minimum time a state holds before membership follows it (not for
+    /// the first join after start).
     pub dwell: Span,
     /// The most a stop spends leaving the balancer (deregistration and
     /// the drain delay its health check implies).

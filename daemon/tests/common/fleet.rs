@@ -107,8 +107,13 @@ id = "{LB}"
 token_file = "{token}"
 api_url = "{api}"
 ready_port = {ready}
-dwell = "1s"
+{dwell}
 {extra}"#,
+                dwell = if extra.contains("dwell =") {
+                    ""
+                } else {
+                    "dwell = \"1s\""
+                },
                 meta = self.metadata[usize::from(n - 1)].url(),
                 client = self.client_port,
                 token = self.token.path().join("token").display(),
