@@ -5,6 +5,7 @@
 #   make ci     lint + test, as CI runs it
 #   make deb    the natsmesh and natsmesh-broker .debs in target/packages/
 #   make rpm    the same as .rpms
+#   make drills the failure drills, longer than CI runs them
 
 CARGO   ?= cargo
 BROKERS ?= $(or $(NATSMESH_BROKERS),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/natsmesh/brokers)
@@ -12,7 +13,7 @@ CURRENT := 2.15.1
 export NATSMESH_BROKERS := $(BROKERS)
 
 PACKAGES := target/packages
-.PHONY: run test lint fmt clippy ci brokers tools bench unit-security packages deb rpm release stage-broker package-tools manpage
+.PHONY: drills run test lint fmt clippy ci brokers tools bench unit-security packages deb rpm release stage-broker package-tools manpage
 
 # The pinned current nats-server is installed (hash-checked) when missing
 # and put first on PATH; natsmeshd finds it there by default.
@@ -72,6 +73,12 @@ rpm: package-tools release stage-broker manpage
 # systemd's exposure score for the unit beside nats-server's hardened sample.
 unit-security:
 	scripts/unit-security
+
+# Failure drills (root): a longer run of each drill, reports in
+# bench/results/drills/ (Markdown and JSON). CI runs them reduced.
+drills: brokers
+	NATSMESH_DRILL_OUT=$(CURDIR)/bench/results/drills NATSMESH_DRILL_LOSS_SECS=30 NATSMESH_DRILL_LOAD_SECS=15 \
+	  $(CARGO) nextest run -p natsmesh --test drills --no-capture
 
 # Benchmarks (about 12 minutes): each prints a table and writes it to
 # bench/results/{supervisor,tls,discovery,publish,balancer,metrics,boot}.md. NATSMESH_BENCH_SOAK_SECS=1800

@@ -72,15 +72,9 @@ type Milestones = BTreeMap<&'static str, f64>;
 /// The milestones and the phase each ends (the table orders them by when
 /// they come).
 const MILESTONES: &[(&str, &str)] = &[
-    (
-        "cloud-init starts",
-        "boot up to cloud-init's first stage",
-    ),
+    ("cloud-init starts", "boot up to cloud-init's first stage"),
     ("packages start", "cloud-init's init and config stages"),
-    (
-        "natsmeshd starts",
-        "apt: update, unpack, postinst",
-    ),
+    ("natsmeshd starts", "apt: update, unpack, postinst"),
     (
         "certificate issued",
         "identity from metadata, node key and certificate",

@@ -101,6 +101,35 @@ impl Mesh {
 
     /// Starts node `n` of region `r` (named `<region>-n<n>`).
     pub fn start_node(&mut self, r: Region, n: u8) {
+        let d = Daemon::start(CURRENT, self.options(r, n));
+        self.nodes.insert(format!("{}-n{n}", r.name), d);
+    }
+
+    /// Kills node `n` of region `r` at once (SIGKILL to natsmeshd; its
+    /// broker follows it), keeping its state for [`Mesh::revive`].
+    pub fn kill(&mut self, r: Region, n: u8) {
+        let d = self.node(&format!("{}-n{n}", r.name));
+        let broker = d.status().and_then(|s| s.broker_pid);
+        d.signal("KILL");
+        d.wait_exit(Duration::from_secs(10));
+        if let Some(pid) = broker {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while super::alive(pid) {
+                assert!(Instant::now() < deadline, "broker {pid} outlived natsmeshd");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts a killed node again on its old state.
+    pub fn revive(&mut self, r: Region, n: u8) {
+        let opts = self.options(r, n);
+        let d = self.node(&format!("{}-n{n}", r.name));
+        let dir = std::mem::replace(&mut d.dir, natsmesh_harness::scratch());
+        *d = Daemon::start_in(dir, CURRENT, opts);
+    }
+
+    fn options(&self, r: Region, n: u8) -> Options {
         {
             let extra = format!(
                 r#"[node]
@@ -133,16 +162,12 @@ route_wait = "30s"
                 min = self.refresh.0,
                 max = self.refresh.1,
             );
-            let d = Daemon::start(
-                CURRENT,
-                Options {
-                    extra,
-                    resolv_conf: Some(self.resolv.clone()),
-                    log_level: self.log_level.clone(),
-                    ..Options::default()
-                },
-            );
-            self.nodes.insert(format!("{}-n{n}", r.name), d);
+            Options {
+                extra,
+                resolv_conf: Some(self.resolv.clone()),
+                log_level: self.log_level.clone(),
+                ..Options::default()
+            }
         }
     }
 
