@@ -3,8 +3,8 @@
 //!
 //! The member task follows the supervisor's status. `ready` means "in";
 //! anything else means "out", but only after the state has held for the
-//! dwell time (hysteresis; not before the first join after start), so a blip the balancer's own health check
-//! rides out does not churn the API. Only this node's own serving probe
+//! dwell time (hysteresis; the first join after start does not wait), so a
+//! blip the balancer's own health check rides out does not churn the API. Only this node's own serving probe
 //! decides; JetStream's state, which every node sees alike during a
 //! cluster-wide outage, never does, so the balancer is never emptied by
 //! one. On stop and drain the node leaves at once, then waits a drain delay
