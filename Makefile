@@ -5,6 +5,7 @@
 #   make ci     lint + test, as CI runs it
 #   make deb    the natsmesh and natsmesh-broker .debs in target/packages/
 #   make rpm    the same as .rpms
+#   make image  the appliance image in target/image/
 #   make drills the failure drills, longer than CI runs them
 
 CARGO   ?= cargo
@@ -13,7 +14,7 @@ CURRENT := 2.15.1
 export NATSMESH_BROKERS := $(BROKERS)
 
 PACKAGES := target/packages
-.PHONY: drills run test lint fmt clippy ci brokers tools bench unit-security packages deb rpm release stage-broker package-tools manpage
+.PHONY: image drills run test lint fmt clippy ci brokers tools bench unit-security packages deb rpm release stage-broker package-tools manpage
 
 # The pinned current nats-server is installed (hash-checked) when missing
 # and put first on PATH; natsmeshd finds it there by default.
@@ -32,8 +33,9 @@ package-tools:
 	@command -v cargo-deb >/dev/null || $(CARGO) install --locked cargo-deb
 	@command -v cargo-generate-rpm >/dev/null || $(CARGO) install --locked cargo-generate-rpm
 
-# The install tests boot Debian 12 and 13 and apt-get install these.
-test: brokers tools packages
+# The install tests boot Debian 12 and 13 and apt-get install these; the
+# image test boots the appliance image.
+test: brokers tools packages image
 	$(CARGO) nextest run --workspace --profile $(if $(CI),ci,default)
 
 fmt:
@@ -56,6 +58,11 @@ stage-broker:
 	install -D -m 0644 $(BROKERS)/$(CURRENT)/LICENSE target/natsmesh-broker/LICENSE
 
 packages: deb rpm
+
+# The appliance image (Debian 13, natsmesh preinstalled) in
+# target/image/: .raw, .qcow2 (DigitalOcean), .img.gz (Linode).
+image: deb
+	scripts/build-image
 
 # The manual page, from the same definitions as --help.
 manpage: release

@@ -56,11 +56,20 @@ pub struct Request {
     #[arg(long)]
     pub domain: String,
     /// natsmesh's apt repository (a flat repository: `URL ./`).
-    #[arg(long, value_name = "URL")]
-    pub apt_url: String,
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "appliance",
+        requires = "apt_key"
+    )]
+    pub apt_url: Option<String>,
     /// The repository's OpenPGP public key (ASCII-armoured).
-    #[arg(long, value_name = "FILE")]
-    pub apt_key: PathBuf,
+    #[arg(long, value_name = "FILE", requires = "apt_url")]
+    pub apt_key: Option<PathBuf>,
+    /// The machine runs the natsmesh appliance image (`make image`):
+    /// natsmesh is installed already, so no apt source and no package.
+    #[arg(long, conflicts_with_all = ["apt_url", "apt_key"])]
+    pub appliance: bool,
     /// The supercluster's root certificate(s).
     #[arg(long, value_name = "FILE")]
     pub roots: PathBuf,
@@ -114,8 +123,11 @@ pub struct Request {
 #[derive(Debug, Serialize)]
 struct CloudConfig {
     write_files: Vec<WriteFile>,
-    apt: Apt,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apt: Option<Apt>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     package_update: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     packages: Vec<String>,
 }
 
@@ -292,28 +304,40 @@ pub fn render(r: &Request) -> Result<(String, String), String> {
         files.push(secret("lb-token", read("--lb-token", t)?));
         exposed.push("the load-balancer token");
     }
-    let key = read("--apt-key", &r.apt_key)?;
-    if !key.contains("BEGIN PGP PUBLIC KEY BLOCK") {
-        return Err(format!(
-            "--apt-key {}: not an ASCII-armoured OpenPGP public key (gpg --armor --export)",
-            r.apt_key.display()
-        ));
-    }
+    let repository = match (&r.apt_url, &r.apt_key) {
+        (Some(url), Some(key_file)) => {
+            let key = read("--apt-key", key_file)?;
+            if !key.contains("BEGIN PGP PUBLIC KEY BLOCK") {
+                return Err(format!(
+                    "--apt-key {}: not an ASCII-armoured OpenPGP public key (gpg --armor --export)",
+                    key_file.display()
+                ));
+            }
+            Some((url.clone(), key))
+        }
+        _ if r.appliance => None,
+        _ => return Err("--apt-url and --apt-key, or --appliance".into()),
+    };
+    let installs = repository.as_ref().map(|(url, _)| url.clone());
     let doc = CloudConfig {
         write_files: files,
-        apt: Apt {
+        apt: repository.map(|(url, key)| Apt {
             sources: BTreeMap::from([(
                 "natsmesh.list".to_owned(),
                 AptSource {
                     // cloud-init writes the key to a keyring of its own and
                     // puts its path where $KEY_FILE stands.
-                    source: format!("deb [signed-by=$KEY_FILE] {} ./", r.apt_url),
+                    source: format!("deb [signed-by=$KEY_FILE] {url} ./"),
                     key,
                 },
             )]),
+        }),
+        package_update: installs.is_some(),
+        packages: if installs.is_some() {
+            vec!["natsmesh".into()]
+        } else {
+            Vec::new()
         },
-        package_update: true,
-        packages: vec!["natsmesh".into()],
     };
     let yaml = serde_norway::to_string(&doc).map_err(|e| e.to_string())?;
     let text = format!(
@@ -328,14 +352,17 @@ pub fn render(r: &Request) -> Result<(String, String), String> {
         .filter(|f| f.path.starts_with(CREDENTIALS))
         .count();
     let mut note = format!(
-        "user-data for a {} node of region {}: writes /etc/natsmesh/natsmesh.d/10-node.toml, the roots, and {secrets} root-only (0600) file(s) in {CREDENTIALS}; installs natsmesh from {}.\n",
+        "user-data for a {} node of region {}: writes /etc/natsmesh/natsmesh.d/10-node.toml, the roots, and {secrets} root-only (0600) file(s) in {CREDENTIALS}; {}.\n",
         match r.provider {
             Target::Digitalocean => "DigitalOcean",
             Target::Linode => "Linode",
             Target::Nocloud => "NoCloud",
         },
         r.region,
-        r.apt_url
+        installs.map_or_else(
+            || "natsmesh comes with the appliance image".to_owned(),
+            |url| format!("installs natsmesh from {url}")
+        )
     );
     note.push_str(&format!("It exposes {}.\n", exposed.join(", ")));
     match r.provider {

@@ -18,7 +18,9 @@ use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::cloud::{Region, common_args, natsmeshd, repo_and_pki, seeded_root, wait_ready};
+use common::cloud::{
+    Region, common_args, natsmeshd, repo_and_pki, repository_args, seeded_root, wait_ready,
+};
 
 #[test]
 fn a_nocloud_machine_becomes_a_ready_member_from_its_user_data_alone() {
@@ -40,7 +42,7 @@ fn a_nocloud_machine_becomes_a_ready_member_from_its_user_data_alone() {
         "--nameserver",
         "127.0.0.1:53",
     ];
-    let common = common_args(1);
+    let common = [common_args(1), repository_args()].concat();
     args.extend(common.iter().map(String::as_str));
     let user_data = natsmeshd(&pki.path(""), &args);
 

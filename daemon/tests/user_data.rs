@@ -35,15 +35,22 @@ impl Inputs {
 
     fn run(&self, extra: &[&str]) -> Output {
         let mut args = vec![
+            "--apt-url",
+            "https://apt.example.com/natsmesh",
+            "--apt-key",
+            "key.asc",
+        ];
+        args.extend_from_slice(extra);
+        self.run_without_repository(&args)
+    }
+
+    fn run_without_repository(&self, extra: &[&str]) -> Output {
+        let mut args = vec![
             "user-data",
             "--region",
             "fra1",
             "--domain",
             "nats.example.com",
-            "--apt-url",
-            "https://apt.example.com/natsmesh",
-            "--apt-key",
-            "key.asc",
             "--roots",
             "root/root.crt",
             "--intermediate-cert",
@@ -249,4 +256,50 @@ fn linode_and_nocloud_user_data_are_valid_and_nocloud_needs_its_identity() {
         "lb.tok",
     ]);
     assert!(!lb.status.success(), "{lb:?}");
+}
+
+#[test]
+fn appliance_user_data_installs_nothing_and_names_the_api_proxies() {
+    let inputs = Inputs::new();
+    let out = inputs.run_without_repository(&[
+        "--provider",
+        "digitalocean",
+        "--appliance",
+        "--dns",
+        "digitalocean",
+        "--dns-token",
+        "dns.tok",
+        "--dns-api-url",
+        "https://egress.example.com/do",
+        "--lb-id",
+        "4de7ac8b-495b-4884-9a69-1050c6793cd6",
+        "--lb-token",
+        "lb.tok",
+        "--lb-api-url",
+        "https://egress.example.com/do-lb",
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (_, doc, raw) = valid(&inputs, out);
+    // natsmesh comes with the image: no source, no package, no apt run.
+    for key in ["apt", "packages", "package_update"] {
+        assert!(doc.get(key).is_none(), "{key} in appliance user-data");
+    }
+    assert!(said.contains("comes with the appliance image"), "{said}");
+    assert_eq!(
+        raw.dns_publish.api_url.as_deref(),
+        Some("https://egress.example.com/do")
+    );
+    assert_eq!(
+        raw.load_balancer.api_url.as_deref(),
+        Some("https://egress.example.com/do-lb")
+    );
+    // Neither a repository nor the appliance; or both: refused.
+    let neither = inputs.run_without_repository(&["--provider", "digitalocean"]);
+    assert!(!neither.status.success(), "{neither:?}");
+    assert!(
+        String::from_utf8_lossy(&neither.stderr).contains("--apt-url"),
+        "{neither:?}"
+    );
+    let both = inputs.run(&["--provider", "digitalocean", "--appliance"]);
+    assert!(!both.status.success(), "{both:?}");
 }

@@ -196,15 +196,14 @@ pub struct Container {
 }
 
 impl Container {
-    /// Boots the disk image at `image` (a raw disk with a discoverable root
-    /// partition) with `extra` nspawn arguments (e.g. `--bind-ro=` for a
-    /// seed) and waits for the boot to finish. The image is written to: boot
-    /// a copy.
-    pub fn boot_image(image: &Path, net: &Network, extra: &[String]) -> Self {
+    /// Boots the root file system at `dir` (e.g. a [`MountedImage`]) with
+    /// `extra` nspawn arguments (e.g. `--bind-ro=` for a seed) and returns
+    /// once systemd answers.
+    pub fn boot_dir(dir: &Path, net: &Network, extra: &[String]) -> Self {
         require_container_tools();
-        let target = format!("--image={}", image.display());
-        let log = image.with_extension("console.log");
-        Self::start(None, target, net, extra, log, Boot::Finished)
+        let target = format!("-D {}", dir.display());
+        let log = dir.with_extension("console.log");
+        Self::start(None, target, net, extra, log, Boot::Started)
     }
 
     fn start(
@@ -420,4 +419,87 @@ fn regex_escape(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// The x86-64 root partition type (the Discoverable Partitions
+/// Specification), which `systemd-nspawn --image` looks for.
+const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+
+/// A raw disk image's root partition, loop-mounted read-write. For booting
+/// an image where `systemd-nspawn --image` refuses: it needs udev, which a
+/// machine that is itself a container may not have. Unmounted and detached
+/// on drop (boot a copy: the image is written to).
+pub struct MountedImage {
+    dir: tempfile::TempDir,
+    device: String,
+}
+
+impl MountedImage {
+    /// Attaches `image` and mounts its root partition.
+    pub fn mount(image: &Path) -> Self {
+        crate::require_tools(&["losetup", "partx", "sfdisk"], "util-linux fdisk");
+        let table = Command::new("sfdisk")
+            .arg("--json")
+            .arg(image)
+            .output()
+            .expect("sfdisk");
+        let table: serde_json::Value =
+            serde_json::from_slice(&table.stdout).expect("sfdisk --json");
+        let index = table["partitiontable"]["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .position(|p| {
+                p["type"]
+                    .as_str()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(ROOT_X86_64))
+            })
+            .unwrap_or_else(|| panic!("{}: no x86-64 root partition", image.display()))
+            + 1;
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--partscan"])
+            .arg(image)
+            .output()
+            .expect("losetup");
+        assert!(out.status.success(), "losetup: {out:?}");
+        let device = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let dir = tempfile::Builder::new()
+            .prefix("natsmesh-image-root-")
+            .tempdir()
+            .expect("mount point");
+        let mounted = Self { dir, device };
+        // Without udev the partition nodes may need asking for.
+        let _ = Command::new("partx")
+            .arg("-u")
+            .arg(&mounted.device)
+            .status();
+        let part = format!("{}p{index}", mounted.device);
+        if !Path::new(&part).exists() {
+            let _ = Command::new("partx")
+                .arg("-a")
+                .arg(&mounted.device)
+                .status();
+        }
+        let ok = Command::new("mount")
+            .arg(&part)
+            .arg(mounted.dir.path())
+            .status()
+            .expect("mount")
+            .success();
+        assert!(ok, "mount {part}");
+        mounted
+    }
+
+    /// Where the root file system is mounted.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for MountedImage {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+        let _ = Command::new("partx").arg("-d").arg(&self.device).status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+    }
 }

@@ -164,7 +164,13 @@ impl AptRepo {
     /// container root as its only apt source: the container has no
     /// network, so Debian's own sources are removed.
     pub fn publish_into(&self, root: &Root) {
-        let dest = root.inside("/srv/natsmesh-apt");
+        self.publish_into_dir(root.path());
+    }
+
+    /// The same into the root file system at `root` (e.g. a mounted image).
+    pub fn publish_into_dir(&self, root: &Path) {
+        let inside = |p: &str| root.join(p.trim_start_matches('/'));
+        let dest = inside("/srv/natsmesh-apt");
         let _ = std::fs::remove_dir_all(&dest);
         std::fs::create_dir_all(&dest).expect("repo dir");
         for entry in std::fs::read_dir(self.dir.path()).expect("repo") {
@@ -177,15 +183,15 @@ impl AptRepo {
             .output()
             .expect("gpg --export")
             .stdout;
-        let keyring = root.inside("/usr/share/keyrings/natsmesh-test.gpg");
+        let keyring = inside("/usr/share/keyrings/natsmesh-test.gpg");
         std::fs::create_dir_all(keyring.parent().expect("parent")).expect("mkdir");
         std::fs::write(&keyring, key).expect("keyring");
-        let _ = std::fs::remove_file(root.inside("/etc/apt/sources.list"));
-        let _ = std::fs::remove_file(root.inside("/etc/apt/sources.list.d/debian.sources"));
-        root.write(
-            "/etc/apt/sources.list.d/natsmesh.sources",
+        let _ = std::fs::remove_file(inside("/etc/apt/sources.list"));
+        let _ = std::fs::remove_file(inside("/etc/apt/sources.list.d/debian.sources"));
+        std::fs::write(
+            inside("/etc/apt/sources.list.d/natsmesh.sources"),
             "Types: deb\nURIs: file:/srv/natsmesh-apt\nSuites: ./\nSigned-By: /usr/share/keyrings/natsmesh-test.gpg\n",
-            0o644,
-        );
+        )
+        .expect("natsmesh.sources");
     }
 }

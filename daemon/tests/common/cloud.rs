@@ -40,14 +40,10 @@ pub fn natsmeshd(dir: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The user-data arguments every test shares: the repository, the PKI,
-/// small JetStream limits.
+/// The user-data arguments every test shares: the PKI, small JetStream
+/// limits (and [`repository_args`] unless the machine is the appliance).
 pub fn common_args(bootstrap_expect: usize) -> Vec<String> {
     [
-        "--apt-url",
-        "file:/srv/natsmesh-apt",
-        "--apt-key",
-        "key.asc",
         "--roots",
         "root/root.crt",
         "--intermediate-cert",
@@ -60,6 +56,18 @@ pub fn common_args(bootstrap_expect: usize) -> Vec<String> {
         "256MiB",
         "--bootstrap-expect",
         &bootstrap_expect.to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The test's signed repository, as the machines see it.
+pub fn repository_args() -> Vec<String> {
+    [
+        "--apt-url",
+        "file:/srv/natsmesh-apt",
+        "--apt-key",
+        "key.asc",
     ]
     .map(str::to_owned)
     .to_vec()
@@ -214,6 +222,7 @@ impl Region {
         .map(str::to_owned)
         .to_vec();
         args.extend(common_args(bootstrap_expect));
+        args.extend(repository_args());
         args.extend([
             "--nameserver".into(),
             bind.addr().to_string(),
