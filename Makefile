@@ -5,7 +5,7 @@
 #   make ci     lint + test, as CI runs it
 #   make deb    the natsmesh and natsmesh-broker .debs in target/packages/
 #   make rpm    the same as .rpms
-#   make image  the appliance image in target/image/
+#   make image  the appliance image in target/image/ (make image-qemu boots it)
 #   make drills the failure drills, longer than CI runs them
 
 CARGO   ?= cargo
@@ -14,7 +14,7 @@ CURRENT := 2.15.1
 export NATSMESH_BROKERS := $(BROKERS)
 
 PACKAGES := target/packages
-.PHONY: image drills run test lint fmt clippy ci brokers tools bench unit-security packages deb rpm release stage-broker package-tools manpage
+.PHONY: image image-qemu drills run test lint fmt clippy ci brokers tools bench unit-security packages deb rpm release stage-broker package-tools manpage
 
 # The pinned current nats-server is installed (hash-checked) when missing
 # and put first on PATH; natsmeshd finds it there by default.
@@ -63,6 +63,10 @@ packages: deb rpm
 # target/image/: .raw, .qcow2 (DigitalOcean), .img.gz (Linode).
 image: deb
 	scripts/build-image
+
+# The image booted by its own bootloader in QEMU (TCG) to a ready natsmeshd.
+image-qemu: image
+	scripts/image-qemu
 
 # The manual page, from the same definitions as --help.
 manpage: release
