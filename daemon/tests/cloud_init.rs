@@ -19,32 +19,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::cloud::{
-    Region, common_args, natsmeshd, repo_and_pki, repository_args, seeded_root, wait_ready,
+    Region, nocloud_user_data, repo_and_pki, repository_args, seeded_root, wait_ready,
 };
 
 #[test]
 fn a_nocloud_machine_becomes_a_ready_member_from_its_user_data_alone() {
     let (repo, pki) = repo_and_pki();
-    // A region of one, found through a DNS server that is not there yet:
-    // discovery keeps the node's own route and goes on asking.
-    let mut args = vec![
-        "user-data",
-        "--provider",
-        "nocloud",
-        "--name",
-        "node-1",
-        "--private-address",
-        "127.0.0.1",
-        "--region",
-        "fra1",
-        "--domain",
-        "nats.test",
-        "--nameserver",
-        "127.0.0.1:53",
-    ];
-    let common = [common_args(1), repository_args()].concat();
-    args.extend(common.iter().map(String::as_str));
-    let user_data = natsmeshd(&pki.path(""), &args);
+    let user_data = nocloud_user_data(&pki, "node-1", &repository_args());
 
     let c = seeded_root(&repo, "node-1", &user_data).boot();
     let began = Instant::now();

@@ -17,7 +17,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::cloud::{common_args, natsmeshd, repo_and_pki, wait_ready};
+use common::cloud::{nocloud_user_data, repo_and_pki, wait_ready};
 use natsmesh_harness::container::{Container, MountedImage, Network};
 
 /// The raw disk `make image` wrote; fails the test when there is none.
@@ -36,26 +36,8 @@ fn image() -> PathBuf {
 #[test]
 fn the_appliance_image_boots_to_a_ready_member_from_its_user_data() {
     let (_, pki) = repo_and_pki();
-    let mut args = vec![
-        "user-data",
-        "--provider",
-        "nocloud",
-        "--name",
-        "appliance-1",
-        "--private-address",
-        "127.0.0.1",
-        "--region",
-        "fra1",
-        "--domain",
-        "nats.test",
-        "--nameserver",
-        "127.0.0.1:53",
-        // natsmesh comes with the image: no repository, no package.
-        "--appliance",
-    ];
-    let common = common_args(1);
-    args.extend(common.iter().map(String::as_str));
-    let user_data = natsmeshd(&pki.path(""), &args);
+    // natsmesh comes with the image: no repository, no package.
+    let user_data = nocloud_user_data(&pki, "appliance-1", &["--appliance".to_owned()]);
 
     // A copy: booting writes to it.
     let copy = tempfile::Builder::new()

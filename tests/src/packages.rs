@@ -164,12 +164,7 @@ impl AptRepo {
     /// container root as its only apt source: the container has no
     /// network, so Debian's own sources are removed.
     pub fn publish_into(&self, root: &Root) {
-        self.publish_into_dir(root.path());
-    }
-
-    /// The same into the root file system at `root` (e.g. a mounted image).
-    pub fn publish_into_dir(&self, root: &Path) {
-        let inside = |p: &str| root.join(p.trim_start_matches('/'));
+        let inside = |p: &str| root.inside(p);
         let dest = inside("/srv/natsmesh-apt");
         let _ = std::fs::remove_dir_all(&dest);
         std::fs::create_dir_all(&dest).expect("repo dir");

@@ -61,6 +61,33 @@ pub fn common_args(bootstrap_expect: usize) -> Vec<String> {
     .to_vec()
 }
 
+/// User-data for a NoCloud machine `name` at 127.0.0.1, a region of one
+/// found through a DNS server that is not there (discovery keeps the
+/// node's own route and goes on asking), with `extra` arguments.
+pub fn nocloud_user_data(pki: &Pki, name: &str, extra: &[String]) -> String {
+    let mut args: Vec<String> = [
+        "user-data",
+        "--provider",
+        "nocloud",
+        "--name",
+        name,
+        "--private-address",
+        "127.0.0.1",
+        "--region",
+        REGION,
+        "--domain",
+        ZONE,
+        "--nameserver",
+        "127.0.0.1:53",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend(common_args(1));
+    args.extend_from_slice(extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    natsmeshd(&pki.path(""), &args)
+}
+
 /// The test's signed repository, as the machines see it.
 pub fn repository_args() -> Vec<String> {
     [
