@@ -85,11 +85,18 @@ rpm: package-tools release stage-broker manpage
 unit-security:
 	scripts/unit-security
 
-# Failure drills (root): a longer run of each drill, reports in
-# bench/results/drills/ (Markdown and JSON). CI runs them reduced.
+# Failure drills (root; about 10 minutes): every drill, longer, reports in
+# bench/results/drills/ (Markdown and JSON). CI plays one, reduced (a lost
+# region). The rolling upgrade starts from natsmeshd as built at
+# PREVIOUS_REV (a git revision; scripts/build-previous), or from the binary
+# PREVIOUS_NATSMESHD names; by default from a copy of the current build.
 drills: brokers
+	prev="$(if $(PREVIOUS_NATSMESHD),$(abspath $(PREVIOUS_NATSMESHD)))"; \
+	if [ -n "$(PREVIOUS_REV)" ]; then prev=$$(scripts/build-previous "$(PREVIOUS_REV)"); fi; \
+	NATSMESH_DRILL_PREVIOUS_NATSMESHD="$$prev" \
 	NATSMESH_DRILL_OUT=$(CURDIR)/bench/results/drills NATSMESH_DRILL_LOSS_SECS=30 NATSMESH_DRILL_LOAD_SECS=15 \
-	  $(CARGO) nextest run -p natsmesh --test drills --no-capture
+	  NATSMESH_DRILL_FLAPS=5 NATSMESH_DRILL_CUT_SECS=10 \
+	  $(CARGO) nextest run -p natsmesh --test drills --profile drills --no-capture
 
 # Benchmarks (about 12 minutes): each prints a table and writes it to
 # bench/results/{supervisor,tls,discovery,publish,balancer,metrics,boot}.md. NATSMESH_BENCH_SOAK_SECS=1800

@@ -70,6 +70,10 @@ pub struct HandoffFile {
     pub broker: Handoff,
     /// The binary it was started from.
     pub broker_binary: Option<FileId>,
+    /// Its version (the binary may be newer already); absent from older
+    /// images' handoffs.
+    #[serde(default)]
+    pub broker_version: Option<String>,
     /// The configuration it runs, as rendered.
     pub rendered: String,
     /// Whether it has served clients.

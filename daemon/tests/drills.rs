@@ -1,24 +1,34 @@
 //! Failure drills on a supercluster of three regions of three real
-//! nats-servers under natsmeshd, found through a real DNS server (the
-//! `common::mesh` set-up: each node on its own loopback address, in a
-//! mount namespace whose resolv.conf names dnsmasq), under client load
-//! from async-nats: acknowledged JetStream publishes to an R3 stream placed
-//! in each region, core messages with a sequence, and clients that know
-//! servers in several regions.
+//! nats-servers under natsmeshd (`common::mesh`, `Mesh::in_namespaces`):
+//! every node in its own network namespace on one LAN, found through a
+//! real DNS server (dnsmasq), with latency between regions from delaying
+//! TCP proxies that the advertised gateway addresses point at (round trips
+//! of 20/40/80 ms into fra1/nyc3/sgp1; checked against /gatewayz before
+//! every drill). Load from async-nats: acknowledged JetStream publishes
+//! (message ids, retried until acked) to an R3 stream placed in each
+//! region, core messages from fra1 to a subscriber in the drill's region,
+//! and 30 clients first connected to that region; in the planned drills
+//! nyc3 is behind the fake DigitalOcean Load Balancer and a user connects
+//! through it every 100 ms.
 //!
-//! Drill: a whole region lost (SIGKILL to every natsmeshd of nyc3; their
-//! brokers follow), then returned on its old state. Each drill reports
-//! acknowledged messages lost (target 0), the longest gap a core
-//! subscriber saw, reconnect p50/p99 of the lost region's clients, and the
-//! time to converge, as Markdown and JSON in `NATSMESH_DRILL_OUT` (default
-//! `target/drills/`). CI runs it reduced; `make drills` runs it longer and
-//! writes `bench/results/drills.{md,json}`. Knobs: `NATSMESH_DRILL_LOSS_SECS`
-//! (default 10), `NATSMESH_DRILL_LOAD_SECS` (before and after, default 3).
-//! Needs root; runs alone.
+//! Drills: a whole region lost and returned (SIGKILL); a flapping region
+//! (nftables cuts its links again and again); scaling (a server added,
+//! one removed with `natsmeshd decommission`); a rolling upgrade of
+//! natsmesh and nats-server through the supercluster's restart lease.
+//! Each reports acknowledged messages lost (target 0), the longest core
+//! gap, reconnect p50/p99, failed connections through the balancer and
+//! the time to converge, as Markdown and JSON in `NATSMESH_DRILL_OUT`
+//! (default `target/drills/`). The test runs play the lost region,
+//! reduced; `make drills` plays all, longer. Knobs (seconds):
+//! `NATSMESH_DRILL_LOSS_SECS` (10), `NATSMESH_DRILL_LOAD_SECS` (before and
+//! after, 3), `NATSMESH_DRILL_FLAPS` (3), `NATSMESH_DRILL_CUT_SECS` (4);
+//! `NATSMESH_DRILL_PREVIOUS_NATSMESHD`, the build an upgrade starts from.
+//! Needs root and nftables; runs alone.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +37,7 @@ use async_nats::jetstream;
 use async_nats::{ConnectOptions, Event, ServerAddr};
 use common::mesh::{Mesh, Region};
 use futures_util::StreamExt as _;
+use natsmesh_harness::CURRENT;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
@@ -46,8 +57,17 @@ const SGP1: Region = Region {
     nodes: 3,
 };
 const REGIONS: [Region; 3] = [FRA1, NYC3, SGP1];
+/// One-way delay into each region's gateways: round trips of 20, 40 and
+/// 80 ms into fra1, nyc3 and sgp1.
+const LATENCY: [(&str, Duration); 3] = [
+    ("fra1", Duration::from_millis(10)),
+    ("nyc3", Duration::from_millis(20)),
+    ("sgp1", Duration::from_millis(40)),
+];
 /// How long a client waits between reconnect attempts.
 const RECONNECT_WAIT: Duration = Duration::from_millis(250);
+/// The broker a rolling upgrade starts from.
+const PREVIOUS: &str = "2.14.6";
 
 fn env_secs(name: &str, default: u64) -> Duration {
     Duration::from_secs(
@@ -64,6 +84,25 @@ fn url(mesh: &mut Mesh, node: &str) -> ServerAddr {
         .unwrap()
 }
 
+/// A client's servers: `first`, the rest of its region, then one server
+/// of each other region.
+fn servers(mesh: &mut Mesh, first: &str) -> Vec<ServerAddr> {
+    let region = &first[..4];
+    let mut names = vec![first.to_owned()];
+    for n in 1..=3 {
+        let name = format!("{region}-n{n}");
+        if name != first {
+            names.push(name);
+        }
+    }
+    for o in ["fra1-n1", "nyc3-n2", "sgp1-n1"] {
+        if !o.starts_with(region) {
+            names.push(o.to_owned());
+        }
+    }
+    names.iter().map(|n| url(mesh, n)).collect()
+}
+
 /// A client that knows `servers` (in this order) and records how long
 /// each disconnection lasted.
 async fn client(
@@ -71,7 +110,7 @@ async fn client(
     reconnects: Option<Arc<Mutex<Vec<Duration>>>>,
 ) -> async_nats::Client {
     let down: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
-    ConnectOptions::new()
+    ConnectOptions::with_user_and_password(USER.into(), PASSWORD.into())
         .retain_servers_order()
         .reconnect_delay_callback(|_| RECONNECT_WAIT)
         .connection_timeout(Duration::from_secs(2))
@@ -100,13 +139,14 @@ async fn client(
 
 /// Publishes `<stream>-<i>` with message ids, each retried until acked,
 /// until `stop` (after an ack); returns how many were acked and how many
-/// attempts failed.
+/// attempts failed, and its context (in the stream's region, where reading
+/// the stream back costs no gateway round trip per message).
 async fn publisher(
     js: jetstream::Context,
     stream: &'static str,
     stop: Arc<AtomicBool>,
     progress: Arc<AtomicU64>,
-) -> (u64, u64) {
+) -> (u64, u64, jetstream::Context) {
     let subject = format!("drill.{stream}");
     let (mut acked, mut failed) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
@@ -134,7 +174,7 @@ async fn publisher(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    (acked, failed)
+    (acked, failed, js)
 }
 
 /// Every acked message of `stream` is there, once, in order: the number
@@ -168,27 +208,51 @@ fn percentile(v: &[Duration], p: f64) -> Option<Duration> {
     v.get(i).copied()
 }
 
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap()
+}
+
+/// A gateway's round trip: as injected by the proxies, as nats-server
+/// measured it.
+#[derive(Debug, Serialize)]
+struct GatewayRtt {
+    from: String,
+    to: String,
+    injected_ms: u64,
+    measured_ms: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     drill: &'static str,
+    /// What was done.
+    scenario: String,
+    /// A planned operation (the targets for reconnects and gaps apply).
+    planned: bool,
     /// Acked JetStream messages missing afterwards, all streams (target 0).
     acked_lost: u64,
     /// Acked messages per stream (`stream placed in region`).
     acked: Vec<(String, u64)>,
     /// Publish attempts that failed and were retried, per stream.
     retried: Vec<(String, u64)>,
-    /// Longest gap between two core messages at a subscriber first
-    /// connected to the lost region.
+    /// Longest gap between two core messages (published every 10 ms in
+    /// fra1) at a subscriber first connected to the drill's region.
     longest_core_gap_ms: u64,
+    /// Requests from a client first connected to the drill's region to a
+    /// responder in fra1 (every 50 ms, 2 s timeout): answered, failed.
+    requests: (u64, u64),
     reconnects: usize,
     reconnect_p50_ms: Option<u64>,
     reconnect_p99_ms: Option<u64>,
-    /// Failed connections through a load balancer (none in this drill).
+    /// Failed connections through a load balancer (no balancer in the
+    /// drills yet).
     lb_failed_connections: Option<u64>,
-    /// From the region's return to its stream taking publishes again and
-    /// every node rejoined.
+    /// From the end of the disruption to every node joined and the
+    /// drill's region serving again.
     converge_ms: u64,
-    loss_secs: u64,
+    /// Drill-specific findings.
+    facts: Vec<(String, String)>,
+    gateway_rtt: Vec<GatewayRtt>,
 }
 
 fn write_report(r: &Report) {
@@ -197,31 +261,44 @@ fn write_report(r: &Report) {
         std::path::PathBuf::from,
     );
     std::fs::create_dir_all(&dir).unwrap();
-    let ms = |v: Option<u64>| v.map_or("–".to_owned(), |v| v.to_string());
-    let md = format!(
-        "# Drill: {}\n\nThree regions of three nats-servers {} under natsmeshd; nyc3 killed (SIGKILL) for {} s, then returned on its old state. Clients reconnect every {} ms.\n\n| acked lost | acked (per stream) | retried publishes | longest core gap, ms | reconnects | reconnect p50, ms | p99, ms | failed via balancer | converge, ms |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+    let opt = |v: Option<u64>| v.map_or("–".to_owned(), |v| v.to_string());
+    let list = |v: &[(String, u64)]| {
+        v.iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut md = format!(
+        "# Drill: {}\n\n{} Three regions of three nats-servers (nats-server {} unless said otherwise) under natsmeshd, each in its own network namespace; gateway round trips of 20/40/80 ms into fra1/nyc3/sgp1 from delaying proxies. Clients reconnect every {} ms.\n\n| acked lost | acked (per stream) | retried publishes | longest core gap, ms | requests answered / failed | reconnects | reconnect p50, ms | p99, ms | failed via balancer | converge, ms |\n|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |\n",
         r.drill,
+        r.scenario,
         natsmesh_harness::CURRENT,
-        r.loss_secs,
         RECONNECT_WAIT.as_millis(),
         r.acked_lost,
-        r.acked
-            .iter()
-            .map(|(s, n)| format!("{s} {n}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        r.retried
-            .iter()
-            .map(|(s, n)| format!("{s} {n}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        list(&r.acked),
+        list(&r.retried),
         r.longest_core_gap_ms,
+        r.requests.0,
+        r.requests.1,
         r.reconnects,
-        ms(r.reconnect_p50_ms),
-        ms(r.reconnect_p99_ms),
-        ms(r.lb_failed_connections),
+        opt(r.reconnect_p50_ms),
+        opt(r.reconnect_p99_ms),
+        opt(r.lb_failed_connections),
         r.converge_ms,
     );
+    if !r.facts.is_empty() {
+        md.push('\n');
+        for (k, v) in &r.facts {
+            md.push_str(&format!("- {k}: {v}\n"));
+        }
+    }
+    md.push_str("\nGateway round trips (first node of each region, /gatewayz):\n\n| from | to | injected, ms | measured, ms |\n|---|---|---|---|\n");
+    for g in &r.gateway_rtt {
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.1} |\n",
+            g.from, g.to, g.injected_ms, g.measured_ms
+        ));
+    }
     print!("{md}");
     std::fs::write(dir.join(format!("{}.md", r.drill)), md).unwrap();
     std::fs::write(
@@ -231,130 +308,366 @@ fn write_report(r: &Report) {
     .unwrap();
 }
 
+/// The drills' clients' user in account APP.
+const USER: &str = "drill";
+const PASSWORD: &str = "drill-secret";
+
+/// Accounts mode (the lease needs a system user): clients are `USER` in
+/// APP (clients without credentials are refused on a LAN address).
+fn accounts() -> String {
+    // The lowest cost: thirty clients reconnecting at once must not queue
+    // behind bcrypt.
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    format!(
+        r#"
+[auth]
+mode = "accounts"
+
+[accounts.APP]
+jetstream = true
+
+[[accounts.APP.users]]
+name = "{USER}"
+password_hash = "{hash}"
+"#
+    )
+}
+
+/// Three regions of three nodes in namespaces on LAN `index`, all joined;
+/// every node's broker is `version`. `prepare` adjusts the mesh before the
+/// nodes start.
+fn supercluster(
+    index: u8,
+    version: &str,
+    prepare: impl FnOnce(&mut Mesh),
+) -> (Mesh, Vec<GatewayRtt>) {
+    let mut mesh = Mesh::in_namespaces(&REGIONS, index, &LATENCY);
+    mesh.log_level = Some("info,natsmesh=debug".into());
+    mesh.extra.push_str(&accounts());
+    prepare(&mut mesh);
+    for r in REGIONS {
+        for n in 1..=r.nodes {
+            mesh.start_node_with(r, n, version);
+        }
+    }
+    for r in REGIONS {
+        mesh.wait_joined(r, &others(r));
+    }
+    let rtts = check_rtts(&mut mesh);
+    (mesh, rtts)
+}
+
+fn others(r: Region) -> Vec<Region> {
+    REGIONS.into_iter().filter(|o| o.name != r.name).collect()
+}
+
+/// Each region's first node's gateways measure the round trip the proxies
+/// inject (twice the one-way delay into the remote region), within noise.
+fn check_rtts(mesh: &mut Mesh) -> Vec<GatewayRtt> {
+    let mut found = Vec::new();
+    for r in REGIONS {
+        let name = format!("{}-n1", r.name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let rtts = loop {
+            let rtts = mesh.gateway_rtts(&name);
+            if others(r).iter().all(|o| rtts.contains_key(o.name)) {
+                break rtts;
+            }
+            assert!(Instant::now() < deadline, "{name}: gateway RTTs {rtts:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        for o in others(r) {
+            let injected = mesh.latency(o) * 2;
+            let measured = rtts[o.name];
+            assert!(
+                measured >= injected && measured <= injected + Duration::from_millis(40),
+                "{name} → {}: RTT {measured:?}, injected {injected:?}",
+                o.name
+            );
+            found.push(GatewayRtt {
+                from: r.name.into(),
+                to: o.name.into(),
+                injected_ms: ms(injected),
+                measured_ms: measured.as_secs_f64() * 1000.0,
+            });
+        }
+    }
+    found
+}
+
+/// Client load for a drill: an acknowledged publisher per region's R3
+/// stream (EU in fra1, US in nyc3, AP in sgp1), core messages from fra1
+/// to a subscriber first connected to the watched region, and 30 clients
+/// first connected to the watched region's servers (their reconnects are
+/// measured).
+struct Load {
+    rt: tokio::runtime::Runtime,
+    stop: Arc<AtomicBool>,
+    /// Acked so far, per stream.
+    progress: [Arc<AtomicU64>; 3],
+    reconnects: Arc<Mutex<Vec<Duration>>>,
+    /// The longest core gap so far, and when the last core message came.
+    gap: Arc<std::sync::Mutex<(Duration, Instant)>>,
+    /// Requests answered and failed.
+    requests: [Arc<AtomicU64>; 2],
+    publishers: Vec<tokio::task::JoinHandle<(u64, u64, jetstream::Context)>>,
+    _watchers: Vec<async_nats::Client>,
+}
+
+const STREAMS: [(&str, &str); 3] = [("EU", "fra1"), ("US", "nyc3"), ("AP", "sgp1")];
+
+impl Load {
+    fn start(mesh: &mut Mesh, watched: Region) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let publisher_servers: Vec<Vec<ServerAddr>> = STREAMS
+            .iter()
+            .map(|(_, region)| servers(mesh, &format!("{region}-n1")))
+            .collect();
+        let watcher_servers: Vec<Vec<ServerAddr>> = (0..30)
+            .map(|i| servers(mesh, &format!("{}-n{}", watched.name, i % 3 + 1)))
+            .collect();
+        let core_from = servers(mesh, "fra1-n2");
+        let requester_servers = servers(mesh, &format!("{}-n2", watched.name));
+        let requests: [Arc<AtomicU64>; 2] = Default::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress: [Arc<AtomicU64>; 3] = Default::default();
+        let reconnects: Arc<Mutex<Vec<Duration>>> = Arc::default();
+        let gap = Arc::new(std::sync::Mutex::new((Duration::ZERO, Instant::now())));
+
+        let (publishers, watchers) = rt.block_on(async {
+            let admin = client(core_from.clone(), None).await;
+            let js = jetstream::new(admin);
+            for (name, region) in STREAMS {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    let config = jetstream::stream::Config {
+                        name: name.into(),
+                        subjects: vec![format!("drill.{name}")],
+                        num_replicas: 3,
+                        placement: Some(jetstream::stream::Placement {
+                            cluster: Some(region.into()),
+                            tags: vec![],
+                        }),
+                        ..Default::default()
+                    };
+                    match js.create_stream(config).await {
+                        Ok(_) => break,
+                        // The meta group may still be settling.
+                        Err(e) => {
+                            assert!(tokio::time::Instant::now() < deadline, "stream {name}: {e}")
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            let mut publishers = Vec::new();
+            let mut watchers = Vec::new();
+            for (((name, _), servers), acked) in
+                STREAMS.iter().zip(publisher_servers).zip(&progress)
+            {
+                let js = jetstream::new(client(servers, None).await);
+                publishers.push(tokio::spawn(publisher(
+                    js,
+                    name,
+                    stop.clone(),
+                    acked.clone(),
+                )));
+            }
+            for (i, servers) in watcher_servers.into_iter().enumerate() {
+                let c = client(servers, Some(reconnects.clone())).await;
+                if i == 0 {
+                    let mut sub = c.subscribe("drill.core").await.unwrap();
+                    c.flush().await.unwrap();
+                    let gap = gap.clone();
+                    let stop = stop.clone();
+                    tokio::spawn(async move {
+                        while let Ok(Some(_)) =
+                            tokio::time::timeout(Duration::from_secs(120), sub.next()).await
+                        {
+                            let mut g = gap.lock().unwrap();
+                            let since = g.1.elapsed();
+                            g.1 = Instant::now();
+                            if since > g.0 {
+                                g.0 = since;
+                            }
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                        }
+                        drop(c);
+                    });
+                } else {
+                    watchers.push(c);
+                }
+            }
+            // Request/reply: a responder in fra1, a requester first
+            // connected to the watched region.
+            let responder = client(core_from.clone(), None).await;
+            let mut service = responder.subscribe("drill.echo").await.unwrap();
+            responder.flush().await.unwrap();
+            tokio::spawn(async move {
+                while let Some(m) = service.next().await {
+                    if let Some(reply) = m.reply {
+                        let _ = responder.publish(reply, m.payload).await;
+                    }
+                }
+            });
+            let requester = client(requester_servers, None).await;
+            let (answered, failed) = (requests[0].clone(), requests[1].clone());
+            let stop3 = stop.clone();
+            tokio::spawn(async move {
+                while !stop3.load(Ordering::Relaxed) {
+                    let asked = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        requester.request("drill.echo", "ping".into()),
+                    )
+                    .await;
+                    if matches!(asked, Ok(Ok(_))) {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+            let core = client(core_from, None).await;
+            let stop2 = stop.clone();
+            tokio::spawn(async move {
+                let mut seq = 0u64;
+                while !stop2.load(Ordering::Relaxed) {
+                    let _ = core.publish("drill.core", seq.to_string().into()).await;
+                    seq += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            (publishers, watchers)
+        });
+        Self {
+            rt,
+            stop,
+            progress,
+            reconnects,
+            gap,
+            requests,
+            publishers,
+            _watchers: watchers,
+        }
+    }
+
+    /// Forgets the gaps and reconnects of the warm-up.
+    fn reset(&self) {
+        self.gap.lock().unwrap().0 = Duration::ZERO;
+        self.rt
+            .block_on(async { self.reconnects.lock().await.clear() });
+    }
+
+    /// Waits until stream `i` takes a publish it had not taken now.
+    fn wait_progress(&self, i: usize, timeout: Duration) {
+        let p = &self.progress[i];
+        let at = p.load(Ordering::Relaxed);
+        let deadline = Instant::now() + timeout;
+        while p.load(Ordering::Relaxed) <= at {
+            assert!(
+                Instant::now() < deadline,
+                "stream {} took no publish within {timeout:?}",
+                STREAMS[i].0
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until a core message reaches the subscriber after `since`.
+    fn wait_core_after(&self, since: Instant, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.gap.lock().unwrap().1 <= since {
+            assert!(
+                Instant::now() < deadline,
+                "no core message crossed within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the load and counts: every acked message present, the gap,
+    /// the reconnects.
+    fn finish(self, report: &mut Report) {
+        self.stop.store(true, Ordering::Relaxed);
+        report.longest_core_gap_ms = ms(self.gap.lock().unwrap().0);
+        report.requests = (
+            self.requests[0].load(Ordering::Relaxed),
+            self.requests[1].load(Ordering::Relaxed),
+        );
+        self.rt.block_on(async {
+            for ((name, region), p) in STREAMS.iter().zip(self.publishers) {
+                let (acked, failed, js) = tokio::time::timeout(Duration::from_secs(30), p)
+                    .await
+                    .unwrap_or_else(|_| panic!("publisher {name} did not finish"))
+                    .unwrap();
+                report.acked_lost += lost(&js, name, acked).await;
+                report.acked.push((format!("{name} in {region}"), acked));
+                report.retried.push((format!("{name} in {region}"), failed));
+            }
+            let r = self.reconnects.lock().await;
+            report.reconnects = r.len();
+            report.reconnect_p50_ms = percentile(&r, 0.5).map(ms);
+            report.reconnect_p99_ms = percentile(&r, 0.99).map(ms);
+        });
+        self.rt.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+fn report(drill: &'static str, scenario: String, planned: bool, rtts: Vec<GatewayRtt>) -> Report {
+    Report {
+        drill,
+        scenario,
+        planned,
+        acked_lost: 0,
+        acked: Vec::new(),
+        retried: Vec::new(),
+        longest_core_gap_ms: 0,
+        requests: (0, 0),
+        reconnects: 0,
+        reconnect_p50_ms: None,
+        reconnect_p99_ms: None,
+        lb_failed_connections: None,
+        converge_ms: 0,
+        facts: Vec::new(),
+        gateway_rtt: rtts,
+    }
+}
+
+/// What every drill must show: nothing acknowledged lost, every stream
+/// took publishes.
+fn check(report: &Report) {
+    write_report(report);
+    assert_eq!(report.acked_lost, 0, "{report:?}");
+    assert!(
+        report.acked.iter().all(|(_, n)| *n > 0),
+        "a stream took nothing: {report:?}"
+    );
+    assert!(report.requests.0 > 0, "no request answered: {report:?}");
+}
+
+/// Every node of every region routed to its region and linked to the
+/// others.
+fn wait_all_joined(mesh: &mut Mesh) {
+    for r in REGIONS {
+        mesh.wait_joined(r, &others(r));
+    }
+}
+
 #[test]
 fn a_whole_region_lost_and_returned_loses_no_acknowledged_message() {
     let loss = env_secs("NATSMESH_DRILL_LOSS_SECS", 10);
-    let load = env_secs("NATSMESH_DRILL_LOAD_SECS", 3);
-    let mut mesh = Mesh::new(&REGIONS);
-    for r in REGIONS {
-        mesh.start(r);
-    }
-    for r in REGIONS {
-        let others: Vec<Region> = REGIONS.into_iter().filter(|o| o.name != r.name).collect();
-        mesh.wait_joined(r, &others);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    // Clients of the lost region know a server in each region, their own
-    // first.
-    let mut servers = |first: &str| -> Vec<ServerAddr> {
-        let mut v = vec![url(&mut mesh, first)];
-        for o in ["fra1-n1", "nyc3-n2", "sgp1-n1"] {
-            if !first.starts_with(&o[..4]) {
-                v.push(url(&mut mesh, o));
-            }
-        }
-        v
-    };
-    let streams = [("EU", "fra1"), ("US", "nyc3"), ("AP", "sgp1")];
-    let publisher_servers: Vec<Vec<ServerAddr>> = streams
-        .iter()
-        .map(|(_, region)| servers(&format!("{region}-n1")))
-        .collect();
-    // Ten clients on each of nyc3's servers, for the reconnect times.
-    let watcher_servers: Vec<Vec<ServerAddr>> = (0..30)
-        .map(|i| servers(&format!("nyc3-n{}", i % 3 + 1)))
-        .collect();
-    let core_from = servers("fra1-n2");
-    let stop = Arc::new(AtomicBool::new(false));
-    // Acked so far, per stream.
-    let progress: [Arc<AtomicU64>; 3] = Default::default();
-    let reconnects: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let gap: Arc<std::sync::Mutex<Duration>> = Arc::default();
-
-    let (publishers, js, _watchers) = rt.block_on(async {
-        let admin = client(core_from.clone(), None).await;
-        let js = jetstream::new(admin);
-        for (name, region) in streams {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                let config = jetstream::stream::Config {
-                    name: name.into(),
-                    subjects: vec![format!("drill.{name}")],
-                    num_replicas: 3,
-                    placement: Some(jetstream::stream::Placement {
-                        cluster: Some(region.into()),
-                        tags: vec![],
-                    }),
-                    ..Default::default()
-                };
-                match js.create_stream(config).await {
-                    Ok(_) => break,
-                    // The meta group may still be settling.
-                    Err(e) => assert!(tokio::time::Instant::now() < deadline, "stream {name}: {e}"),
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-        let mut publishers = Vec::new();
-        let mut watchers = Vec::new();
-        for (((name, _), servers), acked) in streams.iter().zip(publisher_servers).zip(&progress) {
-            let js = jetstream::new(client(servers, None).await);
-            publishers.push(tokio::spawn(publisher(
-                js,
-                name,
-                stop.clone(),
-                acked.clone(),
-            )));
-        }
-        // Core: sequence numbers from a surviving region, one subscriber
-        // and more clients, all first connected to a server of nyc3.
-        for (i, servers) in watcher_servers.into_iter().enumerate() {
-            let c = client(servers, Some(reconnects.clone())).await;
-            if i == 0 {
-                let mut sub = c.subscribe("drill.core").await.unwrap();
-                c.flush().await.unwrap();
-                let gap = gap.clone();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let mut last = Instant::now();
-                    while let Ok(Some(_)) =
-                        tokio::time::timeout(Duration::from_secs(60), sub.next()).await
-                    {
-                        let g = last.elapsed();
-                        last = Instant::now();
-                        let mut worst = gap.lock().unwrap();
-                        if g > *worst {
-                            *worst = g;
-                        }
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                    }
-                    drop(c);
-                });
-            } else {
-                watchers.push(c);
-            }
-        }
-        let core = client(core_from, None).await;
-        let stop2 = stop.clone();
-        tokio::spawn(async move {
-            let mut seq = 0u64;
-            while !stop2.load(Ordering::Relaxed) {
-                let _ = core.publish("drill.core", seq.to_string().into()).await;
-                seq += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        });
-        (publishers, js, watchers)
-    });
-
-    std::thread::sleep(load);
-    *gap.lock().unwrap() = Duration::ZERO;
+    let warm = env_secs("NATSMESH_DRILL_LOAD_SECS", 3);
+    let (mut mesh, rtts) = supercluster(31, CURRENT, |_| {});
+    let load = Load::start(&mut mesh, NYC3);
+    std::thread::sleep(warm);
+    load.reset();
     for n in 1..=3 {
         mesh.kill(NYC3, n);
     }
@@ -365,58 +678,504 @@ fn a_whole_region_lost_and_returned_loses_no_acknowledged_message() {
     }
     mesh.wait_joined(NYC3, &[FRA1, SGP1]);
     // Converged: nyc3's stream takes publishes again.
-    let us = &progress[1];
-    let at_return = us.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while us.load(Ordering::Relaxed) <= at_return {
-        assert!(
-            Instant::now() < deadline,
-            "nyc3's stream never took publishes again"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    load.wait_progress(1, Duration::from_secs(120));
     let converge = returned.elapsed();
-    std::thread::sleep(load);
-    stop.store(true, Ordering::Relaxed);
+    std::thread::sleep(warm);
 
-    let mut report = Report {
-        drill: "region-lost",
-        acked_lost: 0,
-        acked: Vec::new(),
-        retried: Vec::new(),
-        longest_core_gap_ms: u64::try_from(gap.lock().unwrap().as_millis()).unwrap(),
-        reconnects: 0,
-        reconnect_p50_ms: None,
-        reconnect_p99_ms: None,
-        lb_failed_connections: None,
-        converge_ms: u64::try_from(converge.as_millis()).unwrap(),
-        loss_secs: loss.as_secs(),
-    };
-    rt.block_on(async {
-        for ((name, region), p) in streams.iter().zip(publishers) {
-            let (acked, failed) = tokio::time::timeout(Duration::from_secs(30), p)
-                .await
-                .unwrap_or_else(|_| panic!("publisher {name} did not finish"))
-                .unwrap();
-            report.acked_lost += lost(&js, name, acked).await;
-            report.acked.push((format!("{name} in {region}"), acked));
-            report.retried.push((format!("{name} in {region}"), failed));
-        }
-        let r = reconnects.lock().await;
-        report.reconnects = r.len();
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap();
-        report.reconnect_p50_ms = percentile(&r, 0.5).map(ms);
-        report.reconnect_p99_ms = percentile(&r, 0.99).map(ms);
-    });
-    write_report(&report);
-    assert_eq!(report.acked_lost, 0, "{report:?}");
-    assert!(
-        report.acked.iter().all(|(_, n)| *n > 0),
-        "a stream took nothing: {report:?}"
+    let mut r = report(
+        "region-lost",
+        format!(
+            "nyc3 killed (SIGKILL to its three natsmeshd; their brokers follow) for {} s, then returned on its old state.",
+            loss.as_secs()
+        ),
+        false,
+        rtts,
     );
+    r.converge_ms = ms(converge);
+    load.finish(&mut r);
+    check(&r);
     // The lost region's clients reconnected elsewhere while it was gone,
     // and its stream was unavailable meanwhile (the drill took it away).
-    assert!(report.reconnects >= 30, "{report:?}");
-    assert!(report.retried[1].1 > 0, "{report:?}");
-    rt.shutdown_timeout(Duration::from_secs(5));
+    assert!(r.reconnects >= 30, "{r:?}");
+    assert!(r.retried[1].1 > 0, "{r:?}");
+}
+
+#[test]
+fn a_flapping_region_loses_nothing_and_heals() {
+    let flaps = env_secs("NATSMESH_DRILL_FLAPS", 3).as_secs();
+    let cut = env_secs("NATSMESH_DRILL_CUT_SECS", 4);
+    let warm = env_secs("NATSMESH_DRILL_LOAD_SECS", 3);
+    let (mut mesh, rtts) = supercluster(32, CURRENT, |_| {});
+    let load = Load::start(&mut mesh, NYC3);
+    std::thread::sleep(warm);
+    load.reset();
+    let mut healed = Instant::now();
+    for _ in 0..flaps {
+        mesh.cut(NYC3);
+        std::thread::sleep(cut);
+        mesh.heal(NYC3);
+        healed = Instant::now();
+        std::thread::sleep(cut);
+    }
+    // Converged: core messages cross into nyc3 again and every gateway is
+    // up.
+    load.wait_core_after(healed, Duration::from_secs(120));
+    wait_all_joined(&mut mesh);
+    let converge = healed.elapsed();
+    std::thread::sleep(warm);
+
+    let mut r = report(
+        "region-flapping",
+        format!(
+            "nyc3's links to the other regions cut (nftables drops every packet to and from the gateway proxies in nyc3's namespaces) for {} s and restored for {} s, {flaps} times; clients and nyc3's own routes untouched.",
+            cut.as_secs(),
+            cut.as_secs()
+        ),
+        false,
+        rtts,
+    );
+    r.converge_ms = ms(converge);
+    load.finish(&mut r);
+    check(&r);
+    // The cuts took effect: core messages from fra1 stopped reaching nyc3.
+    assert!(
+        r.longest_core_gap_ms >= ms(cut) / 2,
+        "no gap while the links were cut: {r:?}"
+    );
+}
+
+/// A user connecting through a balancer, again and again: each attempt a
+/// new TCP connection that must see the server's INFO and answer a PING
+/// after CONNECT, within 2 s each. Every 100 ms until stopped (at most
+/// 10 000 attempts).
+struct LbProbe {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, u64, Vec<String>)>,
+}
+
+impl LbProbe {
+    fn start(frontend: std::net::SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let began = Instant::now();
+            let (mut ok, mut failed, mut why) = (0u64, 0u64, Vec::new());
+            for _ in 0..10_000 {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                match nats_handshake(frontend) {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        failed += 1;
+                        if why.len() < 10 {
+                            why.push(format!(
+                                "{} (+{:.1} s): {e}",
+                                humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+                                began.elapsed().as_secs_f64()
+                            ));
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (ok, failed, why)
+        });
+        Self { stop, thread }
+    }
+
+    /// Attempts that succeeded, failed, and the first failures.
+    fn finish(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Whether a server at `to` sends a client its INFO within a second.
+fn greets(to: std::net::SocketAddr) -> bool {
+    use std::io::BufRead as _;
+    let limit = Duration::from_secs(1);
+    let Ok(stream) = std::net::TcpStream::connect_timeout(&to, limit) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(limit));
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO ")
+}
+
+/// One client connection: INFO, then CONNECT and PING answered by PONG.
+fn nats_handshake(to: std::net::SocketAddr) -> Result<(), String> {
+    use std::io::{BufRead as _, Write as _};
+    let limit = Duration::from_secs(2);
+    let stream =
+        std::net::TcpStream::connect_timeout(&to, limit).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    stream.set_write_timeout(Some(limit)).unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .map_err(|e| format!("INFO: {e}"))?;
+    if !line.starts_with("INFO ") {
+        return Err(format!("no INFO: {line:?}"));
+    }
+    let connect = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"user\":\"{USER}\",\"pass\":\"{PASSWORD}\",\"lang\":\"drill\",\"version\":\"0\",\"protocol\":1}}\r\nPING\r\n"
+    );
+    (&stream)
+        .write_all(connect.as_bytes())
+        .map_err(|e| format!("CONNECT: {e}"))?;
+    loop {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|e| format!("PONG: {e}"))?;
+        if n == 0 {
+            return Err("closed before PONG".into());
+        }
+        if line.starts_with("PONG") {
+            return Ok(());
+        }
+        if line.starts_with("-ERR") {
+            return Err(line.trim().to_owned());
+        }
+    }
+}
+
+/// Waits until the balancer sends new connections to `count` droplets.
+fn wait_in_service(mesh: &Mesh, count: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while mesh.balancer().in_service().len() != count {
+        assert!(
+            Instant::now() < deadline,
+            "balancer: {:?} in service, want {count}",
+            mesh.balancer().in_service()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The first failures, for a report.
+fn failures(why: &[String]) -> String {
+    if why.is_empty() {
+        String::new()
+    } else {
+        format!("; first: {}", why.join("; "))
+    }
+}
+
+/// What the balancer fake models, for the reports.
+fn balancer_model(mesh: &Mesh) -> String {
+    let m = mesh.balancer().pool().model();
+    format!(
+        "nyc3 behind a DigitalOcean Load Balancer (fake): health check every {:?}, {} successes in, {} failures out, {:?} timeout, changes take effect after {:?}",
+        m.check_interval,
+        m.healthy_threshold,
+        m.unhealthy_threshold,
+        m.response_timeout,
+        m.propagation
+    )
+}
+
+/// The JetStream meta group as its leader sees it: its peers besides the
+/// leader, once there is a leader.
+fn meta_peers(mesh: &mut Mesh) -> Option<Vec<serde_json::Value>> {
+    mesh.nodes
+        .values()
+        .filter_map(|d| d.monitor("/jsz"))
+        .map(|j| j["meta_cluster"]["replicas"].clone())
+        .find_map(|r| r.as_array().filter(|r| !r.is_empty()).cloned())
+}
+
+#[test]
+fn scaling_a_region_up_and_down_under_load_leaves_no_ghost() {
+    let warm = env_secs("NATSMESH_DRILL_LOAD_SECS", 3);
+    let (mut mesh, rtts) = supercluster(33, CURRENT, |m| m.balance(NYC3));
+    wait_in_service(&mesh, 3, Duration::from_secs(30));
+    let load = Load::start(&mut mesh, NYC3);
+    let probe = LbProbe::start(mesh.balancer().frontend());
+    std::thread::sleep(warm);
+    load.reset();
+
+    // Up: a fourth server of nyc3 appears in DNS and starts.
+    let began = Instant::now();
+    let grown = Region { nodes: 4, ..NYC3 };
+    mesh.publish(&[FRA1, grown, SGP1]);
+    mesh.start_node(NYC3, 4);
+    mesh.wait_joined(grown, &[FRA1, SGP1]);
+    mesh.node("nyc3-n4").wait_status(
+        "JetStream current",
+        |s| s.state == "ready" && s.jetstream == "JetStream current",
+        Duration::from_secs(60),
+    );
+    wait_in_service(&mesh, 4, Duration::from_secs(30));
+    let added = began.elapsed();
+
+    // Down: nyc3-n1, which holds a replica of the US stream, leaves with
+    // `natsmeshd decommission` (its replicas move to the others, it
+    // leaves the JetStream group, then stops) and out of DNS.
+    let leaving = Instant::now();
+    let out = mesh.node("nyc3-n1").cli(&["decommission"]);
+    assert!(out.status.success(), "{out:?}");
+    let exited = mesh.node("nyc3-n1").wait_exit(Duration::from_secs(120));
+    let gone = mesh.nodes.remove("nyc3-n1").unwrap();
+    assert!(exited.success(), "{}", gone.log());
+    assert!(
+        gone.log().contains("removed from the JetStream group"),
+        "{}",
+        gone.log()
+    );
+    mesh.retired.insert("nyc3-n1".into());
+    mesh.publish(&[FRA1, grown, SGP1]);
+    let removed = leaving.elapsed();
+
+    // Converged: no offline or departed peer in the meta group, and the
+    // US stream takes publishes on its new replicas.
+    let stopped = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let departed = mesh.server_name(NYC3, 1);
+    let peers = loop {
+        if let Some(peers) = meta_peers(&mut mesh) {
+            let clean = peers.len() == 8
+                && peers.iter().all(|p| p["offline"].as_bool() != Some(true))
+                && peers
+                    .iter()
+                    .all(|p| p["name"].as_str() != Some(departed.as_str()));
+            if clean {
+                break peers;
+            }
+            assert!(Instant::now() < deadline, "meta group: {peers:?}");
+        }
+        assert!(Instant::now() < deadline, "no meta leader");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    load.wait_progress(1, Duration::from_secs(60));
+    let converge = stopped.elapsed();
+    std::thread::sleep(warm);
+    let (through, lb_failed, lb_why) = probe.finish();
+
+    let mut r = report(
+        "scaling",
+        "nyc3 grown to four servers under load (the fourth published in DNS, started, joined), then nyc3-n1 — a replica of the US stream, and the first server of ten of the watched clients — removed with `natsmeshd decommission` and taken out of DNS.".into(),
+        true,
+        rtts,
+    );
+    r.converge_ms = ms(converge);
+    r.lb_failed_connections = Some(lb_failed);
+    r.facts.push(("balancer".into(), balancer_model(&mesh)));
+    r.facts.push((
+        "connections through the balancer".into(),
+        format!(
+            "{} ({lb_failed} failed{})",
+            through + lb_failed,
+            failures(&lb_why)
+        ),
+    ));
+    r.facts.push((
+        "fourth server started → routed, gateways up, JetStream current".into(),
+        format!("{} ms", ms(added)),
+    ));
+    r.facts.push((
+        "`natsmeshd decommission` → exited".into(),
+        format!("{} ms", ms(removed)),
+    ));
+    r.facts.push((
+        "meta group afterwards".into(),
+        format!(
+            "{} servers, none offline, {departed} (nyc3-n1) gone",
+            peers.len() + 1
+        ),
+    ));
+    load.finish(&mut r);
+    check(&r);
+    assert!(r.reconnects >= 10, "nyc3-n1's clients moved: {r:?}");
+    assert!(through > 0, "{r:?}");
+}
+
+/// Samples every node's state over its control socket until `stop`: the
+/// most nodes out of service at once (and which), and when the first and
+/// the last node ran `version`. A node whose natsmeshd does not answer
+/// (it is re-executing itself) is out only if its broker does not greet a
+/// client either.
+type Roll = (usize, Vec<String>, Option<Instant>, Option<Instant>);
+
+fn watch_roll(
+    nodes: Vec<(String, std::path::PathBuf, std::net::SocketAddr)>,
+    version: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Roll> {
+    use natsmesh::control::Request;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (mut worst, mut when) = (0, Vec::new());
+        let (mut first_new, mut all_new) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let mut down = Vec::new();
+            let mut new = 0;
+            for (name, socket, client) in &nodes {
+                let status = rt
+                    .block_on(natsmesh::control::request(socket, &Request::Status))
+                    .ok()
+                    .and_then(|r| r.status);
+                let Some(s) = status else {
+                    if !greets(*client) {
+                        down.push(format!("{name}: natsmeshd and broker silent"));
+                    }
+                    continue;
+                };
+                if s.broker_version.contains(version) {
+                    new += 1;
+                }
+                if !matches!(s.state.as_str(), "ready" | "syncing") {
+                    down.push(format!("{name}: {}", s.state));
+                }
+            }
+            if new > 0 && first_new.is_none() {
+                first_new = Some(Instant::now());
+            }
+            if new == nodes.len() && all_new.is_none() {
+                all_new = Some(Instant::now());
+            }
+            if down.len() > worst {
+                worst = down.len();
+                when = down;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        (worst, when, first_new, all_new)
+    })
+}
+
+#[test]
+fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
+    let warm = env_secs("NATSMESH_DRILL_LOAD_SECS", 3);
+    // A previous natsmeshd build to start from (`make drills` builds one);
+    // without it the nodes start from a copy of the current build.
+    let previous = std::env::var_os("NATSMESH_DRILL_PREVIOUS_NATSMESHD")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let (mut mesh, rtts) = supercluster(34, PREVIOUS, |m| {
+        m.own_binaries(previous.clone());
+        // One node of all regions at a time. The lease outlasts a restart
+        // (30 s of lame duck, nats-server's least, and a start).
+        m.extra
+            .push_str("\n[fleet]\nlease_scope = \"supercluster\"\nlease_ttl = \"60s\"\n");
+        m.balance(NYC3);
+    });
+    wait_in_service(&mesh, 3, Duration::from_secs(30));
+    let load = Load::start(&mut mesh, NYC3);
+    let probe = LbProbe::start(mesh.balancer().frontend());
+    std::thread::sleep(warm);
+    load.reset();
+
+    let nodes: Vec<(String, PathBuf, std::net::SocketAddr)> = mesh
+        .nodes
+        .iter()
+        .map(|(n, d)| (n.clone(), d.socket(), d.client_addr().parse().unwrap()))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_roll(nodes.clone(), CURRENT, stop.clone());
+    // A package upgrade of both on every node at once.
+    let began = Instant::now();
+    for (name, _, _) in &nodes {
+        mesh.replace_binary(name, "natsmeshd", std::path::Path::new(common::NATSMESHD));
+        mesh.replace_binary(
+            name,
+            "nats-server",
+            &natsmesh_harness::broker_binary(CURRENT),
+        );
+    }
+    for (name, _, _) in &nodes {
+        mesh.node(name).wait_status(
+            &format!("{name} on {CURRENT}"),
+            |s| {
+                s.broker_version.contains(CURRENT)
+                    && s.state == "ready"
+                    && s.jetstream == "JetStream current"
+                    && s.fleet.is_empty()
+            },
+            Duration::from_secs(400),
+        );
+    }
+    let converge = began.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (worst, when, first_new, all_new) = watcher.join().unwrap();
+    wait_in_service(&mesh, 3, Duration::from_secs(30));
+    std::thread::sleep(warm);
+    let (through, lb_failed, lb_why) = probe.finish();
+    if lb_failed > 0 {
+        // What nyc3's nodes did meanwhile, to tell why.
+        for n in 1..=3 {
+            let log = mesh.node(&format!("nyc3-n{n}")).log();
+            println!("==== nyc3-n{n}");
+            for l in log.lines().filter(|l| {
+                [
+                    "load balancer",
+                    "re-exec",
+                    "took over",
+                    "lame",
+                    "state",
+                    "lease",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            }) {
+                println!("{l}");
+            }
+        }
+    }
+    let mut took_over = 0;
+    for (name, _, _) in &nodes {
+        let d = mesh.node(name);
+        let v = d.monitor("/varz").unwrap();
+        assert_eq!(v["version"], CURRENT, "{name}");
+        took_over += usize::from(d.log().contains("took over the running nats-server"));
+    }
+
+    let mut r = report(
+        "rolling-upgrade",
+        format!(
+            "natsmesh ({}) and nats-server ({PREVIOUS} → {CURRENT}) replaced on all nine servers at once, as a package upgrade does; natsmeshd re-executes itself and restarts its broker under the supercluster's restart lease (`[fleet] lease_scope = \"supercluster\"`; lame duck 30 s, nats-server's least).",
+            previous.as_ref().map_or_else(
+                || "a fresh copy of the current build: no previous build given".to_owned(),
+                |p| format!("{} → the current build", p.display())
+            )
+        ),
+        true,
+        rtts,
+    );
+    r.converge_ms = ms(converge);
+    r.lb_failed_connections = Some(lb_failed);
+    r.facts.push(("balancer".into(), balancer_model(&mesh)));
+    r.facts.push((
+        "connections through the balancer".into(),
+        format!(
+            "{} ({lb_failed} failed{})",
+            through + lb_failed,
+            failures(&lb_why)
+        ),
+    ));
+    r.facts.push((
+        "most servers of the supercluster out of service at once".into(),
+        format!("{worst} ({})", when.join(", ")),
+    ));
+    if let (Some(a), Some(b)) = (first_new, all_new) {
+        r.facts.push((
+            "mixed broker versions for".into(),
+            format!("{} ms", ms(b.saturating_duration_since(a))),
+        ));
+    }
+    r.facts.push((
+        "natsmeshd re-executed, broker kept".into(),
+        format!("{took_over} of 9"),
+    ));
+    load.finish(&mut r);
+    check(&r);
+    assert_eq!(worst, 1, "{r:?}");
+    assert_eq!(took_over, 9, "{r:?}");
+    assert!(through > 0, "{r:?}");
 }

@@ -764,3 +764,58 @@ fn a_new_natsmeshd_that_refuses_the_configuration_is_not_taken() {
     assert_eq!(s.state, "ready");
     assert!(!d.log().contains("re-executing natsmeshd"), "{}", d.log());
 }
+
+/// A renewal whose answer was lost (a timeout on our side) still moved the
+/// lease's revision on; giving the lease back must still work, or every
+/// other node waits until it expires (found by the rolling-upgrade drill).
+#[test]
+fn a_lease_renewed_unseen_is_still_given_back() {
+    use natsmesh::fleet::lease;
+    let dir = natsmesh_harness::scratch();
+    let conf = dir.path().join("js.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\" }}\nports_file_dir: \"{}\"\n",
+            dir.path().join("js").display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let broker = natsmesh_harness::Broker::start(
+        &natsmesh_harness::broker_binary(CURRENT),
+        &conf,
+        dir.path(),
+    );
+    runtime().block_on(async {
+        let client = async_nats::connect(broker.url("nats")).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let store = lease::bucket(
+            &js,
+            lease::SUPERCLUSTER_BUCKET,
+            "",
+            Duration::from_secs(60),
+            1,
+        )
+        .await
+        .unwrap();
+        let me = lease::Holder::new("n1", "nonce-1", "a test");
+        let lease::Take::Taken(revision) = lease::take(&store, &me).await.unwrap() else {
+            panic!("not taken");
+        };
+        // The renewal that landed while we heard nothing.
+        let landed = lease::renew(&store, &me, revision).await.unwrap();
+        assert!(landed > revision);
+        // Released with the revision we last knew.
+        lease::release(&store, &me, revision).await.unwrap();
+        assert!(lease::holder(&store).await.unwrap().is_none());
+
+        // Someone else's lease is never given back for them.
+        let other = lease::Holder::new("n2", "nonce-2", "a test");
+        let lease::Take::Taken(theirs) = lease::take(&store, &other).await.unwrap() else {
+            panic!("not taken");
+        };
+        assert!(lease::release(&store, &me, theirs - 1).await.is_err());
+        assert_eq!(lease::holder(&store).await.unwrap().unwrap().server, "n2");
+    });
+}

@@ -10,6 +10,7 @@
 
 pub mod bind;
 pub mod container;
+pub mod delay;
 pub mod dns;
 pub mod fakes;
 pub mod netns;

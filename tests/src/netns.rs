@@ -95,6 +95,40 @@ impl Lan {
         PathBuf::from("/run/netns").join(&self.hosts[usize::from(h) - 1])
     }
 
+    /// Host `h`'s namespace's name, for `ip netns exec`.
+    pub fn name(&self, h: u8) -> &str {
+        &self.hosts[usize::from(h) - 1]
+    }
+
+    /// Gives the test process one more address on the LAN (`a.b.c.d`), for
+    /// a service of its own that must look like a host of the LAN.
+    pub fn add_own(&self, addr: Ipv4Addr) {
+        must(&["addr", "add", &format!("{addr}/32"), "dev", &self.bridge()]);
+    }
+
+    /// Loads an nftables ruleset (`nft -f`) in host `h`'s namespace.
+    pub fn nft(&self, h: u8, ruleset: &str) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", self.name(h), "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ip netns exec nft");
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("nft stdin");
+            stdin.write_all(ruleset.as_bytes()).expect("nft ruleset");
+        }
+        let out = child.wait_with_output().expect("nft");
+        assert!(
+            out.status.success(),
+            "nft in {}: {}
+{ruleset}",
+            self.name(h),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `args` in host `h`'s namespace.
     pub fn exec(&self, h: u8, args: &[&str]) -> std::process::Output {
         Command::new("ip")
@@ -119,10 +153,14 @@ impl Lan {
     }
 
     fn remove(&self) {
-        for ns in &self.hosts {
+        for (i, ns) in self.hosts.iter().enumerate() {
             let _ = ip(&["netns", "del", ns]);
+            // A namespace outlives its name while anything holds it (a
+            // closing socket): its veth pair would stay. Deleting our leg
+            // deletes both.
+            let leg = format!("nm{}h{}", self.index, i + 1);
+            let _ = ip(&["link", "del", &leg]);
         }
-        // The veth legs go with their peers' namespaces.
         let _ = ip(&["link", "del", &self.bridge()]);
     }
 }

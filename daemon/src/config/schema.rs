@@ -81,8 +81,11 @@ impl Default for RawMetrics {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawFleet {
-    /// Take the region's restart lease before any planned restart.
+    /// Take the restart lease before any planned restart.
     pub coordinate: bool,
+    /// Whose lease: `region` (one node of each region at a time) or
+    /// `supercluster` (one node of all regions at a time, for upgrades).
+    pub lease_scope: LeaseScope,
     /// How long a lease lasts without renewal (a dead holder frees it
     /// after this); longer than a restart takes.
     pub lease_ttl: Span,
@@ -95,8 +98,32 @@ impl Default for RawFleet {
     fn default() -> Self {
         Self {
             coordinate: true,
+            lease_scope: LeaseScope::Region,
             lease_ttl: Span(Duration::from_secs(300)),
             lease_creds: None,
+        }
+    }
+}
+
+/// How many nodes may be down for planned restarts at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseScope {
+    /// One per region: regions roll side by side.
+    #[default]
+    Region,
+    /// One in the whole supercluster. Its bucket lives in the region of
+    /// the node that made it first, so with that region down no planned
+    /// restart starts anywhere.
+    Supercluster,
+}
+
+impl LeaseScope {
+    /// Whose lease, in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Region => "region",
+            Self::Supercluster => "supercluster",
         }
     }
 }

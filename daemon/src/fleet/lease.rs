@@ -45,6 +45,10 @@ fn now_unix_ms() -> u64 {
     crate::unix_ms(SystemTime::now())
 }
 
+/// The bucket of the supercluster's lease (no region's: theirs have a
+/// suffix).
+pub const SUPERCLUSTER_BUCKET: &str = "natsmesh-restart";
+
 /// The bucket of a region: letters, digits, `-` and `_` only.
 pub fn bucket_name(cluster: &str) -> String {
     let safe: String = cluster
@@ -60,15 +64,16 @@ pub fn bucket_name(cluster: &str) -> String {
     format!("natsmesh-restart-{safe}")
 }
 
-/// Opens the region's bucket, creating it (or raising its replicas as the
-/// region grows, up to three).
+/// Opens the bucket `name`, creating it in region `cluster` (or raising
+/// its replicas as the region grows, up to three).
 pub async fn bucket(
     js: &jetstream::Context,
+    name: &str,
     cluster: &str,
     ttl: Duration,
     replicas: usize,
 ) -> Result<kv::Store, String> {
-    let name = bucket_name(cluster);
+    let name = name.to_owned();
     let replicas = replicas.clamp(1, 3);
     if let Ok(store) = js.get_key_value(&name).await {
         let stream_name = format!("KV_{name}");
@@ -90,13 +95,14 @@ pub async fn bucket(
     let created = js
         .create_key_value(kv::Config {
             bucket: name.clone(),
-            description: "natsmesh: who may restart a server of this region".into(),
+            description: "natsmesh: who may restart a server now".into(),
             history: 1,
             max_age: ttl,
             max_value_size: 1024,
             storage: jetstream::stream::StorageType::File,
             num_replicas: replicas,
-            placement: Some(jetstream::stream::Placement {
+            // A standalone server has no cluster to name.
+            placement: (!cluster.is_empty()).then(|| jetstream::stream::Placement {
                 cluster: Some(cluster.to_owned()),
                 tags: Vec::new(),
             }),
@@ -163,18 +169,45 @@ pub async fn take(store: &kv::Store, me: &Holder) -> Result<Take, String> {
 /// lease is no longer ours.
 pub async fn renew(store: &kv::Store, me: &Holder, revision: u64) -> Result<u64, String> {
     let value = serde_json::to_vec(me).map_err(|e| e.to_string())?;
-    store
-        .update(KEY, value.into(), revision)
-        .await
-        .map_err(|e| e.to_string())
+    match store.update(KEY, value.clone().into(), revision).await {
+        Ok(next) => Ok(next),
+        // A write that timed out on our side may have landed: the record
+        // is still ours at a newer revision.
+        Err(e) => match ours(store, me).await {
+            Some(current) if current != revision => store
+                .update(KEY, value.into(), current)
+                .await
+                .map_err(|e| e.to_string()),
+            _ => Err(e.to_string()),
+        },
+    }
 }
 
 /// Gives the lease back, only if it is still ours.
-pub async fn release(store: &kv::Store, revision: u64) -> Result<(), String> {
-    store
-        .delete_expect_revision(KEY, Some(revision))
-        .await
-        .map_err(|e| e.to_string())
+pub async fn release(store: &kv::Store, me: &Holder, revision: u64) -> Result<(), String> {
+    match store.delete_expect_revision(KEY, Some(revision)).await {
+        Ok(()) => Ok(()),
+        // A renewal we did not hear back from moved the revision on: left
+        // alone, the lease would block every other node until it expires.
+        Err(e) => match ours(store, me).await {
+            Some(current) if current != revision => store
+                .delete_expect_revision(KEY, Some(current))
+                .await
+                .map_err(|e| e.to_string()),
+            _ => Err(e.to_string()),
+        },
+    }
+}
+
+/// The revision of the lease record if it is this process's (same server
+/// and nonce).
+async fn ours(store: &kv::Store, me: &Holder) -> Option<u64> {
+    let entry = store.entry(KEY).await.ok()??;
+    if entry.operation != kv::Operation::Put {
+        return None;
+    }
+    let held: Holder = serde_json::from_slice(&entry.value).ok()?;
+    (held.server == me.server && held.nonce == me.nonce).then_some(entry.revision)
 }
 
 /// Who holds the lease now, if anyone.

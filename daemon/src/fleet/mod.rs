@@ -19,6 +19,7 @@ use async_nats::jetstream;
 use tokio::sync::mpsc;
 
 use crate::config::Settings;
+use crate::config::schema::LeaseScope;
 use crate::config::validate::SystemUser;
 
 /// The account natsmeshd keeps (accounts mode) for the lease bucket: the
@@ -49,6 +50,8 @@ pub struct FleetSettings {
     pub login: SystemUser,
     /// Its name (password logins).
     pub user: String,
+    /// One node per region or per supercluster.
+    pub scope: LeaseScope,
 }
 
 /// What the supervisor hears while it waits.
@@ -70,6 +73,8 @@ pub struct Held {
     _client: async_nats::Client,
     /// Who holds it and why.
     pub holder: lease::Holder,
+    /// Whose lease it is.
+    pub scope: LeaseScope,
 }
 
 impl std::fmt::Debug for Held {
@@ -85,7 +90,7 @@ impl Held {
     pub async fn release(self) -> Result<(), String> {
         self.renewer.abort();
         let revision = *self.revision.lock().unwrap_or_else(|e| e.into_inner());
-        lease::release(&self.store, revision).await
+        lease::release(&self.store, &self.holder, revision).await
     }
 }
 
@@ -117,7 +122,7 @@ pub async fn acquire(
         };
         match outcome {
             Ok(held) => {
-                tracing::info!(reason = %why, "took the region's restart lease");
+                tracing::info!(reason = %why, "took the {}'s restart lease", fleet.scope.noun());
                 let _ = tx.send(Gate::Granted(Box::new(held))).await;
                 return;
             }
@@ -175,7 +180,11 @@ async fn attempt(
         .await
         .map_err(|e| format!("cannot reach the lease bucket: {e}"))?;
     let js = jetstream::new(client.clone());
-    let store = lease::bucket(&js, &cluster, fleet.ttl, view.jetstream_servers()).await?;
+    let name = match fleet.scope {
+        LeaseScope::Region => lease::bucket_name(&cluster),
+        LeaseScope::Supercluster => lease::SUPERCLUSTER_BUCKET.to_owned(),
+    };
+    let store = lease::bucket(&js, &name, &cluster, fleet.ttl, view.jetstream_servers()).await?;
     let holder = lease::Holder::new(me, nonce, why);
     match lease::take(&store, &holder).await? {
         lease::Take::HeldBy(who) => Err(format!("the restart lease is held by {who}")),
@@ -193,6 +202,7 @@ async fn attempt(
                 renewer,
                 _client: client,
                 holder,
+                scope: fleet.scope,
             })
         }
     }

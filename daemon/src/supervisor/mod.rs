@@ -118,10 +118,18 @@ struct Running {
     /// The readers of its stdout and stderr.
     readers: Vec<tokio::task::JoinHandle<()>>,
     pid: u32,
+    /// The version it runs: a pending restart's configuration may already
+    /// be for the next one.
+    version: String,
     liveness: Liveness,
     targets: Targets,
     first_served: Option<Instant>,
     serving_failures: u32,
+    /// Taken over from the previous natsmeshd image while it served: it
+    /// had its routes and its peers' accounts already, so the first round
+    /// that sees it serve makes it ready again (no `syncing` blip for the
+    /// load balancer to act on).
+    adopted_serving: bool,
 }
 
 /// Deadlines of a stop in progress: lame duck (once this node's DNS
@@ -490,7 +498,10 @@ impl Supervisor {
         s.reason = self.life.reason().to_owned();
         s.since_unix_ms = crate::unix_ms(self.life.since_wall());
         s.broker_pid = self.running.as_ref().map(|r| r.pid);
-        s.broker_version = self.current.version.to_string();
+        s.broker_version = self
+            .running
+            .as_ref()
+            .map_or_else(|| self.current.version.to_string(), |r| r.version.clone());
         s.log_lines_dropped = self.output.dropped();
         s.paused = self.paused;
         let line = s.line();
@@ -573,10 +584,12 @@ impl Supervisor {
             process,
             readers,
             pid,
+            version: self.current.version.to_string(),
             liveness: Liveness::new(now, s.health.liveness_budget, s.health.startup_grace),
             targets,
             first_served: None,
             serving_failures: 0,
+            adopted_serving: false,
         });
         self.after_exit = AfterExit::Crash;
         self.started();
@@ -655,7 +668,8 @@ impl Supervisor {
         let waited = run
             .first_served
             .is_some_and(|t| now - t >= self.settings.health.route_wait);
-        let routes_ok = !peers_configured || routes > 0 || waited;
+        let adopted = run.adopted_serving;
+        let routes_ok = !peers_configured || routes > 0 || waited || adopted;
         match state {
             State::Starting | State::Syncing if serving && routes_ok => {
                 if peers_configured && routes == 0 {
@@ -667,7 +681,8 @@ impl Supervisor {
                 // A node joining peers must hold the same accounts as they
                 // do; that needs a `$SYS` round trip, made from the loop.
                 let peers = routes > 0 || self.settings.server.gateway.is_some();
-                if peers && self.settings.system_user.is_some() && !self.accounts_agreed {
+                if peers && self.settings.system_user.is_some() && !self.accounts_agreed && !adopted
+                {
                     self.accounts_check_due = true;
                     self.publish();
                 } else {
@@ -711,6 +726,9 @@ impl Supervisor {
 
     fn become_ready(&mut self) {
         self.policy.healthy();
+        if let Some(run) = self.running.as_mut() {
+            run.adopted_serving = false;
+        }
         self.last_good = Some((self.current.clone(), self.settings.clone()));
         self.status.restart_pending.clear();
         self.go(State::Ready, "serving clients");

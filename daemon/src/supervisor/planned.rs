@@ -71,7 +71,11 @@ impl Supervisor {
             }
             // Nobody else in the region to keep serving (and a lone
             // server's JetStream may have no meta leader to hold a lease).
-            Coordination::Lease(_) if crate::fleet::region_size(&self.settings) <= 1 => {
+            // A supercluster's lease still orders its regions.
+            Coordination::Lease(f)
+                if f.scope == crate::config::schema::LeaseScope::Region
+                    && crate::fleet::region_size(&self.settings) <= 1 =>
+            {
                 tracing::debug!("a region of one server: nothing to coordinate");
                 self.planned = None;
                 self.status.fleet.clear();
@@ -90,7 +94,10 @@ impl Supervisor {
                     tx,
                 ));
                 self.gate = Some(rx);
-                self.status.fleet = format!("{why}: asking the region for the restart lease");
+                self.status.fleet = format!(
+                    "{why}: asking the {} for the restart lease",
+                    fleet.scope.noun()
+                );
                 self.publish();
             }
         }
@@ -137,7 +144,11 @@ impl Supervisor {
                     tokio::spawn(release(*held));
                     return;
                 };
-                self.status.fleet = format!("{}: holding the region's restart lease", plan.why());
+                self.status.fleet = format!(
+                    "{}: holding the {}'s restart lease",
+                    plan.why(),
+                    held.scope.noun()
+                );
                 self.lease = Some(*held);
                 self.carry_out(plan);
             }
@@ -301,8 +312,9 @@ impl Supervisor {
 }
 
 async fn release(held: crate::fleet::Held) {
+    let scope = held.scope;
     match held.release().await {
-        Ok(()) => tracing::info!("released the region's restart lease"),
+        Ok(()) => tracing::info!("released the {}'s restart lease", scope.noun()),
         // It expires by itself.
         Err(e) => {
             tracing::warn!(error = %e, "cannot release the restart lease; it expires by itself")

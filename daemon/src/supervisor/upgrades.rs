@@ -33,7 +33,7 @@ impl Supervisor {
         {
             tracing::info!(
                 path = %path.display(),
-                "a new natsmeshd binary: it takes over under the region's lease; the broker keeps running"
+                "a new natsmeshd binary: it takes over under the restart lease; the broker keeps running"
             );
             self.planned = Some(Plan::Reexec);
             self.ask_for_lease();
@@ -63,10 +63,13 @@ impl Supervisor {
                 self.publish();
             }
             Ok(next) => {
-                let why = format!(
-                    "a new nats-server binary ({} → {})",
-                    self.current.version, next.version
-                );
+                // The running broker's version: after a re-execution the
+                // configuration may be prepared for the new binary already.
+                let running = self
+                    .running
+                    .as_ref()
+                    .map_or_else(|| self.current.version.to_string(), |r| r.version.clone());
+                let why = format!("a new nats-server binary ({running} → {})", next.version);
                 let _ = self.restart_for(settings, next, vec![why]);
             }
         }
@@ -110,6 +113,7 @@ impl Supervisor {
         let file = HandoffFile {
             broker,
             broker_binary: self.broker_bin,
+            broker_version: Some(run.version.clone()),
             rendered: self.current.rendered.text.clone(),
             served: run.first_served.is_some(),
         };
@@ -156,17 +160,22 @@ impl Supervisor {
             broker_pid = pid,
             "natsmeshd re-executed; took over the running nats-server"
         );
+        let version = h
+            .broker_version
+            .clone()
+            .unwrap_or_else(|| self.current.version.to_string());
         self.install(
             process,
             targets,
-            format!(
-                "took over nats-server {} (pid {pid}) from the previous natsmeshd",
-                self.current.version
-            ),
+            format!("took over nats-server {version} (pid {pid}) from the previous natsmeshd"),
         );
         self.broker_bin = h.broker_binary;
         if let Some(run) = self.running.as_mut() {
             run.first_served = h.served.then(Instant::now);
+            run.adopted_serving = h.served;
+            if let Some(v) = h.broker_version {
+                run.version = v;
+            }
         }
         if h.rendered != self.current.rendered.text {
             let why = "this natsmeshd renders a different configuration".to_owned();

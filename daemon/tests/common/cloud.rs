@@ -174,7 +174,7 @@ pub fn wait_ready(c: &Container, limit: Duration) -> String {
 }
 
 /// The `addr` of an `http://addr/...` URL.
-fn addr_of(url: &str) -> SocketAddr {
+pub fn addr_of(url: &str) -> SocketAddr {
     url.trim_start_matches("http://")
         .split('/')
         .next()

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -25,6 +26,8 @@ pub struct Daemon {
     pub client_port: u16,
     pub monitor_port: u16,
     pub metrics_port: u16,
+    /// Where the client, monitoring and metrics ports listen.
+    pub host: IpAddr,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
     notes: Arc<Mutex<Vec<(Instant, String)>>>,
@@ -48,6 +51,14 @@ pub struct Options {
     pub cloud: bool,
     /// natsmeshd's own binary (default: the one cargo built).
     pub natsmeshd: Option<PathBuf>,
+    /// Run in this network namespace (`ip netns exec`; needs root).
+    pub netns: Option<String>,
+    /// The address the client, monitoring and metrics ports listen on
+    /// (default 127.0.0.1; in a namespace, its LAN address).
+    pub host: Option<IpAddr>,
+    /// The client port (default: a free one), e.g. the one a balancer
+    /// forwards to on every node.
+    pub client_port: Option<u16>,
 }
 
 impl Daemon {
@@ -76,10 +87,11 @@ lame_duck_duration = "30s"
 lame_duck_grace_period = "1s"
 
 [broker.client]
-bind = "127.0.0.1"
+bind = "{host}"
 port = {client_port}
 
 [broker.monitoring]
+bind = "{host}"
 port = {monitor}
 
 [broker.jetstream]
@@ -100,6 +112,7 @@ socket = "{socket}"
 mode = "none"
 
 [metrics]
+bind = "{host}"
 port = {metrics}
 scrape_every = "1s"
 "#,
@@ -108,6 +121,7 @@ scrape_every = "1s"
                 monitor = self.monitor_port,
                 metrics = self.metrics_port,
                 socket = self.socket().display(),
+                host = self.host,
                 name = if cloud { "" } else { "name = \"n1\"" },
             ),
         )
@@ -127,9 +141,10 @@ scrape_every = "1s"
         let mut d = Self {
             dir,
             version: version.into(),
-            client_port: free_port(),
+            client_port: opts.client_port.unwrap_or_else(free_port),
             monitor_port: free_port(),
             metrics_port: free_port(),
+            host: opts.host.unwrap_or(IpAddr::from([127, 0, 0, 1])),
             child: None,
             log: Arc::new(Mutex::new(String::new())),
             notes: Arc::new(Mutex::new(Vec::new())),
@@ -159,18 +174,35 @@ scrape_every = "1s"
             .natsmeshd
             .clone()
             .unwrap_or_else(|| PathBuf::from(NATSMESHD));
-        let mut cmd = match &opts.resolv_conf {
-            None => Command::new(&natsmeshd),
-            Some(resolv) => {
-                // `exec` keeps the daemon's pid the child's, so drop kills it.
-                let mut c = Command::new("unshare");
-                c.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
-                    .arg(r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#)
-                    .arg(resolv)
-                    .arg(&natsmeshd);
+        // Every wrapper execs the next, so the child's pid is natsmeshd's
+        // and drop kills it.
+        let mut cmd = match &opts.netns {
+            None => Command::new("env"),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "env"]);
                 c
             }
         };
+        match &opts.resolv_conf {
+            None => {
+                cmd.arg(&natsmeshd);
+            }
+            Some(resolv) => {
+                cmd.args([
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "/bin/sh",
+                    "-c",
+                ])
+                .arg(r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#)
+                .arg(resolv)
+                .arg(&natsmeshd);
+            }
+        }
         cmd.args(["run", "--config"])
             .arg(d.config_path())
             .env_clear()
@@ -206,7 +238,7 @@ scrape_every = "1s"
 
     /// GET a monitoring endpoint of the broker, parsed.
     pub fn monitor(&self, path: &str) -> Option<serde_json::Value> {
-        let url = format!("http://127.0.0.1:{}{path}", self.monitor_port);
+        let url = format!("http://{}:{}{path}", self.host, self.monitor_port);
         let mut resp = ureq::get(&url)
             .config()
             .timeout_global(Some(Duration::from_secs(5)))
@@ -222,7 +254,7 @@ scrape_every = "1s"
 
     /// One scrape of `/metrics` (classic text), if it answered.
     pub fn metrics(&self) -> Option<String> {
-        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let url = format!("http://{}:{}/metrics", self.host, self.metrics_port);
         let mut resp = ureq::get(&url)
             .config()
             .timeout_global(Some(Duration::from_secs(5)))
@@ -404,7 +436,7 @@ scrape_every = "1s"
     }
 
     pub fn client_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("{}:{}", self.host, self.client_port)
     }
 }
 

@@ -79,7 +79,12 @@ pub(super) fn apply_fleet(
             }
         },
     };
-    Coordination::Lease(FleetSettings { ttl, login, user })
+    Coordination::Lease(FleetSettings {
+        ttl,
+        login,
+        user,
+        scope: f.lease_scope,
+    })
 }
 
 /// natsmeshd's own account, where the lease bucket lives (small limits:
