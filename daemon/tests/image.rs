@@ -8,7 +8,7 @@
 //! --image=` needs udev on the host, which this machine (itself a
 //! container) does not have ("--image= requires access to the host's /run/
 //! hierarchy"). The bootloader is checked when the image is built
-//! (`scripts/build-image`) and booted under QEMU by `make image-qemu`.
+//! (`scripts/build-image`) and booted whole under QEMU by the last test.
 //! Runs in the nextest `serial` group (root, containers).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -108,4 +108,28 @@ fn the_appliance_image_boots_to_a_ready_member_from_its_user_data() {
     assert!(screen.contains("appliance-1 (region fra1)"), "{screen}");
     drop(c);
     drop(mounted);
+}
+
+/// The same image booted whole, by its own bootloader, in QEMU with
+/// software emulation (`scripts/image-qemu`, as `make image-qemu`): a
+/// bigger disk than the image (cloud-init grows the root file system), a
+/// NoCloud seed volume of appliance user-data, QEMU's user-mode network
+/// reaching nothing outside; natsmeshd must report ready (a unit ordered
+/// after it marks the kernel log) within the bound.
+#[test]
+fn the_appliance_image_boots_in_qemu_to_a_ready_natsmeshd() {
+    let _ = image();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(root.join("scripts/image-qemu"))
+        .env("NATSMESH_QEMU_TIMEOUT", "420")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    print!("{said}");
+    assert!(
+        out.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("natsmeshd ready"), "{said}");
 }
