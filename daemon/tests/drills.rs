@@ -750,7 +750,32 @@ fn a_flapping_region_loses_nothing_and_heals() {
 /// 10 000 attempts).
 struct LbProbe {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<(u64, u64, Vec<String>)>,
+    thread: std::thread::JoinHandle<Seen>,
+}
+
+/// What a user connecting through the balancer saw.
+struct Seen {
+    ok: u64,
+    failed: u64,
+    /// The first failures, with when.
+    why: Vec<String>,
+}
+
+impl Seen {
+    /// Into the report: the failed connections, and the balancer's model.
+    fn record(&self, mesh: &Mesh, r: &mut Report) {
+        r.lb_failed_connections = Some(self.failed);
+        r.facts.push(("balancer".into(), balancer_model(mesh)));
+        let first = if self.why.is_empty() {
+            String::new()
+        } else {
+            format!("; first: {}", self.why.join("; "))
+        };
+        r.facts.push((
+            "connections through the balancer".into(),
+            format!("{} ({} failed{first})", self.ok + self.failed, self.failed),
+        ));
+    }
 }
 
 impl LbProbe {
@@ -779,13 +804,12 @@ impl LbProbe {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            (ok, failed, why)
+            Seen { ok, failed, why }
         });
         Self { stop, thread }
     }
 
-    /// Attempts that succeeded, failed, and the first failures.
-    fn finish(self) -> (u64, u64, Vec<String>) {
+    fn finish(self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap()
     }
@@ -852,15 +876,6 @@ fn wait_in_service(mesh: &Mesh, count: usize, timeout: Duration) {
             mesh.balancer().in_service()
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The first failures, for a report.
-fn failures(why: &[String]) -> String {
-    if why.is_empty() {
-        String::new()
-    } else {
-        format!("; first: {}", why.join("; "))
     }
 }
 
@@ -952,7 +967,7 @@ fn scaling_a_region_up_and_down_under_load_leaves_no_ghost() {
     load.wait_progress(1, Duration::from_secs(60));
     let converge = stopped.elapsed();
     std::thread::sleep(warm);
-    let (through, lb_failed, lb_why) = probe.finish();
+    let seen = probe.finish();
 
     let mut r = report(
         "scaling",
@@ -961,16 +976,7 @@ fn scaling_a_region_up_and_down_under_load_leaves_no_ghost() {
         rtts,
     );
     r.converge_ms = ms(converge);
-    r.lb_failed_connections = Some(lb_failed);
-    r.facts.push(("balancer".into(), balancer_model(&mesh)));
-    r.facts.push((
-        "connections through the balancer".into(),
-        format!(
-            "{} ({lb_failed} failed{})",
-            through + lb_failed,
-            failures(&lb_why)
-        ),
-    ));
+    seen.record(&mesh, &mut r);
     r.facts.push((
         "fourth server started → routed, gateways up, JetStream current".into(),
         format!("{} ms", ms(added)),
@@ -989,14 +995,17 @@ fn scaling_a_region_up_and_down_under_load_leaves_no_ghost() {
     load.finish(&mut r);
     check(&r);
     assert!(r.reconnects >= 10, "nyc3-n1's clients moved: {r:?}");
-    assert!(through > 0, "{r:?}");
+    assert!(seen.ok > 0, "{r:?}");
 }
 
 /// Samples every node's state over its control socket until `stop`: the
 /// most nodes out of service at once (and which), and when the first and
-/// the last node ran `version`. A node whose natsmeshd does not answer
-/// (it is re-executing itself) is out only if its broker does not greet a
-/// client either.
+/// the last node ran `version`. Out of service is what a client sees: a
+/// node whose natsmeshd is not `ready` or `syncing`, or does not answer
+/// at all, counts only if its broker does not greet a client either (a
+/// re-executed natsmeshd says `starting` until its first probe while the
+/// broker it took over serves throughout; a draining broker in lame duck
+/// refuses new clients).
 type Roll = (usize, Vec<String>, Option<Instant>, Option<Instant>);
 
 fn watch_roll(
@@ -1027,11 +1036,11 @@ fn watch_roll(
                     }
                     continue;
                 };
+                if !matches!(s.state.as_str(), "ready" | "syncing") && !greets(*client) {
+                    down.push(format!("{name}: {}", s.state));
+                }
                 if s.broker_version.contains(version) {
                     new += 1;
-                }
-                if !matches!(s.state.as_str(), "ready" | "syncing") {
-                    down.push(format!("{name}: {}", s.state));
                 }
             }
             if new > 0 && first_new.is_none() {
@@ -1106,8 +1115,8 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
     let (worst, when, first_new, all_new) = watcher.join().unwrap();
     wait_in_service(&mesh, 3, Duration::from_secs(30));
     std::thread::sleep(warm);
-    let (through, lb_failed, lb_why) = probe.finish();
-    if lb_failed > 0 {
+    let seen = probe.finish();
+    if seen.failed > 0 {
         // What nyc3's nodes did meanwhile, to tell why.
         for n in 1..=3 {
             let log = mesh.node(&format!("nyc3-n{n}")).log();
@@ -1149,16 +1158,7 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
         rtts,
     );
     r.converge_ms = ms(converge);
-    r.lb_failed_connections = Some(lb_failed);
-    r.facts.push(("balancer".into(), balancer_model(&mesh)));
-    r.facts.push((
-        "connections through the balancer".into(),
-        format!(
-            "{} ({lb_failed} failed{})",
-            through + lb_failed,
-            failures(&lb_why)
-        ),
-    ));
+    seen.record(&mesh, &mut r);
     r.facts.push((
         "most servers of the supercluster out of service at once".into(),
         format!("{worst} ({})", when.join(", ")),
@@ -1177,5 +1177,5 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
     check(&r);
     assert_eq!(worst, 1, "{r:?}");
     assert_eq!(took_over, 9, "{r:?}");
-    assert!(through > 0, "{r:?}");
+    assert!(seen.ok > 0, "{r:?}");
 }
