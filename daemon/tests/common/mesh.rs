@@ -91,7 +91,7 @@ pub const LB_TOKEN: &str = "dop_v1_drill-lb-0b5e55ed";
 pub const BALANCED_CLIENT_PORT: u16 = 4222;
 pub const READY_PORT: u16 = 8223;
 
-/// The droplet id of node `n` of a region (`h` its host on the LAN).
+/// The droplet id of the node on LAN host `h`.
 fn droplet_id(h: u8) -> u64 {
     5_100_000 + u64::from(h)
 }
@@ -116,7 +116,6 @@ impl Net {
 
 pub struct Mesh {
     dns: Dns,
-    regions: Vec<Region>,
     resolv: PathBuf,
     _dir: tempfile::TempDir,
     pub route_port: u16,
@@ -190,7 +189,6 @@ impl Mesh {
         let mut mesh = Self {
             dns,
             net,
-            regions: regions.to_vec(),
             resolv,
             _dir: dir,
             route_port,
