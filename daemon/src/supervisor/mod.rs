@@ -492,16 +492,22 @@ impl Supervisor {
         self.publish();
     }
 
+    /// The running broker's version: a pending restart's configuration (or
+    /// one prepared after a re-execution) may be for the next one already.
+    fn running_version(&self) -> String {
+        self.running
+            .as_ref()
+            .map_or_else(|| self.current.version.to_string(), |r| r.version.clone())
+    }
+
     fn publish(&mut self) {
+        let broker_version = self.running_version();
         let s = &mut self.status;
         s.state = self.life.state().to_string();
         s.reason = self.life.reason().to_owned();
         s.since_unix_ms = crate::unix_ms(self.life.since_wall());
         s.broker_pid = self.running.as_ref().map(|r| r.pid);
-        s.broker_version = self
-            .running
-            .as_ref()
-            .map_or_else(|| self.current.version.to_string(), |r| r.version.clone());
+        s.broker_version = broker_version;
         s.log_lines_dropped = self.output.dropped();
         s.paused = self.paused;
         let line = s.line();

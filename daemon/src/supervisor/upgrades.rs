@@ -63,12 +63,7 @@ impl Supervisor {
                 self.publish();
             }
             Ok(next) => {
-                // The running broker's version: after a re-execution the
-                // configuration may be prepared for the new binary already.
-                let running = self
-                    .running
-                    .as_ref()
-                    .map_or_else(|| self.current.version.to_string(), |r| r.version.clone());
+                let running = self.running_version();
                 let why = format!("a new nats-server binary ({running} → {})", next.version);
                 let _ = self.restart_for(settings, next, vec![why]);
             }
