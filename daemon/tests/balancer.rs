@@ -412,6 +412,140 @@ fn a_nodebalancer_checking_http_on_the_nats_port_is_refused() {
     assert!(lb.nodes().is_empty());
 }
 
+/// A Linode in a VPC: its node is its VPC address with the subnet id,
+/// read through the API (the metadata service shows neither); a client
+/// listener bound elsewhere is refused with the address to bind.
+#[test]
+fn a_linode_vpc_backend_is_its_vpc_address_and_subnet() {
+    use natsmesh_harness::fakes::linode_lb::{FakeLinodeLb, LinodeNb, linode_ips};
+    use natsmesh_harness::fakes::linode_metadata::{FakeLinodeMetadata, Linode};
+    const LINODE: u64 = 532_754_977;
+    let client_port = free_port();
+    let nb = LinodeNb::tcp(1_774_401, "eu-central", 2_706_113, client_port)
+        .with_model(&model())
+        .with_check("connection");
+    let lb = FakeLinodeLb::start(TOKEN, nb, model());
+    // 127.0.5.33 stands for its VPC address (subnet 101); an inactive
+    // interface in subnet 300 does not count.
+    lb.state.lock().unwrap().linodes.insert(
+        LINODE,
+        linode_ips(
+            LINODE,
+            Some("127.0.5.23"),
+            &[("127.0.5.33", 101, true), ("127.0.5.43", 300, false)],
+        ),
+    );
+    let meta = FakeLinodeMetadata::start(Linode {
+        id: LINODE,
+        region: "eu-central".into(),
+        private_ipv4: vec!["127.0.5.23/17".into()],
+        ..Linode::default()
+    });
+    let token = natsmesh_harness::scratch();
+    natsmesh_harness::bind::write_private(&token.path().join("token"), &format!("{TOKEN}\n"));
+    let config = |bind: &str| {
+        format!(
+            "[node]\nprovider = \"linode\"\n[node.metadata]\nurl = \"{}\"\ntimeout = \"300ms\"\nretry_for = \"5s\"\n[broker.client]\nbind = \"{bind}\"\nport = {client_port}\nadvertise = \"none\"\n[load_balancer]\nprovider = \"linode\"\nid = \"1774401\"\nbackend = \"vpc\"\ntoken_file = \"{}\"\napi_url = \"{}\"\nready_port = {}\ndwell = \"1s\"\n",
+            meta.url(),
+            token.path().join("token").display(),
+            lb.api_url(),
+            free_port()
+        )
+    };
+    let start = |extra: String| {
+        Daemon::start(
+            CURRENT,
+            Options {
+                extra,
+                cloud: true,
+                ..Options::default()
+            },
+        )
+    };
+
+    // Bound to the private address only: the VPC address gets nothing.
+    let mut a = start(config("private"));
+    a.wait_ready();
+    wait_for("the refusal", Duration::from_secs(20), || {
+        a.status().is_some_and(|s| {
+            s.load_balancer
+                .contains("VPC address 127.0.5.33, but broker.client.bind is 127.0.5.23")
+        })
+    });
+    assert!(lb.nodes().is_empty(), "{:?}", lb.nodes());
+    a.signal("TERM");
+    assert!(
+        a.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        a.log()
+    );
+
+    let mut a = start(config("127.0.5.33"));
+    a.wait_ready();
+    let address = format!("127.0.5.33:{client_port}");
+    wait_for(
+        "the VPC address in service",
+        Duration::from_secs(30),
+        || lb.in_service() == vec![address.clone()],
+    );
+    let node = lb.nodes().into_iter().next().unwrap();
+    assert_eq!(node["address"], address.as_str());
+    let created = lb
+        .requests()
+        .into_iter()
+        .find(|(r, _)| r.starts_with("POST ") && r.ends_with("/nodes"))
+        .and_then(|(_, body)| body)
+        .expect("a node was created");
+    assert_eq!(created["subnet_id"], 101, "{created}");
+    connect_through_addr(lb.frontend()).unwrap();
+    a.signal("TERM");
+    assert!(
+        a.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        a.log()
+    );
+    assert!(lb.nodes().is_empty(), "{:?}", lb.nodes());
+    assert!(!a.log().contains(TOKEN));
+    for (req, body) in lb.requests() {
+        let (method, path) = req.split_once(' ').unwrap();
+        validate_request(Spec::Linode, method, path, body.as_ref())
+            .unwrap_or_else(|e| panic!("{req} {body:?}: {e}"));
+    }
+}
+
+/// A balancer reaches droplets only in its own VPC: a droplet elsewhere
+/// never joins, and the reason names both VPCs. A token that may not read
+/// droplets leaves the check undone with a warning, and the node joins.
+#[test]
+fn a_droplet_in_another_vpc_is_never_joined() {
+    let fleet = Fleet::good(2);
+    const OTHER: &str = "5a4981aa-9653-4bd1-bef5-d6bff52042e4";
+    fleet
+        .lb
+        .state
+        .lock()
+        .unwrap()
+        .droplet_vpcs
+        .insert(droplet_id(1), OTHER.into());
+    let mut a = fleet.node(1);
+    a.wait_ready();
+    wait_for("the refusal", Duration::from_secs(20), || {
+        a.status().is_some_and(|s| {
+            s.load_balancer
+                .contains(&format!("this droplet in VPC {OTHER}"))
+        })
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(fleet.lb.registered().is_empty(), "joined across VPCs");
+
+    fleet.lb.state.lock().unwrap().droplet_read_forbidden = true;
+    let mut b = fleet.node(2);
+    b.wait_ready();
+    fleet.wait_in_service(&[droplet_id(2)], "joined without the VPC check");
+    assert!(b.log().contains("droplet:read"), "{}", b.log());
+    fleet.assert_requests_follow_the_spec();
+}
+
 #[test]
 fn a_tag_based_balancer_is_joined_through_its_tag() {
     const TAG: &str = "natsmesh:fra1";

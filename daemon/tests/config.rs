@@ -798,6 +798,38 @@ fn load_balancer_membership_needs_the_providers_identity_and_a_port_of_its_own()
     ] {
         assert!(keys.contains(&key), "{key} missing from {problems:?}");
     }
+
+    // A VPC backend is a NodeBalancer's; a subnet only for one.
+    f.write(
+        "natsmesh.toml",
+        &format!("{}\n[broker.client]\nport = 4222\n[load_balancer]\nprovider = \"digitalocean\"\nid = \"lb\"\ntoken_file = \"lb-token\"\nbackend = \"vpc\"\n", on_do()),
+    );
+    let loaded = load(&discover(Some(&f.main())).unwrap()).unwrap();
+    let problems = natsmesh::config::validate::validate(&loaded, &f.env(), &identity)
+        .unwrap_err()
+        .0;
+    let vpc = problems
+        .iter()
+        .find(|p| p.key.as_deref() == Some("load_balancer.backend"))
+        .unwrap_or_else(|| panic!("{problems:?}"));
+    assert!(
+        vpc.to_string().contains("for Linode NodeBalancers"),
+        "{vpc}"
+    );
+    f.write(
+        "natsmesh.toml",
+        &format!("{}\n[broker.client]\nport = 4222\n[load_balancer]\nprovider = \"digitalocean\"\nid = \"lb\"\ntoken_file = \"lb-token\"\nsubnet_id = 101\n", on_do()),
+    );
+    let loaded = load(&discover(Some(&f.main())).unwrap()).unwrap();
+    let problems = natsmesh::config::validate::validate(&loaded, &f.env(), &identity)
+        .unwrap_err()
+        .0;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key.as_deref() == Some("load_balancer.subnet_id")),
+        "{problems:?}"
+    );
 }
 
 /// The packaged /etc/natsmesh/natsmesh.toml: its settings validate, and

@@ -4,6 +4,13 @@
 //! wrote). A balancer defined by a droplet tag refuses droplet ids (422):
 //! membership is then the tag itself, assigned to and removed from this
 //! droplet.
+//!
+//! A balancer reaches droplets only inside its own VPC. The metadata
+//! service does not name a droplet's VPC, so the droplet is read
+//! (`GET /v2/droplets/{id}`, scope `droplet:read`) and its `vpc_uuid`
+//! compared with the balancer's. A token without that scope leaves the
+//! check undone with a warning rather than keeping a node out that served
+//! before the check existed.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -51,6 +58,15 @@ impl DigitalOcean {
             .collect();
         let hc = &lb["health_check"];
         let num = |k: &str, default: u64| hc[k].as_u64().unwrap_or(default);
+        let mut wrong = Vec::new();
+        if let Some(lb_vpc) = lb["vpc_uuid"].as_str().filter(|v| !v.is_empty())
+            && let Some(own) = self.droplet_vpc(token).await?
+            && own != lb_vpc
+        {
+            wrong.push(format!(
+                "the balancer is in VPC {lb_vpc}, this droplet in VPC {own}: a balancer reaches droplets only in its own VPC; create one in VPC {own} (a balancer's VPC cannot be changed) or this droplet in VPC {lb_vpc}"
+            ));
+        }
         Ok(Setup {
             rules: lb["forwarding_rules"]
                 .as_array()
@@ -86,7 +102,32 @@ impl DigitalOcean {
                 .map(str::to_owned),
             registered: droplets.contains(&self.droplet_id),
             members: Vec::new(),
+            wrong,
         })
+    }
+
+    /// This droplet's VPC, or `None` when the token may not read it
+    /// (warned: the VPC check is then not made).
+    async fn droplet_vpc(&self, token: &str) -> Result<Option<String>, LbError> {
+        let path = format!("/v2/droplets/{}", self.droplet_id);
+        match self
+            .rest
+            .call(token, Method::GET, &path, None, &[], StatusCode::OK)
+            .await
+        {
+            Ok(v) => Ok(v["droplet"]["vpc_uuid"]
+                .as_str()
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)),
+            Err(e) if e.status == Some(403) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot read this droplet to check that it is in the balancer's VPC: give the token the droplet:read scope"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(classify(e)),
+        }
     }
 
     /// Adds this droplet (or the balancer's tag to it). Idempotent.

@@ -9,8 +9,14 @@
 //! The check that fits NATS is `connection` (nats-server is not HTTP, so
 //! `http` checks on its port fail): it fails once lame duck closes the
 //! listener, and natsmeshd drains the node before that anyway.
+//!
+//! A VPC backend (`backend = "vpc"`) is this Linode's address in a VPC
+//! subnet with the subnet's id, as Linode's own clients create them
+//! (linodego's `subnet_id`). The metadata service shows neither, so both
+//! are read from `GET /linode/instances/{id}/ips` (`ipv4.vpc`) on every
+//! read of the NodeBalancer: an interface attached or moved is followed.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -22,8 +28,47 @@ use crate::provider::rest::{Flavor, Purpose, Rest, RestError};
 pub struct Linode {
     rest: Rest,
     nb_id: String,
-    address: String,
+    reach: Reach,
+    port: u16,
     label: String,
+}
+
+/// How the NodeBalancer reaches this Linode, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// At its private IPv4 address.
+    Private(Ipv4Addr),
+    /// At its address in a VPC subnet, read through the API.
+    Vpc {
+        /// This Linode.
+        linode_id: String,
+        /// The subnet, when this Linode may be in several.
+        subnet_id: Option<u64>,
+        /// Where the broker's clients are accepted: a specific address
+        /// must be the VPC one.
+        client_bind: IpAddr,
+    },
+}
+
+/// A node's address: `ip:port`, and the VPC subnet of a VPC backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddress {
+    /// `ip:port`.
+    pub address: String,
+    /// The VPC subnet.
+    pub subnet_id: Option<u64>,
+}
+
+/// What one read of the NodeBalancer found.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Its set-up.
+    pub setup: Setup,
+    /// This machine's node on each config.
+    pub members: Vec<Member>,
+    /// Where a node for this machine points (none when a VPC backend
+    /// has no VPC address to point at; `setup.wrong` says why).
+    pub node: Option<NodeAddress>,
 }
 
 /// Where this machine is on one config.
@@ -40,16 +85,48 @@ impl Linode {
     pub fn new(
         base: &str,
         nb_id: &str,
-        private: Ipv4Addr,
+        reach: Reach,
         client_port: u16,
         name: &str,
     ) -> Result<Self, String> {
         Ok(Self {
             rest: Rest::new(Flavor::Linode, base, Purpose::LoadBalancer)?,
             nb_id: nb_id.to_owned(),
-            address: format!("{private}:{client_port}"),
+            reach,
+            port: client_port,
             label: label(name),
         })
+    }
+
+    /// Where this machine's node points, or why there is no such place.
+    async fn node_address(&self, token: &str) -> Result<Result<NodeAddress, String>, LbError> {
+        let (linode_id, subnet_id, client_bind) = match &self.reach {
+            Reach::Private(ip) => {
+                return Ok(Ok(NodeAddress {
+                    address: format!("{ip}:{}", self.port),
+                    subnet_id: None,
+                }));
+            }
+            Reach::Vpc {
+                linode_id,
+                subnet_id,
+                client_bind,
+            } => (linode_id, *subnet_id, *client_bind),
+        };
+        let ips = self
+            .get(token, &format!("/linode/instances/{linode_id}/ips"))
+            .await?;
+        Ok(vpc_address(&ips, subnet_id).and_then(|(ip, subnet)| {
+            if !client_bind.is_unspecified() && client_bind != IpAddr::V4(ip) {
+                return Err(format!(
+                    "the NodeBalancer reaches this Linode at its VPC address {ip}, but broker.client.bind is {client_bind}: set it to \"{ip}\" (or \"any\")"
+                ));
+            }
+            Ok(NodeAddress {
+                address: format!("{ip}:{}", self.port),
+                subnet_id: Some(subnet),
+            })
+        }))
     }
 
     async fn get(&self, token: &str, path: &str) -> Result<Value, LbError> {
@@ -75,7 +152,12 @@ impl Linode {
     }
 
     /// The NodeBalancer, its configs and this machine's nodes on them.
-    pub async fn read(&self, token: &str) -> Result<(Setup, Vec<Member>), LbError> {
+    pub async fn read(&self, token: &str) -> Result<Seen, LbError> {
+        let (node, wrong) = match self.node_address(token).await? {
+            Ok(n) => (Some(n), Vec::new()),
+            Err(why) => (None, vec![why]),
+        };
+        let address = node.as_ref().map(|n| n.address.as_str());
         let base = format!("/nodebalancers/{}", self.nb_id);
         let nb = self.get(token, &base).await?;
         let configs = self.list(token, &format!("{base}/configs")).await?;
@@ -119,7 +201,7 @@ impl Linode {
                 .await?;
             let node = nodes
                 .iter()
-                .find(|n| n["address"].as_str() == Some(self.address.as_str()))
+                .find(|n| address.is_some() && n["address"].as_str() == address)
                 .and_then(|n| {
                     Some((
                         n["id"].as_u64()?,
@@ -147,14 +229,25 @@ impl Linode {
             tag: None,
             registered,
             members: Vec::new(),
+            wrong,
         };
-        Ok((setup, members))
+        Ok(Seen {
+            setup,
+            members,
+            node,
+        })
     }
 
     /// Accepting on every config: an existing node is switched to
     /// `accept`, a missing one created.
-    pub async fn register(&self, token: &str, members: &[Member]) -> Result<(), LbError> {
-        for m in members {
+    pub async fn register(&self, token: &str, seen: &Seen) -> Result<(), LbError> {
+        let Some(node) = &seen.node else {
+            return Err(LbError::fatal(
+                "joining the NodeBalancer",
+                seen.setup.wrong.join("; "),
+            ));
+        };
+        for m in &seen.members {
             let nodes = format!(
                 "/nodebalancers/{}/configs/{}/nodes",
                 self.nb_id, m.config_id
@@ -166,9 +259,12 @@ impl Linode {
                         .await?
                 }
                 None => {
-                    let body = json!({
-                        "label": self.label, "address": self.address, "weight": 100, "mode": "accept",
+                    let mut body = json!({
+                        "label": self.label, "address": node.address, "weight": 100, "mode": "accept",
                     });
+                    if let Some(subnet) = node.subnet_id {
+                        body["subnet_id"] = json!(subnet);
+                    }
                     self.rest
                         .call(
                             token,
@@ -260,6 +356,43 @@ pub fn label(name: &str) -> String {
     l
 }
 
+/// This Linode's active VPC address (a single address, not a range) and
+/// its subnet, from `GET /linode/instances/{id}/ips`; in `subnet` when
+/// given. Otherwise what to change.
+fn vpc_address(ips: &Value, subnet: Option<u64>) -> Result<(Ipv4Addr, u64), String> {
+    let found: Vec<(Ipv4Addr, u64)> = ips["ipv4"]["vpc"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["active"].as_bool() == Some(true))
+        .filter_map(|v| {
+            let ip = v["address"].as_str()?.parse().ok()?;
+            Some((ip, v["subnet_id"].as_u64()?))
+        })
+        .filter(|(_, s)| subnet.is_none_or(|want| *s == want))
+        .collect();
+    let mut subnets: Vec<u64> = found.iter().map(|(_, s)| *s).collect();
+    subnets.sort_unstable();
+    subnets.dedup();
+    match (found.first(), subnets.len()) {
+        (None, _) => Err(match subnet {
+            Some(s) => format!(
+                "this Linode has no active VPC address in subnet {s}: attach a vpc interface in that subnet to its configuration profile (and reboot into it), or correct load_balancer.subnet_id"
+            ),
+            None => "this Linode has no active VPC address: attach a vpc interface to its configuration profile (and reboot into it), or set load_balancer.backend = \"private\"".to_owned(),
+        }),
+        (Some(first), 1) => Ok(*first),
+        (Some(_), _) => Err(format!(
+            "this Linode is in several VPC subnets ({}): set load_balancer.subnet_id to the one the NodeBalancer reaches",
+            subnets
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
 /// Retried: transport failures, 429, 5xx (503 maintenance included) and
 /// the 400 "busy" answers; not 401 or other refusals.
 fn classify(e: RestError) -> LbError {
@@ -282,6 +415,39 @@ mod tests {
         assert_eq!(label("a b"), "a-b");
         assert_eq!(label("x"), "x--");
         assert_eq!(label(&"n".repeat(40)).len(), 32);
+    }
+
+    #[test]
+    fn a_vpc_backend_is_the_active_address_in_the_one_subnet() {
+        let ips = json!({"ipv4": {"public": [], "private": [], "vpc": [
+            {"address": "10.0.0.5", "address_range": null, "active": true, "subnet_id": 101, "vpc_id": 7},
+            {"address": null, "address_range": "10.0.4.0/24", "active": true, "subnet_id": 101, "vpc_id": 7},
+            {"address": "10.9.0.5", "active": false, "subnet_id": 300, "vpc_id": 9},
+        ]}});
+        assert_eq!(
+            vpc_address(&ips, None),
+            Ok((Ipv4Addr::new(10, 0, 0, 5), 101))
+        );
+        assert_eq!(
+            vpc_address(&ips, Some(101)),
+            Ok((Ipv4Addr::new(10, 0, 0, 5), 101))
+        );
+        // The inactive interface's subnet does not count.
+        let e = vpc_address(&ips, Some(300)).unwrap_err();
+        assert!(e.contains("no active VPC address in subnet 300"), "{e}");
+        let none = json!({"ipv4": {"vpc": []}});
+        let e = vpc_address(&none, None).unwrap_err();
+        assert!(e.contains("backend = \"private\""), "{e}");
+        let two = json!({"ipv4": {"vpc": [
+            {"address": "10.0.0.5", "active": true, "subnet_id": 101},
+            {"address": "10.1.0.5", "active": true, "subnet_id": 202},
+        ]}});
+        let e = vpc_address(&two, None).unwrap_err();
+        assert!(e.contains("several VPC subnets (101, 202)"), "{e}");
+        assert_eq!(
+            vpc_address(&two, Some(202)),
+            Ok((Ipv4Addr::new(10, 1, 0, 5), 202))
+        );
     }
 
     #[test]

@@ -47,6 +47,11 @@ pub struct LbSettings {
     pub instance_id: String,
     /// Its private IPv4 (a NodeBalancer node's address).
     pub private_ip: Option<std::net::Ipv4Addr>,
+    /// Linode: which address a node points at.
+    pub backend: Backend,
+    /// Where the broker's client listener binds (a VPC backend's address
+    /// must be one it accepts on).
+    pub client_bind: std::net::IpAddr,
     /// Its server name (a NodeBalancer node's label).
     pub server_name: String,
     /// The provider's region of this machine (`fra1`).
@@ -61,6 +66,18 @@ pub struct LbSettings {
     pub dwell: Duration,
     /// How long a stop may spend leaving: deregistration plus drain delay.
     pub stop_budget: Duration,
+}
+
+/// Which address a NodeBalancer node points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The private IPv4 address.
+    Private,
+    /// The VPC address in this subnet (or the only one this Linode has).
+    Vpc {
+        /// `load_balancer.subnet_id`.
+        subnet_id: Option<u64>,
+    },
 }
 
 /// The providers with a balancer natsmesh can join.
@@ -94,9 +111,9 @@ impl LbProvider {
     pub fn scopes(self) -> &'static str {
         match self {
             Self::DigitalOcean => {
-                "load_balancer:read, load_balancer:update (tag-based balancers: tag:create, tag:delete, droplet:update)"
+                "load_balancer:read, load_balancer:update, droplet:read (tag-based balancers: tag:create, tag:delete, droplet:update)"
             }
-            Self::Linode => "nodebalancers:read_write",
+            Self::Linode => "nodebalancers:read_write (VPC backends: linodes:read_only)",
         }
     }
 }
@@ -159,14 +176,19 @@ pub struct Setup {
     pub registered: bool,
     /// Linode: this machine's node on each config.
     pub members: Vec<linode::Member>,
+    /// What reading found wrong beyond the balancer's own settings (a
+    /// droplet in another VPC, a Linode without the VPC address a VPC
+    /// backend needs).
+    pub wrong: Vec<String>,
 }
 
 /// Why the set-up is not one to join, one line per thing to change.
 pub fn check(setup: &Setup, s: &LbSettings) -> Vec<String> {
+    let mut wrong = setup.wrong.clone();
     if s.provider == LbProvider::Linode {
-        return check_linode(setup, s);
+        wrong.extend(check_linode(setup, s));
+        return wrong;
     }
-    let mut wrong = Vec::new();
     let port = s.client_port;
     let to_client: Vec<&Rule> = setup
         .rules
@@ -305,13 +327,21 @@ impl Client {
                 )?))
             }
             LbProvider::Linode => {
-                let ip = s
-                    .private_ip
-                    .ok_or("a NodeBalancer node needs this Linode's private IPv4 address")?;
+                let reach =
+                    match s.backend {
+                        Backend::Private => linode::Reach::Private(s.private_ip.ok_or(
+                            "a NodeBalancer node needs this Linode's private IPv4 address",
+                        )?),
+                        Backend::Vpc { subnet_id } => linode::Reach::Vpc {
+                            linode_id: s.instance_id.clone(),
+                            subnet_id,
+                            client_bind: s.client_bind,
+                        },
+                    };
                 Ok(Self::Linode(linode::Linode::new(
                     &s.url,
                     &s.id,
-                    ip,
+                    reach,
                     s.client_port,
                     &s.server_name,
                 )?))
@@ -322,8 +352,9 @@ impl Client {
     async fn read(&self, token: &str) -> Result<Setup, LbError> {
         match self {
             Self::DigitalOcean(c) => c.read(token).await,
-            Self::Linode(c) => c.read(token).await.map(|(mut setup, members)| {
-                setup.members = members;
+            Self::Linode(c) => c.read(token).await.map(|seen| {
+                let mut setup = seen.setup;
+                setup.members = seen.members;
                 setup
             }),
         }
@@ -333,7 +364,7 @@ impl Client {
         match self {
             Self::DigitalOcean(c) => c.register(token, setup.tag.as_deref()).await,
             // Node ids as they are now (another pass may have created one).
-            Self::Linode(c) => c.register(token, &c.read(token).await?.1).await,
+            Self::Linode(c) => c.register(token, &c.read(token).await?).await,
         }
     }
 
@@ -341,7 +372,7 @@ impl Client {
         match self {
             Self::DigitalOcean(c) => c.deregister(token, setup.tag.as_deref()).await,
             // Out of rotation, pinned connections go on; deleted on stop.
-            Self::Linode(c) => c.drain(token, &c.read(token).await?.1).await,
+            Self::Linode(c) => c.drain(token, &c.read(token).await?.members).await,
         }
     }
 
@@ -349,7 +380,7 @@ impl Client {
     async fn finish_leaving(&self, token: &str) -> Result<(), LbError> {
         match self {
             Self::DigitalOcean(_) => Ok(()),
-            Self::Linode(c) => c.remove(token, &c.read(token).await?.1).await,
+            Self::Linode(c) => c.remove(token, &c.read(token).await?.members).await,
         }
     }
 }
@@ -607,6 +638,8 @@ mod tests {
             token_file: "/nonexistent".into(),
             instance_id: "42".into(),
             private_ip: None,
+            backend: Backend::Private,
+            client_bind: "10.0.0.5".parse().expect("addr"),
             server_name: "n1".into(),
             region: "fra1".into(),
             client_port: 4222,
@@ -639,6 +672,7 @@ mod tests {
             tag: None,
             registered: false,
             members: Vec::new(),
+            wrong: Vec::new(),
         }
     }
 
@@ -672,6 +706,15 @@ mod tests {
         let mut region = good();
         region.region = "nyc3".into();
         assert!(check(&region, &s)[0].contains("in nyc3, this machine in fra1"));
+
+        // What reading found (another VPC) comes first, with the rest.
+        let mut vpc = good();
+        vpc.wrong
+            .push("the balancer is in VPC a, this droplet in VPC b".into());
+        vpc.region = "nyc3".into();
+        let w = check(&vpc, &s);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("VPC a"), "{w:?}");
     }
 
     #[test]

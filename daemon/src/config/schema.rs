@@ -141,6 +141,18 @@ pub enum LbKind {
     Linode,
 }
 
+/// Which of this Linode's addresses a NodeBalancer node points at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbBackend {
+    /// Its private IPv4 address (from the metadata service).
+    #[default]
+    Private,
+    /// Its address in a VPC subnet, with the subnet's id (a VPC backend;
+    /// read through the API, the metadata service does not show it).
+    Vpc,
+}
+
 /// `[load_balancer]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -153,6 +165,11 @@ pub struct RawLoadBalancer {
     pub token_file: Option<PathBuf>,
     /// API base URL, for a proxy; default: the provider's.
     pub api_url: Option<String>,
+    /// Linode: which address a NodeBalancer node points at.
+    pub backend: LbBackend,
+    /// Linode, `backend = "vpc"`: the VPC subnet the NodeBalancer
+    /// reaches (needed only when this Linode is in several).
+    pub subnet_id: Option<u64>,
     /// Where the readiness endpoint listens (for the health check).
     pub ready_bind: Bind,
     /// Its port.
@@ -172,6 +189,8 @@ impl Default for RawLoadBalancer {
             id: None,
             token_file: None,
             api_url: None,
+            backend: LbBackend::Private,
+            subnet_id: None,
             ready_bind: Bind::Private,
             ready_port: 8223,
             dwell: Span(Duration::from_secs(5)),

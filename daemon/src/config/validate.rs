@@ -399,7 +399,7 @@ enum Role {
 fn no_private_hint(provider: Provider) -> &'static str {
     match provider {
         Provider::Linode => {
-            "this Linode has no private IPv4 address: add one (Cloud Manager → the Linode → Network → Add an IP Address → Private IPv4) or attach a VPC interface, then restart natsmeshd"
+            "this Linode has no private IPv4 address: add one (Cloud Manager → the Linode → Network → Add an IP Address → Private IPv4), then restart natsmeshd; in a VPC, bind this listener to the Linode's VPC address (the metadata service does not show it)"
         }
         Provider::DigitalOcean => {
             "this droplet has no private (VPC) interface in its metadata: create droplets inside a VPC"

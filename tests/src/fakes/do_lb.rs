@@ -9,7 +9,8 @@
 //! `POST`/`DELETE /v2/load_balancers/{id}/droplets` with
 //! `{"droplet_ids":[…]}` (204); `POST`/`DELETE /v2/tags/{tag}/resources`
 //! with `{"resources":[{"resource_id":"<id>","resource_type":"droplet"}]}`
-//! (204). Anything else (among it `PUT`, the full update) is 404.
+//! (204); `GET /v2/droplets/{id}` (`{"droplet":{…}}` with `vpc_uuid`).
+//! Anything else (among it `PUT`, the full update) is 404.
 //!
 //! Every request is logged (method, path and JSON body), then: a pending
 //! `rate_limited` count answers 429 with `retry-after`; the [`Fault`]
@@ -48,6 +49,13 @@
 //!   `health_check` (`http`: GET `path` on `port`; `tcp`: connect to
 //!   `port`; `https` cannot be probed here and never passes). Check timing
 //!   comes from the [`Model`], not from the `*_seconds` fields.
+//! * VPCs: every droplet is in the balancer's VPC unless `droplet_vpcs`
+//!   names another; a member in another VPC is unreachable (its checks
+//!   fail), as the balancer reaches only its own VPC's private network.
+//!   `droplet_read_forbidden` answers droplet reads 403 `forbidden` (a
+//!   token without `droplet:read`). The droplet object carries the spec's
+//!   fields natsmesh could read (id, name, status, region, networks,
+//!   tags, vpc_uuid), not size or image.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -140,6 +148,10 @@ pub struct DoLbState {
     pub lb: DoLb,
     /// The account's droplets: id and the private IP the balancer reaches.
     pub droplets: Vec<(u64, IpAddr)>,
+    /// Droplets in a VPC other than the balancer's.
+    pub droplet_vpcs: BTreeMap<u64, String>,
+    /// Droplet reads are refused 403 (the token lacks `droplet:read`).
+    pub droplet_read_forbidden: bool,
     /// Droplets attached by id (an id-based load balancer's members), in
     /// the order added.
     pub droplet_ids: Vec<u64>,
@@ -213,6 +225,8 @@ impl FakeDoLb {
             token: token.to_owned(),
             lb,
             droplets,
+            droplet_vpcs: BTreeMap::new(),
+            droplet_read_forbidden: false,
             droplet_ids: Vec::new(),
             tags,
             processing: Duration::from_millis(300),
@@ -303,7 +317,14 @@ fn sync(state: &Shared<DoLbState>, pool: &Pool) {
             .into_iter()
             .filter_map(|id| {
                 let ip = s.droplets.iter().find(|(d, _)| *d == id)?.1;
-                let target = Target::new(SocketAddr::new(ip, port), probe.clone());
+                // Outside the balancer's VPC nothing answers its checks.
+                let probe = match s.droplet_vpcs.get(&id) {
+                    Some(vpc) if *vpc != s.lb.vpc_uuid => {
+                        Probe::Unsupported(format!("droplet {id} is in VPC {vpc}"))
+                    }
+                    _ => probe.clone(),
+                };
+                let target = Target::new(SocketAddr::new(ip, port), probe);
                 Some((id.to_string(), target))
             })
             .collect()
@@ -392,6 +413,7 @@ async fn serve(
         (_, ["v2", "load_balancers", id, "droplets"]) if write && *id == lb_id => {
             droplets(ctx, add, body, parsed.as_ref())
         }
+        ("GET", ["v2", "droplets", id]) => droplet(ctx, id),
         (_, ["v2", "tags", tag, "resources"]) if write => {
             tag_resources(ctx, add, tag, body, parsed.as_ref())
         }
@@ -547,6 +569,55 @@ fn lb_json(ctx: &Ctx) -> Value {
         "type": "REGIONAL",
         "tls_cipher_policy": "DEFAULT",
     })
+}
+
+/// `GET /v2/droplets/{id}`: what the spec's droplet model says of one of
+/// the account's droplets.
+fn droplet(ctx: &Ctx, id: &str) -> Response {
+    let s = lock(&ctx.state);
+    if s.droplet_read_forbidden {
+        drop(s);
+        return fail(
+            ctx,
+            403,
+            "forbidden",
+            "You do not have access for the attempted action.",
+        );
+    }
+    let Some((id, ip)) = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|id| s.droplets.iter().find(|(d, _)| *d == id).copied())
+    else {
+        drop(s);
+        return error(ctx, 404);
+    };
+    let vpc = s
+        .droplet_vpcs
+        .get(&id)
+        .cloned()
+        .unwrap_or_else(|| s.lb.vpc_uuid.clone());
+    let body = json!({"droplet": {
+        "id": id,
+        "name": format!("droplet-{id}"),
+        "memory": 1024,
+        "vcpus": 1,
+        "disk": 25,
+        "locked": false,
+        "status": "active",
+        "created_at": super::lb::rfc3339(ctx.started),
+        "features": ["private_networking"],
+        "backup_ids": [],
+        "next_backup_window": null,
+        "snapshot_ids": [],
+        "volume_ids": [],
+        "size_slug": "s-1vcpu-1gb",
+        "networks": {"v4": [{"ip_address": ip.to_string(), "netmask": "255.255.240.0", "gateway": "10.116.0.1", "type": "private"}], "v6": []},
+        "region": region_json(&s.lb.region),
+        "tags": s.tags.iter().filter(|(_, ds)| ds.contains(&id)).map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+        "vpc_uuid": vpc,
+    }});
+    reply(200, &body)
 }
 
 /// `GET /v2/load_balancers`: the one load balancer, paginated.

@@ -8,7 +8,9 @@
 //! `GET /v4/nodebalancers/{id}/configs[/{configId}]`;
 //! `GET`/`POST …/configs/{configId}/nodes`;
 //! `GET`/`PUT`/`DELETE …/configs/{configId}/nodes/{nodeId}` (DELETE answers
-//! 200 `{}`). Lists are paginated (`data`, `page`, `pages`, `results`;
+//! 200 `{}`); `GET /v4/linode/instances/{linodeId}/ips` (a Linode's
+//! addresses, `ipv4.vpc` among them: what a VPC backend is made of; the
+//! Linodes are `linodes`, built with [`linode_ips`]). Lists are paginated (`data`, `page`, `pages`, `results`;
 //! `page_size` 25–500, default 100). Anything else is 404. The `rebuild`
 //! endpoint is not modelled.
 //!
@@ -57,6 +59,7 @@
 //!   (nothing documents a refusal, and CAPL dedupes client-side) unless
 //!   `reject_duplicate_address`; node writes are otherwise not idempotent.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -179,6 +182,34 @@ pub struct LinodeLbState {
     pub requests: Vec<(String, Option<Value>)>,
     /// Every `Authorization` header received.
     pub authorization_seen: Vec<String>,
+    /// The account's Linodes: id → the answer of their `…/ips`.
+    pub linodes: BTreeMap<u64, Value>,
+}
+
+/// A Linode's `GET /linode/instances/{id}/ips` answer (the v4.176 spec's
+/// shape): its private IPv4 and its VPC interfaces, each `(address,
+/// subnet_id, active)` in VPC 7654.
+pub fn linode_ips(linode_id: u64, private: Option<&str>, vpc: &[(&str, u64, bool)]) -> Value {
+    let private: Vec<Value> = private
+        .into_iter()
+        .map(|a| json!({"address": a, "gateway": null, "linode_id": linode_id, "prefix": 17, "public": false, "rdns": null, "region": "eu-central", "subnet_mask": "255.255.128.0", "type": "ipv4"}))
+        .collect();
+    let vpc: Vec<Value> = vpc
+        .iter()
+        .enumerate()
+        .map(|(i, (address, subnet_id, active))| {
+            json!({
+                "active": active, "address": address, "address_range": null,
+                "config_id": 4567, "gateway": "10.0.0.1", "interface_id": 2435 + i as u64,
+                "linode_id": linode_id, "nat_1_1": "", "prefix": 24, "region": "eu-central",
+                "subnet_id": subnet_id, "subnet_mask": "255.255.255.0", "vpc_id": 7654,
+            })
+        })
+        .collect();
+    json!({
+        "ipv4": {"public": [], "private": private, "shared": [], "reserved": [], "vpc": vpc},
+        "ipv6": {"link_local": null, "slaac": null, "global": []},
+    })
 }
 
 /// A running fake.
@@ -229,6 +260,7 @@ impl FakeLinodeLb {
             retry_after_secs: 1,
             requests: Vec::new(),
             authorization_seen: Vec::new(),
+            linodes: BTreeMap::new(),
         }));
         let ctx = Arc::new(Ctx {
             state: state.clone(),
@@ -480,6 +512,12 @@ async fn serve(
         raw: body,
     };
     match (method.as_str(), rest) {
+        ("GET", ["linode", "instances", id, "ips"]) => {
+            match num(id).and_then(|id| lock(&ctx.state).linodes.get(&id).cloned()) {
+                Some(ips) => reply(200, &ips),
+                None => error(404),
+            }
+        }
         ("GET", ["nodebalancers", id]) if ours(id) => reply(200, &nb_json(ctx)),
         ("GET", ["nodebalancers", id, "configs"]) if ours(id) => {
             let configs = configs_json(ctx);

@@ -9,7 +9,7 @@
 //! `NATSMESH_PROVIDER_SPECS` overrides the folder):
 //! DigitalOcean's split YAML files from
 //! `digitalocean/specification/load-balancer-subset.v2.yaml` (load balancer
-//! get, droplets add/remove, tag assign/unassign; relative `$ref`s resolved
+//! get, droplets add/remove, tag assign/unassign, droplet get; relative `$ref`s resolved
 //! from each file's folder), Linode's single `linode/openapi.yaml` (v4.176,
 //! paths relative to the server's `/v4`).
 //!
@@ -701,6 +701,12 @@ mod tests {
                 .contains("not an operation")
         );
         assert!(validate_request(Spec::DigitalOcean, "GET", "/v2/droplets", None).is_err());
+        // One droplet (its VPC): an integer id.
+        assert_eq!(
+            validate_request(Spec::DigitalOcean, "GET", "/v2/droplets/3164444", None),
+            Ok(())
+        );
+        assert!(validate_request(Spec::DigitalOcean, "GET", "/v2/droplets/web-1", None).is_err());
     }
 
     #[test]
@@ -740,6 +746,16 @@ mod tests {
         assert!(
             create(json!({"label": "node1", "address": "192.168.210.120:4222", "mode": "maybe"}))
                 .is_err()
+        );
+        // A VPC backend: the v4.176 schema predates `subnet_id` and does
+        // not close its properties, so it passes as an extra one.
+        assert_eq!(
+            create(json!({"label": "node1", "address": "10.0.0.5:4222", "subnet_id": 101})),
+            Ok(())
+        );
+        assert_eq!(
+            validate_request(Spec::Linode, "GET", "/v4/linode/instances/123/ips", None),
+            Ok(())
         );
         let read_only =
             create(json!({"label": "node1", "address": "192.168.210.120:4222", "status": "UP"}));

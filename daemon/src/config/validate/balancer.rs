@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use super::{Checker, Environment, Role};
-use crate::balancer::{LbProvider, LbSettings};
-use crate::config::schema::{LbKind, Provider, RawConfig};
+use crate::balancer::{Backend, LbProvider, LbSettings};
+use crate::config::schema::{LbBackend, LbKind, Provider, RawConfig};
 use crate::provider::Identity;
 use natsmesh_broker::model::{Port, ServerConfig};
 
@@ -24,6 +24,7 @@ pub(super) fn apply_balancer(
                 ("load_balancer.id", b.id.is_some()),
                 ("load_balancer.token_file", b.token_file.is_some()),
                 ("load_balancer.api_url", b.api_url.is_some()),
+                ("load_balancer.subnet_id", b.subnet_id.is_some()),
             ] {
                 if set {
                     c.problem(key, "set, but load_balancer.provider is \"none\"");
@@ -45,10 +46,31 @@ pub(super) fn apply_balancer(
         );
         return None;
     }
-    if provider == LbProvider::Linode && id.private_ipv4.is_none() {
+    let backend = match (b.backend, provider) {
+        (LbBackend::Vpc, LbProvider::DigitalOcean) => {
+            c.problem(
+                "load_balancer.backend",
+                "a DigitalOcean balancer reaches droplets in its VPC by their droplet id: \"vpc\" is for Linode NodeBalancers",
+            );
+            Backend::Private
+        }
+        (LbBackend::Vpc, LbProvider::Linode) => Backend::Vpc {
+            subnet_id: b.subnet_id,
+        },
+        (LbBackend::Private, _) => {
+            if b.subnet_id.is_some() {
+                c.problem(
+                    "load_balancer.subnet_id",
+                    "set, but load_balancer.backend is \"private\" (a subnet is for VPC backends)",
+                );
+            }
+            Backend::Private
+        }
+    };
+    if provider == LbProvider::Linode && backend == Backend::Private && id.private_ipv4.is_none() {
         c.problem(
             "load_balancer.provider",
-            "a NodeBalancer reaches nodes on their private IPv4 address: add a private IP (or VPC interface) to this Linode",
+            "a NodeBalancer reaches nodes on their private IPv4 address: add a private IP to this Linode, or with a VPC interface set load_balancer.backend = \"vpc\"",
         );
     }
     let lb_id = b.id.clone().filter(|i| !i.trim().is_empty());
@@ -104,6 +126,8 @@ pub(super) fn apply_balancer(
         token_file: token_file?,
         instance_id: id.instance_id.clone(),
         private_ip: id.private_ipv4,
+        backend,
+        client_bind: server.listen.host,
         server_name: server.server_name.clone(),
         region: id.provider_region.clone(),
         client_port,
