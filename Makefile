@@ -11,6 +11,9 @@
 CARGO   ?= cargo
 BROKERS ?= $(or $(NATSMESH_BROKERS),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/natsmesh/brokers)
 CURRENT := 2.15.1
+# The natsmesh build the rolling-upgrade drill starts from: the first that
+# knows [fleet] lease_scope (move it on with each release).
+PREVIOUS_REV ?= 2cc3837
 export NATSMESH_BROKERS := $(BROKERS)
 
 PACKAGES := target/packages
@@ -88,11 +91,13 @@ unit-security:
 # Failure drills (root; about 10 minutes): every drill, longer, reports in
 # bench/results/drills/ (Markdown and JSON). CI plays one, reduced (a lost
 # region). The rolling upgrade starts from natsmeshd as built at
-# PREVIOUS_REV (a git revision; scripts/build-previous), or from the binary
-# PREVIOUS_NATSMESHD names; by default from a copy of the current build.
+# PREVIOUS_REV (a git revision, 2cc3837 by default; scripts/build-previous
+# builds it once into target/previous/), or from the binary
+# PREVIOUS_NATSMESHD names; PREVIOUS_REV= (empty) starts from a copy of the
+# current build.
 drills: brokers
 	prev="$(if $(PREVIOUS_NATSMESHD),$(abspath $(PREVIOUS_NATSMESHD)))"; \
-	if [ -n "$(PREVIOUS_REV)" ]; then prev=$$(scripts/build-previous "$(PREVIOUS_REV)"); fi; \
+	if [ -z "$$prev" ] && [ -n "$(PREVIOUS_REV)" ]; then prev=$$(scripts/build-previous "$(PREVIOUS_REV)"); fi; \
 	NATSMESH_DRILL_PREVIOUS_NATSMESHD="$$prev" \
 	NATSMESH_DRILL_OUT=$(CURDIR)/bench/results/drills NATSMESH_DRILL_LOSS_SECS=30 NATSMESH_DRILL_LOAD_SECS=15 \
 	  NATSMESH_DRILL_FLAPS=5 NATSMESH_DRILL_CUT_SECS=10 \

@@ -314,6 +314,20 @@ const PASSWORD: &str = "drill-secret";
 
 /// Accounts mode (the lease needs a system user): clients are `USER` in
 /// APP (clients without credentials are refused on a LAN address).
+/// A previous build as the report names it: `the build at <rev>` for
+/// scripts/build-previous's `target/previous/<rev>/natsmeshd`, else its path.
+fn build_name(path: &std::path::Path) -> String {
+    let rev = path.parent().filter(|d| {
+        d.parent()
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n == "previous")
+    });
+    match rev.and_then(|d| d.file_name()) {
+        Some(rev) => format!("the build at {}", rev.to_string_lossy()),
+        None => path.display().to_string(),
+    }
+}
+
 fn accounts() -> String {
     // The lowest cost: thirty clients reconnecting at once must not queue
     // behind bcrypt.
@@ -1151,7 +1165,7 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
             "natsmesh ({}) and nats-server ({PREVIOUS} → {CURRENT}) replaced on all nine servers at once, as a package upgrade does; natsmeshd re-executes itself and restarts its broker under the supercluster's restart lease (`[fleet] lease_scope = \"supercluster\"`; lame duck 30 s, nats-server's least).",
             previous.as_ref().map_or_else(
                 || "a fresh copy of the current build: no previous build given".to_owned(),
-                |p| format!("{} → the current build", p.display())
+                |p| format!("{} → the current build", build_name(p))
             )
         ),
         true,
