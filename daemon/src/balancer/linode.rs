@@ -115,7 +115,14 @@ impl Linode {
         };
         let ips = self
             .get(token, &format!("/linode/instances/{linode_id}/ips"))
-            .await?;
+            .await
+            .map_err(|mut e| {
+                if e.status == Some(403) {
+                    e.why
+                        .push_str(" (a VPC backend's token needs linodes:read_only too)");
+                }
+                e
+            })?;
         Ok(vpc_address(&ips, subnet_id).and_then(|(ip, subnet)| {
             if !client_bind.is_unspecified() && client_bind != IpAddr::V4(ip) {
                 return Err(format!(
