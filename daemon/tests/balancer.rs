@@ -42,6 +42,15 @@ fn connect_through_addr(frontend: std::net::SocketAddr) -> Result<String, String
     }
 }
 
+/// Every request natsmeshd sent matches Linode's OpenAPI file.
+fn assert_linode_requests_follow_the_spec(lb: &natsmesh_harness::fakes::linode_lb::FakeLinodeLb) {
+    for (req, body) in lb.requests() {
+        let (method, path) = req.split_once(' ').unwrap();
+        validate_request(Spec::Linode, method, path, body.as_ref())
+            .unwrap_or_else(|e| panic!("{req} {body:?}: {e}"));
+    }
+}
+
 #[test]
 fn a_node_joins_once_ready_and_leaves_before_lame_duck() {
     let fleet = Fleet::good(1);
@@ -368,11 +377,7 @@ dwell = "1s"
     assert!(left < lame_duck, "{log}");
     assert!(!log.contains(TOKEN));
     assert!(log.contains("busy"), "the busy answer was not met:\n{log}");
-    for (req, body) in lb.requests() {
-        let (method, path) = req.split_once(' ').unwrap();
-        validate_request(Spec::Linode, method, path, body.as_ref())
-            .unwrap_or_else(|e| panic!("{req} {body:?}: {e}"));
-    }
+    assert_linode_requests_follow_the_spec(&lb);
 }
 
 #[test]
@@ -506,11 +511,7 @@ fn a_linode_vpc_backend_is_its_vpc_address_and_subnet() {
     );
     assert!(lb.nodes().is_empty(), "{:?}", lb.nodes());
     assert!(!a.log().contains(TOKEN));
-    for (req, body) in lb.requests() {
-        let (method, path) = req.split_once(' ').unwrap();
-        validate_request(Spec::Linode, method, path, body.as_ref())
-            .unwrap_or_else(|e| panic!("{req} {body:?}: {e}"));
-    }
+    assert_linode_requests_follow_the_spec(&lb);
 }
 
 /// A balancer reaches droplets only in its own VPC: a droplet elsewhere

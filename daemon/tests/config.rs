@@ -782,14 +782,23 @@ fn load_balancer_membership_needs_the_providers_identity_and_a_port_of_its_own()
             .any(|p| p.key.as_deref() == Some("load_balancer.provider")),
         "{problems:?}"
     );
-    f.write(
-        "natsmesh.toml",
-        &format!("{}\n[broker.client]\nport = 4222\n[load_balancer]\nprovider = \"digitalocean\"\ntoken_file = \"lb-token\"\nready_port = 4222\napi_url = \"http://api.example.com\"\n", on_do()),
+    // The problems of a droplet's config with this `[load_balancer]`.
+    let refused = |section: &str| {
+        f.write(
+            "natsmesh.toml",
+            &format!(
+                "{}\n[broker.client]\nport = 4222\n[load_balancer]\nprovider = \"digitalocean\"\n{section}",
+                on_do()
+            ),
+        );
+        let loaded = load(&discover(Some(&f.main())).unwrap()).unwrap();
+        natsmesh::config::validate::validate(&loaded, &f.env(), &identity)
+            .unwrap_err()
+            .0
+    };
+    let problems = refused(
+        "token_file = \"lb-token\"\nready_port = 4222\napi_url = \"http://api.example.com\"\n",
     );
-    let loaded = load(&discover(Some(&f.main())).unwrap()).unwrap();
-    let problems = natsmesh::config::validate::validate(&loaded, &f.env(), &identity)
-        .unwrap_err()
-        .0;
     let keys: Vec<_> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
     for key in [
         "load_balancer.id",
@@ -800,14 +809,7 @@ fn load_balancer_membership_needs_the_providers_identity_and_a_port_of_its_own()
     }
 
     // A VPC backend is a NodeBalancer's; a subnet only for one.
-    f.write(
-        "natsmesh.toml",
-        &format!("{}\n[broker.client]\nport = 4222\n[load_balancer]\nprovider = \"digitalocean\"\nid = \"lb\"\ntoken_file = \"lb-token\"\nbackend = \"vpc\"\n", on_do()),
-    );
-    let loaded = load(&discover(Some(&f.main())).unwrap()).unwrap();
-    let problems = natsmesh::config::validate::validate(&loaded, &f.env(), &identity)
-        .unwrap_err()
-        .0;
+    let problems = refused("id = \"lb\"\ntoken_file = \"lb-token\"\nbackend = \"vpc\"\n");
     let vpc = problems
         .iter()
         .find(|p| p.key.as_deref() == Some("load_balancer.backend"))
@@ -816,14 +818,7 @@ fn load_balancer_membership_needs_the_providers_identity_and_a_port_of_its_own()
         vpc.to_string().contains("for Linode NodeBalancers"),
         "{vpc}"
     );
-    f.write(
-        "natsmesh.toml",
-        &format!("{}\n[broker.client]\nport = 4222\n[load_balancer]\nprovider = \"digitalocean\"\nid = \"lb\"\ntoken_file = \"lb-token\"\nsubnet_id = 101\n", on_do()),
-    );
-    let loaded = load(&discover(Some(&f.main())).unwrap()).unwrap();
-    let problems = natsmesh::config::validate::validate(&loaded, &f.env(), &identity)
-        .unwrap_err()
-        .0;
+    let problems = refused("id = \"lb\"\ntoken_file = \"lb-token\"\nsubnet_id = 101\n");
     assert!(
         problems
             .iter()
