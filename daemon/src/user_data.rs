@@ -111,6 +111,11 @@ pub struct Request {
     /// provider's.
     #[arg(long, value_name = "URL", requires = "lb_id")]
     pub lb_api_url: Option<String>,
+    /// Linode: the NodeBalancer reaches the node in this VPC subnet (a VPC
+    /// backend: the node's VPC address; clients are accepted on every
+    /// address, as the VPC address is not known before the Linode exists).
+    #[arg(long, value_name = "SUBNET_ID", requires = "lb_id")]
+    pub lb_vpc_subnet: Option<u64>,
     /// NoCloud: the server name.
     #[arg(long)]
     pub name: Option<String>,
@@ -211,6 +216,22 @@ fn dropin(r: &Request) -> Result<String, String> {
             toml::Value::Array(r.nameservers.iter().map(|n| s(n)).collect()),
         ));
     }
+    let mut broker = vec![
+        ("cluster", table(&[("enabled", toml::Value::Boolean(true))])),
+        ("gateway", table(&[("enabled", toml::Value::Boolean(true))])),
+        (
+            "jetstream",
+            table(&[
+                ("max_memory_store", s(&r.jetstream_memory)),
+                ("max_file_store", s(&r.jetstream_store)),
+            ]),
+        ),
+    ];
+    if r.lb_vpc_subnet.is_some() {
+        // A VPC backend's address is not known before the Linode exists:
+        // clients are accepted on every address (they must authenticate).
+        broker.push(("client", table(&[("bind", s("any"))])));
+    }
     let mut doc = vec![
         ("node", table(&node)),
         (
@@ -222,20 +243,7 @@ fn dropin(r: &Request) -> Result<String, String> {
                 ("intermediate_key", s("intermediate.key")),
             ]),
         ),
-        (
-            "broker",
-            table(&[
-                ("cluster", table(&[("enabled", toml::Value::Boolean(true))])),
-                ("gateway", table(&[("enabled", toml::Value::Boolean(true))])),
-                (
-                    "jetstream",
-                    table(&[
-                        ("max_memory_store", s(&r.jetstream_memory)),
-                        ("max_file_store", s(&r.jetstream_store)),
-                    ]),
-                ),
-            ]),
-        ),
+        ("broker", table(&broker)),
         ("discovery", table(&discovery)),
     ];
     if let Some(api) = r.dns {
@@ -260,6 +268,20 @@ fn dropin(r: &Request) -> Result<String, String> {
         ];
         if let Some(url) = &r.lb_api_url {
             lb.push(("api_url", s(url)));
+        }
+        if let Some(subnet) = r.lb_vpc_subnet {
+            if r.provider != Target::Linode {
+                return Err(
+                    "--lb-vpc-subnet is for Linode NodeBalancers (--provider linode)".into(),
+                );
+            }
+            lb.push(("backend", s("vpc")));
+            lb.push((
+                "subnet_id",
+                toml::Value::Integer(
+                    i64::try_from(subnet).map_err(|_| "--lb-vpc-subnet is too large")?,
+                ),
+            ));
         }
         doc.push(("load_balancer", table(&lb)));
     }

@@ -221,6 +221,45 @@ fn linode_and_nocloud_user_data_are_valid_and_nocloud_needs_its_identity() {
         natsmesh::config::schema::Provider::Linode
     );
     assert_eq!(raw.load_balancer.id.as_deref(), Some("12345"));
+    assert_eq!(
+        raw.load_balancer.backend,
+        natsmesh::config::schema::LbBackend::Private
+    );
+
+    // A VPC backend: its subnet, and clients accepted where the VPC
+    // address will be.
+    let vpc = inputs.run(&[
+        "--provider",
+        "linode",
+        "--lb-id",
+        "12345",
+        "--lb-token",
+        "lb.tok",
+        "--lb-vpc-subnet",
+        "101",
+    ]);
+    let (_, _, raw) = valid(&inputs, vpc);
+    assert_eq!(
+        raw.load_balancer.backend,
+        natsmesh::config::schema::LbBackend::Vpc
+    );
+    assert_eq!(raw.load_balancer.subnet_id, Some(101));
+    assert_eq!(raw.broker.client.bind.to_string(), "any");
+    let droplet = inputs.run(&[
+        "--provider",
+        "digitalocean",
+        "--lb-id",
+        "lb",
+        "--lb-token",
+        "lb.tok",
+        "--lb-vpc-subnet",
+        "101",
+    ]);
+    assert!(!droplet.status.success(), "{droplet:?}");
+    assert!(
+        String::from_utf8_lossy(&droplet.stderr).contains("for Linode NodeBalancers"),
+        "{droplet:?}"
+    );
 
     let missing = inputs.run(&["--provider", "nocloud"]);
     assert!(!missing.status.success());
