@@ -253,12 +253,17 @@ impl Snapshot {
                     .iter()
                     .any(|k| key.ends_with(k))
                 {
-                    // The value is the quoted path; add what the file holds,
-                    // so new content (a renewed certificate) is a change.
+                    // The value is the quoted path; add what the file holds
+                    // (and, for an include, the files it includes), so new
+                    // content (a renewed certificate) is a change.
                     let path = value.trim_matches('"');
-                    let digest = match std::fs::read(path) {
-                        Ok(bytes) => hex::encode(Sha256::digest(&bytes)),
-                        Err(e) => format!("unreadable ({})", e.kind()),
+                    let digest = if key.ends_with("include") {
+                        include_digest(std::path::Path::new(path), 0)
+                    } else {
+                        match std::fs::read(path) {
+                            Ok(bytes) => hex::encode(Sha256::digest(&bytes)),
+                            Err(e) => format!("unreadable ({})", e.kind()),
+                        }
                     };
                     (key, format!("{value} sha256:{digest}"))
                 } else {
@@ -271,6 +276,65 @@ impl Snapshot {
             entries,
         }
     }
+}
+
+/// How deep includes are followed (nats-server has no limit of its own;
+/// a cycle ends here).
+const INCLUDE_DEPTH: usize = 8;
+
+/// The digest of an include file and, folded in, of every file it
+/// includes in turn: an operator's `accounts.conf` that includes
+/// `users/*.conf` changes when one of those does.
+fn include_digest(path: &std::path::Path, depth: usize) -> String {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return format!("unreadable ({})", e.kind()),
+    };
+    let mut h = Sha256::new();
+    h.update(&bytes);
+    if depth < INCLUDE_DEPTH {
+        let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+        for nested in nested_includes(&String::from_utf8_lossy(&bytes)) {
+            // nats-server joins an include path, even an absolute one, to
+            // the including file's directory.
+            let file = dir.join(nested.trim_start_matches('/'));
+            h.update(b"\0include\0");
+            h.update(nested.as_bytes());
+            h.update(include_digest(&file, depth + 1).as_bytes());
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// The paths a nats-server config text includes (`include path`, `include
+/// "path"`, also inside a block on one line); comments skipped.
+fn nested_includes(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        if line.starts_with('#') || line.starts_with("//") {
+            continue;
+        }
+        for part in line.split(['{', '}', ';', ',']) {
+            let part = part.trim();
+            let Some(rest) = part.strip_prefix("include") else {
+                continue;
+            };
+            if !rest.starts_with(char::is_whitespace) {
+                continue;
+            }
+            let path = rest
+                .split(" #")
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .trim_matches(|c| c == '"' || c == '\'');
+            if !path.is_empty() {
+                out.push(path.to_owned());
+            }
+        }
+    }
+    out
 }
 
 fn find_rule(key: &str) -> Option<&'static Rule> {
@@ -395,6 +459,44 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
         assert_eq!(d.action, Action::Reload);
         assert_eq!(d.changes[0].key, "accounts.include");
+    }
+
+    #[test]
+    fn a_file_an_include_includes_is_part_of_the_config_too() {
+        use crate::conf::IncludePath;
+        use crate::model::{Listen, ServerConfig, render};
+        let dir = tempfile::tempdir().expect("scratch dir");
+        let users = dir.path().join("users");
+        std::fs::create_dir_all(&users).expect("users dir");
+        let inc = dir.path().join("accounts.conf");
+        // An absolute-looking path is joined to the including file's
+        // directory, as nats-server does; a cycle ends.
+        std::fs::write(
+            &inc,
+            "# include ignored.conf\nA: { include \"users/a.conf\" }\ninclude /users/b.conf\ninclude accounts.conf\n",
+        )
+        .expect("write include");
+        std::fs::write(users.join("a.conf"), "users: []\n").expect("write a");
+        std::fs::write(users.join("b.conf"), "B: {}\n").expect("write b");
+        let mut cfg = ServerConfig::standalone("n1", Listen::new([127, 0, 0, 1].into(), 4222));
+        cfg.accounts_include = Some(IncludePath::new(&inc).expect("include path"));
+        let r = render(&cfg, &Version::new(2, 9, 10), dir.path()).expect("renders");
+        let before = Snapshot::capture(&r);
+        assert_eq!(
+            classify(&before, &Snapshot::capture(&r)).action,
+            Action::Nothing
+        );
+        for nested in ["a.conf", "b.conf"] {
+            let before = Snapshot::capture(&r);
+            std::fs::write(users.join(nested), "changed: true\n").expect("rewrite");
+            let d = classify(&before, &Snapshot::capture(&r));
+            assert_eq!(d.action, Action::Reload, "{nested}");
+            assert_eq!(d.changes[0].key, "accounts.include", "{nested}");
+        }
+        assert_eq!(
+            nested_includes("x { include 'a.conf' }\n  include b.conf # why\nincluded: 1\n"),
+            vec!["a.conf", "b.conf"]
+        );
     }
 
     #[test]

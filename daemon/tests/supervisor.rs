@@ -569,6 +569,52 @@ fn an_include_change_the_broker_cannot_reload_becomes_a_restart() {
     });
 }
 
+/// A file an include includes in turn is part of the configuration: its
+/// change is seen at reload (and the broker sees it too: it refuses the
+/// gateway change).
+#[test]
+fn a_change_in_a_nested_include_is_a_config_change() {
+    let (me, gw) = (free_port(), free_port());
+    let extra = format!(
+        "[broker.cluster]\nbind = \"127.0.0.1\"\nport = {me}\n\n[broker.gateway]\nenabled = true\nbind = \"127.0.0.1\"\nport = {gw}\n\n[broker.include]\ngateway = \"gateway.conf\"\n"
+    );
+    let dir = natsmesh_harness::scratch();
+    let include = dir.path().join("natsmesh.d/gateway.conf");
+    let nested = dir.path().join("natsmesh.d/gateway/retries.conf");
+    std::fs::create_dir_all(nested.parent().unwrap()).unwrap();
+    std::fs::write(&include, "include \"gateway/retries.conf\"\n").unwrap();
+    std::fs::write(&nested, "connect_retries: 3\n").unwrap();
+    let mut d = Daemon::start_in(
+        dir,
+        natsmesh_harness::CURRENT,
+        Options {
+            extra,
+            ..Options::default()
+        },
+    );
+    let pid = d.wait_ready().broker_pid;
+    let out = d.cli(&["reload", "--wait"]);
+    assert!(
+        text(&out.stdout).starts_with("no change"),
+        "unchanged files: {}",
+        text(&out.stdout)
+    );
+    std::fs::write(&nested, "connect_retries: 5\n").unwrap();
+    let out = d.cli(&["reload", "--wait"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("restarted"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_ne!(d.status().unwrap().broker_pid, pid);
+    assert!(
+        d.log().contains("config reload not supported for Gateway"),
+        "{}",
+        d.log()
+    );
+}
+
 #[test]
 fn systemd_start_timeout_is_extended_while_the_broker_starts() {
     // A broker that takes 6 s before it opens any port, like one reading a
