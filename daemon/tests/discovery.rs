@@ -1,7 +1,7 @@
 //! Discovery through a real DNS server (dnsmasq on loopback) with real
 //! nats-servers, each node on its own loopback address: a region's cluster
 //! from DNS alone, a record appearing and disappearing, a DNS outage, and
-//! garbage answers.
+//! garbage answers; a region found in DNS over mutual TLS.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -35,11 +35,17 @@ fn node(v: &str, n: u8, port: u16, dns: &Dns) -> Daemon {
 }
 
 fn node_in(v: &str, region: &str, n: u8, port: u16, dns: &Dns) -> Daemon {
+    node_with(v, region, n, port, dns, "")
+}
+
+/// A node of `region` on its own loopback address, found through `dns`,
+/// with `extra` appended to its drop-in.
+fn node_with(v: &str, region: &str, n: u8, port: u16, dns: &Dns, extra: &str) -> Daemon {
     Daemon::start(
         v,
         Options {
             extra: format!(
-                "[node]\nname = \"n{n}\"\nregion = \"{region}\"\ndomain = \"nats.test\"\n\n[broker.cluster]\nenabled = true\nbind = \"{}\"\nport = {port}\n\n[discovery]\nenabled = true\nnameservers = [\"{}\"]\nmin_refresh = \"300ms\"\nmax_refresh = \"1s\"\n\n[health]\nroute_wait = \"30s\"\n",
+                "[node]\nname = \"n{n}\"\nregion = \"{region}\"\ndomain = \"nats.test\"\n\n[broker.cluster]\nenabled = true\nbind = \"{}\"\nport = {port}\n\n[discovery]\nenabled = true\nnameservers = [\"{}\"]\nmin_refresh = \"300ms\"\nmax_refresh = \"1s\"\n\n[health]\nroute_wait = \"30s\"\n{extra}",
                 ip(n),
                 dns.addr()
             ),
@@ -146,6 +152,46 @@ fn a_region_forms_from_dns_and_follows_it() {
             .map(|d| d.status().unwrap().broker_pid)
             .collect();
         assert_eq!(pids, after, "{v}: a broker restarted");
+    }
+}
+
+/// Discovery and trust together, as a cloud node runs them: the routes
+/// DNS names are dialled over mutual TLS with certificates each node
+/// issued itself from its region's intermediate.
+#[test]
+fn a_region_found_in_dns_forms_over_mutual_tls() {
+    for v in OLDEST_AND_CURRENT {
+        let pki = common::pki::Pki::new();
+        pki.root("r1").intermediate("r1", "fra1", "i1");
+        let tls = format!(
+            "[tls]\nmode = \"issue\"\nca_file = \"{}\"\nintermediate_cert = \"{}\"\nintermediate_key = \"{}\"\nvalidity = \"1h\"\n",
+            pki.path("r1/root.crt").display(),
+            pki.path("i1/fra1.crt").display(),
+            pki.path("i1/fra1.key").display()
+        );
+        let port = free_port();
+        let dns = Dns::start(IpAddr::from([127, 0, 0, 1]), &region(&[1, 2, 3], port));
+        let mut nodes: Vec<Daemon> = (1..=3)
+            .map(|n| node_with(v, "fra1", n, port, &dns, &tls))
+            .collect();
+        for (i, d) in nodes.iter_mut().enumerate() {
+            wait_routes(d, 2, &format!("{v} n{} over TLS", i + 1));
+        }
+        let url = format!("http://127.0.0.1:{}/varz", nodes[0].monitor_port);
+        let vz: serde_json::Value = serde_json::from_str(
+            &ureq::get(&url)
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_to_string()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(vz["cluster"]["tls_required"], true, "{v}: {vz}");
+        assert_eq!(vz["cluster"]["tls_verify"], true, "{v}: {vz}");
+        // The routes are DNS's, not configured.
+        let routes = rendered_routes(&nodes[0]);
+        assert!(routes.contains(&format!("{}:{port}", ip(2))), "{routes}");
     }
 }
 
