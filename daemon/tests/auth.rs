@@ -455,11 +455,14 @@ fn creds(jwt: &str, seed: &str) -> String {
     )
 }
 
-#[test]
-fn operator_mode_with_the_full_resolver() {
+/// An operator with a system account (natsmeshd's user in `natsmesh.creds`)
+/// and an application account APP (a user in `app.creds`, JetStream when
+/// `app_jetstream`), signed and written into `dir`; the `[auth]` drop-in
+/// that runs them with the full resolver.
+fn operator_set(dir: &std::path::Path, app_jetstream: bool) -> String {
     use nats_io_jwt::{Account, KeyPair, Operator, OperatorLimits, SystemAccount, Token, User};
     // Absent limits decode as zeros (no connection allowed): say unlimited.
-    let unlimited = || Account {
+    let unlimited = |jetstream: bool| Account {
         limits: Some(OperatorLimits {
             conn: -1,
             subs: -1,
@@ -469,17 +472,16 @@ fn operator_mode_with_the_full_resolver() {
             exports: -1,
             leaf: -1,
             wildcards: true,
-            // No JetStream (never allowed on the system account).
-            mem_storage: 0,
-            disk_storage: 0,
-            streams: 0,
-            consumer: 0,
+            // JetStream is never allowed on the system account.
+            mem_storage: if jetstream { -1 } else { 0 },
+            disk_storage: if jetstream { -1 } else { 0 },
+            streams: if jetstream { -1 } else { 0 },
+            consumer: if jetstream { -1 } else { 0 },
             ..OperatorLimits::default()
         }),
         ..Account::default()
     };
-    let dir = scratch();
-    let p = |f: &str| dir.path().join(f);
+    let p = |f: &str| dir.join(f);
     let op = KeyPair::new_operator();
     let sys = KeyPair::new_account();
     let app = KeyPair::new_account();
@@ -499,7 +501,7 @@ fn operator_mode_with_the_full_resolver() {
         p("sys.jwt"),
         Token::new(sys.public_key())
             .name("SYS")
-            .claims(unlimited())
+            .claims(unlimited(false))
             .sign(&op),
     )
     .unwrap();
@@ -507,7 +509,7 @@ fn operator_mode_with_the_full_resolver() {
         p("app.jwt"),
         Token::new(app.public_key())
             .name("APP")
-            .claims(unlimited())
+            .claims(unlimited(app_jetstream))
             .sign(&op),
     )
     .unwrap();
@@ -521,7 +523,7 @@ fn operator_mode_with_the_full_resolver() {
     };
     std::fs::write(p("natsmesh.creds"), user_creds(&sys, "natsmesh")).unwrap();
     std::fs::write(p("app.creds"), user_creds(&app, "svc")).unwrap();
-    let extra = format!(
+    format!(
         "[auth]\nmode = \"operator\"\n\n[auth.operator]\njwt = \"{}\"\nsystem_account = \"{}\"\nsystem_creds = \"{}\"\n\n[auth.operator.preload]\n{} = \"{}\"\n{} = \"{}\"\n",
         p("operator.jwt").display(),
         sys.public_key(),
@@ -530,7 +532,14 @@ fn operator_mode_with_the_full_resolver() {
         p("sys.jwt").display(),
         app.public_key(),
         p("app.jwt").display()
-    );
+    )
+}
+
+#[test]
+fn operator_mode_with_the_full_resolver() {
+    let dir = scratch();
+    let p = |f: &str| dir.path().join(f);
+    let extra = operator_set(dir.path(), false);
     let mut d = Daemon::start(
         CURRENT,
         Options {
@@ -581,6 +590,50 @@ fn operator_mode_with_the_full_resolver() {
             .contains("the broker confirmed the reload through $SYS"),
         "{}",
         d.log()
+    );
+}
+
+/// In operator mode the restart lease lives in a JetStream account the
+/// operator names with `fleet.lease_creds`: a change that needs a restart
+/// takes and gives back the lease through that user (the supercluster's
+/// lease: a region of one server has nothing to coordinate).
+#[test]
+fn operator_mode_restarts_under_the_lease_with_its_creds() {
+    let dir = scratch();
+    let mut extra = operator_set(dir.path(), true);
+    extra.push_str(&format!(
+        "\n[fleet]\nlease_scope = \"supercluster\"\nlease_creds = \"{}\"\n",
+        dir.path().join("app.creds").display()
+    ));
+    let mut d = Daemon::start(
+        CURRENT,
+        Options {
+            extra,
+            ..Options::default()
+        },
+    );
+    let pid = d.wait_ready().broker_pid;
+    std::fs::write(
+        d.dir.path().join("natsmesh.d/60-change.toml"),
+        "[broker.jetstream]\nmax_file_store = \"200MiB\"\n",
+    )
+    .unwrap();
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let s = d.wait_status(
+        "restarted under the lease",
+        |s| s.state == "ready" && s.restarts >= 1 && s.restart_pending.is_empty(),
+        Duration::from_secs(90),
+    );
+    assert_ne!(s.broker_pid, pid);
+    let log = d.log();
+    assert!(
+        log.contains("took the supercluster's restart lease"),
+        "{log}"
+    );
+    assert!(
+        log.contains("released the supercluster's restart lease"),
+        "{log}"
     );
 }
 

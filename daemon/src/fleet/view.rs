@@ -242,7 +242,8 @@ impl View {
     }
 
     /// `Ok` when all `expected` servers of the region answered, each with
-    /// JetStream running under a meta leader; else why not.
+    /// JetStream running under a meta leader (or standalone: a server
+    /// without a cluster has no meta group to wait for); else why not.
     pub fn peers_ready(&self, expected: usize) -> Result<(), String> {
         if self.answers.len() < expected {
             let names: Vec<_> = self
@@ -260,10 +261,12 @@ impl View {
             if a.data.disabled {
                 continue;
             }
+            // nats-server reports `meta_cluster` only when JetStream is
+            // clustered; then an empty leader means none is elected yet.
             if a.data
                 .meta_cluster
                 .as_ref()
-                .is_none_or(|m| m.leader.is_empty())
+                .is_some_and(|m| m.leader.is_empty())
             {
                 return Err(format!("{} has no JetStream meta leader", a.server.name));
             }
@@ -394,6 +397,24 @@ mod tests {
             v.peers_ready(4),
             Err("3 of 4 servers of the region answered (n1, n2, n3)".into())
         );
+        // A clustered server between meta elections waits ...
+        let mut electing = region(true);
+        electing.answers[1].data.meta_cluster =
+            serde_json::from_value(serde_json::json!({"leader": ""})).unwrap();
+        assert_eq!(
+            electing.peers_ready(3),
+            Err("n2 has no JetStream meta leader".into())
+        );
+        // ... a standalone one (no meta group at all) does not.
+        let standalone: Answer = serde_json::from_value(serde_json::json!({
+            "server": {"name": "solo", "cluster": ""},
+            "data": {"account_details": []},
+        }))
+        .unwrap();
+        let solo = View {
+            answers: vec![standalone],
+        };
+        assert_eq!(solo.peers_ready(1), Ok(()));
     }
 
     #[test]
