@@ -206,6 +206,103 @@ fn without_a_configuration_the_unit_does_not_start() {
     assert_eq!(c.unit_property("natsmeshd", "ConditionResult"), "no");
 }
 
+/// The load balancer's token as a systemd credential: the droplet joins
+/// the (fake) DigitalOcean balancer with it and leaves before lame duck on
+/// stop; the token is in no process's argv or environment and not in the
+/// journal.
+#[test]
+fn a_balancer_token_arrives_as_a_credential_and_goes_nowhere_else() {
+    use natsmesh_harness::fakes::do_lb::{DoLb, FakeDoLb};
+    use natsmesh_harness::fakes::do_metadata::{Droplet, FakeDoMetadata};
+    use natsmesh_harness::fakes::lb::Model;
+    const TOKEN: &str = "dop_v1_natsmesh-test-lb-7e57ab1e";
+    const DROPLET: u64 = 5_100_001;
+    let (client_port, ready_port) = (4222, 8223);
+    let root = installed();
+    root.write(
+        "/etc/natsmesh/credentials/lb-token",
+        &format!("{TOKEN}\n"),
+        0o600,
+    );
+    let c = root.boot();
+    let meta = FakeDoMetadata::start_in(
+        Droplet {
+            id: DROPLET,
+            hostname: "n1".into(),
+            region: "fra1".into(),
+            private_ipv4: Some("127.0.0.1".into()),
+            public_ipv4: None,
+            public_ipv6: None,
+            tags: Vec::new(),
+        },
+        Some(c.netns()),
+    );
+    let lb = FakeDoLb::start_in(
+        TOKEN,
+        DoLb::tcp(
+            "4de7ac8b-495b-4884-9a69-1050c6793cd6",
+            "fra1",
+            client_port,
+            ready_port,
+        ),
+        vec![(DROPLET, "127.0.0.1".parse().unwrap())],
+        Model::default(),
+        Some(c.netns()),
+    );
+    // The droplet's name comes from its metadata.
+    c.root().write(
+        "/etc/natsmesh/natsmesh.d/10-node.toml",
+        &NODE.replace("name = \"n1\"\n", ""),
+        0o644,
+    );
+    c.root().write(
+        "/etc/natsmesh/natsmesh.d/20-lb.toml",
+        &format!(
+            "[node]\nprovider = \"digitalocean\"\n\n[node.metadata]\nurl = \"{}\"\n\n[broker.client]\nport = {client_port}\n\n[load_balancer]\nprovider = \"digitalocean\"\nid = \"4de7ac8b-495b-4884-9a69-1050c6793cd6\"\ntoken_file = \"lb-token\"\napi_url = \"{}\"\nready_bind = \"127.0.0.1\"\nready_port = {ready_port}\n",
+            meta.url(),
+            lb.api_url()
+        ),
+        0o644,
+    );
+    let started = c.exec(&["systemctl", "start", "natsmeshd"]);
+    let journal = || c.ok(&["journalctl", "-u", "natsmeshd", "--no-pager"]);
+    assert!(started.status.success(), "{}", journal());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while lb.in_service() != vec![DROPLET] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not in service: {:?}\n{}",
+            lb.requests(),
+            journal()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let seen = lb.state.lock().unwrap().authorization_seen.clone();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|h| *h == format!("Bearer {TOKEN}")),
+        "{seen:?}"
+    );
+    let main_pid = c.unit_property("natsmeshd", "MainPID");
+    let broker_pid = c.ok(&["pgrep", "-x", "nats-server"]).trim().to_owned();
+    for pid in [main_pid.as_str(), broker_pid.as_str()] {
+        for file in ["environ", "cmdline"] {
+            let text = c.ok(&["cat", &format!("/proc/{pid}/{file}")]);
+            assert!(!text.contains(TOKEN), "token in /proc/{pid}/{file}");
+        }
+    }
+    c.ok(&["systemctl", "stop", "natsmeshd"]);
+    assert!(lb.registered().is_empty(), "still registered after stop");
+    let journal = journal();
+    assert!(!journal.contains(TOKEN), "token in the journal");
+    let left = journal
+        .find("left the load balancer")
+        .unwrap_or_else(|| panic!("{journal}"));
+    let lame_duck = journal
+        .find("Entering lame duck mode")
+        .expect("lame duck logged");
+    assert!(left < lame_duck, "{journal}");
+}
+
 #[test]
 fn a_dns_token_arrives_as_a_credential_and_goes_nowhere_else() {
     const TOKEN: &str = "dop_v1_natsmesh-test-4b1d0c0ffee";

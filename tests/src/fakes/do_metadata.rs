@@ -80,6 +80,12 @@ pub struct FakeDoMetadata {
 impl FakeDoMetadata {
     /// Starts with `droplet`.
     pub fn start(droplet: Droplet) -> Self {
+        Self::start_in(droplet, None)
+    }
+
+    /// As [`FakeDoMetadata::start`], in the network namespace at `netns`
+    /// (a container's: its natsmeshd finds it on its own loopback).
+    pub fn start_in(droplet: Droplet, netns: Option<std::path::PathBuf>) -> Self {
         let state = Arc::new(Mutex::new(DoState {
             droplet,
             ..DoState::default()
@@ -92,7 +98,7 @@ impl FakeDoMetadata {
             .with_state(state.clone());
         Self {
             state,
-            server: Server::start(router),
+            server: Server::start_in(router, netns),
         }
     }
 
