@@ -617,12 +617,17 @@ fn two_regions_link_over_mutual_tls_gateways() {
         });
         let vz = varz(&a);
         assert_eq!(vz["gateway"]["tls_required"], true, "{v}: {vz}");
-        // The status screen names the region each one reaches.
-        let screen = String::from_utf8_lossy(&a.cli(&["status"]).stdout).into_owned();
-        assert!(
-            screen.contains("gateways  1 connected: nyc3"),
-            "{v}: {screen}"
-        );
+        // The status screen names the region each one reaches (once a
+        // probe round has seen the gateway the messages just crossed).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let screen = String::from_utf8_lossy(&a.cli(&["status"]).stdout).into_owned();
+            if screen.contains("gateways  1 connected: nyc3") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{v}: {screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         // /metrics: each region has the one gateway it should have.
         for d in [&a, &b] {
             d.wait_metric(
