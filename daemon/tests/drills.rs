@@ -4,7 +4,9 @@
 //! real DNS server (dnsmasq), with latency between regions from delaying
 //! TCP proxies that the advertised gateway addresses point at (round trips
 //! of 20/40/80 ms into fra1/nyc3/sgp1; checked against /gatewayz before
-//! every drill). Load from async-nats: acknowledged JetStream publishes
+//! every drill), TLS required on every link as on a cloud node (each node
+//! issues its certificate from its region's intermediate; clients trust
+//! the root). Load from async-nats: acknowledged JetStream publishes
 //! (message ids, retried until acked) to an R3 stream placed in each
 //! region, core messages from fra1 to a subscriber in the drill's region,
 //! and 30 clients first connected to that region; in the planned drills
@@ -69,6 +71,10 @@ const RECONNECT_WAIT: Duration = Duration::from_millis(250);
 /// The broker a rolling upgrade starts from.
 const PREVIOUS: &str = "2.14.6";
 
+/// The root every node's certificate chains to (set once the mesh is
+/// made secure): clients trust it.
+static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 fn env_secs(name: &str, default: u64) -> Duration {
     Duration::from_secs(
         std::env::var(name)
@@ -110,7 +116,13 @@ async fn client(
     reconnects: Option<Arc<Mutex<Vec<Duration>>>>,
 ) -> async_nats::Client {
     let down: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
-    ConnectOptions::with_user_and_password(USER.into(), PASSWORD.into())
+    let mut options = ConnectOptions::with_user_and_password(USER.into(), PASSWORD.into());
+    if let Some(root) = ROOT.get() {
+        options = options
+            .add_root_certificates(root.clone())
+            .require_tls(true);
+    }
+    options
         .retain_servers_order()
         .reconnect_delay_callback(|_| RECONNECT_WAIT)
         .connection_timeout(Duration::from_secs(2))
@@ -269,7 +281,7 @@ fn write_report(r: &Report) {
             .join(", ")
     };
     let mut md = format!(
-        "# Drill: {}\n\n{} Three regions of three nats-servers (nats-server {} unless said otherwise) under natsmeshd, each in its own network namespace; gateway round trips of 20/40/80 ms into fra1/nyc3/sgp1 from delaying proxies. Clients reconnect every {} ms.\n\n| acked lost | acked (per stream) | retried publishes | longest core gap, ms | requests answered / failed | reconnects | reconnect p50, ms | p99, ms | failed via balancer | converge, ms |\n|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |\n",
+        "# Drill: {}\n\n{} Three regions of three nats-servers (nats-server {} unless said otherwise) under natsmeshd, each in its own network namespace, TLS required on routes, gateways and client ports (every node's certificate issued by natsmeshd from its region's intermediate); gateway round trips of 20/40/80 ms into fra1/nyc3/sgp1 from delaying proxies. Clients reconnect every {} ms.\n\n| acked lost | acked (per stream) | retried publishes | longest core gap, ms | requests answered / failed | reconnects | reconnect p50, ms | p99, ms | failed via balancer | converge, ms |\n|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |\n",
         r.drill,
         r.scenario,
         natsmesh_harness::CURRENT,
@@ -358,6 +370,12 @@ fn supercluster(
     let mut mesh = Mesh::in_namespaces(&REGIONS, index, &LATENCY);
     mesh.log_level = Some("info,natsmesh=debug".into());
     mesh.extra.push_str(&accounts());
+    // TLS as a cloud node runs it: certificates issued from each region's
+    // intermediate, required on routes, gateways and client ports.
+    mesh.secure(&REGIONS);
+    if let Some(root) = mesh.root_ca() {
+        let _ = ROOT.set(root);
+    }
     prepare(&mut mesh);
     for r in REGIONS {
         for n in 1..=r.nodes {
@@ -366,6 +384,18 @@ fn supercluster(
     }
     for r in REGIONS {
         mesh.wait_joined(r, &others(r));
+    }
+    // Every link is TLS, as on a cloud node.
+    for r in REGIONS {
+        let name = format!("{}-n1", r.name);
+        let v = mesh.node(&name).monitor("/varz").unwrap();
+        for (what, required) in [
+            ("clients", &v["tls_required"]),
+            ("routes", &v["cluster"]["tls_required"]),
+            ("gateways", &v["gateway"]["tls_required"]),
+        ] {
+            assert_eq!(*required, true, "{name}: {what} without TLS: {v}");
+        }
     }
     let rtts = check_rtts(&mut mesh);
     (mesh, rtts)
@@ -793,7 +823,9 @@ impl Seen {
 }
 
 impl LbProbe {
-    fn start(frontend: std::net::SocketAddr) -> Self {
+    /// Through `frontend`, to region `r`'s servers.
+    fn start(frontend: std::net::SocketAddr, r: Region) -> Self {
+        let name = format!("{}.{}", r.name, common::mesh::DOMAIN);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -803,7 +835,7 @@ impl LbProbe {
                 if stop2.load(Ordering::Relaxed) {
                     break;
                 }
-                match nats_handshake(frontend) {
+                match nats_handshake(frontend, &name) {
                     Ok(()) => ok += 1,
                     Err(e) => {
                         failed += 1;
@@ -841,28 +873,79 @@ fn greets(to: std::net::SocketAddr) -> bool {
     std::io::BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO ")
 }
 
-/// One client connection: INFO, then CONNECT and PING answered by PONG.
-fn nats_handshake(to: std::net::SocketAddr) -> Result<(), String> {
-    use std::io::{BufRead as _, Write as _};
+/// One client connection: INFO, TLS when the server requires it (the
+/// certificate checked for `name`, as a user connecting by the region's
+/// name would), then CONNECT and PING answered by PONG.
+fn nats_handshake(to: std::net::SocketAddr, name: &str) -> Result<(), String> {
+    use std::io::Read as _;
     let limit = Duration::from_secs(2);
-    let stream =
+    let mut stream =
         std::net::TcpStream::connect_timeout(&to, limit).map_err(|e| format!("connect: {e}"))?;
     stream.set_read_timeout(Some(limit)).unwrap();
     stream.set_write_timeout(Some(limit)).unwrap();
-    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    reader
-        .read_line(&mut line)
-        .map_err(|e| format!("INFO: {e}"))?;
-    if !line.starts_with("INFO ") {
-        return Err(format!("no INFO: {line:?}"));
+    // Byte by byte: nothing after INFO may be read before TLS starts.
+    let mut info = Vec::new();
+    let mut byte = [0u8; 1];
+    while info.last() != Some(&b'\n') && info.len() < 64 * 1024 {
+        match stream.read(&mut byte) {
+            Ok(0) => {
+                return Err(format!(
+                    "closed in INFO: {:?}",
+                    String::from_utf8_lossy(&info)
+                ));
+            }
+            Ok(_) => info.push(byte[0]),
+            Err(e) => return Err(format!("INFO: {e}")),
+        }
     }
+    let info = String::from_utf8_lossy(&info);
+    if !info.starts_with("INFO ") {
+        return Err(format!("no INFO: {info:?}"));
+    }
+    if info.contains("\"tls_required\":true") {
+        let tls = tls_client(name)?;
+        converse(&mut rustls::StreamOwned::new(tls, stream))
+    } else {
+        converse(&mut stream)
+    }
+}
+
+/// A NATS client's TLS, trusting the drill's root, expecting `name`.
+fn tls_client(name: &str) -> Result<rustls::ClientConnection, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let root = ROOT.get().ok_or("TLS required, but no root to trust")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(root)
+        .map_err(|e| format!("{}: {e}", root.display()))?
+    {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let server =
+        rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+    rustls::ClientConnection::new(Arc::new(config), server).map_err(|e| format!("TLS: {e}"))
+}
+
+/// CONNECT and PING, answered by PONG.
+fn converse(stream: &mut (impl std::io::Read + std::io::Write)) -> Result<(), String> {
+    use std::io::BufRead as _;
     let connect = format!(
         "CONNECT {{\"verbose\":false,\"pedantic\":false,\"user\":\"{USER}\",\"pass\":\"{PASSWORD}\",\"lang\":\"drill\",\"version\":\"0\",\"protocol\":1}}\r\nPING\r\n"
     );
-    (&stream)
+    stream
         .write_all(connect.as_bytes())
         .map_err(|e| format!("CONNECT: {e}"))?;
+    stream.flush().map_err(|e| format!("CONNECT: {e}"))?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
     loop {
         line.clear();
         let n = reader
@@ -922,7 +1005,7 @@ fn scaling_a_region_up_and_down_under_load_leaves_no_ghost() {
     let (mut mesh, rtts) = supercluster(33, CURRENT, |m| m.balance(NYC3));
     wait_in_service(&mesh, 3, Duration::from_secs(30));
     let load = Load::start(&mut mesh, NYC3);
-    let probe = LbProbe::start(mesh.balancer().frontend());
+    let probe = LbProbe::start(mesh.balancer().frontend(), NYC3);
     std::thread::sleep(warm);
     load.reset();
 
@@ -1091,7 +1174,7 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
     });
     wait_in_service(&mesh, 3, Duration::from_secs(30));
     let load = Load::start(&mut mesh, NYC3);
-    let probe = LbProbe::start(mesh.balancer().frontend());
+    let probe = LbProbe::start(mesh.balancer().frontend(), NYC3);
     std::thread::sleep(warm);
     load.reset();
 

@@ -133,6 +133,9 @@ pub struct Mesh {
     /// and nats-server (`<dir>/<node>/`), for upgrades.
     bins: Option<tempfile::TempDir>,
     natsmeshd: Option<PathBuf>,
+    /// With [`Mesh::secure`]: a root and one intermediate per region, from
+    /// which every node issues its own certificate.
+    pki: Option<super::pki::Pki>,
     /// Last: the nodes (above) go before their namespaces.
     net: Option<Net>,
 }
@@ -200,6 +203,7 @@ impl Mesh {
             retired: std::collections::BTreeSet::new(),
             bins: None,
             natsmeshd: None,
+            pki: None,
         };
         mesh.publish(regions);
         mesh
@@ -380,6 +384,37 @@ impl Mesh {
         self.nodes.insert(format!("{}-n{n}", r.name), d);
     }
 
+    /// TLS everywhere, as a cloud node runs it: a root (`root/root.crt`)
+    /// and an intermediate per region in `regions`; every node started
+    /// from now on issues its certificate from its region's, and routes,
+    /// gateways and clients (on its LAN address) require TLS.
+    pub fn secure(&mut self, regions: &[Region]) {
+        let pki = super::pki::Pki::new();
+        pki.root("root");
+        for r in regions {
+            pki.intermediate("root", r.name, r.name);
+        }
+        self.pki = Some(pki);
+    }
+
+    /// The root clients trust, with [`Mesh::secure`].
+    pub fn root_ca(&self) -> Option<PathBuf> {
+        self.pki.as_ref().map(|p| p.path("root/root.crt"))
+    }
+
+    /// A node's `[tls]` with [`Mesh::secure`].
+    fn tls_config(&self, r: Region) -> String {
+        let Some(pki) = &self.pki else {
+            return String::new();
+        };
+        format!(
+            "\n[tls]\nmode = \"issue\"\nca_file = \"{}\"\nintermediate_cert = \"{}\"\nintermediate_key = \"{}\"\nvalidity = \"1h\"\n",
+            pki.path("root/root.crt").display(),
+            pki.path(&format!("{0}/{0}.crt", r.name)).display(),
+            pki.path(&format!("{0}/{0}.key", r.name)).display(),
+        )
+    }
+
     /// Gives every node started from now on its own copies of natsmeshd
     /// (`natsmeshd`, default the one cargo built) and its broker, which
     /// [`Mesh::replace_binary`] upgrades.
@@ -468,6 +503,7 @@ route_wait = "30s"
                 min = self.refresh.0,
                 max = self.refresh.1,
             ) + &self.balancer_config(r)
+                + &self.tls_config(r)
                 + &self.extra;
             let bins = self
                 .bins
