@@ -210,6 +210,19 @@ fn without_a_configuration_the_unit_does_not_start() {
 /// the (fake) DigitalOcean balancer with it and leaves before lame duck on
 /// stop; the token is in no process's argv or environment and not in the
 /// journal.
+/// `secret` is in neither natsmeshd's nor its broker's argv or
+/// environment.
+fn assert_not_in_processes(c: &natsmesh_harness::container::Container, secret: &str) {
+    let main_pid = c.unit_property("natsmeshd", "MainPID");
+    let broker_pid = c.ok(&["pgrep", "-x", "nats-server"]).trim().to_owned();
+    for pid in [main_pid.as_str(), broker_pid.as_str()] {
+        for file in ["environ", "cmdline"] {
+            let text = c.ok(&["cat", &format!("/proc/{pid}/{file}")]);
+            assert!(!text.contains(secret), "secret in /proc/{pid}/{file}");
+        }
+    }
+}
+
 #[test]
 fn a_balancer_token_arrives_as_a_credential_and_goes_nowhere_else() {
     use natsmesh_harness::fakes::do_lb::{DoLb, FakeDoLb};
@@ -282,14 +295,7 @@ fn a_balancer_token_arrives_as_a_credential_and_goes_nowhere_else() {
         !seen.is_empty() && seen.iter().all(|h| *h == format!("Bearer {TOKEN}")),
         "{seen:?}"
     );
-    let main_pid = c.unit_property("natsmeshd", "MainPID");
-    let broker_pid = c.ok(&["pgrep", "-x", "nats-server"]).trim().to_owned();
-    for pid in [main_pid.as_str(), broker_pid.as_str()] {
-        for file in ["environ", "cmdline"] {
-            let text = c.ok(&["cat", &format!("/proc/{pid}/{file}")]);
-            assert!(!text.contains(TOKEN), "token in /proc/{pid}/{file}");
-        }
-    }
+    assert_not_in_processes(&c, TOKEN);
     c.ok(&["systemctl", "stop", "natsmeshd"]);
     assert!(lb.registered().is_empty(), "still registered after stop");
     let journal = journal();
@@ -362,14 +368,7 @@ fn a_dns_token_arrives_as_a_credential_and_goes_nowhere_else() {
     );
 
     // Not in either process's argv or environment, not in the journal.
-    let main_pid = c.unit_property("natsmeshd", "MainPID");
-    let broker_pid = c.ok(&["pgrep", "-x", "nats-server"]).trim().to_owned();
-    for pid in [main_pid.as_str(), broker_pid.as_str()] {
-        for file in ["environ", "cmdline"] {
-            let text = c.ok(&["cat", &format!("/proc/{pid}/{file}")]);
-            assert!(!text.contains(TOKEN), "token in /proc/{pid}/{file}");
-        }
-    }
+    assert_not_in_processes(&c, TOKEN);
     c.ok(&["systemctl", "stop", "natsmeshd"]);
     assert!(
         fake.records().is_empty(),
