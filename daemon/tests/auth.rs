@@ -613,13 +613,7 @@ fn operator_mode_restarts_under_the_lease_with_its_creds() {
         },
     );
     let pid = d.wait_ready().broker_pid;
-    std::fs::write(
-        d.dir.path().join("natsmesh.d/60-change.toml"),
-        "[broker.jetstream]\nmax_file_store = \"200MiB\"\n",
-    )
-    .unwrap();
-    let out = d.cli(&["reload"]);
-    assert!(out.status.success(), "{out:?}");
+    d.change_needing_restart();
     let s = d.wait_status(
         "restarted under the lease",
         |s| s.state == "ready" && s.restarts >= 1 && s.restart_pending.is_empty(),

@@ -163,11 +163,11 @@ fn a_region_found_in_dns_forms_over_mutual_tls() {
     for v in OLDEST_AND_CURRENT {
         let pki = common::pki::Pki::new();
         pki.root("r1").intermediate("r1", "fra1", "i1");
-        let tls = format!(
-            "[tls]\nmode = \"issue\"\nca_file = \"{}\"\nintermediate_cert = \"{}\"\nintermediate_key = \"{}\"\nvalidity = \"1h\"\n",
-            pki.path("r1/root.crt").display(),
-            pki.path("i1/fra1.crt").display(),
-            pki.path("i1/fra1.key").display()
+        let tls = common::pki::issue_config(
+            &pki.path("r1/root.crt"),
+            &pki.path("i1/fra1.crt"),
+            &pki.path("i1/fra1.key"),
+            "1h",
         );
         let port = free_port();
         let dns = Dns::start(IpAddr::from([127, 0, 0, 1]), &region(&[1, 2, 3], port));
@@ -177,16 +177,7 @@ fn a_region_found_in_dns_forms_over_mutual_tls() {
         for (i, d) in nodes.iter_mut().enumerate() {
             wait_routes(d, 2, &format!("{v} n{} over TLS", i + 1));
         }
-        let url = format!("http://127.0.0.1:{}/varz", nodes[0].monitor_port);
-        let vz: serde_json::Value = serde_json::from_str(
-            &ureq::get(&url)
-                .call()
-                .unwrap()
-                .body_mut()
-                .read_to_string()
-                .unwrap(),
-        )
-        .unwrap();
+        let vz = nodes[0].monitor("/varz").unwrap();
         assert_eq!(vz["cluster"]["tls_required"], true, "{v}: {vz}");
         assert_eq!(vz["cluster"]["tls_verify"], true, "{v}: {vz}");
         // The routes are DNS's, not configured.

@@ -825,7 +825,10 @@ impl Seen {
 impl LbProbe {
     /// Through `frontend`, to region `r`'s servers.
     fn start(frontend: std::net::SocketAddr, r: Region) -> Self {
-        let name = format!("{}.{}", r.name, common::mesh::DOMAIN);
+        // Built once: every attempt trusts the same root and name.
+        let tls = ROOT
+            .get()
+            .map(|root| UserTls::new(root, &format!("{}.{}", r.name, common::mesh::DOMAIN)));
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -835,7 +838,7 @@ impl LbProbe {
                 if stop2.load(Ordering::Relaxed) {
                     break;
                 }
-                match nats_handshake(frontend, &name) {
+                match nats_handshake(frontend, tls.as_ref()) {
                     Ok(()) => ok += 1,
                     Err(e) => {
                         failed += 1;
@@ -876,7 +879,7 @@ fn greets(to: std::net::SocketAddr) -> bool {
 /// One client connection: INFO, TLS when the server requires it (the
 /// certificate checked for `name`, as a user connecting by the region's
 /// name would), then CONNECT and PING answered by PONG.
-fn nats_handshake(to: std::net::SocketAddr, name: &str) -> Result<(), String> {
+fn nats_handshake(to: std::net::SocketAddr, tls: Option<&UserTls>) -> Result<(), String> {
     use std::io::Read as _;
     let limit = Duration::from_secs(2);
     let mut stream =
@@ -902,36 +905,41 @@ fn nats_handshake(to: std::net::SocketAddr, name: &str) -> Result<(), String> {
     if !info.starts_with("INFO ") {
         return Err(format!("no INFO: {info:?}"));
     }
-    if info.contains("\"tls_required\":true") {
-        let tls = tls_client(name)?;
-        converse(&mut rustls::StreamOwned::new(tls, stream))
-    } else {
-        converse(&mut stream)
+    if !info.contains("\"tls_required\":true") {
+        return converse(&mut stream);
     }
+    let tls = tls.ok_or("TLS required, but no root to trust")?;
+    let conn = rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
+        .map_err(|e| format!("TLS: {e}"))?;
+    converse(&mut rustls::StreamOwned::new(conn, stream))
 }
 
-/// A NATS client's TLS, trusting the drill's root, expecting `name`.
-fn tls_client(name: &str) -> Result<rustls::ClientConnection, String> {
-    use rustls::pki_types::pem::PemObject as _;
-    let root = ROOT.get().ok_or("TLS required, but no root to trust")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(root)
-        .map_err(|e| format!("{}: {e}", root.display()))?
-    {
-        roots
-            .add(cert.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+/// A NATS client's TLS: the drill's root trusted, the name it dialled
+/// expected in the server's certificate.
+struct UserTls {
+    config: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl UserTls {
+    fn new(root: &std::path::Path, name: &str) -> Self {
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(root).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Self {
+            config: Arc::new(config),
+            name: rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap(),
+        }
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let server =
-        rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
-    rustls::ClientConnection::new(Arc::new(config), server).map_err(|e| format!("TLS: {e}"))
 }
 
 /// CONNECT and PING, answered by PONG.

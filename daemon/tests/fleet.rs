@@ -148,17 +148,9 @@ lease_ttl = "{TTL}"
         self.nodes.iter().map(|(n, d)| (*n, d.socket())).collect()
     }
 
-    /// A change only a restart applies (a smaller JetStream file limit),
-    /// written as a drop-in on node `n`, then `natsmeshd reload`.
-    fn change(&mut self, n: u8) {
-        let d = &self.nodes[&n];
-        std::fs::write(
-            d.dir.path().join("natsmesh.d/60-change.toml"),
-            "[broker.jetstream]\nmax_file_store = \"200MiB\"\n",
-        )
-        .unwrap();
-        let out = d.cli(&["reload"]);
-        assert!(out.status.success(), "{out:?}");
+    /// A change only a restart applies, on node `n`.
+    fn change(&self, n: u8) {
+        self.nodes[&n].change_needing_restart();
     }
 
     /// Kills natsmeshd on node `n` (SIGKILL; its broker dies with it) and

@@ -24,10 +24,8 @@ fn each_version(test: impl Fn(&str)) {
 /// The `[node]` and `[tls]` drop-in for issuing from an intermediate.
 fn tls_issue(ca_file: &Path, cert: &Path, key: &Path, validity: &str) -> String {
     format!(
-        "[node]\ndomain = \"nats.test\"\n\n[tls]\nmode = \"issue\"\nca_file = \"{}\"\nintermediate_cert = \"{}\"\nintermediate_key = \"{}\"\nvalidity = \"{validity}\"\nclient = \"required\"\n",
-        ca_file.display(),
-        cert.display(),
-        key.display()
+        "[node]\ndomain = \"nats.test\"\n\n{}client = \"required\"\n",
+        common::pki::issue_config(ca_file, cert, key, validity)
     )
 }
 
@@ -42,17 +40,6 @@ fn cluster(tls: &str, ip: &str, port: u16, routes: &[&str]) -> String {
         "{tls}\n[broker.cluster]\nenabled = true\nbind = \"{ip}\"\nport = {port}\nroutes = [{}]\n\n[health]\nroute_wait = \"30s\"\n",
         routes.join(", ")
     )
-}
-
-fn varz(d: &Daemon) -> serde_json::Value {
-    let url = format!("http://127.0.0.1:{}/varz", d.monitor_port);
-    let body = ureq::get(&url)
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    serde_json::from_str(&body).unwrap()
 }
 
 fn routes(d: &mut Daemon) -> u64 {
@@ -95,7 +82,7 @@ fn three_nodes_form_a_cluster_over_mutual_tls_one_of_them_by_gossip() {
         for (d, name) in [(&mut a, "a"), (&mut b, "b"), (&mut c, "c")] {
             wait_routes(d, 2, &format!("{v} {name}"));
         }
-        let vz = varz(&c);
+        let vz = c.monitor("/varz").unwrap();
         assert_eq!(vz["cluster"]["tls_required"], true, "{v}: {vz}");
         assert_eq!(vz["cluster"]["tls_verify"], true, "{v}: {vz}");
     });
@@ -615,7 +602,7 @@ fn two_regions_link_over_mutual_tls_gateways() {
                 );
             }
         });
-        let vz = varz(&a);
+        let vz = a.monitor("/varz").unwrap();
         assert_eq!(vz["gateway"]["tls_required"], true, "{v}: {vz}");
         // The status screen names the region each one reaches (once a
         // probe round has seen the gateway the messages just crossed).

@@ -404,15 +404,16 @@ impl Mesh {
 
     /// A node's `[tls]` with [`Mesh::secure`].
     fn tls_config(&self, r: Region) -> String {
-        let Some(pki) = &self.pki else {
+        let (Some(pki), Some(root)) = (&self.pki, self.root_ca()) else {
             return String::new();
         };
-        format!(
-            "\n[tls]\nmode = \"issue\"\nca_file = \"{}\"\nintermediate_cert = \"{}\"\nintermediate_key = \"{}\"\nvalidity = \"1h\"\n",
-            pki.path("root/root.crt").display(),
-            pki.path(&format!("{0}/{0}.crt", r.name)).display(),
-            pki.path(&format!("{0}/{0}.key", r.name)).display(),
-        )
+        let issue = super::pki::issue_config(
+            &root,
+            &pki.path(&format!("{0}/{0}.crt", r.name)),
+            &pki.path(&format!("{0}/{0}.key", r.name)),
+            "1h",
+        );
+        format!("\n{issue}")
     }
 
     /// Gives every node started from now on its own copies of natsmeshd

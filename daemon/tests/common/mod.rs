@@ -248,6 +248,18 @@ scrape_every = "1s"
         serde_json::from_str(&resp.body_mut().read_to_string().ok()?).ok()
     }
 
+    /// Writes a drop-in whose change only a broker restart applies (a
+    /// smaller JetStream file limit), then `natsmeshd reload`.
+    pub fn change_needing_restart(&self) {
+        std::fs::write(
+            self.dir.path().join("natsmesh.d/60-change.toml"),
+            "[broker.jetstream]\nmax_file_store = \"200MiB\"\n",
+        )
+        .unwrap();
+        let out = self.cli(&["reload"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }

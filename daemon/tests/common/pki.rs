@@ -23,6 +23,22 @@ pub fn ca(args: &[&str]) {
     );
 }
 
+/// The `[tls]` table of a node that issues its own certificate from an
+/// intermediate (`issue` mode), trusting `ca_file`.
+pub fn issue_config(
+    ca_file: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    validity: &str,
+) -> String {
+    format!(
+        "[tls]\nmode = \"issue\"\nca_file = \"{}\"\nintermediate_cert = \"{}\"\nintermediate_key = \"{}\"\nvalidity = \"{validity}\"\n",
+        ca_file.display(),
+        cert.display(),
+        key.display()
+    )
+}
+
 /// Roots and intermediates made with `natsmeshd ca`.
 pub struct Pki {
     dir: tempfile::TempDir,
