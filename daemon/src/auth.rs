@@ -16,7 +16,7 @@ use natsmesh_broker::model::{Account, Credential, Permissions, User};
 use sha2::{Digest, Sha256};
 
 use crate::config::validate::{SYSTEM_ACCOUNT, SYSTEM_USER, Settings, SystemUser};
-use crate::prepare::write_atomically_mode;
+use crate::files::{SECRET, write_atomic};
 
 /// Whether `k` is a public user nkey.
 pub fn is_user_nkey(k: &str) -> bool {
@@ -61,9 +61,23 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The most a password or hash file holds.
+const SMALL_FILE_MAX: u64 = 4096;
+
 /// Reads natsmeshd's system password, creating it (0600) when allowed.
+/// The generated one lives in the state directory, which the service user
+/// can write: never through a link there. Either must be 0600.
 fn system_password(file: &Path, generate: bool) -> Result<Secret, String> {
-    match std::fs::read_to_string(file) {
+    let read = if generate {
+        crate::files::read_private_string(file, SMALL_FILE_MAX)
+    } else {
+        std::fs::read_to_string(file)
+    };
+    if read.is_ok() {
+        let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+        crate::files::check_secret(file, creds.as_deref()).map_err(|e| e.to_string())?;
+    }
+    match read {
         Ok(s) if !s.trim().is_empty() => Ok(Secret(s.trim().to_owned())),
         Ok(_) => Err(format!("{} is empty", file.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
@@ -72,7 +86,7 @@ fn system_password(file: &Path, generate: bool) -> Result<Secret, String> {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             }
-            write_atomically_mode(file, format!("{pw}\n").as_bytes(), 0o600)
+            write_atomic(file, format!("{pw}\n").as_bytes(), SECRET)
                 .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
             Ok(Secret(pw))
         }
@@ -86,7 +100,7 @@ fn system_password(file: &Path, generate: bool) -> Result<Secret, String> {
 fn cached_hash(pw: &Secret, cache_dir: &Path) -> Result<String, String> {
     let key = hex::encode(Sha256::digest(pw.expose()));
     let cache = cache_dir.join("system.password.bcrypt");
-    if let Ok(text) = std::fs::read_to_string(&cache)
+    if let Ok(text) = crate::files::read_private_string(&cache, SMALL_FILE_MAX)
         && let Some((k, h)) = text.trim().split_once(' ')
         && k == key
     {
@@ -95,7 +109,7 @@ fn cached_hash(pw: &Secret, cache_dir: &Path) -> Result<String, String> {
     let hash = bcrypt::hash(pw.expose(), 10).map_err(|e| format!("bcrypt: {e}"))?;
     std::fs::create_dir_all(cache_dir)
         .map_err(|e| format!("cannot create {}: {e}", cache_dir.display()))?;
-    write_atomically_mode(&cache, format!("{key} {hash}\n").as_bytes(), 0o600)
+    write_atomic(&cache, format!("{key} {hash}\n").as_bytes(), SECRET)
         .map_err(|e| format!("cannot write {}: {e}", cache.display()))?;
     Ok(hash)
 }
@@ -284,5 +298,51 @@ pub fn api_answer(payload: &[u8]) -> Result<(), String> {
             .and_then(|d| d.as_str())
             .unwrap_or("refused")
             .to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn the_generated_password_is_0600_and_never_read_through_a_link() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("system.password");
+        let pw = system_password(&file, true).expect("generated");
+        let mode = std::fs::metadata(&file).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(system_password(&file, true).expect("read again"), pw);
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let e = system_password(&file, true).expect_err("0640");
+        assert!(e.contains("chmod 600"), "{e}");
+
+        std::fs::remove_file(&file).expect("rm");
+        let other = dir.path().join("shadow");
+        std::fs::write(&other, "TOPSECRET").expect("write");
+        std::os::unix::fs::symlink(&other, &file).expect("symlink");
+        let e = system_password(&file, true).expect_err("link");
+        assert!(e.contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn a_linked_hash_cache_is_not_believed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pw = Secret("pw".into());
+        let key = hex::encode(Sha256::digest("pw"));
+        let planted = dir.path().join("planted");
+        std::fs::write(&planted, format!("{key} not-a-hash\n")).expect("write");
+        std::os::unix::fs::symlink(&planted, dir.path().join("system.password.bcrypt"))
+            .expect("symlink");
+        let hash = cached_hash(&pw, dir.path()).expect("hash");
+        assert!(bcrypt::verify("pw", &hash).expect("verify"), "{hash}");
+        // The link was replaced, not written through.
+        assert!(
+            std::fs::read_to_string(&planted)
+                .expect("read")
+                .contains("not-a-hash")
+        );
     }
 }

@@ -43,7 +43,7 @@ fn write_pair(dir: &Path, stem: &str, issued: &Issued) -> Result<(), String> {
     let key = dir.join(format!("{stem}.key"));
     refuse_overwrite(&[&cert, &key])?;
     write_secret(&key, issued.key_pem.as_bytes()).map_err(|e| e.to_string())?;
-    crate::prepare::write_atomically_mode(&cert, issued.cert_pem.as_bytes(), 0o644)
+    crate::files::write_atomic(&cert, issued.cert_pem.as_bytes(), 0o644)
         .map_err(|e| format!("cannot write {}: {e}", cert.display()))
 }
 
@@ -73,9 +73,12 @@ pub fn intermediate(
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
     };
+    let root_key = root_dir.join("root.key");
+    // The root key must be the operator's alone, as `ca init` wrote it.
+    crate::files::check_secret(&root_key, None).map_err(|e| e.to_string())?;
     let root = Issued {
         cert_pem: read(&root_dir.join("root.crt"))?,
-        key_pem: read(&root_dir.join("root.key"))?,
+        key_pem: read(&root_key)?,
     };
     let what = root_dir.join("root.crt").display().to_string();
     let info = pki::inspect(

@@ -11,6 +11,7 @@ pub mod ca_cli;
 pub mod config;
 pub mod control;
 pub mod discovery;
+pub mod files;
 pub mod fleet;
 pub mod httpd;
 pub mod logging;

@@ -80,10 +80,12 @@ pub async fn prepare_in(
             source,
         })?;
     let path = dir.join(name);
-    write_atomically(&path, rendered.text.as_bytes()).map_err(|source| PrepareError::Write {
-        path: path.clone(),
-        source,
-    })?;
+    crate::files::write_atomic(&path, rendered.text.as_bytes(), crate::files::PLAIN).map_err(
+        |source| PrepareError::Write {
+            path: path.clone(),
+            source,
+        },
+    )?;
     let snapshot = Snapshot::capture(&rendered);
     let check = check_file(&settings.binary, &path).await?;
     Ok(Prepared {
@@ -93,41 +95,4 @@ pub async fn prepare_in(
         snapshot,
         path,
     })
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory,
-/// fsynced and renamed, so a reader never sees half a file. Mode 0640.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomically_mode(path, bytes, 0o640)
-}
-
-/// [`write_atomically`] with a given mode, set when the file is created (a
-/// secret is never readable by others, not even for a moment).
-pub fn write_atomically_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

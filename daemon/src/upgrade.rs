@@ -23,6 +23,8 @@ use natsmesh_broker::process::Handoff;
 /// Names the handoff file for the next image.
 pub const HANDOFF_ENV: &str = "NATSMESH_HANDOFF";
 const HANDOFF_NAME: &str = "handoff.json";
+/// The most a handoff holds (it carries the rendered configuration).
+const HANDOFF_MAX: u64 = 64 << 20;
 
 /// Which file a path named at some moment: replaced files get a new inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +86,7 @@ pub struct HandoffFile {
 pub fn write_handoff(state_dir: &Path, h: &HandoffFile) -> Result<PathBuf, String> {
     let path = state_dir.join(HANDOFF_NAME);
     let text = serde_json::to_vec(h).map_err(|e| e.to_string())?;
-    crate::prepare::write_atomically_mode(&path, &text, 0o600)
+    crate::files::write_atomic(&path, &text, crate::files::SECRET)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
 }
@@ -93,7 +95,8 @@ pub fn write_handoff(state_dir: &Path, h: &HandoffFile) -> Result<PathBuf, Strin
 /// replaced itself with (the file is removed: it is read once).
 pub fn take_handoff() -> Option<Result<HandoffFile, String>> {
     let path = PathBuf::from(std::env::var_os(HANDOFF_ENV)?);
-    let text = std::fs::read(&path);
+    // In the state directory: never through a link.
+    let text = crate::files::read_private(&path, HANDOFF_MAX);
     let _ = std::fs::remove_file(&path);
     Some(
         text.map_err(|e| format!("cannot read {}: {e}", path.display()))

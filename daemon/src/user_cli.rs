@@ -92,7 +92,7 @@ pub fn add(user: &NewUser<'_>, file: &Path) -> Result<String, String> {
             e.message()
         )
     })?;
-    crate::prepare::write_atomically_mode(file, after.as_bytes(), 0o640)
+    crate::files::write_atomic(file, after.as_bytes(), crate::files::PLAIN)
         .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     let mut out = Vec::new();
     let who = if user.nkey {

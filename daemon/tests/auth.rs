@@ -521,8 +521,9 @@ fn operator_set(dir: &std::path::Path, app_jetstream: bool) -> String {
             .sign(account);
         creds(&jwt, &u.seed().unwrap())
     };
-    std::fs::write(p("natsmesh.creds"), user_creds(&sys, "natsmesh")).unwrap();
-    std::fs::write(p("app.creds"), user_creds(&app, "svc")).unwrap();
+    // Secrets: natsmeshd refuses them readable by group or others.
+    natsmesh_harness::bind::write_private(&p("natsmesh.creds"), &user_creds(&sys, "natsmesh"));
+    natsmesh_harness::bind::write_private(&p("app.creds"), &user_creds(&app, "svc"));
     format!(
         "[auth]\nmode = \"operator\"\n\n[auth.operator]\njwt = \"{}\"\nsystem_account = \"{}\"\nsystem_creds = \"{}\"\n\n[auth.operator.preload]\n{} = \"{}\"\n{} = \"{}\"\n",
         p("operator.jwt").display(),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use natsmesh_harness::fakes::do_metadata::{Droplet, FakeDoMetadata};
 use natsmesh_harness::{CURRENT, DEBIAN_12, OLDEST_AND_CURRENT, broker_binary, scratch};
 
 const NATSMESHD: &str = env!("CARGO_BIN_EXE_natsmeshd");
@@ -323,4 +324,251 @@ fn run_under_systemd_without_config_refuses() {
         "{}",
         text(&out.stderr)
     );
+}
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A file holding a secret (or a placeholder for one), 0600.
+fn private(p: &Path, text: &str) -> PathBuf {
+    std::fs::write(p, text).unwrap();
+    chmod(p, 0o600);
+    p.to_path_buf()
+}
+
+/// Every kind of secret `check` reads: refused at 0644 and 0640 (exit 2,
+/// naming the key, the file, its mode and the chmod), accepted at 0600.
+/// The tests run as root, so the mode is the refusal, not ownership.
+#[test]
+fn check_refuses_every_secret_that_group_or_others_may_read() {
+    let dir = scratch();
+    let d = dir.path();
+    let ca = private(&d.join("ca.crt"), "not a certificate\n");
+    let crt = private(&d.join("node.crt"), "not a certificate\n");
+    let node_key = private(&d.join("other.key"), "not a key\n");
+    let operator = "[auth]\nmode = \"operator\"\n\n[auth.operator]\n";
+    // DNS publication publishes what discovery reads, under node.domain
+    // (a drop-in: the main file has its own [node]).
+    std::fs::create_dir(d.join("natsmesh.d")).unwrap();
+    std::fs::write(
+        d.join("natsmesh.d/10-domain.toml"),
+        "[node]\ndomain = \"example.net\"\n",
+    )
+    .unwrap();
+    let discovery =
+        "[broker.cluster]\nenabled = true\nbind = \"127.0.0.1\"\n\n[discovery]\nenabled = true\n";
+    let kinds: Vec<(&str, String, String)> = vec![
+        (
+            "tls.intermediate_key",
+            "inter.key".into(),
+            format!(
+                "[tls]\nmode = \"issue\"\nca_file = \"{}\"\nintermediate_cert = \"{}\"\nintermediate_key = \"@\"\n",
+                ca.display(),
+                crt.display()
+            ),
+        ),
+        (
+            "tls.key_file",
+            "node.key".into(),
+            format!(
+                "[tls]\nmode = \"files\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"@\"\n",
+                ca.display(),
+                crt.display()
+            ),
+        ),
+        (
+            "tls.client_key_file",
+            "client.key".into(),
+            format!(
+                "[tls]\nmode = \"files\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"@\"\n",
+                ca.display(),
+                crt.display(),
+                node_key.display(),
+                crt.display()
+            ),
+        ),
+        (
+            "auth.system_password_file",
+            "system.password".into(),
+            "[auth]\nsystem_password_file = \"@\"\n".into(),
+        ),
+        (
+            "auth.operator.system_creds",
+            "natsmesh.creds".into(),
+            format!("{operator}system_creds = \"@\"\n"),
+        ),
+        (
+            "fleet.lease_creds",
+            "lease.creds".into(),
+            format!(
+                "[fleet]\nlease_scope = \"supercluster\"\nlease_creds = \"@\"\n\n{operator}system_creds = \"{}\"\n",
+                node_key.display()
+            ),
+        ),
+        (
+            "dns_publish.token_file",
+            "dns.token".into(),
+            format!("{discovery}\n[dns_publish]\nbackend = \"digitalocean\"\ntoken_file = \"@\"\n"),
+        ),
+        (
+            "dns_publish.tsig_secret_file",
+            "tsig.key".into(),
+            format!(
+                "{discovery}\n[dns_publish]\nbackend = \"rfc2136\"\nserver = \"127.0.0.1:53\"\ntsig_key_name = \"k\"\ntsig_secret_file = \"@\"\n"
+            ),
+        ),
+        (
+            "load_balancer.token_file",
+            "lb.token".into(),
+            "[load_balancer]\nprovider = \"digitalocean\"\nid = \"4de7ac8b\"\ntoken_file = \"@\"\n"
+                .into(),
+        ),
+    ];
+    // A DigitalOcean balancer needs the droplet's identity.
+    let metadata = FakeDoMetadata::start(Droplet::default());
+    let on_do = format!(
+        "[node]\nprovider = \"digitalocean\"\n\n[node.metadata]\nurl = \"{}\"\n",
+        metadata.url()
+    );
+    for (key, name, extra) in &kinds {
+        let dropin = if key.starts_with("load_balancer.") {
+            on_do.as_str()
+        } else {
+            ""
+        };
+        std::fs::write(d.join("natsmesh.d/20-kind.toml"), dropin).unwrap();
+        let secret = private(&d.join(name), "secret-value\n");
+        let main = write_config(d, CURRENT, &extra.replace('@', secret.to_str().unwrap()));
+        let chmod_hint = format!("chmod 600 {}", secret.display());
+        for mode in [0o644, 0o640] {
+            chmod(&secret, mode);
+            let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], d);
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{key} {mode:o}: {err}");
+            let line = err
+                .lines()
+                .find(|l| l.contains(&chmod_hint))
+                .unwrap_or_else(|| panic!("{key} {mode:o}: no refusal in {err}"));
+            assert!(line.contains(key), "{line}");
+            assert!(line.contains(&format!("has mode {mode:04o}")), "{line}");
+            assert!(!err.contains("secret-value"), "{err}");
+        }
+        chmod(&secret, 0o600);
+        let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], d);
+        let err = text(&out.stderr);
+        assert!(!err.contains(&chmod_hint), "{key} at 0600: {err}");
+        assert!(
+            !err.contains(&secret.display().to_string()),
+            "{key} at 0600: {err}"
+        );
+    }
+    // With nothing else wrong, a 0600 secret passes the whole check.
+    std::fs::remove_dir_all(d.join("natsmesh.d")).unwrap();
+    let secret = private(&d.join("system.password"), "secret-value\n");
+    let main = write_config(
+        d,
+        CURRENT,
+        &format!("[auth]\nsystem_password_file = \"{}\"\n", secret.display()),
+    );
+    let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], d);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// The state directory belongs to the service user; root runs `check`. A
+/// `server-name` there that links to a root-only file must not make
+/// `check` print that file, nor may a file that holds no server name.
+#[test]
+fn check_never_prints_what_a_planted_server_name_points_at() {
+    let dir = scratch();
+    let d = dir.path();
+    let main = write_config(d, CURRENT, "");
+    let state = d.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let shadow = private(&d.join("shadow"), "n9\n");
+    std::os::unix::fs::symlink(&shadow, state.join("server-name")).unwrap();
+    let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], d);
+    let (o, e) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{o}{e}");
+    assert!(
+        e.contains(&state.join("server-name").display().to_string()),
+        "{e}"
+    );
+    assert!(e.contains("symbolic link"), "{e}");
+    assert!(!o.contains("n9") && !e.contains("\"n9\""), "{o}{e}");
+    // Not followed when written either.
+    assert_eq!(std::fs::read_to_string(&shadow).unwrap(), "n9\n");
+
+    std::fs::remove_file(state.join("server-name")).unwrap();
+    std::fs::write(state.join("server-name"), "root:TOPSECRET:0:0\n").unwrap();
+    let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], d);
+    let (o, e) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{o}{e}");
+    assert!(e.contains("does not hold a valid server name"), "{e}");
+    assert!(
+        !o.contains("TOPSECRET") && !e.contains("TOPSECRET"),
+        "{o}{e}"
+    );
+
+    std::fs::write(state.join("server-name"), "n1\n").unwrap();
+    let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], d);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// `ca init` writes its key 0600 even where a link was planted at the key's
+/// path (the link is replaced, never followed), and `ca intermediate`
+/// refuses a root key that group or others may read.
+#[test]
+fn ca_root_keys_are_written_and_read_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = scratch();
+    let d = dir.path();
+    let root = d.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let victim = d.join("victim.key");
+    std::os::unix::fs::symlink(&victim, root.join("root.key")).unwrap();
+    let out = natsmeshd(&["ca", "init", "--out", root.to_str().unwrap()], d);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("(0600)"));
+    let meta = std::fs::symlink_metadata(root.join("root.key")).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(!victim.exists(), "the key went through the link");
+
+    let key = root.join("root.key");
+    let intermediate = |out: &str| {
+        natsmeshd(
+            &[
+                "ca",
+                "intermediate",
+                "--root",
+                root.to_str().unwrap(),
+                "--region",
+                "fra1",
+                "--domain",
+                "example.net",
+                "--out",
+                d.join(out).to_str().unwrap(),
+            ],
+            d,
+        )
+    };
+    for (mode, out) in [(0o644, "a"), (0o640, "b")] {
+        chmod(&key, mode);
+        let o = intermediate(out);
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "{mode:o}");
+        assert!(
+            err.contains(&format!("chmod 600 {}", key.display())),
+            "{err}"
+        );
+        assert!(err.contains(&format!("{mode:04o}")), "{err}");
+        assert!(!d.join(out).join("fra1.key").exists());
+    }
+    chmod(&key, 0o600);
+    let o = intermediate("c");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let m = std::fs::metadata(d.join("c/fra1.key")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
 }

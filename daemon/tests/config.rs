@@ -723,7 +723,7 @@ fn dns_publish_problems_name_the_key() {
     let problems = f.problems();
     for (key, needle) in [
         ("dns_publish.api_url", "clear text"),
-        ("dns_publish.token_file", "readable by every user"),
+        ("dns_publish.token_file", "has mode 0644"),
     ] {
         assert!(
             problems

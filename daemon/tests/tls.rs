@@ -753,7 +753,8 @@ fn files_mode_follows_the_operators_pki() {
         let (cert, key) = (pki.path("node.crt"), pki.path("node.key"));
         // The operator's tooling replaces files by rename.
         let install = |c: &str, k: &str| {
-            std::fs::write(pki.path("node.key.tmp"), k).unwrap();
+            // 0600: natsmeshd refuses a key others may read.
+            natsmesh_harness::bind::write_private(&pki.path("node.key.tmp"), k);
             std::fs::write(pki.path("node.crt.tmp"), c).unwrap();
             std::fs::rename(pki.path("node.key.tmp"), &key).unwrap();
             std::fs::rename(pki.path("node.crt.tmp"), &cert).unwrap();

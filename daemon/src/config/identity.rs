@@ -69,26 +69,86 @@ pub fn name_file(state_dir: &Path) -> PathBuf {
     state_dir.join(NAME_FILE)
 }
 
-/// Compares `name` with the stored one, if any.
+/// The most a name file holds (a name is at most 128 bytes).
+const NAME_FILE_MAX: u64 = 1024;
+
+/// Compares `name` with the stored one, if any. The state directory
+/// belongs to the service user and root runs `check`: the file is read
+/// without following a link, and its content is shown only once it is a
+/// valid server name, so it cannot be used to print another file.
 pub fn check_stored_name(state_dir: &Path, name: &str) -> Result<(), String> {
     let file = name_file(state_dir);
-    match std::fs::read_to_string(&file) {
-        Ok(stored) if stored.trim() == name => Ok(()),
-        Ok(stored) => Err(format!(
+    let stored = match crate::files::read_private_string(&file, NAME_FILE_MAX) {
+        Ok(text) => text.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+    };
+    if !super::validate::is_server_name(&stored) {
+        return Err(format!(
+            "{} does not hold a valid server name (letters, digits, '_', '.', '-'; at most 128); it is written on the first start and never changes: restore it or move the state directory away",
+            file.display()
+        ));
+    }
+    match stored {
+        stored if stored == name => Ok(()),
+        stored => Err(format!(
             "this node was first started as {:?} (kept in {}), but its identity now gives {name:?}. JetStream forbids renaming a server, and two servers with one name duplicate messages across gateways. If this really is another server, move its state directory away first; if the name is wrong, restore the identity it had.",
-            stored.trim(),
+            stored,
             file.display()
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("cannot read {}: {e}", file.display())),
     }
 }
 
 /// Writes the name on first start (never overwrites).
 pub fn persist_name(state_dir: &Path, name: &str) -> std::io::Result<()> {
     let file = name_file(state_dir);
-    if file.exists() {
+    // Whatever is there (even a dangling link) was checked, or refused,
+    // by `check_stored_name`; never write through it.
+    if file.symlink_metadata().is_ok() {
         return Ok(());
     }
-    crate::prepare::write_atomically(&file, format!("{name}\n").as_bytes())
+    crate::files::write_atomic(&file, format!("{name}\n").as_bytes(), crate::files::PLAIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn the_stored_name_is_compared() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(check_stored_name(dir.path(), "n1").is_ok());
+        persist_name(dir.path(), "n1").expect("persist");
+        assert!(check_stored_name(dir.path(), "n1").is_ok());
+        let e = check_stored_name(dir.path(), "n2").expect_err("renamed");
+        assert!(e.contains("\"n1\""), "{e}");
+    }
+
+    #[test]
+    fn a_linked_name_file_is_refused_without_its_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("shadow");
+        std::fs::write(&secret, "TOPSECRET\n").expect("write");
+        symlink(&secret, name_file(dir.path())).expect("symlink");
+        let e = check_stored_name(dir.path(), "n1").expect_err("link");
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(e.contains("server-name"), "{e}");
+        assert!(!e.contains("TOPSECRET"), "{e}");
+        // Nor is it written through.
+        persist_name(dir.path(), "n1").expect("persist");
+        assert_eq!(
+            std::fs::read_to_string(&secret).expect("read"),
+            "TOPSECRET\n"
+        );
+    }
+
+    #[test]
+    fn a_name_file_that_holds_no_name_is_refused_without_its_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(name_file(dir.path()), "root:$6$hash:19000::\n").expect("write");
+        let e = check_stored_name(dir.path(), "n1").expect_err("garbage");
+        assert!(e.contains("does not hold a valid server name"), "{e}");
+        assert!(!e.contains("root:"), "{e}");
+    }
 }

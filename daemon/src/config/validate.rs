@@ -955,6 +955,16 @@ impl Checker<'_> {
             self.problem(key, format!("cannot read {}: {e}", path.display()));
         }
     }
+
+    /// Checks that a secret can be read now and by its owner alone (group
+    /// read is accepted inside systemd's credentials directory, see
+    /// [`crate::files::check_secret_mode`]).
+    fn secret(&mut self, key: &str, path: &Path, env: &Environment) {
+        self.readable(key, path);
+        if let Err(e) = crate::files::check_secret(path, env.credentials_dir.as_deref()) {
+            self.problem(key, e.to_string());
+        }
+    }
 }
 
 /// The packaged unit loads the directory /etc/natsmesh/credentials whole
@@ -1030,7 +1040,7 @@ fn apply_tls(
             let cert = c.file("tls.intermediate_cert", &t.intermediate_cert, env, true);
             let key = c.file("tls.intermediate_key", &t.intermediate_key, env, true);
             c.readable("tls.intermediate_cert", &cert);
-            c.readable("tls.intermediate_key", &key);
+            c.secret("tls.intermediate_key", &key, env);
             if t.validity.0 < Duration::from_secs(10) {
                 c.problem(
                     "tls.validity",
@@ -1049,10 +1059,14 @@ fn apply_tls(
             )
         }
         _ => {
-            let mut need = |key: &str, v: &Option<PathBuf>| match v {
+            let mut need = |key: &str, v: &Option<PathBuf>, secret: bool| match v {
                 Some(p) => {
                     let p = c.file(key, p, env, false);
-                    c.readable(key, &p);
+                    if secret {
+                        c.secret(key, &p, env);
+                    } else {
+                        c.readable(key, &p);
+                    }
                     p
                 }
                 None => {
@@ -1060,8 +1074,8 @@ fn apply_tls(
                     PathBuf::new()
                 }
             };
-            let cert = need("tls.cert_file", &t.cert_file);
-            let key = need("tls.key_file", &t.key_file);
+            let cert = need("tls.cert_file", &t.cert_file, false);
+            let key = need("tls.key_file", &t.key_file, true);
             (
                 TlsSource::Files {
                     cert: cert.clone(),
@@ -1077,7 +1091,7 @@ fn apply_tls(
             let cert = c.file("tls.client_cert_file", cert, env, false);
             let key = c.file("tls.client_key_file", key, env, true);
             c.readable("tls.client_cert_file", &cert);
-            c.readable("tls.client_key_file", &key);
+            c.secret("tls.client_key_file", &key, env);
             Some((cert, key))
         }
         (None, None) => None,
@@ -1476,10 +1490,14 @@ fn apply_auth(
             }
             server.system_account = Name::new(SYSTEM_ACCOUNT);
             Some(match &a.system_password_file {
-                Some(p) => SystemUser::Password {
-                    file: c.file("auth.system_password_file", p, env, true),
-                    generate: false,
-                },
+                Some(p) => {
+                    let file = c.file("auth.system_password_file", p, env, true);
+                    c.secret("auth.system_password_file", &file, env);
+                    SystemUser::Password {
+                        file,
+                        generate: false,
+                    }
+                }
                 None => SystemUser::Password {
                     file: state_dir.join("system.password"),
                     generate: true,
@@ -1714,7 +1732,7 @@ fn apply_operator(
     let creds = match &o.system_creds {
         Some(p) => {
             let p = c.file("auth.operator.system_creds", p, env, true);
-            c.readable("auth.operator.system_creds", &p);
+            c.secret("auth.operator.system_creds", &p, env);
             Some(SystemUser::Creds(p))
         }
         None => {

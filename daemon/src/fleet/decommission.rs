@@ -29,23 +29,40 @@ pub fn marker(state_dir: &Path) -> PathBuf {
 /// Refuses a start on a decommissioned node's state.
 pub fn refuse_if_decommissioned(state_dir: &Path) -> Result<(), String> {
     let m = marker(state_dir);
-    match std::fs::read_to_string(&m) {
-        Ok(text) => Err(format!(
-            "this node was decommissioned ({}); it left the JetStream group and must not rejoin with its old data. To bring the machine back as a new member, remove {} and {}",
-            text.trim(),
-            state_dir.join("jetstream").display(),
-            m.display()
-        )),
-        Err(_) => Ok(()),
+    // Any entry there (a link too) is a marker; its text is shown only as
+    // natsmeshd writes it, read without following a link, so the state
+    // directory's owner cannot make root's `check` print another file.
+    if m.symlink_metadata().is_err() {
+        return Ok(());
     }
+    let what = crate::files::read_private_string(&m, 1024)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| is_marker_text(t))
+        .unwrap_or_else(|| format!("marked by {}", m.display()));
+    Err(format!(
+        "this node was decommissioned ({what}); it left the JetStream group and must not rejoin with its old data. To bring the machine back as a new member, remove {} and {}",
+        state_dir.join("jetstream").display(),
+        m.display()
+    ))
+}
+
+/// Whether `t` is what [`mark`] writes: `<server> decommissioned at <time>`.
+fn is_marker_text(t: &str) -> bool {
+    t.split_once(" decommissioned at ")
+        .is_some_and(|(server, when)| {
+            crate::config::validate::is_server_name(server)
+                && humantime::parse_rfc3339(when).is_ok()
+        })
 }
 
 /// Writes the marker.
 pub fn mark(state_dir: &Path, server: &str) -> Result<(), String> {
     let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-    crate::prepare::write_atomically(
+    crate::files::write_atomic(
         &marker(state_dir),
         format!("{server} decommissioned at {when}\n").as_bytes(),
+        crate::files::PLAIN,
     )
     .map_err(|e| format!("cannot write {}: {e}", marker(state_dir).display()))
 }
@@ -259,5 +276,21 @@ mod tests {
         let e = refuse_if_decommissioned(dir.path()).unwrap_err();
         assert!(e.contains("n2 decommissioned at"), "{e}");
         assert!(e.contains("jetstream"), "{e}");
+    }
+
+    #[test]
+    fn a_marker_is_shown_only_as_natsmeshd_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("shadow");
+        std::fs::write(&secret, "n2 decommissioned at 2026-01-01T00:00:00Z\n").unwrap();
+        // A link still marks the node, but is not read.
+        std::os::unix::fs::symlink(&secret, marker(dir.path())).unwrap();
+        let e = refuse_if_decommissioned(dir.path()).unwrap_err();
+        assert!(!e.contains("2026-01-01"), "{e}");
+        assert!(e.contains("marked by"), "{e}");
+        std::fs::remove_file(marker(dir.path())).unwrap();
+        std::fs::write(marker(dir.path()), "TOPSECRET\n").unwrap();
+        let e = refuse_if_decommissioned(dir.path()).unwrap_err();
+        assert!(!e.contains("TOPSECRET"), "{e}");
     }
 }

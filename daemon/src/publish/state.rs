@@ -7,10 +7,14 @@ use std::path::Path;
 
 use super::Record;
 
+/// The most the list holds.
+const STATE_MAX: u64 = 16 << 20;
+
 /// The remembered records; none when the file is missing or unreadable
 /// (then only content-owned records are recognised, which is still safe).
 pub fn load(path: &Path) -> BTreeSet<Record> {
-    match std::fs::read(path) {
+    // In the state directory: never through a link.
+    match crate::files::read_private(path, STATE_MAX) {
         Ok(bytes) => match serde_json::from_slice::<Vec<Record>>(&bytes) {
             Ok(v) => v.into_iter().collect(),
             Err(e) => {
@@ -18,7 +22,12 @@ pub fn load(path: &Path) -> BTreeSet<Record> {
                 BTreeSet::new()
             }
         },
-        Err(_) => BTreeSet::new(),
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(file = %path.display(), error = %e, "ignoring the list of published DNS records");
+            }
+            BTreeSet::new()
+        }
     }
 }
 
@@ -30,11 +39,8 @@ pub fn save(path: &Path, records: &[Record]) {
         // The first start writes this before the supervisor made the
         // state directory.
         std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        serde_json::to_writer_pretty(&mut tmp, records)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
+        let text = serde_json::to_vec_pretty(records)?;
+        crate::files::write_atomic(path, &text, crate::files::PLAIN)
     };
     if let Err(e) = write() {
         tracing::warn!(file = %path.display(), error = %e, "cannot record the published DNS records");

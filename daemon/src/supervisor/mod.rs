@@ -30,9 +30,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
 use crate::config::{self, Settings};
+use crate::files::{PLAIN, write_atomic};
 use crate::logging::ids;
 use crate::notify::Notifier;
-use crate::prepare::{Prepared, prepare_in, write_atomically};
+use crate::prepare::{Prepared, prepare_in};
 use backoff::{AfterCrash, RestartPolicy};
 use liveness::{Liveness, Verdict};
 use output::BrokerOutput;
@@ -802,7 +803,7 @@ impl Supervisor {
                 "nats-server exited ({status}) with the new configuration before serving; rolled back to the last good one"
             );
             tracing::error!(message_id = ids::RELOAD_FAILED, "{why}");
-            if let Err(e) = write_atomically(&good.path, good.rendered.text.as_bytes()) {
+            if let Err(e) = write_atomic(&good.path, good.rendered.text.as_bytes(), PLAIN) {
                 tracing::error!(error = %e, "cannot write back the last good configuration");
             }
             self.current = good;
@@ -1166,7 +1167,7 @@ impl Supervisor {
                     None => Err(std::io::Error::other("the broker exited")),
                 };
                 if let Err(e) = sent {
-                    let _ = write_atomically(&path, self.current.rendered.text.as_bytes());
+                    let _ = write_atomic(&path, self.current.rendered.text.as_bytes(), PLAIN);
                     return self.refused(format!("cannot signal the broker: {e}"));
                 }
                 tokio::time::timeout(RELOAD_CONFIRM, async {
@@ -1225,11 +1226,11 @@ impl Supervisor {
                 )
             }
             Some(ReloadOutcome::Failed(why)) => {
-                let _ = write_atomically(&path, self.current.rendered.text.as_bytes());
+                let _ = write_atomic(&path, self.current.rendered.text.as_bytes(), PLAIN);
                 self.refused(format!("nats-server refused the new configuration, the previous one keeps serving: {why}"))
             }
             None => {
-                let _ = write_atomically(&path, self.current.rendered.text.as_bytes());
+                let _ = write_atomic(&path, self.current.rendered.text.as_bytes(), PLAIN);
                 self.refused(format!("nats-server logged no reload outcome within {RELOAD_CONFIRM:?}; the previous configuration stays"))
             }
         }

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use pki_types::CertificateDer;
 
-use crate::prepare::write_atomically;
+use crate::files::{PLAIN, write_atomic};
 use issue::{Issued, NodeNames};
 use pki::{CertInfo, PkiError};
 
@@ -339,7 +339,7 @@ fn write_region_cas(
             why: e.to_string(),
         })?;
     }
-    write_atomically(path, pem.as_bytes()).map_err(|e| TlsError::Write {
+    write_atomic(path, pem.as_bytes(), PLAIN).map_err(|e| TlsError::Write {
         path: path.display().to_string(),
         why: e.to_string(),
     })
@@ -359,15 +359,17 @@ fn write_pair(settings: &TlsSettings, fresh: &Issued) -> Result<(), TlsError> {
         })?;
     }
     write_secret(&settings.key_file, fresh.key_pem.as_bytes())?;
-    write_atomically(&settings.cert_file, fresh.cert_pem.as_bytes()).map_err(|e| TlsError::Write {
-        path: settings.cert_file.display().to_string(),
-        why: e.to_string(),
+    write_atomic(&settings.cert_file, fresh.cert_pem.as_bytes(), PLAIN).map_err(|e| {
+        TlsError::Write {
+            path: settings.cert_file.display().to_string(),
+            why: e.to_string(),
+        }
     })
 }
 
 /// Writes a secret atomically with mode 0600 from the start.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    crate::prepare::write_atomically_mode(path, bytes, 0o600).map_err(|e| TlsError::Write {
+    crate::files::write_atomic(path, bytes, crate::files::SECRET).map_err(|e| TlsError::Write {
         path: path.display().to_string(),
         why: e.to_string(),
     })

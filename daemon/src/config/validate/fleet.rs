@@ -69,7 +69,7 @@ pub(super) fn apply_fleet(
         (AuthMode::Operator, Some(_)) => match &f.lease_creds {
             Some(p) => {
                 let p = c.file("fleet.lease_creds", p, env, true);
-                c.readable("fleet.lease_creds", &p);
+                c.secret("fleet.lease_creds", &p, env);
                 (SystemUser::Creds(p), String::new())
             }
             None => {

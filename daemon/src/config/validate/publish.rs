@@ -245,7 +245,7 @@ fn api_backend(
 }
 
 /// A secret file: required, a systemd credential name when relative,
-/// readable, and not readable by everyone.
+/// readable, and by its owner alone.
 pub(super) fn secret_file(
     c: &mut Checker<'_>,
     env: &Environment,
@@ -260,15 +260,6 @@ pub(super) fn secret_file(
         return None;
     };
     let path = c.file(key, path, env, true);
-    c.readable(key, &path);
-    if let Ok(meta) = std::fs::metadata(&path) {
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o007 != 0 {
-            c.problem(
-                key,
-                format!("{} is readable by every user; chmod 0600 it (or pass it as a systemd credential)", path.display()),
-            );
-        }
-    }
+    c.secret(key, &path, env);
     Some(path)
 }
