@@ -696,3 +696,111 @@ fn account_jetstream_limits_render_for_every_release() {
         );
     }
 }
+
+/// What a stranger's raw `CONNECT {}` (no credentials at all) gets from the
+/// client port at `addr`: the server's first answer line after INFO.
+fn raw_connect_without_credentials(addr: &str) -> String {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut info = String::new();
+    reader.read_line(&mut info).unwrap();
+    assert!(info.starts_with("INFO "), "not a NATS server: {info}");
+    (&stream).write_all(b"CONNECT {}\r\nPING\r\n").unwrap();
+    let mut answer = String::new();
+    // A server that let us in answers PONG; one that did not, -ERR (and
+    // closes).
+    let _ = reader.read_line(&mut answer);
+    answer.trim().to_owned()
+}
+
+/// The auth matrix: whatever the mode, with JetStream on or off, with or
+/// without application accounts (so with only system users), on every
+/// release, a client without credentials is refused on a listener other
+/// machines can reach. (Accounts mode with JetStream off and no accounts
+/// once let `CONNECT {}` in: nats-server admits clients without
+/// credentials into `$G` when every configured user is a system user.)
+#[test]
+fn no_client_connects_without_credentials_in_any_auth_mode() {
+    #[derive(Debug, Clone, Copy)]
+    enum Auth {
+        Accounts { app: bool },
+        Operator,
+    }
+    let mut cases = Vec::new();
+    for jetstream in [false, true] {
+        for auth in [
+            Auth::Accounts { app: false },
+            Auth::Accounts { app: true },
+            Auth::Operator,
+        ] {
+            cases.push((auth, jetstream));
+        }
+    }
+    for v in natsmesh_harness::MATRIX {
+        for (auth, jetstream) in &cases {
+            let dir = scratch();
+            let (mode, login) = match auth {
+                Auth::Accounts { app } => {
+                    let users = dir.path().join("users.toml");
+                    let js = if *jetstream { "jetstream = true\n" } else { "" };
+                    let mut accounts = String::new();
+                    if *app {
+                        std::fs::write(&users, format!("[accounts.APP]\n{js}")).unwrap();
+                        user_add(&users, &["--account", "APP", "--name", "svc"]);
+                        accounts = std::fs::read_to_string(&users).unwrap();
+                    }
+                    (format!("[auth]\nmode = \"accounts\"\n{accounts}"), None)
+                }
+                Auth::Operator => (
+                    operator_set(dir.path(), *jetstream),
+                    Some(dir.path().join("app.creds")),
+                ),
+            };
+            let js = if *jetstream {
+                ""
+            } else {
+                "[broker.jetstream]\nenabled = false\n"
+            };
+            let mut d = Daemon::start_in(
+                dir,
+                v,
+                Options {
+                    extra: format!("[broker.client]\nbind = \"0.0.0.0\"\n\n{js}\n{mode}"),
+                    ..Options::default()
+                },
+            );
+            d.wait_ready();
+            let case = format!("{v} {auth:?} jetstream={jetstream}");
+            let answer = raw_connect_without_credentials(&d.client_addr());
+            assert!(
+                answer.contains("Authorization Violation"),
+                "{case}: CONNECT {{}} without credentials got {answer:?}"
+            );
+            // The port does admit a client with credentials (the refusal
+            // above is the server's judgement, not a dead listener).
+            let addr = d.client_addr();
+            rt().block_on(async {
+                let opts = match &login {
+                    Some(creds) => async_nats::ConnectOptions::with_credentials_file(creds)
+                        .await
+                        .unwrap(),
+                    None => {
+                        let pw =
+                            std::fs::read_to_string(d.dir.path().join("state/system.password"))
+                                .unwrap();
+                        async_nats::ConnectOptions::with_user_and_password(
+                            "natsmesh".into(),
+                            pw.trim().into(),
+                        )
+                    }
+                };
+                let c = opts.max_reconnects(Some(0)).connect(&addr).await;
+                assert!(c.is_ok(), "{case}: a client with credentials was refused");
+            });
+        }
+    }
+}

@@ -23,11 +23,13 @@ pub(super) fn apply_fleet(
 ) -> Coordination {
     let f = &raw.fleet;
     // The account is there whether or not this node coordinates, so every
-    // node of a region holds the same accounts.
-    let own_account = raw.auth.mode == AuthMode::Accounts
-        && system_user.is_some()
-        && server.jetstream.is_some()
-        && add_account(server);
+    // node of a region holds the same accounts. It is there without
+    // JetStream too: its user is then the only one outside the system
+    // account, and nats-server, finding every configured user in the
+    // system account, would otherwise admit clients without credentials
+    // into `$G` (an implicit no-auth user).
+    let own_account =
+        raw.auth.mode == AuthMode::Accounts && system_user.is_some() && add_account(server);
     if !f.coordinate {
         return Coordination::Off("fleet.coordinate is false".into());
     }
@@ -94,14 +96,15 @@ fn add_account(server: &mut ServerConfig) -> bool {
     let Some(name) = Name::new(FLEET_ACCOUNT) else {
         return false;
     };
+    let jetstream = server.jetstream.is_some().then_some(AccountJetStream {
+        max_memory: Some(1 << 20),
+        max_file: Some(16 << 20),
+        max_streams: Some(4),
+        max_consumers: Some(16),
+    });
     server.accounts.push(Account {
         name,
-        jetstream: Some(AccountJetStream {
-            max_memory: Some(1 << 20),
-            max_file: Some(16 << 20),
-            max_streams: Some(4),
-            max_consumers: Some(16),
-        }),
+        jetstream,
         users: Vec::new(),
         exports: Vec::new(),
         imports: Vec::new(),
