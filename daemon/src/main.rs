@@ -182,7 +182,7 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("natsmeshd: {e}");
-                ExitCode::from(EXIT_FAILURE as u8)
+                ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
             }
         };
     }
