@@ -1,5 +1,6 @@
 //! The natsmeshd command line against real brokers: check, render,
-//! --explain, and run with the embedded default.
+//! --explain, run with the embedded default, and the files `user add` and
+//! `ca intermediate` write (where, and only after their arguments passed).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -323,4 +324,112 @@ fn run_under_systemd_without_config_refuses() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Runs natsmeshd in `dir`.
+fn natsmeshd_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(NATSMESHD)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// Every file under `dir`, relative to it.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn user_add_with_a_bare_file_name_writes_the_user_and_prints_its_password() {
+    let dir = scratch();
+    let out = natsmeshd_in(
+        dir.path(),
+        &[
+            "user",
+            "add",
+            "--account",
+            "APP",
+            "--name",
+            "svc",
+            "--file",
+            "users.toml",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = text(&out.stdout);
+    let password = said
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .unwrap_or_else(|| panic!("no password printed: {said}"));
+    // The file, in the current directory, holds the hash of what was
+    // printed, not the password; no temporary file is left beside it.
+    let written = std::fs::read_to_string(dir.path().join("users.toml")).unwrap();
+    let users: toml::Table = toml::from_str(&written).unwrap();
+    let hash = users["accounts"]["APP"]["users"][0]["password_hash"]
+        .as_str()
+        .unwrap();
+    assert!(bcrypt::verify(password, hash).unwrap(), "{written}");
+    assert!(!written.contains(password));
+    assert_eq!(tree(dir.path()), vec![PathBuf::from("users.toml")]);
+}
+
+#[test]
+fn ca_intermediate_writes_only_into_out_and_refuses_a_region_that_is_no_label() {
+    let dir = scratch();
+    let init = natsmeshd_in(dir.path(), &["ca", "init", "--out", "ca/root"]);
+    assert!(init.status.success(), "{init:?}");
+    let before = tree(dir.path());
+    let intermediate = |region: &str, domain: &str| {
+        natsmeshd_in(
+            dir.path(),
+            &[
+                "ca",
+                "intermediate",
+                "--root",
+                "ca/root",
+                "--region",
+                region,
+                "--domain",
+                domain,
+                "--out",
+                "ca/out",
+            ],
+        )
+    };
+    for region in [
+        "../x", "../../x", "/tmp/x", "x/y", "..", ".", "FRA1", "fra1\n", "", "-fra1", "fra.1",
+    ] {
+        let out = intermediate(region, "nats.test");
+        assert_eq!(out.status.code(), Some(2), "{region:?}: {out:?}");
+        assert!(
+            text(&out.stderr).contains("--region"),
+            "{region:?}: {out:?}"
+        );
+        assert_eq!(tree(dir.path()), before, "{region:?} wrote something");
+    }
+    assert!(!Path::new("/tmp/x.key").exists());
+    let out = intermediate("fra1", "nats.test\nx");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("--domain"), "{out:?}");
+    assert_eq!(tree(dir.path()), before);
+    // A region label: its pair, inside --out and nowhere else.
+    let out = intermediate("fra1", "nats.test");
+    assert!(out.status.success(), "{out:?}");
+    let mut want = before.clone();
+    want.extend(["ca/out", "ca/out/fra1.crt", "ca/out/fra1.key"].map(PathBuf::from));
+    want.sort();
+    assert_eq!(tree(dir.path()), want);
 }
