@@ -373,7 +373,8 @@ const CREDENTIALS: &str = "/etc/natsmesh/credentials";
 fn read(arg: &'static str, path: &PathBuf) -> Result<String, UserDataError> {
     std::fs::read_to_string(path).map_err(|e| UserDataError::Read {
         arg,
-        path: path.display().to_string(),
+        // Quoted: a file name may hold a line break too.
+        path: format!("{path:?}"),
         why: e.to_string(),
     })
 }
@@ -581,8 +582,7 @@ pub fn render(r: &Request) -> Result<(String, String), UserDataError> {
                 return Err(invalid(
                     "--apt-key",
                     format!(
-                        "{}: not an ASCII-armoured OpenPGP public key (gpg --armor --export)",
-                        key_file.display()
+                        "{key_file:?}: not an ASCII-armoured OpenPGP public key (gpg --armor --export)"
                     ),
                 ));
             }
