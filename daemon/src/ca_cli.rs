@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use crate::config::validate::is_region_label;
 use crate::tls::issue::{self, Issued};
 use crate::tls::{pki, write_secret};
 
@@ -38,6 +39,10 @@ fn refuse_overwrite(paths: &[&Path]) -> Result<(), String> {
 }
 
 fn write_pair(dir: &Path, stem: &str, issued: &Issued) -> Result<(), String> {
+    // The files go into `dir` and nowhere else, whatever a caller passes.
+    if !is_region_label(stem) && stem != "root" {
+        return Err(format!("{stem:?} cannot name a file in {}", dir.display()));
+    }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let cert = dir.join(format!("{stem}.crt"));
     let key = dir.join(format!("{stem}.key"));
@@ -60,6 +65,31 @@ pub fn init(out: &Path, name: &str, validity: Duration) -> Result<String, String
     ))
 }
 
+/// `ca intermediate`'s typed arguments, checked before anything is read or
+/// written (a usage error): the region names the files in `--out` (`../x`
+/// would write beside it) and, with the domain, the names the intermediate
+/// may issue.
+pub fn intermediate_args(
+    region: &str,
+    domain: &str,
+    extra_ranges: &[String],
+) -> Result<(), String> {
+    if !is_region_label(region) {
+        return Err(format!(
+            "--region {region:?} is not a region label: a lower-case DNS label (a-z, 0-9 and '-', at most 63, no leading or trailing '-'), as node.region"
+        ));
+    }
+    if !natsmesh_broker::model::is_dns_name(domain) {
+        return Err(format!(
+            "--domain {domain:?} is not a DNS name (labels of letters, digits, '-' and '_', joined by '.')"
+        ));
+    }
+    for r in extra_ranges {
+        parse_cidr(r).map_err(|e| format!("--permit-ip {e}"))?;
+    }
+    Ok(())
+}
+
 /// `ca intermediate`: a region's intermediate, signed by the root in `root_dir`.
 pub fn intermediate(
     root_dir: &Path,
@@ -70,6 +100,7 @@ pub fn intermediate(
     validity: Duration,
     out: &Path,
 ) -> Result<String, String> {
+    intermediate_args(region, domain, extra_ranges)?;
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
     };

@@ -182,7 +182,7 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("natsmeshd: {e}");
-                ExitCode::from(EXIT_FAILURE as u8)
+                ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
             }
         };
     }
@@ -241,6 +241,19 @@ async fn dispatch(cli: Cli) -> i32 {
         };
     }
     if let Cmd::Ca(ca) = &cli.command {
+        // What the operator typed is checked first, and refused as a usage
+        // error, before any file is read or written.
+        if let CaCmd::Intermediate {
+            region,
+            domain,
+            permit_ip,
+            ..
+        } = ca
+            && let Err(e) = natsmesh::ca_cli::intermediate_args(region, domain, permit_ip)
+        {
+            eprintln!("natsmeshd: {e}");
+            return EXIT_CONFIG;
+        }
         let done = match ca {
             CaCmd::Init {
                 out,

