@@ -55,8 +55,11 @@ fn main() {
         &pki.path().join("root"),
         "fra1",
         "nats.test",
-        &[],
-        true,
+        natsmesh::ca_cli::Permits {
+            names: &[],
+            extra_ranges: &[],
+            default_ranges: true,
+        },
         Duration::from_secs(86400),
         &pki.path().join("int"),
     )

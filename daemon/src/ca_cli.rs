@@ -72,6 +72,7 @@ pub fn init(out: &Path, name: &str, validity: Duration) -> Result<String, String
 pub fn intermediate_args(
     region: &str,
     domain: &str,
+    names: &[String],
     extra_ranges: &[String],
 ) -> Result<(), String> {
     if !is_region_label(region) {
@@ -84,10 +85,36 @@ pub fn intermediate_args(
             "--domain {domain:?} is not a DNS name (labels of letters, digits, '-' and '_', joined by '.')"
         ));
     }
+    // An empty or top-level domain would let the region's names reach
+    // into a space natsmesh does not own.
+    if domain.trim_end_matches('.').split('.').count() < 2 {
+        return Err(format!(
+            "--domain {domain:?} must have at least two labels (e.g. nats.example.com): the supercluster's own domain, not a top-level one"
+        ));
+    }
+    for n in names {
+        if !natsmesh_broker::model::is_dns_name(n) || n.trim_end_matches('.').split('.').count() < 2
+        {
+            return Err(format!(
+                "--permit-name {n:?} is not a DNS name of at least two labels (a name clients use, e.g. nats.example.com; it permits that name and the names below it)"
+            ));
+        }
+    }
     for r in extra_ranges {
         parse_cidr(r).map_err(|e| format!("--permit-ip {e}"))?;
     }
     Ok(())
+}
+
+/// What a region's intermediate may issue besides `<region>.<domain>`.
+#[derive(Debug, Clone, Copy)]
+pub struct Permits<'a> {
+    /// Shared client names (`--permit-name`).
+    pub names: &'a [String],
+    /// More address ranges (`--permit-ip`).
+    pub extra_ranges: &'a [String],
+    /// The private ranges and loopback.
+    pub default_ranges: bool,
 }
 
 /// `ca intermediate`: a region's intermediate, signed by the root in `root_dir`.
@@ -95,12 +122,16 @@ pub fn intermediate(
     root_dir: &Path,
     region: &str,
     domain: &str,
-    extra_ranges: &[String],
-    default_ranges: bool,
+    permits: Permits<'_>,
     validity: Duration,
     out: &Path,
 ) -> Result<String, String> {
-    intermediate_args(region, domain, extra_ranges)?;
+    let Permits {
+        names,
+        extra_ranges,
+        default_ranges,
+    } = permits;
+    intermediate_args(region, domain, names, extra_ranges)?;
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
     };
@@ -131,14 +162,15 @@ pub fn intermediate(
     let now = SystemTime::now();
     // Never outlive the root.
     let validity = validity.min(info.not_after.duration_since(now).unwrap_or_default());
-    let inter = issue::intermediate(&root, region, domain, &ranges, now, validity)
+    let inter = issue::intermediate(&root, region, domain, names, &ranges, now, validity)
         .map_err(|e| e.to_string())?;
     write_pair(out, region, &inter)?;
     Ok(format!(
         "intermediate for region {region} written to {dir}/{region}.crt and {dir}/{region}.key (0600),\n\
-         limited to *.{domain} and {n} address ranges, valid {days} days.\n\
+         limited to {region}.{domain} and below{shared} and {n} address ranges, valid {days} days.\n\
          Give it to the region's nodes as systemd credentials (tls.intermediate_cert / tls.intermediate_key).",
         dir = out.display(),
+        shared = names.iter().map(|n| format!(", {n}")).collect::<String>(),
         n = ranges.len(),
         days = validity.as_secs() / 86400
     ))

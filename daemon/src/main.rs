@@ -127,8 +127,9 @@ enum CaCmd {
         #[arg(long, default_value = "3650days", value_parser = humantime::parse_duration)]
         validity: std::time::Duration,
     },
-    /// Create a region's intermediate, limited to the domain and to
-    /// private address ranges: OUT/<region>.crt and OUT/<region>.key (0600).
+    /// Create a region's intermediate, limited to the region's own names
+    /// (<region>.<domain> and below), the --permit-name names and private
+    /// address ranges: OUT/<region>.crt and OUT/<region>.key (0600).
     Intermediate {
         /// Directory holding root.crt and root.key.
         #[arg(long, value_name = "DIR")]
@@ -139,6 +140,11 @@ enum CaCmd {
         /// The supercluster's DNS domain (node.domain).
         #[arg(long)]
         domain: String,
+        /// A name all regions share that clients use (repeatable), e.g.
+        /// nats.example.com: permitted besides the region's own names
+        /// (<region>.<domain> and below).
+        #[arg(long = "permit-name", value_name = "NAME")]
+        permit_name: Vec<String>,
         /// Another permitted address range (repeatable), e.g. a public /24
         /// the gateways advertise.
         #[arg(long = "permit-ip", value_name = "CIDR")]
@@ -246,10 +252,12 @@ async fn dispatch(cli: Cli) -> i32 {
         if let CaCmd::Intermediate {
             region,
             domain,
+            permit_name,
             permit_ip,
             ..
         } = ca
-            && let Err(e) = natsmesh::ca_cli::intermediate_args(region, domain, permit_ip)
+            && let Err(e) =
+                natsmesh::ca_cli::intermediate_args(region, domain, permit_name, permit_ip)
         {
             eprintln!("natsmeshd: {e}");
             return EXIT_CONFIG;
@@ -264,6 +272,7 @@ async fn dispatch(cli: Cli) -> i32 {
                 root,
                 region,
                 domain,
+                permit_name,
                 permit_ip,
                 no_default_ranges,
                 validity,
@@ -272,8 +281,11 @@ async fn dispatch(cli: Cli) -> i32 {
                 root,
                 region,
                 domain,
-                permit_ip,
-                !no_default_ranges,
+                natsmesh::ca_cli::Permits {
+                    names: permit_name,
+                    extra_ranges: permit_ip,
+                    default_ranges: !no_default_ranges,
+                },
                 *validity,
                 out,
             ),

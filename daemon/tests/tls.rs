@@ -920,3 +920,173 @@ fn monitoring_over_https_when_asked() {
         assert!(plain.is_err(), "{v}: /metrics answered plain HTTP");
     });
 }
+
+/// What an attacker holding fra1's intermediate key mints with openssl: a
+/// leaf for `name` (no natsmesh code involved), in `<pki>/<file>.crt`.
+fn mint_with_openssl(pki: &Pki, inter: &str, name: &str, file: &str) -> std::path::PathBuf {
+    let p = |f: &str| pki.path(f).to_str().unwrap().to_owned();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (key, csr, crt) = (
+        p(&format!("{file}.key")),
+        p(&format!("{file}.csr")),
+        p(&format!("{file}.crt")),
+    );
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-subj",
+        "/CN=minted",
+        "-addext",
+        &format!("subjectAltName=DNS:{name}"),
+        "-out",
+        &csr,
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &p(&format!("{inter}.crt")),
+        "-CAkey",
+        &p(&format!("{inter}.key")),
+        "-set_serial",
+        "7",
+        "-days",
+        "1",
+        "-copy_extensions",
+        "copyall",
+        "-out",
+        &crt,
+    ]);
+    pki.path(&format!("{file}.crt"))
+}
+
+/// Regional trust: fra1's intermediate permits fra1's names (and the shared
+/// client names given to it), so what it signs for `nyc3.<domain>` is
+/// refused by both rustls' verifier (webpki) and openssl, a fra1 node asking
+/// for another region's name is refused by `check`, and `ca intermediate`
+/// refuses an empty or top-level domain.
+#[test]
+fn a_regions_intermediate_cannot_speak_for_another_region() {
+    let pki = Pki::new();
+    pki.root("r1")
+        .intermediate_with("r1", "fra1", "i1", &["--permit-name", "nats.example.com"]);
+    let root = pki.path("r1/root.crt");
+    let pem =
+        |p: &Path| natsmesh::tls::pki::certs_from_pem("test", &std::fs::read(p).unwrap()).unwrap();
+    let inter = pem(&pki.path("i1/fra1.crt"));
+    for (name, file, allowed) in [
+        ("nyc3.nats.test", "nyc3", false),
+        ("n9.nyc3.nats.test", "n9-nyc3", false),
+        ("nats.test", "apex", false),
+        ("n1.fra1.nats.test", "n1-fra1", true),
+        ("nats.example.com", "shared", true),
+    ] {
+        let leaf = mint_with_openssl(&pki, "i1/fra1", name, file);
+        // rustls' verifier.
+        let mut chain = pem(&leaf);
+        chain.extend(inter.clone());
+        let verdict = natsmesh::tls::pki::verify_chain(
+            name,
+            &chain,
+            &pem(&root),
+            std::time::SystemTime::now(),
+            &[name.to_owned()],
+        );
+        assert_eq!(verdict.is_ok(), allowed, "webpki on {name}: {verdict:?}");
+        if !allowed {
+            let why = verdict.unwrap_err().to_string();
+            assert!(why.contains("NameConstraint"), "{name}: {why}");
+        }
+        // openssl's.
+        let out = Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(&root)
+            .arg("-untrusted")
+            .arg(pki.path("i1/fra1.crt"))
+            .arg(&leaf)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), allowed, "openssl on {name}: {text}");
+        if !allowed {
+            assert!(
+                text.contains("permitted subtree violation"),
+                "{name}: {text}"
+            );
+        }
+    }
+
+    // A fra1 node: its own names and the shared client name pass `check`;
+    // another region's name is refused, naming it and why.
+    let check = |extra_names: &str| {
+        let d = scratch();
+        let main = d.path().join("natsmesh.toml");
+        std::fs::write(
+            &main,
+            format!(
+                "[node]\nregion = \"fra1\"\nname = \"n1\"\ndomain = \"nats.test\"\n\n[broker]\nbinary = \"{}\"\nstate_dir = \"{}\"\n\n[broker.jetstream]\nenabled = false\n\n{}extra_names = [{extra_names}]\n",
+                natsmesh_harness::broker_binary(CURRENT).display(),
+                d.path().join("state").display(),
+                common::pki::issue_config(
+                    &root,
+                    &pki.path("i1/fra1.crt"),
+                    &pki.path("i1/fra1.key"),
+                    "7d"
+                ),
+            ),
+        )
+        .unwrap();
+        let out = Command::new(NATSMESHD)
+            .args(["check", "-c", main.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check("\"nats.example.com\"");
+    assert_eq!(code, Some(0), "{err}");
+    for other in ["nyc3.nats.test", "api.nyc3.nats.test", "evil.example.org"] {
+        let (code, err) = check(&format!("\"{other}\""));
+        assert_eq!(code, Some(2), "{other}: {err}");
+        assert!(
+            err.contains(other) && err.contains("only its own region's names"),
+            "{other}: {err}"
+        );
+    }
+
+    // No intermediate for an empty or top-level domain.
+    for domain in ["", ".", "test"] {
+        let out = Command::new(NATSMESHD)
+            .args(["ca", "intermediate", "--root"])
+            .arg(pki.path("r1"))
+            .args(["--region", "fra1", "--domain", domain, "--out"])
+            .arg(pki.path("bad"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--domain {domain:?}");
+        assert!(!pki.path("bad/fra1.key").exists());
+    }
+}

@@ -2,9 +2,11 @@
 //! region's intermediate with name constraints, and node certificates.
 //!
 //! The root stays off the nodes. A region's intermediate is what a node
-//! holds: name constraints limit it to the supercluster's DNS domain and
-//! the address ranges given (private ranges and loopback by default), so a
-//! compromised node cannot mint certificates for other names. Node
+//! holds: name constraints limit it to its own region's names
+//! (`<region>.<domain>` and below), the shared client names given
+//! explicitly, and the address ranges given (private ranges and loopback by
+//! default), so a compromised node cannot mint certificates for another
+//! region or for other names. Node
 //! certificates are short-lived, backdated a few minutes for clock skew,
 //! and good for both server and client use (routes and gateways are mutual
 //! TLS with one certificate).
@@ -94,12 +96,15 @@ pub fn root(common_name: &str, now: SystemTime, lifetime: Duration) -> Result<Is
     })
 }
 
-/// A region's intermediate, signed by the root, limited to `domain` and
-/// `ranges`.
+/// A region's intermediate, signed by the root, limited to its own
+/// region's names (`<region>.<domain>` and below), the shared client
+/// `names` given explicitly, and `ranges`: what fra1's intermediate signs
+/// for `nyc3.<domain>` no verifier accepts.
 pub fn intermediate(
     root: &Issued,
     region: &str,
     domain: &str,
+    names: &[String],
     ranges: &[(IpAddr, u8)],
     now: SystemTime,
     lifetime: Duration,
@@ -122,9 +127,15 @@ pub fn intermediate(
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let mut permitted = vec![GeneralSubtree::DnsName(
-        domain.trim_end_matches('.').to_owned(),
-    )];
+    let mut permitted = vec![GeneralSubtree::DnsName(format!(
+        "{region}.{}",
+        domain.trim_end_matches('.')
+    ))];
+    permitted.extend(
+        names
+            .iter()
+            .map(|n| GeneralSubtree::DnsName(n.trim_end_matches('.').to_owned())),
+    );
     permitted.extend(ranges.iter().map(|(addr, prefix)| {
         GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(*addr, *prefix))
     }));

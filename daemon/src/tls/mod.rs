@@ -98,6 +98,19 @@ pub enum TlsError {
     /// Issuing failed.
     #[error(transparent)]
     Issue(#[from] issue::IssueError),
+    /// The node would need a certificate for names its region's
+    /// intermediate may not issue.
+    #[error("{intermediate} may not issue {names} (it permits {permitted}): {fix}")]
+    NotPermitted {
+        /// The intermediate's file.
+        intermediate: String,
+        /// The names and addresses outside its constraints.
+        names: String,
+        /// What it permits.
+        permitted: String,
+        /// What to do.
+        fix: String,
+    },
     /// A certificate outside its validity period.
     #[error(
         "{what} is not valid now: valid from {from} to {until} (check the clock if this is unexpected)"
@@ -249,6 +262,11 @@ pub fn ensure(
                     until: stamp(ca.not_after),
                 });
             }
+            not_permitted(
+                &what,
+                &pki::permitted(&what, &ca_chain[0])?,
+                &settings.names,
+            )?;
             write_region_cas(settings, &ca_chain, now)?;
             if !force
                 && let Ok(info) = check_pair(settings, &settings.cert_file, &settings.key_file, now)
@@ -304,6 +322,49 @@ pub fn ensure(
             ))
         }
     }
+}
+
+/// Refuses, before issuing, names the intermediate may not sign: a
+/// region's intermediate permits only its own region's names (and the
+/// shared client names it was given), so a node cannot speak for another
+/// region; addresses outside its ranges need `--permit-ip`.
+fn not_permitted(
+    intermediate: &str,
+    permitted: &pki::Permitted,
+    names: &NodeNames,
+) -> Result<(), TlsError> {
+    let dns: Vec<&str> = names
+        .dns
+        .iter()
+        .filter(|n| !permitted.dns_name(n))
+        .map(String::as_str)
+        .collect();
+    let ips: Vec<String> = names
+        .ips
+        .iter()
+        .filter(|ip| !permitted.ip(**ip))
+        .map(ToString::to_string)
+        .collect();
+    let fix = match (dns.is_empty(), ips.is_empty()) {
+        (true, true) => return Ok(()),
+        (false, _) => {
+            "a region's intermediate issues only its own region's names (<region>.<domain> and below) and the shared client names given to `natsmeshd ca intermediate --permit-name`; remove the name from tls.extra_names, or issue the intermediate again with --permit-name for a name all regions share"
+        }
+        (true, false) => {
+            "issue the intermediate with `natsmeshd ca intermediate --permit-ip <range>` for public addresses, or keep listeners on private ones"
+        }
+    };
+    Err(TlsError::NotPermitted {
+        intermediate: intermediate.to_owned(),
+        names: dns
+            .into_iter()
+            .map(str::to_owned)
+            .chain(ips)
+            .collect::<Vec<_>>()
+            .join(", "),
+        permitted: permitted.describe(),
+        fix: fix.to_owned(),
+    })
 }
 
 /// Whether the node certificate on disk came from `issuer` (the chain in

@@ -137,6 +137,112 @@ pub fn inspect(what: &str, der: &CertificateDer<'_>) -> Result<CertInfo, PkiErro
     })
 }
 
+/// What a CA certificate's name constraints permit (an absent list means
+/// that kind of name is not constrained).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permitted {
+    /// Permitted DNS subtrees (each name and everything below it).
+    pub dns: Option<Vec<String>>,
+    /// Permitted address ranges (address, prefix length).
+    pub ips: Option<Vec<(IpAddr, u8)>>,
+}
+
+impl Permitted {
+    /// Whether `name` (a DNS name) lies in a permitted subtree.
+    pub fn dns_name(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.dns.as_ref().is_none_or(|subtrees| {
+            subtrees.iter().any(|t| {
+                let t = t.trim_start_matches('.').to_ascii_lowercase();
+                name == t || name.ends_with(&format!(".{t}"))
+            })
+        })
+    }
+
+    /// Whether `ip` lies in a permitted range.
+    pub fn ip(&self, ip: IpAddr) -> bool {
+        self.ips
+            .as_ref()
+            .is_none_or(|ranges| ranges.iter().any(|(net, len)| in_range(ip, *net, *len)))
+    }
+
+    /// The permitted names and ranges, for a message.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = match &self.dns {
+            None => vec!["any DNS name".into()],
+            Some(d) => d.iter().map(|t| format!("{t} and below")).collect(),
+        };
+        match &self.ips {
+            None => parts.push("any address".into()),
+            Some(r) => parts.extend(r.iter().map(|(a, l)| format!("{a}/{l}"))),
+        }
+        parts.join(", ")
+    }
+}
+
+fn in_range(ip: IpAddr, net: IpAddr, len: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The name constraints of a CA certificate.
+pub fn permitted(what: &str, der: &CertificateDer<'_>) -> Result<Permitted, PkiError> {
+    let bad = |why: String| PkiError::Pem {
+        what: what.to_owned(),
+        why,
+    };
+    let (_, cert) = X509Certificate::from_der(der.as_ref())
+        .map_err(|e| bad(format!("not an X.509 certificate ({e})")))?;
+    let Some(nc) = cert
+        .name_constraints()
+        .map_err(|e| bad(format!("unreadable name constraints ({e})")))?
+    else {
+        return Ok(Permitted::default());
+    };
+    let Some(subtrees) = &nc.value.permitted_subtrees else {
+        return Ok(Permitted::default());
+    };
+    let mut dns = None::<Vec<String>>;
+    let mut ips = None::<Vec<(IpAddr, u8)>>;
+    for t in subtrees {
+        match &t.base {
+            GeneralName::DNSName(d) => dns.get_or_insert_with(Vec::new).push((*d).to_owned()),
+            GeneralName::IPAddress(b) => {
+                let range = match b.len() {
+                    8 => <[u8; 4]>::try_from(&b[..4])
+                        .ok()
+                        .zip(<[u8; 4]>::try_from(&b[4..]).ok())
+                        .map(|(a, m)| (IpAddr::from(a), u32::from_be_bytes(m).count_ones())),
+                    32 => <[u8; 16]>::try_from(&b[..16])
+                        .ok()
+                        .zip(<[u8; 16]>::try_from(&b[16..]).ok())
+                        .map(|(a, m)| (IpAddr::from(a), u128::from_be_bytes(m).count_ones())),
+                    _ => None,
+                };
+                let (addr, len) =
+                    range.ok_or_else(|| bad("a malformed address constraint".into()))?;
+                ips.get_or_insert_with(Vec::new)
+                    .push((addr, u8::try_from(len).unwrap_or(u8::MAX)));
+            }
+            _ => {}
+        }
+    }
+    Ok(Permitted { dns, ips })
+}
+
 /// Whether the PEM private key belongs to the certificate.
 pub fn key_matches(cert: &CertInfo, key_pem: &str) -> bool {
     rcgen::KeyPair::from_pem(key_pem)
