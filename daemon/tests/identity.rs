@@ -639,3 +639,49 @@ fn the_metadata_token_never_reaches_the_log() {
         assert!(!everything.contains(&t), "token in the output");
     }
 }
+
+#[test]
+fn check_names_listeners_that_answer_without_credentials() {
+    let fake = FakeLinodeMetadata::start(Linode::default());
+    let dir = scratch();
+    let token = dir.path().join("token");
+    natsmesh_harness::bind::write_private(&token, "linode-token\n");
+    let balancer = format!(
+        "\n[broker.client]\nbind = \"private\"\n[load_balancer]\nprovider = \"linode\"\nid = \"1774401\"\ntoken_file = \"{}\"\napi_url = \"http://127.0.0.1:9\"\nready_port = 18223\n",
+        token.display()
+    );
+    let open = format!(
+        "{balancer}\n[broker.monitoring]\nbind = \"private\"\n[metrics]\nenabled = true\nbind = \"private\"\n"
+    );
+    let main = cloud_config(dir.path(), "linode", &fake.url(), &open);
+    let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], dir.path());
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for (key, reveals) in [
+        ("broker.monitoring.bind: 192.168.139.7:8222", "(/connz)"),
+        ("metrics.bind: 192.168.139.7:", "/metrics: the node's name"),
+        (
+            "load_balancer.ready_bind: 192.168.139.7:18223",
+            "/ready: whether this node takes clients",
+        ),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.starts_with(&format!("notice: {key}")))
+            .unwrap_or_else(|| panic!("no notice for {key}: {err}"));
+        assert!(
+            line.contains("answers without credentials") && line.contains(reveals),
+            "{line}"
+        );
+    }
+    // On loopback they tell a stranger nothing: no notice.
+    let closed = format!(
+        "\n[broker.client]\nbind = \"private\"\n[load_balancer]\nprovider = \"linode\"\nid = \"1774401\"\ntoken_file = \"{}\"\napi_url = \"http://127.0.0.1:9\"\nready_port = 18223\nready_bind = \"loopback\"\n[metrics]\nenabled = true\n",
+        token.display()
+    );
+    let main = cloud_config(dir.path(), "linode", &fake.url(), &closed);
+    let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], dir.path());
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("notice:"), "{err}");
+}
