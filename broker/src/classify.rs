@@ -14,6 +14,7 @@ use semver::Version;
 use sha2::{Digest, Sha256};
 
 use crate::conf;
+use crate::include;
 use crate::model::Rendered;
 
 /// What a change needs.
@@ -246,6 +247,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// Flattens `rendered` and reads the digest of each include file.
     pub fn capture(rendered: &Rendered) -> Self {
+        // Each include file is read once, within bounds; a refused tree
+        // (a cycle, too large) is recorded as such, and `prepare` refuses
+        // the config before it is used.
+        let tree = include::walk(&include::roots(rendered));
         let entries = conf::flatten(&rendered.tree)
             .into_iter()
             .map(|(key, value)| {
@@ -258,7 +263,15 @@ impl Snapshot {
                     // content (a renewed certificate) is a change.
                     let path = value.trim_matches('"');
                     let digest = if key.ends_with("include") {
-                        include_digest(std::path::Path::new(path), 0)
+                        match &tree {
+                            Ok(t) => t
+                                .roots
+                                .iter()
+                                .find(|(k, _)| *k == key)
+                                .map(|(_, i)| t.digest(*i))
+                                .unwrap_or_default(),
+                            Err(e) => format!("refused ({e})"),
+                        }
                     } else {
                         match std::fs::read(path) {
                             Ok(bytes) => hex::encode(Sha256::digest(&bytes)),
@@ -276,65 +289,6 @@ impl Snapshot {
             entries,
         }
     }
-}
-
-/// How deep includes are followed (nats-server has no limit of its own;
-/// a cycle ends here).
-const INCLUDE_DEPTH: usize = 8;
-
-/// The digest of an include file and, folded in, of every file it
-/// includes in turn: an operator's `accounts.conf` that includes
-/// `users/*.conf` changes when one of those does.
-fn include_digest(path: &std::path::Path, depth: usize) -> String {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) => return format!("unreadable ({})", e.kind()),
-    };
-    let mut h = Sha256::new();
-    h.update(&bytes);
-    if depth < INCLUDE_DEPTH {
-        let dir = path.parent().unwrap_or(std::path::Path::new("/"));
-        for nested in nested_includes(&String::from_utf8_lossy(&bytes)) {
-            // nats-server joins an include path, even an absolute one, to
-            // the including file's directory.
-            let file = dir.join(nested.trim_start_matches('/'));
-            h.update(b"\0include\0");
-            h.update(nested.as_bytes());
-            h.update(include_digest(&file, depth + 1).as_bytes());
-        }
-    }
-    hex::encode(h.finalize())
-}
-
-/// The paths a nats-server config text includes (`include path`, `include
-/// "path"`, also inside a block on one line); comments skipped.
-fn nested_includes(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim_start();
-        if line.starts_with('#') || line.starts_with("//") {
-            continue;
-        }
-        for part in line.split(['{', '}', ';', ',']) {
-            let part = part.trim();
-            let Some(rest) = part.strip_prefix("include") else {
-                continue;
-            };
-            if !rest.starts_with(char::is_whitespace) {
-                continue;
-            }
-            let path = rest
-                .split(" #")
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .trim_matches(|c| c == '"' || c == '\'');
-            if !path.is_empty() {
-                out.push(path.to_owned());
-            }
-        }
-    }
-    out
 }
 
 fn find_rule(key: &str) -> Option<&'static Rule> {
@@ -470,10 +424,10 @@ mod tests {
         std::fs::create_dir_all(&users).expect("users dir");
         let inc = dir.path().join("accounts.conf");
         // An absolute-looking path is joined to the including file's
-        // directory, as nats-server does; a cycle ends.
+        // directory, as nats-server does.
         std::fs::write(
             &inc,
-            "# include ignored.conf\nA: { include \"users/a.conf\" }\ninclude /users/b.conf\ninclude accounts.conf\n",
+            "# include ignored.conf\nA: { include \"users/a.conf\" }\ninclude /users/b.conf\n",
         )
         .expect("write include");
         std::fs::write(users.join("a.conf"), "users: []\n").expect("write a");
@@ -493,9 +447,21 @@ mod tests {
             assert_eq!(d.action, Action::Reload, "{nested}");
             assert_eq!(d.changes[0].key, "accounts.include", "{nested}");
         }
+        // A cycle is not followed (the tree is read once, bounded): the
+        // snapshot records the refusal, and changes when it is removed.
+        std::fs::write(&inc, "A: {}\ninclude accounts.conf\n").expect("cycle");
+        let cyclic = Snapshot::capture(&r);
+        assert!(
+            cyclic
+                .entries
+                .get("accounts.include")
+                .is_some_and(|v| v.contains("include cycle")),
+            "{cyclic:?}"
+        );
+        std::fs::write(&inc, "A: {}\n").expect("no cycle");
         assert_eq!(
-            nested_includes("x { include 'a.conf' }\n  include b.conf # why\nincluded: 1\n"),
-            vec!["a.conf", "b.conf"]
+            classify(&cyclic, &Snapshot::capture(&r)).action,
+            Action::Reload
         );
     }
 

@@ -6,6 +6,7 @@
 //! - [`validate`]: the start-time checks `nats-server -t` does not make;
 //! - [`check`]: `nats-server -t` itself;
 //! - [`classify`]: whether a change needs a reload or a restart;
+//! - [`include`]: the operator's include files, read once within bounds and judged;
 //! - [`process`]: starting and signalling the broker;
 //! - [`monitor`]: probing a running broker (HTTP monitoring, client port);
 //! - [`log`]: reading its log lines.
@@ -17,6 +18,7 @@
 pub mod check;
 pub mod classify;
 pub mod conf;
+pub mod include;
 pub mod log;
 pub mod model;
 pub mod monitor;

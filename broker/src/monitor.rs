@@ -106,11 +106,11 @@ impl Monitor {
             Ok(Err(e)) => Http::Failed(e.to_string()),
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
-                match tokio::time::timeout(self.timeout, resp.bytes()).await {
+                match tokio::time::timeout(self.timeout, read_capped(resp, max)).await {
                     Err(_) => Http::Timeout,
                     Ok(Err(e)) => Http::Failed(e.to_string()),
                     Ok(Ok(b)) => {
-                        let body = String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned();
+                        let body = String::from_utf8_lossy(&b.bytes).into_owned();
                         Http::Answered { status, body }
                     }
                 }
@@ -151,6 +151,47 @@ impl Monitor {
 /// gateways, routes and tags runs to several KiB; this only bounds a
 /// broker gone wrong.
 pub const MAX_BODY: usize = 1 << 20;
+
+/// A body read up to a cap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capped {
+    /// At most the cap's bytes.
+    pub bytes: Vec<u8>,
+    /// Whether the answer had more (which was not read).
+    pub truncated: bool,
+}
+
+/// Reads `resp`'s body while it streams, keeping at most `max` bytes and
+/// stopping there: the rest is never read (dropping the response closes the
+/// connection), so a peer that answers with gigabytes costs at most the cap
+/// and one chunk of memory. Every HTTP reader in natsmesh goes through this.
+pub async fn read_capped(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Capped, reqwest::Error> {
+    let mut bytes: Vec<u8> = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = max - bytes.len();
+        let take = chunk.len().min(room);
+        // Grow by doubling, but never past the cap: `Vec`'s own doubling
+        // could reserve twice the cap.
+        if bytes.capacity() < bytes.len() + take {
+            let want = (bytes.len() + take).max(bytes.capacity() * 2).min(max);
+            bytes.reserve_exact(want - bytes.len());
+        }
+        bytes.extend_from_slice(&chunk[..take]);
+        if chunk.len() > room {
+            return Ok(Capped {
+                bytes,
+                truncated: true,
+            });
+        }
+    }
+    Ok(Capped {
+        bytes,
+        truncated: false,
+    })
+}
 
 /// The part of `/gatewayz` natsmesh reads: which regions this server has
 /// made a gateway connection to.
@@ -373,4 +414,36 @@ pub async fn probe_client_port(addr: SocketAddr, timeout: Duration) -> ClientPor
     tokio::time::timeout(timeout, attempt)
         .await
         .unwrap_or(ClientPort::Timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_huge_answer_is_cut_at_the_cap_while_it_streams() {
+        let total: u64 = 300 << 20;
+        let (addr, server) = natsmesh_harness::flood::serve(total).await;
+        let before = natsmesh_harness::flood::rss_kib().unwrap_or(0);
+        let m = Monitor::new(addr, Duration::from_secs(10));
+        let answer = tokio::time::timeout(Duration::from_secs(30), m.get("/varz"))
+            .await
+            .expect("answers in time");
+        let Http::Answered { status, body } = answer else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(status, 200);
+        assert_eq!(body.len(), MAX_BODY);
+        let grown = natsmesh_harness::flood::rss_kib()
+            .unwrap_or(0)
+            .saturating_sub(before);
+        drop(m);
+        let sent = tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the server stops")
+            .expect("server task");
+        // The cap plus what the socket buffers held, not 300 MB.
+        assert!(sent < 64 << 20, "the server sent {sent} bytes");
+        assert!(grown < 64 << 10, "RSS grew by {grown} KiB");
+    }
 }

@@ -427,6 +427,10 @@ async fn dispatch(cli: Cli) -> i32 {
                 prepared.version,
                 settings.binary.display()
             );
+            // Told, not refused: these listeners are meant to answer anyone.
+            for n in config::notice::notices(&settings) {
+                eprintln!("{n}");
+            }
             0
         }
     }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use natsmesh_broker::Version;
 use natsmesh_broker::check::{CheckError, CheckReport, check_file};
 use natsmesh_broker::classify::Snapshot;
+use natsmesh_broker::include::{self, IncludeError};
 use natsmesh_broker::model::{RenderError, Rendered, render};
 use natsmesh_broker::version::{VersionError, detect};
 
@@ -42,6 +43,10 @@ pub enum PrepareError {
         /// The renderer's reason.
         source: RenderError,
     },
+    /// The operator's include files were refused (a cycle, too large, or a
+    /// key natsmesh owns); one message per problem.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Include(Vec<IncludeError>),
     /// `nats-server -t` refused the rendered file.
     #[error("{0}")]
     Check(#[from] CheckError),
@@ -79,6 +84,16 @@ pub async fn prepare_in(
             },
             source,
         })?;
+    // The include tree is read (once, bounded) and judged before the
+    // broker is asked to parse it: `nats-server -t` follows includes
+    // without a bound of its own, and accepts what natsmesh owns.
+    let problems = match include::walk(&include::roots(&rendered)) {
+        Ok(tree) => tree.problems(),
+        Err(e) => vec![e],
+    };
+    if !problems.is_empty() {
+        return Err(PrepareError::Include(problems));
+    }
     let path = dir.join(name);
     crate::files::write_atomic(&path, rendered.text.as_bytes(), crate::files::PLAIN).map_err(
         |source| PrepareError::Write {

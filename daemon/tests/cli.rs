@@ -147,7 +147,7 @@ fn an_include_the_broker_refuses_fails_the_check_with_its_message() {
     let dir = scratch();
     std::fs::write(
         dir.path().join("accounts.conf"),
-        "A: { users: [ { user: a, pasword: x } ] }\n",
+        "A: { users: [ { user: a, password: x, pasword: x } ] }\n",
     )
     .unwrap();
     let main = write_config(
@@ -162,6 +162,77 @@ fn an_include_the_broker_refuses_fails_the_check_with_its_message() {
         err.contains("nats-server refused") && err.contains("pasword"),
         "{err}"
     );
+}
+
+#[test]
+fn an_include_tree_is_read_once_and_judged_before_the_broker_sees_it() {
+    let dir = scratch();
+    let main = write_config(
+        dir.path(),
+        CURRENT,
+        "[broker.include]\naccounts = \"accounts.conf\"\n",
+    );
+    let check = || {
+        let started = Instant::now();
+        let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], dir.path());
+        (out, started.elapsed())
+    };
+    // Eight self-includes: 8^8 reads if each were followed; refused at the
+    // first, naming the chain.
+    std::fs::write(
+        dir.path().join("accounts.conf"),
+        "A: { users: [ { user: a, password: x } ] }\n".to_owned()
+            + &"include accounts.conf\n".repeat(8),
+    )
+    .unwrap();
+    let (out, took) = check();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("include cycle: ") && err.contains("accounts.conf → "),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // A key natsmesh owns, two includes down, is refused naming that file.
+    std::fs::create_dir_all(dir.path().join("users")).unwrap();
+    std::fs::write(
+        dir.path().join("accounts.conf"),
+        "A: { include users/a.conf }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("users/a.conf"), "include more.conf\n").unwrap();
+    std::fs::write(
+        dir.path().join("users/more.conf"),
+        "users: [ { user: a, password: x }, { user: open } ]\n",
+    )
+    .unwrap();
+    let (out, _) = check();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("users/more.conf:1: `accounts.A.users[1]` is not allowed here: every user needs a password or an nkey"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("users/more.conf"),
+        "users: [ { user: a, password: x } ]\nno_auth_user: a\n",
+    )
+    .unwrap();
+    let (out, _) = check();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("users/more.conf:2: `accounts.A.no_auth_user` is not allowed here"),
+        "{err}"
+    );
+    // The same tree without it passes.
+    std::fs::write(
+        dir.path().join("users/more.conf"),
+        "users: [ { user: a, password: x } ]\n",
+    )
+    .unwrap();
+    let (out, _) = check();
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -167,6 +167,109 @@ fn digitalocean_garbage_is_refused_field_by_field() {
 }
 
 #[test]
+fn digitalocean_addresses_must_fit_their_role() {
+    for form in [JsonForm::Object, JsonForm::Missing] {
+        for (private, public, public6, field, value) in [
+            (Some("0.0.0.0"), None, None, "private", "0.0.0.0"),
+            (Some("8.8.8.8"), None, None, "private", "8.8.8.8"),
+            (Some("224.0.0.1"), None, None, "private", "224.0.0.1"),
+            (None, Some("10.0.0.9"), None, "public", "10.0.0.9"),
+            (None, Some("127.0.0.1"), None, "public", "127.0.0.1"),
+            (None, None, Some("fe80::1"), "public", "fe80::1"),
+        ] {
+            let fake = FakeDoMetadata::start(Droplet {
+                private_ipv4: private.map(Into::into),
+                public_ipv4: public.map(Into::into).or(Some("104.131.20.105".into())),
+                public_ipv6: public6.map(Into::into),
+                ..Droplet::default()
+            });
+            fake.state.lock().unwrap().json = form;
+            let err = do_identity(&fake, Duration::ZERO).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(&err, MetadataError::Invalid { field: f, .. } if f.contains(field)),
+                "{form:?} {value}: {msg}"
+            );
+            assert!(
+                msg.contains(&format!("DigitalOcean metadata gave {value}, which is not")),
+                "{form:?}: {msg}"
+            );
+            assert!(!err.retryable());
+        }
+    }
+    // The fake's own addresses, documentation ranges as public included.
+    let fake = FakeDoMetadata::start(Droplet {
+        public_ipv4: Some("203.0.113.5".into()),
+        private_ipv4: Some("100.64.3.4".into()),
+        ..Droplet::default()
+    });
+    do_identity(&fake, Duration::ZERO).unwrap();
+}
+
+#[test]
+fn linode_addresses_must_fit_their_role() {
+    for (private, public, slaac, field, value) in [
+        (
+            "0.0.0.0/17",
+            "192.0.2.10/24",
+            None,
+            "ipv4.private[0]",
+            "0.0.0.0",
+        ),
+        (
+            "8.8.8.8/17",
+            "192.0.2.10/24",
+            None,
+            "ipv4.private[0]",
+            "8.8.8.8",
+        ),
+        (
+            "192.168.139.7/17",
+            "192.168.1.1/24",
+            None,
+            "ipv4.public[0]",
+            "192.168.1.1",
+        ),
+        (
+            "192.168.139.7/17",
+            "100.64.0.1/24",
+            None,
+            "ipv4.public[0]",
+            "100.64.0.1",
+        ),
+        (
+            "192.168.139.7/17",
+            "192.0.2.10/24",
+            Some("fd00::1/128"),
+            "ipv6.slaac",
+            "fd00::1",
+        ),
+    ] {
+        let fake = FakeLinodeMetadata::start(Linode {
+            private_ipv4: vec![private.into()],
+            public_ipv4: vec![public.into()],
+            slaac: slaac.map(Into::into),
+            ..Linode::default()
+        });
+        let err = linode_identity(&fake, Duration::ZERO).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, MetadataError::Invalid { field: f, .. } if f == field),
+            "{value}: {msg}"
+        );
+        assert!(
+            msg.contains(&format!("Linode metadata gave {value}, which is not")),
+            "{msg}"
+        );
+    }
+    let fake = FakeLinodeMetadata::start(Linode {
+        public_ipv4: vec!["198.51.100.7/24".into()],
+        ..Linode::default()
+    });
+    linode_identity(&fake, Duration::ZERO).unwrap();
+}
+
+#[test]
 fn unreachable_metadata_names_the_endpoint() {
     // A port nothing listens on.
     let port = natsmesh_harness::free_port();
@@ -535,4 +638,50 @@ fn the_metadata_token_never_reaches_the_log() {
     for t in tokens {
         assert!(!everything.contains(&t), "token in the output");
     }
+}
+
+#[test]
+fn check_names_listeners_that_answer_without_credentials() {
+    let fake = FakeLinodeMetadata::start(Linode::default());
+    let dir = scratch();
+    let token = dir.path().join("token");
+    natsmesh_harness::bind::write_private(&token, "linode-token\n");
+    let balancer = format!(
+        "\n[broker.client]\nbind = \"private\"\n[load_balancer]\nprovider = \"linode\"\nid = \"1774401\"\ntoken_file = \"{}\"\napi_url = \"http://127.0.0.1:9\"\nready_port = 18223\n",
+        token.display()
+    );
+    let open = format!(
+        "{balancer}\n[broker.monitoring]\nbind = \"private\"\n[metrics]\nenabled = true\nbind = \"private\"\n"
+    );
+    let main = cloud_config(dir.path(), "linode", &fake.url(), &open);
+    let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], dir.path());
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for (key, reveals) in [
+        ("broker.monitoring.bind: 192.168.139.7:8222", "(/connz)"),
+        ("metrics.bind: 192.168.139.7:", "/metrics: the node's name"),
+        (
+            "load_balancer.ready_bind: 192.168.139.7:18223",
+            "/ready: whether this node takes clients",
+        ),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.starts_with(&format!("notice: {key}")))
+            .unwrap_or_else(|| panic!("no notice for {key}: {err}"));
+        assert!(
+            line.contains("answers without credentials") && line.contains(reveals),
+            "{line}"
+        );
+    }
+    // On loopback they tell a stranger nothing: no notice.
+    let closed = format!(
+        "\n[broker.client]\nbind = \"private\"\n[load_balancer]\nprovider = \"linode\"\nid = \"1774401\"\ntoken_file = \"{}\"\napi_url = \"http://127.0.0.1:9\"\nready_port = 18223\nready_bind = \"loopback\"\n[metrics]\nenabled = true\n",
+        token.display()
+    );
+    let main = cloud_config(dir.path(), "linode", &fake.url(), &closed);
+    let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], dir.path());
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("notice:"), "{err}");
 }

@@ -13,6 +13,7 @@ pub mod container;
 pub mod delay;
 pub mod dns;
 pub mod fakes;
+pub mod flood;
 pub mod netns;
 pub mod packages;
 

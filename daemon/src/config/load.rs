@@ -229,7 +229,24 @@ struct Entry {
 /// Checks one file: syntax, then schema (every unknown key and wrong type),
 /// and returns its table and the location of each value.
 fn check_file(source: &Source, text: &str) -> Result<(Table, FileOrigins), Vec<Problem>> {
-    let doc = DeTable::parse(text).map_err(|e| vec![syntax_problem(source, text, &e)])?;
+    check_file_counted(source, text).0
+}
+
+/// The most schema passes over one file. Unknown keys cost one pass per
+/// table shape (see below), so this bounds only a file full of wrongly
+/// typed values; past it the problems found so far are reported.
+const MAX_PASSES: usize = 64;
+
+/// [`check_file`], and how many times the file was deserialized (the cost
+/// that once grew with the number of unknown keys).
+fn check_file_counted(
+    source: &Source,
+    text: &str,
+) -> (Result<(Table, FileOrigins), Vec<Problem>>, usize) {
+    let doc = match DeTable::parse(text) {
+        Ok(d) => d,
+        Err(e) => return (Err(vec![syntax_problem(source, text, &e)]), 0),
+    };
     let mut entries = Vec::new();
     collect_table(&KeyPath::default(), doc.get_ref(), &mut entries);
 
@@ -237,22 +254,74 @@ fn check_file(source: &Source, text: &str) -> Result<(Table, FileOrigins), Vec<P
     // type in one run, blank the offending `key = value` (keeping newlines,
     // so every later position is unchanged) and try again. Only leaves are
     // blanked, and only when the result still parses; otherwise stop there.
+    // An unknown key's error lists the keys its table allows, so every
+    // other unknown key of a table of that shape (the same path, any array
+    // index) is found from that one error and blanked with it: the passes
+    // grow with the tables, not with the keys.
     let mut masked = text.to_owned();
     let mut problems = Vec::new();
-    for _ in 0..=entries.len() {
+    let mut reported = vec![false; entries.len()];
+    let mut passes = 0;
+    while passes < MAX_PASSES {
+        passes += 1;
         let Err(err) = toml::from_str::<RawConfig>(&masked) else {
             break;
         };
-        let entry = err.span().and_then(|s| innermost(&entries, s.start));
-        problems.push(Problem {
-            location: err.span().map(|s| Location::at(source, text, s.start)),
-            key: entry.map(|e| e.path.to_string()),
-            message: friendly(err.message()),
-        });
-        let Some(entry) = entry.filter(|e| !e.is_table) else {
+        let at = err.span().and_then(|s| innermost_index(&entries, s.start));
+        let mut blanks = Vec::new();
+        let mut stop = false;
+        match (at, unknown_field(err.message())) {
+            (Some(i), Some((_, allowed))) => {
+                let shape = table_shape(&entries[i].path);
+                for (j, e) in entries.iter().enumerate() {
+                    let Some(Seg::Key(name)) = e.path.0.last() else {
+                        continue;
+                    };
+                    if reported[j]
+                        || table_shape(&e.path) != shape
+                        || allowed.iter().any(|a| a == name)
+                    {
+                        continue;
+                    }
+                    reported[j] = true;
+                    problems.push(Problem {
+                        location: Some(Location::at(source, text, e.range.start)),
+                        key: Some(e.path.to_string()),
+                        message: unknown_key_message(name, &allowed),
+                    });
+                    if e.is_table {
+                        stop = true;
+                    } else {
+                        blanks.push(e.range.clone());
+                    }
+                }
+                if blanks.is_empty() && !stop {
+                    // Nothing new found from the list: report serde's own
+                    // words and stop rather than loop.
+                    problems.push(Problem {
+                        location: err.span().map(|s| Location::at(source, text, s.start)),
+                        key: Some(entries[i].path.to_string()),
+                        message: friendly(err.message()),
+                    });
+                }
+            }
+            _ => {
+                let entry = at.map(|i| &entries[i]);
+                problems.push(Problem {
+                    location: err.span().map(|s| Location::at(source, text, s.start)),
+                    key: entry.map(|e| e.path.to_string()),
+                    message: friendly(err.message()),
+                });
+                match entry.filter(|e| !e.is_table) {
+                    Some(e) => blanks.push(e.range.clone()),
+                    None => stop = true,
+                }
+            }
+        }
+        if stop || blanks.is_empty() {
             break;
-        };
-        let candidate = blank(&masked, entry.range.clone());
+        }
+        let candidate = blank(&masked, &blanks);
         if DeTable::parse(&candidate).is_err() {
             break;
         }
@@ -260,21 +329,49 @@ fn check_file(source: &Source, text: &str) -> Result<(Table, FileOrigins), Vec<P
     }
     if !problems.is_empty() {
         problems.sort_by_key(|p| p.location.as_ref().map(|l| (l.line, l.column)));
-        return Err(problems);
+        return (Err(problems), passes);
     }
-    let table: Table = toml::from_str(text).map_err(|e| vec![syntax_problem(source, text, &e)])?;
+    let table: Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => return (Err(vec![syntax_problem(source, text, &e)]), passes),
+    };
     let origins = entries
         .into_iter()
         .map(|e| (e.path, Location::at(source, text, e.range.start)))
         .collect();
-    Ok((table, origins))
+    (Ok((table, origins)), passes)
 }
 
-/// `text` with `range` replaced by spaces, newlines kept.
-fn blank(text: &str, range: std::ops::Range<usize>) -> String {
+/// The path of the table holding `path`, array indices left out: every
+/// element of an array of tables has the same keys.
+fn table_shape(path: &KeyPath) -> Vec<&str> {
+    let parent = &path.0[..path.0.len().saturating_sub(1)];
+    parent
+        .iter()
+        .filter_map(|s| match s {
+            Seg::Key(k) => Some(k.as_str()),
+            Seg::Index(_) => None,
+        })
+        .collect()
+}
+
+/// `text` with each of `ranges` replaced by spaces, newlines kept.
+fn blank(text: &str, ranges: &[std::ops::Range<usize>]) -> String {
     let mut out = String::with_capacity(text.len());
+    let mut ranges: Vec<_> = ranges.to_vec();
+    ranges.sort_by_key(|r| r.start);
+    let mut next = 0;
     for (i, c) in text.char_indices() {
-        if range.contains(&i) && c != '\n' {
+        while ranges.get(next).is_some_and(|r| r.end <= i) {
+            next += 1;
+        }
+        // Ranges may nest (an array and its items); any that holds `i`
+        // starts at or before the first not yet ended.
+        let inside = ranges[next..]
+            .iter()
+            .take_while(|r| r.start <= i)
+            .any(|r| r.contains(&i));
+        if inside && c != '\n' {
             for _ in 0..c.len_utf8() {
                 out.push(' ');
             }
@@ -324,35 +421,47 @@ fn collect_value(
     }
 }
 
-/// The deepest entry whose range contains `offset`.
-fn innermost(entries: &[Entry], offset: usize) -> Option<&Entry> {
+/// The index of the deepest entry whose range contains `offset`.
+fn innermost_index(entries: &[Entry], offset: usize) -> Option<usize> {
     entries
         .iter()
-        .filter(|e| e.range.contains(&offset))
-        .max_by_key(|e| e.path.0.len())
+        .enumerate()
+        .filter(|(_, e)| e.range.contains(&offset))
+        .max_by_key(|(_, e)| e.path.0.len())
+        .map(|(i, _)| i)
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`": the name and the
+/// allowed keys.
+fn unknown_field(msg: &str) -> Option<(&str, Vec<&str>)> {
+    let rest = msg.trim().strip_prefix("unknown field `")?;
+    let (name, tail) = rest.split_once('`')?;
+    Some((name, tail.split('`').skip(1).step_by(2).collect()))
+}
+
+/// The operator's words for an unknown key, with the closest valid key.
+fn unknown_key_message(name: &str, allowed: &[&str]) -> String {
+    let suggestion = allowed
+        .iter()
+        .map(|a| (strsim::jaro_winkler(name, a), *a))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, a)| format!("; did you mean `{a}`?"))
+        .unwrap_or_default();
+    let list = if allowed.is_empty() {
+        "no keys are allowed here".to_owned()
+    } else {
+        format!("allowed: {}", allowed.join(", "))
+    };
+    format!("unknown key `{name}`{suggestion} ({list})")
 }
 
 /// Rewrites serde's messages into the words an operator reads, adding the
 /// closest valid key to an unknown one.
 fn friendly(msg: &str) -> String {
     let msg = msg.trim();
-    if let Some(rest) = msg.strip_prefix("unknown field `")
-        && let Some((name, tail)) = rest.split_once('`')
-    {
-        let allowed: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-        let suggestion = allowed
-            .iter()
-            .map(|a| (strsim::jaro_winkler(name, a), *a))
-            .filter(|(score, _)| *score >= 0.8)
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, a)| format!("; did you mean `{a}`?"))
-            .unwrap_or_default();
-        let list = if allowed.is_empty() {
-            "no keys are allowed here".to_owned()
-        } else {
-            format!("allowed: {}", allowed.join(", "))
-        };
-        return format!("unknown key `{name}`{suggestion} ({list})");
+    if let Some((name, allowed)) = unknown_field(msg) {
+        return unknown_key_message(name, &allowed);
     }
     if let Some(rest) = msg.strip_prefix("unknown variant `")
         && let Some((name, tail)) = rest.split_once('`')
@@ -383,5 +492,84 @@ fn deep_merge(into: &mut Table, from: Table) {
                 into.insert(k, v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src() -> Source {
+        Source::File(PathBuf::from("/etc/natsmesh/natsmesh.toml"))
+    }
+
+    #[test]
+    fn unknown_keys_are_found_in_passes_per_table_not_per_key() {
+        let mut text = String::from("[node]\nregion = \"fra1\"\n[broker.client]\n");
+        for i in 0..2000 {
+            text.push_str(&format!("prot{i} = 1\n"));
+        }
+        text.push_str("[broker]\nlame_duk = 1\n");
+        let started = std::time::Instant::now();
+        let (result, passes) = check_file_counted(&src(), &text);
+        let took = started.elapsed();
+        let problems = result.expect_err("unknown keys");
+        assert_eq!(problems.len(), 2001);
+        assert!(passes <= 4, "{passes} passes");
+        // Was about 2 s; generous for a loaded 2-core machine.
+        assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+        let first = &problems[0];
+        assert_eq!(first.key.as_deref(), Some("broker.client.prot0"));
+        assert!(
+            first.message.starts_with("unknown key `prot0`"),
+            "{}",
+            first.message
+        );
+        let last = problems.last().expect("one");
+        assert!(
+            last.message
+                .starts_with("unknown key `lame_duk`; did you mean `lame_duck_duration`?"),
+            "{}",
+            last.message
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_every_element_of_an_array_cost_one_pass() {
+        let mut text = String::new();
+        for i in 0..300 {
+            text.push_str(&format!(
+                "[[broker.gateway.remotes]]\nname = \"g{i}\"\nurl = \"x\"\n"
+            ));
+        }
+        let (result, passes) = check_file_counted(&src(), &text);
+        let problems = result.expect_err("unknown keys");
+        let unknown: Vec<_> = problems
+            .iter()
+            .filter(|p| p.message.starts_with("unknown key `url`"))
+            .collect();
+        assert_eq!(unknown.len(), 300, "{problems:?}");
+        assert!(passes <= 3, "{passes} passes");
+        assert_eq!(
+            unknown[299].key.as_deref(),
+            Some("broker.gateway.remotes[299].url")
+        );
+        assert!(unknown[0].message.contains("did you mean `urls`?"));
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_keys_are_all_listed() {
+        let text = "[broker]\nlame_duck_duration = 5\nfoo = 1\n[broker.client]\nport = \"x\"\n";
+        let (result, _) = check_file_counted(&src(), text);
+        let problems = result.expect_err("problems");
+        let keys: Vec<_> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
+        assert_eq!(
+            keys,
+            [
+                "broker.lame_duck_duration",
+                "broker.foo",
+                "broker.client.port"
+            ]
+        );
     }
 }

@@ -5,12 +5,14 @@
 //! - [`schema`]: the TOML shape and every default;
 //! - [`units`]: sizes and durations;
 //! - [`validate`]: meaning and permission, every problem at once;
-//! - [`explain`]: the effective values and their origins.
+//! - [`explain`]: the effective values and their origins;
+//! - [`notice`]: what `check` tells without refusing.
 
 pub mod bind;
 pub mod explain;
 pub mod identity;
 pub mod load;
+pub mod notice;
 pub mod problem;
 pub mod schema;
 pub mod units;

@@ -128,7 +128,7 @@ impl DoMetadata {
                 })
             })
             .transpose()?;
-        Ok(Some(Identity {
+        Identity {
             provider: Provider::DigitalOcean,
             instance_id,
             hostname,
@@ -137,7 +137,16 @@ impl DoMetadata {
             public_ipv4: parse_v4("public")?,
             public_ipv6,
             tags,
-        }))
+        }
+        .checked(
+            &endpoint,
+            [
+                "interfaces.private[0].ipv4.ip_address",
+                "interfaces.public[0].ipv4.ip_address",
+                "interfaces.public[0].ipv6.ip_address",
+            ],
+        )
+        .map(Some)
     }
 
     /// A text endpoint; `None` when the droplet has no such thing (404).
@@ -208,7 +217,7 @@ impl DoMetadata {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(Identity {
+        Identity {
             provider: Provider::DigitalOcean,
             instance_id: id,
             hostname: text_field(&self.url("/metadata/v1/hostname"), "hostname", &hostname)?,
@@ -217,7 +226,15 @@ impl DoMetadata {
             public_ipv4,
             public_ipv6,
             tags,
-        })
+        }
+        .checked(
+            &self.url("/metadata/v1/interfaces"),
+            [
+                "private/0/ipv4/address",
+                "public/0/ipv4/address",
+                "public/0/ipv6/address",
+            ],
+        )
     }
 }
 

@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use reqwest::{Client, Method, RequestBuilder};
 
+use natsmesh_broker::monitor::read_capped;
+
 use super::MetadataError;
+
+/// The most of an answer kept (the rest is never read).
+pub const MAX_BODY: usize = 1 << 20;
 
 /// An answer: status, content type, body (at most 1 MiB is kept).
 #[derive(Debug, Clone)]
@@ -53,11 +58,12 @@ pub async fn send(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let bytes = resp
-        .bytes()
+    // Metadata answers are a few hundred bytes; the cap bounds a service
+    // (or whatever answers on its address) gone wrong, while it streams.
+    let capped = read_capped(resp, MAX_BODY)
         .await
         .map_err(|e| unreachable(without_url(&e)))?;
-    let body = String::from_utf8_lossy(&bytes[..bytes.len().min(1 << 20)]).into_owned();
+    let body = String::from_utf8_lossy(&capped.bytes).into_owned();
     Ok(Answer {
         status,
         content_type,
@@ -100,5 +106,36 @@ impl Answer {
                 body: self.body.chars().take(200).collect(),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_huge_metadata_answer_is_cut_at_the_cap_while_it_streams() {
+        let (addr, server) = natsmesh_harness::flood::serve(300 << 20).await;
+        let before = natsmesh_harness::flood::rss_kib().unwrap_or(0);
+        let http = client(Duration::from_secs(10));
+        let url = format!("http://{addr}/metadata/v1.json");
+        let answer = tokio::time::timeout(
+            Duration::from_secs(30),
+            send(&http, Method::GET, &url, |r| r),
+        )
+        .await
+        .expect("answers in time")
+        .expect("answers");
+        assert_eq!(answer.body.len(), MAX_BODY);
+        let grown = natsmesh_harness::flood::rss_kib()
+            .unwrap_or(0)
+            .saturating_sub(before);
+        drop(http);
+        let sent = tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the server stops")
+            .expect("server task");
+        assert!(sent < 64 << 20, "the server sent {sent} bytes");
+        assert!(grown < 64 << 10, "RSS grew by {grown} KiB");
     }
 }

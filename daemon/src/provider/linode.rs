@@ -163,7 +163,7 @@ impl Metadata for LinodeMetadata {
                     IpAddr::V4(_) => None,
                 },
             };
-        Ok(Identity {
+        Identity {
             provider: Provider::Linode,
             instance_id,
             hostname: text_field(&iurl, "label", inst.label.as_deref().unwrap_or(""))?,
@@ -172,7 +172,8 @@ impl Metadata for LinodeMetadata {
             public_ipv4: v4("ipv4.public[0]", &ipv4.public)?,
             public_ipv6,
             tags: inst.tags.unwrap_or_default(),
-        })
+        }
+        .checked(&nurl, ["ipv4.private[0]", "ipv4.public[0]", "ipv6.slaac"])
     }
 }
 

@@ -117,6 +117,83 @@ pub enum MetadataError {
     },
 }
 
+/// Whether `a` may be a node's private address: RFC 1918 or the shared
+/// (CGNAT) range 100.64.0.0/10, which a provider's VPC may use. Never the
+/// unspecified address (`bind = "private"` would listen everywhere), a
+/// multicast one or a public one. Loopback is accepted: a listener there
+/// exposes nothing, and test fleets that must stay on one machine give
+/// each node a 127.0.5.x "private" address.
+pub fn is_private_v4(a: Ipv4Addr) -> bool {
+    let [o0, o1, ..] = a.octets();
+    a.is_private() || (o0 == 100 && (o1 & 0xc0) == 64) || a.is_loopback()
+}
+
+/// Whether `a` may be a node's public IPv4 address: global unicast (none of
+/// the private, shared, loopback, link-local, "this network" 0/8,
+/// multicast, reserved 240/4 or broadcast ranges). The
+/// documentation ranges (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24)
+/// are allowed on purpose: the fakes and tests use them as public addresses,
+/// and no real provider hands them out.
+pub fn is_public_v4(a: Ipv4Addr) -> bool {
+    let [o0, ..] = a.octets();
+    !(is_private_v4(a)
+        || o0 == 0
+        || a.is_loopback()
+        || a.is_link_local()
+        || a.is_multicast()
+        || a.is_broadcast()
+        || o0 >= 240)
+}
+
+/// Whether `a` may be a node's public IPv6 address: global unicast (not
+/// unspecified, loopback, multicast, link-local fe80::/10, unique-local
+/// fc00::/7, nor an IPv4-mapped address). 2001:db8::/32 (documentation) is
+/// allowed, as for IPv4.
+pub fn is_public_v6(a: Ipv6Addr) -> bool {
+    let seg0 = a.segments()[0];
+    !(a.is_unspecified()
+        || a.is_loopback()
+        || a.is_multicast()
+        || (seg0 & 0xffc0) == 0xfe80
+        || (seg0 & 0xfe00) == 0xfc00
+        || a.to_ipv4_mapped().is_some())
+}
+
+impl Identity {
+    /// Checks each address for its role; `fields` names the private IPv4,
+    /// public IPv4 and public IPv6 fields as the provider's answer does.
+    pub(crate) fn checked(self, endpoint: &str, fields: [&str; 3]) -> Result<Self, MetadataError> {
+        let provider = match self.provider {
+            Provider::DigitalOcean => "DigitalOcean",
+            Provider::Linode => "Linode",
+            Provider::None => "the provider",
+        };
+        let refuse = |field: &str, value: String, want: &str| MetadataError::Invalid {
+            endpoint: endpoint.to_owned(),
+            field: field.to_owned(),
+            reason: format!("{provider} metadata gave {value}, which is not {want}"),
+        };
+        if let Some(a) = self.private_ipv4.filter(|a| !is_private_v4(*a)) {
+            return Err(refuse(
+                fields[0],
+                a.to_string(),
+                "a private address (10/8, 172.16/12, 192.168/16, 100.64/10 or loopback)",
+            ));
+        }
+        if let Some(a) = self.public_ipv4.filter(|a| !is_public_v4(*a)) {
+            return Err(refuse(fields[1], a.to_string(), "a public unicast address"));
+        }
+        if let Some(a) = self.public_ipv6.filter(|a| !is_public_v6(*a)) {
+            return Err(refuse(
+                fields[2],
+                a.to_string(),
+                "a global unicast IPv6 address",
+            ));
+        }
+        Ok(self)
+    }
+}
+
 impl MetadataError {
     /// Whether asking again may help: no answer, 5xx or 429. A wrong
     /// answer or a 4xx will not change by itself.
@@ -198,6 +275,73 @@ pub(crate) fn text_field(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_roles() {
+        let v4 = |s: &str| s.parse::<Ipv4Addr>().expect("v4");
+        for a in [
+            "10.132.0.5",
+            "172.16.0.1",
+            "172.31.255.254",
+            "192.168.139.7",
+            "100.64.0.1",
+            "100.127.255.254",
+            "127.0.5.21",
+        ] {
+            assert!(is_private_v4(v4(a)), "{a} is private");
+            assert!(!is_public_v4(v4(a)), "{a} is not public");
+        }
+        for a in [
+            "0.0.0.0",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "169.254.169.254",
+        ] {
+            assert!(!is_private_v4(v4(a)), "{a} is not private");
+        }
+        for a in [
+            "104.131.20.105",
+            "8.8.8.8",
+            "192.0.2.10",
+            "198.51.100.7",
+            "203.0.113.5",
+        ] {
+            assert!(is_public_v4(v4(a)), "{a} is public");
+        }
+        for a in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "127.0.0.1",
+            "169.254.1.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+        ] {
+            assert!(!is_public_v4(v4(a)), "{a} is not public");
+        }
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("v6");
+        for a in [
+            "2604:a880:1:20::2e7:f001",
+            "2600:3c03::f03c:91ff:fe24:3a2f",
+            "2001:db8::1",
+        ] {
+            assert!(is_public_v6(v6(a)), "{a} is public");
+        }
+        for a in [
+            "::",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "fc00::1",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public_v6(v6(a)), "{a} is not public");
+        }
+    }
 
     fn id(provider: Provider, region: &str, instance: &str, host: &str) -> Identity {
         Identity {

@@ -184,10 +184,25 @@ impl Rest {
             .map_err(|e| fail(super::http::without_url(&e)))?;
         let status = resp.status();
         let retry_after = retry_after(resp.headers(), self.flavor);
-        let bytes = resp
-            .bytes()
+        // Read while it streams, up to the cap: a provider answer (a page of
+        // records, a load balancer) is KiB; past the cap it is refused, not
+        // parsed from a cut (which would be a JSON error or, worse, a valid
+        // prefix).
+        let capped = natsmesh_broker::monitor::read_capped(resp, super::http::MAX_BODY)
             .await
             .map_err(|e| fail(super::http::without_url(&e)))?;
+        if capped.truncated {
+            return Err(RestError {
+                what,
+                status: Some(status.as_u16()),
+                text: format!(
+                    "the answer is larger than {} bytes; natsmesh reads no more",
+                    super::http::MAX_BODY
+                ),
+                retry_after: None,
+            });
+        }
+        let bytes = capped.bytes;
         if status == expected {
             if bytes.is_empty() {
                 return Ok(Value::Null);
@@ -332,6 +347,38 @@ pub fn token_safe_url(url: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_huge_api_answer_is_refused_at_the_cap_while_it_streams() {
+        let (addr, server) = natsmesh_harness::flood::serve(300 << 20).await;
+        let rest = Rest::new(
+            Flavor::DigitalOcean,
+            &format!("http://{addr}"),
+            Purpose::LoadBalancer,
+        )
+        .expect("client");
+        let err = tokio::time::timeout(
+            Duration::from_secs(30),
+            rest.call(
+                "t",
+                Method::GET,
+                "/v2/load_balancers",
+                None,
+                &[],
+                StatusCode::OK,
+            ),
+        )
+        .await
+        .expect("answers in time")
+        .expect_err("refused");
+        assert!(err.text.contains("larger than 1048576 bytes"), "{err}");
+        drop(rest);
+        let sent = tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the server stops")
+            .expect("server task");
+        assert!(sent < 64 << 20, "the server sent {sent} bytes");
+    }
 
     #[test]
     fn retry_hints_from_each_providers_headers() {
