@@ -416,11 +416,26 @@ pub struct LeafRemote {
     pub tls: Option<Tls>,
 }
 
+/// A leaf node's login at this hub's listener, bound to a local account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafUser {
+    /// User name.
+    pub user: String,
+    /// bcrypt hash of the password.
+    pub password: String,
+    /// The local account the leaf node's traffic lands in.
+    pub account: String,
+}
+
 /// `leafnodes {}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leafnodes {
     /// Accepting listener, if this node is a hub.
     pub listen: Option<Listen>,
+    /// Who may connect to the listener (`authorization { users }`): with
+    /// none, nats-server admits a leaf node that brings no credentials
+    /// into `$G`, even when clients need them.
+    pub users: Vec<LeafUser>,
     /// Address leaf nodes dial.
     pub advertise: Option<HostPort>,
     /// Outbound connections to hubs.
@@ -939,6 +954,22 @@ fn to_tree(cfg: &ServerConfig) -> Result<Block, RenderError> {
             .set_opt("advertise", l.advertise.as_ref().map(|h| h.to_string()));
         if let Some(t) = &l.tls {
             b.set("tls", tls_block(t)?);
+        }
+        if l.listen.is_some() && !l.users.is_empty() {
+            let users = l
+                .users
+                .iter()
+                .map(|u| {
+                    let mut ub = Block::new();
+                    ub.set("user", u.user.as_str())
+                        .set("password", u.password.as_str())
+                        .set("account", u.account.as_str());
+                    Value::Block(ub)
+                })
+                .collect();
+            let mut auth = Block::new();
+            auth.set("users", Value::Array(users));
+            b.set("authorization", auth);
         }
         // A remote whose URLs are not known yet (a hub's DNS record that
         // has not answered) is left out: nats-server refuses one without.

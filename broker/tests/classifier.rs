@@ -231,7 +231,7 @@ rows! {
         (old, new)
     };
     leafnode_remotes => |d| {
-        let l = Leafnodes { listen: Some(Listen::new(common::LOCAL, free_port())), advertise: None, remotes: vec![], include: None, tls: None };
+        let l = Leafnodes { listen: Some(Listen::new(common::LOCAL, free_port())), users: vec![], advertise: None, remotes: vec![], include: None, tls: None };
         let l2 = Leafnodes {
             remotes: vec![LeafRemote { urls: vec![HostPort::from_ip(common::LOCAL, free_port())], account: None, credentials: None, tls: None }],
             ..l.clone()

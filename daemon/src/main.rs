@@ -107,6 +107,10 @@ enum UserCmd {
         /// May reply to requests it receives.
         #[arg(long)]
         allow_responses: bool,
+        /// A leaf node's login at this hub's leafnode listener, its traffic
+        /// landing in --account (a password user, no permissions).
+        #[arg(long, conflicts_with_all = ["nkey", "publish", "subscribe", "allow_responses"])]
+        leafnode: bool,
         /// The drop-in to append to (keep an account's users in one file).
         #[arg(long, value_name = "PATH")]
         file: PathBuf,
@@ -224,6 +228,7 @@ async fn dispatch(cli: Cli) -> i32 {
         publish,
         subscribe,
         allow_responses,
+        leafnode,
         file,
     }) = &cli.command
     {
@@ -234,6 +239,7 @@ async fn dispatch(cli: Cli) -> i32 {
             publish,
             subscribe,
             allow_responses: *allow_responses,
+            leafnode: *leafnode,
         };
         return match natsmesh::user_cli::add(&user, file) {
             Ok(msg) => {

@@ -22,6 +22,8 @@ pub struct NewUser<'a> {
     pub subscribe: &'a [String],
     /// May reply to requests.
     pub allow_responses: bool,
+    /// A leaf node's login at the leafnode listener, bound to `account`.
+    pub leafnode: bool,
 }
 
 fn toml_list(items: &[String]) -> String {
@@ -69,7 +71,14 @@ pub fn add(user: &NewUser<'_>, file: &Path) -> Result<String, String> {
             format!("password: {pw}"),
         )
     };
-    let mut text = format!("\n[[accounts.{}.users]]\n{entry}", user.account);
+    let mut text = if user.leafnode {
+        format!(
+            "\n[[broker.leafnodes.users]]\n{entry}account = {}\n",
+            toml::Value::String(user.account.to_owned())
+        )
+    } else {
+        format!("\n[[accounts.{}.users]]\n{entry}", user.account)
+    };
     if !user.publish.is_empty() {
         text.push_str(&format!("publish = {}\n", toml_list(user.publish)));
     }
@@ -97,6 +106,8 @@ pub fn add(user: &NewUser<'_>, file: &Path) -> Result<String, String> {
     let mut out = Vec::new();
     let who = if user.nkey {
         "an nkey user".to_owned()
+    } else if user.leafnode {
+        format!("leaf node user {:?}", user.name)
     } else {
         format!("user {:?}", user.name)
     };

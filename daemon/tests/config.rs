@@ -54,6 +54,23 @@ impl Fixture {
         }
     }
 
+    /// A `[tls]` table in files mode (files that are only read, never
+    /// parsed, here): routes and gateways off loopback need TLS.
+    fn tls(&self) -> String {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = |f: &str| {
+            let path = self.write(&format!("tls/{f}"), "unparsed\n");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            path.display().to_string()
+        };
+        format!(
+            "\n[tls]\nmode = \"files\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            p("ca.pem"),
+            p("node.crt"),
+            p("node.key")
+        )
+    }
+
     fn settings(&self) -> Result<Settings, Vec<Problem>> {
         let sources = discover(Some(&self.main())).map_err(|p| vec![p])?;
         let loaded = load(&sources).map_err(|p| p.0)?;
@@ -377,7 +394,7 @@ fn a_region_of_one_with_gateways_gets_a_cluster_block_with_its_own_route() {
     let f = Fixture::new();
     f.write(
         "natsmesh.toml",
-        &format!("{MINIMAL}\n[broker.gateway]\nenabled = true\n[broker.cluster]\nadvertise = \"n1.fra1.example:6222\"\n"),
+        &format!("{MINIMAL}\n[broker.gateway]\nenabled = true\n[broker.cluster]\nadvertise = \"n1.fra1.example:6222\"\n{}", f.tls()),
     );
     let s = f.settings().unwrap();
     let c = s.server.cluster.unwrap();
@@ -395,7 +412,8 @@ fn routes_are_sorted_and_deduplicated_with_the_own_route() {
     f.write(
         "natsmesh.toml",
         &format!(
-            "{MINIMAL}\n[broker.cluster]\nenabled = true\nbind = \"10.0.0.2\"\nroutes = [\"10.0.0.3:6222\", \"10.0.0.2:6222\", \"10.0.0.1:6222\", \"10.0.0.3:6222\"]\n"
+            "{MINIMAL}\n[broker.cluster]\nenabled = true\nbind = \"10.0.0.2\"\nroutes = [\"10.0.0.3:6222\", \"10.0.0.2:6222\", \"10.0.0.1:6222\", \"10.0.0.3:6222\"]\n{}",
+            f.tls()
         ),
     );
     let s = f.settings().unwrap();
@@ -449,7 +467,7 @@ fn discovery_gateways_are_a_function_of_the_region_names() {
     let f = Fixture::new();
     f.write(
         "natsmesh.toml",
-        &format!("{DISCOVERY}regions = [\"sgp1\", \"fra1\", \"nyc3\", \"fra1\"]\nseeds = [\"10.0.0.2:6222\"]\n"),
+        &format!("{DISCOVERY}regions = [\"sgp1\", \"fra1\", \"nyc3\", \"fra1\"]\nseeds = [\"10.0.0.2:6222\"]\n{}", f.tls()),
     );
     let s = f.settings().unwrap();
     let g = s.server.gateway.as_ref().unwrap();
@@ -499,7 +517,7 @@ fn discovery_gateways_are_a_function_of_the_region_names() {
 #[test]
 fn regions_from_txt_become_gateways_when_found() {
     let f = Fixture::new();
-    f.write("natsmesh.toml", DISCOVERY);
+    f.write("natsmesh.toml", &format!("{DISCOVERY}{}", f.tls()));
     let mut s = f.settings().unwrap();
     let d = s.discovery.as_ref().unwrap();
     assert_eq!(
@@ -597,7 +615,7 @@ fn dns_publish_writes_discoverys_records_for_this_node() {
     secret(&f, "creds/do-token", 0o600);
     f.write(
         "natsmesh.toml",
-        &format!("{DISCOVERY}\n[dns_publish]\nbackend = \"digitalocean\"\ntoken_file = \"do-token\"\nttl = \"5s\"\n"),
+        &format!("{DISCOVERY}\n[dns_publish]\nbackend = \"digitalocean\"\ntoken_file = \"do-token\"\nttl = \"5s\"\n{}", f.tls()),
     );
     let env = Environment {
         credentials_dir: Some(f.dir.path().join("creds")),
@@ -659,7 +677,7 @@ fn dns_publish_writes_discoverys_records_for_this_node() {
     // and only its fixed TTLs.
     f.write(
         "natsmesh.toml",
-        &format!("{DISCOVERY}\n[dns_publish]\nbackend = \"linode\"\ntoken_file = \"creds/do-token\"\ngateway = false\n"),
+        &format!("{DISCOVERY}\n[dns_publish]\nbackend = \"linode\"\ntoken_file = \"creds/do-token\"\ngateway = false\n{}", f.tls()),
     );
     let p = f.settings().unwrap().publish.unwrap();
     assert_eq!(p.zone, "fra1.nats.test");
@@ -852,4 +870,55 @@ fn the_packaged_defaults_and_their_commented_example_are_valid() {
     let parsed = parsed.unwrap_or_else(|e| panic!("{e}\n{example}"));
     assert_eq!(parsed.node.region.as_deref(), Some("fra1"));
     assert!(parsed.discovery.enabled && parsed.broker.gateway.enabled);
+}
+
+/// No route, gateway or leafnode listener other machines can reach without
+/// mutual TLS: `check` refuses it naming the listener and the fix; loopback
+/// and TLS are accepted.
+#[test]
+fn peers_off_loopback_need_tls() {
+    for (table, key) in [
+        ("[broker.cluster]\nenabled = true\n", "broker.cluster.bind"),
+        ("[broker.gateway]\nenabled = true\n", "broker.gateway.bind"),
+        (
+            "[broker.leafnodes]\nenabled = true\n",
+            "broker.leafnodes.bind",
+        ),
+    ] {
+        let f = Fixture::new();
+        f.write(
+            "natsmesh.toml",
+            &format!("{MINIMAL}\n{table}bind = \"10.0.0.2\"\n"),
+        );
+        let problems = f.problems();
+        let p = problems
+            .iter()
+            .find(|p| p.key.as_deref() == Some(key))
+            .unwrap_or_else(|| panic!("{key} not refused: {problems:?}"));
+        assert!(
+            p.message.contains("10.0.0.2")
+                && p.message.contains("without a certificate")
+                && p.message.contains("mode = \"issue\""),
+            "{p}"
+        );
+        // Loopback is fine without TLS; off loopback, TLS makes it fine.
+        let no_refusal = |f: &Fixture| {
+            if let Err(problems) = f.settings() {
+                assert!(
+                    problems.iter().all(|p| p.key.as_deref() != Some(key)),
+                    "{key}: {problems:?}"
+                );
+            }
+        };
+        f.write(
+            "natsmesh.toml",
+            &format!("{MINIMAL}\n{table}bind = \"127.0.0.1\"\n"),
+        );
+        no_refusal(&f);
+        f.write(
+            "natsmesh.toml",
+            &format!("{MINIMAL}\n{table}bind = \"10.0.0.2\"\n{}", f.tls()),
+        );
+        no_refusal(&f);
+    }
 }

@@ -4,6 +4,8 @@
 //! rendered from the identity.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -434,11 +436,43 @@ max_file_store = "1GiB"
 
 const SUPERCLUSTER: &str = "\n[broker.cluster]\nenabled = true\n\n[broker.gateway]\nenabled = true\n\n[broker.client]\nadvertise = \"none\"\n";
 
+/// Routes and gateways off loopback need mutual TLS: a region intermediate
+/// that also permits the fakes' public gateway addresses, as a drop-in.
+fn supercluster_tls(dir: &Path) -> (common::pki::Pki, String) {
+    let pki = common::pki::Pki::new();
+    pki.root("r").intermediate_with(
+        "r",
+        "fra1",
+        "i",
+        &[
+            "--permit-ip",
+            "104.131.20.0/24",
+            "--permit-ip",
+            "192.0.2.0/24",
+        ],
+    );
+    let tls = common::pki::issue_config(
+        &pki.path("r/root.crt"),
+        &pki.path("i/fra1.crt"),
+        &pki.path("i/fra1.key"),
+        "1d",
+    );
+    std::fs::create_dir_all(dir.join("natsmesh.d")).unwrap();
+    std::fs::write(
+        dir.join("natsmesh.d/10-tls.toml"),
+        format!("[node]\ndomain = \"nats.test\"\n\n{tls}"),
+    )
+    .unwrap();
+    // The caller keeps the PKI (its files) alive while natsmeshd reads it.
+    (pki, SUPERCLUSTER.to_owned())
+}
+
 #[test]
 fn listeners_follow_the_identity_on_each_provider() {
     let dir = scratch();
     let do_fake = FakeDoMetadata::start(Droplet::default());
-    let main = cloud_config(dir.path(), "digitalocean", &do_fake.url(), SUPERCLUSTER);
+    let (_pki, extra) = supercluster_tls(dir.path());
+    let main = cloud_config(dir.path(), "digitalocean", &do_fake.url(), &extra);
     let out = natsmeshd(&["render", "-c", main.to_str().unwrap()], dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let r = text(&out.stdout);
@@ -458,7 +492,8 @@ fn listeners_follow_the_identity_on_each_provider() {
 
     let dir = scratch();
     let lin = FakeLinodeMetadata::start(Linode::default());
-    let main = cloud_config(dir.path(), "linode", &lin.url(), SUPERCLUSTER);
+    let (_pki, extra) = supercluster_tls(dir.path());
+    let main = cloud_config(dir.path(), "linode", &lin.url(), &extra);
     let out = natsmeshd(&["render", "-c", main.to_str().unwrap()], dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let r = text(&out.stdout);

@@ -923,6 +923,9 @@ pub struct RawLeafnodes {
     pub advertise: Option<String>,
     /// Outbound connections to hubs.
     pub remotes: Vec<RawLeafRemote>,
+    /// Who may connect to the listener, each bound to a local account
+    /// (`natsmeshd user add --leafnode` writes them).
+    pub users: Vec<RawLeafUser>,
 }
 
 impl Default for RawLeafnodes {
@@ -933,8 +936,21 @@ impl Default for RawLeafnodes {
             port: 7422,
             advertise: None,
             remotes: Vec::new(),
+            users: Vec::new(),
         }
     }
+}
+
+/// `[[broker.leafnodes.users]]`: a leaf node's login at this hub.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLeafUser {
+    /// User name.
+    pub name: String,
+    /// bcrypt hash of its password.
+    pub password_hash: String,
+    /// The local account its traffic lands in.
+    pub account: String,
 }
 
 /// `[[broker.leafnodes.remotes]]`.

@@ -17,8 +17,8 @@ use std::time::Duration;
 use natsmesh_broker::conf::IncludePath;
 use natsmesh_broker::model::{
     Account, AccountJetStream, Cluster, Compression, Credential, Export, Gateway, HostPort, Import,
-    JetStream, LeafRemote, Leafnodes, Listen, Mqtt, OperatorAuth, Permissions, RemoteGateway,
-    ServerConfig, Tls, User, Websocket,
+    JetStream, LeafRemote, LeafUser, Leafnodes, Listen, Mqtt, OperatorAuth, Permissions,
+    RemoteGateway, ServerConfig, Tls, User, Websocket,
 };
 
 use super::bind::Bind;
@@ -768,8 +768,41 @@ pub fn validate(
                 "required on a JetStream edge with leafnode remotes: its JetStream stays its own, apart from the hub's",
             );
         }
+        let users = b
+            .leafnodes
+            .users
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| {
+                let key = format!("broker.leafnodes.users[{i}]");
+                let ok_hash = bcrypt_hash(&u.password_hash);
+                if !ok_hash {
+                    c.problem(
+                        &format!("{key}.password_hash"),
+                        "not a bcrypt hash (write it with `natsmeshd user add --leafnode`)",
+                    );
+                }
+                let ok_name = !u.name.is_empty()
+                    && !u
+                        .name
+                        .chars()
+                        .any(|ch| ch.is_whitespace() || ch.is_control());
+                if !ok_name {
+                    c.problem(
+                        &format!("{key}.name"),
+                        format!("{:?} is not a usable user name", u.name),
+                    );
+                }
+                (ok_hash && ok_name).then(|| LeafUser {
+                    user: u.name.clone(),
+                    password: u.password_hash.clone(),
+                    account: u.account.clone(),
+                })
+            })
+            .collect();
         server.leafnodes = Some(Leafnodes {
             tls: None,
+            users,
             listen: b.leafnodes.enabled.then(|| listen(bound, b.leafnodes.port)),
             advertise,
             remotes,
@@ -817,6 +850,7 @@ pub fn validate(
 
     let discovery = apply_discovery(&mut c, raw, &region, &mut server);
     let tls = apply_tls(&mut c, raw, env, &region, &state_dir, &mut server);
+    peers_need_tls(&mut c, &server, tls.is_some());
     let system_user = apply_auth(&mut c, raw, env, &state_dir, &mut server);
     let fleet = fleet::apply_fleet(&mut c, raw, env, system_user.as_ref(), &mut server);
     let metrics = raw.metrics.enabled.then(|| {
@@ -853,6 +887,7 @@ pub fn validate(
     let publish = publish::apply_publish(&mut c, raw, env, &state_dir, &server, discovery.as_ref());
 
     leaf_accounts(&mut c, &server);
+    leaf_logins(&mut c, raw.auth.mode, &server);
 
     // What nats-server would refuse at start, in natsmesh's words. Missing
     // names are already listed above; stand-ins keep the rest checkable.
@@ -933,6 +968,34 @@ pub fn validate(
     }
 }
 
+/// Whether `h` looks like a bcrypt hash nats-server accepts.
+fn bcrypt_hash(h: &str) -> bool {
+    (h.starts_with("$2a$") || h.starts_with("$2b$") || h.starts_with("$2y$")) && h.len() == 60
+}
+
+/// Who may dial the leafnode listener. nats-server checks a leaf node's
+/// CONNECT against `leafnodes.authorization` when it has users; without
+/// them, a leaf node that brings no credentials is admitted into `$G`
+/// even though clients need credentials (observed on every release). So in
+/// accounts mode the listener needs its own users, each bound to an
+/// account; operator mode authenticates leaf nodes with their JWTs.
+fn leaf_logins(c: &mut Checker<'_>, mode: AuthMode, server: &ServerConfig) {
+    let Some(l) = &server.leafnodes else {
+        return;
+    };
+    match mode {
+        AuthMode::Accounts if l.listen.is_some() && l.users.is_empty() => c.problem(
+            "broker.leafnodes.users",
+            "the leafnode listener has no users: nats-server would admit a leaf node without credentials into the global account; add one per leaf node with `natsmeshd user add --leafnode --account A --name N --file F`",
+        ),
+        AuthMode::Operator | AuthMode::None if !l.users.is_empty() => c.problem(
+            "broker.leafnodes.users",
+            "only in auth.mode = \"accounts\" (operator mode authenticates leaf nodes with their JWTs)",
+        ),
+        _ => {}
+    }
+}
+
 /// A leafnode remote bound to a local account that does not exist: `nats-server
 /// -t` accepts the file, and the server then refuses to start ("cannot find
 /// local account"), which after a reload is a crash loop. The accounts are
@@ -946,6 +1009,25 @@ fn leaf_accounts(c: &mut Checker<'_>, server: &ServerConfig) {
     };
     if server.operator.is_some() || server.accounts_include.is_some() {
         return;
+    }
+    let known = |account: &str| {
+        account == "$G"
+            || server.accounts.iter().any(|a| a.name.as_str() == account)
+            || server
+                .system_account
+                .as_ref()
+                .is_some_and(|s| s.as_str() == account)
+    };
+    for (i, u) in leafnodes.users.iter().enumerate() {
+        if !known(&u.account) || u.account == "$G" {
+            c.problem(
+                &format!("broker.leafnodes.users[{i}].account"),
+                format!(
+                    "no local account {:?}: a leaf node's user lands in one of [accounts]",
+                    u.account
+                ),
+            );
+        }
     }
     for (i, r) in leafnodes.remotes.iter().enumerate() {
         let Some(account) = &r.account else { continue };
@@ -1427,6 +1509,49 @@ fn reachable(l: &Listen) -> bool {
     !l.host.is_loopback()
 }
 
+/// Routes, gateways and leafnodes that other machines can reach accept
+/// only peers that prove themselves: without TLS, nats-server lets any
+/// server that connects join the cluster (and see and inject every
+/// account's messages) or link as a gateway. `[tls]` renders mutual TLS
+/// for routes and gateways (routes trusting only the region's
+/// intermediates); leafnodes then need TLS and authenticate with account
+/// users. There is no TLS-less mode beyond loopback.
+fn peers_need_tls(c: &mut Checker<'_>, server: &ServerConfig, tls: bool) {
+    if tls {
+        return;
+    }
+    let listeners = [
+        (
+            "broker.cluster.bind",
+            "routes",
+            server.cluster.as_ref().map(|x| x.listen),
+        ),
+        (
+            "broker.gateway.bind",
+            "gateways",
+            server.gateway.as_ref().map(|x| x.listen),
+        ),
+        (
+            "broker.leafnodes.bind",
+            "leafnodes",
+            server.leafnodes.as_ref().and_then(|x| x.listen),
+        ),
+    ];
+    for (key, what, listen) in listeners {
+        if let Some(l) = listen
+            && reachable(&l)
+        {
+            c.problem(
+                key,
+                format!(
+                    "{} is reachable from other machines and {what} there would accept any server without a certificate: set [tls] mode = \"issue\" (or \"files\") so they require mutual TLS, or bind {key} to loopback",
+                    l.host
+                ),
+            );
+        }
+    }
+}
+
 /// Accounts, users and the system account from `[auth]` and `[accounts]`.
 /// The system account's own user is added when the configuration is
 /// prepared (its password hash lives in the state directory).
@@ -1598,9 +1723,7 @@ fn account(
         let ukey = format!("{key}.users[{i}]");
         let credential = match (&u.name, &u.password_hash, &u.nkey) {
             (Some(n), Some(h), None) => {
-                if !(h.starts_with("$2a$") || h.starts_with("$2b$") || h.starts_with("$2y$"))
-                    || h.len() != 60
-                {
+                if !bcrypt_hash(h) {
                     c.problem(
                         &format!("{ukey}.password_hash"),
                         "not a bcrypt hash (write it with `natsmeshd user add`)",

@@ -1,0 +1,271 @@
+//! Rogue peers against a natsmesh node on every release: a stranger's
+//! nats-server dialling its route, gateway and leafnode ports without a
+//! certificate, and a compromised node of another region dialling with
+//! its own valid certificate, are all refused: the node's `/routez`,
+//! `/gatewayz` and `/leafz` never list them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::pki::Pki;
+use common::{Daemon, Options};
+use natsmesh_harness::{Broker, MATRIX, free_port, scratch};
+
+/// A node certificate for `names`, minted with openssl from an
+/// intermediate's key (a compromised node of that region holds it), in
+/// `<pki>/<file>.{crt,key}`; the chain file holds the leaf and the issuer.
+fn node_cert(pki: &Pki, inter: &str, names: &str, file: &str) {
+    let p = |f: &str| pki.path(f).to_str().unwrap().to_owned();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (key, csr, leaf) = (
+        p(&format!("{file}.key")),
+        p(&format!("{file}.csr")),
+        p(&format!("{file}.leaf")),
+    );
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-subj",
+        "/CN=rogue",
+        "-addext",
+        &format!("subjectAltName={names}"),
+        "-addext",
+        "extendedKeyUsage=serverAuth,clientAuth",
+        "-out",
+        &csr,
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &p(&format!("{inter}.crt")),
+        "-CAkey",
+        &p(&format!("{inter}.key")),
+        "-set_serial",
+        "9",
+        "-days",
+        "1",
+        "-copy_extensions",
+        "copyall",
+        "-out",
+        &leaf,
+    ]);
+    let chain = std::fs::read_to_string(&leaf).unwrap()
+        + &std::fs::read_to_string(pki.path(&format!("{inter}.crt"))).unwrap();
+    std::fs::write(pki.path(&format!("{file}.crt")), chain).unwrap();
+}
+
+/// A stranger's nats-server with `block` (its route, gateway or leafnode
+/// settings).
+fn rogue(version: &str, dir: &Path, name: &str, block: &str) -> Broker {
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "server_name: {name}\nlisten: \"127.0.0.1:-1\"\nhttp: \"127.0.0.1:-1\"\nports_file_dir: \"{}\"\n{block}\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    Broker::start(&natsmesh_harness::broker_binary(version), &conf, dir)
+}
+
+fn tls_block(pki: &Pki, file: &str) -> String {
+    format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\" }}",
+        pki.path(&format!("{file}.crt")).display(),
+        pki.path(&format!("{file}.key")).display(),
+        pki.path("r/root.crt").display()
+    )
+}
+
+#[test]
+fn rogue_routes_gateways_and_leafnodes_are_refused_on_every_release() {
+    let pki = Pki::new();
+    pki.root("r")
+        .intermediate("r", "fra1", "i")
+        .intermediate("r", "nyc3", "i");
+    // A compromised nyc3 node's own, valid certificate.
+    node_cert(
+        &pki,
+        "i/nyc3",
+        "DNS:n1.nyc3.nats.test,DNS:nyc3.nats.test,IP:127.0.0.1",
+        "nyc3-node",
+    );
+    for v in MATRIX {
+        let (route, gateway, leaf) = (free_port(), free_port(), free_port());
+        let tls = common::pki::issue_config(
+            &pki.path("r/root.crt"),
+            &pki.path("i/fra1.crt"),
+            &pki.path("i/fra1.key"),
+            "1h",
+        );
+        // The hub's one leaf node user, bound to APP.
+        let users = pki.path("users.toml");
+        std::fs::write(&users, "[accounts.APP]\n").unwrap();
+        let out = Command::new(common::NATSMESHD)
+            .args([
+                "user",
+                "add",
+                "--leafnode",
+                "--account",
+                "APP",
+                "--name",
+                "edge",
+                "--file",
+            ])
+            .arg(&users)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let password = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("password: "))
+            .unwrap()
+            .to_owned();
+        let accounts = std::fs::read_to_string(&users).unwrap();
+        let mut node = Daemon::start(
+            v,
+            Options {
+                extra: format!(
+                    "{accounts}\n[node]\ndomain = \"nats.test\"\n\n[auth]\nmode = \"accounts\"\n\n[broker.cluster]\nenabled = true\nbind = \"127.0.0.1\"\nport = {route}\n\n[broker.gateway]\nenabled = true\nbind = \"127.0.0.1\"\nport = {gateway}\n\n[broker.leafnodes]\nenabled = true\nbind = \"127.0.0.1\"\nport = {leaf}\n\n{tls}"
+                ),
+                ..Options::default()
+            },
+        );
+        node.wait_ready();
+        let dir = scratch();
+        let rogues = [
+            rogue(
+                v,
+                dir.path(),
+                "plain-route",
+                &format!(
+                    "cluster {{ name: fra1, listen: \"127.0.0.1:-1\", routes: [\"nats-route://127.0.0.1:{route}\"] }}"
+                ),
+            ),
+            rogue(
+                v,
+                dir.path(),
+                "plain-gateway",
+                &format!(
+                    "gateway {{ name: evil, listen: \"127.0.0.1:-1\", gateways: [{{ name: fra1, urls: [\"nats://127.0.0.1:{gateway}\"] }}] }}"
+                ),
+            ),
+            rogue(
+                v,
+                dir.path(),
+                "plain-leaf",
+                &format!("leafnodes {{ remotes: [{{ url: \"nats://127.0.0.1:{leaf}\" }}] }}"),
+            ),
+            rogue(
+                v,
+                dir.path(),
+                "nyc3-route",
+                &format!(
+                    "cluster {{ name: fra1, listen: \"127.0.0.1:-1\", routes: [\"nats-route://127.0.0.1:{route}\"], {} }}",
+                    tls_block(&pki, "nyc3-node")
+                ),
+            ),
+            rogue(
+                v,
+                dir.path(),
+                "nyc3-leaf",
+                &format!(
+                    "leafnodes {{ remotes: [{{ url: \"tls://127.0.0.1:{leaf}\", {} }}] }}",
+                    tls_block(&pki, "nyc3-node")
+                ),
+            ),
+        ];
+        // The leaf node with the user's credentials links, into APP: the
+        // listener serves, and only credentials open it.
+        let edge = rogue(
+            v,
+            dir.path(),
+            "edge",
+            &format!(
+                "leafnodes {{ remotes: [{{ url: \"tls://edge:{password}@127.0.0.1:{leaf}\", tls {{ ca_file: \"{}\" }} }}] }}",
+                pki.path("r/root.crt").display()
+            ),
+        );
+        // Each rogue dials at once and again every second: watch a while.
+        // A leafnode connection is listed by /leafz from the moment it is
+        // accepted, before its TLS handshake and CONNECT are judged, so a
+        // connection that is refused shows for up to the TLS and auth
+        // timeouts (2 s each); one that stays longer has linked.
+        let mut leafs_seen: std::collections::HashMap<u64, Instant> = Default::default();
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < deadline {
+            let routes = node.monitor("/routez").unwrap();
+            assert_eq!(
+                routes["num_routes"], 0,
+                "{v}: a rogue route joined: {routes}"
+            );
+            let gw = node.monitor("/gatewayz").unwrap();
+            let inbound = gw["inbound_gateways"].as_object().map_or(0, |m| m.len());
+            assert_eq!(inbound, 0, "{v}: a rogue gateway linked: {gw}");
+            let leafz = node.monitor("/leafz").unwrap();
+            for l in leafz["leafs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|l| l["account"] != "APP")
+            {
+                let port = l["port"].as_u64().unwrap();
+                let since = *leafs_seen.entry(port).or_insert_with(Instant::now);
+                assert!(
+                    since.elapsed() < Duration::from_millis(4500),
+                    "{v}: a rogue leafnode linked: {leafz}\n{}",
+                    node.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let leafz = node.monitor("/leafz").unwrap();
+        let linked: Vec<_> = leafz["leafs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["account"] == "APP")
+            .collect();
+        assert_eq!(
+            linked.len(),
+            1,
+            "{v}: the edge with credentials: {leafz}\n{}",
+            edge.log()
+        );
+        // They did try: each rogue's own log names the node's port it dialled.
+        for (r, port) in rogues.iter().zip([route, gateway, leaf, route, leaf]) {
+            assert!(
+                r.log().contains(&format!(":{port}")),
+                "{v}: a rogue never dialled {port}:\n{}",
+                r.log()
+            );
+        }
+    }
+}
