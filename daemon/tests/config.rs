@@ -922,3 +922,48 @@ fn peers_off_loopback_need_tls() {
         no_refusal(&f);
     }
 }
+
+/// In accounts mode the leafnode listener needs its own users, each bound
+/// to an account that exists; without them nats-server admits a leaf node
+/// that brings no credentials into `$G`.
+#[test]
+fn a_leafnode_listener_needs_users_bound_to_accounts() {
+    let f = Fixture::new();
+    let base = format!(
+        "{MINIMAL}\n[auth]\nmode = \"accounts\"\n\n[accounts.APP]\n\n[broker.leafnodes]\nenabled = true\nbind = \"127.0.0.1\"\n"
+    );
+    f.write("natsmesh.toml", &base);
+    let problems = f.problems();
+    let p = problems
+        .iter()
+        .find(|p| p.key.as_deref() == Some("broker.leafnodes.users"))
+        .unwrap_or_else(|| panic!("{problems:?}"));
+    assert!(
+        p.message.contains("without credentials") && p.message.contains("--leafnode"),
+        "{p}"
+    );
+    let hash = "$2b$11$abcdefghijklmnopqrstuu5tWpD5xXnQvGq8wN3y8pB2oC6j0mS1e";
+    assert_eq!(hash.len(), 60);
+    f.write(
+        "natsmesh.toml",
+        &format!("{base}\n[[broker.leafnodes.users]]\nname = \"edge\"\npassword_hash = \"{hash}\"\naccount = \"NOPE\"\n"),
+    );
+    let problems = f.problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key.as_deref() == Some("broker.leafnodes.users[0].account")),
+        "{problems:?}"
+    );
+    f.write(
+        "natsmesh.toml",
+        &format!("{base}\n[[broker.leafnodes.users]]\nname = \"edge\"\npassword_hash = \"{hash}\"\naccount = \"APP\"\n"),
+    );
+    let s = f.settings().unwrap();
+    let users = &s.server.leafnodes.unwrap().users;
+    assert_eq!(users.len(), 1);
+    assert_eq!(
+        (users[0].user.as_str(), users[0].account.as_str()),
+        ("edge", "APP")
+    );
+}
