@@ -472,7 +472,9 @@ fn linode_body(r: &Record, zone: &str, ttl: u32) -> Result<Value, PublishError> 
     Ok(match &r.data {
         Data::A { .. } | Data::Aaaa { .. } => {
             let name = in_zone(r, zone)?;
-            let name = if name == "@" { String::new() } else { name };
+            // The apex by its FQDN: the spec's `name` is "the hostname or
+            // FQDN" with minLength 1, so "" is not a documented name.
+            let name = if name == "@" { normal(zone) } else { name };
             json!({ "type": r.kind(), "name": name, "target": r.content(), "ttl_sec": ttl })
         }
         Data::Srv {
@@ -556,5 +558,16 @@ mod tests {
             linode_srv_owner("_nats-route._tcp.fra1.example.net", "example.net"),
             None
         );
+    }
+
+    #[test]
+    fn linode_names_the_apex_by_its_fqdn() {
+        let ip = std::net::IpAddr::from([192, 0, 2, 1]);
+        let apex = Record::address("fra1.example.net", ip);
+        let body = linode_body(&apex, "fra1.example.net.", 300).expect("body");
+        assert_eq!(body["name"], "fra1.example.net");
+        let below = Record::address("n1.fra1.example.net", ip);
+        let body = linode_body(&below, "fra1.example.net", 300).expect("body");
+        assert_eq!(body["name"], "n1");
     }
 }

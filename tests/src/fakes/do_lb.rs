@@ -54,8 +54,8 @@
 //!   fail), as the balancer reaches only its own VPC's private network.
 //!   `droplet_read_forbidden` answers droplet reads 403 `forbidden` (a
 //!   token without `droplet:read`). The droplet object carries the spec's
-//!   fields natsmesh could read (id, name, status, region, networks,
-//!   tags, vpc_uuid), not size or image.
+//!   required fields (image and size as small valid objects) and
+//!   `vpc_uuid`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -70,7 +70,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::contract::{Contract, Guard};
 use super::lb::{Model, Pool, Probe, Running, Target};
+use super::openapi::Spec;
 use super::{Fault, Shared};
 
 /// The load balancer as the test sets it up.
@@ -193,10 +195,13 @@ pub struct FakeDoLb {
     pub state: Shared<DoLbState>,
     pool: Pool,
     running: Running,
+    // Last: looks once the server has stopped.
+    contract: Guard,
 }
 
 struct Ctx {
     state: Shared<DoLbState>,
+    contract: Arc<Contract>,
     pool: Pool,
     started: u64,
     serial: AtomicU64,
@@ -239,8 +244,10 @@ impl FakeDoLb {
             authorization_seen: Vec::new(),
         }));
         let pool = Pool::new(model);
+        let contract = Contract::new(Some(Spec::DigitalOcean));
         let ctx = Arc::new(Ctx {
             state: state.clone(),
+            contract: contract.clone(),
             pool: pool.clone(),
             started: super::lb::unix_now(),
             serial: AtomicU64::new(0),
@@ -251,7 +258,13 @@ impl FakeDoLb {
             state,
             pool,
             running,
+            contract: Guard(contract),
         }
+    }
+
+    /// What the in-flight check of the provider's contract found.
+    pub fn contract(&self) -> &Contract {
+        &self.contract.0
     }
 
     /// The API base URL (`http://127.0.0.1:P`).
@@ -365,8 +378,8 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let resp = serve(&ctx, &method, &uri, &headers, &body).await;
-    finish(&ctx, resp)
+    let fake = async { finish(&ctx, serve(&ctx, &method, &uri, &headers, &body).await) };
+    ctx.contract.check(&method, &uri, &body, fake).await
 }
 
 async fn serve(
@@ -612,6 +625,9 @@ fn droplet(ctx: &Ctx, id: &str) -> Response {
         "snapshot_ids": [],
         "volume_ids": [],
         "size_slug": "s-1vcpu-1gb",
+        // Required by the spec, read by nobody here.
+        "image": {"id": 129_211_873, "name": "12 x64", "distribution": "Debian", "slug": "debian-12-x64", "public": true, "regions": [s.lb.region], "type": "base", "min_disk_size": 7, "size_gigabytes": 2.4, "status": "available", "tags": []},
+        "size": {"slug": "s-1vcpu-1gb", "memory": 1024, "vcpus": 1, "disk": 25, "transfer": 1.0, "price_monthly": 6.0, "price_hourly": 0.00893, "regions": [s.lb.region], "available": true, "description": "Basic"},
         "networks": {"v4": [{"ip_address": ip.to_string(), "netmask": "255.255.240.0", "gateway": "10.116.0.1", "type": "private"}], "v6": []},
         "region": region_json(&s.lb.region),
         "tags": s.tags.iter().filter(|(_, ds)| ds.contains(&id)).map(|(t, _)| t.clone()).collect::<Vec<_>>(),
@@ -843,6 +859,8 @@ mod tests {
         let model = fast();
         let lb = DoLb::tcp(LB, "fra1", b1.client.port(), b1.health.port()).with_model(&model);
         let fake = FakeDoLb::start(TOKEN, lb, droplets(), model);
+        // Bad requests on purpose: the provider's own refusals are tested.
+        fake.contract().answer_as_provider(true);
         fake.state.lock().expect("state").processing = Duration::from_secs(1);
         let url = format!("{}/v2/load_balancers/{LB}", fake.api_url());
         let members = format!("{url}/droplets");
@@ -997,6 +1015,13 @@ mod tests {
             .expect("logged");
         assert_eq!(bodies[first_add], Some(json!({"droplet_ids": [101]})));
         assert!(ops.contains(&format!("DELETE /v2/load_balancers/{LB}/droplets")));
+        let broken = fake.contract().take();
+        assert!(
+            broken
+                .iter()
+                .any(|v| v.contains("droplet_ids[0]: \"x\" is not of type integer")),
+            "{broken:?}"
+        );
     }
 
     #[test]
@@ -1049,6 +1074,8 @@ mod tests {
         let model = fast();
         let lb = DoLb::tcp(LB, "fra1", b1.client.port(), b1.health.port()).with_tag("natsmesh");
         let fake = FakeDoLb::start(TOKEN, lb, droplets(), model);
+        // Bad requests on purpose: the provider's own refusals are tested.
+        fake.contract().answer_as_provider(true);
         let base = fake.api_url();
         let by_id = call(
             "POST",
@@ -1097,5 +1124,12 @@ mod tests {
         assert!(wait_for(model.propagation * 3, || fake
             .in_service()
             .is_empty()));
+        let broken = fake.contract().take();
+        assert!(
+            broken
+                .iter()
+                .any(|v| v.contains("resource_id: 101 is not of type string")),
+            "{broken:?}"
+        );
     }
 }

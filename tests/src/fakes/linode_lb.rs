@@ -70,7 +70,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+use super::contract::{Contract, Guard};
 use super::lb::{Health, Mode, Model, Pool, Probe, Running, Target, in_network};
+use super::openapi::Spec;
 use super::{Fault, Shared};
 
 /// The NodeBalancer as the test sets it up.
@@ -208,7 +210,8 @@ pub fn linode_ips(linode_id: u64, private: Option<&str>, vpc: &[(&str, u64, bool
         .collect();
     json!({
         "ipv4": {"public": [], "private": private, "shared": [], "reserved": [], "vpc": vpc},
-        "ipv6": {"link_local": null, "slaac": null, "global": []},
+        // No IPv6 objects: the spec has no null for them.
+        "ipv6": {"global": []},
     })
 }
 
@@ -218,10 +221,13 @@ pub struct FakeLinodeLb {
     pub state: Shared<LinodeLbState>,
     pools: Vec<(u64, Pool)>,
     running: Running,
+    // Last: looks once the server has stopped.
+    contract: Guard,
 }
 
 struct Ctx {
     state: Shared<LinodeLbState>,
+    contract: Arc<Contract>,
     /// One pool per config, in config order.
     pools: Vec<(u64, Pool)>,
     started: u64,
@@ -262,8 +268,10 @@ impl FakeLinodeLb {
             authorization_seen: Vec::new(),
             linodes: BTreeMap::new(),
         }));
+        let contract = Contract::new(Some(Spec::Linode));
         let ctx = Arc::new(Ctx {
             state: state.clone(),
+            contract: contract.clone(),
             pools: pools.clone(),
             started: super::lb::unix_now(),
         });
@@ -277,7 +285,13 @@ impl FakeLinodeLb {
             state,
             pools,
             running,
+            contract: Guard(contract),
         }
+    }
+
+    /// What the in-flight check of the provider's contract found.
+    pub fn contract(&self) -> &Contract {
+        &self.contract.0
     }
 
     /// The API base URL (`http://127.0.0.1:P/v4`).
@@ -443,8 +457,8 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let resp = serve(&ctx, &method, &uri, &headers, &body).await;
-    finish(&ctx, resp)
+    let fake = async { finish(&ctx, serve(&ctx, &method, &uri, &headers, &body).await) };
+    ctx.contract.check(&method, &uri, &body, fake).await
 }
 
 async fn serve(
@@ -942,6 +956,8 @@ mod tests {
         let (b1, b2) = (TestBackend::start("n1"), TestBackend::start("n2"));
         let model = fast();
         let fake = FakeLinodeLb::start(TOKEN, LinodeNb::tcp(1234, "eu-central", 5678, 4222), model);
+        // Bad requests on purpose: the provider's own refusals are tested.
+        fake.contract().answer_as_provider(true);
         let base = fake.api_url();
         assert!(base.ends_with("/v4"));
         let nodes = format!("{base}/nodebalancers/1234/configs/5678/nodes");
@@ -1081,6 +1097,13 @@ mod tests {
         assert_eq!(
             bodies[0].as_ref().map(|b| b["label"].clone()),
             Some(json!("node-1"))
+        );
+        let broken = fake.contract().take();
+        assert!(
+            broken
+                .iter()
+                .any(|v| v.contains("body.label: \"a b\" does not match")),
+            "{broken:?}"
         );
     }
 

@@ -3,9 +3,14 @@
 //! status codes, error bodies) as recorded in shared/reference, and can be
 //! told to misbehave (a status, a delay, an empty or garbage body).
 //!
+//! Every exchange with a provider-API fake is checked against the
+//! provider's OpenAPI files while it is served ([`contract`]); a violation
+//! fails the test.
+//!
 //! Each fake serves on 127.0.0.1 from a runtime thread of its own, so sync
 //! tests can use it; it stops when dropped.
 
+pub mod contract;
 pub mod dns_api;
 pub mod do_lb;
 pub mod do_metadata;
@@ -161,9 +166,16 @@ pub(crate) async fn gate(
     if !bearer_ok(headers, token) {
         return Some(refuse(401));
     }
+    // Malformed on purpose: the contract check lets these through.
+    let injected = |mut r: axum::response::Response| {
+        r.extensions_mut().insert(contract::Injected);
+        Some(r)
+    };
     match fault {
-        Fault::EmptyBody => Some((axum::http::StatusCode::OK, "").into_response()),
-        Fault::Garbage => Some((axum::http::StatusCode::OK, garbage.to_owned()).into_response()),
+        Fault::EmptyBody => injected((axum::http::StatusCode::OK, "").into_response()),
+        Fault::Garbage => {
+            injected((axum::http::StatusCode::OK, garbage.to_owned()).into_response())
+        }
         _ => None,
     }
 }

@@ -1,15 +1,18 @@
-//! Checks a request against the provider's published OpenAPI description,
-//! so a test can assert that what natsmeshd sent is a request the real API
-//! documents: the path matches one of the spec's templated paths, the method
-//! is an operation of it, path parameters and the JSON body satisfy their
-//! schemas.
+//! Checks a request, or an answer, against the provider's published OpenAPI
+//! description (the fakes do both for every exchange, [`super::contract`]):
+//! the path matches one of the spec's templated paths, the method is an
+//! operation of it, path parameters and the JSON body satisfy their
+//! schemas; an answer's status is one the operation lists (or its
+//! `default`, or for an error the provider's common error) and its body
+//! satisfies that response's schema.
 //!
 //! The specs are copies in `tests/specs` (Apache-2.0, the providers' own
 //! files, as shared/reference/provider-specs has them;
 //! `NATSMESH_PROVIDER_SPECS` overrides the folder):
 //! DigitalOcean's split YAML files from
 //! `digitalocean/specification/load-balancer-subset.v2.yaml` (load balancer
-//! get, droplets add/remove, tag assign/unassign, droplet get; relative `$ref`s resolved
+//! list and get, droplets add/remove, tag assign/unassign, droplet get,
+//! domain get, domain records list/create/get/delete; relative `$ref`s resolved
 //! from each file's folder), Linode's single `linode/openapi.yaml` (v4.176,
 //! paths relative to the server's `/v4`).
 //!
@@ -52,34 +55,17 @@ pub fn validate_request(
     path: &str,
     body: Option<&Value>,
 ) -> Result<(), String> {
-    let docs = docs(spec)?;
-    let path = api_path(spec, path)?;
-    let root = docs.doc(&docs.root)?;
-    let paths = root
-        .get("paths")
-        .and_then(Value::as_object)
-        .ok_or("the spec has no paths")?;
-    let segs: Vec<String> = path.split('/').skip(1).map(percent_decode).collect();
-    let (template, params) = paths
-        .keys()
-        .filter_map(|t| match_template(t, &segs).map(|(score, params)| (score, t, params)))
-        .max_by_key(|(score, _, _)| *score)
-        .map(|(_, t, params)| (t.clone(), params))
-        .ok_or_else(|| format!("no path of the {spec:?} spec matches {path}"))?;
-    let (item_file, item) = docs.resolve(&docs.root, &paths[&template])?;
-    let op = item
-        .get(method.to_ascii_lowercase())
-        .ok_or_else(|| format!("{method} is not an operation of {template}"))?;
-    let (op_file, op) = docs.resolve(&item_file, op)?;
-
+    let op = operation(spec, method, path)?;
+    let docs = op.docs;
     let mut v = Validator {
         docs,
         errors: Vec::new(),
+        response: false,
     };
     // Path parameters, from the path item and the operation.
     let declared = [
-        (&item_file, item.get("parameters")),
-        (&op_file, op.get("parameters")),
+        (&op.item_file, op.item.get("parameters")),
+        (&op.op_file, op.op.get("parameters")),
     ];
     for (file, list) in declared {
         for p in list.and_then(Value::as_array).into_iter().flatten() {
@@ -88,7 +74,7 @@ pub fn validate_request(
                 continue;
             }
             let name = p["name"].as_str().unwrap_or_default();
-            let Some(raw) = params.get(name) else {
+            let Some(raw) = op.params.get(name) else {
                 continue;
             };
             let schema = p.get("schema").cloned().unwrap_or(Value::Bool(true));
@@ -111,13 +97,14 @@ pub fn validate_request(
         }
     }
     // The body.
-    match (op.get("requestBody"), body) {
+    let template = &op.template;
+    match (op.op.get("requestBody"), body) {
         (None, None) => {}
         (None, Some(_)) => v
             .errors
             .push(format!("{method} {template} takes no request body")),
         (Some(rb), body) => {
-            let (rb_file, rb) = docs.resolve(&op_file, rb)?;
+            let (rb_file, rb) = docs.resolve(&op.op_file, rb)?;
             match body {
                 None if rb["required"] == true => {
                     v.errors.push("a request body is required".into())
@@ -130,11 +117,147 @@ pub fn validate_request(
             }
         }
     }
-    if v.errors.is_empty() {
+    v.result()
+}
+
+/// `Ok` when `status` with `body` (the raw bytes, empty for none) is an
+/// answer the provider's OpenAPI description documents for `method path`:
+/// the status is one of the operation's responses (or its `default`), and
+/// a JSON body satisfies that response's schema (`readOnly` properties are
+/// expected here). Both providers document their error bodies once for
+/// the whole API besides listing some per operation, so an error status
+/// (4xx, 5xx) an operation does not list is held to the provider's common
+/// error schema instead of being refused (Linode's `GET
+/// /domains/{domainId}/records` lists only 200, yet answers 401 and 429
+/// like every other operation).
+pub fn validate_response(
+    spec: Spec,
+    method: &str,
+    path: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<(), String> {
+    let problems = response_problems(spec, method, path, status, body)?;
+    if problems.is_empty() {
         Ok(())
     } else {
-        Err(v.errors.join("; "))
+        Err(problems.join("; "))
     }
+}
+
+/// What [`validate_response`] finds, one problem an item (`Err` when the
+/// exchange cannot be placed in the spec at all).
+pub fn response_problems(
+    spec: Spec,
+    method: &str,
+    path: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<Vec<String>, String> {
+    let op = operation(spec, method, path)?;
+    let docs = op.docs;
+    let template = &op.template;
+    let responses = op.op.get("responses").and_then(Value::as_object);
+    let listed = responses.and_then(|r| {
+        r.get(&status.to_string())
+            .or_else(|| r.get(&format!("{}XX", status / 100)))
+            .or_else(|| r.get("default"))
+    });
+    let (file, response) = match listed {
+        Some(r) => docs.resolve(&op.op_file, r)?,
+        None if status >= 400 => common_error(spec, docs)?,
+        None => {
+            return Err(format!(
+                "{status} is not a documented answer of {method} {template}"
+            ));
+        }
+    };
+    let mut v = Validator {
+        docs,
+        errors: Vec::new(),
+        response: true,
+    };
+    match response.pointer("/content/application~1json/schema") {
+        None if body.is_empty() => {}
+        None if response.get("content").is_none() => v.errors.push(format!(
+            "{method} {template} answers {status} without a body, not {}",
+            short(&Value::String(String::from_utf8_lossy(body).into_owned()))
+        )),
+        // Another media type: not checked here.
+        None => {}
+        Some(schema) => match serde_json::from_slice::<Value>(body) {
+            Ok(json) => v.check(&file, schema, &json, "body", 0),
+            Err(e) => v.errors.push(format!(
+                "{method} {template} answers {status} with JSON, and this is not: {e}"
+            )),
+        },
+    }
+    Ok(v.errors)
+}
+
+/// The provider's error response for any operation.
+fn common_error(spec: Spec, docs: &'static Docs) -> Result<(PathBuf, Value), String> {
+    let (file, pointer) = match spec {
+        Spec::DigitalOcean => ("shared/responses/unexpected_error.yml", ""),
+        Spec::Linode => ("", "/components/responses/ErrorResponse"),
+    };
+    let file = if file.is_empty() {
+        docs.root.clone()
+    } else {
+        normalize(&docs.root.parent().unwrap_or(Path::new("/")).join(file))
+    };
+    let doc = docs.doc(&file)?;
+    let found = if pointer.is_empty() {
+        Some(doc.as_ref())
+    } else {
+        doc.pointer(pointer)
+    };
+    let node = found
+        .cloned()
+        .ok_or_else(|| format!("no common error response in {}", file.display()))?;
+    docs.resolve(&file, &node)
+}
+
+/// One operation of a spec, found by method and path.
+struct Operation {
+    docs: &'static Docs,
+    template: String,
+    params: HashMap<String, String>,
+    item_file: PathBuf,
+    item: Value,
+    op_file: PathBuf,
+    op: Value,
+}
+
+fn operation(spec: Spec, method: &str, path: &str) -> Result<Operation, String> {
+    let docs = docs(spec)?;
+    let path = api_path(spec, path)?;
+    let root = docs.doc(&docs.root)?;
+    let paths = root
+        .get("paths")
+        .and_then(Value::as_object)
+        .ok_or("the spec has no paths")?;
+    let segs: Vec<String> = path.split('/').skip(1).map(percent_decode).collect();
+    let (template, params) = paths
+        .keys()
+        .filter_map(|t| match_template(t, &segs).map(|(score, params)| (score, t, params)))
+        .max_by_key(|(score, _, _)| *score)
+        .map(|(_, t, params)| (t.clone(), params))
+        .ok_or_else(|| format!("no path of the {spec:?} spec matches {path}"))?;
+    let (item_file, item) = docs.resolve(&docs.root, &paths[&template])?;
+    let op = item
+        .get(method.to_ascii_lowercase())
+        .ok_or_else(|| format!("{method} is not an operation of {template}"))?;
+    let (op_file, op) = docs.resolve(&item_file, op)?;
+    Ok(Operation {
+        docs,
+        template,
+        params,
+        item_file,
+        item,
+        op_file,
+        op,
+    })
 }
 
 /// The request path as the spec's paths are written.
@@ -332,9 +455,20 @@ fn to_json(v: serde_norway::Value) -> Value {
 struct Validator {
     docs: &'static Docs,
     errors: Vec<String>,
+    /// Checking an answer: `readOnly` properties belong there, and
+    /// `writeOnly` ones do not.
+    response: bool,
 }
 
 impl Validator {
+    fn result(self) -> Result<(), String> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(self.errors.join("; "))
+        }
+    }
+
     fn fail(&mut self, at: &str, what: String) {
         self.errors.push(format!("{at}: {what}"));
     }
@@ -344,6 +478,7 @@ impl Validator {
         let mut sub = Validator {
             docs: self.docs,
             errors: Vec::new(),
+            response: self.response,
         };
         sub.check(file, schema, inst, at, depth);
         sub.errors.is_empty()
@@ -543,10 +678,17 @@ impl Validator {
                 },
             )
             .collect();
-        let read_only = |name: &str| {
+        // OpenAPI 3.0: a `readOnly` property is only in answers, a
+        // `writeOnly` one only in requests; required means required there.
+        let own = if self.response {
+            "writeOnly"
+        } else {
+            "readOnly"
+        };
+        let not_here = |name: &str| {
             resolved
                 .iter()
-                .any(|(n, _, v)| n == name && v["readOnly"] == Value::Bool(true))
+                .any(|(n, _, v)| n == name && v[own] == Value::Bool(true))
         };
         for name in s
             .get("required")
@@ -557,7 +699,7 @@ impl Validator {
             let Some(name) = name.as_str() else {
                 continue;
             };
-            if !map.contains_key(name) && !read_only(name) {
+            if !map.contains_key(name) && !not_here(name) {
                 self.fail(at, format!("required property {name} is missing"));
             }
         }
@@ -566,8 +708,13 @@ impl Validator {
                 continue;
             };
             let here = format!("{at}.{name}");
-            if schema["readOnly"] == Value::Bool(true) {
-                self.fail(&here, "is read-only and not sent in a request".into());
+            if schema[own] == Value::Bool(true) {
+                let what = if self.response {
+                    "is write-only and not in an answer"
+                } else {
+                    "is read-only and not sent in a request"
+                };
+                self.fail(&here, what.into());
                 continue;
             }
             self.check(pfile, schema, value, &here, depth + 1);
@@ -779,6 +926,63 @@ mod tests {
         assert!(not_int.expect_err("id").contains("nodeBalancerId"));
         assert!(validate_request(Spec::Linode, "GET", "/nodebalancers/1", None).is_err());
         assert!(validate_request(Spec::Linode, "DELETE", &one, Some(&json!({}))).is_err());
+    }
+
+    #[test]
+    fn openapi_responses() {
+        let resp = |spec, method, path: &str, status, body: &str| {
+            validate_response(spec, method, path, status, body.as_bytes())
+        };
+        let droplets = format!("{LB}/droplets");
+        assert_eq!(resp(Spec::DigitalOcean, "POST", &droplets, 204, ""), Ok(()));
+        let err = resp(Spec::DigitalOcean, "POST", &droplets, 204, "{}").expect_err("a body");
+        assert!(err.contains("without a body"), "{err}");
+        let e = r#"{"id":"not_found","message":"The resource you requested could not be found."}"#;
+        assert_eq!(resp(Spec::DigitalOcean, "GET", LB, 404, e), Ok(()));
+        // Listed nowhere for this operation, held to the common error.
+        assert_eq!(resp(Spec::DigitalOcean, "GET", LB, 503, e), Ok(()));
+        let err = resp(Spec::DigitalOcean, "GET", LB, 404, r#"{"error":"x"}"#)
+            .expect_err("not DigitalOcean's error");
+        assert!(err.contains("required property id"), "{err}");
+        assert!(resp(Spec::DigitalOcean, "GET", LB, 200, "not json").is_err());
+        // Linode's records list documents 200 only (and no default).
+        let err = resp(Spec::Linode, "GET", "/v4/domains/1/records", 302, "").expect_err("302");
+        assert!(err.contains("not a documented answer"), "{err}");
+        // A read-only property belongs in an answer.
+        let node = r#"{"id":54321,"label":"node1","address":"192.168.210.120:4222","status":"UP","weight":50,"mode":"accept","config_id":2,"nodebalancer_id":1}"#;
+        let nodes = "/v4/nodebalancers/1/configs/2/nodes";
+        assert_eq!(resp(Spec::Linode, "POST", nodes, 200, node), Ok(()));
+        let bad = node.replace("\"accept\"", "\"sometimes\"");
+        assert!(resp(Spec::Linode, "POST", nodes, 200, &bad).is_err());
+        let limited = r#"{"errors":[{"reason":"Too many requests"}]}"#;
+        assert_eq!(
+            resp(Spec::Linode, "GET", "/v4/domains/1/records", 429, limited),
+            Ok(())
+        );
+        assert!(
+            resp(
+                Spec::Linode,
+                "GET",
+                "/v4/domains/1/records",
+                429,
+                r#"{"errors":"x"}"#
+            )
+            .is_err()
+        );
+        // DNS records (the vendored Domains files).
+        let rec = r#"{"domain_record":{"id":28448433,"type":"A","name":"fra1","data":"192.0.2.1","priority":null,"port":null,"ttl":60,"weight":null,"flags":null,"tag":null}}"#;
+        let records = "/v2/domains/nats.test/records";
+        assert_eq!(resp(Spec::DigitalOcean, "POST", records, 201, rec), Ok(()));
+        assert!(
+            resp(
+                Spec::DigitalOcean,
+                "POST",
+                records,
+                201,
+                r#"{"domain_record":{"id":"x"}}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]
