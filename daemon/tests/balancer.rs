@@ -173,6 +173,47 @@ fn a_misconfigured_balancer_is_never_joined_and_the_reason_is_given() {
 }
 
 #[test]
+fn a_new_balancer_is_waited_for_and_an_errored_one_never_joined() {
+    let fleet = Fleet::new(1, |client, ready| {
+        let mut lb = DoLb::tcp(LB, "fra1", client, ready);
+        lb.status = "new".into();
+        lb
+    });
+    let mut a = fleet.node(1);
+    a.wait_ready();
+    wait_for("the wait is reported", Duration::from_secs(20), || {
+        a.status()
+            .is_some_and(|s| s.load_balancer.contains("still being created (status new)"))
+    });
+    assert!(
+        fleet.lb.registered().is_empty(),
+        "joined a balancer being created"
+    );
+    // Created: joined on a later read, without a restart.
+    fleet.lb.state.lock().unwrap().lb.status = "active".into();
+    fleet.wait_in_service(&[droplet_id(1)], "joined once active");
+    drop(a);
+
+    let fleet = Fleet::new(1, |client, ready| {
+        let mut lb = DoLb::tcp(LB, "fra1", client, ready);
+        lb.status = "errored".into();
+        lb
+    });
+    let mut a = fleet.node(1);
+    a.wait_ready();
+    wait_for("the error is reported", Duration::from_secs(20), || {
+        a.status()
+            .is_some_and(|s| s.load_balancer.contains("status is errored"))
+    });
+    assert!(a.log().contains("status is errored"), "{}", a.log());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        fleet.lb.registered().is_empty(),
+        "joined an errored balancer"
+    );
+}
+
+#[test]
 fn busy_and_rate_limited_answers_are_retried() {
     let fleet = Fleet::good(2);
     {

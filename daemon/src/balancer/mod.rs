@@ -185,6 +185,20 @@ pub struct Setup {
 /// Why the set-up is not one to join, one line per thing to change.
 pub fn check(setup: &Setup, s: &LbSettings) -> Vec<String> {
     let mut wrong = setup.wrong.clone();
+    // DigitalOcean's `status`: `new` while it is being created (it routes
+    // nothing yet), `errored` when creation failed (it never will). Only
+    // `active` is joined; a new one is read again until it is.
+    match setup.status.as_str() {
+        "new" => wrong.push(
+            "the balancer is still being created (status new); waiting for it to become active"
+                .to_owned(),
+        ),
+        "errored" => wrong.push(
+            "the balancer's status is errored: DigitalOcean failed to create it; recreate it (natsmeshd does not join an errored balancer)"
+                .to_owned(),
+        ),
+        _ => {}
+    }
     if s.provider == LbProvider::Linode {
         wrong.extend(check_linode(setup, s));
         return wrong;
@@ -396,6 +410,8 @@ fn retry_wait(failures: u32, hint: Option<Duration>) -> Duration {
 /// How often a set-up is read again: soon while it is wrong (an operator
 /// is fixing it), rarely while it is right.
 const RECHECK_WRONG: Duration = Duration::from_secs(15);
+/// How often a balancer still being created (`new`) is read again.
+const RECHECK_NEW: Duration = Duration::from_secs(3);
 const RECHECK_RIGHT: Duration = Duration::from_secs(300);
 
 /// Follows the supervisor's status until it ends; `up` tells the
@@ -451,6 +467,9 @@ pub async fn follow(
                     check_at = Instant::now()
                         + if setup_wrong.is_empty() {
                             RECHECK_RIGHT
+                        } else if found.status == "new" {
+                            // Creation takes about a minute; join soon after.
+                            RECHECK_NEW
                         } else {
                             RECHECK_WRONG
                         };
@@ -733,5 +752,18 @@ mod tests {
         let w = check(&nb, &s);
         assert!(w[0].contains("must use protocol tcp"), "{w:?}");
         assert!(w[1].contains("set check = \"connection\""), "{w:?}");
+    }
+
+    #[test]
+    fn a_new_or_errored_balancer_is_not_joined() {
+        let s = settings();
+        let mut setup = good();
+        assert_eq!(check(&setup, &s), Vec::<String>::new());
+        setup.status = "new".into();
+        let wrong = check(&setup, &s);
+        assert!(wrong[0].contains("still being created"), "{wrong:?}");
+        setup.status = "errored".into();
+        let wrong = check(&setup, &s);
+        assert!(wrong[0].contains("status is errored"), "{wrong:?}");
     }
 }

@@ -93,6 +93,9 @@ pub struct DoLb {
     pub vpc_uuid: String,
     /// `EXTERNAL` or `INTERNAL`.
     pub network: String,
+    /// What reads show: `active`, or the spec's `new` (being created) and
+    /// `errored`.
+    pub status: String,
 }
 
 impl DoLb {
@@ -119,6 +122,7 @@ impl DoLb {
             }),
             vpc_uuid: "c33931f2-a26a-4e61-b85c-4e95a2ec431b".to_owned(),
             network: "EXTERNAL".to_owned(),
+            status: "active".to_owned(),
         }
     }
 
@@ -561,7 +565,7 @@ fn lb_json(ctx: &Ctx) -> Value {
         "size_unit": 1,
         "size": "lb-small",
         "algorithm": "round_robin",
-        "status": "active",
+        "status": lb.status,
         "created_at": super::lb::rfc3339(ctx.started),
         "forwarding_rules": lb.forwarding_rules,
         "health_check": lb.health_check,
