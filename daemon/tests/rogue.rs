@@ -269,3 +269,61 @@ fn rogue_routes_gateways_and_leafnodes_are_refused_on_every_release() {
         }
     }
 }
+
+/// Pinned, not yet closed: a gateway's certificate is checked against the
+/// root, not against the region the peer names, so a compromised nyc3 node
+/// opens an inbound gateway into fra1 under the name "sgp1". When natsmesh
+/// binds a gateway's name to its certificate, this test turns around.
+#[test]
+fn a_gateways_claimed_region_is_not_yet_bound_to_its_certificate() {
+    let pki = Pki::new();
+    pki.root("r")
+        .intermediate("r", "fra1", "i")
+        .intermediate("r", "nyc3", "i");
+    node_cert(
+        &pki,
+        "i/nyc3",
+        "DNS:n1.nyc3.nats.test,DNS:nyc3.nats.test,IP:127.0.0.1",
+        "nyc3-node",
+    );
+    let v = natsmesh_harness::CURRENT;
+    let gateway = free_port();
+    let tls = common::pki::issue_config(
+        &pki.path("r/root.crt"),
+        &pki.path("i/fra1.crt"),
+        &pki.path("i/fra1.key"),
+        "1h",
+    );
+    let mut node = Daemon::start(
+        v,
+        Options {
+            extra: format!(
+                "[node]\ndomain = \"nats.test\"\n\n[broker.gateway]\nenabled = true\nbind = \"127.0.0.1\"\nport = {gateway}\n\n[broker.cluster]\nbind = \"127.0.0.1\"\n\n{tls}"
+            ),
+            ..Options::default()
+        },
+    );
+    node.wait_ready();
+    let dir = scratch();
+    let _impostor = rogue(
+        v,
+        dir.path(),
+        "nyc3-as-sgp1",
+        &format!(
+            "gateway {{ name: sgp1, listen: \"127.0.0.1:-1\", gateways: [{{ name: fra1, urls: [\"nats://127.0.0.1:{gateway}\"] }}], {} }}",
+            tls_block(&pki, "nyc3-node")
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let gw = node.monitor("/gatewayz").unwrap();
+        if gw["inbound_gateways"].get("sgp1").is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the impostor no longer links (the gap is closed: turn this test around): {gw}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
