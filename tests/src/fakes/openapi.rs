@@ -969,20 +969,6 @@ mod tests {
             )
             .is_err()
         );
-        // DNS records (the vendored Domains files).
-        let rec = r#"{"domain_record":{"id":28448433,"type":"A","name":"fra1","data":"192.0.2.1","priority":null,"port":null,"ttl":60,"weight":null,"flags":null,"tag":null}}"#;
-        let records = "/v2/domains/nats.test/records";
-        assert_eq!(resp(Spec::DigitalOcean, "POST", records, 201, rec), Ok(()));
-        assert!(
-            resp(
-                Spec::DigitalOcean,
-                "POST",
-                records,
-                201,
-                r#"{"domain_record":{"id":"x"}}"#
-            )
-            .is_err()
-        );
     }
 
     #[test]
