@@ -233,10 +233,11 @@ impl Walker {
         });
         self.chains.push(Chain(chain.clone()));
         // nats-server joins an include path, even an absolute one, to the
-        // including file's directory.
-        let dir = canonical.parent().unwrap_or(Path::new("/")).to_path_buf();
+        // including file's directory as it was written (Go's filepath.Join,
+        // which cleans lexically), not to the directory a link resolves to.
+        let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
         for (raw, ctx) in found {
-            let file = dir.join(raw.trim_start_matches('/'));
+            let file = clean(&dir.join(raw.trim_start_matches('/')));
             let child = self.visit(&file, ctx, &chain)?;
             self.tree.files[idx].nested.push((raw, child));
         }
@@ -324,6 +325,7 @@ const NO_AUTH_WHY: &str =
     "natsmesh owns anonymous access (auth.anonymous_account); an include may not open it";
 const USER_WHY: &str =
     "every user needs a password or an nkey; one without is a door anyone can open";
+const USERS_FORM_WHY: &str = "`users` must be an array of user blocks written out in the file (a variable or other form hides who may connect)";
 
 struct Judge<'a> {
     tree: &'a IncludeTree,
@@ -345,6 +347,12 @@ impl Judge<'_> {
     }
 
     fn nodes(&mut self, nodes: &[Node], ctx: &[String]) {
+        if ctx
+            .last()
+            .is_some_and(|k| k.eq_ignore_ascii_case("authorization"))
+        {
+            self.single_user(nodes, ctx);
+        }
         for node in nodes {
             match node {
                 Node::Include { .. } => self.next_include += 1,
@@ -377,7 +385,33 @@ impl Judge<'_> {
                     self.value(item, path);
                 }
             }
-            Val::Scalar(_) => {}
+            Val::Scalar(_) | Val::Var(_) => {}
+        }
+    }
+
+    /// An authorization block's single user (`user`/`username`) needs a
+    /// `password` or `token` beside it: nats-server compares an empty
+    /// password with an empty one and lets it in.
+    fn single_user(&mut self, nodes: &[Node], ctx: &[String]) {
+        let pair = |names: &[&str]| {
+            nodes.iter().find_map(|n| match n {
+                Node::Pair { key, line, value }
+                    if names.iter().any(|k| key.eq_ignore_ascii_case(k)) =>
+                {
+                    Some((key.clone(), *line, value))
+                }
+                _ => None,
+            })
+        };
+        let Some((key, line, _)) = pair(&["user", "username"]) else {
+            return;
+        };
+        let secret = pair(&["password", "pass", "token"])
+            .is_some_and(|(_, _, v)| matches!(v, Val::Scalar(s) if !s.is_empty()));
+        if !secret {
+            let mut path = ctx.to_vec();
+            path.push(key);
+            self.forbid(&path, line, USER_WHY);
         }
     }
 
@@ -385,6 +419,8 @@ impl Judge<'_> {
     /// looking into the files the entry includes too.
     fn users(&mut self, path: &[String], line: usize, value: &Val) {
         let Val::Array(items) = value else {
+            // `users: $U` (or any other form) would hide the entries.
+            self.forbid(path, line, USERS_FORM_WHY);
             return;
         };
         // Counts include nodes inside the entries without consuming them:
@@ -447,7 +483,7 @@ fn count_includes(value: &Val, next: &mut usize) {
             }
         }
         Val::Array(items) => items.iter().for_each(|v| count_includes(v, next)),
-        Val::Scalar(_) => {}
+        Val::Scalar(_) | Val::Var(_) => {}
     }
 }
 
@@ -470,8 +506,27 @@ fn includes_in_value(value: &Val, ctx: &[String], out: &mut Vec<(String, Vec<Str
     match value {
         Val::Map(nodes) => includes_in(nodes, ctx, out),
         Val::Array(items) => items.iter().for_each(|v| includes_in_value(v, ctx, out)),
-        Val::Scalar(_) => {}
+        Val::Scalar(_) | Val::Var(_) => {}
     }
+}
+
+/// A path cleaned lexically as Go's `filepath.Clean` does: `.` dropped,
+/// `..` taking away the component before it (never above the root).
+fn clean(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() && !path.is_absolute() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 /// One entry of a block.
@@ -492,12 +547,34 @@ enum Node {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Val {
     Scalar(String),
+    /// An unquoted `$name`: nats-server substitutes a variable (or an
+    /// environment variable) whose value this reader does not know.
+    Var(String),
     Array(Vec<Val>),
     Map(Vec<Node>),
 }
 
 /// Parses nats-server config text into entries; an error is (line, why).
+///
+/// nats-server's lexer ends a bare key at any Unicode space and reads
+/// characters this reader does not model, so a file holding a control
+/// character (other than tab and line ends) or non-ASCII white space is
+/// refused rather than read differently from the broker (`no_auth_user\f=`
+/// would otherwise hide the key from this judge and not from nats-server).
 fn parse(text: &str) -> Result<Vec<Node>, (usize, String)> {
+    for (i, line) in text.split('\n').enumerate() {
+        if let Some(c) = line.chars().find(|c| {
+            (c.is_control() && !matches!(c, '\t' | '\r')) || (!c.is_ascii() && c.is_whitespace())
+        }) {
+            return Err((
+                i + 1,
+                format!(
+                    "character U+{:04X} is not allowed in an included file (nats-server could read the line differently)",
+                    u32::from(c)
+                ),
+            ));
+        }
+    }
     let mut p = Parser {
         s: text.as_bytes(),
         pos: 0,
@@ -619,7 +696,14 @@ impl Parser<'_> {
                 }
                 Some(q @ (b'"' | b'\'')) => {
                     self.bump();
-                    self.quoted(q)?
+                    // nats-server ends a quoted key at the first quote, with
+                    // no escapes: a backslash would make this reader and the
+                    // broker split the file differently.
+                    let key = self.quoted(q)?;
+                    if key.contains('\\') {
+                        return self.err("a quoted key holds a backslash");
+                    }
+                    key
                 }
                 Some(_) => {
                     let key = self
@@ -702,9 +786,14 @@ impl Parser<'_> {
                 }
                 Ok(Val::Scalar(s))
             }
-            Some(_) => Ok(Val::Scalar(self.bare(|b| {
-                is_space(b) || matches!(b, b'\n' | b',' | b';' | b'}' | b']')
-            }))),
+            Some(_) => {
+                let s =
+                    self.bare(|b| is_space(b) || matches!(b, b'\n' | b',' | b';' | b'}' | b']'));
+                Ok(match s.strip_prefix('$') {
+                    Some(name) => Val::Var(name.to_owned()),
+                    None => Val::Scalar(s),
+                })
+            }
         }
     }
 }
@@ -922,6 +1011,87 @@ mod tests {
             got[0].contains("users.conf:1: `accounts.A.users[0]`"),
             "{got:?}"
         );
+    }
+
+    /// What nats-server reads one way and a simpler reader another is
+    /// refused, not guessed: keys ended by a form feed or another Unicode
+    /// space, a quoted key with a backslash (nats-server ends it at the
+    /// first quote), users or passwords hidden behind variables, and an
+    /// authorization block's single user without a password.
+    #[test]
+    fn what_nats_server_could_read_differently_is_refused() {
+        let walk_err = |text: &str| {
+            let dir = tempfile::tempdir().expect("dir");
+            let p = write(dir.path(), "ws.conf", text);
+            match walk(&root("websocket.include", &p)) {
+                Err(e) => e.to_string(),
+                Ok(t) => t.problems().iter().map(ToString::to_string).collect(),
+            }
+        };
+        for text in [
+            "no_auth_user\x0c= guest\n",
+            "include\x0cevil.conf\n",
+            "no_auth_user\u{a0}= guest\n",
+            "x: 1\u{2028}no_auth_user: guest\n",
+        ] {
+            let got = walk_err(text);
+            assert!(
+                got.contains("is not allowed in an included file"),
+                "{text:?}: {got}"
+            );
+        }
+        let got = walk_err("\"a\\\" {}\nno_auth_user = g\n\"c\" {}\n");
+        assert!(got.contains("backslash"), "{got}");
+        let got = problems(
+            "accounts.include",
+            &[(
+                "accounts.conf",
+                "U = [{user: guest}]\nA { users: $U }\nB { users: [{user: v, password: $P}] }\n",
+            )],
+        );
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            got[0].contains("`accounts.A.users`") && got[0].contains("variable"),
+            "{got:?}"
+        );
+        assert!(got[1].contains("`accounts.B.users[0]`"), "{got:?}");
+        // A quoted bcrypt hash is a value, not a variable.
+        let got = problems(
+            "accounts.include",
+            &[(
+                "accounts.conf",
+                "A { users: [{user: v, password: \"$2a$11$abcdefghijklmnopqrstuv\"}] }\n",
+            )],
+        );
+        assert!(got.is_empty(), "{got:?}");
+        let got = problems("authorization.include", &[("authz.conf", "user: guest\n")]);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains("`authorization.user`"), "{got:?}");
+        let got = problems(
+            "authorization.include",
+            &[("authz.conf", "user: guest\npassword: \"$2a$11$x\"\n")],
+        );
+        assert!(got.is_empty(), "{got:?}");
+    }
+
+    /// A nested include is found as nats-server finds it: next to the
+    /// including file's path as written, not where a link points.
+    #[test]
+    fn nested_includes_resolve_next_to_the_path_as_written() {
+        let dir = tempfile::tempdir().expect("dir");
+        let real = dir.path().join("real");
+        let etc = dir.path().join("etc");
+        std::fs::create_dir_all(&etc).expect("dir");
+        write(&real, "accounts.conf", "A { include users.conf }\n");
+        write(&real, "users.conf", "users: [{user: ok, password: pw}]\n");
+        write(&etc, "users.conf", "users: [{user: open}]\n");
+        std::os::unix::fs::symlink(real.join("accounts.conf"), etc.join("accounts.conf"))
+            .expect("link");
+        let tree = walk(&root("accounts.include", &etc.join("accounts.conf"))).expect("walks");
+        let got: Vec<String> = tree.problems().iter().map(ToString::to_string).collect();
+        assert_eq!(got.len(), 1, "the broker reads etc/users.conf: {got:?}");
+        assert!(got[0].contains("etc/users.conf"), "{got:?}");
+        assert_eq!(clean(Path::new("/a/b/../c/./d")), PathBuf::from("/a/c/d"));
     }
 
     #[test]

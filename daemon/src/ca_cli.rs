@@ -92,11 +92,21 @@ pub fn intermediate_args(
             "--domain {domain:?} must have at least two labels (e.g. nats.example.com): the supercluster's own domain, not a top-level one"
         ));
     }
+    let dom = domain.trim_end_matches('.').to_ascii_lowercase();
     for n in names {
         if !natsmesh_broker::model::is_dns_name(n) || n.trim_end_matches('.').split('.').count() < 2
         {
             return Err(format!(
                 "--permit-name {n:?} is not a DNS name of at least two labels (a name clients use, e.g. nats.example.com; it permits that name and the names below it)"
+            ));
+        }
+        // A shared name inside the supercluster's domain (or above it)
+        // would let this region's intermediate mint every region's names,
+        // or another region's.
+        let name = n.trim_end_matches('.').to_ascii_lowercase();
+        if name == dom || dom.ends_with(&format!(".{name}")) || name.ends_with(&format!(".{dom}")) {
+            return Err(format!(
+                "--permit-name {n:?} lies inside or above --domain {domain:?}: a shared client name must be outside the supercluster's domain, or it would permit other regions' names"
             ));
         }
     }

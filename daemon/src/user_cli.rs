@@ -101,9 +101,25 @@ pub fn add(user: &NewUser<'_>, file: &Path) -> Result<String, String> {
             e.message()
         )
     })?;
-    crate::files::write_atomic(file, after.as_bytes(), crate::files::PLAIN)
+    // The drop-in keeps the mode, owner and group it had (natsmeshd reads
+    // it as its own user, often through the group); a new one takes the
+    // directory's group, so `sudo natsmeshd user add` in
+    // /etc/natsmesh/natsmesh.d does not leave a file natsmeshd cannot read.
+    let (mode, owner) = keep_or_inherit(file);
+    crate::files::write_atomic(file, after.as_bytes(), mode)
         .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     let mut out = Vec::new();
+    // The user is written: a failed chown must not swallow its secret, so
+    // it is said, not returned as an error.
+    if let Some((uid, gid)) = owner
+        && let Err(e) = std::os::unix::fs::chown(file, Some(uid), Some(gid))
+    {
+        let _ = writeln!(
+            out,
+            "warning: cannot give {} owner {uid} and group {gid}: {e}; make sure natsmeshd can read it",
+            file.display()
+        );
+    }
     let who = if user.nkey {
         "an nkey user".to_owned()
     } else if user.leafnode {
@@ -123,4 +139,24 @@ pub fn add(user: &NewUser<'_>, file: &Path) -> Result<String, String> {
         "(shown once: only the public key or a bcrypt hash was written; `natsmeshd reload` to apply)"
     );
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The mode and (owner, group) `file` should have after a rewrite: what it
+/// has, or for a new file 0640 with this process's owner and the
+/// directory's group.
+fn keep_or_inherit(file: &Path) -> (u32, Option<(u32, u32)>) {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Ok(m) = std::fs::symlink_metadata(file)
+        && m.file_type().is_file()
+    {
+        return (m.mode() & 0o7777, Some((m.uid(), m.gid())));
+    }
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let owner = std::fs::metadata(dir)
+        .ok()
+        .map(|d| (nix::unistd::geteuid().as_raw(), d.gid()));
+    (crate::files::PLAIN, owner)
 }

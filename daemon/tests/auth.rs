@@ -364,12 +364,20 @@ fn natsmeshd_reloads_through_sys_and_reads_the_brokers_refusal() {
             "{v}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(
-            d.log()
-                .contains("the broker confirmed the reload through $SYS"),
-            "{v}:\n{}",
-            d.log()
-        );
+        // natsmeshd's stderr is read by a thread of its own: give the line
+        // a moment to arrive after the command returned.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !d
+            .log()
+            .contains("the broker confirmed the reload through $SYS")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{v}:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         // A change the broker cannot reload: its reason arrives through $SYS.
         std::fs::write(&include, "connect_retries: 5\n").unwrap();
         let out = d.cli(&["reload", "--wait"]);
@@ -378,12 +386,17 @@ fn natsmeshd_reloads_through_sys_and_reads_the_brokers_refusal() {
             "{v}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let log = d.log();
-        assert!(
-            log.contains("the broker refused the reload (answered through $SYS)")
-                && log.contains("config reload not supported for Gateway"),
-            "{v}:\n{log}"
-        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = d.log();
+            if log.contains("the broker refused the reload (answered through $SYS)")
+                && log.contains("config reload not supported for Gateway")
+            {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{v}:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert_ne!(d.status().unwrap().broker_pid, pid, "{v}: not restarted");
     }
 }

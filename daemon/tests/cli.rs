@@ -858,3 +858,45 @@ fn a_leafnode_remote_bound_to_a_missing_account_fails_the_check_as_the_broker_wo
     );
     assert!(log.contains("cannot find local account \"NOPE\""), "{log}");
 }
+
+/// `user add` rewrites a drop-in keeping its mode, owner and group, and a
+/// new drop-in takes its directory's group: `sudo natsmeshd user add` in
+/// /etc/natsmesh/natsmesh.d must not leave a file natsmeshd (reading as its
+/// own user, through the group) cannot read.
+#[test]
+fn user_add_keeps_the_drop_ins_owner_group_and_mode() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let dir = scratch();
+    let d = dir.path().join("natsmesh.d");
+    std::fs::create_dir(&d).unwrap();
+    std::os::unix::fs::chown(&d, Some(0), Some(4242)).unwrap();
+    let add = |file: &Path, name: &str| {
+        let out = natsmeshd_in(
+            dir.path(),
+            &[
+                "user",
+                "add",
+                "--account",
+                "APP",
+                "--name",
+                name,
+                "--file",
+                file.to_str().unwrap(),
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    let fresh = d.join("users.toml");
+    add(&fresh, "a");
+    let m = std::fs::metadata(&fresh).unwrap();
+    assert_eq!((m.gid(), m.mode() & 0o777), (4242, 0o640));
+    let kept = d.join("kept.toml");
+    std::fs::write(&kept, "").unwrap();
+    std::os::unix::fs::chown(&kept, Some(1234), Some(5678)).unwrap();
+    std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o644)).unwrap();
+    add(&kept, "b");
+    let m = std::fs::metadata(&kept).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (1234, 5678, 0o644));
+    assert!(std::fs::read_to_string(&kept).unwrap().contains("[[accounts.APP.users]]"));
+}
+

@@ -674,7 +674,7 @@ fn every_listener_renders_tls_that_the_broker_accepts() {
         std::fs::write(
             &main,
             format!(
-                "[node]\nregion = \"fra1\"\nname = \"n1\"\ndomain = \"nats.test\"\nprivate_address = \"10.0.0.5\"\npublic_address = \"192.0.2.5\"\n\n[broker]\nbinary = \"{}\"\nstate_dir = \"{}\"\n\n[broker.jetstream]\nmax_memory_store = \"64MiB\"\nmax_file_store = \"1GiB\"\ndomain = \"hub\"\n\n[broker.cluster]\nenabled = true\n\n[broker.gateway]\nenabled = true\n\n[broker.leafnodes]\nenabled = true\n\n[[broker.leafnodes.remotes]]\nurls = [\"hub.nats.test:7422\"]\n\n[broker.mqtt]\nenabled = true\n\n[broker.websocket]\nenabled = true\n\n[tls]\nmode = \"issue\"\nca_file = \"{}\"\nintermediate_cert = \"{}\"\nintermediate_key = \"{}\"\n",
+                "[node]\nregion = \"fra1\"\nname = \"n1\"\ndomain = \"nats.test\"\nprivate_address = \"10.0.0.5\"\npublic_address = \"192.0.2.5\"\n\n[broker]\nbinary = \"{}\"\nstate_dir = \"{}\"\n\n[broker.jetstream]\nmax_memory_store = \"64MiB\"\nmax_file_store = \"1GiB\"\ndomain = \"hub\"\n\n[broker.cluster]\nenabled = true\n\n[broker.gateway]\nenabled = true\n\n[broker.leafnodes]\nenabled = true\n\n[[broker.leafnodes.users]]\nname = \"edge\"\npassword_hash = \"$2b$11$abcdefghijklmnopqrstuu5tWpD5xXnQvGq8wN3y8pB2oC6j0mS1e\"\naccount = \"APP\"\n\n[[broker.leafnodes.remotes]]\nurls = [\"hub.nats.test:7422\"]\n\n[accounts.APP]\n\n[broker.mqtt]\nenabled = true\n\n[broker.websocket]\nenabled = true\n\n[tls]\nmode = \"issue\"\nca_file = \"{}\"\nintermediate_cert = \"{}\"\nintermediate_key = \"{}\"\n",
                 natsmesh_harness::broker_binary(v).display(),
                 dir.path().join("state").display(),
                 pki.path("r1/root.crt").display(),
@@ -1076,6 +1076,69 @@ fn a_regions_intermediate_cannot_speak_for_another_region() {
             "{other}: {err}"
         );
     }
+
+    // A shared client name inside (or above) the supercluster's domain
+    // would reach into other regions: refused.
+    for name in ["nats.test", "nyc3.nats.test", "api.nyc3.nats.test"] {
+        let out = Command::new(NATSMESHD)
+            .args(["ca", "intermediate", "--root"])
+            .arg(pki.path("r1"))
+            .args(["--region", "fra1", "--domain", "nats.test", "--permit-name", name, "--out"])
+            .arg(pki.path("bad"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--permit-name {name}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("outside the supercluster's domain"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // An intermediate without name constraints (made by hand with openssl)
+    // could name anything: a node refuses to issue from it.
+    let p = |f: &str| pki.path(f).to_str().unwrap().to_owned();
+    std::fs::write(
+        pki.path("ca.ext"),
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n",
+    )
+    .unwrap();
+    for args in [
+        vec![
+            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", &p("open.key"), "-subj", "/CN=open", "-out", &p("open.csr"),
+        ],
+        vec![
+            "x509", "-req", "-in", &p("open.csr"), "-CA", &p("r1/root.crt"), "-CAkey",
+            &p("r1/root.key"), "-set_serial", "5", "-days", "2", "-extfile", &p("ca.ext"),
+            "-out", &p("open.crt"),
+        ],
+    ] {
+        let out = Command::new("openssl").args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut perms = std::fs::metadata(pki.path("open.key")).unwrap().permissions();
+    perms.set_mode(0o600);
+    std::fs::set_permissions(pki.path("open.key"), perms).unwrap();
+    let d = scratch();
+    let main = d.path().join("natsmesh.toml");
+    std::fs::write(
+        &main,
+        format!(
+            "[node]\nregion = \"fra1\"\nname = \"n1\"\ndomain = \"nats.test\"\n\n[broker]\nbinary = \"{}\"\nstate_dir = \"{}\"\n\n[broker.jetstream]\nenabled = false\n\n{}",
+            natsmesh_harness::broker_binary(CURRENT).display(),
+            d.path().join("state").display(),
+            common::pki::issue_config(&root, &pki.path("open.crt"), &pki.path("open.key"), "7d"),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(NATSMESHD)
+        .args(["check", "-c", main.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no DNS name constraints"), "{err}");
 
     // No intermediate for an empty or top-level domain.
     for domain in ["", ".", "test"] {

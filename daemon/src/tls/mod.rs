@@ -262,11 +262,18 @@ pub fn ensure(
                     until: stamp(ca.not_after),
                 });
             }
-            not_permitted(
-                &what,
-                &pki::permitted(&what, &ca_chain[0])?,
-                &settings.names,
-            )?;
+            let permitted = pki::permitted(&what, &ca_chain[0])?;
+            // An intermediate that may name anything could speak for every
+            // region (a root as issuer is warned about above instead).
+            if !ca.self_signed && permitted.dns.is_none() {
+                return Err(TlsError::NotPermitted {
+                    intermediate: what,
+                    names: "any name".into(),
+                    permitted: "no DNS name constraints".into(),
+                    fix: "a region's intermediate must be limited to its region's names; make one with `natsmeshd ca intermediate`".into(),
+                });
+            }
+            not_permitted(&what, &permitted, &settings.names)?;
             write_region_cas(settings, &ca_chain, now)?;
             if !force
                 && let Ok(info) = check_pair(settings, &settings.cert_file, &settings.key_file, now)
