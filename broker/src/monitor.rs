@@ -10,8 +10,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use semver::Version;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
 use serde::Deserialize;
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 
 /// What an HTTP probe saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -378,42 +382,118 @@ pub enum ClientPort {
 struct Info {
     #[serde(default)]
     ldm: bool,
+    #[serde(default)]
+    tls_required: bool,
 }
 
+/// How the client-port probe speaks TLS where the broker requires it.
+#[derive(Debug, Clone)]
+pub struct ProbeTls {
+    /// Trust (the configured roots); no client certificate.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the served certificate must be valid for.
+    pub name: ServerName<'static>,
+}
+
+/// The INFO line is a few hundred bytes; a peer sending more is not a
+/// broker and must not grow memory.
+const MAX_INFO: u64 = 64 * 1024;
+
 /// Connects to the client port, reads the INFO line the server sends first,
-/// and hangs up.
-pub async fn probe_client_port(addr: SocketAddr, timeout: Duration) -> ClientPort {
-    let attempt = async {
-        let stream = match tokio::net::TcpStream::connect(addr).await {
-            Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return ClientPort::Refused;
-            }
-            Err(e) => return ClientPort::Failed(e.to_string()),
-        };
-        // Bounded: a misbehaving peer cannot grow memory.
-        let mut reader =
-            tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(stream, 64 * 1024));
-        let mut line = String::new();
-        match reader.read_line(&mut line).await {
-            Ok(0) => ClientPort::Failed("closed before INFO".into()),
-            Ok(_) => match line.strip_prefix("INFO ") {
-                Some(json) => match serde_json::from_str::<Info>(json.trim()) {
-                    Ok(info) if info.ldm => ClientPort::LameDuck,
-                    Ok(_) => ClientPort::Serving,
-                    Err(e) => ClientPort::Failed(format!("bad INFO: {e}")),
-                },
-                None => ClientPort::Failed(format!(
-                    "expected INFO, got {:?}",
-                    line.chars().take(40).collect::<String>()
-                )),
-            },
-            Err(e) => ClientPort::Failed(e.to_string()),
-        }
+/// and leaves the way a client does.
+///
+/// Where INFO says `"tls_required": true` and `tls` is given, the TLS
+/// handshake is completed (verifying the served certificate) and then
+/// closed with close_notify: a client that hangs up before the handshake
+/// makes nats-server log `[ERR] … TLS handshake error: EOF` on every
+/// probe, while a closed TLS session (or a plain connection closed after
+/// INFO) is logged at debug level only. A handshake that fails or stalls
+/// is `Failed`: clients could not connect either. The whole probe, close
+/// included, stays within `timeout`.
+pub async fn probe_client_port(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&ProbeTls>,
+) -> ClientPort {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (stream, info) = match tokio::time::timeout_at(deadline, read_info(addr)).await {
+        Err(_) => return ClientPort::Timeout,
+        Ok(Err(seen)) => return seen,
+        Ok(Ok(got)) => got,
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or(ClientPort::Timeout)
+    let seen = if info.ldm {
+        ClientPort::LameDuck
+    } else {
+        ClientPort::Serving
+    };
+    let Some(tls) = tls.filter(|_| info.tls_required) else {
+        // Plain: hanging up after INFO is a client leaving.
+        return seen;
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let handshake = connector.connect(tls.name.clone(), stream);
+    let mut session = match tokio::time::timeout_at(deadline, handshake).await {
+        Err(_) => {
+            return ClientPort::Failed(format!("TLS handshake: no answer within {timeout:?}"));
+        }
+        Ok(Err(e)) => return ClientPort::Failed(format!("TLS handshake: {e}")),
+        Ok(Ok(s)) => s,
+    };
+    // close_notify and FIN, then read to the broker's own close (its
+    // session tickets and close_notify): closing with unread data would
+    // reset the connection. Bounded by the deadline; the verdict is made.
+    let close = async {
+        session.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = MAX_INFO;
+        while left > 0 {
+            let n = session.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n as u64);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout_at(deadline, close).await;
+    seen
+}
+
+/// Connects and reads the INFO line, leaving nothing of what follows read
+/// (the TLS handshake starts right after it).
+async fn read_info(addr: SocketAddr) -> Result<(TcpStream, Info), ClientPort> {
+    let mut stream = match TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(ClientPort::Refused);
+        }
+        Err(e) => return Err(ClientPort::Failed(e.to_string())),
+    };
+    let mut reader = tokio::io::BufReader::new((&mut stream).take(MAX_INFO));
+    let mut line = String::new();
+    match reader.read_line(&mut line).await {
+        Ok(0) => return Err(ClientPort::Failed("closed before INFO".into())),
+        Ok(_) => {}
+        Err(e) => return Err(ClientPort::Failed(e.to_string())),
+    }
+    // The broker waits for the client after INFO; anything already
+    // buffered beyond it would be lost to a TLS handshake.
+    let extra = !reader.buffer().is_empty();
+    drop(reader);
+    let Some(json) = line.strip_prefix("INFO ") else {
+        return Err(ClientPort::Failed(format!(
+            "expected INFO, got {:?}",
+            line.chars().take(40).collect::<String>()
+        )));
+    };
+    let info = serde_json::from_str::<Info>(json.trim())
+        .map_err(|e| ClientPort::Failed(format!("bad INFO: {e}")))?;
+    if extra && info.tls_required {
+        return Err(ClientPort::Failed(
+            "data after INFO before the TLS handshake".into(),
+        ));
+    }
+    Ok((stream, info))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! TLS and trust against real nats-servers (2.9.10 and the pinned current
 //! release): mutual TLS routes (also by gossip), refusal of another
 //! region's or another CA's node, client TLS, renewal under a connected
-//! client, CA rotation, bad material, file modes.
+//! client, CA rotation, bad material, file modes, and probes that leave
+//! the broker's log quiet.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -1152,4 +1153,108 @@ fn a_regions_intermediate_cannot_speak_for_another_region() {
         assert_eq!(out.status.code(), Some(2), "--domain {domain:?}");
         assert!(!pki.path("bad/fra1.key").exists());
     }
+}
+
+/// How long the quiet-log tests watch the brokers: 60 s (CI), or
+/// `NATSMESH_QUIET_SECS` for a quicker local run.
+fn quiet_window() -> Duration {
+    let secs = std::env::var("NATSMESH_QUIET_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(60);
+    Duration::from_secs(secs.max(1))
+}
+
+/// The broker's lines (natsmeshd logs them with `broker_pid`) at WARN or
+/// ERROR among `lines`.
+fn broker_complaints(lines: &str) -> Vec<&str> {
+    lines
+        .lines()
+        .filter(|l| l.contains("broker_pid="))
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+        .collect()
+}
+
+fn total_connections(d: &Daemon) -> u64 {
+    d.monitor("/varz")
+        .and_then(|v| v["total_connections"].as_u64())
+        .expect("/varz answers with total_connections")
+}
+
+/// natsmeshd with client TLS required and one without it run a window
+/// with no client at all: their serving probes (every 250 ms here) leave
+/// no `TLS handshake error` and no WARN or ERROR line of the broker, and
+/// they did probe: each stayed ready and serving, natsmeshd logged probe
+/// rounds, and the broker counted the probes' connections.
+fn probes_leave_the_brokers_log_quiet(v: &str) {
+    // The filter sees a broker error as natsmeshd logs it.
+    let seen = "2026-12-06T21:34:20.5Z ERROR 127.0.0.1:57410 - cid:7 - TLS handshake error: EOF broker_pid=19748";
+    assert_eq!(broker_complaints(seen), [seen]);
+    let pki = Pki::new();
+    pki.root("r1").intermediate("r1", "fra1", "i1");
+    let tls = client_tls_node(v, &pki, "1h");
+    let plain = Daemon::start(v, Options::default());
+    let mut nodes = [("tls", tls), ("plain", plain)];
+    for (_, d) in &mut nodes {
+        d.wait_ready();
+    }
+    let rendered =
+        std::fs::read_to_string(nodes[0].1.dir.path().join("state/nats-server.conf")).unwrap();
+    assert!(rendered.contains("tls"), "{v}: no client TLS: {rendered}");
+    // The broker logs at its default level (debug and trace off), as
+    // natsmesh renders it.
+    assert!(rendered.contains("debug: false"), "{rendered}");
+    assert!(rendered.contains("trace: false"), "{rendered}");
+    let marks: Vec<(usize, u64)> = nodes
+        .iter()
+        .map(|(_, d)| (d.log().len(), total_connections(d)))
+        .collect();
+    let window = quiet_window();
+    let started = Instant::now();
+    while started.elapsed() < window {
+        std::thread::sleep(Duration::from_millis(500));
+        for (what, d) in &mut nodes {
+            let s = d.status().expect("status answers");
+            assert_eq!(s.state, "ready", "{v} {what}: {s:?}\n{}", d.log());
+            assert_eq!(s.serving, "accepting clients", "{v} {what}: {s:?}");
+        }
+    }
+    let secs = window.as_secs();
+    for ((what, d), (from, conns_before)) in nodes.iter().zip(marks) {
+        let log = d.log();
+        let during = &log[from..];
+        assert_eq!(
+            during.matches("TLS handshake error").count(),
+            0,
+            "{v} {what}: the broker logged TLS handshake errors:\n{during}"
+        );
+        let complaints = broker_complaints(during);
+        assert!(
+            complaints.is_empty(),
+            "{v} {what}: the broker complained during {window:?}:\n{}",
+            complaints.join("\n")
+        );
+        // Four rounds a second; at least one a second even on a loaded
+        // machine.
+        let rounds = during.matches("probe round").count() as u64;
+        assert!(
+            rounds >= secs,
+            "{v} {what}: only {rounds} probe rounds in {window:?}"
+        );
+        let conns = total_connections(d) - conns_before;
+        assert!(
+            conns >= secs,
+            "{v} {what}: the broker saw only {conns} probe connections in {window:?}"
+        );
+    }
+}
+
+#[test]
+fn probes_leave_the_brokers_log_quiet_oldest() {
+    probes_leave_the_brokers_log_quiet(natsmesh_harness::DEBIAN_12);
+}
+
+#[test]
+fn probes_leave_the_brokers_log_quiet_current() {
+    probes_leave_the_brokers_log_quiet(CURRENT);
 }

@@ -376,7 +376,12 @@ impl Supervisor {
                 && Instant::now() >= next_probe
                 && let Some(r) = &self.running
             {
-                let (targets, pid) = (r.targets.clone(), r.pid);
+                // The client port's TLS as configured now (a reload may
+                // have moved the roots).
+                let (targets, pid) = (
+                    r.targets.clone().with_client_tls(self.client_port_tls()),
+                    r.pid,
+                );
                 let with_varz = self.life.state() != State::Starting;
                 probe = Some(Box::pin(async move {
                     (pid, probe::probe(&targets, with_varz).await)
@@ -570,8 +575,19 @@ impl Supervisor {
                 s.health.timeout,
                 https,
             )
-            .with_gateways(s.server.gateway.is_some()),
+            .with_gateways(s.server.gateway.is_some())
+            .with_client_tls(self.client_port_tls()),
         )
+    }
+
+    /// The serving probe's TLS where the client port requires it.
+    fn client_port_tls(&self) -> Option<crate::tls::probe::ClientPortTls> {
+        let s = &self.settings;
+        let tls = s.tls.as_ref().filter(|_| s.server.tls.is_some())?;
+        Some(crate::tls::probe::ClientPortTls::new(
+            tls.clone(),
+            s.server.listen.host,
+        ))
     }
 
     /// Supervises `process` from now on (started, or adopted).

@@ -3,7 +3,10 @@
 //! 1. *alive*: `/healthz?js-enabled-only=true` — any answer counts as alive;
 //!    only a timeout is evidence of a hang (see `liveness`).
 //! 2. *serving*: a client connects to the client port and reads INFO; it
-//!    serves unless refused or in lame duck (`"ldm": true`).
+//!    serves unless refused or in lame duck (`"ldm": true`). Where the
+//!    broker requires TLS it completes the handshake against the configured
+//!    roots and closes the session (no error line in the broker's log), so a
+//!    TLS failure is also "not serving".
 //! 3. *JetStream*: `js-server-only` (2.9/2.10) or `js-meta-only` (2.11+),
 //!    then the full `/healthz`. Reported, never used to kill or deregister.
 //!
@@ -21,6 +24,7 @@ use natsmesh_broker::monitor::{
 use tokio::time::Instant;
 
 use super::liveness::Observation;
+use crate::tls::probe::ClientPortTls;
 
 /// Where and how to probe one broker.
 #[derive(Debug, Clone)]
@@ -31,6 +35,7 @@ pub struct Targets {
     jetstream: bool,
     timeout: Duration,
     gateways: bool,
+    client_tls: Option<ClientPortTls>,
 }
 
 /// The address a local prober dials for a listener: its bind address, or
@@ -69,7 +74,14 @@ impl Targets {
             jetstream,
             timeout,
             gateways: false,
+            client_tls: None,
         }
+    }
+
+    /// The client port's TLS, for brokers that require it there.
+    pub fn with_client_tls(mut self, tls: Option<ClientPortTls>) -> Self {
+        self.client_tls = tls;
+        self
     }
 
     /// Also reads `/gatewayz` with `/varz` (gateways are configured).
@@ -158,6 +170,15 @@ async fn jetstream(t: &Targets) -> JetStream {
     }
 }
 
+async fn client_port(t: &Targets) -> ClientPort {
+    match t.client_tls.as_ref().map(ClientPortTls::load).transpose() {
+        Ok(tls) => probe_client_port(t.client, t.timeout, tls.as_ref()).await,
+        // Nothing is dialled: without trust the handshake cannot be made,
+        // and hanging up before it is what fills the broker's log.
+        Err(e) => ClientPort::Failed(format!("cannot load the client port's TLS trust: {e}")),
+    }
+}
+
 /// Runs one round; `/varz` (for routes and the status line) only when
 /// asked: it is not needed before the broker serves, and it answers late
 /// while JetStream starts.
@@ -175,11 +196,8 @@ pub async fn probe(t: &Targets, with_varz: bool) -> Report {
     } else {
         None
     };
-    let (alive, client, js) = tokio::join!(
-        t.monitor.get(HEALTHZ_ALIVE),
-        probe_client_port(t.client, t.timeout),
-        jetstream(t),
-    );
+    let (alive, client, js) =
+        tokio::join!(t.monitor.get(HEALTHZ_ALIVE), client_port(t), jetstream(t),);
     let (alive, alive_detail) = match alive {
         Http::Answered { status, .. } => (Observation::Answered, format!("answered {status}")),
         Http::Refused => (Observation::NoListener, "monitoring port refused".into()),
