@@ -371,11 +371,7 @@ fn natsmeshd_reloads_through_sys_and_reads_the_brokers_refusal() {
             .log()
             .contains("the broker confirmed the reload through $SYS")
         {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{v}:\n{}",
-                d.log()
-            );
+            assert!(std::time::Instant::now() < deadline, "{v}:\n{}", d.log());
             std::thread::sleep(Duration::from_millis(50));
         }
         // A change the broker cannot reload: its reason arrives through $SYS.

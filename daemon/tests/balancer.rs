@@ -125,11 +125,16 @@ fn a_hung_broker_leaves_the_balancer_and_returns() {
     let registered = "natsmesh_load_balancer_registered";
     a.wait_metric(registered, Duration::from_secs(10), |v| v == 1.0);
     common::signal(pid, "STOP");
-    wait_for(
-        "deregistered while not serving",
-        Duration::from_secs(20),
-        || fleet.lb.registered().is_empty(),
-    );
+    // Bounded as wait_for, but a miss shows what natsmeshd saw and did.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !fleet.lb.registered().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: deregistered while not serving\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     a.wait_metric(registered, Duration::from_secs(10), |v| v == 0.0);
     a.wait_status(
         "a new broker serves",

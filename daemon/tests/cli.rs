@@ -897,6 +897,9 @@ fn user_add_keeps_the_drop_ins_owner_group_and_mode() {
     add(&kept, "b");
     let m = std::fs::metadata(&kept).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (1234, 5678, 0o644));
-    assert!(std::fs::read_to_string(&kept).unwrap().contains("[[accounts.APP.users]]"));
+    assert!(
+        std::fs::read_to_string(&kept)
+            .unwrap()
+            .contains("[[accounts.APP.users]]")
+    );
 }
-

@@ -1084,7 +1084,15 @@ fn a_regions_intermediate_cannot_speak_for_another_region() {
         let out = Command::new(NATSMESHD)
             .args(["ca", "intermediate", "--root"])
             .arg(pki.path("r1"))
-            .args(["--region", "fra1", "--domain", "nats.test", "--permit-name", name, "--out"])
+            .args([
+                "--region",
+                "fra1",
+                "--domain",
+                "nats.test",
+                "--permit-name",
+                name,
+                "--out",
+            ])
             .arg(pki.path("bad"))
             .output()
             .unwrap();
@@ -1106,19 +1114,49 @@ fn a_regions_intermediate_cannot_speak_for_another_region() {
     .unwrap();
     for args in [
         vec![
-            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", &p("open.key"), "-subj", "/CN=open", "-out", &p("open.csr"),
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &p("open.key"),
+            "-subj",
+            "/CN=open",
+            "-out",
+            &p("open.csr"),
         ],
         vec![
-            "x509", "-req", "-in", &p("open.csr"), "-CA", &p("r1/root.crt"), "-CAkey",
-            &p("r1/root.key"), "-set_serial", "5", "-days", "2", "-extfile", &p("ca.ext"),
-            "-out", &p("open.crt"),
+            "x509",
+            "-req",
+            "-in",
+            &p("open.csr"),
+            "-CA",
+            &p("r1/root.crt"),
+            "-CAkey",
+            &p("r1/root.key"),
+            "-set_serial",
+            "5",
+            "-days",
+            "2",
+            "-extfile",
+            &p("ca.ext"),
+            "-out",
+            &p("open.crt"),
         ],
     ] {
         let out = Command::new("openssl").args(&args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let mut perms = std::fs::metadata(pki.path("open.key")).unwrap().permissions();
+    let mut perms = std::fs::metadata(pki.path("open.key"))
+        .unwrap()
+        .permissions();
     perms.set_mode(0o600);
     std::fs::set_permissions(pki.path("open.key"), perms).unwrap();
     let d = scratch();
