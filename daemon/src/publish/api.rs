@@ -238,6 +238,9 @@ impl Api {
                 };
                 match (e.status, scope) {
                     // Authenticated, not allowed this: the scope it lacks.
+                    (Some(403), Some(scope)) if scope == self.provider.scopes() => {
+                        why.push_str(&format!(" (the token lacks the {scope} scope for this)"));
+                    }
                     (Some(403), Some(scope)) => why.push_str(&format!(
                         " (the token lacks the {scope} scope for this; it needs {})",
                         self.provider.scopes()
