@@ -671,3 +671,325 @@ fn an_api_outage_at_stop_delays_lame_duck_by_the_budget_only() {
     assert!(took < Duration::from_secs(20), "{took:?}");
     assert!(a.log().contains("lame duck anyway"), "{}", a.log());
 }
+
+/// When each answer of `answered` left, after the first 429: how many
+/// requests came before `until` (the time the provider said to wait for).
+fn early_after_first_429(
+    answered: &[(std::time::SystemTime, u16)],
+    wait: impl FnOnce(std::time::SystemTime) -> std::time::SystemTime,
+) -> (usize, usize) {
+    let first = answered
+        .iter()
+        .position(|(_, s)| *s == 429)
+        .unwrap_or_else(|| panic!("no 429 answered: {answered:?}"));
+    let until = wait(answered[first].0);
+    let early = answered[first + 1..]
+        .iter()
+        .filter(|(t, _)| *t < until)
+        .count();
+    (early, answered.len() - first - 1)
+}
+
+/// A node that meets a DigitalOcean rate limit on its first read waits as
+/// long as the 429 says, shows why meanwhile, then joins.
+fn a_digitalocean_rate_limit_is_waited_out(exhausted_window: bool) {
+    let fleet = Fleet::good(1);
+    let reset = {
+        let mut s = fleet.lb.state.lock().unwrap();
+        if exhausted_window {
+            // No retry-after: only ratelimit-reset (with remaining 0) says
+            // when the hourly window frees a request.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            s.exhausted_until = Some(now + 4);
+            std::time::UNIX_EPOCH + Duration::from_secs(now + 4)
+        } else {
+            s.rate_limited = 1;
+            s.retry_after_secs = 3;
+            std::time::UNIX_EPOCH
+        }
+    };
+    let mut a = fleet.node(1);
+    wait_for("the wait is reported", Duration::from_secs(10), || {
+        a.status().is_some_and(|s| {
+            s.load_balancer.contains("429 API rate limit exceeded")
+                && s.load_balancer.contains("retrying in")
+        })
+    });
+    a.wait_ready();
+    fleet.wait_in_service(&[droplet_id(1)], "joined after the wait");
+    assert_eq!(fleet.lb.registered(), vec![droplet_id(1)]);
+    let answered = fleet.lb.state.lock().unwrap().answered.clone();
+    let (early, after) = early_after_first_429(&answered, |first| {
+        if exhausted_window {
+            reset
+        } else {
+            first + Duration::from_secs(3)
+        }
+    });
+    assert_eq!(
+        early, 0,
+        "asked again before the wait was over: {answered:?}"
+    );
+    assert!(after >= 3, "{answered:?}");
+    // Only the first answer was a 429.
+    assert_eq!(answered.iter().filter(|(_, s)| *s == 429).count(), 1);
+    let screen = a.status().unwrap().load_balancer;
+    assert!(
+        screen.starts_with("in digitalocean load balancer"),
+        "{screen}"
+    );
+    assert!(
+        a.log().contains("cannot read the load balancer"),
+        "{}",
+        a.log()
+    );
+    fleet.assert_requests_follow_the_spec();
+}
+
+#[test]
+fn a_digitalocean_burst_limit_is_waited_out_as_retry_after_says() {
+    a_digitalocean_rate_limit_is_waited_out(false);
+}
+
+#[test]
+fn a_digitalocean_exhausted_window_is_waited_out_until_ratelimit_reset() {
+    a_digitalocean_rate_limit_is_waited_out(true);
+}
+
+#[test]
+fn a_token_without_load_balancer_update_is_reported_not_hammered() {
+    let fleet = Fleet::good(1);
+    let add = format!("POST /v2/load_balancers/{LB}/droplets");
+    fleet.lb.state.lock().unwrap().forbidden.push(add.clone());
+    let mut a = fleet.node(1);
+    a.wait_ready();
+    wait_for("the refusal is reported", Duration::from_secs(20), || {
+        a.status()
+            .is_some_and(|s| s.load_balancer.contains("load_balancer:update"))
+    });
+    let first = Instant::now();
+    let line = a.status().unwrap().load_balancer;
+    assert!(
+        line.contains("403 You are not authorized to perform this operation")
+            && line.contains("the token lacks the load_balancer:update scope"),
+        "{line}"
+    );
+    // Not joined, not claimed: the readiness endpoint keeps answering and
+    // the broker serves on.
+    assert!(fleet.lb.registered().is_empty());
+    a.wait_metric(
+        "natsmesh_load_balancer_registered",
+        Duration::from_secs(5),
+        |v| v == 0.0,
+    );
+    // The token is fixed: the next try (a refusal is retried after 15 s,
+    // with a fresh read) joins. Until then, no more than that one read and
+    // one write.
+    let before = fleet.lb.requests().len();
+    fleet.lb.state.lock().unwrap().forbidden.clear();
+    fleet.wait_in_service(&[droplet_id(1)], "joined once the token may");
+    let took = first.elapsed();
+    assert!(
+        took >= Duration::from_secs(12),
+        "retried a refusal after {took:?}"
+    );
+    let requests = fleet.lb.requests();
+    let writes = requests[before..].iter().filter(|(r, _)| *r == add).count();
+    assert_eq!(writes, 1, "{:?}", &requests[before..]);
+    assert!(requests.len() - before <= 4, "{:?}", &requests[before..]);
+    assert_eq!(a.status().unwrap().state, "ready");
+    fleet.assert_requests_follow_the_spec();
+}
+
+/// A node of one Linode behind a fake NodeBalancer with one TCP config
+/// checked by `connection`.
+struct LinodeSite {
+    lb: natsmesh_harness::fakes::linode_lb::FakeLinodeLb,
+    _meta: natsmesh_harness::fakes::linode_metadata::FakeLinodeMetadata,
+    _token: tempfile::TempDir,
+    client_port: u16,
+    extra: String,
+}
+
+impl LinodeSite {
+    fn new() -> Self {
+        use natsmesh_harness::fakes::linode_lb::{FakeLinodeLb, LinodeNb};
+        use natsmesh_harness::fakes::linode_metadata::{FakeLinodeMetadata, Linode};
+        let client_port = free_port();
+        let nb = LinodeNb::tcp(1_774_401, "eu-central", 2_706_113, 4222)
+            .with_model(&model())
+            .with_check("connection");
+        let lb = FakeLinodeLb::start(TOKEN, nb, model());
+        let meta = FakeLinodeMetadata::start(Linode {
+            id: 532_754_976,
+            label: "nats-fra1-1".into(),
+            region: "eu-central".into(),
+            tags: Vec::new(),
+            public_ipv4: Vec::new(),
+            private_ipv4: vec!["127.0.5.21/17".into()],
+            slaac: None,
+        });
+        let token = natsmesh_harness::scratch();
+        natsmesh_harness::bind::write_private(&token.path().join("token"), &format!("{TOKEN}\n"));
+        let extra = format!(
+            r#"[node]
+provider = "linode"
+
+[node.metadata]
+url = "{meta}"
+timeout = "300ms"
+retry_for = "5s"
+
+[broker.client]
+bind = "private"
+port = {client_port}
+advertise = "none"
+
+[load_balancer]
+provider = "linode"
+id = "1774401"
+token_file = "{token}"
+api_url = "{api}"
+ready_port = {ready}
+dwell = "1s"
+"#,
+            meta = meta.url(),
+            token = token.path().join("token").display(),
+            api = lb.api_url(),
+            ready = free_port(),
+        );
+        Self {
+            lb,
+            _meta: meta,
+            _token: token,
+            client_port,
+            extra,
+        }
+    }
+
+    fn node(&self) -> Daemon {
+        Daemon::start(
+            CURRENT,
+            Options {
+                extra: self.extra.clone(),
+                cloud: true,
+                ..Options::default()
+            },
+        )
+    }
+
+    fn wait_in_service(&self, what: &str) {
+        let address = format!("127.0.5.21:{}", self.client_port);
+        wait_for(what, Duration::from_secs(30), || {
+            self.lb.in_service() == vec![address.clone()]
+        });
+    }
+
+    fn answered(&self) -> Vec<(std::time::SystemTime, u16)> {
+        self.lb.state.lock().unwrap().answered.clone()
+    }
+}
+
+#[test]
+fn a_linode_rate_limit_is_waited_out_as_retry_after_says() {
+    let site = LinodeSite::new();
+    {
+        let mut s = site.lb.state.lock().unwrap();
+        s.rate_limited = 1;
+        s.retry_after_secs = 3;
+    }
+    let mut a = site.node();
+    wait_for("the wait is reported", Duration::from_secs(10), || {
+        a.status().is_some_and(|s| {
+            s.load_balancer.contains("429 Too many requests")
+                && s.load_balancer.contains("retrying in")
+        })
+    });
+    a.wait_ready();
+    site.wait_in_service("joined after the wait");
+    let answered = site.answered();
+    let (early, after) = early_after_first_429(&answered, |first| first + Duration::from_secs(3));
+    assert_eq!(early, 0, "asked again before Retry-After: {answered:?}");
+    assert!(after >= 3, "{answered:?}");
+    assert_eq!(site.lb.nodes().len(), 1, "{:?}", site.lb.nodes());
+    assert_linode_requests_follow_the_spec(&site.lb);
+}
+
+#[test]
+fn linode_maintenance_is_backed_off_reported_and_recovered_from() {
+    let site = LinodeSite::new();
+    site.lb.state.lock().unwrap().maintenance = true;
+    let mut a = site.node();
+    a.wait_ready();
+    wait_for(
+        "four tries met maintenance",
+        Duration::from_secs(15),
+        || site.answered().len() >= 4,
+    );
+    let line = a.status().unwrap().load_balancer;
+    assert!(
+        line.contains("503 the API is in planned maintenance (X-Maintenance-Mode)")
+            && line.contains("retrying in"),
+        "{line}"
+    );
+    site.lb.state.lock().unwrap().maintenance = false;
+    let during = site.answered();
+    // Backing off: each wait longer than the one before.
+    let gaps: Vec<Duration> = during
+        .windows(2)
+        .map(|w| w[1].0.duration_since(w[0].0).unwrap())
+        .collect();
+    assert!(
+        gaps.windows(2).all(|g| g[1] > g[0]),
+        "not backing off: {gaps:?}"
+    );
+    assert!(during.iter().all(|(_, s)| *s == 503), "{during:?}");
+    assert_eq!(a.status().unwrap().state, "ready");
+    site.wait_in_service("joined once maintenance is over");
+    assert_eq!(site.lb.nodes().len(), 1, "{:?}", site.lb.nodes());
+    assert!(a.log().contains("planned maintenance"), "{}", a.log());
+    assert_linode_requests_follow_the_spec(&site.lb);
+}
+
+#[test]
+fn a_read_only_nodebalancer_token_is_reported_not_hammered() {
+    let site = LinodeSite::new();
+    {
+        let mut s = site.lb.state.lock().unwrap();
+        for m in ["POST", "PUT", "DELETE"] {
+            s.forbidden.push(format!("{m} /v4/nodebalancers/"));
+        }
+    }
+    let mut a = site.node();
+    a.wait_ready();
+    wait_for("the refusal is reported", Duration::from_secs(20), || {
+        a.status()
+            .is_some_and(|s| s.load_balancer.contains("nodebalancers:read_write"))
+    });
+    let line = a.status().unwrap().load_balancer;
+    assert!(
+        line.contains("403 Unauthorized (the token lacks the nodebalancers:read_write scope"),
+        "{line}"
+    );
+    let before = site.lb.requests().len();
+    std::thread::sleep(Duration::from_secs(6));
+    let window: Vec<String> = site.lb.requests()[before..]
+        .iter()
+        .map(|(r, _)| r.clone())
+        .collect();
+    assert!(
+        window.iter().filter(|r| r.starts_with("POST")).count() <= 1 && window.len() <= 7,
+        "{window:?}"
+    );
+    assert!(site.lb.nodes().is_empty(), "{:?}", site.lb.nodes());
+    let status = a.status().unwrap();
+    assert_eq!(status.state, "ready");
+    assert!(
+        status.load_balancer.starts_with("change failing"),
+        "{status:?}"
+    );
+    assert_linode_requests_follow_the_spec(&site.lb);
+}

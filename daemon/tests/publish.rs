@@ -523,3 +523,117 @@ fn a_record_deleted_behind_natsmeshds_back_is_restored() {
         || srv_targets(&bind) == targets(&[1]),
     );
 }
+
+/// A node publishing through `flavor`'s API with a token file, no
+/// gateway record, verified every 10 s (the least allowed).
+fn api_node(
+    flavor: &str,
+    zone: &str,
+    fake: &FakeDnsApi,
+    bind: &Bind,
+) -> (Daemon, tempfile::TempDir) {
+    let scratch = natsmesh_harness::scratch();
+    let token_file = scratch.path().join("token");
+    natsmesh_harness::bind::write_private(&token_file, "tok\n");
+    let publish = format!(
+        "backend = \"{flavor}\"\nzone = \"{zone}\"\ntoken_file = \"{}\"\napi_url = \"{}\"\ngateway = false\nverify_every = \"10s\"\n",
+        token_file.display(),
+        fake.url(),
+    );
+    let a = Daemon::start(CURRENT, node_opts(1, free_port(), bind, &publish));
+    (a, scratch)
+}
+
+#[test]
+fn a_token_without_domain_create_withdraws_nothing_and_is_not_hammered() {
+    let bind = Bind::start(ZONE);
+    let fake = FakeDnsApi::start(Flavor::DigitalOcean, ZONE, "tok", None);
+    let (mut a, _token) = api_node("digitalocean", ZONE, &fake, &bind);
+    a.wait_ready();
+    let has = |kind: &str| fake.records().iter().any(|r| r.kind == kind);
+    wait_for("published", Duration::from_secs(20), || {
+        has("A") && has("SRV")
+    });
+    // The token loses domain:create, and the address record goes behind
+    // natsmeshd's back: the next verification's create is refused.
+    let done = fake.requests().len();
+    {
+        let mut s = fake.state.lock().unwrap();
+        s.forbidden.push("POST /v2/domains/".into());
+        s.records.retain(|r| r.kind != "A");
+    }
+    wait_for("the refusal is reported", Duration::from_secs(15), || {
+        a.status().is_some_and(|s| s.dns.contains("domain:create"))
+    });
+    let dns = a.status().unwrap().dns;
+    assert!(
+        dns.starts_with("publication failing via digitalocean")
+            && dns.contains("403 You are not authorized to perform this operation (the token lacks the domain:create scope for this"),
+        "{dns}"
+    );
+    let before = fake.requests().len();
+    std::thread::sleep(Duration::from_secs(4));
+    let requests = fake.requests();
+    let creates = requests[before..]
+        .iter()
+        .filter(|r| r.starts_with("POST"))
+        .count();
+    assert!(
+        creates <= 2,
+        "{creates} creates in 4 s: {:?}",
+        &requests[before..]
+    );
+    // Nothing withdrawn: the route record stays, no delete was sent.
+    assert!(has("SRV"), "{:?}", fake.records());
+    assert!(
+        !requests[done..].iter().any(|r| r.starts_with("DELETE")),
+        "{:?}",
+        &requests[done..]
+    );
+    assert_eq!(a.status().unwrap().state, "ready");
+    // The scope is given back: restored on a later try.
+    fake.state.lock().unwrap().forbidden.clear();
+    wait_for("restored", Duration::from_secs(15), || {
+        has("A") && has("SRV")
+    });
+    assert_eq!(fake.records().len(), 2, "{:?}", fake.records());
+}
+
+#[test]
+fn a_read_only_linode_domains_token_is_reported_and_not_hammered() {
+    let bind = Bind::start(ZONE);
+    let zone = "fra1.nats.test";
+    let fake = FakeDnsApi::start(Flavor::Linode, zone, "tok", None);
+    {
+        let mut s = fake.state.lock().unwrap();
+        for m in ["POST", "PUT", "DELETE"] {
+            s.forbidden.push(format!("{m} /v4/domains/"));
+        }
+    }
+    let (mut a, _token) = api_node("linode", zone, &fake, &bind);
+    a.wait_ready();
+    wait_for("the refusal is reported", Duration::from_secs(15), || {
+        a.status()
+            .is_some_and(|s| s.dns.contains("domains:read_write"))
+    });
+    let dns = a.status().unwrap().dns;
+    assert!(
+        dns.contains("403 Unauthorized (the token lacks the domains:read_write scope for this)"),
+        "{dns}"
+    );
+    let before = fake.requests().len();
+    std::thread::sleep(Duration::from_secs(5));
+    let requests = fake.requests();
+    let writes = requests[before..]
+        .iter()
+        .filter(|r| !r.starts_with("GET"))
+        .count();
+    assert!(
+        writes <= 3,
+        "{writes} writes in 5 s: {:?}",
+        &requests[before..]
+    );
+    assert!(fake.records().is_empty(), "{:?}", fake.records());
+    assert_eq!(a.status().unwrap().state, "ready");
+    assert!(a.log().contains("domains:read_write"), "{}", a.log());
+}

@@ -180,7 +180,30 @@ fn classify(e: RestError) -> LbError {
         Some(403) => e.text.contains("processes previous actions"),
         Some(_) => false,
     };
-    LbError::from_rest(e, retry)
+    super::name_missing_scope(e, retry, scope)
+}
+
+/// The custom scope each call needs (DigitalOcean's scope reference; a
+/// token without it is refused 403).
+fn scope(op: &str) -> Option<&'static str> {
+    let (method, path) = op.split_once(' ')?;
+    if path.starts_with("/v2/load_balancers") {
+        Some(if method == "GET" {
+            "load_balancer:read"
+        } else {
+            "load_balancer:update"
+        })
+    } else if path.starts_with("/v2/tags/") {
+        Some(if method == "DELETE" {
+            "tag:delete and droplet:update"
+        } else {
+            "tag:create and droplet:update"
+        })
+    } else if path.starts_with("/v2/droplets/") {
+        Some("droplet:read")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -208,6 +231,36 @@ mod tests {
             .retry
         );
         assert!(!classify(err(403, "You do not have access for the attempted action.")).retry);
+        // A refusal names the scope its call needs; a retried 403 does not.
+        let refused = |what: &str| {
+            classify(RestError {
+                what: what.into(),
+                ..err(403, "You are not authorized to perform this operation")
+            })
+            .why
+        };
+        let lb = "digitalocean POST /v2/load_balancers/4de7/droplets";
+        assert!(refused(lb).ends_with("(the token lacks the load_balancer:update scope for this)"));
+        assert!(
+            refused("digitalocean GET /v2/load_balancers/4de7")
+                .contains("load_balancer:read scope")
+        );
+        assert!(
+            refused("digitalocean DELETE /v2/tags/nats/resources")
+                .contains("tag:delete and droplet:update")
+        );
+        assert!(
+            refused("digitalocean POST /v2/tags/nats/resources")
+                .contains("tag:create and droplet:update")
+        );
+        let busy = classify(RestError {
+            what: lb.into(),
+            ..err(
+                403,
+                "Load Balancer can't be updated while it processes previous actions",
+            )
+        });
+        assert!(!busy.why.contains("scope"), "{}", busy.why);
         assert!(!classify(err(401, "Unable to authenticate you.")).retry);
         assert!(!classify(err(422, "tag-based")).retry);
     }

@@ -409,7 +409,19 @@ fn classify(e: RestError) -> LbError {
         Some(400) => e.text.to_ascii_lowercase().contains("busy"),
         Some(_) => false,
     };
-    LbError::from_rest(e, retry)
+    super::name_missing_scope(e, retry, scope)
+}
+
+/// The OAuth scope each NodeBalancer call needs (the spec's operation
+/// `security`); a Linode's addresses say their own (see `node_address`).
+fn scope(op: &str) -> Option<&'static str> {
+    let (method, path) = op.split_once(' ')?;
+    path.starts_with("/nodebalancers/")
+        .then_some(if method == "GET" {
+            "nodebalancers:read_only"
+        } else {
+            "nodebalancers:read_write"
+        })
 }
 
 #[cfg(test)]
@@ -469,5 +481,21 @@ mod tests {
         assert!(classify(e(503, "Currently in maintenance mode.")).retry);
         assert!(!classify(e(400, "address: Must be a private IP address")).retry);
         assert!(!classify(e(401, "Invalid Token")).retry);
+        let refused = |what: &str| {
+            classify(RestError {
+                what: what.into(),
+                ..e(403, "Unauthorized")
+            })
+            .why
+        };
+        assert_eq!(
+            refused("linode POST /nodebalancers/1/configs/2/nodes"),
+            "403 Unauthorized (the token lacks the nodebalancers:read_write scope for this)"
+        );
+        assert!(refused("linode GET /nodebalancers/1").contains("nodebalancers:read_only scope"));
+        assert_eq!(
+            refused("linode GET /linode/instances/5/ips"),
+            "403 Unauthorized"
+        );
     }
 }

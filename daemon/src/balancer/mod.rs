@@ -316,6 +316,24 @@ impl LbError {
     }
 }
 
+/// Adds to a refusal (403, not retried) the scope the token lacks for the
+/// call, when the call tells it (`scope` maps `METHOD /path` to it).
+fn name_missing_scope(
+    e: RestError,
+    retry: bool,
+    scope: impl Fn(&str) -> Option<&'static str>,
+) -> LbError {
+    let needs = (e.status == Some(403) && !retry)
+        .then(|| scope(e.what.split_once(' ').map_or("", |(_, op)| op)))
+        .flatten();
+    let mut err = LbError::from_rest(e, retry);
+    if let Some(scope) = needs {
+        err.why
+            .push_str(&format!(" (the token lacks the {scope} scope for this)"));
+    }
+    err
+}
+
 impl std::fmt::Display for LbError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.what, self.why)
@@ -511,7 +529,7 @@ pub async fn follow(
                     tell(
                         member.unwrap_or(false),
                         member,
-                        format!("cannot read {name}: {e}"),
+                        format!("cannot read {name}: {e}; retrying in {}s", wait.as_secs()),
                     );
                 }
             }
@@ -585,7 +603,10 @@ pub async fn follow(
                     tell(
                         member.unwrap_or(true),
                         member,
-                        format!("change failing on {name}: {e}"),
+                        format!(
+                            "change failing on {name}: {e}; retrying in {}s",
+                            wait.as_secs()
+                        ),
                     );
                 }
             }

@@ -184,6 +184,10 @@ impl Rest {
             .map_err(|e| fail(super::http::without_url(&e)))?;
         let status = resp.status();
         let retry_after = retry_after(resp.headers(), self.flavor);
+        // Linode marks planned maintenance so (linodego's retry condition);
+        // said, as it is not an outage to report to anyone and may last.
+        let maintenance = status == StatusCode::SERVICE_UNAVAILABLE
+            && resp.headers().contains_key("x-maintenance-mode");
         // Read while it streams, up to the cap: a provider answer (a page of
         // records, a load balancer) is KiB; past the cap it is refused, not
         // parsed from a cut (which would be a JSON error or, worse, a valid
@@ -210,10 +214,14 @@ impl Rest {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| fail(format!("{status} with a body that is not JSON: {e}")));
         }
+        let mut text = error_text(self.flavor, &bytes);
+        if maintenance {
+            text = format!("the API is in planned maintenance (X-Maintenance-Mode): {text}");
+        }
         Err(RestError {
             what,
             status: Some(status.as_u16()),
-            text: error_text(self.flavor, &bytes),
+            text,
             retry_after: retry_after.filter(|_| matches!(status.as_u16(), 429 | 503)),
         })
     }
@@ -378,6 +386,41 @@ mod tests {
             .expect("the server stops")
             .expect("server task");
         assert!(sent < 64 << 20, "the server sent {sent} bytes");
+    }
+
+    #[tokio::test]
+    async fn linodes_planned_maintenance_is_named() {
+        use natsmesh_harness::fakes::lb::Model;
+        use natsmesh_harness::fakes::linode_lb::{FakeLinodeLb, LinodeNb};
+        let nb = LinodeNb::tcp(7, "eu-central", 8, 4222);
+        let fake = FakeLinodeLb::start("tok", nb, Model::default());
+        fake.state.lock().expect("state").maintenance = true;
+        let rest =
+            Rest::new(Flavor::Linode, &fake.api_url(), Purpose::LoadBalancer).expect("client");
+        let get = || {
+            rest.call(
+                "tok",
+                Method::GET,
+                "/nodebalancers/7",
+                None,
+                &[],
+                StatusCode::OK,
+            )
+        };
+        let err = get().await.expect_err("in maintenance");
+        assert_eq!(err.status, Some(503));
+        assert_eq!(
+            err.text,
+            "the API is in planned maintenance (X-Maintenance-Mode): Currently in maintenance mode."
+        );
+        // A 503 without the marker is an outage, told as the provider words it.
+        fake.state.lock().expect("state").maintenance = false;
+        fake.state.lock().expect("state").fault =
+            natsmesh_harness::fakes::Fault::StatusTimes(503, 1);
+        let err = get().await.expect_err("unavailable");
+        assert_eq!(err.status, Some(503));
+        assert!(!err.text.contains("maintenance"), "{err}");
+        assert!(get().await.is_ok());
     }
 
     #[test]

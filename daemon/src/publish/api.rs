@@ -92,6 +92,25 @@ impl Provider {
             Self::Cloudflare => "Zone → DNS → Edit and Zone → Zone → Read on the zone",
         }
     }
+
+    /// The scope one call needs, where the provider has one per operation
+    /// (a token refused 403 lacks it).
+    fn scope_for(self, method: &Method) -> Option<&'static str> {
+        match self {
+            Self::DigitalOcean => Some(match *method {
+                Method::GET => "domain:read",
+                Method::POST => "domain:create",
+                Method::DELETE => "domain:delete",
+                _ => "domain:update",
+            }),
+            Self::Linode => Some(if *method == Method::GET {
+                "domains:read_only"
+            } else {
+                "domains:read_write"
+            }),
+            Self::Cloudflare => None,
+        }
+    }
 }
 
 /// A client of one provider's API for one zone.
@@ -208,6 +227,7 @@ impl Api {
         let token = self.token.as_ref().ok_or_else(|| {
             PublishError::new(format!("{} {path}", self.provider), "no token read")
         })?;
+        let scope = self.provider.scope_for(&method);
         self.rest
             .call(token.expose(), method, path, body, headers, expected)
             .await
@@ -216,8 +236,19 @@ impl Api {
                     Some(s) => format!("{s} {}", e.text),
                     None => e.text,
                 };
-                if matches!(e.status, Some(401 | 403)) {
-                    why.push_str(&format!(" (the token needs {})", self.provider.scopes()));
+                match (e.status, scope) {
+                    // Authenticated, not allowed this: the scope it lacks.
+                    (Some(403), Some(scope)) if scope == self.provider.scopes() => {
+                        why.push_str(&format!(" (the token lacks the {scope} scope for this)"));
+                    }
+                    (Some(403), Some(scope)) => why.push_str(&format!(
+                        " (the token lacks the {scope} scope for this; it needs {})",
+                        self.provider.scopes()
+                    )),
+                    (Some(401 | 403), _) => {
+                        why.push_str(&format!(" (the token needs {})", self.provider.scopes()));
+                    }
+                    _ => {}
                 }
                 PublishError {
                     what: e.what,
@@ -537,6 +568,19 @@ fn in_zone(r: &Record, zone: &str) -> Result<String, PublishError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_names_the_scope_of_its_operation() {
+        let d = Provider::DigitalOcean;
+        assert_eq!(d.scope_for(&Method::GET), Some("domain:read"));
+        assert_eq!(d.scope_for(&Method::POST), Some("domain:create"));
+        assert_eq!(d.scope_for(&Method::DELETE), Some("domain:delete"));
+        let l = Provider::Linode;
+        assert_eq!(l.scope_for(&Method::GET), Some("domains:read_only"));
+        assert_eq!(l.scope_for(&Method::POST), Some("domains:read_write"));
+        assert_eq!(l.scope_for(&Method::DELETE), Some("domains:read_write"));
+        assert_eq!(Provider::Cloudflare.scope_for(&Method::POST), None);
+    }
 
     #[test]
     fn ttls_follow_each_providers_rules() {

@@ -10,7 +10,11 @@
 //! Every request is logged (method and path), then: a pending
 //! `rate_limited` count answers 429; the [`Fault`] applies (delay, status);
 //! the token is checked (`Authorization: Bearer <token>` exactly, else 401);
-//! `EmptyBody` and `Garbage` answer 200; then the provider's route. Every
+//! `EmptyBody` and `Garbage` answer 200; an operation in `forbidden` gets
+//! the provider's 403 (a token without that operation's scope:
+//! DigitalOcean `forbidden` "You are not authorized to perform this
+//! operation", Linode "Unauthorized", Cloudflare code 10000); then the
+//! provider's route. Every
 //! answer has `Content-Type` JSON and the provider's rate-limit headers,
 //! and a 429 also `retry-after`.
 //!
@@ -127,6 +131,10 @@ pub struct DnsApiState {
     pub rate_limited: u32,
     /// `retry-after` on a 429.
     pub retry_after_secs: u64,
+    /// Operations refused 403 for want of a scope, each `METHOD
+    /// /path-prefix` (`POST /v2/domains/` for a token without
+    /// `domain:create`).
+    pub forbidden: Vec<String>,
     /// `POST /v2/domains/nats.test/records` (method and path, no query),
     /// in order, every request.
     pub requests: Vec<String>,
@@ -197,6 +205,7 @@ impl FakeDnsApi {
             fault: Fault::None,
             rate_limited: 0,
             retry_after_secs: 1,
+            forbidden: Vec::new(),
             requests: Vec::new(),
             bodies: Vec::new(),
             authorization_seen: Vec::new(),
@@ -320,6 +329,20 @@ async fn serve(
     .await
     {
         return r;
+    }
+    if super::forbidden(&lock(&ctx.state).forbidden, method.as_str(), &path) {
+        return match flavor {
+            Flavor::DigitalOcean => reply(
+                403,
+                &do_error_body(
+                    "forbidden",
+                    "You are not authorized to perform this operation",
+                    403,
+                    &rid,
+                ),
+            ),
+            Flavor::Linode | Flavor::Cloudflare => error(ctx, 403, &path),
+        };
     }
     let q = query(uri);
     let segs: Vec<&str> = path.split('/').skip(1).collect();
@@ -1715,6 +1738,29 @@ mod tests {
         assert_eq!(limited.header("retry-after").as_deref(), Some("7"));
         assert_eq!(limited.header("ratelimit-remaining").as_deref(), Some("0"));
         assert_eq!(call("GET", &records, auth, &[], None).status, 200);
+
+        // A token without domain:create: creates refused, reads served.
+        fake.state
+            .lock()
+            .expect("state")
+            .forbidden
+            .push("POST /v2/domains/".into());
+        let before = fake.records().len();
+        let refused = call(
+            "POST",
+            &records,
+            auth,
+            &[],
+            Some(json!({"type": "A", "name": "n9", "data": "10.0.0.9", "ttl": 30})),
+        );
+        assert_eq!(refused.status, 403);
+        assert_eq!(
+            refused.json(),
+            json!({"id": "forbidden", "message": "You are not authorized to perform this operation"})
+        );
+        assert_eq!(fake.records().len(), before);
+        assert_eq!(call("GET", &records, auth, &[], None).status, 200);
+        fake.state.lock().expect("state").forbidden.clear();
 
         fake.state.lock().expect("state").fault = Fault::StatusTimes(500, 1);
         let failed = call("GET", &records, auth, &[], None);

@@ -12,12 +12,19 @@
 //! (204); `GET /v2/droplets/{id}` (`{"droplet":{…}}` with `vpc_uuid`).
 //! Anything else (among it `PUT`, the full update) is 404.
 //!
-//! Every request is logged (method, path and JSON body), then: a pending
-//! `rate_limited` count answers 429 with `retry-after`; the [`Fault`]
+//! Every request is logged (method, path and JSON body), then: while
+//! `exhausted_until` (Unix seconds) is ahead, 429 without `retry-after`,
+//! `ratelimit-remaining: 0` and `ratelimit-reset` that time (the hourly
+//! window used up: "subsequent requests will receive a 429 error code
+//! until the request reset has been reached"); a pending `rate_limited`
+//! count answers 429 with `retry-after` (the burst limit); the [`Fault`]
 //! applies; the token is checked (`Authorization: Bearer <token>`, else 401
-//! `unauthorized`); then the route. Every answer carries `ratelimit-limit`,
-//! `ratelimit-remaining` and `ratelimit-reset`; bodies are JSON in the
-//! `{"id","message","request_id"?}` shape.
+//! `unauthorized`); an operation in `forbidden` gets 403 `forbidden` "You
+//! are not authorized to perform this operation" (a custom-scoped token
+//! without its scope); then the route. Every answer carries
+//! `ratelimit-limit`, `ratelimit-remaining` and `ratelimit-reset`; bodies
+//! are JSON in the `{"id","message","request_id"?}` shape. Each answer's
+//! time and status is kept in `answered`.
 //!
 //! Choices where the reference finds nothing (§6):
 //! * Adding a droplet already attached, or removing one that is not, is a
@@ -61,7 +68,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -175,6 +182,15 @@ pub struct DoLbState {
     pub rate_limited: u32,
     /// `retry-after` on a 429.
     pub retry_after_secs: u64,
+    /// Until this Unix time every request gets 429 without `retry-after`
+    /// (the hourly window exhausted; `ratelimit-reset` says when it ends).
+    pub exhausted_until: Option<u64>,
+    /// Operations refused 403 for want of a scope, each `METHOD
+    /// /path-prefix` (`POST /v2/load_balancers/` for a token without
+    /// `load_balancer:update`).
+    pub forbidden: Vec<String>,
+    /// When each answer left and its status, in order.
+    pub answered: Vec<(SystemTime, u16)>,
     /// Every request in order: `POST /v2/load_balancers/{id}/droplets` and
     /// its body (JSON, or a string when it was not JSON; `None` if empty).
     pub requests: Vec<(String, Option<Value>)>,
@@ -244,6 +260,9 @@ impl FakeDoLb {
             fault: Fault::None,
             rate_limited: 0,
             retry_after_secs: 1,
+            exhausted_until: None,
+            forbidden: Vec::new(),
+            answered: Vec::new(),
             requests: Vec::new(),
             authorization_seen: Vec::new(),
         }));
@@ -395,15 +414,28 @@ async fn serve(
 ) -> Response {
     let path = uri.path().to_owned();
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let (fault, limited, token) = {
+    let (exhausted, fault, limited, token, forbidden) = {
         let mut s = lock(&ctx.state);
         let logged = super::logged_body(body, parsed.as_ref());
         s.requests.push((format!("{method} {path}"), logged));
         s.authorization_seen.extend(super::authorization(headers));
         let s = &mut *s;
-        let (fault, limited) = super::next_fault(&mut s.rate_limited, &mut s.fault);
-        (fault, limited, s.token.clone())
+        let exhausted = s
+            .exhausted_until
+            .filter(|until| super::lb::unix_now() < *until);
+        let (fault, limited) = if exhausted.is_some() {
+            (Fault::None, false)
+        } else {
+            super::next_fault(&mut s.rate_limited, &mut s.fault)
+        };
+        let forbidden = super::forbidden(&s.forbidden, method.as_str(), &path);
+        (exhausted, fault, limited, s.token.clone(), forbidden)
     };
+    if let Some(until) = exhausted {
+        let mut r = error(ctx, 429);
+        r.extensions_mut().insert(Exhausted(until));
+        return r;
+    }
     let rid = request_id(ctx);
     if let Some(r) = super::gate(
         limited,
@@ -417,6 +449,14 @@ async fn serve(
     .await
     {
         return r;
+    }
+    if forbidden {
+        return fail(
+            ctx,
+            403,
+            "forbidden",
+            "You are not authorized to perform this operation",
+        );
     }
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let lb_id = lock(&ctx.state).lb.id.clone();
@@ -440,13 +480,19 @@ async fn serve(
 
 const CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
+/// Marks a 429 of the exhausted window, which ends at this Unix time.
+#[derive(Clone, Copy)]
+struct Exhausted(u64);
+
 /// Rate-limit headers on every answer (5,000 an hour), `retry-after` on a
-/// 429; JSON content type on every body.
+/// burst 429; JSON content type on every body.
 fn finish(ctx: &Ctx, mut resp: Response) -> Response {
     let (count, retry) = {
-        let s = lock(&ctx.state);
+        let mut s = lock(&ctx.state);
+        s.answered.push((SystemTime::now(), resp.status().as_u16()));
         (s.requests.len() as u64, s.retry_after_secs)
     };
+    let exhausted = resp.extensions().get::<Exhausted>().map(|e| e.0);
     let limited = resp.status() == StatusCode::TOO_MANY_REQUESTS;
     let now = super::lb::unix_now();
     let has_body = resp.status() != StatusCode::NO_CONTENT;
@@ -454,10 +500,10 @@ fn finish(ctx: &Ctx, mut resp: Response) -> Response {
     if has_body {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     }
-    let (remaining, reset) = if limited {
-        (0, now + retry)
-    } else {
-        (5000u64.saturating_sub(count), ctx.started + 3600)
+    let (remaining, reset) = match exhausted {
+        Some(until) => (0, until),
+        None if limited => (0, now + retry),
+        None => (5000u64.saturating_sub(count), ctx.started + 3600),
     };
     let mut set = |name: &'static str, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -467,7 +513,8 @@ fn finish(ctx: &Ctx, mut resp: Response) -> Response {
     set("ratelimit-limit", "5000".into());
     set("ratelimit-remaining", remaining.to_string());
     set("ratelimit-reset", reset.to_string());
-    if limited {
+    // Only the burst limit's 429 says `retry-after`.
+    if limited && exhausted.is_none() {
         set("retry-after", retry.to_string());
     }
     resp
@@ -1055,6 +1102,56 @@ mod tests {
         );
         assert_eq!(limited.header("retry-after").as_deref(), Some("3"));
         assert_eq!(limited.header("ratelimit-remaining").as_deref(), Some("0"));
+        // The hourly window used up: 429 until the reset, which only
+        // `ratelimit-reset` tells.
+        let until = super::super::lb::unix_now() + 2;
+        fake.state.lock().expect("state").exhausted_until = Some(until);
+        for _ in 0..2 {
+            let out = call("GET", &url, Some(TOKEN), None);
+            assert_eq!(out.status, 429);
+            assert_eq!(out.json()["id"], "too_many_requests");
+            assert_eq!(out.header("retry-after"), None);
+            assert_eq!(out.header("ratelimit-remaining").as_deref(), Some("0"));
+            assert_eq!(
+                out.header("ratelimit-reset").as_deref(),
+                Some(until.to_string().as_str())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2100));
+        assert_eq!(call("GET", &url, Some(TOKEN), None).status, 200);
+        // A token without load_balancer:update: writes refused, reads not.
+        fake.state
+            .lock()
+            .expect("state")
+            .forbidden
+            .push(format!("POST /v2/load_balancers/{LB}/droplets"));
+        let refused = call(
+            "POST",
+            &format!("{url}/droplets"),
+            Some(TOKEN),
+            Some(json!({"droplet_ids": [101]})),
+        );
+        assert_eq!(refused.status, 403);
+        assert_eq!(refused.json()["id"], "forbidden");
+        assert_eq!(
+            refused.json()["message"],
+            "You are not authorized to perform this operation"
+        );
+        assert!(fake.registered().is_empty());
+        assert_eq!(call("GET", &url, Some(TOKEN), None).status, 200);
+        // A wrong token is still 401 first.
+        let wrong = call(
+            "POST",
+            &format!("{url}/droplets"),
+            Some("dop_v1_wrong"),
+            Some(json!({"droplet_ids": [101]})),
+        );
+        assert_eq!(wrong.status, 401);
+        let answered = fake.state.lock().expect("state").answered.clone();
+        assert_eq!(answered.len(), fake.requests().len());
+        assert!(answered.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(answered.iter().filter(|(_, s)| *s == 429).count() == 3);
+        fake.state.lock().expect("state").forbidden.clear();
         fake.state.lock().expect("state").fault = Fault::StatusTimes(500, 1);
         let failed = call("GET", &url, Some(TOKEN), None);
         assert_eq!(failed.status, 500);

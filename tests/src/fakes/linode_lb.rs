@@ -18,8 +18,10 @@
 //! answers 503 with `X-Maintenance-Mode: true` (linodego's marker of planned
 //! maintenance, which it does not retry); a pending `rate_limited` count
 //! answers 429 with `Retry-After`; the [`Fault`] applies; the token is
-//! checked (401 "Invalid Token"); a pending `busy` count answers the next
-//! writes 400 with `busy_reason`; then the route. Every answer carries
+//! checked (401 "Invalid Token"); an operation in `forbidden` gets 403
+//! "Unauthorized" (a token whose scope is read-only there); a pending
+//! `busy` count answers the next writes 400 with `busy_reason`; then the
+//! route. Each answer's time and status is kept in `answered`. Every answer carries
 //! `X-RateLimit-Limit/Remaining/Reset` and `Content-Type: application/json`
 //! exactly (linodego compares it to its `Accept`). Errors are
 //! `{"errors":[{"reason":…,"field"?:…}]}`.
@@ -179,6 +181,12 @@ pub struct LinodeLbState {
     pub rate_limited: u32,
     /// `Retry-After` on a 429.
     pub retry_after_secs: u64,
+    /// Operations refused 403 for want of a scope, each `METHOD
+    /// /path-prefix` (`POST /v4/nodebalancers/` for a token with
+    /// `nodebalancers:read_only`).
+    pub forbidden: Vec<String>,
+    /// When each answer left and its status, in order.
+    pub answered: Vec<(std::time::SystemTime, u16)>,
     /// Every request in order: `POST /v4/nodebalancers/1/configs/2/nodes`
     /// and its body (JSON, or a string when it was not; `None` if empty).
     pub requests: Vec<(String, Option<Value>)>,
@@ -264,6 +272,8 @@ impl FakeLinodeLb {
             fault: Fault::None,
             rate_limited: 0,
             retry_after_secs: 1,
+            forbidden: Vec::new(),
+            answered: Vec::new(),
             requests: Vec::new(),
             authorization_seen: Vec::new(),
             linodes: BTreeMap::new(),
@@ -503,6 +513,9 @@ async fn serve(
     {
         return r;
     }
+    if super::forbidden(&lock(&ctx.state).forbidden, method.as_str(), &path) {
+        return error(403);
+    }
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let Some((version, rest)) = segs.split_first() else {
         return error(404);
@@ -580,7 +593,9 @@ const CONTENT_TYPE: &str = "application/json";
 /// on a 429.
 fn finish(ctx: &Ctx, mut resp: Response) -> Response {
     let (count, retry) = {
-        let s = lock(&ctx.state);
+        let mut s = lock(&ctx.state);
+        s.answered
+            .push((std::time::SystemTime::now(), resp.status().as_u16()));
         (s.requests.len() as u64, s.retry_after_secs)
     };
     let limited = resp.status() == StatusCode::TOO_MANY_REQUESTS;
@@ -1252,6 +1267,44 @@ mod tests {
         assert_eq!(down.header("x-maintenance-mode").as_deref(), Some("true"));
         assert!(down.json()["errors"][0]["reason"].is_string());
         fake.state.lock().expect("state").maintenance = false;
+        // A token with nodebalancers:read_only: writes 403, reads served.
+        fake.state
+            .lock()
+            .expect("state")
+            .forbidden
+            .push("POST /v4/nodebalancers/".into());
+        let refused = call(
+            "POST",
+            &nodes,
+            Some(TOKEN),
+            Some(node("readonly", "192.168.130.7:4222")),
+        );
+        assert_eq!(refused.status, 403);
+        assert_eq!(
+            refused.json(),
+            json!({"errors": [{"reason": "Unauthorized"}]})
+        );
+        assert_eq!(
+            call(
+                "POST",
+                &nodes,
+                Some("wrong"),
+                Some(node("readonly", "192.168.130.7:4222"))
+            )
+            .status,
+            401
+        );
+        fake.state.lock().expect("state").forbidden.clear();
+        let answered = fake.state.lock().expect("state").answered.clone();
+        assert_eq!(
+            answered
+                .iter()
+                .map(|(_, s)| *s)
+                .rev()
+                .take(4)
+                .collect::<Vec<_>>(),
+            vec![401, 403, 503, 429]
+        );
         let ok = call("GET", &nodes, Some(TOKEN), None);
         assert_eq!(ok.status, 200);
         assert_eq!(ok.header("x-ratelimit-limit").as_deref(), Some("800"));

@@ -188,6 +188,16 @@ pub(crate) fn bearer_ok(headers: &axum::http::HeaderMap, token: &str) -> bool {
         .is_some_and(|v| v == format!("Bearer {token}"))
 }
 
+/// Whether `METHOD /path` is one of `forbidden` (each `METHOD /path-prefix`):
+/// what a token without the operation's scope is refused (403 after the
+/// token itself was accepted, as the providers check authentication first).
+pub(crate) fn forbidden(forbidden: &[String], method: &str, path: &str) -> bool {
+    forbidden.iter().any(|f| {
+        f.split_once(' ')
+            .is_some_and(|(m, prefix)| m == method && path.starts_with(prefix))
+    })
+}
+
 /// Shared state of a fake, with a request log.
 pub type Shared<T> = Arc<Mutex<T>>;
 
