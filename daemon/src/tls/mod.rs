@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use pki_types::CertificateDer;
 
-use crate::files::{PLAIN, write_atomic};
+use crate::files::PLAIN;
 use issue::{Issued, NodeNames};
 use pki::{CertInfo, PkiError};
 
@@ -274,6 +274,7 @@ pub fn ensure(
             {
                 let renew_at = renew_point(&info, fastrand::f64());
                 if now < renew_at {
+                    share_pair(settings)?;
                     return Ok((
                         Current {
                             info,
@@ -395,12 +396,9 @@ fn write_region_cas(
         }
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| TlsError::Write {
-            path: dir.display().to_string(),
-            why: e.to_string(),
-        })?;
+        make_dir(dir)?;
     }
-    write_atomic(path, pem.as_bytes(), PLAIN).map_err(|e| TlsError::Write {
+    crate::broker_user::write_readable(path, pem.as_bytes(), PLAIN).map_err(|e| TlsError::Write {
         path: path.display().to_string(),
         why: e.to_string(),
     })
@@ -414,18 +412,50 @@ fn pki_pem(der: &CertificateDer<'_>) -> String {
 /// Writes key then certificate, each atomically; the key 0600.
 fn write_pair(settings: &TlsSettings, fresh: &Issued) -> Result<(), TlsError> {
     if let Some(dir) = settings.key_file.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| TlsError::Write {
+        make_dir(dir)?;
+    }
+    // The broker reads the key: 0600, or 0640 with the broker's group when
+    // it runs as its own user (see crate::broker_user).
+    crate::broker_user::write_readable(
+        &settings.key_file,
+        fresh.key_pem.as_bytes(),
+        crate::files::SECRET,
+    )
+    .map_err(|e| TlsError::Write {
+        path: settings.key_file.display().to_string(),
+        why: e.to_string(),
+    })?;
+    crate::broker_user::write_readable(&settings.cert_file, fresh.cert_pem.as_bytes(), PLAIN)
+        .map_err(|e| TlsError::Write {
+            path: settings.cert_file.display().to_string(),
+            why: e.to_string(),
+        })
+}
+
+/// Makes the directory of the issued files, which the broker passes
+/// through when it runs as its own user.
+fn make_dir(dir: &Path) -> Result<(), TlsError> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| crate::broker_user::share_dir(dir))
+        .map_err(|e| TlsError::Write {
             path: dir.display().to_string(),
+            why: e.to_string(),
+        })
+}
+
+/// The issued pair still serves, written perhaps before the broker ran as
+/// its own user: it gets the broker's group (and its directory too).
+fn share_pair(settings: &TlsSettings) -> Result<(), TlsError> {
+    if let Some(dir) = settings.key_file.parent() {
+        make_dir(dir)?;
+    }
+    for path in [&settings.key_file, &settings.cert_file] {
+        crate::broker_user::share_existing(path).map_err(|e| TlsError::Write {
+            path: path.display().to_string(),
             why: e.to_string(),
         })?;
     }
-    write_secret(&settings.key_file, fresh.key_pem.as_bytes())?;
-    write_atomic(&settings.cert_file, fresh.cert_pem.as_bytes(), PLAIN).map_err(|e| {
-        TlsError::Write {
-            path: settings.cert_file.display().to_string(),
-            why: e.to_string(),
-        }
-    })
+    Ok(())
 }
 
 /// Writes a secret atomically with mode 0600 from the start.

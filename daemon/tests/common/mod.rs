@@ -59,6 +59,8 @@ pub struct Options {
     /// The client port (default: a free one), e.g. the one a balancer
     /// forwards to on every node.
     pub client_port: Option<u16>,
+    /// natsmeshd's options before `run` (e.g. `--broker-user`).
+    pub args: Vec<String>,
 }
 
 impl Daemon {
@@ -203,7 +205,8 @@ scrape_every = "1s"
                 .arg(&natsmeshd);
             }
         }
-        cmd.args(["run", "--config"])
+        cmd.args(&opts.args)
+            .args(["run", "--config"])
             .arg(d.config_path())
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
