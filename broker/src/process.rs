@@ -129,16 +129,7 @@ pub fn spawn(
             // entry (a change of credentials makes it non-dumpable, and its
             // /proc files root's, until the exec).
             oom.apply();
-            if let Some(u) = run_as {
-                // Groups first: after setresuid the capability to change
-                // them may be gone.
-                nix::unistd::setgroups(&[])?;
-                let gid = nix::unistd::Gid::from_raw(u.gid);
-                nix::unistd::setresgid(gid, gid, gid)?;
-                let uid = nix::unistd::Uid::from_raw(u.uid);
-                nix::unistd::setresuid(uid, uid, uid)?;
-            }
-            drop_ambient_capabilities()?;
+            become_user(run_as)?;
             // After the change of user, which clears the death signal.
             nix::sys::prctl::set_pdeathsig(Signal::SIGINT)?;
             // The parent may have died between fork and prctl; then no signal
@@ -174,6 +165,22 @@ pub fn spawn(
         handoff,
         config: config.to_path_buf(),
     })
+}
+
+/// In a forked child before exec: becomes `run_as` (when given) with no
+/// supplementary group, and drops the ambient capabilities either way.
+/// Only async-signal-safe system calls.
+pub(crate) fn become_user(run_as: Option<RunAs>) -> std::io::Result<()> {
+    if let Some(u) = run_as {
+        // Groups first: after setresuid the capability to change them is
+        // gone.
+        nix::unistd::setgroups(&[])?;
+        let gid = nix::unistd::Gid::from_raw(u.gid);
+        nix::unistd::setresgid(gid, gid, gid)?;
+        let uid = nix::unistd::Uid::from_raw(u.uid);
+        nix::unistd::setresuid(uid, uid, uid)?;
+    }
+    drop_ambient_capabilities()
 }
 
 /// The capabilities natsmeshd's unit grants it as ambient ones (to change

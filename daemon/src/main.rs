@@ -369,6 +369,24 @@ async fn dispatch(cli: Cli) -> i32 {
         }
         _ => {}
     }
+    // Before the configuration is validated: with the broker as its own
+    // user, the files it reads are natsmeshd's copies (see broker_user).
+    if let Some(name) = &cli.broker_user {
+        let chosen = natsmesh::broker_user::resolve(name).and_then(|u| {
+            if matches!(cli.command, Cmd::Run) {
+                natsmesh::broker_user::check_this_process(&u)?;
+            }
+            Ok(u)
+        });
+        match chosen {
+            Ok(u) if matches!(cli.command, Cmd::Run) => natsmesh::broker_user::choose(u),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("natsmeshd: {e}");
+                return EXIT_CONFIG;
+            }
+        }
+    }
     if matches!(cli.command, Cmd::Run) && sources == Sources::Embedded && natsmesh::under_systemd()
     {
         eprintln!(
@@ -388,22 +406,6 @@ async fn dispatch(cli: Cli) -> i32 {
         Ok(v) => v,
         Err(p) => return report(&p),
     };
-    if let Some(name) = &cli.broker_user {
-        let chosen = natsmesh::broker_user::resolve(name).and_then(|u| {
-            if matches!(cli.command, Cmd::Run) {
-                natsmesh::broker_user::check_this_process(&u)?;
-            }
-            Ok(u)
-        });
-        match chosen {
-            Ok(u) if matches!(cli.command, Cmd::Run) => natsmesh::broker_user::choose(u),
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("natsmeshd: {e}");
-                return EXIT_CONFIG;
-            }
-        }
-    }
     match cli.command {
         Cmd::Run => {
             if loaded.embedded {

@@ -101,7 +101,7 @@ pub async fn prepare_in(
             source,
         })?;
     let snapshot = Snapshot::capture(&rendered);
-    let check = check_file(&settings.binary, &path).await?;
+    let check = check_file(&settings.binary, &path, crate::broker_user::run_as()).await?;
     Ok(Prepared {
         version,
         rendered,

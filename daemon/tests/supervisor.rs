@@ -662,28 +662,14 @@ fn systemd_start_timeout_is_extended_while_the_broker_starts() {
 /// natsmeshd keeps; a restart brings it back the same way with its stream.
 #[test]
 fn with_a_broker_user_the_broker_runs_as_it_and_reads_only_what_is_shared() {
-    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    use std::os::unix::fs::MetadataExt as _;
     use std::os::unix::process::CommandExt as _;
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: natsmeshd needs root to run the broker as another user");
+    let Some((dir, binary)) = common::broker_user_dir() else {
         return;
-    }
+    };
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
-    // The unit's StateDirectoryMode=0711: the broker passes through.
-    let dir = natsmesh_harness::scratch();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o711)).unwrap();
-    // The cached broker is under root's home; the package's is in /usr.
-    let binary = dir.path().join("nats-server");
-    std::fs::copy(
-        natsmesh_harness::broker_binary(natsmesh_harness::CURRENT),
-        &binary,
-    )
-    .unwrap();
-    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut d = Daemon::start_in(
         dir,
         natsmesh_harness::CURRENT,

@@ -71,6 +71,11 @@ pub struct TlsSettings {
     pub region_ca_file: Option<PathBuf>,
     /// The names the certificate must cover.
     pub names: NodeNames,
+    /// Files the operator keeps that the broker reads, with the copy in the
+    /// state directory it reads instead when it runs as its own user
+    /// (`tls.mode = "files"`'s pair, the client pair): natsmeshd reads the
+    /// originals, the broker cannot. Empty otherwise.
+    pub broker_copies: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Why TLS material is not usable.
@@ -206,6 +211,45 @@ pub fn renew_point(info: &CertInfo, jitter: f64) -> SystemTime {
 /// new one when it is missing, broken, expiring or no longer covers this
 /// node's names (mode `issue`), or refuses (mode `files`).
 pub fn ensure(
+    settings: &TlsSettings,
+    now: SystemTime,
+    force: bool,
+) -> Result<(Current, bool), TlsError> {
+    let done = ensure_pair(settings, now, force)?;
+    copy_for_broker(settings)?;
+    Ok(done)
+}
+
+/// Refreshes the broker's copies of the operator's files (see
+/// [`TlsSettings::broker_copies`]) whose content changed; after the
+/// originals were checked, so a broken pair is never handed over.
+fn copy_for_broker(settings: &TlsSettings) -> Result<(), TlsError> {
+    for (from, to) in &settings.broker_copies {
+        let bytes = std::fs::read(from).map_err(|e| TlsError::Read {
+            path: from.display().to_string(),
+            why: e.to_string(),
+        })?;
+        if std::fs::read(to).is_ok_and(|old| old == bytes) {
+            crate::broker_user::share_existing(to).map_err(|e| TlsError::Write {
+                path: to.display().to_string(),
+                why: e.to_string(),
+            })?;
+            continue;
+        }
+        if let Some(dir) = to.parent() {
+            make_dir(dir)?;
+        }
+        crate::broker_user::write_readable(to, &bytes, crate::files::SECRET).map_err(|e| {
+            TlsError::Write {
+                path: to.display().to_string(),
+                why: e.to_string(),
+            }
+        })?;
+    }
+    Ok(())
+}
+
+fn ensure_pair(
     settings: &TlsSettings,
     now: SystemTime,
     force: bool,
