@@ -1178,3 +1178,68 @@ fn files_mode_with_a_broker_user_serves_natsmeshds_copies() {
     }
     assert_eq!(d.status().unwrap().state, "ready");
 }
+
+/// `tls.mode = "issue"` with the broker as its own user (`--broker-user`;
+/// root runs natsmeshd, the broker runs as `nobody`), as the packaged unit
+/// does on a cloud node: the intermediate stays natsmeshd's (here in a
+/// root-only directory), the issued pair and the region's intermediates
+/// are shared with the broker's group, and two such nodes route to each
+/// other over mutual TLS.
+#[test]
+fn issue_mode_with_a_broker_user_shares_the_issued_pair_and_routes() {
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let pki = Pki::new();
+    pki.root("r1").intermediate("r1", "fra1", "i1");
+    let start = |ip: &str, peer: &str| {
+        let (dir, binary) = common::broker_user_dir()?;
+        let roots = dir.path().join("roots.pem");
+        std::fs::copy(pki.path("r1/root.crt"), &roots).unwrap();
+        std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let tls = tls_issue(
+            &roots,
+            &pki.path("i1/fra1.crt"),
+            &pki.path("i1/fra1.key"),
+            "1h",
+        );
+        let d = Daemon::start_in(
+            dir,
+            CURRENT,
+            Options {
+                extra: cluster(&tls, ip, 26222, &[ip, peer]),
+                binary: Some(binary),
+                args: vec!["--broker-user".into(), "nobody".into()],
+                host: Some(ip.parse().unwrap()),
+                ..Options::default()
+            },
+        );
+        Some(d)
+    };
+    let Some(mut a) = start("127.0.0.61", "127.0.0.62") else {
+        return;
+    };
+    let Some(mut b) = start("127.0.0.62", "127.0.0.61") else {
+        return;
+    };
+    a.wait_ready();
+    b.wait_ready();
+    wait_routes(&mut a, 1, "a routes to b");
+    wait_routes(&mut b, 1, "b routes to a");
+    let tls = a.dir.path().join("state/tls");
+    let m = std::fs::metadata(&tls).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.gid()), (0o710, nobody.gid.as_raw()));
+    for f in ["node.crt", "node.key", "region-ca.pem"] {
+        let m = std::fs::metadata(tls.join(f)).unwrap();
+        assert_eq!(
+            (m.mode() & 0o7777, m.gid()),
+            (0o640, nobody.gid.as_raw()),
+            "{f}"
+        );
+    }
+    let s = a.status().unwrap();
+    let pid = s.broker_pid.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.contains(&format!("\nUid:\t{}\t", nobody.uid.as_raw())),
+        "{status}"
+    );
+}
