@@ -47,19 +47,31 @@ pub enum CheckError {
 const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs `binary -t -c file` with an empty environment (the rendered file
-/// never uses variables, and secrets must not reach children).
-pub async fn check_file(binary: &Path, file: &Path) -> Result<CheckReport, CheckError> {
+/// never uses variables, and secrets must not reach children), as the user
+/// the broker will run as (`run_as`), so a file the broker could not open
+/// fails here, in nats-server's words, and not at its start.
+pub async fn check_file(
+    binary: &Path,
+    file: &Path,
+    run_as: Option<crate::process::RunAs>,
+) -> Result<CheckReport, CheckError> {
     let name = binary.display().to_string();
-    let child = tokio::process::Command::new(binary)
-        .arg("-t")
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.arg("-t")
         .arg("-c")
         .arg(file)
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
+        .kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes async-signal-safe system calls (see process::become_user).
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || crate::process::become_user(run_as));
+    }
+    let child = cmd.output();
     let out = tokio::time::timeout(CHECK_TIMEOUT, child)
         .await
         .map_err(|_| CheckError::Timeout {

@@ -15,6 +15,11 @@
 //! survives `execve` (the other threads do not), so natsmeshd can replace
 //! its own image and keep its broker: the new image [`adopt`]s the running
 //! process, with copies of its output pipes handed over across the exec.
+//!
+//! Given a [`RunAs`], the child becomes that user before it executes the
+//! broker (no supplementary group, and none of natsmeshd's capabilities
+//! carried across the exec), so a compromised broker cannot read what
+//! natsmeshd holds. Without one it runs as natsmeshd does.
 
 use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, IntoRawFd as _, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -74,6 +79,15 @@ pub struct Handoff {
     pub stderr_fd: RawFd,
 }
 
+/// The user and group the broker runs as, when not natsmeshd's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    /// Its uid (real, effective and saved).
+    pub uid: u32,
+    /// Its gid (real, effective and saved); it keeps no other group.
+    pub gid: u32,
+}
+
 /// Why a broker could not be started.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start {binary}: {source}")]
@@ -84,13 +98,18 @@ pub struct SpawnError {
     pub source: std::io::Error,
 }
 
-/// Starts `binary -c config`.
-pub fn spawn(binary: &Path, config: &Path) -> Result<BrokerProcess, SpawnError> {
+/// Starts `binary -c config`, as `run_as` when given.
+pub fn spawn(
+    binary: &Path,
+    config: &Path,
+    run_as: Option<RunAs>,
+) -> Result<BrokerProcess, SpawnError> {
     let err = |source| SpawnError {
         binary: binary.display().to_string(),
         source,
     };
     let parent = nix::unistd::getpid();
+    let oom = oom_score_for_child();
     let mut cmd = Command::new(binary);
     cmd.arg("-c")
         .arg(config)
@@ -100,11 +119,18 @@ pub fn spawn(binary: &Path, config: &Path) -> Result<BrokerProcess, SpawnError> 
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // two async-signal-safe system calls (prctl, getppid); it allocates
-    // nothing and touches no lock.
+    // async-signal-safe system calls (open, write, close, setgroups,
+    // setresgid, setresuid, prctl, getppid) on values prepared before the
+    // fork; it allocates nothing and touches no lock.
     #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(move || {
+            // Before any change of user: the process still owns its /proc
+            // entry (a change of credentials makes it non-dumpable, and its
+            // /proc files root's, until the exec).
+            oom.apply();
+            become_user(run_as)?;
+            // After the change of user, which clears the death signal.
             nix::sys::prctl::set_pdeathsig(Signal::SIGINT)?;
             // The parent may have died between fork and prctl; then no signal
             // will ever come, so refuse to exec at all.
@@ -133,7 +159,6 @@ pub fn spawn(binary: &Path, config: &Path) -> Result<BrokerProcess, SpawnError> 
                 "the broker exited before its pid was read",
             ))
         })?;
-    raise_oom_score(pid);
     Ok(BrokerProcess {
         kind: Kind::Spawned(child),
         pid,
@@ -142,19 +167,83 @@ pub fn spawn(binary: &Path, config: &Path) -> Result<BrokerProcess, SpawnError> 
     })
 }
 
+/// In a forked child before exec: becomes `run_as` (when given) with no
+/// supplementary group, and drops the ambient capabilities either way.
+/// Only async-signal-safe system calls.
+pub(crate) fn become_user(run_as: Option<RunAs>) -> std::io::Result<()> {
+    if let Some(u) = run_as {
+        // Groups first: after setresuid the capability to change them is
+        // gone.
+        nix::unistd::setgroups(&[])?;
+        let gid = nix::unistd::Gid::from_raw(u.gid);
+        nix::unistd::setresgid(gid, gid, gid)?;
+        let uid = nix::unistd::Uid::from_raw(u.uid);
+        nix::unistd::setresuid(uid, uid, uid)?;
+    }
+    drop_ambient_capabilities()
+}
+
+/// The capabilities natsmeshd's unit grants it as ambient ones (to change
+/// the broker's user and signal it) would otherwise pass to every program
+/// it executes: the broker starts with none. A kernel without ambient
+/// capabilities (before 4.3) has none to drop.
+fn drop_ambient_capabilities() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only; async-signal-safe.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        return Ok(());
+    }
+    Err(e)
+}
+
 /// Under memory pressure the kernel should kill the broker (it holds the
 /// data, and natsmeshd restarts it) before natsmeshd: the broker gets
-/// natsmeshd's own OOM score adjustment + 500. Raising it needs no
-/// privilege; a failure changes nothing else.
-fn raise_oom_score(pid: Pid) {
+/// natsmeshd's own OOM score adjustment + 500. The child sets it on itself
+/// before it changes user (raising one's own needs no privilege, and
+/// natsmeshd could not write another user's), so the value is prepared
+/// here, before the fork.
+struct OomScore {
+    text: [u8; 8],
+    len: usize,
+}
+
+fn oom_score_for_child() -> OomScore {
     let own = std::fs::read_to_string("/proc/self/oom_score_adj")
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
         .unwrap_or(0);
-    let _ = std::fs::write(
-        format!("/proc/{pid}/oom_score_adj"),
-        (own + 500).min(1000).to_string(),
-    );
+    let value = (own.saturating_add(500)).clamp(-1000, 1000).to_string();
+    let mut text = [0u8; 8];
+    let len = value.len().min(text.len());
+    text[..len].copy_from_slice(&value.as_bytes()[..len]);
+    OomScore { text, len }
+}
+
+impl OomScore {
+    /// In the child: a failure changes nothing else, so it is ignored.
+    fn apply(&self) {
+        let Ok(fd) = nix::fcntl::open(
+            c"/proc/self/oom_score_adj",
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) else {
+            return;
+        };
+        let _ = nix::unistd::write(&fd, &self.text[..self.len]);
+    }
 }
 
 /// Why a broker could not be adopted.
@@ -171,18 +260,23 @@ pub struct AdoptError {
 /// pid, so still its parent), with the output pipes it handed over.
 pub fn adopt(h: Handoff, config: &Path) -> Result<BrokerProcess, AdoptError> {
     let fail = |why: String| AdoptError { pid: h.pid, why };
-    let me = std::process::id();
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", h.pid))
-        .map_err(|e| fail(format!("not running ({e})")))?;
-    // Fields after the command name (which may hold spaces): state, ppid.
-    let ppid = stat
-        .rsplit_once(") ")
-        .and_then(|(_, rest)| rest.split(' ').nth(1))
-        .and_then(|p| p.parse::<u32>().ok());
-    if ppid != Some(me) {
-        return Err(fail(format!(
-            "its parent is {ppid:?}, not this process ({me})"
-        )));
+    // Still this process's child, alive or not yet reaped? waitid answers
+    // without reaping (WNOWAIT) or blocking (WNOHANG), and, unlike
+    // /proc/<pid>/stat, it also answers for a broker of another user, which
+    // the unit's ProtectProc=invisible hides from natsmeshd.
+    let pid = Pid::from_raw(h.pid);
+    match nix::sys::wait::waitid(
+        nix::sys::wait::Id::Pid(pid),
+        nix::sys::wait::WaitPidFlag::WEXITED
+            | nix::sys::wait::WaitPidFlag::WNOHANG
+            | nix::sys::wait::WaitPidFlag::WNOWAIT,
+    ) {
+        Ok(nix::sys::wait::WaitStatus::StillAlive) => {}
+        Ok(other) => return Err(fail(format!("it has already exited ({other:?})"))),
+        Err(nix::errno::Errno::ECHILD) => {
+            return Err(fail("it is not a child of this process".to_owned()));
+        }
+        Err(e) => return Err(fail(format!("cannot ask about it: {e}"))),
     }
     let pipe = |fd: RawFd| -> Result<Pipe, AdoptError> {
         // SAFETY: the previous image opened this descriptor for exactly this
@@ -197,7 +291,6 @@ pub fn adopt(h: Handoff, config: &Path) -> Result<BrokerProcess, AdoptError> {
         Ok(Box::new(rx))
     };
     let output = (pipe(h.stdout_fd)?, pipe(h.stderr_fd)?);
-    let pid = Pid::from_raw(h.pid);
     let (tx, rx) = tokio::sync::oneshot::channel();
     // Any thread of this process may reap its children.
     std::thread::Builder::new()
@@ -311,5 +404,106 @@ impl BrokerProcess {
                 Ok(*status)
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    /// Starts `/bin/sh -c <script>` the way the broker is started (the
+    /// script stands where the config path goes) and returns its stdout.
+    async fn run(script: &str, run_as: Option<RunAs>) -> String {
+        let mut p = spawn(Path::new("/bin/sh"), Path::new(script), run_as).expect("spawn");
+        let (out, _) = p.take_output();
+        let mut text = String::new();
+        out.expect("stdout")
+            .read_to_string(&mut text)
+            .await
+            .expect("read");
+        assert!(p.wait().await.expect("wait").success(), "{text}");
+        text
+    }
+
+    fn field<'a>(status: &'a str, name: &str) -> &'a str {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or("", str::trim)
+    }
+
+    const SHOW: &str = "cat /proc/self/status; echo oom $(cat /proc/self/oom_score_adj)";
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_broker_gets_a_higher_oom_score_and_no_ambient_capability() {
+        let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let status = run(SHOW, None).await;
+        assert_eq!(field(&status, "oom"), (own + 500).min(1000).to_string());
+        assert_eq!(field(&status, "CapAmb:"), "0000000000000000");
+        // Without a user to run as it keeps natsmeshd's.
+        let uid = nix::unistd::getuid().as_raw().to_string();
+        assert!(field(&status, "Uid:").starts_with(&uid), "{status}");
+    }
+
+    /// Needs root (or CAP_SETUID, CAP_SETGID): the systemd test checks the
+    /// same under the packaged unit.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_broker_runs_as_the_given_user_with_no_other_group_or_capability() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: changing user needs root");
+            return;
+        }
+        let who = RunAs {
+            uid: 65534,
+            gid: 65533,
+        };
+        let status = run(SHOW, Some(who)).await;
+        assert_eq!(field(&status, "Uid:"), "65534\t65534\t65534\t65534");
+        assert_eq!(field(&status, "Gid:"), "65533\t65533\t65533\t65533");
+        assert_eq!(field(&status, "Groups:"), "");
+        for caps in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+            assert_eq!(field(&status, caps), "0000000000000000", "{caps}");
+        }
+        // Set before the change of user, and kept across it.
+        let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(field(&status, "oom"), (own + 500).min(1000).to_string());
+    }
+
+    #[test]
+    fn only_a_child_of_this_process_is_adopted() {
+        // pid 1 is nobody's child; the check comes before the descriptors
+        // are touched.
+        let e = adopt(
+            Handoff {
+                pid: 1,
+                stdout_fd: -1,
+                stderr_fd: -1,
+            },
+            Path::new("x"),
+        )
+        .expect_err("pid 1 adopted");
+        assert!(e.why.contains("not a child"), "{e}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_running_child_is_adopted() {
+        let mut p = spawn(Path::new("/bin/sh"), Path::new("sleep 30"), None).expect("spawn");
+        let h = p.handoff().expect("handoff");
+        let adopted = adopt(h, Path::new("x")).expect("adopt");
+        assert_eq!(adopted.pid(), p.pid());
+        adopted.signal(Signal::SIGKILL).expect("kill");
+        // The adopted handle's reaper thread races the original's; either
+        // one sees the exit.
+        let _ = p.wait().await;
     }
 }

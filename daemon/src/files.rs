@@ -21,7 +21,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 /// Mode of files that hold no secret (the rendered config, certificates
@@ -36,7 +36,29 @@ const ATTEMPTS: usize = 8;
 
 /// Writes `bytes` to `path` atomically with `mode` (see the module doc).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    write_atomic_with(path, bytes, mode, &mut random_tag)
+    write_atomic_with(path, bytes, mode, None, &mut random_tag)
+}
+
+/// [`write_atomic`] for a file another user reads through `group` (the
+/// broker's, when it runs as its own user): the temporary file is given
+/// that group and then exactly `mode` (past the umask, which would take
+/// the group's read bit) before anything is written into it or it is
+/// renamed into place. The owner may give a file any group it is a member
+/// of, so this needs no privilege.
+pub fn write_atomic_shared(path: &Path, bytes: &[u8], mode: u32, group: u32) -> io::Result<()> {
+    write_atomic_with(path, bytes, mode, Some(group), &mut random_tag)
+}
+
+/// Gives the existing file or directory at `path` (not followed if a link)
+/// the group `group` and the mode `mode`: for what natsmeshd wrote before
+/// the broker ran as its own user.
+pub fn share(path: &Path, mode: u32, group: u32) -> io::Result<()> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)?;
+    std::os::unix::fs::fchown(&f, None, Some(group))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
 /// [`write_atomic`] with the temporary names' random part from `tag`
@@ -45,6 +67,7 @@ fn write_atomic_with(
     path: &Path,
     bytes: &[u8],
     mode: u32,
+    group: Option<u32>,
     tag: &mut dyn FnMut() -> io::Result<String>,
 ) -> io::Result<()> {
     let Some(name) = path.file_name() else {
@@ -67,7 +90,12 @@ fn write_atomic_with(
             .open(&tmp);
         match file {
             Ok(f) => {
-                let done = fill_and_rename(f, bytes, &tmp, path);
+                let done = match group {
+                    Some(g) => std::os::unix::fs::fchown(&f, None, Some(g))
+                        .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(mode))),
+                    None => Ok(()),
+                }
+                .and_then(|()| fill_and_rename(f, bytes, &tmp, path));
                 if done.is_err() {
                     let _ = std::fs::remove_file(&tmp);
                 }
@@ -196,7 +224,7 @@ pub fn check_secret(path: &Path, credentials_dir: Option<&Path>) -> Result<(), U
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{PermissionsExt as _, symlink};
+    use std::os::unix::fs::symlink;
 
     fn mode(p: &Path) -> u32 {
         std::fs::symlink_metadata(p).expect("stat").mode() & 0o7777
@@ -300,7 +328,7 @@ mod tests {
         foreign(&dir.path().join(".node.key.b.tmp"));
         let mut tags = ["a", "b", "c"].into_iter();
         let mut tag = || Ok(tags.next().unwrap_or("z").to_owned());
-        write_atomic_with(&p, b"mine", SECRET, &mut tag).expect("write");
+        write_atomic_with(&p, b"mine", SECRET, None, &mut tag).expect("write");
         assert_eq!(std::fs::read(&p).expect("read"), b"mine");
         assert_eq!(mode(&p), SECRET);
         assert_eq!(std::fs::read(&victim).expect("read"), b"victim");
@@ -321,7 +349,7 @@ mod tests {
             calls += 1;
             Ok("same".to_owned())
         };
-        let e = write_atomic_with(&p, b"mine", SECRET, &mut tag).expect_err("all taken");
+        let e = write_atomic_with(&p, b"mine", SECRET, None, &mut tag).expect_err("all taken");
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(calls, ATTEMPTS);
         assert!(!p.exists());
@@ -335,7 +363,7 @@ mod tests {
         std::fs::create_dir(&p).expect("mkdir");
         std::fs::write(p.join("x"), "x").expect("write");
         let mut tag = || Ok("t".to_owned());
-        write_atomic_with(&p, b"mine", PLAIN, &mut tag).expect_err("rename fails");
+        write_atomic_with(&p, b"mine", PLAIN, None, &mut tag).expect_err("rename fails");
         assert!(!dir.path().join(".natsmesh.conf.t.tmp").exists());
     }
 
@@ -373,6 +401,42 @@ mod tests {
         );
         let e = read_private(&dir.path().join("none"), 100).expect_err("missing");
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_shared_file_gets_the_group_and_exactly_its_mode_past_the_umask() {
+        let d = tempfile::tempdir().expect("tempdir");
+        // The unit's UMask=0077 would take the group's read bit.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        // Root may give any group; anyone else one of its own.
+        let group = if nix::unistd::geteuid().is_root() {
+            4242
+        } else {
+            nix::unistd::getegid().as_raw()
+        };
+        let p = d.path().join("nats-server.conf");
+        foreign(&p);
+        write_atomic_shared(&p, b"shared", 0o640, group).expect("write");
+        assert_eq!(std::fs::read(&p).expect("read"), b"shared");
+        let m = std::fs::symlink_metadata(&p).expect("stat");
+        assert_eq!((m.mode() & 0o7777, m.gid()), (0o640, group));
+        // Plain writes keep the process's group and the umask's narrowing.
+        write_atomic(&p, b"plain", 0o640).expect("write");
+        assert_eq!(mode(&p), 0o600);
+        // An existing file or directory is shared in place.
+        share(&p, 0o640, group).expect("share");
+        let m = std::fs::symlink_metadata(&p).expect("stat");
+        assert_eq!((m.mode() & 0o7777, m.gid()), (0o640, group));
+        let sub = d.path().join("tls");
+        std::fs::create_dir(&sub).expect("mkdir");
+        share(&sub, 0o710, group).expect("share");
+        let m = std::fs::symlink_metadata(&sub).expect("stat");
+        assert_eq!((m.mode() & 0o7777, m.gid()), (0o710, group));
+        // A link is not followed.
+        let link = d.path().join("link");
+        symlink(&p, &link).expect("symlink");
+        assert!(share(&link, 0o644, group).is_err());
+        assert_eq!(mode(&p), 0o640);
     }
 
     #[test]

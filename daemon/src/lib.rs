@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod balancer;
+pub mod broker_user;
 pub mod ca_cli;
 pub mod config;
 pub mod control;

@@ -28,6 +28,13 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH", env = "NATSMESH_SOCKET")]
     socket: Option<PathBuf>,
 
+    /// Run nats-server as this user (and its group, no other), not as
+    /// natsmeshd's own: natsmeshd needs CAP_SETUID, CAP_SETGID and CAP_KILL
+    /// and membership of the user's group. The packaged unit passes
+    /// natsmesh-broker. `check` only looks the user up.
+    #[arg(long, global = true, value_name = "USER")]
+    broker_user: Option<String>,
+
     #[command(subcommand)]
     command: Cmd,
 }
@@ -361,6 +368,24 @@ async fn dispatch(cli: Cli) -> i32 {
             return simple_request(&socket, &request).await;
         }
         _ => {}
+    }
+    // Before the configuration is validated: with the broker as its own
+    // user, the files it reads are natsmeshd's copies (see broker_user).
+    if let Some(name) = &cli.broker_user {
+        let chosen = natsmesh::broker_user::resolve(name).and_then(|u| {
+            if matches!(cli.command, Cmd::Run) {
+                natsmesh::broker_user::check_this_process(&u)?;
+            }
+            Ok(u)
+        });
+        match chosen {
+            Ok(u) if matches!(cli.command, Cmd::Run) => natsmesh::broker_user::choose(u),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("natsmeshd: {e}");
+                return EXIT_CONFIG;
+            }
+        }
     }
     if matches!(cli.command, Cmd::Run) && sources == Sources::Embedded && natsmesh::under_systemd()
     {

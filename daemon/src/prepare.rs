@@ -95,14 +95,13 @@ pub async fn prepare_in(
         return Err(PrepareError::Include(problems));
     }
     let path = dir.join(name);
-    crate::files::write_atomic(&path, rendered.text.as_bytes(), crate::files::PLAIN).map_err(
-        |source| PrepareError::Write {
+    crate::broker_user::write_readable(&path, rendered.text.as_bytes(), crate::files::PLAIN)
+        .map_err(|source| PrepareError::Write {
             path: path.clone(),
             source,
-        },
-    )?;
+        })?;
     let snapshot = Snapshot::capture(&rendered);
-    let check = check_file(&settings.binary, &path).await?;
+    let check = check_file(&settings.binary, &path, crate::broker_user::run_as()).await?;
     Ok(Prepared {
         version,
         rendered,

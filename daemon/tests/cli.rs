@@ -903,3 +903,48 @@ fn user_add_keeps_the_drop_ins_owner_group_and_mode() {
             .contains("[[accounts.APP.users]]")
     );
 }
+
+/// `--broker-user`: an unknown user fails `check` and `run`; natsmeshd's
+/// own user (root here, or any uid 0) is refused by `run` before anything
+/// starts, since there would be nothing to separate.
+#[test]
+fn a_broker_user_that_does_not_exist_or_is_natsmeshds_own_is_refused() {
+    let dir = scratch();
+    let config = write_config(dir.path(), CURRENT, "");
+    let config = config.to_str().unwrap();
+    for cmd in ["check", "run"] {
+        let out = natsmeshd(
+            &[
+                "--config",
+                config,
+                "--broker-user",
+                "natsmesh-no-such-user-7f3a",
+                cmd,
+            ],
+            dir.path(),
+        );
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {out:?}");
+        assert!(
+            text(&out.stderr).contains("natsmesh-no-such-user-7f3a: no such user"),
+            "{cmd}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = natsmeshd(
+        &["--config", config, "--broker-user", "root", "run"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("natsmeshd's own user"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.path().join("state/jetstream").exists());
+    // `check` only looks the user up.
+    let out = natsmeshd(
+        &["--config", config, "--broker-user", "root", "check"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

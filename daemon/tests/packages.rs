@@ -43,6 +43,11 @@ max_file_store = "256MiB"
 [auth]
 # A credential from /etc/natsmesh/credentials, loaded by the packaged unit.
 system_password_file = "system.password"
+# Loopback only: a raw client (bash's /dev/tcp) keeps a stream in APP.
+anonymous_account = "APP"
+
+[accounts.APP]
+jetstream = true
 "#;
 
 /// A secret only the credential can carry.
@@ -91,6 +96,105 @@ fn monitoring(c: &Container, path: &str) -> String {
     ])
 }
 
+/// Over the raw NATS protocol (bash's /dev/tcp) as the anonymous client:
+/// makes stream KEEP (idempotent) and stores one message; the PubAck's
+/// sequence number. JetStream's meta group may still be electing itself
+/// right after `ready` (its API is silent until then): tried again for a
+/// while.
+fn keep_a_message(c: &Container) -> u64 {
+    let script = r#"exec 3<>/dev/tcp/127.0.0.1/4222
+p='{"name":"KEEP","subjects":["keep.>"],"storage":"file"}'
+printf 'CONNECT {"verbose":false}\r\nSUB _INBOX.r 1\r\nPUB $JS.API.STREAM.CREATE.KEEP _INBOX.r %d\r\n%s\r\n' "${#p}" "$p" >&3
+sleep 1
+printf 'PUB keep.1 _INBOX.r 1\r\nx\r\n' >&3
+timeout 2 cat <&3 || true"#;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let said = c.ok(&["bash", "-c", script]);
+        let seq = said
+            .split("\"seq\":")
+            .nth(1)
+            .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok());
+        if let Some(seq) = seq {
+            return seq;
+        }
+        assert!(Instant::now() < deadline, "no PubAck: {said}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// How many messages the broker's JetStream holds (its /jsz).
+fn stored_messages(c: &Container) -> String {
+    let jsz = monitoring(c, "/jsz");
+    jsz.lines()
+        .find_map(|l| l.trim().strip_prefix("\"messages\": "))
+        .map(|v| v.trim_end_matches(',').to_owned())
+        .unwrap_or_else(|| panic!("{jsz}"))
+}
+
+/// The uid a process runs as.
+fn uid_of(c: &Container, pid: &str) -> String {
+    c.ok(&["stat", "-c", "%u", &format!("/proc/{}", pid.trim())])
+        .trim()
+        .to_owned()
+}
+
+/// The package as released before the broker had its own user: this
+/// build with that release's packaging (the unit without --broker-user,
+/// capabilities or supplementary group, and with a 0700 state directory;
+/// no natsmesh-broker user; no broker-dirs), so natsmeshd runs the broker
+/// as natsmesh, as that release did.
+fn before_broker_user(deb: &Path, into: &Path) -> std::path::PathBuf {
+    let tree = into.join("before-broker-user");
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+    };
+    run(Command::new("dpkg-deb").arg("-R").arg(deb).arg(&tree));
+    let edit = |rel: &str, f: &dyn Fn(&str) -> String| {
+        let p = tree.join(rel);
+        let before = std::fs::read_to_string(&p).unwrap();
+        let after = f(&before);
+        assert_ne!(before, after, "{rel} unchanged");
+        std::fs::write(&p, after).unwrap();
+    };
+    edit("usr/lib/systemd/system/natsmeshd.service", &|s| {
+        s.lines()
+            .filter(|l| {
+                !l.starts_with("ExecStartPre=+/usr/lib/natsmesh/broker-dirs")
+                    && !l.starts_with("SupplementaryGroups=")
+                    && !l.starts_with("SystemCallFilter=@setuid")
+            })
+            .map(|l| match l {
+                l if l.starts_with("ExecStart=") => "ExecStart=/usr/bin/natsmeshd run".to_owned(),
+                l if l.starts_with("CapabilityBoundingSet=") => "CapabilityBoundingSet=".to_owned(),
+                l if l.starts_with("AmbientCapabilities=") => "AmbientCapabilities=".to_owned(),
+                l if l.starts_with("StateDirectoryMode=") => "StateDirectoryMode=0700".to_owned(),
+                l => l.to_owned(),
+            })
+            .map(|l| l + "\n")
+            .collect()
+    });
+    edit("usr/lib/sysusers.d/natsmesh.conf", &|s| {
+        s.lines()
+            .filter(|l| !l.starts_with("u natsmesh-broker"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    });
+    edit("DEBIAN/postinst", &|s| {
+        let cut = s.find("\n# The broker runs as natsmesh-broker").unwrap();
+        format!("{}\n", &s[..cut])
+    });
+    std::fs::remove_file(tree.join("usr/lib/natsmesh/broker-dirs")).unwrap();
+    let out = into.join("natsmesh_before-broker-user_amd64.deb");
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zxz", "-b"])
+        .arg(&tree)
+        .arg(&out));
+    out
+}
+
 fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -101,7 +205,14 @@ fn sha256(bytes: &[u8]) -> String {
 fn install_and_operate(release: &str, purge_state: bool) {
     let natsmesh = built("natsmesh", "deb");
     let broker = built("natsmesh-broker", "deb");
-    let repo = AptRepo::new(&[natsmesh.clone(), broker]);
+    let scratch = tempfile::Builder::new()
+        .prefix("natsmesh-debs-")
+        .tempdir()
+        .unwrap();
+    // Installed first: the release before the broker had its own user;
+    // the upgrade below brings this build.
+    let older = before_broker_user(&natsmesh, scratch.path());
+    let repo = AptRepo::new(&[older, broker]);
     let root = Root::new(release);
     repo.publish_into(&root);
     let c = root.boot();
@@ -156,6 +267,9 @@ fn install_and_operate(release: &str, purge_state: bool) {
     assert_eq!(brokers.len(), 1, "exactly one broker: {brokers:?}");
     let exe = c.ok(&["readlink", &format!("/proc/{}/exe", brokers[0])]);
     assert_eq!(exe.trim(), "/usr/lib/natsmesh/nats-server");
+    // That release's broker runs as natsmesh.
+    let natsmesh_uid = c.ok(&["id", "-u", "natsmesh"]).trim().to_owned();
+    assert_eq!(uid_of(&c, &brokers[0]), natsmesh_uid);
     // Inside the sandbox the broker serves its cluster listener, knows its
     // own route for what it is, and logs no error.
     let routez = monitoring(&c, "/routez");
@@ -186,19 +300,43 @@ fn install_and_operate(release: &str, purge_state: bool) {
     assert!(c.ok(&["natsmeshd", "status"]).contains("ready"));
     std::fs::remove_file(c.root().inside("/etc/natsmesh/natsmesh.d/30-bad.toml")).unwrap();
 
+    // A stream to carry across the upgrade, in a store natsmesh owns as
+    // that release left it. JetStream on its own: a cluster of one, as
+    // above, never elects its meta leader.
+    c.root().write(
+        "/etc/natsmesh/natsmesh.d/20-standalone.toml",
+        "[broker.cluster]\nenabled = false\n",
+        0o644,
+    );
+    c.ok(&["systemctl", "restart", "natsmeshd"]);
+    let brokers = broker_pids(&c);
+    assert_eq!(brokers.len(), 1, "exactly one broker: {brokers:?}");
+    assert_eq!(uid_of(&c, &brokers[0]), natsmesh_uid);
+    assert_eq!(keep_a_message(&c), 1);
+    assert_eq!(stored_messages(&c), "1");
+    assert_eq!(
+        c.ok(&["stat", "-c", "%U", "/var/lib/natsmesh/jetstream"])
+            .trim(),
+        "natsmesh"
+    );
+
     // An upgrade restarts nothing: natsmeshd re-executes its new binary
     // with the same main pid and keeps its broker.
     let main_pid = c.unit_property("natsmeshd", "MainPID");
-    let scratch = tempfile::Builder::new()
-        .prefix("natsmesh-debs-")
-        .tempdir()
-        .unwrap();
     let current = c.ok(&["dpkg-query", "-W", "-f", "${Version}", "natsmesh"]);
     let newer = with_version(&natsmesh, &format!("{current}+upgrade1"), scratch.path());
     repo.add(&newer);
     repo.publish_into(c.root());
     apt_ok(&c, &["update"]);
-    apt_ok(&c, &["install", "natsmesh"]);
+    let said = apt(&c, &["install", "natsmesh"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&said.stdout),
+        String::from_utf8_lossy(&said.stderr)
+    );
+    // The running broker stays natsmesh's until the unit starts again,
+    // and the package says so.
+    assert!(said.contains("from natsmeshd's next start"), "{said}");
     assert_eq!(
         c.ok(&["dpkg-query", "-W", "-f", "${Version}", "natsmesh"]),
         format!("{current}+upgrade1")
@@ -210,6 +348,38 @@ fn install_and_operate(release: &str, purge_state: bool) {
     assert_eq!(broker_pids(&c), brokers);
     let exe = c.ok(&["readlink", &format!("/proc/{main_pid}/exe")]);
     assert!(!exe.contains("deleted"), "runs the new file: {exe}");
+    assert_eq!(uid_of(&c, &brokers[0]), natsmesh_uid);
+
+    // The next start of the unit: the store is handed to natsmesh-broker
+    // (ExecStartPre=) and the broker comes back as that user, its stream
+    // and message still there.
+    c.ok(&["systemctl", "restart", "natsmeshd"]);
+    assert_eq!(c.unit_property("natsmeshd", "ActiveState"), "active");
+    let brokers = broker_pids(&c);
+    assert_eq!(brokers.len(), 1, "exactly one broker: {brokers:?}");
+    assert_eq!(
+        uid_of(&c, &brokers[0]),
+        c.ok(&["id", "-u", "natsmesh-broker"]).trim()
+    );
+    assert_eq!(
+        c.ok(&["stat", "-c", "%U %G %a", "/var/lib/natsmesh/jetstream"])
+            .trim(),
+        "natsmesh natsmesh-broker 770"
+    );
+    let foreign = c.ok(&[
+        "find",
+        "/var/lib/natsmesh/jetstream",
+        "-mindepth",
+        "1",
+        "!",
+        "-user",
+        "natsmesh-broker",
+    ]);
+    assert!(foreign.trim().is_empty(), "not handed over: {foreign}");
+    assert_eq!(stored_messages(&c), "1");
+    assert_eq!(keep_a_message(&c), 2);
+    let journal = c.ok(&["journalctl", "-u", "natsmeshd", "-o", "cat", "--no-pager"]);
+    assert!(!journal.contains("[ERR]"), "{journal}");
 
     // Stop: out of service, lame duck, a clean exit within TimeoutStopSec.
     let budget = humantime::parse_duration(&c.unit_property("natsmeshd", "TimeoutStopUSec"))
@@ -228,7 +398,10 @@ fn install_and_operate(release: &str, purge_state: bool) {
     assert!(broker_pids(&c).is_empty(), "a broker outlived the unit");
 
     // natsmeshd killed outright: its broker goes with it at once, long
-    // before systemd's own final SIGKILL (TimeoutStopSec) would come.
+    // before systemd's own final SIGKILL (TimeoutStopSec) would come. (The
+    // fourth start within StartLimitIntervalSec: the counter is reset as
+    // an operator would.)
+    c.ok(&["systemctl", "reset-failed", "natsmeshd"]);
     c.ok(&["systemctl", "start", "natsmeshd"]);
     assert_eq!(broker_pids(&c).len(), 1);
     c.ok(&[

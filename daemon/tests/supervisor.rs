@@ -654,3 +654,138 @@ fn systemd_start_timeout_is_extended_while_the_broker_starts() {
     assert!(extend < ready, "{lines:?}");
     assert!(t.elapsed() >= Duration::from_secs(6));
 }
+
+/// `--broker-user` (the packaged unit passes natsmesh-broker; here root
+/// runs natsmeshd and the broker runs as `nobody`): the broker has that
+/// user, its group and nothing else, reads the files natsmeshd shares
+/// through its group, writes its JetStream store, and cannot read what
+/// natsmeshd keeps; a restart brings it back the same way with its stream.
+#[test]
+fn with_a_broker_user_the_broker_runs_as_it_and_reads_only_what_is_shared() {
+    use std::os::unix::fs::MetadataExt as _;
+    use std::os::unix::process::CommandExt as _;
+    let Some((dir, binary)) = common::broker_user_dir() else {
+        return;
+    };
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    let state = dir.path().join("state");
+    let mut d = Daemon::start_in(
+        dir,
+        natsmesh_harness::CURRENT,
+        Options {
+            args: vec!["--broker-user".into(), "nobody".into()],
+            binary: Some(binary),
+            ..Options::default()
+        },
+    );
+    let first = d.wait_ready().broker_pid.unwrap();
+    let proc_status = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |status: &str, name: &str| -> String {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or(String::new(), |v| v.trim().to_owned())
+    };
+    let check_identity = |pid: u32| {
+        let s = proc_status(pid);
+        assert_eq!(
+            field(&s, "Uid:"),
+            format!("{uid}\t{uid}\t{uid}\t{uid}"),
+            "{s}"
+        );
+        assert_eq!(
+            field(&s, "Gid:"),
+            format!("{gid}\t{gid}\t{gid}\t{gid}"),
+            "{s}"
+        );
+        assert_eq!(field(&s, "Groups:"), "", "{s}");
+        assert_eq!(field(&s, "CapEff:"), "0000000000000000", "{s}");
+    };
+    check_identity(first);
+    // Shared through the broker's group: the rendered config (0640), the
+    // store it writes (0770), whose contents are its own.
+    let conf = std::fs::metadata(state.join("nats-server.conf")).unwrap();
+    assert_eq!((conf.mode() & 0o7777, conf.gid()), (0o640, gid));
+    let store = std::fs::metadata(state.join("jetstream")).unwrap();
+    assert_eq!((store.mode() & 0o7777, store.gid()), (0o770, gid));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = d.client_addr();
+    let stream_messages = || {
+        rt.block_on(async {
+            let nc = async_nats::connect(&client).await.unwrap();
+            let js = async_nats::jetstream::new(nc);
+            let mut s = js
+                .get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: "ORDERS".into(),
+                    subjects: vec!["orders.>".into()],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            js.publish("orders.1", "x".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            s.info().await.unwrap().state.messages
+        })
+    };
+    assert_eq!(stream_messages(), 1);
+    let mut owners = Vec::new();
+    for e in walk(&state.join("jetstream")) {
+        owners.push((e.clone(), std::fs::symlink_metadata(&e).unwrap().uid()));
+    }
+    assert!(owners.len() > 2, "{owners:?}");
+    assert!(owners.iter().all(|(_, o)| *o == uid), "{owners:?}");
+
+    // As the broker's user: what is shared opens, nothing else does.
+    let open_as_broker = |path: &std::path::Path| {
+        std::process::Command::new("cat")
+            .arg(path)
+            .uid(uid)
+            .gid(gid)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(open_as_broker(&state.join("nats-server.conf")));
+    let kept: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && !p.ends_with("nats-server.conf"))
+        .collect();
+    assert!(!kept.is_empty());
+    for p in &kept {
+        assert!(!open_as_broker(p), "the broker read {}", p.display());
+    }
+
+    // A restart: the same user again, and the stream is still there.
+    d.change_needing_restart();
+    let s = d.wait_status(
+        "restarted",
+        |s| s.state == "ready" && s.broker_pid.is_some_and(|p| p != first),
+        Duration::from_secs(60),
+    );
+    check_identity(s.broker_pid.unwrap());
+    assert_eq!(stream_messages(), 2);
+}
+
+/// Every path under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}

@@ -39,7 +39,10 @@ max_file_store = "256MiB"
 /// A Debian 12 root with natsmeshd, the pinned broker, the unit, the
 /// sysusers entry and the packaged defaults, where the package puts them.
 fn installed() -> Root {
-    let root = Root::new("bookworm");
+    install_into(Root::new("bookworm"))
+}
+
+fn install_into(root: Root) -> Root {
     root.install(Path::new(NATSMESHD), "/usr/bin/natsmeshd", 0o755);
     root.install(
         &broker_binary(CURRENT),
@@ -60,6 +63,11 @@ fn installed() -> Root {
         &packaging("natsmesh-tmpfiles.conf"),
         "/usr/lib/tmpfiles.d/natsmesh.conf",
         0o644,
+    );
+    root.install(
+        &packaging("broker-dirs"),
+        "/usr/lib/natsmesh/broker-dirs",
+        0o755,
     );
     root.install(
         &packaging("natsmesh.toml"),
@@ -84,12 +92,46 @@ fn the_unit_starts_reports_reloads_and_stops_under_systemd() {
         status.starts_with("ready: ") && status.contains("JetStream current"),
         "{status}"
     );
-    // It runs as the service user, and so does the broker.
-    let users = c.ok(&["ps", "-o", "user=,comm=", "-u", "natsmesh"]);
-    assert!(
-        users.contains("natsmeshd") && users.contains("nats-server"),
-        "{users}"
+    // natsmeshd runs as the service user, the broker as its own, with its
+    // own group and no other.
+    let id = |args: &[&str]| c.ok(&[&["id"], args].concat()).trim().to_owned();
+    let (natsmesh, broker_uid, broker_gid) = (
+        id(&["-u", "natsmesh"]),
+        id(&["-u", "natsmesh-broker"]),
+        id(&["-g", "natsmesh-broker"]),
     );
+    let proc_field = |pid: &str, name: &str| -> String {
+        c.ok(&["cat", &format!("/proc/{}/status", pid.trim())])
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or(String::new(), |v| v.trim().to_owned())
+    };
+    let main_pid = c.unit_property("natsmeshd", "MainPID");
+    let broker_pid = c.ok(&["pgrep", "-x", "nats-server"]);
+    assert!(proc_field(&main_pid, "Uid:").starts_with(&format!("{natsmesh}\t")));
+    assert_eq!(
+        proc_field(&broker_pid, "Uid:"),
+        [broker_uid.as_str(); 4].join("\t")
+    );
+    assert_eq!(
+        proc_field(&broker_pid, "Gid:"),
+        [broker_gid.as_str(); 4].join("\t")
+    );
+    assert_eq!(proc_field(&broker_pid, "Groups:"), "");
+    // natsmeshd shares the broker's files through that group.
+    let groups = proc_field(&main_pid, "Groups:");
+    assert!(
+        groups.split_whitespace().any(|g| g == broker_gid),
+        "{groups}"
+    );
+    // None of natsmeshd's capabilities reached the broker. (Its inheritable
+    // set stays natsmeshd's: clearing it needs capset, which the filter
+    // refuses, and it grants nothing without the ambient or permitted set
+    // — an ambient raise needs the permitted one — nor, under
+    // NoNewPrivileges, through a file's capabilities.)
+    for caps in ["CapPrm:", "CapEff:", "CapAmb:"] {
+        assert_eq!(proc_field(&broker_pid, caps), "0000000000000000", "{caps}");
+    }
     // The kernel's OOM killer picks the broker before its supervisor.
     let oom = |pid: &str| -> i32 {
         c.ok(&["cat", &format!("/proc/{}/oom_score_adj", pid.trim())])
@@ -97,8 +139,6 @@ fn the_unit_starts_reports_reloads_and_stops_under_systemd() {
             .parse()
             .unwrap()
     };
-    let main_pid = c.unit_property("natsmeshd", "MainPID");
-    let broker_pid = c.ok(&["pgrep", "-x", "nats-server"]);
     // (Inside systemd-nspawn systemd may not lower a score below 0, so the
     // unit's OOMScoreAdjust=-500 can read 0 here; the gap is what counts.)
     let (own, broker) = (oom(&main_pid), oom(&broker_pid));
@@ -106,7 +146,8 @@ fn the_unit_starts_reports_reloads_and_stops_under_systemd() {
         own <= 0 && broker == (own + 500).min(1000),
         "{own} {broker}"
     );
-    // Sandboxed: no capability, a read-only system, no new privileges.
+    // Sandboxed: only CAP_KILL, CAP_SETGID and CAP_SETUID (bits 5-7, for
+    // the broker), a read-only system, no new privileges.
     let caps = c.ok(&[
         "grep",
         "-E",
@@ -114,8 +155,8 @@ fn the_unit_starts_reports_reloads_and_stops_under_systemd() {
         &format!("/proc/{main_pid}/status"),
     ]);
     assert!(
-        caps.contains("CapEff:\t0000000000000000")
-            && caps.contains("CapBnd:\t0000000000000000")
+        caps.contains("CapEff:\t00000000000000e0")
+            && caps.contains("CapBnd:\t00000000000000e0")
             && caps.contains("NoNewPrivs:\t1"),
         "{caps}"
     );
@@ -384,4 +425,156 @@ fn a_dns_token_arrives_as_a_credential_and_goes_nowhere_else() {
         .find("Entering lame duck mode")
         .expect("lame duck logged");
     assert!(withdrawn < lame_duck, "{journal}");
+}
+
+/// The broker under the packaged unit cannot read what natsmeshd holds:
+/// Debian 13 with nftables and the metadata guard, the unit and a
+/// credential; the broker's own uid and gid (read from its /proc entry,
+/// with no other group, as `setpriv` gives them) open neither the
+/// credential nor natsmeshd's state, only the files shared with it, and a
+/// stand-in metadata service on 169.254.169.254 refuses it at once while
+/// root and natsmesh get their answer.
+#[test]
+fn the_broker_reads_no_secret_and_the_metadata_guard_refuses_it() {
+    const SECRET: &str = "natsmesh-test-credential-5d1e9b";
+    let root = install_into(Root::with_cloud_init("trixie"));
+    root.install(
+        &packaging("metadata-guard.nft"),
+        "/usr/lib/natsmesh/metadata-guard.nft",
+        0o644,
+    );
+    root.install(
+        &packaging("natsmesh-metadata-guard.service"),
+        "/usr/lib/systemd/system/natsmesh-metadata-guard.service",
+        0o644,
+    );
+    // No seed here: cloud-init stays out of it.
+    root.write("/etc/cloud/cloud-init.disabled", "", 0o644);
+    root.write("/etc/natsmesh/natsmesh.d/10-node.toml", NODE, 0o644);
+    root.write("/etc/natsmesh/credentials/probe.secret", SECRET, 0o600);
+    let c = root.boot();
+    c.ok(&["systemctl", "start", "natsmesh-metadata-guard"]);
+    c.ok(&["systemctl", "start", "natsmeshd"]);
+    assert_eq!(c.unit_property("natsmeshd", "ActiveState"), "active");
+
+    let broker_pid = c.ok(&["pgrep", "-x", "nats-server"]);
+    let status = c.ok(&["cat", &format!("/proc/{}/status", broker_pid.trim())]);
+    let first = |name: &str| -> String {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap()
+            .to_owned()
+    };
+    let (uid, gid) = (first("Uid:"), first("Gid:"));
+    assert_eq!(uid, c.ok(&["id", "-u", "natsmesh-broker"]).trim());
+    let as_user = |ids: [&str; 2], groups: &str, cmd: &[&str]| {
+        let mut full = vec![
+            "setpriv", "--reuid", ids[0], "--regid", ids[1], groups, "--",
+        ];
+        full.extend_from_slice(cmd);
+        c.exec(&full)
+    };
+    let as_broker = |cmd: &[&str]| as_user([&uid, &gid], "--clear-groups", cmd);
+    let as_natsmesh = |cmd: &[&str]| as_user(["natsmesh", "natsmesh"], "--init-groups", cmd);
+
+    // The credential: natsmeshd's user reads it (the path is right), the
+    // broker cannot.
+    let credential = "/run/credentials/natsmeshd.service/natsmesh_probe.secret";
+    let out = as_natsmesh(&["cat", credential]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), SECRET, "{out:?}");
+    let out = as_broker(&["cat", credential]);
+    assert!(
+        !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains(SECRET),
+        "the broker read the credential: {out:?}"
+    );
+    let out = as_broker(&["ls", "/run/credentials/natsmeshd.service"]);
+    assert!(
+        !out.status.success(),
+        "the broker listed the credentials: {out:?}"
+    );
+
+    // natsmeshd's state: the broker opens its own files (config, store)
+    // and nothing else; it cannot even list the directory.
+    assert!(
+        as_broker(&["cat", "/var/lib/natsmesh/nats-server.conf"])
+            .status
+            .success()
+    );
+    assert!(!as_broker(&["ls", "/var/lib/natsmesh"]).status.success());
+    let files = c.ok(&["find", "/var/lib/natsmesh", "-maxdepth", "1", "-type", "f"]);
+    let kept: Vec<&str> = files
+        .lines()
+        .filter(|f| !f.ends_with("/nats-server.conf"))
+        .collect();
+    assert!(!kept.is_empty(), "{files}");
+    for f in kept {
+        assert!(
+            !as_broker(&["cat", f]).status.success(),
+            "the broker read {f}"
+        );
+    }
+    // Its store is its own.
+    assert_eq!(
+        c.ok(&["stat", "-c", "%U %G %a", "/var/lib/natsmesh/jetstream"])
+            .trim(),
+        "natsmesh natsmesh-broker 770"
+    );
+    let foreign = c.ok(&[
+        "find",
+        "/var/lib/natsmesh/jetstream",
+        "-mindepth",
+        "1",
+        "!",
+        "-user",
+        "natsmesh-broker",
+    ]);
+    assert!(foreign.trim().is_empty(), "{foreign}");
+
+    // The metadata guard: a stand-in metadata service on the container's
+    // own 169.254.169.254.
+    assert_eq!(
+        c.unit_property("natsmesh-metadata-guard", "ActiveState"),
+        "active"
+    );
+    c.ok(&["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"]);
+    c.ok(&[
+        "systemd-run",
+        "--unit=natsmesh-test-metadata",
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "169.254.169.254",
+        "80",
+    ]);
+    let fetch = [
+        "timeout",
+        "10",
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/169.254.169.254/80 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && head -c 12 <&3",
+    ];
+    // root's answer means the stand-in is up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = c.exec(&fetch);
+        if String::from_utf8_lossy(&out.stdout).starts_with("HTTP/1.0 200") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = as_natsmesh(&fetch);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("HTTP/1.0 200"),
+        "natsmesh: {out:?}"
+    );
+    let out = as_broker(&fetch);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && out.stdout.is_empty() && err.contains("refused"),
+        "the broker's user reached the metadata service: {out:?}"
+    );
 }

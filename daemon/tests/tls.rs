@@ -1296,3 +1296,156 @@ fn probes_leave_the_brokers_log_quiet_oldest() {
 fn probes_leave_the_brokers_log_quiet_current() {
     probes_leave_the_brokers_log_quiet(CURRENT);
 }
+
+/// `tls.mode = "files"` with the broker as its own user (`--broker-user`;
+/// root runs natsmeshd, the broker runs as `nobody`): the operator's
+/// files stay natsmeshd's to read (here in a root-only directory), the
+/// broker serves natsmeshd's copies (0640, its group) and a new pair from
+/// the PKI reaches the copies.
+#[test]
+fn files_mode_with_a_broker_user_serves_natsmeshds_copies() {
+    let Some((dir, binary)) = common::broker_user_dir() else {
+        return;
+    };
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let pki = Pki::new();
+    pki.root("r1").intermediate("r1", "fra1", "i1");
+    // The roots are public (the packages put them in /etc, 0644).
+    let roots = dir.path().join("roots.pem");
+    std::fs::copy(pki.path("r1/root.crt"), &roots).unwrap();
+    std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let issuer = natsmesh::tls::issue::Issued {
+        cert_pem: std::fs::read_to_string(pki.path("i1/fra1.crt")).unwrap(),
+        key_pem: std::fs::read_to_string(pki.path("i1/fra1.key")).unwrap(),
+    };
+    let names = natsmesh::tls::issue::NodeNames {
+        common_name: "n1".into(),
+        dns: vec!["n1.fra1.nats.test".into()],
+        ips: vec!["127.0.0.1".parse().unwrap()],
+    };
+    let issue = || {
+        natsmesh::tls::issue::node(
+            &issuer,
+            &names,
+            std::time::SystemTime::now(),
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+    };
+    let (cert, key) = (pki.path("node.crt"), pki.path("node.key"));
+    let install = |c: &str, k: &str| {
+        natsmesh_harness::bind::write_private(&pki.path("node.key.tmp"), k);
+        std::fs::write(pki.path("node.crt.tmp"), c).unwrap();
+        std::fs::rename(pki.path("node.key.tmp"), &key).unwrap();
+        std::fs::rename(pki.path("node.crt.tmp"), &cert).unwrap();
+    };
+    let first = issue();
+    install(&first.cert_pem, &first.key_pem);
+    let extra = format!(
+        "[tls]\nmode = \"files\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient = \"required\"\n",
+        roots.display(),
+        cert.display(),
+        key.display()
+    );
+    let mut d = Daemon::start_in(
+        dir,
+        CURRENT,
+        Options {
+            extra,
+            binary: Some(binary),
+            args: vec!["--broker-user".into(), "nobody".into()],
+            ..Options::default()
+        },
+    );
+    d.wait_ready();
+    let state = d.dir.path().join("state");
+    let rendered = std::fs::read_to_string(state.join("nats-server.conf")).unwrap();
+    let copy_crt = state.join("tls/node.crt");
+    let copy_key = state.join("tls/node.key");
+    assert!(
+        rendered.contains(&copy_key.display().to_string())
+            && !rendered.contains(&key.display().to_string()),
+        "{rendered}"
+    );
+    for (copy, want) in [(&copy_crt, &first.cert_pem), (&copy_key, &first.key_pem)] {
+        assert_eq!(&std::fs::read_to_string(copy).unwrap(), want);
+        let m = std::fs::metadata(copy).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.gid()), (0o640, nobody.gid.as_raw()));
+    }
+    // A new pair from the PKI reaches the copies the broker reads.
+    let second = issue();
+    install(&second.cert_pem, &second.key_pem);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&copy_key).unwrap() != second.key_pem
+        || std::fs::read_to_string(&copy_crt).unwrap() != second.cert_pem
+    {
+        assert!(Instant::now() < deadline, "the copies stayed old");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(d.status().unwrap().state, "ready");
+}
+
+/// `tls.mode = "issue"` with the broker as its own user (`--broker-user`;
+/// root runs natsmeshd, the broker runs as `nobody`), as the packaged unit
+/// does on a cloud node: the intermediate stays natsmeshd's (here in a
+/// root-only directory), the issued pair and the region's intermediates
+/// are shared with the broker's group, and two such nodes route to each
+/// other over mutual TLS.
+#[test]
+fn issue_mode_with_a_broker_user_shares_the_issued_pair_and_routes() {
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let pki = Pki::new();
+    pki.root("r1").intermediate("r1", "fra1", "i1");
+    let start = |ip: &str, peer: &str| {
+        let (dir, binary) = common::broker_user_dir()?;
+        let roots = dir.path().join("roots.pem");
+        std::fs::copy(pki.path("r1/root.crt"), &roots).unwrap();
+        std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let tls = tls_issue(
+            &roots,
+            &pki.path("i1/fra1.crt"),
+            &pki.path("i1/fra1.key"),
+            "1h",
+        );
+        let d = Daemon::start_in(
+            dir,
+            CURRENT,
+            Options {
+                extra: cluster(&tls, ip, 26222, &[ip, peer]),
+                binary: Some(binary),
+                args: vec!["--broker-user".into(), "nobody".into()],
+                host: Some(ip.parse().unwrap()),
+                ..Options::default()
+            },
+        );
+        Some(d)
+    };
+    let Some(mut a) = start("127.0.0.61", "127.0.0.62") else {
+        return;
+    };
+    let Some(mut b) = start("127.0.0.62", "127.0.0.61") else {
+        return;
+    };
+    a.wait_ready();
+    b.wait_ready();
+    wait_routes(&mut a, 1, "a routes to b");
+    wait_routes(&mut b, 1, "b routes to a");
+    let tls = a.dir.path().join("state/tls");
+    let m = std::fs::metadata(&tls).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.gid()), (0o710, nobody.gid.as_raw()));
+    for f in ["node.crt", "node.key", "region-ca.pem"] {
+        let m = std::fs::metadata(tls.join(f)).unwrap();
+        assert_eq!(
+            (m.mode() & 0o7777, m.gid()),
+            (0o640, nobody.gid.as_raw()),
+            "{f}"
+        );
+    }
+    let s = a.status().unwrap();
+    let pid = s.broker_pid.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.contains(&format!("\nUid:\t{}\t", nobody.uid.as_raw())),
+        "{status}"
+    );
+}

@@ -1156,6 +1156,7 @@ fn apply_tls(
     {
         c.problem("node.domain", format!("{d:?} is not a DNS name"));
     }
+    let mut broker_copies = Vec::new();
     let (source, cert_file, key_file) = match t.mode {
         TlsMode::Issue => {
             if domain.is_none() {
@@ -1200,13 +1201,23 @@ fn apply_tls(
             };
             let cert = need("tls.cert_file", &t.cert_file, false);
             let key = need("tls.key_file", &t.key_file, true);
+            // The broker as its own user reads natsmeshd's copies (made
+            // by tls::ensure), not the operator's files.
+            let (broker_cert, broker_key) = if crate::broker_user::chosen().is_some() {
+                let dir = state_dir.join("tls");
+                broker_copies.push((cert.clone(), dir.join("node.crt")));
+                broker_copies.push((key.clone(), dir.join("node.key")));
+                (dir.join("node.crt"), dir.join("node.key"))
+            } else {
+                (cert.clone(), key.clone())
+            };
             (
                 TlsSource::Files {
                     cert: cert.clone(),
                     key: key.clone(),
                 },
-                cert,
-                key,
+                broker_cert,
+                broker_key,
             )
         }
     };
@@ -1241,7 +1252,19 @@ fn apply_tls(
         verify,
         timeout,
     };
-    let client = || match &client_pair {
+    // The client pair as the broker reads it (copies when it runs as its
+    // own user, as above).
+    let broker_client_pair = client_pair.as_ref().map(|(cert, key)| {
+        if crate::broker_user::chosen().is_some() {
+            let dir = state_dir.join("tls");
+            broker_copies.push((cert.clone(), dir.join("client.crt")));
+            broker_copies.push((key.clone(), dir.join("client.key")));
+            (dir.join("client.crt"), dir.join("client.key"))
+        } else {
+            (cert.clone(), key.clone())
+        }
+    });
+    let client = || match &broker_client_pair {
         Some((cert, key)) => Tls {
             cert_file: cert.clone(),
             key_file: key.clone(),
@@ -1365,6 +1388,7 @@ fn apply_tls(
         cert_file,
         key_file,
         region_ca_file,
+        broker_copies,
         names: NodeNames {
             common_name: server.server_name.clone(),
             dns,

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
 use crate::config::{self, Settings};
-use crate::files::{PLAIN, write_atomic};
+use crate::files::PLAIN;
 use crate::logging::ids;
 use crate::notify::Notifier;
 use crate::prepare::{Prepared, prepare_in};
@@ -531,7 +531,31 @@ impl Supervisor {
         // The file it starts from: a later package upgrade replaces it.
         self.broker_bin = crate::upgrade::resolve(&self.settings.binary)
             .and_then(|p| crate::upgrade::file_id(&p));
-        let process = match spawn(&self.settings.binary, &self.current.path) {
+        // The directories the broker writes in, when it runs as its own
+        // user (it may not create them in natsmeshd's state directory).
+        let writes = [
+            self.settings
+                .server
+                .jetstream
+                .as_ref()
+                .map(|j| j.store_dir.join("jetstream")),
+            self.settings
+                .server
+                .operator
+                .as_ref()
+                .map(|o| o.resolver_dir.clone()),
+        ];
+        for dir in writes.iter().flatten() {
+            if let Err(e) = crate::broker_user::ensure_broker_dir(dir) {
+                self.fail(e);
+                return;
+            }
+        }
+        let process = match spawn(
+            &self.settings.binary,
+            &self.current.path,
+            crate::broker_user::run_as(),
+        ) {
             Ok(p) => p,
             Err(e) => {
                 self.fail(e.to_string());
@@ -819,7 +843,9 @@ impl Supervisor {
                 "nats-server exited ({status}) with the new configuration before serving; rolled back to the last good one"
             );
             tracing::error!(message_id = ids::RELOAD_FAILED, "{why}");
-            if let Err(e) = write_atomic(&good.path, good.rendered.text.as_bytes(), PLAIN) {
+            if let Err(e) =
+                crate::broker_user::write_readable(&good.path, good.rendered.text.as_bytes(), PLAIN)
+            {
                 tracing::error!(error = %e, "cannot write back the last good configuration");
             }
             self.current = good;
@@ -1183,7 +1209,11 @@ impl Supervisor {
                     None => Err(std::io::Error::other("the broker exited")),
                 };
                 if let Err(e) = sent {
-                    let _ = write_atomic(&path, self.current.rendered.text.as_bytes(), PLAIN);
+                    let _ = crate::broker_user::write_readable(
+                        &path,
+                        self.current.rendered.text.as_bytes(),
+                        PLAIN,
+                    );
                     return self.refused(format!("cannot signal the broker: {e}"));
                 }
                 tokio::time::timeout(RELOAD_CONFIRM, async {
@@ -1242,11 +1272,19 @@ impl Supervisor {
                 )
             }
             Some(ReloadOutcome::Failed(why)) => {
-                let _ = write_atomic(&path, self.current.rendered.text.as_bytes(), PLAIN);
+                let _ = crate::broker_user::write_readable(
+                    &path,
+                    self.current.rendered.text.as_bytes(),
+                    PLAIN,
+                );
                 self.refused(format!("nats-server refused the new configuration, the previous one keeps serving: {why}"))
             }
             None => {
-                let _ = write_atomic(&path, self.current.rendered.text.as_bytes(), PLAIN);
+                let _ = crate::broker_user::write_readable(
+                    &path,
+                    self.current.rendered.text.as_bytes(),
+                    PLAIN,
+                );
                 self.refused(format!("nats-server logged no reload outcome within {RELOAD_CONFIRM:?}; the previous configuration stays"))
             }
         }

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use pki_types::CertificateDer;
 
-use crate::files::{PLAIN, write_atomic};
+use crate::files::PLAIN;
 use issue::{Issued, NodeNames};
 use pki::{CertInfo, PkiError};
 
@@ -71,6 +71,11 @@ pub struct TlsSettings {
     pub region_ca_file: Option<PathBuf>,
     /// The names the certificate must cover.
     pub names: NodeNames,
+    /// Files the operator keeps that the broker reads, with the copy in the
+    /// state directory it reads instead when it runs as its own user
+    /// (`tls.mode = "files"`'s pair, the client pair): natsmeshd reads the
+    /// originals, the broker cannot. Empty otherwise.
+    pub broker_copies: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Why TLS material is not usable.
@@ -210,6 +215,45 @@ pub fn ensure(
     now: SystemTime,
     force: bool,
 ) -> Result<(Current, bool), TlsError> {
+    let done = ensure_pair(settings, now, force)?;
+    copy_for_broker(settings)?;
+    Ok(done)
+}
+
+/// Refreshes the broker's copies of the operator's files (see
+/// [`TlsSettings::broker_copies`]) whose content changed; after the
+/// originals were checked, so a broken pair is never handed over.
+fn copy_for_broker(settings: &TlsSettings) -> Result<(), TlsError> {
+    for (from, to) in &settings.broker_copies {
+        let bytes = std::fs::read(from).map_err(|e| TlsError::Read {
+            path: from.display().to_string(),
+            why: e.to_string(),
+        })?;
+        if std::fs::read(to).is_ok_and(|old| old == bytes) {
+            crate::broker_user::share_existing(to).map_err(|e| TlsError::Write {
+                path: to.display().to_string(),
+                why: e.to_string(),
+            })?;
+            continue;
+        }
+        if let Some(dir) = to.parent() {
+            make_dir(dir)?;
+        }
+        crate::broker_user::write_readable(to, &bytes, crate::files::SECRET).map_err(|e| {
+            TlsError::Write {
+                path: to.display().to_string(),
+                why: e.to_string(),
+            }
+        })?;
+    }
+    Ok(())
+}
+
+fn ensure_pair(
+    settings: &TlsSettings,
+    now: SystemTime,
+    force: bool,
+) -> Result<(Current, bool), TlsError> {
     match &settings.source {
         Source::Files { cert, key } => {
             let info = check_pair(settings, cert, key, now)?;
@@ -281,6 +325,7 @@ pub fn ensure(
             {
                 let renew_at = renew_point(&info, fastrand::f64());
                 if now < renew_at {
+                    share_pair(settings)?;
                     return Ok((
                         Current {
                             info,
@@ -402,12 +447,9 @@ fn write_region_cas(
         }
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| TlsError::Write {
-            path: dir.display().to_string(),
-            why: e.to_string(),
-        })?;
+        make_dir(dir)?;
     }
-    write_atomic(path, pem.as_bytes(), PLAIN).map_err(|e| TlsError::Write {
+    crate::broker_user::write_readable(path, pem.as_bytes(), PLAIN).map_err(|e| TlsError::Write {
         path: path.display().to_string(),
         why: e.to_string(),
     })
@@ -421,18 +463,50 @@ fn pki_pem(der: &CertificateDer<'_>) -> String {
 /// Writes key then certificate, each atomically; the key 0600.
 fn write_pair(settings: &TlsSettings, fresh: &Issued) -> Result<(), TlsError> {
     if let Some(dir) = settings.key_file.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| TlsError::Write {
+        make_dir(dir)?;
+    }
+    // The broker reads the key: 0600, or 0640 with the broker's group when
+    // it runs as its own user (see crate::broker_user).
+    crate::broker_user::write_readable(
+        &settings.key_file,
+        fresh.key_pem.as_bytes(),
+        crate::files::SECRET,
+    )
+    .map_err(|e| TlsError::Write {
+        path: settings.key_file.display().to_string(),
+        why: e.to_string(),
+    })?;
+    crate::broker_user::write_readable(&settings.cert_file, fresh.cert_pem.as_bytes(), PLAIN)
+        .map_err(|e| TlsError::Write {
+            path: settings.cert_file.display().to_string(),
+            why: e.to_string(),
+        })
+}
+
+/// Makes the directory of the issued files, which the broker passes
+/// through when it runs as its own user.
+fn make_dir(dir: &Path) -> Result<(), TlsError> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| crate::broker_user::share_dir(dir))
+        .map_err(|e| TlsError::Write {
             path: dir.display().to_string(),
+            why: e.to_string(),
+        })
+}
+
+/// The issued pair still serves, written perhaps before the broker ran as
+/// its own user: it gets the broker's group (and its directory too).
+fn share_pair(settings: &TlsSettings) -> Result<(), TlsError> {
+    if let Some(dir) = settings.key_file.parent() {
+        make_dir(dir)?;
+    }
+    for path in [&settings.key_file, &settings.cert_file] {
+        crate::broker_user::share_existing(path).map_err(|e| TlsError::Write {
+            path: path.display().to_string(),
             why: e.to_string(),
         })?;
     }
-    write_secret(&settings.key_file, fresh.key_pem.as_bytes())?;
-    write_atomic(&settings.cert_file, fresh.cert_pem.as_bytes(), PLAIN).map_err(|e| {
-        TlsError::Write {
-            path: settings.cert_file.display().to_string(),
-            why: e.to_string(),
-        }
-    })
+    Ok(())
 }
 
 /// Writes a secret atomically with mode 0600 from the start.

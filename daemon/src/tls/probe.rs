@@ -228,6 +228,7 @@ mod tests {
             monitoring: false,
             files_check_every: Duration::from_secs(60),
             region_ca_file: None,
+            broker_copies: Vec::new(),
             names: NodeNames {
                 common_name: "n1".into(),
                 dns: vec![],

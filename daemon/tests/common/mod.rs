@@ -59,6 +59,8 @@ pub struct Options {
     /// The client port (default: a free one), e.g. the one a balancer
     /// forwards to on every node.
     pub client_port: Option<u16>,
+    /// natsmeshd's options before `run` (e.g. `--broker-user`).
+    pub args: Vec<String>,
 }
 
 impl Daemon {
@@ -203,7 +205,8 @@ scrape_every = "1s"
                 .arg(&natsmeshd);
             }
         }
-        cmd.args(["run", "--config"])
+        cmd.args(&opts.args)
+            .args(["run", "--config"])
             .arg(d.config_path())
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
@@ -521,4 +524,28 @@ pub fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
+}
+
+/// A test directory in which a broker of another user (`--broker-user`;
+/// natsmeshd as root) can work: the directory and its `state/` 0711, as
+/// the unit's StateDirectoryMode= makes the state directory, and a copy of
+/// the current broker there (the cached one is under root's home, the
+/// package's in /usr). `None` when not root.
+pub fn broker_user_dir() -> Option<(tempfile::TempDir, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: natsmeshd needs root to run the broker as another user");
+        return None;
+    }
+    let dir = scratch();
+    let open = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    open(dir.path(), 0o711);
+    std::fs::create_dir(dir.path().join("state")).unwrap();
+    open(&dir.path().join("state"), 0o711);
+    let binary = dir.path().join("nats-server");
+    std::fs::copy(broker_binary(natsmesh_harness::CURRENT), &binary).unwrap();
+    open(&binary, 0o755);
+    Some((dir, binary))
 }
