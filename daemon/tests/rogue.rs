@@ -15,66 +15,6 @@ use common::pki::Pki;
 use common::{Daemon, Options};
 use natsmesh_harness::{Broker, MATRIX, free_port, scratch};
 
-/// A node certificate for `names`, minted with openssl from an
-/// intermediate's key (a compromised node of that region holds it), in
-/// `<pki>/<file>.{crt,key}`; the chain file holds the leaf and the issuer.
-fn node_cert(pki: &Pki, inter: &str, names: &str, file: &str) {
-    let p = |f: &str| pki.path(f).to_str().unwrap().to_owned();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let (key, csr, leaf) = (
-        p(&format!("{file}.key")),
-        p(&format!("{file}.csr")),
-        p(&format!("{file}.leaf")),
-    );
-    run(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &key,
-        "-subj",
-        "/CN=rogue",
-        "-addext",
-        &format!("subjectAltName={names}"),
-        "-addext",
-        "extendedKeyUsage=serverAuth,clientAuth",
-        "-out",
-        &csr,
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &p(&format!("{inter}.crt")),
-        "-CAkey",
-        &p(&format!("{inter}.key")),
-        "-set_serial",
-        "9",
-        "-days",
-        "1",
-        "-copy_extensions",
-        "copyall",
-        "-out",
-        &leaf,
-    ]);
-    let chain = std::fs::read_to_string(&leaf).unwrap()
-        + &std::fs::read_to_string(pki.path(&format!("{inter}.crt"))).unwrap();
-    std::fs::write(pki.path(&format!("{file}.crt")), chain).unwrap();
-}
-
 /// A stranger's nats-server with `block` (its route, gateway or leafnode
 /// settings).
 fn rogue(version: &str, dir: &Path, name: &str, block: &str) -> Broker {
@@ -106,8 +46,7 @@ fn rogue_routes_gateways_and_leafnodes_are_refused_on_every_release() {
         .intermediate("r", "fra1", "i")
         .intermediate("r", "nyc3", "i");
     // A compromised nyc3 node's own, valid certificate.
-    node_cert(
-        &pki,
+    pki.mint_with_openssl(
         "i/nyc3",
         "DNS:n1.nyc3.nats.test,DNS:nyc3.nats.test,IP:127.0.0.1",
         "nyc3-node",
@@ -280,8 +219,7 @@ fn a_gateways_claimed_region_is_not_yet_bound_to_its_certificate() {
     pki.root("r")
         .intermediate("r", "fra1", "i")
         .intermediate("r", "nyc3", "i");
-    node_cert(
-        &pki,
+    pki.mint_with_openssl(
         "i/nyc3",
         "DNS:n1.nyc3.nats.test,DNS:nyc3.nats.test,IP:127.0.0.1",
         "nyc3-node",

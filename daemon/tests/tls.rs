@@ -922,61 +922,6 @@ fn monitoring_over_https_when_asked() {
     });
 }
 
-/// What an attacker holding fra1's intermediate key mints with openssl: a
-/// leaf for `name` (no natsmesh code involved), in `<pki>/<file>.crt`.
-fn mint_with_openssl(pki: &Pki, inter: &str, name: &str, file: &str) -> std::path::PathBuf {
-    let p = |f: &str| pki.path(f).to_str().unwrap().to_owned();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let (key, csr, crt) = (
-        p(&format!("{file}.key")),
-        p(&format!("{file}.csr")),
-        p(&format!("{file}.crt")),
-    );
-    run(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &key,
-        "-subj",
-        "/CN=minted",
-        "-addext",
-        &format!("subjectAltName=DNS:{name}"),
-        "-out",
-        &csr,
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &p(&format!("{inter}.crt")),
-        "-CAkey",
-        &p(&format!("{inter}.key")),
-        "-set_serial",
-        "7",
-        "-days",
-        "1",
-        "-copy_extensions",
-        "copyall",
-        "-out",
-        &crt,
-    ]);
-    pki.path(&format!("{file}.crt"))
-}
-
 /// Regional trust: fra1's intermediate permits fra1's names (and the shared
 /// client names given to it), so what it signs for `nyc3.<domain>` is
 /// refused by both rustls' verifier (webpki) and openssl, a fra1 node asking
@@ -998,7 +943,7 @@ fn a_regions_intermediate_cannot_speak_for_another_region() {
         ("n1.fra1.nats.test", "n1-fra1", true),
         ("nats.example.com", "shared", true),
     ] {
-        let leaf = mint_with_openssl(&pki, "i1/fra1", name, file);
+        let leaf = pki.mint_with_openssl("i1/fra1", &format!("DNS:{name}"), file);
         // rustls' verifier.
         let mut chain = pem(&leaf);
         chain.extend(inter.clone());

@@ -89,6 +89,69 @@ impl Pki {
         self
     }
 
+    /// What an attacker holding an intermediate's key mints with openssl
+    /// (no natsmesh code involved): a server-and-client leaf for `san`
+    /// (openssl's subjectAltName syntax, e.g. `DNS:a,IP:127.0.0.1`) signed
+    /// by `<inter>.{crt,key}`, written as `<file>.key`, `<file>.leaf` (the
+    /// leaf alone) and `<file>.crt` (leaf then issuer); returns the leaf.
+    pub fn mint_with_openssl(&self, inter: &str, san: &str, file: &str) -> PathBuf {
+        let p = |f: &str| self.path(f).to_str().unwrap().to_owned();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (key, csr, leaf) = (
+            p(&format!("{file}.key")),
+            p(&format!("{file}.csr")),
+            p(&format!("{file}.leaf")),
+        );
+        run(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-subj",
+            "/CN=minted",
+            "-addext",
+            &format!("subjectAltName={san}"),
+            "-addext",
+            "extendedKeyUsage=serverAuth,clientAuth",
+            "-out",
+            &csr,
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &p(&format!("{inter}.crt")),
+            "-CAkey",
+            &p(&format!("{inter}.key")),
+            "-set_serial",
+            "7",
+            "-days",
+            "1",
+            "-copy_extensions",
+            "copyall",
+            "-out",
+            &leaf,
+        ]);
+        let chain = std::fs::read_to_string(&leaf).unwrap()
+            + &std::fs::read_to_string(self.path(&format!("{inter}.crt"))).unwrap();
+        std::fs::write(self.path(&format!("{file}.crt")), chain).unwrap();
+        self.path(&format!("{file}.leaf"))
+    }
+
     /// Concatenates PEM files into `dest`.
     pub fn bundle(&self, dest: &str, parts: &[&str]) -> PathBuf {
         let text: String = parts
