@@ -366,16 +366,8 @@ fn install_and_operate(release: &str, purge_state: bool) {
             .trim(),
         "natsmesh natsmesh-broker 770"
     );
-    let foreign = c.ok(&[
-        "find",
-        "/var/lib/natsmesh/jetstream",
-        "-mindepth",
-        "1",
-        "!",
-        "-user",
-        "natsmesh-broker",
-    ]);
-    assert!(foreign.trim().is_empty(), "not handed over: {foreign}");
+    let foreign = c.not_owned_by("/var/lib/natsmesh/jetstream", "natsmesh-broker");
+    assert!(foreign.is_empty(), "not handed over: {foreign:?}");
     assert_eq!(stored_messages(&c), "1");
     assert_eq!(keep_a_message(&c), 2);
     let journal = c.ok(&["journalctl", "-u", "natsmeshd", "-o", "cat", "--no-pager"]);

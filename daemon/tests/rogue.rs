@@ -39,26 +39,33 @@ fn tls_block(pki: &Pki, file: &str) -> String {
     )
 }
 
-#[test]
-fn rogue_routes_gateways_and_leafnodes_are_refused_on_every_release() {
+/// A root with fra1's and nyc3's intermediates, a compromised nyc3 node's
+/// own valid certificate (`nyc3-node.{crt,key}`), and the `[tls]` table of
+/// the fra1 node under attack.
+fn two_regions() -> (Pki, String) {
     let pki = Pki::new();
     pki.root("r")
         .intermediate("r", "fra1", "i")
         .intermediate("r", "nyc3", "i");
-    // A compromised nyc3 node's own, valid certificate.
     pki.mint_with_openssl(
         "i/nyc3",
         "DNS:n1.nyc3.nats.test,DNS:nyc3.nats.test,IP:127.0.0.1",
         "nyc3-node",
     );
+    let tls = common::pki::issue_config(
+        &pki.path("r/root.crt"),
+        &pki.path("i/fra1.crt"),
+        &pki.path("i/fra1.key"),
+        "1h",
+    );
+    (pki, tls)
+}
+
+#[test]
+fn rogue_routes_gateways_and_leafnodes_are_refused_on_every_release() {
+    let (pki, tls) = two_regions();
     for v in MATRIX {
         let (route, gateway, leaf) = (free_port(), free_port(), free_port());
-        let tls = common::pki::issue_config(
-            &pki.path("r/root.crt"),
-            &pki.path("i/fra1.crt"),
-            &pki.path("i/fra1.key"),
-            "1h",
-        );
         // The hub's one leaf node user, bound to APP.
         let users = pki.path("users.toml");
         std::fs::write(&users, "[accounts.APP]\n").unwrap();
@@ -215,23 +222,9 @@ fn rogue_routes_gateways_and_leafnodes_are_refused_on_every_release() {
 /// binds a gateway's name to its certificate, this test turns around.
 #[test]
 fn a_gateways_claimed_region_is_not_yet_bound_to_its_certificate() {
-    let pki = Pki::new();
-    pki.root("r")
-        .intermediate("r", "fra1", "i")
-        .intermediate("r", "nyc3", "i");
-    pki.mint_with_openssl(
-        "i/nyc3",
-        "DNS:n1.nyc3.nats.test,DNS:nyc3.nats.test,IP:127.0.0.1",
-        "nyc3-node",
-    );
+    let (pki, tls) = two_regions();
     let v = natsmesh_harness::CURRENT;
     let gateway = free_port();
-    let tls = common::pki::issue_config(
-        &pki.path("r/root.crt"),
-        &pki.path("i/fra1.crt"),
-        &pki.path("i/fra1.key"),
-        "1h",
-    );
     let mut node = Daemon::start(
         v,
         Options {

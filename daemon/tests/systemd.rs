@@ -521,16 +521,8 @@ fn the_broker_reads_no_secret_and_the_metadata_guard_refuses_it() {
             .trim(),
         "natsmesh natsmesh-broker 770"
     );
-    let foreign = c.ok(&[
-        "find",
-        "/var/lib/natsmesh/jetstream",
-        "-mindepth",
-        "1",
-        "!",
-        "-user",
-        "natsmesh-broker",
-    ]);
-    assert!(foreign.trim().is_empty(), "{foreign}");
+    let foreign = c.not_owned_by("/var/lib/natsmesh/jetstream", "natsmesh-broker");
+    assert!(foreign.is_empty(), "{foreign:?}");
 
     // The metadata guard: a stand-in metadata service on the container's
     // own 169.254.169.254.

@@ -1092,12 +1092,7 @@ fn a_regions_intermediate_cannot_speak_for_another_region() {
             &p("open.crt"),
         ],
     ] {
-        let out = Command::new("openssl").args(&args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::pki::openssl(&args);
     }
     let mut perms = std::fs::metadata(pki.path("open.key"))
         .unwrap()

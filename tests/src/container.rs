@@ -342,6 +342,14 @@ impl Container {
             .expect("nsenter")
     }
 
+    /// The files below `dir` (not `dir` itself) that `user` does not own.
+    pub fn not_owned_by(&self, dir: &str, user: &str) -> Vec<String> {
+        self.ok(&["find", dir, "-mindepth", "1", "!", "-user", user])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Runs a command inside and returns its stdout, failing the test on a
     /// non-zero exit.
     pub fn ok(&self, args: &[&str]) -> String {

@@ -96,20 +96,12 @@ impl Pki {
     /// leaf alone) and `<file>.crt` (leaf then issuer); returns the leaf.
     pub fn mint_with_openssl(&self, inter: &str, san: &str, file: &str) -> PathBuf {
         let p = |f: &str| self.path(f).to_str().unwrap().to_owned();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).output().unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         let (key, csr, leaf) = (
             p(&format!("{file}.key")),
             p(&format!("{file}.csr")),
             p(&format!("{file}.leaf")),
         );
-        run(&[
+        openssl(&[
             "req",
             "-new",
             "-newkey",
@@ -128,7 +120,7 @@ impl Pki {
             "-out",
             &csr,
         ]);
-        run(&[
+        openssl(&[
             "x509",
             "-req",
             "-in",
@@ -161,4 +153,14 @@ impl Pki {
         std::fs::write(self.path(dest), text).unwrap();
         self.path(dest)
     }
+}
+
+/// Runs openssl; fails the test with its message when it fails.
+pub fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
