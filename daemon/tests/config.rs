@@ -967,3 +967,94 @@ fn a_leafnode_listener_needs_users_bound_to_accounts() {
         ("edge", "APP")
     );
 }
+
+/// With a domain, a gateway is advertised by its region's name (which the
+/// node certificate carries, and which `<region>.<domain>` resolves to the
+/// gateway's own address), so its public address need not be in the
+/// certificate; an advertise written by the operator is kept as written.
+#[test]
+fn a_gateway_with_a_domain_is_advertised_by_its_regions_name() {
+    let f = Fixture::new();
+    secret(&f, "creds/do-token", 0o600);
+    let public = DISCOVERY.replace(
+        "bind = \"10.0.0.1\"\nport = 7443",
+        "bind = \"203.0.113.10\"\nport = 7443",
+    );
+    assert_ne!(public, DISCOVERY);
+    f.write(
+        "natsmesh.toml",
+        &format!(
+            "{public}\n[dns_publish]\nbackend = \"digitalocean\"\ntoken_file = \"do-token\"\n{}",
+            f.tls()
+        ),
+    );
+    let env = Environment {
+        credentials_dir: Some(f.dir.path().join("creds")),
+        ..f.env()
+    };
+    let sources = discover(Some(&f.main())).unwrap();
+    let s = validate(&load(&sources).unwrap(), &env).unwrap();
+    let g = s.server.gateway.as_ref().unwrap();
+    assert_eq!(
+        g.advertise.as_ref().unwrap().to_string(),
+        "fra1.nats.test:7443"
+    );
+    assert_eq!(g.listen.to_string(), "203.0.113.10:7443");
+    // The region's name points at the gateway's own address.
+    let records: Vec<String> = s
+        .publish
+        .as_ref()
+        .unwrap()
+        .records
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        records.contains(&"fra1.nats.test A 203.0.113.10".to_owned()),
+        "{records:?}"
+    );
+    // The route address is dialled (routes gossip addresses): always in
+    // the certificate; the gateway's only where the intermediate permits.
+    let names = &s.tls.as_ref().unwrap().names;
+    assert!(names.dns.contains(&"fra1.nats.test".to_owned()));
+    assert!(
+        names.ips.contains(&"10.0.0.1".parse().unwrap()),
+        "{names:?}"
+    );
+    assert!(
+        !names.ips.contains(&"203.0.113.10".parse().unwrap()),
+        "{names:?}"
+    );
+    assert_eq!(
+        names.by_name,
+        ["203.0.113.10".parse::<std::net::IpAddr>().unwrap()]
+    );
+
+    // Written by the operator: kept, and peers dial it, so it must be in
+    // the certificate.
+    f.write(
+        "natsmesh.toml",
+        &format!(
+            "{}{}",
+            public.replace(
+                "port = 7443",
+                "port = 7443\nadvertise = \"203.0.113.10:7443\""
+            ),
+            f.tls()
+        ),
+    );
+    let s = f.settings().unwrap();
+    let g = s.server.gateway.as_ref().unwrap();
+    assert_eq!(
+        g.advertise.as_ref().unwrap().to_string(),
+        "203.0.113.10:7443"
+    );
+    assert!(
+        s.tls
+            .as_ref()
+            .unwrap()
+            .names
+            .ips
+            .contains(&"203.0.113.10".parse().unwrap())
+    );
+}

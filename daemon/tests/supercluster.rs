@@ -223,3 +223,119 @@ fn regions_form_a_supercluster_from_dns_and_a_new_region_joins_without_restarts(
         assert_eq!(&first.payload[..], b"0");
     });
 }
+
+/// Day one on a cloud: every machine's gateway is on a public address
+/// nobody knew when the intermediates were made (`ca init`, then
+/// `ca intermediate --region R --domain D` per region, as the README has
+/// it: no `--permit-ip`), in ranges those intermediates do not permit.
+/// The gateways advertise their region's name, which their certificates
+/// carry, so three regions link over mutual TLS, the third joining later
+/// through implicit gateways whose gossiped URLs are names too.
+#[test]
+fn regions_link_by_name_though_their_public_addresses_are_in_no_intermediates_ranges() {
+    const USER: &str = "app";
+    const PASSWORD: &str = "app-secret";
+    let mut mesh = Mesh::in_namespaces(&[FRA1, NYC3, SGP1], 40, &[]);
+    mesh.public_gateways();
+    mesh.secure(&[FRA1, NYC3, SGP1]);
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    mesh.extra.push_str(&format!(
+        "\n[auth]\nmode = \"accounts\"\n\n[accounts.APP]\n\n[[accounts.APP.users]]\nname = \"{USER}\"\npassword_hash = \"{hash}\"\n"
+    ));
+    mesh.publish(&[FRA1, NYC3]);
+    mesh.start(FRA1);
+    mesh.start(NYC3);
+    mesh.wait_joined(FRA1, &[NYC3]);
+    mesh.wait_joined(NYC3, &[FRA1]);
+
+    // Each certificate names its region and carries no public address;
+    // the node said why.
+    for (name, d) in &mesh.nodes {
+        let cert = d.dir.path().join("state/tls/node.crt");
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(&cert)
+            .output()
+            .unwrap();
+        let sans = String::from_utf8_lossy(&out.stdout).into_owned();
+        let region = &name[..4];
+        assert!(
+            sans.contains(&format!("DNS:{region}.{DOMAIN}")),
+            "{name}: {sans}"
+        );
+        for public in ["198.51.100.", "203.0.113."] {
+            assert!(!sans.contains(public), "{name}: {sans}");
+        }
+        assert!(
+            d.log().contains("left out of the node certificate"),
+            "{name}"
+        );
+    }
+
+    let rt = runtime();
+    let root = mesh.root_ca().unwrap();
+    let connect = |addr: String| {
+        let root = root.clone();
+        async move {
+            async_nats::ConnectOptions::with_user_and_password(USER.into(), PASSWORD.into())
+                .add_root_certificates(root)
+                .require_tls(true)
+                .connect(addr)
+                .await
+                .unwrap()
+        }
+    };
+    let across = |from: String, to: String, subject: &'static str| {
+        async move {
+            let a = connect(from.clone()).await;
+            let b = connect(to.clone()).await;
+            let mut sub = b.subscribe(subject).await.unwrap();
+            b.flush().await.unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                a.publish(subject, "hello".into()).await.unwrap();
+                a.flush().await.unwrap();
+                if let Ok(Some(m)) =
+                    tokio::time::timeout(Duration::from_millis(250), sub.next()).await
+                {
+                    assert_eq!(&m.payload[..], b"hello");
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no message from {from} to {to} on {subject}"
+                );
+            }
+        }
+    };
+    let addr = |mesh: &Mesh, n: &str| mesh.nodes[n].client_addr();
+    rt.block_on(across(
+        addr(&mesh, "fra1-n1"),
+        addr(&mesh, "nyc3-n2"),
+        "east.west",
+    ));
+
+    // A third region later: the others learn it from its inbound
+    // gateways and dial it back by the name it advertises.
+    mesh.publish(&[FRA1, NYC3, SGP1]);
+    mesh.start(SGP1);
+    mesh.wait_joined(SGP1, &[FRA1, NYC3]);
+    for n in ["fra1-n1", "fra1-n2", "fra1-n3", "nyc3-n1", "nyc3-n2"] {
+        wait_gateways(mesh.node(n), n, &[SGP1]);
+    }
+    rt.block_on(across(
+        addr(&mesh, "sgp1-n1"),
+        addr(&mesh, "fra1-n3"),
+        "south.north",
+    ));
+    rt.block_on(across(
+        addr(&mesh, "nyc3-n1"),
+        addr(&mesh, "sgp1-n2"),
+        "north.south",
+    ));
+    // fra1 reached sgp1 through an implicit gateway: by the URL sgp1
+    // gossiped (its region's name), verified against sgp1's certificate,
+    // which carries no public address.
+    let gz = mesh.node("fra1-n1").monitor("/gatewayz").unwrap();
+    assert_eq!(gz["outbound_gateways"]["sgp1"]["configured"], false, "{gz}");
+}

@@ -493,6 +493,7 @@ fn an_expired_node_certificate_is_replaced_at_start_and_files_have_safe_modes() 
         common_name: "n1".into(),
         dns: vec!["n1.fra1.nats.test".into()],
         ips: vec!["127.0.0.1".parse().unwrap()],
+        by_name: vec![],
     };
     let old = natsmesh::tls::issue::node(
         &issuer,
@@ -737,6 +738,7 @@ fn files_mode_follows_the_operators_pki() {
             common_name: "n1".into(),
             dns: vec!["n1.fra1.nats.test".into()],
             ips: vec!["127.0.0.1".parse().unwrap()],
+            by_name: vec![],
         };
         let issue = || {
             natsmesh::tls::issue::node(
@@ -1262,6 +1264,7 @@ fn files_mode_with_a_broker_user_serves_natsmeshds_copies() {
         common_name: "n1".into(),
         dns: vec!["n1.fra1.nats.test".into()],
         ips: vec!["127.0.0.1".parse().unwrap()],
+        by_name: vec![],
     };
     let issue = || {
         natsmesh::tls::issue::node(
@@ -1388,4 +1391,71 @@ fn issue_mode_with_a_broker_user_shares_the_issued_pair_and_routes() {
         status.contains(&format!("\nUid:\t{}\t", nobody.uid.as_raw())),
         "{status}"
     );
+}
+
+/// A droplet's public address is not known before it exists, and lies in
+/// no range the operator could give `ca intermediate`: a listener reached
+/// by name (the gateway advertised as `<region>.<domain>`, clients by their
+/// names) keeps such an address out of the certificate instead of failing
+/// issuance; an intermediate that permits it still gets it in.
+#[test]
+fn an_address_reached_by_name_is_in_the_certificate_only_where_the_intermediate_permits_it() {
+    use natsmesh::tls::issue::NodeNames;
+    use natsmesh::tls::{Source, TlsSettings};
+    let pki = Pki::new();
+    pki.root("r1")
+        .intermediate("r1", "fra1", "ranges")
+        .intermediate_with("r1", "fra1", "public", &["--permit-ip", "203.0.113.0/24"]);
+    let private: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+    let public: std::net::IpAddr = "203.0.113.10".parse().unwrap();
+    for (inter, public_in_cert) in [("ranges", false), ("public", true)] {
+        let dir = scratch();
+        let settings = TlsSettings {
+            source: Source::Issue {
+                intermediate_cert: pki.path(&format!("{inter}/fra1.crt")),
+                intermediate_key: pki.path(&format!("{inter}/fra1.key")),
+                validity: Duration::from_secs(3600),
+            },
+            ca_file: pki.path("r1/root.crt"),
+            cert_file: dir.path().join("node.crt"),
+            key_file: dir.path().join("node.key"),
+            client_cert_file: None,
+            monitoring: false,
+            files_check_every: Duration::from_secs(60),
+            region_ca_file: Some(dir.path().join("region-ca.pem")),
+            names: NodeNames {
+                common_name: "n1".into(),
+                dns: vec!["n1.fra1.nats.test".into(), "fra1.nats.test".into()],
+                ips: vec![private],
+                by_name: vec![public],
+            },
+            broker_copies: Vec::new(),
+        };
+        let (current, issued) =
+            natsmesh::tls::ensure(&settings, std::time::SystemTime::now(), false)
+                .unwrap_or_else(|e| panic!("{inter}: {e}"));
+        assert!(issued, "{inter}");
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(dir.path().join("node.crt"))
+            .output()
+            .unwrap();
+        let sans = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(sans.contains("DNS:fra1.nats.test"), "{inter}: {sans}");
+        assert!(sans.contains("IP Address:10.0.0.1"), "{inter}: {sans}");
+        assert_eq!(
+            sans.contains("IP Address:203.0.113.10"),
+            public_in_cert,
+            "{inter}: {sans}"
+        );
+        // Left out, and said so, naming the address and the names to use.
+        let said = current.warnings.iter().any(|w| {
+            w.contains("203.0.113.10") && w.contains("fra1.nats.test") && w.contains("left out")
+        });
+        assert_eq!(said, !public_in_cert, "{inter}: {:?}", current.warnings);
+        // Asked again, the certificate is kept: it covers what it must.
+        let (_, again) =
+            natsmesh::tls::ensure(&settings, std::time::SystemTime::now(), false).unwrap();
+        assert!(!again, "{inter}: issued again");
+    }
 }

@@ -566,6 +566,9 @@ pub fn validate(
     let id = identity;
     let client_ip = c.bind("broker.client.bind", b.client.bind, Role::Client, id);
     let mut server = ServerConfig::standalone(server_name, listen(client_ip, b.client.port));
+    // The address `<region>.<domain>` points at when the gateway is
+    // advertised by that name.
+    let mut gateway_address: Option<IpAddr> = None;
     match b.client.advertise.as_deref() {
         None | Some("auto") => {}
         // Clients behind a load balancer must not learn the servers' own
@@ -680,7 +683,7 @@ pub fn validate(
 
     if b.gateway.enabled {
         let bound = c.bind("broker.gateway.bind", b.gateway.bind, Role::Edge, id);
-        let advertise = c.advertise(
+        let address = c.advertise(
             "broker.gateway.advertise",
             b.gateway.advertise.as_deref(),
             bound,
@@ -688,6 +691,22 @@ pub fn validate(
             Role::Edge,
             id,
         );
+        // With discovery, a gateway is known by its region's name, which
+        // its certificate carries and every region dials: peers (and the
+        // URLs nats-server gossips for implicit gateways) then never
+        // depend on a public address nobody knew before the machine
+        // existed. The address itself is what `<region>.<domain>` points
+        // at. Without discovery nothing says that name resolves.
+        let by_name = raw
+            .node
+            .domain
+            .as_deref()
+            .filter(|_| b.gateway.advertise.is_none() && raw.discovery.enabled)
+            .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+            .filter(|d| natsmesh_broker::model::is_dns_name(d) && !region.is_empty())
+            .and_then(|d| HostPort::parse(&format!("{region}.{d}:{}", b.gateway.port)).ok());
+        gateway_address = address.as_ref().and_then(HostPort::ip);
+        let advertise = by_name.or(address);
         let mut remotes = Vec::new();
         for (i, r) in b.gateway.remotes.iter().enumerate() {
             let key = format!("broker.gateway.remotes[{i}]");
@@ -884,7 +903,15 @@ pub fn validate(
         m
     });
     let balancer = balancer::apply_balancer(&mut c, raw, env, identity, &server);
-    let publish = publish::apply_publish(&mut c, raw, env, &state_dir, &server, discovery.as_ref());
+    let publish = publish::apply_publish(
+        &mut c,
+        raw,
+        env,
+        &state_dir,
+        &server,
+        gateway_address,
+        discovery.as_ref(),
+    );
 
     leaf_accounts(&mut c, &server);
     leaf_logins(&mut c, raw.auth.mode, &server);
@@ -1332,22 +1359,36 @@ fn apply_tls(
             );
         }
     }
+    // Addresses peers dial (routes gossip theirs; an advertised address is
+    // what others are told) must be in the certificate. With a domain, a
+    // listener's own address need not be: its peers and clients reach it
+    // by a name the certificate carries, so an address outside the
+    // intermediate's ranges (a public address nobody knew in advance) is
+    // left out rather than refused.
     let mut ips: Vec<IpAddr> = Vec::new();
-    let mut add = |ip: IpAddr| {
-        if ip.is_unspecified() {
-            ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let mut by_name: Vec<IpAddr> = Vec::new();
+    let mut add = |ip: IpAddr, dialled: bool| {
+        let ip = if ip.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
         } else {
+            ip
+        };
+        if dialled || domain.is_none() || ip.is_loopback() {
             ips.push(ip);
+        } else {
+            by_name.push(ip);
         }
     };
-    add(server.listen.host);
+    add(server.listen.host, false);
     if t.monitoring
         && let Some(m) = server.monitoring
     {
-        add(m.host);
+        add(m.host, false);
+    }
+    if let Some(cl) = &server.cluster {
+        add(cl.listen.host, true);
     }
     for l in [
-        server.cluster.as_ref().map(|x| x.listen),
         server.gateway.as_ref().map(|x| x.listen),
         server.leafnodes.as_ref().and_then(|x| x.listen),
         server.mqtt.as_ref().map(|x| x.listen),
@@ -1356,7 +1397,7 @@ fn apply_tls(
     .into_iter()
     .flatten()
     {
-        add(l.host);
+        add(l.host, false);
     }
     for a in [
         server.cluster.as_ref().and_then(|x| x.advertise.clone()),
@@ -1368,11 +1409,14 @@ fn apply_tls(
     .flatten()
     {
         if let Some(ip) = a.ip() {
-            add(ip);
+            add(ip, true);
         }
     }
     ips.sort();
     ips.dedup();
+    by_name.sort();
+    by_name.dedup();
+    by_name.retain(|ip| !ips.contains(ip));
     dns.sort();
     dns.dedup();
     // The operator's PKI may replace the files at any time: look often,
@@ -1393,6 +1437,7 @@ fn apply_tls(
             common_name: server.server_name.clone(),
             dns,
             ips,
+            by_name,
         },
     })
 }

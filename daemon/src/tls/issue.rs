@@ -158,8 +158,36 @@ pub struct NodeNames {
     pub common_name: String,
     /// DNS names.
     pub dns: Vec<String>,
-    /// Addresses it listens on or advertises.
+    /// Addresses peers dial (advertised, route) and loopback: always in
+    /// the certificate.
     pub ips: Vec<IpAddr>,
+    /// Addresses it listens on that peers and clients reach by a DNS name
+    /// the certificate carries: in it only where the issuer permits them
+    /// (see [`NodeNames::within`]).
+    pub by_name: Vec<IpAddr>,
+}
+
+impl NodeNames {
+    /// The names to issue under an issuer that permits `ip`: every
+    /// required one, and the reachable-by-name addresses it permits (the
+    /// others are returned, for a warning).
+    pub fn within(&self, permits: impl Fn(IpAddr) -> bool) -> (NodeNames, Vec<IpAddr>) {
+        let (kept, left): (Vec<IpAddr>, Vec<IpAddr>) =
+            self.by_name.iter().partition(|ip| permits(**ip));
+        let mut ips = self.ips.clone();
+        ips.extend(kept);
+        ips.sort();
+        ips.dedup();
+        (
+            NodeNames {
+                common_name: self.common_name.clone(),
+                dns: self.dns.clone(),
+                ips,
+                by_name: Vec::new(),
+            },
+            left,
+        )
+    }
 }
 
 /// A node certificate signed by `issuer` (an intermediate, or a root with a

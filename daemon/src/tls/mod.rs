@@ -164,6 +164,7 @@ pub fn roots(settings: &TlsSettings) -> Result<Vec<CertificateDer<'static>>, Tls
 /// Checks a certificate/key pair on disk against the roots and names.
 fn check_pair(
     settings: &TlsSettings,
+    names: &NodeNames,
     cert_path: &Path,
     key_path: &Path,
     now: SystemTime,
@@ -185,12 +186,11 @@ fn check_pair(
             until: stamp(info.not_after),
         });
     }
-    let names: Vec<String> = settings
-        .names
+    let names: Vec<String> = names
         .dns
         .iter()
         .cloned()
-        .chain(settings.names.ips.iter().map(ToString::to_string))
+        .chain(names.ips.iter().map(ToString::to_string))
         .collect();
     pki::verify_chain(&what, &chain, &roots(settings)?, now, &names)?;
     Ok(info)
@@ -256,7 +256,9 @@ fn ensure_pair(
 ) -> Result<(Current, bool), TlsError> {
     match &settings.source {
         Source::Files { cert, key } => {
-            let info = check_pair(settings, cert, key, now)?;
+            // The operator's certificate need cover only what peers dial;
+            // listeners reached by name may be left out of it.
+            let info = check_pair(settings, &settings.names, cert, key, now)?;
             let renew_at = now + settings.files_check_every;
             Ok((
                 Current {
@@ -317,10 +319,28 @@ fn ensure_pair(
                     fix: "a region's intermediate must be limited to its region's names; make one with `natsmeshd ca intermediate`".into(),
                 });
             }
-            not_permitted(&what, &permitted, &settings.names)?;
+            let (names, by_name_only) = settings.names.within(|ip| permitted.ip(ip));
+            if !by_name_only.is_empty() {
+                warnings.push(format!(
+                    "{} outside {what}'s address ranges: left out of the node certificate; peers and clients reach this node by name ({}), which the certificate carries",
+                    by_name_only
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    names.dns.join(", ")
+                ));
+            }
+            not_permitted(&what, &permitted, &names)?;
             write_region_cas(settings, &ca_chain, now)?;
             if !force
-                && let Ok(info) = check_pair(settings, &settings.cert_file, &settings.key_file, now)
+                && let Ok(info) = check_pair(
+                    settings,
+                    &names,
+                    &settings.cert_file,
+                    &settings.key_file,
+                    now,
+                )
                 && issued_by(&settings.cert_file, &ca_chain[0])
             {
                 let renew_at = renew_point(&info, fastrand::f64());
@@ -339,16 +359,15 @@ fn ensure_pair(
             // A node certificate never outlives its issuer.
             let until = ca.not_after.duration_since(now).unwrap_or_default();
             let lifetime = (*validity).min(until);
-            let fresh = issue::node(&issuer, &settings.names, now, lifetime)?;
+            let fresh = issue::node(&issuer, &names, now, lifetime)?;
             let what = "the new node certificate".to_owned();
             let chain = pki::certs_from_pem(&what, fresh.cert_pem.as_bytes())?;
             let info = pki::inspect(&what, &chain[0])?;
-            let names: Vec<String> = settings
-                .names
+            let names: Vec<String> = names
                 .dns
                 .iter()
                 .cloned()
-                .chain(settings.names.ips.iter().map(ToString::to_string))
+                .chain(names.ips.iter().map(ToString::to_string))
                 .collect();
             // Catches names outside the intermediate's constraints before
             // any peer refuses them.

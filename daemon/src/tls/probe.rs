@@ -201,6 +201,7 @@ mod tests {
             common_name: "n1".into(),
             dns: dns.iter().map(|d| (*d).to_owned()).collect(),
             ips: ips.to_vec(),
+            by_name: vec![],
         };
         let leaf = issue::node(&root, &names, now, HOUR).unwrap();
         (root, leaf)
@@ -233,6 +234,7 @@ mod tests {
                 common_name: "n1".into(),
                 dns: vec![],
                 ips: vec![],
+                by_name: vec![],
             },
         }
     }
@@ -364,6 +366,7 @@ mod tests {
                 common_name: "n2".into(),
                 dns: vec![],
                 ips: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))],
+                by_name: vec![],
             };
             (root.clone(), issue::node(&root, &names, now, HOUR).unwrap())
         };

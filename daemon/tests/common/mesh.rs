@@ -57,6 +57,13 @@ pub fn ip(r: Region, n: u8) -> IpAddr {
     IpAddr::from([127, 0, r.octet, n])
 }
 
+/// The "public" networks of [`Mesh::public_gateways`] (documentation
+/// ranges: in no intermediate's default ranges).
+const PUBLIC_NETS: [std::net::Ipv4Addr; 2] = [
+    std::net::Ipv4Addr::new(198, 51, 100, 0),
+    std::net::Ipv4Addr::new(203, 0, 113, 0),
+];
+
 /// Most nodes a region may have in [`Mesh::in_namespaces`].
 pub const MAX_NODES: u8 = 4;
 
@@ -72,6 +79,9 @@ struct Net {
     /// A region behind a DigitalOcean Load Balancer (see
     /// [`Mesh::balance`]).
     balanced: Option<Balanced>,
+    /// With [`Mesh::public_gateways`]: gateways on "public" addresses of
+    /// their own, without proxies.
+    public: bool,
 }
 
 /// A region whose droplets (metadata services at 169.254.169.254 in their
@@ -105,6 +115,13 @@ impl Net {
             .expect("a region of the mesh");
         assert!((1..=MAX_NODES).contains(&n), "node {n} of {}", r.name);
         u8::try_from(i).expect("regions") * MAX_NODES + n
+    }
+
+    /// Host `h`'s "public" address (see [`Mesh::public_gateways`]).
+    fn public(&self, h: u8) -> std::net::Ipv4Addr {
+        let region = usize::from((h - 1) / MAX_NODES);
+        let [a, b, c, _] = PUBLIC_NETS[usize::from(region >= 2)].octets();
+        std::net::Ipv4Addr::new(a, b, c, h)
     }
 
     /// The proxy in front of host `h`'s gateway.
@@ -175,6 +192,7 @@ impl Mesh {
             latency: latency.iter().copied().collect(),
             proxies: BTreeMap::new(),
             balanced: None,
+            public: false,
         };
         Self::with(regions, dir, ns, Some(net))
     }
@@ -280,7 +298,54 @@ impl Mesh {
     pub fn gateway_addr(&self, r: Region, n: u8) -> IpAddr {
         match &self.net {
             None => ip(r, n),
+            Some(net) if net.public => IpAddr::V4(net.public(net.host(r, n))),
             Some(net) => IpAddr::V4(net.proxy(net.host(r, n))),
+        }
+    }
+
+    /// Gives every node a "public" address of its own for its gateway, as
+    /// a droplet has: in documentation ranges no intermediate was issued
+    /// for (the first two regions' in 198.51.100.0/24, the others' in
+    /// 203.0.113.0/24, on-link to each other), bound by the gateway and
+    /// published as the region's name; the gateway advertises nothing, so
+    /// natsmeshd's default (the region's name) holds. No proxies.
+    pub fn public_gateways(&mut self) {
+        let net = self
+            .net
+            .as_mut()
+            .expect("public_gateways needs Mesh::in_namespaces");
+        net.public = true;
+        let hosts = u8::try_from(net.order.len()).unwrap() * MAX_NODES;
+        for h in 1..=hosts {
+            let own = net.public(h);
+            let mut ops: Vec<Vec<String>> = vec![vec![
+                "addr".into(),
+                "add".into(),
+                format!("{own}/24"),
+                "dev".into(),
+                "eth0".into(),
+            ]];
+            for other in PUBLIC_NETS {
+                if other.octets()[..3] != own.octets()[..3] {
+                    ops.push(vec![
+                        "route".into(),
+                        "add".into(),
+                        format!("{other}/24"),
+                        "dev".into(),
+                        "eth0".into(),
+                    ]);
+                }
+            }
+            for op in ops {
+                let mut args = vec!["ip"];
+                args.extend(op.iter().map(String::as_str));
+                let out = net.lan.exec(h, &args);
+                assert!(
+                    out.status.success(),
+                    "{args:?} on host {h}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
         }
     }
 
@@ -325,7 +390,7 @@ impl Mesh {
     /// Starts node `n` of region `r` with broker `version`.
     pub fn start_node_with(&mut self, r: Region, n: u8, version: &str) {
         let gateway_port = self.gateway_port;
-        if let Some(net) = &mut self.net {
+        if let Some(net) = self.net.as_mut().filter(|net| !net.public) {
             let h = net.host(r, n);
             let (proxy, node) = (net.proxy(h), net.lan.host(h));
             let one_way = net.latency.get(r.name).copied().unwrap_or_default();
@@ -479,9 +544,7 @@ port = {route}
 
 [broker.gateway]
 enabled = true
-bind = "{ip}"
-port = {gateway}
-advertise = "{gateway_addr}:{gateway}"
+{gateway_block}
 
 [discovery]
 enabled = true
@@ -498,9 +561,21 @@ route_wait = "30s"
                     format!("name = \"{}-n{n}\"", r.name)
                 },
                 ip = self.addr(r, n),
-                gateway_addr = self.gateway_addr(r, n),
+                gateway_block = if self.net.as_ref().is_some_and(|net| net.public) {
+                    format!(
+                        "bind = \"{}\"\nport = {}",
+                        self.gateway_addr(r, n),
+                        self.gateway_port
+                    )
+                } else {
+                    format!(
+                        "bind = \"{}\"\nport = {gw}\nadvertise = \"{}:{gw}\"",
+                        self.addr(r, n),
+                        self.gateway_addr(r, n),
+                        gw = self.gateway_port
+                    )
+                },
                 route = self.route_port,
-                gateway = self.gateway_port,
                 min = self.refresh.0,
                 max = self.refresh.1,
             ) + &self.balancer_config(r)

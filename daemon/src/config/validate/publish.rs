@@ -4,8 +4,9 @@
 //! The records are discovery's own, seen from this node:
 //! - `SRV <route_record>` → `<server>.<region>.<domain>:<cluster port>`,
 //!   and that host's A/AAAA record (the advertised cluster address);
-//! - A/AAAA at `<region>.<domain>` (the advertised gateway address), the
-//!   stable name every region's gateway block dials.
+//! - A/AAAA at `<region>.<domain>` (the gateway's address: the advertised
+//!   one, or with the region's name advertised the bound or public one),
+//!   the stable name every region's gateway block dials.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -25,6 +26,7 @@ pub(super) fn apply_publish(
     env: &Environment,
     state_dir: &Path,
     server: &ServerConfig,
+    gateway_address: Option<IpAddr>,
     discovery: Option<&Discovered>,
 ) -> Option<PublishSettings> {
     let p = &raw.dns_publish;
@@ -87,10 +89,8 @@ pub(super) fn apply_publish(
             }
         }
     }
-    if p.gateway
-        && let Some(g) = &server.gateway
-    {
-        match g.advertise.as_ref().and_then(|a| a.ip()) {
+    if p.gateway && server.gateway.is_some() {
+        match gateway_address {
             Some(ip) => records.push(Record::address(&format!("{region}.{domain}"), ip)),
             None => c.problem(
                 "dns_publish.gateway",
