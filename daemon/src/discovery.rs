@@ -6,7 +6,8 @@
 //!   region, target its host name, port its route port;
 //! - `<region>.<domain>` A/AAAA: the region's gateway endpoints (read by
 //!   nats-server itself, through the system resolver, as the gateway URL);
-//! - `_nats-regions.<domain>` TXT: the region names, space-separated (when
+//! - `_nats-regions.<domain>` TXT: the region names, one record per region
+//!   or space-separated (nodes publish theirs, see `publish::regions`) (when
 //!   `discovery.regions` is not set).
 //!
 //! Routes are rendered by address (sorted, each `host:port` once, this
@@ -336,6 +337,23 @@ impl Discovery {
         regions.sort();
         regions.dedup();
         Ok((regions, ttl))
+    }
+
+    /// The answer to use when the routes did not answer at start: the
+    /// seeds, and the regions when their record answers. A new region's
+    /// first server finds no route record of its own (it publishes one
+    /// once it serves), yet must know the other regions now: its gateways
+    /// are rendered at start and change only with a restart.
+    pub async fn seeds_and_regions(&self) -> Found {
+        let mut found = self.seeds();
+        if let Some(name) = &self.settings.regions_record {
+            let mut ttl = self.settings.max_refresh;
+            match self.regions_or_last(name, Instant::now(), &mut ttl).await {
+                Ok(regions) => found.regions = regions,
+                Err(e) => tracing::warn!(error = %e, "no regions record at start either"),
+            }
+        }
+        found
     }
 
     /// The answer to use before DNS has answered: this server and the

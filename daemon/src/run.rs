@@ -232,7 +232,7 @@ async fn first_answer(
         Ok((found, _)) => found,
         Err(e) => {
             tracing::warn!(error = %e, "no DNS answer at start; using the seeds");
-            discovery.seeds()
+            discovery.seeds_and_regions().await
         }
     };
     Ok((discovery, found, false))

@@ -306,10 +306,16 @@ fn through_provider(flavor: Flavor, backend: &str, zone: &str) {
         ip(1),
     );
     let mut opts = node_opts(1, port, &bind, &publish);
-    opts.extra = opts.extra.replace(
-        "max_refresh = \"1s\"\n",
-        "max_refresh = \"1s\"\nregions = [\"fra1\"]\n",
-    );
+    // The region lists itself where the zone holds the regions record;
+    // Linode's per-region zone does not (a test of its own would need a
+    // second Domain), so there the regions are configured.
+    let listed = zone == ZONE;
+    if !listed {
+        opts.extra = opts.extra.replace(
+            "max_refresh = \"1s\"\n",
+            "max_refresh = \"1s\"\nregions = [\"fra1\"]\n",
+        );
+    }
     let mut a = Daemon::start(CURRENT, opts);
     a.wait_ready();
     wait_for(
@@ -319,7 +325,8 @@ fn through_provider(flavor: Flavor, backend: &str, zone: &str) {
             srv_targets(&bind) == targets(&[1])
                 && bind.dig(&host(1), "A") == vec![ip(1).to_string()]
                 && bind.dig("fra1.nats.test", "A") == vec![ip(1).to_string()]
-                && fake.records().len() == 4
+                && fake.records().len() == 4 + usize::from(listed)
+                && (!listed || listed_regions(&bind) == ["fra1"])
         },
     );
     let log = a.log();
@@ -349,9 +356,17 @@ fn through_provider(flavor: Flavor, backend: &str, zone: &str) {
     );
     assert!(bind.dig(&host(1), "A").is_empty());
     assert!(bind.dig("fra1.nats.test", "A").is_empty());
+    // The peer's record stays, and the region stays listed (a stop is
+    // not a region leaving).
     let left = fake.records();
-    assert_eq!(left.len(), 1, "{backend}: {left:?}");
-    assert_eq!(left[0].value, peer.value);
+    assert_eq!(left.len(), 1 + usize::from(listed), "{backend}: {left:?}");
+    assert!(
+        left.iter().any(|r| r.value == peer.value),
+        "{backend}: {left:?}"
+    );
+    if listed {
+        assert_eq!(listed_regions(&bind), ["fra1"], "{backend}");
+    }
     // The token went only where it belongs.
     let log = a.log();
     assert!(!log.contains(&token), "{backend}: token in the log");
@@ -636,4 +651,139 @@ fn a_read_only_linode_domains_token_is_reported_and_not_hammered() {
     assert!(fake.records().is_empty(), "{:?}", fake.records());
     assert_eq!(a.status().unwrap().state, "ready");
     assert!(a.log().contains("domains:read_write"), "{}", a.log());
+}
+
+/// The TXT records at `_nats-regions.nats.test`, unquoted, sorted.
+fn listed_regions(bind: &Bind) -> Vec<String> {
+    let mut v: Vec<String> = bind
+        .dig("_nats-regions.nats.test", "TXT")
+        .iter()
+        .map(|l| l.trim_matches('"').to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A new supercluster needs no hand-made record: from an empty zone, each
+/// region's serving node lists its region in `_nats-regions` (one TXT
+/// record per region, once however many nodes try), the regions find each
+/// other through it and link; a plain stop leaves the region listed, and
+/// the decommission of a region's last node takes it out. nats-server
+/// resolves the gateway names itself, so BIND answers on port 53 in the
+/// nodes' own `resolv.conf`. On the oldest and the current release.
+#[test]
+fn the_regions_record_keeps_itself_from_an_empty_zone() {
+    for version in natsmesh_harness::OLDEST_AND_CURRENT {
+        let bind = Bind::start_on_port_53(ZONE, std::net::Ipv4Addr::LOCALHOST);
+        assert!(listed_regions(&bind).is_empty(), "the zone starts empty");
+        let dir = natsmesh_harness::scratch();
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(
+            &resolv,
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:2\n",
+        )
+        .unwrap();
+        let (route, gateway) = (free_port(), free_port());
+        let node = |region: &str, octet: u8| {
+            let ip = IpAddr::from([127, 0, octet, 1]);
+            Options {
+                extra: format!(
+                    r#"[node]
+name = "{region}-n1"
+region = "{region}"
+domain = "{ZONE}"
+
+[broker.cluster]
+enabled = true
+bind = "{ip}"
+port = {route}
+
+[broker.gateway]
+enabled = true
+bind = "{ip}"
+port = {gateway}
+
+[broker.jetstream]
+enabled = false
+
+[discovery]
+enabled = true
+min_refresh = "300ms"
+max_refresh = "1s"
+
+[dns_publish]
+ttl = "1s"
+{publish}
+"#,
+                    publish = rfc2136(&bind),
+                ),
+                resolv_conf: Some(resolv.clone()),
+                ..Options::default()
+            }
+        };
+        let mut fra1 = Daemon::start(version, node("fra1", 6));
+        fra1.wait_ready();
+        wait_for("fra1 listed", Duration::from_secs(20), || {
+            listed_regions(&bind) == ["fra1"]
+        });
+        let mut nyc3 = Daemon::start(version, node("nyc3", 7));
+        nyc3.wait_ready();
+        wait_for(
+            &format!("{version}: both regions listed, once each"),
+            Duration::from_secs(20),
+            || listed_regions(&bind) == ["fra1", "nyc3"],
+        );
+        // The regions found each other through the record alone.
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let (a, b) = (
+                fra1.monitor("/gatewayz").unwrap_or_default(),
+                nyc3.monitor("/gatewayz").unwrap_or_default(),
+            );
+            if a["outbound_gateways"]["nyc3"].is_object()
+                && b["outbound_gateways"]["fra1"].is_object()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{version}: regions not linked: {a}\n{b}\n{}\n{}",
+                fra1.log(),
+                nyc3.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+
+        // The grown list of regions still needs a restart for fra1's
+        // explicit gateways.
+        fra1.wait_status(
+            "restart pending for the new region",
+            |s| s.restart_pending.iter().any(|p| p.contains("gateway")),
+            Duration::from_secs(10),
+        );
+
+        // nyc3's last node leaves for good: its region leaves the list.
+        let out = nyc3.cli(&["decommission"]);
+        assert!(
+            out.status.success(),
+            "{version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            nyc3.wait_exit(Duration::from_secs(90)).success(),
+            "{}",
+            nyc3.log()
+        );
+        wait_for(
+            &format!("{version}: nyc3 delisted"),
+            Duration::from_secs(10),
+            || listed_regions(&bind) == ["fra1"],
+        );
+        assert!(nyc3.log().contains("taken out of the regions record"));
+        // fra1 stops as any node does: its region stays listed.
+        fra1.signal("TERM");
+        assert!(fra1.wait_exit(Duration::from_secs(60)).success());
+        assert_eq!(listed_regions(&bind), ["fra1"], "{version}");
+        assert!(srv_targets(&bind).is_empty());
+    }
 }

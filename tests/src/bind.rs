@@ -39,6 +39,18 @@ impl Bind {
     /// As [`Bind::start`], listening on `ip` (e.g. a [`crate::netns::Lan`]'s
     /// host address, for test hosts in their own network namespaces).
     pub fn start_on(zone: &str, ip: std::net::Ipv4Addr) -> Self {
+        Self::start_at(zone, ip, None)
+    }
+
+    /// As [`Bind::start_on`], on port 53, so that a `resolv.conf` (which
+    /// names no port) can point at it: for nats-server's own lookups.
+    /// named listens only on addresses an interface holds (on loopback:
+    /// 127.0.0.1, not the rest of 127/8).
+    pub fn start_on_port_53(zone: &str, ip: std::net::Ipv4Addr) -> Self {
+        Self::start_at(zone, ip, Some(53))
+    }
+
+    fn start_at(zone: &str, ip: std::net::Ipv4Addr, port: Option<u16>) -> Self {
         require_bind();
         let dir = tempfile::Builder::new()
             .prefix("natsmesh-bind-")
@@ -60,7 +72,7 @@ impl Bind {
         .expect("zone file");
         let mut last = String::new();
         for _ in 0..10 {
-            let addr = SocketAddr::from((ip, crate::free_port()));
+            let addr = SocketAddr::from((ip, port.unwrap_or_else(crate::free_port)));
             let conf = format!(
                 r#"include "{key}";
 options {{

@@ -457,6 +457,14 @@ impl Api {
                     target: target_name(target, &self.zone),
                 }
             }
+            // Providers list text with or without its quotes.
+            "TXT" => Data::Txt {
+                text: value
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(value)
+                    .to_owned(),
+            },
             _ => return None,
         };
         Some(Present {
@@ -494,6 +502,7 @@ fn do_body(r: &Record, zone: &str, ttl: u32) -> Result<Value, PublishError> {
             "priority": priority, "weight": weight, "port": port, "ttl": ttl,
             "flags": null, "tag": null,
         }),
+        Data::Txt { text } => json!({ "type": "TXT", "name": name, "data": text, "ttl": ttl }),
     })
 }
 
@@ -525,6 +534,11 @@ fn linode_body(r: &Record, zone: &str, ttl: u32) -> Result<Value, PublishError> 
                 "priority": priority, "weight": weight, "port": port, "ttl_sec": ttl,
             })
         }
+        Data::Txt { text } => {
+            let name = in_zone(r, zone)?;
+            let name = if name == "@" { normal(zone) } else { name };
+            json!({ "type": "TXT", "name": name, "target": text, "ttl_sec": ttl })
+        }
     })
 }
 
@@ -552,6 +566,10 @@ fn cf_body(r: &Record, ttl: u32) -> Value {
         } => json!({
             "type": "SRV", "name": r.name, "ttl": ttl,
             "data": { "priority": priority, "weight": weight, "port": port, "target": target },
+        }),
+        // Cloudflare asks for TXT content in quotes.
+        Data::Txt { .. } => json!({
+            "type": "TXT", "name": r.name, "content": r.content(), "ttl": ttl,
         }),
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod record;
+pub mod regions;
 pub mod rfc2136;
 pub(crate) mod secret;
 mod state;
@@ -49,6 +50,9 @@ pub struct PublishSettings {
     pub verify_every: Duration,
     /// Where the last published set is remembered across restarts.
     pub state_file: PathBuf,
+    /// This node's entry in the list of regions (none when the regions
+    /// are configured rather than read from DNS).
+    pub regions: Option<regions::RegionListing>,
 }
 
 /// Which DNS provider, and how to reach it.
@@ -129,6 +133,11 @@ pub enum Backend {
 impl Backend {
     /// A backend for these settings (nothing is contacted yet).
     pub fn new(s: &PublishSettings) -> Result<Self, PublishError> {
+        Self::in_zone(s, &s.zone)
+    }
+
+    /// The same backend for another zone.
+    pub fn in_zone(s: &PublishSettings, zone: &str) -> Result<Self, PublishError> {
         Ok(match &s.backend {
             BackendSettings::Rfc2136 {
                 server,
@@ -140,13 +149,13 @@ impl Backend {
                 key_name,
                 algorithm,
                 secret_file.clone(),
-                &s.zone,
+                zone,
             )),
             BackendSettings::Api {
                 provider,
                 url,
                 token_file,
-            } => Self::Api(api::Api::new(*provider, url, token_file.clone(), &s.zone)?),
+            } => Self::Api(api::Api::new(*provider, url, token_file.clone(), zone)?),
         })
     }
 
@@ -324,6 +333,37 @@ pub async fn reconcile_at_start(s: &PublishSettings) {
     }
 }
 
+/// After a pass that reached `target`: a serving node makes sure its
+/// region is in the regions record; a decommissioned one that withdrew
+/// takes the region out when it was the region's last. A failure is
+/// logged and tried again at the next pass (verification included).
+async fn keep_region_listed(
+    routes: &mut Backend,
+    regions_backend: &mut Backend,
+    l: &regions::RegionListing,
+    target: Target,
+    ttl: u32,
+) {
+    let done = match target {
+        Target::All => regions::list(regions_backend, l, ttl).await.map(|added| {
+            if added {
+                tracing::info!(record = %l.record, "region listed in the regions record");
+            }
+        }),
+        Target::Nothing => regions::delist_if_last(routes, regions_backend, l)
+            .await
+            .map(|removed| {
+                if removed > 0 {
+                    tracing::info!(record = %l.record, "the region's last node left: region taken out of the regions record");
+                }
+            }),
+        Target::Routes => Ok(()),
+    };
+    if let Err(e) = done {
+        tracing::warn!(record = %l.record, error = %e, "cannot keep the regions record; retried at the next pass");
+    }
+}
+
 /// Retry waits: 1 s doubling to 60 s, or what a rate limit asked for.
 fn retry_wait(failures: u32, hint: Option<Duration>) -> Duration {
     let backoff =
@@ -373,6 +413,14 @@ pub async fn follow(
         }
     };
     let backend_name = s.backend.describe();
+    let mut regions_backend = match s.regions.as_ref().map(|l| Backend::in_zone(&s, &l.zone)) {
+        Some(Ok(b)) => Some(b),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "the regions record cannot be kept; list this region by hand");
+            None
+        }
+        None => None,
+    };
     let routes = s.route_records();
     let mut served = false;
     if bootstrapped {
@@ -428,6 +476,9 @@ pub async fn follow(
                     retry_at = None;
                     failed = None;
                     verify_at = publishing.then(|| Instant::now() + s.verify_every);
+                    if let (Some(l), Some(rb)) = (&s.regions, regions_backend.as_mut()) {
+                        keep_region_listed(&mut backend, rb, l, target, s.ttl).await;
+                    }
                     let line = match target {
                         Target::Nothing => format!("no records (withdrawn) via {backend_name}"),
                         Target::Routes => {

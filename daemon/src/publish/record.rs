@@ -41,6 +41,11 @@ pub enum Data {
         /// Target host, absolute, without the final dot.
         target: String,
     },
+    /// One character-string of text (natsmesh's: a region name).
+    Txt {
+        /// The text, unquoted.
+        text: String,
+    },
 }
 
 impl Record {
@@ -70,12 +75,23 @@ impl Record {
         }
     }
 
-    /// `A`, `AAAA` or `SRV`.
+    /// A TXT record holding `text` (one character-string).
+    pub fn txt(name: &str, text: &str) -> Self {
+        Self {
+            name: normal(name),
+            data: Data::Txt {
+                text: text.to_owned(),
+            },
+        }
+    }
+
+    /// `A`, `AAAA`, `SRV` or `TXT`.
     pub fn kind(&self) -> &'static str {
         match self.data {
             Data::A { .. } => "A",
             Data::Aaaa { .. } => "AAAA",
             Data::Srv { .. } => "SRV",
+            Data::Txt { .. } => "TXT",
         }
     }
 
@@ -91,6 +107,9 @@ impl Record {
                 port,
                 target,
             } => format!("{priority} {weight} {port} {target}."),
+            Data::Txt { text } => {
+                format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+            }
         }
     }
 

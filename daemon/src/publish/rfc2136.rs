@@ -11,7 +11,7 @@ use std::time::Duration;
 use hickory_net::client::{Client, ClientHandle};
 use hickory_net::proto::op::ResponseCode;
 use hickory_net::proto::rr::rdata::tsig::TsigAlgorithm;
-use hickory_net::proto::rr::rdata::{A, AAAA, SRV};
+use hickory_net::proto::rr::rdata::{A, AAAA, SRV, TXT};
 use hickory_net::proto::rr::{DNSClass, Name, RData, RecordType, TSigner};
 use hickory_net::runtime::TokioRuntimeProvider;
 use hickory_net::tcp::TcpClientStream;
@@ -91,13 +91,18 @@ impl Rfc2136 {
         Ok(client)
     }
 
-    /// The SRV, A and AAAA records at `names`, as the primary answers.
+    /// The SRV, A, AAAA and TXT records at `names`, as the primary answers.
     pub async fn list(&mut self, names: &BTreeSet<String>) -> Result<Vec<Present>, PublishError> {
         let mut client = self.connect().await?;
         let mut out = Vec::new();
         for n in names {
             let qname = name(n)?;
-            for qtype in [RecordType::SRV, RecordType::A, RecordType::AAAA] {
+            for qtype in [
+                RecordType::SRV,
+                RecordType::A,
+                RecordType::AAAA,
+                RecordType::TXT,
+            ] {
                 let what = || format!("query {n} {qtype} at {}", self.server);
                 let answer = match client.query(qname.clone(), DNSClass::IN, qtype).await {
                     Ok(a) => a,
@@ -212,6 +217,7 @@ fn to_record(r: &Record, ttl: u32) -> Result<hickory_net::proto::rr::Record, Pub
             port,
             target,
         } => RData::SRV(SRV::new(*priority, *weight, *port, name(target)?)),
+        Data::Txt { text } => RData::TXT(TXT::new(vec![text.clone()])),
     };
     let mut rr = hickory_net::proto::rr::Record::from_rdata(name(&r.name)?, ttl, rdata);
     rr.dns_class = DNSClass::IN;
@@ -227,6 +233,13 @@ fn from_rdata(name: &str, data: &RData) -> Option<Record> {
             weight: s.weight,
             port: s.port,
             target: normal(&s.target.to_ascii()),
+        },
+        RData::TXT(t) => Data::Txt {
+            text: t
+                .txt_data
+                .iter()
+                .map(|s| String::from_utf8_lossy(s))
+                .collect::<String>(),
         },
         _ => return None,
     };

@@ -98,13 +98,19 @@ pub struct ApiRecord {
 impl ApiRecord {
     /// Zone-file data: `10.0.0.5`, `10 10 6222 n1.example.net.`.
     fn rdata(&self) -> String {
-        if self.kind == "SRV" {
-            format!(
+        match self.kind.as_str() {
+            "SRV" => format!(
                 "{} {} {} {}.",
                 self.priority, self.weight, self.port, self.value
-            )
-        } else {
-            self.value.clone()
+            ),
+            // Presentation format: one quoted string (Cloudflare stores
+            // the quotes it was given).
+            "TXT" if self.value.starts_with('"') => self.value.clone(),
+            "TXT" => format!(
+                "\"{}\"",
+                self.value.replace('\\', "\\\\").replace('"', "\\\"")
+            ),
+            _ => self.value.clone(),
         }
     }
 
@@ -814,8 +820,13 @@ async fn do_create(ctx: &Ctx, req: &Req<'_>) -> Response {
         return error(ctx, 400, req.path);
     };
     let kind = match b.get("type").and_then(Value::as_str) {
-        Some(k @ ("A" | "AAAA" | "SRV")) => k.to_owned(),
-        Some(_) => return do_invalid(ctx, "type is not a supported record type (A, AAAA, SRV)"),
+        Some(k @ ("A" | "AAAA" | "SRV" | "TXT")) => k.to_owned(),
+        Some(_) => {
+            return do_invalid(
+                ctx,
+                "type is not a supported record type (A, AAAA, SRV, TXT)",
+            );
+        }
         None => return do_invalid(ctx, "type is required"),
     };
     let Some(name) = b.get("name").and_then(Value::as_str) else {
@@ -859,6 +870,10 @@ async fn do_create(ctx: &Ctx, req: &Req<'_>) -> Response {
             Ok(ip) => rec.value = ip.to_string(),
             Err(_) => return do_invalid(ctx, "data must be a valid IPv6 address"),
         },
+        // A TXT record's data is its text (DigitalOcean splits long text
+        // itself); empty text is refused.
+        "TXT" if data.is_empty() => return do_invalid(ctx, "data is required"),
+        "TXT" => rec.value = data.to_owned(),
         _ => {
             let target = if data == "@" {
                 ctx.zone.clone()
@@ -1083,7 +1098,7 @@ async fn linode_create(ctx: &Ctx, req: &Req<'_>) -> Response {
         return reply(400, &json!({"errors": [{"reason": "Invalid JSON"}]}));
     };
     let kind = match b.get("type").and_then(Value::as_str) {
-        Some(k @ ("A" | "AAAA" | "SRV")) => k.to_owned(),
+        Some(k @ ("A" | "AAAA" | "SRV" | "TXT")) => k.to_owned(),
         Some(_) => return linode_invalid("type", "type is not a supported record type"),
         None => return linode_invalid("type", "type is required"),
     };
@@ -1165,6 +1180,8 @@ async fn linode_create(ctx: &Ctx, req: &Req<'_>) -> Response {
             return linode_invalid("target", "target is required");
         };
         rec.value = match kind.as_str() {
+            "TXT" if target.is_empty() => return linode_invalid("target", "target is required"),
+            "TXT" => target.to_owned(),
             "A" => match target.parse::<Ipv4Addr>() {
                 Ok(ip) => ip.to_string(),
                 Err(_) => return linode_invalid("target", "Invalid IPv4 address"),
@@ -1337,7 +1354,7 @@ async fn cf_create(ctx: &Ctx, req: &Req<'_>) -> Response {
         return cf_fail(400, 9207, "Request body is invalid.");
     };
     let kind = match b.get("type").and_then(Value::as_str) {
-        Some(k @ ("A" | "AAAA" | "SRV")) => k.to_owned(),
+        Some(k @ ("A" | "AAAA" | "SRV" | "TXT")) => k.to_owned(),
         _ => return cf_fail(400, 1004, "DNS Validation Error: type is invalid"),
     };
     let Some(name) = b.get("name").and_then(Value::as_str) else {
@@ -1394,6 +1411,10 @@ async fn cf_create(ctx: &Ctx, req: &Req<'_>) -> Response {
                 );
             }
         },
+        "TXT" if content.is_empty() => {
+            return cf_fail(400, 1004, "DNS Validation Error: content is required");
+        }
+        "TXT" => rec.value = content.to_owned(),
         _ => {
             if proxied {
                 return cf_fail(400, 9004, "This record type cannot be proxied.");

@@ -16,6 +16,7 @@ use super::{Checker, Discovered, Environment};
 use crate::config::schema::{DnsBackend, RawConfig};
 use crate::publish::api::Provider;
 use crate::publish::record::relative;
+use crate::publish::regions::RegionListing;
 use crate::publish::{BackendSettings, PublishSettings, Record, rfc2136};
 use natsmesh_broker::model::ServerConfig;
 
@@ -135,7 +136,38 @@ pub(super) fn apply_publish(
     if p.verify_every.0 < Duration::from_secs(10) {
         c.problem("dns_publish.verify_every", "at least 10s");
     }
+    // The regions record lives in the publication's zone, or (Linode's
+    // per-region zones lie below it) in the domain's own.
+    let regions = d
+        .settings
+        .regions_record
+        .as_ref()
+        .zip(d.settings.route_record.as_ref())
+        .map(|(name, route_record)| {
+            let record = Record::txt(name, region);
+            let zone = if relative(&record.name, &zone).is_some() {
+                zone.clone()
+            } else {
+                domain.clone()
+            };
+            RegionListing {
+                record,
+                region: region.clone(),
+                zone,
+                route_record: route_record.clone(),
+                decommissioned: crate::fleet::decommission::marker(state_dir),
+            }
+        });
+    if let Some(l) = &regions
+        && relative(&l.record.name, &l.zone).is_none()
+    {
+        c.problem(
+            "discovery.regions_record",
+            format!("{} is outside the domain {domain:?}", l.record.name),
+        );
+    }
     Some(PublishSettings {
+        regions,
         backend,
         zone,
         ttl,
