@@ -789,3 +789,131 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A wrapper around the real nats-server whose `-t` sleeps `secs` once
+/// while `flag` exists (it removes the flag first), so only the check the
+/// test provokes is slow; everything else runs the real binary.
+fn slow_check_broker(
+    dir: &std::path::Path,
+    flag: &std::path::Path,
+    secs: u32,
+) -> std::path::PathBuf {
+    let path = dir.join("nats-server");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = -t ] && [ -e {flag} ]; then rm -f {flag}; sleep {secs}; fi\ndone\nexec {real} \"$@\"\n",
+            flag = flag.display(),
+            real = natsmesh_harness::broker_binary(natsmesh_harness::CURRENT).display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&path)
+        .status()
+        .unwrap();
+    path
+}
+
+/// A `nats-server -t` that takes 25 s (longer than its 20 s timeout) runs
+/// off the supervision loop: for those 25 s the control socket answers,
+/// WATCHDOG=1 keeps its pace (WatchdogSec 6 s: every 3 s at least) and
+/// the probes go on (a broker frozen meanwhile is judged hung and
+/// restarted). A second SIGHUP during the check is queued: once the slow
+/// check has been refused (timed out), the queued one runs a quick check
+/// and the reload applies.
+#[test]
+fn a_slow_config_check_does_not_stall_the_supervision_loop() {
+    let scratch = natsmesh_harness::scratch();
+    let flag = scratch.path().join("slow");
+    let binary = slow_check_broker(scratch.path(), &flag, 25);
+    let mut d = Daemon::start(
+        natsmesh_harness::CURRENT,
+        Options {
+            binary: Some(binary),
+            env: vec![("WATCHDOG_USEC".into(), "6000000".into())],
+            ..Options::default()
+        },
+    );
+    let first = d.wait_ready().broker_pid.unwrap();
+    std::fs::write(
+        d.dir.path().join("natsmesh.d/60-debug.toml"),
+        "[broker]\ndebug = true\n",
+    )
+    .unwrap();
+    std::fs::write(&flag, "").unwrap();
+    let hup_at = Instant::now();
+    d.signal("HUP");
+    // The slow check has begun once the wrapper took the flag.
+    while flag.exists() {
+        assert!(hup_at.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Coalesced with the one in flight, applied after it.
+    d.signal("HUP");
+    d.signal("HUP");
+    let window_start = Instant::now();
+    let mut stopped = false;
+    let mut slowest = Duration::ZERO;
+    let mut hang_seen = None;
+    while window_start.elapsed() < Duration::from_secs(25) {
+        if !stopped && window_start.elapsed() >= Duration::from_secs(1) {
+            // A frozen broker: only probes that go on can notice it.
+            signal(first, "STOP");
+            stopped = true;
+        }
+        let t = Instant::now();
+        let s = d.status();
+        let took = t.elapsed();
+        slowest = slowest.max(took);
+        assert!(
+            took <= Duration::from_secs(2),
+            "status took {took:?} at {:?} into the slow check\n{}",
+            window_start.elapsed(),
+            d.log()
+        );
+        let s = s.unwrap_or_else(|| panic!("no status\n{}", d.log()));
+        if hang_seen.is_none() && s.hang_kills == 1 && s.broker_pid != Some(first) {
+            hang_seen = Some(window_start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let hang_seen = hang_seen.unwrap_or_else(|| {
+        panic!(
+            "the frozen broker was not judged hung during the slow check\n{}",
+            d.log()
+        )
+    });
+    // The fast profile's budget is 3 s of timeouts; allow for a restart.
+    assert!(hang_seen < Duration::from_secs(12), "{hang_seen:?}");
+    // WATCHDOG=1 every WatchdogSec/2 = 3 s at least, throughout.
+    let pings: Vec<Instant> = d
+        .notes_timed()
+        .into_iter()
+        .filter(|(t, n)| *t >= hup_at && n.lines().any(|l| l == "WATCHDOG=1"))
+        .map(|(t, _)| t)
+        .collect();
+    let mut last = hup_at;
+    for t in pings.iter().chain(std::iter::once(&Instant::now())) {
+        let gap = t.duration_since(last);
+        assert!(
+            gap <= Duration::from_millis(3200),
+            "no WATCHDOG=1 for {gap:?} ({:?} after SIGHUP); {} pings",
+            last.duration_since(hup_at),
+            pings.len()
+        );
+        last = *t;
+    }
+    // The slow check timed out and was refused; the queued reload applies.
+    let s = d.wait_status(
+        "reloaded after the slow check",
+        |s| s.reloads_ok == 1,
+        Duration::from_secs(30),
+    );
+    assert_eq!(s.reloads_failed, 1, "{s:#?}");
+    assert_eq!(s.state, "ready");
+    let rendered = std::fs::read_to_string(d.dir.path().join("state/nats-server.conf")).unwrap();
+    assert!(rendered.contains("debug: true"), "{rendered}");
+    eprintln!("slowest status answer {slowest:?}; hang noticed after {hang_seen:?}");
+}
