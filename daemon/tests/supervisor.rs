@@ -917,3 +917,120 @@ fn a_slow_config_check_does_not_stall_the_supervision_loop() {
     assert!(rendered.contains("debug: true"), "{rendered}");
     eprintln!("slowest status answer {slowest:?}; hang noticed after {hang_seen:?}");
 }
+
+/// SIGTERM while a slow `-t` runs: natsmeshd stops at once (lame duck,
+/// exit 0) instead of waiting for the check, and the check's late result
+/// changes nothing.
+#[test]
+fn sigterm_during_a_slow_config_check_stops_at_once() {
+    let scratch = natsmesh_harness::scratch();
+    let flag = scratch.path().join("slow");
+    let binary = slow_check_broker(scratch.path(), &flag, 25);
+    let mut d = Daemon::start(
+        natsmesh_harness::CURRENT,
+        Options {
+            binary: Some(binary),
+            ..Options::default()
+        },
+    );
+    d.wait_ready();
+    std::fs::write(
+        d.dir.path().join("natsmesh.d/60-debug.toml"),
+        "[broker]\ndebug = true\n",
+    )
+    .unwrap();
+    std::fs::write(&flag, "").unwrap();
+    d.signal("HUP");
+    let t = Instant::now();
+    while flag.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = Instant::now();
+    d.signal("TERM");
+    let status = d.wait_exit(Duration::from_secs(15));
+    let took = t.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    // Never served a client: a clean SIGINT, no lame-duck wait; far less
+    // than the 20 s the check would have held the loop.
+    assert!(took < Duration::from_secs(5), "stopped after {took:?}");
+    let log = d.log();
+    assert!(
+        log.contains("configuration change given up: natsmeshd is stopping"),
+        "{log}"
+    );
+    let rendered = std::fs::read_to_string(d.dir.path().join("state/nats-server.conf")).unwrap();
+    assert!(!rendered.contains("debug: true"), "{rendered}");
+}
+
+/// Polls `f` every 2 ms until it holds; the time it first did.
+fn first_true(deadline: Instant, mut f: impl FnMut() -> bool) -> Option<Instant> {
+    while Instant::now() < deadline {
+        if f() {
+            return Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+/// After a crash restart natsmeshd's own ready (what `status`, `/ready`
+/// and STATUS= show) follows the broker at the start-up probe pace, not at
+/// the next 2 s probe of the default profile: over 10 kill -9, ready lags
+/// the broker's own `/healthz` by at most 300 ms at p99 (a loaded 2-core
+/// machine; typically tens of ms).
+#[test]
+fn ready_follows_the_broker_at_once_after_a_crash_restart() {
+    let mut d = Daemon::start(
+        natsmesh_harness::CURRENT,
+        Options {
+            extra: "[health]\nprofile = \"default\"\n\n[restart]\ncrash_loop_count = 100\n".into(),
+            log_level: Some("info".into()),
+            ..Options::default()
+        },
+    );
+    let healthz = format!("http://{}:{}/healthz", d.host, d.monitor_port);
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(200)))
+            .build(),
+    );
+    let mut lags = Vec::new();
+    for round in 0..10 {
+        let pid = d.wait_ready().broker_pid.unwrap();
+        // Let a probe round of the default schedule pass, so the kill lands
+        // anywhere within an interval.
+        std::thread::sleep(Duration::from_millis(300 + 170 * round));
+        signal(pid, "KILL");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (served, ready) = std::thread::scope(|s| {
+            let broker = s.spawn(|| {
+                first_true(deadline, || {
+                    !alive(pid) && agent.get(&healthz).call().is_ok_and(|r| r.status() == 200)
+                })
+            });
+            let daemon = s.spawn(|| {
+                first_true(deadline, || {
+                    d.request(&natsmesh::control::Request::Status)
+                        .status
+                        .is_some_and(|s| {
+                            s.state == "ready" && s.broker_pid.is_some_and(|p| p != pid)
+                        })
+                })
+            });
+            (broker.join().unwrap(), daemon.join().unwrap())
+        });
+        let (served, ready) = (
+            served.unwrap_or_else(|| panic!("round {round}: the broker never served\n{}", d.log())),
+            ready.unwrap_or_else(|| panic!("round {round}: never ready\n{}", d.log())),
+        );
+        lags.push(ready.saturating_duration_since(served));
+    }
+    lags.sort();
+    let p99 = lags[lags.len() - 1];
+    eprintln!("ready after /healthz: {lags:?}");
+    assert!(
+        p99 <= Duration::from_millis(300),
+        "p99 lag {p99:?}: {lags:?}"
+    );
+}

@@ -667,6 +667,12 @@ impl Supervisor {
             serving_failures: 0,
             adopted_serving: false,
         });
+        // A new process is probed at once and then at the start-up pace,
+        // not on the schedule of the one before (up to an interval away) nor
+        // after a round still in flight against it: ready follows the
+        // broker within a start-up probe.
+        self.probe = None;
+        self.next_probe = now;
         self.after_exit = AfterExit::Crash;
         self.started();
         // Every start joins the peers anew.
