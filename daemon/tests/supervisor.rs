@@ -1034,3 +1034,61 @@ fn ready_follows_the_broker_at_once_after_a_crash_restart() {
         "p99 lag {p99:?}: {lags:?}"
     );
 }
+
+/// A broker that answers nothing at all after its spawn (a fake that
+/// passes `--version` and `-t` to the real binary, then sleeps without
+/// opening any port) is killed after the grace of silence (10 s; the fast
+/// profile's start-up grace is 10 s too) plus the liveness budget (3 s),
+/// not after the start-up grace extended by answers, and the log says why.
+#[test]
+fn a_broker_silent_from_its_start_is_killed_after_the_grace_of_silence_and_budget() {
+    let scratch = natsmesh_harness::scratch();
+    let fake = scratch.path().join("nats-server");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in --version|-t) exec {real} \"$@\";; esac\nexec sleep 600\n",
+            real = natsmesh_harness::broker_binary(natsmesh_harness::CURRENT).display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&fake)
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    let mut d = Daemon::start(
+        natsmesh_harness::CURRENT,
+        Options {
+            binary: Some(fake),
+            ..Options::default()
+        },
+    );
+    let first = d
+        .wait_status(
+            "a broker running",
+            |s| s.broker_pid.is_some(),
+            Duration::from_secs(10),
+        )
+        .broker_pid
+        .unwrap();
+    let s = d.wait_status(
+        "the silent broker killed",
+        |s| s.hang_kills >= 1,
+        Duration::from_secs(30),
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(13) && took <= Duration::from_secs(18),
+        "killed after {took:?}"
+    );
+    assert_eq!(s.crashes, 0, "{s:#?}");
+    assert!(!alive(first), "the silent broker is still there");
+    let log = d.log();
+    assert!(
+        log.contains("has not answered on its monitoring port at all")
+            && log.contains("since its start"),
+        "{log}"
+    );
+}

@@ -720,16 +720,29 @@ impl Supervisor {
             return;
         }
         let now = report.at;
-        if let Verdict::Hung { silent_for } = run.liveness.observe(report.alive, now) {
+        let hung = match run.liveness.observe(report.alive, now) {
+            Verdict::Hung { silent_for } => Some((
+                format!("hung for {silent_for:?}"),
+                format!("nats-server is hung (only timeouts for {silent_for:?}); killing it"),
+            )),
+            Verdict::Silent { since_spawn } => Some((
+                format!("silent for {since_spawn:?} since its start"),
+                format!(
+                    "nats-server has not answered on its monitoring port at all in the {since_spawn:?} since its start (not even 503: not a JetStream recovery); killing it"
+                ),
+            )),
+            Verdict::Alive | Verdict::Unknown => None,
+        };
+        if let Some((reason, line)) = hung {
             tracing::error!(
                 message_id = ids::BROKER_LOST,
                 pid = run.pid,
-                silent_for = ?silent_for,
-                "nats-server is hung (only timeouts for {silent_for:?}); killing it"
+                reason = %reason,
+                "{line}"
             );
             self.status.hang_kills += 1;
             let _ = run.process.signal(Signal::SIGKILL);
-            self.after_exit = AfterExit::Restart(format!("hung for {silent_for:?}"));
+            self.after_exit = AfterExit::Restart(reason);
             return;
         }
         let serving = report.client == ClientPort::Serving;
