@@ -6,6 +6,9 @@
 //! One task owns everything here; the rest of natsmeshd talks to it through
 //! [`Command`]s and reads its [`Status`] from a watch channel. It sends
 //! systemd WATCHDOG=1 from its own loop, so a stalled loop is noticed.
+//! Nothing slow runs on that loop: checks, confirmations, renewals and
+//! `$SYS` requests run as tasks whose results come back as events (see
+//! `tasks.rs`).
 
 pub mod backoff;
 pub mod liveness;

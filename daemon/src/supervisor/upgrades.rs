@@ -150,6 +150,12 @@ impl Supervisor {
             self.publish();
             return;
         }
+        if matches!(self.life.state(), State::Draining | State::Stopped) {
+            // A stop or drain began while the new binary was checked: it
+            // takes over at the next start instead.
+            tracing::info!("not re-executing while {}", self.life.state());
+            return;
+        }
         let Some(run) = self.running.as_mut() else {
             tracing::warn!(
                 "no broker running: the new natsmeshd binary takes over at the next start"
