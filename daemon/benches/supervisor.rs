@@ -8,7 +8,11 @@
 //! - `NATSMESH_BENCH_SOAK_SECS` (default 120; the leak check is 1800):
 //!   reload soak for (e);
 //! - `NATSMESH_BENCH_IDLE_SECS` (default 30): idle windows for (e) and (f);
-//! - `NATSMESH_BENCH_STORE_MB` (default 1000): JetStream store for (b').
+//! - `NATSMESH_BENCH_STORE_MB` (default 1000): JetStream store for (b');
+//! - `NATSMESH_BENCH_KILLS` (default 50): kill -9 rounds of (b''), the
+//!   default profile's kill → broker serving → natsmeshd ready;
+//! - `NATSMESH_BENCH_ONLY=ready`: only (b''), written to
+//!   `bench/results/ready.md`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/common/mod.rs"]
@@ -108,6 +112,92 @@ fn kill_to_ready(d: &mut Daemon) -> Duration {
     ready - t
 }
 
+/// Polls `f` every 1 ms until it holds; the time it first did.
+fn first_true(deadline: Instant, mut f: impl FnMut() -> bool) -> Option<Instant> {
+    while Instant::now() < deadline {
+        if f() {
+            return Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
+/// (b'') At the default profile (probes every 2 s), `kills` times: kill -9
+/// of the broker → the new broker's `/healthz` 200, and → natsmeshd's own
+/// state ready (`status` on the control socket, what `/ready` and STATUS=
+/// show). Returns the two and natsmeshd's lag behind the broker.
+fn kill_to_served_and_ready(version: &str, kills: usize) -> [Vec<Duration>; 3] {
+    let mut d = Daemon::start(
+        version,
+        Options {
+            log_level: Some("warn".into()),
+            extra: "[health]\nprofile = \"default\"\n\n[restart]\ncrash_loop_count = 100000\n"
+                .into(),
+            ..Options::default()
+        },
+    );
+    let healthz = format!("http://{}:{}/healthz", d.host, d.monitor_port);
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(200)))
+            .build(),
+    );
+    let (mut served, mut ready, mut lag) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..kills {
+        let pid = d.wait_ready().broker_pid.unwrap();
+        // Anywhere within the default probe interval.
+        std::thread::sleep(Duration::from_millis(300 + (round as u64 * 137) % 2000));
+        let t = Instant::now();
+        signal(pid, "KILL");
+        let deadline = t + Duration::from_secs(30);
+        let (s, r) = std::thread::scope(|sc| {
+            let broker = sc.spawn(|| {
+                first_true(deadline, || {
+                    agent.get(&healthz).call().is_ok_and(|r| r.status() == 200)
+                        && d.request(&Request::Status)
+                            .status
+                            .is_some_and(|s| s.broker_pid != Some(pid))
+                })
+            });
+            let mesh = sc.spawn(|| {
+                first_true(deadline, || {
+                    d.request(&Request::Status).status.is_some_and(|s| {
+                        s.state == "ready" && s.broker_pid.is_some_and(|p| p != pid)
+                    })
+                })
+            });
+            (broker.join().unwrap(), mesh.join().unwrap())
+        });
+        let (s, r) = (s.expect("broker serving"), r.expect("natsmeshd ready"));
+        served.push(s - t);
+        ready.push(r - t);
+        lag.push(r.saturating_duration_since(s));
+    }
+    [served, ready, lag]
+}
+
+fn ready_rows(version: &str, kills: usize) -> Vec<(String, String, String)> {
+    let [served, ready, lag] = kill_to_served_and_ready(version, kills);
+    vec![
+        (
+            "(b'') kill -9 broker → new broker's /healthz 200, default profile".into(),
+            summary(&served),
+            "baseline (includes the restart)".into(),
+        ),
+        (
+            "(b'') kill -9 broker → natsmeshd ready (status), default profile".into(),
+            summary(&ready),
+            "what /ready and STATUS= show".into(),
+        ),
+        (
+            "(b'') natsmeshd ready after the broker's /healthz".into(),
+            summary(&lag),
+            "target p99 ≤ 100 ms".into(),
+        ),
+    ]
+}
+
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -188,6 +278,19 @@ fn main() {
     let store_mb = env_num("NATSMESH_BENCH_STORE_MB", 1000);
     let mut rows: Vec<(String, String, String)> = Vec::new();
     eprintln!("supervisor benchmark on nats-server {version}");
+    let kill_rounds = env_num("NATSMESH_BENCH_KILLS", 50) as usize;
+    if std::env::var("NATSMESH_BENCH_ONLY").as_deref() == Ok("ready") {
+        write_table(
+            "Kill -9 → ready benchmark",
+            &format!(
+                "nats-server {version}; {} cores; kills {kill_rounds}; `NATSMESH_BENCH_ONLY=ready cargo bench -p natsmesh --bench supervisor`.",
+                cores()
+            ),
+            &ready_rows(version, kill_rounds),
+            "ready.md",
+        );
+        return;
+    }
 
     // (a) start → ready, empty store.
     let bare: Vec<Duration> = (0..rounds).map(|_| bare_start(version)).collect();
@@ -220,6 +323,9 @@ fn main() {
         "target ≤ 250 ms".into(),
     ));
     eprintln!("(b) done");
+
+    rows.extend(ready_rows(version, kill_rounds));
+    eprintln!("(b'') done");
 
     // (b') the same with a store of about `store_mb` MB in 100 streams.
     if store_mb > 0 {
@@ -395,23 +501,38 @@ fn main() {
         "reported".into(),
     ));
 
-    let mut table = String::new();
-    let _ = writeln!(table, "# Supervisor benchmark\n");
-    let _ = writeln!(
-        table,
-        "nats-server {version}; {} cores; rounds {rounds}, reloads {reloads}, soak {} s, idle windows {} s; `make bench`.\n",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        soak.as_secs(),
-        idle.as_secs()
+    write_table(
+        "Supervisor benchmark",
+        &format!(
+            "nats-server {version}; {} cores; rounds {rounds}, reloads {reloads}, soak {} s, idle windows {} s; `make bench`.",
+            cores(),
+            soak.as_secs(),
+            idle.as_secs()
+        ),
+        &rows,
+        "supervisor.md",
     );
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0)
+}
+
+/// Prints the table and writes it to `bench/results/<file>`.
+fn write_table(title: &str, header: &str, rows: &[(String, String, String)], file: &str) {
+    let mut table = String::new();
+    let _ = writeln!(table, "# {title}\n");
+    let _ = writeln!(table, "{header}\n");
     let _ = writeln!(table, "| measurement | result | note |\n|---|---|---|");
-    for (a, b, c) in &rows {
+    for (a, b, c) in rows {
         let _ = writeln!(table, "| {a} | {b} | {c} |");
     }
     println!("{table}");
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results/supervisor.md");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../bench/results")
+        .join(file);
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, &table).unwrap();
     eprintln!("written to {}", out.display());

@@ -4,6 +4,10 @@
 //!
 //! Without `NOTIFY_SOCKET` (not under systemd) every call is a no-op. A
 //! failed send is logged at debug level and never stops supervision.
+//!
+//! Every send is a non-blocking datagram: the caller is the supervision
+//! loop, which must never wait on systemd (a full socket buffer drops the
+//! message; the next WATCHDOG=1 or STATUS= follows).
 
 use std::time::Duration;
 
@@ -29,7 +33,11 @@ impl Notifier {
     }
 
     fn send(&self, states: &[NotifyState<'_>]) {
-        if let Err(e) = sd_notify::notify(states) {
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return;
+        };
+        let msg: String = states.iter().map(|s| format!("{s}\n")).collect();
+        if let Err(e) = send_nonblocking(&path, msg.as_bytes()) {
             tracing::debug!(error = %e, "sd_notify failed");
         }
     }
@@ -66,5 +74,68 @@ impl Notifier {
     pub fn extend_timeout(&self, by: Duration) {
         let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
         self.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
+    }
+}
+
+/// One datagram to the notification socket (a path, or `@name` in the
+/// abstract namespace), without waiting: MSG_DONTWAIT's effect through a
+/// non-blocking socket.
+fn send_nonblocking(path: &std::ffi::OsStr, msg: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let sock = UnixDatagram::unbound()?;
+    sock.set_nonblocking(true)?;
+    let bytes = path.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name)?
+        }
+        None => SocketAddr::from_pathname(path)?,
+    };
+    let sent = sock.send_to_addr(msg, &addr)?;
+    if sent == msg.len() {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "incomplete datagram",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_full_socket_does_not_block_the_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        // Bound and never read: its queue fills.
+        let _sink = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let msg = vec![b'x'; 4096];
+        let start = std::time::Instant::now();
+        let mut refused = 0;
+        for _ in 0..10_000 {
+            if send_nonblocking(path.as_os_str(), &msg).is_err() {
+                refused += 1;
+            }
+        }
+        // A blocking send would hang on the first full queue.
+        assert!(refused > 0, "the queue never filled");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_datagram_arrives_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sink = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        send_nonblocking(path.as_os_str(), b"WATCHDOG=1\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = sink.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1\n");
     }
 }

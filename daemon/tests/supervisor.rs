@@ -789,3 +789,306 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A wrapper around the real nats-server whose `-t` sleeps `secs` once
+/// while `flag` exists (it removes the flag first), so only the check the
+/// test provokes is slow; everything else runs the real binary.
+fn slow_check_broker(
+    dir: &std::path::Path,
+    flag: &std::path::Path,
+    secs: u32,
+) -> std::path::PathBuf {
+    let path = dir.join("nats-server");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = -t ] && [ -e {flag} ]; then rm -f {flag}; sleep {secs}; fi\ndone\nexec {real} \"$@\"\n",
+            flag = flag.display(),
+            real = natsmesh_harness::broker_binary(natsmesh_harness::CURRENT).display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&path)
+        .status()
+        .unwrap();
+    path
+}
+
+/// A `nats-server -t` that takes 25 s (longer than its 20 s timeout) runs
+/// off the supervision loop: for those 25 s the control socket answers,
+/// WATCHDOG=1 keeps its pace (WatchdogSec 6 s: every 3 s at least) and
+/// the probes go on (a broker frozen meanwhile is judged hung and
+/// restarted). A second SIGHUP during the check is queued: once the slow
+/// check has been refused (timed out), the queued one runs a quick check
+/// and the reload applies.
+#[test]
+fn a_slow_config_check_does_not_stall_the_supervision_loop() {
+    let scratch = natsmesh_harness::scratch();
+    let flag = scratch.path().join("slow");
+    let binary = slow_check_broker(scratch.path(), &flag, 25);
+    let mut d = Daemon::start(
+        natsmesh_harness::CURRENT,
+        Options {
+            binary: Some(binary),
+            env: vec![("WATCHDOG_USEC".into(), "6000000".into())],
+            ..Options::default()
+        },
+    );
+    let first = d.wait_ready().broker_pid.unwrap();
+    std::fs::write(
+        d.dir.path().join("natsmesh.d/60-debug.toml"),
+        "[broker]\ndebug = true\n",
+    )
+    .unwrap();
+    std::fs::write(&flag, "").unwrap();
+    let hup_at = Instant::now();
+    d.signal("HUP");
+    // The slow check has begun once the wrapper took the flag.
+    while flag.exists() {
+        assert!(hup_at.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Coalesced with the one in flight, applied after it.
+    d.signal("HUP");
+    d.signal("HUP");
+    let window_start = Instant::now();
+    let mut stopped = false;
+    let mut slowest = Duration::ZERO;
+    let mut hang_seen = None;
+    while window_start.elapsed() < Duration::from_secs(25) {
+        if !stopped && window_start.elapsed() >= Duration::from_secs(1) {
+            // A frozen broker: only probes that go on can notice it.
+            signal(first, "STOP");
+            stopped = true;
+        }
+        let t = Instant::now();
+        let s = d.status();
+        let took = t.elapsed();
+        slowest = slowest.max(took);
+        assert!(
+            took <= Duration::from_secs(2),
+            "status took {took:?} at {:?} into the slow check\n{}",
+            window_start.elapsed(),
+            d.log()
+        );
+        let s = s.unwrap_or_else(|| panic!("no status\n{}", d.log()));
+        if hang_seen.is_none() && s.hang_kills == 1 && s.broker_pid != Some(first) {
+            hang_seen = Some(window_start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let hang_seen = hang_seen.unwrap_or_else(|| {
+        panic!(
+            "the frozen broker was not judged hung during the slow check\n{}",
+            d.log()
+        )
+    });
+    // The fast profile's budget is 3 s of timeouts; allow for a restart.
+    assert!(hang_seen < Duration::from_secs(12), "{hang_seen:?}");
+    // WATCHDOG=1 every WatchdogSec/2 = 3 s at least, throughout.
+    let pings: Vec<Instant> = d
+        .notes_timed()
+        .into_iter()
+        .filter(|(t, n)| *t >= hup_at && n.lines().any(|l| l == "WATCHDOG=1"))
+        .map(|(t, _)| t)
+        .collect();
+    let mut last = hup_at;
+    for t in pings.iter().chain(std::iter::once(&Instant::now())) {
+        let gap = t.duration_since(last);
+        assert!(
+            gap <= Duration::from_millis(3200),
+            "no WATCHDOG=1 for {gap:?} ({:?} after SIGHUP); {} pings",
+            last.duration_since(hup_at),
+            pings.len()
+        );
+        last = *t;
+    }
+    // The slow check timed out and was refused; the queued reload applies.
+    let s = d.wait_status(
+        "reloaded after the slow check",
+        |s| s.reloads_ok == 1,
+        Duration::from_secs(30),
+    );
+    assert_eq!(s.reloads_failed, 1, "{s:#?}");
+    assert_eq!(s.state, "ready");
+    let rendered = std::fs::read_to_string(d.dir.path().join("state/nats-server.conf")).unwrap();
+    assert!(rendered.contains("debug: true"), "{rendered}");
+    eprintln!("slowest status answer {slowest:?}; hang noticed after {hang_seen:?}");
+}
+
+/// SIGTERM while a slow `-t` runs: natsmeshd stops at once (lame duck,
+/// exit 0) instead of waiting for the check, and the check's late result
+/// changes nothing.
+#[test]
+fn sigterm_during_a_slow_config_check_stops_at_once() {
+    let scratch = natsmesh_harness::scratch();
+    let flag = scratch.path().join("slow");
+    let binary = slow_check_broker(scratch.path(), &flag, 25);
+    let mut d = Daemon::start(
+        natsmesh_harness::CURRENT,
+        Options {
+            binary: Some(binary),
+            ..Options::default()
+        },
+    );
+    d.wait_ready();
+    std::fs::write(
+        d.dir.path().join("natsmesh.d/60-debug.toml"),
+        "[broker]\ndebug = true\n",
+    )
+    .unwrap();
+    std::fs::write(&flag, "").unwrap();
+    d.signal("HUP");
+    let t = Instant::now();
+    while flag.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = Instant::now();
+    d.signal("TERM");
+    let status = d.wait_exit(Duration::from_secs(15));
+    let took = t.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    // Never served a client: a clean SIGINT, no lame-duck wait; far less
+    // than the 20 s the check would have held the loop.
+    assert!(took < Duration::from_secs(5), "stopped after {took:?}");
+    let log = d.log();
+    assert!(
+        log.contains("configuration change given up: natsmeshd is stopping"),
+        "{log}"
+    );
+    let rendered = std::fs::read_to_string(d.dir.path().join("state/nats-server.conf")).unwrap();
+    assert!(!rendered.contains("debug: true"), "{rendered}");
+}
+
+/// Polls `f` every 2 ms until it holds; the time it first did.
+fn first_true(deadline: Instant, mut f: impl FnMut() -> bool) -> Option<Instant> {
+    while Instant::now() < deadline {
+        if f() {
+            return Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+/// After a crash restart natsmeshd's own ready (what `status`, `/ready`
+/// and STATUS= show) follows the broker at the start-up probe pace, not at
+/// the next 2 s probe of the default profile: over 10 kill -9, ready lags
+/// the broker's own `/healthz` by at most 300 ms at p99 (a loaded 2-core
+/// machine; typically tens of ms).
+#[test]
+fn ready_follows_the_broker_at_once_after_a_crash_restart() {
+    let mut d = Daemon::start(
+        natsmesh_harness::CURRENT,
+        Options {
+            extra: "[health]\nprofile = \"default\"\n\n[restart]\ncrash_loop_count = 100\n".into(),
+            log_level: Some("info".into()),
+            ..Options::default()
+        },
+    );
+    let healthz = format!("http://{}:{}/healthz", d.host, d.monitor_port);
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(200)))
+            .build(),
+    );
+    let mut lags = Vec::new();
+    for round in 0..10 {
+        let pid = d.wait_ready().broker_pid.unwrap();
+        // Let a probe round of the default schedule pass, so the kill lands
+        // anywhere within an interval.
+        std::thread::sleep(Duration::from_millis(300 + 170 * round));
+        signal(pid, "KILL");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (served, ready) = std::thread::scope(|s| {
+            let broker = s.spawn(|| {
+                first_true(deadline, || {
+                    !alive(pid) && agent.get(&healthz).call().is_ok_and(|r| r.status() == 200)
+                })
+            });
+            let daemon = s.spawn(|| {
+                first_true(deadline, || {
+                    d.request(&natsmesh::control::Request::Status)
+                        .status
+                        .is_some_and(|s| {
+                            s.state == "ready" && s.broker_pid.is_some_and(|p| p != pid)
+                        })
+                })
+            });
+            (broker.join().unwrap(), daemon.join().unwrap())
+        });
+        let (served, ready) = (
+            served.unwrap_or_else(|| panic!("round {round}: the broker never served\n{}", d.log())),
+            ready.unwrap_or_else(|| panic!("round {round}: never ready\n{}", d.log())),
+        );
+        lags.push(ready.saturating_duration_since(served));
+    }
+    lags.sort();
+    let p99 = lags[lags.len() - 1];
+    eprintln!("ready after /healthz: {lags:?}");
+    assert!(
+        p99 <= Duration::from_millis(300),
+        "p99 lag {p99:?}: {lags:?}"
+    );
+}
+
+/// A broker that answers nothing at all after its spawn (a fake that
+/// passes `--version` and `-t` to the real binary, then sleeps without
+/// opening any port) is killed after the grace of silence (10 s; the fast
+/// profile's start-up grace is 10 s too) plus the liveness budget (3 s),
+/// not after the start-up grace extended by answers, and the log says why.
+#[test]
+fn a_broker_silent_from_its_start_is_killed_after_the_grace_of_silence_and_budget() {
+    let scratch = natsmesh_harness::scratch();
+    let fake = scratch.path().join("nats-server");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in --version|-t) exec {real} \"$@\";; esac\nexec sleep 600\n",
+            real = natsmesh_harness::broker_binary(natsmesh_harness::CURRENT).display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&fake)
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    let mut d = Daemon::start(
+        natsmesh_harness::CURRENT,
+        Options {
+            binary: Some(fake),
+            ..Options::default()
+        },
+    );
+    let first = d
+        .wait_status(
+            "a broker running",
+            |s| s.broker_pid.is_some(),
+            Duration::from_secs(10),
+        )
+        .broker_pid
+        .unwrap();
+    let s = d.wait_status(
+        "the silent broker killed",
+        |s| s.hang_kills >= 1,
+        Duration::from_secs(30),
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(13) && took <= Duration::from_secs(18),
+        "killed after {took:?}"
+    );
+    assert_eq!(s.crashes, 0, "{s:#?}");
+    assert!(!alive(first), "the silent broker is still there");
+    let log = d.log();
+    assert!(
+        log.contains("has not answered on its monitoring port at all")
+            && log.contains("since its start"),
+        "{log}"
+    );
+}

@@ -7,10 +7,24 @@
 //! runs from the start and is extended by every answer until the broker
 //! first serves, so a broker that answers 503 for an hour while JetStream
 //! recovers is never killed.
+//!
+//! A broker that has not answered at all since it was spawned (refused or
+//! timed out, not even a 503) is not recovering a store: nats-server opens
+//! its monitoring port before JetStream recovery. Its silence counts from
+//! [`SILENT_START_GRACE`] after the spawn (or the start-up grace, if
+//! shorter), and a budget of it is a hang: killed after grace-of-silence
+//! plus budget (70 s by default) rather than the full start-up grace plus
+//! budget (180 s).
 
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// How long a freshly spawned broker may stay silent (no answer of any
+/// kind on its monitoring port) before silence counts against its budget:
+/// nats-server opens the port within a second of its start, long before
+/// JetStream recovery; ten seconds leave room for a loaded machine.
+pub const SILENT_START_GRACE: Duration = Duration::from_secs(10);
 
 /// What one liveness probe saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +49,12 @@ pub enum Verdict {
         /// How long it has been silent.
         silent_for: Duration,
     },
+    /// Never answered at all since its spawn, for the grace of silence
+    /// and a budget more: kill it.
+    Silent {
+        /// Time since the spawn.
+        since_spawn: Duration,
+    },
 }
 
 /// Tracks one broker process's liveness from its start.
@@ -45,6 +65,11 @@ pub struct Liveness {
     grace_until: Instant,
     served: bool,
     first_timeout: Option<Instant>,
+    started: Instant,
+    /// Any answer (a 503 included) since the spawn.
+    answered: bool,
+    /// When a silent broker is judged hung.
+    silent_deadline: Instant,
 }
 
 impl Liveness {
@@ -56,6 +81,9 @@ impl Liveness {
             grace_until: started + grace,
             served: false,
             first_timeout: None,
+            started,
+            answered: false,
+            silent_deadline: started + SILENT_START_GRACE.min(grace) + budget,
         }
     }
 
@@ -74,8 +102,18 @@ impl Liveness {
 
     /// Records one observation and judges.
     pub fn observe(&mut self, seen: Observation, now: Instant) -> Verdict {
+        if seen != Observation::Answered
+            && !self.answered
+            && !self.served
+            && now >= self.silent_deadline
+        {
+            return Verdict::Silent {
+                since_spawn: now - self.started,
+            };
+        }
         match seen {
             Observation::Answered => {
+                self.answered = true;
                 self.first_timeout = None;
                 if !self.served {
                     // Still starting but answering: JetStream is recovering.
@@ -185,8 +223,12 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_broker_that_never_answers_is_killed_after_grace_and_budget() {
+    async fn a_broker_that_answered_once_then_only_times_out_gets_grace_and_budget() {
         let mut l = Liveness::new(Instant::now(), BUDGET, GRACE);
+        assert_eq!(
+            l.observe(Observation::Answered, Instant::now()),
+            Verdict::Alive
+        );
         let hung = feed(
             &mut l,
             Observation::Timeout,
@@ -195,5 +237,73 @@ mod tests {
         )
         .await;
         assert_eq!(hung, Some(GRACE + BUDGET));
+    }
+
+    /// Feeds `seen` every `step`; the first kill verdict (hung or silent).
+    async fn until_killed(
+        l: &mut Liveness,
+        seen: Observation,
+        step: Duration,
+    ) -> (Duration, Verdict) {
+        let start = Instant::now();
+        loop {
+            tokio::time::advance(step).await;
+            let v = l.observe(seen, Instant::now());
+            if matches!(v, Verdict::Hung { .. } | Verdict::Silent { .. })
+                || Instant::now() - start > Duration::from_secs(3600)
+            {
+                return (Instant::now() - start, v);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_start_is_killed_after_the_grace_of_silence_and_the_budget() {
+        // Timeouts only, or refusals only (no listener ever opened): the
+        // same silence, judged after SILENT_START_GRACE + BUDGET (70 s),
+        // not GRACE + BUDGET (180 s).
+        for seen in [Observation::Timeout, Observation::NoListener] {
+            let mut l = Liveness::new(Instant::now(), BUDGET, GRACE);
+            let (at, v) = until_killed(&mut l, seen, Duration::from_secs(1)).await;
+            assert_eq!(at, SILENT_START_GRACE + BUDGET, "{seen:?}");
+            assert_eq!(
+                v,
+                Verdict::Silent {
+                    since_spawn: SILENT_START_GRACE + BUDGET
+                },
+                "{seen:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_start_up_grace_shortens_the_grace_of_silence() {
+        let grace = Duration::from_secs(4);
+        let mut l = Liveness::new(Instant::now(), Duration::from_secs(3), grace);
+        let (at, _) = until_killed(&mut l, Observation::NoListener, Duration::from_secs(1)).await;
+        assert_eq!(at, Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_answer_ends_the_silence_and_refusals_never_count_after_it() {
+        let mut l = Liveness::new(Instant::now(), BUDGET, GRACE);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        // A 503 while JetStream recovers: alive.
+        assert_eq!(
+            l.observe(Observation::Answered, Instant::now()),
+            Verdict::Alive
+        );
+        // Then the listener closes (lame duck, a restart of the listener):
+        // refusals are no evidence, for however long.
+        assert_eq!(
+            feed(
+                &mut l,
+                Observation::NoListener,
+                Duration::from_secs(2),
+                Duration::from_secs(3600)
+            )
+            .await,
+            None
+        );
     }
 }

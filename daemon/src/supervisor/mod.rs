@@ -6,6 +6,9 @@
 //! One task owns everything here; the rest of natsmeshd talks to it through
 //! [`Command`]s and reads its [`Status`] from a watch channel. It sends
 //! systemd WATCHDOG=1 from its own loop, so a stalled loop is noticed.
+//! Nothing slow runs on that loop: checks, confirmations, renewals and
+//! `$SYS` requests run as tasks whose results come back as events (see
+//! `tasks.rs`).
 
 pub mod backoff;
 pub mod liveness;
@@ -14,6 +17,7 @@ mod planned;
 pub mod probe;
 pub mod state;
 pub mod status;
+mod tasks;
 mod upgrades;
 
 use std::future::Future;
@@ -21,8 +25,6 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use natsmesh_broker::classify::{Action, classify};
-use natsmesh_broker::log::{ReloadOutcome, needs_restart};
 use natsmesh_broker::monitor::ClientPort;
 use natsmesh_broker::process::{BrokerProcess, spawn};
 use nix::sys::signal::Signal;
@@ -40,6 +42,7 @@ use output::BrokerOutput;
 use probe::{Report, Targets, local_addr};
 use state::{Lifecycle, State};
 pub use status::Status;
+use tasks::Event;
 
 /// The rendered file the broker runs.
 pub const CONFIG_NAME: &str = "nats-server.conf";
@@ -205,6 +208,24 @@ pub struct Supervisor {
     handoff: Option<crate::upgrade::HandoffFile>,
     /// The loop should hand over to the new natsmeshd binary now.
     reexec_due: bool,
+    /// Results of the work that runs off the loop (see `tasks.rs`).
+    events: mpsc::Sender<Event>,
+    event_rx: mpsc::Receiver<Event>,
+    /// The configuration change in flight (one at a time), its number,
+    /// and those asked for meanwhile.
+    job: Option<tasks::Job>,
+    next_job: u64,
+    queued: tasks::Queued,
+    /// The broker whose peers are being asked for their accounts.
+    accounts_asked: Option<u32>,
+    /// A new nats-server binary, the new natsmeshd binary or a
+    /// decommission is being checked.
+    binary_checking: bool,
+    reexec_checking: bool,
+    decommission_checking: bool,
+    /// The probe round in flight, and when the next one starts.
+    probe: Option<ProbeFuture>,
+    next_probe: Instant,
 }
 
 impl Supervisor {
@@ -272,6 +293,7 @@ impl Supervisor {
             ..Status::default()
         };
         let (status_tx, status_rx) = watch::channel(status.clone());
+        let (events, event_rx) = mpsc::channel(16);
         let now = Instant::now();
         Ok((
             Self {
@@ -312,6 +334,17 @@ impl Supervisor {
                 handoff: None,
                 reexec_due: false,
                 cert: cert.clone(),
+                events,
+                event_rx,
+                job: None,
+                next_job: 0,
+                queued: tasks::Queued::default(),
+                accounts_asked: None,
+                binary_checking: false,
+                reexec_checking: false,
+                decommission_checking: false,
+                probe: None,
+                next_probe: now,
             },
             status_rx,
         ))
@@ -364,16 +397,14 @@ impl Supervisor {
             Some(h) => self.adopt(h),
             None => self.start_broker(),
         }
-        let mut probe: Option<ProbeFuture> = None;
-        let mut next_probe = Instant::now();
         let watchdog_every = self.notifier.watchdog_interval();
         let mut next_watchdog = Instant::now();
         loop {
             if let Some(exit) = self.exit.take() {
                 return exit;
             }
-            if probe.is_none()
-                && Instant::now() >= next_probe
+            if self.probe.is_none()
+                && Instant::now() >= self.next_probe
                 && let Some(r) = &self.running
             {
                 // The client port's TLS as configured now (a reload may
@@ -383,12 +414,12 @@ impl Supervisor {
                     r.pid,
                 );
                 let with_varz = self.life.state() != State::Starting;
-                probe = Some(Box::pin(async move {
+                self.probe = Some(Box::pin(async move {
                     (pid, probe::probe(&targets, with_varz).await)
                 }));
             }
             let wake = [
-                Some(next_probe),
+                Some(self.next_probe),
                 watchdog_every.map(|_| next_watchdog),
                 self.restart_at,
                 self.cert_due,
@@ -412,8 +443,8 @@ impl Supervisor {
                     self.drain_output().await;
                     self.on_exit(status);
                 }
-                (pid, report) = poll_probe(&mut probe) => {
-                    probe = None;
+                (pid, report) = poll_probe(&mut self.probe) => {
+                    self.probe = None;
                     // A round that began before a restart says nothing about
                     // the new process.
                     if self.running.as_ref().map(|r| r.pid) != Some(pid) {
@@ -424,7 +455,7 @@ impl Supervisor {
                     } else {
                         self.settings.health.interval
                     };
-                    next_probe = report.at + pace;
+                    self.next_probe = report.at + pace;
                     self.on_report(report);
                 }
                 Some((kind, announced)) = next_announcement(&mut self.announcers) => {
@@ -450,10 +481,11 @@ impl Supervisor {
                 removed = next_removal(&mut self.removal) => self.on_removed(removed),
                 Some(found) = next_change(&mut self.discovery) => {
                     self.found = Some(found);
-                    self.follow_discovery().await;
+                    self.follow_discovery();
                 }
+                Some(event) = self.event_rx.recv() => self.on_event(event),
                 cmd = commands.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd).await,
+                    Some(cmd) => self.on_command(cmd),
                     // Everyone who could ask is gone: stop.
                     None => self.begin_stop(),
                 },
@@ -468,16 +500,16 @@ impl Supervisor {
                 next_watchdog = now + every;
             }
             if self.cert_due.is_some_and(|t| now >= t) {
-                self.renew_certificate().await;
+                self.renew_certificate();
             }
             if std::mem::take(&mut self.accounts_check_due) {
-                self.check_accounts().await;
+                self.check_accounts();
             }
             if now >= self.next_binary_check {
-                self.check_binaries().await;
+                self.check_binaries();
             }
             if std::mem::take(&mut self.reexec_due) {
-                self.reexec().await;
+                self.reexec();
             }
             if self.restart_at.is_some_and(|t| now >= t) {
                 self.restart_at = None;
@@ -638,6 +670,12 @@ impl Supervisor {
             serving_failures: 0,
             adopted_serving: false,
         });
+        // A new process is probed at once and then at the start-up pace,
+        // not on the schedule of the one before (up to an interval away) nor
+        // after a round still in flight against it: ready follows the
+        // broker within a start-up probe.
+        self.probe = None;
+        self.next_probe = now;
         self.after_exit = AfterExit::Crash;
         self.started();
         // Every start joins the peers anew.
@@ -685,16 +723,29 @@ impl Supervisor {
             return;
         }
         let now = report.at;
-        if let Verdict::Hung { silent_for } = run.liveness.observe(report.alive, now) {
+        let hung = match run.liveness.observe(report.alive, now) {
+            Verdict::Hung { silent_for } => Some((
+                format!("hung for {silent_for:?}"),
+                format!("nats-server is hung (only timeouts for {silent_for:?}); killing it"),
+            )),
+            Verdict::Silent { since_spawn } => Some((
+                format!("silent for {since_spawn:?} since its start"),
+                format!(
+                    "nats-server has not answered on its monitoring port at all in the {since_spawn:?} since its start (not even 503: not a JetStream recovery); killing it"
+                ),
+            )),
+            Verdict::Alive | Verdict::Unknown => None,
+        };
+        if let Some((reason, line)) = hung {
             tracing::error!(
                 message_id = ids::BROKER_LOST,
                 pid = run.pid,
-                silent_for = ?silent_for,
-                "nats-server is hung (only timeouts for {silent_for:?}); killing it"
+                reason = %reason,
+                "{line}"
             );
             self.status.hang_kills += 1;
             let _ = run.process.signal(Signal::SIGKILL);
-            self.after_exit = AfterExit::Restart(format!("hung for {silent_for:?}"));
+            self.after_exit = AfterExit::Restart(reason);
             return;
         }
         let serving = report.client == ClientPort::Serving;
@@ -805,6 +856,7 @@ impl Supervisor {
         let Some(run) = self.running.take() else {
             return;
         };
+        self.broker_exited_during_change();
         let status = status.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string());
         self.stop = None;
         match std::mem::replace(&mut self.after_exit, AfterExit::Crash) {
@@ -881,7 +933,7 @@ impl Supervisor {
         }
     }
 
-    async fn on_command(&mut self, cmd: Command) {
+    fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Stop => self.begin_stop(),
             Command::Drain { reply } => {
@@ -891,30 +943,10 @@ impl Supervisor {
                 }
             }
             Command::Undrain { reply } => answer(reply, self.undrain()),
-            Command::Decommission { reply } => {
-                let res = self.decommission().await;
-                answer(reply, res);
-            }
+            Command::Decommission { reply } => self.decommission(reply),
             Command::Pause { reply } => answer(reply, self.pause()),
             Command::Resume { reply } => answer(reply, self.resume()),
-            Command::Reload { reply } => {
-                self.notifier.reloading();
-                let outcome = self.reload().await;
-                let line = self.status.line();
-                self.notifier.ready(&line);
-                match outcome {
-                    Reloaded::Done(res) => {
-                        if let Some(r) = reply {
-                            let _ = r.send(res);
-                        }
-                    }
-                    Reloaded::Pending => {
-                        if let Some(old) = std::mem::replace(&mut self.pending_reply, reply) {
-                            let _ = old.send(Err("superseded by a newer reload".into()));
-                        }
-                    }
-                }
-            }
+            Command::Reload { reply } => self.request_reload(reply),
         }
     }
 
@@ -999,6 +1031,8 @@ impl Supervisor {
 
     fn begin_stop(&mut self) {
         self.notifier.stopping();
+        // A change in flight is given up; its late result is ignored.
+        self.abandon_changes("natsmeshd is stopping");
         if let Some(reply) = self.pending_reply.take() {
             let _ = reply.send(Err("natsmeshd is stopping".into()));
         }
@@ -1036,285 +1070,6 @@ impl Supervisor {
             plan.kill_at = now + Duration::from_secs(3600);
         }
     }
-
-    async fn reload(&mut self) -> Reloaded {
-        match self.life.state() {
-            State::Draining | State::Stopped | State::Restarting => {
-                return Reloaded::Done(Err(format!("cannot reload while {}", self.life.state())));
-            }
-            _ => {}
-        }
-        let found = config::discover(self.config_path.as_deref());
-        let identity = self.settings.identity.clone();
-        let (_, settings) =
-            match found.and_then(|sources| config::load_settings_as(&sources, &identity)) {
-                Ok(v) => v,
-                Err(p) => {
-                    return self.refused(format!(
-                        "configuration refused, the previous one keeps serving:\n{p}"
-                    ));
-                }
-            };
-        let mut settings = settings;
-        let state_dir = settings.state_dir.clone();
-        if let Err(e) = crate::auth::add_system_account(&mut settings, &state_dir) {
-            return self.refused(format!(
-                "system user: {e}; the previous configuration keeps serving"
-            ));
-        }
-        if let Some(found) = &self.found {
-            crate::discovery::apply(&mut settings, found);
-        }
-        if settings.publish != self.settings.publish {
-            // The publisher task runs with the settings it started with.
-            tracing::warn!(
-                "[dns_publish] changed: the change takes effect when natsmeshd restarts"
-            );
-            settings.publish = self.settings.publish.clone();
-        }
-        self.apply_settings(settings, false).await
-    }
-
-    /// What DNS found changed: apply it to the running settings. Routes
-    /// reload; a gateway list that would need a restart is only marked
-    /// "restart pending" (discovery never restarts a broker by itself).
-    async fn follow_discovery(&mut self) {
-        if !matches!(
-            self.life.state(),
-            State::Starting | State::Syncing | State::Ready
-        ) {
-            return;
-        }
-        let Some(found) = self.found.clone() else {
-            return;
-        };
-        let mut settings = self.settings.clone();
-        crate::discovery::apply(&mut settings, &found);
-        match self.apply_settings(settings, true).await {
-            Reloaded::Done(Ok(msg)) => tracing::info!("discovery: {msg}"),
-            Reloaded::Done(Err(e)) => tracing::warn!("discovery: {e}"),
-            Reloaded::Pending => {}
-        }
-    }
-
-    /// Checks, renders and applies `settings`: nothing, a confirmed reload,
-    /// or a restart through lame duck (only marked pending when discovery
-    /// asked for it).
-    async fn apply_settings(&mut self, settings: Settings, from_discovery: bool) -> Reloaded {
-        // New roots, a new intermediate (a rotation) or new names may need a
-        // new certificate; a broken one refuses the reload.
-        if let Some(tls) = &settings.tls {
-            match crate::tls::ensure(tls, std::time::SystemTime::now(), false) {
-                Ok((current, issued)) => {
-                    if issued {
-                        tracing::info!(serial = %current.info.serial, "issued a node certificate for the new configuration");
-                    }
-                    self.cert_due = Some(due(current.renew_at));
-                    self.show_cert(&current);
-                    self.cert = Some(current);
-                }
-                Err(e) => {
-                    return self.refused(format!(
-                        "TLS: {e}; the previous configuration keeps serving"
-                    ));
-                }
-            }
-        }
-        let next = match prepare_in(&settings, &settings.state_dir, NEXT_NAME).await {
-            Ok(p) => p,
-            Err(e) => {
-                return self.refused(format!(
-                    "configuration refused, the previous one keeps serving: {e}"
-                ));
-            }
-        };
-        let decision = classify(&self.current.snapshot, &next.snapshot);
-        match decision.action {
-            Action::Nothing => {
-                let _ = std::fs::remove_file(&next.path);
-                self.settings = settings;
-                self.settings_changed();
-                Reloaded::Done(Ok("no change".into()))
-            }
-            Action::Reload => self.signal_reload(settings, next, &decision).await,
-            Action::Restart
-                if from_discovery
-                    && matches!(self.settings.fleet, crate::fleet::Coordination::Off(_)) =>
-            {
-                let _ = std::fs::remove_file(&next.path);
-                let reasons = decision.restart_reasons();
-                tracing::warn!(message_id = ids::RESTART, reasons = %reasons.join("; "), "restart pending: DNS changed what only a restart applies; waiting for a coordinated restart");
-                self.status.restart_pending = reasons.clone();
-                self.publish();
-                Reloaded::Done(Ok(format!("restart pending: {}", reasons.join("; "))))
-            }
-            Action::Restart => self.restart_for(settings, next, decision.restart_reasons()),
-        }
-    }
-
-    fn refused(&mut self, why: String) -> Reloaded {
-        tracing::error!(message_id = ids::RELOAD_FAILED, "{why}");
-        self.status.reloads_failed += 1;
-        self.status.last_reload = Some(why.lines().next().unwrap_or_default().to_owned());
-        self.publish();
-        Reloaded::Done(Err(why))
-    }
-
-    /// Installs `next` as the running file and sends SIGHUP, then confirms
-    /// the broker loaded it; restores the old file when it did not.
-    async fn signal_reload(
-        &mut self,
-        settings: Settings,
-        next: Prepared,
-        decision: &natsmesh_broker::classify::Decision,
-    ) -> Reloaded {
-        let Some(targets) = self.running.as_ref().map(|r| r.targets.clone()) else {
-            return Reloaded::Done(Err("no broker is running".into()));
-        };
-        let path = self.current.path.clone();
-        if let Err(e) = std::fs::rename(&next.path, &path) {
-            return self.refused(format!("cannot install the new configuration: {e}"));
-        }
-        let before = targets.monitor().varz().await.ok();
-        // From 2.10 the broker answers a reload request on `$SYS` with its
-        // verdict; SIGHUP only logs it. Use the request where possible.
-        let via_sys = match before.as_ref().and_then(|v| v.server_id.clone()) {
-            Some(id)
-                if self.current.version >= natsmesh_broker::Version::new(2, 10, 0)
-                    && self.settings.system_user.is_some() =>
-            {
-                match crate::auth::system_client(&self.settings).await {
-                    Ok(client) => Some(crate::auth::sys_reload(&client, &id).await),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot reach the broker as the system user; reloading with SIGHUP");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        let outcome = match via_sys {
-            Some(Ok(())) => {
-                tracing::debug!("the broker confirmed the reload through $SYS");
-                Some(ReloadOutcome::Reloaded)
-            }
-            Some(Err(why)) => {
-                tracing::warn!(reason = %why, "the broker refused the reload (answered through $SYS)");
-                Some(ReloadOutcome::Failed(why))
-            }
-            None => {
-                let mut outcomes = self.output.reloads();
-                let sent = match &self.running {
-                    Some(run) => run.process.signal(Signal::SIGHUP),
-                    None => Err(std::io::Error::other("the broker exited")),
-                };
-                if let Err(e) = sent {
-                    let _ = crate::broker_user::write_readable(
-                        &path,
-                        self.current.rendered.text.as_bytes(),
-                        PLAIN,
-                    );
-                    return self.refused(format!("cannot signal the broker: {e}"));
-                }
-                tokio::time::timeout(RELOAD_CONFIRM, async {
-                    loop {
-                        match outcomes.recv().await {
-                            Ok(o) => return Some(o),
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                            Err(_) => return None,
-                        }
-                    }
-                })
-                .await
-                .ok()
-                .flatten()
-            }
-        };
-        let keys: Vec<&str> = decision.changes.iter().map(|c| c.key.as_str()).collect();
-        match outcome {
-            Some(ReloadOutcome::Reloaded) => {
-                // Confirm from the broker's own view: the digest `-t` printed
-                // (2.11+), else a new config_load_time.
-                let after = targets.monitor().varz().await.ok();
-                let confirmed = match (
-                    &next.check.digest,
-                    after.as_ref().and_then(|v| v.config_digest.clone()),
-                ) {
-                    (Some(want), Some(got)) => *want == got,
-                    _ => {
-                        after.as_ref().and_then(|v| v.config_load_time.clone())
-                            != before.as_ref().and_then(|v| v.config_load_time.clone())
-                    }
-                };
-                if !confirmed {
-                    tracing::warn!(
-                        "the broker logged a reload, but /varz does not show the new configuration yet"
-                    );
-                }
-                let msg = format!("reloaded ({})", keys.join(", "));
-                tracing::info!(message_id = ids::RELOADED, changes = %keys.join(", "), "configuration reloaded");
-                self.current = Prepared { path, ..next };
-                self.settings = settings;
-                self.status.reloads_ok += 1;
-                self.status.last_reload = Some(msg.clone());
-                self.publish();
-                Reloaded::Done(Ok(msg))
-            }
-            Some(ReloadOutcome::Failed(why)) if needs_restart(&why) => {
-                let next = Prepared {
-                    path: path.clone(),
-                    ..next
-                };
-                self.restart_for(
-                    settings,
-                    next,
-                    vec![format!("the broker cannot reload this change: {why}")],
-                )
-            }
-            Some(ReloadOutcome::Failed(why)) => {
-                let _ = crate::broker_user::write_readable(
-                    &path,
-                    self.current.rendered.text.as_bytes(),
-                    PLAIN,
-                );
-                self.refused(format!("nats-server refused the new configuration, the previous one keeps serving: {why}"))
-            }
-            None => {
-                let _ = crate::broker_user::write_readable(
-                    &path,
-                    self.current.rendered.text.as_bytes(),
-                    PLAIN,
-                );
-                self.refused(format!("nats-server logged no reload outcome within {RELOAD_CONFIRM:?}; the previous configuration stays"))
-            }
-        }
-    }
-
-    /// A change only a restart applies: install it, mark it pending and
-    /// plan the restart (through the region's lease when coordinated).
-    fn restart_for(
-        &mut self,
-        settings: Settings,
-        next: Prepared,
-        reasons: Vec<String>,
-    ) -> Reloaded {
-        let path = self.current.path.clone();
-        if next.path != path
-            && let Err(e) = std::fs::rename(&next.path, &path)
-        {
-            return self.refused(format!("cannot install the new configuration: {e}"));
-        }
-        tracing::warn!(message_id = ids::RESTART, reasons = %reasons.join("; "), "restart pending: the change needs a broker restart");
-        self.status.restart_pending = reasons.clone();
-        self.current = Prepared { path, ..next };
-        self.settings = settings;
-        self.policy = RestartPolicy::new(self.settings.restart);
-        if self.running.is_none() {
-            return Reloaded::Done(Err("no broker is running".into()));
-        }
-        self.plan_restart(format!("configuration change: {}", reasons.join("; ")));
-        Reloaded::Pending
-    }
 }
 
 /// A monotonic deadline for a wall-clock time.
@@ -1342,154 +1097,6 @@ impl Supervisor {
             Some(crate::unix_ms(current.info.not_after) / 1000);
         self.status.certificate_failing = false;
         self.status.warnings = current.warnings.clone();
-    }
-
-    /// Renews (mode `issue`) or re-reads (mode `files`) the node
-    /// certificate, and when it changed has the broker load it: a reload,
-    /// confirmed by asking the broker which certificate it serves; or a
-    /// restart where the broker would keep an old one (gateways before
-    /// 2.11.4).
-    async fn renew_certificate(&mut self) {
-        let Some(tls) = self.settings.tls.clone() else {
-            self.cert_due = None;
-            return;
-        };
-        let now = std::time::SystemTime::now();
-        let old = self.cert.as_ref().map(|c| c.info.serial.clone());
-        match crate::tls::ensure(&tls, now, false) {
-            Err(e) => {
-                // Keep the certificate in use; try again soon.
-                let until = self.cert.as_ref().map(|c| c.info.not_after);
-                tracing::error!(error = %e, valid_until = ?until.map(humantime::format_rfc3339_seconds), "certificate renewal failed; the current certificate stays");
-                self.status.certificate = format!("renewal failing: {e}");
-                self.status.certificate_failing = true;
-                self.cert_due = Some(Instant::now() + Duration::from_secs(30));
-            }
-            Ok((current, _)) => {
-                for w in &current.warnings {
-                    tracing::warn!("{w}");
-                }
-                let changed = old.as_deref() != Some(current.info.serial.as_str());
-                self.cert_due = Some(due(current.renew_at));
-                self.show_cert(&current);
-                let serial = current.info.serial.clone();
-                self.cert = Some(current);
-                if changed {
-                    tracing::info!(%serial, "new node certificate; loading it into the broker");
-                    self.notifier.reloading();
-                    match self.reload().await {
-                        Reloaded::Done(Ok(msg)) => {
-                            let confirmed = self.confirm_serial(&tls, &serial).await;
-                            tracing::info!(message_id = ids::RELOADED, %serial, confirmed, "certificate renewal: {msg}");
-                        }
-                        Reloaded::Done(Err(e)) => {
-                            tracing::error!(%serial, "certificate renewal not loaded: {e}")
-                        }
-                        Reloaded::Pending => {
-                            tracing::warn!(%serial, "certificate renewal goes through a restart (see restart pending)")
-                        }
-                    }
-                    let line = self.status.line();
-                    self.notifier.ready(&line);
-                }
-                self.publish();
-            }
-        }
-    }
-
-    /// Compares this node's accounts with every server's answer to
-    /// `$SYS.REQ.SERVER.PING.ACCOUNTZ`. The same: the node serves. Not the
-    /// same: it stays out of service, saying what differs, until they agree
-    /// (a reload on either side).
-    async fn check_accounts(&mut self) {
-        if !matches!(self.life.state(), State::Starting | State::Syncing) {
-            return;
-        }
-        let answers = match crate::auth::system_client(&self.settings).await {
-            Ok(client) => crate::auth::accounts_of_all(&client).await,
-            Err(e) => Err(e),
-        };
-        let answers = match answers {
-            Ok(a) => a,
-            Err(e) => {
-                // Cannot ask: do not hold service hostage to it.
-                tracing::warn!(error = %e, "cannot compare accounts with the peers; serving anyway");
-                self.accounts_agreed = true;
-                self.become_ready();
-                return;
-            }
-        };
-        let name = self.settings.server.server_name.clone();
-        let mine = answers
-            .iter()
-            .find(|(server, _)| *server == name)
-            .map(|(_, a)| a.clone());
-        let Some(mine) = mine else {
-            self.accounts_agreed = true;
-            self.become_ready();
-            return;
-        };
-        let mut differences = Vec::new();
-        for (server, theirs) in &answers {
-            if *server == name || *theirs == mine {
-                continue;
-            }
-            let missing: Vec<&String> = theirs.difference(&mine).collect();
-            let extra: Vec<&String> = mine.difference(theirs).collect();
-            differences.push(format!(
-                "{server} (this node lacks {missing:?}, has extra {extra:?})"
-            ));
-        }
-        if differences.is_empty() {
-            self.accounts_agreed = true;
-            self.become_ready();
-        } else {
-            let why = format!(
-                "accounts differ from the peers': {}",
-                differences.join("; ")
-            );
-            tracing::error!("{why}; staying out of service until they agree");
-            self.go(State::Syncing, why);
-        }
-    }
-
-    /// Whether a TLS listener of the broker now serves `serial`.
-    async fn confirm_serial(&self, tls: &crate::tls::TlsSettings, serial: &str) -> bool {
-        let s = &self.settings.server;
-        let (listener, info_first) = if s.tls.is_some() {
-            (Some(s.listen), true)
-        } else {
-            (
-                s.cluster
-                    .as_ref()
-                    .map(|c| c.listen)
-                    .or(s.gateway.as_ref().map(|g| g.listen)),
-                false,
-            )
-        };
-        let Some(addr) = listener.as_ref().and_then(local_addr) else {
-            return false;
-        };
-        let timeout = self.settings.health.timeout * 4;
-        match crate::tls::probe::served_serial(
-            tls,
-            addr,
-            &addr.ip().to_string(),
-            info_first,
-            timeout,
-        )
-        .await
-        {
-            Ok(got) if got == serial => true,
-            Ok(got) => {
-                tracing::warn!(expected = %serial, served = %got, "the broker still serves the previous certificate");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot ask the broker which certificate it serves");
-                false
-            }
-        }
     }
 }
 

@@ -11,7 +11,8 @@
 use tokio::sync::{mpsc, oneshot};
 
 use super::probe::JetStream;
-use super::{AfterExit, State, Supervisor};
+use super::tasks::Event;
+use super::{AfterExit, Reply, State, Supervisor, answer};
 use crate::fleet::decommission;
 use crate::fleet::view::StreamId;
 use crate::fleet::{Coordination, Gate};
@@ -222,38 +223,80 @@ impl Supervisor {
         })
     }
 
-    /// `natsmeshd decommission`: checked now (a refusal names the streams
-    /// it would break), carried out under the region's lease.
-    pub(super) async fn decommission(&mut self) -> Result<String, String> {
-        if matches!(self.planned, Some(Plan::Decommission(_))) || self.removal.is_some() {
-            return Ok("already decommissioning".into());
+    /// `natsmeshd decommission`: checked now (in a task: a refusal names
+    /// the streams it would break), carried out under the region's lease.
+    pub(super) fn decommission(&mut self, reply: Option<Reply>) {
+        if matches!(self.planned, Some(Plan::Decommission(_)))
+            || self.removal.is_some()
+            || self.decommission_checking
+        {
+            answer(reply, Ok("already decommissioning".into()));
+            return;
         }
         if self.life.state() != State::Ready {
-            return Err(format!(
+            let why = format!(
                 "only a serving node can be decommissioned (state {})",
                 self.life.state()
-            ));
+            );
+            answer(reply, Err(why));
+            return;
         }
         let me = self.settings.server.server_name.clone();
         if self.settings.server.jetstream.is_none() {
             // No JetStream group to leave.
             self.planned = None;
             self.finish_decommission(format!("{me} has no JetStream to move"));
-            return Ok("decommissioning: leaving DNS and the load balancer, then stopping".into());
+            answer(
+                reply,
+                Ok("decommissioning: leaving DNS and the load balancer, then stopping".into()),
+            );
+            return;
         }
         if self.settings.system_user.is_none() {
-            return Err("removing a server from the JetStream group needs natsmeshd's system user (auth.mode = \"accounts\" or \"operator\")".into());
+            answer(reply, Err("removing a server from the JetStream group needs natsmeshd's system user (auth.mode = \"accounts\" or \"operator\")".into()));
+            return;
         }
-        let streams = decommission::check(&self.settings).await?;
+        self.decommission_checking = true;
+        let settings = self.settings.clone();
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            let result = decommission::check(&settings).await;
+            let _ = tx.send(Event::DecommissionChecked { reply, result }).await;
+        });
+    }
+
+    /// The decommission's check ended.
+    pub(super) fn on_decommission_checked(
+        &mut self,
+        reply: Option<Reply>,
+        result: Result<Vec<(StreamId, usize)>, String>,
+    ) {
+        self.decommission_checking = false;
+        let streams = match result {
+            Ok(s) => s,
+            Err(e) => return answer(reply, Err(e)),
+        };
+        // A stop (or a crash) came while it was checked.
+        if self.life.state() != State::Ready {
+            let why = format!(
+                "only a serving node can be decommissioned (state {})",
+                self.life.state()
+            );
+            return answer(reply, Err(why));
+        }
+        let me = self.settings.server.server_name.clone();
         tracing::info!(streams = streams.len(), "decommission accepted");
         self.gate = None;
-        self.planned = Some(Plan::Decommission(streams.clone()));
+        let n = streams.len();
+        self.planned = Some(Plan::Decommission(streams));
         self.ask_for_lease();
-        Ok(format!(
-            "decommissioning {me}: {} stream{} to re-place; then out of DNS and the load balancer, lame duck, stop (`natsmeshd status` follows it)",
-            streams.len(),
-            if streams.len() == 1 { "" } else { "s" }
-        ))
+        answer(
+            reply,
+            Ok(format!(
+                "decommissioning {me}: {n} stream{} to re-place; then out of DNS and the load balancer, lame duck, stop (`natsmeshd status` follows it)",
+                if n == 1 { "" } else { "s" }
+            )),
+        );
     }
 
     fn start_removal(&mut self, streams: Vec<(StreamId, usize)>) {

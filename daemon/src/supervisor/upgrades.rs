@@ -9,8 +9,9 @@ use natsmesh_broker::process::adopt;
 use tokio::time::Instant;
 
 use super::planned::Plan;
-use super::{NEXT_NAME, State, Supervisor};
+use super::{Event, NEXT_NAME, State, Supervisor};
 use crate::logging::ids;
+use crate::prepare::Prepared;
 use crate::prepare::prepare_in;
 use crate::upgrade::{self, HandoffFile};
 
@@ -19,9 +20,12 @@ pub(super) const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 impl Supervisor {
     /// Has a package replaced natsmeshd or nats-server?
-    pub(super) async fn check_binaries(&mut self) {
+    pub(super) fn check_binaries(&mut self) {
         self.next_binary_check = Instant::now() + CHECK_EVERY;
-        if self.planned.is_some()
+        if self.binary_checking
+            || self.reexec_checking
+            || self.job.is_some()
+            || self.planned.is_some()
             || self.lease.is_some()
             || self.removal.is_some()
             || self.life.state() != State::Ready
@@ -48,8 +52,25 @@ impl Supervisor {
         }
         // Looked at once per new file, whatever comes of it.
         self.broker_bin = now;
+        self.binary_checking = true;
         let settings = self.settings.clone();
-        match prepare_in(&settings, &settings.state_dir, NEXT_NAME).await {
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            let next = prepare_in(&settings, &settings.state_dir, NEXT_NAME)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = tx.send(Event::NewBroker { path, next }).await;
+        });
+    }
+
+    /// The new nats-server binary was checked against the configuration.
+    pub(super) fn on_new_broker(
+        &mut self,
+        path: std::path::PathBuf,
+        next: Result<Prepared, String>,
+    ) {
+        self.binary_checking = false;
+        match next {
             Err(e) => {
                 tracing::error!(
                     path = %path.display(),
@@ -62,9 +83,20 @@ impl Supervisor {
                 ));
                 self.publish();
             }
+            // Something else began meanwhile (a change, a restart, a
+            // drain): look at the binary again at the next check.
+            Ok(next)
+                if self.job.is_some()
+                    || self.planned.is_some()
+                    || self.life.state() != State::Ready =>
+            {
+                let _ = std::fs::remove_file(&next.path);
+                self.broker_bin = None;
+            }
             Ok(next) => {
                 let running = self.running_version();
                 let why = format!("a new nats-server binary ({running} → {})", next.version);
+                let settings = self.settings.clone();
                 let _ = self.restart_for(settings, next, vec![why]);
             }
         }
@@ -72,24 +104,56 @@ impl Supervisor {
 
     /// Hands the broker over to the new natsmeshd binary: only returns if
     /// that failed (and then this image goes on as before).
-    pub(super) async fn reexec(&mut self) {
+    pub(super) fn reexec(&mut self) {
         let Some((exe, _)) = self.exe.clone() else {
             return;
         };
-        if let Some(held) = self.lease.take() {
-            // The exec is quick and the broker keeps serving.
-            let _ = tokio::time::timeout(Duration::from_secs(2), held.release()).await;
+        if self.reexec_checking {
+            return;
         }
+        self.reexec_checking = true;
+        let held = self.lease.take();
         self.status.fleet.clear();
-        // The new binary must accept this configuration before it gets the
-        // broker: an image that refused it would exit, and the broker with it.
-        if let Err(e) = upgrade::check_with(&exe).await {
+        let tx = self.events.clone();
+        let output = self.output.clone();
+        tokio::spawn(async move {
+            if let Some(held) = held {
+                // The exec is quick and the broker keeps serving.
+                let _ = tokio::time::timeout(Duration::from_secs(2), held.release()).await;
+            }
+            // The new binary must accept this configuration before it gets
+            // the broker: an image that refused it would exit, and the
+            // broker with it.
+            let result = upgrade::check_with(&exe).await;
+            if result.is_ok() {
+                // The broker's lines so far reach the log before the exec.
+                let _ = tokio::time::timeout(Duration::from_secs(1), output.flush()).await;
+            }
+            let _ = tx.send(Event::ReexecChecked { exe, result }).await;
+        });
+    }
+
+    /// The new binary was checked: hand over (only returns if that failed,
+    /// and then this image goes on as before).
+    pub(super) fn on_reexec_checked(
+        &mut self,
+        exe: std::path::PathBuf,
+        result: Result<(), String>,
+    ) {
+        self.reexec_checking = false;
+        if let Err(e) = result {
             tracing::error!(error = %e, "the new natsmeshd refuses this configuration; this one keeps running");
             self.status
                 .warnings
                 .push(format!("new natsmeshd not taken: {e}"));
             self.exe = upgrade::file_id(&exe).map(|id| (exe, id));
             self.publish();
+            return;
+        }
+        if matches!(self.life.state(), State::Draining | State::Stopped) {
+            // A stop or drain began while the new binary was checked: it
+            // takes over at the next start instead.
+            tracing::info!("not re-executing while {}", self.life.state());
             return;
         }
         let Some(run) = self.running.as_mut() else {
@@ -126,7 +190,6 @@ impl Supervisor {
             "re-executing natsmeshd ({}); nats-server pid {pid} keeps running",
             exe.display()
         ));
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.output.flush()).await;
         let err = upgrade::exec_self(&exe, &path);
         // Still here: the exec failed and this image goes on.
         let _ = std::fs::remove_file(&path);

@@ -1,0 +1,986 @@
+//! Slow work off the supervision loop. The loop is the only one that
+//! sends WATCHDOG=1 and runs the probes, so nothing that may take seconds
+//! runs on it: the configuration check (`nats-server -t`, up to 20 s), the
+//! reload's confirmation (up to 10 s), certificate issuance and renewal,
+//! `$SYS` requests, the decommission check, the new binaries' checks and
+//! the lease's release before a re-execution each run as a task whose
+//! result comes back to the loop as an [`Event`]. The loop keeps the state:
+//! one configuration change at a time (another request meanwhile is
+//! queued and coalesced), and a result for a job the loop has given up on
+//! (a stop came first) is ignored.
+//!
+//! The runtime has one thread, the loop's: blocking file and key work runs
+//! on the blocking pool (`spawn_blocking`), never in an async task.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use natsmesh_broker::classify::{Action, classify};
+use natsmesh_broker::log::{ReloadOutcome, needs_restart};
+use natsmesh_broker::monitor::Varz;
+use nix::sys::signal::Signal;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::{NEXT_NAME, RELOAD_CONFIRM, Reloaded, Reply, State, Supervisor, due, local_addr};
+use crate::config::{self, Settings};
+use crate::files::PLAIN;
+use crate::fleet::view::StreamId;
+use crate::logging::ids;
+use crate::prepare::{Prepared, prepare_in};
+
+/// What a task tells the loop.
+pub(super) enum Event {
+    /// A configuration change was read and checked.
+    Checked {
+        /// The job it belongs to.
+        job: u64,
+        /// What came of it.
+        checked: Box<Checked>,
+    },
+    /// The broker was asked to reload through `$SYS` (or cannot be, and
+    /// gets SIGHUP from the loop).
+    Asked {
+        job: u64,
+        /// `/varz` before the reload.
+        before: Option<Box<Varz>>,
+        /// The broker's verdict through `$SYS`, when it was asked there.
+        via_sys: Option<Result<(), String>>,
+    },
+    /// The reload's outcome, confirmed against `/varz`.
+    Confirmed {
+        job: u64,
+        outcome: Option<ReloadOutcome>,
+        /// `/varz` shows the new configuration.
+        confirmed: bool,
+    },
+    /// The certificate renewal (or look at the files) ended.
+    Certificate(Result<crate::tls::Current, String>),
+    /// The peers' account sets, asked for the broker `pid`.
+    Accounts {
+        pid: u32,
+        answers: Result<Vec<(String, BTreeSet<String>)>, String>,
+    },
+    /// A new nats-server binary was checked against the configuration.
+    NewBroker {
+        path: PathBuf,
+        next: Result<Prepared, String>,
+    },
+    /// The new natsmeshd binary was checked (and the lease given back).
+    ReexecChecked {
+        exe: PathBuf,
+        result: Result<(), String>,
+    },
+    /// `natsmeshd decommission` was checked against the JetStream group.
+    DecommissionChecked {
+        reply: Option<Reply>,
+        result: Result<Vec<(StreamId, usize)>, String>,
+    },
+}
+
+/// A configuration change, read and checked off the loop.
+pub(super) struct Checked {
+    /// The node certificate, when TLS is on and it was looked at: it
+    /// counts even when the rest was refused (as before the change).
+    cert: Option<(crate::tls::Current, bool)>,
+    /// The settings and their prepared broker file, or why refused.
+    result: Result<(Settings, Prepared), String>,
+}
+
+/// Who asked for a configuration change, and who waits for its outcome.
+pub(super) enum Origin {
+    /// SIGHUP or `natsmeshd reload`: the files are read again.
+    Request(Vec<Reply>),
+    /// A new node certificate: the files are read again and the broker
+    /// loads it.
+    Certificate {
+        serial: String,
+        tls: Box<crate::tls::TlsSettings>,
+    },
+    /// What DNS found changed.
+    Discovery,
+}
+
+/// Where a change is.
+enum Phase {
+    /// `nats-server -t` and the rest of the check run.
+    Checking,
+    /// The new file is installed; the broker is being asked to load it.
+    Reloading {
+        settings: Box<Settings>,
+        next: Box<Prepared>,
+        keys: Vec<String>,
+        targets: Box<super::probe::Targets>,
+    },
+}
+
+/// The configuration change in flight.
+pub(super) struct Job {
+    id: u64,
+    origin: Origin,
+    phase: Phase,
+}
+
+/// Changes asked for while one was in flight: run after it, coalesced.
+#[derive(Default)]
+pub(super) struct Queued {
+    request: Option<Vec<Reply>>,
+    certificate: Option<(String, Box<crate::tls::TlsSettings>)>,
+    discovery: bool,
+}
+
+impl Queued {
+    fn take_next(&mut self) -> Option<Origin> {
+        if let Some(replies) = self.request.take() {
+            // A request reads the files and applies what DNS found: it
+            // covers a queued discovery change too.
+            self.discovery = false;
+            return Some(Origin::Request(replies));
+        }
+        if let Some((serial, tls)) = self.certificate.take() {
+            self.discovery = false;
+            return Some(Origin::Certificate { serial, tls });
+        }
+        std::mem::take(&mut self.discovery).then_some(Origin::Discovery)
+    }
+}
+
+/// What the check task needs.
+struct CheckInput {
+    config_path: Option<PathBuf>,
+    /// The running settings: the base of a discovery change, and what
+    /// [dns_publish] stays at.
+    running: Settings,
+    found: Option<crate::discovery::Found>,
+    /// Read the files again (else: the running settings with `found`).
+    reread: bool,
+}
+
+/// Reads (or derives) the new settings, looks at the certificate and runs
+/// `nats-server -t` on the rendered file.
+async fn check_change(input: CheckInput) -> Checked {
+    let staged = tokio::task::spawn_blocking(move || stage(input)).await;
+    let (settings, cert) = match staged {
+        Ok(Ok(v)) => v,
+        Ok(Err(why)) => {
+            return Checked {
+                cert: None,
+                result: Err(why),
+            };
+        }
+        Err(e) => {
+            return Checked {
+                cert: None,
+                result: Err(format!("the configuration check failed: {e}")),
+            };
+        }
+    };
+    let cert = match cert {
+        Some(Err(why)) => {
+            return Checked {
+                cert: None,
+                result: Err(why),
+            };
+        }
+        Some(Ok(c)) => Some(c),
+        None => None,
+    };
+    let result = prepare_in(&settings, &settings.state_dir, NEXT_NAME)
+        .await
+        .map(|next| (settings, next))
+        .map_err(|e| format!("configuration refused, the previous one keeps serving: {e}"));
+    Checked { cert, result }
+}
+
+type Staged = (
+    Settings,
+    Option<Result<(crate::tls::Current, bool), String>>,
+);
+
+/// The blocking part of a check: the files, the system account, the
+/// certificate (new roots, a new intermediate or new names may need a new
+/// one; a broken one refuses the change).
+fn stage(input: CheckInput) -> Result<Staged, String> {
+    let mut settings = if input.reread {
+        let identity = input.running.identity.clone();
+        let found = config::discover(input.config_path.as_deref());
+        let (_, mut settings) = found
+            .and_then(|sources| config::load_settings_as(&sources, &identity))
+            .map_err(|p| format!("configuration refused, the previous one keeps serving:\n{p}"))?;
+        let state_dir = settings.state_dir.clone();
+        crate::auth::add_system_account(&mut settings, &state_dir)
+            .map_err(|e| format!("system user: {e}; the previous configuration keeps serving"))?;
+        if settings.publish != input.running.publish {
+            // The publisher task runs with the settings it started with.
+            tracing::warn!(
+                "[dns_publish] changed: the change takes effect when natsmeshd restarts"
+            );
+            settings.publish = input.running.publish.clone();
+        }
+        settings
+    } else {
+        input.running
+    };
+    if let Some(found) = &input.found {
+        crate::discovery::apply(&mut settings, found);
+    }
+    let cert = settings.tls.as_ref().map(|tls| {
+        crate::tls::ensure(tls, std::time::SystemTime::now(), false)
+            .map_err(|e| format!("TLS: {e}; the previous configuration keeps serving"))
+    });
+    Ok((settings, cert))
+}
+
+impl Supervisor {
+    /// SIGHUP or `natsmeshd reload`.
+    pub(super) fn request_reload(&mut self, reply: Option<Reply>) {
+        if let Some(job) = &self.job {
+            tracing::info!(
+                job = job.id,
+                "a configuration change is in flight; the reload follows it"
+            );
+            self.queued
+                .request
+                .get_or_insert_with(Vec::new)
+                .extend(reply);
+            return;
+        }
+        self.begin_change(Origin::Request(reply.into_iter().collect()));
+    }
+
+    /// What DNS found changed: apply it to the running settings. Routes
+    /// reload; a gateway list that would need a restart is only marked
+    /// "restart pending" (discovery never restarts a broker by itself).
+    pub(super) fn follow_discovery(&mut self) {
+        if self.job.is_some() {
+            self.queued.discovery = true;
+            return;
+        }
+        self.begin_change(Origin::Discovery);
+    }
+
+    /// Starts a change's check, or answers at once why not.
+    fn begin_change(&mut self, origin: Origin) {
+        let state = self.life.state();
+        match &origin {
+            Origin::Discovery => {
+                if !matches!(state, State::Starting | State::Syncing | State::Ready) {
+                    return;
+                }
+            }
+            Origin::Request(_) | Origin::Certificate { .. } => {
+                self.notifier.reloading();
+                if matches!(state, State::Draining | State::Stopped | State::Restarting) {
+                    let why = format!("cannot reload while {state}");
+                    self.finish_change(origin, Reloaded::Done(Err(why)));
+                    return;
+                }
+            }
+        }
+        self.next_job += 1;
+        let id = self.next_job;
+        let input = CheckInput {
+            config_path: self.config_path.clone(),
+            running: self.settings.clone(),
+            found: self.found.clone(),
+            reread: !matches!(origin, Origin::Discovery),
+        };
+        if matches!(origin, Origin::Discovery) && input.found.is_none() {
+            return;
+        }
+        self.job = Some(Job {
+            id,
+            origin,
+            phase: Phase::Checking,
+        });
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            let checked = Box::new(check_change(input).await);
+            let _ = tx.send(Event::Checked { job: id, checked }).await;
+        });
+    }
+
+    /// The job `id` if it is still the one in flight.
+    fn current_job(&self, id: u64) -> bool {
+        self.job.as_ref().is_some_and(|j| j.id == id)
+    }
+
+    /// The check ended: refuse, do nothing, reload or plan a restart.
+    fn on_checked(&mut self, id: u64, checked: Checked) {
+        if !self.current_job(id) {
+            tracing::debug!(
+                job = id,
+                "a configuration check ended after it was given up"
+            );
+            if let Ok((_, next)) = checked.result {
+                let _ = std::fs::remove_file(&next.path);
+            }
+            return;
+        }
+        if let Some((current, issued)) = checked.cert {
+            if issued {
+                tracing::info!(serial = %current.info.serial, "issued a node certificate for the new configuration");
+            }
+            self.cert_due = Some(due(current.renew_at));
+            self.show_cert(&current);
+            self.cert = Some(current);
+        }
+        let (settings, next) = match checked.result {
+            Ok(v) => v,
+            Err(why) => {
+                let res = self.refused(why);
+                self.end_job(res);
+                return;
+            }
+        };
+        let from_discovery = matches!(
+            self.job.as_ref().map(|j| &j.origin),
+            Some(Origin::Discovery)
+        );
+        // The state may have changed while the check ran.
+        let state = self.life.state();
+        let allowed = if from_discovery {
+            matches!(state, State::Starting | State::Syncing | State::Ready)
+        } else {
+            !matches!(state, State::Draining | State::Stopped | State::Restarting)
+        };
+        if !allowed {
+            let _ = std::fs::remove_file(&next.path);
+            self.end_job(Reloaded::Done(Err(format!("cannot reload while {state}"))));
+            return;
+        }
+        let decision = classify(&self.current.snapshot, &next.snapshot);
+        let res = match decision.action {
+            Action::Nothing => {
+                let _ = std::fs::remove_file(&next.path);
+                self.settings = settings;
+                self.settings_changed();
+                Reloaded::Done(Ok("no change".into()))
+            }
+            Action::Reload => {
+                let keys = decision.changes.iter().map(|c| c.key.clone()).collect();
+                match self.install_for_reload(id, settings, next, keys) {
+                    Some(res) => res,
+                    // Under way: its outcome comes back as an event.
+                    None => return,
+                }
+            }
+            Action::Restart
+                if from_discovery
+                    && matches!(self.settings.fleet, crate::fleet::Coordination::Off(_)) =>
+            {
+                let _ = std::fs::remove_file(&next.path);
+                let reasons = decision.restart_reasons();
+                tracing::warn!(message_id = ids::RESTART, reasons = %reasons.join("; "), "restart pending: DNS changed what only a restart applies; waiting for a coordinated restart");
+                self.status.restart_pending = reasons.clone();
+                self.publish();
+                Reloaded::Done(Ok(format!("restart pending: {}", reasons.join("; "))))
+            }
+            Action::Restart => self.restart_for(settings, next, decision.restart_reasons()),
+        };
+        self.end_job(res);
+    }
+
+    /// Installs `next` as the running file and asks the broker to load it
+    /// (the asking runs as a task); `Some` when it ended at once.
+    fn install_for_reload(
+        &mut self,
+        id: u64,
+        settings: Settings,
+        next: Prepared,
+        keys: Vec<String>,
+    ) -> Option<Reloaded> {
+        let Some(targets) = self.running.as_ref().map(|r| r.targets.clone()) else {
+            let _ = std::fs::remove_file(&next.path);
+            return Some(Reloaded::Done(Err("no broker is running".into())));
+        };
+        let path = self.current.path.clone();
+        if let Err(e) = std::fs::rename(&next.path, &path) {
+            return Some(self.refused(format!("cannot install the new configuration: {e}")));
+        }
+        let next = Prepared { path, ..next };
+        // From 2.10 the broker answers a reload request on `$SYS` with its
+        // verdict; SIGHUP only logs it. Use the request where possible.
+        let sys = (self.current.version >= natsmesh_broker::Version::new(2, 10, 0)
+            && self.settings.system_user.is_some())
+        .then(|| self.settings.clone());
+        let tx = self.events.clone();
+        let t = targets.clone();
+        tokio::spawn(async move {
+            let before = t.monitor().varz().await.ok();
+            let via_sys = match (sys, before.as_ref().and_then(|v| v.server_id.clone())) {
+                (Some(settings), Some(server_id)) => {
+                    match crate::auth::system_client(&settings).await {
+                        Ok(client) => Some(crate::auth::sys_reload(&client, &server_id).await),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot reach the broker as the system user; reloading with SIGHUP");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let before = before.map(Box::new);
+            let _ = tx
+                .send(Event::Asked {
+                    job: id,
+                    before,
+                    via_sys,
+                })
+                .await;
+        });
+        if let Some(job) = self.job.as_mut() {
+            job.phase = Phase::Reloading {
+                settings: Box::new(settings),
+                next: Box::new(next),
+                keys,
+                targets: Box::new(targets),
+            };
+        }
+        None
+    }
+
+    /// The `$SYS` request's verdict, or SIGHUP (sent here, where the
+    /// broker process is known to be the one running) and a wait for the
+    /// outcome it logs; confirmed against `/varz` in a task.
+    fn on_asked(
+        &mut self,
+        id: u64,
+        before: Option<Box<Varz>>,
+        via_sys: Option<Result<(), String>>,
+    ) {
+        if !self.current_job(id) {
+            return;
+        }
+        let Some(Job {
+            phase: Phase::Reloading { next, targets, .. },
+            ..
+        }) = &self.job
+        else {
+            return;
+        };
+        let (want_digest, targets) = (next.check.digest.clone(), targets.as_ref().clone());
+        let (known, outcomes) = match via_sys {
+            Some(Ok(())) => {
+                tracing::debug!("the broker confirmed the reload through $SYS");
+                (Some(ReloadOutcome::Reloaded), None)
+            }
+            Some(Err(why)) => {
+                tracing::warn!(reason = %why, "the broker refused the reload (answered through $SYS)");
+                (Some(ReloadOutcome::Failed(why)), None)
+            }
+            None => {
+                let outcomes = self.output.reloads();
+                let sent = match &self.running {
+                    Some(run) => run.process.signal(Signal::SIGHUP),
+                    None => Err(std::io::Error::other("the broker exited")),
+                };
+                if let Err(e) = sent {
+                    self.write_back_current();
+                    let res = self.refused(format!("cannot signal the broker: {e}"));
+                    self.end_job(res);
+                    return;
+                }
+                (None, Some(outcomes))
+            }
+        };
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            let outcome = match (known, outcomes) {
+                (Some(o), _) => Some(o),
+                (None, Some(rx)) => wait_outcome(rx).await,
+                (None, None) => None,
+            };
+            let confirmed = match outcome {
+                Some(ReloadOutcome::Reloaded) => {
+                    // Confirm from the broker's own view: the digest `-t`
+                    // printed (2.11+), else a new config_load_time.
+                    let after = targets.monitor().varz().await.ok();
+                    match (
+                        want_digest,
+                        after.as_ref().and_then(|v| v.config_digest.clone()),
+                    ) {
+                        (Some(want), Some(got)) => want == got,
+                        _ => {
+                            after.as_ref().and_then(|v| v.config_load_time.clone())
+                                != before.as_ref().and_then(|v| v.config_load_time.clone())
+                        }
+                    }
+                }
+                _ => false,
+            };
+            let _ = tx
+                .send(Event::Confirmed {
+                    job: id,
+                    outcome,
+                    confirmed,
+                })
+                .await;
+        });
+    }
+
+    /// The reload's outcome: the new configuration is current, or a
+    /// restart applies it, or the old file goes back.
+    fn on_confirmed(&mut self, id: u64, outcome: Option<ReloadOutcome>, confirmed: bool) {
+        if !self.current_job(id) {
+            return;
+        }
+        let phase = match self.job.as_mut() {
+            Some(j) => std::mem::replace(&mut j.phase, Phase::Checking),
+            None => return,
+        };
+        let Phase::Reloading {
+            settings,
+            next,
+            keys,
+            ..
+        } = phase
+        else {
+            return;
+        };
+        let res = match outcome {
+            Some(ReloadOutcome::Reloaded) => {
+                if !confirmed {
+                    tracing::warn!(
+                        "the broker logged a reload, but /varz does not show the new configuration yet"
+                    );
+                }
+                let msg = format!("reloaded ({})", keys.join(", "));
+                tracing::info!(message_id = ids::RELOADED, changes = %keys.join(", "), "configuration reloaded");
+                self.current = *next;
+                self.settings = *settings;
+                self.status.reloads_ok += 1;
+                self.status.last_reload = Some(msg.clone());
+                self.publish();
+                Reloaded::Done(Ok(msg))
+            }
+            Some(ReloadOutcome::Failed(why)) if needs_restart(&why) => self.restart_for(
+                *settings,
+                *next,
+                vec![format!("the broker cannot reload this change: {why}")],
+            ),
+            Some(ReloadOutcome::Failed(why)) => {
+                self.write_back_current();
+                self.refused(format!("nats-server refused the new configuration, the previous one keeps serving: {why}"))
+            }
+            None => {
+                self.write_back_current();
+                self.refused(format!("nats-server logged no reload outcome within {RELOAD_CONFIRM:?}; the previous configuration stays"))
+            }
+        };
+        self.end_job(res);
+    }
+
+    /// The running configuration's file gets its text back.
+    fn write_back_current(&self) {
+        let _ = crate::broker_user::write_readable(
+            &self.current.path,
+            self.current.rendered.text.as_bytes(),
+            PLAIN,
+        );
+    }
+
+    /// The change in flight ended with `res`: tell whoever asked, then
+    /// start what was queued meanwhile.
+    fn end_job(&mut self, res: Reloaded) {
+        if let Some(job) = self.job.take() {
+            self.finish_change(job.origin, res);
+        }
+        if let Some(origin) = self.queued.take_next() {
+            self.begin_change(origin);
+        }
+    }
+
+    fn finish_change(&mut self, origin: Origin, res: Reloaded) {
+        match origin {
+            Origin::Discovery => match res {
+                Reloaded::Done(Ok(msg)) => tracing::info!("discovery: {msg}"),
+                Reloaded::Done(Err(e)) => tracing::warn!("discovery: {e}"),
+                Reloaded::Pending => {}
+            },
+            Origin::Request(replies) => {
+                let line = self.status.line();
+                self.notifier.ready(&line);
+                for reply in replies {
+                    match &res {
+                        Reloaded::Done(r) => {
+                            let _ = reply.send(r.clone());
+                        }
+                        Reloaded::Pending => {
+                            if let Some(old) = self.pending_reply.replace(reply) {
+                                let _ = old.send(Err("superseded by a newer reload".into()));
+                            }
+                        }
+                    }
+                }
+            }
+            Origin::Certificate { serial, tls } => {
+                match res {
+                    Reloaded::Done(Ok(msg)) => self.confirm_serial(*tls, serial, msg),
+                    Reloaded::Done(Err(e)) => {
+                        tracing::error!(%serial, "certificate renewal not loaded: {e}")
+                    }
+                    Reloaded::Pending => {
+                        tracing::warn!(%serial, "certificate renewal goes through a restart (see restart pending)")
+                    }
+                }
+                let line = self.status.line();
+                self.notifier.ready(&line);
+                self.publish();
+            }
+        }
+    }
+
+    /// A stop: the change in flight and those queued are given up (their
+    /// late results are ignored) and their askers told.
+    pub(super) fn abandon_changes(&mut self, why: &str) {
+        let queued = std::mem::take(&mut self.queued);
+        for reply in queued.request.into_iter().flatten() {
+            let _ = reply.send(Err(why.to_owned()));
+        }
+        let Some(job) = self.job.take() else {
+            return;
+        };
+        tracing::info!(job = job.id, "configuration change given up: {why}");
+        if let Phase::Reloading { settings, next, .. } = job.phase {
+            // The new file is installed: whatever runs next starts from
+            // it, so it is the configuration in force.
+            self.current = *next;
+            self.settings = *settings;
+        }
+        if let Origin::Request(replies) = job.origin {
+            for reply in replies {
+                let _ = reply.send(Err(why.to_owned()));
+            }
+        }
+    }
+
+    /// The broker exited while it was asked to load a new file: that
+    /// file is installed, so the next broker starts from it.
+    pub(super) fn broker_exited_during_change(&mut self) {
+        let reloading = matches!(
+            self.job,
+            Some(Job {
+                phase: Phase::Reloading { .. },
+                ..
+            })
+        );
+        if !reloading {
+            return;
+        }
+        let Some(job) = self.job.take() else {
+            return;
+        };
+        if let Phase::Reloading { settings, next, .. } = job.phase {
+            self.current = *next;
+            self.settings = *settings;
+        }
+        let why = "the broker exited during the reload; it starts again with the new configuration";
+        tracing::warn!("{why}");
+        self.finish_change(job.origin, Reloaded::Done(Err(why.into())));
+        if let Some(origin) = self.queued.take_next() {
+            self.begin_change(origin);
+        }
+    }
+
+    fn refused(&mut self, why: String) -> Reloaded {
+        tracing::error!(message_id = ids::RELOAD_FAILED, "{why}");
+        self.status.reloads_failed += 1;
+        self.status.last_reload = Some(why.lines().next().unwrap_or_default().to_owned());
+        self.publish();
+        Reloaded::Done(Err(why))
+    }
+
+    /// A change only a restart applies: install it, mark it pending and
+    /// plan the restart (through the region's lease when coordinated).
+    pub(super) fn restart_for(
+        &mut self,
+        settings: Settings,
+        next: Prepared,
+        reasons: Vec<String>,
+    ) -> Reloaded {
+        let path = self.current.path.clone();
+        if next.path != path
+            && let Err(e) = std::fs::rename(&next.path, &path)
+        {
+            return self.refused(format!("cannot install the new configuration: {e}"));
+        }
+        tracing::warn!(message_id = ids::RESTART, reasons = %reasons.join("; "), "restart pending: the change needs a broker restart");
+        self.status.restart_pending = reasons.clone();
+        self.current = Prepared { path, ..next };
+        self.settings = settings;
+        self.policy = super::RestartPolicy::new(self.settings.restart);
+        if self.running.is_none() {
+            return Reloaded::Done(Err("no broker is running".into()));
+        }
+        self.plan_restart(format!("configuration change: {}", reasons.join("; ")));
+        Reloaded::Pending
+    }
+
+    /// Renews (mode `issue`) or re-reads (mode `files`) the node
+    /// certificate on the blocking pool; [`Self::on_certificate`] goes on.
+    pub(super) fn renew_certificate(&mut self) {
+        let Some(tls) = self.settings.tls.clone() else {
+            self.cert_due = None;
+            return;
+        };
+        // Due again when the result says.
+        self.cert_due = None;
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            let res = tokio::task::spawn_blocking(move || {
+                crate::tls::ensure(&tls, std::time::SystemTime::now(), false)
+                    .map(|(current, _)| current)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the renewal task failed: {e}")));
+            let _ = tx.send(Event::Certificate(res)).await;
+        });
+    }
+
+    /// When the certificate changed, has the broker load it: a reload,
+    /// confirmed by asking the broker which certificate it serves; or a
+    /// restart where the broker would keep an old one (gateways before
+    /// 2.11.4).
+    fn on_certificate(&mut self, res: Result<crate::tls::Current, String>) {
+        let Some(tls) = self.settings.tls.clone() else {
+            return;
+        };
+        match res {
+            Err(e) => {
+                // Keep the certificate in use; try again soon.
+                let until = self.cert.as_ref().map(|c| c.info.not_after);
+                tracing::error!(error = %e, valid_until = ?until.map(humantime::format_rfc3339_seconds), "certificate renewal failed; the current certificate stays");
+                self.status.certificate = format!("renewal failing: {e}");
+                self.status.certificate_failing = true;
+                self.cert_due = Some(Instant::now() + Duration::from_secs(30));
+                self.publish();
+            }
+            Ok(current) => {
+                for w in &current.warnings {
+                    tracing::warn!("{w}");
+                }
+                let old = self.cert.as_ref().map(|c| c.info.serial.clone());
+                let changed = old.as_deref() != Some(current.info.serial.as_str());
+                self.cert_due = Some(due(current.renew_at));
+                self.show_cert(&current);
+                let serial = current.info.serial.clone();
+                self.cert = Some(current);
+                self.publish();
+                if changed {
+                    tracing::info!(%serial, "new node certificate; loading it into the broker");
+                    let tls = Box::new(tls);
+                    if self.job.is_some() {
+                        self.queued.certificate = Some((serial, tls));
+                    } else {
+                        self.begin_change(Origin::Certificate { serial, tls });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks whether a TLS listener of the broker now serves `serial`, in
+    /// a task that logs the answer.
+    fn confirm_serial(&self, tls: crate::tls::TlsSettings, serial: String, msg: String) {
+        let s = &self.settings.server;
+        let (listener, info_first) = if s.tls.is_some() {
+            (Some(s.listen), true)
+        } else {
+            (
+                s.cluster
+                    .as_ref()
+                    .map(|c| c.listen)
+                    .or(s.gateway.as_ref().map(|g| g.listen)),
+                false,
+            )
+        };
+        let addr = listener.as_ref().and_then(local_addr);
+        let timeout = self.settings.health.timeout * 4;
+        tokio::spawn(async move {
+            let confirmed = match addr {
+                None => false,
+                Some(addr) => match crate::tls::probe::served_serial(
+                    &tls,
+                    addr,
+                    &addr.ip().to_string(),
+                    info_first,
+                    timeout,
+                )
+                .await
+                {
+                    Ok(got) if got == serial => true,
+                    Ok(got) => {
+                        tracing::warn!(expected = %serial, served = %got, "the broker still serves the previous certificate");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot ask the broker which certificate it serves");
+                        false
+                    }
+                },
+            };
+            tracing::info!(message_id = ids::RELOADED, %serial, confirmed, "certificate renewal: {msg}");
+        });
+    }
+
+    /// Asks every server for its accounts (`$SYS.REQ.SERVER.PING.ACCOUNTZ`)
+    /// in a task; one at a time.
+    pub(super) fn check_accounts(&mut self) {
+        if !matches!(self.life.state(), State::Starting | State::Syncing) {
+            return;
+        }
+        let Some(pid) = self.running.as_ref().map(|r| r.pid) else {
+            return;
+        };
+        if self.accounts_asked == Some(pid) {
+            return;
+        }
+        self.accounts_asked = Some(pid);
+        let settings = self.settings.clone();
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            let answers = match crate::auth::system_client(&settings).await {
+                Ok(client) => crate::auth::accounts_of_all(&client).await,
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(Event::Accounts { pid, answers }).await;
+        });
+    }
+
+    /// Compares this node's accounts with every server's answer. The same:
+    /// the node serves. Not the same: it stays out of service, saying what
+    /// differs, until they agree (a reload on either side).
+    fn on_accounts(&mut self, pid: u32, answers: Result<Vec<(String, BTreeSet<String>)>, String>) {
+        if self.accounts_asked == Some(pid) {
+            self.accounts_asked = None;
+        }
+        if self.running.as_ref().map(|r| r.pid) != Some(pid)
+            || !matches!(self.life.state(), State::Starting | State::Syncing)
+            || self.accounts_agreed
+        {
+            return;
+        }
+        let answers = match answers {
+            Ok(a) => a,
+            Err(e) => {
+                // Cannot ask: do not hold service hostage to it.
+                tracing::warn!(error = %e, "cannot compare accounts with the peers; serving anyway");
+                self.accounts_agreed = true;
+                self.become_ready();
+                return;
+            }
+        };
+        let name = self.settings.server.server_name.clone();
+        let Some(mine) = answers
+            .iter()
+            .find(|(server, _)| *server == name)
+            .map(|(_, a)| a.clone())
+        else {
+            self.accounts_agreed = true;
+            self.become_ready();
+            return;
+        };
+        let mut differences = Vec::new();
+        for (server, theirs) in &answers {
+            if *server == name || *theirs == mine {
+                continue;
+            }
+            let missing: Vec<&String> = theirs.difference(&mine).collect();
+            let extra: Vec<&String> = mine.difference(theirs).collect();
+            differences.push(format!(
+                "{server} (this node lacks {missing:?}, has extra {extra:?})"
+            ));
+        }
+        if differences.is_empty() {
+            self.accounts_agreed = true;
+            self.become_ready();
+        } else {
+            let why = format!(
+                "accounts differ from the peers': {}",
+                differences.join("; ")
+            );
+            tracing::error!("{why}; staying out of service until they agree");
+            self.go(State::Syncing, why);
+        }
+    }
+
+    /// One event from a task.
+    pub(super) fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Checked { job, checked } => self.on_checked(job, *checked),
+            Event::Asked {
+                job,
+                before,
+                via_sys,
+            } => self.on_asked(job, before, via_sys),
+            Event::Confirmed {
+                job,
+                outcome,
+                confirmed,
+            } => self.on_confirmed(job, outcome, confirmed),
+            Event::Certificate(res) => self.on_certificate(res),
+            Event::Accounts { pid, answers } => self.on_accounts(pid, answers),
+            Event::NewBroker { path, next } => self.on_new_broker(path, next),
+            Event::ReexecChecked { exe, result } => self.on_reexec_checked(exe, result),
+            Event::DecommissionChecked { reply, result } => {
+                self.on_decommission_checked(reply, result)
+            }
+        }
+    }
+}
+
+/// The outcome the broker logs after SIGHUP, within [`RELOAD_CONFIRM`].
+async fn wait_outcome(mut outcomes: broadcast::Receiver<ReloadOutcome>) -> Option<ReloadOutcome> {
+    tokio::time::timeout(RELOAD_CONFIRM, async {
+        loop {
+            match outcomes.recv().await {
+                Ok(o) => return Some(o),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn a_queued_request_covers_a_queued_discovery_change() {
+        let mut q = Queued {
+            request: Some(Vec::new()),
+            discovery: true,
+            ..Queued::default()
+        };
+        assert!(matches!(q.take_next(), Some(Origin::Request(_))));
+        assert!(q.take_next().is_none());
+        let mut q = Queued {
+            discovery: true,
+            ..Queued::default()
+        };
+        assert!(matches!(q.take_next(), Some(Origin::Discovery)));
+        assert!(q.take_next().is_none());
+    }
+
+    #[test]
+    fn coalesced_requests_share_one_reload() {
+        let mut q = Queued::default();
+        for _ in 0..3 {
+            let (tx, _rx) = tokio::sync::oneshot::channel();
+            q.request.get_or_insert_with(Vec::new).push(tx);
+        }
+        match q.take_next() {
+            Some(Origin::Request(replies)) => assert_eq!(replies.len(), 3),
+            _ => panic!("no request"),
+        }
+        assert!(q.take_next().is_none());
+    }
+}
