@@ -357,9 +357,181 @@ struct GatewayRtt {
     measured_ms: f64,
 }
 
+/// Where, when and from what a drill ran, so that its numbers can be
+/// read later (and told apart from a run on another tree or machine).
+#[derive(Debug, Serialize)]
+struct Provenance {
+    /// `git rev-parse HEAD` of the tree the drill was built from.
+    revision: String,
+    /// Whether tracked files differed from that revision, outside
+    /// `bench/results/` (which the drills themselves rewrite); `None`
+    /// without git.
+    dirty: Option<bool>,
+    /// When the drill started (UTC, RFC 3339).
+    date_utc: String,
+    host: Host,
+    /// The nats-server versions the nodes reported on `/varz` once all
+    /// had joined, and when the drill ended.
+    brokers_at_start: Vec<String>,
+    brokers_at_end: Vec<String>,
+}
+
+/// The machine a drill ran on.
+#[derive(Debug, Serialize)]
+struct Host {
+    hostname: String,
+    cores: usize,
+    memory_mib: Option<u64>,
+}
+
+impl Host {
+    fn this() -> Self {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_or_else(|_| "unknown".to_owned(), |h| h.trim().to_owned());
+        let memory_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| mem_total_mib(&m));
+        Self {
+            hostname,
+            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            memory_mib,
+        }
+    }
+}
+
+/// `MemTotal` of `/proc/meminfo`, in MiB.
+fn mem_total_mib(meminfo: &str) -> Option<u64> {
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}
+
+/// The revision this tree is at and whether it is dirty (see
+/// [`Provenance::dirty`]).
+fn revision() -> (String, Option<bool>) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let rev = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":(exclude)bench/results",
+    ])
+    .map(|s| !s.is_empty());
+    (rev, dirty)
+}
+
+/// The nats-server versions `nodes` report (distinct, sorted), each with
+/// how many run it: `2.15.1 ×9`.
+fn broker_versions<'a>(nodes: impl Iterator<Item = &'a common::Daemon>) -> Vec<String> {
+    let mut count = std::collections::BTreeMap::<String, usize>::new();
+    for d in nodes {
+        let v = d
+            .monitor("/varz")
+            .and_then(|v| v["version"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "not answering".into());
+        *count.entry(v).or_default() += 1;
+    }
+    count
+        .into_iter()
+        .map(|(v, n)| format!("{v} ×{n}"))
+        .collect()
+}
+
+/// The settings a node ran with, as natsmeshd reads its configuration
+/// (`config` and its drop-ins, merged, defaults filled in): the ones a
+/// drill's numbers depend on.
+fn node_settings(config: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    use natsmesh::config::load;
+    let sources = load::discover_at(config).unwrap();
+    let raw = load::load(&sources).unwrap().raw;
+    let d = |s: natsmesh::config::units::Span| humantime::format_duration(s.0).to_string();
+    let dur = |t: Duration| humantime::format_duration(t).to_string();
+    let timings = raw.health.profile.timings();
+    let mut out = std::collections::BTreeMap::new();
+    let mut set = |k: &str, v: String| {
+        out.insert(k.to_owned(), v);
+    };
+    set(
+        "broker.lame_duck_duration",
+        d(raw.broker.lame_duck_duration),
+    );
+    set(
+        "broker.lame_duck_grace_period",
+        d(raw.broker.lame_duck_grace_period),
+    );
+    set(
+        "health.profile",
+        format!("{:?}", raw.health.profile).to_lowercase(),
+    );
+    set(
+        "health.interval",
+        dur(raw.health.interval.map_or(timings.interval, |s| s.0)),
+    );
+    set(
+        "health.timeout",
+        dur(raw.health.timeout.map_or(timings.timeout, |s| s.0)),
+    );
+    set(
+        "health.route_wait",
+        dur(raw.health.route_wait.map_or(timings.route_wait, |s| s.0)),
+    );
+    set("restart.backoff_initial", d(raw.restart.backoff_initial));
+    set("restart.backoff_max", d(raw.restart.backoff_max));
+    set("discovery.min_refresh", d(raw.discovery.min_refresh));
+    set("discovery.max_refresh", d(raw.discovery.max_refresh));
+    set("fleet.coordinate", raw.fleet.coordinate.to_string());
+    set(
+        "fleet.lease_scope",
+        format!("{:?}", raw.fleet.lease_scope).to_lowercase(),
+    );
+    set("fleet.lease_ttl", d(raw.fleet.lease_ttl));
+    if raw.load_balancer.provider != natsmesh::config::schema::LbKind::None {
+        set("load_balancer.dwell", d(raw.load_balancer.dwell));
+        set(
+            "load_balancer.stop_budget",
+            d(raw.load_balancer.stop_budget),
+        );
+    }
+    out
+}
+
+/// What a drill knows before its disruption.
+struct Start {
+    rtts: Vec<GatewayRtt>,
+    date_utc: String,
+    brokers: Vec<String>,
+    /// The watched region's (nyc3's) first node's settings, and the
+    /// clients'.
+    settings: std::collections::BTreeMap<String, String>,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     drill: &'static str,
+    provenance: Provenance,
+    /// What the nodes (nyc3-n1's configuration, the same in every region
+    /// but for names), the clients, the fake balancer and the drill ran
+    /// with.
+    settings: std::collections::BTreeMap<String, String>,
     /// What was done.
     scenario: String,
     /// A planned operation (the targets for reconnects and gaps apply).
@@ -395,12 +567,8 @@ struct Report {
 
 /// Writes `r` as Markdown and JSON (the drills' one writer of result
 /// files); returns the JSON's path.
-fn write_report(r: &Report) -> PathBuf {
-    let dir = std::env::var_os("NATSMESH_DRILL_OUT").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/drills"),
-        std::path::PathBuf::from,
-    );
-    std::fs::create_dir_all(&dir).unwrap();
+fn write_report(r: &Report, dir: &std::path::Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let opt = |v: Option<u64>| v.map_or("–".to_owned(), |v| v.to_string());
     let list = |v: &[(String, u64)]| {
         v.iter()
@@ -426,6 +594,31 @@ fn write_report(r: &Report) -> PathBuf {
         opt(r.lb_failed_connections),
         r.converge_ms,
     );
+    let p = &r.provenance;
+    md.push_str(&format!(
+        "\nRan at {} ({}), {} UTC, on {} ({} cores, {} MiB); nats-server {} at the start, {} at the end.\n",
+        p.revision,
+        match p.dirty {
+            Some(true) => "with uncommitted changes",
+            Some(false) => "clean",
+            None => "tree state unknown",
+        },
+        p.date_utc,
+        p.host.hostname,
+        p.host.cores,
+        p.host.memory_mib.map_or("?".to_owned(), |m| m.to_string()),
+        p.brokers_at_start.join(", "),
+        p.brokers_at_end.join(", "),
+    ));
+    md.push_str("\nSettings: ");
+    md.push_str(
+        &r.settings
+            .iter()
+            .map(|(k, v)| format!("`{k}` {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    md.push('\n');
     if !r.facts.is_empty() {
         md.push('\n');
         for (k, v) in &r.facts {
@@ -503,11 +696,8 @@ password_hash = "{hash}"
 /// Three regions of three nodes in namespaces on LAN `index`, all joined;
 /// every node's broker is `version`. `prepare` adjusts the mesh before the
 /// nodes start.
-fn supercluster(
-    index: u8,
-    version: &str,
-    prepare: impl FnOnce(&mut Mesh),
-) -> (Mesh, Vec<GatewayRtt>) {
+fn supercluster(index: u8, version: &str, prepare: impl FnOnce(&mut Mesh)) -> (Mesh, Start) {
+    let date_utc = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let mut mesh = Mesh::in_namespaces(&REGIONS, index, &LATENCY);
     mesh.log_level = Some("info,natsmesh=debug".into());
     mesh.extra.push_str(&accounts());
@@ -539,7 +729,19 @@ fn supercluster(
         }
     }
     let rtts = check_rtts(&mut mesh);
-    (mesh, rtts)
+    let mut settings = node_settings(&mesh.node("nyc3-n1").config_path());
+    settings.insert(
+        "client.reconnect_wait".into(),
+        humantime::format_duration(RECONNECT_WAIT).to_string(),
+    );
+    let brokers = broker_versions(mesh.nodes.values());
+    let start = Start {
+        rtts,
+        date_utc,
+        brokers,
+        settings,
+    };
+    (mesh, start)
 }
 
 fn others(r: Region) -> Vec<Region> {
@@ -805,9 +1007,43 @@ impl Load {
     }
 }
 
-fn report(drill: &'static str, scenario: String, planned: bool, rtts: Vec<GatewayRtt>) -> Report {
+/// A drill's report, its provenance filled in (the brokers at the end
+/// asked now).
+fn report(
+    drill: &'static str,
+    scenario: String,
+    planned: bool,
+    start: Start,
+    mesh: &Mesh,
+) -> Report {
+    new_report(
+        drill,
+        scenario,
+        planned,
+        start,
+        broker_versions(mesh.nodes.values()),
+    )
+}
+
+fn new_report(
+    drill: &'static str,
+    scenario: String,
+    planned: bool,
+    start: Start,
+    brokers_at_end: Vec<String>,
+) -> Report {
+    let (revision, dirty) = revision();
     Report {
         drill,
+        provenance: Provenance {
+            revision,
+            dirty,
+            date_utc: start.date_utc,
+            host: Host::this(),
+            brokers_at_start: start.brokers,
+            brokers_at_end,
+        },
+        settings: start.settings,
         scenario,
         planned,
         acked_lost: 0,
@@ -821,7 +1057,7 @@ fn report(drill: &'static str, scenario: String, planned: bool, rtts: Vec<Gatewa
         lb_failed_connections: None,
         converge_ms: 0,
         facts: Vec::new(),
-        gateway_rtt: rtts,
+        gateway_rtt: start.rtts,
         targets: Vec::new(),
     }
 }
@@ -835,7 +1071,11 @@ fn check(report: &mut Report) {
         .filter(|t| t.applies(report))
         .map(|t| t.judge(report))
         .collect();
-    let file = write_report(report);
+    let dir = std::env::var_os("NATSMESH_DRILL_OUT").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/drills"),
+        PathBuf::from,
+    );
+    let file = write_report(report, &dir);
     let missed: Vec<String> = report
         .targets
         .iter()
@@ -877,7 +1117,7 @@ fn wait_all_joined(mesh: &mut Mesh) {
 fn a_whole_region_lost_and_returned_loses_no_acknowledged_message() {
     let loss = env_secs("NATSMESH_DRILL_LOSS_SECS", 10);
     let warm = env_secs("NATSMESH_DRILL_LOAD_SECS", 3);
-    let (mut mesh, rtts) = supercluster(31, CURRENT, |_| {});
+    let (mut mesh, start) = supercluster(31, CURRENT, |_| {});
     let load = Load::start(&mut mesh, NYC3);
     std::thread::sleep(warm);
     load.reset();
@@ -902,9 +1142,14 @@ fn a_whole_region_lost_and_returned_loses_no_acknowledged_message() {
             loss.as_secs()
         ),
         false,
-        rtts,
+        start,
+        &mesh,
     );
     r.converge_ms = ms(converge);
+    r.settings
+        .insert("drill.loss".into(), format!("{}s", loss.as_secs()));
+    r.settings
+        .insert("drill.load".into(), format!("{}s", warm.as_secs()));
     load.finish(&mut r);
     check(&mut r);
     // The lost region's clients reconnected elsewhere while it was gone,
@@ -918,7 +1163,7 @@ fn a_flapping_region_loses_nothing_and_heals() {
     let flaps = env_secs("NATSMESH_DRILL_FLAPS", 3).as_secs();
     let cut = env_secs("NATSMESH_DRILL_CUT_SECS", 4);
     let warm = env_secs("NATSMESH_DRILL_LOAD_SECS", 3);
-    let (mut mesh, rtts) = supercluster(32, CURRENT, |_| {});
+    let (mut mesh, start) = supercluster(32, CURRENT, |_| {});
     let load = Load::start(&mut mesh, NYC3);
     std::thread::sleep(warm);
     load.reset();
@@ -945,9 +1190,15 @@ fn a_flapping_region_loses_nothing_and_heals() {
             cut.as_secs()
         ),
         false,
-        rtts,
+        start,
+        &mesh,
     );
     r.converge_ms = ms(converge);
+    r.settings.insert("drill.flaps".into(), flaps.to_string());
+    r.settings
+        .insert("drill.cut".into(), format!("{}s", cut.as_secs()));
+    r.settings
+        .insert("drill.load".into(), format!("{}s", warm.as_secs()));
     load.finish(&mut r);
     check(&mut r);
     // The cuts took effect: core messages from fra1 stopped reaching nyc3.
@@ -979,6 +1230,29 @@ impl Seen {
     fn record(&self, mesh: &Mesh, r: &mut Report) {
         r.lb_failed_connections = Some(self.failed);
         r.facts.push(("balancer".into(), balancer_model(mesh)));
+        let m = mesh.balancer().pool().model();
+        for (k, v) in [
+            (
+                "check_interval",
+                humantime::format_duration(m.check_interval),
+            ),
+            (
+                "response_timeout",
+                humantime::format_duration(m.response_timeout),
+            ),
+            ("propagation", humantime::format_duration(m.propagation)),
+        ] {
+            r.settings
+                .insert(format!("fake_balancer.{k}"), v.to_string());
+        }
+        r.settings.insert(
+            "fake_balancer.healthy_threshold".into(),
+            m.healthy_threshold.to_string(),
+        );
+        r.settings.insert(
+            "fake_balancer.unhealthy_threshold".into(),
+            m.unhealthy_threshold.to_string(),
+        );
         let first = if self.why.is_empty() {
             String::new()
         } else {
@@ -1179,7 +1453,7 @@ fn meta_peers(mesh: &mut Mesh) -> Option<Vec<serde_json::Value>> {
 #[test]
 fn scaling_a_region_up_and_down_under_load_leaves_no_ghost() {
     let warm = env_secs("NATSMESH_DRILL_LOAD_SECS", 3);
-    let (mut mesh, rtts) = supercluster(33, CURRENT, |m| m.balance(NYC3));
+    let (mut mesh, start) = supercluster(33, CURRENT, |m| m.balance(NYC3));
     wait_in_service(&mesh, 3, Duration::from_secs(30));
     let load = Load::start(&mut mesh, NYC3);
     let probe = LbProbe::start(mesh.balancer().frontend(), NYC3);
@@ -1247,9 +1521,12 @@ fn scaling_a_region_up_and_down_under_load_leaves_no_ghost() {
         "scaling",
         "nyc3 grown to four servers under load (the fourth published in DNS, started, joined), then nyc3-n1 — a replica of the US stream, and the first server of ten of the watched clients — removed with `natsmeshd decommission` and taken out of DNS.".into(),
         true,
-        rtts,
+        start,
+        &mesh,
     );
     r.converge_ms = ms(converge);
+    r.settings
+        .insert("drill.load".into(), format!("{}s", warm.as_secs()));
     seen.record(&mesh, &mut r);
     r.facts.push((
         "fourth server started → routed, gateways up, JetStream current".into(),
@@ -1341,7 +1618,7 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
     let previous = std::env::var_os("NATSMESH_DRILL_PREVIOUS_NATSMESHD")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from);
-    let (mut mesh, rtts) = supercluster(34, PREVIOUS, |m| {
+    let (mut mesh, start) = supercluster(34, PREVIOUS, |m| {
         m.own_binaries(previous.clone());
         // One node of all regions at a time. The lease outlasts a restart
         // (30 s of lame duck, nats-server's least, and a start).
@@ -1429,9 +1706,19 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
             )
         ),
         true,
-        rtts,
+        start,
+        &mesh,
     );
     r.converge_ms = ms(converge);
+    r.settings
+        .insert("drill.load".into(), format!("{}s", warm.as_secs()));
+    r.settings.insert(
+        "drill.previous_natsmeshd".into(),
+        previous.as_ref().map_or_else(
+            || "a copy of the current build".to_owned(),
+            |p| build_name(p),
+        ),
+    );
     seen.record(&mesh, &mut r);
     r.facts.push((
         "most servers of the supercluster out of service at once".into(),
@@ -1473,7 +1760,7 @@ fn the_readme_states_the_drill_targets() {
 /// and nothing measured meets only where that is vacuous.
 #[test]
 fn drill_targets_judge_their_measurements() {
-    let mut r = report("t", String::new(), true, Vec::new());
+    let mut r = new_report("t", String::new(), true, offline_start(), Vec::new());
     r.longest_core_gap_ms = 1266;
     r.lb_failed_connections = Some(0);
     let judged: Vec<TargetResult> = TARGETS.iter().map(|t| t.judge(&r)).collect();
@@ -1499,4 +1786,98 @@ fn drill_targets_judge_their_measurements() {
         .map(|t| t.what)
         .collect();
     assert_eq!(applied, ["acknowledged messages lost"]);
+}
+
+/// A start without a mesh, for the tests below.
+fn offline_start() -> Start {
+    Start {
+        rtts: Vec::new(),
+        date_utc: "2026-01-01T00:00:00Z".into(),
+        brokers: vec![format!("{PREVIOUS} ×9")],
+        settings: std::collections::BTreeMap::from([(
+            "client.reconnect_wait".into(),
+            "250ms".into(),
+        )]),
+    }
+}
+
+/// A result file carries its provenance (this tree's revision, the host,
+/// the brokers), the settings and every target with its verdict, in the
+/// JSON and the Markdown both.
+#[test]
+fn drill_report_carries_provenance_settings_and_targets() {
+    let mut r = new_report(
+        "t",
+        String::new(),
+        true,
+        offline_start(),
+        vec![format!("{CURRENT} ×9")],
+    );
+    r.longest_core_gap_ms = 1266;
+    r.targets = TARGETS.iter().map(|t| t.judge(&r)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let json = write_report(&r, dir.path());
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let p = &v["provenance"];
+    let rev = p["revision"].as_str().unwrap();
+    assert!(
+        rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()),
+        "{p}"
+    );
+    assert!(p["dirty"].is_boolean(), "{p}");
+    assert_eq!(p["date_utc"], "2026-01-01T00:00:00Z");
+    assert!(p["host"]["cores"].as_u64().unwrap() >= 1, "{p}");
+    assert!(p["host"]["memory_mib"].as_u64().unwrap() > 0, "{p}");
+    assert!(!p["host"]["hostname"].as_str().unwrap().is_empty(), "{p}");
+    assert_eq!(p["brokers_at_start"][0], format!("{PREVIOUS} ×9"));
+    assert_eq!(p["brokers_at_end"][0], format!("{CURRENT} ×9"));
+    assert_eq!(v["settings"]["client.reconnect_wait"], "250ms");
+    assert_eq!(v["targets"][1]["target"], "longest core gap ≤ 1250 ms");
+    assert_eq!(v["targets"][1]["measured"], 1266);
+    assert_eq!(v["targets"][1]["pass"], false);
+    let md = std::fs::read_to_string(dir.path().join("t.md")).unwrap();
+    assert!(md.contains(&format!("Ran at {rev}")), "{md}");
+    assert!(
+        md.contains("| longest core gap ≤ 1250 ms | 1266 ms | **no** |"),
+        "{md}"
+    );
+    assert!(md.contains("`client.reconnect_wait` 250ms"), "{md}");
+}
+
+/// The settings come from the node's configuration as natsmeshd merges
+/// it: a drop-in overrides the file, a profile's timings fill in what is
+/// not set, defaults the rest.
+#[test]
+fn drill_settings_come_from_the_node_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("natsmesh.toml");
+    std::fs::write(
+        &main,
+        "[broker]\nlame_duck_duration = \"30s\"\n[health]\nprofile = \"fast\"\n[fleet]\nlease_ttl = \"90s\"\n",
+    )
+    .unwrap();
+    let dropins = natsmesh::config::load::dropin_dir(&main);
+    std::fs::create_dir_all(&dropins).unwrap();
+    std::fs::write(
+        dropins.join("50-test.toml"),
+        "[fleet]\nlease_scope = \"supercluster\"\nlease_ttl = \"60s\"\n",
+    )
+    .unwrap();
+    let s = node_settings(&main);
+    assert_eq!(s["broker.lame_duck_duration"], "30s");
+    assert_eq!(s["broker.lame_duck_grace_period"], "10s", "the default");
+    assert_eq!(s["health.profile"], "fast");
+    assert_eq!(s["health.interval"], "250ms", "the fast profile's");
+    assert_eq!(s["fleet.lease_scope"], "supercluster");
+    assert_eq!(s["fleet.lease_ttl"], "1m", "the drop-in's");
+    assert!(!s.contains_key("load_balancer.dwell"), "no balancer: {s:?}");
+}
+
+#[test]
+fn drill_report_reads_memory_from_meminfo() {
+    assert_eq!(
+        mem_total_mib("MemTotal:       24731400 kB\nMemFree: 1 kB\n"),
+        Some(24151)
+    );
+    assert_eq!(mem_total_mib("MemFree: 1 kB\n"), None);
 }
