@@ -1281,7 +1281,7 @@ impl LbProbe {
                 if stop2.load(Ordering::Relaxed) {
                     break;
                 }
-                match nats_handshake(frontend, tls.as_ref()) {
+                match nats_handshake(frontend, tls.as_ref(), Duration::from_secs(2)) {
                     Ok(()) => ok += 1,
                     Err(e) => {
                         failed += 1;
@@ -1307,24 +1307,16 @@ impl LbProbe {
     }
 }
 
-/// Whether a server at `to` sends a client its INFO within a second.
-fn greets(to: std::net::SocketAddr) -> bool {
-    use std::io::BufRead as _;
-    let limit = Duration::from_secs(1);
-    let Ok(stream) = std::net::TcpStream::connect_timeout(&to, limit) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(limit));
-    let mut line = String::new();
-    std::io::BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO ")
-}
-
 /// One client connection: INFO, TLS when the server requires it (the
-/// certificate checked for `name`, as a user connecting by the region's
-/// name would), then CONNECT and PING answered by PONG.
-fn nats_handshake(to: std::net::SocketAddr, tls: Option<&UserTls>) -> Result<(), String> {
+/// certificate checked for `tls`'s name), then CONNECT with the drill's
+/// user and PING answered by PONG; connecting and each read and write
+/// bounded by `limit`.
+fn nats_handshake(
+    to: std::net::SocketAddr,
+    tls: Option<&UserTls>,
+    limit: Duration,
+) -> Result<(), String> {
     use std::io::Read as _;
-    let limit = Duration::from_secs(2);
     let mut stream =
         std::net::TcpStream::connect_timeout(&to, limit).map_err(|e| format!("connect: {e}"))?;
     stream.set_read_timeout(Some(limit)).unwrap();
@@ -1549,14 +1541,15 @@ fn scaling_a_region_up_and_down_under_load_leaves_no_ghost() {
     assert!(seen.ok > 0, "{r:?}");
 }
 
-/// Samples every node's state over its control socket until `stop`: the
-/// most nodes out of service at once (and which), and when the first and
-/// the last node ran `version`. Out of service is what a client sees: a
-/// node whose natsmeshd is not `ready` or `syncing`, or does not answer
-/// at all, counts only if its broker does not greet a client either (a
-/// re-executed natsmeshd says `starting` until its first probe while the
-/// broker it took over serves throughout; a draining broker in lame duck
-/// refuses new clients).
+/// Samples every node until `stop` (a round every 25 ms): the most
+/// nodes out of service at once (and which, with what a client saw), and
+/// when the first and the last node ran `version`. In service is what a
+/// client sees, nothing natsmeshd says: a real client connection to the
+/// node's client port — the drill's user, TLS with the root the clients
+/// trust and the certificate checked for the address dialled, as the
+/// drill's clients connect — gets INFO, CONNECT and PING answered by PONG
+/// within a second each ([`in_service`]). The control socket is asked
+/// only which broker version runs.
 type Roll = (usize, Vec<String>, Option<Instant>, Option<Instant>);
 
 fn watch_roll(
@@ -1570,27 +1563,29 @@ fn watch_roll(
             .enable_all()
             .build()
             .unwrap();
+        // Built once per node: the same root, the node's own address.
+        let tls: Vec<Option<UserTls>> = nodes
+            .iter()
+            .map(|(_, _, client)| {
+                ROOT.get()
+                    .map(|root| UserTls::new(root, &client.ip().to_string()))
+            })
+            .collect();
         let (mut worst, mut when) = (0, Vec::new());
         let (mut first_new, mut all_new) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(600);
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             let mut down = Vec::new();
             let mut new = 0;
-            for (name, socket, client) in &nodes {
+            for ((name, socket, client), tls) in nodes.iter().zip(&tls) {
+                if let Err(e) = in_service(*client, tls.as_ref()) {
+                    down.push(format!("{name}: {e}"));
+                }
                 let status = rt
                     .block_on(natsmesh::control::request(socket, &Request::Status))
                     .ok()
                     .and_then(|r| r.status);
-                let Some(s) = status else {
-                    if !greets(*client) {
-                        down.push(format!("{name}: natsmeshd and broker silent"));
-                    }
-                    continue;
-                };
-                if !matches!(s.state.as_str(), "ready" | "syncing") && !greets(*client) {
-                    down.push(format!("{name}: {}", s.state));
-                }
-                if s.broker_version.contains(version) {
+                if status.is_some_and(|s| s.broker_version.contains(version)) {
                     new += 1;
                 }
             }
@@ -1608,6 +1603,13 @@ fn watch_roll(
         }
         (worst, when, first_new, all_new)
     })
+}
+
+/// Whether a client gets served at `to` (see [`watch_roll`]): a second
+/// for each step, so a hung broker counts as out of service, not as a
+/// stalled sampler.
+fn in_service(to: std::net::SocketAddr, tls: Option<&UserTls>) -> Result<(), String> {
+    nats_handshake(to, tls, Duration::from_secs(1))
 }
 
 #[test]
@@ -1880,4 +1882,68 @@ fn drill_report_reads_memory_from_meminfo() {
         Some(24151)
     );
     assert_eq!(mem_total_mib("MemFree: 1 kB\n"), None);
+}
+
+/// A nats-server on loopback whose one user is `user`/`password`.
+fn loopback_broker(user: &str, password: &str) -> (natsmesh_harness::Broker, tempfile::TempDir) {
+    let dir = natsmesh_harness::scratch();
+    let config = dir.path().join("server.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:-1\nports_file_dir: \"{}\"\nauthorization {{ user: \"{user}\", password: \"{password}\" }}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let broker = natsmesh_harness::Broker::start(
+        &natsmesh_harness::broker_binary(CURRENT),
+        &config,
+        dir.path(),
+    );
+    (broker, dir)
+}
+
+fn client_addr(broker: &natsmesh_harness::Broker) -> std::net::SocketAddr {
+    broker
+        .url("nats")
+        .trim_start_matches("nats://")
+        .parse()
+        .unwrap()
+}
+
+/// The sampler counts a node in service only when a client is served:
+/// a real broker that takes the drill's user is; one that refuses it, a
+/// port that greets but never answers PING, and a closed port are not,
+/// each judged within its bounds.
+#[test]
+fn drill_sampler_probes_the_client_port_itself() {
+    let (served, _d1) = loopback_broker(USER, PASSWORD);
+    assert_eq!(in_service(client_addr(&served), None), Ok(()));
+
+    let (refusing, _d2) = loopback_broker(USER, "another-secret");
+    let e = in_service(client_addr(&refusing), None).unwrap_err();
+    assert!(e.contains("Authorization"), "{e}");
+
+    // Greets like a broker (a process that accepts but does not serve,
+    // as a hung one would), then says nothing.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mute_addr = mute.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        use std::io::Write as _;
+        let (mut c, _) = mute.accept().unwrap();
+        c.write_all(b"INFO {\"server_id\":\"mute\"}\r\n").unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let began = Instant::now();
+    let e = in_service(mute_addr, None).unwrap_err();
+    assert!(e.contains("PONG"), "{e}");
+    assert!(began.elapsed() < Duration::from_secs(2), "unbounded: {e}");
+    held.join().unwrap();
+
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    assert!(in_service(closed, None).is_err());
 }
