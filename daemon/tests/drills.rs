@@ -357,6 +357,37 @@ struct GatewayRtt {
     measured_ms: f64,
 }
 
+/// Core messages at the subscriber, after the warm-up.
+#[derive(Debug, Default, Serialize)]
+struct CoreCount {
+    received: u64,
+    /// Sequence numbers that never arrived.
+    lost: u64,
+    /// Arrived lower than one already seen (repeated or late).
+    reordered: u64,
+    /// Publishes the publishing client refused (not sent at all).
+    unsent: u64,
+}
+
+/// Gateway connections re-established during a drill, as `/gatewayz`
+/// shows them: a connection id not seen at the start is a new connection.
+#[derive(Debug, Default, Serialize)]
+struct GatewayReconnects {
+    /// New outbound gateway connections, all nodes (one per link
+    /// re-established).
+    outbound: u64,
+    /// New inbound gateway connections, all nodes (the far ends of those).
+    inbound: u64,
+    /// Which: `node → region` (outbound) or `node ← region` (inbound),
+    /// with how many.
+    links: Vec<(String, u64)>,
+    /// Samples taken (every node's `/gatewayz` every 250 ms).
+    samples: u64,
+    /// Connections in each node's first sample (that the watch saw the
+    /// gateways at all): outbound, inbound.
+    at_start: (u64, u64),
+}
+
 /// Where, when and from what a drill ran, so that its numbers can be
 /// read later (and told apart from a run on another tree or machine).
 #[derive(Debug, Serialize)]
@@ -545,6 +576,11 @@ struct Report {
     /// Longest gap between two core messages (published every 10 ms in
     /// fra1) at a subscriber first connected to the drill's region.
     longest_core_gap_ms: u64,
+    /// The same core messages counted by their sequence numbers.
+    core: CoreCount,
+    /// Gateway connections re-established, from every node's `/gatewayz`
+    /// (the flapping drill; `None` where not watched).
+    gateway_reconnects: Option<GatewayReconnects>,
     /// Requests from a client first connected to the drill's region to a
     /// responder in fra1 (every 50 ms, 2 s timeout): answered, failed.
     requests: (u64, u64),
@@ -577,7 +613,7 @@ fn write_report(r: &Report, dir: &std::path::Path) -> PathBuf {
             .join(", ")
     };
     let mut md = format!(
-        "# Drill: {}\n\n{} Three regions of three nats-servers (nats-server {} unless said otherwise) under natsmeshd, each in its own network namespace, TLS required on routes, gateways and client ports (every node's certificate issued by natsmeshd from its region's intermediate); gateway round trips of 20/40/80 ms into fra1/nyc3/sgp1 from delaying proxies. Clients reconnect every {} ms.\n\n| acked lost | acked (per stream) | retried publishes | longest core gap, ms | requests answered / failed | reconnects | reconnect p50, ms | p99, ms | failed via balancer | converge, ms |\n|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |\n",
+        "# Drill: {}\n\n{} Three regions of three nats-servers (nats-server {} unless said otherwise) under natsmeshd, each in its own network namespace, TLS required on routes, gateways and client ports (every node's certificate issued by natsmeshd from its region's intermediate); gateway round trips of 20/40/80 ms into fra1/nyc3/sgp1 from delaying proxies. Clients reconnect every {} ms.\n\n| acked lost | acked (per stream) | retried publishes | longest core gap, ms | core lost / received | requests answered / failed | reconnects | reconnect p50, ms | p99, ms | gateway reconnects (out / in) | failed via balancer | converge, ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} / {} | {} / {} | {} | {} | {} | {} | {} | {} |\n",
         r.drill,
         r.scenario,
         natsmesh_harness::CURRENT,
@@ -586,11 +622,19 @@ fn write_report(r: &Report, dir: &std::path::Path) -> PathBuf {
         list(&r.acked),
         list(&r.retried),
         r.longest_core_gap_ms,
+        r.core.lost,
+        r.core.received,
         r.requests.0,
         r.requests.1,
         r.reconnects,
         opt(r.reconnect_p50_ms),
         opt(r.reconnect_p99_ms),
+        r.gateway_reconnects
+            .as_ref()
+            .map_or("–".to_owned(), |g| format!(
+                "{} / {}",
+                g.outbound, g.inbound
+            )),
         opt(r.lb_failed_connections),
         r.converge_ms,
     );
@@ -619,6 +663,27 @@ fn write_report(r: &Report, dir: &std::path::Path) -> PathBuf {
             .join(", "),
     );
     md.push('\n');
+    if r.core.reordered > 0 || r.core.unsent > 0 {
+        md.push_str(&format!(
+            "\nCore messages also: {} arrived out of order, {} refused by the publishing client.\n",
+            r.core.reordered, r.core.unsent
+        ));
+    }
+    if let Some(g) = r
+        .gateway_reconnects
+        .as_ref()
+        .filter(|g| !g.links.is_empty())
+    {
+        md.push_str(&format!(
+            "\nGateway connections re-established ({} samples of every node's /gatewayz): {}\n",
+            g.samples,
+            g.links
+                .iter()
+                .map(|(l, n)| format!("{l} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     if !r.facts.is_empty() {
         md.push('\n');
         for (k, v) in &r.facts {
@@ -782,6 +847,42 @@ fn check_rtts(mesh: &mut Mesh) -> Vec<GatewayRtt> {
     found
 }
 
+/// Core messages as the subscriber saw their sequence numbers (the
+/// publisher numbers them 0, 1, 2, …): a number skipped is a message
+/// lost on the way (core delivery is at most once).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct CoreSeq {
+    /// The number expected next.
+    next: Option<u64>,
+    received: u64,
+    /// Numbers skipped.
+    lost: u64,
+    /// Numbers lower than expected (repeated or late).
+    reordered: u64,
+}
+
+impl CoreSeq {
+    fn saw(&mut self, seq: u64) {
+        self.received += 1;
+        match self.next {
+            Some(next) if seq < next => self.reordered += 1,
+            Some(next) => {
+                self.lost += seq - next;
+                self.next = Some(seq + 1);
+            }
+            None => self.next = Some(seq + 1),
+        }
+    }
+
+    /// Forgets the counts, not where the sequence is.
+    fn reset(&mut self) {
+        *self = Self {
+            next: self.next,
+            ..Self::default()
+        };
+    }
+}
+
 /// Client load for a drill: an acknowledged publisher per region's R3
 /// stream (EU in fra1, US in nyc3, AP in sgp1), core messages from fra1
 /// to a subscriber first connected to the watched region, and 30 clients
@@ -795,6 +896,10 @@ struct Load {
     reconnects: Arc<Mutex<Vec<Duration>>>,
     /// The longest core gap so far, and when the last core message came.
     gap: Arc<std::sync::Mutex<(Duration, Instant)>>,
+    /// The core messages' sequence numbers as received.
+    core: Arc<std::sync::Mutex<CoreSeq>>,
+    /// Core publishes the publishing client refused.
+    core_unsent: Arc<AtomicU64>,
     /// Requests answered and failed.
     requests: [Arc<AtomicU64>; 2],
     publishers: Vec<tokio::task::JoinHandle<(u64, u64, jetstream::Context)>>,
@@ -824,6 +929,8 @@ impl Load {
         let progress: [Arc<AtomicU64>; 3] = Default::default();
         let reconnects: Arc<Mutex<Vec<Duration>>> = Arc::default();
         let gap = Arc::new(std::sync::Mutex::new((Duration::ZERO, Instant::now())));
+        let core_seq: Arc<std::sync::Mutex<CoreSeq>> = Arc::default();
+        let core_unsent: Arc<AtomicU64> = Arc::default();
 
         let (publishers, watchers) = rt.block_on(async {
             let admin = client(core_from.clone(), None).await;
@@ -870,11 +977,18 @@ impl Load {
                     let mut sub = c.subscribe("drill.core").await.unwrap();
                     c.flush().await.unwrap();
                     let gap = gap.clone();
+                    let seq = core_seq.clone();
                     let stop = stop.clone();
                     tokio::spawn(async move {
-                        while let Ok(Some(_)) =
+                        while let Ok(Some(m)) =
                             tokio::time::timeout(Duration::from_secs(120), sub.next()).await
                         {
+                            if let Some(n) = std::str::from_utf8(&m.payload)
+                                .ok()
+                                .and_then(|p| p.parse().ok())
+                            {
+                                seq.lock().unwrap().saw(n);
+                            }
                             let mut g = gap.lock().unwrap();
                             let since = g.1.elapsed();
                             g.1 = Instant::now();
@@ -923,10 +1037,17 @@ impl Load {
             });
             let core = client(core_from, None).await;
             let stop2 = stop.clone();
+            let unsent = core_unsent.clone();
             tokio::spawn(async move {
                 let mut seq = 0u64;
                 while !stop2.load(Ordering::Relaxed) {
-                    let _ = core.publish("drill.core", seq.to_string().into()).await;
+                    if core
+                        .publish("drill.core", seq.to_string().into())
+                        .await
+                        .is_err()
+                    {
+                        unsent.fetch_add(1, Ordering::Relaxed);
+                    }
                     seq += 1;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -939,6 +1060,8 @@ impl Load {
             progress,
             reconnects,
             gap,
+            core: core_seq,
+            core_unsent,
             requests,
             publishers,
             _watchers: watchers,
@@ -948,6 +1071,8 @@ impl Load {
     /// Forgets the gaps and reconnects of the warm-up.
     fn reset(&self) {
         self.gap.lock().unwrap().0 = Duration::ZERO;
+        self.core.lock().unwrap().reset();
+        self.core_unsent.store(0, Ordering::Relaxed);
         self.rt
             .block_on(async { self.reconnects.lock().await.clear() });
     }
@@ -984,6 +1109,13 @@ impl Load {
     fn finish(self, report: &mut Report) {
         self.stop.store(true, Ordering::Relaxed);
         report.longest_core_gap_ms = ms(self.gap.lock().unwrap().0);
+        let core = *self.core.lock().unwrap();
+        report.core = CoreCount {
+            received: core.received,
+            lost: core.lost,
+            reordered: core.reordered,
+            unsent: self.core_unsent.load(Ordering::Relaxed),
+        };
         report.requests = (
             self.requests[0].load(Ordering::Relaxed),
             self.requests[1].load(Ordering::Relaxed),
@@ -1050,6 +1182,8 @@ fn new_report(
         acked: Vec::new(),
         retried: Vec::new(),
         longest_core_gap_ms: 0,
+        core: CoreCount::default(),
+        gateway_reconnects: None,
         requests: (0, 0),
         reconnects: 0,
         reconnect_p50_ms: None,
@@ -1167,6 +1301,7 @@ fn a_flapping_region_loses_nothing_and_heals() {
     let load = Load::start(&mut mesh, NYC3);
     std::thread::sleep(warm);
     load.reset();
+    let gateways = GatewayWatch::start(&mesh);
     let mut healed = Instant::now();
     for _ in 0..flaps {
         mesh.cut(NYC3);
@@ -1181,6 +1316,7 @@ fn a_flapping_region_loses_nothing_and_heals() {
     wait_all_joined(&mut mesh);
     let converge = healed.elapsed();
     std::thread::sleep(warm);
+    let gateway_reconnects = gateways.finish();
 
     let mut r = report(
         "region-flapping",
@@ -1194,6 +1330,15 @@ fn a_flapping_region_loses_nothing_and_heals() {
         &mesh,
     );
     r.converge_ms = ms(converge);
+    // The watch saw every node's outbound gateways to both other regions
+    // (else its zero would mean nothing).
+    assert_eq!(
+        gateway_reconnects.at_start.0,
+        u64::try_from(REGIONS.len() * 3 * (REGIONS.len() - 1)).unwrap(),
+        "{gateway_reconnects:?}"
+    );
+    assert!(gateway_reconnects.at_start.1 > 0, "{gateway_reconnects:?}");
+    r.gateway_reconnects = Some(gateway_reconnects);
     r.settings.insert("drill.flaps".into(), flaps.to_string());
     r.settings
         .insert("drill.cut".into(), format!("{}s", cut.as_secs()));
@@ -1206,6 +1351,133 @@ fn a_flapping_region_loses_nothing_and_heals() {
         r.longest_core_gap_ms >= ms(cut) / 2,
         "no gap while the links were cut: {r:?}"
     );
+}
+
+/// Watches every node's `/gatewayz` (every 250 ms) for gateway
+/// connections that were not there at the start.
+struct GatewayWatch {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<GatewayReconnects>,
+}
+
+/// One sample of a node's gateways: `(direction, remote region, cid)`,
+/// direction `→` outbound, `←` inbound.
+fn gateway_cids(gatewayz: &serde_json::Value) -> Vec<(char, String, u64)> {
+    let mut out = Vec::new();
+    if let Some(o) = gatewayz["outbound_gateways"].as_object() {
+        for (region, g) in o {
+            if let Some(cid) = g["connection"]["cid"].as_u64() {
+                out.push(('→', region.clone(), cid));
+            }
+        }
+    }
+    if let Some(i) = gatewayz["inbound_gateways"].as_object() {
+        for (region, conns) in i {
+            for g in conns.as_array().into_iter().flatten() {
+                if let Some(cid) = g["connection"]["cid"].as_u64() {
+                    out.push(('←', region.clone(), cid));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Counts connection ids first seen after the first sample of a node.
+#[derive(Default)]
+struct CidTally {
+    at_start: (u64, u64),
+    seen: std::collections::BTreeMap<String, std::collections::BTreeSet<(char, String, u64)>>,
+    new: std::collections::BTreeMap<(String, char, String), u64>,
+}
+
+impl CidTally {
+    fn sample(&mut self, node: &str, cids: Vec<(char, String, u64)>) {
+        match self.seen.get_mut(node) {
+            None => {
+                for c in &cids {
+                    if c.0 == '→' {
+                        self.at_start.0 += 1;
+                    } else {
+                        self.at_start.1 += 1;
+                    }
+                }
+                self.seen
+                    .insert(node.to_owned(), cids.into_iter().collect());
+            }
+            Some(seen) => {
+                for c in cids {
+                    if seen.insert(c.clone()) {
+                        *self.new.entry((node.to_owned(), c.0, c.1)).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn result(self, samples: u64) -> GatewayReconnects {
+        let mut r = GatewayReconnects {
+            samples,
+            at_start: self.at_start,
+            ..GatewayReconnects::default()
+        };
+        for ((node, dir, region), n) in self.new {
+            if dir == '→' {
+                r.outbound += n;
+            } else {
+                r.inbound += n;
+            }
+            r.links.push((format!("{node} {dir} {region}"), n));
+        }
+        r
+    }
+}
+
+impl GatewayWatch {
+    fn start(mesh: &Mesh) -> Self {
+        let urls: Vec<(String, String)> = mesh
+            .nodes
+            .iter()
+            .map(|(n, d)| {
+                (
+                    n.clone(),
+                    format!("http://{}:{}/gatewayz", d.host, d.monitor_port),
+                )
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(1)))
+                .build()
+                .into();
+            let mut tally = CidTally::default();
+            let mut samples = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                for (node, url) in &urls {
+                    let v = agent
+                        .get(url)
+                        .call()
+                        .ok()
+                        .and_then(|mut r| r.body_mut().read_to_string().ok())
+                        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok());
+                    if let Some(v) = v {
+                        tally.sample(node, gateway_cids(&v));
+                    }
+                }
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            tally.result(samples)
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> GatewayReconnects {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
 }
 
 /// A user connecting through a balancer, again and again: each attempt a
@@ -1946,4 +2218,55 @@ fn drill_sampler_probes_the_client_port_itself() {
         l.local_addr().unwrap()
     };
     assert!(in_service(closed, None).is_err());
+}
+
+/// Core sequence numbers: a skipped number is lost, a lower one counted
+/// apart, and a reset keeps the place in the sequence.
+#[test]
+fn drill_report_counts_core_loss_by_sequence() {
+    let mut c = CoreSeq::default();
+    for n in [5, 6, 7, 9, 10, 14, 12, 15] {
+        c.saw(n);
+    }
+    assert_eq!((c.received, c.lost, c.reordered), (8, 4, 1), "{c:?}");
+    c.reset();
+    c.saw(17);
+    assert_eq!((c.received, c.lost, c.reordered), (1, 1, 0), "{c:?}");
+}
+
+/// Gateway reconnects: a connection id first seen after a node's first
+/// sample is a connection re-established; ids present from the start or
+/// seen again are not.
+#[test]
+fn drill_report_counts_gateway_reconnects_by_connection_id() {
+    let gatewayz = |out: u64, inb: &[u64]| {
+        serde_json::json!({
+            "outbound_gateways": {"fra1": {"connection": {"cid": out}}},
+            "inbound_gateways": {"fra1": inb.iter().map(|c| serde_json::json!({"connection": {"cid": c}})).collect::<Vec<_>>()},
+        })
+    };
+    let mut t = CidTally::default();
+    t.sample("nyc3-n1", gateway_cids(&gatewayz(7, &[8, 9])));
+    t.sample("nyc3-n1", gateway_cids(&gatewayz(7, &[8, 9])));
+    // Cut: the outbound gone, one inbound gone.
+    t.sample(
+        "nyc3-n1",
+        gateway_cids(
+            &serde_json::json!({"inbound_gateways": {"fra1": [{"connection": {"cid": 8}}]}}),
+        ),
+    );
+    // Healed: both back with new ids.
+    t.sample("nyc3-n1", gateway_cids(&gatewayz(12, &[8, 13])));
+    t.sample("nyc3-n1", gateway_cids(&gatewayz(12, &[8, 13])));
+    t.sample("fra1-n1", gateway_cids(&gatewayz(3, &[4])));
+    let r = t.result(5);
+    assert_eq!((r.outbound, r.inbound), (1, 1), "{r:?}");
+    assert_eq!(r.at_start, (2, 3), "{r:?}");
+    assert_eq!(
+        r.links,
+        [
+            ("nyc3-n1 ← fra1".to_owned(), 1),
+            ("nyc3-n1 → fra1".to_owned(), 1)
+        ]
+    );
 }
