@@ -285,27 +285,24 @@ fn regions_link_by_name_though_their_public_addresses_are_in_no_intermediates_ra
                 .unwrap()
         }
     };
-    let across = |from: String, to: String, subject: &'static str| {
-        async move {
-            let a = connect(from.clone()).await;
-            let b = connect(to.clone()).await;
-            let mut sub = b.subscribe(subject).await.unwrap();
-            b.flush().await.unwrap();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            loop {
-                a.publish(subject, "hello".into()).await.unwrap();
-                a.flush().await.unwrap();
-                if let Ok(Some(m)) =
-                    tokio::time::timeout(Duration::from_millis(250), sub.next()).await
-                {
-                    assert_eq!(&m.payload[..], b"hello");
-                    return;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "no message from {from} to {to} on {subject}"
-                );
+    let across = |from: String, to: String, subject: &'static str| async move {
+        let a = connect(from.clone()).await;
+        let b = connect(to.clone()).await;
+        let mut sub = b.subscribe(subject).await.unwrap();
+        b.flush().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            a.publish(subject, "hello".into()).await.unwrap();
+            a.flush().await.unwrap();
+            if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(250), sub.next()).await
+            {
+                assert_eq!(&m.payload[..], b"hello");
+                return;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no message from {from} to {to} on {subject}"
+            );
         }
     };
     let addr = |mesh: &Mesh, n: &str| mesh.nodes[n].client_addr();
