@@ -125,6 +125,24 @@ pub struct Request {
     /// address, as the VPC address is not known before the Linode exists).
     #[arg(long, value_name = "SUBNET_ID", requires = "lb_id")]
     pub lb_vpc_subnet: Option<u64>,
+    /// Accounts and their users: a TOML file of `[accounts.*]` tables, as
+    /// `natsmeshd user add` writes them; carried as its own drop-in.
+    #[arg(long, value_name = "FILE")]
+    pub accounts: Option<PathBuf>,
+    /// A name clients use (repeatable), e.g. the balancer's DNS name or a
+    /// global name: into the node certificate (`tls.extra_names`). The
+    /// intermediate must permit it (`ca intermediate --permit-name`).
+    #[arg(long = "client-name", value_name = "NAME")]
+    pub client_names: Vec<String>,
+    /// Where `/metrics` listens (`[metrics] bind`): auto, private, public,
+    /// any, loopback or an address.
+    #[arg(long, value_name = "BIND")]
+    pub metrics_bind: Option<String>,
+    /// What the client port advertises (`[broker.client] advertise`):
+    /// auto, none or host:port. Default with --lb-id: none (clients behind
+    /// the balancer must not be sent to the servers' private addresses).
+    #[arg(long, value_name = "VALUE")]
+    pub client_advertise: Option<String>,
     /// NoCloud: the server name.
     #[arg(long)]
     pub name: Option<String>,
@@ -305,6 +323,30 @@ fn check(r: &Request) -> Result<(), UserDataError> {
     for ns in &r.nameservers {
         nameserver(ns)?;
     }
+    for name in &r.client_names {
+        if !natsmesh_broker::model::is_dns_name(name)
+            || pki_types::ServerName::try_from(name.trim_end_matches('.')).is_err()
+        {
+            return Err(invalid(
+                "--client-name",
+                format!("{name:?} is not a DNS name a TLS client accepts"),
+            ));
+        }
+    }
+    if let Some(b) = &r.metrics_bind {
+        metrics_bind(b)?;
+    }
+    if let Some(a) = &r.client_advertise
+        && a != "auto"
+        && a != "none"
+    {
+        natsmesh_broker::model::HostPort::parse(a).map_err(|e| {
+            invalid(
+                "--client-advertise",
+                format!("{}; or auto, or none", one_line(&e.to_string())),
+            )
+        })?;
+    }
     size("--jetstream-memory", &r.jetstream_memory)?;
     size("--jetstream-store", &r.jetstream_store)?;
     if r.provider == Target::Nocloud && (r.name.is_none() || r.private_address.is_none()) {
@@ -378,6 +420,114 @@ fn nameserver(ns: &str) -> Result<std::net::SocketAddr, UserDataError> {
                 .map(|ip| std::net::SocketAddr::new(ip, 53))
         })
         .map_err(|_| invalid("--nameserver", format!("{ns:?} is not ip or ip:port")))
+}
+
+/// `--metrics-bind`: the values `[metrics] bind` takes, read by its own
+/// parser, written back in canonical form.
+fn metrics_bind(b: &str) -> Result<crate::config::bind::Bind, UserDataError> {
+    use serde::Deserialize as _;
+    crate::config::bind::Bind::deserialize(toml::Value::String(b.to_owned()))
+        .map_err(|e| invalid("--metrics-bind", one_line(&e.to_string())))
+}
+
+/// The drop-in `--accounts` becomes.
+const ACCOUNTS_DROPIN: &str = "/etc/natsmesh/natsmesh.d/20-accounts.toml";
+
+/// `--accounts`: read and checked as natsmeshd will read it on the node.
+/// First as a drop-in by the daemon's own loader (syntax, unknown keys,
+/// types: the problem names the file, line, column and key); then only
+/// `[accounts.*]` (anything else would override the node's settings);
+/// then validated by the daemon's validation together with the node's
+/// drop-in, keeping the problems of the keys this file sets (bcrypt
+/// hashes, nkeys, subjects, imports, reserved names). Returns the text,
+/// carried verbatim (its comments too: it went through the YAML
+/// serialiser, never into the YAML's text).
+fn accounts(r: &Request, path: &Path, node_dropin: &str) -> Result<String, UserDataError> {
+    use crate::config::load::{self, Loaded, Sources};
+    let arg = "--accounts";
+    let text = read(arg, &path.to_path_buf())?;
+    let problems = |ps: &[crate::config::Problem]| {
+        invalid(
+            arg,
+            ps.iter()
+                .map(|p| one_line(&p.to_string()))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    };
+    let sources = Sources::Files {
+        main: path.to_path_buf(),
+        files: vec![path.to_path_buf()],
+    };
+    let loaded = load::load(&sources).map_err(|ps| problems(&ps.0))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| invalid(arg, one_line(e.message())))?;
+    if let Some(other) = table.keys().find(|k| *k != "accounts") {
+        return Err(invalid(
+            arg,
+            format!(
+                "{path:?} sets {other:?}: it carries [accounts.*] tables only (what natsmeshd user add writes); the node's settings come from user-data's other arguments"
+            ),
+        ));
+    }
+    if loaded.raw.accounts.is_empty() {
+        return Err(invalid(
+            arg,
+            format!(
+                "{path:?} holds no [accounts.*] table: add users with natsmeshd user add --file"
+            ),
+        ));
+    }
+    let mut raw: crate::config::schema::RawConfig =
+        toml::from_str(node_dropin).map_err(|e| UserDataError::Serialise(e.to_string()))?;
+    raw.accounts = loaded.raw.accounts.clone();
+    let merged = Loaded {
+        raw,
+        origins: loaded.origins.clone(),
+        embedded: false,
+        files: loaded.files.clone(),
+    };
+    // A machine as the node will be; what depends on the machine (the
+    // broker binary, the state directory, the credentials) is not what
+    // this checks, and is set aside below.
+    let env = crate::config::Environment {
+        hostname: "user-data".into(),
+        path: None,
+        default_state_dir: PathBuf::from("/nonexistent/natsmeshd-user-data"),
+        default_control_socket: PathBuf::from("/nonexistent/natsmeshd-user-data/control.sock"),
+        credentials_dir: None,
+    };
+    let identity = crate::provider::Identity {
+        provider: match r.provider {
+            Target::Digitalocean => crate::config::schema::Provider::DigitalOcean,
+            Target::Linode => crate::config::schema::Provider::Linode,
+            Target::Nocloud => crate::config::schema::Provider::None,
+        },
+        instance_id: "1".into(),
+        hostname: r.name.clone().unwrap_or_else(|| "user-data".into()),
+        provider_region: r.region.clone(),
+        private_ipv4: Some(
+            r.private_address
+                .unwrap_or(std::net::Ipv4Addr::new(10, 0, 0, 2)),
+        ),
+        public_ipv4: Some(std::net::Ipv4Addr::new(203, 0, 113, 10)),
+        public_ipv6: None,
+        tags: Vec::new(),
+    };
+    if let Err(ps) = crate::config::validate::validate(&merged, &env, &identity) {
+        // Every origin is in this file, so a located problem is its own.
+        let own: Vec<_> = ps
+            .0
+            .into_iter()
+            .filter(|p| {
+                p.location.is_some() || p.key.as_deref().is_some_and(|k| k.starts_with("accounts"))
+            })
+            .collect();
+        if !own.is_empty() {
+            return Err(problems(&own));
+        }
+    }
+    Ok(text)
 }
 
 /// A JetStream limit, written back in its canonical form. The parser
@@ -504,6 +654,19 @@ fn check_pki(
             ),
         ));
     }
+    for name in &r.client_names {
+        if !permits.dns_name(name) {
+            return Err(invalid(
+                "--client-name",
+                format!(
+                    "{name:?} is not permitted by {cert_file} (it permits {}): issue the intermediate with natsmeshd ca intermediate --region {} --domain {} --permit-name {name}",
+                    one_line(&permits.describe()),
+                    r.region,
+                    r.domain
+                ),
+            ));
+        }
+    }
     let date = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     if now < info.not_before {
         return Err(invalid(
@@ -529,7 +692,8 @@ fn check_pki(
     // What natsmeshd will do on the droplet: issue a node certificate for
     // the region's names (and the client names) and verify it against the
     // roots, with the intermediate's name constraints.
-    let names = vec![format!("probe.{region_name}"), region_name.clone()];
+    let mut names = vec![format!("probe.{region_name}"), region_name.clone()];
+    names.extend(r.client_names.iter().cloned());
     let issuer = issue::Issued {
         cert_pem: cert_pem.to_owned(),
         key_pem: key_pem.to_owned(),
@@ -726,10 +890,22 @@ fn dropin(r: &Request) -> Result<String, UserDataError> {
             ]),
         ),
     ];
+    let mut client = Vec::new();
     if r.lb_vpc_subnet.is_some() {
         // A VPC backend's address is not known before the Linode exists:
         // clients are accepted on every address (they must authenticate).
-        broker.push(("client", table(&[("bind", s("any"))])));
+        client.push(("bind", s("any")));
+    }
+    // Behind a balancer, clients reach the region through it: advertising
+    // the servers' own (private) addresses in `connect_urls` would send
+    // clients outside the VPC to addresses they cannot reach.
+    match (&r.client_advertise, &r.lb_id) {
+        (Some(a), _) => client.push(("advertise", s(a))),
+        (None, Some(_)) => client.push(("advertise", s("none"))),
+        (None, None) => {}
+    }
+    if !client.is_empty() {
+        broker.push(("client", table(&client)));
     }
     let mut doc = vec![
         ("node", table(&node)),
@@ -745,6 +921,20 @@ fn dropin(r: &Request) -> Result<String, UserDataError> {
         ("broker", table(&broker)),
         ("discovery", table(&discovery)),
     ];
+    if !r.client_names.is_empty()
+        && let Some((_, toml::Value::Table(tls))) = doc.iter_mut().find(|(k, _)| *k == "tls")
+    {
+        tls.insert(
+            "extra_names".into(),
+            toml::Value::Array(r.client_names.iter().map(|n| s(n)).collect()),
+        );
+    }
+    if let Some(b) = &r.metrics_bind {
+        doc.push((
+            "metrics",
+            table(&[("bind", s(&metrics_bind(b)?.to_string()))]),
+        ));
+    }
     if let Some(api) = r.dns {
         let mut publish = vec![("backend", s(api.name())), ("token_file", s("dns-token"))];
         if let Some(url) = &r.dns_api_url {
@@ -831,6 +1021,20 @@ pub fn render(r: &Request) -> Result<(String, String), UserDataError> {
         secret("intermediate.crt", inter_cert),
         secret("intermediate.key", inter_key),
     ];
+    if let Some(path) = &r.accounts {
+        let node = files[0].content.clone();
+        // 0644 root:root like the node's drop-in: natsmeshd reads it as its
+        // own user, and the `natsmesh` group a 0640 file would need does
+        // not exist yet when cloud-init writes files (the package that
+        // makes it is installed after). It holds what `user add` writes:
+        // bcrypt hashes and public nkeys, no secret.
+        files.push(WriteFile {
+            path: ACCOUNTS_DROPIN.into(),
+            owner: "root:root".into(),
+            permissions: "0644".into(),
+            content: accounts(r, path, &node)?,
+        });
+    }
     let mut exposed = vec![
         "the region intermediate's key (it can issue certificates for this region's names until it expires)",
     ];
@@ -905,13 +1109,18 @@ pub fn render(r: &Request) -> Result<(String, String), UserDataError> {
         .filter(|f| f.path.starts_with(CREDENTIALS))
         .count();
     let mut note = format!(
-        "user-data for a {} node of region {}: writes /etc/natsmesh/natsmesh.d/10-node.toml, the roots, and {secrets} root-only (0600) file(s) in {CREDENTIALS}; {}.\n",
+        "user-data for a {} node of region {}: writes /etc/natsmesh/natsmesh.d/10-node.toml{}, the roots, and {secrets} root-only (0600) file(s) in {CREDENTIALS}; {}.\n",
         match r.provider {
             Target::Digitalocean => "DigitalOcean",
             Target::Linode => "Linode",
             Target::Nocloud => "NoCloud",
         },
         r.region,
+        if r.accounts.is_some() {
+            format!(" and {ACCOUNTS_DROPIN}")
+        } else {
+            String::new()
+        },
         installs.map_or_else(
             || "natsmesh comes with the appliance image".to_owned(),
             |url| format!("installs natsmesh from {url}")

@@ -28,8 +28,15 @@ impl Inputs {
     /// A root, the fra1 intermediate of domain `nats.test` (the PKI
     /// helper's), an apt key and two tokens.
     fn new() -> Self {
+        Self::with_intermediate(&[])
+    }
+
+    /// The same, the intermediate made with more `ca intermediate`
+    /// arguments.
+    fn with_intermediate(more: &[&str]) -> Self {
         let pki = Pki::new();
-        pki.root("root").intermediate("root", "fra1", "inter");
+        pki.root("root")
+            .intermediate_with("root", "fra1", "inter", more);
         let p = pki.path("");
         // Only the armour's shape is checked; no key needs to be real here.
         std::fs::write(
@@ -133,6 +140,8 @@ fn valid(
             .unwrap(),
     )
     .unwrap();
+    // natsmeshd's own loader takes every drop-in it writes, merged.
+    loaded_dropins(&doc);
     (text, doc, raw)
 }
 
@@ -424,6 +433,183 @@ fn injected_region_domain_and_apt_url_are_refused_before_anything_is_printed() {
     }
 }
 
+/// The drop-ins a run writes, read by natsmeshd's own loader as the node
+/// will: found in a `natsmesh.d/`, each checked against the schema and
+/// merged in order.
+fn loaded_dropins(doc: &serde_norway::Value) -> natsmesh::config::Loaded {
+    use natsmesh::config::load;
+    let etc = tempfile::tempdir().unwrap();
+    std::fs::create_dir(etc.path().join("natsmesh.d")).unwrap();
+    let mut n = 0;
+    for f in doc["write_files"].as_sequence().unwrap() {
+        let path = f["path"].as_str().unwrap();
+        if let Some(name) = path.strip_prefix("/etc/natsmesh/natsmesh.d/") {
+            std::fs::write(
+                etc.path().join("natsmesh.d").join(name),
+                f["content"].as_str().unwrap(),
+            )
+            .unwrap();
+            n += 1;
+        }
+    }
+    let sources = load::discover_at(&etc.path().join("natsmesh.toml")).unwrap();
+    let natsmesh::config::Sources::Files { files, .. } = &sources else {
+        panic!("no drop-in found");
+    };
+    assert_eq!(files.len(), n);
+    load::load(&sources).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+/// `natsmeshd user add` into `file`, as an operator runs it.
+fn user_add(dir: &Path, args: &[&str], file: &str) {
+    let out = Command::new(NATSMESHD)
+        .args(["user", "add"])
+        .args(args)
+        .args(["--file", file])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn accounts_client_names_metrics_and_advertise_travel_with_the_node() {
+    // An intermediate that also permits a global name clients use.
+    let inputs = Inputs::with_intermediate(&["--permit-name", "nats.example.com"]);
+    let dir = inputs.path("");
+    user_add(
+        &dir,
+        &["--account", "APP", "--name", "app", "--publish", "orders.>"],
+        "users.toml",
+    );
+    user_add(
+        &dir,
+        &["--account", "APP", "--nkey", "--name", "svc"],
+        "users.toml",
+    );
+    user_add(&dir, &["--account", "OPS", "--name", "ops"], "users.toml");
+    let out = inputs.run(&[
+        "--provider",
+        "digitalocean",
+        "--lb-id",
+        "4de7ac8b-495b-4884-9a69-1050c6793cd6",
+        "--lb-token",
+        "lb.tok",
+        "--accounts",
+        "users.toml",
+        "--client-name",
+        "nats.example.com",
+        "--client-name",
+        "lb.fra1.nats.test",
+        "--metrics-bind",
+        "private",
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (_, doc, _) = valid(&inputs, out);
+    assert!(said.contains("20-accounts.toml"), "{said}");
+    // The accounts drop-in: what `user add` wrote, byte for byte, read by
+    // natsmeshd as its own user.
+    let f = file(&doc, "/etc/natsmesh/natsmesh.d/20-accounts.toml");
+    assert_eq!(
+        f["content"].as_str().unwrap(),
+        std::fs::read_to_string(dir.join("users.toml")).unwrap()
+    );
+    assert_eq!(f["permissions"].as_str(), Some("0644"));
+    assert_eq!(f["owner"].as_str(), Some("root:root"));
+    let loaded = loaded_dropins(&doc);
+    let raw = &loaded.raw;
+    assert_eq!(
+        raw.accounts.keys().collect::<Vec<_>>(),
+        ["APP", "OPS"],
+        "{:?}",
+        raw.accounts
+    );
+    let app = &raw.accounts["APP"].users;
+    assert_eq!(app.len(), 2);
+    assert_eq!(app[0].name.as_deref(), Some("app"));
+    assert!(app[0].password_hash.as_deref().unwrap().starts_with("$2"));
+    assert_eq!(app[0].publish, ["orders.>"]);
+    assert!(app[1].nkey.as_deref().unwrap().starts_with('U'));
+    // The names clients use, in the node certificate's names.
+    assert_eq!(
+        raw.tls.extra_names,
+        ["nats.example.com", "lb.fra1.nats.test"]
+    );
+    assert_eq!(raw.metrics.bind, natsmesh::config::bind::Bind::Private);
+    // Behind the balancer, nothing of the servers' own is advertised.
+    assert_eq!(raw.broker.client.advertise.as_deref(), Some("none"));
+
+    // Told otherwise, it advertises as told; with no balancer, only when
+    // told.
+    let advertise = |extra: &[&str]| {
+        let out = inputs.run(&[&["--provider", "digitalocean"][..], extra].concat());
+        let (_, doc, _) = valid(&inputs, out);
+        loaded_dropins(&doc).raw.broker.client.advertise
+    };
+    let lb = [
+        "--lb-id",
+        "4de7ac8b-495b-4884-9a69-1050c6793cd6",
+        "--lb-token",
+        "lb.tok",
+    ];
+    assert_eq!(
+        advertise(&[&lb[..], &["--client-advertise", "auto"]].concat()).as_deref(),
+        Some("auto")
+    );
+    assert_eq!(advertise(&[]), None);
+    assert_eq!(
+        advertise(&["--client-advertise", "nats.example.com:4222"]).as_deref(),
+        Some("nats.example.com:4222")
+    );
+}
+
+#[test]
+fn a_bad_accounts_file_client_name_metrics_bind_or_advertise_is_refused_by_name() {
+    let inputs = Inputs::new();
+    let dir = inputs.path("");
+    user_add(&dir, &["--account", "APP", "--name", "app"], "users.toml");
+    let good = std::fs::read_to_string(dir.join("users.toml")).unwrap();
+    for (name, text) in [
+        ("typo.toml", format!("{good}passwrd = \"x\"\n")),
+        ("node.toml", format!("{good}\n[broker]\ndebug = true\n")),
+        (
+            "hash.toml",
+            "[[accounts.APP.users]]\nname = \"a\"\npassword_hash = \"secret\"\n".to_owned(),
+        ),
+        ("sys.toml", good.replace("accounts.APP.", "accounts.SYS.")),
+        ("empty.toml", String::new()),
+        ("broken.toml", format!("{good}[[accounts.APP.users]\n")),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    #[rustfmt::skip]
+    let rows: [(&[&str], &[&str]); 10] = [
+        (&["--accounts", "typo.toml"], &["--accounts", "typo.toml:", "accounts.APP.users[0].passwrd", "unknown key"]),
+        (&["--accounts", "node.toml"], &["--accounts", "\"broker\"", "[accounts.*] tables only"]),
+        (&["--accounts", "hash.toml"], &["--accounts", "hash.toml:3:", "accounts.APP.users[0].password_hash", "bcrypt"]),
+        (&["--accounts", "sys.toml"], &["--accounts", "accounts.SYS", "reserved"]),
+        (&["--accounts", "empty.toml"], &["--accounts", "no [accounts.*]"]),
+        (&["--accounts", "broken.toml"], &["--accounts", "broken.toml:"]),
+        (&["--client-name", "nats.example.com"], &["--client-name", "--permit-name nats.example.com"]),
+        (&["--client-name", "nats example"], &["--client-name"]),
+        (&["--metrics-bind", "privat"], &["--metrics-bind", "loopback"]),
+        (&["--client-advertise", "nats.example.com"], &["--client-advertise", "no port"]),
+    ];
+    for (extra, named) in rows {
+        let out = inputs.run(&[&["--provider", "digitalocean"][..], extra].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{extra:?}: printed {out:?}");
+        for n in named {
+            assert!(err.contains(n), "{extra:?}: {n:?} not in {err}");
+        }
+        assert_eq!(err.trim_end().lines().count(), 1, "{extra:?}: {err}");
+    }
+    // The good file passes.
+    let out = inputs.run(&["--provider", "digitalocean", "--accounts", "users.toml"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// A refusal: what it is, the arguments changed, what stderr must name.
 type Row<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a [&'a str]);
 
@@ -588,9 +774,12 @@ mod property {
         Nameserver,
         JetstreamMemory,
         JetstreamStore,
+        ClientName,
+        MetricsBind,
+        ClientAdvertise,
     }
 
-    const ARGS: [Arg; 10] = [
+    const ARGS: [Arg; 13] = [
         Arg::Region,
         Arg::Domain,
         Arg::AptUrl,
@@ -601,6 +790,9 @@ mod property {
         Arg::Nameserver,
         Arg::JetstreamMemory,
         Arg::JetstreamStore,
+        Arg::ClientName,
+        Arg::MetricsBind,
+        Arg::ClientAdvertise,
     ];
 
     impl Arg {
@@ -616,6 +808,9 @@ mod property {
                 Self::Nameserver => "--nameserver",
                 Self::JetstreamMemory => "--jetstream-memory",
                 Self::JetstreamStore => "--jetstream-store",
+                Self::ClientName => "--client-name",
+                Self::MetricsBind => "--metrics-bind",
+                Self::ClientAdvertise => "--client-advertise",
             }
         }
 
@@ -632,6 +827,11 @@ mod property {
                 Self::Nameserver => "10.0.0.2:53",
                 Self::JetstreamMemory => "1GiB",
                 Self::JetstreamStore => "10GiB",
+                // Below the region's name: the intermediate permits it
+                // (varying the region or the domain moves it along).
+                Self::ClientName => "lb.fra1.nats.example.com",
+                Self::MetricsBind => "private",
+                Self::ClientAdvertise => "nats.example.com:4222",
             }
         }
     }
@@ -752,6 +952,10 @@ mod property {
             lb_token: (!nocloud).then(|| p.join("lb.tok")),
             lb_api_url: (!nocloud).then(|| Arg::LbApiUrl.good().into()),
             lb_vpc_subnet: None,
+            accounts: None,
+            client_names: vec![Arg::ClientName.good().into()],
+            metrics_bind: Some(Arg::MetricsBind.good().into()),
+            client_advertise: Some(Arg::ClientAdvertise.good().into()),
             name: nocloud.then(|| Arg::Name.good().into()),
             private_address: nocloud.then(|| std::net::Ipv4Addr::new(10, 0, 0, 1)),
         };
@@ -767,6 +971,14 @@ mod property {
             Arg::Nameserver => r.nameservers = vec![v],
             Arg::JetstreamMemory => r.jetstream_memory = v,
             Arg::JetstreamStore => r.jetstream_store = v,
+            Arg::ClientName => r.client_names = vec![v],
+            Arg::MetricsBind => r.metrics_bind = Some(v),
+            Arg::ClientAdvertise => r.client_advertise = Some(v),
+        }
+        if arg != Arg::ClientName {
+            // The balancer's name follows the case's region and domain,
+            // as the intermediate's permitted names do.
+            r.client_names = vec![format!("lb.{}.{}", r.region, r.domain)];
         }
         r
     }
@@ -909,7 +1121,7 @@ mod property {
         // The drop-in: exactly its tables, carrying the values unchanged.
         let dropin = doc["write_files"][0]["content"].as_str().unwrap();
         let table: toml::Table = toml::from_str(dropin).unwrap();
-        let mut tables = vec!["node", "tls", "broker", "discovery"];
+        let mut tables = vec!["node", "tls", "broker", "discovery", "metrics"];
         if !nocloud {
             tables.extend(["dns_publish", "load_balancer"]);
         }
@@ -940,6 +1152,13 @@ mod property {
         assert_eq!(raw.dns_publish.api_url, r.dns_api_url);
         assert_eq!(raw.load_balancer.api_url, r.lb_api_url);
         assert_eq!(raw.load_balancer.id, r.lb_id);
+        assert_eq!(raw.tls.extra_names, r.client_names);
+        assert_eq!(raw.broker.client.advertise, r.client_advertise);
+        let bind: natsmesh::config::bind::Bind =
+            toml::Value::String(r.metrics_bind.clone().unwrap())
+                .try_into()
+                .unwrap();
+        assert_eq!(raw.metrics.bind, bind);
         assert_eq!(
             raw.broker.jetstream.max_memory_store,
             Some(Size::parse(&r.jetstream_memory).unwrap())
