@@ -11,12 +11,13 @@
 //! cloud-config or a line of an apt source list.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::config::units::Size;
 use crate::config::validate::{is_region_label, is_server_name};
+use crate::tls::{issue, pki};
 
 /// Where the machine's identity comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -124,6 +125,24 @@ pub struct Request {
     /// address, as the VPC address is not known before the Linode exists).
     #[arg(long, value_name = "SUBNET_ID", requires = "lb_id")]
     pub lb_vpc_subnet: Option<u64>,
+    /// Accounts and their users: a TOML file of `[accounts.*]` tables, as
+    /// `natsmeshd user add` writes them; carried as its own drop-in.
+    #[arg(long, value_name = "FILE")]
+    pub accounts: Option<PathBuf>,
+    /// A name clients use (repeatable), e.g. the balancer's DNS name or a
+    /// global name: into the node certificate (`tls.extra_names`). The
+    /// intermediate must permit it (`ca intermediate --permit-name`).
+    #[arg(long = "client-name", value_name = "NAME")]
+    pub client_names: Vec<String>,
+    /// Where `/metrics` listens (`[metrics] bind`): auto, private, public,
+    /// any, loopback or an address.
+    #[arg(long, value_name = "BIND")]
+    pub metrics_bind: Option<String>,
+    /// What the client port advertises (`[broker.client] advertise`):
+    /// auto, none or host:port. Default with --lb-id: none (clients behind
+    /// the balancer must not be sent to the servers' private addresses).
+    #[arg(long, value_name = "VALUE")]
+    pub client_advertise: Option<String>,
     /// NoCloud: the server name.
     #[arg(long)]
     pub name: Option<String>,
@@ -156,6 +175,21 @@ pub enum UserDataError {
         /// The I/O error.
         why: String,
     },
+    /// The document is over the provider's user-data limit (a usage
+    /// error: what it carries must shrink).
+    #[error(
+        "the user-data is {size} bytes{encoded}, over {provider}'s limit of {limit}: carry less (a smaller --accounts file, --apt-key without other keys) or use the appliance image (--appliance)"
+    )]
+    TooLarge {
+        /// Its size in bytes.
+        size: usize,
+        /// Its base64 size, where the limit is stated on that.
+        encoded: String,
+        /// Whose limit.
+        provider: &'static str,
+        /// The limit, as stated.
+        limit: &'static str,
+    },
     /// The document could not be serialised.
     #[error("cannot serialise the user-data: {0}")]
     Serialise(String),
@@ -166,7 +200,7 @@ impl UserDataError {
     pub fn arg(&self) -> Option<&'static str> {
         match self {
             Self::Invalid { arg, .. } | Self::Read { arg, .. } => Some(arg),
-            Self::Usage(_) | Self::Serialise(_) => None,
+            Self::Usage(_) | Self::TooLarge { .. } | Self::Serialise(_) => None,
         }
     }
 
@@ -174,7 +208,7 @@ impl UserDataError {
     /// usage errors and `check`; 1 for what went wrong on the machine.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Invalid { .. } | Self::Usage(_) => crate::EXIT_CONFIG,
+            Self::Invalid { .. } | Self::Usage(_) | Self::TooLarge { .. } => crate::EXIT_CONFIG,
             Self::Read { .. } | Self::Serialise(_) => crate::EXIT_FAILURE,
         }
     }
@@ -254,6 +288,16 @@ fn check(r: &Request) -> Result<(), UserDataError> {
             ),
         ));
     }
+    // The node certificate names `<region>.<domain>` and names below it:
+    // a domain a TLS client cannot take as a server name (a label of
+    // digits alone at the end, say) fails there, on the droplet.
+    let region_name = format!("{}.{}", r.region, r.domain.trim_end_matches('.'));
+    if pki_types::ServerName::try_from(region_name.as_str()).is_err() {
+        return Err(invalid(
+            "--domain",
+            format!("{region_name:?} is not a name a TLS client accepts"),
+        ));
+    }
     if let Some(url) = &r.apt_url {
         check_apt_url(url)?;
     }
@@ -263,17 +307,8 @@ fn check(r: &Request) -> Result<(), UserDataError> {
     if let Some(url) = &r.lb_api_url {
         check_api_url("--lb-api-url", url)?;
     }
-    if let Some(id) = &r.lb_id
-        && (id.is_empty()
-            || id.len() > 64
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-    {
-        return Err(invalid(
-            "--lb-id",
-            format!("{id:?} is not a balancer id (at most 64 of a-z, A-Z, 0-9, '-' and '_')"),
-        ));
+    if let Some(id) = &r.lb_id {
+        lb_id(r.provider, id)?;
     }
     if let Some(name) = &r.name
         && !is_server_name(name)
@@ -287,6 +322,30 @@ fn check(r: &Request) -> Result<(), UserDataError> {
     }
     for ns in &r.nameservers {
         nameserver(ns)?;
+    }
+    for name in &r.client_names {
+        if !natsmesh_broker::model::is_dns_name(name)
+            || pki_types::ServerName::try_from(name.trim_end_matches('.')).is_err()
+        {
+            return Err(invalid(
+                "--client-name",
+                format!("{name:?} is not a DNS name a TLS client accepts"),
+            ));
+        }
+    }
+    if let Some(b) = &r.metrics_bind {
+        metrics_bind(b)?;
+    }
+    if let Some(a) = &r.client_advertise
+        && a != "auto"
+        && a != "none"
+    {
+        natsmesh_broker::model::HostPort::parse(a).map_err(|e| {
+            invalid(
+                "--client-advertise",
+                format!("{}; or auto, or none", one_line(&e.to_string())),
+            )
+        })?;
     }
     size("--jetstream-memory", &r.jetstream_memory)?;
     size("--jetstream-store", &r.jetstream_store)?;
@@ -313,6 +372,46 @@ fn check(r: &Request) -> Result<(), UserDataError> {
     Ok(())
 }
 
+/// `--lb-id`: what the provider's API names a balancer by. DigitalOcean
+/// answers 404 for anything but its load balancer's UUID (the hyphenated
+/// form its API returns); a Linode NodeBalancer's id is a positive
+/// integer. Anything else would surface only on the machine, as 404s.
+fn lb_id(provider: Target, id: &str) -> Result<(), UserDataError> {
+    let arg = "--lb-id";
+    match provider {
+        Target::Digitalocean => {
+            let groups: Vec<&str> = id.split('-').collect();
+            let shape = groups.iter().map(|g| g.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12];
+            if !shape
+                || !groups
+                    .iter()
+                    .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(invalid(
+                    arg,
+                    format!(
+                        "{id:?} is not a DigitalOcean load balancer id: give its UUID (doctl compute load-balancer list, column ID)"
+                    ),
+                ));
+            }
+        }
+        Target::Linode => {
+            if !id.bytes().all(|b| b.is_ascii_digit()) || id.parse::<u64>().map_or(true, |n| n == 0)
+            {
+                return Err(invalid(
+                    arg,
+                    format!(
+                        "{id:?} is not a NodeBalancer id: give its number (linode-cli nodebalancers list, column id)"
+                    ),
+                ));
+            }
+        }
+        // Refused below as a usage error: a balancer needs a provider.
+        Target::Nocloud => {}
+    }
+    Ok(())
+}
+
 /// `--nameserver`: `ip` or `ip:port`, the rule of `discovery.nameservers`.
 fn nameserver(ns: &str) -> Result<std::net::SocketAddr, UserDataError> {
     ns.parse::<std::net::SocketAddr>()
@@ -321,6 +420,114 @@ fn nameserver(ns: &str) -> Result<std::net::SocketAddr, UserDataError> {
                 .map(|ip| std::net::SocketAddr::new(ip, 53))
         })
         .map_err(|_| invalid("--nameserver", format!("{ns:?} is not ip or ip:port")))
+}
+
+/// `--metrics-bind`: the values `[metrics] bind` takes, read by its own
+/// parser, written back in canonical form.
+fn metrics_bind(b: &str) -> Result<crate::config::bind::Bind, UserDataError> {
+    use serde::Deserialize as _;
+    crate::config::bind::Bind::deserialize(toml::Value::String(b.to_owned()))
+        .map_err(|e| invalid("--metrics-bind", one_line(&e.to_string())))
+}
+
+/// The drop-in `--accounts` becomes.
+const ACCOUNTS_DROPIN: &str = "/etc/natsmesh/natsmesh.d/20-accounts.toml";
+
+/// `--accounts`: read and checked as natsmeshd will read it on the node.
+/// First as a drop-in by the daemon's own loader (syntax, unknown keys,
+/// types: the problem names the file, line, column and key); then only
+/// `[accounts.*]` (anything else would override the node's settings);
+/// then validated by the daemon's validation together with the node's
+/// drop-in, keeping the problems of the keys this file sets (bcrypt
+/// hashes, nkeys, subjects, imports, reserved names). Returns the text,
+/// carried verbatim (its comments too: it went through the YAML
+/// serialiser, never into the YAML's text).
+fn accounts(r: &Request, path: &Path, node_dropin: &str) -> Result<String, UserDataError> {
+    use crate::config::load::{self, Loaded, Sources};
+    let arg = "--accounts";
+    let text = read(arg, &path.to_path_buf())?;
+    let problems = |ps: &[crate::config::Problem]| {
+        invalid(
+            arg,
+            ps.iter()
+                .map(|p| one_line(&p.to_string()))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    };
+    let sources = Sources::Files {
+        main: path.to_path_buf(),
+        files: vec![path.to_path_buf()],
+    };
+    let loaded = load::load(&sources).map_err(|ps| problems(&ps.0))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| invalid(arg, one_line(e.message())))?;
+    if let Some(other) = table.keys().find(|k| *k != "accounts") {
+        return Err(invalid(
+            arg,
+            format!(
+                "{path:?} sets {other:?}: it carries [accounts.*] tables only (what natsmeshd user add writes); the node's settings come from user-data's other arguments"
+            ),
+        ));
+    }
+    if loaded.raw.accounts.is_empty() {
+        return Err(invalid(
+            arg,
+            format!(
+                "{path:?} holds no [accounts.*] table: add users with natsmeshd user add --file"
+            ),
+        ));
+    }
+    let mut raw: crate::config::schema::RawConfig =
+        toml::from_str(node_dropin).map_err(|e| UserDataError::Serialise(e.to_string()))?;
+    raw.accounts = loaded.raw.accounts.clone();
+    let merged = Loaded {
+        raw,
+        origins: loaded.origins.clone(),
+        embedded: false,
+        files: loaded.files.clone(),
+    };
+    // A machine as the node will be; what depends on the machine (the
+    // broker binary, the state directory, the credentials) is not what
+    // this checks, and is set aside below.
+    let env = crate::config::Environment {
+        hostname: "user-data".into(),
+        path: None,
+        default_state_dir: PathBuf::from("/nonexistent/natsmeshd-user-data"),
+        default_control_socket: PathBuf::from("/nonexistent/natsmeshd-user-data/control.sock"),
+        credentials_dir: None,
+    };
+    let identity = crate::provider::Identity {
+        provider: match r.provider {
+            Target::Digitalocean => crate::config::schema::Provider::DigitalOcean,
+            Target::Linode => crate::config::schema::Provider::Linode,
+            Target::Nocloud => crate::config::schema::Provider::None,
+        },
+        instance_id: "1".into(),
+        hostname: r.name.clone().unwrap_or_else(|| "user-data".into()),
+        provider_region: r.region.clone(),
+        private_ipv4: Some(
+            r.private_address
+                .unwrap_or(std::net::Ipv4Addr::new(10, 0, 0, 2)),
+        ),
+        public_ipv4: Some(std::net::Ipv4Addr::new(203, 0, 113, 10)),
+        public_ipv6: None,
+        tags: Vec::new(),
+    };
+    if let Err(ps) = crate::config::validate::validate(&merged, &env, &identity) {
+        // Every origin is in this file, so a located problem is its own.
+        let own: Vec<_> = ps
+            .0
+            .into_iter()
+            .filter(|p| {
+                p.location.is_some() || p.key.as_deref().is_some_and(|k| k.starts_with("accounts"))
+            })
+            .collect();
+        if !own.is_empty() {
+            return Err(problems(&own));
+        }
+    }
+    Ok(text)
 }
 
 /// A JetStream limit, written back in its canonical form. The parser
@@ -334,6 +541,220 @@ fn size(arg: &'static str, s: &str) -> Result<Size, UserDataError> {
         ));
     }
     Size::parse(s).map_err(|why| invalid(arg, why))
+}
+
+/// How long the region intermediate must still be valid when a machine is
+/// made from the user-data: the node issues (and renews, at two thirds of
+/// `tls.validity`) its certificates from it for as long as it lives, and
+/// the user-data is often kept for the region's next machines. 30 days
+/// leaves a month to make and roll out the next intermediate (`ca
+/// intermediate` makes them for 90 days by default); less is refused on
+/// the operator's machine rather than found expired on the droplet.
+pub const INTERMEDIATE_MIN_LEFT: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// A secret file must be its owner's alone, as natsmeshd itself requires
+/// of `tls.intermediate_key` and every token (`files::check_secret`): the
+/// user-data copies it verbatim, and a key others could read on the
+/// operator's machine is not a secret any more.
+fn secret_mode(arg: &'static str, path: &Path) -> Result<(), UserDataError> {
+    crate::files::check_secret(path, None).map_err(|e| {
+        invalid(
+            arg,
+            format!(
+                "{:?} has mode {:04o}: a secret must not be readable by group or others; chmod 600 {:?}",
+                e.path, e.mode, e.path
+            ),
+        )
+    })
+}
+
+/// A refusal's reason on one line, whatever the library's text holds.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The PKI the user-data carries, checked as the droplet will use it: the
+/// intermediate is a region intermediate (not a root, its key not a
+/// root's), its key belongs to it, its name constraints permit this
+/// region's names and every `--client-name`, it is valid for at least
+/// [`INTERMEDIATE_MIN_LEFT`], and a node certificate issued from it (as
+/// natsmeshd will, here with a throw-away key) verifies against `--roots`.
+fn check_pki(
+    r: &Request,
+    roots_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    now: std::time::SystemTime,
+) -> Result<(), UserDataError> {
+    let cert_arg = "--intermediate-cert";
+    let key_arg = "--intermediate-key";
+    let cert_file = format!("{:?}", r.intermediate_cert);
+    let roots = pki::certs_from_pem("--roots", roots_pem.as_bytes())
+        .map_err(|e| invalid("--roots", one_line(&e.to_string())))?;
+    let chain = pki::certs_from_pem(&cert_file, cert_pem.as_bytes())
+        .map_err(|e| invalid(cert_arg, one_line(&e.to_string())))?;
+    let inter = &chain[0];
+    let info =
+        pki::inspect(&cert_file, inter).map_err(|e| invalid(cert_arg, one_line(&e.to_string())))?;
+    let make_one =
+        "make the region's with natsmeshd ca intermediate --root DIR --region R --domain D";
+    if info.self_signed {
+        return Err(invalid(
+            cert_arg,
+            format!(
+                "{cert_file} is a root certificate (self-signed), not a region intermediate: the root stays offline; {make_one}"
+            ),
+        ));
+    }
+    for root in &roots {
+        let root_info = pki::inspect("--roots", root)
+            .map_err(|e| invalid("--roots", one_line(&e.to_string())))?;
+        if pki::key_matches(&root_info, key_pem) {
+            return Err(invalid(
+                key_arg,
+                format!(
+                    "{:?} is the key of a root in --roots ({}): the root key never leaves the operator's machine; give the region intermediate's key",
+                    r.intermediate_key,
+                    one_line(&root_info.subject)
+                ),
+            ));
+        }
+    }
+    if !info.is_ca {
+        return Err(invalid(
+            cert_arg,
+            format!("{cert_file} is not a CA certificate; {make_one}"),
+        ));
+    }
+    if !pki::key_matches(&info, key_pem) {
+        return Err(invalid(
+            key_arg,
+            format!(
+                "{:?} does not belong to the certificate in {cert_file}: give the key natsmeshd ca intermediate wrote beside it",
+                r.intermediate_key
+            ),
+        ));
+    }
+    let permits = pki::permitted(&cert_file, inter)
+        .map_err(|e| invalid(cert_arg, one_line(&e.to_string())))?;
+    let region_name = format!("{}.{}", r.region, r.domain.trim_end_matches('.'));
+    if !permits.dns_name(&region_name) {
+        return Err(invalid(
+            cert_arg,
+            format!(
+                "{cert_file} is not an intermediate of region {} in {}: it permits {}, not {region_name}; give that region's intermediate (natsmeshd ca intermediate --region {} --domain {})",
+                r.region,
+                r.domain,
+                one_line(&permits.describe()),
+                r.region,
+                r.domain
+            ),
+        ));
+    }
+    for name in &r.client_names {
+        if !permits.dns_name(name) {
+            return Err(invalid(
+                "--client-name",
+                format!(
+                    "{name:?} is not permitted by {cert_file} (it permits {}): issue the intermediate with natsmeshd ca intermediate --region {} --domain {} --permit-name {name}",
+                    one_line(&permits.describe()),
+                    r.region,
+                    r.domain
+                ),
+            ));
+        }
+    }
+    let date = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    if now < info.not_before {
+        return Err(invalid(
+            cert_arg,
+            format!(
+                "{cert_file} is not valid before {} (is this machine's clock right?)",
+                date(info.not_before)
+            ),
+        ));
+    }
+    let left = info.not_after.duration_since(now).unwrap_or_default();
+    if left < INTERMEDIATE_MIN_LEFT {
+        return Err(invalid(
+            cert_arg,
+            format!(
+                "{cert_file} expires on {} ({} days left; at least {} are needed): {make_one}",
+                date(info.not_after),
+                left.as_secs() / 86400,
+                INTERMEDIATE_MIN_LEFT.as_secs() / 86400
+            ),
+        ));
+    }
+    // What natsmeshd will do on the droplet: issue a node certificate for
+    // the region's names (and the client names) and verify it against the
+    // roots, with the intermediate's name constraints.
+    let mut names = vec![format!("probe.{region_name}"), region_name.clone()];
+    names.extend(r.client_names.iter().cloned());
+    let issuer = issue::Issued {
+        cert_pem: cert_pem.to_owned(),
+        key_pem: key_pem.to_owned(),
+    };
+    let node_names = issue::NodeNames {
+        common_name: names[0].clone(),
+        dns: names.clone(),
+        ips: Vec::new(),
+        by_name: Vec::new(),
+    };
+    let probe = issue::node(
+        &issuer,
+        &node_names,
+        now,
+        std::time::Duration::from_secs(3600),
+    )
+    .map_err(|e| invalid(cert_arg, one_line(&e.to_string())))?;
+    let mut leaf_chain = pki::certs_from_pem("a node certificate", probe.cert_pem.as_bytes())
+        .map_err(|e| invalid(cert_arg, one_line(&e.to_string())))?;
+    // The leaf, then the whole file (an intermediate may come with more).
+    leaf_chain.truncate(1);
+    leaf_chain.extend(chain.iter().cloned());
+    pki::verify_chain("a node certificate", &leaf_chain, &roots, now, &names).map_err(|e| {
+        invalid(
+            cert_arg,
+            format!(
+                "a node certificate issued from {cert_file} does not verify against --roots {:?} ({}): give the roots that signed this intermediate",
+                r.roots,
+                one_line(&e.to_string())
+            ),
+        )
+    })
+}
+
+/// The providers' user-data limits, checked on the finished document.
+/// DigitalOcean: 64 KiB (65,536 bytes) of user data, as its Droplet
+/// documentation states (the vendored API excerpt has no droplet schema).
+/// Linode: its API specification states the limit twice, in one sentence
+/// of `metadata.user_data` (reference/provider-specs/linode/openapi.yaml,
+/// LinodeRequest, "Unencoded data must not exceed 65535 bytes, or about
+/// 16kb encoded"): 65,535 bytes unencoded, or about 16 kB of base64. The
+/// second is the stricter (16 kB of base64 is 12 kB of data); "about 16kb"
+/// is taken as 16,000 bytes, the smaller reading.
+fn size_limit(provider: Target, text: &str) -> Result<(), UserDataError> {
+    let size = text.len();
+    let encoded = size.div_ceil(3) * 4;
+    match provider {
+        Target::Digitalocean if size > 65_536 => Err(UserDataError::TooLarge {
+            size,
+            encoded: String::new(),
+            provider: "DigitalOcean",
+            limit: "65536 bytes (64 KiB)",
+        }),
+        Target::Linode if size > 65_535 || encoded > 16_000 => Err(UserDataError::TooLarge {
+            size,
+            encoded: format!(" ({encoded} base64-encoded)"),
+            provider: "Linode",
+            limit: "16000 bytes base64-encoded (its specification: 65535 bytes unencoded, or about 16kb encoded; the stricter holds)",
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// A cloud-config document (the keys used here).
@@ -469,10 +890,22 @@ fn dropin(r: &Request) -> Result<String, UserDataError> {
             ]),
         ),
     ];
+    let mut client = Vec::new();
     if r.lb_vpc_subnet.is_some() {
         // A VPC backend's address is not known before the Linode exists:
         // clients are accepted on every address (they must authenticate).
-        broker.push(("client", table(&[("bind", s("any"))])));
+        client.push(("bind", s("any")));
+    }
+    // Behind a balancer, clients reach the region through it: advertising
+    // the servers' own (private) addresses in `connect_urls` would send
+    // clients outside the VPC to addresses they cannot reach.
+    match (&r.client_advertise, &r.lb_id) {
+        (Some(a), _) => client.push(("advertise", s(a))),
+        (None, Some(_)) => client.push(("advertise", s("none"))),
+        (None, None) => {}
+    }
+    if !client.is_empty() {
+        broker.push(("client", table(&client)));
     }
     let mut doc = vec![
         ("node", table(&node)),
@@ -488,6 +921,20 @@ fn dropin(r: &Request) -> Result<String, UserDataError> {
         ("broker", table(&broker)),
         ("discovery", table(&discovery)),
     ];
+    if !r.client_names.is_empty()
+        && let Some((_, toml::Value::Table(tls))) = doc.iter_mut().find(|(k, _)| *k == "tls")
+    {
+        tls.insert(
+            "extra_names".into(),
+            toml::Value::Array(r.client_names.iter().map(|n| s(n)).collect()),
+        );
+    }
+    if let Some(b) = &r.metrics_bind {
+        doc.push((
+            "metrics",
+            table(&[("bind", s(&metrics_bind(b)?.to_string()))]),
+        ));
+    }
     if let Some(api) = r.dns {
         let mut publish = vec![("backend", s(api.name())), ("token_file", s("dns-token"))];
         if let Some(url) = &r.dns_api_url {
@@ -542,6 +989,22 @@ fn dropin(r: &Request) -> Result<String, UserDataError> {
 /// argument is checked first: on any error nothing is produced.
 pub fn render(r: &Request) -> Result<(String, String), UserDataError> {
     check(r)?;
+    secret_mode("--intermediate-key", &r.intermediate_key)?;
+    for (arg, file) in [("--dns-token", &r.dns_token), ("--lb-token", &r.lb_token)] {
+        if let Some(f) = file {
+            secret_mode(arg, f)?;
+        }
+    }
+    let roots = read("--roots", &r.roots)?;
+    let inter_cert = read("--intermediate-cert", &r.intermediate_cert)?;
+    let inter_key = read("--intermediate-key", &r.intermediate_key)?;
+    check_pki(
+        r,
+        &roots,
+        &inter_cert,
+        &inter_key,
+        std::time::SystemTime::now(),
+    )?;
     let mut files = vec![
         WriteFile {
             path: "/etc/natsmesh/natsmesh.d/10-node.toml".into(),
@@ -553,17 +1016,25 @@ pub fn render(r: &Request) -> Result<(String, String), UserDataError> {
             path: "/etc/natsmesh/roots.pem".into(),
             owner: "root:root".into(),
             permissions: "0644".into(),
-            content: read("--roots", &r.roots)?,
+            content: roots,
         },
-        secret(
-            "intermediate.crt",
-            read("--intermediate-cert", &r.intermediate_cert)?,
-        ),
-        secret(
-            "intermediate.key",
-            read("--intermediate-key", &r.intermediate_key)?,
-        ),
+        secret("intermediate.crt", inter_cert),
+        secret("intermediate.key", inter_key),
     ];
+    if let Some(path) = &r.accounts {
+        let node = files[0].content.clone();
+        // 0644 root:root like the node's drop-in: natsmeshd reads it as its
+        // own user, and the `natsmesh` group a 0640 file would need does
+        // not exist yet when cloud-init writes files (the package that
+        // makes it is installed after). It holds what `user add` writes:
+        // bcrypt hashes and public nkeys, no secret.
+        files.push(WriteFile {
+            path: ACCOUNTS_DROPIN.into(),
+            owner: "root:root".into(),
+            permissions: "0644".into(),
+            content: accounts(r, path, &node)?,
+        });
+    }
     let mut exposed = vec![
         "the region intermediate's key (it can issue certificates for this region's names until it expires)",
     ];
@@ -631,19 +1102,25 @@ pub fn render(r: &Request) -> Result<(String, String), UserDataError> {
         text.push_str(&comment(&line)?);
     }
     text.push_str(&yaml);
+    size_limit(r.provider, &text)?;
     let secrets = doc
         .write_files
         .iter()
         .filter(|f| f.path.starts_with(CREDENTIALS))
         .count();
     let mut note = format!(
-        "user-data for a {} node of region {}: writes /etc/natsmesh/natsmesh.d/10-node.toml, the roots, and {secrets} root-only (0600) file(s) in {CREDENTIALS}; {}.\n",
+        "user-data for a {} node of region {}: writes /etc/natsmesh/natsmesh.d/10-node.toml{}, the roots, and {secrets} root-only (0600) file(s) in {CREDENTIALS}; {}.\n",
         match r.provider {
             Target::Digitalocean => "DigitalOcean",
             Target::Linode => "Linode",
             Target::Nocloud => "NoCloud",
         },
         r.region,
+        if r.accounts.is_some() {
+            format!(" and {ACCOUNTS_DROPIN}")
+        } else {
+            String::new()
+        },
         installs.map_or_else(
             || "natsmesh comes with the appliance image".to_owned(),
             |url| format!("installs natsmesh from {url}")
@@ -682,6 +1159,52 @@ mod tests {
             "a\tb",
         ] {
             assert!(comment(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_providers_limits_hold_to_the_byte() {
+        let text = |n: usize| "x".repeat(n);
+        assert!(size_limit(Target::Digitalocean, &text(65_536)).is_ok());
+        assert!(size_limit(Target::Digitalocean, &text(65_537)).is_err());
+        // 12,000 bytes are exactly 16,000 of base64; one more is 16,004.
+        assert!(size_limit(Target::Linode, &text(12_000)).is_ok());
+        let over = size_limit(Target::Linode, &text(12_001)).err();
+        assert!(
+            over.as_ref()
+                .is_some_and(|e| e.to_string().contains("12001 bytes (16004 base64-encoded)")),
+            "{over:?}"
+        );
+        assert!(size_limit(Target::Nocloud, &text(1 << 20)).is_ok());
+    }
+
+    #[test]
+    fn balancer_ids_are_the_providers_own() {
+        let uuid = "4de7ac8b-495b-4884-9a69-1050c6793cd6";
+        assert!(lb_id(Target::Digitalocean, uuid).is_ok());
+        assert!(lb_id(Target::Digitalocean, &uuid.to_uppercase()).is_ok());
+        for bad in [
+            "nats-fra1-lb",
+            "4de7ac8b495b48849a691050c6793cd6",
+            "4de7ac8b-495b-4884-9a69-1050c6793cd",
+            "4de7ac8b-495b-4884-9a69-1050c6793cdg",
+            "{4de7ac8b-495b-4884-9a69-1050c6793cd6}",
+            "",
+        ] {
+            assert!(lb_id(Target::Digitalocean, bad).is_err(), "{bad:?}");
+        }
+        assert!(lb_id(Target::Linode, "12345").is_ok());
+        for bad in [
+            "0",
+            "00",
+            "-1",
+            "+5",
+            "12a",
+            "",
+            "99999999999999999999999",
+            uuid,
+        ] {
+            assert!(lb_id(Target::Linode, bad).is_err(), "{bad:?}");
         }
     }
 

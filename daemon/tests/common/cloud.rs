@@ -227,8 +227,13 @@ impl Region {
         lb.pool().allow_network(IpAddr::from([a, b, c, 0]), 24);
 
         let (repo, pki) = repo_and_pki();
-        std::fs::write(pki.path("dns.token"), "dns-token-fra1\n").unwrap();
-        std::fs::write(pki.path("lb.token"), "lb-token-fra1\n").unwrap();
+        // Tokens are secrets: user-data refuses one others may read.
+        for (name, token) in [
+            ("dns.token", "dns-token-fra1\n"),
+            ("lb.token", "lb-token-fra1\n"),
+        ] {
+            natsmesh::files::write_atomic(&pki.path(name), token.as_bytes(), 0o600).unwrap();
+        }
         let mut args: Vec<String> = [
             "user-data",
             "--provider",
