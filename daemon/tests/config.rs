@@ -1058,3 +1058,35 @@ fn a_gateway_with_a_domain_is_advertised_by_its_regions_name() {
             .contains(&"203.0.113.10".parse().unwrap())
     );
 }
+
+/// A websocket listener without TLS is for a TLS-terminating proxy on the
+/// same machine: off loopback it is refused (credentials in clear), with
+/// TLS configured or not.
+#[test]
+fn a_websocket_without_tls_off_loopback_is_refused() {
+    let f = Fixture::new();
+    let ws = |bind: &str| {
+        format!("{MINIMAL}\n[broker.websocket]\nenabled = true\nbind = \"{bind}\"\nno_tls = true\n")
+    };
+    for extra in [String::new(), f.tls()] {
+        f.write("natsmesh.toml", &(ws("10.0.0.2") + &extra));
+        let problems = f.problems();
+        let p = problems
+            .iter()
+            .find(|p| p.key.as_deref() == Some("broker.websocket.no_tls"))
+            .unwrap_or_else(|| panic!("not refused: {problems:?}"));
+        assert!(
+            p.message.contains("10.0.0.2") && p.message.contains("loopback"),
+            "{p}"
+        );
+        f.write("natsmesh.toml", &(ws("127.0.0.1") + &extra));
+        if let Err(problems) = f.settings() {
+            assert!(
+                problems
+                    .iter()
+                    .all(|p| p.key.as_deref() != Some("broker.websocket.no_tls")),
+                "{problems:?}"
+            );
+        }
+    }
+}

@@ -1586,6 +1586,20 @@ fn reachable(l: &Listen) -> bool {
 /// intermediates); leafnodes then need TLS and authenticate with account
 /// users. There is no TLS-less mode beyond loopback.
 fn peers_need_tls(c: &mut Checker<'_>, server: &ServerConfig, tls: bool) {
+    // `no_tls` is for a TLS-terminating proxy on this machine: off
+    // loopback, passwords and tokens would cross the network in clear.
+    if let Some(w) = &server.websocket
+        && w.no_tls
+        && reachable(&w.listen)
+    {
+        c.problem(
+            "broker.websocket.no_tls",
+            format!(
+                "the websocket listener on {} is reachable from other machines, and without TLS clients' credentials cross the network in clear: bind broker.websocket to loopback behind a TLS-terminating proxy on this machine, or remove no_tls",
+                w.listen.host
+            ),
+        );
+    }
     if tls {
         return;
     }
