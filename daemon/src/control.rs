@@ -14,6 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::fleet::report::{NodeRow, Table};
 use crate::supervisor::{Command, Status};
 
 /// A request.
@@ -37,6 +38,12 @@ pub enum Request {
     Resume,
     /// Leave the region for good.
     Decommission,
+    /// Every node of the supercluster this node hears (`fleet status`).
+    Fleet {
+        /// Only this region.
+        #[serde(default)]
+        region: Option<String>,
+    },
 }
 
 /// A reply.
@@ -48,6 +55,9 @@ pub struct Reply {
     pub message: String,
     /// The status, for `status`.
     pub status: Option<Status>,
+    /// The supercluster's nodes, for `fleet status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Vec<NodeRow>>,
 }
 
 /// Why the control socket could not be used.
@@ -95,6 +105,7 @@ pub async fn serve(
     listener: UnixListener,
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
+    fleet: Option<watch::Receiver<Table>>,
 ) {
     let me = nix::unistd::geteuid().as_raw();
     loop {
@@ -113,8 +124,9 @@ pub async fn serve(
             .unwrap_or(false);
         let commands = commands.clone();
         let status = status.clone();
+        let fleet = fleet.clone();
         tokio::spawn(async move {
-            let _ = handle(stream, allowed, commands, status).await;
+            let _ = handle(stream, allowed, commands, status, fleet).await;
         });
     }
 }
@@ -124,6 +136,7 @@ async fn handle(
     allowed: bool,
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
+    fleet: Option<watch::Receiver<Table>>,
 ) -> std::io::Result<()> {
     let (read, write) = stream.into_split();
     let mut line = String::new();
@@ -139,16 +152,19 @@ async fn handle(
             message: "permission denied: only root and the natsmesh user may use this socket"
                 .into(),
             status: None,
+            fleet: None,
         },
         Err(e) => Reply {
             ok: false,
             message: format!("bad request: {e}"),
             status: None,
+            fleet: None,
         },
         Ok(Request::Status) => Reply {
             ok: true,
             message: String::new(),
             status: Some(status.borrow().clone()),
+            fleet: None,
         },
         Ok(Request::Reload { wait }) => {
             let (tx, rx) = oneshot::channel();
@@ -158,6 +174,7 @@ async fn handle(
                     ok: false,
                     message: "natsmeshd is stopping".into(),
                     status: None,
+                    fleet: None,
                 }
             } else if wait {
                 outcome(rx.await)
@@ -166,6 +183,7 @@ async fn handle(
                     ok: true,
                     message: "reload requested".into(),
                     status: None,
+                    fleet: None,
                 }
             }
         }
@@ -174,6 +192,24 @@ async fn handle(
         Ok(Request::Pause) => ask(&commands, |reply| Command::Pause { reply }).await,
         Ok(Request::Resume) => ask(&commands, |reply| Command::Resume { reply }).await,
         Ok(Request::Decommission) => ask(&commands, |reply| Command::Decommission { reply }).await,
+        Ok(Request::Fleet { region }) => match fleet {
+            Some(table) => Reply {
+                ok: true,
+                message: String::new(),
+                status: None,
+                fleet: Some(
+                    table
+                        .borrow()
+                        .rows(crate::unix_ms(std::time::SystemTime::now()), region.as_deref()),
+                ),
+            },
+            None => Reply {
+                ok: false,
+                message: "fleet status needs natsmeshd's system user (auth.mode = \"accounts\" or \"operator\"): nodes report to each other in the system account".into(),
+                status: None,
+                fleet: None,
+            },
+        },
     };
     let mut write = write;
     let mut text = serde_json::to_string(&reply).unwrap_or_default();
@@ -192,6 +228,7 @@ async fn ask(
             ok: false,
             message: "natsmeshd is stopping".into(),
             status: None,
+            fleet: None,
         };
     }
     outcome(rx.await)
@@ -203,16 +240,19 @@ fn outcome(r: Result<Result<String, String>, oneshot::error::RecvError>) -> Repl
             ok: true,
             message,
             status: None,
+            fleet: None,
         },
         Ok(Err(message)) => Reply {
             ok: false,
             message,
             status: None,
+            fleet: None,
         },
         Err(_) => Reply {
             ok: false,
             message: "natsmeshd stopped before answering".into(),
             status: None,
+            fleet: None,
         },
     }
 }

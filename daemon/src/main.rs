@@ -77,6 +77,9 @@ enum Cmd {
     /// remove it from the JetStream group, leave DNS and the balancer,
     /// stop, and never rejoin with the old state.
     Decommission,
+    /// The whole supercluster, from any node, over NATS.
+    #[command(subcommand)]
+    Fleet(FleetCmd),
     /// Offline certificate authority tasks (run on an operator's machine).
     #[command(subcommand)]
     Ca(CaCmd),
@@ -89,6 +92,23 @@ enum Cmd {
     /// Print the natsmeshd(8) manual page (roff), for the packages.
     #[command(hide = true)]
     Manpage,
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetCmd {
+    /// Every natsmesh node of the supercluster as this node hears them
+    /// (each reports every 5 s in the system account): state and why,
+    /// versions, restart pending, paused, lease, certificate, balancer,
+    /// DNS, last seen; `missing` after two silent intervals, `stopped`
+    /// when it said it was leaving.
+    Status {
+        /// Machine-readable JSON: an array of nodes (schema in the docs).
+        #[arg(long)]
+        json: bool,
+        /// Only this region.
+        #[arg(long)]
+        region: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -338,6 +358,39 @@ async fn dispatch(cli: Cli) -> i32 {
                         EXIT_FAILURE
                     }
                 },
+                Ok(r) => {
+                    eprintln!("natsmeshd: {}", r.message);
+                    EXIT_FAILURE
+                }
+                Err(e) => {
+                    eprintln!("natsmeshd: is natsmeshd running? {e}");
+                    EXIT_FAILURE
+                }
+            };
+        }
+        Cmd::Fleet(FleetCmd::Status { json, region }) => {
+            let socket = cli
+                .socket
+                .unwrap_or_else(|| config::control_socket(&sources));
+            return match control::request(&socket, &Request::Fleet { region }).await {
+                Ok(r) if r.ok => {
+                    let rows = r.fleet.unwrap_or_default();
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&rows).unwrap_or_default()
+                        );
+                    } else {
+                        print!(
+                            "{}",
+                            natsmesh::fleet::report::render(
+                                &rows,
+                                natsmesh::unix_ms(std::time::SystemTime::now())
+                            )
+                        );
+                    }
+                    0
+                }
                 Ok(r) => {
                     eprintln!("natsmeshd: {}", r.message);
                     EXIT_FAILURE

@@ -89,6 +89,7 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
             }
         },
     };
+    let fleet_settings = settings.clone();
     let (mut supervisor, status) =
         match Supervisor::new(config_path, settings, notifier.clone()).await {
             Ok(v) => v,
@@ -143,8 +144,27 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         supervisor.announce(crate::supervisor::Pointer::LoadBalancer, rx, b.stop_budget);
         tokio::spawn(crate::balancer::follow(b, status.clone(), tx))
     });
+    // Every node's reports, heard in the system account (which needs
+    // natsmeshd's system user).
+    let fleet = fleet_settings.system_user.is_some().then(|| {
+        let (tx, rx) = tokio::sync::watch::channel(crate::fleet::report::Table::default());
+        (
+            tokio::spawn(crate::fleet::heartbeat::run(
+                fleet_settings,
+                status.clone(),
+                tx,
+            )),
+            rx,
+        )
+    });
+    let (heartbeat, fleet_table) = fleet.map_or((None, None), |(t, rx)| (Some(t), Some(rx)));
     let (commands, rx) = mpsc::channel(16);
-    let control = tokio::spawn(control::serve(listener, commands.clone(), status));
+    let control = tokio::spawn(control::serve(
+        listener,
+        commands.clone(),
+        status,
+        fleet_table,
+    ));
     let signals = match forward_signals(commands.clone()) {
         Ok(task) => task,
         Err(e) => {
@@ -155,6 +175,9 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     drop(commands);
     let exit = supervisor.run(rx).await;
     control.abort();
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
     signals.abort();
     if let Some(f) = follower {
         f.abort();

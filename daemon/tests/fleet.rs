@@ -811,3 +811,143 @@ fn a_lease_renewed_unseen_is_still_given_back() {
         assert_eq!(lease::holder(&store).await.unwrap().unwrap().server, "n2");
     });
 }
+
+/// `natsmeshd fleet status --json` on node `d`: the rows by server name.
+fn fleet_rows(d: &Daemon, region: Option<&str>) -> BTreeMap<String, serde_json::Value> {
+    let mut args = vec!["fleet", "status", "--json"];
+    if let Some(r) = region {
+        args.extend(["--region", r]);
+    }
+    let out = d.cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.into_iter()
+        .map(|r| (r["server_name"].as_str().unwrap().to_owned(), r))
+        .collect()
+}
+
+fn wait_fleet(
+    d: &Daemon,
+    what: &str,
+    timeout: Duration,
+    ok: impl Fn(&BTreeMap<String, serde_json::Value>) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let rows = fleet_rows(d, None);
+        if ok(&rows) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < timeout, "{what}: {rows:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Any node sees every node of the supercluster over NATS (each reports
+/// in the system account every 5 s): a node killed outright shows as
+/// `missing` within two report intervals, one stopped as `stopped`, and
+/// the JSON carries the documented fields.
+#[test]
+fn fleet_status_sees_every_node_and_tells_a_lost_node_from_a_stopped_one() {
+    let mut region = Region::start(3);
+    let names = ["n1", "n2", "n3"];
+    for n in 1..=3u8 {
+        wait_fleet(
+            &region.nodes[&n],
+            "every node ready, seen from each",
+            Duration::from_secs(15),
+            |rows| {
+                rows.len() == 3
+                    && names
+                        .iter()
+                        .all(|s| rows.get(*s).is_some_and(|r| r["state"] == "ready"))
+            },
+        );
+    }
+    let rows = fleet_rows(&region.nodes[&1], None);
+    let n2 = &rows["n2"];
+    for field in ["server_name", "region", "state", "last_seen_unix_ms"] {
+        assert!(!n2[field].is_null(), "{field}: {n2}");
+    }
+    assert_eq!(n2["region"], "fra1");
+    let report = &n2["last_report"];
+    assert_eq!(report["schema"], 1);
+    assert_eq!(report["broker_version"], CURRENT);
+    assert!(
+        report["natsmesh_version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+    );
+    assert_eq!(report["paused"], false);
+    assert_eq!(fleet_rows(&region.nodes[&1], Some("fra1")).len(), 3);
+    assert!(fleet_rows(&region.nodes[&1], Some("nyc3")).is_empty());
+    let text = region.nodes[&1].cli(&["fleet", "status"]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("n3 ") && l.contains("fra1") && l.contains("ready")),
+        "{text}"
+    );
+
+    // A pause shows.
+    assert!(region.nodes[&2].cli(&["pause"]).status.success());
+    wait_fleet(
+        &region.nodes[&1],
+        "n2 paused",
+        Duration::from_secs(12),
+        |rows| rows["n2"]["last_report"]["paused"] == true,
+    );
+
+    // n3's machine is gone at once: natsmeshd and its broker killed.
+    let mut n3 = region.nodes.remove(&3).unwrap();
+    let broker = n3.status().and_then(|s| s.broker_pid);
+    n3.signal("KILL");
+    n3.wait_exit(Duration::from_secs(10));
+    if let Some(pid) = broker {
+        common::signal(pid, "KILL");
+    }
+    let took = wait_fleet(
+        &region.nodes[&1],
+        "n3 missing",
+        Duration::from_secs(20),
+        |rows| rows["n3"]["state"] == "missing",
+    );
+    // Its last report is at most one interval old when it dies, and it is
+    // missing once two intervals have passed since (plus a poll).
+    assert!(took <= Duration::from_secs(11), "missing after {took:?}");
+
+    // n2 stops as a node does: stopped, never missing.
+    let mut n2 = region.nodes.remove(&2).unwrap();
+    n2.signal("TERM");
+    assert!(
+        n2.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        n2.log()
+    );
+    wait_fleet(
+        &region.nodes[&1],
+        "n2 stopped",
+        Duration::from_secs(20),
+        |rows| rows["n2"]["state"] == "stopped",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let rows = fleet_rows(&region.nodes[&1], None);
+    assert_eq!(rows["n2"]["state"], "stopped");
+    assert_eq!(rows["n3"]["state"], "missing");
+    assert_eq!(rows["n1"]["state"], "ready");
+}
+
+/// Without natsmeshd's system user nothing can be heard: said, not guessed.
+#[test]
+fn fleet_status_without_a_system_user_says_why() {
+    let mut d = Daemon::start(CURRENT, Options::default());
+    d.wait_ready();
+    let out = d.cli(&["fleet", "status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("system user"), "{err}");
+}

@@ -335,4 +335,36 @@ fn regions_link_by_name_though_their_public_addresses_are_in_no_intermediates_ra
     // which carries no public address.
     let gz = mesh.node("fra1-n1").monitor("/gatewayz").unwrap();
     assert_eq!(gz["outbound_gateways"]["sgp1"]["configured"], false, "{gz}");
+
+    // Any node sees the whole supercluster over NATS: every node of every
+    // region reports in the system account, which spans the gateways.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = mesh.node("sgp1-n2").cli(&["fleet", "status", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let ready: Vec<String> = rows
+            .iter()
+            .filter(|r| r["state"] == "ready")
+            .map(|r| {
+                format!(
+                    "{}/{}",
+                    r["region"].as_str().unwrap(),
+                    r["server_name"].as_str().unwrap()
+                )
+            })
+            .collect();
+        if ready.len() == 7 {
+            for region in ["fra1", "nyc3", "sgp1"] {
+                assert!(ready.iter().any(|r| r.starts_with(region)), "{ready:?}");
+            }
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rows:#?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

@@ -9,7 +9,9 @@
 //! gives back once the restarted broker serves with JetStream current.
 
 pub mod decommission;
+pub mod heartbeat;
 pub mod lease;
+pub mod report;
 pub mod view;
 
 use std::sync::{Arc, Mutex};
