@@ -364,6 +364,8 @@ fn the_digitalocean_plan_matches_the_schemas_the_set_up_check_and_the_listeners(
             "--metrics-private",
             "--leafnodes",
             "--appliance",
+            "--image",
+            "private/7",
         ],
     );
     let all = resources(&parse(dir.path()));
@@ -476,6 +478,8 @@ fn a_plan_the_set_up_check_would_refuse_is_seen_as_refused() {
             "--domain",
             DOMAIN,
             "--appliance",
+            "--image",
+            "private/7",
         ],
     );
     let all = resources(&parse(dir.path()));
@@ -510,6 +514,8 @@ fn a_plan_the_set_up_check_would_refuse_is_seen_as_refused() {
             "--domain",
             DOMAIN,
             "--appliance",
+            "--image",
+            "private/7",
         ],
     );
     let nb_all = resources(&parse(dir.path()));
@@ -545,6 +551,8 @@ fn the_linode_plan_matches_the_schemas_the_set_up_check_and_the_listeners() {
             "--client-name",
             "nats.example.org",
             "--appliance",
+            "--image",
+            "private/7",
         ],
     );
     let all = resources(&parse(dir.path()));
@@ -627,9 +635,11 @@ fn the_linode_plan_matches_the_schemas_the_set_up_check_and_the_listeners() {
 #[test]
 fn the_script_makes_each_regions_user_data_and_no_secret_reaches_main_tf() {
     let dir = tempfile::tempdir().unwrap();
+    // The operator's directory (the root, the tokens) and the plan's.
     let d = dir.path();
+    let infra = d.join("infra");
     plan_into(
-        d,
+        &infra,
         &[
             "digitalocean",
             "--regions",
@@ -641,9 +651,11 @@ fn the_script_makes_each_regions_user_data_and_no_secret_reaches_main_tf() {
             "--client-name",
             "nats.example.org",
             "--appliance",
+            "--image",
+            "private/7",
         ],
     );
-    let main_before = std::fs::read_to_string(d.join("main.tf")).unwrap();
+    let main_before = std::fs::read_to_string(infra.join("main.tf")).unwrap();
     // The operator's side: the offline root, two tokens, and Terraform's
     // outputs once the balancers exist (a stand-in `terraform`).
     let ok = |c: &mut Command| assert!(c.status().unwrap().success());
@@ -661,8 +673,13 @@ fn the_script_makes_each_regions_user_data_and_no_secret_reaches_main_tf() {
     std::fs::create_dir(&bin).unwrap();
     std::fs::write(
         bin.join("terraform"),
-        "#!/bin/sh\n[ \"$1 $2 $3\" = \"output -raw lb_id_fra1\" ] && { echo 4de7ac8b-495b-4884-9a69-1050c6793cd6; exit; }\n\
-         [ \"$1 $2 $3\" = \"output -raw lb_id_nyc3\" ] && { echo 0a1b2c3d-495b-4884-9a69-1050c6793cd6; exit; }\nexit 1\n",
+        // Asked in the plan's directory, where its state is.
+        format!(
+            "#!/bin/sh\n[ \"$1\" = \"-chdir={infra}\" ] || exit 1\n\
+             [ \"$2 $3 $4\" = \"output -raw lb_id_fra1\" ] && {{ echo 4de7ac8b-495b-4884-9a69-1050c6793cd6; exit; }}\n\
+             [ \"$2 $3 $4\" = \"output -raw lb_id_nyc3\" ] && {{ echo 0a1b2c3d-495b-4884-9a69-1050c6793cd6; exit; }}\nexit 1\n",
+            infra = infra.display()
+        ),
     )
     .unwrap();
     {
@@ -678,8 +695,10 @@ fn the_script_makes_each_regions_user_data_and_no_secret_reaches_main_tf() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // Run from the operator's directory, as the README shows.
     let out = Command::new("sh")
-        .arg(d.join("user-data.sh"))
+        .arg(infra.join("user-data.sh"))
+        .current_dir(d)
         .env("PATH", path)
         .env("NATSMESHD", NATSMESHD)
         .output()
@@ -693,7 +712,7 @@ fn the_script_makes_each_regions_user_data_and_no_secret_reaches_main_tf() {
         ("fra1", "4de7ac8b-495b-4884-9a69-1050c6793cd6"),
         ("nyc3", "0a1b2c3d-495b-4884-9a69-1050c6793cd6"),
     ] {
-        let f = d.join(format!("user-data-{region}.yaml"));
+        let f = infra.join(format!("user-data-{region}.yaml"));
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(
             std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
@@ -712,9 +731,9 @@ fn the_script_makes_each_regions_user_data_and_no_secret_reaches_main_tf() {
     }
     // main.tf is what plan wrote, and none of the secrets is in it or in the
     // script.
-    let main = std::fs::read_to_string(d.join("main.tf")).unwrap();
+    let main = std::fs::read_to_string(infra.join("main.tf")).unwrap();
     assert_eq!(main, main_before);
-    let script = std::fs::read_to_string(d.join("user-data.sh")).unwrap();
+    let script = std::fs::read_to_string(infra.join("user-data.sh")).unwrap();
     for text in [&main, &script] {
         assert!(!text.contains("PRIVATE KEY") && !text.contains("dop_v1_"));
     }
@@ -731,6 +750,8 @@ fn printed_the_plan_is_one_hcl_file_and_refusals_exit_2() {
             "--domain",
             DOMAIN,
             "--appliance",
+            "--image",
+            "private/7",
         ])
         .output()
         .unwrap();
@@ -751,6 +772,8 @@ fn printed_the_plan_is_one_hcl_file_and_refusals_exit_2() {
             "--domain",
             DOMAIN,
             "--appliance",
+            "--image",
+            "private/7",
             "--client-name",
             DOMAIN,
         ])
@@ -758,4 +781,19 @@ fn printed_the_plan_is_one_hcl_file_and_refusals_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--client-name"));
+    // The appliance is an image of its own: a stock one has no natsmesh.
+    let out = Command::new(NATSMESHD)
+        .args([
+            "plan",
+            "linode",
+            "--regions",
+            "eu-central",
+            "--domain",
+            DOMAIN,
+            "--appliance",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--image"));
 }

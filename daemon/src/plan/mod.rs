@@ -67,8 +67,8 @@ pub struct Request {
     /// into; default: each name's parent.
     #[arg(long, value_name = "ZONE", requires = "client_names")]
     pub client_zone: Option<String>,
-    /// The machines' image (default: Debian 12, or the appliance image's
-    /// id with --appliance).
+    /// The machines' image (default: Debian 12, `debian-12-x64` or
+    /// `linode/debian12`; with --appliance, the appliance image's id).
     #[arg(long)]
     pub image: Option<String>,
     /// The machines' size (DigitalOcean slug, Linode type).
@@ -96,8 +96,9 @@ pub struct Request {
     /// For the user-data script: the repository's OpenPGP key.
     #[arg(long, value_name = "FILE", requires = "apt_url")]
     pub apt_key: Option<PathBuf>,
-    /// For the user-data script: the machines run the appliance image.
-    #[arg(long, conflicts_with_all = ["apt_url", "apt_key"])]
+    /// For the user-data script: the machines run the appliance image
+    /// (`--image` names it: a stock image has no natsmesh).
+    #[arg(long, conflicts_with_all = ["apt_url", "apt_key"], requires = "image")]
     pub appliance: bool,
     /// For the user-data script: accounts and users (`natsmeshd user add`'s
     /// file), carried by every node.
@@ -464,7 +465,7 @@ fn check(r: &Request) -> Result<Checked<'_>, PlanError> {
     if r.apt_url.is_none() && !r.appliance {
         return Err(invalid(
             "--apt-url",
-            "--apt-url and --apt-key, or --appliance",
+            "--apt-url and --apt-key, or --appliance with --image",
         ));
     }
     if let Some(p) = &r.apt_key {
@@ -515,7 +516,8 @@ pub(crate) fn steps(c: &Checked<'_>, balancers: &[String]) -> String {
     format!(
         "Order (the user-data names each region's balancer, which exists only once made):\n\
          1. terraform init && terraform apply {}\n\
-         2. ./user-data.sh   (makes user-data-<region>.yaml: secrets, mode 0600; keep them out of version control)\n\
+         2. run user-data.sh from where `natsmeshd plan` ran (it makes user-data-<region>.yaml here:\n   \
+         secrets, mode 0600; keep them out of version control)\n\
          3. terraform apply\n\
          4. at {}'s parent, point its NS records at {}",
         targets.join(" "),
@@ -540,7 +542,7 @@ fn script(c: &Checked<'_>) -> String {
          # reads with file(). They hold the region's intermediate key and the nodes'\n\
          # tokens: made 0600, never committed, never in main.tf.\n\
          #\n\
-         # Needs, beside this script (or where PKI and TOKENS point):\n\
+         # Needs, where it is run (or where PKI and TOKENS point):\n\
          #   $PKI/root.crt, $PKI/root.key   the offline root (natsmeshd ca init --out pki)\n\
          #   $TOKENS/lb-token               load balancers: {lb}\n\
          #   $TOKENS/dns-token              DNS: {dns}\n\
@@ -548,8 +550,15 @@ fn script(c: &Checked<'_>) -> String {
         lb = lb_scopes(r.cloud),
         dns = dns_scopes(r.cloud),
     );
+    let _ = writeln!(
+        out,
+        "#\n\
+         # Run it where `natsmeshd plan` ran: the paths it was given (--apt-key,\n\
+         # --accounts) and PKI and TOKENS are relative to there; the user-data\n\
+         # files go beside main.tf."
+    );
     let _ = writeln!(out, "set -eu");
-    let _ = writeln!(out, "cd \"$(dirname \"$0\")\"");
+    let _ = writeln!(out, "here=$(dirname \"$0\")");
     let _ = writeln!(out, "umask 077");
     let _ = writeln!(out, "PKI=${{PKI:-pki}}");
     let _ = writeln!(out, "TOKENS=${{TOKENS:-tokens}}");
@@ -571,7 +580,11 @@ fn script(c: &Checked<'_>) -> String {
             out,
             "[ -e \"$PKI/{region}.crt\" ] || \"$NATSMESHD\" ca intermediate --root \"$PKI\" --region {region} --domain {d}{permit} --out \"$PKI\""
         );
-        let _ = writeln!(out, "lb=$(terraform output -raw lb_id_{})", ident(region));
+        let _ = writeln!(
+            out,
+            "lb=$(terraform -chdir=\"$here\" output -raw lb_id_{})",
+            ident(region)
+        );
         let mut args = vec![
             format!("--provider {cloud} --region {region} --domain {d}"),
             "--roots \"$PKI/root.crt\"".to_owned(),
@@ -601,12 +614,12 @@ fn script(c: &Checked<'_>) -> String {
         }
         let _ = writeln!(
             out,
-            "\"$NATSMESHD\" user-data \\\n    {} \\\n    > user-data-{region}.yaml.new",
+            "\"$NATSMESHD\" user-data \\\n    {} \\\n    > \"$here/user-data-{region}.yaml.new\"",
             args.join(" \\\n    ")
         );
         let _ = writeln!(
             out,
-            "mv user-data-{region}.yaml.new user-data-{region}.yaml"
+            "mv \"$here/user-data-{region}.yaml.new\" \"$here/user-data-{region}.yaml\""
         );
     }
     out
@@ -682,7 +695,7 @@ mod tests {
 
     #[test]
     fn refuses_what_the_plan_cannot_make_naming_the_argument() {
-        let base = "--domain nats.example.com --appliance";
+        let base = "--domain nats.example.com --appliance --image private/7";
         let cases = [
             (
                 "digitalocean --regions FRA1",
@@ -721,8 +734,8 @@ mod tests {
                 "top-level domain",
             ),
             (
-                "digitalocean --regions fra1 --image debian;rm",
-                "--image",
+                "digitalocean --regions fra1 --size s-2vcpu;rm",
+                "--size",
                 "slug",
             ),
             (
@@ -738,7 +751,7 @@ mod tests {
             assert!(e.why.contains(why), "{args}: {e}");
         }
         let e = plan(&request(
-            "digitalocean --regions fra1 --domain 1.2 --appliance",
+            "digitalocean --regions fra1 --domain 1.2 --appliance --image private/7",
         ))
         .err();
         assert_eq!(e.map(|e| e.arg), Some("--domain"));
@@ -748,14 +761,16 @@ mod tests {
     fn the_script_makes_each_regions_user_data_from_terraforms_balancer_ids() {
         let p = plan(&request(
             "digitalocean --regions fra1,nyc3 --nodes 3 --domain nats.example.com \
-             --client-name nats.example.org --metrics-private --appliance --accounts it's.toml",
+             --client-name nats.example.org --metrics-private --appliance --image private/7 --accounts it's.toml",
         ))
         .unwrap_or_else(|e| panic!("{e}"));
         let script = &p.files[1].text;
         assert!(p.files[1].executable);
         for region in ["fra1", "nyc3"] {
-            assert!(script.contains(&format!("lb=$(terraform output -raw lb_id_{region})")));
-            assert!(script.contains(&format!("> user-data-{region}.yaml.new")));
+            assert!(script.contains(&format!(
+                "lb=$(terraform -chdir=\"$here\" output -raw lb_id_{region})"
+            )));
+            assert!(script.contains(&format!("> \"$here/user-data-{region}.yaml.new\"")));
             assert!(script.contains(&format!(
                 "ca intermediate --root \"$PKI\" --region {region} --domain 'nats.example.com' --permit-name 'nats.example.org'"
             )));
