@@ -18,6 +18,7 @@ pub mod httpd;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod plan;
 pub mod prepare;
 pub mod provider;
 pub mod publish;

@@ -89,6 +89,10 @@ enum Cmd {
     /// Print cloud-init user-data that makes a new machine a member of its
     /// region (secrets included: paste it only into the creation form).
     UserData(Box<natsmesh::user_data::Request>),
+    /// Print what must exist besides the machines, as Terraform for the
+    /// provider's official provider (VPCs, balancers, firewalls, DNS), and
+    /// a script making each region's user-data. Embeds no secret.
+    Plan(Box<natsmesh::plan::Request>),
     /// Print the natsmeshd(8) manual page (roff), for the packages.
     #[command(hide = true)]
     Manpage,
@@ -205,6 +209,43 @@ fn manpage() -> ExitCode {
     }
 }
 
+/// `natsmeshd plan`: printed, or written into `--out`.
+fn plan(req: &natsmesh::plan::Request) -> ExitCode {
+    let p = match natsmesh::plan::plan(req) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("natsmeshd: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let Some(dir) = &req.out else {
+        print!("{}", p.printed());
+        return ExitCode::SUCCESS;
+    };
+    let write = |f: &natsmesh::plan::File| -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(f.name);
+        std::fs::write(&path, &f.text)?;
+        let mode = if f.executable { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        Ok(path)
+    };
+    for f in &p.files {
+        match write(f) {
+            Ok(path) => eprintln!("natsmeshd: wrote {}", path.display()),
+            Err(e) => {
+                eprintln!(
+                    "natsmeshd: cannot write {}: {e}",
+                    dir.join(f.name).display()
+                );
+                return ExitCode::from(EXIT_FAILURE as u8);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Manpage = cli.command {
@@ -222,6 +263,9 @@ fn main() -> ExitCode {
                 ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
             }
         };
+    }
+    if let Cmd::Plan(req) = &cli.command {
+        return plan(req);
     }
     natsmesh::logging::init();
     // One thread: the broker is forked from it, and PR_SET_PDEATHSIG is tied

@@ -118,6 +118,17 @@ impl LbProvider {
     }
 }
 
+/// The protocol a forwarding rule (DigitalOcean) or a config (Linode)
+/// must use on both sides: NATS sends INFO before the client speaks, so
+/// only a TCP pass-through carries it (clients use TLS end to end).
+pub const RULE_PROTOCOL: &str = "tcp";
+/// The protocol of a DigitalOcean health check on natsmeshd's readiness
+/// endpoint ([`ready::PATH`] on `load_balancer.ready_port`).
+pub const HEALTH_PROTOCOL: &str = "http";
+/// The only NodeBalancer check that works on a NATS port (it has no
+/// separate check port, so it cannot ask the readiness endpoint).
+pub const LINODE_CHECK: &str = "connection";
+
 /// A forwarding rule, as natsmesh checks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -215,7 +226,9 @@ pub fn check(setup: &Setup, s: &LbSettings) -> Vec<String> {
         ));
     }
     for r in to_client {
-        if !r.entry.starts_with("tcp:") || r.target_protocol != "tcp" {
+        if r.entry.split_once(':').map(|(p, _)| p) != Some(RULE_PROTOCOL)
+            || r.target_protocol != RULE_PROTOCOL
+        {
             wrong.push(format!(
                 "forwarding rule {} → {}:{port} must be tcp → tcp: NATS sends INFO before the client speaks, so an HTTP or TLS-terminating rule breaks it (clients use TLS end to end)",
                 r.entry, r.target_protocol
@@ -230,7 +243,7 @@ pub fn check(setup: &Setup, s: &LbSettings) -> Vec<String> {
             s.monitoring_port.unwrap_or_default(),
             ready::PATH
         ));
-    } else if h.protocol != "http" || h.port != Some(ready_port) || h.path != ready::PATH {
+    } else if h.protocol != HEALTH_PROTOCOL || h.port != Some(ready_port) || h.path != ready::PATH {
         wrong.push(format!(
             "the health check is {}:{}{}; it must ask natsmeshd's readiness endpoint: protocol http, port {ready_port}, path {} (a TCP check on the client port keeps passing while a node drains)",
             h.protocol,
@@ -254,14 +267,14 @@ pub fn check(setup: &Setup, s: &LbSettings) -> Vec<String> {
 fn check_linode(setup: &Setup, s: &LbSettings) -> Vec<String> {
     let mut wrong = Vec::new();
     for r in &setup.rules {
-        if r.target_protocol != "tcp" {
+        if r.target_protocol != RULE_PROTOCOL {
             wrong.push(format!(
                 "config {} must use protocol tcp: NATS sends INFO before the client speaks, so HTTP or TLS termination breaks it",
                 r.entry
             ));
         }
     }
-    if setup.health.protocol != "connection" {
+    if setup.health.protocol != LINODE_CHECK {
         wrong.push(format!(
             "the health check is {:?}; set check = \"connection\": a NodeBalancer checks the node's own port ({}), which speaks NATS, not HTTP, and a connection check fails once lame duck closes it (natsmeshd drains the node before that)",
             setup.health.protocol, s.client_port
