@@ -523,6 +523,21 @@ fn an_expired_node_certificate_is_replaced_at_start_and_files_have_safe_modes() 
         cert, old.cert_pem,
         "the expired certificate is still in use"
     );
+    // The intermediate's and the root's expiry are in the status (and so
+    // in /metrics and the fleet reports), to the second.
+    let expiry = |file: &str| {
+        let pem = std::fs::read(pki.path(file)).unwrap();
+        let der = natsmesh::tls::pki::certs_from_pem(file, &pem).unwrap();
+        let info = natsmesh::tls::pki::inspect(file, &der[0]).unwrap();
+        info.not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let s = d.status().unwrap();
+    assert_eq!(s.intermediate_not_after_unix, Some(expiry("i1/fra1.crt")));
+    assert_eq!(s.root_not_after_unix, Some(expiry("r1/root.crt")));
+    assert!(s.intermediate_not_after_unix < s.root_not_after_unix);
     let me = nix::unistd::geteuid().as_raw();
     for (file, mode) in [
         ("node.key", 0o600),

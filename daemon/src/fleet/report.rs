@@ -52,6 +52,12 @@ pub struct NodeReport {
     pub lease: String,
     /// When the node certificate expires (Unix seconds), with TLS.
     pub certificate_not_after_unix: Option<u64>,
+    /// When the region's intermediate expires (Unix seconds), where known.
+    #[serde(default)]
+    pub intermediate_not_after_unix: Option<u64>,
+    /// When the earliest trusted root expires (Unix seconds).
+    #[serde(default)]
+    pub root_not_after_unix: Option<u64>,
     /// Load-balancer membership, as natsmeshd last saw or made it.
     pub load_balancer: String,
     /// Whether the balancer lists the node (when natsmeshd manages one).
@@ -79,6 +85,8 @@ impl NodeReport {
             paused: s.paused,
             lease: s.fleet.clone(),
             certificate_not_after_unix: s.certificate_not_after_unix,
+            intermediate_not_after_unix: s.intermediate_not_after_unix,
+            root_not_after_unix: s.root_not_after_unix,
             load_balancer: s.load_balancer.clone(),
             load_balancer_registered: s.load_balancer_registered,
             dns: s.dns.clone(),
@@ -210,6 +218,8 @@ mod tests {
             paused: false,
             lease: String::new(),
             certificate_not_after_unix: None,
+            intermediate_not_after_unix: None,
+            root_not_after_unix: None,
             load_balancer: String::new(),
             load_balancer_registered: None,
             dns: String::new(),

@@ -130,6 +130,22 @@ pub fn encode(e: &mut DescriptorEncoder, s: &Status, f: &Figures) -> Result<(), 
             "When the node certificate in use expires",
             not_after as f64,
         )?;
+        if let Some(t) = s.intermediate_not_after_unix {
+            gauge(
+                e,
+                "natsmesh_intermediate_expiry_timestamp_seconds",
+                "When the region's intermediate (the node certificate's issuer) expires",
+                t as f64,
+            )?;
+        }
+        if let Some(t) = s.root_not_after_unix {
+            gauge(
+                e,
+                "natsmesh_root_expiry_timestamp_seconds",
+                "When the earliest-expiring trusted root expires",
+                t as f64,
+            )?;
+        }
         gauge(
             e,
             "natsmesh_certificate_renewal_failing",

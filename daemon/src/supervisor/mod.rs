@@ -290,6 +290,14 @@ impl Supervisor {
             certificate_not_after_unix: cert
                 .as_ref()
                 .map(|c| crate::unix_ms(c.info.not_after) / 1000),
+            intermediate_not_after_unix: cert
+                .as_ref()
+                .and_then(|c| c.issuer_not_after)
+                .map(|t| crate::unix_ms(t) / 1000),
+            root_not_after_unix: cert
+                .as_ref()
+                .and_then(|c| c.root_not_after)
+                .map(|t| crate::unix_ms(t) / 1000),
             ..Status::default()
         };
         let (status_tx, status_rx) = watch::channel(status.clone());
@@ -1095,6 +1103,9 @@ impl Supervisor {
         self.status.certificate = describe_cert(current);
         self.status.certificate_not_after_unix =
             Some(crate::unix_ms(current.info.not_after) / 1000);
+        self.status.intermediate_not_after_unix =
+            current.issuer_not_after.map(|t| crate::unix_ms(t) / 1000);
+        self.status.root_not_after_unix = current.root_not_after.map(|t| crate::unix_ms(t) / 1000);
         self.status.certificate_failing = false;
         self.status.warnings = current.warnings.clone();
     }

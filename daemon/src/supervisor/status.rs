@@ -34,6 +34,13 @@ pub struct Status {
     /// When the node certificate in use expires (Unix seconds), with TLS.
     #[serde(default)]
     pub certificate_not_after_unix: Option<u64>,
+    /// When the region's intermediate (the certificate's issuer) expires
+    /// (Unix seconds), where known.
+    #[serde(default)]
+    pub intermediate_not_after_unix: Option<u64>,
+    /// When the earliest-expiring trusted root expires (Unix seconds).
+    #[serde(default)]
+    pub root_not_after_unix: Option<u64>,
     /// The last renewal (or re-read) failed; the certificate in use stays.
     #[serde(default)]
     pub certificate_failing: bool,
@@ -104,6 +111,24 @@ pub fn clock_synchronized() -> Option<bool> {
 }
 
 impl Status {
+    /// When the intermediate and the root expire, for the screen.
+    fn ca_expiry(&self) -> String {
+        let at = |secs: u64| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            )
+            .to_string()
+        };
+        match (self.intermediate_not_after_unix, self.root_not_after_unix) {
+            (None, None) => "—".into(),
+            (i, r) => format!(
+                "intermediate until {}, root until {}",
+                i.map_or("?".into(), at),
+                r.map_or("?".into(), at)
+            ),
+        }
+    }
+
     /// One line for systemd's STATUS=, e.g. "ready: 2 routes, 14 clients,
     /// JetStream current — digitalocean-nyc3-2756294".
     pub fn line(&self) -> String {
@@ -168,6 +193,7 @@ impl Status {
             ),
             ("config", self.config_file.clone()),
             ("tls", self.certificate.clone()),
+            ("ca", self.ca_expiry()),
             ("alive", self.alive.clone()),
             ("serving", self.serving.clone()),
             ("jetstream", self.jetstream.clone()),

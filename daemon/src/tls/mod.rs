@@ -150,6 +150,32 @@ pub struct Current {
     pub renew_at: SystemTime,
     /// Warnings to repeat (a root used as issuer, a clock far off).
     pub warnings: Vec<String>,
+    /// When the certificate's issuer (the region's intermediate) expires,
+    /// where known: node certificates can never outlive it.
+    pub issuer_not_after: Option<SystemTime>,
+    /// When the earliest-expiring trusted root expires (after a rotation,
+    /// drop the old root from `ca_file`, or it keeps this early).
+    pub root_not_after: Option<SystemTime>,
+}
+
+/// The earliest expiry among the trusted roots.
+fn earliest_root(settings: &TlsSettings) -> Option<SystemTime> {
+    let roots = roots(settings).ok()?;
+    roots
+        .iter()
+        .filter_map(|r| pki::inspect("a trusted root", r).ok())
+        .map(|i| i.not_after)
+        .min()
+}
+
+/// The issuer's expiry from a chain file (leaf first, then its issuer).
+fn chain_issuer(path: &Path) -> Option<SystemTime> {
+    let text = std::fs::read(path).ok()?;
+    let chain = pki::certs_from_pem("the chain", &text).ok()?;
+    chain
+        .get(1)
+        .and_then(|c| pki::inspect("the issuer", c).ok())
+        .map(|i| i.not_after)
 }
 
 /// Loads the trusted roots.
@@ -265,6 +291,8 @@ fn ensure_pair(
                     info,
                     renew_at,
                     warnings: Vec::new(),
+                    issuer_not_after: chain_issuer(cert),
+                    root_not_after: earliest_root(settings),
                 },
                 false,
             ))
@@ -351,6 +379,8 @@ fn ensure_pair(
                             info,
                             renew_at,
                             warnings,
+                            issuer_not_after: Some(ca.not_after),
+                            root_not_after: earliest_root(settings),
                         },
                         false,
                     ));
@@ -388,6 +418,8 @@ fn ensure_pair(
                     info,
                     renew_at,
                     warnings,
+                    issuer_not_after: Some(ca.not_after),
+                    root_not_after: earliest_root(settings),
                 },
                 true,
             ))
