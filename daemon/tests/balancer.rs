@@ -993,3 +993,54 @@ fn a_read_only_nodebalancer_token_is_reported_not_hammered() {
     );
     assert_linode_requests_follow_the_spec(&site.lb);
 }
+
+/// A reload names every natsmeshd setting it does not apply as needing
+/// `systemctl restart natsmeshd` (never "no change"), says how the rest
+/// was applied, and keeps saying it until natsmeshd restarts; the node
+/// stays in the balancer it runs with.
+#[test]
+fn a_changed_balancer_id_is_named_as_needing_a_restart_never_no_change() {
+    let fleet = Fleet::good(1);
+    let mut a = fleet.node(1);
+    a.wait_ready();
+    fleet.wait_in_service(&[droplet_id(1)], "in service");
+    let dropin = a.config_path().with_file_name("natsmesh.d/70-lb.toml");
+    std::fs::write(
+        &dropin,
+        "[load_balancer]\nid = \"0b3c0b3c-495b-4884-9a69-1050c6793cd6\"\n\n[health]\ninterval = \"300ms\"\n",
+    )
+    .unwrap();
+    for round in ["first", "second"] {
+        let out = a.cli(&["reload", "--wait"]);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{round}: {out:?}");
+        assert!(
+            said.contains("needs `systemctl restart natsmeshd`: [load_balancer]"),
+            "{round}: {said}"
+        );
+        assert!(!said.starts_with("no change\n"), "{round}: {said}");
+        if round == "first" {
+            assert!(
+                said.starts_with("no change to the broker")
+                    && said.contains("applied by natsmeshd: [health]"),
+                "{said}"
+            );
+        }
+        let s = a.status().unwrap();
+        assert_eq!(s.natsmeshd_restart_pending, ["[load_balancer]"], "{round}");
+    }
+    let screen = String::from_utf8_lossy(&a.cli(&["status"]).stdout).into_owned();
+    assert!(
+        screen.contains("needs `systemctl restart natsmeshd`: [load_balancer]"),
+        "{screen}"
+    );
+    // Still a member of the balancer it runs with.
+    assert_eq!(fleet.lb.registered(), vec![droplet_id(1)]);
+    // Taken back: nothing waits for a restart any more.
+    std::fs::remove_file(&dropin).unwrap();
+    let out = a.cli(&["reload", "--wait"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("applied by natsmeshd: [health]"), "{said}");
+    assert!(!said.contains("needs `systemctl restart"), "{said}");
+    assert!(a.status().unwrap().natsmeshd_restart_pending.is_empty());
+}

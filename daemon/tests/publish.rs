@@ -787,3 +787,34 @@ ttl = "1s"
         assert!(srv_targets(&bind).is_empty());
     }
 }
+
+/// A changed `[dns_publish]` is named by the reload as needing
+/// `systemctl restart natsmeshd` beside the broker's keys it reloaded;
+/// the records stay those natsmeshd runs with.
+#[test]
+fn a_changed_dns_publish_is_named_as_needing_a_restart_beside_what_reloaded() {
+    let bind = Bind::start(ZONE);
+    let mut a = node(1, free_port(), &bind);
+    a.wait_ready();
+    wait_for("published", Duration::from_secs(30), || {
+        srv_targets(&bind) == targets(&[1])
+    });
+    std::fs::write(
+        a.config_path().with_file_name("natsmesh.d/70-change.toml"),
+        "[dns_publish]\nttl = \"7s\"\n\n[broker]\ndebug = true\n",
+    )
+    .unwrap();
+    let out = a.cli(&["reload", "--wait"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(said.starts_with("reloaded (debug)"), "{said}");
+    assert!(
+        said.contains("needs `systemctl restart natsmeshd`: [dns_publish]"),
+        "{said}"
+    );
+    assert_eq!(
+        a.status().unwrap().natsmeshd_restart_pending,
+        ["[dns_publish]"]
+    );
+    assert_eq!(srv_targets(&bind), targets(&[1]));
+}

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod load;
 pub mod notice;
 pub mod problem;
+pub mod reload;
 pub mod schema;
 pub mod units;
 pub mod validate;

@@ -171,6 +171,8 @@ pub struct Supervisor {
     status_tx: watch::Sender<Status>,
     last_status_line: String,
     pending_reply: Option<Reply>,
+    /// What the pending reply adds about natsmeshd's own settings.
+    pending_notes: String,
     exit: Option<Exit>,
     last_extend: Option<Instant>,
     /// The node certificate in use, when TLS is on.
@@ -313,6 +315,7 @@ impl Supervisor {
                 status_tx,
                 last_status_line: String::new(),
                 pending_reply: None,
+                pending_notes: String::new(),
                 exit: None,
                 last_extend: None,
                 cert_due: cert.as_ref().map(|c| due(c.renew_at)),
@@ -834,7 +837,13 @@ impl Supervisor {
         tracing::info!(message_id = ids::READY, status = %line, "ready");
         self.notifier.ready(&line);
         if let Some(reply) = self.pending_reply.take() {
-            let _ = reply.send(Ok(format!("restarted; {line}")));
+            let notes = std::mem::take(&mut self.pending_notes);
+            let msg = if notes.is_empty() {
+                format!("restarted; {line}")
+            } else {
+                format!("restarted; {line}; {notes}")
+            };
+            let _ = reply.send(Ok(msg));
         }
     }
 

@@ -57,6 +57,10 @@ pub struct Status {
     pub clock_synchronized: Option<bool>,
     /// Why a restart is pending, when one is.
     pub restart_pending: Vec<String>,
+    /// natsmeshd's own settings changed since it started that only
+    /// `systemctl restart natsmeshd` applies (it runs with the old ones).
+    #[serde(default)]
+    pub natsmeshd_restart_pending: Vec<String>,
     /// Restarts of the broker (any cause).
     pub restarts: u64,
     /// Unexpected exits.
@@ -198,14 +202,22 @@ impl Status {
                         .unwrap_or_default()
                 ),
             ),
-            (
-                "pending",
-                if self.restart_pending.is_empty() {
-                    "no restart pending".into()
+            ("pending", {
+                let mut p = if self.restart_pending.is_empty() {
+                    "no restart pending".to_owned()
                 } else {
                     format!("restart pending: {}", self.restart_pending.join("; "))
-                },
-            ),
+                };
+                if !self.natsmeshd_restart_pending.is_empty() {
+                    let _ = write!(
+                        p,
+                        "; {}: {}",
+                        crate::config::reload::NEEDS_RESTART,
+                        self.natsmeshd_restart_pending.join(", ")
+                    );
+                }
+                p
+            }),
             (
                 "fleet",
                 match (self.paused, self.fleet.is_empty()) {
