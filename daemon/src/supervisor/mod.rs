@@ -466,10 +466,12 @@ impl Supervisor {
                         Pointer::Dns => {
                             self.status.dns = announced.line;
                             self.status.dns_up = Some(announced.up);
+                            self.status.dns_problem = announced.problem;
                         }
                         Pointer::LoadBalancer => {
                             self.status.load_balancer = announced.line;
                             self.status.load_balancer_registered = announced.member;
+                            self.status.load_balancer_problem = announced.problem;
                         }
                     }
                     self.publish();
@@ -551,6 +553,7 @@ impl Supervisor {
         s.broker_version = broker_version;
         s.log_lines_dropped = self.output.dropped();
         s.paused = self.paused;
+        s.derive_degraded();
         let line = s.line();
         if line != self.last_status_line {
             self.notifier.status(&line);
@@ -1126,6 +1129,10 @@ pub struct Announced {
     pub member: Option<bool>,
     /// What happened last, for a person.
     pub line: String,
+    /// What keeps it from pointing where it should (a balancer that cannot
+    /// be read or is set up wrong, a publication failing), for `degraded`
+    /// at the edge; `None` when all is as it should be.
+    pub problem: Option<String>,
 }
 
 /// What points clients or peers at this node.
