@@ -799,6 +799,9 @@ fn a_changed_dns_publish_is_named_as_needing_a_restart_beside_what_reloaded() {
     wait_for("published", Duration::from_secs(30), || {
         srv_targets(&bind) == targets(&[1])
     });
+    // Unchanged files: nothing of natsmeshd's is reported as changed.
+    let out = a.cli(&["reload", "--wait"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no change\n");
     std::fs::write(
         a.config_path().with_file_name("natsmesh.d/70-change.toml"),
         "[dns_publish]\nttl = \"7s\"\n\n[broker]\ndebug = true\n",
