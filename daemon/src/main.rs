@@ -499,10 +499,18 @@ async fn dispatch(cli: Cli) -> i32 {
         Cmd::Run => config::Patience::Configured,
         _ => config::Patience::AtMost(std::time::Duration::from_secs(5)),
     };
-    let (loaded, settings) = match config::load_settings(&sources, patience).await {
-        Ok(v) => v,
-        Err(p) => return report(&p),
+    // Outside the unit (`sudo natsmeshd check` over SSH) credential names are
+    // found where the unit loads them from; `run` is the unit itself.
+    let credentials_source = match cli.command {
+        Cmd::Run => None,
+        _ => config::unit_credentials(&sources),
     };
+    let shown_source = credentials_source.clone();
+    let (loaded, settings) =
+        match config::load_settings(&sources, patience, credentials_source).await {
+            Ok(v) => v,
+            Err(p) => return report(&p),
+        };
     match cli.command {
         Cmd::Run => {
             if loaded.embedded {
@@ -555,6 +563,12 @@ async fn dispatch(cli: Cli) -> i32 {
                 prepared.version,
                 settings.binary.display()
             );
+            if let Some(dir) = &shown_source {
+                eprintln!(
+                    "credentials: relative names were read from {} (as the unit loads them with LoadCredential=)",
+                    dir.display()
+                );
+            }
             // Told, not refused: these listeners are meant to answer anyone.
             for n in config::notice::notices(&settings) {
                 eprintln!("{n}");

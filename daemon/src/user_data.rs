@@ -496,6 +496,7 @@ fn accounts(r: &Request, path: &Path, node_dropin: &str) -> Result<String, UserD
         default_state_dir: PathBuf::from("/nonexistent/natsmeshd-user-data"),
         default_control_socket: PathBuf::from("/nonexistent/natsmeshd-user-data/control.sock"),
         credentials_dir: None,
+        credentials_source: None,
     };
     let identity = crate::provider::Identity {
         provider: match r.provider {

@@ -993,3 +993,113 @@ fn a_read_only_nodebalancer_token_is_reported_not_hammered() {
     );
     assert_linode_requests_follow_the_spec(&site.lb);
 }
+
+/// A reload names every natsmeshd setting it does not apply as needing
+/// `systemctl restart natsmeshd` (never "no change"), says how the rest
+/// was applied, and keeps saying it until natsmeshd restarts; the node
+/// stays in the balancer it runs with.
+#[test]
+fn a_changed_balancer_id_is_named_as_needing_a_restart_never_no_change() {
+    let fleet = Fleet::good(1);
+    let mut a = fleet.node(1);
+    a.wait_ready();
+    fleet.wait_in_service(&[droplet_id(1)], "in service");
+    let dropin = a.config_path().with_file_name("natsmesh.d/70-lb.toml");
+    std::fs::write(
+        &dropin,
+        "[load_balancer]\nid = \"0b3c0b3c-495b-4884-9a69-1050c6793cd6\"\n\n[health]\ninterval = \"300ms\"\n",
+    )
+    .unwrap();
+    for round in ["first", "second"] {
+        let out = a.cli(&["reload", "--wait"]);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{round}: {out:?}");
+        assert!(
+            said.contains("needs `systemctl restart natsmeshd`: [load_balancer]"),
+            "{round}: {said}"
+        );
+        assert!(!said.starts_with("no change\n"), "{round}: {said}");
+        if round == "first" {
+            assert!(
+                said.starts_with("no change to the broker")
+                    && said.contains("applied by natsmeshd: [health]"),
+                "{said}"
+            );
+        }
+        let s = a.status().unwrap();
+        assert_eq!(s.natsmeshd_restart_pending, ["[load_balancer]"], "{round}");
+    }
+    let screen = String::from_utf8_lossy(&a.cli(&["status"]).stdout).into_owned();
+    assert!(
+        screen.contains("needs `systemctl restart natsmeshd`: [load_balancer]"),
+        "{screen}"
+    );
+    // Still a member of the balancer it runs with.
+    assert_eq!(fleet.lb.registered(), vec![droplet_id(1)]);
+    // Taken back: nothing waits for a restart any more.
+    std::fs::remove_file(&dropin).unwrap();
+    let out = a.cli(&["reload", "--wait"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("applied by natsmeshd: [health]"), "{said}");
+    assert!(!said.contains("needs `systemctl restart"), "{said}");
+    assert!(a.status().unwrap().natsmeshd_restart_pending.is_empty());
+}
+
+/// A serving node whose balancer id answers 404 is `degraded` (status,
+/// `--json`, STATUS=, `natsmesh_degraded`) with the reason, not "ready";
+/// serving does not follow it; once the id answers, plain ready again.
+#[test]
+fn a_balancer_answering_404_shows_degraded_until_it_answers() {
+    let fleet = Fleet::good(1);
+    fleet.lb.state.lock().unwrap().lb.id = "0b3c0b3c-495b-4884-9a69-1050c6793cd6".into();
+    let mut a = fleet.node(1);
+    a.wait_ready();
+    let s = a.wait_status(
+        "degraded with the reason",
+        |s| s.degraded,
+        Duration::from_secs(20),
+    );
+    assert_eq!(s.state, "ready", "degraded is no supervisor state");
+    assert_eq!(s.degraded_why.len(), 1, "{:?}", s.degraded_why);
+    assert!(
+        s.degraded_why[0].starts_with("load balancer: cannot read digitalocean load balancer")
+            && s.degraded_why[0].contains("404"),
+        "{:?}",
+        s.degraded_why
+    );
+    let screen = String::from_utf8_lossy(&a.cli(&["status"]).stdout).into_owned();
+    assert!(
+        screen.starts_with("degraded (load balancer: cannot read"),
+        "{screen}"
+    );
+    a.wait_metric("natsmesh_degraded", Duration::from_secs(10), |v| v == 1.0);
+    assert!(
+        a.wait_note(
+            |l| l.starts_with("STATUS=degraded (load balancer: cannot read"),
+            Duration::from_secs(10)
+        ),
+        "{:?}",
+        a.note_lines()
+    );
+    // Still serving its clients directly.
+    connect_through_addr(std::net::SocketAddr::new(
+        common::fleet::ip(1),
+        fleet.client_port,
+    ))
+    .unwrap();
+    // The balancer answers again (read again within 15 s): joined, ready.
+    fleet.lb.state.lock().unwrap().lb.id = LB.into();
+    let s = a.wait_status(
+        "plain ready again",
+        |s| !s.degraded && s.load_balancer.starts_with("in digitalocean load balancer"),
+        Duration::from_secs(40),
+    );
+    assert!(s.degraded_why.is_empty());
+    fleet.wait_in_service(&[droplet_id(1)], "in service");
+    a.wait_metric("natsmesh_degraded", Duration::from_secs(10), |v| v == 0.0);
+    assert!(
+        a.wait_note(|l| l.starts_with("STATUS=ready: "), Duration::from_secs(10)),
+        "{:?}",
+        a.note_lines()
+    );
+}

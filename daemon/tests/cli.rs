@@ -948,3 +948,117 @@ fn a_broker_user_that_does_not_exist_or_is_natsmeshds_own_is_refused() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// `sudo natsmeshd check` outside the unit finds credential names where
+/// the unit loads them from (its `LoadCredential=` source directory, here
+/// named by `NATSMESH_CREDENTIALS_SOURCE` because the test cannot write
+/// /etc/natsmesh/credentials), not next to the drop-in; the secret-mode
+/// check there stays strict; inside the unit `$CREDENTIALS_DIRECTORY` wins.
+#[test]
+fn check_outside_the_unit_reads_the_units_credentials_source() {
+    let dir = scratch();
+    let d = dir.path();
+    let pki = d.join("pki");
+    let ok = |o: Output| assert!(o.status.success(), "{}", text(&o.stderr));
+    ok(natsmeshd_in(
+        d,
+        &["ca", "init", "--out", pki.to_str().unwrap()],
+    ));
+    ok(natsmeshd_in(
+        d,
+        &[
+            "ca",
+            "intermediate",
+            "--root",
+            pki.to_str().unwrap(),
+            "--region",
+            "fra1",
+            "--domain",
+            "nats.test",
+            "--out",
+            pki.to_str().unwrap(),
+        ],
+    ));
+    // The unit's source directory holds `<file>`; systemd delivers each
+    // as `natsmesh_<file>`.
+    let source = d.join("credentials");
+    let delivered = d.join("delivered");
+    for (dir, prefix) in [(&source, ""), (&delivered, "natsmesh_")] {
+        std::fs::create_dir(dir).unwrap();
+        chmod(dir, 0o700);
+        let put = |name: &str, text: &str| private(&dir.join(format!("{prefix}{name}")), text);
+        put(
+            "intermediate.crt",
+            &std::fs::read_to_string(pki.join("fra1.crt")).unwrap(),
+        );
+        put(
+            "intermediate.key",
+            &std::fs::read_to_string(pki.join("fra1.key")).unwrap(),
+        );
+        put(
+            "system.password",
+            "a-long-enough-system-password-0123456789\n",
+        );
+    }
+    std::fs::create_dir(d.join("natsmesh.d")).unwrap();
+    std::fs::write(
+        d.join("natsmesh.d/10-domain.toml"),
+        "[node]\ndomain = \"nats.test\"\n",
+    )
+    .unwrap();
+    let main = write_config(
+        d,
+        CURRENT,
+        &format!(
+            "[tls]\nmode = \"issue\"\nca_file = \"{}\"\nintermediate_cert = \"intermediate.crt\"\nintermediate_key = \"intermediate.key\"\n\n[auth]\nsystem_password_file = \"system.password\"\n",
+            pki.join("root.crt").display()
+        ),
+    );
+    let check = |vars: &[(&str, &Path)]| {
+        let mut cmd = Command::new(NATSMESHD);
+        cmd.args(["check", "--config", main.to_str().unwrap()])
+            .env_clear()
+            .env("PATH", d)
+            .env("HOME", d);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    // Without the unit's source, the names resolve next to the file and
+    // are not there.
+    let out = check(&[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&d.join("intermediate.key").display().to_string()),
+        "{err}"
+    );
+    let out = check(&[("NATSMESH_CREDENTIALS_SOURCE", &source)]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "credentials: relative names were read from {}",
+            source.display()
+        )),
+        "{err}"
+    );
+    // The source is not systemd's copy: group read is refused there.
+    chmod(&source.join("intermediate.key"), 0o640);
+    let out = check(&[("NATSMESH_CREDENTIALS_SOURCE", &source)]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("tls.intermediate_key") && err.contains("chmod 600"),
+        "{err}"
+    );
+    // Inside the unit its own credentials directory wins over any source.
+    let out = check(&[
+        ("CREDENTIALS_DIRECTORY", &delivered),
+        ("NATSMESH_CREDENTIALS_SOURCE", &source),
+    ]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("credentials: relative names"), "{err}");
+}

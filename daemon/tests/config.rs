@@ -51,6 +51,7 @@ impl Fixture {
             default_state_dir: self.dir.path().join("state"),
             default_control_socket: self.dir.path().join("control.sock"),
             credentials_dir: None,
+            credentials_source: None,
         }
     }
 

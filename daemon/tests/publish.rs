@@ -787,3 +787,89 @@ ttl = "1s"
         assert!(srv_targets(&bind).is_empty());
     }
 }
+
+/// A changed `[dns_publish]` is named by the reload as needing
+/// `systemctl restart natsmeshd` beside the broker's keys it reloaded;
+/// the records stay those natsmeshd runs with.
+#[test]
+fn a_changed_dns_publish_is_named_as_needing_a_restart_beside_what_reloaded() {
+    let bind = Bind::start(ZONE);
+    let mut a = node(1, free_port(), &bind);
+    a.wait_ready();
+    wait_for("published", Duration::from_secs(30), || {
+        srv_targets(&bind) == targets(&[1])
+    });
+    // Unchanged files: nothing of natsmeshd's is reported as changed.
+    let out = a.cli(&["reload", "--wait"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no change\n");
+    std::fs::write(
+        a.config_path().with_file_name("natsmesh.d/70-change.toml"),
+        "[dns_publish]\nttl = \"7s\"\n\n[broker]\ndebug = true\n",
+    )
+    .unwrap();
+    let out = a.cli(&["reload", "--wait"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(said.starts_with("reloaded (debug)"), "{said}");
+    assert!(
+        said.contains("needs `systemctl restart natsmeshd`: [dns_publish]"),
+        "{said}"
+    );
+    assert_eq!(
+        a.status().unwrap().natsmeshd_restart_pending,
+        ["[dns_publish]"]
+    );
+    assert_eq!(srv_targets(&bind), targets(&[1]));
+}
+
+/// A serving node whose DNS publication fails (the provider answers 500,
+/// then refuses the token with 401) is `degraded` with the reason, in
+/// status, STATUS= and `natsmesh_degraded`; it keeps serving; once the
+/// provider answers, plain ready.
+#[test]
+fn failing_publication_shows_degraded_until_published() {
+    let bind = Bind::start(ZONE);
+    let fake = FakeDnsApi::start(Flavor::DigitalOcean, ZONE, "tok", Some(bind.writer()));
+    fake.state.lock().unwrap().fault = Fault::Status(500);
+    let scratch = natsmesh_harness::scratch();
+    let token_file = scratch.path().join("token");
+    natsmesh_harness::bind::write_private(&token_file, "tok\n");
+    let publish = format!(
+        "backend = \"digitalocean\"\ntoken_file = \"{}\"\napi_url = \"{}\"\nwithdraw_timeout = \"2s\"\ngateway = false\n",
+        token_file.display(),
+        fake.url(),
+    );
+    let mut a = Daemon::start(CURRENT, node_opts(1, free_port(), &bind, &publish));
+    a.wait_ready();
+    for (fault, code) in [(Fault::Status(500), "500"), (Fault::Status(401), "401")] {
+        fake.state.lock().unwrap().fault = fault;
+        let s = a.wait_status(
+            &format!("degraded by {code}"),
+            |s| s.degraded && s.degraded_why.iter().any(|w| w.contains(code)),
+            Duration::from_secs(30),
+        );
+        assert_eq!(s.state, "ready", "degraded is no supervisor state");
+        assert!(
+            s.degraded_why[0].starts_with("DNS: publication failing via digitalocean"),
+            "{:?}",
+            s.degraded_why
+        );
+        a.wait_metric("natsmesh_degraded", Duration::from_secs(10), |v| v == 1.0);
+        assert!(
+            a.wait_note(
+                |l| l.starts_with("STATUS=degraded (DNS: publication failing"),
+                Duration::from_secs(10)
+            ),
+            "{:?}",
+            a.note_lines()
+        );
+    }
+    fake.state.lock().unwrap().fault = Fault::None;
+    a.wait_status(
+        "plain ready once published",
+        |s| !s.degraded && s.state == "ready",
+        Duration::from_secs(90),
+    );
+    assert_eq!(srv_targets(&bind), targets(&[1]));
+    a.wait_metric("natsmesh_degraded", Duration::from_secs(10), |v| v == 0.0);
+}

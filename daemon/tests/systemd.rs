@@ -407,6 +407,19 @@ fn a_dns_token_arrives_as_a_credential_and_goes_nowhere_else() {
         seen.iter().all(|h| *h == format!("Bearer {TOKEN}")),
         "{seen:?}"
     );
+    // `sudo natsmeshd check` on the healthy node finds `dns-token` where
+    // the unit loads it from, not next to the drop-in.
+    let checked = c.exec(&["natsmeshd", "check"]);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&checked.stderr).contains("/etc/natsmesh/credentials"),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
 
     // Not in either process's argv or environment, not in the journal.
     assert_not_in_processes(&c, TOKEN);

@@ -458,14 +458,26 @@ pub async fn follow(
             up: may_receive,
             member,
             line,
+            problem: None,
+        });
+    };
+    // The balancer is not where it should be: the line is the reason.
+    let trouble = |may_receive: bool, member: Option<bool>, line: String| {
+        up.send_replace(Announced {
+            up: may_receive,
+            member,
+            problem: Some(line.clone()),
+            line,
         });
     };
     let client = match Client::new(&s) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "load-balancer membership cannot start");
-            tell(false, None, format!("not managed: {e}"));
-            return;
+            trouble(false, None, format!("not managed: {e}"));
+            // Kept open, so `status` keeps the reason (a closed channel
+            // reads as "nothing to say").
+            return std::future::pending().await;
         }
     };
     let name = format!("{} load balancer {}", s.provider, s.id);
@@ -510,12 +522,12 @@ pub async fn follow(
                             problems = ?setup_wrong,
                             "the load balancer is not set up for NATS; this node does not join it until it is"
                         );
-                        tell(
+                        trouble(
                             found.registered,
                             Some(found.registered),
                             format!("not joining {name}: {}", setup_wrong.join("; ")),
                         );
-                    } else if member != Some(found.registered) {
+                    } else if member != Some(found.registered) || up.borrow().problem.is_some() {
                         // What the balancer says now (a crashed run may
                         // have left this machine in it).
                         let line = if found.registered {
@@ -539,7 +551,7 @@ pub async fn follow(
                     };
                     retry_at = Some(Instant::now() + wait);
                     tracing::warn!(balancer = %name, error = %e, retry_in = ?wait, "cannot read the load balancer");
-                    tell(
+                    trouble(
                         member.unwrap_or(false),
                         member,
                         format!("cannot read {name}: {e}; retrying in {}s", wait.as_secs()),
@@ -569,7 +581,7 @@ pub async fn follow(
                 Err(e) => {
                     failures += 1;
                     retry_at = Some(Instant::now() + retry_wait(failures, None));
-                    tell(
+                    trouble(
                         member.unwrap_or(false),
                         member,
                         format!("cannot act on {name}: {e}"),
@@ -613,7 +625,7 @@ pub async fn follow(
                     } else {
                         tracing::error!(balancer = %name, error = %e, "load-balancer change refused (token needs {})", s.provider.scopes());
                     }
-                    tell(
+                    trouble(
                         member.unwrap_or(true),
                         member,
                         format!(

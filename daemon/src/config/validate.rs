@@ -204,6 +204,11 @@ pub struct Environment {
     pub default_control_socket: PathBuf,
     /// `$CREDENTIALS_DIRECTORY`: where relative credential paths are found.
     pub credentials_dir: Option<PathBuf>,
+    /// Outside the unit (`sudo natsmeshd check`), the directory the unit's
+    /// `LoadCredential=natsmesh:<dir>` loads: a relative credential name is
+    /// found there, as the unit will find it, not next to the drop-in. Not
+    /// systemd's copy, so the secret-mode check stays the strict one.
+    pub credentials_source: Option<PathBuf>,
 }
 
 impl Environment {
@@ -224,6 +229,7 @@ impl Environment {
             },
             default_control_socket: default_control_socket(embedded),
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            credentials_source: None,
         }
     }
 }
@@ -1091,6 +1097,11 @@ impl Checker<'_> {
         }
         if credential && let Some(dir) = &env.credentials_dir {
             return credential_path(dir, path);
+        }
+        if credential && let Some(source) = &env.credentials_source {
+            // The unit's source directory holds `<file>`; systemd hands it
+            // over as `natsmesh_<file>`, which `credential_path` accepts.
+            return source.join(path);
         }
         match self.loaded.origins.get(key).map(|l| &l.source) {
             Some(Source::File(f)) => f

@@ -40,6 +40,9 @@ pub struct NodeReport {
     pub state: String,
     /// Why.
     pub reason: String,
+    /// Serving, but not where it should be (balancer, DNS), and why.
+    #[serde(default)]
+    pub degraded_why: Vec<String>,
     /// natsmeshd's version.
     pub natsmesh_version: String,
     /// nats-server's version.
@@ -79,6 +82,7 @@ impl NodeReport {
             region: s.region.clone(),
             state: s.state.clone(),
             reason: s.reason.clone(),
+            degraded_why: s.degraded_why.clone(),
             natsmesh_version: s.natsmesh_version.clone(),
             broker_version: s.broker_version.clone(),
             restart_pending: s.restart_pending.clone(),
@@ -212,6 +216,7 @@ mod tests {
             region: region.into(),
             state: state.into(),
             reason: String::new(),
+            degraded_why: Vec::new(),
             natsmesh_version: "0.1.0".into(),
             broker_version: "2.15.1".into(),
             restart_pending: Vec::new(),

@@ -153,6 +153,12 @@ pub fn encode(e: &mut DescriptorEncoder, s: &Status, f: &Figures) -> Result<(), 
             flag(s.certificate_failing),
         )?;
     }
+    gauge(
+        e,
+        "natsmesh_degraded",
+        "1 while serving but not where it should be (balancer unreadable or set up wrong, DNS publication failing)",
+        flag(s.degraded),
+    )?;
     if let Some(up) = s.dns_up {
         gauge(
             e,

@@ -403,13 +403,26 @@ pub async fn follow(
             up: may_exist,
             member: None,
             line,
+            problem: None,
+        });
+    };
+    // Publication is not as it should be: the line is the reason.
+    let trouble = |may_exist: bool, line: String| {
+        up.send_replace(Announced {
+            up: may_exist,
+            member: None,
+            problem: Some(line.clone()),
+            line,
         });
     };
     let mut backend = match Backend::new(&s) {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "DNS publication cannot start; records stay as they are");
-            return;
+            trouble(false, format!("publication cannot start: {e}"));
+            // Kept open, so `status` keeps the reason (a closed channel
+            // reads as "nothing to say").
+            return std::future::pending().await;
         }
     };
     let backend_name = s.backend.describe();
@@ -506,7 +519,7 @@ pub async fn follow(
                     retry_at = Some(Instant::now() + wait);
                     failed = Some((target, e.retry_after.is_some()));
                     let may_exist = up.borrow().up;
-                    tell(
+                    trouble(
                         may_exist,
                         format!(
                             "{} failing via {backend_name} (attempt {failures}, retry in {}s): {e}",

@@ -171,6 +171,8 @@ pub struct Supervisor {
     status_tx: watch::Sender<Status>,
     last_status_line: String,
     pending_reply: Option<Reply>,
+    /// What the pending reply adds about natsmeshd's own settings.
+    pending_notes: String,
     exit: Option<Exit>,
     last_extend: Option<Instant>,
     /// The node certificate in use, when TLS is on.
@@ -321,6 +323,7 @@ impl Supervisor {
                 status_tx,
                 last_status_line: String::new(),
                 pending_reply: None,
+                pending_notes: String::new(),
                 exit: None,
                 last_extend: None,
                 cert_due: cert.as_ref().map(|c| due(c.renew_at)),
@@ -471,10 +474,12 @@ impl Supervisor {
                         Pointer::Dns => {
                             self.status.dns = announced.line;
                             self.status.dns_up = Some(announced.up);
+                            self.status.dns_problem = announced.problem;
                         }
                         Pointer::LoadBalancer => {
                             self.status.load_balancer = announced.line;
                             self.status.load_balancer_registered = announced.member;
+                            self.status.load_balancer_problem = announced.problem;
                         }
                     }
                     self.publish();
@@ -556,6 +561,7 @@ impl Supervisor {
         s.broker_version = broker_version;
         s.log_lines_dropped = self.output.dropped();
         s.paused = self.paused;
+        s.derive_degraded();
         let line = s.line();
         if line != self.last_status_line {
             self.notifier.status(&line);
@@ -842,7 +848,13 @@ impl Supervisor {
         tracing::info!(message_id = ids::READY, status = %line, "ready");
         self.notifier.ready(&line);
         if let Some(reply) = self.pending_reply.take() {
-            let _ = reply.send(Ok(format!("restarted; {line}")));
+            let notes = std::mem::take(&mut self.pending_notes);
+            let msg = if notes.is_empty() {
+                format!("restarted; {line}")
+            } else {
+                format!("restarted; {line}; {notes}")
+            };
+            let _ = reply.send(Ok(msg));
         }
     }
 
@@ -1128,6 +1140,10 @@ pub struct Announced {
     pub member: Option<bool>,
     /// What happened last, for a person.
     pub line: String,
+    /// What keeps it from pointing where it should (a balancer that cannot
+    /// be read or is set up wrong, a publication failing), for `degraded`
+    /// at the edge; `None` when all is as it should be.
+    pub problem: Option<String>,
 }
 
 /// What points clients or peers at this node.

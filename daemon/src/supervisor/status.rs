@@ -64,6 +64,10 @@ pub struct Status {
     pub clock_synchronized: Option<bool>,
     /// Why a restart is pending, when one is.
     pub restart_pending: Vec<String>,
+    /// natsmeshd's own settings changed since it started that only
+    /// `systemctl restart natsmeshd` applies (it runs with the old ones).
+    #[serde(default)]
+    pub natsmeshd_restart_pending: Vec<String>,
     /// Restarts of the broker (any cause).
     pub restarts: u64,
     /// Unexpected exits.
@@ -96,6 +100,19 @@ pub struct Status {
     /// Planned restarts are paused (`natsmeshd pause`).
     #[serde(default)]
     pub paused: bool,
+    /// What keeps this node's DNS records from being as they should.
+    #[serde(default)]
+    pub dns_problem: Option<String>,
+    /// What keeps the load balancer from pointing here as it should.
+    #[serde(default)]
+    pub load_balancer_problem: Option<String>,
+    /// Serving, but not where it should be (see `degraded_why`). Shown at
+    /// the edge only: not a supervisor state, nothing follows it.
+    #[serde(default)]
+    pub degraded: bool,
+    /// Why degraded, one reason per pointer.
+    #[serde(default)]
+    pub degraded_why: Vec<String>,
 }
 
 /// systemd-timesyncd's own word: this file exists while the clock is
@@ -129,10 +146,36 @@ impl Status {
         }
     }
 
+    /// Sets `degraded` and `degraded_why` from the other fields: a serving
+    /// node whose balancer cannot be read or is set up wrong, or whose DNS
+    /// publication fails. Derived for people and metrics; serving,
+    /// membership and publication do not follow it.
+    pub fn derive_degraded(&mut self) {
+        self.degraded_why = if self.state == "ready" {
+            [
+                self.load_balancer_problem
+                    .as_ref()
+                    .map(|p| format!("load balancer: {p}")),
+                self.dns_problem.as_ref().map(|p| format!("DNS: {p}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()
+        } else {
+            Vec::new()
+        };
+        self.degraded = !self.degraded_why.is_empty();
+    }
+
     /// One line for systemd's STATUS=, e.g. "ready: 2 routes, 14 clients,
     /// JetStream current — digitalocean-nyc3-2756294".
     pub fn line(&self) -> String {
-        let mut s = format!("{}: ", self.state);
+        // Serving, but not where it should be: never plain "ready".
+        let mut s = if self.degraded {
+            format!("degraded ({}): ", self.degraded_why.join("; "))
+        } else {
+            format!("{}: ", self.state)
+        };
         match self.state.as_str() {
             "ready" | "syncing" => {
                 let mut parts = Vec::new();
@@ -180,7 +223,19 @@ impl Status {
                 format!("{} (region {})", self.server_name, self.region),
             ),
             ("identity", self.identity.clone()),
-            ("state", format!("{} — {}", self.state, self.reason)),
+            (
+                "state",
+                if self.degraded {
+                    format!(
+                        "{} — {}; degraded: {}",
+                        self.state,
+                        self.reason,
+                        self.degraded_why.join("; ")
+                    )
+                } else {
+                    format!("{} — {}", self.state, self.reason)
+                },
+            ),
             (
                 "broker",
                 format!(
@@ -224,14 +279,22 @@ impl Status {
                         .unwrap_or_default()
                 ),
             ),
-            (
-                "pending",
-                if self.restart_pending.is_empty() {
-                    "no restart pending".into()
+            ("pending", {
+                let mut p = if self.restart_pending.is_empty() {
+                    "no restart pending".to_owned()
                 } else {
                     format!("restart pending: {}", self.restart_pending.join("; "))
-                },
-            ),
+                };
+                if !self.natsmeshd_restart_pending.is_empty() {
+                    let _ = write!(
+                        p,
+                        "; {}: {}",
+                        crate::config::reload::NEEDS_RESTART,
+                        self.natsmeshd_restart_pending.join(", ")
+                    );
+                }
+                p
+            }),
             (
                 "fleet",
                 match (self.paused, self.fleet.is_empty()) {
@@ -272,5 +335,62 @@ impl Status {
             let _ = writeln!(s, "{:>10}  {w}", "WARNING");
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serving() -> Status {
+        Status {
+            state: "ready".into(),
+            reason: "serving clients".into(),
+            server_name: "n1".into(),
+            routes: Some(2),
+            clients: Some(3),
+            jetstream: "JetStream current".into(),
+            ..Status::default()
+        }
+    }
+
+    #[test]
+    fn serving_with_a_balancer_or_dns_problem_is_degraded_never_plain_ready() {
+        let mut s = serving();
+        s.load_balancer_problem = Some("cannot read digitalocean load balancer x: 404".into());
+        s.dns_problem = Some("publication failing via digitalocean".into());
+        s.derive_degraded();
+        assert!(s.degraded);
+        assert_eq!(
+            s.degraded_why,
+            [
+                "load balancer: cannot read digitalocean load balancer x: 404",
+                "DNS: publication failing via digitalocean"
+            ]
+        );
+        let line = s.line();
+        assert!(
+            line.starts_with("degraded (load balancer: cannot read digitalocean load balancer x: 404; DNS: publication failing via digitalocean): 2 routes, 3 clients"),
+            "{line}"
+        );
+        assert!(s.screen().contains("degraded: load balancer: cannot read"));
+        // Fixed: plain ready again.
+        s.load_balancer_problem = None;
+        s.dns_problem = None;
+        s.derive_degraded();
+        assert!(!s.degraded && s.degraded_why.is_empty());
+        assert!(s.line().starts_with("ready: 2 routes"), "{}", s.line());
+    }
+
+    #[test]
+    fn a_node_that_does_not_serve_is_not_degraded_its_state_says_why() {
+        for state in ["starting", "syncing", "draining", "stopped", "restarting"] {
+            let mut s = serving();
+            s.state = state.into();
+            s.load_balancer_problem = Some("not joining x: health check".into());
+            s.derive_degraded();
+            assert!(!s.degraded, "{state}");
+            assert!(s.line().starts_with(&format!("{state}: ")), "{}", s.line());
+        }
     }
 }

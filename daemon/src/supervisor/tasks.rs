@@ -84,6 +84,8 @@ pub(super) struct Checked {
     /// The node certificate, when TLS is on and it was looked at: it
     /// counts even when the rest was refused (as before the change).
     cert: Option<(crate::tls::Current, bool)>,
+    /// natsmeshd's own settings that changed, and how each applies.
+    changes: Vec<config::reload::Change>,
     /// The settings and their prepared broker file, or why refused.
     result: Result<(Settings, Prepared), String>,
 }
@@ -120,6 +122,8 @@ pub(super) struct Job {
     id: u64,
     origin: Origin,
     phase: Phase,
+    /// natsmeshd's own settings that changed (known once checked).
+    changes: Vec<config::reload::Change>,
 }
 
 /// Changes asked for while one was in flight: run after it, coalesced.
@@ -155,23 +159,27 @@ struct CheckInput {
     found: Option<crate::discovery::Found>,
     /// Read the files again (else: the running settings with `found`).
     reread: bool,
+    /// Which pointer tasks can be restarted with new settings.
+    live: config::reload::Live,
 }
 
 /// Reads (or derives) the new settings, looks at the certificate and runs
 /// `nats-server -t` on the rendered file.
 async fn check_change(input: CheckInput) -> Checked {
     let staged = tokio::task::spawn_blocking(move || stage(input)).await;
-    let (settings, cert) = match staged {
+    let (settings, cert, changes) = match staged {
         Ok(Ok(v)) => v,
         Ok(Err(why)) => {
             return Checked {
                 cert: None,
+                changes: Vec::new(),
                 result: Err(why),
             };
         }
         Err(e) => {
             return Checked {
                 cert: None,
+                changes: Vec::new(),
                 result: Err(format!("the configuration check failed: {e}")),
             };
         }
@@ -180,6 +188,7 @@ async fn check_change(input: CheckInput) -> Checked {
         Some(Err(why)) => {
             return Checked {
                 cert: None,
+                changes: Vec::new(),
                 result: Err(why),
             };
         }
@@ -190,19 +199,24 @@ async fn check_change(input: CheckInput) -> Checked {
         .await
         .map(|next| (settings, next))
         .map_err(|e| format!("configuration refused, the previous one keeps serving: {e}"));
-    Checked { cert, result }
+    Checked {
+        cert,
+        changes,
+        result,
+    }
 }
 
 type Staged = (
     Settings,
     Option<Result<(crate::tls::Current, bool), String>>,
+    Vec<config::reload::Change>,
 );
 
 /// The blocking part of a check: the files, the system account, the
 /// certificate (new roots, a new intermediate or new names may need a new
 /// one; a broken one refuses the change).
 fn stage(input: CheckInput) -> Result<Staged, String> {
-    let mut settings = if input.reread {
+    let (mut settings, changes) = if input.reread {
         let identity = input.running.identity.clone();
         let found = config::discover(input.config_path.as_deref());
         let (_, mut settings) = found
@@ -211,16 +225,17 @@ fn stage(input: CheckInput) -> Result<Staged, String> {
         let state_dir = settings.state_dir.clone();
         crate::auth::add_system_account(&mut settings, &state_dir)
             .map_err(|e| format!("system user: {e}; the previous configuration keeps serving"))?;
-        if settings.publish != input.running.publish {
-            // The publisher task runs with the settings it started with.
+        let changes = config::reload::sort_out(&input.running, &mut settings, input.live);
+        let restart = config::reload::restart_keys(&changes);
+        if !restart.is_empty() {
             tracing::warn!(
-                "[dns_publish] changed: the change takes effect when natsmeshd restarts"
+                keys = %restart.join(", "),
+                "changed, but natsmeshd keeps the old value until `systemctl restart natsmeshd`"
             );
-            settings.publish = input.running.publish.clone();
         }
-        settings
+        (settings, changes)
     } else {
-        input.running
+        (input.running, Vec::new())
     };
     if let Some(found) = &input.found {
         crate::discovery::apply(&mut settings, found);
@@ -229,7 +244,7 @@ fn stage(input: CheckInput) -> Result<Staged, String> {
         crate::tls::ensure(tls, std::time::SystemTime::now(), false)
             .map_err(|e| format!("TLS: {e}; the previous configuration keeps serving"))
     });
-    Ok((settings, cert))
+    Ok((settings, cert, changes))
 }
 
 impl Supervisor {
@@ -285,6 +300,9 @@ impl Supervisor {
             running: self.settings.clone(),
             found: self.found.clone(),
             reread: !matches!(origin, Origin::Discovery),
+            // The publisher and the balancer's membership run with the
+            // settings they started with.
+            live: config::reload::Live::default(),
         };
         if matches!(origin, Origin::Discovery) && input.found.is_none() {
             return;
@@ -293,6 +311,7 @@ impl Supervisor {
             id,
             origin,
             phase: Phase::Checking,
+            changes: Vec::new(),
         });
         let tx = self.events.clone();
         tokio::spawn(async move {
@@ -334,6 +353,9 @@ impl Supervisor {
                 return;
             }
         };
+        if let Some(job) = self.job.as_mut() {
+            job.changes = checked.changes;
+        }
         let from_discovery = matches!(
             self.job.as_ref().map(|j| &j.origin),
             Some(Origin::Discovery)
@@ -354,7 +376,7 @@ impl Supervisor {
         let res = match decision.action {
             Action::Nothing => {
                 let _ = std::fs::remove_file(&next.path);
-                self.settings = settings;
+                self.adopt_settings(settings);
                 self.settings_changed();
                 Reloaded::Done(Ok("no change".into()))
             }
@@ -549,7 +571,7 @@ impl Supervisor {
                 let msg = format!("reloaded ({})", keys.join(", "));
                 tracing::info!(message_id = ids::RELOADED, changes = %keys.join(", "), "configuration reloaded");
                 self.current = *next;
-                self.settings = *settings;
+                self.adopt_settings(*settings);
                 self.status.reloads_ok += 1;
                 self.status.last_reload = Some(msg.clone());
                 self.publish();
@@ -585,6 +607,7 @@ impl Supervisor {
     /// start what was queued meanwhile.
     fn end_job(&mut self, res: Reloaded) {
         if let Some(job) = self.job.take() {
+            let res = self.with_changes(&job.origin, res, &job.changes);
             self.finish_change(job.origin, res);
         }
         if let Some(origin) = self.queued.take_next() {
@@ -684,6 +707,52 @@ impl Supervisor {
         }
     }
 
+    /// The running settings become `settings`; what natsmeshd applies
+    /// itself follows (the restart policy).
+    pub(super) fn adopt_settings(&mut self, settings: Settings) {
+        let old = std::mem::replace(&mut self.settings, settings);
+        if old.restart != self.settings.restart {
+            self.policy = super::RestartPolicy::new(self.settings.restart);
+        }
+    }
+
+    /// A reread change that went through says, after the broker's part,
+    /// what came of natsmeshd's own settings, and `status` keeps what
+    /// waits for a restart of natsmeshd.
+    fn with_changes(
+        &mut self,
+        origin: &Origin,
+        res: Reloaded,
+        changes: &[config::reload::Change],
+    ) -> Reloaded {
+        if matches!(origin, Origin::Discovery) || matches!(res, Reloaded::Done(Err(_))) {
+            return res;
+        }
+        let restart = config::reload::restart_keys(changes);
+        if self.status.natsmeshd_restart_pending != restart {
+            self.status.natsmeshd_restart_pending = restart;
+            self.publish();
+        }
+        let notes = config::reload::describe(changes);
+        match res {
+            Reloaded::Done(Ok(msg)) if !notes.is_empty() => {
+                let msg = if msg == "no change" {
+                    format!("no change to the broker; {notes}")
+                } else {
+                    format!("{msg}; {notes}")
+                };
+                self.status.last_reload = Some(msg.clone());
+                self.publish();
+                Reloaded::Done(Ok(msg))
+            }
+            Reloaded::Pending => {
+                self.pending_notes = notes;
+                Reloaded::Pending
+            }
+            other => other,
+        }
+    }
+
     fn refused(&mut self, why: String) -> Reloaded {
         tracing::error!(message_id = ids::RELOAD_FAILED, "{why}");
         self.status.reloads_failed += 1;
@@ -709,7 +778,7 @@ impl Supervisor {
         tracing::warn!(message_id = ids::RESTART, reasons = %reasons.join("; "), "restart pending: the change needs a broker restart");
         self.status.restart_pending = reasons.clone();
         self.current = Prepared { path, ..next };
-        self.settings = settings;
+        self.adopt_settings(settings);
         self.policy = super::RestartPolicy::new(self.settings.restart);
         if self.running.is_none() {
             return Reloaded::Done(Err("no broker is running".into()));

@@ -1,0 +1,254 @@
+//! What a reload does with each of natsmeshd's own settings (the broker's
+//! keys are judged by `natsmesh_broker::classify` on the rendered file).
+//! Pure: compares the running settings with the new ones and says, per
+//! table or key, whether natsmeshd applies it while running or only a
+//! restart of natsmeshd does. It must not touch the broker's keys.
+
+use super::Settings;
+
+/// How a changed natsmeshd setting takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// natsmeshd applies it while running; the text says how.
+    Applied(&'static str),
+    /// natsmeshd keeps running with the old value until
+    /// `systemctl restart natsmeshd` (a task or listener set up at start).
+    NeedsRestart,
+}
+
+/// One changed table or key of natsmeshd's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The table (`[load_balancer]`) or key (`control.socket`).
+    pub key: &'static str,
+    /// How it takes effect.
+    pub effect: Effect,
+}
+
+/// What only a restart of natsmeshd applies, as the answer says it.
+pub const NEEDS_RESTART: &str = "needs `systemctl restart natsmeshd`";
+
+/// Compares natsmeshd's own settings. What needs a restart keeps its
+/// running value in `new` (so the running settings keep describing what
+/// runs, and the next reload names it again instead of "no change").
+/// `live` lists the tables natsmeshd can apply live in this process (the
+/// DNS publisher and the balancer membership, when it can restart their
+/// tasks).
+pub fn sort_out(running: &Settings, new: &mut Settings, live: Live) -> Vec<Change> {
+    let mut out = Vec::new();
+    let mut changed = |key: &'static str, differs: bool, effect: Effect| {
+        if differs {
+            out.push(Change { key, effect });
+        }
+    };
+    let pointer = |live: bool, how: &'static str| {
+        if live {
+            Effect::Applied(how)
+        } else {
+            Effect::NeedsRestart
+        }
+    };
+    changed(
+        "[dns_publish]",
+        running.publish != new.publish,
+        pointer(
+            live.publish,
+            "the publisher restarts with it: the new records are published, then the old withdrawn",
+        ),
+    );
+    changed(
+        "[load_balancer]",
+        running.balancer != new.balancer,
+        pointer(
+            live.balancer,
+            "the membership restarts with it: the new balancer is joined, then the old left",
+        ),
+    );
+    changed(
+        "[discovery]",
+        running.discovery != new.discovery,
+        Effect::NeedsRestart,
+    );
+    changed(
+        "[metrics]",
+        running.metrics != new.metrics,
+        Effect::NeedsRestart,
+    );
+    changed(
+        "control.socket",
+        running.control_socket != new.control_socket,
+        Effect::NeedsRestart,
+    );
+    changed(
+        "broker.state_dir",
+        running.state_dir != new.state_dir,
+        Effect::NeedsRestart,
+    );
+    changed(
+        "[health]",
+        running.health != new.health,
+        Effect::Applied("from the next probe round"),
+    );
+    changed(
+        "[restart]",
+        running.restart != new.restart,
+        Effect::Applied("for the next crash and stop"),
+    );
+    changed(
+        "[fleet]",
+        running.fleet != new.fleet,
+        Effect::Applied("for the next planned restart"),
+    );
+    changed(
+        "broker.binary",
+        running.binary != new.binary,
+        Effect::Applied("its binary check restarts the broker into it, as an upgrade"),
+    );
+    changed(
+        "[tls] (natsmeshd's part)",
+        running.tls != new.tls,
+        Effect::Applied("the node certificate was looked at again"),
+    );
+    changed(
+        "auth.system_*",
+        running.system_user != new.system_user,
+        Effect::Applied("natsmeshd logs in with it"),
+    );
+    // Keep what still runs.
+    for c in &out {
+        if c.effect != Effect::NeedsRestart {
+            continue;
+        }
+        match c.key {
+            "[dns_publish]" => new.publish.clone_from(&running.publish),
+            "[load_balancer]" => new.balancer.clone_from(&running.balancer),
+            "[discovery]" => new.discovery.clone_from(&running.discovery),
+            "[metrics]" => new.metrics.clone_from(&running.metrics),
+            "control.socket" => new.control_socket.clone_from(&running.control_socket),
+            "broker.state_dir" => new.state_dir.clone_from(&running.state_dir),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Which pointer tasks natsmeshd can restart with new settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Live {
+    /// The DNS publisher.
+    pub publish: bool,
+    /// The load-balancer membership.
+    pub balancer: bool,
+}
+
+/// The answer's natsmeshd part: `applied by natsmeshd: …` and
+/// `needs systemctl restart natsmeshd: …`, empty when nothing changed.
+pub fn describe(changes: &[Change]) -> String {
+    let applied: Vec<String> = changes
+        .iter()
+        .filter_map(|c| match c.effect {
+            Effect::Applied(how) => Some(format!("{} ({how})", c.key)),
+            Effect::NeedsRestart => None,
+        })
+        .collect();
+    let restart: Vec<&str> = changes
+        .iter()
+        .filter(|c| c.effect == Effect::NeedsRestart)
+        .map(|c| c.key)
+        .collect();
+    let mut parts = Vec::new();
+    if !applied.is_empty() {
+        parts.push(format!("applied by natsmeshd: {}", applied.join(", ")));
+    }
+    if !restart.is_empty() {
+        parts.push(format!(
+            "{NEEDS_RESTART}: {} (natsmeshd keeps the old value until then)",
+            restart.join(", ")
+        ));
+    }
+    parts.join("; ")
+}
+
+/// The keys only a restart of natsmeshd applies.
+pub fn restart_keys(changes: &[Change]) -> Vec<String> {
+    changes
+        .iter()
+        .filter(|c| c.effect == Effect::NeedsRestart)
+        .map(|c| c.key.to_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Settings {
+        use std::os::unix::fs::PermissionsExt as _;
+        let loaded = crate::config::load::load(&crate::config::Sources::Embedded)
+            .unwrap_or_else(|p| panic!("{p}"));
+        // Validation finds the broker in PATH; it is never run here.
+        let bin = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let broker = bin.path().join("nats-server");
+        std::fs::write(&broker, "#!/bin/sh\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&broker, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let env = crate::config::Environment {
+            hostname: "h".into(),
+            path: Some(bin.path().as_os_str().to_owned()),
+            default_state_dir: "/nonexistent/state".into(),
+            default_control_socket: "/nonexistent/control.sock".into(),
+            credentials_dir: None,
+            credentials_source: None,
+        };
+        let identity = crate::config::identity::static_identity(&loaded, &env);
+        match crate::config::validate::validate(&loaded, &env, &identity) {
+            Ok(s) => s,
+            Err(p) => panic!("{p}"),
+        }
+    }
+
+    #[test]
+    fn an_unchanged_configuration_has_no_natsmeshd_change() {
+        let s = base();
+        let mut n = s.clone();
+        assert!(sort_out(&s, &mut n, Live::default()).is_empty());
+        assert_eq!(describe(&[]), "");
+    }
+
+    #[test]
+    fn what_only_a_restart_applies_is_named_and_keeps_its_running_value() {
+        let s = base();
+        let mut n = s.clone();
+        n.control_socket = "/elsewhere.sock".into();
+        n.health.interval *= 2;
+        let changes = sort_out(&s, &mut n, Live::default());
+        assert_eq!(
+            changes,
+            vec![
+                Change {
+                    key: "control.socket",
+                    effect: Effect::NeedsRestart
+                },
+                Change {
+                    key: "[health]",
+                    effect: Effect::Applied("from the next probe round")
+                },
+            ]
+        );
+        assert_eq!(n.control_socket, s.control_socket, "kept the running one");
+        assert_eq!(n.health.interval, s.health.interval * 2, "applied");
+        let text = describe(&changes);
+        assert!(
+            text.contains("applied by natsmeshd: [health]")
+                && text.contains("needs `systemctl restart natsmeshd`: control.socket"),
+            "{text}"
+        );
+        // The next reload names it again.
+        let mut again = n.clone();
+        again.control_socket = "/elsewhere.sock".into();
+        assert_eq!(
+            restart_keys(&sort_out(&n, &mut again, Live::default())),
+            ["control.socket"]
+        );
+    }
+}
