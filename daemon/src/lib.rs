@@ -14,6 +14,7 @@ pub mod control;
 pub mod discovery;
 pub mod files;
 pub mod fleet;
+pub mod gate;
 pub mod httpd;
 pub mod logging;
 pub mod metrics;

@@ -65,6 +65,21 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
             }
         },
     };
+    // The gateway gate takes the gateway's address before the broker
+    // starts: a taken port is a clear start-up failure.
+    let gate = match settings.gate.clone() {
+        None => None,
+        Some(g) => match tokio::net::TcpListener::bind(g.listen).await {
+            Ok(l) => {
+                tracing::info!(listen = %g.listen, broker = %g.broker, "gateway gate: a peer's claimed region must match its certificate");
+                Some(tokio::spawn(crate::gate::serve(l, g)))
+            }
+            Err(e) => {
+                eprintln!("natsmeshd: cannot listen for gateways on {}: {e}", g.listen);
+                return crate::EXIT_FAILURE;
+            }
+        },
+    };
     // Metrics are for people: a port already taken is a warning, not a
     // reason to keep a broker from serving.
     let metrics = match &settings.metrics {
@@ -177,6 +192,9 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     control.abort();
     if let Some(h) = heartbeat {
         h.abort();
+    }
+    if let Some(g) = gate {
+        g.abort();
     }
     signals.abort();
     if let Some(f) = follower {

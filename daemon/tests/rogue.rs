@@ -216,45 +216,82 @@ fn rogue_routes_gateways_and_leafnodes_are_refused_on_every_release() {
     }
 }
 
-/// Pinned, not yet closed: a gateway's certificate is checked against the
-/// root, not against the region the peer names, so a compromised nyc3 node
-/// opens an inbound gateway into fra1 under the name "sgp1". When natsmesh
-/// binds a gateway's name to its certificate, this test turns around.
+/// A gateway's claimed region is bound to its certificate: a compromised
+/// nyc3 node (its own valid certificate, for `nyc3.nats.test`) cannot open
+/// a gateway into fra1 under the name "sgp1" — natsmeshd's gate in front
+/// of the gateway port closes it after the CONNECT and logs it — while the
+/// same node claiming its own region links. nats-server alone accepts the
+/// impostor (its `verify_cert_and_check_known_urls` matches any configured
+/// gateway's URLs): with the gate turned off it links, which keeps this
+/// test honest. On every release.
 #[test]
-fn a_gateways_claimed_region_is_not_yet_bound_to_its_certificate() {
+fn a_gateway_that_claims_another_region_is_refused_on_every_release() {
     let (pki, tls) = two_regions();
-    let v = natsmesh_harness::CURRENT;
-    let gateway = free_port();
-    let mut node = Daemon::start(
-        v,
-        Options {
-            extra: format!(
-                "[node]\ndomain = \"nats.test\"\n\n[broker.gateway]\nenabled = true\nbind = \"127.0.0.1\"\nport = {gateway}\n\n[broker.cluster]\nbind = \"127.0.0.1\"\n\n{tls}"
-            ),
-            ..Options::default()
-        },
-    );
-    node.wait_ready();
-    let dir = scratch();
-    let _impostor = rogue(
-        v,
-        dir.path(),
-        "nyc3-as-sgp1",
-        &format!(
-            "gateway {{ name: sgp1, listen: \"127.0.0.1:-1\", gateways: [{{ name: fra1, urls: [\"nats://127.0.0.1:{gateway}\"] }}], {} }}",
-            tls_block(&pki, "nyc3-node")
-        ),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let gw = node.monitor("/gatewayz").unwrap();
-        if gw["inbound_gateways"].get("sgp1").is_some() {
-            break;
+    for v in MATRIX {
+        for gate in [true, false] {
+            let gateway = free_port();
+            let mut node = Daemon::start(
+                v,
+                Options {
+                    extra: format!(
+                        "[node]\ndomain = \"nats.test\"\n\n[broker.gateway]\nenabled = true\nbind = \"127.0.0.1\"\nport = {gateway}\ngate = {gate}\n\n[broker.cluster]\nbind = \"127.0.0.1\"\n\n{tls}"
+                    ),
+                    ..Options::default()
+                },
+            );
+            node.wait_ready();
+            let dir = scratch();
+            let claim = |claimed: &str| {
+                rogue(
+                    v,
+                    dir.path(),
+                    &format!("nyc3-as-{claimed}"),
+                    &format!(
+                        "gateway {{ name: {claimed}, listen: \"127.0.0.1:-1\", gateways: [{{ name: fra1, urls: [\"nats://127.0.0.1:{gateway}\"] }}], {} }}",
+                        tls_block(&pki, "nyc3-node")
+                    ),
+                )
+            };
+            let inbound = |node: &Daemon, name: &str| {
+                node.monitor("/gatewayz").unwrap()["inbound_gateways"]
+                    .get(name)
+                    .is_some()
+            };
+            let impostor = claim("sgp1");
+            let deadline = Instant::now() + Duration::from_secs(if gate { 6 } else { 15 });
+            let mut linked = false;
+            while Instant::now() < deadline && !linked {
+                linked = inbound(&node, "sgp1");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if gate {
+                assert!(!linked, "{v}: the impostor linked as sgp1\n{}", node.log());
+                assert!(
+                    node.log()
+                        .contains("claimed a region its certificate does not name"),
+                    "{v}: {}",
+                    node.log()
+                );
+            } else {
+                assert!(
+                    linked,
+                    "{v}: without the gate nats-server admits the impostor (no longer? then the gate may be unneeded)"
+                );
+            }
+            drop(impostor);
+            if gate {
+                // The same node under its own region's name passes the gate.
+                let _honest = claim("nyc3");
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while !inbound(&node, "nyc3") {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{v}: nyc3 never linked\n{}",
+                        node.log()
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the impostor no longer links (the gap is closed: turn this test around): {gw}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
     }
 }

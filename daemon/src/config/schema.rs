@@ -885,6 +885,12 @@ pub struct RawGateway {
     pub advertise: Option<String>,
     /// Static remote regions.
     pub remotes: Vec<RawRemoteGateway>,
+    /// natsmeshd's gate in front of the gateway port binds a peer's
+    /// claimed region to its certificate (with TLS and a domain).
+    pub gate: bool,
+    /// The broker's own gateway port behind a gate on every address
+    /// (default: port + 10000, or port - 10000 above 55535).
+    pub gate_port: Option<u16>,
 }
 
 impl Default for RawGateway {
@@ -895,6 +901,8 @@ impl Default for RawGateway {
             port: 7222,
             advertise: None,
             remotes: Vec::new(),
+            gate: true,
+            gate_port: None,
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct Settings {
     pub fleet: crate::fleet::Coordination,
     /// Prometheus `/metrics`, when on.
     pub metrics: Option<crate::metrics::MetricsSettings>,
+    /// The gate in front of the gateway port (see [`crate::gate`]).
+    pub gate: Option<crate::gate::GateSettings>,
 }
 
 /// Discovery as validated, with the JetStream bootstrap wait.
@@ -876,6 +878,7 @@ pub fn validate(
     let discovery = apply_discovery(&mut c, raw, &region, &mut server);
     let tls = apply_tls(&mut c, raw, env, &region, &state_dir, &mut server);
     peers_need_tls(&mut c, &server, tls.is_some());
+    let gate = apply_gate(&mut c, raw, &region, tls.as_ref(), &mut server);
     let system_user = apply_auth(&mut c, raw, env, &state_dir, &mut server);
     let fleet = fleet::apply_fleet(&mut c, raw, env, system_user.as_ref(), &mut server);
     let metrics = raw.metrics.enabled.then(|| {
@@ -995,6 +998,7 @@ pub fn validate(
             balancer,
             fleet,
             metrics,
+            gate,
         })
     } else {
         Err(Problems(c.problems))
@@ -1596,6 +1600,55 @@ fn reachable(l: &Listen) -> bool {
 /// for routes and gateways (routes trusting only the region's
 /// intermediates); leafnodes then need TLS and authenticate with account
 /// users. There is no TLS-less mode beyond loopback.
+/// With TLS and a domain, natsmeshd's gate takes the gateway's address and
+/// the broker's own gateway listener moves to loopback behind it, so that
+/// a peer's claimed region is checked against its certificate.
+fn apply_gate(
+    c: &mut Checker<'_>,
+    raw: &RawConfig,
+    region: &str,
+    tls: Option<&TlsSettings>,
+    server: &mut ServerConfig,
+) -> Option<crate::gate::GateSettings> {
+    let g = &raw.broker.gateway;
+    let gateway = server.gateway.as_mut()?;
+    if !g.gate {
+        return None;
+    }
+    let domain = raw
+        .node
+        .domain
+        .as_deref()
+        .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+        .filter(|d| natsmesh_broker::model::is_dns_name(d))?;
+    let tls = tls?;
+    let natsmesh_broker::model::Port::Fixed(port) = gateway.listen.port else {
+        return None;
+    };
+    let public = SocketAddr::new(gateway.listen.host, port);
+    let internal_port = g.gate_port.unwrap_or_else(|| {
+        g.port
+            .checked_add(10_000)
+            .unwrap_or_else(|| g.port.saturating_sub(10_000))
+    });
+    let broker = crate::gate::broker_listener(public, internal_port);
+    if broker == public || broker.port() == 0 {
+        c.problem(
+            "broker.gateway.gate_port",
+            "must differ from broker.gateway.port (the gate listens there)",
+        );
+        return None;
+    }
+    gateway.listen = listen(broker.ip(), broker.port());
+    Some(crate::gate::GateSettings {
+        listen: public,
+        broker,
+        own_name: format!("{region}.{domain}"),
+        domain,
+        tls: tls.clone(),
+    })
+}
+
 fn peers_need_tls(c: &mut Checker<'_>, server: &ServerConfig, tls: bool) {
     // `no_tls` is for a TLS-terminating proxy on this machine: off
     // loopback, passwords and tokens would cross the network in clear.
