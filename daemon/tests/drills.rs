@@ -539,7 +539,9 @@ fn node_settings(config: &std::path::Path) -> std::collections::BTreeMap<String,
         set("load_balancer.dwell", d(raw.load_balancer.dwell));
         set(
             "load_balancer.stop_budget",
-            d(raw.load_balancer.stop_budget),
+            raw.load_balancer
+                .stop_budget
+                .map_or_else(|| "derived from the health check".to_owned(), d),
         );
     }
     out

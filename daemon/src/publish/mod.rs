@@ -403,6 +403,7 @@ pub async fn follow(
             up: may_exist,
             member: None,
             line,
+            budget: None,
         });
     };
     let mut backend = match Backend::new(&s) {
