@@ -156,7 +156,9 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     });
     let member = balancer.map(|b| {
         let (tx, rx) = tokio::sync::watch::channel(crate::supervisor::Announced::default());
-        supervisor.announce(crate::supervisor::Pointer::LoadBalancer, rx, b.stop_budget);
+        // Until the balancer is read, its health check is unknown.
+        let budget = crate::balancer::stop_budget(&b, None);
+        supervisor.announce(crate::supervisor::Pointer::LoadBalancer, rx, budget);
         tokio::spawn(crate::balancer::follow(b, status.clone(), tx))
     });
     // Every node's reports, heard in the system account (which needs

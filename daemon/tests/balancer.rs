@@ -101,6 +101,86 @@ fn a_node_joins_once_ready_and_leaves_before_lame_duck() {
     fleet.assert_requests_follow_the_spec();
 }
 
+/// At DigitalOcean's API defaults for the health check (every 10 s, 5 s
+/// timeout, 5 failures out: a drain delay of (10 + 5) × 5 = 75 s, more
+/// than the old fixed `stop_budget` of 60 s) and with a data plane that
+/// keeps sending a removed droplet clients until its check fails, a node
+/// stopped with SIGTERM at natsmeshd's defaults is out of service before
+/// lame duck begins, and systemd is asked to wait for the whole stop. Only
+/// the healthy threshold is lowered (2, not 5), so joining takes 20 s
+/// instead of 50: it plays no part in leaving. About 100 s.
+#[test]
+fn at_the_api_default_health_check_a_stop_leaves_the_balancer_before_lame_duck() {
+    let model = natsmesh_harness::fakes::lb::Model {
+        check_interval: Duration::from_secs(10),
+        response_timeout: Duration::from_secs(5),
+        unhealthy_threshold: 5,
+        healthy_threshold: 2,
+        propagation: Duration::from_millis(500),
+    };
+    let fleet = Fleet::with_model(
+        1,
+        |client, ready| DoLb::tcp(LB, "fra1", client, ready).with_model(&model),
+        model,
+    );
+    fleet.lb.pool().removal_waits_for_health();
+    // No stop_budget: the default.
+    let mut a = fleet.node(1);
+    a.wait_ready();
+    wait_for("in service", Duration::from_secs(60), || {
+        fleet.lb.in_service() == vec![droplet_id(1)]
+    });
+
+    let asked = Instant::now();
+    a.signal("TERM");
+    let (mut out_at, mut lame_at) = (None, None);
+    let deadline = asked + Duration::from_secs(200);
+    while lame_at.is_none() && Instant::now() < deadline {
+        if out_at.is_none() && fleet.lb.in_service().is_empty() {
+            out_at = Some(asked.elapsed());
+        }
+        if a.log().contains("Entering lame duck mode") {
+            lame_at = Some(asked.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        a.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        a.log()
+    );
+    let log = a.log();
+    let out_at = out_at.unwrap_or_else(|| panic!("never out of service\n{log}"));
+    let lame_at = lame_at.unwrap_or_else(|| panic!("no lame duck\n{log}"));
+    println!("SIGTERM → out of service {out_at:?}, → lame duck {lame_at:?}");
+    // The balancer stopped sending clients here before the broker began
+    // turning them away; the drain delay was waited whole, not cut to 60 s.
+    assert!(out_at < lame_at, "out {out_at:?}, lame duck {lame_at:?}");
+    assert!(
+        log.contains("delay=75s") && !log.contains("lame duck anyway"),
+        "{log}"
+    );
+    assert!(lame_at >= Duration::from_secs(75), "{lame_at:?}");
+    // systemd was told to wait past the unit's TimeoutStopSec for the
+    // stop's own end: the drain delay and the allowance (90 s), this
+    // test's lame duck (30 s), the stop margin (10 s) and SIGKILL's wait
+    // (20 s).
+    let notes = a.note_lines();
+    let stopping = notes
+        .iter()
+        .position(|l| l == "STOPPING=1")
+        .unwrap_or_else(|| panic!("{notes:?}"));
+    let extends: Vec<u64> = notes[stopping..]
+        .iter()
+        .filter_map(|l| l.strip_prefix("EXTEND_TIMEOUT_USEC=")?.parse().ok())
+        .collect();
+    assert!(extends.len() >= 2, "{notes:?}");
+    assert!(extends[0] >= 150_000_000, "{extends:?}");
+    // Each one reaches the same end, so each is shorter than the last.
+    assert!(extends.windows(2).all(|w| w[1] < w[0]), "{extends:?}");
+    fleet.assert_requests_follow_the_spec();
+}
+
 #[test]
 fn the_first_join_after_start_does_not_wait_for_the_dwell() {
     let fleet = Fleet::good(1);

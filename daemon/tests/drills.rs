@@ -539,7 +539,9 @@ fn node_settings(config: &std::path::Path) -> std::collections::BTreeMap<String,
         set("load_balancer.dwell", d(raw.load_balancer.dwell));
         set(
             "load_balancer.stop_budget",
-            d(raw.load_balancer.stop_budget),
+            raw.load_balancer
+                .stop_budget
+                .map_or_else(|| "derived from the health check".to_owned(), d),
         );
     }
     out
@@ -896,6 +898,9 @@ struct Load {
     reconnects: Arc<Mutex<Vec<Duration>>>,
     /// The longest core gap so far, and when the last core message came.
     gap: Arc<std::sync::Mutex<(Duration, Instant)>>,
+    /// Every core gap over [`GAP_WITNESSED`]: when it ended, how long, and
+    /// the servers of the subscriber and of the core publisher then.
+    gaps: Arc<std::sync::Mutex<Vec<CoreGap>>>,
     /// The core messages' sequence numbers as received.
     core: Arc<std::sync::Mutex<CoreSeq>>,
     /// Core publishes the publishing client refused.
@@ -907,6 +912,20 @@ struct Load {
 }
 
 const STREAMS: [(&str, &str); 3] = [("EU", "fra1"), ("US", "nyc3"), ("AP", "sgp1")];
+
+/// A core gap this long is recorded with what the clients were on.
+const GAP_WITNESSED: Duration = Duration::from_millis(500);
+
+/// One core gap over [`GAP_WITNESSED`], to tell its cause.
+#[derive(Debug, Clone)]
+struct CoreGap {
+    ended: Instant,
+    length: Duration,
+    /// The subscriber's server before the gap → after it.
+    subscriber: (String, String),
+    /// The core publisher's server at the gap's start → at its end.
+    publisher: (String, String),
+}
 
 impl Load {
     fn start(mesh: &mut Mesh, watched: Region) -> Self {
@@ -929,6 +948,9 @@ impl Load {
         let progress: [Arc<AtomicU64>; 3] = Default::default();
         let reconnects: Arc<Mutex<Vec<Duration>>> = Arc::default();
         let gap = Arc::new(std::sync::Mutex::new((Duration::ZERO, Instant::now())));
+        let gaps: Arc<std::sync::Mutex<Vec<CoreGap>>> = Arc::default();
+        // The core publisher's server as of each publish, and since when.
+        let publisher_on: Arc<std::sync::Mutex<Vec<(Instant, String)>>> = Arc::default();
         let core_seq: Arc<std::sync::Mutex<CoreSeq>> = Arc::default();
         let core_unsent: Arc<AtomicU64> = Arc::default();
 
@@ -977,12 +999,35 @@ impl Load {
                     let mut sub = c.subscribe("drill.core").await.unwrap();
                     c.flush().await.unwrap();
                     let gap = gap.clone();
+                    let gaps = gaps.clone();
+                    let publisher_on = publisher_on.clone();
                     let seq = core_seq.clone();
                     let stop = stop.clone();
                     tokio::spawn(async move {
+                        let mut on = c.server_info().server_name;
                         while let Ok(Some(m)) =
                             tokio::time::timeout(Duration::from_secs(120), sub.next()).await
                         {
+                            let now_on = c.server_info().server_name;
+                            let since = gap.lock().unwrap().1.elapsed();
+                            if since > GAP_WITNESSED {
+                                let started = Instant::now() - since;
+                                let switches = publisher_on.lock().unwrap();
+                                let at = |t: Instant| {
+                                    switches
+                                        .iter()
+                                        .rev()
+                                        .find(|(from, _)| *from <= t)
+                                        .map_or_else(String::new, |(_, n)| n.clone())
+                                };
+                                gaps.lock().unwrap().push(CoreGap {
+                                    ended: Instant::now(),
+                                    length: since,
+                                    subscriber: (on.clone(), now_on.clone()),
+                                    publisher: (at(started), at(Instant::now())),
+                                });
+                            }
+                            on = now_on;
                             if let Some(n) = std::str::from_utf8(&m.payload)
                                 .ok()
                                 .and_then(|p| p.parse().ok())
@@ -1041,6 +1086,13 @@ impl Load {
             tokio::spawn(async move {
                 let mut seq = 0u64;
                 while !stop2.load(Ordering::Relaxed) {
+                    let name = core.server_info().server_name;
+                    {
+                        let mut on = publisher_on.lock().unwrap();
+                        if on.last().is_none_or(|(_, n)| *n != name) {
+                            on.push((Instant::now(), name));
+                        }
+                    }
                     if core
                         .publish("drill.core", seq.to_string().into())
                         .await
@@ -1060,6 +1112,7 @@ impl Load {
             progress,
             reconnects,
             gap,
+            gaps,
             core: core_seq,
             core_unsent,
             requests,
@@ -1071,6 +1124,7 @@ impl Load {
     /// Forgets the gaps and reconnects of the warm-up.
     fn reset(&self) {
         self.gap.lock().unwrap().0 = Duration::ZERO;
+        self.gaps.lock().unwrap().clear();
         self.core.lock().unwrap().reset();
         self.core_unsent.store(0, Ordering::Relaxed);
         self.rt
@@ -1102,6 +1156,11 @@ impl Load {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The core gaps over [`GAP_WITNESSED`] since the warm-up.
+    fn core_gaps(&self) -> Vec<CoreGap> {
+        self.gaps.lock().unwrap().clone()
     }
 
     /// Stops the load and counts: every acked message present, the gap,
@@ -1877,6 +1936,82 @@ fn watch_roll(
     })
 }
 
+/// Samples every 100 ms which server each of `nodes` has its outbound
+/// gateway to `region` on (`name#cid`, or `none`), keeping the changes:
+/// the core messages cross there, so a gap can be laid beside them.
+fn watch_gateways(
+    nodes: Vec<(String, String)>,
+    region: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(Instant, String, String)>> {
+    std::thread::spawn(move || {
+        let mut last: std::collections::BTreeMap<String, String> = Default::default();
+        let mut changes = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            for (name, url) in &nodes {
+                let now = ureq::get(url)
+                    .config()
+                    .timeout_global(Some(Duration::from_millis(500)))
+                    .build()
+                    .call()
+                    .ok()
+                    .and_then(|mut r| r.body_mut().read_to_string().ok())
+                    .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                    .map(|v| {
+                        let c = &v["outbound_gateways"][region]["connection"];
+                        match (c["name"].as_str(), c["cid"].as_u64()) {
+                            (Some(n), Some(cid)) => format!("{n}#{cid}"),
+                            _ => "none".to_owned(),
+                        }
+                    })
+                    .unwrap_or_else(|| "unreachable".to_owned());
+                if last.get(name) != Some(&now) {
+                    last.insert(name.clone(), now.clone());
+                    changes.push((Instant::now(), name.clone(), now));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        changes
+    })
+}
+
+/// Each core gap over [`GAP_WITNESSED`], seconds after `began`, with the
+/// clients' servers and the gateway changes around it.
+fn explain_gaps(
+    began: Instant,
+    gaps: &[CoreGap],
+    gateways: &[(Instant, String, String)],
+) -> Vec<String> {
+    let at = |t: Instant| t.saturating_duration_since(began).as_secs_f64();
+    gaps.iter()
+        .map(|g| {
+            let start = g.ended - g.length;
+            let near: Vec<String> = gateways
+                .iter()
+                .filter(|(t, _, _)| {
+                    *t + Duration::from_secs(2) >= start && *t <= g.ended + Duration::from_millis(200)
+                })
+                .map(|(t, node, now)| format!("{node}→{now} at {:.2}s", at(*t)))
+                .collect();
+            format!(
+                "{} ms ending at {:.2}s; subscriber {} → {}; publisher {} → {}; outbound gateways: {}",
+                ms(g.length),
+                at(g.ended),
+                g.subscriber.0,
+                g.subscriber.1,
+                g.publisher.0,
+                g.publisher.1,
+                if near.is_empty() {
+                    "no change".to_owned()
+                } else {
+                    near.join(", ")
+                }
+            )
+        })
+        .collect()
+}
+
 /// Whether a client gets served at `to` (see [`watch_roll`]): a second
 /// for each step, so a hung broker counts as out of service, not as a
 /// stalled sampler.
@@ -1913,6 +2048,16 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_roll(nodes.clone(), CURRENT, stop.clone());
+    // The core publisher's region's gateways to the subscriber's.
+    let fra1: Vec<(String, String)> = (1..=3)
+        .map(|n| {
+            let name = format!("fra1-n{n}");
+            let d = mesh.node(&name);
+            let url = format!("http://{}:{}/gatewayz", d.host, d.monitor_port);
+            (name, url)
+        })
+        .collect();
+    let gateways = watch_gateways(fra1, "nyc3", stop.clone());
     // A package upgrade of both on every node at once.
     let began = Instant::now();
     for (name, _, _) in &nodes {
@@ -1938,9 +2083,14 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
     let converge = began.elapsed();
     stop.store(true, Ordering::Relaxed);
     let (worst, when, first_new, all_new) = watcher.join().unwrap();
+    let gateway_changes = gateways.join().unwrap();
     wait_in_service(&mesh, 3, Duration::from_secs(30));
     std::thread::sleep(warm);
     let seen = probe.finish();
+    let gaps = explain_gaps(began, &load.core_gaps(), &gateway_changes);
+    for g in &gaps {
+        println!("core gap: {g}");
+    }
     if seen.failed > 0 {
         // What nyc3's nodes did meanwhile, to tell why.
         for n in 1..=3 {
@@ -2007,6 +2157,17 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
     r.facts.push((
         "natsmeshd re-executed, broker kept".into(),
         format!("{took_over} of 9"),
+    ));
+    r.facts.push((
+        format!(
+            "core gaps over {} ms (s after the upgrade began)",
+            ms(GAP_WITNESSED)
+        ),
+        if gaps.is_empty() {
+            "none".to_owned()
+        } else {
+            gaps.join("; ")
+        },
     ));
     load.finish(&mut r);
     check(&mut r);
@@ -2269,5 +2430,43 @@ fn drill_report_counts_gateway_reconnects_by_connection_id() {
             ("nyc3-n1 ← fra1".to_owned(), 1),
             ("nyc3-n1 → fra1".to_owned(), 1)
         ]
+    );
+}
+
+/// A core gap is laid beside the gateway changes from 2 s before it began
+/// to just after it ended, no others. Needs no root.
+#[test]
+fn drill_report_lays_core_gaps_beside_gateway_changes() {
+    let began = Instant::now();
+    let s = |secs: f64| began + Duration::from_secs_f64(secs);
+    let gap = CoreGap {
+        ended: s(11.2),
+        length: Duration::from_millis(1200),
+        subscriber: ("nyc3-a".into(), "nyc3-a".into()),
+        publisher: ("fra1-n2".into(), "fra1-n2".into()),
+    };
+    let changes = vec![
+        (s(5.0), "fra1-n1".to_owned(), "old#1".to_owned()),
+        (s(10.0), "fra1-n2".to_owned(), "none".to_owned()),
+        (s(11.15), "fra1-n2".to_owned(), "new#7".to_owned()),
+        (s(12.0), "fra1-n3".to_owned(), "later#9".to_owned()),
+    ];
+    let lines = explain_gaps(began, std::slice::from_ref(&gap), &changes);
+    assert_eq!(lines.len(), 1);
+    let l = &lines[0];
+    assert!(l.starts_with("1200 ms ending at 11.20s"), "{l}");
+    assert!(
+        l.contains("subscriber nyc3-a → nyc3-a; publisher fra1-n2 → fra1-n2"),
+        "{l}"
+    );
+    assert!(
+        l.contains("fra1-n2→none at 10.00s, fra1-n2→new#7 at 11.15s"),
+        "{l}"
+    );
+    assert!(!l.contains("old#1") && !l.contains("later#9"), "{l}");
+    let quiet = explain_gaps(began, &[gap], &[]);
+    assert!(
+        quiet[0].ends_with("outbound gateways: no change"),
+        "{quiet:?}"
     );
 }

@@ -247,7 +247,7 @@ fn settings(provider: LbProvider, region: &str, url: &str, id: &str) -> LbSettin
         monitoring_port: Some(p.monitoring),
         ready: std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), p.ready),
         dwell: Duration::from_secs(5),
-        stop_budget: Duration::from_secs(60),
+        stop_budget: None,
     }
 }
 

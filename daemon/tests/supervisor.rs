@@ -1092,3 +1092,65 @@ fn a_broker_silent_from_its_start_is_killed_after_the_grace_of_silence_and_budge
         "{log}"
     );
 }
+
+/// Lame duck is as long as its clients make it: nats-server closes its
+/// clients over `lame_duck_duration` (after the grace period) at most a
+/// second apart and shuts down once the last is gone, or at once when
+/// there is none (server.go, `lameDuckMode`). The 30 s minimum it enforces
+/// bounds the duration, not the stop: with none of the 30 s spent, a
+/// stop without clients takes well under a second of lame duck, and one
+/// with five clients about the grace period and four intervals.
+#[test]
+fn lame_duck_ends_when_its_clients_are_gone() {
+    for v in OLDEST_AND_CURRENT {
+        for clients in [0usize, 5] {
+            let mut d = Daemon::start(v, Options::default());
+            d.wait_ready();
+            let addr = d.client_addr();
+            let mut held = Vec::new();
+            for _ in 0..clients {
+                let mut c = std::net::TcpStream::connect(&addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut line = String::new();
+                BufReader::new(c.try_clone().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                assert!(line.starts_with("INFO "), "{line}");
+                c.write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n")
+                    .unwrap();
+                held.push(c);
+            }
+            let varz = d.monitor("/varz").unwrap();
+            assert_eq!(varz["connections"], clients, "{v}: {varz}");
+            let t = Instant::now();
+            d.signal("TERM");
+            let lame = loop {
+                if d.log().contains("Entering lame duck mode") {
+                    break Instant::now();
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "{v}: no lame duck\n{}",
+                    d.log()
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            let status = d.wait_exit(Duration::from_secs(45));
+            let took = t.elapsed();
+            assert!(status.success(), "{v}: {status}\n{}", d.log());
+            let log = d.log();
+            assert!(!log.contains("sending SIGINT"), "{v}: {log}");
+            println!(
+                "nats-server {v}, {clients} clients: SIGTERM → lame duck {:?}, → natsmeshd exit {took:?} (lame_duck_duration 30 s, grace 1 s)",
+                lame - t
+            );
+            if clients == 0 {
+                assert!(took < Duration::from_secs(3), "{v}: {took:?}");
+            } else {
+                // The grace period, then one client at most every second.
+                assert!(took >= Duration::from_secs(1), "{v}: {took:?}");
+                assert!(took < Duration::from_secs(10), "{v}: {took:?}");
+            }
+        }
+    }
+}

@@ -64,8 +64,31 @@ pub struct LbSettings {
     pub ready: SocketAddr,
     /// Minimum time in a state before membership follows it.
     pub dwell: Duration,
-    /// How long a stop may spend leaving: deregistration plus drain delay.
-    pub stop_budget: Duration,
+    /// How long a stop may spend leaving: deregistration plus drain delay
+    /// (`None`: derived from the balancer's health check, [`stop_budget`]).
+    pub stop_budget: Option<Duration>,
+}
+
+/// What a derived stop budget allows beyond the drain delay: the API
+/// calls that take the node out, a busy answer or two retried included.
+pub const LEAVING_ALLOWANCE: Duration = Duration::from_secs(15);
+
+/// The stop budget while the balancer's health check is not known yet
+/// (the balancer never read): the old fixed default.
+pub const UNKNOWN_STOP_BUDGET: Duration = Duration::from_secs(60);
+
+/// How long a stop may spend leaving the balancer: `stop_budget` if set;
+/// otherwise the drain delay the balancer's own health check implies plus
+/// [`LEAVING_ALLOWANCE`], so a slow check (DigitalOcean's API defaults:
+/// 10 s, 5 s, 5 failures, 75 s) is waited out in full instead of cut
+/// short and lame duck never begins while the balancer still sends
+/// clients here.
+pub fn stop_budget(s: &LbSettings, health: Option<&Health>) -> Duration {
+    match (s.stop_budget, health) {
+        (Some(set), _) => set,
+        (None, Some(h)) => h.drain_delay() + LEAVING_ALLOWANCE,
+        (None, None) => UNKNOWN_STOP_BUDGET,
+    }
 }
 
 /// Which address a NodeBalancer node points at.
@@ -453,21 +476,23 @@ pub async fn follow(
     mut status: watch::Receiver<Status>,
     up: watch::Sender<Announced>,
 ) {
+    // Every word keeps the budget last derived, so a stop's wait follows
+    // the health check as last read.
     let tell = |may_receive: bool, member: Option<bool>, line: String| {
-        up.send_replace(Announced {
-            up: may_receive,
-            member,
-            line,
-            problem: None,
+        up.send_modify(|a| {
+            a.up = may_receive;
+            a.member = member;
+            a.line = line;
+            a.problem = None;
         });
     };
     // The balancer is not where it should be: the line is the reason.
     let trouble = |may_receive: bool, member: Option<bool>, line: String| {
-        up.send_replace(Announced {
-            up: may_receive,
-            member,
-            problem: Some(line.clone()),
-            line,
+        up.send_modify(|a| {
+            a.up = may_receive;
+            a.member = member;
+            a.problem = Some(line.clone());
+            a.line = line;
         });
     };
     let client = match Client::new(&s) {
@@ -506,6 +531,12 @@ pub async fn follow(
         if due && (setup.is_none() || (now >= check_at && !leaving)) {
             match read(&client, &s, &name).await {
                 Ok(found) => {
+                    let derived = stop_budget(&s, Some(&found.health));
+                    up.send_if_modified(|a| {
+                        let new = a.budget != Some(derived);
+                        a.budget = Some(derived);
+                        new
+                    });
                     setup_wrong = check(&found, &s);
                     check_at = Instant::now()
                         + if setup_wrong.is_empty() {
@@ -641,10 +672,12 @@ pub async fn follow(
             // Out: the balancer may still send until its health check
             // notices; wait that long before lame duck.
             left = true;
+            // Only a budget set by hand cuts the delay short; a derived one
+            // holds it whole.
             let delay = setup
                 .as_ref()
                 .map_or(Duration::ZERO, |f| f.health.drain_delay())
-                .min(s.stop_budget);
+                .min(s.stop_budget.unwrap_or(Duration::MAX));
             if !delay.is_zero() {
                 let line = format!(
                     "out of {name}; drain delay {}s (health check {}×{}s)",
@@ -711,7 +744,7 @@ mod tests {
             monitoring_port: Some(8222),
             ready: "10.0.0.5:8223".parse().expect("addr"),
             dwell: Duration::from_secs(5),
-            stop_budget: Duration::from_secs(60),
+            stop_budget: None,
         }
     }
 
@@ -780,6 +813,42 @@ mod tests {
         let w = check(&vpc, &s);
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].contains("VPC a"), "{w:?}");
+    }
+
+    #[test]
+    fn the_default_stop_budget_covers_the_drain_delay_of_the_health_check() {
+        // DigitalOcean's API defaults: every 10 s, 5 s timeout, 5 failures.
+        let api_defaults = Health {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            unhealthy: 5,
+            ..good().health
+        };
+        assert_eq!(api_defaults.drain_delay(), Duration::from_secs(75));
+        let s = settings();
+        assert_eq!(
+            stop_budget(&s, Some(&api_defaults)),
+            Duration::from_secs(90)
+        );
+        assert!(stop_budget(&s, Some(&api_defaults)) > api_defaults.drain_delay());
+        // Linode's NodeBalancer defaults: 31 s, 30 s, 3 attempts.
+        let linode = Health {
+            interval: Duration::from_secs(31),
+            timeout: Duration::from_secs(30),
+            unhealthy: 3,
+            ..good().health
+        };
+        assert_eq!(stop_budget(&s, Some(&linode)), Duration::from_secs(198));
+        // Not read yet: the old fixed default; set by hand: as set.
+        assert_eq!(stop_budget(&s, None), UNKNOWN_STOP_BUDGET);
+        let set = LbSettings {
+            stop_budget: Some(Duration::from_secs(30)),
+            ..settings()
+        };
+        assert_eq!(
+            stop_budget(&set, Some(&api_defaults)),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]

@@ -178,8 +178,10 @@ pub struct RawLoadBalancer {
     /// the first join after start).
     pub dwell: Span,
     /// The most a stop spends leaving the balancer (deregistration and
-    /// the drain delay its health check implies).
-    pub stop_budget: Span,
+    /// the drain delay its health check implies); unset, it is derived
+    /// from the balancer's health check as read, so the drain delay is
+    /// never cut short.
+    pub stop_budget: Option<Span>,
 }
 
 impl Default for RawLoadBalancer {
@@ -194,7 +196,7 @@ impl Default for RawLoadBalancer {
             ready_bind: Bind::Private,
             ready_port: 8223,
             dwell: Span(Duration::from_secs(5)),
-            stop_budget: Span(Duration::from_secs(60)),
+            stop_budget: None,
         }
     }
 }

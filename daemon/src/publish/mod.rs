@@ -404,6 +404,7 @@ pub async fn follow(
             member: None,
             line,
             problem: None,
+            budget: None,
         });
     };
     // Publication is not as it should be: the line is the reason.
@@ -413,6 +414,7 @@ pub async fn follow(
             member: None,
             problem: Some(line.clone()),
             line,
+            budget: None,
         });
     };
     let mut backend = match Backend::new(&s) {

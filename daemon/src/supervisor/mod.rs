@@ -144,6 +144,10 @@ struct StopPlan {
     interrupt_at: Instant,
     kill_at: Instant,
     interrupted: bool,
+    /// The latest this stop may end by its own deadlines (lame duck at its
+    /// latest, its duration, the margin, SIGKILL's wait): what systemd is
+    /// asked to wait for.
+    ends: Instant,
 }
 
 /// A probe round in flight, tagged with the broker process it probes.
@@ -373,7 +377,7 @@ impl Supervisor {
         self.announcers
             .iter()
             .filter(|a| a.rx.borrow().up)
-            .map(|a| a.budget)
+            .map(|a| a.rx.borrow().budget.unwrap_or(a.budget))
             .max()
     }
 
@@ -435,6 +439,10 @@ impl Supervisor {
                 self.restart_at,
                 self.cert_due,
                 Some(self.next_binary_check),
+                self.stop
+                    .filter(|_| self.after_exit == AfterExit::Finish)
+                    .and(self.last_extend)
+                    .map(|t| t + EXTEND_EVERY),
                 self.stop.map(|s| {
                     if let Some(t) = s.lame_duck_at {
                         t
@@ -529,6 +537,7 @@ impl Supervisor {
                 self.start_broker();
             }
             self.check_stop_deadlines(now);
+            self.extend_stop(now);
         }
     }
 
@@ -997,6 +1006,7 @@ impl Supervisor {
                 interrupt_at: now,
                 kill_at: now + r.kill_after,
                 interrupted: true,
+                ends: now + r.kill_after,
             });
         } else if let Some(wait) = self.pointed_at() {
             // Out of DNS and the load balancer first, so peers and clients
@@ -1007,6 +1017,7 @@ impl Supervisor {
                 interrupt_at: far,
                 kill_at: far,
                 interrupted: false,
+                ends: now + wait + ldm + r.stop_margin + r.kill_after,
             });
             tracing::info!(
                 message_id = ids::DRAINING,
@@ -1046,11 +1057,37 @@ impl Supervisor {
             interrupt_at: now + ldm + r.stop_margin,
             kill_at: now + ldm + r.stop_margin + r.kill_after,
             interrupted: false,
+            ends: now + ldm + r.stop_margin + r.kill_after,
         });
+    }
+
+    /// While natsmeshd stops, EXTEND_TIMEOUT_USEC to the stop's own end
+    /// (plus a round), every [`EXTEND_EVERY`]: a drain delay derived from
+    /// a slow health check can outlast the unit's `TimeoutStopSec`, and
+    /// systemd must not SIGKILL a stop that keeps its own deadlines.
+    /// systemd only ever lengthens its timeout by it (it acts only past
+    /// `TimeoutStopSec`), so it is sent on every stop; natsmeshd cannot
+    /// read the unit's value. A stop past its own end sends nothing more,
+    /// so systemd's timeout still ends a hung one.
+    fn extend_stop(&mut self, now: Instant) {
+        let Some(plan) = self.stop else {
+            return;
+        };
+        if self.after_exit != AfterExit::Finish
+            || now >= plan.ends
+            || self.last_extend.is_some_and(|t| now - t < EXTEND_EVERY)
+        {
+            return;
+        }
+        self.last_extend = Some(now);
+        self.notifier
+            .extend_timeout(plan.ends - now + EXTEND_EVERY * 2);
     }
 
     fn begin_stop(&mut self) {
         self.notifier.stopping();
+        // The stop's first EXTEND_TIMEOUT_USEC goes at once.
+        self.last_extend = None;
         // A change in flight is given up; its late result is ignored.
         self.abandon_changes("natsmeshd is stopping");
         if let Some(reply) = self.pending_reply.take() {
@@ -1144,6 +1181,10 @@ pub struct Announced {
     /// be read or is set up wrong, a publication failing), for `degraded`
     /// at the edge; `None` when all is as it should be.
     pub problem: Option<String>,
+    /// How long leaving may take as this pointer knows it now (a balancer
+    /// derives it from its health check once read); `None`: the budget it
+    /// was announced with.
+    pub budget: Option<Duration>,
 }
 
 /// What points clients or peers at this node.

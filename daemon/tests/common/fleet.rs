@@ -54,9 +54,14 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(n: u8, lb: impl FnOnce(u16, u16) -> DoLb) -> Self {
+        Self::with_model(n, lb, model())
+    }
+
+    /// As [`Fleet::new`], the balancer's data plane following `model`.
+    pub fn with_model(n: u8, lb: impl FnOnce(u16, u16) -> DoLb, model: Model) -> Self {
         let (client_port, ready_port) = (free_port(), free_port());
         let droplets = (1..=n).map(|i| (droplet_id(i), ip(i))).collect();
-        let fake = FakeDoLb::start(TOKEN, lb(client_port, ready_port), droplets, model());
+        let fake = FakeDoLb::start(TOKEN, lb(client_port, ready_port), droplets, model);
         let metadata = (1..=n)
             .map(|i| {
                 FakeDoMetadata::start(Droplet {

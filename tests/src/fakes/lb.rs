@@ -185,6 +185,9 @@ struct Backend {
     decided: bool,
     /// Proxied connections (finished ones are pruned lazily).
     conns: Vec<AbortHandle>,
+    /// Deregistered, still served until its health check takes it out
+    /// ([`Pool::removal_waits_for_health`]).
+    removed: bool,
     /// Smooth weighted round robin's running weight.
     current: i64,
 }
@@ -198,6 +201,8 @@ struct Inner {
     changes: Option<mpsc::UnboundedReceiver<(Instant, Change)>>,
     /// Networks besides loopback the data plane may reach.
     networks: Vec<(IpAddr, u8)>,
+    /// A deregistered backend in service stays until its checks fail.
+    removal_waits_for_health: bool,
 }
 
 /// One balanced port: its backends, checker and proxy. Clones share it.
@@ -220,6 +225,7 @@ impl Pool {
                 generation: 0,
                 changes: Some(rx),
                 networks: Vec::new(),
+                removal_waits_for_health: false,
             })),
             tx,
         }
@@ -260,6 +266,15 @@ impl Pool {
         if self.lock().desired.remove(key).is_some() {
             self.send(Change::Remove(key.to_owned()));
         }
+    }
+
+    /// From now on a deregistered backend that is in service keeps
+    /// receiving new connections until its own health check takes it out
+    /// (`unhealthy_threshold` failures), the worst a real balancer may do:
+    /// its data plane is not promised to drop a removed node any sooner
+    /// than its checks would. A backend out of service goes at once.
+    pub fn removal_waits_for_health(&self) {
+        self.lock().removal_waits_for_health = true;
     }
 
     /// Lets the data plane reach `network`/`prefix` besides loopback (only
@@ -338,8 +353,14 @@ impl Pool {
         let mut inner = self.lock();
         match change {
             Change::Remove(key) => {
-                // Dropping the handles leaves the connections running.
-                inner.known.remove(&key);
+                let slow = inner.removal_waits_for_health;
+                match inner.known.get_mut(&key) {
+                    Some(b) if slow && b.in_service => b.removed = true,
+                    // Dropping the handles leaves the connections running.
+                    _ => {
+                        inner.known.remove(&key);
+                    }
+                }
             }
             Change::Set(key, target) => {
                 if let Some(b) = inner.known.get_mut(&key)
@@ -352,6 +373,8 @@ impl Pool {
                             c.abort();
                         }
                     }
+                    // Registered again before its checks took it out.
+                    b.removed = false;
                     b.target = target;
                     return;
                 }
@@ -365,6 +388,7 @@ impl Pool {
                     in_service: unchecked,
                     decided: unchecked,
                     conns: Vec::new(),
+                    removed: false,
                     current: 0,
                 };
                 inner.known.insert(key, backend);
@@ -433,6 +457,9 @@ impl Pool {
                 b.in_service = false;
                 b.decided = true;
             }
+        }
+        if b.removed && !b.in_service {
+            inner.known.remove(key);
         }
     }
 
@@ -937,6 +964,49 @@ mod tests {
         assert!(!in_network(ip("192.168.1.1"), ip("192.168.128.0"), 17));
         assert!(in_network(ip("10.1.2.3"), ip("0.0.0.0"), 0));
         assert!(!in_network(ip("::1"), ip("0.0.0.0"), 0));
+    }
+
+    #[test]
+    fn a_removal_waiting_for_health_serves_until_the_checks_fail() {
+        let model = Model {
+            unhealthy_threshold: 3,
+            ..Model::default()
+        };
+        let target = || {
+            Target::new(
+                "127.0.0.1:4222".parse().expect("addr"),
+                Probe::Http {
+                    port: 8223,
+                    path: "/ready".into(),
+                    body: None,
+                },
+            )
+        };
+        for slow in [false, true] {
+            let pool = Pool::new(model);
+            if slow {
+                pool.removal_waits_for_health();
+            }
+            pool.apply(Change::Set("1".into(), target()));
+            let generation = pool.lock().known["1"].generation;
+            pool.record("1", generation, true);
+            pool.record("1", generation, true);
+            assert_eq!(pool.in_service(), vec!["1".to_owned()]);
+            pool.apply(Change::Remove("1".into()));
+            if !slow {
+                assert!(pool.known().is_empty());
+                continue;
+            }
+            // Still sent new connections until the threshold of failures.
+            assert_eq!(pool.in_service(), vec!["1".to_owned()]);
+            assert!(pool.pick().is_some());
+            pool.record("1", generation, false);
+            pool.record("1", generation, false);
+            assert_eq!(pool.in_service(), vec!["1".to_owned()]);
+            pool.record("1", generation, false);
+            assert!(pool.known().is_empty());
+            assert!(pool.pick().is_none());
+        }
     }
 
     #[test]

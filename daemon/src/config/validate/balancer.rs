@@ -113,7 +113,7 @@ pub(super) fn apply_balancer(
             ),
         );
     }
-    if b.dwell.0 > b.stop_budget.0 {
+    if b.stop_budget.is_some_and(|budget| b.dwell.0 > budget.0) {
         c.problem(
             "load_balancer.dwell",
             "must not exceed load_balancer.stop_budget",
@@ -134,6 +134,6 @@ pub(super) fn apply_balancer(
         monitoring_port,
         ready: SocketAddr::new(ip, b.ready_port),
         dwell: b.dwell.0,
-        stop_budget: b.stop_budget.0,
+        stop_budget: b.stop_budget.map(|budget| budget.0),
     })
 }
