@@ -1000,7 +1000,12 @@ fn a_gateway_with_a_domain_is_advertised_by_its_regions_name() {
         g.advertise.as_ref().unwrap().to_string(),
         "fra1.nats.test:7443"
     );
-    assert_eq!(g.listen.to_string(), "203.0.113.10:7443");
+    // natsmeshd's gate takes the gateway's address; the broker's own
+    // listener is on loopback behind it.
+    let gate = s.gate.as_ref().unwrap();
+    assert_eq!(gate.listen.to_string(), "203.0.113.10:7443");
+    assert_eq!(g.listen.to_string(), "127.0.0.1:7443");
+    assert_eq!(gate.own_name, "fra1.nats.test");
     // The region's name points at the gateway's own address.
     let records: Vec<String> = s
         .publish
