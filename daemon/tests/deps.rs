@@ -29,6 +29,25 @@ fn in_fresh_bookworm(prepare: &str, after: &str) -> String {
     if !prepare.is_empty() {
         cmd.arg(format!("--customize-hook={prepare}"));
     }
+    // The machine's own extra trust (an egress proxy's CA, as this
+    // project's CI machines have) is the fresh machine's too: pip reaches
+    // PyPI over HTTPS through it, where apt's mirror is plain HTTP.
+    let local_cas: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/local/share/ca-certificates")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    if !local_cas.is_empty() {
+        cmd.arg("--customize-hook=mkdir -p \"$1/usr/local/share/ca-certificates\"");
+        for ca in &local_cas {
+            cmd.arg(format!(
+                "--customize-hook=copy-in {} /usr/local/share/ca-certificates",
+                ca.display()
+            ));
+        }
+    }
     cmd.arg(format!(
         "--customize-hook=copy-in {} /usr/local/bin",
         deps_script().display()
