@@ -1,5 +1,7 @@
 //! The control socket: `natsmeshd status`, `reload --wait`, `drain`,
-//! `undrain`, `pause` and `resume` talk to the running daemon here.
+//! `undrain`, `pause`, `resume` and `fleet …` talk to the running daemon
+//! here. A fleet pause is written from the connection's own task, never
+//! from the supervisor's loop.
 //!
 //! One JSON request per connection, one JSON reply. Only root and the user
 //! natsmeshd runs as may connect (checked with the peer's credentials, not
@@ -14,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::fleet::pause::Access;
 use crate::fleet::report::{NodeRow, Table};
 use crate::supervisor::{Command, Status};
 
@@ -44,7 +47,24 @@ pub enum Request {
         #[serde(default)]
         region: Option<String>,
     },
+    /// `fleet pause` (`pause` true) or `fleet resume`: every region, or
+    /// one.
+    #[serde(rename = "fleet-pause")]
+    FleetPause {
+        /// Pause, or resume.
+        pause: bool,
+        /// Only this region.
+        #[serde(default)]
+        region: Option<String>,
+        /// Why, as the operator says.
+        #[serde(default)]
+        why: String,
+    },
 }
+
+/// How the control socket reaches the fleet pause bucket, or why it
+/// cannot.
+pub type FleetAccess = std::sync::Arc<Result<Access, String>>;
 
 /// A reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +126,7 @@ pub async fn serve(
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
     fleet: Option<watch::Receiver<Table>>,
+    access: FleetAccess,
 ) {
     let me = nix::unistd::geteuid().as_raw();
     loop {
@@ -125,8 +146,9 @@ pub async fn serve(
         let commands = commands.clone();
         let status = status.clone();
         let fleet = fleet.clone();
+        let access = access.clone();
         tokio::spawn(async move {
-            let _ = handle(stream, allowed, commands, status, fleet).await;
+            let _ = handle(stream, allowed, commands, status, fleet, access).await;
         });
     }
 }
@@ -137,6 +159,7 @@ async fn handle(
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
     fleet: Option<watch::Receiver<Table>>,
+    access: FleetAccess,
 ) -> std::io::Result<()> {
     let (read, write) = stream.into_split();
     let mut line = String::new();
@@ -210,6 +233,18 @@ async fn handle(
                 fleet: None,
             },
         },
+        Ok(Request::FleetPause { pause, region, why }) => {
+            let region = region.filter(|r| !r.is_empty());
+            let done = match access.as_ref() {
+                Ok(a) => a.set(region.as_deref(), pause.then_some(why.as_str())).await,
+                Err(e) => Err(e.clone()),
+            };
+            match &done {
+                Ok(m) => tracing::info!(region = ?region, "{m}"),
+                Err(e) => tracing::warn!(region = ?region, error = %e, "fleet pause not changed"),
+            }
+            outcome(Ok(done))
+        }
     };
     let mut write = write;
     let mut text = serde_json::to_string(&reply).unwrap_or_default();

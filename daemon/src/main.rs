@@ -113,6 +113,23 @@ enum FleetCmd {
         #[arg(long)]
         region: Option<String>,
     },
+    /// Hold planned restarts back on every node of the supercluster (or
+    /// of one region), kept in JetStream: it outlives restarts and holds
+    /// for nodes that join later. A crashed broker is still restarted.
+    Pause {
+        /// Only this region.
+        #[arg(long)]
+        region: Option<String>,
+        /// Why, shown with the pause on every node.
+        #[arg(long, default_value = "")]
+        why: String,
+    },
+    /// Lift `fleet pause` (the same scope: every region, or --region).
+    Resume {
+        /// Only this region.
+        #[arg(long)]
+        region: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -444,6 +461,28 @@ async fn dispatch(cli: Cli) -> i32 {
                     EXIT_FAILURE
                 }
             };
+        }
+        Cmd::Fleet(FleetCmd::Pause { region, why }) => {
+            let socket = cli
+                .socket
+                .unwrap_or_else(|| config::control_socket(&sources));
+            let request = Request::FleetPause {
+                pause: true,
+                region,
+                why,
+            };
+            return simple_request(&socket, &request).await;
+        }
+        Cmd::Fleet(FleetCmd::Resume { region }) => {
+            let socket = cli
+                .socket
+                .unwrap_or_else(|| config::control_socket(&sources));
+            let request = Request::FleetPause {
+                pause: false,
+                region,
+                why: String::new(),
+            };
+            return simple_request(&socket, &request).await;
         }
         Cmd::Reload { wait } => {
             let socket = cli

@@ -11,6 +11,7 @@
 pub mod decommission;
 pub mod heartbeat;
 pub mod lease;
+pub mod pause;
 pub mod report;
 pub mod view;
 
