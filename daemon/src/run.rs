@@ -175,7 +175,10 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         commands.clone(),
         status,
         fleet_table,
-        std::sync::Arc::new(access),
+        std::sync::Arc::new(control::FleetOps {
+            pause: access,
+            settings: pause_settings,
+        }),
     ));
     let signals = match forward_signals(commands.clone()) {
         Ok(task) => task,

@@ -692,6 +692,107 @@ fn fleet_pause_without_a_system_user_says_why() {
     assert!(err.contains("does not use"), "{err}");
 }
 
+/// `natsmeshd fleet peers --json` on node `d`.
+fn meta_peers(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&ok_cli(d, &["fleet", "peers", "--json"])).unwrap()
+}
+
+fn peer<'a>(group: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    group["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == name))
+}
+
+/// A server destroyed for good (natsmeshd and broker killed, state
+/// deleted) shows offline in `fleet peers`; `fleet remove-peer` refuses a
+/// live server, naming why, and removes the dead one, which `fleet peers`
+/// then no longer lists.
+#[test]
+fn fleet_peers_shows_a_destroyed_server_offline_and_remove_peer_takes_only_it() {
+    let mut region = Region::start(3);
+    let g = meta_peers(&region.nodes[&1]);
+    let leader = g["leader"].as_str().unwrap().to_owned();
+    assert!(["n1", "n2", "n3"].contains(&leader.as_str()), "{g:#}");
+    assert_eq!(g["peers"].as_array().unwrap().len(), 3, "{g:#}");
+    for n in ["n1", "n2", "n3"] {
+        let p = peer(&g, n).unwrap();
+        assert!(p["state"] == "leader" || p["state"] == "current", "{g:#}");
+        assert_eq!(p["answers"], true, "{g:#}");
+        assert_eq!(p["region"], "fra1", "{g:#}");
+    }
+    let text = ok_cli(&region.nodes[&2], &["fleet", "peers"]);
+    assert!(
+        text.starts_with(&format!("meta leader {leader}, group of 3")),
+        "{text}"
+    );
+
+    // n3's machine is destroyed: killed with its broker, its state gone.
+    let n3 = region.nodes.remove(&3).unwrap();
+    let dir = n3.dir.path().to_path_buf();
+    drop(n3);
+    assert!(!dir.exists());
+    let start = Instant::now();
+    let g = loop {
+        let g = meta_peers(&region.nodes[&1]);
+        if peer(&g, "n3").is_some_and(|p| {
+            p["state"] == "offline"
+                && p["answers"] == false
+                && (p["offline"] == true || p["current"] == false)
+        }) {
+            break g;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "n3 offline: {g:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("n3 offline after {:?}: {g:#}", start.elapsed());
+    let text = ok_cli(&region.nodes[&2], &["fleet", "peers"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("n3 ") && l.contains("offline")),
+        "{text}"
+    );
+
+    // A server that answers is refused, saying why.
+    let out = region.nodes[&1].cli(&["fleet", "remove-peer", "n2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("n2 answers"), "{err}");
+    let out = region.nodes[&1].cli(&["fleet", "remove-peer", "n9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a peer"));
+    assert_eq!(
+        meta_peers(&region.nodes[&1])["peers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // The dead one goes.
+    let out = ok_cli(&region.nodes[&2], &["fleet", "remove-peer", "n3"]);
+    assert!(out.contains("removed n3"), "{out}");
+    let start = Instant::now();
+    loop {
+        let g = meta_peers(&region.nodes[&1]);
+        if peer(&g, "n3").is_none() && g["peers"].as_array().is_some_and(|p| p.len() == 2) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "n3 gone: {g:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // What is left keeps its quorum: both serve with JetStream current.
+    for d in region.nodes.values_mut() {
+        d.wait_status(
+            "still current",
+            |s| s.state == "ready" && s.jetstream == "JetStream current",
+            Duration::from_secs(30),
+        );
+    }
+}
+
 /// The stream's leader and replica servers.
 fn stream_servers(urls: &str) -> (String, Vec<String>) {
     runtime().block_on(async {
