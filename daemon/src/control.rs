@@ -1,5 +1,7 @@
 //! The control socket: `natsmeshd status`, `reload --wait`, `drain`,
-//! `undrain`, `pause` and `resume` talk to the running daemon here.
+//! `undrain`, `pause`, `resume` and `fleet …` talk to the running daemon
+//! here. A fleet pause is written from the connection's own task, never
+//! from the supervisor's loop.
 //!
 //! One JSON request per connection, one JSON reply. Only root and the user
 //! natsmeshd runs as may connect (checked with the peer's credentials, not
@@ -14,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::fleet::pause::Access;
 use crate::fleet::report::{NodeRow, Table};
 use crate::supervisor::{Command, Status};
 
@@ -44,7 +47,43 @@ pub enum Request {
         #[serde(default)]
         region: Option<String>,
     },
+    /// `fleet pause` (`pause` true) or `fleet resume`: every region, or
+    /// one.
+    #[serde(rename = "fleet-pause")]
+    FleetPause {
+        /// Pause, or resume.
+        pause: bool,
+        /// Only this region.
+        #[serde(default)]
+        region: Option<String>,
+        /// Why, as the operator says.
+        #[serde(default)]
+        why: String,
+    },
+    /// The JetStream meta group (`fleet peers`).
+    #[serde(rename = "fleet-peers")]
+    FleetPeers,
+    /// Remove a server gone for good from the meta group
+    /// (`fleet remove-peer`).
+    #[serde(rename = "fleet-remove-peer")]
+    FleetRemovePeer {
+        /// Its server name.
+        server: String,
+    },
 }
+
+/// What the fleet operations on the control socket reach: the fleet
+/// pause bucket (or why not) and the node's settings for `$SYS`.
+#[derive(Debug)]
+pub struct FleetOps {
+    /// The fleet pause bucket, or why this node cannot reach it.
+    pub pause: Result<Access, String>,
+    /// The settings natsmeshd started with (the system user).
+    pub settings: crate::config::Settings,
+}
+
+/// Shared by every connection.
+pub type FleetAccess = std::sync::Arc<FleetOps>;
 
 /// A reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +97,9 @@ pub struct Reply {
     /// The supercluster's nodes, for `fleet status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<Vec<NodeRow>>,
+    /// The JetStream meta group, for `fleet peers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<crate::fleet::peers::MetaGroup>,
 }
 
 /// Why the control socket could not be used.
@@ -106,6 +148,7 @@ pub async fn serve(
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
     fleet: Option<watch::Receiver<Table>>,
+    access: FleetAccess,
 ) {
     let me = nix::unistd::geteuid().as_raw();
     loop {
@@ -125,8 +168,9 @@ pub async fn serve(
         let commands = commands.clone();
         let status = status.clone();
         let fleet = fleet.clone();
+        let access = access.clone();
         tokio::spawn(async move {
-            let _ = handle(stream, allowed, commands, status, fleet).await;
+            let _ = handle(stream, allowed, commands, status, fleet, access).await;
         });
     }
 }
@@ -137,6 +181,7 @@ async fn handle(
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
     fleet: Option<watch::Receiver<Table>>,
+    access: FleetAccess,
 ) -> std::io::Result<()> {
     let (read, write) = stream.into_split();
     let mut line = String::new();
@@ -153,18 +198,21 @@ async fn handle(
                 .into(),
             status: None,
             fleet: None,
+            peers: None,
         },
         Err(e) => Reply {
             ok: false,
             message: format!("bad request: {e}"),
             status: None,
             fleet: None,
+            peers: None,
         },
         Ok(Request::Status) => Reply {
             ok: true,
             message: String::new(),
             status: Some(status.borrow().clone()),
             fleet: None,
+            peers: None,
         },
         Ok(Request::Reload { wait }) => {
             let (tx, rx) = oneshot::channel();
@@ -175,6 +223,7 @@ async fn handle(
                     message: "natsmeshd is stopping".into(),
                     status: None,
                     fleet: None,
+                peers: None,
                 }
             } else if wait {
                 outcome(rx.await)
@@ -184,6 +233,7 @@ async fn handle(
                     message: "reload requested".into(),
                     status: None,
                     fleet: None,
+                peers: None,
                 }
             }
         }
@@ -202,14 +252,50 @@ async fn handle(
                         .borrow()
                         .rows(crate::unix_ms(std::time::SystemTime::now()), region.as_deref()),
                 ),
+                peers: None,
             },
             None => Reply {
                 ok: false,
                 message: "fleet status needs natsmeshd's system user (auth.mode = \"accounts\" or \"operator\"): nodes report to each other in the system account".into(),
                 status: None,
                 fleet: None,
+                peers: None,
             },
         },
+        Ok(Request::FleetPause { pause, region, why }) => {
+            let region = region.filter(|r| !r.is_empty());
+            let done = match &access.pause {
+                Ok(a) => a.set(region.as_deref(), pause.then_some(why.as_str())).await,
+                Err(e) => Err(e.clone()),
+            };
+            match &done {
+                Ok(m) => tracing::info!(region = ?region, "{m}"),
+                Err(e) => tracing::warn!(region = ?region, error = %e, "fleet pause not changed"),
+            }
+            outcome(Ok(done))
+        }
+        Ok(Request::FleetPeers | Request::FleetRemovePeer { .. })
+            if access.settings.system_user.is_none() =>
+        {
+            outcome(Ok(Err("the JetStream meta group is asked through $SYS, which needs natsmeshd's system user (auth.mode = \"accounts\" or \"operator\")".into())))
+        }
+        Ok(Request::FleetPeers) => match crate::fleet::peers::gather(&access.settings).await {
+            Ok(group) => Reply {
+                ok: true,
+                message: String::new(),
+                status: None,
+                fleet: None,
+                peers: Some(group),
+            },
+            Err(e) => outcome(Ok(Err(e))),
+        },
+        Ok(Request::FleetRemovePeer { server }) => {
+            let done = crate::fleet::peers::remove(&access.settings, &server).await;
+            if let Err(e) = &done {
+                tracing::warn!(%server, error = %e, "meta group peer not removed");
+            }
+            outcome(Ok(done))
+        }
     };
     let mut write = write;
     let mut text = serde_json::to_string(&reply).unwrap_or_default();
@@ -229,6 +315,7 @@ async fn ask(
             message: "natsmeshd is stopping".into(),
             status: None,
             fleet: None,
+            peers: None,
         };
     }
     outcome(rx.await)
@@ -241,18 +328,21 @@ fn outcome(r: Result<Result<String, String>, oneshot::error::RecvError>) -> Repl
             message,
             status: None,
             fleet: None,
+            peers: None,
         },
         Ok(Err(message)) => Reply {
             ok: false,
             message,
             status: None,
             fleet: None,
+            peers: None,
         },
         Err(_) => Reply {
             ok: false,
             message: "natsmeshd stopped before answering".into(),
             status: None,
             fleet: None,
+            peers: None,
         },
     }
 }

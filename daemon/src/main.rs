@@ -113,6 +113,37 @@ enum FleetCmd {
         #[arg(long)]
         region: Option<String>,
     },
+    /// Hold planned restarts back on every node of the supercluster (or
+    /// of one region), kept in JetStream: it outlives restarts and holds
+    /// for nodes that join later. A crashed broker is still restarted.
+    Pause {
+        /// Only this region.
+        #[arg(long)]
+        region: Option<String>,
+        /// Why, shown with the pause on every node.
+        #[arg(long, default_value = "")]
+        why: String,
+    },
+    /// Lift `fleet pause` (the same scope: every region, or --region).
+    Resume {
+        /// Only this region.
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// The JetStream meta group as its leader sees it: leader, peers,
+    /// current / behind / offline (or not answering), lag.
+    Peers {
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a server that is gone for good from the JetStream meta
+    /// group; refused for a server that answers or that the group counts
+    /// as current.
+    RemovePeer {
+        /// Its server name.
+        server: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -444,6 +475,61 @@ async fn dispatch(cli: Cli) -> i32 {
                     EXIT_FAILURE
                 }
             };
+        }
+        Cmd::Fleet(FleetCmd::Pause { region, why }) => {
+            let socket = cli
+                .socket
+                .unwrap_or_else(|| config::control_socket(&sources));
+            let request = Request::FleetPause {
+                pause: true,
+                region,
+                why,
+            };
+            return simple_request(&socket, &request).await;
+        }
+        Cmd::Fleet(FleetCmd::Resume { region }) => {
+            let socket = cli
+                .socket
+                .unwrap_or_else(|| config::control_socket(&sources));
+            let request = Request::FleetPause {
+                pause: false,
+                region,
+                why: String::new(),
+            };
+            return simple_request(&socket, &request).await;
+        }
+        Cmd::Fleet(FleetCmd::Peers { json }) => {
+            let socket = cli
+                .socket
+                .unwrap_or_else(|| config::control_socket(&sources));
+            return match control::request(&socket, &Request::FleetPeers).await {
+                Ok(r) if r.ok => {
+                    let group = r.peers.unwrap_or_default();
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&group).unwrap_or_default()
+                        );
+                    } else {
+                        print!("{}", natsmesh::fleet::peers::render(&group));
+                    }
+                    0
+                }
+                Ok(r) => {
+                    eprintln!("natsmeshd: {}", r.message);
+                    EXIT_FAILURE
+                }
+                Err(e) => {
+                    eprintln!("natsmeshd: is natsmeshd running? {e}");
+                    EXIT_FAILURE
+                }
+            };
+        }
+        Cmd::Fleet(FleetCmd::RemovePeer { server }) => {
+            let socket = cli
+                .socket
+                .unwrap_or_else(|| config::control_socket(&sources));
+            return simple_request(&socket, &Request::FleetRemovePeer { server }).await;
         }
         Cmd::Reload { wait } => {
             let socket = cli

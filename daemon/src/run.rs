@@ -105,6 +105,7 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         },
     };
     let fleet_settings = settings.clone();
+    let pause_settings = settings.clone();
     let (mut supervisor, status) =
         match Supervisor::new(config_path, settings, notifier.clone()).await {
             Ok(v) => v,
@@ -175,12 +176,26 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         )
     });
     let (heartbeat, fleet_table) = fleet.map_or((None, None), |(t, rx)| (Some(t), Some(rx)));
+    // The fleet pause: followed beside the supervisor (seeded with the
+    // last word kept, so a pause holds from the first moment), written
+    // through the control socket.
+    let access = crate::fleet::pause::Access::new(&pause_settings);
+    let pause_watch = access.as_ref().ok().map(|a| {
+        let (tx, rx) =
+            tokio::sync::watch::channel(crate::fleet::pause::cached(&pause_settings.state_dir));
+        supervisor.follow_fleet_pause(rx);
+        tokio::spawn(crate::fleet::pause::watch(a.clone(), tx))
+    });
     let (commands, rx) = mpsc::channel(16);
     let control = tokio::spawn(control::serve(
         listener,
         commands.clone(),
         status,
         fleet_table,
+        std::sync::Arc::new(control::FleetOps {
+            pause: access,
+            settings: pause_settings,
+        }),
     ));
     let signals = match forward_signals(commands.clone()) {
         Ok(task) => task,
@@ -202,7 +217,10 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     if let Some(f) = follower {
         f.abort();
     }
-    for task in [publisher, member, ready, metrics].into_iter().flatten() {
+    for task in [publisher, member, ready, metrics, pause_watch]
+        .into_iter()
+        .flatten()
+    {
         task.abort();
     }
     let _ = std::fs::remove_file(&socket);

@@ -518,6 +518,281 @@ fn pause_holds_a_planned_restart_back_until_resume() {
     );
 }
 
+/// A change only a restart applies on node `d`, different from any
+/// before: a smaller `max_file_store` (`mib`; a larger one reloads).
+fn change_file_store(d: &Daemon, mib: u32) {
+    std::fs::write(
+        d.dir.path().join("natsmesh.d/60-change.toml"),
+        format!("[broker.jetstream]\nmax_file_store = \"{mib}MiB\"\n"),
+    )
+    .unwrap();
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn ok_cli(d: &Daemon, args: &[&str]) -> String {
+    let out = d.cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `natsmeshd fleet pause` on one node holds a planned restart back on
+/// another (its own `resume` does not lift it), outlives a restart of
+/// every natsmeshd and broker, is seen by a node that starts knowing
+/// nothing of it (its kept word deleted), and is scoped: another region's
+/// pause holds nothing here, this region's does, until `fleet resume`.
+#[test]
+fn a_fleet_pause_holds_every_node_outlives_restarts_and_is_scoped_by_region() {
+    let mut region = Region::start(3);
+    let out = ok_cli(
+        &region.nodes[&1],
+        &["fleet", "pause", "--region", "nyc3", "--why", "not here"],
+    );
+    assert!(out.contains("region nyc3"), "{out}");
+    let out = ok_cli(
+        &region.nodes[&1],
+        &["fleet", "pause", "--why", "freeze for the audit"],
+    );
+    assert!(out.contains("every region"), "{out}");
+    let holds_all = |s: &natsmesh::supervisor::Status| {
+        s.fleet_paused.as_deref().is_some_and(|p| {
+            p.contains("fleet pause (all regions) by n1")
+                && p.contains("freeze for the audit")
+                && !p.contains("nyc3")
+        })
+    };
+    let d3 = region.nodes.get_mut(&3).unwrap();
+    d3.wait_status(
+        "n3 sees the fleet pause",
+        holds_all,
+        Duration::from_secs(15),
+    );
+    let pid = d3.status().unwrap().broker_pid;
+    change_file_store(&region.nodes[&3], 200);
+    let d3 = region.nodes.get_mut(&3).unwrap();
+    let s = d3.wait_status(
+        "n3: restart pending, held back by the fleet pause",
+        |s| !s.restart_pending.is_empty() && s.fleet.starts_with("paused"),
+        Duration::from_secs(10),
+    );
+    assert!(!s.paused, "not n3's own pause: {s:?}");
+    assert!(
+        s.line().contains("fleet pause (all regions)"),
+        "{}",
+        s.line()
+    );
+    // Its own resume cannot lift the fleet's word.
+    let out = ok_cli(d3, &["resume"]);
+    assert!(out.contains("still wait"), "{out}");
+    std::thread::sleep(Duration::from_secs(3));
+    let s = d3.status().unwrap();
+    assert_eq!((s.broker_pid, s.restarts), (pid, 0), "held back: {s:?}");
+    // Every node's report says which pause holds.
+    wait_fleet(
+        &region.nodes[&2],
+        "n3 reported as fleet-paused",
+        Duration::from_secs(12),
+        |rows| {
+            rows["n3"]["last_report"]["paused"] == true
+                && rows["n3"]["last_report"]["fleet_paused"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("all regions"))
+        },
+    );
+
+    // Every natsmeshd dies with its broker and starts again; n2 starts
+    // without the word it kept, so it learns of the pause from JetStream.
+    for n in 1..=3u8 {
+        if n == 2 {
+            // Nothing changes the pause meanwhile, so nothing writes it
+            // again before the kill.
+            let cache = region.nodes[&2].dir.path().join("state/fleet-pause.json");
+            assert!(cache.exists(), "n2 kept the fleet's word");
+            std::fs::remove_file(&cache).unwrap();
+        }
+        region.kill_and_restart(n);
+    }
+    for (n, d) in &mut region.nodes {
+        d.wait_status(
+            &format!("n{n} back with the fleet pause"),
+            |s| s.state == "ready" && s.routes == Some(2) && holds_all(s),
+            Duration::from_secs(60),
+        );
+    }
+    // n3 came back with its change applied; a new one is held back.
+    let d3 = region.nodes.get_mut(&3).unwrap();
+    let restarts = d3.status().unwrap().restarts;
+    change_file_store(&region.nodes[&3], 150);
+    let d3 = region.nodes.get_mut(&3).unwrap();
+    d3.wait_status(
+        "n3 holds the new change back",
+        |s| !s.restart_pending.is_empty() && s.fleet.starts_with("paused"),
+        Duration::from_secs(10),
+    );
+
+    // This region's own pause holds once the supercluster's is lifted.
+    ok_cli(
+        &region.nodes[&1],
+        &["fleet", "pause", "--region", "fra1", "--why", "region work"],
+    );
+    let out = ok_cli(&region.nodes[&2], &["fleet", "resume"]);
+    assert!(
+        out.contains("resumed planned restarts in every region"),
+        "{out}"
+    );
+    let d3 = region.nodes.get_mut(&3).unwrap();
+    d3.wait_status(
+        "n3 held by the region's pause only",
+        |s| {
+            s.fleet_paused.as_deref().is_some_and(|p| {
+                p.starts_with("fleet pause (region fra1) by n1") && !p.contains("all regions")
+            })
+        },
+        Duration::from_secs(15),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(d3.status().unwrap().restarts, restarts, "still held back");
+
+    ok_cli(&region.nodes[&2], &["fleet", "resume", "--region", "fra1"]);
+    let d3 = region.nodes.get_mut(&3).unwrap();
+    d3.wait_status(
+        "n3 restarts once no pause holds",
+        |s| {
+            s.fleet_paused.is_none()
+                && s.state == "ready"
+                && s.restarts == restarts + 1
+                && s.restart_pending.is_empty()
+                && s.fleet.is_empty()
+        },
+        Duration::from_secs(90),
+    );
+    // The other region's pause is still there, and still not ours.
+    let out = ok_cli(&region.nodes[&3], &["fleet", "resume", "--region", "nyc3"]);
+    assert!(
+        out.contains("resumed planned restarts in region nyc3"),
+        "{out}"
+    );
+    let out = ok_cli(&region.nodes[&3], &["fleet", "resume"]);
+    assert!(out.contains("was not paused"), "{out}");
+}
+
+/// Without the fleet bucket nothing can be paused: said, not guessed.
+#[test]
+fn fleet_pause_without_a_system_user_says_why() {
+    let mut d = Daemon::start(CURRENT, Options::default());
+    d.wait_ready();
+    let out = d.cli(&["fleet", "pause"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not use"), "{err}");
+}
+
+/// `natsmeshd fleet peers --json` on node `d`.
+fn meta_peers(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&ok_cli(d, &["fleet", "peers", "--json"])).unwrap()
+}
+
+fn peer<'a>(group: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    group["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == name))
+}
+
+/// A server destroyed for good (natsmeshd and broker killed, state
+/// deleted) shows offline in `fleet peers`; `fleet remove-peer` refuses a
+/// live server, naming why, and removes the dead one, which `fleet peers`
+/// then no longer lists.
+#[test]
+fn fleet_peers_shows_a_destroyed_server_offline_and_remove_peer_takes_only_it() {
+    let mut region = Region::start(3);
+    let g = meta_peers(&region.nodes[&1]);
+    let leader = g["leader"].as_str().unwrap().to_owned();
+    assert!(["n1", "n2", "n3"].contains(&leader.as_str()), "{g:#}");
+    assert_eq!(g["peers"].as_array().unwrap().len(), 3, "{g:#}");
+    for n in ["n1", "n2", "n3"] {
+        let p = peer(&g, n).unwrap();
+        assert!(p["state"] == "leader" || p["state"] == "current", "{g:#}");
+        assert_eq!(p["answers"], true, "{g:#}");
+        assert_eq!(p["region"], "fra1", "{g:#}");
+    }
+    let text = ok_cli(&region.nodes[&2], &["fleet", "peers"]);
+    assert!(
+        text.starts_with(&format!("meta leader {leader}, group of 3")),
+        "{text}"
+    );
+
+    // n3's machine is destroyed: killed with its broker, its state gone.
+    let n3 = region.nodes.remove(&3).unwrap();
+    let dir = n3.dir.path().to_path_buf();
+    drop(n3);
+    assert!(!dir.exists());
+    let start = Instant::now();
+    let g = loop {
+        let g = meta_peers(&region.nodes[&1]);
+        if peer(&g, "n3").is_some_and(|p| {
+            p["state"] == "offline"
+                && p["answers"] == false
+                && (p["offline"] == true || p["current"] == false)
+        }) {
+            break g;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "n3 offline: {g:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("n3 offline after {:?}: {g:#}", start.elapsed());
+    let text = ok_cli(&region.nodes[&2], &["fleet", "peers"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("n3 ") && l.contains("offline")),
+        "{text}"
+    );
+
+    // A server that answers is refused, saying why.
+    let out = region.nodes[&1].cli(&["fleet", "remove-peer", "n2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("n2 answers"), "{err}");
+    let out = region.nodes[&1].cli(&["fleet", "remove-peer", "n9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a peer"));
+    assert_eq!(
+        meta_peers(&region.nodes[&1])["peers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // The dead one goes.
+    let out = ok_cli(&region.nodes[&2], &["fleet", "remove-peer", "n3"]);
+    assert!(out.contains("removed n3"), "{out}");
+    let start = Instant::now();
+    loop {
+        let g = meta_peers(&region.nodes[&1]);
+        if peer(&g, "n3").is_none() && g["peers"].as_array().is_some_and(|p| p.len() == 2) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "n3 gone: {g:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // What is left keeps its quorum: both serve with JetStream current.
+    for d in region.nodes.values_mut() {
+        d.wait_status(
+            "still current",
+            |s| s.state == "ready" && s.jetstream == "JetStream current",
+            Duration::from_secs(30),
+        );
+    }
+}
+
 /// The stream's leader and replica servers.
 fn stream_servers(urls: &str) -> (String, Vec<String>) {
     runtime().block_on(async {

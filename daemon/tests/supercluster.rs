@@ -2,7 +2,8 @@
 //! on its own loopback address, in a private mount namespace whose
 //! `/etc/resolv.conf` names a real DNS server (dnsmasq on port 53) — the
 //! daemon's system resolver and nats-server's own gateway lookups both go
-//! there. No address appears in any config. Needs root; serialised.
+//! there. No address appears in any config. A fleet pause reaches every
+//! region. Needs root; serialised.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -367,4 +368,93 @@ fn regions_link_by_name_though_their_public_addresses_are_in_no_intermediates_ra
         assert!(std::time::Instant::now() < deadline, "{rows:#?}");
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// A fleet pause written in one region holds in every region (its bucket
+/// lives in natsmeshd's own account, which the gateways join), and a
+/// region's pause holds that region only: a planned restart goes ahead in
+/// fra1 while nyc3's waits.
+#[test]
+fn a_fleet_pause_reaches_every_region_and_a_regions_pause_only_its_own() {
+    let mut mesh = Mesh::new(&[FRA1, NYC3]);
+    mesh.extra.push_str(
+        "\n[auth]\nmode = \"accounts\"\nanonymous_account = \"APP\"\n\n[accounts.APP]\njetstream = true\n",
+    );
+    mesh.publish(&[FRA1, NYC3]);
+    mesh.start(FRA1);
+    mesh.start(NYC3);
+    mesh.wait_joined(FRA1, &[NYC3]);
+    mesh.wait_joined(NYC3, &[FRA1]);
+    let names: Vec<String> = mesh.nodes.keys().cloned().collect();
+    for name in &names {
+        mesh.node(name).wait_status(
+            "serving with JetStream current",
+            |s| s.state == "ready" && s.jetstream == "JetStream current",
+            Duration::from_secs(60),
+        );
+    }
+    let ok = |mesh: &Mesh, node: &str, args: &[&str]| {
+        let out = mesh.nodes[node].cli(args);
+        assert!(
+            out.status.success(),
+            "{node} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    ok(
+        &mesh,
+        "nyc3-n1",
+        &["fleet", "pause", "--why", "supercluster freeze"],
+    );
+    for name in &names {
+        mesh.node(name).wait_status(
+            "the supercluster's pause, written in nyc3",
+            |s| {
+                s.fleet_paused.as_deref().is_some_and(|p| {
+                    p.starts_with("fleet pause (all regions) by nyc3-n1")
+                        && p.contains("supercluster freeze")
+                })
+            },
+            Duration::from_secs(20),
+        );
+    }
+
+    // nyc3's own pause, written in fra1; the supercluster's lifted.
+    ok(&mesh, "fra1-n1", &["fleet", "pause", "--region", "nyc3"]);
+    ok(&mesh, "fra1-n2", &["fleet", "resume"]);
+    for name in &names {
+        let nyc3 = name.starts_with("nyc3");
+        mesh.node(name).wait_status(
+            if nyc3 {
+                "nyc3 held by its region's pause"
+            } else {
+                "fra1 free"
+            },
+            |s| {
+                if nyc3 {
+                    s.fleet_paused
+                        .as_deref()
+                        .is_some_and(|p| p.starts_with("fleet pause (region nyc3) by fra1-n1"))
+                } else {
+                    s.fleet_paused.is_none()
+                }
+            },
+            Duration::from_secs(20),
+        );
+    }
+    mesh.nodes["fra1-n2"].change_needing_restart();
+    mesh.nodes["nyc3-n2"].change_needing_restart();
+    mesh.node("fra1-n2").wait_status(
+        "fra1-n2 restarts: no pause holds fra1",
+        |s| s.state == "ready" && s.restarts == 1 && s.restart_pending.is_empty(),
+        Duration::from_secs(90),
+    );
+    let s = mesh.node("nyc3-n2").wait_status(
+        "nyc3-n2 holds its restart back",
+        |s| !s.restart_pending.is_empty() && s.fleet.starts_with("paused"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(s.restarts, 0, "{s:?}");
 }

@@ -11,6 +11,8 @@
 pub mod decommission;
 pub mod heartbeat;
 pub mod lease;
+pub mod pause;
+pub mod peers;
 pub mod report;
 pub mod view;
 

@@ -49,8 +49,13 @@ pub struct NodeReport {
     pub broker_version: String,
     /// Why a restart is pending (empty: none).
     pub restart_pending: Vec<String>,
-    /// Planned restarts are held back (`pause`).
+    /// Planned restarts are held back (`natsmeshd pause` here, or a fleet
+    /// pause that applies here).
     pub paused: bool,
+    /// The fleet pause that holds (`natsmeshd fleet pause`), for a person;
+    /// `None` when only the node's own pause (or none) holds.
+    #[serde(default)]
+    pub fleet_paused: Option<String>,
     /// The restart lease: waited for (and why), held, or nothing.
     pub lease: String,
     /// When the node certificate expires (Unix seconds), with TLS.
@@ -86,7 +91,8 @@ impl NodeReport {
             natsmesh_version: s.natsmesh_version.clone(),
             broker_version: s.broker_version.clone(),
             restart_pending: s.restart_pending.clone(),
-            paused: s.paused,
+            paused: s.paused || s.fleet_paused.is_some(),
+            fleet_paused: s.fleet_paused.clone(),
             lease: s.fleet.clone(),
             certificate_not_after_unix: s.certificate_not_after_unix,
             intermediate_not_after_unix: s.intermediate_not_after_unix,
@@ -221,6 +227,7 @@ mod tests {
             broker_version: "2.15.1".into(),
             restart_pending: Vec::new(),
             paused: false,
+            fleet_paused: None,
             lease: String::new(),
             certificate_not_after_unix: None,
             intermediate_not_after_unix: None,

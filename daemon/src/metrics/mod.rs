@@ -291,7 +291,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             &mut e,
             "natsmesh_paused",
             "1 while planned restarts are paused",
-            f64::from(u8::from(s.paused)),
+            f64::from(u8::from(s.paused || s.fleet_paused.is_some())),
         )?;
         counter(
             &mut e,

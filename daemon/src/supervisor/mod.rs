@@ -203,6 +203,11 @@ pub struct Supervisor {
     lease: Option<crate::fleet::Held>,
     /// `natsmeshd pause`: planned restarts wait.
     paused: bool,
+    /// The fleet pause that applies here (`natsmeshd fleet pause`), for a
+    /// person; planned restarts wait while there is one.
+    fleet_paused: Option<String>,
+    /// Follows the fleet pause keys (see [`crate::fleet::pause::watch`]).
+    fleet_pause: Option<watch::Receiver<crate::fleet::pause::Pauses>>,
     /// Tags this process's lease records.
     nonce: String,
     /// natsmeshd's own binary, as it was at start.
@@ -341,6 +346,8 @@ impl Supervisor {
                 gate: None,
                 lease: None,
                 paused: false,
+                fleet_paused: None,
+                fleet_pause: None,
                 nonce: crate::fleet::nonce(),
                 exe: crate::upgrade::own_exe()
                     .and_then(|p| crate::upgrade::file_id(&p).map(|id| (p, id))),
@@ -392,6 +399,14 @@ impl Supervisor {
     pub fn follow(&mut self, mut rx: watch::Receiver<crate::discovery::Found>) {
         self.found = Some(rx.borrow_and_update().clone());
         self.discovery = Some(rx);
+    }
+
+    /// Follows the fleet pause: `rx` carries each new word (its current
+    /// value, the last one kept, holds from the start).
+    pub fn follow_fleet_pause(&mut self, mut rx: watch::Receiver<crate::fleet::pause::Pauses>) {
+        let first = rx.borrow_and_update().clone();
+        self.fleet_pause = Some(rx);
+        self.on_fleet_pause(first);
     }
 
     /// Runs until stopped or until the broker cannot be kept up.
@@ -500,6 +515,7 @@ impl Supervisor {
                 }
                 gate = next_gate(&mut self.gate) => self.on_gate(gate),
                 removed = next_removal(&mut self.removal) => self.on_removed(removed),
+                Some(pauses) = next_change(&mut self.fleet_pause) => self.on_fleet_pause(pauses),
                 Some(found) = next_change(&mut self.discovery) => {
                     self.found = Some(found);
                     self.follow_discovery();
@@ -570,6 +586,7 @@ impl Supervisor {
         s.broker_version = broker_version;
         s.log_lines_dropped = self.output.dropped();
         s.paused = self.paused;
+        s.fleet_paused.clone_from(&self.fleet_paused);
         s.derive_degraded();
         let line = s.line();
         if line != self.last_status_line {

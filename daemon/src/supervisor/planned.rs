@@ -4,9 +4,10 @@
 //! lease when restarts are coordinated. A restart then runs the one
 //! pipeline every stop runs — out of DNS and the load balancer, drain
 //! delay, lame duck, stop — and starts the broker again; the lease goes
-//! back once the new broker serves with JetStream current. `pause` holds
-//! planned restarts back (not an operator's decommission); crash recovery
-//! never waits.
+//! back once the new broker serves with JetStream current. `pause` (this
+//! node's) and a fleet pause (`fleet pause`, every node's or a region's)
+//! hold planned restarts back (not an operator's decommission); crash
+//! recovery never waits.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -57,7 +58,7 @@ impl Supervisor {
         };
         let why = plan.why();
         let decommission = matches!(plan, Plan::Decommission(_));
-        if self.paused && !decommission {
+        if self.held_back() && !decommission {
             self.status.fleet = format!("paused; then: {why}");
             self.gate = None;
             self.publish();
@@ -188,6 +189,40 @@ impl Supervisor {
         }
     }
 
+    /// Planned restarts wait: this node's pause or a fleet pause holds.
+    fn held_back(&self) -> bool {
+        self.paused || self.fleet_paused.is_some()
+    }
+
+    /// The fleet pause keys said something new.
+    pub(super) fn on_fleet_pause(&mut self, pauses: crate::fleet::pause::Pauses) {
+        let line = pauses.holding(&self.settings.region);
+        if line == self.fleet_paused {
+            return;
+        }
+        let was_held = self.held_back();
+        self.fleet_paused = line;
+        match (was_held, self.held_back()) {
+            (false, true) => {
+                // As `pause`: a restart under way (lease held) or a
+                // decommission finishes; a wait for the lease stops.
+                let decommission = matches!(self.planned, Some(Plan::Decommission(_)));
+                if self.lease.is_none() && !decommission {
+                    self.gate = None;
+                    if let Some(plan) = &self.planned {
+                        self.status.fleet = format!("paused; then: {}", plan.why());
+                    }
+                }
+            }
+            (true, false) => {
+                self.status.fleet.clear();
+                self.ask_for_lease();
+            }
+            _ => {}
+        }
+        self.publish();
+    }
+
     pub(super) fn pause(&mut self) -> Result<String, String> {
         if self.paused {
             return Ok("already paused".into());
@@ -210,9 +245,22 @@ impl Supervisor {
 
     pub(super) fn resume(&mut self) -> Result<String, String> {
         if !self.paused {
-            return Ok("not paused".into());
+            return Ok(match &self.fleet_paused {
+                Some(fleet) => format!(
+                    "not paused here, but planned restarts still wait: {fleet} (`natsmeshd fleet resume` lifts it)"
+                ),
+                None => "not paused".into(),
+            });
         }
         self.paused = false;
+        if let Some(fleet) = self.fleet_paused.clone() {
+            // The fleet's word is lifted only by `fleet resume`.
+            tracing::info!(pause = %fleet, "resumed here; a fleet pause still holds");
+            self.publish();
+            return Ok(format!(
+                "resumed here, but planned restarts still wait: {fleet} (`natsmeshd fleet resume` lifts it)"
+            ));
+        }
         self.status.fleet.clear();
         tracing::info!("resumed: planned restarts go ahead");
         self.ask_for_lease();

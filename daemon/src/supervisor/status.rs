@@ -97,9 +97,13 @@ pub struct Status {
     /// The region's restart lease: waiting for it (and why), or held.
     #[serde(default)]
     pub fleet: String,
-    /// Planned restarts are paused (`natsmeshd pause`).
+    /// Planned restarts are paused on this node (`natsmeshd pause`).
     #[serde(default)]
     pub paused: bool,
+    /// The fleet pause that holds planned restarts back here (`natsmeshd
+    /// fleet pause`): which one, by whom, since when and why.
+    #[serde(default)]
+    pub fleet_paused: Option<String>,
     /// What keeps this node's DNS records from being as they should.
     #[serde(default)]
     pub dns_problem: Option<String>,
@@ -206,6 +210,9 @@ impl Status {
         if self.paused {
             s.push_str("; paused");
         }
+        if let Some(f) = &self.fleet_paused {
+            let _ = write!(s, "; {f}");
+        }
         if !self.server_name.is_empty() {
             let _ = write!(s, " — {}", self.server_name);
         }
@@ -295,15 +302,19 @@ impl Status {
                 }
                 p
             }),
-            (
-                "fleet",
-                match (self.paused, self.fleet.is_empty()) {
+            ("fleet", {
+                let mut f = match (self.paused, self.fleet.is_empty()) {
                     (true, true) => "paused: no planned restarts".into(),
                     (true, false) => format!("paused: {}", self.fleet),
+                    (false, true) if self.fleet_paused.is_some() => "no planned restarts".into(),
                     (false, true) => "no restart lease wanted".into(),
                     (false, false) => self.fleet.clone(),
-                },
-            ),
+                };
+                if let Some(p) = &self.fleet_paused {
+                    let _ = write!(f, " ({p})");
+                }
+                f
+            }),
             (
                 "gateways",
                 self.gateways.as_ref().map_or_else(String::new, |g| {
@@ -380,6 +391,32 @@ mod tests {
         s.derive_degraded();
         assert!(!s.degraded && s.degraded_why.is_empty());
         assert!(s.line().starts_with("ready: 2 routes"), "{}", s.line());
+    }
+
+    #[test]
+    fn a_fleet_pause_shows_which_pause_holds() {
+        let mut s = serving();
+        s.fleet_paused = Some("fleet pause (all regions) by n1 since 2026-12-07T00:00:00Z".into());
+        s.fleet = "paused; then: a new broker binary".into();
+        assert!(
+            s.line().ends_with("; paused; then: a new broker binary; fleet pause (all regions) by n1 since 2026-12-07T00:00:00Z — n1"),
+            "{}",
+            s.line()
+        );
+        assert!(
+            s.screen().contains(
+                "fleet  paused; then: a new broker binary (fleet pause (all regions) by n1"
+            ),
+            "{}",
+            s.screen()
+        );
+        s.fleet.clear();
+        assert!(
+            s.screen()
+                .contains("fleet  no planned restarts (fleet pause (all regions)"),
+            "{}",
+            s.screen()
+        );
     }
 
     #[test]

@@ -89,8 +89,9 @@ pub(super) fn apply_fleet(
     })
 }
 
-/// natsmeshd's own account, where the lease bucket lives (small limits:
-/// the bucket holds one key); its user is added with the system user's
+/// natsmeshd's own account, where the lease buckets and the fleet pause
+/// bucket live (small limits: each holds a few keys; one lease bucket per
+/// region plus the pause bucket, so streams are counted generously); its user is added with the system user's
 /// password hash when the configuration is prepared.
 fn add_account(server: &mut ServerConfig) -> bool {
     let Some(name) = Name::new(FLEET_ACCOUNT) else {
@@ -99,7 +100,7 @@ fn add_account(server: &mut ServerConfig) -> bool {
     let jetstream = server.jetstream.is_some().then_some(AccountJetStream {
         max_memory: Some(1 << 20),
         max_file: Some(16 << 20),
-        max_streams: Some(4),
+        max_streams: Some(32),
         max_consumers: Some(16),
     });
     server.accounts.push(Account {
