@@ -694,7 +694,12 @@ fn check_pki(
     // the region's names (and the client names) and verify it against the
     // roots, with the intermediate's name constraints.
     let mut names = vec![format!("probe.{region_name}"), region_name.clone()];
-    names.extend(r.client_names.iter().cloned());
+    // As natsmeshd will: a final dot is not part of a certificate's name.
+    names.extend(
+        r.client_names
+            .iter()
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase()),
+    );
     let issuer = issue::Issued {
         cert_pem: cert_pem.to_owned(),
         key_pem: key_pem.to_owned(),

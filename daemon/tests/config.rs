@@ -1096,3 +1096,21 @@ fn a_websocket_without_tls_off_loopback_is_refused() {
         }
     }
 }
+
+/// A name given with its final dot is the same host: the certificate
+/// names it without (webpki refuses a dotted name as malformed).
+#[test]
+fn extra_names_lose_their_final_dot() {
+    let f = Fixture::new();
+    f.write(
+        "natsmesh.toml",
+        &format!(
+            "{DISCOVERY}{}extra_names = [\"Clients.Example.NET.\"]\n",
+            f.tls()
+        ),
+    );
+    let s = f.settings().unwrap();
+    let dns = &s.tls.as_ref().unwrap().names.dns;
+    assert!(dns.contains(&"clients.example.net".to_owned()), "{dns:?}");
+    assert!(!dns.iter().any(|n| n.ends_with('.')), "{dns:?}");
+}

@@ -1366,7 +1366,8 @@ fn apply_tls(
     }
     for (i, n) in t.extra_names.iter().enumerate() {
         if natsmesh_broker::model::is_dns_name(n) {
-            dns.push(n.to_ascii_lowercase());
+            // A certificate names hosts without the final dot.
+            dns.push(n.trim_end_matches('.').to_ascii_lowercase());
         } else {
             c.problem(
                 &format!("tls.extra_names[{i}]"),
