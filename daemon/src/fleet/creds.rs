@@ -206,12 +206,15 @@ pub fn prune(dir: &Path, now_ms: u64) -> Result<Vec<String>, CredsError> {
 /// The expiry task, beside the supervisor's loop: every second, drops the
 /// expired users from the file and, when it dropped any, asks the loop for
 /// a reload (a command, as `natsmeshd reload` sends) so the broker forgets
-/// them. A failed reload is retried on the next tick: the file no longer
-/// holds the user, so any later reload drops it too.
+/// them. A failed reload is retried 10 s later: the file no longer holds
+/// the user, so any later reload (or start) drops it too.
 pub async fn expire(dir: PathBuf, commands: tokio::sync::mpsc::Sender<crate::supervisor::Command>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut owed = false;
+    // After a refused reload (a drained node refuses them), the next try
+    // waits: one warning every ten seconds, not every second.
+    let mut retry_at = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let d = dir.clone();
@@ -227,7 +230,7 @@ pub async fn expire(dir: PathBuf, commands: tokio::sync::mpsc::Sender<crate::sup
             }
             Err(e) => tracing::warn!(error = %e, "the temporary users' pruning failed"),
         }
-        if owed {
+        if owed && tokio::time::Instant::now() >= retry_at {
             let (tx, rx) = tokio::sync::oneshot::channel();
             if commands
                 .send(crate::supervisor::Command::Reload { reply: Some(tx) })
@@ -239,7 +242,8 @@ pub async fn expire(dir: PathBuf, commands: tokio::sync::mpsc::Sender<crate::sup
             match rx.await {
                 Ok(Ok(_)) => owed = false,
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "the reload dropping expired users failed; retrying");
+                    tracing::warn!(error = %e, "the reload dropping expired users failed; retrying in 10 s");
+                    retry_at = tokio::time::Instant::now() + Duration::from_secs(10);
                 }
                 Err(_) => return,
             }
