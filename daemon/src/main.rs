@@ -805,6 +805,27 @@ async fn fleet_creds(
         );
         return EXIT_FAILURE;
     }
+    // Where the context goes is settled before a user is made, too.
+    let context_dir = match &out {
+        Some(_) => None,
+        None => match nats_context_dir() {
+            Some(dir) => Some(dir),
+            None => {
+                eprintln!("natsmeshd: no HOME or XDG_CONFIG_HOME for the context; pass --out");
+                return EXIT_FAILURE;
+            }
+        },
+    };
+    if let (Some(dir), Some(name)) = (&context_dir, &context) {
+        let file = dir.join(format!("{name}.json"));
+        if std::fs::symlink_metadata(&file).is_ok() {
+            eprintln!(
+                "natsmeshd: {} exists; fleet creds never overwrites a file",
+                file.display()
+            );
+            return EXIT_FAILURE;
+        }
+    }
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     let issued = match control::request(socket, &Request::FleetCreds { ttl_ms }).await {
         Ok(r) if r.ok => match r.creds {
@@ -824,27 +845,21 @@ async fn fleet_creds(
         }
     };
     let name = context.unwrap_or_else(|| issued.user.clone());
-    let path = match out {
-        Some(p) => p,
-        None => match nats_context_dir() {
-            Some(dir) => {
-                if let Err(e) = {
-                    use std::os::unix::fs::DirBuilderExt as _;
-                    std::fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o700)
-                        .create(&dir)
-                } {
-                    eprintln!("natsmeshd: cannot create {}: {e}", dir.display());
-                    return EXIT_FAILURE;
-                }
-                dir.join(format!("{name}.json"))
-            }
-            None => {
-                eprintln!("natsmeshd: no HOME or XDG_CONFIG_HOME for the context; pass --out");
+    let path = match (out, context_dir) {
+        (Some(p), _) => p,
+        (None, Some(dir)) => {
+            use std::os::unix::fs::DirBuilderExt as _;
+            if let Err(e) = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+            {
+                eprintln!("natsmeshd: cannot create {}: {e}", dir.display());
                 return EXIT_FAILURE;
             }
-        },
+            dir.join(format!("{name}.json"))
+        }
+        (None, None) => return EXIT_FAILURE,
     };
     let expires = humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(issued.expires_ms),

@@ -1004,3 +1004,56 @@ fn fleet_creds_is_refused_in_operator_mode_with_the_way_to_do_it() {
     assert!(!out.exists());
     assert!(!d.dir.path().join("state/operators.json").exists());
 }
+
+#[test]
+fn fleet_creds_writes_into_the_nats_cli_context_directory_by_default() {
+    let dir = scratch();
+    let users = dir.path().join("users.toml");
+    std::fs::write(&users, "[accounts.APP]\n").unwrap();
+    let mut d = accounts_node(CURRENT, &users, "");
+    d.wait_ready();
+    let config_home = dir.path().join("xdg");
+    let run = |context: &str| {
+        Command::new(NATSMESHD)
+            .args(["fleet", "creds", "--ttl", "1m", "--context", context])
+            .arg("--socket")
+            .arg(d.socket())
+            .arg("--config")
+            .arg(d.config_path())
+            .env_clear()
+            .env("XDG_CONFIG_HOME", &config_home)
+            .output()
+            .unwrap()
+    };
+    let o = run("fra1-ops");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("nats --context fra1-ops server list"),
+        "{stdout}"
+    );
+    let file = config_home.join("nats/context/fra1-ops.json");
+    let ctx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let user = ctx["user"].as_str().unwrap();
+    assert_eq!(
+        sys_ping_as(&d.client_addr(), user, ctx["password"].as_str().unwrap()),
+        Ok("n1".to_owned())
+    );
+    // A second context of the same name is refused (before a user is
+    // made), and the first kept.
+    let before = std::fs::read_to_string(&file).unwrap();
+    let o = run("fra1-ops");
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("never overwrites"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+    // A name that would leave the directory is refused before any user.
+    assert!(!run("../x").status.success());
+    let kept = std::fs::read_to_string(d.dir.path().join("state/operators.json")).unwrap();
+    let kept: Vec<serde_json::Value> = serde_json::from_str(&kept).unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+}
