@@ -49,6 +49,11 @@ pub fn random_password() -> Result<String, String> {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret just made.
+    pub(crate) fn new(s: String) -> Self {
+        Secret(s)
+    }
+
     /// The secret itself, for the one place that needs it.
     pub fn expose(&self) -> &str {
         &self.0
@@ -126,17 +131,33 @@ pub fn add_system_account(settings: &mut Settings, cache_dir: &Path) -> Result<(
     let Some(name) = Name::new(SYSTEM_ACCOUNT) else {
         return Err("system account name".into());
     };
+    let mut users = vec![User {
+        credential: Credential::Password {
+            user: SYSTEM_USER.into(),
+            password: hash.clone(),
+        },
+        permissions: Permissions::default(),
+    }];
+    // Operators' temporary users (`fleet creds`), those not yet expired:
+    // a restart keeps them, and any reload after their expiry drops them.
+    let now = crate::unix_ms(std::time::SystemTime::now());
+    let temporary = crate::fleet::creds::load(cache_dir).map_err(|e| e.to_string())?;
+    users.extend(
+        crate::fleet::creds::live(temporary, now)
+            .into_iter()
+            .map(|u| User {
+                credential: Credential::Password {
+                    user: u.name,
+                    password: u.hash,
+                },
+                permissions: Permissions::default(),
+            }),
+    );
     settings.server.accounts.retain(|a| a.name != name);
     settings.server.accounts.push(Account {
         name,
         jetstream: None,
-        users: vec![User {
-            credential: Credential::Password {
-                user: SYSTEM_USER.into(),
-                password: hash.clone(),
-            },
-            permissions: Permissions::default(),
-        }],
+        users,
         exports: Vec::new(),
         imports: Vec::new(),
     });

@@ -70,6 +70,13 @@ pub enum Request {
         /// Its server name.
         server: String,
     },
+    /// A time-limited system-account user for operators' own tools
+    /// (`fleet creds`).
+    #[serde(rename = "fleet-creds")]
+    FleetCreds {
+        /// How long it lives, in milliseconds.
+        ttl_ms: u64,
+    },
 }
 
 /// What the fleet operations on the control socket reach: the fleet
@@ -100,6 +107,10 @@ pub struct Reply {
     /// The JetStream meta group, for `fleet peers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<crate::fleet::peers::MetaGroup>,
+    /// The new temporary user, for `fleet creds` (its password is in no
+    /// other reply and in no file natsmeshd keeps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creds: Option<crate::fleet::creds::Issued>,
 }
 
 /// Why the control socket could not be used.
@@ -199,6 +210,7 @@ async fn handle(
             status: None,
             fleet: None,
             peers: None,
+            creds: None,
         },
         Err(e) => Reply {
             ok: false,
@@ -206,6 +218,7 @@ async fn handle(
             status: None,
             fleet: None,
             peers: None,
+            creds: None,
         },
         Ok(Request::Status) => Reply {
             ok: true,
@@ -213,6 +226,7 @@ async fn handle(
             status: Some(status.borrow().clone()),
             fleet: None,
             peers: None,
+            creds: None,
         },
         Ok(Request::Reload { wait }) => {
             let (tx, rx) = oneshot::channel();
@@ -224,6 +238,7 @@ async fn handle(
                     status: None,
                     fleet: None,
                 peers: None,
+                creds: None,
                 }
             } else if wait {
                 outcome(rx.await)
@@ -234,6 +249,7 @@ async fn handle(
                     status: None,
                     fleet: None,
                 peers: None,
+                creds: None,
                 }
             }
         }
@@ -253,6 +269,7 @@ async fn handle(
                         .rows(crate::unix_ms(std::time::SystemTime::now()), region.as_deref()),
                 ),
                 peers: None,
+                creds: None,
             },
             None => Reply {
                 ok: false,
@@ -260,6 +277,7 @@ async fn handle(
                 status: None,
                 fleet: None,
                 peers: None,
+                creds: None,
             },
         },
         Ok(Request::FleetPause { pause, region, why }) => {
@@ -286,6 +304,7 @@ async fn handle(
                 status: None,
                 fleet: None,
                 peers: Some(group),
+                creds: None,
             },
             Err(e) => outcome(Ok(Err(e))),
         },
@@ -296,11 +315,85 @@ async fn handle(
             }
             outcome(Ok(done))
         }
+        Ok(Request::FleetCreds { ttl_ms }) => match issue_creds(&commands, &access, ttl_ms).await {
+            Ok(issued) => Reply {
+                ok: true,
+                message: format!("{} added to the system account", issued.user),
+                status: None,
+                fleet: None,
+                peers: None,
+                creds: Some(issued),
+            },
+            Err(e) => outcome(Ok(Err(e))),
+        },
     };
     let mut write = write;
     let mut text = serde_json::to_string(&reply).unwrap_or_default();
     text.push('\n');
     write.write_all(text.as_bytes()).await
+}
+
+/// `fleet creds`: a new temporary user in the file, then a reload through
+/// the supervisor's loop (as `natsmeshd reload --wait`); the user is taken
+/// out again when the reload fails, so nothing half-made stays.
+async fn issue_creds(
+    commands: &mpsc::Sender<Command>,
+    access: &FleetOps,
+    ttl_ms: u64,
+) -> Result<crate::fleet::creds::Issued, String> {
+    use crate::fleet::creds;
+    let settings = &access.settings;
+    creds::check_mode(settings.system_user.as_ref()).map_err(|e| e.to_string())?;
+    let addr = crate::supervisor::probe::local_addr(&settings.server.listen)
+        .ok_or("the client port is not fixed: no URL to hand out")?;
+    let dir = settings.state_dir.clone();
+    let now = crate::unix_ms(std::time::SystemTime::now());
+    let ttl = Duration::from_millis(ttl_ms);
+    let d = dir.clone();
+    let (user, password) = tokio::task::spawn_blocking(move || creds::add(&d, ttl, now))
+        .await
+        .map_err(|e| format!("fleet creds: {e}"))?
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = oneshot::channel();
+    let reloaded = if commands
+        .send(Command::Reload { reply: Some(tx) })
+        .await
+        .is_err()
+    {
+        Err("natsmeshd is stopping".to_owned())
+    } else {
+        match rx.await {
+            Ok(Ok(m)) if m.starts_with("restart pending") => {
+                Err(format!("the broker did not load the new user: {m}"))
+            }
+            Ok(r) => r,
+            Err(_) => Err("natsmeshd stopped before answering".to_owned()),
+        }
+    };
+    if let Err(e) = reloaded {
+        let name = user.name.clone();
+        let _ = tokio::task::spawn_blocking(move || creds::remove(&dir, &name)).await;
+        tracing::warn!(user = %user.name, error = %e, "temporary system-account user not added");
+        return Err(format!(
+            "fleet creds: the reload adding the user failed: {e}"
+        ));
+    }
+    // Only the name and the expiry are logged: the password is the
+    // caller's alone.
+    tracing::info!(user = %user.name, expires_ms = user.expires_ms, "temporary system-account user added");
+    let ca = settings
+        .server
+        .tls
+        .as_ref()
+        .and(settings.tls.as_ref())
+        .map(|t| t.ca_file.clone());
+    Ok(creds::Issued {
+        user: user.name,
+        password: password.expose().to_owned(),
+        url: format!("nats://{addr}"),
+        ca,
+        expires_ms: user.expires_ms,
+    })
 }
 
 /// Sends a command that answers, and waits for the answer.
@@ -316,6 +409,7 @@ async fn ask(
             status: None,
             fleet: None,
             peers: None,
+            creds: None,
         };
     }
     outcome(rx.await)
@@ -329,6 +423,7 @@ fn outcome(r: Result<Result<String, String>, oneshot::error::RecvError>) -> Repl
             status: None,
             fleet: None,
             peers: None,
+            creds: None,
         },
         Ok(Err(message)) => Reply {
             ok: false,
@@ -336,6 +431,7 @@ fn outcome(r: Result<Result<String, String>, oneshot::error::RecvError>) -> Repl
             status: None,
             fleet: None,
             peers: None,
+            creds: None,
         },
         Err(_) => Reply {
             ok: false,
@@ -343,6 +439,7 @@ fn outcome(r: Result<Result<String, String>, oneshot::error::RecvError>) -> Repl
             status: None,
             fleet: None,
             peers: None,
+            creds: None,
         },
     }
 }

@@ -144,6 +144,23 @@ enum FleetCmd {
         /// Its server name.
         server: String,
     },
+    /// A time-limited user of the system account for the NATS CLI
+    /// (`nats server list`, `nats server report jetstream`): added by a
+    /// reload, removed when it expires; no node's own password is shown.
+    /// Writes a NATS CLI context (0600, never over an existing file).
+    /// Accounts mode only.
+    Creds {
+        /// How long the user lives (at most 7 days).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Where to write the context (default: the NATS CLI's context
+        /// directory, `~/.config/nats/context/<context>.json`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The context's name (default: the new user's name).
+        #[arg(long)]
+        context: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -525,6 +542,12 @@ async fn dispatch(cli: Cli) -> i32 {
                 }
             };
         }
+        Cmd::Fleet(FleetCmd::Creds { ttl, out, context }) => {
+            let socket = cli
+                .socket
+                .unwrap_or_else(|| config::control_socket(&sources));
+            return fleet_creds(&socket, ttl, out, context).await;
+        }
         Cmd::Fleet(FleetCmd::RemovePeer { server }) => {
             let socket = cli
                 .socket
@@ -736,4 +759,132 @@ async fn simple_request(socket: &Path, req: &Request) -> i32 {
             EXIT_FAILURE
         }
     }
+}
+
+/// Whether `name` may name a NATS CLI context (a file in its directory).
+fn context_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The NATS CLI's context directory (`$XDG_CONFIG_HOME/nats/context`, else
+/// `~/.config/nats/context`).
+fn nats_context_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("nats").join("context"))
+}
+
+/// `natsmeshd fleet creds`: asks the daemon for a temporary system user and
+/// writes it as a NATS CLI context; the password goes only into that file.
+async fn fleet_creds(
+    socket: &Path,
+    ttl: std::time::Duration,
+    out: Option<PathBuf>,
+    context: Option<String>,
+) -> i32 {
+    if let Some(name) = &context
+        && !context_name_ok(name)
+    {
+        eprintln!("natsmeshd: --context {name:?}: use letters, digits, '-', '_' and '.'");
+        return EXIT_FAILURE;
+    }
+    // Refused before a user is made: its password would have nowhere to go.
+    if let Some(path) = &out
+        && std::fs::symlink_metadata(path).is_ok()
+    {
+        eprintln!(
+            "natsmeshd: {} exists; fleet creds never overwrites a file",
+            path.display()
+        );
+        return EXIT_FAILURE;
+    }
+    // Where the context goes is settled before a user is made, too.
+    let context_dir = match &out {
+        Some(_) => None,
+        None => match nats_context_dir() {
+            Some(dir) => Some(dir),
+            None => {
+                eprintln!("natsmeshd: no HOME or XDG_CONFIG_HOME for the context; pass --out");
+                return EXIT_FAILURE;
+            }
+        },
+    };
+    if let (Some(dir), Some(name)) = (&context_dir, &context) {
+        let file = dir.join(format!("{name}.json"));
+        if std::fs::symlink_metadata(&file).is_ok() {
+            eprintln!(
+                "natsmeshd: {} exists; fleet creds never overwrites a file",
+                file.display()
+            );
+            return EXIT_FAILURE;
+        }
+    }
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let issued = match control::request(socket, &Request::FleetCreds { ttl_ms }).await {
+        Ok(r) if r.ok => match r.creds {
+            Some(c) => c,
+            None => {
+                eprintln!("natsmeshd: the daemon sent no credential");
+                return EXIT_FAILURE;
+            }
+        },
+        Ok(r) => {
+            eprintln!("natsmeshd: {}", r.message);
+            return EXIT_FAILURE;
+        }
+        Err(e) => {
+            eprintln!("natsmeshd: is natsmeshd running? {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let name = context.unwrap_or_else(|| issued.user.clone());
+    let path = match (out, context_dir) {
+        (Some(p), _) => p,
+        (None, Some(dir)) => {
+            use std::os::unix::fs::DirBuilderExt as _;
+            if let Err(e) = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+            {
+                eprintln!("natsmeshd: cannot create {}: {e}", dir.display());
+                return EXIT_FAILURE;
+            }
+            dir.join(format!("{name}.json"))
+        }
+        (None, None) => return EXIT_FAILURE,
+    };
+    let expires = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(issued.expires_ms),
+    );
+    let description = format!("natsmesh system account, {} until {expires}", issued.user);
+    let text = natsmesh::fleet::creds::context_json(&issued, &description);
+    if let Err(e) = natsmesh::fleet::creds::write_new(&path, &text) {
+        eprintln!(
+            "natsmeshd: cannot write {}: {e}; the user {} expires unused at {expires}",
+            path.display(),
+            issued.user
+        );
+        return EXIT_FAILURE;
+    }
+    let in_dir = nats_context_dir().is_some_and(|d| {
+        path.parent() == Some(d.as_path()) && path.file_stem().is_some_and(|s| s == name.as_str())
+    });
+    println!("user {} in the system account until {expires}", issued.user);
+    println!("NATS CLI context written to {} (0600)", path.display());
+    if !in_dir {
+        println!(
+            "copy it to ~/.config/nats/context/{name}.json on the machine running the NATS CLI"
+        );
+    }
+    println!("  nats --context {name} server list");
+    println!("  nats --context {name} server report jetstream");
+    0
 }

@@ -187,6 +187,16 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         tokio::spawn(crate::fleet::pause::watch(a.clone(), tx))
     });
     let (commands, rx) = mpsc::channel(16);
+    // Operators' temporary users (`fleet creds`) expire beside the loop:
+    // the task only sends the loop a reload, as `natsmeshd reload` does.
+    let expiry = crate::fleet::creds::check_mode(pause_settings.system_user.as_ref())
+        .is_ok()
+        .then(|| {
+            tokio::spawn(crate::fleet::creds::expire(
+                pause_settings.state_dir.clone(),
+                commands.clone(),
+            ))
+        });
     let control = tokio::spawn(control::serve(
         listener,
         commands.clone(),
@@ -207,6 +217,9 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     drop(commands);
     let exit = supervisor.run(rx).await;
     control.abort();
+    if let Some(e) = expiry {
+        e.abort();
+    }
     if let Some(h) = heartbeat {
         h.abort();
     }

@@ -819,3 +819,247 @@ fn no_client_connects_without_credentials_in_any_auth_mode() {
         }
     }
 }
+
+/// Connects as `user` and asks `$SYS.REQ.SERVER.PING`: the answering
+/// server's name, or why not (connection refused, no answer).
+fn sys_ping_as(addr: &str, user: &str, password: &str) -> Result<String, String> {
+    rt().block_on(async {
+        let client =
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+                .connection_timeout(Duration::from_secs(3))
+                .max_reconnects(Some(0))
+                .connect(addr)
+                .await
+                .map_err(|e| format!("{e} ({:?})", e.kind()))?;
+        let reply = tokio::time::timeout(
+            Duration::from_secs(3),
+            client.request("$SYS.REQ.SERVER.PING", "".into()),
+        )
+        .await
+        .map_err(|_| "no answer".to_owned())?
+        .map_err(|e| e.to_string())?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
+        Ok(v["server"]["name"].as_str().unwrap_or_default().to_owned())
+    })
+}
+
+/// Runs `fleet creds` and reads the context it wrote to `out`.
+fn fleet_creds(d: &Daemon, ttl: &str, out: &std::path::Path) -> serde_json::Value {
+    let o = d.cli(&[
+        "fleet",
+        "creds",
+        "--ttl",
+        ttl,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        d.log()
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("server report jetstream"), "{stdout}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(out).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the context's mode");
+    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
+}
+
+#[test]
+fn fleet_creds_gives_a_system_user_that_expires_and_survives_a_restart() {
+    let dir = scratch();
+    let users = dir.path().join("users.toml");
+    std::fs::write(&users, "[accounts.APP]\n").unwrap();
+    let mut d = accounts_node(CURRENT, &users, "");
+    d.wait_ready();
+    let addr = d.client_addr();
+    let rendered = d.dir.path().join("state/nats-server.conf");
+    let node_password =
+        std::fs::read_to_string(d.dir.path().join("state/system.password")).unwrap();
+
+    let out = dir.path().join("short.json");
+    let ctx = fleet_creds(&d, "5s", &out);
+    let user = ctx["user"].as_str().unwrap().to_owned();
+    let password = ctx["password"].as_str().unwrap().to_owned();
+    assert!(user.starts_with("operator-"), "{ctx}");
+    assert_eq!(ctx["url"], format!("nats://{addr}"));
+    assert!(ctx.get("ca").is_none(), "no TLS, no ca: {ctx}");
+    // The node's own password is nowhere in what the operator gets, and
+    // the new one nowhere in what natsmeshd keeps or logs.
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(!text.contains(node_password.trim()), "{text}");
+    assert!(!d.log().contains(&password), "the password was logged");
+    let kept = std::fs::read_to_string(d.dir.path().join("state/operators.json")).unwrap();
+    assert!(kept.contains(&user) && !kept.contains(&password), "{kept}");
+    assert!(std::fs::read_to_string(&rendered).unwrap().contains(&user));
+    // An existing file is never overwritten.
+    let o = d.cli(&[
+        "fleet",
+        "creds",
+        "--ttl",
+        "5s",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+
+    assert_eq!(sys_ping_as(&addr, &user, &password), Ok("n1".to_owned()));
+    assert!(sys_ping_as(&addr, &user, "wrong").is_err());
+
+    // After its TTL the expiry task reloads it away.
+    std::thread::sleep(Duration::from_secs(5));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        match sys_ping_as(&addr, &user, &password) {
+            // A connection made just before the reload is cut during its
+            // request: only the broker's refusal counts.
+            Err(e) if e.to_lowercase().contains("authorization") => break e,
+            _ if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => panic!("{user} not refused after its TTL: {other:?}\n{}", d.log()),
+        }
+    };
+    assert!(
+        refused.to_lowercase().contains("authorization"),
+        "{refused}"
+    );
+    assert!(!std::fs::read_to_string(&rendered).unwrap().contains(&user));
+    let kept = std::fs::read_to_string(d.dir.path().join("state/operators.json")).unwrap();
+    assert!(!kept.contains(&user), "{kept}");
+
+    // A longer one outlives a restart of natsmeshd (and its broker).
+    let long = dir.path().join("long.json");
+    let ctx = fleet_creds(&d, "10m", &long);
+    let (user, password) = (
+        ctx["user"].as_str().unwrap().to_owned(),
+        ctx["password"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(sys_ping_as(&addr, &user, &password), Ok("n1".to_owned()));
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(60));
+    let state = std::mem::replace(&mut d.dir, scratch());
+    drop(d);
+    let accounts = std::fs::read_to_string(&users).unwrap();
+    let mut again = Daemon::start_in(
+        state,
+        CURRENT,
+        Options {
+            extra: format!(
+                "[auth]\nmode = \"accounts\"\n\n[broker.client]\nbind = \"0.0.0.0\"\n\n{accounts}"
+            ),
+            ..Options::default()
+        },
+    );
+    again.wait_ready();
+    assert_eq!(
+        sys_ping_as(&again.client_addr(), &user, &password),
+        Ok("n1".to_owned())
+    );
+}
+
+#[test]
+fn fleet_creds_is_refused_without_the_accounts_system_user() {
+    let mut d = Daemon::start(CURRENT, Options::default());
+    d.wait_ready();
+    let out = d.dir.path().join("ctx.json");
+    let o = d.cli(&[
+        "fleet",
+        "creds",
+        "--ttl",
+        "1h",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(
+            "fleet creds needs the system account natsmeshd renders (auth.mode = \"accounts\")"
+        ),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn fleet_creds_is_refused_in_operator_mode_with_the_way_to_do_it() {
+    let dir = scratch();
+    let extra = operator_set(dir.path(), false);
+    let mut d = Daemon::start_in(
+        dir,
+        CURRENT,
+        Options {
+            extra: format!("[broker.jetstream]\nenabled = false\n\n{extra}"),
+            ..Options::default()
+        },
+    );
+    d.wait_ready();
+    let out = d.dir.path().join("ctx.json");
+    let o = d.cli(&["fleet", "creds", "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("operator mode (JWTs) is not supported") && err.contains("nsc"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert!(!d.dir.path().join("state/operators.json").exists());
+}
+
+#[test]
+fn fleet_creds_writes_into_the_nats_cli_context_directory_by_default() {
+    let dir = scratch();
+    let users = dir.path().join("users.toml");
+    std::fs::write(&users, "[accounts.APP]\n").unwrap();
+    let mut d = accounts_node(CURRENT, &users, "");
+    d.wait_ready();
+    let config_home = dir.path().join("xdg");
+    let run = |context: &str| {
+        Command::new(NATSMESHD)
+            .args(["fleet", "creds", "--ttl", "1m", "--context", context])
+            .arg("--socket")
+            .arg(d.socket())
+            .arg("--config")
+            .arg(d.config_path())
+            .env_clear()
+            .env("XDG_CONFIG_HOME", &config_home)
+            .output()
+            .unwrap()
+    };
+    let o = run("fra1-ops");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("nats --context fra1-ops server list"),
+        "{stdout}"
+    );
+    let file = config_home.join("nats/context/fra1-ops.json");
+    let ctx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let user = ctx["user"].as_str().unwrap();
+    assert_eq!(
+        sys_ping_as(&d.client_addr(), user, ctx["password"].as_str().unwrap()),
+        Ok("n1".to_owned())
+    );
+    // A second context of the same name is refused (before a user is
+    // made), and the first kept.
+    let before = std::fs::read_to_string(&file).unwrap();
+    let o = run("fra1-ops");
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("never overwrites"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+    // A name that would leave the directory is refused before any user.
+    assert!(!run("../x").status.success());
+    let kept = std::fs::read_to_string(d.dir.path().join("state/operators.json")).unwrap();
+    let kept: Vec<serde_json::Value> = serde_json::from_str(&kept).unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+}

@@ -8,6 +8,7 @@
 //! why it still waits (for STATUS), then the lease ([`Held`]), which it
 //! gives back once the restarted broker serves with JetStream current.
 
+pub mod creds;
 pub mod decommission;
 pub mod heartbeat;
 pub mod lease;
