@@ -30,6 +30,7 @@ use natsmesh_harness::fakes::dns_api::{FakeDnsApi, Flavor};
 use natsmesh_harness::fakes::do_lb::FakeDoLb;
 use natsmesh_harness::fakes::do_metadata::{Droplet, FakeDoMetadata};
 use natsmesh_harness::fakes::lb::Model;
+use natsmesh_harness::fakes::linode_lb::{FakeLinodeLb, LinodeNb};
 
 const DOMAIN: &str = "nats.example.com";
 const REGIONS: [&str; 3] = ["fra1", "nyc3", "sgp1"];
@@ -45,11 +46,37 @@ const LB_API: &str = "http://127.0.0.1:18082";
 /// The test's signed repository as the machines see it.
 const TEST_APT: &str = "file:/srv/natsmesh-apt";
 
-/// The id the stand-in Terraform gives region `r`'s balancer.
+/// The Linode twin's regions.
+const LINODE_REGIONS: [&str; 3] = ["eu-central", "us-east", "ap-south"];
+
+/// The id the stand-in Terraform gives region `r`'s balancer: a UUID on
+/// DigitalOcean, a NodeBalancer number on Linode.
 fn lb_id(r: &str) -> String {
+    if let Some(n) = LINODE_REGIONS.iter().position(|x| *x == r) {
+        return format!("{}", 7001 + n);
+    }
     let n = REGIONS.iter().position(|x| *x == r).unwrap();
     format!("4de7ac8b-495b-4884-9a69-1050c6793cd{n}")
 }
+
+/// Which of the page's walkthroughs: its blocks' mark, its regions and the
+/// variable Terraform's provider takes its token from.
+struct Cloud {
+    mark: &'static str,
+    regions: [&'static str; 3],
+    token_env: &'static str,
+}
+
+const DIGITALOCEAN: Cloud = Cloud {
+    mark: "operator",
+    regions: REGIONS,
+    token_env: "DIGITALOCEAN_TOKEN",
+};
+const LINODE: Cloud = Cloud {
+    mark: "linode-operator",
+    regions: LINODE_REGIONS,
+    token_env: "LINODE_TOKEN",
+};
 
 fn page() -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/day-one.md");
@@ -118,9 +145,9 @@ impl Walked {
     }
 }
 
-/// Runs the page's operator blocks in an empty directory, with
+/// Runs the page's operator blocks for `cloud` in an empty directory, with
 /// `nameserver` as the nodes' DNS server and `repo_key` as `natsmesh.asc`.
-fn walk(nameserver: &str, repo_key: &str) -> Walked {
+fn walk(cloud: &Cloud, nameserver: &str, repo_key: &str) -> Walked {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let bin = d.join(".test-bin");
@@ -138,7 +165,8 @@ fn walk(nameserver: &str, repo_key: &str) -> Walked {
         ),
     );
     // terraform: what the page relies on, checked; ids of the fakes.
-    let outputs: String = REGIONS
+    let outputs: String = cloud
+        .regions
         .iter()
         .map(|r| format!("  lb_id_{r}) echo {} ;;\n", lb_id(r)))
         .collect();
@@ -152,7 +180,7 @@ case "$1" in -chdir=*) d=${{1#-chdir=}}; shift ;; *) echo "stand-in terraform: n
 case "$1" in
 init) exit 0 ;;
 apply)
-  [ "$DIGITALOCEAN_TOKEN" = {TF_TOKEN} ] || {{ echo "stand-in terraform: DIGITALOCEAN_TOKEN is not the Terraform token" >&2; exit 1; }}
+  [ "${token_env}" = {TF_TOKEN} ] || {{ echo "stand-in terraform: {token_env} is not the Terraform token" >&2; exit 1; }}
   shift; targeted=no
   for a in "$@"; do
     case "$a" in
@@ -163,13 +191,13 @@ apply)
     esac
   done
   if [ $targeted = no ]; then
-    for f in $(sed -n 's/.*file("${{path.module}}\/\([^"]*\)").*/\1/p' "$d/main.tf"); do
+    for f in $(sed -n 's/.*file[a-z0-9]*("${{path.module}}\/\([^"]*\)").*/\1/p' "$d/main.tf"); do
       [ -f "$d/$f" ] || {{ echo "stand-in terraform: file(): $d/$f does not exist" >&2; exit 1; }}
     done
   fi
   exit 0 ;;
 output)
-  grep -q -- "-target=digitalocean_loadbalancer" {log} || {{ echo "stand-in terraform: no balancer applied yet" >&2; exit 1; }}
+  grep -q -- "-target=" {log} || {{ echo "stand-in terraform: no balancer applied yet" >&2; exit 1; }}
   [ "$2" = -raw ] || exit 1
   case "$3" in
 {outputs}  *) exit 1 ;;
@@ -178,13 +206,14 @@ output)
 esac
 exit 1
 "#,
-            log = log.display()
+            log = log.display(),
+            token_env = cloud.token_env,
         ),
     );
 
     let page = page();
     let mut script = String::from("set -euo pipefail\n");
-    for block in walkthrough(&page, "operator") {
+    for block in walkthrough(&page, cloud.mark) {
         script.push_str(&block);
     }
     let script = substitute(&script, "https://apt.example.com/natsmesh", TEST_APT);
@@ -205,7 +234,7 @@ exit 1
         .args(["120", "bash", ".walkthrough.sh"])
         .current_dir(d)
         .env("PATH", path)
-        .env_remove("DIGITALOCEAN_TOKEN")
+        .env_remove(cloud.token_env)
         .env_remove("NATSMESHD")
         .stdin(std::fs::File::open(d.join(".stdin")).unwrap())
         .output()
@@ -215,13 +244,10 @@ exit 1
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    if !out.status.success() {
-        let kept = dir.keep();
-        panic!(
-            "the walkthrough failed (in {}):\n{said}\n--- script:\n{script}",
-            kept.display()
-        );
-    }
+    assert!(
+        out.status.success(),
+        "the walkthrough failed:\n{said}\n--- script:\n{script}"
+    );
     let password = said
         .lines()
         .find_map(|l| l.strip_prefix("password: "))
@@ -293,12 +319,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// natsmeshd's own set-up check of a planned balancer served by the fake.
-fn setup_problems(fake: &FakeDoLb, region: &str, id: &str, droplet: u64) -> Vec<String> {
-    let s = LbSettings {
-        provider: LbProvider::DigitalOcean,
+/// natsmeshd's balancer settings for a node of `region` with the
+/// configuration's defaults.
+fn settings(provider: LbProvider, url: String, region: &str, id: &str, droplet: u64) -> LbSettings {
+    LbSettings {
+        provider,
         id: id.to_owned(),
-        url: fake.api_url(),
+        url,
         token_file: "/nonexistent".into(),
         instance_id: droplet.to_string(),
         private_ip: Some("127.0.0.1".parse().unwrap()),
@@ -311,7 +338,18 @@ fn setup_problems(fake: &FakeDoLb, region: &str, id: &str, droplet: u64) -> Vec<
         ready: "127.0.0.1:8223".parse().unwrap(),
         dwell: Duration::from_secs(5),
         stop_budget: Duration::from_secs(60),
-    };
+    }
+}
+
+/// natsmeshd's own set-up check of a planned balancer served by the fake.
+fn setup_problems(fake: &FakeDoLb, region: &str, id: &str, droplet: u64) -> Vec<String> {
+    let s = settings(
+        LbProvider::DigitalOcean,
+        fake.api_url(),
+        region,
+        id,
+        droplet,
+    );
     let client = balancer::digitalocean::DigitalOcean::new(&s.url, id, droplet).unwrap();
     let setup = runtime().block_on(client.read(LB_TOKEN)).unwrap();
     balancer::check(&setup, &s)
@@ -365,6 +403,7 @@ fn apply(walked: &Walked, dns: &FakeDnsApi, droplets: &[(u64, IpAddr)]) -> Vec<F
 fn the_walkthroughs_operator_commands_make_every_file_and_resource_it_promises() {
     // Only the armour's shape is checked; no machine installs from it here.
     let walked = walk(
+        &DIGITALOCEAN,
         "192.0.2.53",
         "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ0test\n-----END PGP PUBLIC KEY BLOCK-----\n",
     );
@@ -478,6 +517,81 @@ fn the_walkthroughs_operator_commands_make_every_file_and_resource_it_promises()
     );
 }
 
+#[test]
+fn the_linode_twins_operator_commands_make_every_file_and_resource_it_promises() {
+    let walked = walk(
+        &LINODE,
+        "192.0.2.53",
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ0test\n-----END PGP PUBLIC KEY BLOCK-----\n",
+    );
+    let users = std::fs::read_to_string(walked.path("users.toml")).unwrap();
+    let tf: Vec<&str> = walked.terraform.iter().map(String::as_str).collect();
+    assert_eq!(tf.first(), Some(&"-chdir=infra init"), "{tf:?}");
+    assert_eq!(
+        tf.last(),
+        Some(&"-chdir=infra apply -auto-approve"),
+        "{tf:?}"
+    );
+    let all = terraform::resources(&terraform::parse(&walked.path("infra/main.tf")));
+    for r in LINODE_REGIONS {
+        assert!(tf[1].contains(&format!("-target=linode_nodebalancer_config.{r}")));
+        let f = walked.path(&format!("infra/user-data-{r}.yaml"));
+        assert_eq!(mode(&f), 0o600, "{r}");
+        let files = written_files(&walked.user_data(r));
+        let node: toml::Table =
+            toml::from_str(&files["/etc/natsmesh/natsmesh.d/10-node.toml"]).unwrap();
+        assert_eq!(node["node"]["region"].as_str(), Some(r));
+        assert_eq!(node["node"]["provider"].as_str(), Some("linode"));
+        assert_eq!(
+            node["load_balancer"]["id"].as_str(),
+            Some(lb_id(r).as_str())
+        );
+        assert_eq!(node["broker"]["client"]["advertise"].as_str(), Some("none"));
+        let names = node["tls"]["extra_names"].as_array().unwrap();
+        assert!(
+            names
+                .iter()
+                .any(|n| n.as_str() == Some(&format!("lb.{r}.{DOMAIN}")))
+        );
+        assert_eq!(
+            files["/etc/natsmesh/natsmesh.d/20-accounts.toml"].trim(),
+            users.trim()
+        );
+        assert_eq!(files["/etc/natsmesh/credentials/lb-token"].trim(), LB_TOKEN);
+        // The planned NodeBalancer config, served by the Linode fake, is
+        // one natsmeshd's set-up check accepts.
+        let nb = terraform::one(&all, "linode_nodebalancer", r);
+        let config = terraform::one(&all, "linode_nodebalancer_config", r);
+        let mut fake = LinodeNb::tcp(7001, &lit(&nb.body["region"]).unwrap(), 31, 0);
+        for (k, v) in terraform::api_object(&config.body).as_object().unwrap() {
+            if k != "nodebalancer_id" {
+                fake.configs[0][k] = v.clone();
+            }
+        }
+        let server = FakeLinodeLb::start(LB_TOKEN, fake, Model::default());
+        let s = settings(LbProvider::Linode, server.api_url(), r, "7001", 42);
+        let client = balancer::linode::Linode::new(
+            &s.url,
+            "7001",
+            balancer::linode::Reach::Private("192.168.130.5".parse().unwrap()),
+            s.client_port,
+            &s.server_name,
+        )
+        .unwrap();
+        let seen = runtime().block_on(client.read(LB_TOKEN)).unwrap();
+        let problems = balancer::check(&seen.setup, &s);
+        assert!(
+            problems.is_empty(),
+            "{r}: the planned NodeBalancer: {problems:?}"
+        );
+        // Clients' name: `lb` in the region's Domain.
+        let record = terraform::one(&all, "linode_domain_record", &format!("lb_{r}"));
+        assert_eq!(lit(&record.body["name"]).as_deref(), Some("lb"));
+        let domain = terraform::one(&all, "linode_domain", r);
+        assert_eq!(lit(&domain.body["domain"]), Some(format!("{r}.{DOMAIN}")));
+    }
+}
+
 /// A NATS connection through a balancer: INFO in clear, then TLS verified
 /// against `root` for `name`, then CONNECT with a user.
 struct Client(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
@@ -561,7 +675,7 @@ fn one_droplet_per_region_from_the_walkthroughs_user_data_serves_its_user_across
     let bind = natsmesh_harness::bind::Bind::start_on(DOMAIN, lan.gateway());
     let dns = FakeDnsApi::start(Flavor::DigitalOcean, DOMAIN, DNS_TOKEN, Some(bind.writer()));
     let repo = AptRepo::new(&[built("natsmesh", "deb"), built("natsmesh-broker", "deb")]);
-    let walked = walk(&bind.addr().to_string(), &repo.armored_key());
+    let walked = walk(&DIGITALOCEAN, &bind.addr().to_string(), &repo.armored_key());
     let droplets: Vec<(u64, IpAddr)> = (1..=3u8)
         .map(|h| (4_300_000 + u64::from(h), IpAddr::V4(lan.host(h))))
         .collect();
