@@ -627,7 +627,12 @@ impl Client {
         let mut info = Vec::new();
         let mut byte = [0u8; 1];
         while !info.ends_with(b"\r\n") {
-            (&tcp).read_exact(&mut byte).unwrap();
+            if let Err(e) = (&tcp).read_exact(&mut byte) {
+                panic!(
+                    "{name} ({addr}): no INFO ({e}) after {:?}",
+                    String::from_utf8_lossy(&info)
+                );
+            }
             info.push(byte[0]);
         }
         assert!(
@@ -689,6 +694,12 @@ impl Client {
     }
 }
 
+/// Prints the regions this server's gateways are connected to, both ways
+/// (its /gatewayz), sorted.
+const GATEWAYS: &str = "import json, urllib.request as u; \
+g = json.load(u.urlopen('http://127.0.0.1:8222/gatewayz', timeout=5)); \
+print(' '.join(sorted(set(g.get('outbound_gateways') or {}) & set(g.get('inbound_gateways') or {}))))";
+
 #[test]
 fn one_droplet_per_region_from_the_walkthroughs_user_data_serves_its_user_across_regions() {
     natsmesh_harness::container::require_container_tools();
@@ -701,7 +712,10 @@ fn one_droplet_per_region_from_the_walkthroughs_user_data_serves_its_user_across
     // Declared in reverse order of teardown: containers go first, the
     // namespaces last.
     let lan = Lan::new(61, 3);
-    let bind = natsmesh_harness::bind::Bind::start_on(DOMAIN, lan.gateway());
+    // The zone's name server, on port 53: the machines' resolv.conf names
+    // it, standing in for the delegation of step 5 (nats-server resolves the
+    // gateways' names with the system resolver, as natsmeshd does).
+    let bind = natsmesh_harness::bind::Bind::start_on_port_53(DOMAIN, lan.gateway());
     let dns = FakeDnsApi::start(Flavor::DigitalOcean, DOMAIN, DNS_TOKEN, Some(bind.writer()));
     let repo = AptRepo::new(&[built("natsmesh", "deb"), built("natsmesh-broker", "deb")]);
     let walked = walk(&DIGITALOCEAN, &bind.addr().to_string(), &repo.armored_key());
@@ -738,7 +752,19 @@ fn one_droplet_per_region_from_the_walkthroughs_user_data_serves_its_user_across
         }
         metadata.push(meta);
         let root = seeded_root(&repo, &format!("droplet-{id}"), &walked.user_data(r));
-        machines.push(root.start_on(&Network::Namespace(lan.netns(h))));
+        let c = root.start_on(&Network::Namespace(lan.netns(h)));
+        // systemd-nspawn puts the host's resolv.conf in place at start (a
+        // copy or a mount): replaced inside the container, never followed
+        // out of it.
+        c.ok(&[
+            "sh",
+            "-c",
+            &format!(
+                "umount /etc/resolv.conf 2>/dev/null; rm -f /etc/resolv.conf; echo 'nameserver {}' > /etc/resolv.conf",
+                lan.gateway()
+            ),
+        ]);
+        machines.push(c);
     }
     let began = Instant::now();
     for c in &machines {
@@ -758,6 +784,66 @@ fn one_droplet_per_region_from_the_walkthroughs_user_data_serves_its_user_across
         }
     }
 
+    // The supercluster forms: each region's gateways reach the two others
+    // (the regions found in `_nats-regions`, which the nodes published).
+    for (i, c) in machines.iter().enumerate() {
+        let want: Vec<&str> = REGIONS
+            .iter()
+            .copied()
+            .filter(|r| *r != REGIONS[i])
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let seen = c.ok(&["python3", "-c", GATEWAYS]);
+            let seen: Vec<&str> = seen.split_whitespace().collect();
+            if seen == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: gateways to {seen:?}, not {want:?}\n{:?}\n{}\n{}",
+                REGIONS[i],
+                bind.dig(&format!("_nats-regions.{DOMAIN}"), "TXT"),
+                c.ok(&["natsmeshd", "status"]),
+                c.ok(&[
+                    "sh",
+                    "-c",
+                    "journalctl -u natsmeshd --no-pager | grep -i -e gateway -e error -e warn -e regions -e restart -e changed | grep -v Healthcheck | tail -n 40; \
+                     grep -A12 '^gateway' /var/lib/natsmesh/nats-server.conf"
+                ])
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    eprintln!(
+        "supercluster formed {:?} after boot; {:?}",
+        began.elapsed(),
+        machines
+            .iter()
+            .map(|c| c.ok(&["sh", "-c", "natsmeshd status | grep restarts"]))
+            .collect::<Vec<_>>()
+    );
+
+    // Each node answers NATS on its own address, where the balancer sends
+    // clients (else the client below could not tell why it got nothing).
+    for (i, c) in machines.iter().enumerate() {
+        let at = SocketAddr::new(droplets[i].1, 4222);
+        let info = TcpStream::connect_timeout(&at, Duration::from_secs(5)).and_then(|t| {
+            t.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut b = [0u8; 5];
+            (&t).read_exact(&mut b)?;
+            Ok(b)
+        });
+        assert!(
+            info.as_ref().is_ok_and(|b| b == b"INFO "),
+            "{}: {info:?}\n{}\n{}",
+            REGIONS[i],
+            c.ok(&["ss", "-ltnp"]),
+            c.ok(&["journalctl", "-u", "natsmeshd", "--no-pager", "-n", "60"])
+        );
+    }
+
     // The client block: through fra1's and nyc3's balancers by name, as
     // app, verified against the root.
     let (hosts, user) = client_block();
@@ -769,7 +855,31 @@ fn one_droplet_per_region_from_the_walkthroughs_user_data_serves_its_user_across
         // where the balancer takes clients.
         let a = bind.dig(host, "A");
         assert_eq!(a, vec![lbs[i].frontend().ip().to_string()], "{host}");
-        lbs[i].frontend()
+        // The balancer's data plane takes clients to the node (bounded: a
+        // node that restarts once its gateways are complete leaves and
+        // rejoins).
+        let fe = lbs[i].frontend();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = TcpStream::connect_timeout(&fe, Duration::from_secs(5)).and_then(|t| {
+                t.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let mut b = [0u8; 5];
+                (&t).read_exact(&mut b)?;
+                Ok(b)
+            });
+            if got.as_ref().is_ok_and(|b| b == b"INFO ") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host}: through the balancer {got:?}; in service {:?}, health {:?}, requests {:?}",
+                lbs[i].in_service(),
+                lbs[i].pool().health(&droplets[i].0.to_string()),
+                lbs[i].requests().iter().map(|r| &r.0).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        fe
     };
     let mut sub = Client::connect(
         frontend(&hosts[0]),
