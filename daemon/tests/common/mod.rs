@@ -14,6 +14,7 @@ pub mod cloud;
 pub mod fleet;
 pub mod mesh;
 pub mod pki;
+pub mod terraform;
 
 use natsmesh::supervisor::Status;
 use natsmesh_harness::{broker_binary, free_port, scratch};
