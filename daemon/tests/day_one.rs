@@ -337,7 +337,7 @@ fn settings(provider: LbProvider, url: String, region: &str, id: &str, droplet: 
         monitoring_port: Some(8222),
         ready: "127.0.0.1:8223".parse().unwrap(),
         dwell: Duration::from_secs(5),
-        stop_budget: Duration::from_secs(60),
+        stop_budget: None,
     }
 }
 
