@@ -430,73 +430,38 @@ async fn dispatch(cli: Cli) -> i32 {
         Ok(s) => s,
         Err(p) => return report(&p),
     };
+    // The control socket, for the commands that talk to the daemon.
+    let socket = || {
+        cli.socket
+            .clone()
+            .unwrap_or_else(|| config::control_socket(&sources))
+    };
     match cli.command {
         Cmd::Status { json } => {
-            let socket = cli
-                .socket
-                .unwrap_or_else(|| config::control_socket(&sources));
-            return match control::request(&socket, &Request::Status).await {
-                Ok(r) if r.ok => match r.status {
-                    Some(s) if json => {
-                        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
-                        0
-                    }
-                    Some(s) => {
-                        print!("{}", s.screen());
-                        0
-                    }
-                    None => {
-                        eprintln!("natsmeshd: the daemon sent no status");
-                        EXIT_FAILURE
-                    }
-                },
-                Ok(r) => {
-                    eprintln!("natsmeshd: {}", r.message);
-                    EXIT_FAILURE
-                }
-                Err(e) => {
-                    eprintln!("natsmeshd: is natsmeshd running? {e}");
-                    EXIT_FAILURE
-                }
-            };
+            let socket = socket();
+            return query(&socket, &Request::Status, |r| {
+                r.status
+                    .map(|s| if json { json_text(&s) } else { s.screen() })
+            })
+            .await;
         }
         Cmd::Fleet(FleetCmd::Status { json, region }) => {
-            let socket = cli
-                .socket
-                .unwrap_or_else(|| config::control_socket(&sources));
-            return match control::request(&socket, &Request::Fleet { region }).await {
-                Ok(r) if r.ok => {
-                    let rows = r.fleet.unwrap_or_default();
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&rows).unwrap_or_default()
-                        );
-                    } else {
-                        print!(
-                            "{}",
-                            natsmesh::fleet::report::render(
-                                &rows,
-                                natsmesh::unix_ms(std::time::SystemTime::now())
-                            )
-                        );
-                    }
-                    0
-                }
-                Ok(r) => {
-                    eprintln!("natsmeshd: {}", r.message);
-                    EXIT_FAILURE
-                }
-                Err(e) => {
-                    eprintln!("natsmeshd: is natsmeshd running? {e}");
-                    EXIT_FAILURE
-                }
-            };
+            let socket = socket();
+            return query(&socket, &Request::Fleet { region }, |r| {
+                let rows = r.fleet.unwrap_or_default();
+                Some(if json {
+                    json_text(&rows)
+                } else {
+                    natsmesh::fleet::report::render(
+                        &rows,
+                        natsmesh::unix_ms(std::time::SystemTime::now()),
+                    )
+                })
+            })
+            .await;
         }
         Cmd::Fleet(FleetCmd::Pause { region, why }) => {
-            let socket = cli
-                .socket
-                .unwrap_or_else(|| config::control_socket(&sources));
+            let socket = socket();
             let request = Request::FleetPause {
                 pause: true,
                 region,
@@ -505,9 +470,7 @@ async fn dispatch(cli: Cli) -> i32 {
             return simple_request(&socket, &request).await;
         }
         Cmd::Fleet(FleetCmd::Resume { region }) => {
-            let socket = cli
-                .socket
-                .unwrap_or_else(|| config::control_socket(&sources));
+            let socket = socket();
             let request = Request::FleetPause {
                 pause: false,
                 region,
@@ -516,54 +479,31 @@ async fn dispatch(cli: Cli) -> i32 {
             return simple_request(&socket, &request).await;
         }
         Cmd::Fleet(FleetCmd::Peers { json }) => {
-            let socket = cli
-                .socket
-                .unwrap_or_else(|| config::control_socket(&sources));
-            return match control::request(&socket, &Request::FleetPeers).await {
-                Ok(r) if r.ok => {
-                    let group = r.peers.unwrap_or_default();
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&group).unwrap_or_default()
-                        );
-                    } else {
-                        print!("{}", natsmesh::fleet::peers::render(&group));
-                    }
-                    0
-                }
-                Ok(r) => {
-                    eprintln!("natsmeshd: {}", r.message);
-                    EXIT_FAILURE
-                }
-                Err(e) => {
-                    eprintln!("natsmeshd: is natsmeshd running? {e}");
-                    EXIT_FAILURE
-                }
-            };
+            let socket = socket();
+            return query(&socket, &Request::FleetPeers, |r| {
+                let group = r.peers.unwrap_or_default();
+                Some(if json {
+                    json_text(&group)
+                } else {
+                    natsmesh::fleet::peers::render(&group)
+                })
+            })
+            .await;
         }
         Cmd::Fleet(FleetCmd::Creds { ttl, out, context }) => {
-            let socket = cli
-                .socket
-                .unwrap_or_else(|| config::control_socket(&sources));
+            let socket = socket();
             return fleet_creds(&socket, ttl, out, context).await;
         }
         Cmd::Fleet(FleetCmd::RemovePeer { server }) => {
-            let socket = cli
-                .socket
-                .unwrap_or_else(|| config::control_socket(&sources));
+            let socket = socket();
             return simple_request(&socket, &Request::FleetRemovePeer { server }).await;
         }
         Cmd::Reload { wait } => {
-            let socket = cli
-                .socket
-                .unwrap_or_else(|| config::control_socket(&sources));
+            let socket = socket();
             return simple_request(&socket, &Request::Reload { wait }).await;
         }
         Cmd::Drain | Cmd::Undrain | Cmd::Pause | Cmd::Resume | Cmd::Decommission => {
-            let socket = cli
-                .socket
-                .unwrap_or_else(|| config::control_socket(&sources));
+            let socket = socket();
             let request = match cli.command {
                 Cmd::Drain => Request::Drain,
                 Cmd::Undrain => Request::Undrain,
@@ -741,6 +681,40 @@ async fn check_in_scratch(
             })
         }
     }
+}
+
+/// Sends `request` to the daemon and prints what `show` makes of its
+/// answer (`None`: the answer lacks what was asked).
+async fn query(
+    socket: &Path,
+    request: &Request,
+    show: impl FnOnce(control::Reply) -> Option<String>,
+) -> i32 {
+    match control::request(socket, request).await {
+        Ok(r) if r.ok => match show(r) {
+            Some(text) => {
+                print!("{text}");
+                0
+            }
+            None => {
+                eprintln!("natsmeshd: the daemon's answer lacks what was asked");
+                EXIT_FAILURE
+            }
+        },
+        Ok(r) => {
+            eprintln!("natsmeshd: {}", r.message);
+            EXIT_FAILURE
+        }
+        Err(e) => {
+            eprintln!("natsmeshd: is natsmeshd running? {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// Pretty JSON and a final line break.
+fn json_text(v: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }
 
 async fn simple_request(socket: &Path, req: &Request) -> i32 {
