@@ -15,9 +15,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::NATSMESHD;
+use common::terraform::{self, Res, api_object, blocks, expr, lit, of, one, resources};
 use natsmesh::balancer::{self, Backend, LbProvider, LbSettings};
 use natsmesh::plan::Ports;
-use natsmesh_harness::fakes::do_lb::{DoLb, FakeDoLb};
+use natsmesh_harness::fakes::do_lb::FakeDoLb;
 use natsmesh_harness::fakes::lb::Model;
 use natsmesh_harness::fakes::linode_lb::{FakeLinodeLb, LinodeNb};
 use serde_json::{Map, Value, json};
@@ -41,94 +42,9 @@ fn plan_into(dir: &Path, args: &[&str]) {
     );
 }
 
-/// main.tf as python-hcl2 reads it.
+/// main.tf in `dir` as python-hcl2 reads it.
 fn parse(dir: &Path) -> Value {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import hcl2, json, sys\nwith open(sys.argv[1]) as f:\n    print(json.dumps(hcl2.load(f)))",
-        ])
-        .arg(dir.join("main.tf"))
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "python-hcl2 (scripts/deps installs it) could not read main.tf: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(dir.join("main.tf")).unwrap_or_default()
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// A string literal's text (python-hcl2 keeps the quotes), or `None` for
-/// an expression.
-fn lit(v: &Value) -> Option<String> {
-    let s = v.as_str()?;
-    let inner = s.strip_prefix('"')?.strip_suffix('"')?;
-    Some(inner.replace("\\\"", "\"").replace("\\\\", "\\"))
-}
-
-/// An expression's text (`${…}` in python-hcl2's output).
-fn expr(v: &Value) -> String {
-    let s = v.as_str().unwrap_or_else(|| panic!("not text: {v}"));
-    s.strip_prefix("${")
-        .and_then(|x| x.strip_suffix('}'))
-        .unwrap_or_else(|| panic!("not an expression: {s}"))
-        .to_owned()
-}
-
-/// One resource or data source: kind (`resource`, `data`), type, name, body.
-#[derive(Debug, Clone)]
-struct Res {
-    kind: String,
-    ty: String,
-    name: String,
-    body: Map<String, Value>,
-}
-
-fn unquote(s: &str) -> String {
-    s.trim_matches('"').to_owned()
-}
-
-fn resources(doc: &Value) -> Vec<Res> {
-    let mut out = Vec::new();
-    for kind in ["resource", "data"] {
-        for entry in doc[kind].as_array().into_iter().flatten() {
-            for (ty, named) in entry.as_object().unwrap() {
-                for (name, body) in named.as_object().unwrap() {
-                    out.push(Res {
-                        kind: kind.to_owned(),
-                        ty: unquote(ty),
-                        name: unquote(name),
-                        body: body.as_object().unwrap().clone(),
-                    });
-                }
-            }
-        }
-    }
-    out
-}
-
-fn of<'a>(all: &'a [Res], ty: &str) -> Vec<&'a Res> {
-    all.iter()
-        .filter(|r| r.kind == "resource" && r.ty == ty)
-        .collect()
-}
-
-fn one<'a>(all: &'a [Res], ty: &str, name: &str) -> &'a Res {
-    all.iter()
-        .find(|r| r.kind == "resource" && r.ty == ty && r.name == name)
-        .unwrap_or_else(|| panic!("no {ty}.{name}"))
-}
-
-/// The blocks named `name` in a body.
-fn blocks<'a>(body: &'a Map<String, Value>, name: &str) -> Vec<&'a Map<String, Value>> {
-    body.get(name)
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_object)
-        .collect()
+    terraform::parse(&dir.join("main.tf"))
 }
 
 fn schemas() -> toml::Table {
@@ -258,30 +174,11 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A block's literal and numeric attributes as the provider's API shows
-/// them (the Terraform arguments of these blocks bear the API's names).
-fn api_object(b: &Map<String, Value>) -> Value {
-    let mut o = Map::new();
-    for (k, v) in b {
-        if k.starts_with("__") {
-            continue;
-        }
-        o.insert(k.clone(), lit(v).map_or_else(|| v.clone(), Value::String));
-    }
-    Value::Object(o)
-}
-
 /// What the planned DigitalOcean balancer looks like to natsmeshd: served
 /// by the fake, read by natsmeshd's client, judged by its set-up check.
 fn do_setup_problems(lb: &Res, region: &str) -> Vec<String> {
     let id = "4de7ac8b-495b-4884-9a69-1050c6793cd6";
-    let mut fake = DoLb::tcp(id, region, 1, 1);
-    fake.forwarding_rules = blocks(&lb.body, "forwarding_rule")
-        .into_iter()
-        .map(api_object)
-        .collect();
-    fake.health_check = api_object(blocks(&lb.body, "healthcheck")[0]);
-    fake.region = lit(&lb.body["region"]).unwrap();
+    let fake = terraform::do_lb(lb, id);
     let server = FakeDoLb::start(
         TOKEN,
         fake,

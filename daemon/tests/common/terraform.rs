@@ -1,6 +1,6 @@
 //! Reading the `main.tf` that `natsmeshd plan` writes (python-hcl2, from
 //! scripts/deps) and serving what it declares from the provider fakes,
-//! for the walkthrough test. The same reading as `plan.rs`'s.
+//! for the plan and walkthrough tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -20,9 +20,10 @@ pub fn parse(main_tf: &Path) -> Value {
         .expect("python3");
     assert!(
         out.status.success(),
-        "python-hcl2 (scripts/deps installs it) could not read {}: {}",
+        "python-hcl2 (scripts/deps installs it) could not read {}: {}\n{}",
         main_tf.display(),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(main_tf).unwrap_or_default()
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -35,9 +36,19 @@ pub fn lit(v: &Value) -> Option<String> {
     Some(inner.replace("\\\"", "\"").replace("\\\\", "\\"))
 }
 
-/// One resource: type, name, body.
+/// An expression's text (`${…}` in python-hcl2's output).
+pub fn expr(v: &Value) -> String {
+    let s = v.as_str().unwrap_or_else(|| panic!("not text: {v}"));
+    s.strip_prefix("${")
+        .and_then(|x| x.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("not an expression: {s}"))
+        .to_owned()
+}
+
+/// One resource or data source: kind (`resource`, `data`), type, name, body.
 #[derive(Debug, Clone)]
 pub struct Res {
+    pub kind: String,
     pub ty: String,
     pub name: String,
     pub body: Map<String, Value>,
@@ -45,27 +56,34 @@ pub struct Res {
 
 pub fn resources(doc: &Value) -> Vec<Res> {
     let mut out = Vec::new();
-    for entry in doc["resource"].as_array().into_iter().flatten() {
-        for (ty, named) in entry.as_object().unwrap() {
-            for (name, body) in named.as_object().unwrap() {
-                out.push(Res {
-                    ty: ty.trim_matches('"').to_owned(),
-                    name: name.trim_matches('"').to_owned(),
-                    body: body.as_object().unwrap().clone(),
-                });
+    for kind in ["resource", "data"] {
+        for entry in doc[kind].as_array().into_iter().flatten() {
+            for (ty, named) in entry.as_object().unwrap() {
+                for (name, body) in named.as_object().unwrap() {
+                    out.push(Res {
+                        kind: kind.to_owned(),
+                        ty: ty.trim_matches('"').to_owned(),
+                        name: name.trim_matches('"').to_owned(),
+                        body: body.as_object().unwrap().clone(),
+                    });
+                }
             }
         }
     }
     out
 }
 
+/// The resources (not data sources) of type `ty`.
 pub fn of<'a>(all: &'a [Res], ty: &str) -> Vec<&'a Res> {
-    all.iter().filter(|r| r.ty == ty).collect()
+    all.iter()
+        .filter(|r| r.kind == "resource" && r.ty == ty)
+        .collect()
 }
 
+/// The resource `ty.name`.
 pub fn one<'a>(all: &'a [Res], ty: &str, name: &str) -> &'a Res {
     all.iter()
-        .find(|r| r.ty == ty && r.name == name)
+        .find(|r| r.kind == "resource" && r.ty == ty && r.name == name)
         .unwrap_or_else(|| panic!("main.tf declares no {ty}.{name}"))
 }
 
