@@ -496,13 +496,17 @@ pub fn apply(settings: &mut crate::config::Settings, found: &Found) {
         .discovery
         .as_ref()
         .map(|d| d.settings.domain.clone());
+    // Behind natsmeshd's gate the broker's own listener is on loopback,
+    // maybe on another port: every region is dialled at the gate's.
+    let gate_port = settings.gate.as_ref().map(|g| g.listen.port());
     if let (Some(g), Some(regions), Some(domain)) =
         (settings.server.gateway.as_mut(), &found.regions, domain)
         && !regions.is_empty()
     {
-        let port = match g.listen.port {
-            natsmesh_broker::model::Port::Fixed(p) => p,
-            natsmesh_broker::model::Port::Random => 0,
+        let port = match (gate_port, g.listen.port) {
+            (Some(p), _) => p,
+            (None, natsmesh_broker::model::Port::Fixed(p)) => p,
+            (None, natsmesh_broker::model::Port::Random) => 0,
         };
         g.gateways = regions
             .iter()

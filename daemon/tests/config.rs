@@ -1114,3 +1114,42 @@ fn extra_names_lose_their_final_dot() {
     assert!(dns.contains(&"clients.example.net".to_owned()), "{dns:?}");
     assert!(!dns.iter().any(|n| n.ends_with('.')), "{dns:?}");
 }
+
+/// Behind natsmeshd's gate on every address, the broker's own gateway
+/// listener is on loopback at another port; the regions DNS names are
+/// still dialled at the gate's port (found by the day-one boot test: they
+/// were dialled at the broker's loopback port).
+#[test]
+fn regions_from_dns_are_dialled_at_the_gates_port() {
+    let f = Fixture::new();
+    let any = DISCOVERY.replace(
+        "bind = \"10.0.0.1\"\nport = 7443",
+        "bind = \"any\"\nport = 7443",
+    );
+    assert_ne!(any, DISCOVERY);
+    f.write("natsmesh.toml", &format!("{any}{}", f.tls()));
+    let mut s = f.settings().unwrap();
+    assert_eq!(s.gate.as_ref().unwrap().listen.port(), 7443);
+    assert_eq!(
+        s.server.gateway.as_ref().unwrap().listen.to_string(),
+        "127.0.0.1:17443"
+    );
+    natsmesh::discovery::apply(
+        &mut s,
+        &natsmesh::discovery::Found {
+            routes: Vec::new(),
+            regions: Some(vec!["fra1".into(), "nyc3".into()]),
+            leaves: Vec::new(),
+        },
+    );
+    let urls: Vec<String> = s
+        .server
+        .gateway
+        .as_ref()
+        .unwrap()
+        .gateways
+        .iter()
+        .flat_map(|g| g.urls.iter().map(ToString::to_string))
+        .collect();
+    assert_eq!(urls, ["fra1.nats.test:7443", "nyc3.nats.test:7443"]);
+}
