@@ -4,19 +4,12 @@
 //! Terraform is told to leave `droplet_ids` alone.
 
 use super::hcl::{Block, Item, Value, e, s};
-use super::{Checked, Cloud, DO_HEALTH, ident, numbered, steps};
+use super::{Checked, Cloud, DO_HEALTH, Source, ident, numbered, steps};
 use crate::balancer::{HEALTH_PROTOCOL, RULE_PROTOCOL, ready};
 
 /// Everywhere, for outbound rules and the leafnode port.
 fn anywhere() -> Value {
     Value::List(vec![s("0.0.0.0/0"), s("::/0")])
-}
-
-fn inbound(port: u16, why: &str) -> Block {
-    Block::new("inbound_rule", &[])
-        .comment(why)
-        .attr("protocol", s("tcp"))
-        .attr("port_range", s(port.to_string()))
 }
 
 /// main.tf.
@@ -135,56 +128,44 @@ pub(crate) fn main_tf(c: &Checked<'_>) -> String {
             .map(|g| format!("digitalocean_droplet.{}[*].ipv4_address", ident(g)))
             .collect();
         let vpc_range = || Value::List(vec![e(format!("digitalocean_vpc.{id}.ip_range"))]);
+        let balancer = || Value::List(vec![e(format!("digitalocean_loadbalancer.{id}.id"))]);
         let mut fw = Block::new("resource", &["digitalocean_firewall", &id])
             .attr("name", s(format!("natsmesh-{region}")))
-            .attr("droplet_ids", e(format!("digitalocean_droplet.{id}[*].id")))
-            .block(
-                inbound(
-                    p.client,
-                    "Clients: through the balancer (and from inside the VPC).",
-                )
-                .attr(
-                    "source_load_balancer_uids",
-                    Value::List(vec![e(format!("digitalocean_loadbalancer.{id}.id"))]),
-                )
-                .attr("source_addresses", vpc_range()),
-            )
-            .block(
-                inbound(p.ready, "The balancer's health check on /ready.").attr(
-                    "source_load_balancer_uids",
-                    Value::List(vec![e(format!("digitalocean_loadbalancer.{id}.id"))]),
-                ),
-            )
-            .block(
-                inbound(p.cluster, "Routes: the region's own nodes, inside the VPC.")
+            .attr("droplet_ids", e(format!("digitalocean_droplet.{id}[*].id")));
+        for rule in c.inbound_rules(true) {
+            let block = Block::new("inbound_rule", &[])
+                .attr("protocol", s("tcp"))
+                .attr("port_range", s(rule.port.to_string()));
+            fw = fw.block(match rule.from {
+                Source::Balancer => block
+                    .comment(format!(
+                        "{}: through the balancer (and from inside the VPC).",
+                        rule.serves
+                    ))
+                    .attr("source_load_balancer_uids", balancer())
                     .attr("source_addresses", vpc_range()),
-            );
-        if !others.is_empty() {
-            fw = fw.block(
-                inbound(
-                    p.gateway,
-                    "Gateways: the other regions' nodes, at their public addresses.",
-                )
-                .attr(
-                    "source_addresses",
-                    e(format!("concat({})", others.join(", "))),
-                ),
-            );
-        }
-        if r.leafnodes {
-            fw = fw.block(
-                inbound(
-                    p.leafnodes,
-                    "Leaf nodes dial in from anywhere (they authenticate).",
-                )
-                .attr("source_addresses", anywhere()),
-            );
-        }
-        if r.metrics_private {
-            fw = fw.block(
-                inbound(p.metrics, "/metrics: a Prometheus inside the VPC.")
+                Source::HealthCheck => block
+                    .comment(format!("{}.", rule.serves))
+                    .attr("source_load_balancer_uids", balancer()),
+                Source::Region => block
+                    .comment(format!(
+                        "{}: the region's own droplets, inside the VPC.",
+                        rule.serves
+                    ))
                     .attr("source_addresses", vpc_range()),
-            );
+                Source::OtherRegions => block
+                    .comment(format!(
+                        "{}: the other regions' droplets, at their public addresses.",
+                        rule.serves
+                    ))
+                    .attr(
+                        "source_addresses",
+                        e(format!("concat({})", others.join(", "))),
+                    ),
+                Source::Anywhere => block
+                    .comment(format!("{}: from anywhere.", rule.serves))
+                    .attr("source_addresses", anywhere()),
+            });
         }
         for proto in ["tcp", "udp"] {
             fw = fw.block(
@@ -243,34 +224,30 @@ pub(crate) fn main_tf(c: &Checked<'_>) -> String {
                 .attr("name", s(*zone)),
         ));
     }
-    for (i, n) in c.client_names.iter().enumerate() {
-        let z = zones.iter().position(|z| *z == n.zone).unwrap_or(0);
-        for region in &r.regions {
-            let id = ident(region);
+    for region in &r.regions {
+        let id = ident(region);
+        for (name, z, n) in c.client_records(region) {
             items.push(Item::Block(
-                Block::new(
-                    "resource",
-                    &["digitalocean_record", &format!("client{i}_{id}")],
-                )
-                .comment(format!(
-                    "{}: one of the regions' balancers, {region}'s.",
-                    n.name
-                ))
-                .attr(
-                    "domain",
-                    e(format!("data.digitalocean_domain.client_zone{z}.id")),
-                )
-                .attr("type", s("A"))
-                .attr(
-                    "name",
-                    s(if n.relative.is_empty() {
-                        "@"
-                    } else {
-                        n.relative.as_str()
-                    }),
-                )
-                .attr("value", e(format!("digitalocean_loadbalancer.{id}.ip")))
-                .attr("ttl", Value::Num(60)),
+                Block::new("resource", &["digitalocean_record", &name])
+                    .comment(format!(
+                        "{}: one of the regions' balancers, {region}'s.",
+                        n.name
+                    ))
+                    .attr(
+                        "domain",
+                        e(format!("data.digitalocean_domain.client_zone{z}.id")),
+                    )
+                    .attr("type", s("A"))
+                    .attr(
+                        "name",
+                        s(if n.relative.is_empty() {
+                            "@"
+                        } else {
+                            n.relative.as_str()
+                        }),
+                    )
+                    .attr("value", e(format!("digitalocean_loadbalancer.{id}.ip")))
+                    .attr("ttl", Value::Num(60)),
             ));
         }
     }

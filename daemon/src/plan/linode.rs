@@ -10,7 +10,7 @@
 //! firewall limits those ports to the region's own Linodes instead.
 
 use super::hcl::{Block, Item, Value, e, s};
-use super::{Checked, Cloud, LINODE_HEALTH, ident, numbered, steps};
+use super::{Checked, Cloud, LINODE_HEALTH, Source, ident, numbered, steps};
 use crate::balancer::{LINODE_CHECK, RULE_PROTOCOL};
 
 /// Where a NodeBalancer's connections to its backends come from (Linode's
@@ -25,15 +25,6 @@ const NAME_SERVERS: [&str; 5] = [
     "ns4.linode.com",
     "ns5.linode.com",
 ];
-
-fn inbound(label: &str, port: u16, why: &str) -> Block {
-    Block::new("inbound", &[])
-        .comment(why)
-        .attr("label", s(label))
-        .attr("action", s("ACCEPT"))
-        .attr("protocol", s("TCP"))
-        .attr("ports", s(port.to_string()))
-}
 
 /// `["a/32", …]` from a list expression of addresses.
 fn hosts(list: &str) -> Value {
@@ -148,53 +139,38 @@ pub(crate) fn main_tf(c: &Checked<'_>) -> String {
             .attr("label", s(format!("natsmesh-{region}")))
             .attr("linodes", e(format!("linode_instance.{id}[*].id")))
             .attr("inbound_policy", s("DROP"))
-            .attr("outbound_policy", s("ACCEPT"))
-            .block(
-                inbound(
-                    "nats-client",
-                    p.client,
-                    "Clients: through the NodeBalancer, whose connections come from its backend range.",
-                )
-                .attr("ipv4", Value::List(vec![s(NODEBALANCER_SOURCES)])),
-            )
-            .block(
-                inbound(
-                    "nats-cluster",
-                    p.cluster,
-                    "Routes: the region's own Linodes, at their private addresses.",
-                )
-                .attr("ipv4", own_private.clone()),
-            );
-        if !others.is_empty() {
-            fw = fw.block(
-                inbound(
-                    "nats-gateway",
-                    p.gateway,
-                    "Gateways: the other regions' Linodes, at their public addresses.",
-                )
-                .attr("ipv4", hosts(&format!("concat({})", others.join(", ")))),
-            );
-        }
-        if r.leafnodes {
-            fw = fw.block(
-                inbound(
-                    "nats-leafnode",
-                    p.leafnodes,
-                    "Leaf nodes dial in from anywhere (they authenticate).",
-                )
-                .attr("ipv4", Value::List(vec![s("0.0.0.0/0")]))
-                .attr("ipv6", Value::List(vec![s("::/0")])),
-            );
-        }
-        if r.metrics_private {
-            fw = fw.block(
-                inbound(
-                    "natsmesh-metrics",
-                    p.metrics,
-                    "/metrics: from the region's Linodes' private addresses.",
-                )
-                .attr("ipv4", own_private),
-            );
+            .attr("outbound_policy", s("ACCEPT"));
+        // A NodeBalancer checks the client port itself: no readiness rule.
+        for rule in c.inbound_rules(false) {
+            let block = Block::new("inbound", &[])
+                .attr("label", s(rule.label))
+                .attr("action", s("ACCEPT"))
+                .attr("protocol", s("TCP"))
+                .attr("ports", s(rule.port.to_string()));
+            fw = fw.block(match rule.from {
+                Source::Balancer | Source::HealthCheck => block
+                    .comment(format!(
+                        "{}: through the NodeBalancer, whose connections come from its backend range.",
+                        rule.serves
+                    ))
+                    .attr("ipv4", Value::List(vec![s(NODEBALANCER_SOURCES)])),
+                Source::Region => block
+                    .comment(format!(
+                        "{}: the region's own Linodes, at their private addresses.",
+                        rule.serves
+                    ))
+                    .attr("ipv4", own_private.clone()),
+                Source::OtherRegions => block
+                    .comment(format!(
+                        "{}: the other regions' Linodes, at their public addresses.",
+                        rule.serves
+                    ))
+                    .attr("ipv4", hosts(&format!("concat({})", others.join(", ")))),
+                Source::Anywhere => block
+                    .comment(format!("{}: from anywhere.", rule.serves))
+                    .attr("ipv4", Value::List(vec![s("0.0.0.0/0")]))
+                    .attr("ipv6", Value::List(vec![s("::/0")])),
+            });
         }
         items.push(Item::Block(fw));
         items.push(Item::Block(
@@ -272,27 +248,23 @@ pub(crate) fn main_tf(c: &Checked<'_>) -> String {
                 .attr("domain", s(*zone)),
         ));
     }
-    for (i, n) in c.client_names.iter().enumerate() {
-        let z = zones.iter().position(|z| *z == n.zone).unwrap_or(0);
-        for region in &r.regions {
-            let id = ident(region);
+    for region in &r.regions {
+        let id = ident(region);
+        for (name, z, n) in c.client_records(region) {
             items.push(Item::Block(
-                Block::new(
-                    "resource",
-                    &["linode_domain_record", &format!("client{i}_{id}")],
-                )
-                .comment(format!(
-                    "{}: one of the regions' NodeBalancers, {region}'s.",
-                    n.name
-                ))
-                .attr(
-                    "domain_id",
-                    e(format!("data.linode_domain.client_zone{z}.id")),
-                )
-                .attr("name", s(&n.relative))
-                .attr("record_type", s("A"))
-                .attr("target", e(format!("linode_nodebalancer.{id}.ipv4")))
-                .attr("ttl_sec", Value::Num(300)),
+                Block::new("resource", &["linode_domain_record", &name])
+                    .comment(format!(
+                        "{}: one of the regions' NodeBalancers, {region}'s.",
+                        n.name
+                    ))
+                    .attr(
+                        "domain_id",
+                        e(format!("data.linode_domain.client_zone{z}.id")),
+                    )
+                    .attr("name", s(&n.relative))
+                    .attr("record_type", s("A"))
+                    .attr("target", e(format!("linode_nodebalancer.{id}.ipv4")))
+                    .attr("ttl_sec", Value::Num(300)),
             ));
         }
     }

@@ -271,6 +271,102 @@ impl Checked<'_> {
     }
 }
 
+/// Who may reach a listener. Both clouds' firewalls are made from one
+/// list of [`Rule`]s, so which port is open from where cannot drift
+/// between them; each cloud only spells the sources its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The region's balancer, forwarding clients (and, on a cloud whose
+    /// balancer has its own network, the region's own network too).
+    Balancer,
+    /// The region's balancer's health check, on natsmeshd's readiness port.
+    HealthCheck,
+    /// The region's own machines, on the private network.
+    Region,
+    /// The other regions' machines, at their public addresses.
+    OtherRegions,
+    /// Anyone: the listener authenticates.
+    Anywhere,
+}
+
+/// One inbound firewall rule.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rule {
+    /// A label for clouds that name their rules.
+    pub label: &'static str,
+    pub port: u16,
+    /// What the port serves, first words of the rule's comment.
+    pub serves: &'static str,
+    pub from: Source,
+}
+
+impl Checked<'_> {
+    /// Every inbound rule a region's machines need, and nothing else: the
+    /// client port from the balancer, the readiness port from its health
+    /// check where the cloud checks it (`health_check`), routes from the
+    /// region, gateways from the other regions (when there are any),
+    /// leaf nodes from anywhere and `/metrics` from the region when asked.
+    pub(crate) fn inbound_rules(&self, health_check: bool) -> Vec<Rule> {
+        let p = self.ports;
+        let rule = |label, port, serves, from| Rule {
+            label,
+            port,
+            serves,
+            from,
+        };
+        let mut rules = vec![rule("nats-client", p.client, "Clients", Source::Balancer)];
+        if health_check {
+            rules.push(rule(
+                "natsmesh-ready",
+                p.ready,
+                "The balancer's health check on /ready",
+                Source::HealthCheck,
+            ));
+        }
+        rules.push(rule("nats-cluster", p.cluster, "Routes", Source::Region));
+        if self.r.regions.len() > 1 {
+            rules.push(rule(
+                "nats-gateway",
+                p.gateway,
+                "Gateways",
+                Source::OtherRegions,
+            ));
+        }
+        if self.r.leafnodes {
+            rules.push(rule(
+                "nats-leafnode",
+                p.leafnodes,
+                "Leaf nodes (they authenticate)",
+                Source::Anywhere,
+            ));
+        }
+        if self.r.metrics_private {
+            rules.push(rule(
+                "natsmesh-metrics",
+                p.metrics,
+                "/metrics, for a Prometheus in the region",
+                Source::Region,
+            ));
+        }
+        rules
+    }
+
+    /// Every shared client name's record in every region, as
+    /// `(resource name, zone index, name)`: each name points at each
+    /// region's balancer.
+    pub(crate) fn client_records<'c>(
+        &'c self,
+        region: &str,
+    ) -> impl Iterator<Item = (String, usize, &'c ClientName)> + 'c {
+        let zones = self.client_zones();
+        let id = ident(region);
+        self.client_names.iter().enumerate().map(move |(i, n)| {
+            let z = zones.iter().position(|z| *z == n.zone).unwrap_or(0);
+            (format!("client{i}_{id}"), z, n)
+        })
+    }
+}
+
 /// `lb.<region>.<domain>`: a region's balancer. Below the region's name,
 /// so the region's intermediate permits it without `--permit-name`; no
 /// server is called `lb` (provider server names are
