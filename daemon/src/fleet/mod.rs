@@ -12,6 +12,7 @@ pub mod creds;
 pub mod decommission;
 pub mod heartbeat;
 pub mod lease;
+pub mod maintenance;
 pub mod pause;
 pub mod peers;
 pub mod report;
