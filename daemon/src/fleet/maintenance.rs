@@ -439,6 +439,10 @@ async fn write(store: &kv::Store, leases: &Leases, revision: Option<u64>) -> Res
     match done {
         Ok(()) => Ok(true),
         Err((true, _)) => Ok(false),
+        // Newer servers answer a stale revision with error 10164 ("wrong
+        // last sequence", constant form), which this client does not
+        // classify: a race lost all the same.
+        Err((false, e)) if e.contains("wrong last sequence") => Ok(false),
         Err((false, e)) => Err(format!("cannot write the maintenance leases: {e}")),
     }
 }
@@ -636,6 +640,14 @@ pub async fn release(settings: &Settings) -> Result<bool, String> {
 pub async fn settle(settings: Settings, mut status: watch::Receiver<Status>, wake: Arc<Notify>) {
     if !matches!(settings.fleet, Coordination::Lease(_)) {
         return;
+    }
+    // Started in maintenance (same boot): `maintenance stop` gives the
+    // lease back itself, and says so; nothing to do before it.
+    if matches!(
+        at_start(kept(&settings.state_dir), boot_id().as_deref()),
+        AtStart::StayDown(_)
+    ) {
+        wake.notified().await;
     }
     loop {
         // Serving with JetStream current, and not in maintenance.
