@@ -1373,3 +1373,49 @@ fn maintenance_on_two_nodes_at_once_lets_one_go_and_the_other_wait() {
         Duration::from_secs(30),
     );
 }
+
+/// The reboot ends maintenance by itself: a natsmeshd that starts in
+/// another boot than the one its maintenance began in (the marker's boot
+/// rewritten, as a reboot would leave it) serves, and gives its lease back
+/// once JetStream is current — another node may then go out at once.
+#[test]
+fn the_next_boot_brings_a_node_in_maintenance_back_and_releases_its_lease() {
+    let mut region = Region::start(3);
+    let out = ok_cli(&region.nodes[&1], &["maintenance", "start"]);
+    assert!(out.contains("safe to reboot"), "{out}");
+    let refused = region.nodes[&2].cli(&["maintenance", "start"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+
+    // "Reboot" n1: natsmeshd stops (its broker is down already), and the
+    // boot the marker names is no longer this one.
+    let marker = region.nodes[&1].dir.path().join("state/maintenance.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&marker).expect("the marker is kept")).unwrap();
+    m["boot_id"] = "an-earlier-boot".into();
+    std::fs::write(&marker, serde_json::to_vec(&m).unwrap()).unwrap();
+    region.kill_and_restart(1);
+    let d = region.nodes.get_mut(&1).unwrap();
+    d.wait_status(
+        "n1 serving after the reboot",
+        |s| s.state == "ready" && s.jetstream == "JetStream current" && s.maintenance.is_none(),
+        Duration::from_secs(60),
+    );
+    assert!(!marker.exists(), "the marker is gone after the reboot");
+    // Its lease goes back by itself: n2 may go out without waiting.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = region.nodes[&2].cli(&["maintenance", "start"]);
+        if out.status.success() {
+            assert!(text(&out).contains("safe to reboot"), "{}", text(&out));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1's lease was not given back: {}\n{}",
+            text(&out),
+            region.logs()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    ok_cli(&region.nodes[&2], &["maintenance", "stop"]);
+}

@@ -598,6 +598,21 @@ async fn restart_lease_holder(b: &Bucket, fleet: &FleetSettings, cluster: &str) 
     super::lease::holder(&store).await.ok()?.map(|h| h.server)
 }
 
+/// Another node of this node's region with a live lease, if any (read
+/// through `js`, natsmeshd's own account): the restart lease waits for
+/// it. Unreadable leases hold nothing back (the restart lease's own
+/// checks still apply).
+pub async fn out_in_region(js: &jetstream::Context, settings: &Settings) -> Option<String> {
+    let store = js.get_key_value(super::pause::BUCKET).await.ok()?;
+    let (leases, _) = read(&store).await.ok()?;
+    leases
+        .live(crate::unix_ms(SystemTime::now()))
+        .nodes
+        .into_iter()
+        .find(|(n, r)| *n != settings.server.server_name && r.region == settings.region)
+        .map(|(n, r)| format!("{n} ({})", r.kind.noun()))
+}
+
 /// This node's lease, if it holds one.
 pub async fn ours(settings: &Settings) -> Result<Option<Record>, String> {
     let Coordination::Lease(fleet) = &settings.fleet else {
