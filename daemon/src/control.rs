@@ -286,7 +286,15 @@ async fn handle(
             start: true,
             wait,
             reason,
-        }) => outcome(Ok(maintenance_start(&commands, status.clone(), &access, wait, reason).await)),
+        }) => outcome(Ok(maintenance_start(
+            &commands,
+            status.clone(),
+            &access,
+            wait,
+            reason,
+            hangup(&mut reader),
+        )
+        .await)),
         Ok(Request::Maintenance { start: false, .. }) => {
             outcome(Ok(maintenance_stop(&commands, status.clone(), &access).await))
         }
@@ -472,23 +480,47 @@ async fn drain(
     reply
 }
 
-/// `maintenance start`: the lease (waiting with `wait`), the marker, then
-/// out of service and down; answers once the broker is down.
+/// Ends when the client hangs up (its half of the socket closes).
+async fn hangup(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    let mut byte = [0u8; 1];
+    loop {
+        match tokio::io::AsyncReadExt::read(reader, &mut byte).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// `maintenance start`: the lease (waiting with `wait`; given up when the
+/// operator's command goes away first, `hangup`), the marker, then out of
+/// service and down; answers once the broker is down.
 async fn maintenance_start(
     commands: &mpsc::Sender<Command>,
     mut status: watch::Receiver<Status>,
     access: &FleetOps,
     wait: bool,
     reason: String,
+    hangup: impl std::future::Future<Output = ()>,
 ) -> Result<String, String> {
     use crate::fleet::maintenance::{self, Kind, Marker, Taken};
     let s = &access.settings;
     if status.borrow().maintenance.is_some() {
         return Ok("already in maintenance: safe to reboot".into());
     }
-    let taken = maintenance::take(s, s.maintenance.max_down, Kind::Maintenance, &reason, wait)
-        .await
-        .inspect_err(|e| tracing::warn!(error = %e, "maintenance refused"))?;
+    // An operator who interrupts `--wait` has changed their mind: the
+    // node must not go down later with nobody watching.
+    let taken = tokio::select! {
+        t = maintenance::take(s, s.maintenance.max_down, Kind::Maintenance, &reason, wait) => t,
+        () = hangup => {
+            tracing::info!("maintenance start given up: the command went away before the lease");
+            // A write the wait was dropped in may have landed.
+            if let Err(e) = maintenance::release(s).await {
+                tracing::warn!(error = %e, "cannot check for a maintenance lease left behind; it lapses by itself");
+            }
+            return Err("given up".into());
+        }
+    }
+    .inspect_err(|e| tracing::warn!(error = %e, "maintenance refused"))?;
     let now = crate::unix_ms(std::time::SystemTime::now());
     let (until, note) = match taken {
         Taken::Until(t) => (t, String::new()),

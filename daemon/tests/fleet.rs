@@ -1309,6 +1309,18 @@ fn maintenance_on_two_nodes_at_once_lets_one_go_and_the_other_wait() {
         &region.nodes[&second],
         &["maintenance", "start", "--wait", "--reason", "kernel"],
     );
+    // A third operator waits too, and gives up (Ctrl-C): their node must
+    // not go down later with nobody watching.
+    let mut given_up = spawn_cli(&region.nodes[&3], &["maintenance", "start", "--wait"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(given_up.try_wait().unwrap().is_none(), "n3 waits");
+    given_up.kill().unwrap();
+    given_up.wait().unwrap();
+    common::fleet::wait_for("n3 gives up", Duration::from_secs(10), || {
+        region.nodes[&3]
+            .log()
+            .contains("maintenance start given up")
+    });
     // The third node may not drain either.
     let out = region.nodes[&3].cli(&["drain"]);
     assert!(!out.status.success(), "{}", text(&out));
@@ -1354,6 +1366,11 @@ fn maintenance_on_two_nodes_at_once_lets_one_go_and_the_other_wait() {
         s.state == "ready" && s.jetstream == "JetStream current" && s.maintenance.is_none(),
         "{s:?}"
     );
+    common::fleet::wait_for(
+        "the second operator's start ends",
+        Duration::from_secs(120),
+        || waiting.try_wait().unwrap().is_some(),
+    );
     let out = waiting.wait_with_output().unwrap();
     assert!(out.status.success(), "{}\n{}", text(&out), region.logs());
     assert!(text(&out).contains("safe to reboot"), "{}", text(&out));
@@ -1364,6 +1381,11 @@ fn maintenance_on_two_nodes_at_once_lets_one_go_and_the_other_wait() {
     );
     let s = region.nodes.get_mut(&second).unwrap().status().unwrap();
     assert_eq!((s.state.as_str(), s.broker_pid), ("stopped", None), "{s:?}");
+    let s = region.nodes.get_mut(&3).unwrap().status().unwrap();
+    assert!(
+        s.state == "ready" && s.maintenance.is_none(),
+        "n3 gave up: {s:?}"
+    );
 
     // And it comes back serving too.
     ok_cli(&region.nodes[&second], &["maintenance", "stop"]);
