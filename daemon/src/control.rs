@@ -31,8 +31,13 @@ pub enum Request {
         /// Wait for the outcome.
         wait: bool,
     },
-    /// Leave service and keep running.
-    Drain,
+    /// Leave service and keep running, under the majority rule (see
+    /// [`crate::fleet::maintenance`]) unless `force`.
+    Drain {
+        /// Skip the rule (a region that lost its quorum still drains).
+        #[serde(default)]
+        force: bool,
+    },
     /// Back into service after `drain`.
     Undrain,
     /// Hold planned restarts back.
@@ -70,6 +75,17 @@ pub enum Request {
         /// Its server name.
         server: String,
     },
+    /// `maintenance start` (`start` true) or `maintenance stop`.
+    Maintenance {
+        /// Start, or stop.
+        start: bool,
+        /// Wait until the rule allows it instead of being refused.
+        #[serde(default)]
+        wait: bool,
+        /// Why, as the operator says.
+        #[serde(default)]
+        reason: String,
+    },
     /// A time-limited system-account user for operators' own tools
     /// (`fleet creds`).
     #[serde(rename = "fleet-creds")]
@@ -87,6 +103,9 @@ pub struct FleetOps {
     pub pause: Result<Access, String>,
     /// The settings natsmeshd started with (the system user).
     pub settings: crate::config::Settings,
+    /// Tells [`crate::fleet::maintenance::settle`] to give a lease back
+    /// once the node serves again.
+    pub settle: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Shared by every connection.
@@ -202,6 +221,7 @@ async fn handle(
         .await
         .map_err(|_| std::io::Error::other("request timeout"))??;
     let request = serde_json::from_str::<Request>(&line);
+    let in_maintenance = status.borrow().maintenance.is_some();
     let reply = match request {
         _ if !allowed => Reply {
             ok: false,
@@ -253,8 +273,31 @@ async fn handle(
                 }
             }
         }
-        Ok(Request::Drain) => ask(&commands, |reply| Command::Drain { reply }).await,
-        Ok(Request::Undrain) => ask(&commands, |reply| Command::Undrain { reply }).await,
+        Ok(Request::Drain { force }) => drain(&commands, &status, &access, force).await,
+        Ok(Request::Undrain) if in_maintenance => outcome(Ok(Err(
+            "in maintenance: `natsmeshd maintenance stop` brings it back".into(),
+        ))),
+        Ok(Request::Undrain) => {
+            let reply = ask(&commands, |reply| Command::Undrain { reply }).await;
+            access.settle.notify_one();
+            reply
+        }
+        Ok(Request::Maintenance {
+            start: true,
+            wait,
+            reason,
+        }) => outcome(Ok(maintenance_start(
+            &commands,
+            status.clone(),
+            &access,
+            wait,
+            reason,
+            hangup(&mut reader),
+        )
+        .await)),
+        Ok(Request::Maintenance { start: false, .. }) => {
+            outcome(Ok(maintenance_stop(&commands, status.clone(), &access).await))
+        }
         Ok(Request::Pause) => ask(&commands, |reply| Command::Pause { reply }).await,
         Ok(Request::Resume) => ask(&commands, |reply| Command::Resume { reply }).await,
         Ok(Request::Decommission) => ask(&commands, |reply| Command::Decommission { reply }).await,
@@ -394,6 +437,221 @@ async fn issue_creds(
         ca,
         expires_ms: user.expires_ms,
     })
+}
+
+/// How long `maintenance start` waits for the broker to be down, and
+/// `maintenance stop` for JetStream to be current, before answering.
+const MAINTENANCE_ANSWER: Duration = Duration::from_secs(600);
+
+/// `drain`: the lease of kind drain under the rule (refused when it
+/// breaks a majority, unless `force`), then the drain; the lease goes back
+/// after `undrain`, once JetStream is current.
+async fn drain(
+    commands: &mpsc::Sender<Command>,
+    status: &watch::Receiver<Status>,
+    access: &FleetOps,
+    force: bool,
+) -> Reply {
+    use crate::fleet::maintenance::{self, Kind, Taken};
+    let serving = matches!(status.borrow().state.as_str(), "ready" | "syncing");
+    let mut note = String::new();
+    if serving && !force {
+        let s = &access.settings;
+        match maintenance::take(s, s.maintenance.max_down, Kind::Drain, "drain", false).await {
+            Ok(Taken::Until(_)) => {}
+            Ok(Taken::Uncoordinated(why)) => note = format!(" ({why})"),
+            Err(e) => {
+                tracing::warn!(error = %e, "drain refused");
+                return outcome(Ok(Err(format!(
+                    "drain refused: {e} (`natsmeshd drain --force` drains anyway)"
+                ))));
+            }
+        }
+    }
+    let mut reply = ask(commands, |reply| Command::Drain { reply }).await;
+    if reply.ok {
+        reply.message.push_str(&note);
+    } else if serving && !force {
+        // Not drained after all: the lease would only block the others.
+        if let Err(e) = maintenance::release(&access.settings).await {
+            tracing::warn!(error = %e, "cannot give the drain's lease back; it lapses by itself");
+        }
+    }
+    reply
+}
+
+/// Ends when the client hangs up (its half of the socket closes).
+async fn hangup(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    let mut byte = [0u8; 1];
+    loop {
+        match tokio::io::AsyncReadExt::read(reader, &mut byte).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// `maintenance start`: the lease (waiting with `wait`; given up when the
+/// operator's command goes away first, `hangup`), the marker, then out of
+/// service and down; answers once the broker is down.
+async fn maintenance_start(
+    commands: &mpsc::Sender<Command>,
+    mut status: watch::Receiver<Status>,
+    access: &FleetOps,
+    wait: bool,
+    reason: String,
+    hangup: impl std::future::Future<Output = ()>,
+) -> Result<String, String> {
+    use crate::fleet::maintenance::{self, Kind, Marker, Taken};
+    let s = &access.settings;
+    if status.borrow().maintenance.is_some() {
+        return Ok("already in maintenance: safe to reboot".into());
+    }
+    // An operator who interrupts `--wait` has changed their mind: the
+    // node must not go down later with nobody watching.
+    let taken = tokio::select! {
+        t = maintenance::take(s, s.maintenance.max_down, Kind::Maintenance, &reason, wait) => t,
+        () = hangup => {
+            tracing::info!("maintenance start given up: the command went away before the lease");
+            // A write the wait was dropped in may have landed.
+            if let Err(e) = maintenance::release(s).await {
+                tracing::warn!(error = %e, "cannot check for a maintenance lease left behind; it lapses by itself");
+            }
+            return Err("given up".into());
+        }
+    }
+    .inspect_err(|e| tracing::warn!(error = %e, "maintenance refused"))?;
+    let now = crate::unix_ms(std::time::SystemTime::now());
+    let (until, note) = match taken {
+        Taken::Until(t) => (t, String::new()),
+        Taken::Uncoordinated(why) => (
+            now.saturating_add(u64::try_from(s.maintenance.max_down.as_millis()).unwrap_or(0)),
+            format!(" ({why})"),
+        ),
+    };
+    let marker = Marker {
+        why: reason.clone(),
+        boot_id: maintenance::boot_id(),
+        since_unix_ms: now,
+        expires_unix_ms: until,
+    };
+    let undo = |e: String| async move {
+        let _ = maintenance::forget(&access.settings.state_dir);
+        if let Err(r) = maintenance::release(&access.settings).await {
+            tracing::warn!(error = %r, "cannot give the maintenance lease back; it lapses by itself");
+        }
+        Err(e)
+    };
+    if let Err(e) = maintenance::keep(&s.state_dir, &marker) {
+        return undo(e).await;
+    }
+    let (tx, rx) = oneshot::channel();
+    let why = if reason.is_empty() {
+        "maintenance".to_owned()
+    } else {
+        reason.clone()
+    };
+    if commands
+        .send(Command::Maintenance {
+            why: Some(why),
+            reply: Some(tx),
+        })
+        .await
+        .is_err()
+    {
+        return undo("natsmeshd is stopping".into()).await;
+    }
+    match rx.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return undo(e).await,
+        Err(_) => return undo("natsmeshd stopped before answering".into()).await,
+    }
+    tracing::info!(reason = %reason, until_unix_ms = until, "maintenance: leaving service");
+    let down = matches!(
+        tokio::time::timeout(
+            MAINTENANCE_ANSWER,
+            status.wait_for(|st| st.state == "stopped" && st.broker_pid.is_none()),
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    let until_text =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(until));
+    let state = status.borrow().state.clone();
+    match down {
+        true => {
+            tracing::info!("maintenance: the broker is down; safe to reboot");
+            Ok(format!(
+                "{}: safe to reboot (the maintenance lease holds until {until_text}){note}; `natsmeshd maintenance stop` or the reboot brings it back",
+                s.server.server_name
+            ))
+        }
+        false => Err(format!(
+            "in maintenance, but the broker is not down yet (state {state}); `natsmeshd status` follows it"
+        )),
+    }
+}
+
+/// `maintenance stop`: the marker goes, the broker starts, and the lease
+/// goes back once it serves with JetStream current.
+async fn maintenance_stop(
+    commands: &mpsc::Sender<Command>,
+    mut status: watch::Receiver<Status>,
+    access: &FleetOps,
+) -> Result<String, String> {
+    use crate::fleet::maintenance;
+    let s = &access.settings;
+    maintenance::forget(&s.state_dir)?;
+    let (tx, rx) = oneshot::channel();
+    if commands
+        .send(Command::Maintenance {
+            why: None,
+            reply: Some(tx),
+        })
+        .await
+        .is_err()
+    {
+        return Err("natsmeshd is stopping".into());
+    }
+    let said = rx
+        .await
+        .map_err(|_| "natsmeshd stopped before answering".to_owned())??;
+    tracing::info!("maintenance stop: {said}");
+    let back = matches!(
+        tokio::time::timeout(
+            MAINTENANCE_ANSWER,
+            status.wait_for(|st| {
+                st.state == "ready"
+                    && (st.jetstream == "JetStream current" || st.jetstream == "JetStream off")
+            }),
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    if !back {
+        // The settle task gives it back once the node serves.
+        access.settle.notify_one();
+        return Ok(format!(
+            "{said}; not serving with JetStream current yet, the maintenance lease goes back once it is"
+        ));
+    }
+    match maintenance::release(s).await {
+        Ok(true) => Ok(format!(
+            "{}: back in service with JetStream current; maintenance lease released",
+            s.server.server_name
+        )),
+        Ok(false) => Ok(format!(
+            "{}: back in service with JetStream current (no maintenance lease was held)",
+            s.server.server_name
+        )),
+        Err(e) => {
+            access.settle.notify_one();
+            Ok(format!(
+                "{}: back in service; the lease is given back in the background ({e})",
+                s.server.server_name
+            ))
+        }
+    }
 }
 
 /// Sends a command that answers, and waits for the answer.

@@ -64,8 +64,15 @@ enum Cmd {
         wait: bool,
     },
     /// Take the node out of service (out of DNS and the load balancer,
-    /// then lame duck); natsmeshd keeps running.
-    Drain,
+    /// then lame duck); natsmeshd keeps running. Refused when the
+    /// JetStream meta group or a stream of three or more replicas with
+    /// one here would lose its majority (counting nodes already out).
+    Drain {
+        /// Drain even when the majority rule refuses (or cannot be
+        /// checked: a region that lost its JetStream quorum).
+        #[arg(long)]
+        force: bool,
+    },
     /// Put a drained node back into service.
     Undrain,
     /// Hold planned restarts (configuration changes, upgrades) back;
@@ -80,6 +87,10 @@ enum Cmd {
     /// The whole supercluster, from any node, over NATS.
     #[command(subcommand)]
     Fleet(FleetCmd),
+    /// Take this node down for maintenance (a reboot, OS work) under a
+    /// lease that outlives natsmeshd and the reboot, and bring it back.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCmd),
     /// Offline certificate authority tasks (run on an operator's machine).
     #[command(subcommand)]
     Ca(CaCmd),
@@ -161,6 +172,25 @@ enum FleetCmd {
         #[arg(long)]
         context: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum MaintenanceCmd {
+    /// Take the maintenance lease (held `[maintenance] max_down`, through
+    /// natsmeshd restarts and the reboot) under the majority rule, wait as
+    /// a planned restart does, leave DNS and the balancer, lame duck, stop
+    /// the broker, and say "safe to reboot".
+    Start {
+        /// Wait until the rule allows it instead of being refused.
+        #[arg(long)]
+        wait: bool,
+        /// Why, kept with the lease and shown in `status`.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Bring the node back; the lease goes back once JetStream is current
+    /// (the next boot does the same by itself).
+    Stop,
 }
 
 #[derive(Debug, Subcommand)]
@@ -502,10 +532,26 @@ async fn dispatch(cli: Cli) -> i32 {
             let socket = socket();
             return simple_request(&socket, &Request::Reload { wait }).await;
         }
-        Cmd::Drain | Cmd::Undrain | Cmd::Pause | Cmd::Resume | Cmd::Decommission => {
+        Cmd::Maintenance(m) => {
+            let socket = socket();
+            let request = match m {
+                MaintenanceCmd::Start { wait, reason } => Request::Maintenance {
+                    start: true,
+                    wait,
+                    reason,
+                },
+                MaintenanceCmd::Stop => Request::Maintenance {
+                    start: false,
+                    wait: false,
+                    reason: String::new(),
+                },
+            };
+            return simple_request(&socket, &request).await;
+        }
+        Cmd::Drain { .. } | Cmd::Undrain | Cmd::Pause | Cmd::Resume | Cmd::Decommission => {
             let socket = socket();
             let request = match cli.command {
-                Cmd::Drain => Request::Drain,
+                Cmd::Drain { force } => Request::Drain { force },
                 Cmd::Undrain => Request::Undrain,
                 Cmd::Pause => Request::Pause,
                 Cmd::Decommission => Request::Decommission,

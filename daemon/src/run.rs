@@ -197,6 +197,14 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
                 commands.clone(),
             ))
         });
+    // A maintenance or drain lease of this node goes back once it serves
+    // with JetStream current: at start (after the reboot), and when told.
+    let settle = std::sync::Arc::new(tokio::sync::Notify::new());
+    let settler = tokio::spawn(crate::fleet::maintenance::settle(
+        pause_settings.clone(),
+        status.clone(),
+        settle.clone(),
+    ));
     let control = tokio::spawn(control::serve(
         listener,
         commands.clone(),
@@ -205,6 +213,7 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         std::sync::Arc::new(control::FleetOps {
             pause: access,
             settings: pause_settings,
+            settle,
         }),
     ));
     let signals = match forward_signals(commands.clone()) {
@@ -230,6 +239,7 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     if let Some(f) = follower {
         f.abort();
     }
+    settler.abort();
     for task in [publisher, member, ready, metrics, pause_watch]
         .into_iter()
         .flatten()

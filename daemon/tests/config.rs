@@ -1153,3 +1153,33 @@ fn regions_from_dns_are_dialled_at_the_gates_port() {
         .collect();
     assert_eq!(urls, ["fra1.nats.test:7443", "nyc3.nats.test:7443"]);
 }
+
+#[test]
+fn maintenance_max_down_defaults_to_15_minutes_and_must_outlast_the_drain() {
+    let f = Fixture::new();
+    f.write("natsmesh.toml", MINIMAL);
+    assert_eq!(
+        f.settings().unwrap().maintenance.max_down,
+        std::time::Duration::from_secs(900)
+    );
+    f.write(
+        "natsmesh.toml",
+        &format!("{MINIMAL}\n[maintenance]\nmax_down = \"2h\"\n"),
+    );
+    assert_eq!(
+        f.settings().unwrap().maintenance.max_down,
+        std::time::Duration::from_secs(7200)
+    );
+    let main = f.write(
+        "natsmesh.toml",
+        &format!("{MINIMAL}\n[maintenance]\nmax_down = \"20s\"\n"),
+    );
+    let line = MINIMAL.lines().count() + 3;
+    assert_problem(
+        &f.problems(),
+        "maintenance.max_down",
+        &main,
+        line,
+        "at least broker.lame_duck_duration",
+    );
+}

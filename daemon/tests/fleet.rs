@@ -3,7 +3,8 @@
 //! acknowledged publish load: a change only a restart applies, arriving on
 //! every node at once, rolls through the region one node at a time under
 //! the region's restart lease; a dead lease holder frees the lease when it
-//! expires; pause holds a restart back.
+//! expires; pause holds a restart back; coordinated maintenance lets one
+//! node of the region go down at a time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -1225,4 +1226,218 @@ fn fleet_status_without_a_system_user_says_why() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("system user"), "{err}");
+}
+
+/// `natsmeshd <args>` on node `d`, not waited for.
+fn spawn_cli(d: &Daemon, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(common::NATSMESHD)
+        .args(args)
+        .arg("--socket")
+        .arg(d.socket())
+        .arg("--config")
+        .arg(d.config_path())
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Two operators at once on two nodes of a three-node region (R3 stream
+/// ORDERS): one gets "safe to reboot", the other is refused naming the
+/// majority rule, and with `--wait` waits — through a natsmeshd restart of
+/// the node in maintenance, which keeps its broker down and its lease —
+/// until the first node's `maintenance stop` has it serving with
+/// JetStream current; a drain on the third node meanwhile is refused by
+/// the same rule.
+#[test]
+fn maintenance_on_two_nodes_at_once_lets_one_go_and_the_other_wait() {
+    let mut region = Region::start(3);
+    create_stream(&region.urls());
+
+    // Both at once: exactly one wins the compare-and-set.
+    let a = spawn_cli(
+        &region.nodes[&1],
+        &["maintenance", "start", "--reason", "kernel"],
+    );
+    let b = spawn_cli(
+        &region.nodes[&2],
+        &["maintenance", "start", "--reason", "kernel"],
+    );
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let ((first, won), (second, lost)) = match (a.status.success(), b.status.success()) {
+        (true, false) => ((1u8, a), (2u8, b)),
+        (false, true) => ((2, b), (1, a)),
+        _ => panic!(
+            "exactly one may go out: n1: {} n2: {}\n{}",
+            text(&a),
+            text(&b),
+            region.logs()
+        ),
+    };
+    assert!(text(&won).contains("safe to reboot"), "{}", text(&won));
+    let refusal = text(&lost);
+    assert!(
+        refusal.contains("refused by the majority rule")
+            && refusal.contains("the JetStream meta group")
+            && refusal.contains(&format!("n{first} (maintenance)")),
+        "{refusal}"
+    );
+    let s = region.nodes.get_mut(&first).unwrap().status().unwrap();
+    assert_eq!((s.state.as_str(), s.broker_pid), ("stopped", None), "{s:?}");
+    assert!(
+        s.maintenance.as_deref().unwrap().contains("kernel"),
+        "{s:?}"
+    );
+    let screen = text(&region.nodes[&first].cli(&["status"]));
+    assert!(
+        screen.contains("maintenance") && screen.contains("safe to reboot"),
+        "{screen}"
+    );
+
+    // The second operator waits.
+    let started = Instant::now();
+    let mut waiting = spawn_cli(
+        &region.nodes[&second],
+        &["maintenance", "start", "--wait", "--reason", "kernel"],
+    );
+    // A third operator waits too, and gives up (Ctrl-C): their node must
+    // not go down later with nobody watching.
+    let mut given_up = spawn_cli(&region.nodes[&3], &["maintenance", "start", "--wait"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(given_up.try_wait().unwrap().is_none(), "n3 waits");
+    given_up.kill().unwrap();
+    given_up.wait().unwrap();
+    common::fleet::wait_for("n3 gives up", Duration::from_secs(10), || {
+        region.nodes[&3]
+            .log()
+            .contains("maintenance start given up")
+    });
+    // The third node may not drain either.
+    let out = region.nodes[&3].cli(&["drain"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("refused by the majority rule"),
+        "{}",
+        text(&out)
+    );
+
+    // natsmeshd restarts on the node in maintenance (same boot): the
+    // broker stays down and the lease holds.
+    region.kill_and_restart(first);
+    let d = region.nodes.get_mut(&first).unwrap();
+    let s = d.wait_status(
+        "natsmeshd back, still in maintenance",
+        |s| s.state == "stopped" && s.maintenance.is_some(),
+        Duration::from_secs(20),
+    );
+    assert_eq!(s.broker_pid, None, "{s:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "n{second} went out while n{first} was in maintenance"
+    );
+    assert_eq!(
+        region
+            .nodes
+            .get_mut(&first)
+            .unwrap()
+            .status()
+            .unwrap()
+            .broker_pid,
+        None
+    );
+
+    // The first node comes back; then the second goes.
+    let back = ok_cli(&region.nodes[&first], &["maintenance", "stop"]);
+    assert!(back.contains("maintenance lease released"), "{back}");
+    let stopped_at = Instant::now();
+    let d = region.nodes.get_mut(&first).unwrap();
+    let s = d.status().unwrap();
+    assert!(
+        s.state == "ready" && s.jetstream == "JetStream current" && s.maintenance.is_none(),
+        "{s:?}"
+    );
+    common::fleet::wait_for(
+        "the second operator's start ends",
+        Duration::from_secs(120),
+        || waiting.try_wait().unwrap().is_some(),
+    );
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out), region.logs());
+    assert!(text(&out).contains("safe to reboot"), "{}", text(&out));
+    println!(
+        "n{second} waited {:?}, {:?} after n{first} came back",
+        started.elapsed(),
+        stopped_at.elapsed()
+    );
+    let s = region.nodes.get_mut(&second).unwrap().status().unwrap();
+    assert_eq!((s.state.as_str(), s.broker_pid), ("stopped", None), "{s:?}");
+    let s = region.nodes.get_mut(&3).unwrap().status().unwrap();
+    assert!(
+        s.state == "ready" && s.maintenance.is_none(),
+        "n3 gave up: {s:?}"
+    );
+
+    // And it comes back serving too.
+    ok_cli(&region.nodes[&second], &["maintenance", "stop"]);
+    region.nodes.get_mut(&second).unwrap().wait_status(
+        "n2 serving again",
+        |s| s.state == "ready" && s.routes == Some(2) && s.maintenance.is_none(),
+        Duration::from_secs(30),
+    );
+}
+
+/// The reboot ends maintenance by itself: a natsmeshd that starts in
+/// another boot than the one its maintenance began in (the marker's boot
+/// rewritten, as a reboot would leave it) serves, and gives its lease back
+/// once JetStream is current — another node may then go out at once.
+#[test]
+fn the_next_boot_brings_a_node_in_maintenance_back_and_releases_its_lease() {
+    let mut region = Region::start(3);
+    let out = ok_cli(&region.nodes[&1], &["maintenance", "start"]);
+    assert!(out.contains("safe to reboot"), "{out}");
+    let refused = region.nodes[&2].cli(&["maintenance", "start"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+
+    // "Reboot" n1: natsmeshd stops (its broker is down already), and the
+    // boot the marker names is no longer this one.
+    let marker = region.nodes[&1].dir.path().join("state/maintenance.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&marker).expect("the marker is kept")).unwrap();
+    m["boot_id"] = "an-earlier-boot".into();
+    std::fs::write(&marker, serde_json::to_vec(&m).unwrap()).unwrap();
+    region.kill_and_restart(1);
+    let d = region.nodes.get_mut(&1).unwrap();
+    d.wait_status(
+        "n1 serving after the reboot",
+        |s| s.state == "ready" && s.jetstream == "JetStream current" && s.maintenance.is_none(),
+        Duration::from_secs(60),
+    );
+    assert!(!marker.exists(), "the marker is gone after the reboot");
+    // Its lease goes back by itself: n2 may go out without waiting.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = region.nodes[&2].cli(&["maintenance", "start"]);
+        if out.status.success() {
+            assert!(text(&out).contains("safe to reboot"), "{}", text(&out));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1's lease was not given back: {}\n{}",
+            text(&out),
+            region.logs()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    ok_cli(&region.nodes[&2], &["maintenance", "stop"]);
 }

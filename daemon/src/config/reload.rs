@@ -100,6 +100,11 @@ pub fn sort_out(running: &Settings, new: &mut Settings, live: Live) -> Vec<Chang
         Effect::Applied("for the next planned restart"),
     );
     changed(
+        "[maintenance]",
+        running.maintenance != new.maintenance,
+        Effect::NeedsRestart,
+    );
+    changed(
         "broker.binary",
         running.binary != new.binary,
         Effect::Applied("its binary check restarts the broker into it, as an upgrade"),

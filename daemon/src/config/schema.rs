@@ -41,6 +41,8 @@ pub struct RawConfig {
     pub load_balancer: RawLoadBalancer,
     /// Restarts, upgrades and decommission, one node of the region at a time.
     pub fleet: RawFleet,
+    /// Coordinated maintenance (`natsmeshd maintenance start|stop`).
+    pub maintenance: RawMaintenance,
     /// Prometheus metrics.
     pub metrics: RawMetrics,
 }
@@ -101,6 +103,23 @@ impl Default for RawFleet {
             lease_scope: LeaseScope::Region,
             lease_ttl: Span(Duration::from_secs(300)),
             lease_creds: None,
+        }
+    }
+}
+
+/// `[maintenance]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMaintenance {
+    /// How long a maintenance lease holds while its node is down (a node
+    /// that never comes back frees the others after this).
+    pub max_down: Span,
+}
+
+impl Default for RawMaintenance {
+    fn default() -> Self {
+        Self {
+            max_down: Span(Duration::from_secs(15 * 60)),
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct Settings {
     pub balancer: Option<crate::balancer::LbSettings>,
     /// Whether planned restarts take the region's lease.
     pub fleet: crate::fleet::Coordination,
+    /// `[maintenance]`.
+    pub maintenance: crate::fleet::maintenance::MaintenanceSettings,
     /// Prometheus `/metrics`, when on.
     pub metrics: Option<crate::metrics::MetricsSettings>,
     /// The gate in front of the gateway port (see [`crate::gate`]).
@@ -881,6 +883,7 @@ pub fn validate(
     let gate = apply_gate(&mut c, raw, &region, tls.as_ref(), &mut server);
     let system_user = apply_auth(&mut c, raw, env, &state_dir, &mut server);
     let fleet = fleet::apply_fleet(&mut c, raw, env, system_user.as_ref(), &mut server);
+    let maintenance = fleet::apply_maintenance(&mut c, raw, &server);
     let metrics = raw.metrics.enabled.then(|| {
         let ip = c.bind("metrics.bind", raw.metrics.bind, Role::Monitoring, identity);
         crate::metrics::MetricsSettings {
@@ -997,6 +1000,7 @@ pub fn validate(
             publish,
             balancer,
             fleet,
+            maintenance,
             metrics,
             gate,
         })

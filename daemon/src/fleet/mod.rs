@@ -1,8 +1,10 @@
 //! One node of a region at a time: every planned disruption of the broker
 //! (a restart a configuration change needs, an upgrade) first takes the
 //! region's restart lease, held in the supercluster itself, and only once
-//! the region can spare this node — all its servers answer, and every
-//! replicated stream hosted here has its other replicas current.
+//! the region can spare this node — all its servers answer, every
+//! replicated stream hosted here has its other replicas current, and no
+//! other node of it holds a maintenance or drain lease
+//! ([`maintenance`]).
 //!
 //! The supervisor asks with [`acquire`] and hears back through a channel:
 //! why it still waits (for STATUS), then the lease ([`Held`]), which it
@@ -12,6 +14,7 @@ pub mod creds;
 pub mod decommission;
 pub mod heartbeat;
 pub mod lease;
+pub mod maintenance;
 pub mod pause;
 pub mod peers;
 pub mod report;
@@ -189,6 +192,13 @@ async fn attempt(
         LeaseScope::Region => lease::bucket_name(&cluster),
         LeaseScope::Supercluster => lease::SUPERCLUSTER_BUCKET.to_owned(),
     };
+    // A node of the region out for maintenance (or a drain) is out on
+    // purpose: no planned restart here until it is back.
+    if let Some(away) = maintenance::out_in_region(&js, settings).await {
+        return Err(format!(
+            "{away} is out of service; waiting for it to come back"
+        ));
+    }
     let store = lease::bucket(&js, &name, &cluster, fleet.ttl, view.jetstream_servers()).await?;
     let holder = lease::Holder::new(me, nonce, why);
     match lease::take(&store, &holder).await? {

@@ -56,7 +56,8 @@ pub struct NodeReport {
     /// `None` when only the node's own pause (or none) holds.
     #[serde(default)]
     pub fleet_paused: Option<String>,
-    /// The restart lease: waited for (and why), held, or nothing.
+    /// The restart lease: waited for (and why), held, or nothing; or the
+    /// maintenance lease of a node in maintenance.
     pub lease: String,
     /// When the node certificate expires (Unix seconds), with TLS.
     pub certificate_not_after_unix: Option<u64>,
@@ -93,7 +94,11 @@ impl NodeReport {
             restart_pending: s.restart_pending.clone(),
             paused: s.paused || s.fleet_paused.is_some(),
             fleet_paused: s.fleet_paused.clone(),
-            lease: s.fleet.clone(),
+            // A node in maintenance holds the maintenance lease.
+            lease: match &s.maintenance {
+                Some(m) if s.fleet.is_empty() => m.clone(),
+                _ => s.fleet.clone(),
+            },
             certificate_not_after_unix: s.certificate_not_after_unix,
             intermediate_not_after_unix: s.intermediate_not_after_unix,
             root_not_after_unix: s.root_not_after_unix,
@@ -291,6 +296,23 @@ mod tests {
             text.lines()
                 .nth(1)
                 .is_some_and(|l| l.starts_with("a ") && l.contains("fra1"))
+        );
+    }
+
+    #[test]
+    fn a_node_in_maintenance_reports_its_maintenance_lease() {
+        let mut s = Status {
+            state: "draining".into(),
+            ..Status::default()
+        };
+        assert_eq!(NodeReport::from_status(&s, 1).lease, "");
+        s.maintenance = Some("in maintenance since … (kernel): safe to reboot".into());
+        assert!(NodeReport::from_status(&s, 1).lease.contains("kernel"));
+        // A restart lease in play is shown first.
+        s.fleet = "waiting to restart: …".into();
+        assert_eq!(
+            NodeReport::from_status(&s, 1).lease,
+            "waiting to restart: …"
         );
     }
 }

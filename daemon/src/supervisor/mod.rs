@@ -12,6 +12,7 @@
 
 pub mod backoff;
 pub mod liveness;
+mod maintenance;
 pub mod output;
 mod planned;
 pub mod probe;
@@ -87,6 +88,14 @@ pub enum Command {
     /// Leave the region for good (see [`crate::fleet::decommission`]).
     Decommission {
         /// Acknowledgement (or why not).
+        reply: Option<oneshot::Sender<Result<String, String>>>,
+    },
+    /// Into maintenance (`Some(why)`: drain and stay down, the lease
+    /// already taken) or out of it (`None`: serve again).
+    Maintenance {
+        /// Why, or `None` to end it.
+        why: Option<String>,
+        /// Acknowledgement.
         reply: Option<oneshot::Sender<Result<String, String>>>,
     },
     /// Drain and exit.
@@ -425,6 +434,7 @@ impl Supervisor {
         );
         match self.handoff.take() {
             Some(h) => self.adopt(h),
+            None if self.stays_in_maintenance() => {}
             None => self.start_broker(),
         }
         let watchdog_every = self.notifier.watchdog_interval();
@@ -993,6 +1003,7 @@ impl Supervisor {
             Command::Pause { reply } => answer(reply, self.pause()),
             Command::Resume { reply } => answer(reply, self.resume()),
             Command::Reload { reply } => self.request_reload(reply),
+            Command::Maintenance { why, reply } => self.maintenance(why, reply),
         }
     }
 

@@ -104,6 +104,10 @@ pub struct Status {
     /// fleet pause`): which one, by whom, since when and why.
     #[serde(default)]
     pub fleet_paused: Option<String>,
+    /// Maintenance (`natsmeshd maintenance start`): since when, why, until
+    /// when its lease holds; `None`: not in maintenance.
+    #[serde(default)]
+    pub maintenance: Option<String>,
     /// What keeps this node's DNS records from being as they should.
     #[serde(default)]
     pub dns_problem: Option<String>,
@@ -213,6 +217,9 @@ impl Status {
         if let Some(f) = &self.fleet_paused {
             let _ = write!(s, "; {f}");
         }
+        if self.maintenance.is_some() {
+            s.push_str("; in maintenance");
+        }
         if !self.server_name.is_empty() {
             let _ = write!(s, " — {}", self.server_name);
         }
@@ -315,6 +322,7 @@ impl Status {
                 }
                 f
             }),
+            ("maintenance", self.maintenance.clone().unwrap_or_default()),
             (
                 "gateways",
                 self.gateways.as_ref().map_or_else(String::new, |g| {
@@ -338,7 +346,10 @@ impl Status {
             ("natsmeshd", self.natsmesh_version.clone()),
         ];
         for (k, v) in rows.into_iter().filter(|(k, v)| {
-            !matches!(*k, "dns" | "balancer" | "gateways" | "clock") || !v.is_empty()
+            !matches!(
+                *k,
+                "dns" | "balancer" | "gateways" | "clock" | "maintenance"
+            ) || !v.is_empty()
         }) {
             let _ = writeln!(s, "{k:>10}  {v}");
         }

@@ -12,6 +12,25 @@ use natsmesh_broker::model::{Account, AccountJetStream, ServerConfig};
 /// The lease must outlive a restart: lame duck plus a start.
 const RESTART_ALLOWANCE: Duration = Duration::from_secs(10);
 
+/// `[maintenance]`: the lease must outlast the drain before the reboot.
+pub(super) fn apply_maintenance(
+    c: &mut Checker<'_>,
+    raw: &RawConfig,
+    server: &ServerConfig,
+) -> crate::fleet::maintenance::MaintenanceSettings {
+    let max_down = raw.maintenance.max_down.0;
+    let least = server.lame_duck_duration + RESTART_ALLOWANCE;
+    if max_down < least {
+        c.problem(
+            "maintenance.max_down",
+            format!(
+                "{max_down:?} could lapse before the node is even down: at least broker.lame_duck_duration + {RESTART_ALLOWANCE:?} ({least:?})"
+            ),
+        );
+    }
+    crate::fleet::maintenance::MaintenanceSettings { max_down }
+}
+
 /// The coordination `[fleet]` asks for and the set-up allows; in accounts
 /// mode this renders natsmeshd's own account for the lease bucket.
 pub(super) fn apply_fleet(
