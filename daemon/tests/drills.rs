@@ -707,7 +707,7 @@ fn write_report(r: &Report, dir: &std::path::Path) -> PathBuf {
             if t.pass { "yes" } else { "**no**" }
         ));
     }
-    md.push_str("\nGateway round trips (first node of each region, /gatewayz):\n\n| from | to | injected, ms | measured, ms |\n|---|---|---|---|\n");
+    md.push_str("\nGateway round trips (/gatewayz, the lowest of each region's servers):\n\n| from | to | injected, ms | measured, ms |\n|---|---|---|---|\n");
     for g in &r.gateway_rtt {
         md.push_str(&format!(
             "| {} | {} | {} | {:.1} |\n",
@@ -815,33 +815,66 @@ fn others(r: Region) -> Vec<Region> {
     REGIONS.into_iter().filter(|o| o.name != r.name).collect()
 }
 
-/// Each region's first node's gateways measure the round trip the proxies
-/// inject (twice the one-way delay into the remote region), within noise.
+/// Each region's gateways measure the round trip the proxies inject
+/// (twice the one-way delay into the remote region), within noise. A
+/// gateway measures as it connects and at every PING (at most 15 s apart
+/// for gateways in nats-server), so on a machine busy with other work one
+/// late PONG inflates a node's figure until its next: the check takes the
+/// lowest figure any of the region's servers showed, sampling for up to
+/// 45 s until each link's is within noise (every figure must be at least
+/// the injected delay, or the proxy is not in the way).
 fn check_rtts(mesh: &mut Mesh) -> Vec<GatewayRtt> {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut lowest = std::collections::BTreeMap::<(&str, &str), (Duration, String)>::new();
+    let within = |lowest: &std::collections::BTreeMap<(&str, &str), (Duration, String)>,
+                  mesh: &Mesh| {
+        REGIONS.iter().all(|r| {
+            others(*r).iter().all(|o| {
+                lowest
+                    .get(&(r.name, o.name))
+                    .is_some_and(|(m, _)| *m <= mesh.latency(*o) * 2 + Duration::from_millis(40))
+            })
+        })
+    };
+    loop {
+        for r in REGIONS {
+            for n in 1..=r.nodes {
+                let name = format!("{}-n{n}", r.name);
+                let rtts = mesh.gateway_rtts(&name);
+                for o in others(r) {
+                    let Some(measured) = rtts.get(o.name).copied() else {
+                        continue;
+                    };
+                    let injected = mesh.latency(o) * 2;
+                    assert!(
+                        measured >= injected,
+                        "{name} → {}: RTT {measured:?} under the injected {injected:?}",
+                        o.name
+                    );
+                    let key = (r.name, o.name);
+                    if lowest.get(&key).is_none_or(|(l, _)| measured < *l) {
+                        lowest.insert(key, (measured, name.clone()));
+                    }
+                }
+            }
+        }
+        if within(&lowest, mesh) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway RTTs over the injected delays + 40 ms for 45 s (lowest seen): {lowest:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let mut found = Vec::new();
     for r in REGIONS {
-        let name = format!("{}-n1", r.name);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let rtts = loop {
-            let rtts = mesh.gateway_rtts(&name);
-            if others(r).iter().all(|o| rtts.contains_key(o.name)) {
-                break rtts;
-            }
-            assert!(Instant::now() < deadline, "{name}: gateway RTTs {rtts:?}");
-            std::thread::sleep(Duration::from_millis(200));
-        };
         for o in others(r) {
-            let injected = mesh.latency(o) * 2;
-            let measured = rtts[o.name];
-            assert!(
-                measured >= injected && measured <= injected + Duration::from_millis(40),
-                "{name} → {}: RTT {measured:?}, injected {injected:?}",
-                o.name
-            );
+            let (measured, _) = &lowest[&(r.name, o.name)];
             found.push(GatewayRtt {
                 from: r.name.into(),
                 to: o.name.into(),
-                injected_ms: ms(injected),
+                injected_ms: ms(mesh.latency(o) * 2),
                 measured_ms: measured.as_secs_f64() * 1000.0,
             });
         }
