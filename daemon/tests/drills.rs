@@ -2234,7 +2234,9 @@ fn clients_scaling_up_and_down_in_every_region_are_all_served() {
     let fronts = client_scaling::Frontends::start(&mut mesh, NYC3);
     let root = ROOT.get().expect("a secure mesh").clone();
     let admin = servers(&mut mesh, "fra1-n1");
+    let load_before = load_average();
     let outcome = client_scaling::run(&mut mesh, &fronts, plan, &root, admin);
+    let load_after = load_average();
     // Converged: every region still joined after the clients left.
     wait_all_joined(&mut mesh);
 
@@ -2264,6 +2266,10 @@ fn clients_scaling_up_and_down_in_every_region_are_all_served() {
             r.provenance.host.cores,
             outcome.lasted_ms
         ),
+    ));
+    r.facts.push((
+        "the machine's load (1-minute average, all processes) before and after".into(),
+        format!("{load_before} and {load_after}"),
     ));
     for c in &outcome.regions {
         let stream = format!("SCALE_{} in {}", c.region.to_uppercase(), c.region);
@@ -2746,6 +2752,15 @@ fn drill_report_reads_memory_from_meminfo() {
         Some(24151)
     );
     assert_eq!(mem_total_mib("MemFree: 1 kB\n"), None);
+}
+
+/// The machine's 1-minute load average (`/proc/loadavg`), as printed
+/// there: the other work the drill's numbers shared the cores with.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// A nats-server on loopback whose one user is `user`/`password`.
