@@ -594,6 +594,9 @@ fn node_settings(config: &std::path::Path) -> std::collections::BTreeMap<String,
         "health.route_wait",
         dur(raw.health.route_wait.map_or(timings.route_wait, |s| s.0)),
     );
+    // A client's TLS handshake slower than this is cut by the server (the
+    // client-scaling drill's connects depend on it).
+    set("tls.handshake_timeout", d(raw.tls.handshake_timeout));
     set("restart.backoff_initial", d(raw.restart.backoff_initial));
     set("restart.backoff_max", d(raw.restart.backoff_max));
     set("discovery.min_refresh", d(raw.discovery.min_refresh));
@@ -960,7 +963,7 @@ fn client_scaling_markdown(c: &client_scaling::ClientScaling) -> String {
                 .join("; ")
         ));
     }
-    md.push_str("\nEach nats-server (`/proc/<pid>`: CPU time from `schedstat`, memory from `status`), up (ramp and peak) and down (the rest leaving and the floor):\n\n| server | CPU up, ms (% of a core) | CPU down, ms (% of a core) | RSS before, MiB | at peak | at floor | high-water |\n|---|---|---|---|---|---|---|\n");
+    md.push_str("\nEach nats-server (`/proc/<pid>`: CPU time from `stat`, memory from `status`), up (ramp and peak) and down (the rest leaving and the floor):\n\n| server | CPU up, ms (% of a core) | CPU down, ms (% of a core) | RSS before, MiB | at peak | at floor | high-water |\n|---|---|---|---|---|---|---|\n");
     for b in &c.brokers {
         md.push_str(&format!(
             "| {} | {} ({:.1}) | {} ({:.1}) | {:.1} | {:.1} | {:.1} | {:.1} |\n",
@@ -2742,6 +2745,7 @@ fn drill_settings_come_from_the_node_configuration() {
     assert_eq!(s["health.interval"], "250ms", "the fast profile's");
     assert_eq!(s["fleet.lease_scope"], "supercluster");
     assert_eq!(s["fleet.lease_ttl"], "1m", "the drop-in's");
+    assert_eq!(s["tls.handshake_timeout"], "2s", "the default");
     assert!(!s.contains_key("load_balancer.dwell"), "no balancer: {s:?}");
 }
 
