@@ -2270,6 +2270,21 @@ fn clients_scaling_up_and_down_in_every_region_are_all_served() {
             outcome.lasted_ms
         ),
     ));
+    // What the servers said of the handshakes they cut, if any.
+    let (mut timeouts, mut handshake_errors) = (0, 0);
+    for d in mesh.nodes.values() {
+        for l in d.log().lines() {
+            if l.contains("TLS handshake timeout") {
+                timeouts += 1;
+            } else if l.contains("TLS handshake error") {
+                handshake_errors += 1;
+            }
+        }
+    }
+    r.facts.push((
+        "the servers' logs: client TLS handshakes timed out / failed otherwise".into(),
+        format!("{timeouts} / {handshake_errors}"),
+    ));
     r.facts.push((
         "the machine's load (1-minute average, all processes) before and after".into(),
         format!("{load_before} and {load_after}"),
