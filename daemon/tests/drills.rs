@@ -2282,7 +2282,7 @@ fn clients_scaling_up_and_down_in_every_region_are_all_served() {
         }
     }
     r.facts.push((
-        "the servers' logs: client TLS handshakes timed out / failed otherwise".into(),
+        "the servers' logs: TLS handshakes timed out / failed otherwise (fra1's and sgp1's balancers check each server once a second by connecting and closing, each such check a failed handshake)".into(),
         format!("{timeouts} / {handshake_errors}"),
     ));
     r.facts.push((
