@@ -648,14 +648,32 @@ async fn scale_client(
         );
         return;
     };
+    // The responder; told to leave, it drains its subscription (the
+    // server stops routing here once the UNSUB is through), answers what
+    // was routed here before that, and flushes its answers.
+    let (leave, left) = tokio::sync::oneshot::channel::<()>();
     let responder = {
         let c = c.clone();
         tokio::spawn(async move {
-            while let Some(m) = sub.next().await {
-                if let Some(reply) = m.reply {
-                    let _ = c.publish(reply, m.payload).await;
+            let mut left = std::pin::pin!(left);
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    m = sub.next() => match m {
+                        Some(m) => {
+                            if let Some(reply) = m.reply {
+                                let _ = c.publish(reply, m.payload).await;
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = &mut left, if !draining => {
+                        draining = true;
+                        let _ = sub.drain().await;
+                    }
                 }
             }
+            let _ = c.flush().await;
         })
     };
     let js = jetstream::new(c.clone());
@@ -722,9 +740,12 @@ async fn scale_client(
         }
     }
     // Leaving as a well-behaved client does: its queue subscription
-    // drained (what the server already routed here is answered), then the
-    // connection closed.
+    // drained and what the server routed here answered and flushed, then
+    // the connection closed. (Draining the whole client at once closes
+    // the connection as soon as the subscription is drained, which may be
+    // before the last answers are written.)
     leaving.store(true, Ordering::Relaxed);
-    let _ = c.drain().await;
+    let _ = leave.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), responder).await;
+    let _ = c.drain().await;
 }
