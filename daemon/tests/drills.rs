@@ -16,7 +16,11 @@
 //! Drills: a whole region lost and returned (SIGKILL); a flapping region
 //! (nftables cuts its links again and again); scaling (a server added,
 //! one removed with `natsmeshd decommission`); a rolling upgrade of
-//! natsmesh and nats-server through the supercluster's restart lease.
+//! natsmesh and nats-server through the supercluster's restart lease;
+//! clients scaling up and down in every region through the region's
+//! balancer (`client_scaling`, with its own clients and targets). The lost
+//! region also records where its clients went, beside the gateways' round
+//! trips.
 //! Each reports acknowledged messages lost, the longest core gap,
 //! reconnect p50/p99, failed connections through the balancer and the
 //! time to converge, as Markdown and JSON in `NATSMESH_DRILL_OUT`
@@ -25,7 +29,9 @@
 //! reduced; `make drills` plays all, longer. Knobs (seconds):
 //! `NATSMESH_DRILL_LOSS_SECS` (10), `NATSMESH_DRILL_LOAD_SECS` (before and
 //! after, 3), `NATSMESH_DRILL_FLAPS` (3), `NATSMESH_DRILL_CUT_SECS` (4);
-//! `NATSMESH_DRILL_PREVIOUS_NATSMESHD`, the build an upgrade starts from.
+//! `NATSMESH_DRILL_PREVIOUS_NATSMESHD`, the build an upgrade starts from;
+//! `NATSMESH_DRILL_CLIENTS` (300), `NATSMESH_DRILL_RAMP_SECS` (20) and
+//! `NATSMESH_DRILL_HOLD_SECS` (10) for the client scaling.
 //! Needs root and nftables; runs alone.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
