@@ -104,7 +104,7 @@ rpm: package-tools release stage-broker manpage
 unit-security:
 	scripts/unit-security
 
-# Failure drills (root; about 10 minutes): every drill, longer, reports in
+# Failure drills (root; about 13 minutes): every drill, longer, reports in
 # bench/results/drills/ (Markdown and JSON). CI plays one, reduced (a lost
 # region). The rolling upgrade starts from natsmeshd as built at
 # PREVIOUS_REV (a git revision, 2cc3837 by default; scripts/build-previous

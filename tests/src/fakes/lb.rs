@@ -657,6 +657,13 @@ impl Running {
         }
     }
 
+    /// Pools with no API in front (a balancer whose backends a test
+    /// registers by hand with [`Pool::set`]), served as [`Running::start`]
+    /// serves them.
+    pub fn pools(pools: Vec<Pool>) -> Self {
+        Self::start(Router::new(), pools, None)
+    }
+
     /// `http://127.0.0.1:<port>`
     pub fn url(&self) -> String {
         format!("http://{}", self.api)
