@@ -16,9 +16,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::command::Command;
 use crate::fleet::pause::Access;
 use crate::fleet::report::{NodeRow, Table};
-use crate::supervisor::{Command, Status};
+use crate::health::Status;
 
 /// A request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,7 +345,7 @@ async fn issue_creds(
     use crate::fleet::creds;
     let settings = &access.settings;
     creds::check_mode(settings.system_user.as_ref()).map_err(|e| e.to_string())?;
-    let addr = crate::supervisor::probe::local_addr(&settings.server.listen)
+    let addr = crate::addr::local_addr(&settings.server.listen)
         .ok_or("the client port is not fixed: no URL to hand out")?;
     let dir = settings.state_dir.clone();
     let now = crate::unix_ms(std::time::SystemTime::now());

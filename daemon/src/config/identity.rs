@@ -6,16 +6,82 @@
 //! across gateways duplicate messages, so the first start writes the name
 //! into the state directory and every later start must agree with it.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use super::load::Loaded;
-use super::problem::Problem;
 use super::schema::Provider;
 use super::validate::Environment;
-use crate::provider::digitalocean::DoMetadata;
-use crate::provider::linode::LinodeMetadata;
-use crate::provider::{Identity, identity_with_retry};
+
+/// Who this machine is, as its provider says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Where it came from.
+    pub provider: Provider,
+    /// The provider's instance id (droplet id, Linode id); empty for `none`.
+    pub instance_id: String,
+    /// Host name / label.
+    pub hostname: String,
+    /// The provider's own region name (`nyc3`, `us-east`), not natsmesh's.
+    pub provider_region: String,
+    /// Private / VPC IPv4: routes and the load balancer's path.
+    pub private_ipv4: Option<Ipv4Addr>,
+    /// Public IPv4: gateways between regions.
+    pub public_ipv4: Option<Ipv4Addr>,
+    /// Public IPv6.
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// Provider tags.
+    pub tags: Vec<String>,
+}
+
+impl Identity {
+    /// One line for status: provider, instance, region, addresses.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![match self.provider {
+            Provider::None => format!("from configuration (host {})", self.hostname),
+            p => format!(
+                "{p} instance {} ({}) in {}",
+                self.instance_id, self.hostname, self.provider_region
+            ),
+        }];
+        if let Some(a) = self.private_ipv4 {
+            parts.push(format!("private {a}"));
+        }
+        if let Some(a) = self.public_ipv4 {
+            parts.push(format!("public {a}"));
+        }
+        if let Some(a) = self.public_ipv6 {
+            parts.push(format!("public {a}"));
+        }
+        parts.join(", ")
+    }
+
+    /// The permanent server name: `<provider>-<region>-<instance id>` on a
+    /// cloud, the host name (or `node.name`) otherwise; limited to
+    /// `[A-Za-z0-9_.-]`, anything else becoming `-`.
+    pub fn server_name(&self) -> String {
+        let raw = match self.provider {
+            Provider::None => self.hostname.clone(),
+            p => format!(
+                "{}-{}-{}",
+                p.as_str(),
+                self.provider_region,
+                self.instance_id
+            ),
+        };
+        raw.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    }
+}
 
 /// The file holding the server name.
 pub const NAME_FILE: &str = "server-name";
@@ -33,35 +99,6 @@ pub fn static_identity(loaded: &Loaded, env: &Environment) -> Identity {
         public_ipv6: n.public_ipv6,
         tags: Vec::new(),
     }
-}
-
-/// Learns the identity: asks the provider (retrying at most `retry_cap`,
-/// or `node.metadata.retry_for` when shorter), or reads `[node]`.
-pub async fn resolve(
-    loaded: &Loaded,
-    env: &Environment,
-    retry_cap: Option<Duration>,
-) -> Result<Identity, Problem> {
-    let n = &loaded.raw.node;
-    let m = &n.metadata;
-    let retry_for = retry_cap.map_or(m.retry_for.0, |cap| cap.min(m.retry_for.0));
-    let http = crate::provider::http::client(m.timeout.0);
-    let found = match n.provider {
-        Provider::None => return Ok(static_identity(loaded, env)),
-        Provider::DigitalOcean => {
-            identity_with_retry(&DoMetadata::new(&m.url, http), retry_for).await
-        }
-        Provider::Linode => {
-            let mut bases = vec![m.url.clone()];
-            bases.extend(m.ipv6_url.clone());
-            identity_with_retry(&LinodeMetadata::new(&bases, http), retry_for).await
-        }
-    };
-    found.map_err(|e| Problem {
-        location: loaded.origins.get("node.provider").cloned(),
-        key: Some("node.provider".into()),
-        message: format!("cannot learn this machine's identity: {e}"),
-    })
 }
 
 /// Where the name is kept.

@@ -5,7 +5,6 @@
 //! (`metrics.scrape_every`), never by a scrape, so Prometheus cannot load
 //! the broker however often it comes; a scrape encodes what is cached.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,38 +17,18 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::health::State;
+use crate::health::Status;
 use crate::httpd::{read_request, respond};
-use crate::supervisor::Status;
-use crate::supervisor::state::State;
 
 pub mod node;
+
+pub use crate::config::settings::metrics::{MetricsSettings, MetricsTls};
 
 /// OpenMetrics text, what prometheus-client writes and Prometheus asks for.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The classic Prometheus text format.
 const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Where `/metrics` listens and how often the broker is read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsSettings {
-    /// The listener.
-    pub listen: SocketAddr,
-    /// The broker's own pace.
-    pub scrape_every: Duration,
-    /// Per-stream series (opt-in).
-    pub streams: bool,
-    /// HTTPS, with the node certificate.
-    pub tls: Option<MetricsTls>,
-}
-
-/// The certificate `/metrics` is served with over HTTPS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsTls {
-    /// The node certificate chain (renewed in place: read per connection).
-    pub cert_file: std::path::PathBuf,
-    /// Its key.
-    pub key_file: std::path::PathBuf,
-}
 
 impl MetricsTls {
     /// An acceptor with the certificate as it is now on disk, so a renewed
@@ -79,7 +58,7 @@ pub fn broker_monitor(settings: &crate::config::Settings) -> Option<Monitor> {
         .server
         .monitoring
         .as_ref()
-        .and_then(crate::supervisor::probe::local_addr)?;
+        .and_then(crate::addr::local_addr)?;
     let timeout = settings.health.timeout;
     match settings.tls.as_ref().filter(|t| t.monitoring) {
         None => Some(Monitor::new(addr, timeout)),

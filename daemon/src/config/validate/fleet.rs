@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{Checker, Environment, SystemUser};
 use crate::config::schema::{AuthMode, RawConfig};
-use crate::fleet::{Coordination, FLEET_ACCOUNT, FLEET_USER, FleetSettings};
+use crate::config::settings::fleet::{Coordination, FLEET_ACCOUNT, FLEET_USER, FleetSettings};
 use natsmesh_broker::conf::Name;
 use natsmesh_broker::model::{Account, AccountJetStream, ServerConfig};
 

@@ -8,6 +8,8 @@
 //! hash is rendered. The hash is cached so the rendered file stays the
 //! same from one reload to the next.
 
+pub mod creds;
+
 use std::fmt;
 use std::path::Path;
 
@@ -15,27 +17,10 @@ use natsmesh_broker::conf::Name;
 use natsmesh_broker::model::{Account, Credential, Permissions, User};
 use sha2::{Digest, Sha256};
 
+use crate::config::settings::fleet::{FLEET_ACCOUNT, FLEET_USER};
 use crate::config::validate::{SYSTEM_ACCOUNT, SYSTEM_USER, Settings, SystemUser};
 use crate::files::{SECRET, write_atomic};
-
-/// Whether `k` is a public user nkey.
-pub fn is_user_nkey(k: &str) -> bool {
-    k.starts_with('U') && nkeys::KeyPair::from_public_key(k).is_ok()
-}
-
-/// Whether `k` is a public account nkey.
-pub fn is_account_key(k: &str) -> bool {
-    k.starts_with('A') && nkeys::KeyPair::from_public_key(k).is_ok()
-}
-
-/// The anonymous user's password. nats-server hands a credential-less
-/// client the `no_auth_user`'s *stored* password and then checks it, so it
-/// must be plain, not a bcrypt hash. It guards nothing (whoever could use
-/// it may connect without credentials anyway), and is derived from the
-/// account so the rendered file stays the same.
-pub fn anonymous_password(account: &str) -> String {
-    hex::encode(Sha256::digest(format!("natsmesh anonymous {account}")))
-}
+pub use crate::nkey::{anonymous_password, is_account_key, is_user_nkey};
 
 /// A new random password (hex, 256 bits).
 pub fn random_password() -> Result<String, String> {
@@ -141,18 +126,14 @@ pub fn add_system_account(settings: &mut Settings, cache_dir: &Path) -> Result<(
     // Operators' temporary users (`fleet creds`), those not yet expired:
     // a restart keeps them, and any reload after their expiry drops them.
     let now = crate::unix_ms(std::time::SystemTime::now());
-    let temporary = crate::fleet::creds::load(cache_dir).map_err(|e| e.to_string())?;
-    users.extend(
-        crate::fleet::creds::live(temporary, now)
-            .into_iter()
-            .map(|u| User {
-                credential: Credential::Password {
-                    user: u.name,
-                    password: u.hash,
-                },
-                permissions: Permissions::default(),
-            }),
-    );
+    let temporary = creds::load(cache_dir).map_err(|e| e.to_string())?;
+    users.extend(creds::live(temporary, now).into_iter().map(|u| User {
+        credential: Credential::Password {
+            user: u.name,
+            password: u.hash,
+        },
+        permissions: Permissions::default(),
+    }));
     settings.server.accounts.retain(|a| a.name != name);
     settings.server.accounts.push(Account {
         name,
@@ -165,11 +146,11 @@ pub fn add_system_account(settings: &mut Settings, cache_dir: &Path) -> Result<(
         .server
         .accounts
         .iter_mut()
-        .find(|a| a.name.as_str() == crate::fleet::FLEET_ACCOUNT)
+        .find(|a| a.name.as_str() == FLEET_ACCOUNT)
     {
         fleet.users = vec![User {
             credential: Credential::Password {
-                user: crate::fleet::FLEET_USER.into(),
+                user: FLEET_USER.into(),
                 password: hash,
             },
             permissions: Permissions::default(),
@@ -193,8 +174,7 @@ pub async fn local_client(
     login: &SystemUser,
     name: &str,
 ) -> Result<async_nats::Client, String> {
-    let addr =
-        crate::supervisor::probe::local_addr(&settings.server.listen).ok_or("no client address")?;
+    let addr = crate::addr::local_addr(&settings.server.listen).ok_or("no client address")?;
     let mut opts = match login {
         SystemUser::Password { file, .. } => {
             let pw = system_password(file, false)?;
