@@ -96,16 +96,39 @@ pub struct Discovery {
     regions_absent: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Why discovery cannot give a start its first answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The system's resolver configuration could not be read.
+    #[error("system resolver: {0}")]
+    SystemResolver(#[source] NetError),
+    /// The resolver could not be built.
+    #[error("resolver: {0}")]
+    Resolver(#[source] NetError),
+    /// Too few of the region's servers in DNS before JetStream's first start.
+    #[error(
+        "JetStream's first start fixes its group size for good: found {found} of the {expect} servers discovery.bootstrap_expect asks for within {timeout:?}; not starting"
+    )]
+    TooFewPeers {
+        /// Servers found at the deadline.
+        found: usize,
+        /// `discovery.bootstrap_expect`.
+        expect: usize,
+        /// `discovery.bootstrap_timeout`.
+        timeout: Duration,
+    },
+}
+
 impl Discovery {
     /// A resolver for `settings` (custom nameservers, or the system's).
-    pub fn new(settings: DiscoverySettings) -> Result<Self, String> {
+    pub fn new(settings: DiscoverySettings) -> Result<Self, StartError> {
         let mut opts = ResolverOpts::default();
         // natsmesh schedules its own lookups from the TTLs: no cache.
         opts.cache_size = 0;
         opts.timeout = Duration::from_secs(2);
         opts.attempts = 2;
         let builder = if settings.nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| format!("system resolver: {e}"))?
+            TokioResolver::builder_tokio().map_err(StartError::SystemResolver)?
         } else {
             let mut config = ResolverConfig::default();
             for ns in &settings.nameservers {
@@ -120,7 +143,7 @@ impl Discovery {
         let resolver = builder
             .with_options(opts)
             .build()
-            .map_err(|e| format!("resolver: {e}"))?;
+            .map_err(StartError::Resolver)?;
         Ok(Self {
             resolver,
             settings,
@@ -421,7 +444,7 @@ pub async fn wait_for_peers(
     discovery: &Discovery,
     expect: usize,
     timeout: Duration,
-) -> Result<Found, String> {
+) -> Result<Found, StartError> {
     let deadline = Instant::now() + timeout;
     let mut last = 0;
     loop {
@@ -431,9 +454,11 @@ pub async fn wait_for_peers(
             Err(e) => tracing::warn!(error = %e, "waiting for peers"),
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "JetStream's first start fixes its group size for good: found {last} of the {expect} servers discovery.bootstrap_expect asks for within {timeout:?}; not starting"
-            ));
+            return Err(StartError::TooFewPeers {
+                found: last,
+                expect,
+                timeout,
+            });
         }
         tracing::info!(
             found = last,

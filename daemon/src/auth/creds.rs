@@ -158,7 +158,7 @@ pub fn add(dir: &Path, ttl: Duration, now_ms: u64) -> Result<(TempUser, Secret),
     }
     let mut tag = [0u8; 4];
     getrandom::fill(&mut tag).map_err(|e| CredsError::Crypto(format!("no randomness: {e}")))?;
-    let password = super::random_password().map_err(CredsError::Crypto)?;
+    let password = super::random_password().map_err(|e| CredsError::Crypto(e.to_string()))?;
     let hash =
         bcrypt::hash(&password, 10).map_err(|e| CredsError::Crypto(format!("bcrypt: {e}")))?;
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);

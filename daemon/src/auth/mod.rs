@@ -22,10 +22,15 @@ use crate::config::validate::{SYSTEM_ACCOUNT, SYSTEM_USER, Settings, SystemUser}
 use crate::files::{SECRET, write_atomic};
 pub use crate::nkey::{anonymous_password, is_account_key, is_user_nkey};
 
+/// The system gave no randomness (no password can be made).
+#[derive(Debug, thiserror::Error)]
+#[error("no randomness: {0}")]
+pub struct NoRandomness(#[source] pub getrandom::Error);
+
 /// A new random password (hex, 256 bits).
-pub fn random_password() -> Result<String, String> {
+pub fn random_password() -> Result<String, NoRandomness> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    getrandom::fill(&mut bytes).map_err(NoRandomness)?;
     Ok(hex::encode(bytes))
 }
 
@@ -71,7 +76,7 @@ fn system_password(file: &Path, generate: bool) -> Result<Secret, String> {
         Ok(s) if !s.trim().is_empty() => Ok(Secret(s.trim().to_owned())),
         Ok(_) => Err(format!("{} is empty", file.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
-            let pw = random_password()?;
+            let pw = random_password().map_err(|e| e.to_string())?;
             if let Some(dir) = file.parent() {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

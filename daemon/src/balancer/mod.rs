@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
-use crate::provider::rest::RestError;
+use crate::provider::rest::{ClientError, RestError};
 
 pub use crate::config::settings::balancer::{Backend, LbProvider, LbSettings};
 use crate::health::{Announced, Status};
@@ -294,30 +294,43 @@ enum Client {
     Linode(linode::Linode),
 }
 
+/// Why membership cannot even start.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    /// DigitalOcean names droplets by number.
+    #[error("droplet id {0:?} is not a number")]
+    DropletId(String),
+    /// A private-address backend without one.
+    #[error("a NodeBalancer node needs this Linode's private IPv4 address")]
+    NoPrivateIp,
+    /// No HTTPS client.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
 impl Client {
-    fn new(s: &LbSettings) -> Result<Self, String> {
+    fn new(s: &LbSettings) -> Result<Self, SetupError> {
         match s.provider {
             LbProvider::DigitalOcean => {
                 let id: u64 = s
                     .instance_id
                     .parse()
-                    .map_err(|_| format!("droplet id {:?} is not a number", s.instance_id))?;
+                    .map_err(|_| SetupError::DropletId(s.instance_id.clone()))?;
                 Ok(Self::DigitalOcean(digitalocean::DigitalOcean::new(
                     &s.url, &s.id, id,
                 )?))
             }
             LbProvider::Linode => {
-                let reach =
-                    match s.backend {
-                        Backend::Private => linode::Reach::Private(s.private_ip.ok_or(
-                            "a NodeBalancer node needs this Linode's private IPv4 address",
-                        )?),
-                        Backend::Vpc { subnet_id } => linode::Reach::Vpc {
-                            linode_id: s.instance_id.clone(),
-                            subnet_id,
-                            client_bind: s.client_bind,
-                        },
-                    };
+                let reach = match s.backend {
+                    Backend::Private => {
+                        linode::Reach::Private(s.private_ip.ok_or(SetupError::NoPrivateIp)?)
+                    }
+                    Backend::Vpc { subnet_id } => linode::Reach::Vpc {
+                        linode_id: s.instance_id.clone(),
+                        subnet_id,
+                        client_bind: s.client_bind,
+                    },
+                };
                 Ok(Self::Linode(linode::Linode::new(
                     &s.url,
                     &s.id,

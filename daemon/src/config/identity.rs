@@ -113,27 +113,59 @@ const NAME_FILE_MAX: u64 = 1024;
 /// belongs to the service user and root runs `check`: the file is read
 /// without following a link, and its content is shown only once it is a
 /// valid server name, so it cannot be used to print another file.
-pub fn check_stored_name(state_dir: &Path, name: &str) -> Result<(), String> {
+pub fn check_stored_name(state_dir: &Path, name: &str) -> Result<(), StoredNameError> {
     let file = name_file(state_dir);
     let stored = match crate::files::read_private_string(&file, NAME_FILE_MAX) {
         Ok(text) => text.trim().to_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+        Err(source) => return Err(StoredNameError::Read { file, source }),
     };
     if !super::validate::is_server_name(&stored) {
-        return Err(format!(
-            "{} does not hold a valid server name (letters, digits, '_', '.', '-'; at most 128); it is written on the first start and never changes: restore it or move the state directory away",
-            file.display()
-        ));
+        return Err(StoredNameError::NotAName { file });
     }
     match stored {
         stored if stored == name => Ok(()),
-        stored => Err(format!(
-            "this node was first started as {:?} (kept in {}), but its identity now gives {name:?}. JetStream forbids renaming a server, and two servers with one name duplicate messages across gateways. If this really is another server, move its state directory away first; if the name is wrong, restore the identity it had.",
+        stored => Err(StoredNameError::Renamed {
             stored,
-            file.display()
-        )),
+            file,
+            name: name.to_owned(),
+        }),
     }
+}
+
+/// Why the stored server name refuses a start.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredNameError {
+    /// The file is there but could not be read (a link is refused here).
+    #[error("cannot read {}: {source}", file.display())]
+    Read {
+        /// The name file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Its content is no server name (never shown: it may be another file's).
+    #[error(
+        "{} does not hold a valid server name (letters, digits, '_', '.', '-'; at most 128); it is written on the first start and never changes: restore it or move the state directory away",
+        file.display()
+    )]
+    NotAName {
+        /// The name file.
+        file: PathBuf,
+    },
+    /// The identity now gives another name.
+    #[error(
+        "this node was first started as {stored:?} (kept in {}), but its identity now gives {name:?}. JetStream forbids renaming a server, and two servers with one name duplicate messages across gateways. If this really is another server, move its state directory away first; if the name is wrong, restore the identity it had.",
+        file.display()
+    )]
+    Renamed {
+        /// The name kept.
+        stored: String,
+        /// The name file.
+        file: PathBuf,
+        /// The name the identity gives now.
+        name: String,
+    },
 }
 
 /// Writes the name on first start (never overwrites).
@@ -158,7 +190,9 @@ mod tests {
         assert!(check_stored_name(dir.path(), "n1").is_ok());
         persist_name(dir.path(), "n1").expect("persist");
         assert!(check_stored_name(dir.path(), "n1").is_ok());
-        let e = check_stored_name(dir.path(), "n2").expect_err("renamed");
+        let e = check_stored_name(dir.path(), "n2")
+            .expect_err("renamed")
+            .to_string();
         assert!(e.contains("\"n1\""), "{e}");
     }
 
@@ -168,7 +202,9 @@ mod tests {
         let secret = dir.path().join("shadow");
         std::fs::write(&secret, "TOPSECRET\n").expect("write");
         symlink(&secret, name_file(dir.path())).expect("symlink");
-        let e = check_stored_name(dir.path(), "n1").expect_err("link");
+        let e = check_stored_name(dir.path(), "n1")
+            .expect_err("link")
+            .to_string();
         assert!(e.contains("symbolic link"), "{e}");
         assert!(e.contains("server-name"), "{e}");
         assert!(!e.contains("TOPSECRET"), "{e}");
@@ -184,7 +220,9 @@ mod tests {
     fn a_name_file_that_holds_no_name_is_refused_without_its_content() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(name_file(dir.path()), "root:$6$hash:19000::\n").expect("write");
-        let e = check_stored_name(dir.path(), "n1").expect_err("garbage");
+        let e = check_stored_name(dir.path(), "n1")
+            .expect_err("garbage")
+            .to_string();
         assert!(e.contains("does not hold a valid server name"), "{e}");
         assert!(!e.contains("root:"), "{e}");
     }

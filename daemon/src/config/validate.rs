@@ -570,7 +570,10 @@ pub fn validate(
     if !server_name.is_empty()
         && let Err(stored) = super::identity::check_stored_name(&state_dir, &server_name)
     {
-        c.problem(if cloud { "node.provider" } else { "node.name" }, stored);
+        c.problem(
+            if cloud { "node.provider" } else { "node.name" },
+            stored.to_string(),
+        );
     }
 
     let id = identity;

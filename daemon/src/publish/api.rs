@@ -85,7 +85,7 @@ impl Api {
         zone: &str,
     ) -> Result<Self, PublishError> {
         let rest = Rest::new(provider.flavor(), base, Purpose::DnsPublish)
-            .map_err(|e| PublishError::new(format!("{provider} API client"), e))?;
+            .map_err(|e| PublishError::new(format!("{provider} API client"), e.to_string()))?;
         Ok(Self {
             provider,
             rest,

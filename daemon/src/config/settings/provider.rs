@@ -2,8 +2,11 @@
 
 /// A token only travels over HTTPS, or plain HTTP to this machine (a
 /// local proxy or a test double).
-pub fn token_safe_url(url: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+pub fn token_safe_url(url: &str) -> Result<(), UnsafeUrl> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| UnsafeUrl::NotAUrl {
+        url: url.to_owned(),
+        why: e.to_string(),
+    })?;
     match parsed.scheme() {
         "https" => Ok(()),
         "http" => match parsed
@@ -17,10 +20,42 @@ pub fn token_safe_url(url: &str) -> Result<(), String> {
             {
                 Ok(())
             }
-            _ => Err(format!(
-                "{url:?}: the token would travel in clear text; use https (plain http only to loopback)"
-            )),
+            _ => Err(UnsafeUrl::ClearText {
+                url: url.to_owned(),
+            }),
         },
-        other => Err(format!("{url:?}: scheme {other:?} is not https")),
+        other => Err(UnsafeUrl::Scheme {
+            url: url.to_owned(),
+            scheme: other.to_owned(),
+        }),
     }
+}
+
+/// Why a token may not be sent to a URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnsafeUrl {
+    /// It does not parse.
+    #[error("{url:?} is not a URL: {why}")]
+    NotAUrl {
+        /// The URL as written.
+        url: String,
+        /// The parser's reason.
+        why: String,
+    },
+    /// Plain HTTP to another machine.
+    #[error(
+        "{url:?}: the token would travel in clear text; use https (plain http only to loopback)"
+    )]
+    ClearText {
+        /// The URL as written.
+        url: String,
+    },
+    /// Neither https nor http.
+    #[error("{url:?}: scheme {scheme:?} is not https")]
+    Scheme {
+        /// The URL as written.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
 }

@@ -85,7 +85,7 @@ pub(super) fn apply_balancer(
         .clone()
         .unwrap_or_else(|| provider.default_url().to_owned());
     if let Err(why) = crate::config::settings::provider::token_safe_url(&url) {
-        c.problem("load_balancer.api_url", why);
+        c.problem("load_balancer.api_url", why.to_string());
     }
     let token_file =
         super::publish::secret_file(c, env, "load_balancer.token_file", b.token_file.as_deref());

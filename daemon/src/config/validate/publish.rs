@@ -267,7 +267,7 @@ fn api_backend(
         .unwrap_or_else(|| provider.default_url().to_owned());
     let url = url.trim_end_matches('/').to_owned();
     if let Err(why) = token_safe_url(&url) {
-        c.problem("dns_publish.api_url", why);
+        c.problem("dns_publish.api_url", why.to_string());
     }
     let token_file = secret_file(c, env, "dns_publish.token_file", p.token_file.as_deref())?;
     Some(BackendSettings::Api {
