@@ -142,7 +142,7 @@ pub fn take_handoff() -> Option<Result<HandoffFile, HandoffError>> {
 /// Runs `exe check` with this process's arguments (`run` becomes `check`)
 /// and environment (less systemd's notification socket): `Ok` when the new
 /// binary accepts the configuration, else what it said.
-pub async fn check_with(exe: &Path) -> Result<(), String> {
+pub async fn check_with(exe: &Path) -> Result<(), CheckError> {
     let args: Vec<OsString> = std::env::args_os()
         .skip(1)
         .map(|a| {
@@ -164,23 +164,51 @@ pub async fn check_with(exe: &Path) -> Result<(), String> {
             .output(),
     )
     .await
-    .map_err(|_| format!("{} check did not answer within 30 s", exe.display()))?
-    .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    .map_err(|_| CheckError::Timeout(exe.to_path_buf()))?
+    .map_err(|source| CheckError::Spawn {
+        exe: exe.to_path_buf(),
+        source,
+    })?;
     if out.status.success() {
         return Ok(());
     }
     let said = String::from_utf8_lossy(&out.stderr);
     let said = said.trim();
-    Err(format!(
-        "{} check exited with {}: {}",
-        exe.display(),
-        out.status,
-        if said.is_empty() {
-            "no reason given"
+    Err(CheckError::Refused {
+        exe: exe.to_path_buf(),
+        status: out.status,
+        said: if said.is_empty() {
+            "no reason given".to_owned()
         } else {
-            said
-        }
-    ))
+            said.to_owned()
+        },
+    })
+}
+
+/// Why the new binary did not accept the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// It did not answer in time.
+    #[error("{} check did not answer within 30 s", .0.display())]
+    Timeout(PathBuf),
+    /// It could not be run.
+    #[error("cannot run {}: {source}", exe.display())]
+    Spawn {
+        /// The binary.
+        exe: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It refused, saying why.
+    #[error("{} check exited with {status}: {said}", exe.display())]
+    Refused {
+        /// The binary.
+        exe: PathBuf,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// Its standard error, trimmed (or "no reason given").
+        said: String,
+    },
 }
 
 /// Replaces this process's image with `exe`, same arguments, same
