@@ -37,7 +37,7 @@ pub struct LbSettings {
     /// Minimum time in a state before membership follows it.
     pub dwell: Duration,
     /// How long a stop may spend leaving: deregistration plus drain delay
-    /// (`None`: derived from the balancer's health check, [`stop_budget`]).
+    /// (`None`: derived from the balancer's health check, `balancer::stop_budget`).
     pub stop_budget: Option<Duration>,
 }
 
