@@ -11,7 +11,8 @@
 //! 1. leaves, naming nothing above them: `files`, `logging`, `notify`,
 //!    `httpd`, `upgrade`, `broker_user` (the broker's OS user), `addr`
 //!    (addresses derived from listeners), `nkey` (NATS key checks),
-//!    `command` (what a caller may ask the supervisor);
+//!    `secret` (API tokens and TSIG secrets, never printed), `command`
+//!    (what a caller may ask the supervisor);
 //! 2. `config`: the files, their validation and each feature's settings as
 //!    plain data (`config::settings`). Config owns the settings and the
 //!    features depend on it, never the reverse: config names no feature;
@@ -48,6 +49,7 @@ pub mod prepare;
 pub mod provider;
 pub mod publish;
 pub mod run;
+pub mod secret;
 pub mod supervisor;
 pub mod tls;
 pub mod upgrade;

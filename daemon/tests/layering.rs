@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 /// The modules `config` may name: the leaves below it. Everything else
 /// (every feature, the supervisor, the CLIs) sits above it.
-const BELOW_CONFIG: [&str; 9] = [
+const BELOW_CONFIG: [&str; 10] = [
     "addr",
     "broker_user",
     "command",
@@ -25,6 +25,7 @@ const BELOW_CONFIG: [&str; 9] = [
     "logging",
     "nkey",
     "notify",
+    "secret",
     "upgrade",
 ];
 

@@ -29,7 +29,7 @@ use crate::provider::rest::{ClientError, RestError};
 
 pub use crate::config::settings::balancer::{Backend, LbProvider, LbSettings};
 use crate::health::{Announced, Status};
-use crate::publish::secret::Secret;
+use crate::secret::Secret;
 
 /// What a derived stop budget allows beyond the drain delay: the API
 /// calls that take the node out, a busy answer or two retried included.

@@ -14,7 +14,7 @@ pub mod api;
 pub use crate::config::settings::record;
 pub mod regions;
 pub mod rfc2136;
-pub(crate) mod secret;
+pub(crate) use crate::secret;
 mod state;
 
 use std::collections::BTreeSet;
@@ -48,6 +48,12 @@ pub struct PublishError {
     pub why: String,
     /// When the provider asked to be called again (rate limits).
     pub retry_after: Option<Duration>,
+}
+
+impl From<crate::secret::SecretError> for PublishError {
+    fn from(e: crate::secret::SecretError) -> Self {
+        Self::new(e.what, e.why)
+    }
 }
 
 impl PublishError {
