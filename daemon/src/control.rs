@@ -16,9 +16,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::command::Command;
 use crate::fleet::pause::Access;
 use crate::fleet::report::{NodeRow, Table};
-use crate::supervisor::{Command, Status};
+use crate::health::Status;
 
 /// A request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,13 +368,30 @@ async fn handle(
                 peers: None,
                 creds: Some(issued),
             },
-            Err(e) => outcome(Ok(Err(e))),
+            Err(e) => outcome(Ok(Err(e.to_string()))),
         },
     };
     let mut write = write;
     let mut text = serde_json::to_string(&reply).unwrap_or_default();
     text.push('\n');
     write.write_all(text.as_bytes()).await
+}
+
+/// Why `fleet creds` handed out nothing.
+#[derive(Debug, thiserror::Error)]
+enum IssueError {
+    /// The credentials file or its mode refused it.
+    #[error(transparent)]
+    Creds(#[from] crate::fleet::creds::CredsError),
+    /// No fixed client port to name in the URL.
+    #[error("the client port is not fixed: no URL to hand out")]
+    NoUrl,
+    /// The blocking write did not finish.
+    #[error("fleet creds: {0}")]
+    Join(#[source] tokio::task::JoinError),
+    /// The reload that adds the user failed (the supervisor's words).
+    #[error("fleet creds: the reload adding the user failed: {0}")]
+    Reload(String),
 }
 
 /// `fleet creds`: a new temporary user in the file, then a reload through
@@ -383,20 +401,18 @@ async fn issue_creds(
     commands: &mpsc::Sender<Command>,
     access: &FleetOps,
     ttl_ms: u64,
-) -> Result<crate::fleet::creds::Issued, String> {
+) -> Result<crate::fleet::creds::Issued, IssueError> {
     use crate::fleet::creds;
     let settings = &access.settings;
-    creds::check_mode(settings.system_user.as_ref()).map_err(|e| e.to_string())?;
-    let addr = crate::supervisor::probe::local_addr(&settings.server.listen)
-        .ok_or("the client port is not fixed: no URL to hand out")?;
+    creds::check_mode(settings.system_user.as_ref())?;
+    let addr = crate::addr::local_addr(&settings.server.listen).ok_or(IssueError::NoUrl)?;
     let dir = settings.state_dir.clone();
     let now = crate::unix_ms(std::time::SystemTime::now());
     let ttl = Duration::from_millis(ttl_ms);
     let d = dir.clone();
     let (user, password) = tokio::task::spawn_blocking(move || creds::add(&d, ttl, now))
         .await
-        .map_err(|e| format!("fleet creds: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(IssueError::Join)??;
     let (tx, rx) = oneshot::channel();
     let reloaded = if commands
         .send(Command::Reload { reply: Some(tx) })
@@ -417,9 +433,7 @@ async fn issue_creds(
         let name = user.name.clone();
         let _ = tokio::task::spawn_blocking(move || creds::remove(&dir, &name)).await;
         tracing::warn!(user = %user.name, error = %e, "temporary system-account user not added");
-        return Err(format!(
-            "fleet creds: the reload adding the user failed: {e}"
-        ));
+        return Err(IssueError::Reload(e));
     }
     // Only the name and the expiry are logged: the password is the
     // caller's alone.

@@ -18,7 +18,6 @@
 //! is skipped with a warning naming it.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
@@ -32,36 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Discovery as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiscoverySettings {
-    /// The supercluster's domain.
-    pub domain: String,
-    /// This node's region.
-    pub region: String,
-    /// The SRV name listing the region's routes (none on a leafnode edge
-    /// without a cluster).
-    pub route_record: Option<String>,
-    /// The TXT name listing the regions (when not configured).
-    pub regions_record: Option<String>,
-    /// Nameservers (`ip:port`); empty: the system resolver.
-    pub nameservers: Vec<SocketAddr>,
-    /// Shortest wait between lookups.
-    pub min_refresh: Duration,
-    /// Longest wait between lookups (and the cap on a record's TTL).
-    pub max_refresh: Duration,
-    /// Routes to use until DNS has answered once.
-    pub seeds: Vec<HostPort>,
-    /// Records beyond this many are ignored.
-    pub max_records: usize,
-    /// This server's own route (with a cluster).
-    pub own_route: Option<HostPort>,
-    /// SRV names of leafnode hubs, one per `broker.leafnodes.remotes`
-    /// entry that names a record (in `leaf_remotes` order).
-    pub leaf_records: Vec<String>,
-    /// The index in `broker.leafnodes.remotes` of each `leaf_records` entry.
-    pub leaf_remotes: Vec<usize>,
-}
+pub use crate::config::settings::discovery::DiscoverySettings;
 
 /// What one lookup found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,16 +96,39 @@ pub struct Discovery {
     regions_absent: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Why discovery cannot give a start its first answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The system's resolver configuration could not be read.
+    #[error("system resolver: {0}")]
+    SystemResolver(#[source] NetError),
+    /// The resolver could not be built.
+    #[error("resolver: {0}")]
+    Resolver(#[source] NetError),
+    /// Too few of the region's servers in DNS before JetStream's first start.
+    #[error(
+        "JetStream's first start fixes its group size for good: found {found} of the {expect} servers discovery.bootstrap_expect asks for within {timeout:?}; not starting"
+    )]
+    TooFewPeers {
+        /// Servers found at the deadline.
+        found: usize,
+        /// `discovery.bootstrap_expect`.
+        expect: usize,
+        /// `discovery.bootstrap_timeout`.
+        timeout: Duration,
+    },
+}
+
 impl Discovery {
     /// A resolver for `settings` (custom nameservers, or the system's).
-    pub fn new(settings: DiscoverySettings) -> Result<Self, String> {
+    pub fn new(settings: DiscoverySettings) -> Result<Self, StartError> {
         let mut opts = ResolverOpts::default();
         // natsmesh schedules its own lookups from the TTLs: no cache.
         opts.cache_size = 0;
         opts.timeout = Duration::from_secs(2);
         opts.attempts = 2;
         let builder = if settings.nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| format!("system resolver: {e}"))?
+            TokioResolver::builder_tokio().map_err(StartError::SystemResolver)?
         } else {
             let mut config = ResolverConfig::default();
             for ns in &settings.nameservers {
@@ -150,7 +143,7 @@ impl Discovery {
         let resolver = builder
             .with_options(opts)
             .build()
-            .map_err(|e| format!("resolver: {e}"))?;
+            .map_err(StartError::Resolver)?;
         Ok(Self {
             resolver,
             settings,
@@ -451,7 +444,7 @@ pub async fn wait_for_peers(
     discovery: &Discovery,
     expect: usize,
     timeout: Duration,
-) -> Result<Found, String> {
+) -> Result<Found, StartError> {
     let deadline = Instant::now() + timeout;
     let mut last = 0;
     loop {
@@ -461,9 +454,11 @@ pub async fn wait_for_peers(
             Err(e) => tracing::warn!(error = %e, "waiting for peers"),
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "JetStream's first start fixes its group size for good: found {last} of the {expect} servers discovery.bootstrap_expect asks for within {timeout:?}; not starting"
-            ));
+            return Err(StartError::TooFewPeers {
+                found: last,
+                expect,
+                timeout,
+            });
         }
         tracing::info!(
             found = last,

@@ -20,7 +20,6 @@
 //! loopback; the certificate and trust are read per connection, so a
 //! renewal or a CA rotation needs no restart.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,28 +31,13 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+pub use crate::config::settings::gate::GateSettings;
 use crate::tls::TlsSettings;
 
 /// A protocol line (INFO, CONNECT) longer than this is not a gateway's.
 const MAX_LINE: usize = 64 * 1024;
 /// The INFO, both handshakes and the CONNECT must be done within this.
 const SETUP: Duration = Duration::from_secs(10);
-
-/// Where the gate listens and passes connections on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GateSettings {
-    /// The gateway's address, as peers reach it.
-    pub listen: SocketAddr,
-    /// The broker's own gateway listener (loopback).
-    pub broker: SocketAddr,
-    /// The supercluster's domain: a region R's gateway must present a
-    /// certificate for `R.<domain>`.
-    pub domain: String,
-    /// The name the broker's certificate is checked for (`<region>.<domain>`).
-    pub own_name: String,
-    /// This node's TLS (certificate, key, roots).
-    pub tls: TlsSettings,
-}
 
 /// Why a connection was not passed on.
 #[derive(Debug, thiserror::Error)]
@@ -241,18 +225,7 @@ fn client_config(tls: &TlsSettings) -> Result<ClientConfig, GateError> {
         .map_err(|e| GateError::Trust(e.to_string()))
 }
 
-/// The broker's own gateway listener behind a gate on `public`: the same
-/// port on loopback (127.0.0.1, or 127.0.0.2 when the gate itself is on
-/// 127.0.0.1), or, behind a gate on every address, `internal_port` on
-/// 127.0.0.1.
-pub fn broker_listener(public: SocketAddr, internal_port: u16) -> SocketAddr {
-    let lo = IpAddr::from([127, 0, 0, 1]);
-    match public.ip() {
-        ip if ip.is_unspecified() => SocketAddr::new(lo, internal_port),
-        ip if ip == lo => SocketAddr::new(IpAddr::from([127, 0, 0, 2]), public.port()),
-        _ => SocketAddr::new(lo, public.port()),
-    }
-}
+pub use crate::addr::broker_listener;
 
 #[cfg(test)]
 mod tests {

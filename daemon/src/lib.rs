@@ -3,27 +3,53 @@
 //!
 //! `main.rs` only parses the command line; everything else is here so tests
 //! can call it.
+//!
+//! The modules are layers, lowest first; a module names (`crate::…`) only
+//! modules of its own layer or below, so they form no cycle
+//! (`daemon/tests/layering.rs` checks it in CI):
+//!
+//! 1. leaves, naming nothing above them: `files`, `logging`, `notify`,
+//!    `httpd`, `upgrade`, `broker_user` (the broker's OS user), `addr`
+//!    (addresses derived from listeners), `nkey` (NATS key checks),
+//!    `secret` (API tokens and TSIG secrets, never printed), `command`
+//!    (what a caller may ask the supervisor);
+//! 2. `config`: the files, their validation and each feature's settings as
+//!    plain data (`config::settings`). Config owns the settings and the
+//!    features depend on it, never the reverse: config names no feature;
+//! 3. `health`: the supervisor's state, its status and what a pointer
+//!    announces, read by many features without naming the supervisor;
+//! 4. the features: `provider`, `tls`, `auth`, `discovery`, `gate`,
+//!    `prepare`, `fleet`, `publish`, `balancer`, `metrics`;
+//! 5. `supervisor`, which runs the broker with the features, and the
+//!    commands' own modules: `control`, `ca_cli`, `user_cli`, `user_data`,
+//!    `plan`;
+//! 6. `run`, which starts it all.
 #![forbid(unsafe_code)]
 
+pub mod addr;
 pub mod auth;
 pub mod balancer;
 pub mod broker_user;
 pub mod ca_cli;
+pub mod command;
 pub mod config;
 pub mod control;
 pub mod discovery;
 pub mod files;
 pub mod fleet;
 pub mod gate;
+pub mod health;
 pub mod httpd;
 pub mod logging;
 pub mod metrics;
+pub mod nkey;
 pub mod notify;
 pub mod plan;
 pub mod prepare;
 pub mod provider;
 pub mod publish;
 pub mod run;
+pub mod secret;
 pub mod supervisor;
 pub mod tls;
 pub mod upgrade;

@@ -602,7 +602,9 @@ async fn dispatch(cli: Cli) -> i32 {
     };
     let shown_source = credentials_source.clone();
     let (loaded, settings) =
-        match config::load_settings(&sources, patience, credentials_source).await {
+        match natsmesh::provider::identity::load_settings(&sources, patience, credentials_source)
+            .await
+        {
             Ok(v) => v,
             Err(p) => return report(&p),
         };

@@ -262,7 +262,10 @@ async fn first_answer(
     d: &crate::config::validate::Discovered,
     settings: &Settings,
     notifier: &Notifier,
-) -> Result<(crate::discovery::Discovery, crate::discovery::Found, bool), String> {
+) -> Result<
+    (crate::discovery::Discovery, crate::discovery::Found, bool),
+    crate::discovery::StartError,
+> {
     let discovery = crate::discovery::Discovery::new(d.settings.clone())?;
     let first_jetstream_start =
         settings.server.jetstream.is_some() && !settings.state_dir.join("jetstream").exists();

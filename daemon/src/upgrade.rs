@@ -82,34 +82,67 @@ pub struct HandoffFile {
     pub served: bool,
 }
 
+/// Why the handoff could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    /// It does not serialize.
+    #[error("{0}")]
+    Encode(#[source] serde_json::Error),
+    /// The file could not be written or read.
+    #[error("cannot {what} {}: {source}", path.display())]
+    Io {
+        /// `write` or `read`.
+        what: &'static str,
+        /// The handoff file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// What was read is no handoff.
+    #[error("{}: {source}", path.display())]
+    Decode {
+        /// The handoff file.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
 /// Writes the handoff (0600) into the state directory.
-pub fn write_handoff(state_dir: &Path, h: &HandoffFile) -> Result<PathBuf, String> {
+pub fn write_handoff(state_dir: &Path, h: &HandoffFile) -> Result<PathBuf, HandoffError> {
     let path = state_dir.join(HANDOFF_NAME);
-    let text = serde_json::to_vec(h).map_err(|e| e.to_string())?;
-    crate::files::write_atomic(&path, &text, crate::files::SECRET)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let text = serde_json::to_vec(h).map_err(HandoffError::Encode)?;
+    if let Err(source) = crate::files::write_atomic(&path, &text, crate::files::SECRET) {
+        return Err(HandoffError::Io {
+            what: "write",
+            path,
+            source,
+        });
+    }
     Ok(path)
 }
 
 /// The handoff left by the previous image, if this process is one it
 /// replaced itself with (the file is removed: it is read once).
-pub fn take_handoff() -> Option<Result<HandoffFile, String>> {
+pub fn take_handoff() -> Option<Result<HandoffFile, HandoffError>> {
     let path = PathBuf::from(std::env::var_os(HANDOFF_ENV)?);
     // In the state directory: never through a link.
     let text = crate::files::read_private(&path, HANDOFF_MAX);
     let _ = std::fs::remove_file(&path);
-    Some(
-        text.map_err(|e| format!("cannot read {}: {e}", path.display()))
-            .and_then(|t| {
-                serde_json::from_slice(&t).map_err(|e| format!("{}: {e}", path.display()))
-            }),
-    )
+    Some(match text {
+        Ok(t) => serde_json::from_slice(&t).map_err(|source| HandoffError::Decode { path, source }),
+        Err(source) => Err(HandoffError::Io {
+            what: "read",
+            path,
+            source,
+        }),
+    })
 }
 
 /// Runs `exe check` with this process's arguments (`run` becomes `check`)
 /// and environment (less systemd's notification socket): `Ok` when the new
 /// binary accepts the configuration, else what it said.
-pub async fn check_with(exe: &Path) -> Result<(), String> {
+pub async fn check_with(exe: &Path) -> Result<(), CheckError> {
     let args: Vec<OsString> = std::env::args_os()
         .skip(1)
         .map(|a| {
@@ -131,30 +164,66 @@ pub async fn check_with(exe: &Path) -> Result<(), String> {
             .output(),
     )
     .await
-    .map_err(|_| format!("{} check did not answer within 30 s", exe.display()))?
-    .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    .map_err(|_| CheckError::Timeout(exe.to_path_buf()))?
+    .map_err(|source| CheckError::Spawn {
+        exe: exe.to_path_buf(),
+        source,
+    })?;
     if out.status.success() {
         return Ok(());
     }
     let said = String::from_utf8_lossy(&out.stderr);
     let said = said.trim();
-    Err(format!(
-        "{} check exited with {}: {}",
-        exe.display(),
-        out.status,
-        if said.is_empty() {
-            "no reason given"
+    Err(CheckError::Refused {
+        exe: exe.to_path_buf(),
+        status: out.status,
+        said: if said.is_empty() {
+            "no reason given".to_owned()
         } else {
-            said
-        }
-    ))
+            said.to_owned()
+        },
+    })
+}
+
+/// Why the new binary did not accept the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// It did not answer in time.
+    #[error("{} check did not answer within 30 s", .0.display())]
+    Timeout(PathBuf),
+    /// It could not be run.
+    #[error("cannot run {}: {source}", exe.display())]
+    Spawn {
+        /// The binary.
+        exe: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It refused, saying why.
+    #[error("{} check exited with {status}: {said}", exe.display())]
+    Refused {
+        /// The binary.
+        exe: PathBuf,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// Its standard error, trimmed (or "no reason given").
+        said: String,
+    },
 }
 
 /// Replaces this process's image with `exe`, same arguments, same
 /// environment plus the handoff's path. Returns only on failure.
 pub fn exec_self(exe: &Path, handoff: &Path) -> String {
-    let cstr = |s: &std::ffi::OsStr| CString::new(s.as_bytes()).map_err(|e| e.to_string());
-    let run = || -> Result<std::convert::Infallible, String> {
+    // Why the exec did not happen (the messages are the sources' own).
+    #[derive(Debug, thiserror::Error)]
+    enum ExecError {
+        #[error("{0}")]
+        Nul(#[from] std::ffi::NulError),
+        #[error("{0}")]
+        Exec(#[from] nix::Error),
+    }
+    let cstr = |s: &std::ffi::OsStr| CString::new(s.as_bytes());
+    let run = || -> Result<std::convert::Infallible, ExecError> {
         let program = cstr(exe.as_os_str())?;
         let args = std::env::args_os()
             .map(|a| cstr(&a))
@@ -170,7 +239,7 @@ pub fn exec_self(exe: &Path, handoff: &Path) -> String {
         kv.push("=");
         kv.push(handoff.as_os_str());
         env.push(cstr(&kv)?);
-        nix::unistd::execve(&program, &args, &env).map_err(|e| e.to_string())
+        Ok(nix::unistd::execve(&program, &args, &env)?)
     };
     match run() {
         Ok(never) => match never {},

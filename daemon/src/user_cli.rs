@@ -5,7 +5,45 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use crate::auth::random_password;
+use crate::auth::{NoRandomness, random_password};
+
+/// Why `user add` wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// An account name the broker would not take.
+    #[error("account name {0:?} may hold letters, digits, '_' and '-'")]
+    Account(String),
+    /// A user name with spaces or control characters.
+    #[error("user name {0:?} is not usable")]
+    Name(String),
+    /// The new nkey's seed could not be encoded.
+    #[error("{0}")]
+    Seed(#[source] nkeys::error::Error),
+    /// No password could be made.
+    #[error(transparent)]
+    Random(#[from] NoRandomness),
+    /// Hashing the password failed.
+    #[error("bcrypt: {0}")]
+    Bcrypt(#[source] bcrypt::BcryptError),
+    /// The drop-in could not be read or written.
+    #[error("cannot {what} {}: {source}", path.display())]
+    Io {
+        /// `read` or `write`.
+        what: &'static str,
+        /// The drop-in.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The drop-in would no longer parse.
+    #[error("{} would not be valid TOML: {message}", path.display())]
+    NotToml {
+        /// The drop-in.
+        path: std::path::PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+}
 
 /// What `user add` was asked for.
 #[derive(Debug, Clone)]
@@ -37,16 +75,13 @@ fn toml_list(items: &[String]) -> String {
 /// Appends the user to `file` (a TOML drop-in) and returns what to tell
 /// the operator, the secret included. The file is checked to still be
 /// valid TOML; on any failure it is left as it was.
-pub fn add(user: &NewUser<'_>, file: &Path) -> Result<String, String> {
+pub fn add(user: &NewUser<'_>, file: &Path) -> Result<String, UserError> {
     if natsmesh_broker::conf::Name::new(user.account).is_none() {
-        return Err(format!(
-            "account name {:?} may hold letters, digits, '_' and '-'",
-            user.account
-        ));
+        return Err(UserError::Account(user.account.to_owned()));
     }
     let (entry, secret) = if user.nkey {
         let kp = nkeys::KeyPair::new_user();
-        let seed = kp.seed().map_err(|e| e.to_string())?;
+        let seed = kp.seed().map_err(UserError::Seed)?;
         (
             format!("nkey = {}\n", toml::Value::String(kp.public_key())),
             format!("nkey seed: {seed}"),
@@ -58,10 +93,10 @@ pub fn add(user: &NewUser<'_>, file: &Path) -> Result<String, String> {
                 .chars()
                 .any(|c| c.is_whitespace() || c.is_control())
         {
-            return Err(format!("user name {:?} is not usable", user.name));
+            return Err(UserError::Name(user.name.to_owned()));
         }
         let pw = random_password()?;
-        let hash = bcrypt::hash(&pw, 11).map_err(|e| format!("bcrypt: {e}"))?;
+        let hash = bcrypt::hash(&pw, 11).map_err(UserError::Bcrypt)?;
         (
             format!(
                 "name = {}\npassword_hash = {}\n",
@@ -91,23 +126,29 @@ pub fn add(user: &NewUser<'_>, file: &Path) -> Result<String, String> {
     let before = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+        Err(source) => {
+            return Err(UserError::Io {
+                what: "read",
+                path: file.to_path_buf(),
+                source,
+            });
+        }
     };
     let after = format!("{before}{text}");
-    toml::from_str::<toml::Table>(&after).map_err(|e| {
-        format!(
-            "{} would not be valid TOML: {}",
-            file.display(),
-            e.message()
-        )
+    toml::from_str::<toml::Table>(&after).map_err(|e| UserError::NotToml {
+        path: file.to_path_buf(),
+        message: e.message().to_owned(),
     })?;
     // The drop-in keeps the mode, owner and group it had (natsmeshd reads
     // it as its own user, often through the group); a new one takes the
     // directory's group, so `sudo natsmeshd user add` in
     // /etc/natsmesh/natsmesh.d does not leave a file natsmeshd cannot read.
     let (mode, owner) = keep_or_inherit(file);
-    crate::files::write_atomic(file, after.as_bytes(), mode)
-        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    crate::files::write_atomic(file, after.as_bytes(), mode).map_err(|source| UserError::Io {
+        what: "write",
+        path: file.to_path_buf(),
+        source,
+    })?;
     let mut out = Vec::new();
     // The user is written: a failed chown must not swallow its secret, so
     // it is said, not returned as an error.

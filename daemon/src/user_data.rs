@@ -265,7 +265,7 @@ fn check_apt_url(url: &str) -> Result<(), UserDataError> {
 /// settings they become (https, or http to loopback only).
 fn check_api_url(arg: &'static str, url: &str) -> Result<(), UserDataError> {
     printable_url(arg, url)?;
-    crate::provider::rest::token_safe_url(url).map_err(|why| invalid(arg, why))
+    crate::provider::rest::token_safe_url(url).map_err(|why| invalid(arg, why.to_string()))
 }
 
 /// Every argument, checked before anything is read or produced.
@@ -541,7 +541,7 @@ fn size(arg: &'static str, s: &str) -> Result<Size, UserDataError> {
             format!("{s:?} holds a control or a non-ASCII character"),
         ));
     }
-    Size::parse(s).map_err(|why| invalid(arg, why))
+    Size::parse(s).map_err(|why| invalid(arg, why.to_string()))
 }
 
 /// How long the region intermediate must still be valid when a machine is

@@ -16,7 +16,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::{Health, LbError, Setup};
-use crate::provider::rest::{Flavor, Purpose, Rest, RestError};
+use crate::provider::rest::{ClientError, Flavor, Purpose, Rest, RestError};
 
 /// One balancer, seen from one droplet.
 pub struct DigitalOcean {
@@ -27,7 +27,7 @@ pub struct DigitalOcean {
 
 impl DigitalOcean {
     /// Nothing is contacted yet.
-    pub fn new(base: &str, lb_id: &str, droplet_id: u64) -> Result<Self, String> {
+    pub fn new(base: &str, lb_id: &str, droplet_id: u64) -> Result<Self, ClientError> {
         Ok(Self {
             rest: Rest::new(Flavor::DigitalOcean, base, Purpose::LoadBalancer)?,
             lb_id: lb_id.to_owned(),

@@ -22,7 +22,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::{Health, LbError, Rule, Setup};
-use crate::provider::rest::{Flavor, Purpose, Rest, RestError};
+use crate::provider::rest::{ClientError, Flavor, Purpose, Rest, RestError};
 
 /// One NodeBalancer, seen from one Linode.
 pub struct Linode {
@@ -88,7 +88,7 @@ impl Linode {
         reach: Reach,
         client_port: u16,
         name: &str,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ClientError> {
         Ok(Self {
             rest: Rest::new(Flavor::Linode, base, Purpose::LoadBalancer)?,
             nb_id: nb_id.to_owned(),
@@ -99,7 +99,7 @@ impl Linode {
     }
 
     /// Where this machine's node points, or why there is no such place.
-    async fn node_address(&self, token: &str) -> Result<Result<NodeAddress, String>, LbError> {
+    async fn node_address(&self, token: &str) -> Result<Result<NodeAddress, VpcError>, LbError> {
         let (linode_id, subnet_id, client_bind) = match &self.reach {
             Reach::Private(ip) => {
                 return Ok(Ok(NodeAddress {
@@ -125,9 +125,7 @@ impl Linode {
             })?;
         Ok(vpc_address(&ips, subnet_id).and_then(|(ip, subnet)| {
             if !client_bind.is_unspecified() && client_bind != IpAddr::V4(ip) {
-                return Err(format!(
-                    "the NodeBalancer reaches this Linode at its VPC address {ip}, but broker.client.bind is {client_bind}: set it to \"{ip}\" (or \"any\")"
-                ));
+                return Err(VpcError::NotBound { ip, client_bind });
             }
             Ok(NodeAddress {
                 address: format!("{ip}:{}", self.port),
@@ -162,7 +160,7 @@ impl Linode {
     pub async fn read(&self, token: &str) -> Result<Seen, LbError> {
         let (node, wrong) = match self.node_address(token).await? {
             Ok(n) => (Some(n), Vec::new()),
-            Err(why) => (None, vec![why]),
+            Err(why) => (None, vec![why.to_string()]),
         };
         let address = node.as_ref().map(|n| n.address.as_str());
         let base = format!("/nodebalancers/{}", self.nb_id);
@@ -363,10 +361,46 @@ pub fn label(name: &str) -> String {
     l
 }
 
+/// Why a VPC backend has no address to point at (what to change).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VpcError {
+    /// No active VPC address in the configured subnet.
+    #[error(
+        "this Linode has no active VPC address in subnet {subnet}: attach a vpc interface in that subnet to its configuration profile (and reboot into it), or correct load_balancer.subnet_id"
+    )]
+    NoneInSubnet {
+        /// `load_balancer.subnet_id`.
+        subnet: u64,
+    },
+    /// No active VPC address at all.
+    #[error(
+        "this Linode has no active VPC address: attach a vpc interface to its configuration profile (and reboot into it), or set load_balancer.backend = \"private\""
+    )]
+    None,
+    /// Several subnets and none chosen.
+    #[error(
+        "this Linode is in several VPC subnets ({subnets}): set load_balancer.subnet_id to the one the NodeBalancer reaches"
+    )]
+    Several {
+        /// The subnets, comma-separated.
+        subnets: String,
+    },
+    /// The broker does not listen on the VPC address.
+    #[error(
+        "the NodeBalancer reaches this Linode at its VPC address {ip}, but broker.client.bind is {client_bind}: set it to \"{ip}\" (or \"any\")"
+    )]
+    NotBound {
+        /// The VPC address.
+        ip: Ipv4Addr,
+        /// `broker.client.bind`.
+        client_bind: IpAddr,
+    },
+}
+
 /// This Linode's active VPC address (a single address, not a range) and
 /// its subnet, from `GET /linode/instances/{id}/ips`; in `subnet` when
 /// given. Otherwise what to change.
-fn vpc_address(ips: &Value, subnet: Option<u64>) -> Result<(Ipv4Addr, u64), String> {
+fn vpc_address(ips: &Value, subnet: Option<u64>) -> Result<(Ipv4Addr, u64), VpcError> {
     let found: Vec<(Ipv4Addr, u64)> = ips["ipv4"]["vpc"]
         .as_array()
         .into_iter()
@@ -383,20 +417,17 @@ fn vpc_address(ips: &Value, subnet: Option<u64>) -> Result<(Ipv4Addr, u64), Stri
     subnets.dedup();
     match (found.first(), subnets.len()) {
         (None, _) => Err(match subnet {
-            Some(s) => format!(
-                "this Linode has no active VPC address in subnet {s}: attach a vpc interface in that subnet to its configuration profile (and reboot into it), or correct load_balancer.subnet_id"
-            ),
-            None => "this Linode has no active VPC address: attach a vpc interface to its configuration profile (and reboot into it), or set load_balancer.backend = \"private\"".to_owned(),
+            Some(subnet) => VpcError::NoneInSubnet { subnet },
+            None => VpcError::None,
         }),
         (Some(first), 1) => Ok(*first),
-        (Some(_), _) => Err(format!(
-            "this Linode is in several VPC subnets ({}): set load_balancer.subnet_id to the one the NodeBalancer reaches",
-            subnets
+        (Some(_), _) => Err(VpcError::Several {
+            subnets: subnets
                 .iter()
                 .map(u64::to_string)
                 .collect::<Vec<_>>()
-                .join(", ")
-        )),
+                .join(", "),
+        }),
     }
 }
 
@@ -452,16 +483,16 @@ mod tests {
             Ok((Ipv4Addr::new(10, 0, 0, 5), 101))
         );
         // The inactive interface's subnet does not count.
-        let e = vpc_address(&ips, Some(300)).unwrap_err();
+        let e = vpc_address(&ips, Some(300)).unwrap_err().to_string();
         assert!(e.contains("no active VPC address in subnet 300"), "{e}");
         let none = json!({"ipv4": {"vpc": []}});
-        let e = vpc_address(&none, None).unwrap_err();
+        let e = vpc_address(&none, None).unwrap_err().to_string();
         assert!(e.contains("backend = \"private\""), "{e}");
         let two = json!({"ipv4": {"vpc": [
             {"address": "10.0.0.5", "active": true, "subnet_id": 101},
             {"address": "10.1.0.5", "active": true, "subnet_id": 202},
         ]}});
-        let e = vpc_address(&two, None).unwrap_err();
+        let e = vpc_address(&two, None).unwrap_err().to_string();
         assert!(e.contains("several VPC subnets (101, 202)"), "{e}");
         assert_eq!(
             vpc_address(&two, Some(202)),

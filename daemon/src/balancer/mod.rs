@@ -20,54 +20,16 @@ pub mod digitalocean;
 pub mod linode;
 pub mod ready;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
-use crate::provider::rest::RestError;
+use crate::provider::rest::{ClientError, RestError};
 
-use crate::publish::secret::Secret;
-use crate::supervisor::{Announced, Status};
-
-/// `[load_balancer]` as validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LbSettings {
-    /// Which provider's balancer.
-    pub provider: LbProvider,
-    /// The balancer's id (DigitalOcean uuid, Linode NodeBalancer id).
-    pub id: String,
-    /// API base URL.
-    pub url: String,
-    /// File holding the API token (a systemd credential).
-    pub token_file: PathBuf,
-    /// This machine at the provider (droplet id, Linode id).
-    pub instance_id: String,
-    /// Its private IPv4 (a NodeBalancer node's address).
-    pub private_ip: Option<std::net::Ipv4Addr>,
-    /// Linode: which address a node points at.
-    pub backend: Backend,
-    /// Where the broker's client listener binds (a VPC backend's address
-    /// must be one it accepts on).
-    pub client_bind: std::net::IpAddr,
-    /// Its server name (a NodeBalancer node's label).
-    pub server_name: String,
-    /// The provider's region of this machine (`fra1`).
-    pub region: String,
-    /// The broker's client port: the balancer must forward TCP to it.
-    pub client_port: u16,
-    /// The monitoring port, which a health check must never target.
-    pub monitoring_port: Option<u16>,
-    /// The readiness endpoint natsmeshd serves for the health check.
-    pub ready: SocketAddr,
-    /// Minimum time in a state before membership follows it.
-    pub dwell: Duration,
-    /// How long a stop may spend leaving: deregistration plus drain delay
-    /// (`None`: derived from the balancer's health check, [`stop_budget`]).
-    pub stop_budget: Option<Duration>,
-}
+pub use crate::config::settings::balancer::{Backend, LbProvider, LbSettings};
+use crate::health::{Announced, Status};
+use crate::secret::Secret;
 
 /// What a derived stop budget allows beyond the drain delay: the API
 /// calls that take the node out, a busy answer or two retried included.
@@ -88,56 +50,6 @@ pub fn stop_budget(s: &LbSettings, health: Option<&Health>) -> Duration {
         (Some(set), _) => set,
         (None, Some(h)) => h.drain_delay() + LEAVING_ALLOWANCE,
         (None, None) => UNKNOWN_STOP_BUDGET,
-    }
-}
-
-/// Which address a NodeBalancer node points at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// The private IPv4 address.
-    Private,
-    /// The VPC address in this subnet (or the only one this Linode has).
-    Vpc {
-        /// `load_balancer.subnet_id`.
-        subnet_id: Option<u64>,
-    },
-}
-
-/// The providers with a balancer natsmesh can join.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LbProvider {
-    /// DigitalOcean Load Balancer.
-    DigitalOcean,
-    /// Linode NodeBalancer.
-    Linode,
-}
-
-impl std::fmt::Display for LbProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::DigitalOcean => "digitalocean",
-            Self::Linode => "linode",
-        })
-    }
-}
-
-impl LbProvider {
-    /// The provider's API base.
-    pub fn default_url(self) -> &'static str {
-        match self {
-            Self::DigitalOcean => "https://api.digitalocean.com",
-            Self::Linode => "https://api.linode.com/v4",
-        }
-    }
-
-    /// What the token needs.
-    pub fn scopes(self) -> &'static str {
-        match self {
-            Self::DigitalOcean => {
-                "load_balancer:read, load_balancer:update, droplet:read (tag-based balancers: tag:create, tag:delete, droplet:update)"
-            }
-            Self::Linode => "nodebalancers:read_write (VPC backends: linodes:read_only)",
-        }
     }
 }
 
@@ -382,30 +294,43 @@ enum Client {
     Linode(linode::Linode),
 }
 
+/// Why membership cannot even start.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    /// DigitalOcean names droplets by number.
+    #[error("droplet id {0:?} is not a number")]
+    DropletId(String),
+    /// A private-address backend without one.
+    #[error("a NodeBalancer node needs this Linode's private IPv4 address")]
+    NoPrivateIp,
+    /// No HTTPS client.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
 impl Client {
-    fn new(s: &LbSettings) -> Result<Self, String> {
+    fn new(s: &LbSettings) -> Result<Self, SetupError> {
         match s.provider {
             LbProvider::DigitalOcean => {
                 let id: u64 = s
                     .instance_id
                     .parse()
-                    .map_err(|_| format!("droplet id {:?} is not a number", s.instance_id))?;
+                    .map_err(|_| SetupError::DropletId(s.instance_id.clone()))?;
                 Ok(Self::DigitalOcean(digitalocean::DigitalOcean::new(
                     &s.url, &s.id, id,
                 )?))
             }
             LbProvider::Linode => {
-                let reach =
-                    match s.backend {
-                        Backend::Private => linode::Reach::Private(s.private_ip.ok_or(
-                            "a NodeBalancer node needs this Linode's private IPv4 address",
-                        )?),
-                        Backend::Vpc { subnet_id } => linode::Reach::Vpc {
-                            linode_id: s.instance_id.clone(),
-                            subnet_id,
-                            client_bind: s.client_bind,
-                        },
-                    };
+                let reach = match s.backend {
+                    Backend::Private => {
+                        linode::Reach::Private(s.private_ip.ok_or(SetupError::NoPrivateIp)?)
+                    }
+                    Backend::Vpc { subnet_id } => linode::Reach::Vpc {
+                        linode_id: s.instance_id.clone(),
+                        subnet_id,
+                        client_bind: s.client_bind,
+                    },
+                };
                 Ok(Self::Linode(linode::Linode::new(
                     &s.url,
                     &s.id,

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::httpd::{read_request, respond};
 use tokio::sync::watch;
 
-use crate::supervisor::Status;
+use crate::health::Status;
 
 /// The path the health check must ask for.
 pub const PATH: &str = "/ready";

@@ -16,6 +16,7 @@ pub mod notice;
 pub mod problem;
 pub mod reload;
 pub mod schema;
+pub mod settings;
 pub mod units;
 pub mod validate;
 
@@ -70,35 +71,11 @@ fn unit_credentials_from(
     (packaged && is_dir(dir)).then(|| dir.to_path_buf())
 }
 
-/// Finds, loads and validates the configuration in one step, learning this
-/// machine's identity on the way. `credentials_source`: see
-/// [`unit_credentials`].
-pub async fn load_settings(
-    sources: &Sources,
-    patience: Patience,
-    credentials_source: Option<PathBuf>,
-) -> Result<(Loaded, Settings), Problems> {
-    let loaded = load::load(sources)?;
-    let mut env = Environment::current(loaded.embedded);
-    if env.credentials_dir.is_none() {
-        env.credentials_source = credentials_source;
-    }
-    let cap = match patience {
-        Patience::Configured => None,
-        Patience::AtMost(d) => Some(d),
-    };
-    let identity = identity::resolve(&loaded, &env, cap)
-        .await
-        .map_err(|p| Problems(vec![p]))?;
-    let settings = validate::validate(&loaded, &env, &identity)?;
-    Ok((loaded, settings))
-}
-
 /// Loads and validates with an identity already known (a reload: the
 /// machine did not change, and a metadata hiccup must not refuse it).
 pub fn load_settings_as(
     sources: &Sources,
-    identity: &crate::provider::Identity,
+    identity: &identity::Identity,
 ) -> Result<(Loaded, Settings), Problems> {
     let loaded = load::load(sources)?;
     let env = Environment::current(loaded.embedded);

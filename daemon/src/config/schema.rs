@@ -1047,3 +1047,25 @@ pub struct RawIncludes {
     /// Inside `websocket {}`.
     pub websocket: Option<PathBuf>,
 }
+
+impl Provider {
+    /// The lower-case name used in config and server names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::None => "none",
+            Provider::DigitalOcean => "digitalocean",
+            Provider::Linode => "linode",
+        }
+    }
+
+    /// Whether this is a cloud with a metadata service.
+    pub fn is_cloud(self) -> bool {
+        self != Provider::None
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -27,15 +27,42 @@ const UNITS: &[(&str, u64)] = &[
     ("B", 1),
 ];
 
+/// Why a text is not a size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// No number first.
+    #[error("{input:?} is not a size (write e.g. \"256MiB\", \"10GB\" or bytes)")]
+    NotASize {
+        /// The text as written.
+        input: String,
+    },
+    /// A unit natsmesh does not know (`1G` is ambiguous).
+    #[error(
+        "{input:?}: unknown size unit {unit:?}; use B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)"
+    )]
+    UnknownUnit {
+        /// The text as written.
+        input: String,
+        /// The unit in it.
+        unit: String,
+    },
+    /// More bytes than a `u64` holds.
+    #[error("{input:?} is too large")]
+    TooLarge {
+        /// The text as written.
+        input: String,
+    },
+}
+
 impl Size {
     /// Parses `"10GiB"`, `"500 MB"`, `"1024"`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, SizeError> {
         let t = s.trim();
         let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(digits_end);
-        let n: u64 = num.parse().map_err(|_| {
-            format!("{s:?} is not a size (write e.g. \"256MiB\", \"10GB\" or bytes)")
-        })?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| SizeError::NotASize { input: s.into() })?;
         let unit = unit.trim();
         let mult = if unit.is_empty() {
             1
@@ -44,15 +71,14 @@ impl Size {
                 .iter()
                 .find(|(u, _)| *u == unit)
                 .map(|(_, m)| *m)
-                .ok_or_else(|| {
-                    format!(
-                        "{s:?}: unknown size unit {unit:?}; use B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)"
-                    )
+                .ok_or_else(|| SizeError::UnknownUnit {
+                    input: s.into(),
+                    unit: unit.into(),
                 })?
         };
         n.checked_mul(mult)
             .map(Size)
-            .ok_or_else(|| format!("{s:?} is too large"))
+            .ok_or_else(|| SizeError::TooLarge { input: s.into() })
     }
 }
 
@@ -133,11 +159,17 @@ mod tests {
         assert_eq!(Size::parse("10GiB"), Ok(Size(10 << 30)));
         assert_eq!(Size::parse("10 GB"), Ok(Size(10_000_000_000)));
         assert_eq!(Size::parse("1024"), Ok(Size(1024)));
-        assert!(Size::parse("1G").unwrap_err().contains("unknown size unit"));
+        assert!(
+            Size::parse("1G")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown size unit")
+        );
         assert!(Size::parse("ten").is_err());
         assert!(
             Size::parse("99999999999TiB")
                 .unwrap_err()
+                .to_string()
                 .contains("too large")
         );
         assert_eq!(Size(256 << 20).to_string(), "256MiB");

@@ -22,12 +22,14 @@ use natsmesh_broker::model::{
 };
 
 use super::bind::Bind;
+use super::identity::Identity;
 use super::load::Loaded;
 use super::problem::{Problem, Problems, Source};
 use super::schema::{AuthMode, ClientTls, HealthTimings, Provider, RawConfig, TlsMode};
-use crate::provider::Identity;
-use crate::tls::issue::NodeNames;
-use crate::tls::{Source as TlsSource, TlsSettings};
+use super::settings::fleet::{Coordination, FLEET_ACCOUNT, MaintenanceSettings};
+use super::settings::tls::{NodeNames, Source as TlsSource, TlsSettings};
+use super::settings::{discovery, gate, metrics};
+use crate::nkey;
 use natsmesh_broker::conf::Name;
 
 /// Validated settings: everything natsmeshd needs to run a broker.
@@ -58,24 +60,24 @@ pub struct Settings {
     /// Discovery through DNS, when on.
     pub discovery: Option<Discovered>,
     /// This node's own DNS records, when natsmeshd writes them.
-    pub publish: Option<crate::publish::PublishSettings>,
+    pub publish: Option<super::settings::publish::PublishSettings>,
     /// Load-balancer membership, when natsmeshd manages it.
-    pub balancer: Option<crate::balancer::LbSettings>,
+    pub balancer: Option<super::settings::balancer::LbSettings>,
     /// Whether planned restarts take the region's lease.
-    pub fleet: crate::fleet::Coordination,
+    pub fleet: Coordination,
     /// `[maintenance]`.
-    pub maintenance: crate::fleet::maintenance::MaintenanceSettings,
+    pub maintenance: MaintenanceSettings,
     /// Prometheus `/metrics`, when on.
-    pub metrics: Option<crate::metrics::MetricsSettings>,
-    /// The gate in front of the gateway port (see [`crate::gate`]).
-    pub gate: Option<crate::gate::GateSettings>,
+    pub metrics: Option<metrics::MetricsSettings>,
+    /// The gate in front of the gateway port (see the `gate` module).
+    pub gate: Option<gate::GateSettings>,
 }
 
 /// Discovery as validated, with the JetStream bootstrap wait.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discovered {
     /// What to look up.
-    pub settings: crate::discovery::DiscoverySettings,
+    pub settings: discovery::DiscoverySettings,
     /// Servers to wait for before JetStream's first start (0: none).
     pub bootstrap_expect: usize,
     /// How long to wait for them.
@@ -570,7 +572,10 @@ pub fn validate(
     if !server_name.is_empty()
         && let Err(stored) = super::identity::check_stored_name(&state_dir, &server_name)
     {
-        c.problem(if cloud { "node.provider" } else { "node.name" }, stored);
+        c.problem(
+            if cloud { "node.provider" } else { "node.name" },
+            stored.to_string(),
+        );
     }
 
     let id = identity;
@@ -886,7 +891,7 @@ pub fn validate(
     let maintenance = fleet::apply_maintenance(&mut c, raw, &server);
     let metrics = raw.metrics.enabled.then(|| {
         let ip = c.bind("metrics.bind", raw.metrics.bind, Role::Monitoring, identity);
-        crate::metrics::MetricsSettings {
+        metrics::MetricsSettings {
             listen: std::net::SocketAddr::new(ip, raw.metrics.port),
             scrape_every: raw
                 .metrics
@@ -901,7 +906,7 @@ pub fn validate(
         if raw.metrics.tls {
             match &tls {
                 Some(t) => {
-                    m.tls = Some(crate::metrics::MetricsTls {
+                    m.tls = Some(metrics::MetricsTls {
                         cert_file: t.cert_file.clone(),
                         key_file: t.key_file.clone(),
                     });
@@ -1573,7 +1578,7 @@ fn apply_discovery(
         cl.routes = routes.into_iter().collect();
     }
     Some(Discovered {
-        settings: crate::discovery::DiscoverySettings {
+        settings: discovery::DiscoverySettings {
             route_record: own_route.is_some().then(|| fill(&d.route_record)),
             leaf_records,
             leaf_remotes,
@@ -1614,7 +1619,7 @@ fn apply_gate(
     region: &str,
     tls: Option<&TlsSettings>,
     server: &mut ServerConfig,
-) -> Option<crate::gate::GateSettings> {
+) -> Option<gate::GateSettings> {
     let g = &raw.broker.gateway;
     let gateway = server.gateway.as_mut()?;
     if !g.gate {
@@ -1636,7 +1641,7 @@ fn apply_gate(
             .checked_add(10_000)
             .unwrap_or_else(|| g.port.saturating_sub(10_000))
     });
-    let broker = crate::gate::broker_listener(public, internal_port);
+    let broker = crate::addr::broker_listener(public, internal_port);
     if broker == public || broker.port() == 0 {
         c.problem(
             "broker.gateway.gate_port",
@@ -1645,7 +1650,7 @@ fn apply_gate(
         return None;
     }
     gateway.listen = listen(broker.ip(), broker.port());
-    Some(crate::gate::GateSettings {
+    Some(gate::GateSettings {
         listen: public,
         broker,
         own_name: format!("{region}.{domain}"),
@@ -1767,7 +1772,7 @@ fn apply_auth(
                     c.problem(&key, format!("{name:?} is reserved (natsmeshd keeps the system account {SYSTEM_ACCOUNT})"));
                     continue;
                 }
-                if name == crate::fleet::FLEET_ACCOUNT {
+                if name == FLEET_ACCOUNT {
                     c.problem(
                         &key,
                         format!("{name:?} is reserved (natsmeshd keeps its restart lease there)"),
@@ -1799,7 +1804,7 @@ fn apply_auth(
                         acct.users.push(User {
                             credential: Credential::Password {
                                 user: ANONYMOUS_USER.into(),
-                                password: crate::auth::anonymous_password(anon),
+                                password: nkey::anonymous_password(anon),
                             },
                             permissions: Permissions::default(),
                         });
@@ -1905,7 +1910,7 @@ fn account(
                 }
             }
             (None, None, Some(k)) => {
-                if !crate::auth::is_user_nkey(k) {
+                if !nkey::is_user_nkey(k) {
                     c.problem(
                         &format!("{ukey}.nkey"),
                         format!("{k:?} is not a public user nkey (U…, 56 characters)"),
@@ -2015,7 +2020,7 @@ fn apply_operator(
         }
     };
     let system_account = match &o.system_account {
-        Some(s) if crate::auth::is_account_key(s) => s.clone(),
+        Some(s) if nkey::is_account_key(s) => s.clone(),
         Some(s) => {
             c.problem(
                 "auth.operator.system_account",
@@ -2036,9 +2041,7 @@ fn apply_operator(
         let key = format!("auth.operator.preload.{k}");
         let p = c.file(&key, p, env, false);
         match (
-            crate::auth::is_account_key(k)
-                .then(|| Name::new(k))
-                .flatten(),
+            nkey::is_account_key(k).then(|| Name::new(k)).flatten(),
             std::fs::read_to_string(&p),
         ) {
             (Some(n), Ok(jwt)) => preload.push((n, jwt.trim().to_owned())),

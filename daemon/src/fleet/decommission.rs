@@ -10,21 +10,17 @@
 //! The removal comes before the withdrawal, so a removal that fails leaves
 //! the node serving as before rather than half gone.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use super::view::{self, StreamId, View};
 use crate::config::Settings;
+pub use crate::config::settings::fleet::marker;
 
 /// How long the re-placed replicas have to catch up.
 const EVACUATION: Duration = Duration::from_secs(300);
 /// How long the region's servers have to answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(1);
-
-/// The file that marks a decommissioned node's state directory.
-pub fn marker(state_dir: &Path) -> PathBuf {
-    state_dir.join("decommissioned")
-}
 
 /// Refuses a start on a decommissioned node's state.
 pub fn refuse_if_decommissioned(state_dir: &Path) -> Result<(), String> {

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::report::{INTERVAL, NodeReport, SUBJECT_PREFIX, Table};
 use crate::config::Settings;
-use crate::supervisor::Status;
+use crate::health::Status;
 
 /// A report larger than this is not natsmeshd's.
 const MAX_REPORT: usize = 64 * 1024;

@@ -36,7 +36,7 @@ use super::peers::MetaGroup;
 use super::view::View;
 use super::{Coordination, FleetSettings};
 use crate::config::Settings;
-use crate::supervisor::Status;
+use crate::health::Status;
 
 /// The key, in the fleet bucket, holding every node out on purpose.
 pub const KEY: &str = "maintenance";
@@ -57,20 +57,7 @@ const KV_WAIT: Duration = Duration::from_secs(10);
 /// A value larger than this is not natsmeshd's.
 const MAX_VALUE: usize = 64 * 1024;
 
-/// `[maintenance]`, validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MaintenanceSettings {
-    /// How long a maintenance lease holds without its node coming back.
-    pub max_down: Duration,
-}
-
-impl Default for MaintenanceSettings {
-    fn default() -> Self {
-        Self {
-            max_down: Duration::from_secs(15 * 60),
-        }
-    }
-}
+pub use crate::config::settings::fleet::MaintenanceSettings;
 
 /// Why a node is out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

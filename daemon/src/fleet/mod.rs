@@ -10,7 +10,9 @@
 //! why it still waits (for STATUS), then the lease ([`Held`]), which it
 //! gives back once the restarted broker serves with JetStream current.
 
-pub mod creds;
+// The temporary credentials live with the system account they are
+// rendered into (`auth`); the path stays for callers.
+pub use crate::auth::creds;
 pub mod decommission;
 pub mod heartbeat;
 pub mod lease;
@@ -28,39 +30,12 @@ use tokio::sync::mpsc;
 
 use crate::config::Settings;
 use crate::config::schema::LeaseScope;
-use crate::config::validate::SystemUser;
+pub use crate::config::settings::fleet::{Coordination, FLEET_ACCOUNT, FLEET_USER, FleetSettings};
 
-/// The account natsmeshd keeps (accounts mode) for the lease bucket: the
-/// system account cannot hold JetStream.
-pub const FLEET_ACCOUNT: &str = "NATSMESH";
-/// natsmeshd's user in it (the system user's password).
-pub const FLEET_USER: &str = "natsmesh-fleet";
 /// How long the region's servers have to answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// How often a waiting node looks again.
 const POLL: Duration = Duration::from_secs(1);
-
-/// Whether planned restarts are coordinated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Coordination {
-    /// Through the region's lease.
-    Lease(FleetSettings),
-    /// Not, and why.
-    Off(String),
-}
-
-/// How the lease is reached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FleetSettings {
-    /// Expiry of an unrenewed lease.
-    pub ttl: Duration,
-    /// The user in the lease bucket's account.
-    pub login: SystemUser,
-    /// Its name (password logins).
-    pub user: String,
-    /// One node per region or per supercluster.
-    pub scope: LeaseScope,
-}
 
 /// What the supervisor hears while it waits.
 #[derive(Debug)]

@@ -180,14 +180,17 @@ pub async fn gather(settings: &Settings) -> Result<MetaGroup, String> {
 
 async fn gather_with(sys: &async_nats::Client) -> Result<MetaGroup, String> {
     let body = serde_json::json!({ "leader_only": true }).to_string();
-    let jsz = crate::auth::sys_ping(sys, "$SYS.REQ.SERVER.PING.JSZ", body, ANSWER_WAIT).await?;
+    let jsz = crate::auth::sys_ping(sys, "$SYS.REQ.SERVER.PING.JSZ", body, ANSWER_WAIT)
+        .await
+        .map_err(|e| e.to_string())?;
     let leader = jsz
         .iter()
         .filter_map(|m| serde_json::from_slice::<JszAnswer>(&m.payload).ok())
         .filter_map(|a| a.data.meta_cluster)
         .find(|m| !m.leader.is_empty());
-    let pings =
-        crate::auth::sys_ping(sys, "$SYS.REQ.SERVER.PING", String::new(), ANSWER_WAIT).await?;
+    let pings = crate::auth::sys_ping(sys, "$SYS.REQ.SERVER.PING", String::new(), ANSWER_WAIT)
+        .await
+        .map_err(|e| e.to_string())?;
     let answering = pings
         .iter()
         .filter_map(|m| serde_json::from_slice::<PingAnswer>(&m.payload).ok())

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::supervisor::Status;
+use crate::health::Status;
 
 /// The subject prefix; a node publishes on `<prefix>.<server name>`.
 pub const SUBJECT_PREFIX: &str = "natsmesh.v1.node";

@@ -147,8 +147,9 @@ pub async fn gather(
         "config": true,
         "cluster": cluster,
     });
-    let answers =
-        crate::auth::sys_ping(sys, "$SYS.REQ.SERVER.PING.JSZ", body.to_string(), wait).await?;
+    let answers = crate::auth::sys_ping(sys, "$SYS.REQ.SERVER.PING.JSZ", body.to_string(), wait)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut view = View::default();
     for msg in answers {
         match serde_json::from_slice::<Answer>(&msg.payload) {

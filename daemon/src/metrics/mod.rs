@@ -5,7 +5,6 @@
 //! (`metrics.scrape_every`), never by a scrape, so Prometheus cannot load
 //! the broker however often it comes; a scrape encodes what is cached.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,57 +17,55 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::health::State;
+use crate::health::Status;
 use crate::httpd::{read_request, respond};
-use crate::supervisor::Status;
-use crate::supervisor::state::State;
 
 pub mod node;
+
+pub use crate::config::settings::metrics::{MetricsSettings, MetricsTls};
 
 /// OpenMetrics text, what prometheus-client writes and Prometheus asks for.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The classic Prometheus text format.
 const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Where `/metrics` listens and how often the broker is read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsSettings {
-    /// The listener.
-    pub listen: SocketAddr,
-    /// The broker's own pace.
-    pub scrape_every: Duration,
-    /// Per-stream series (opt-in).
-    pub streams: bool,
-    /// HTTPS, with the node certificate.
-    pub tls: Option<MetricsTls>,
-}
-
-/// The certificate `/metrics` is served with over HTTPS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsTls {
-    /// The node certificate chain (renewed in place: read per connection).
-    pub cert_file: std::path::PathBuf,
-    /// Its key.
-    pub key_file: std::path::PathBuf,
+/// Why `/metrics` cannot serve HTTPS now.
+#[derive(Debug, thiserror::Error)]
+enum AcceptorError {
+    /// A PEM file could not be read.
+    #[error("{}: {source}", path.display())]
+    Pem {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: pki_types::pem::Error,
+    },
+    /// rustls refused the set-up or the pair.
+    #[error("{0}")]
+    Tls(#[from] tokio_rustls::rustls::Error),
 }
 
 impl MetricsTls {
     /// An acceptor with the certificate as it is now on disk, so a renewed
     /// one serves from the next scrape on.
-    fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+    fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, AcceptorError> {
         use pki_types::pem::PemObject as _;
+        let pem = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| AcceptorError::Pem { path, source }
+        };
         let chain: Vec<pki_types::CertificateDer<'static>> =
             pki_types::CertificateDer::pem_file_iter(&self.cert_file)
                 .and_then(|i| i.collect())
-                .map_err(|e| format!("{}: {e}", self.cert_file.display()))?;
-        let key = pki_types::PrivateKeyDer::from_pem_file(&self.key_file)
-            .map_err(|e| format!("{}: {e}", self.key_file.display()))?;
+                .map_err(pem(&self.cert_file))?;
+        let key =
+            pki_types::PrivateKeyDer::from_pem_file(&self.key_file).map_err(pem(&self.key_file))?;
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| e.to_string())?;
+            .with_single_cert(chain, key)?;
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 }
@@ -79,7 +76,7 @@ pub fn broker_monitor(settings: &crate::config::Settings) -> Option<Monitor> {
         .server
         .monitoring
         .as_ref()
-        .and_then(crate::supervisor::probe::local_addr)?;
+        .and_then(crate::addr::local_addr)?;
     let timeout = settings.health.timeout;
     match settings.tls.as_ref().filter(|t| t.monitoring) {
         None => Some(Monitor::new(addr, timeout)),

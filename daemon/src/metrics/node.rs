@@ -10,8 +10,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::{counter, gauge};
 use crate::discovery::Health;
+use crate::health::Status;
 use crate::provider::rest::{self, ErrorKey};
-use crate::supervisor::Status;
 
 /// What a scrape reads beside the status.
 #[derive(Debug, Clone, Default)]

@@ -493,7 +493,7 @@ fn check(r: &Request) -> Result<Checked<'_>, PlanError> {
         // mint another's names), refused here first.
         for region in &r.regions {
             crate::ca_cli::intermediate_args(region, &domain, std::slice::from_ref(&n), &[])
-                .map_err(|why| invalid("--client-name", why))?;
+                .map_err(|why| invalid("--client-name", why.to_string()))?;
         }
         let zone = match &zone_arg {
             Some(z) => z.clone(),

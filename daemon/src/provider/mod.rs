@@ -4,85 +4,17 @@
 
 pub mod digitalocean;
 pub mod http;
+pub mod identity;
 pub mod linode;
 pub mod rest;
 
-use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+pub use crate::config::identity::Identity;
 use crate::config::schema::Provider;
-
-/// Who this machine is, as its provider says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
-    /// Where it came from.
-    pub provider: Provider,
-    /// The provider's instance id (droplet id, Linode id); empty for `none`.
-    pub instance_id: String,
-    /// Host name / label.
-    pub hostname: String,
-    /// The provider's own region name (`nyc3`, `us-east`), not natsmesh's.
-    pub provider_region: String,
-    /// Private / VPC IPv4: routes and the load balancer's path.
-    pub private_ipv4: Option<Ipv4Addr>,
-    /// Public IPv4: gateways between regions.
-    pub public_ipv4: Option<Ipv4Addr>,
-    /// Public IPv6.
-    pub public_ipv6: Option<Ipv6Addr>,
-    /// Provider tags.
-    pub tags: Vec<String>,
-}
-
-impl Identity {
-    /// One line for status: provider, instance, region, addresses.
-    pub fn describe(&self) -> String {
-        let mut parts = vec![match self.provider {
-            Provider::None => format!("from configuration (host {})", self.hostname),
-            p => format!(
-                "{p} instance {} ({}) in {}",
-                self.instance_id, self.hostname, self.provider_region
-            ),
-        }];
-        if let Some(a) = self.private_ipv4 {
-            parts.push(format!("private {a}"));
-        }
-        if let Some(a) = self.public_ipv4 {
-            parts.push(format!("public {a}"));
-        }
-        if let Some(a) = self.public_ipv6 {
-            parts.push(format!("public {a}"));
-        }
-        parts.join(", ")
-    }
-
-    /// The permanent server name: `<provider>-<region>-<instance id>` on a
-    /// cloud, the host name (or `node.name`) otherwise; limited to
-    /// `[A-Za-z0-9_.-]`, anything else becoming `-`.
-    pub fn server_name(&self) -> String {
-        let raw = match self.provider {
-            Provider::None => self.hostname.clone(),
-            p => format!(
-                "{}-{}-{}",
-                p.as_str(),
-                self.provider_region,
-                self.instance_id
-            ),
-        };
-        raw.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect()
-    }
-}
 
 /// Why the metadata service did not say who we are.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -230,28 +162,6 @@ pub async fn identity_with_retry(
             }
             Err(e) => return Err(e),
         }
-    }
-}
-
-impl Provider {
-    /// The lower-case name used in config and server names.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::None => "none",
-            Provider::DigitalOcean => "digitalocean",
-            Provider::Linode => "linode",
-        }
-    }
-
-    /// Whether this is a cloud with a metadata service.
-    pub fn is_cloud(self) -> bool {
-        self != Provider::None
-    }
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -112,7 +112,7 @@ pub struct Rest {
 
 impl Rest {
     /// A client; nothing is contacted yet.
-    pub fn new(flavor: Flavor, base: &str, purpose: Purpose) -> Result<Self, String> {
+    pub fn new(flavor: Flavor, base: &str, purpose: Purpose) -> Result<Self, ClientError> {
         Ok(Self {
             flavor,
             purpose,
@@ -306,8 +306,19 @@ fn httpdate(s: &str) -> Result<SystemTime, ()> {
         .map_err(|_| ())
 }
 
+/// Why no HTTPS client could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// rustls refused the protocol versions.
+    #[error("TLS set-up: {0}")]
+    Tls(#[source] rustls::Error),
+    /// reqwest could not build the client.
+    #[error("HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+}
+
 /// HTTPS with the system's trust store (Debian's ca-certificates).
-fn https_client() -> Result<Client, String> {
+fn https_client() -> Result<Client, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
@@ -315,7 +326,7 @@ fn https_client() -> Result<Client, String> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up: {e}"))?
+        .map_err(ClientError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Client::builder()
@@ -324,33 +335,10 @@ fn https_client() -> Result<Client, String> {
         .timeout(TIMEOUT)
         .user_agent(concat!("natsmeshd/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("HTTP client: {e}"))
+        .map_err(ClientError::Http)
 }
 
-/// A token only travels over HTTPS, or plain HTTP to this machine (a
-/// local proxy or a test double).
-pub fn token_safe_url(url: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" => match parsed
-            .host_str()
-            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-        {
-            Some("localhost") => Ok(()),
-            Some(h)
-                if h.parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback()) =>
-            {
-                Ok(())
-            }
-            _ => Err(format!(
-                "{url:?}: the token would travel in clear text; use https (plain http only to loopback)"
-            )),
-        },
-        other => Err(format!("{url:?}: scheme {other:?} is not https")),
-    }
-}
+pub use crate::config::settings::provider::token_safe_url;
 
 #[cfg(test)]
 mod tests {

@@ -12,69 +12,21 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use std::fmt;
 use std::path::PathBuf;
 
 use super::record::{absolute, normal, relative};
 use super::secret::Secret;
 use super::{Data, Present, PublishError, Record};
+pub use crate::config::settings::publish::Provider;
 use crate::provider::rest::{Flavor, Purpose, Rest};
 
 /// Pages followed at most in one listing (a zone with more records than
 /// this many pages is not one natsmesh's names live in alone).
 const MAX_PAGES: usize = 50;
 
-/// Which API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    /// `https://api.digitalocean.com/v2/domains/…`
-    DigitalOcean,
-    /// `https://api.linode.com/v4/domains/…`
-    Linode,
-    /// `https://api.cloudflare.com/client/v4/zones/…`
-    Cloudflare,
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::DigitalOcean => "digitalocean",
-            Self::Linode => "linode",
-            Self::Cloudflare => "cloudflare",
-        })
-    }
-}
-
-/// Linode's record TTLs; any other value is rounded by the API.
-const LINODE_TTLS: [u32; 12] = [
-    300, 3600, 7200, 14400, 28800, 57600, 86400, 172800, 345600, 604800, 1209600, 2419200,
-];
-
+// The API-facing half of the provider (the data half lives with the
+// settings, in config).
 impl Provider {
-    /// The provider's API base.
-    pub fn default_url(self) -> &'static str {
-        match self {
-            Self::DigitalOcean => "https://api.digitalocean.com",
-            Self::Linode => "https://api.linode.com/v4",
-            Self::Cloudflare => "https://api.cloudflare.com/client/v4",
-        }
-    }
-
-    /// The TTL the provider will actually keep for `requested` seconds:
-    /// DigitalOcean's minimum is 30, Cloudflare's 60 (1 would mean
-    /// "automatic"), Linode's the next value of its fixed list.
-    pub fn ttl(self, requested: u32) -> u32 {
-        match self {
-            Self::DigitalOcean => requested.max(30),
-            Self::Cloudflare => requested.clamp(60, 86_400),
-            Self::Linode => LINODE_TTLS
-                .iter()
-                .copied()
-                .find(|t| *t >= requested)
-                .unwrap_or(2_419_200),
-        }
-    }
-
     /// Its error bodies and rate-limit headers.
     fn flavor(self) -> Flavor {
         match self {
@@ -133,7 +85,7 @@ impl Api {
         zone: &str,
     ) -> Result<Self, PublishError> {
         let rest = Rest::new(provider.flavor(), base, Purpose::DnsPublish)
-            .map_err(|e| PublishError::new(format!("{provider} API client"), e))?;
+            .map_err(|e| PublishError::new(format!("{provider} API client"), e.to_string()))?;
         Ok(Self {
             provider,
             rest,

@@ -11,74 +11,22 @@
 //! the only coupling is a bounded wait for the withdrawal before lame duck.
 
 pub mod api;
-pub mod record;
+pub use crate::config::settings::record;
 pub mod regions;
 pub mod rfc2136;
-pub(crate) mod secret;
+pub(crate) use crate::secret;
 mod state;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
+pub use crate::config::settings::publish::{BackendSettings, PublishSettings};
 pub use record::{Data, Record};
 
-use crate::supervisor::{Announced, Status};
-
-/// `[dns_publish]` as validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishSettings {
-    /// Where the records go.
-    pub backend: BackendSettings,
-    /// The zone (DNS provider "domain") the records live in.
-    pub zone: String,
-    /// TTL of every record, in seconds (already rounded to what the
-    /// provider accepts).
-    pub ttl: u32,
-    /// This node's records.
-    pub records: Vec<Record>,
-    /// This node's own host name (`<server>.<region>.<domain>`): every
-    /// address record at it, and every SRV record naming it, is this node's.
-    pub host: String,
-    /// How long a stop waits for the withdrawal before lame duck anyway.
-    pub withdraw_timeout: Duration,
-    /// How often published records are checked (someone may delete them).
-    pub verify_every: Duration,
-    /// Where the last published set is remembered across restarts.
-    pub state_file: PathBuf,
-    /// This node's entry in the list of regions (none when the regions
-    /// are configured rather than read from DNS).
-    pub regions: Option<regions::RegionListing>,
-}
-
-/// Which DNS provider, and how to reach it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackendSettings {
-    /// RFC 2136 dynamic update with TSIG (BIND, Knot, PowerDNS).
-    Rfc2136 {
-        /// The primary server.
-        server: SocketAddr,
-        /// TSIG key name, as the server knows it.
-        key_name: String,
-        /// TSIG algorithm (`hmac-sha256`, `hmac-sha384`, `hmac-sha512`).
-        algorithm: String,
-        /// File holding the base64 TSIG secret (a systemd credential).
-        secret_file: PathBuf,
-    },
-    /// An HTTP API: DigitalOcean, Linode or Cloudflare.
-    Api {
-        /// Which one.
-        provider: api::Provider,
-        /// Base URL (the provider's own unless a test or proxy says so).
-        url: String,
-        /// File holding the API token (a systemd credential).
-        token_file: PathBuf,
-    },
-}
+use crate::health::{Announced, Status};
 
 impl BackendSettings {
     /// A name for logs: `rfc2136 127.0.0.1:53`, `digitalocean`.
@@ -100,6 +48,12 @@ pub struct PublishError {
     pub why: String,
     /// When the provider asked to be called again (rate limits).
     pub retry_after: Option<Duration>,
+}
+
+impl From<crate::secret::SecretError> for PublishError {
+    fn from(e: crate::secret::SecretError) -> Self {
+        Self::new(e.what, e.why)
+    }
 }
 
 impl PublishError {

@@ -12,26 +12,9 @@
 //! removes a record that lists more than its own region.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use super::{Backend, Data, PublishError, Record};
-
-/// What a node writes into the regions list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegionListing {
-    /// `_nats-regions.<domain>` TXT `<region>`.
-    pub record: Record,
-    /// This node's region.
-    pub region: String,
-    /// The zone the record lives in: the publication's zone, or the
-    /// domain's own (with Linode, whose per-region zones lie below it).
-    pub zone: String,
-    /// The region's route SRV name: the region leaves the list only when
-    /// no record is left there.
-    pub route_record: String,
-    /// Where a decommission is marked (`fleet::decommission::marker`).
-    pub decommissioned: PathBuf,
-}
+pub use crate::config::settings::publish::RegionListing;
 
 fn lists(record: &Record, region: &str) -> bool {
     matches!(&record.data, Data::Txt { text } if text.split_whitespace().any(|r| r == region))

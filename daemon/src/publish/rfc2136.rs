@@ -20,6 +20,7 @@ use hickory_net::xfer::DnsMultiplexer;
 use super::record::normal;
 use super::secret::Secret;
 use super::{Data, Present, PublishError, Record};
+pub use crate::config::settings::publish::ALGORITHMS;
 
 /// Per request, and for the TCP connection.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -203,9 +204,6 @@ fn algorithm(s: &str) -> Option<TsigAlgorithm> {
         _ => None,
     }
 }
-
-/// The TSIG algorithms natsmesh signs with (ring implements these).
-pub const ALGORITHMS: [&str; 3] = ["hmac-sha256", "hmac-sha384", "hmac-sha512"];
 
 fn to_record(r: &Record, ttl: u32) -> Result<hickory_net::proto::rr::Record, PublishError> {
     let rdata = match &r.data {

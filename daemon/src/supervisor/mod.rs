@@ -16,8 +16,6 @@ mod maintenance;
 pub mod output;
 mod planned;
 pub mod probe;
-pub mod state;
-pub mod status;
 mod tasks;
 mod upgrades;
 
@@ -32,8 +30,10 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
+pub use crate::command::Command;
 use crate::config::{self, Settings};
 use crate::files::PLAIN;
+pub use crate::health::{Announced, Status, state, status};
 use crate::logging::ids;
 use crate::notify::Notifier;
 use crate::prepare::{Prepared, prepare_in};
@@ -42,7 +42,6 @@ use liveness::{Liveness, Verdict};
 use output::BrokerOutput;
 use probe::{Report, Targets, local_addr};
 use state::{Lifecycle, State};
-pub use status::Status;
 use tasks::Event;
 
 /// The rendered file the broker runs.
@@ -56,51 +55,6 @@ const RELOAD_CONFIRM: Duration = Duration::from_secs(10);
 pub(crate) const EXTEND_EVERY: Duration = Duration::from_secs(5);
 /// Consecutive failed serving probes before a ready node leaves service.
 const SERVING_FAILURES: u32 = 3;
-
-/// What a caller may ask.
-#[derive(Debug)]
-pub enum Command {
-    /// Re-read the configuration and apply it (reload or restart).
-    Reload {
-        /// Where the outcome goes, if anyone waits for it.
-        reply: Option<oneshot::Sender<Result<String, String>>>,
-    },
-    /// Leave service (lame duck) and keep natsmeshd running.
-    Drain {
-        /// Acknowledgement.
-        reply: Option<oneshot::Sender<Result<String, String>>>,
-    },
-    /// Back into service after a drain.
-    Undrain {
-        /// Acknowledgement.
-        reply: Option<oneshot::Sender<Result<String, String>>>,
-    },
-    /// Hold planned restarts back (crash recovery goes on).
-    Pause {
-        /// Acknowledgement.
-        reply: Option<oneshot::Sender<Result<String, String>>>,
-    },
-    /// Let planned restarts go ahead again.
-    Resume {
-        /// Acknowledgement.
-        reply: Option<oneshot::Sender<Result<String, String>>>,
-    },
-    /// Leave the region for good (see [`crate::fleet::decommission`]).
-    Decommission {
-        /// Acknowledgement (or why not).
-        reply: Option<oneshot::Sender<Result<String, String>>>,
-    },
-    /// Into maintenance (`Some(why)`: drain and stay down, the lease
-    /// already taken) or out of it (`None`: serve again).
-    Maintenance {
-        /// Why, or `None` to end it.
-        why: Option<String>,
-        /// Acknowledgement.
-        reply: Option<oneshot::Sender<Result<String, String>>>,
-    },
-    /// Drain and exit.
-    Stop,
-}
 
 /// How supervision ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1191,28 +1145,6 @@ impl Supervisor {
 enum Reloaded {
     Done(Result<String, String>),
     Pending,
-}
-
-/// What a pointer's task tells the supervisor: whether it may still send
-/// clients or peers here (a stop waits for `false` before lame duck), and
-/// a line for `natsmeshd status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Announced {
-    /// It may still point here.
-    pub up: bool,
-    /// The provider lists this node (a balancer's membership as last seen
-    /// or made; `None`: unknown, or not that kind of pointer).
-    pub member: Option<bool>,
-    /// What happened last, for a person.
-    pub line: String,
-    /// What keeps it from pointing where it should (a balancer that cannot
-    /// be read or is set up wrong, a publication failing), for `degraded`
-    /// at the edge; `None` when all is as it should be.
-    pub problem: Option<String>,
-    /// How long leaving may take as this pointer knows it now (a balancer
-    /// derives it from its health check once read); `None`: the budget it
-    /// was announced with.
-    pub budget: Option<Duration>,
 }
 
 /// What points clients or peers at this node.

@@ -13,17 +13,17 @@
 //! The three run concurrently, each bounded by the probe timeout, after a
 //! `/varz` read for the status line.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use natsmesh_broker::Version;
-use natsmesh_broker::model::{Listen, Port};
 use natsmesh_broker::monitor::{
     ClientPort, HEALTHZ_ALIVE, Http, Monitor, Varz, healthz_js_meta_query, probe_client_port,
 };
 use tokio::time::Instant;
 
 use super::liveness::Observation;
+pub use crate::addr::local_addr;
 use crate::tls::probe::ClientPortTls;
 
 /// Where and how to probe one broker.
@@ -36,20 +36,6 @@ pub struct Targets {
     timeout: Duration,
     gateways: bool,
     client_tls: Option<ClientPortTls>,
-}
-
-/// The address a local prober dials for a listener: its bind address, or
-/// loopback when it binds every address.
-pub fn local_addr(l: &Listen) -> Option<SocketAddr> {
-    let Port::Fixed(port) = l.port else {
-        return None;
-    };
-    let ip = match l.host {
-        IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v) if v.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    Some(SocketAddr::new(ip, port))
 }
 
 impl Targets {

@@ -434,7 +434,11 @@ impl Supervisor {
             let via_sys = match (sys, before.as_ref().and_then(|v| v.server_id.clone())) {
                 (Some(settings), Some(server_id)) => {
                     match crate::auth::system_client(&settings).await {
-                        Ok(client) => Some(crate::auth::sys_reload(&client, &server_id).await),
+                        Ok(client) => Some(
+                            crate::auth::sys_reload(&client, &server_id)
+                                .await
+                                .map_err(|e| e.to_string()),
+                        ),
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot reach the broker as the system user; reloading with SIGHUP");
                             None
@@ -912,8 +916,10 @@ impl Supervisor {
         let tx = self.events.clone();
         tokio::spawn(async move {
             let answers = match crate::auth::system_client(&settings).await {
-                Ok(client) => crate::auth::accounts_of_all(&client).await,
-                Err(e) => Err(e),
+                Ok(client) => crate::auth::accounts_of_all(&client)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
             };
             let _ = tx.send(Event::Accounts { pid, answers }).await;
         });

@@ -124,7 +124,7 @@ impl Supervisor {
             // The new binary must accept this configuration before it gets
             // the broker: an image that refused it would exit, and the
             // broker with it.
-            let result = upgrade::check_with(&exe).await;
+            let result = upgrade::check_with(&exe).await.map_err(|e| e.to_string());
             if result.is_ok() {
                 // The broker's lines so far reach the log before the exec.
                 let _ = tokio::time::timeout(Duration::from_secs(1), output.flush()).await;

@@ -21,6 +21,8 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
+pub use crate::config::settings::tls::NodeNames;
+
 /// How far certificates are backdated.
 pub const BACKDATE: Duration = Duration::from_secs(300);
 
@@ -149,22 +151,6 @@ pub fn intermediate(
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
-}
-
-/// What a node certificate must cover.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeNames {
-    /// Subject common name (the server name).
-    pub common_name: String,
-    /// DNS names.
-    pub dns: Vec<String>,
-    /// Addresses peers dial (advertised, route) and loopback: always in
-    /// the certificate.
-    pub ips: Vec<IpAddr>,
-    /// Addresses it listens on that peers and clients reach by a DNS name
-    /// the certificate carries: in it only where the issuer permits them
-    /// (see [`NodeNames::within`]).
-    pub by_name: Vec<IpAddr>,
 }
 
 impl NodeNames {

@@ -13,70 +13,18 @@ pub mod issue;
 pub mod pki;
 pub mod probe;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use pki_types::CertificateDer;
 
+pub use crate::config::settings::tls::{Source, TlsSettings};
 use crate::files::PLAIN;
 use issue::{Issued, NodeNames};
 use pki::{CertInfo, PkiError};
 
 /// How far the clock may be off before natsmeshd says so.
 pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(300);
-
-/// Where the node certificate comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// Issued here from a region intermediate.
-    Issue {
-        /// The intermediate's certificate.
-        intermediate_cert: PathBuf,
-        /// The intermediate's key (a systemd credential).
-        intermediate_key: PathBuf,
-        /// Lifetime of node certificates.
-        validity: Duration,
-    },
-    /// Kept by the operator's PKI; natsmeshd only reads and checks it.
-    Files {
-        /// Certificate chain.
-        cert: PathBuf,
-        /// Key.
-        key: PathBuf,
-    },
-}
-
-/// TLS as configured for this node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
-    /// Where the certificate comes from.
-    pub source: Source,
-    /// Trusted roots (several during a CA rotation).
-    pub ca_file: PathBuf,
-    /// The certificate file the broker reads.
-    pub cert_file: PathBuf,
-    /// The key file the broker reads.
-    pub key_file: PathBuf,
-    /// The client-facing certificate, when it is not the node's (its chain
-    /// is trusted for the HTTPS monitoring probe).
-    pub client_cert_file: Option<PathBuf>,
-    /// Monitoring over HTTPS.
-    pub monitoring: bool,
-    /// Mode `files`: how often the files are read again for a new
-    /// certificate.
-    pub files_check_every: Duration,
-    /// Trust for routes (mode `issue`): the region's intermediates only, so
-    /// a node of another region (same root) cannot join this region's
-    /// cluster. Written from the intermediate file.
-    pub region_ca_file: Option<PathBuf>,
-    /// The names the certificate must cover.
-    pub names: NodeNames,
-    /// Files the operator keeps that the broker reads, with the copy in the
-    /// state directory it reads instead when it runs as its own user
-    /// (`tls.mode = "files"`'s pair, the client pair): natsmeshd reads the
-    /// originals, the broker cannot. Empty otherwise.
-    pub broker_copies: Vec<(PathBuf, PathBuf)>,
-}
 
 /// Why TLS material is not usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -16,28 +16,93 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
-use super::TlsSettings;
+use super::pki::PkiError;
+use super::{TlsError, TlsSettings};
+
+/// Why a probe's trust could not be loaded or the served certificate not
+/// read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The trusted roots could not be read.
+    #[error(transparent)]
+    Roots(#[from] TlsError),
+    /// rustls refused a root, the set-up or the node's pair.
+    #[error(transparent)]
+    Rustls(#[from] tokio_rustls::rustls::Error),
+    /// A PEM file could not be read.
+    #[error("{}: {source}", path.display())]
+    Pem {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: pki_types::pem::Error,
+    },
+    /// A certificate file without a certificate.
+    #[error("{}: no certificate", path.display())]
+    NoCertificate {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// A certificate natsmesh cannot read.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// A client-facing certificate's DNS name that is no server name.
+    #[error("{name:?}: {source}")]
+    CertName {
+        /// The name.
+        name: String,
+        /// Why.
+        source: pki_types::InvalidDnsNameError,
+    },
+    /// The name to check the served certificate for is no server name.
+    #[error(transparent)]
+    Name(#[from] pki_types::InvalidDnsNameError),
+    /// Connecting or reading INFO failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The listener did not start with INFO.
+    #[error("expected INFO, got {0:?}")]
+    NotInfo(String),
+    /// The handshake failed.
+    #[error("TLS handshake: {0}")]
+    Handshake(#[source] std::io::Error),
+    /// The handshake ended without a certificate.
+    #[error("no certificate presented")]
+    NoPeerCertificate,
+    /// Nothing within the time allowed.
+    #[error("no TLS answer from {addr} within {timeout:?}")]
+    Timeout {
+        /// Where.
+        addr: SocketAddr,
+        /// How long it waited.
+        timeout: Duration,
+    },
+}
+
+fn pem(path: &std::path::Path) -> impl FnOnce(pki_types::pem::Error) -> ProbeError {
+    let path = path.to_path_buf();
+    move |source| ProbeError::Pem { path, source }
+}
 
 /// A TLS client for the broker's HTTPS monitoring: trusts the roots, and
 /// the chain of a separate client-facing certificate when there is one.
-pub fn monitoring_client(settings: &TlsSettings) -> Result<ClientConfig, String> {
+pub fn monitoring_client(settings: &TlsSettings) -> Result<ClientConfig, ProbeError> {
     let mut roots = RootCertStore::empty();
-    for r in super::roots(settings).map_err(|e| e.to_string())? {
-        roots.add(r).map_err(|e| e.to_string())?;
+    for r in super::roots(settings)? {
+        roots.add(r)?;
     }
     if let Some(file) = &settings.client_cert_file {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
             .and_then(|i| i.collect())
-            .map_err(|e| format!("{}: {e}", file.display()))?;
+            .map_err(pem(file))?;
         // The last certificate of the served chain is its top issuer.
         if let Some(top) = chain.last() {
-            roots.add(top.clone()).map_err(|e| e.to_string())?;
+            roots.add(top.clone())?;
         }
     }
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     Ok(ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
@@ -59,7 +124,7 @@ impl ClientPortTls {
     }
 
     /// The trust and name for one probe.
-    pub fn load(&self) -> Result<ProbeTls, String> {
+    pub fn load(&self) -> Result<ProbeTls, ProbeError> {
         let config = monitoring_client(&self.settings)?;
         // The node certificate always covers the listener's address, or
         // 127.0.0.1 for a wildcard bind (see the names validation gives
@@ -83,19 +148,23 @@ impl ClientPortTls {
 /// A separate client-facing certificate (a public CA's) need not carry
 /// the listener's address: then it is checked for its own first DNS name,
 /// the name clients dial.
-fn client_cert_name(file: &std::path::Path, ip: IpAddr) -> Result<ServerName<'static>, String> {
+fn client_cert_name(file: &std::path::Path, ip: IpAddr) -> Result<ServerName<'static>, ProbeError> {
     let leaf = CertificateDer::pem_file_iter(file)
-        .map_err(|e| format!("{}: {e}", file.display()))?
+        .map_err(pem(file))?
         .next()
-        .ok_or_else(|| format!("{}: no certificate", file.display()))?
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    let info =
-        super::pki::inspect(&file.display().to_string(), &leaf).map_err(|e| e.to_string())?;
+        .ok_or_else(|| ProbeError::NoCertificate {
+            path: file.to_path_buf(),
+        })?
+        .map_err(pem(file))?;
+    let info = super::pki::inspect(&file.display().to_string(), &leaf)?;
     if info.ips.contains(&ip) {
         return Ok(ServerName::IpAddress(ip.into()));
     }
     match info.dns_names.first() {
-        Some(dns) => ServerName::try_from(dns.clone()).map_err(|e| format!("{dns:?}: {e}")),
+        Some(dns) => ServerName::try_from(dns.clone()).map_err(|source| ProbeError::CertName {
+            name: dns.clone(),
+            source,
+        }),
         None => Ok(ServerName::IpAddress(ip.into())),
     }
 }
@@ -125,52 +194,46 @@ pub async fn served_serial(
     name: &str,
     info_first: bool,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, ProbeError> {
     let attempt = async {
         let mut roots = RootCertStore::empty();
-        for r in super::roots(settings).map_err(|e| e.to_string())? {
-            roots.add(r).map_err(|e| e.to_string())?;
+        for r in super::roots(settings)? {
+            roots.add(r)?;
         }
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_file_iter(&settings.cert_file)
                 .and_then(|i| i.collect())
-                .map_err(|e| format!("{}: {e}", settings.cert_file.display()))?;
-        let key = PrivateKeyDer::from_pem_file(&settings.key_file)
-            .map_err(|e| format!("{}: {e}", settings.key_file.display()))?;
+                .map_err(pem(&settings.cert_file))?;
+        let key =
+            PrivateKeyDer::from_pem_file(&settings.key_file).map_err(pem(&settings.key_file))?;
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| e.to_string())?;
-        let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            .with_client_auth_cert(chain, key)?;
+        let mut stream = TcpStream::connect(addr).await?;
         if info_first {
-            let info = read_info(&mut stream).await.map_err(|e| e.to_string())?;
+            let info = read_info(&mut stream).await?;
             if !info.starts_with("INFO ") {
-                return Err(format!(
-                    "expected INFO, got {:?}",
-                    info.chars().take(40).collect::<String>()
-                ));
+                return Err(ProbeError::NotInfo(info.chars().take(40).collect()));
             }
         }
-        let server_name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+        let server_name = ServerName::try_from(name.to_owned())?;
         let tls = TlsConnector::from(Arc::new(config))
             .connect(server_name, stream)
             .await
-            .map_err(|e| format!("TLS handshake: {e}"))?;
+            .map_err(ProbeError::Handshake)?;
         let (_, conn) = tls.get_ref();
         let leaf = conn
             .peer_certificates()
             .and_then(|c| c.first())
-            .ok_or("no certificate presented")?;
-        let info =
-            super::pki::inspect("the served certificate", leaf).map_err(|e| e.to_string())?;
+            .ok_or(ProbeError::NoPeerCertificate)?;
+        let info = super::pki::inspect("the served certificate", leaf)?;
         Ok(info.serial)
     };
     tokio::time::timeout(timeout, attempt)
         .await
-        .map_err(|_| format!("no TLS answer from {addr} within {timeout:?}"))?
+        .map_err(|_| ProbeError::Timeout { addr, timeout })?
 }
 
 #[cfg(test)]

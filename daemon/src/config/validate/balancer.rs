@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 
 use super::{Checker, Environment, Role};
-use crate::balancer::{Backend, LbProvider, LbSettings};
+use crate::config::identity::Identity;
 use crate::config::schema::{LbBackend, LbKind, Provider, RawConfig};
-use crate::provider::Identity;
+use crate::config::settings::balancer::{Backend, LbProvider, LbSettings};
 use natsmesh_broker::model::{Port, ServerConfig};
 
 /// What `[load_balancer]` asks for, or `None` when it is off or wrong.
@@ -84,8 +84,8 @@ pub(super) fn apply_balancer(
         .api_url
         .clone()
         .unwrap_or_else(|| provider.default_url().to_owned());
-    if let Err(why) = crate::provider::rest::token_safe_url(&url) {
-        c.problem("load_balancer.api_url", why);
+    if let Err(why) = crate::config::settings::provider::token_safe_url(&url) {
+        c.problem("load_balancer.api_url", why.to_string());
     }
     let token_file =
         super::publish::secret_file(c, env, "load_balancer.token_file", b.token_file.as_deref());

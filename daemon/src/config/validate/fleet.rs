@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{Checker, Environment, SystemUser};
 use crate::config::schema::{AuthMode, RawConfig};
-use crate::fleet::{Coordination, FLEET_ACCOUNT, FLEET_USER, FleetSettings};
+use crate::config::settings::fleet::{Coordination, FLEET_ACCOUNT, FLEET_USER, FleetSettings};
 use natsmesh_broker::conf::Name;
 use natsmesh_broker::model::{Account, AccountJetStream, ServerConfig};
 
@@ -17,7 +17,7 @@ pub(super) fn apply_maintenance(
     c: &mut Checker<'_>,
     raw: &RawConfig,
     server: &ServerConfig,
-) -> crate::fleet::maintenance::MaintenanceSettings {
+) -> crate::config::settings::fleet::MaintenanceSettings {
     let max_down = raw.maintenance.max_down.0;
     let least = server.lame_duck_duration + RESTART_ALLOWANCE;
     if max_down < least {
@@ -28,7 +28,7 @@ pub(super) fn apply_maintenance(
             ),
         );
     }
-    crate::fleet::maintenance::MaintenanceSettings { max_down }
+    crate::config::settings::fleet::MaintenanceSettings { max_down }
 }
 
 /// The coordination `[fleet]` asks for and the set-up allows; in accounts

@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use super::{Checker, Discovered, Environment};
 use crate::config::schema::{DnsBackend, RawConfig};
-use crate::publish::api::Provider;
-use crate::publish::record::relative;
-use crate::publish::regions::RegionListing;
-use crate::publish::{BackendSettings, PublishSettings, Record, rfc2136};
+use crate::config::settings::provider::token_safe_url;
+use crate::config::settings::publish::{
+    self as rfc2136, BackendSettings, Provider, PublishSettings, RegionListing,
+};
+use crate::config::settings::record::{Record, relative};
 use natsmesh_broker::model::ServerConfig;
 
 /// What `[dns_publish]` asks for, or `None` when it is off or wrong.
@@ -155,7 +156,7 @@ pub(super) fn apply_publish(
                 region: region.clone(),
                 zone,
                 route_record: route_record.clone(),
-                decommissioned: crate::fleet::decommission::marker(state_dir),
+                decommissioned: crate::config::settings::fleet::marker(state_dir),
             }
         });
     if let Some(l) = &regions
@@ -265,8 +266,8 @@ fn api_backend(
         .clone()
         .unwrap_or_else(|| provider.default_url().to_owned());
     let url = url.trim_end_matches('/').to_owned();
-    if let Err(why) = crate::provider::rest::token_safe_url(&url) {
-        c.problem("dns_publish.api_url", why);
+    if let Err(why) = token_safe_url(&url) {
+        c.problem("dns_publish.api_url", why.to_string());
     }
     let token_file = secret_file(c, env, "dns_publish.token_file", p.token_file.as_deref())?;
     Some(BackendSettings::Api {

@@ -8,6 +8,8 @@
 //! hash is rendered. The hash is cached so the rendered file stays the
 //! same from one reload to the next.
 
+pub mod creds;
+
 use std::fmt;
 use std::path::Path;
 
@@ -15,32 +17,20 @@ use natsmesh_broker::conf::Name;
 use natsmesh_broker::model::{Account, Credential, Permissions, User};
 use sha2::{Digest, Sha256};
 
+use crate::config::settings::fleet::{FLEET_ACCOUNT, FLEET_USER};
 use crate::config::validate::{SYSTEM_ACCOUNT, SYSTEM_USER, Settings, SystemUser};
 use crate::files::{SECRET, write_atomic};
+pub use crate::nkey::{anonymous_password, is_account_key, is_user_nkey};
 
-/// Whether `k` is a public user nkey.
-pub fn is_user_nkey(k: &str) -> bool {
-    k.starts_with('U') && nkeys::KeyPair::from_public_key(k).is_ok()
-}
-
-/// Whether `k` is a public account nkey.
-pub fn is_account_key(k: &str) -> bool {
-    k.starts_with('A') && nkeys::KeyPair::from_public_key(k).is_ok()
-}
-
-/// The anonymous user's password. nats-server hands a credential-less
-/// client the `no_auth_user`'s *stored* password and then checks it, so it
-/// must be plain, not a bcrypt hash. It guards nothing (whoever could use
-/// it may connect without credentials anyway), and is derived from the
-/// account so the rendered file stays the same.
-pub fn anonymous_password(account: &str) -> String {
-    hex::encode(Sha256::digest(format!("natsmesh anonymous {account}")))
-}
+/// The system gave no randomness (no password can be made).
+#[derive(Debug, thiserror::Error)]
+#[error("no randomness: {0}")]
+pub struct NoRandomness(#[source] pub getrandom::Error);
 
 /// A new random password (hex, 256 bits).
-pub fn random_password() -> Result<String, String> {
+pub fn random_password() -> Result<String, NoRandomness> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    getrandom::fill(&mut bytes).map_err(NoRandomness)?;
     Ok(hex::encode(bytes))
 }
 
@@ -69,10 +59,85 @@ impl fmt::Debug for Secret {
 /// The most a password or hash file holds.
 const SMALL_FILE_MAX: u64 = 4096;
 
+/// Why natsmeshd's user could not be set up, or the broker not reached or
+/// asked as it.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A secret others may read, or a link.
+    #[error(transparent)]
+    Mode(#[from] crate::files::UnsafeMode),
+    /// A password file with nothing in it.
+    #[error("{} is empty", .0.display())]
+    Empty(std::path::PathBuf),
+    /// No password could be made.
+    #[error(transparent)]
+    Random(#[from] NoRandomness),
+    /// A file or directory could not be read, created or written.
+    #[error("cannot {what} {}: {source}", path.display())]
+    Io {
+        /// `read`, `create`, `write`.
+        what: &'static str,
+        /// The path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Hashing the password failed.
+    #[error("bcrypt: {0}")]
+    Bcrypt(#[source] bcrypt::BcryptError),
+    /// The system account's name is not a broker name (cannot happen).
+    #[error("system account name")]
+    AccountName,
+    /// The temporary users' file is unusable.
+    #[error(transparent)]
+    Creds(#[from] creds::CredsError),
+    /// `$SYS` needs the system user.
+    #[error("no system user configured")]
+    NoSystemUser,
+    /// The client listener has no fixed port to dial.
+    #[error("no client address")]
+    NoClientAddress,
+    /// A `.creds` file the client could not read.
+    #[error("{}: {source}", path.display())]
+    CredsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The connection failed.
+    #[error("{0}")]
+    Connect(#[source] async_nats::ConnectError),
+    /// The reply subscription failed.
+    #[error("$SYS subscribe: {0}")]
+    Subscribe(#[source] async_nats::SubscribeError),
+    /// The request could not be sent.
+    #[error("$SYS request: {0}")]
+    Publish(#[source] async_nats::PublishError),
+    /// The request could not be flushed.
+    #[error("$SYS request: {0}")]
+    Flush(#[source] async_nats::client::FlushError),
+    /// Nobody answered `$SYS.REQ.SERVER.PING.ACCOUNTZ`.
+    #[error("no server answered the accounts request")]
+    NoAccountsAnswer,
+    /// The reload request timed out.
+    #[error("no reply to the $SYS reload request")]
+    ReloadTimeout,
+    /// The reload request failed.
+    #[error("$SYS reload request: {0}")]
+    ReloadRequest(#[source] async_nats::RequestError),
+    /// An API answer that is not JSON.
+    #[error("unreadable answer: {0}")]
+    Unreadable(#[source] serde_json::Error),
+    /// The API's own refusal (its description).
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// Reads natsmeshd's system password, creating it (0600) when allowed.
 /// The generated one lives in the state directory, which the service user
 /// can write: never through a link there. Either must be 0600.
-fn system_password(file: &Path, generate: bool) -> Result<Secret, String> {
+fn system_password(file: &Path, generate: bool) -> Result<Secret, AuthError> {
     let read = if generate {
         crate::files::read_private_string(file, SMALL_FILE_MAX)
     } else {
@@ -80,29 +145,41 @@ fn system_password(file: &Path, generate: bool) -> Result<Secret, String> {
     };
     if read.is_ok() {
         let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
-        crate::files::check_secret(file, creds.as_deref()).map_err(|e| e.to_string())?;
+        crate::files::check_secret(file, creds.as_deref())?;
     }
     match read {
         Ok(s) if !s.trim().is_empty() => Ok(Secret(s.trim().to_owned())),
-        Ok(_) => Err(format!("{} is empty", file.display())),
+        Ok(_) => Err(AuthError::Empty(file.to_path_buf())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
             let pw = random_password()?;
             if let Some(dir) = file.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(dir).map_err(|source| AuthError::Io {
+                    what: "create",
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
             }
-            write_atomic(file, format!("{pw}\n").as_bytes(), SECRET)
-                .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+            write_atomic(file, format!("{pw}\n").as_bytes(), SECRET).map_err(|source| {
+                AuthError::Io {
+                    what: "write",
+                    path: file.to_path_buf(),
+                    source,
+                }
+            })?;
             Ok(Secret(pw))
         }
-        Err(e) => Err(format!("cannot read {}: {e}", file.display())),
+        Err(source) => Err(AuthError::Io {
+            what: "read",
+            path: file.to_path_buf(),
+            source,
+        }),
     }
 }
 
 /// The bcrypt hash of `pw`, from a cache in `cache_dir` keyed by the
 /// password's SHA-256 (bcrypt salts differ on every call, and a new hash
 /// would look like a configuration change).
-fn cached_hash(pw: &Secret, cache_dir: &Path) -> Result<String, String> {
+fn cached_hash(pw: &Secret, cache_dir: &Path) -> Result<String, AuthError> {
     let key = hex::encode(Sha256::digest(pw.expose()));
     let cache = cache_dir.join("system.password.bcrypt");
     if let Ok(text) = crate::files::read_private_string(&cache, SMALL_FILE_MAX)
@@ -111,25 +188,33 @@ fn cached_hash(pw: &Secret, cache_dir: &Path) -> Result<String, String> {
     {
         return Ok(h.to_owned());
     }
-    let hash = bcrypt::hash(pw.expose(), 10).map_err(|e| format!("bcrypt: {e}"))?;
-    std::fs::create_dir_all(cache_dir)
-        .map_err(|e| format!("cannot create {}: {e}", cache_dir.display()))?;
-    write_atomic(&cache, format!("{key} {hash}\n").as_bytes(), SECRET)
-        .map_err(|e| format!("cannot write {}: {e}", cache.display()))?;
+    let hash = bcrypt::hash(pw.expose(), 10).map_err(AuthError::Bcrypt)?;
+    std::fs::create_dir_all(cache_dir).map_err(|source| AuthError::Io {
+        what: "create",
+        path: cache_dir.to_path_buf(),
+        source,
+    })?;
+    write_atomic(&cache, format!("{key} {hash}\n").as_bytes(), SECRET).map_err(|source| {
+        AuthError::Io {
+            what: "write",
+            path: cache.clone(),
+            source,
+        }
+    })?;
     Ok(hash)
 }
 
 /// Adds the system account with natsmeshd's user to the broker
 /// configuration (accounts mode), and natsmeshd's user to its own account
 /// (the lease bucket's) when that is rendered; `cache_dir` keeps the hash.
-pub fn add_system_account(settings: &mut Settings, cache_dir: &Path) -> Result<(), String> {
+pub fn add_system_account(settings: &mut Settings, cache_dir: &Path) -> Result<(), AuthError> {
     let Some(SystemUser::Password { file, generate }) = &settings.system_user else {
         return Ok(());
     };
     let pw = system_password(file, *generate)?;
     let hash = cached_hash(&pw, cache_dir)?;
     let Some(name) = Name::new(SYSTEM_ACCOUNT) else {
-        return Err("system account name".into());
+        return Err(AuthError::AccountName);
     };
     let mut users = vec![User {
         credential: Credential::Password {
@@ -141,18 +226,14 @@ pub fn add_system_account(settings: &mut Settings, cache_dir: &Path) -> Result<(
     // Operators' temporary users (`fleet creds`), those not yet expired:
     // a restart keeps them, and any reload after their expiry drops them.
     let now = crate::unix_ms(std::time::SystemTime::now());
-    let temporary = crate::fleet::creds::load(cache_dir).map_err(|e| e.to_string())?;
-    users.extend(
-        crate::fleet::creds::live(temporary, now)
-            .into_iter()
-            .map(|u| User {
-                credential: Credential::Password {
-                    user: u.name,
-                    password: u.hash,
-                },
-                permissions: Permissions::default(),
-            }),
-    );
+    let temporary = creds::load(cache_dir)?;
+    users.extend(creds::live(temporary, now).into_iter().map(|u| User {
+        credential: Credential::Password {
+            user: u.name,
+            password: u.hash,
+        },
+        permissions: Permissions::default(),
+    }));
     settings.server.accounts.retain(|a| a.name != name);
     settings.server.accounts.push(Account {
         name,
@@ -165,11 +246,11 @@ pub fn add_system_account(settings: &mut Settings, cache_dir: &Path) -> Result<(
         .server
         .accounts
         .iter_mut()
-        .find(|a| a.name.as_str() == crate::fleet::FLEET_ACCOUNT)
+        .find(|a| a.name.as_str() == FLEET_ACCOUNT)
     {
         fleet.users = vec![User {
             credential: Credential::Password {
-                user: crate::fleet::FLEET_USER.into(),
+                user: FLEET_USER.into(),
                 password: hash,
             },
             permissions: Permissions::default(),
@@ -179,9 +260,9 @@ pub fn add_system_account(settings: &mut Settings, cache_dir: &Path) -> Result<(
 }
 
 /// Connects to the local broker as natsmeshd's system user.
-pub async fn system_client(settings: &Settings) -> Result<async_nats::Client, String> {
+pub async fn system_client(settings: &Settings) -> Result<async_nats::Client, AuthError> {
     let Some(user) = &settings.system_user else {
-        return Err("no system user configured".into());
+        return Err(AuthError::NoSystemUser);
     };
     local_client(settings, user, SYSTEM_USER).await
 }
@@ -192,9 +273,9 @@ pub async fn local_client(
     settings: &Settings,
     login: &SystemUser,
     name: &str,
-) -> Result<async_nats::Client, String> {
+) -> Result<async_nats::Client, AuthError> {
     let addr =
-        crate::supervisor::probe::local_addr(&settings.server.listen).ok_or("no client address")?;
+        crate::addr::local_addr(&settings.server.listen).ok_or(AuthError::NoClientAddress)?;
     let mut opts = match login {
         SystemUser::Password { file, .. } => {
             let pw = system_password(file, false)?;
@@ -202,7 +283,10 @@ pub async fn local_client(
         }
         SystemUser::Creds(file) => async_nats::ConnectOptions::with_credentials_file(file)
             .await
-            .map_err(|e| format!("{}: {e}", file.display()))?,
+            .map_err(|source| AuthError::CredsFile {
+                path: file.clone(),
+                source,
+            })?,
     };
     // Only ever this node's own broker: the passwords are per node, so a
     // reconnect to a server the cluster advertised would be refused there
@@ -224,7 +308,7 @@ pub async fn local_client(
     }
     opts.connect(addr.to_string())
         .await
-        .map_err(|e| e.to_string())
+        .map_err(AuthError::Connect)
 }
 
 /// Sends a `$SYS` ping (`subject`, every server answers) and gathers the
@@ -234,21 +318,18 @@ pub async fn sys_ping(
     subject: &'static str,
     body: String,
     wait: std::time::Duration,
-) -> Result<Vec<async_nats::Message>, String> {
+) -> Result<Vec<async_nats::Message>, AuthError> {
     use futures_util::StreamExt as _;
     let inbox = client.new_inbox();
     let mut sub = client
         .subscribe(inbox.clone())
         .await
-        .map_err(|e| format!("$SYS subscribe: {e}"))?;
+        .map_err(AuthError::Subscribe)?;
     client
         .publish_with_reply(subject, inbox, body.into())
         .await
-        .map_err(|e| format!("$SYS request: {e}"))?;
-    client
-        .flush()
-        .await
-        .map_err(|e| format!("$SYS request: {e}"))?;
+        .map_err(AuthError::Publish)?;
+    client.flush().await.map_err(AuthError::Flush)?;
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
     while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
@@ -261,7 +342,7 @@ pub async fn sys_ping(
 /// (answers gathered for a second), as (server name, accounts).
 pub async fn accounts_of_all(
     client: &async_nats::Client,
-) -> Result<Vec<(String, std::collections::BTreeSet<String>)>, String> {
+) -> Result<Vec<(String, std::collections::BTreeSet<String>)>, AuthError> {
     let answers = sys_ping(
         client,
         "$SYS.REQ.SERVER.PING.ACCOUNTZ",
@@ -289,36 +370,36 @@ pub async fn accounts_of_all(
         out.push((server, accounts));
     }
     if out.is_empty() {
-        return Err("no server answered the accounts request".into());
+        return Err(AuthError::NoAccountsAnswer);
     }
     Ok(out)
 }
 
 /// Asks the broker to reload its configuration through `$SYS` (2.10+):
 /// `Ok(())`, or the broker's reason for refusing.
-pub async fn sys_reload(client: &async_nats::Client, server_id: &str) -> Result<(), String> {
+pub async fn sys_reload(client: &async_nats::Client, server_id: &str) -> Result<(), AuthError> {
     let subject = format!("$SYS.REQ.SERVER.{server_id}.RELOAD");
     let reply = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         client.request(subject, "".into()),
     )
     .await
-    .map_err(|_| "no reply to the $SYS reload request".to_owned())?
-    .map_err(|e| format!("$SYS reload request: {e}"))?;
+    .map_err(|_| AuthError::ReloadTimeout)?
+    .map_err(AuthError::ReloadRequest)?;
     api_answer(&reply.payload)
 }
 
 /// A `$SYS` or JetStream API answer: `Ok`, or its error's description.
-pub fn api_answer(payload: &[u8]) -> Result<(), String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| format!("unreadable answer: {e}"))?;
+pub fn api_answer(payload: &[u8]) -> Result<(), AuthError> {
+    let v: serde_json::Value = serde_json::from_slice(payload).map_err(AuthError::Unreadable)?;
     match v.get("error") {
         None | Some(serde_json::Value::Null) => Ok(()),
-        Some(e) => Err(e
-            .get("description")
-            .and_then(|d| d.as_str())
-            .unwrap_or("refused")
-            .to_owned()),
+        Some(e) => Err(AuthError::Refused(
+            e.get("description")
+                .and_then(|d| d.as_str())
+                .unwrap_or("refused")
+                .to_owned(),
+        )),
     }
 }
 
@@ -337,14 +418,14 @@ mod tests {
         assert_eq!(system_password(&file, true).expect("read again"), pw);
 
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-        let e = system_password(&file, true).expect_err("0640");
+        let e = system_password(&file, true).expect_err("0640").to_string();
         assert!(e.contains("chmod 600"), "{e}");
 
         std::fs::remove_file(&file).expect("rm");
         let other = dir.path().join("shadow");
         std::fs::write(&other, "TOPSECRET").expect("write");
         std::os::unix::fs::symlink(&other, &file).expect("symlink");
-        let e = system_password(&file, true).expect_err("link");
+        let e = system_password(&file, true).expect_err("link").to_string();
         assert!(e.contains("symbolic link"), "{e}");
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Secret;
+use super::Secret;
 use crate::files::{SECRET, write_atomic};
 
 /// The file in the state directory.
@@ -158,7 +158,7 @@ pub fn add(dir: &Path, ttl: Duration, now_ms: u64) -> Result<(TempUser, Secret),
     }
     let mut tag = [0u8; 4];
     getrandom::fill(&mut tag).map_err(|e| CredsError::Crypto(format!("no randomness: {e}")))?;
-    let password = crate::auth::random_password().map_err(CredsError::Crypto)?;
+    let password = super::random_password().map_err(|e| CredsError::Crypto(e.to_string()))?;
     let hash =
         bcrypt::hash(&password, 10).map_err(|e| CredsError::Crypto(format!("bcrypt: {e}")))?;
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
@@ -208,7 +208,7 @@ pub fn prune(dir: &Path, now_ms: u64) -> Result<Vec<String>, CredsError> {
 /// a reload (a command, as `natsmeshd reload` sends) so the broker forgets
 /// them. A failed reload is retried 10 s later: the file no longer holds
 /// the user, so any later reload (or start) drops it too.
-pub async fn expire(dir: PathBuf, commands: tokio::sync::mpsc::Sender<crate::supervisor::Command>) {
+pub async fn expire(dir: PathBuf, commands: tokio::sync::mpsc::Sender<crate::command::Command>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut owed = false;
@@ -233,7 +233,7 @@ pub async fn expire(dir: PathBuf, commands: tokio::sync::mpsc::Sender<crate::sup
         if owed && tokio::time::Instant::now() >= retry_at {
             let (tx, rx) = tokio::sync::oneshot::channel();
             if commands
-                .send(crate::supervisor::Command::Reload { reply: Some(tx) })
+                .send(crate::command::Command::Reload { reply: Some(tx) })
                 .await
                 .is_err()
             {
