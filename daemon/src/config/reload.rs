@@ -84,6 +84,13 @@ pub fn sort_out(running: &Settings, new: &mut Settings, live: Live) -> Vec<Chang
         running.state_dir != new.state_dir,
         Effect::NeedsRestart,
     );
+    // The identity (name, region, addresses) comes from the metadata
+    // service once, at start; a reload keeps it.
+    changed(
+        "node.metadata",
+        running.metadata != new.metadata,
+        Effect::NeedsRestart,
+    );
     changed(
         "[health]",
         running.health != new.health,
@@ -126,6 +133,7 @@ pub fn sort_out(running: &Settings, new: &mut Settings, live: Live) -> Vec<Chang
             "[metrics]" => new.metrics.clone_from(&running.metrics),
             "control.socket" => new.control_socket.clone_from(&running.control_socket),
             "broker.state_dir" => new.state_dir.clone_from(&running.state_dir),
+            "node.metadata" => new.metadata.clone_from(&running.metadata),
             _ => {}
         }
     }
@@ -367,7 +375,7 @@ mod tests {
     fn the_reload_table_says_what_a_reload_does_with_natsmeshds_keys() {
         let rows = reload_table();
         let s = base();
-        let changes: [(&str, Mutation); 6] = [
+        let changes: [(&str, Mutation); 7] = [
             ("control.socket", |n| {
                 n.control_socket = "/elsewhere.sock".into()
             }),
@@ -378,6 +386,9 @@ mod tests {
             ("health.interval", |n| n.health.interval *= 2),
             ("restart.backoff_max", |n| n.restart.backoff_max *= 2),
             ("metrics.port", |n| n.metrics = None),
+            ("node.metadata.timeout", |n| {
+                n.metadata = Some(crate::config::schema::RawMetadata::default());
+            }),
         ];
         for (key, change) in changes {
             let mut n = s.clone();

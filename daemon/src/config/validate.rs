@@ -67,6 +67,9 @@ pub struct Settings {
     pub metrics: Option<crate::metrics::MetricsSettings>,
     /// The gate in front of the gateway port (see [`crate::gate`]).
     pub gate: Option<crate::gate::GateSettings>,
+    /// `[node.metadata]` on a cloud: asked once at start for the identity
+    /// (kept here only so a reload can say a change needs a restart).
+    pub metadata: Option<crate::config::schema::RawMetadata>,
 }
 
 /// Discovery as validated, with the JetStream bootstrap wait.
@@ -999,6 +1002,11 @@ pub fn validate(
             fleet,
             metrics,
             gate,
+            metadata: raw
+                .node
+                .provider
+                .is_cloud()
+                .then(|| raw.node.metadata.clone()),
         })
     } else {
         Err(Problems(c.problems))
