@@ -307,8 +307,9 @@ fn through_provider(flavor: Flavor, backend: &str, zone: &str) {
     );
     let mut opts = node_opts(1, port, &bind, &publish);
     // The region lists itself where the zone holds the regions record;
-    // Linode's per-region zone does not (a test of its own would need a
-    // second Domain), so there the regions are configured.
+    // Linode's per-region zone does not (the domain's own Domain does:
+    // `the_regions_record_keeps_itself_through_linodes_domains_api`), so
+    // here the regions are configured.
     let listed = zone == ZONE;
     if !listed {
         opts.extra = opts.extra.replace(
@@ -674,8 +675,88 @@ fn listed_regions(bind: &Bind) -> Vec<String> {
 #[test]
 fn the_regions_record_keeps_itself_from_an_empty_zone() {
     for version in natsmesh_harness::OLDEST_AND_CURRENT {
+        regions_keep_themselves(version, None);
+    }
+}
+
+/// The same through Linode's Domains API, where a region's route records
+/// live in a Domain of their own (`fra1.nats.test`) and the regions record
+/// in the domain's (`nats.test`): from no record at all in any of the
+/// three Domains (the fake holding them, mirrored into BIND), each region
+/// lists itself through the API, the regions link, and the decommission of
+/// nyc3's last node deletes its record there and nothing else.
+#[test]
+fn the_regions_record_keeps_itself_through_linodes_domains_api() {
+    let token = "linode-token-5b21";
+    let scratch = natsmesh_harness::scratch();
+    let token_file = scratch.path().join("token");
+    natsmesh_harness::bind::write_private(&token_file, &format!("{token}\n"));
+    let fake =
+        regions_keep_themselves(CURRENT, Some((token, &token_file))).expect("the Linode fake");
+    // Every write went through the Domain its name lives in: the TXT
+    // records into nats.test's (1234), the routes into their region's.
+    let s = fake.state.lock().unwrap();
+    let txt: Vec<&serde_json::Value> = s.bodies.iter().filter(|b| b["type"] == "TXT").collect();
+    assert_eq!(txt.len(), 2, "{txt:?}");
+    assert!(txt.iter().all(|b| b["name"] == "_nats-regions"), "{txt:?}");
+    let posts: Vec<&String> = s
+        .requests
+        .iter()
+        .filter(|r| r.starts_with("POST"))
+        .collect();
+    assert_eq!(
+        posts
+            .iter()
+            .filter(|r| **r == "POST /v4/domains/1234/records")
+            .count(),
+        2,
+        "{posts:?}"
+    );
+    for (id, region) in [(1235, "fra1"), (1236, "nyc3")] {
+        assert!(
+            posts.contains(&&format!("POST /v4/domains/{id}/records")),
+            "{region}: {posts:?}"
+        );
+    }
+    // One DELETE in the domain's own Domain: nyc3's record, once.
+    let deletes: Vec<&String> = s
+        .requests
+        .iter()
+        .filter(|r| r.starts_with("DELETE /v4/domains/1234/"))
+        .collect();
+    assert_eq!(deletes.len(), 1, "{:?}", s.requests);
+    assert!(
+        !s.records.iter().any(|r| r.value.contains("nyc3")),
+        "{:?}",
+        s.records
+    );
+}
+
+/// Two regions of one node each from an empty zone, publishing over RFC
+/// 2136, or (`linode`: its token and token file) through Linode's Domains
+/// API, whose fake this returns.
+fn regions_keep_themselves(
+    version: &str,
+    linode: Option<(&str, &std::path::Path)>,
+) -> Option<FakeDnsApi> {
+    {
         let bind = Bind::start_on_port_53(ZONE, std::net::Ipv4Addr::LOCALHOST);
         assert!(listed_regions(&bind).is_empty(), "the zone starts empty");
+        let fake = linode.map(|(token, _)| {
+            FakeDnsApi::start_linode_domains(
+                &[ZONE, "fra1.nats.test", "nyc3.nats.test"],
+                token,
+                Some(bind.writer()),
+            )
+        });
+        let publish = |region: &str| match (&fake, linode) {
+            (Some(f), Some((_, token_file))) => format!(
+                "backend = \"linode\"\nzone = \"{region}.{ZONE}\"\ntoken_file = \"{}\"\napi_url = \"{}\"\n",
+                token_file.display(),
+                f.url()
+            ),
+            _ => rfc2136(&bind),
+        };
         let dir = natsmesh_harness::scratch();
         let resolv = dir.path().join("resolv.conf");
         std::fs::write(
@@ -715,7 +796,7 @@ max_refresh = "1s"
 ttl = "1s"
 {publish}
 "#,
-                    publish = rfc2136(&bind),
+                    publish = publish(region),
                 ),
                 resolv_conf: Some(resolv.clone()),
                 ..Options::default()
@@ -785,6 +866,7 @@ ttl = "1s"
         assert!(fra1.wait_exit(Duration::from_secs(60)).success());
         assert_eq!(listed_regions(&bind), ["fra1"], "{version}");
         assert!(srv_targets(&bind).is_empty());
+        fake
     }
 }
 

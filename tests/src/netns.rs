@@ -106,6 +106,34 @@ impl Lan {
         must(&["addr", "add", &format!("{addr}/32"), "dev", &self.bridge()]);
     }
 
+    /// Puts one more network on the LAN, `a.b.c.0/24` for `net` =
+    /// `[a, b, c]`: each host gets `a.b.c.<h>` beside its own address and
+    /// the test process `a.b.c.254` (a provider's private range the LAN's
+    /// own 10.251 addresses are not in, e.g. Linode's 192.168.128.0/17).
+    /// Gone with the LAN.
+    pub fn add_network(&self, net: [u8; 3]) {
+        let [a, b, c] = net;
+        must(&[
+            "addr",
+            "add",
+            &format!("{a}.{b}.{c}.254/24"),
+            "dev",
+            &self.bridge(),
+        ]);
+        for (i, ns) in self.hosts.iter().enumerate() {
+            let h = i + 1;
+            must(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{a}.{b}.{c}.{h}/24"),
+                "dev",
+                "eth0",
+            ]);
+        }
+    }
+
     /// Loads an nftables ruleset (`nft -f`) in host `h`'s namespace.
     pub fn nft(&self, h: u8, ruleset: &str) {
         let mut child = Command::new("ip")

@@ -84,6 +84,13 @@ pub fn sort_out(running: &Settings, new: &mut Settings, live: Live) -> Vec<Chang
         running.state_dir != new.state_dir,
         Effect::NeedsRestart,
     );
+    // The identity (name, region, addresses) comes from the metadata
+    // service once, at start; a reload keeps it.
+    changed(
+        "node.metadata",
+        running.metadata != new.metadata,
+        Effect::NeedsRestart,
+    );
     changed(
         "[health]",
         running.health != new.health,
@@ -131,6 +138,7 @@ pub fn sort_out(running: &Settings, new: &mut Settings, live: Live) -> Vec<Chang
             "[metrics]" => new.metrics.clone_from(&running.metrics),
             "control.socket" => new.control_socket.clone_from(&running.control_socket),
             "broker.state_dir" => new.state_dir.clone_from(&running.state_dir),
+            "node.metadata" => new.metadata.clone_from(&running.metadata),
             _ => {}
         }
     }
@@ -255,5 +263,156 @@ mod tests {
             restart_keys(&sort_out(&n, &mut again, Live::default())),
             ["control.socket"]
         );
+    }
+
+    /// Every key of the configuration file as a dotted path, from the
+    /// schema's own serialisation of its defaults (an absent optional key
+    /// serialises as null, so it is listed too; a map of the operator's
+    /// names, such as `[accounts]`, is one key).
+    fn schema_keys() -> Vec<String> {
+        fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) if !m.is_empty() => {
+                    for (k, v) in m {
+                        let path = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        walk(&path, v, out);
+                    }
+                }
+                _ => out.push(prefix.to_owned()),
+            }
+        }
+        let raw = serde_json::to_value(crate::config::schema::RawConfig::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut out = Vec::new();
+        walk("", &raw, &mut out);
+        out
+    }
+
+    /// The rows of docs/configuration.md's reload table: what each row
+    /// names (the backticked tables and keys of its first cell) and what
+    /// it says happens.
+    fn reload_table() -> Vec<(Vec<String>, String)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
+        let page = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut lines = page
+            .lines()
+            .skip_while(|l| !l.starts_with("| table / key | on reload |"))
+            .skip(2);
+        let mut rows = Vec::new();
+        for line in lines.by_ref().take_while(|l| l.starts_with('|')) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let (Some(names), Some(effect)) = (cells.get(1), cells.get(2)) else {
+                panic!("a row without two cells: {line}");
+            };
+            let named: Vec<String> = names
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect();
+            assert!(!named.is_empty(), "a row naming no key: {line}");
+            rows.push((named, (*effect).to_owned()));
+        }
+        assert!(!rows.is_empty(), "{path} has no reload table");
+        rows
+    }
+
+    /// Whether a row's name (`[table]`, `a.key`, `auth.system_*`) covers
+    /// `key`.
+    fn covers(name: &str, key: &str) -> bool {
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        match name.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => key == name || key.starts_with(&format!("{name}.")),
+        }
+    }
+
+    /// The most specific row naming `key` (its effect), if any.
+    fn effect_of<'a>(rows: &'a [(Vec<String>, String)], key: &str) -> Option<&'a str> {
+        rows.iter()
+            .flat_map(|(names, effect)| names.iter().map(move |n| (n, effect)))
+            .filter(|(n, _)| covers(n, key))
+            .max_by_key(|(n, _)| n.len())
+            .map(|(_, e)| e.as_str())
+    }
+
+    /// The documentation's table says, for every key of the configuration
+    /// file, what a reload does with it: a key added to the schema without
+    /// a row fails here, and so does a row naming no key.
+    #[test]
+    fn the_reload_table_names_every_configuration_key() {
+        let keys = schema_keys();
+        assert!(keys.len() > 100, "{keys:?}");
+        for k in ["broker.cluster.port", "dns_publish.zone", "control.socket"] {
+            assert!(keys.iter().any(|x| x == k), "{k} in {keys:?}");
+        }
+        let rows = reload_table();
+        let missing: Vec<&String> = keys
+            .iter()
+            .filter(|k| effect_of(&rows, k).is_none())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/configuration.md's reload table says nothing of {missing:?}"
+        );
+        for (names, _) in &rows {
+            for n in names {
+                assert!(
+                    keys.iter().any(|k| covers(n, k)),
+                    "the reload table names {n}, which is no configuration key"
+                );
+            }
+        }
+    }
+
+    /// A change to one setting.
+    type Mutation = fn(&mut Settings);
+
+    /// What the table says of natsmeshd's own keys is what a reload does:
+    /// each key `sort_out` judges, changed alone, is named with the effect
+    /// its row states (needs `systemctl restart natsmeshd`, or applied by
+    /// natsmeshd).
+    #[test]
+    fn the_reload_table_says_what_a_reload_does_with_natsmeshds_keys() {
+        let rows = reload_table();
+        let s = base();
+        let changes: [(&str, Mutation); 7] = [
+            ("control.socket", |n| {
+                n.control_socket = "/elsewhere.sock".into()
+            }),
+            ("broker.state_dir", |n| n.state_dir = "/elsewhere".into()),
+            ("broker.binary", |n| {
+                n.binary = "/elsewhere/nats-server".into()
+            }),
+            ("health.interval", |n| n.health.interval *= 2),
+            ("restart.backoff_max", |n| n.restart.backoff_max *= 2),
+            ("metrics.port", |n| n.metrics = None),
+            ("node.metadata.timeout", |n| {
+                n.metadata = Some(crate::config::schema::RawMetadata::default());
+            }),
+        ];
+        for (key, change) in changes {
+            let mut n = s.clone();
+            change(&mut n);
+            let found = sort_out(&s, &mut n, Live::default());
+            let [c] = found.as_slice() else {
+                panic!("{key}: {found:?}");
+            };
+            let said = effect_of(&rows, key).unwrap_or_else(|| panic!("no row for {key}"));
+            match c.effect {
+                Effect::NeedsRestart => assert!(
+                    said.contains(NEEDS_RESTART),
+                    "{key}: the table says {said:?}, a reload says {NEEDS_RESTART}"
+                ),
+                Effect::Applied(how) => assert!(
+                    said.contains("applied by natsmeshd") && !said.contains(NEEDS_RESTART),
+                    "{key}: the table says {said:?}, a reload says applied ({how})"
+                ),
+            }
+        }
     }
 }

@@ -680,7 +680,7 @@ pub struct RawNode {
 }
 
 /// `[node.metadata]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawMetadata {
     /// Base URL of the metadata service.

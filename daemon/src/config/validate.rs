@@ -71,6 +71,9 @@ pub struct Settings {
     pub metrics: Option<metrics::MetricsSettings>,
     /// The gate in front of the gateway port (see the `gate` module).
     pub gate: Option<gate::GateSettings>,
+    /// `[node.metadata]` on a cloud: asked once at start for the identity
+    /// (kept here only so a reload can say a change needs a restart).
+    pub metadata: Option<crate::config::schema::RawMetadata>,
 }
 
 /// Discovery as validated, with the JetStream bootstrap wait.
@@ -1008,6 +1011,11 @@ pub fn validate(
             maintenance,
             metrics,
             gate,
+            metadata: raw
+                .node
+                .provider
+                .is_cloud()
+                .then(|| raw.node.metadata.clone()),
         })
     } else {
         Err(Problems(c.problems))

@@ -23,7 +23,10 @@
 //! three NS records at the apex besides what was created, and answers 422
 //! for any invalid field; Linode rounds `ttl_sec` up to its fixed list (0
 //! or none gives 300), takes only `tcp` and `udp` as SRV protocols and has
-//! one Domain, id 1234; Cloudflare requires `ttl`, answers every auth
+//! one Domain, id 1234 (or several, ids from 1234 in the order given, with
+//! [`FakeDnsApi::start_linode_domains`]: a record belongs to the longest
+//! Domain its name ends in, as natsmesh's per-region Domains lie below the
+//! domain's own); Cloudflare requires `ttl`, answers every auth
 //! failure with 401 code 10000, uses codes 1004/9005/9006/9021/9207 for
 //! validation errors and writes SRV `content` as `<weight> <port> <target>`.
 
@@ -176,6 +179,9 @@ struct Ctx {
     serial: AtomicU64,
     /// The last integer id given (DigitalOcean, Linode).
     last_id: AtomicU64,
+    /// Linode's Domains (ids from [`LINODE_DOMAIN_ID`] in this order); the
+    /// first is `zone`.
+    domains: Vec<String>,
 }
 
 /// Linode's one Domain.
@@ -202,7 +208,26 @@ impl FakeDnsApi {
         bind: Option<BindWriter>,
         netns: Option<std::path::PathBuf>,
     ) -> Self {
-        let zone = normal(zone);
+        Self::serve(flavor, &[zone], token, bind, netns)
+    }
+
+    /// Linode's Domains API holding several Domains (the domain's own and
+    /// a Domain per region below it, as natsmesh uses them), ids from 1234
+    /// in the order given; mirrors into `bind` (whose zone holds them all)
+    /// when given.
+    pub fn start_linode_domains(domains: &[&str], token: &str, bind: Option<BindWriter>) -> Self {
+        Self::serve(Flavor::Linode, domains, token, bind, None)
+    }
+
+    fn serve(
+        flavor: Flavor,
+        zones: &[&str],
+        token: &str,
+        bind: Option<BindWriter>,
+        netns: Option<std::path::PathBuf>,
+    ) -> Self {
+        let domains: Vec<String> = zones.iter().map(|z| normal(z)).collect();
+        let zone = domains.first().cloned().unwrap_or_default();
         let state = Arc::new(Mutex::new(DnsApiState {
             flavor,
             zone: zone.clone(),
@@ -239,6 +264,7 @@ impl FakeDnsApi {
                 Flavor::DigitalOcean => 28_448_432,
                 _ => 123_455,
             }),
+            domains,
         });
         let router = Router::new().fallback(handle).with_state(ctx);
         Self {
@@ -930,26 +956,45 @@ fn zone_file(ctx: &Ctx) -> String {
 // Linode ---------------------------------------------------------------------
 
 async fn linode(ctx: &Ctx, req: &Req<'_>, segs: &[&str]) -> Response {
-    let domain_ok = |id: &str| id.parse::<u64>().ok() == Some(LINODE_DOMAIN_ID);
+    // The Domain a path's id names, if the fake holds it.
+    let domain = |id: &str| {
+        let id = id.parse::<u64>().ok()?.checked_sub(LINODE_DOMAIN_ID)?;
+        ctx.domains
+            .get(usize::try_from(id).ok()?)
+            .map(String::as_str)
+    };
+    // A record of Domain `zone`, by id.
+    let record = |zone: &str, rid: &str| {
+        lock(&ctx.state)
+            .records
+            .iter()
+            .find(|r| r.id == rid && linode_domain_of(ctx, &r.name) == Some(zone))
+            .cloned()
+    };
     match (req.method, segs) {
         ("GET", ["v4", "domains"]) => linode_domains(ctx, req),
-        ("GET", ["v4", "domains", id]) if domain_ok(id) => reply(200, &linode_domain(ctx)),
-        ("GET", ["v4", "domains", id, "records"]) if domain_ok(id) => linode_list(ctx, req),
-        ("POST", ["v4", "domains", id, "records"]) if domain_ok(id) => {
-            linode_create(ctx, req).await
-        }
-        ("GET", ["v4", "domains", id, "records", rid]) if domain_ok(id) => {
-            let found = lock(&ctx.state)
-                .records
-                .iter()
-                .find(|r| r.id == *rid)
-                .map(|r| linode_json(ctx, r));
-            match found {
-                Some(r) => reply(200, &r),
+        ("GET", ["v4", "domains", id]) => match domain(id) {
+            Some(zone) => reply(200, &linode_domain(ctx, zone)),
+            None => error(ctx, 404, req.path),
+        },
+        ("GET", ["v4", "domains", id, "records"]) => match domain(id) {
+            Some(zone) => linode_list(ctx, req, zone),
+            None => error(ctx, 404, req.path),
+        },
+        ("POST", ["v4", "domains", id, "records"]) => match domain(id) {
+            Some(zone) => linode_create(ctx, req, zone).await,
+            None => error(ctx, 404, req.path),
+        },
+        ("GET", ["v4", "domains", id, "records", rid]) => {
+            match domain(id).and_then(|zone| record(zone, rid).map(|r| (zone, r))) {
+                Some((zone, r)) => reply(200, &linode_json(ctx, zone, &r)),
                 None => no_record(ctx, req.path),
             }
         }
-        ("DELETE", ["v4", "domains", id, "records", rid]) if domain_ok(id) => {
+        ("DELETE", ["v4", "domains", id, "records", rid]) => {
+            if domain(id).and_then(|zone| record(zone, rid)).is_none() {
+                return no_record(ctx, req.path);
+            }
             match remove(ctx, rid, req.path).await {
                 Ok(_) => reply(200, &json!({})),
                 Err(r) => r,
@@ -959,15 +1004,29 @@ async fn linode(ctx: &Ctx, req: &Req<'_>, segs: &[&str]) -> Response {
     }
 }
 
+/// The Domain a record named `name` belongs to: the longest one its name
+/// ends in (the fake keeps no Domain per record; natsmesh never writes a
+/// name of a region's Domain into the domain's own), else the first (a
+/// record a test put in the state by hand).
+fn linode_domain_of<'a>(ctx: &'a Ctx, name: &str) -> Option<&'a str> {
+    ctx.domains
+        .iter()
+        .filter(|d| name == d.as_str() || name.ends_with(&format!(".{d}")))
+        .max_by_key(|d| d.len())
+        .or(ctx.domains.first())
+        .map(String::as_str)
+}
+
 fn linode_time(ctx: &Ctx) -> String {
     rfc3339(ctx.started).trim_end_matches('Z').to_owned()
 }
 
-fn linode_domain(ctx: &Ctx) -> Value {
+fn linode_domain(ctx: &Ctx, zone: &str) -> Value {
     let t = linode_time(ctx);
+    let index = ctx.domains.iter().position(|d| d == zone).unwrap_or(0);
     json!({
-        "id": LINODE_DOMAIN_ID, "type": "master", "domain": ctx.zone, "status": "active",
-        "soa_email": format!("admin@{}", ctx.zone), "ttl_sec": 300, "refresh_sec": 0,
+        "id": LINODE_DOMAIN_ID + index as u64, "type": "master", "domain": zone, "status": "active",
+        "soa_email": format!("admin@{zone}"), "ttl_sec": 300, "refresh_sec": 0,
         "retry_sec": 0, "expire_sec": 0, "tags": [],
         "master_ips": [], "axfr_ips": [], "created": t, "updated": t,
     })
@@ -975,8 +1034,8 @@ fn linode_domain(ctx: &Ctx) -> Value {
 
 /// A record as Linode lists it: relative name (`""` apex; SRV
 /// `_service._protocol`), `service` and `protocol` without underscores.
-fn linode_json(ctx: &Ctx, r: &ApiRecord) -> Value {
-    let rel = relative(&r.name, &ctx.zone);
+fn linode_json(ctx: &Ctx, zone: &str, r: &ApiRecord) -> Value {
+    let rel = relative(&r.name, zone);
     let name = if rel == "@" { String::new() } else { rel };
     let (service, protocol) = if r.kind == "SRV" {
         let (s, p) = name.split_once('.').unwrap_or((name.as_str(), ""));
@@ -1069,13 +1128,16 @@ fn linode_domains(ctx: &Ctx, req: &Req<'_>) -> Response {
         Ok(f) => f,
         Err(e) => return reply(400, &e),
     };
-    let items: Vec<Value> = std::iter::once(linode_domain(ctx))
+    let items: Vec<Value> = ctx
+        .domains
+        .iter()
+        .map(|zone| linode_domain(ctx, zone))
         .filter(|d| linode_matches(d, &filter))
         .collect();
     reply(200, &linode_page(items, page, size))
 }
 
-fn linode_list(ctx: &Ctx, req: &Req<'_>) -> Response {
+fn linode_list(ctx: &Ctx, req: &Req<'_>, zone: &str) -> Response {
     let (page, size) = match linode_paging(req) {
         Ok(p) => p,
         Err(e) => return reply(400, &e),
@@ -1087,13 +1149,14 @@ fn linode_list(ctx: &Ctx, req: &Req<'_>) -> Response {
     let items: Vec<Value> = lock(&ctx.state)
         .records
         .iter()
-        .map(|r| linode_json(ctx, r))
+        .filter(|r| linode_domain_of(ctx, &r.name) == Some(zone))
+        .map(|r| linode_json(ctx, zone, r))
         .filter(|r| linode_matches(r, &filter))
         .collect();
     reply(200, &linode_page(items, page, size))
 }
 
-async fn linode_create(ctx: &Ctx, req: &Req<'_>) -> Response {
+async fn linode_create(ctx: &Ctx, req: &Req<'_>, zone: &str) -> Response {
     let Some(b) = req.body.and_then(Value::as_object) else {
         return reply(400, &json!({"errors": [{"reason": "Invalid JSON"}]}));
     };
@@ -1144,7 +1207,7 @@ async fn linode_create(ctx: &Ctx, req: &Req<'_>) -> Response {
         let target = if target.contains('.') {
             target
         } else {
-            format!("{target}.{}", ctx.zone)
+            format!("{target}.{zone}")
         };
         if !hostname_ok(&target) {
             return linode_invalid("target", "target must be a valid hostname");
@@ -1168,14 +1231,14 @@ async fn linode_create(ctx: &Ctx, req: &Req<'_>) -> Response {
                 return linode_invalid(&f, &e);
             }
         }
-        rec.name = format!("_{}._{protocol}.{}", service.to_ascii_lowercase(), ctx.zone);
+        rec.name = format!("_{}._{protocol}.{zone}", service.to_ascii_lowercase());
         rec.value = target;
     } else {
         let name = normal(str_field("name").unwrap_or(""));
         if !name.is_empty() && name != "@" && !hostname_ok(&name) {
             return linode_invalid("name", "name must be a valid hostname");
         }
-        rec.name = absolute(&name, &ctx.zone);
+        rec.name = absolute(&name, zone);
         let Some(target) = str_field("target") else {
             return linode_invalid("target", "target is required");
         };
@@ -1193,7 +1256,7 @@ async fn linode_create(ctx: &Ctx, req: &Req<'_>) -> Response {
         };
     }
     match store(ctx, rec, req.path).await {
-        Ok(rec) => reply(200, &linode_json(ctx, &rec)),
+        Ok(rec) => reply(200, &linode_json(ctx, zone, &rec)),
         Err(r) => r,
     }
 }
@@ -1947,6 +2010,106 @@ mod tests {
                 .iter()
                 .any(|v| v.contains("body.priority: 256 is above the maximum 255")),
             "{broken:?}"
+        );
+    }
+
+    /// Several Domains: each listed, found by its `domain` filter, and
+    /// holding only its own records (a region's SRV at its own apex, the
+    /// regions TXT at the domain's); a record is not reached through
+    /// another Domain's id.
+    #[test]
+    fn linode_domains_hold_their_own_records() {
+        let fake =
+            FakeDnsApi::start_linode_domains(&["nats.test", "fra1.nats.test"], "lin-t", None);
+        let base = fake.url();
+        let auth = Some("Bearer lin-t");
+        let all = call("GET", &format!("{base}/domains"), auth, &[], None).json();
+        assert_eq!(all["results"], 2);
+        let filter = json!({"domain": "fra1.nats.test"}).to_string();
+        let fra1 = call(
+            "GET",
+            &format!("{base}/domains"),
+            auth,
+            &[("X-Filter", &filter)],
+            None,
+        )
+        .json();
+        assert_eq!(fra1["results"], 1);
+        assert_eq!(fra1["data"][0]["id"], 1235);
+        assert_eq!(fra1["data"][0]["domain"], "fra1.nats.test");
+
+        let txt = call(
+            "POST",
+            &format!("{base}/domains/1234/records"),
+            auth,
+            &[],
+            Some(json!({"type": "TXT", "name": "_nats-regions", "target": "fra1", "ttl_sec": 300})),
+        );
+        assert_eq!(txt.status, 200, "{}", txt.text);
+        let srv = call(
+            "POST",
+            &format!("{base}/domains/1235/records"),
+            auth,
+            &[],
+            Some(
+                json!({"type": "SRV", "service": "nats-route", "protocol": "tcp",
+                "target": "n1.fra1.nats.test", "priority": 10, "weight": 10, "port": 6222}),
+            ),
+        );
+        assert_eq!(srv.status, 200, "{}", srv.text);
+        assert_eq!(srv.json()["name"], "_nats-route._tcp");
+        let names: Vec<String> = fake.records().into_iter().map(|r| r.name).collect();
+        assert_eq!(
+            names,
+            ["_nats-regions.nats.test", "_nats-route._tcp.fra1.nats.test"]
+        );
+        let listed = |id: u32| {
+            let v = call(
+                "GET",
+                &format!("{base}/domains/{id}/records"),
+                auth,
+                &[],
+                None,
+            )
+            .json();
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["type"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(listed(1234), ["TXT"]);
+        assert_eq!(listed(1235), ["SRV"]);
+        let id = srv.json()["id"].to_string();
+        let wrong = call(
+            "DELETE",
+            &format!("{base}/domains/1234/records/{id}"),
+            auth,
+            &[],
+            None,
+        );
+        assert_eq!(wrong.status, 404);
+        assert_eq!(fake.records().len(), 2);
+        let right = call(
+            "DELETE",
+            &format!("{base}/domains/1235/records/{id}"),
+            auth,
+            &[],
+            None,
+        );
+        assert_eq!(right.status, 200);
+        assert_eq!(fake.records().len(), 1);
+        assert_eq!(
+            call(
+                "GET",
+                &format!("{base}/domains/1236/records"),
+                auth,
+                &[],
+                None
+            )
+            .status,
+            404
         );
     }
 
