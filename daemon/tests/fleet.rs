@@ -1357,8 +1357,15 @@ fn maintenance_on_two_nodes_at_once_lets_one_go_and_the_other_wait() {
     );
 
     // The first node comes back; then the second goes.
+    // The lease goes back at once, or (the fleet bucket slow to answer a
+    // node that just came back, as on a loaded machine) in the background;
+    // either way the second operator's wait below ends only once it has.
     let back = ok_cli(&region.nodes[&first], &["maintenance", "stop"]);
-    assert!(back.contains("maintenance lease released"), "{back}");
+    assert!(
+        back.contains("maintenance lease released")
+            || back.contains("the lease is given back in the background"),
+        "{back}"
+    );
     let stopped_at = Instant::now();
     let d = region.nodes.get_mut(&first).unwrap();
     let s = d.status().unwrap();
