@@ -277,7 +277,7 @@ impl Supervisor {
 
     /// Starts a change's check, or answers at once why not.
     fn begin_change(&mut self, origin: Origin) {
-        let state = self.life.state();
+        let state = self.core.state();
         match &origin {
             Origin::Discovery => {
                 if !matches!(state, State::Starting | State::Syncing | State::Ready) {
@@ -361,7 +361,7 @@ impl Supervisor {
             Some(Origin::Discovery)
         );
         // The state may have changed while the check ran.
-        let state = self.life.state();
+        let state = self.core.state();
         let allowed = if from_discovery {
             matches!(state, State::Starting | State::Syncing | State::Ready)
         } else {
@@ -570,8 +570,8 @@ impl Supervisor {
                 }
                 let msg = format!("reloaded ({})", keys.join(", "));
                 tracing::info!(message_id = ids::RELOADED, changes = %keys.join(", "), "configuration reloaded");
-                self.current = *next;
                 self.adopt_settings(*settings);
+                self.set_current(*next, true);
                 self.status.reloads_ok += 1;
                 self.status.last_reload = Some(msg.clone());
                 self.publish();
@@ -669,8 +669,8 @@ impl Supervisor {
         if let Phase::Reloading { settings, next, .. } = job.phase {
             // The new file is installed: whatever runs next starts from
             // it, so it is the configuration in force.
-            self.current = *next;
             self.settings = *settings;
+            self.set_current(*next, false);
         }
         if let Origin::Request(replies) = job.origin {
             for reply in replies {
@@ -696,8 +696,8 @@ impl Supervisor {
             return;
         };
         if let Phase::Reloading { settings, next, .. } = job.phase {
-            self.current = *next;
             self.settings = *settings;
+            self.set_current(*next, false);
         }
         let why = "the broker exited during the reload; it starts again with the new configuration";
         tracing::warn!("{why}");
@@ -712,7 +712,7 @@ impl Supervisor {
     pub(super) fn adopt_settings(&mut self, settings: Settings) {
         let old = std::mem::replace(&mut self.settings, settings);
         if old.restart != self.settings.restart {
-            self.policy = super::RestartPolicy::new(self.settings.restart);
+            self.retune(false);
         }
     }
 
@@ -777,9 +777,9 @@ impl Supervisor {
         }
         tracing::warn!(message_id = ids::RESTART, reasons = %reasons.join("; "), "restart pending: the change needs a broker restart");
         self.status.restart_pending = reasons.clone();
-        self.current = Prepared { path, ..next };
         self.adopt_settings(settings);
-        self.policy = super::RestartPolicy::new(self.settings.restart);
+        self.retune(true);
+        self.set_current(Prepared { path, ..next }, false);
         if self.running.is_none() {
             return Reloaded::Done(Err("no broker is running".into()));
         }
@@ -898,7 +898,7 @@ impl Supervisor {
     /// Asks every server for its accounts (`$SYS.REQ.SERVER.PING.ACCOUNTZ`)
     /// in a task; one at a time.
     pub(super) fn check_accounts(&mut self) {
-        if !matches!(self.life.state(), State::Starting | State::Syncing) {
+        if !matches!(self.core.state(), State::Starting | State::Syncing) {
             return;
         }
         let Some(pid) = self.running.as_ref().map(|r| r.pid) else {
@@ -927,8 +927,7 @@ impl Supervisor {
             self.accounts_asked = None;
         }
         if self.running.as_ref().map(|r| r.pid) != Some(pid)
-            || !matches!(self.life.state(), State::Starting | State::Syncing)
-            || self.accounts_agreed
+            || !matches!(self.core.state(), State::Starting | State::Syncing)
         {
             return;
         }
@@ -937,8 +936,7 @@ impl Supervisor {
             Err(e) => {
                 // Cannot ask: do not hold service hostage to it.
                 tracing::warn!(error = %e, "cannot compare accounts with the peers; serving anyway");
-                self.accounts_agreed = true;
-                self.become_ready();
+                self.step(super::lifecycle::Event::AccountsAgreed { pid });
                 return;
             }
         };
@@ -948,8 +946,7 @@ impl Supervisor {
             .find(|(server, _)| *server == name)
             .map(|(_, a)| a.clone())
         else {
-            self.accounts_agreed = true;
-            self.become_ready();
+            self.step(super::lifecycle::Event::AccountsAgreed { pid });
             return;
         };
         let mut differences = Vec::new();
@@ -964,15 +961,14 @@ impl Supervisor {
             ));
         }
         if differences.is_empty() {
-            self.accounts_agreed = true;
-            self.become_ready();
+            self.step(super::lifecycle::Event::AccountsAgreed { pid });
         } else {
             let why = format!(
                 "accounts differ from the peers': {}",
                 differences.join("; ")
             );
             tracing::error!("{why}; staying out of service until they agree");
-            self.go(State::Syncing, why);
+            self.step(super::lifecycle::Event::AccountsDiffer { pid, why });
         }
     }
 
