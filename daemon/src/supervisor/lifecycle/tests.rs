@@ -1,4 +1,6 @@
-//! The lifecycle core with explicit time: every transition and timer.
+//! The lifecycle core with explicit time: every transition and timer, and
+//! a property test over random event sequences holding its invariants
+//! (`property.rs`).
 
 use super::*;
 use crate::supervisor::liveness::SILENT_START_GRACE;
@@ -656,3 +658,5 @@ fn events_about_another_broker_are_ignored() {
     );
     assert_eq!(h.core.broker().map(|b| b.pid), Some(pid));
 }
+
+mod property;
