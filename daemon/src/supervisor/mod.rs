@@ -19,6 +19,7 @@ pub mod liveness;
 pub mod output;
 mod planned;
 pub mod probe;
+mod shutdown;
 pub mod state;
 pub mod status;
 mod tasks;
@@ -182,6 +183,9 @@ pub struct Supervisor {
     handoff: Option<crate::upgrade::HandoffFile>,
     /// The loop should hand over to the new natsmeshd binary now.
     reexec_due: bool,
+    /// The work that runs off the loop, ended together when supervision
+    /// ends (see `shutdown.rs`).
+    tasks: shutdown::Tasks,
     /// Results of the work that runs off the loop (see `tasks.rs`).
     events: mpsc::Sender<Event>,
     event_rx: mpsc::Receiver<Event>,
@@ -314,6 +318,7 @@ impl Supervisor {
                 handoff: None,
                 reexec_due: false,
                 cert: cert.clone(),
+                tasks: shutdown::Tasks::default(),
                 events,
                 event_rx,
                 job: None,
@@ -391,6 +396,14 @@ impl Supervisor {
         let mut next_watchdog = Instant::now();
         loop {
             if let Some(exit) = self.exit.take() {
+                // Checks and waits are given up; a lease release or a
+                // JetStream removal under way finishes, within the grace.
+                if !self.tasks.shutdown(shutdown::GRACE).await {
+                    tracing::warn!(
+                        "some of natsmeshd's own work did not end within {:?}; left behind",
+                        shutdown::GRACE
+                    );
+                }
                 return exit;
             }
             if self.probe.is_none()
@@ -891,7 +904,7 @@ impl Supervisor {
         }
         if let Some(held) = self.lease.take() {
             self.status.fleet.clear();
-            tokio::spawn(planned::release(held));
+            self.tasks.spawn_awaited(planned::release(held));
         }
     }
 }

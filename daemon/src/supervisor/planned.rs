@@ -88,7 +88,7 @@ impl Supervisor {
                     return;
                 }
                 let (tx, rx) = mpsc::channel(4);
-                tokio::spawn(crate::fleet::acquire(
+                self.tasks.spawn(crate::fleet::acquire(
                     self.settings.clone(),
                     fleet.clone(),
                     why.clone(),
@@ -146,7 +146,7 @@ impl Supervisor {
                 self.gate = None;
                 let Some(plan) = self.planned.take() else {
                     // Nothing to do any more (a crash restart applied it).
-                    tokio::spawn(release(*held));
+                    self.tasks.spawn_awaited(release(*held));
                     return;
                 };
                 self.status.fleet = format!(
@@ -292,7 +292,7 @@ impl Supervisor {
         self.decommission_checking = true;
         let settings = self.settings.clone();
         let tx = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let result = decommission::check(&settings).await;
             let _ = tx.send(Event::DecommissionChecked { reply, result }).await;
         });
@@ -335,7 +335,7 @@ impl Supervisor {
     fn start_removal(&mut self, streams: Vec<(StreamId, usize)>) {
         let (tx, rx) = oneshot::channel();
         let settings = self.settings.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn_awaited(async move {
             let _ = tx.send(decommission::remove_self(&settings, &streams).await);
         });
         self.removal = Some(rx);
@@ -346,7 +346,7 @@ impl Supervisor {
     pub(super) fn on_removed(&mut self, res: Result<String, String>) {
         self.removal = None;
         if let Some(held) = self.lease.take() {
-            tokio::spawn(release(held));
+            self.tasks.spawn_awaited(release(held));
         }
         match res {
             Ok(msg) => {

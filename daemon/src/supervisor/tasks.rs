@@ -314,7 +314,7 @@ impl Supervisor {
             changes: Vec::new(),
         });
         let tx = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let checked = Box::new(check_change(input).await);
             let _ = tx.send(Event::Checked { job: id, checked }).await;
         });
@@ -429,7 +429,7 @@ impl Supervisor {
         .then(|| self.settings.clone());
         let tx = self.events.clone();
         let t = targets.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let before = t.monitor().varz().await.ok();
             let via_sys = match (sys, before.as_ref().and_then(|v| v.server_id.clone())) {
                 (Some(settings), Some(server_id)) => {
@@ -508,7 +508,7 @@ impl Supervisor {
             }
         };
         let tx = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let outcome = match (known, outcomes) {
                 (Some(o), _) => Some(o),
                 (None, Some(rx)) => wait_outcome(rx).await,
@@ -797,7 +797,7 @@ impl Supervisor {
         // Due again when the result says.
         self.cert_due = None;
         let tx = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let res = tokio::task::spawn_blocking(move || {
                 crate::tls::ensure(&tls, std::time::SystemTime::now(), false)
                     .map(|(current, _)| current)
@@ -868,7 +868,7 @@ impl Supervisor {
         };
         let addr = listener.as_ref().and_then(local_addr);
         let timeout = self.settings.health.timeout * 4;
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let confirmed = match addr {
                 None => false,
                 Some(addr) => match crate::tls::probe::served_serial(
@@ -910,7 +910,7 @@ impl Supervisor {
         self.accounts_asked = Some(pid);
         let settings = self.settings.clone();
         let tx = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let answers = match crate::auth::system_client(&settings).await {
                 Ok(client) => crate::auth::accounts_of_all(&client).await,
                 Err(e) => Err(e),

@@ -56,7 +56,7 @@ impl Supervisor {
         self.binary_checking = true;
         let settings = self.settings.clone();
         let tx = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let next = prepare_in(&settings, &settings.state_dir, NEXT_NAME)
                 .await
                 .map_err(|e| e.to_string());
@@ -117,7 +117,7 @@ impl Supervisor {
         self.status.fleet.clear();
         let tx = self.events.clone();
         let output = self.output.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Some(held) = held {
                 // The exec is quick and the broker keeps serving.
                 let _ = tokio::time::timeout(Duration::from_secs(2), held.release()).await;
