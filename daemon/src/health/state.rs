@@ -13,7 +13,6 @@
 //! - `stopped`: no broker, none planned.
 
 use std::fmt;
-use std::time::SystemTime;
 
 use serde::Serialize;
 use tokio::time::Instant;
@@ -91,12 +90,12 @@ pub struct IllegalTransition {
     pub to: State,
 }
 
-/// The current state, when it began, and why.
+/// The current state, when it began, and why. It reads no clock: time
+/// comes in as `now` (the lifecycle core is pure).
 #[derive(Debug, Clone)]
 pub struct Lifecycle {
     state: State,
     since: Instant,
-    since_wall: SystemTime,
     reason: String,
 }
 
@@ -106,7 +105,6 @@ impl Lifecycle {
         Self {
             state: State::Starting,
             since: now,
-            since_wall: SystemTime::now(),
             reason: "starting the broker".into(),
         }
     }
@@ -119,11 +117,6 @@ impl Lifecycle {
     /// When it began (monotonic).
     pub fn since(&self) -> Instant {
         self.since
-    }
-
-    /// When it began (wall clock).
-    pub fn since_wall(&self) -> SystemTime {
-        self.since_wall
     }
 
     /// Why.
@@ -152,7 +145,6 @@ impl Lifecycle {
         }
         self.state = to;
         self.since = now;
-        self.since_wall = SystemTime::now();
         self.reason = reason;
         Ok(true)
     }

@@ -5,7 +5,7 @@
 //! maintenance keeps it down (an upgrade of natsmeshd while the operator
 //! works must not bring the node back before the reboot).
 
-use super::{AfterExit, Reply, State, Supervisor, answer};
+use super::{Reply, Step, Supervisor, answer};
 use crate::fleet::maintenance::{self, AtStart};
 
 impl Supervisor {
@@ -27,13 +27,11 @@ impl Supervisor {
                 let line = m.describe(crate::unix_ms(std::time::SystemTime::now()));
                 tracing::info!(maintenance = %line, "in maintenance (same boot): the broker stays down");
                 self.status.maintenance = Some(line);
-                self.go(
-                    State::Stopped,
-                    "in maintenance: `natsmeshd maintenance stop` (or a reboot) brings it back",
-                );
-                // natsmeshd itself runs as it should: systemd's start ends.
-                let line = self.status.line();
-                self.notifier.ready(&line);
+                self.step(Step::StayDown {
+                    why:
+                        "in maintenance: `natsmeshd maintenance stop` (or a reboot) brings it back"
+                            .into(),
+                });
                 true
             }
         }
@@ -53,26 +51,17 @@ impl Supervisor {
                     self.publish();
                     return answer(reply, Ok("the broker is not running".into()));
                 }
-                let res = self.begin_drain(AfterExit::StayDown, &format!("maintenance: {why}"));
-                answer(reply, res);
+                let pointed = self.pointed_at();
+                let res = self.step(Step::Maintenance { why, pointed });
+                answer(reply, res.unwrap_or_else(|| Err("no answer".into())));
             }
             None => {
                 if self.status.maintenance.take().is_none() {
                     return answer(reply, Ok("not in maintenance".into()));
                 }
                 self.publish();
-                if self.life.state() == State::Stopped && self.running.is_none() {
-                    tracing::info!("maintenance over: starting nats-server again");
-                    self.start_broker();
-                    answer(reply, Ok("starting nats-server".into()));
-                } else {
-                    // Still leaving (the drain ends first): back once down.
-                    self.after_exit = AfterExit::Restart("maintenance over".into());
-                    answer(
-                        reply,
-                        Ok("the drain ends first, then nats-server starts again".into()),
-                    );
-                }
+                let res = self.step(Step::MaintenanceOver);
+                answer(reply, res.unwrap_or_else(|| Err("no answer".into())));
             }
         }
     }

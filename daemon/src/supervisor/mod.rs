@@ -6,19 +6,25 @@
 //! One task owns everything here; the rest of natsmeshd talks to it through
 //! [`Command`]s and reads its [`Status`] from a watch channel. It sends
 //! systemd WATCHDOG=1 from its own loop, so a stalled loop is noticed.
+//! The broker's lifecycle itself is a pure state machine (`lifecycle.rs`):
+//! this loop is its shell, executing what it decides (spawn, signal,
+//! notify, ask) and feeding back what happened as events.
 //! Nothing slow runs on that loop: checks, confirmations, renewals and
 //! `$SYS` requests run as tasks whose results come back as events (see
 //! `tasks.rs`).
 
 pub mod backoff;
+pub mod lifecycle;
 pub mod liveness;
 mod maintenance;
 pub mod output;
 mod planned;
 pub mod probe;
+mod shutdown;
 mod tasks;
 mod upgrades;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -37,11 +43,10 @@ pub use crate::health::{Announced, Status, state, status};
 use crate::logging::ids;
 use crate::notify::Notifier;
 use crate::prepare::{Prepared, prepare_in};
-use backoff::{AfterCrash, RestartPolicy};
-use liveness::{Liveness, Verdict};
+use lifecycle::{Action, ConfigId, Core, Event as Step, Level, Sig, Tuning};
 use output::BrokerOutput;
 use probe::{Report, Targets, local_addr};
-use state::{Lifecycle, State};
+use state::State;
 use tasks::Event;
 
 /// The rendered file the broker runs.
@@ -52,9 +57,7 @@ const STARTUP_PROBE_PACE: Duration = Duration::from_millis(20);
 /// How long a signalled reload may take to show its outcome.
 const RELOAD_CONFIRM: Duration = Duration::from_secs(10);
 /// How often, and by a multiple of which, EXTEND_TIMEOUT_USEC is sent.
-pub(crate) const EXTEND_EVERY: Duration = Duration::from_secs(5);
-/// Consecutive failed serving probes before a ready node leaves service.
-const SERVING_FAILURES: u32 = 3;
+pub(crate) use lifecycle::EXTEND_EVERY;
 
 /// How supervision ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,19 +70,6 @@ pub enum Exit {
     Failed(String),
 }
 
-/// What to do when the running broker exits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum AfterExit {
-    /// Unexpected: a crash.
-    Crash,
-    /// Start it again at once (a restart natsmeshd asked for).
-    Restart(String),
-    /// Stay stopped and keep running (drain).
-    StayDown,
-    /// Stop supervision.
-    Finish,
-}
-
 struct Running {
     process: BrokerProcess,
     /// The readers of its stdout and stderr.
@@ -88,29 +78,7 @@ struct Running {
     /// The version it runs: a pending restart's configuration may already
     /// be for the next one.
     version: String,
-    liveness: Liveness,
     targets: Targets,
-    first_served: Option<Instant>,
-    serving_failures: u32,
-    /// Taken over from the previous natsmeshd image while it served: it
-    /// had its routes and its peers' accounts already, so the first round
-    /// that sees it serve makes it ready again (no `syncing` blip for the
-    /// load balancer to act on).
-    adopted_serving: bool,
-}
-
-/// Deadlines of a stop in progress: lame duck (once this node's DNS
-/// records are withdrawn, or at this deadline), SIGINT, then SIGKILL.
-#[derive(Debug, Clone, Copy)]
-struct StopPlan {
-    lame_duck_at: Option<Instant>,
-    interrupt_at: Instant,
-    kill_at: Instant,
-    interrupted: bool,
-    /// The latest this stop may end by its own deadlines (lame duck at its
-    /// latest, its duration, the margin, SIGKILL's wait): what systemd is
-    /// asked to wait for.
-    ends: Instant,
 }
 
 /// A probe round in flight, tagged with the broker process it probes.
@@ -126,12 +94,11 @@ pub struct Supervisor {
     current: Prepared,
     /// The last configuration a broker served with, and its settings.
     last_good: Option<(Prepared, Settings)>,
-    life: Lifecycle,
+    /// The broker's lifecycle: state, deadlines, what follows an exit.
+    core: Core,
+    /// When the core's state began, monotonic and wall clock.
+    since_wall: (Instant, std::time::SystemTime),
     running: Option<Running>,
-    after_exit: AfterExit,
-    stop: Option<StopPlan>,
-    restart_at: Option<Instant>,
-    policy: RestartPolicy,
     notifier: Notifier,
     output: BrokerOutput,
     status: Status,
@@ -141,13 +108,10 @@ pub struct Supervisor {
     /// What the pending reply adds about natsmeshd's own settings.
     pending_notes: String,
     exit: Option<Exit>,
-    last_extend: Option<Instant>,
     /// The node certificate in use, when TLS is on.
     cert: Option<crate::tls::Current>,
     /// When to renew it (or, in `files` mode, look at the files again).
     cert_due: Option<Instant>,
-    /// The account set matched the peers' (checked when joining).
-    accounts_agreed: bool,
     /// The loop should compare account sets with the peers now.
     accounts_check_due: bool,
     /// What DNS last found, followed by [`crate::discovery::follow`].
@@ -182,6 +146,9 @@ pub struct Supervisor {
     handoff: Option<crate::upgrade::HandoffFile>,
     /// The loop should hand over to the new natsmeshd binary now.
     reexec_due: bool,
+    /// The work that runs off the loop, ended together when supervision
+    /// ends (see `shutdown.rs`).
+    tasks: shutdown::Tasks,
     /// Results of the work that runs off the loop (see `tasks.rs`).
     events: mpsc::Sender<Event>,
     event_rx: mpsc::Receiver<Event>,
@@ -279,16 +246,13 @@ impl Supervisor {
         let now = Instant::now();
         Ok((
             Self {
-                policy: RestartPolicy::new(settings.restart),
+                core: Core::new(tuning(&settings), config_id(&current), now),
+                since_wall: (now, std::time::SystemTime::now()),
                 config_path,
                 settings,
                 current,
                 last_good: None,
-                life: Lifecycle::new(now),
                 running: None,
-                after_exit: AfterExit::Crash,
-                stop: None,
-                restart_at: None,
                 notifier,
                 output: BrokerOutput::start(),
                 status,
@@ -297,9 +261,7 @@ impl Supervisor {
                 pending_reply: None,
                 pending_notes: String::new(),
                 exit: None,
-                last_extend: None,
                 cert_due: cert.as_ref().map(|c| due(c.renew_at)),
-                accounts_agreed: false,
                 accounts_check_due: false,
                 found: None,
                 discovery: None,
@@ -319,6 +281,7 @@ impl Supervisor {
                 handoff: None,
                 reexec_due: false,
                 cert: cert.clone(),
+                tasks: shutdown::Tasks::default(),
                 events,
                 event_rx,
                 job: None,
@@ -389,12 +352,22 @@ impl Supervisor {
         match self.handoff.take() {
             Some(h) => self.adopt(h),
             None if self.stays_in_maintenance() => {}
-            None => self.start_broker(),
+            None => {
+                self.step(Step::Start);
+            }
         }
         let watchdog_every = self.notifier.watchdog_interval();
         let mut next_watchdog = Instant::now();
         loop {
             if let Some(exit) = self.exit.take() {
+                // Checks and waits are given up; a lease release or a
+                // JetStream removal under way finishes, within the grace.
+                if !self.tasks.shutdown(shutdown::GRACE).await {
+                    tracing::warn!(
+                        "some of natsmeshd's own work did not end within {:?}; left behind",
+                        shutdown::GRACE
+                    );
+                }
                 return exit;
             }
             if self.probe.is_none()
@@ -407,7 +380,7 @@ impl Supervisor {
                     r.targets.clone().with_client_tls(self.client_port_tls()),
                     r.pid,
                 );
-                let with_varz = self.life.state() != State::Starting;
+                let with_varz = self.core.state() != State::Starting;
                 self.probe = Some(Box::pin(async move {
                     (pid, probe::probe(&targets, with_varz).await)
                 }));
@@ -415,22 +388,9 @@ impl Supervisor {
             let wake = [
                 Some(self.next_probe),
                 watchdog_every.map(|_| next_watchdog),
-                self.restart_at,
+                self.core.next_deadline(),
                 self.cert_due,
                 Some(self.next_binary_check),
-                self.stop
-                    .filter(|_| self.after_exit == AfterExit::Finish)
-                    .and(self.last_extend)
-                    .map(|t| t + EXTEND_EVERY),
-                self.stop.map(|s| {
-                    if let Some(t) = s.lame_duck_at {
-                        t
-                    } else if s.interrupted {
-                        s.kill_at
-                    } else {
-                        s.interrupt_at
-                    }
-                }),
             ]
             .into_iter()
             .flatten()
@@ -448,7 +408,7 @@ impl Supervisor {
                     if self.running.as_ref().map(|r| r.pid) != Some(pid) {
                         continue;
                     }
-                    let pace = if matches!(self.life.state(), State::Starting | State::Syncing) {
+                    let pace = if matches!(self.core.state(), State::Starting | State::Syncing) {
                         STARTUP_PROBE_PACE
                     } else {
                         self.settings.health.interval
@@ -470,11 +430,10 @@ impl Supervisor {
                         }
                     }
                     self.publish();
-                    if !announced.up && self.stop.is_some_and(|s| s.lame_duck_at.is_some()) {
+                    if !announced.up && self.core.stop_plan().is_some_and(|s| s.lame_duck_at.is_some()) {
                         tracing::info!("{kind} no longer points here");
-                        if self.pointed_at().is_none() {
-                            self.lame_duck();
-                        }
+                        let pointed = self.pointed_at();
+                        self.step(Step::Pointers { pointed });
                     }
                 }
                 gate = next_gate(&mut self.gate) => self.on_gate(gate),
@@ -512,24 +471,86 @@ impl Supervisor {
             if std::mem::take(&mut self.reexec_due) {
                 self.reexec();
             }
-            if self.restart_at.is_some_and(|t| now >= t) {
-                self.restart_at = None;
-                self.start_broker();
+            // The lifecycle's timers: a crash restart's backoff, the
+            // stop's deadlines, systemd's extension.
+            if self.core.next_deadline().is_some_and(|t| now >= t) {
+                self.step(Step::Tick);
             }
-            self.check_stop_deadlines(now);
-            self.extend_stop(now);
         }
     }
 
-    fn go(&mut self, to: State, reason: impl Into<String>) {
-        let reason = reason.into();
-        match self.life.go(to, reason.clone(), Instant::now()) {
-            Ok(true) => tracing::debug!(state = %to, %reason, "state change"),
-            Ok(false) => {}
-            // A bug: report it and stay in the current state.
-            Err(e) => tracing::error!(error = %e, %reason, "refused a state change"),
+    /// Feeds `event` to the lifecycle core and executes what it decides,
+    /// feeding back what that produced (a spawn's outcome) until nothing is
+    /// left; the last answer to a command, if any.
+    fn step(&mut self, event: Step) -> Option<Result<String, String>> {
+        let mut answer = None;
+        let mut events = VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            let before = self.core.state();
+            // The settings in force now (a reload or a rollback may have
+            // changed them since the last event).
+            self.core.retune(tuning(&self.settings), false);
+            for action in self.core.step(event, Instant::now()) {
+                match action {
+                    Action::Answer(res) => answer = Some(res),
+                    action => events.extend(self.execute(action)),
+                }
+            }
+            let (state, reason) = (self.core.state(), self.core.life().reason());
+            if before != state {
+                tracing::debug!(%state, %reason, "state change");
+            }
+            let c = self.core.counters();
+            (
+                self.status.restarts,
+                self.status.crashes,
+                self.status.hang_kills,
+            ) = (c.restarts, c.crashes, c.hang_kills);
         }
         self.publish();
+        answer
+    }
+
+    /// Carries out one of the core's actions; the event it produced, if any.
+    fn execute(&mut self, action: Action) -> Option<Step> {
+        match action {
+            Action::Spawn => return Some(self.start_broker()),
+            Action::Signal { pid, sig } => {
+                if let Some(run) = self.running.as_ref().filter(|r| r.pid == pid) {
+                    let _ = run.process.signal(match sig {
+                        Sig::LameDuck => Signal::SIGUSR2,
+                        Sig::Interrupt => Signal::SIGINT,
+                        Sig::Kill => Signal::SIGKILL,
+                    });
+                }
+            }
+            Action::CheckAccounts { .. } => self.accounts_check_due = true,
+            Action::Ready { first } => self.become_ready(first),
+            Action::UpWithoutBroker => {
+                self.publish();
+                let line = self.status.line();
+                self.notifier.ready(&line);
+            }
+            Action::ExtendTimeout(by) => self.notifier.extend_timeout(by),
+            Action::Publish => {}
+            Action::ReleaseLease => self.release_lease(),
+            Action::RollBack { why, .. } => self.roll_back(why),
+            // MESSAGE_ID only on the lines that have one (an empty field
+            // would reach the journal).
+            Action::Log { level, id, line } => match (level, id) {
+                (Level::Info, Some(id)) => tracing::info!(message_id = id, "{line}"),
+                (Level::Info, None) => tracing::info!("{line}"),
+                (Level::Warn, Some(id)) => tracing::warn!(message_id = id, "{line}"),
+                (Level::Warn, None) => tracing::warn!("{line}"),
+                (Level::Error, Some(id)) => tracing::error!(message_id = id, "{line}"),
+                (Level::Error, None) => tracing::error!("{line}"),
+            },
+            Action::Answer(_) => {}
+            Action::Exit(exit) => self.exit = Some(exit),
+            // A bug: report it; the state stays.
+            Action::Bug(e) => tracing::error!(error = %e, "refused a state change"),
+        }
+        None
     }
 
     /// The running broker's version: a pending restart's configuration (or
@@ -542,10 +563,17 @@ impl Supervisor {
 
     fn publish(&mut self) {
         let broker_version = self.running_version();
+        let life = self.core.life();
+        // The wall-clock time of the state's start (the core reads no
+        // clock): taken when the shell first sees it.
+        if self.since_wall.0 != life.since() {
+            self.since_wall = (life.since(), std::time::SystemTime::now());
+        }
+        let since_wall = self.since_wall.1;
         let s = &mut self.status;
-        s.state = self.life.state().to_string();
-        s.reason = self.life.reason().to_owned();
-        s.since_unix_ms = crate::unix_ms(self.life.since_wall());
+        s.state = life.state().to_string();
+        s.reason = life.reason().to_owned();
+        s.since_unix_ms = crate::unix_ms(since_wall);
         s.broker_pid = self.running.as_ref().map(|r| r.pid);
         s.broker_version = broker_version;
         s.log_lines_dropped = self.output.dropped();
@@ -560,9 +588,12 @@ impl Supervisor {
         self.status_tx.send_replace(self.status.clone());
     }
 
-    fn start_broker(&mut self) {
-        let Some(targets) = self.probe_targets() else {
-            return;
+    /// Spawns the broker from the installed configuration: the core hears
+    /// [`Step::Spawned`] or [`Step::SpawnFailed`].
+    fn start_broker(&mut self) -> Step {
+        let targets = match self.probe_targets() {
+            Ok(t) => t,
+            Err(why) => return Step::SpawnFailed(why),
         };
         // The file it starts from: a later package upgrade replaces it.
         self.broker_bin = crate::upgrade::resolve(&self.settings.binary)
@@ -583,8 +614,7 @@ impl Supervisor {
         ];
         for dir in writes.iter().flatten() {
             if let Err(e) = crate::broker_user::ensure_broker_dir(dir) {
-                self.fail(e);
-                return;
+                return Step::SpawnFailed(e);
             }
         }
         let process = match spawn(
@@ -593,51 +623,42 @@ impl Supervisor {
             crate::broker_user::run_as(),
         ) {
             Ok(p) => p,
-            Err(e) => {
-                self.fail(e.to_string());
-                return;
-            }
+            Err(e) => return Step::SpawnFailed(e.to_string()),
         };
         let pid = process.pid();
-        self.install(
-            process,
-            targets,
-            format!("nats-server {} started (pid {pid})", self.current.version),
-        );
+        self.install(process, targets);
+        Step::Spawned {
+            pid,
+            what: format!("nats-server {} started (pid {pid})", self.current.version),
+        }
     }
 
-    /// Where the probes look, or `None` after failing with the reason.
-    fn probe_targets(&mut self) -> Option<Targets> {
+    /// Where the probes look, or why they cannot.
+    fn probe_targets(&self) -> Result<Targets, String> {
         let s = &self.settings;
         let (Some(mon), Some(client)) = (
             s.server.monitoring.as_ref().and_then(local_addr),
             local_addr(&s.server.listen),
         ) else {
-            self.fail("the monitoring and client listeners need fixed ports".into());
-            return None;
+            return Err("the monitoring and client listeners need fixed ports".into());
         };
         let https = match s.tls.as_ref().filter(|t| t.monitoring) {
             None => None,
             Some(t) => match crate::tls::probe::monitoring_client(t) {
                 Ok(c) => Some(c),
-                Err(e) => {
-                    self.fail(format!("cannot probe HTTPS monitoring: {e}"));
-                    return None;
-                }
+                Err(e) => return Err(format!("cannot probe HTTPS monitoring: {e}")),
             },
         };
-        Some(
-            Targets::new(
-                mon,
-                client,
-                &self.current.version,
-                s.server.jetstream.is_some(),
-                s.health.timeout,
-                https,
-            )
-            .with_gateways(s.server.gateway.is_some())
-            .with_client_tls(self.client_port_tls()),
+        Ok(Targets::new(
+            mon,
+            client,
+            &self.current.version,
+            s.server.jetstream.is_some(),
+            s.health.timeout,
+            https,
         )
+        .with_gateways(s.server.gateway.is_some())
+        .with_client_tls(self.client_port_tls()))
     }
 
     /// The serving probe's TLS where the client port requires it.
@@ -650,9 +671,9 @@ impl Supervisor {
         ))
     }
 
-    /// Supervises `process` from now on (started, or adopted).
-    fn install(&mut self, mut process: BrokerProcess, targets: Targets, what: String) {
-        let s = &self.settings;
+    /// Supervises `process` from now on (started, or adopted); the core is
+    /// told by the caller.
+    fn install(&mut self, mut process: BrokerProcess, targets: Targets) {
         let pid = process.pid();
         let (stdout, stderr) = process.take_output();
         let readers = [
@@ -668,11 +689,7 @@ impl Supervisor {
             readers,
             pid,
             version: self.current.version.to_string(),
-            liveness: Liveness::new(now, s.health.liveness_budget, s.health.startup_grace),
             targets,
-            first_served: None,
-            serving_failures: 0,
-            adopted_serving: false,
         });
         // A new process is probed at once and then at the start-up pace,
         // not on the schedule of the one before (up to an interval away) nor
@@ -680,22 +697,11 @@ impl Supervisor {
         // broker within a start-up probe.
         self.probe = None;
         self.next_probe = now;
-        self.after_exit = AfterExit::Crash;
         self.started();
-        // Every start joins the peers anew.
-        self.accounts_agreed = false;
-        self.go(State::Starting, what);
-    }
-
-    fn fail(&mut self, why: String) {
-        tracing::error!(error = %why, "cannot run the broker");
-        self.go(State::Stopped, why.clone());
-        self.exit = Some(Exit::Failed(why));
     }
 
     fn on_report(&mut self, report: Report) {
-        let state = self.life.state();
-        let Some(run) = self.running.as_mut() else {
+        let Some(pid) = self.running.as_ref().map(|r| r.pid) else {
             return;
         };
         tracing::trace!(alive = %report.alive_detail, client = ?report.client, jetstream = ?report.jetstream, "probe round");
@@ -722,121 +728,32 @@ impl Supervisor {
             .as_ref()
             .map(|g| g.outbound_gateways.keys().cloned().collect());
         self.status.clock_synchronized = status::clock_synchronized();
-        if state == State::Draining {
-            self.publish();
-            return;
-        }
-        let now = report.at;
-        let hung = match run.liveness.observe(report.alive, now) {
-            Verdict::Hung { silent_for } => Some((
-                format!("hung for {silent_for:?}"),
-                format!("nats-server is hung (only timeouts for {silent_for:?}); killing it"),
-            )),
-            Verdict::Silent { since_spawn } => Some((
-                format!("silent for {since_spawn:?} since its start"),
-                format!(
-                    "nats-server has not answered on its monitoring port at all in the {since_spawn:?} since its start (not even 503: not a JetStream recovery); killing it"
-                ),
-            )),
-            Verdict::Alive | Verdict::Unknown => None,
+        let seen = lifecycle::Seen {
+            alive: report.alive,
+            serving: report.client == ClientPort::Serving,
+            routes: report.varz.as_ref().map_or(0, |v| v.route_peers()),
+            jetstream_current: matches!(
+                report.jetstream,
+                probe::JetStream::Current | probe::JetStream::Disabled
+            ),
+            serving_line: self.status.serving.clone(),
         };
-        if let Some((reason, line)) = hung {
-            tracing::error!(
-                message_id = ids::BROKER_LOST,
-                pid = run.pid,
-                reason = %reason,
-                "{line}"
-            );
-            self.status.hang_kills += 1;
-            let _ = run.process.signal(Signal::SIGKILL);
-            self.after_exit = AfterExit::Restart(reason);
-            return;
-        }
-        let serving = report.client == ClientPort::Serving;
-        if serving {
-            run.serving_failures = 0;
-            run.liveness.served(now);
-            run.first_served.get_or_insert(now);
-        } else {
-            run.serving_failures += 1;
-        }
-        let peers_configured = self
-            .settings
-            .server
-            .cluster
-            .as_ref()
-            .is_some_and(|c| c.routes.len() > 1);
-        let routes = report.varz.as_ref().map_or(0, |v| v.route_peers());
-        let waited = run
-            .first_served
-            .is_some_and(|t| now - t >= self.settings.health.route_wait);
-        let adopted = run.adopted_serving;
-        let routes_ok = !peers_configured || routes > 0 || waited || adopted;
-        match state {
-            State::Starting | State::Syncing if serving && routes_ok => {
-                if peers_configured && routes == 0 {
-                    tracing::warn!(
-                        "no route to any peer after {:?}; serving anyway",
-                        self.settings.health.route_wait
-                    );
-                }
-                // A node joining peers must hold the same accounts as they
-                // do; that needs a `$SYS` round trip, made from the loop.
-                let peers = routes > 0 || self.settings.server.gateway.is_some();
-                if peers && self.settings.system_user.is_some() && !self.accounts_agreed && !adopted
-                {
-                    self.accounts_check_due = true;
-                    self.publish();
-                } else {
-                    self.become_ready();
-                }
-            }
-            State::Starting | State::Syncing if serving => {
-                self.go(State::Syncing, "waiting for a first route to a peer");
-            }
-            State::Starting => {
-                // A broker that answers on its monitoring port but does not
-                // serve yet is recovering JetStream; one still silent after
-                // a few seconds is most likely reading a big store. Keep
-                // systemd waiting (it honours this only while the unit
-                // starts); the liveness judge still kills a true hang.
-                let recovering = report.alive == liveness::Observation::Answered;
-                let slow = now - self.life.since() >= EXTEND_EVERY;
-                if (recovering || slow) && self.last_extend.is_none_or(|t| now - t >= EXTEND_EVERY)
-                {
-                    self.last_extend = Some(now);
-                    self.notifier.extend_timeout(EXTEND_EVERY * 3);
-                    let why = if recovering {
-                        "JetStream recovering; the client port is not open yet"
-                    } else {
-                        "the broker is still starting"
-                    };
-                    self.go(State::Starting, why);
-                } else {
-                    self.publish();
-                }
-            }
-            State::Ready if run.serving_failures >= SERVING_FAILURES => {
-                let why = self.status.serving.clone();
-                tracing::warn!(reason = %why, "nats-server stopped serving clients");
-                self.go(State::Syncing, format!("not serving: {why}"));
-            }
-            _ => self.publish(),
-        }
-        self.maybe_release(&report.jetstream);
+        self.step(Step::Probe { pid, seen });
     }
 
-    fn become_ready(&mut self) {
-        self.policy.healthy();
-        if let Some(run) = self.running.as_mut() {
-            run.adopted_serving = false;
-        }
+    /// The broker serves (the core says): the configuration is good, a
+    /// restart's waiting request is answered; READY=1 the first time.
+    fn become_ready(&mut self, first: bool) {
         self.last_good = Some((self.current.clone(), self.settings.clone()));
         self.status.restart_pending.clear();
-        self.go(State::Ready, "serving clients");
+        self.publish();
         let line = self.status.line();
         tracing::info!(message_id = ids::READY, status = %line, "ready");
-        self.notifier.ready(&line);
+        if first {
+            // READY=1 once: systemd's start is over; later readiness (after
+            // a restart) shows in STATUS.
+            self.notifier.ready(&line);
+        }
         if let Some(reply) = self.pending_reply.take() {
             let notes = std::mem::take(&mut self.pending_notes);
             let msg = if notes.is_empty() {
@@ -868,89 +785,57 @@ impl Supervisor {
         };
         self.broker_exited_during_change();
         let status = status.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string());
-        self.stop = None;
-        match std::mem::replace(&mut self.after_exit, AfterExit::Crash) {
-            AfterExit::Finish => {
-                tracing::info!(pid = run.pid, %status, "nats-server stopped");
-                self.go(State::Stopped, "stopped");
-                self.exit = Some(Exit::Stopped);
-            }
-            AfterExit::StayDown => {
-                tracing::info!(pid = run.pid, %status, "nats-server drained and stopped");
-                self.go(
-                    State::Stopped,
-                    "drained; natsmeshd keeps running (restart the service to serve again)",
-                );
-            }
-            AfterExit::Restart(why) => {
-                tracing::info!(message_id = ids::RESTART, pid = run.pid, %status, reason = %why, "restarting nats-server");
-                self.status.restarts += 1;
-                self.go(State::Restarting, format!("restarting: {why}"));
-                self.start_broker();
-            }
-            AfterExit::Crash => self.on_crash(run, status),
+        self.step(Step::Exited {
+            pid: run.pid,
+            status,
+            jitter: fastrand::f64(),
+        });
+    }
+
+    /// The broker crashed before serving a new configuration (the core
+    /// says): the last one that served goes back in place.
+    fn roll_back(&mut self, why: String) {
+        let Some((good, good_settings)) = self.last_good.clone() else {
+            return;
+        };
+        tracing::error!(message_id = ids::RELOAD_FAILED, "{why}");
+        if let Err(e) =
+            crate::broker_user::write_readable(&good.path, good.rendered.text.as_bytes(), PLAIN)
+        {
+            tracing::error!(error = %e, "cannot write back the last good configuration");
+        }
+        // The core already counts it as installed.
+        self.current = good;
+        self.settings = good_settings;
+        self.status.restart_pending.clear();
+        self.status.reloads_failed += 1;
+        self.status.last_reload = Some(why.clone());
+        if let Some(reply) = self.pending_reply.take() {
+            let _ = reply.send(Err(why));
         }
     }
 
-    fn on_crash(&mut self, run: Running, status: String) {
-        self.status.crashes += 1;
-        tracing::error!(message_id = ids::BROKER_LOST, pid = run.pid, %status, "nats-server exited unexpectedly");
-        // A new configuration that never served is the likely cause: go back
-        // to the last one that did, rather than crash-loop on it.
-        if run.first_served.is_none()
-            && let Some((good, good_settings)) = self.last_good.clone()
-            && good.rendered.text != self.current.rendered.text
-        {
-            let why = format!(
-                "nats-server exited ({status}) with the new configuration before serving; rolled back to the last good one"
-            );
-            tracing::error!(message_id = ids::RELOAD_FAILED, "{why}");
-            if let Err(e) =
-                crate::broker_user::write_readable(&good.path, good.rendered.text.as_bytes(), PLAIN)
-            {
-                tracing::error!(error = %e, "cannot write back the last good configuration");
-            }
-            self.current = good;
-            self.settings = good_settings;
-            self.status.restart_pending.clear();
-            self.status.reloads_failed += 1;
-            self.status.last_reload = Some(why.clone());
-            if let Some(reply) = self.pending_reply.take() {
-                let _ = reply.send(Err(why));
-            }
-        }
-        match self.policy.crashed(Instant::now(), fastrand::f64()) {
-            AfterCrash::RestartIn(delay) => {
-                self.status.restarts += 1;
-                self.go(
-                    State::Restarting,
-                    format!("nats-server exited ({status}); restarting in {delay:?}"),
-                );
-                if delay.is_zero() {
-                    self.start_broker();
-                } else {
-                    self.restart_at = Some(Instant::now() + delay);
-                }
-            }
-            AfterCrash::GiveUp { crashes, window } => {
-                let why = format!(
-                    "nats-server crashed {crashes} times within {window:?}; giving up so systemd sees the failure"
-                );
-                tracing::error!("{why}");
-                self.go(State::Stopped, why.clone());
-                self.exit = Some(Exit::CrashLoop(why));
-            }
-        }
+    /// The configuration in place becomes `next`; the core learns which
+    /// one the next broker starts from (`loaded`: the running one reloaded
+    /// it).
+    pub(super) fn set_current(&mut self, next: Prepared, loaded: bool) {
+        self.current = next;
+        let config = config_id(&self.current);
+        self.step(Step::Installed { config, loaded });
+    }
+
+    /// The core's view of the settings.
+    pub(super) fn retune(&mut self, reset: bool) {
+        self.core.retune(tuning(&self.settings), reset);
     }
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Stop => self.begin_stop(),
             Command::Drain { reply } => {
-                let res = self.begin_drain(AfterExit::StayDown, "drain requested");
-                if let Some(r) = reply {
-                    let _ = r.send(res);
-                }
+                let pointed = self.pointed_at();
+                let res = self.step(Step::Drain { pointed });
+                answer(reply, res.unwrap_or_else(|| Err("no answer".into())));
             }
             Command::Undrain { reply } => answer(reply, self.undrain()),
             Command::Decommission { reply } => self.decommission(reply),
@@ -961,154 +846,69 @@ impl Supervisor {
         }
     }
 
-    /// Lame duck, with deadlines for SIGINT and SIGKILL.
-    fn begin_drain(&mut self, after: AfterExit, why: &str) -> Result<String, String> {
-        let Some(run) = &self.running else {
-            if after == AfterExit::Finish {
-                self.go(State::Stopped, "stopped");
-                self.exit = Some(Exit::Stopped);
-            }
-            return Err("no broker is running".into());
-        };
-        if self.life.state() == State::Draining {
-            // Already leaving: a stop now only changes what follows.
-            if after == AfterExit::Finish {
-                self.after_exit = AfterExit::Finish;
-            }
-            return Ok("already draining".into());
-        }
-        let now = Instant::now();
-        let ldm = self.settings.server.lame_duck_duration;
-        let r = &self.settings.restart;
-        if run.first_served.is_none() {
-            // Never served: no client to drain, a clean SIGINT is enough.
-            let _ = run.process.signal(Signal::SIGINT);
-            self.stop = Some(StopPlan {
-                lame_duck_at: None,
-                interrupt_at: now,
-                kill_at: now + r.kill_after,
-                interrupted: true,
-                ends: now + r.kill_after,
-            });
-        } else if let Some(wait) = self.pointed_at() {
-            // Out of DNS and the load balancer first, so peers and clients
-            // stop being sent here before the broker turns them away.
-            let far = now + Duration::from_secs(86_400);
-            self.stop = Some(StopPlan {
-                lame_duck_at: Some(now + wait),
-                interrupt_at: far,
-                kill_at: far,
-                interrupted: false,
-                ends: now + wait + ldm + r.stop_margin + r.kill_after,
-            });
-            tracing::info!(
-                message_id = ids::DRAINING,
-                pid = run.pid,
-                reason = why,
-                "leaving DNS and the load balancer, then lame duck"
-            );
-        } else {
-            self.stop = None;
-            tracing::info!(
-                message_id = ids::DRAINING,
-                pid = run.pid,
-                reason = why,
-                "draining nats-server (lame duck)"
-            );
-        }
-        self.after_exit = after;
-        self.go(State::Draining, why.to_owned());
-        if self.stop.is_none() {
-            self.lame_duck();
-        }
-        Ok(format!("draining (lame duck up to {ldm:?})"))
-    }
-
-    /// SIGUSR2: nats-server stops accepting, then closes clients over the
-    /// lame-duck duration and exits.
-    fn lame_duck(&mut self) {
-        let Some(run) = &self.running else {
-            return;
-        };
-        let now = Instant::now();
-        let ldm = self.settings.server.lame_duck_duration;
-        let r = &self.settings.restart;
-        let _ = run.process.signal(Signal::SIGUSR2);
-        self.stop = Some(StopPlan {
-            lame_duck_at: None,
-            interrupt_at: now + ldm + r.stop_margin,
-            kill_at: now + ldm + r.stop_margin + r.kill_after,
-            interrupted: false,
-            ends: now + ldm + r.stop_margin + r.kill_after,
+    /// Drains (lame duck, with deadlines for SIGINT and SIGKILL) and ends
+    /// supervision, for `why`.
+    pub(super) fn leave(&mut self, why: &str) {
+        let pointed = self.pointed_at();
+        self.step(Step::Stop {
+            why: why.to_owned(),
+            pointed,
         });
-    }
-
-    /// While natsmeshd stops, EXTEND_TIMEOUT_USEC to the stop's own end
-    /// (plus a round), every [`EXTEND_EVERY`]: a drain delay derived from
-    /// a slow health check can outlast the unit's `TimeoutStopSec`, and
-    /// systemd must not SIGKILL a stop that keeps its own deadlines.
-    /// systemd only ever lengthens its timeout by it (it acts only past
-    /// `TimeoutStopSec`), so it is sent on every stop; natsmeshd cannot
-    /// read the unit's value. A stop past its own end sends nothing more,
-    /// so systemd's timeout still ends a hung one.
-    fn extend_stop(&mut self, now: Instant) {
-        let Some(plan) = self.stop else {
-            return;
-        };
-        if self.after_exit != AfterExit::Finish
-            || now >= plan.ends
-            || self.last_extend.is_some_and(|t| now - t < EXTEND_EVERY)
-        {
-            return;
-        }
-        self.last_extend = Some(now);
-        self.notifier
-            .extend_timeout(plan.ends - now + EXTEND_EVERY * 2);
     }
 
     fn begin_stop(&mut self) {
         self.notifier.stopping();
-        // The stop's first EXTEND_TIMEOUT_USEC goes at once.
-        self.last_extend = None;
         // A change in flight is given up; its late result is ignored.
         self.abandon_changes("natsmeshd is stopping");
         if let Some(reply) = self.pending_reply.take() {
             let _ = reply.send(Err("natsmeshd is stopping".into()));
         }
-        self.restart_at = None;
-        let _ = self.begin_drain(AfterExit::Finish, "stopping");
+        self.leave("stopping");
     }
 
-    fn check_stop_deadlines(&mut self, now: Instant) {
-        if self
-            .stop
-            .and_then(|s| s.lame_duck_at)
-            .is_some_and(|t| now >= t)
-        {
-            tracing::warn!(
-                "DNS records or load-balancer membership not withdrawn in time; lame duck anyway"
-            );
-            self.lame_duck();
+    /// Gives a restart's lease back (the core says: the new broker serves
+    /// with JetStream current), unless a decommission still needs it.
+    fn release_lease(&mut self) {
+        if self.removal.is_some() {
             return;
         }
-        let (Some(plan), Some(run)) = (self.stop.as_mut(), self.running.as_ref()) else {
-            return;
-        };
-        if !plan.interrupted && now >= plan.interrupt_at {
-            // Lame duck should have ended by itself; SIGINT is a clean stop
-            // that flushes JetStream (SIGTERM is ignored during lame duck).
-            tracing::warn!(
-                pid = run.pid,
-                "lame duck did not end in time; sending SIGINT"
-            );
-            let _ = run.process.signal(Signal::SIGINT);
-            plan.interrupted = true;
-        } else if plan.interrupted && now >= plan.kill_at {
-            tracing::error!(pid = run.pid, "nats-server did not stop; sending SIGKILL");
-            let _ = run.process.signal(Signal::SIGKILL);
-            plan.kill_at = now + Duration::from_secs(3600);
+        if let Some(held) = self.lease.take() {
+            self.status.fleet.clear();
+            self.tasks.spawn_awaited(planned::release(held));
         }
     }
+}
+
+/// What the lifecycle core needs of the settings.
+fn tuning(s: &Settings) -> Tuning {
+    Tuning {
+        liveness_budget: s.health.liveness_budget,
+        startup_grace: s.health.startup_grace,
+        route_wait: s.health.route_wait,
+        lame_duck: s.server.lame_duck_duration,
+        restart: s.restart,
+        peers_configured: s
+            .server
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.routes.len() > 1),
+        gateway: s.server.gateway.is_some(),
+        system_user: s.system_user.is_some(),
+    }
+}
+
+/// A configuration's identity for the core: its rendered text's hash (two
+/// files with the same text are the same configuration).
+fn config_id(p: &Prepared) -> ConfigId {
+    config_id_of(&p.rendered.text)
+}
+
+/// The identity of a rendered file's text.
+fn config_id_of(text: &str) -> ConfigId {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 /// A monotonic deadline for a wall-clock time.

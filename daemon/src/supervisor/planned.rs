@@ -11,9 +11,9 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::probe::JetStream;
+use super::lifecycle::Event as Step;
 use super::tasks::Event;
-use super::{AfterExit, Reply, State, Supervisor, answer};
+use super::{Reply, State, Supervisor, answer};
 use crate::fleet::decommission;
 use crate::fleet::view::StreamId;
 use crate::fleet::{Coordination, Gate};
@@ -88,7 +88,7 @@ impl Supervisor {
                     return;
                 }
                 let (tx, rx) = mpsc::channel(4);
-                tokio::spawn(crate::fleet::acquire(
+                self.tasks.spawn(crate::fleet::acquire(
                     self.settings.clone(),
                     fleet.clone(),
                     why.clone(),
@@ -124,13 +124,16 @@ impl Supervisor {
         }
     }
 
+    /// The core drains and restarts (and gives a lease held back once the
+    /// new broker serves with JetStream current).
     fn drain_for_restart(&mut self, why: String) {
-        if let Err(e) = self.begin_drain(
-            AfterExit::Restart(why),
-            "restart pending: draining before the restart",
-        ) {
-            tracing::warn!(error = %e, "cannot restart");
-        }
+        let pointed = self.pointed_at();
+        let leased = self.lease.is_some();
+        self.step(Step::Restart {
+            why,
+            pointed,
+            leased,
+        });
     }
 
     pub(super) fn on_gate(&mut self, gate: Option<Gate>) {
@@ -143,7 +146,7 @@ impl Supervisor {
                 self.gate = None;
                 let Some(plan) = self.planned.take() else {
                     // Nothing to do any more (a crash restart applied it).
-                    tokio::spawn(release(*held));
+                    self.tasks.spawn_awaited(release(*held));
                     return;
                 };
                 self.status.fleet = format!(
@@ -168,24 +171,6 @@ impl Supervisor {
             if self.lease.is_none() {
                 self.status.fleet.clear();
             }
-        }
-    }
-
-    /// Gives the lease back once the restarted broker serves with
-    /// JetStream current.
-    pub(super) fn maybe_release(&mut self, jetstream: &JetStream) {
-        if self.life.state() != State::Ready
-            || !matches!(jetstream, JetStream::Current | JetStream::Disabled)
-        {
-            return;
-        }
-        if self.removal.is_some() {
-            return;
-        }
-        if let Some(held) = self.lease.take() {
-            self.status.fleet.clear();
-            self.publish();
-            tokio::spawn(release(held));
         }
     }
 
@@ -281,10 +266,10 @@ impl Supervisor {
             answer(reply, Ok("already decommissioning".into()));
             return;
         }
-        if self.life.state() != State::Ready {
+        if self.core.state() != State::Ready {
             let why = format!(
                 "only a serving node can be decommissioned (state {})",
-                self.life.state()
+                self.core.state()
             );
             answer(reply, Err(why));
             return;
@@ -307,7 +292,7 @@ impl Supervisor {
         self.decommission_checking = true;
         let settings = self.settings.clone();
         let tx = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let result = decommission::check(&settings).await;
             let _ = tx.send(Event::DecommissionChecked { reply, result }).await;
         });
@@ -325,10 +310,10 @@ impl Supervisor {
             Err(e) => return answer(reply, Err(e)),
         };
         // A stop (or a crash) came while it was checked.
-        if self.life.state() != State::Ready {
+        if self.core.state() != State::Ready {
             let why = format!(
                 "only a serving node can be decommissioned (state {})",
-                self.life.state()
+                self.core.state()
             );
             return answer(reply, Err(why));
         }
@@ -350,7 +335,7 @@ impl Supervisor {
     fn start_removal(&mut self, streams: Vec<(StreamId, usize)>) {
         let (tx, rx) = oneshot::channel();
         let settings = self.settings.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn_awaited(async move {
             let _ = tx.send(decommission::remove_self(&settings, &streams).await);
         });
         self.removal = Some(rx);
@@ -361,7 +346,7 @@ impl Supervisor {
     pub(super) fn on_removed(&mut self, res: Result<String, String>) {
         self.removal = None;
         if let Some(held) = self.lease.take() {
-            tokio::spawn(release(held));
+            self.tasks.spawn_awaited(release(held));
         }
         match res {
             Ok(msg) => {
@@ -385,24 +370,17 @@ impl Supervisor {
         }
         self.status.fleet = format!("decommissioned: {msg}");
         self.notifier.stopping();
-        let _ = self.begin_drain(AfterExit::Finish, "decommissioned: leaving the region");
+        self.leave("decommissioned: leaving the region");
     }
 
     /// Back into service after `drain`.
     pub(super) fn undrain(&mut self) -> Result<String, String> {
-        if self.life.state() != State::Stopped || self.running.is_some() {
-            return Err(format!(
-                "not drained (state {}); nothing to undo",
-                self.life.state()
-            ));
-        }
-        tracing::info!("undrain: starting nats-server again");
-        self.start_broker();
-        Ok("starting nats-server; back in service once it serves".into())
+        self.step(Step::Undrain)
+            .unwrap_or_else(|| Err("no answer".into()))
     }
 }
 
-async fn release(held: crate::fleet::Held) {
+pub(super) async fn release(held: crate::fleet::Held) {
     let scope = held.scope;
     match held.release().await {
         Ok(()) => tracing::info!("released the {}'s restart lease", scope.noun()),

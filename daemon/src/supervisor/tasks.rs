@@ -277,7 +277,7 @@ impl Supervisor {
 
     /// Starts a change's check, or answers at once why not.
     fn begin_change(&mut self, origin: Origin) {
-        let state = self.life.state();
+        let state = self.core.state();
         match &origin {
             Origin::Discovery => {
                 if !matches!(state, State::Starting | State::Syncing | State::Ready) {
@@ -314,7 +314,7 @@ impl Supervisor {
             changes: Vec::new(),
         });
         let tx = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let checked = Box::new(check_change(input).await);
             let _ = tx.send(Event::Checked { job: id, checked }).await;
         });
@@ -361,7 +361,7 @@ impl Supervisor {
             Some(Origin::Discovery)
         );
         // The state may have changed while the check ran.
-        let state = self.life.state();
+        let state = self.core.state();
         let allowed = if from_discovery {
             matches!(state, State::Starting | State::Syncing | State::Ready)
         } else {
@@ -429,7 +429,7 @@ impl Supervisor {
         .then(|| self.settings.clone());
         let tx = self.events.clone();
         let t = targets.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let before = t.monitor().varz().await.ok();
             let via_sys = match (sys, before.as_ref().and_then(|v| v.server_id.clone())) {
                 (Some(settings), Some(server_id)) => {
@@ -512,7 +512,7 @@ impl Supervisor {
             }
         };
         let tx = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let outcome = match (known, outcomes) {
                 (Some(o), _) => Some(o),
                 (None, Some(rx)) => wait_outcome(rx).await,
@@ -574,8 +574,8 @@ impl Supervisor {
                 }
                 let msg = format!("reloaded ({})", keys.join(", "));
                 tracing::info!(message_id = ids::RELOADED, changes = %keys.join(", "), "configuration reloaded");
-                self.current = *next;
                 self.adopt_settings(*settings);
+                self.set_current(*next, true);
                 self.status.reloads_ok += 1;
                 self.status.last_reload = Some(msg.clone());
                 self.publish();
@@ -673,8 +673,8 @@ impl Supervisor {
         if let Phase::Reloading { settings, next, .. } = job.phase {
             // The new file is installed: whatever runs next starts from
             // it, so it is the configuration in force.
-            self.current = *next;
             self.settings = *settings;
+            self.set_current(*next, false);
         }
         if let Origin::Request(replies) = job.origin {
             for reply in replies {
@@ -700,8 +700,8 @@ impl Supervisor {
             return;
         };
         if let Phase::Reloading { settings, next, .. } = job.phase {
-            self.current = *next;
             self.settings = *settings;
+            self.set_current(*next, false);
         }
         let why = "the broker exited during the reload; it starts again with the new configuration";
         tracing::warn!("{why}");
@@ -716,7 +716,7 @@ impl Supervisor {
     pub(super) fn adopt_settings(&mut self, settings: Settings) {
         let old = std::mem::replace(&mut self.settings, settings);
         if old.restart != self.settings.restart {
-            self.policy = super::RestartPolicy::new(self.settings.restart);
+            self.retune(false);
         }
     }
 
@@ -781,9 +781,9 @@ impl Supervisor {
         }
         tracing::warn!(message_id = ids::RESTART, reasons = %reasons.join("; "), "restart pending: the change needs a broker restart");
         self.status.restart_pending = reasons.clone();
-        self.current = Prepared { path, ..next };
         self.adopt_settings(settings);
-        self.policy = super::RestartPolicy::new(self.settings.restart);
+        self.retune(true);
+        self.set_current(Prepared { path, ..next }, false);
         if self.running.is_none() {
             return Reloaded::Done(Err("no broker is running".into()));
         }
@@ -801,7 +801,7 @@ impl Supervisor {
         // Due again when the result says.
         self.cert_due = None;
         let tx = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let res = tokio::task::spawn_blocking(move || {
                 crate::tls::ensure(&tls, std::time::SystemTime::now(), false)
                     .map(|(current, _)| current)
@@ -872,7 +872,7 @@ impl Supervisor {
         };
         let addr = listener.as_ref().and_then(local_addr);
         let timeout = self.settings.health.timeout * 4;
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let confirmed = match addr {
                 None => false,
                 Some(addr) => match crate::tls::probe::served_serial(
@@ -902,7 +902,7 @@ impl Supervisor {
     /// Asks every server for its accounts (`$SYS.REQ.SERVER.PING.ACCOUNTZ`)
     /// in a task; one at a time.
     pub(super) fn check_accounts(&mut self) {
-        if !matches!(self.life.state(), State::Starting | State::Syncing) {
+        if !matches!(self.core.state(), State::Starting | State::Syncing) {
             return;
         }
         let Some(pid) = self.running.as_ref().map(|r| r.pid) else {
@@ -914,7 +914,7 @@ impl Supervisor {
         self.accounts_asked = Some(pid);
         let settings = self.settings.clone();
         let tx = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let answers = match crate::auth::system_client(&settings).await {
                 Ok(client) => crate::auth::accounts_of_all(&client)
                     .await
@@ -933,8 +933,7 @@ impl Supervisor {
             self.accounts_asked = None;
         }
         if self.running.as_ref().map(|r| r.pid) != Some(pid)
-            || !matches!(self.life.state(), State::Starting | State::Syncing)
-            || self.accounts_agreed
+            || !matches!(self.core.state(), State::Starting | State::Syncing)
         {
             return;
         }
@@ -943,8 +942,7 @@ impl Supervisor {
             Err(e) => {
                 // Cannot ask: do not hold service hostage to it.
                 tracing::warn!(error = %e, "cannot compare accounts with the peers; serving anyway");
-                self.accounts_agreed = true;
-                self.become_ready();
+                self.step(super::lifecycle::Event::AccountsAgreed { pid });
                 return;
             }
         };
@@ -954,8 +952,7 @@ impl Supervisor {
             .find(|(server, _)| *server == name)
             .map(|(_, a)| a.clone())
         else {
-            self.accounts_agreed = true;
-            self.become_ready();
+            self.step(super::lifecycle::Event::AccountsAgreed { pid });
             return;
         };
         let mut differences = Vec::new();
@@ -970,15 +967,14 @@ impl Supervisor {
             ));
         }
         if differences.is_empty() {
-            self.accounts_agreed = true;
-            self.become_ready();
+            self.step(super::lifecycle::Event::AccountsAgreed { pid });
         } else {
             let why = format!(
                 "accounts differ from the peers': {}",
                 differences.join("; ")
             );
             tracing::error!("{why}; staying out of service until they agree");
-            self.go(State::Syncing, why);
+            self.step(super::lifecycle::Event::AccountsDiffer { pid, why });
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use natsmesh_broker::process::adopt;
 use tokio::time::Instant;
 
+use super::lifecycle::Event as Step;
 use super::planned::Plan;
 use super::{Event, NEXT_NAME, State, Supervisor};
 use crate::logging::ids;
@@ -28,7 +29,7 @@ impl Supervisor {
             || self.planned.is_some()
             || self.lease.is_some()
             || self.removal.is_some()
-            || self.life.state() != State::Ready
+            || self.core.state() != State::Ready
         {
             return;
         }
@@ -55,7 +56,7 @@ impl Supervisor {
         self.binary_checking = true;
         let settings = self.settings.clone();
         let tx = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let next = prepare_in(&settings, &settings.state_dir, NEXT_NAME)
                 .await
                 .map_err(|e| e.to_string());
@@ -88,7 +89,7 @@ impl Supervisor {
             Ok(next)
                 if self.job.is_some()
                     || self.planned.is_some()
-                    || self.life.state() != State::Ready =>
+                    || self.core.state() != State::Ready =>
             {
                 let _ = std::fs::remove_file(&next.path);
                 self.broker_bin = None;
@@ -116,7 +117,7 @@ impl Supervisor {
         self.status.fleet.clear();
         let tx = self.events.clone();
         let output = self.output.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Some(held) = held {
                 // The exec is quick and the broker keeps serving.
                 let _ = tokio::time::timeout(Duration::from_secs(2), held.release()).await;
@@ -150,10 +151,10 @@ impl Supervisor {
             self.publish();
             return;
         }
-        if matches!(self.life.state(), State::Draining | State::Stopped) {
+        if matches!(self.core.state(), State::Draining | State::Stopped) {
             // A stop or drain began while the new binary was checked: it
             // takes over at the next start instead.
-            tracing::info!("not re-executing while {}", self.life.state());
+            tracing::info!("not re-executing while {}", self.core.state());
             return;
         }
         let Some(run) = self.running.as_mut() else {
@@ -174,7 +175,7 @@ impl Supervisor {
             broker_binary: self.broker_bin,
             broker_version: Some(run.version.clone()),
             rendered: self.current.rendered.text.clone(),
-            served: run.first_served.is_some(),
+            served: self.core.broker().is_some_and(|b| b.first_served.is_some()),
         };
         let pid = run.pid;
         let path = match upgrade::write_handoff(&self.settings.state_dir, &file) {
@@ -202,14 +203,18 @@ impl Supervisor {
     /// Takes over the broker the previous image handed over (or starts
     /// one, if that cannot be done).
     pub(super) fn adopt(&mut self, h: HandoffFile) {
-        let Some(targets) = self.probe_targets() else {
-            return;
+        let targets = match self.probe_targets() {
+            Ok(t) => t,
+            Err(why) => {
+                self.step(Step::SpawnFailed(why));
+                return;
+            }
         };
         let process = match adopt(h.broker, &self.current.path) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot take over the running broker; starting one");
-                self.start_broker();
+                self.step(Step::Start);
                 return;
             }
         };
@@ -222,19 +227,22 @@ impl Supervisor {
             .broker_version
             .clone()
             .unwrap_or_else(|| self.current.version.to_string());
-        self.install(
-            process,
-            targets,
-            format!("took over nats-server {version} (pid {pid}) from the previous natsmeshd"),
-        );
+        self.install(process, targets);
         self.broker_bin = h.broker_binary;
-        if let Some(run) = self.running.as_mut() {
-            run.first_served = h.served.then(Instant::now);
-            run.adopted_serving = h.served;
-            if let Some(v) = h.broker_version {
-                run.version = v;
-            }
+        if let Some(run) = self.running.as_mut()
+            && let Some(v) = h.broker_version.clone()
+        {
+            run.version = v;
         }
+        // The core takes it over like any start, as served if it was.
+        self.step(Step::Adopted {
+            pid,
+            config: super::config_id_of(&h.rendered),
+            served: h.served,
+            what: format!(
+                "took over nats-server {version} (pid {pid}) from the previous natsmeshd"
+            ),
+        });
         if h.rendered != self.current.rendered.text {
             let why = "this natsmeshd renders a different configuration".to_owned();
             self.status.restart_pending = vec![why.clone()];
