@@ -496,13 +496,13 @@ async fn hangup(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
 /// service and down; answers once the broker is down.
 async fn maintenance_start(
     commands: &mpsc::Sender<Command>,
-    mut status: watch::Receiver<Status>,
+    status: watch::Receiver<Status>,
     access: &FleetOps,
     wait: bool,
     reason: String,
     hangup: impl std::future::Future<Output = ()>,
 ) -> Result<String, String> {
-    use crate::fleet::maintenance::{self, Kind, Marker, Taken};
+    use crate::fleet::maintenance::{self, Kind};
     let s = &access.settings;
     if status.borrow().maintenance.is_some() {
         return Ok("already in maintenance: safe to reboot".into());
@@ -521,6 +521,23 @@ async fn maintenance_start(
         }
     }
     .inspect_err(|e| tracing::warn!(error = %e, "maintenance refused"))?;
+    enter_maintenance(commands, status, access, reason, taken, false).await
+}
+
+/// Into maintenance with the lease `taken`: the marker (`reboot`: taken
+/// by a coordinated reboot), then out of service and down; answers once
+/// the broker is down ("safe to reboot"). Any failure gives the lease
+/// back.
+pub(crate) async fn enter_maintenance(
+    commands: &mpsc::Sender<Command>,
+    mut status: watch::Receiver<Status>,
+    access: &FleetOps,
+    reason: String,
+    taken: crate::fleet::maintenance::Taken,
+    reboot: bool,
+) -> Result<String, String> {
+    use crate::fleet::maintenance::{self, Marker, Taken};
+    let s = &access.settings;
     let now = crate::unix_ms(std::time::SystemTime::now());
     let (until, note) = match taken {
         Taken::Until(t) => (t, String::new()),
@@ -534,6 +551,7 @@ async fn maintenance_start(
         boot_id: maintenance::boot_id(),
         since_unix_ms: now,
         expires_unix_ms: until,
+        reboot,
     };
     let undo = |e: String| async move {
         let _ = maintenance::forget(&access.settings.state_dir);
@@ -652,6 +670,31 @@ async fn maintenance_stop(
             ))
         }
     }
+}
+
+/// Out of maintenance without waiting: the marker goes, the broker
+/// starts, and the settle task gives the lease back once it serves.
+pub(crate) async fn leave_maintenance(
+    commands: &mpsc::Sender<Command>,
+    access: &FleetOps,
+) -> Result<String, String> {
+    crate::fleet::maintenance::forget(&access.settings.state_dir)?;
+    let (tx, rx) = oneshot::channel();
+    if commands
+        .send(Command::Maintenance {
+            why: None,
+            reply: Some(tx),
+        })
+        .await
+        .is_err()
+    {
+        return Err("natsmeshd is stopping".into());
+    }
+    let said = rx
+        .await
+        .map_err(|_| "natsmeshd stopped before answering".to_owned())??;
+    access.settle.notify_one();
+    Ok(said)
 }
 
 /// Sends a command that answers, and waits for the answer.

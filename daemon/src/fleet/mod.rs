@@ -17,6 +17,7 @@ pub mod lease;
 pub mod maintenance;
 pub mod pause;
 pub mod peers;
+pub mod reboot;
 pub mod report;
 pub mod view;
 

@@ -98,6 +98,12 @@ pub enum Command {
         /// Acknowledgement.
         reply: Option<oneshot::Sender<Result<String, String>>>,
     },
+    /// What the coordinated reboot ([`crate::fleet::reboot`]) is doing,
+    /// for the status (`None`: no reboot required).
+    Reboot {
+        /// The line.
+        line: Option<String>,
+    },
     /// Drain and exit.
     Stop,
 }
@@ -1004,6 +1010,12 @@ impl Supervisor {
             Command::Resume { reply } => answer(reply, self.resume()),
             Command::Reload { reply } => self.request_reload(reply),
             Command::Maintenance { why, reply } => self.maintenance(why, reply),
+            Command::Reboot { line } => {
+                if self.status.reboot != line {
+                    self.status.reboot = line;
+                    self.publish();
+                }
+            }
         }
     }
 
