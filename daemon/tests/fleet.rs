@@ -49,6 +49,11 @@ impl Region {
     /// With `own_binaries`, every node runs its own copy of natsmeshd and
     /// nats-server (`<bins>/n<n>/`).
     fn start_with(count: u8, own_binaries: bool) -> Self {
+        Self::start_full(count, own_binaries, |_| String::new())
+    }
+
+    /// With `more(n)` appended to node `n`'s configuration.
+    fn start_full(count: u8, own_binaries: bool, more: impl Fn(u8) -> String) -> Self {
         let bins = own_binaries.then(|| {
             let d = tempfile::Builder::new()
                 .prefix("natsmesh-bins-")
@@ -104,9 +109,10 @@ jetstream = true
 
 [fleet]
 lease_ttl = "{TTL}"
-"#,
+{more}"#,
                 ip = ip(n),
                 ns = dns.addr(),
+                more = more(n),
             );
             let mut opts = options(&extra);
             if let Some(b) = &bins {
@@ -159,9 +165,11 @@ lease_ttl = "{TTL}"
     fn kill_and_restart(&mut self, n: u8) {
         let d = self.nodes.get_mut(&n).unwrap();
         let dir = std::mem::replace(&mut d.dir, natsmesh_harness::scratch());
+        // Clients keep the address they were given, as after a reboot.
+        let mut opts = options(&self.extras[&n]);
+        opts.client_port = Some(d.client_port);
         self.nodes.remove(&n);
-        self.nodes
-            .insert(n, Daemon::start_in(dir, CURRENT, options(&self.extras[&n])));
+        self.nodes.insert(n, Daemon::start_in(dir, CURRENT, opts));
     }
 
     /// Installs a new file over node `n`'s copy of `name` as a package
@@ -1440,4 +1448,132 @@ fn the_next_boot_brings_a_node_in_maintenance_back_and_releases_its_lease() {
         std::thread::sleep(Duration::from_secs(1));
     }
     ok_cli(&region.nodes[&2], &["maintenance", "stop"]);
+}
+
+/// OS updates on a whole region at once: `/run/reboot-required` (each
+/// node's own test path) appears on all three nodes of a region under
+/// acknowledged publish load to an R3 stream; they reboot one at a time
+/// (never two out of service at once, sampled), each through its
+/// maintenance lease, each running its reboot command once (a script that
+/// records the call; the test then stands in for the reboot: the file
+/// gone with /run, natsmeshd started again in a new boot), and no
+/// acknowledged message is lost.
+#[test]
+fn a_reboot_required_on_every_node_reboots_them_one_at_a_time_under_load() {
+    let scratch = tempfile::Builder::new()
+        .prefix("natsmesh-reboot-")
+        .tempdir()
+        .unwrap();
+    let calls = scratch.path().join("calls");
+    let script = scratch.path().join("reboot.sh");
+    std::fs::write(&script, "#!/bin/sh\necho \"$1\" >> \"$2\"\n").unwrap();
+    let required = |n: u8| scratch.path().join(format!("n{n}-reboot-required"));
+    let mut region = Region::start_full(3, false, |n| {
+        format!(
+            r#"
+[maintenance]
+max_down = "3m"
+reboot = "coordinated"
+window = "00:00-24:00 UTC"
+reboot_command = ["/bin/sh", "{script}", "n{n}", "{calls}"]
+reboot_required = "{required}"
+"#,
+            script = script.display(),
+            calls = calls.display(),
+            required = required(n).display(),
+        )
+    });
+    create_stream(&region.urls());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = publisher(region.urls(), stop.clone());
+    let states = watch_states(region.sockets(), stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+
+    for n in 1..=3 {
+        std::fs::write(required(n), "*** System restart required ***\n").unwrap();
+    }
+    let mut rebooted: Vec<String> = Vec::new();
+    let mut said = std::collections::BTreeSet::new();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(170);
+    while rebooted.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "rebooted {rebooted:?} only; said {said:#?}\n{}",
+            region.logs()
+        );
+        for d in region.nodes.values_mut() {
+            if let Some(line) = d.status().and_then(|s| s.reboot)
+                && said.insert(line.clone())
+            {
+                println!("{:?} said: {line}", started.elapsed());
+            }
+        }
+        let called: Vec<String> = std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            called.len() <= rebooted.len() + 1,
+            "two nodes asked to reboot at once: {called:?}"
+        );
+        if let Some(name) = called.get(rebooted.len()) {
+            let n: u8 = name.trim_start_matches('n').parse().unwrap();
+            // The broker is down before the command runs.
+            let s = region.nodes.get_mut(&n).unwrap().status().unwrap();
+            assert_eq!((s.state.as_str(), s.broker_pid), ("stopped", None), "{s:?}");
+            assert!(s.maintenance.is_some(), "{s:?}");
+            // The reboot: /run is emptied, a new boot starts natsmeshd.
+            std::fs::remove_file(required(n)).unwrap();
+            let marker = region.nodes[&n].dir.path().join("state/maintenance.json");
+            let mut m: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&marker).expect("the marker is kept"))
+                    .unwrap();
+            assert_eq!(m["reboot"], true, "{m}");
+            m["boot_id"] = "an-earlier-boot".into();
+            std::fs::write(&marker, serde_json::to_vec(&m).unwrap()).unwrap();
+            region.kill_and_restart(n);
+            println!("{:?} rebooted {name}", started.elapsed());
+            rebooted.push(name.clone());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for (n, d) in &mut region.nodes {
+        d.wait_status(
+            &format!("n{n} back after its reboot"),
+            |s| {
+                s.state == "ready"
+                    && s.jetstream == "JetStream current"
+                    && s.maintenance.is_none()
+                    && s.reboot.is_none()
+            },
+            Duration::from_secs(60),
+        );
+        println!("{:?} n{n} back", started.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = load.join().unwrap();
+    println!("{:?} load stopped", started.elapsed());
+    let (worst, when, _) = states.join().unwrap();
+    println!(
+        "rebooted {rebooted:?}; {} acknowledged, {failed} failed attempts; said {said:#?}",
+        acked.len()
+    );
+    let mut each = rebooted.clone();
+    each.sort();
+    assert_eq!(each, ["n1", "n2", "n3"], "each once");
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap().lines().count(),
+        3,
+        "one reboot command per node"
+    );
+    assert_eq!(worst, 1, "at most one node out at once: {when:?}");
+    assert!(
+        said.iter()
+            .any(|l| l.contains("waiting for its turn") && l.contains("is in maintenance")),
+        "the others said why they waited: {said:#?}"
+    );
+    assert!(!acked.is_empty());
+    check_stream(&region.urls(), &acked);
 }
