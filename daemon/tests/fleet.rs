@@ -1577,3 +1577,112 @@ reboot_required = "{required}"
     assert!(!acked.is_empty());
     check_stream(&region.urls(), &acked);
 }
+
+/// Where the majority rule's "wherever it is" comes from: nats-server
+/// places a stream's replicas inside one cluster (region). In a
+/// supercluster of two two-server clusters (one meta group of four across
+/// both), an R2 stream is placed, and an R3 one is refused rather than
+/// spread over the clusters — with or without a cluster asked for. Only a
+/// stream moving between clusters (a placement change) has its peers in
+/// two regions for a while, which the rule counts wherever they are.
+#[test]
+fn nats_server_does_not_spread_a_streams_replicas_over_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    // Servers 0 and 1 form cluster c0, 2 and 3 cluster c1.
+    let ports: Vec<(u16, u16, u16)> = (0..4)
+        .map(|_| (free_port(), free_port(), free_port()))
+        .collect();
+    let gateways = format!(
+        "{{name: c0, url: \"nats://127.0.0.1:{}\"}}, {{name: c1, url: \"nats://127.0.0.1:{}\"}}",
+        ports[0].2, ports[2].2
+    );
+    struct Kill(Vec<std::process::Child>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut servers = Kill(Vec::new());
+    for (i, (client, route, gw)) in ports.iter().enumerate() {
+        let c = i / 2;
+        let routes = (2 * c..2 * c + 2)
+            .map(|j| format!("\"nats://127.0.0.1:{}\"", ports[j].1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let conf = dir.path().join(format!("s{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                r#"server_name: s{i}
+listen: "127.0.0.1:{client}"
+jetstream {{ store_dir: "{store}" }}
+cluster {{ name: c{c}, listen: "127.0.0.1:{route}", routes: [{routes}] }}
+gateway {{ name: c{c}, listen: "127.0.0.1:{gw}", gateways: [{gateways}] }}
+"#,
+                store = dir.path().join(format!("js{i}")).display(),
+            ),
+        )
+        .unwrap();
+        servers.0.push(
+            std::process::Command::new(natsmesh_harness::broker_binary(CURRENT))
+                .arg("-c")
+                .arg(&conf)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join(format!("s{i}.log"))).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let url = format!("nats://127.0.0.1:{}", ports[0].0);
+    runtime().block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            match async_nats::connect(&url).await {
+                Ok(c) => break c,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "s0 never listened: {e}\n{}",
+                    std::fs::read_to_string(dir.path().join("s0.log")).unwrap_or_default()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let js = async_nats::jetstream::new(client);
+        let config = |name: &str, replicas: usize, cluster: Option<&str>| {
+            async_nats::jetstream::stream::Config {
+                name: name.into(),
+                subjects: vec![format!("{name}.>")],
+                num_replicas: replicas,
+                placement: cluster.map(|c| async_nats::jetstream::stream::Placement {
+                    cluster: Some(c.into()),
+                    tags: Vec::new(),
+                }),
+                ..Default::default()
+            }
+        };
+        // The meta group (across the three clusters) elects its leader.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match js.create_stream(config("TWO", 2, None)).await {
+                Ok(_) => break,
+                Err(e) => assert!(Instant::now() < deadline, "R2 stream: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        for cluster in [None, Some("c1")] {
+            let e = js
+                .create_stream(config("THREE", 3, cluster))
+                .await
+                .expect_err("an R3 stream over two clusters of two servers");
+            let text = e.to_string();
+            println!("R3, placement {cluster:?}: {text}");
+            assert!(
+                text.contains("no suitable peers for placement"),
+                "{cluster:?}: {text}"
+            );
+        }
+    });
+}
