@@ -186,7 +186,8 @@ pub fn rule(me: &str, groups: &[Group], out: &BTreeMap<String, String>) -> Resul
 
 /// The groups `me` belongs to that the rule counts: the meta group (from
 /// its leader's view), and each stream with three or more replicas and one
-/// on `me` (from its leader's view; a stream without a leader counts all
+/// on `me` (from its leader's view, wherever the leader is: `view` holds
+/// every region's answers; a stream without a leader in `view` counts all
 /// its other replicas down). Streams of fewer replicas are not counted.
 pub fn groups(me: &str, meta: &MetaGroup, view: &View) -> Vec<Group> {
     let mut out = Vec::new();
