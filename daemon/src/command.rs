@@ -44,6 +44,12 @@ pub enum Command {
         /// Acknowledgement.
         reply: Option<oneshot::Sender<Result<String, String>>>,
     },
+    /// What the coordinated reboot (`fleet::reboot`) is doing, for the
+    /// status (`None`: no reboot required).
+    Reboot {
+        /// The line.
+        line: Option<String>,
+    },
     /// Drain and exit.
     Stop,
 }

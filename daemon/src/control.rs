@@ -17,7 +17,6 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::command::Command;
-use crate::fleet::pause::Access;
 use crate::fleet::report::{NodeRow, Table};
 use crate::health::Status;
 
@@ -96,18 +95,7 @@ pub enum Request {
     },
 }
 
-/// What the fleet operations on the control socket reach: the fleet
-/// pause bucket (or why not) and the node's settings for `$SYS`.
-#[derive(Debug)]
-pub struct FleetOps {
-    /// The fleet pause bucket, or why this node cannot reach it.
-    pub pause: Result<Access, String>,
-    /// The settings natsmeshd started with (the system user).
-    pub settings: crate::config::Settings,
-    /// Tells [`crate::fleet::maintenance::settle`] to give a lease back
-    /// once the node serves again.
-    pub settle: std::sync::Arc<tokio::sync::Notify>,
-}
+pub use crate::fleet::FleetOps;
 
 /// Shared by every connection.
 pub type FleetAccess = std::sync::Arc<FleetOps>;
@@ -453,10 +441,6 @@ async fn issue_creds(
     })
 }
 
-/// How long `maintenance start` waits for the broker to be down, and
-/// `maintenance stop` for JetStream to be current, before answering.
-const MAINTENANCE_ANSWER: Duration = Duration::from_secs(600);
-
 /// `drain`: the lease of kind drain under the rule (refused when it
 /// breaks a majority, unless `force`), then the drain; the lease goes back
 /// after `undrain`, once JetStream is current.
@@ -510,13 +494,13 @@ async fn hangup(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
 /// service and down; answers once the broker is down.
 async fn maintenance_start(
     commands: &mpsc::Sender<Command>,
-    mut status: watch::Receiver<Status>,
+    status: watch::Receiver<Status>,
     access: &FleetOps,
     wait: bool,
     reason: String,
     hangup: impl std::future::Future<Output = ()>,
 ) -> Result<String, String> {
-    use crate::fleet::maintenance::{self, Kind, Marker, Taken};
+    use crate::fleet::maintenance::{self, Kind};
     let s = &access.settings;
     if status.borrow().maintenance.is_some() {
         return Ok("already in maintenance: safe to reboot".into());
@@ -535,75 +519,7 @@ async fn maintenance_start(
         }
     }
     .inspect_err(|e| tracing::warn!(error = %e, "maintenance refused"))?;
-    let now = crate::unix_ms(std::time::SystemTime::now());
-    let (until, note) = match taken {
-        Taken::Until(t) => (t, String::new()),
-        Taken::Uncoordinated(why) => (
-            now.saturating_add(u64::try_from(s.maintenance.max_down.as_millis()).unwrap_or(0)),
-            format!(" ({why})"),
-        ),
-    };
-    let marker = Marker {
-        why: reason.clone(),
-        boot_id: maintenance::boot_id(),
-        since_unix_ms: now,
-        expires_unix_ms: until,
-    };
-    let undo = |e: String| async move {
-        let _ = maintenance::forget(&access.settings.state_dir);
-        if let Err(r) = maintenance::release(&access.settings).await {
-            tracing::warn!(error = %r, "cannot give the maintenance lease back; it lapses by itself");
-        }
-        Err(e)
-    };
-    if let Err(e) = maintenance::keep(&s.state_dir, &marker) {
-        return undo(e).await;
-    }
-    let (tx, rx) = oneshot::channel();
-    let why = if reason.is_empty() {
-        "maintenance".to_owned()
-    } else {
-        reason.clone()
-    };
-    if commands
-        .send(Command::Maintenance {
-            why: Some(why),
-            reply: Some(tx),
-        })
-        .await
-        .is_err()
-    {
-        return undo("natsmeshd is stopping".into()).await;
-    }
-    match rx.await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return undo(e).await,
-        Err(_) => return undo("natsmeshd stopped before answering".into()).await,
-    }
-    tracing::info!(reason = %reason, until_unix_ms = until, "maintenance: leaving service");
-    let down = matches!(
-        tokio::time::timeout(
-            MAINTENANCE_ANSWER,
-            status.wait_for(|st| st.state == "stopped" && st.broker_pid.is_none()),
-        )
-        .await,
-        Ok(Ok(_))
-    );
-    let until_text =
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(until));
-    let state = status.borrow().state.clone();
-    match down {
-        true => {
-            tracing::info!("maintenance: the broker is down; safe to reboot");
-            Ok(format!(
-                "{}: safe to reboot (the maintenance lease holds until {until_text}){note}; `natsmeshd maintenance stop` or the reboot brings it back",
-                s.server.server_name
-            ))
-        }
-        false => Err(format!(
-            "in maintenance, but the broker is not down yet (state {state}); `natsmeshd status` follows it"
-        )),
-    }
+    crate::fleet::maintain::enter(commands, status, access, reason, taken, false).await
 }
 
 /// `maintenance stop`: the marker goes, the broker starts, and the lease
@@ -633,7 +549,7 @@ async fn maintenance_stop(
     tracing::info!("maintenance stop: {said}");
     let back = matches!(
         tokio::time::timeout(
-            MAINTENANCE_ANSWER,
+            crate::fleet::maintain::ANSWER_WITHIN,
             status.wait_for(|st| {
                 st.state == "ready"
                     && (st.jetstream == "JetStream current" || st.jetstream == "JetStream off")

@@ -205,16 +205,27 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         status.clone(),
         settle.clone(),
     ));
+    let ops = std::sync::Arc::new(control::FleetOps {
+        pause: access,
+        settings: pause_settings,
+        settle,
+    });
+    // Coordinated reboots: the reboot-required file is looked for beside
+    // the supervisor, which only hears what to show and the maintenance.
+    let rebooter = ops.settings.maintenance.reboot.clone().map(|r| {
+        tokio::spawn(crate::fleet::reboot::watch(
+            ops.clone(),
+            r,
+            commands.clone(),
+            status.clone(),
+        ))
+    });
     let control = tokio::spawn(control::serve(
         listener,
         commands.clone(),
         status,
         fleet_table,
-        std::sync::Arc::new(control::FleetOps {
-            pause: access,
-            settings: pause_settings,
-            settle,
-        }),
+        ops,
     ));
     let signals = match forward_signals(commands.clone()) {
         Ok(task) => task,
@@ -240,6 +251,9 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         f.abort();
     }
     settler.abort();
+    if let Some(r) = rebooter {
+        r.abort();
+    }
     for task in [publisher, member, ready, metrics, pause_watch]
         .into_iter()
         .flatten()

@@ -984,6 +984,12 @@ fn dropin(r: &Request) -> Result<String, UserDataError> {
         }
         doc.push(("load_balancer", table(&lb)));
     }
+    if r.appliance {
+        // The image carries unattended-upgrades and the polkit rule that
+        // lets natsmeshd reboot: OS updates that need a reboot go through
+        // the maintenance lease, one node at a time.
+        doc.push(("maintenance", table(&[("reboot", s("coordinated"))])));
+    }
     let text =
         toml::to_string(&table(&doc)).map_err(|e| UserDataError::Serialise(e.to_string()))?;
     Ok(format!(

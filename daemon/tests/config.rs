@@ -1183,3 +1183,57 @@ fn maintenance_max_down_defaults_to_15_minutes_and_must_outlast_the_drain() {
         "at least broker.lame_duck_duration",
     );
 }
+
+#[test]
+fn coordinated_reboots_are_off_by_default_and_their_keys_are_checked() {
+    let f = Fixture::new();
+    f.write("natsmesh.toml", MINIMAL);
+    assert_eq!(f.settings().unwrap().maintenance.reboot, None);
+    f.write(
+        "natsmesh.toml",
+        &format!(
+            "{MINIMAL}\n[maintenance]\nreboot = \"coordinated\"\nwindow = \"Sat,Sun 01:00-06:00 UTC\"\n"
+        ),
+    );
+    let r = f.settings().unwrap().maintenance.reboot.unwrap();
+    assert_eq!(r.command, ["systemctl", "reboot"]);
+    assert_eq!(r.required, std::path::Path::new("/run/reboot-required"));
+    assert_eq!(r.window.unwrap().to_string(), "Sat,Sun 01:00-06:00 UTC");
+    // Any time without a window; the command is argv.
+    f.write(
+        "natsmesh.toml",
+        &format!(
+            "{MINIMAL}\n[maintenance]\nreboot = \"coordinated\"\nreboot_command = [\"/usr/local/bin/reboot-now\", \"--why\", \"a b\"]\nreboot_required = \"/tmp/rr\"\n"
+        ),
+    );
+    let r = f.settings().unwrap().maintenance.reboot.unwrap();
+    assert_eq!(r.window, None);
+    assert_eq!(r.command, ["/usr/local/bin/reboot-now", "--why", "a b"]);
+
+    let main = f.write(
+        "natsmesh.toml",
+        &format!("{MINIMAL}\n[maintenance]\nreboot = \"coordinated\"\nwindow = \"Mon-Fri 02:00-05:00 CET\"\n"),
+    );
+    let line = MINIMAL.lines().count() + 4;
+    assert_problem(
+        &f.problems(),
+        "maintenance.window",
+        &main,
+        line,
+        "only UTC is understood",
+    );
+    f.write(
+        "natsmesh.toml",
+        &format!("{MINIMAL}\n[maintenance]\nreboot = \"coordinated\"\nreboot_command = []\nreboot_required = \"run/reboot-required\"\n"),
+    );
+    let problems = format!("{:?}", f.problems());
+    assert!(
+        problems.contains("maintenance.reboot_command") && problems.contains("an absolute path"),
+        "{problems}"
+    );
+    f.write(
+        "natsmesh.toml",
+        &format!("{MINIMAL}\n[maintenance]\nreboot = \"sometimes\"\n"),
+    );
+    assert!(f.settings().is_err());
+}

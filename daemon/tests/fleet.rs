@@ -49,6 +49,11 @@ impl Region {
     /// With `own_binaries`, every node runs its own copy of natsmeshd and
     /// nats-server (`<bins>/n<n>/`).
     fn start_with(count: u8, own_binaries: bool) -> Self {
+        Self::start_full(count, own_binaries, |_| String::new())
+    }
+
+    /// With `more(n)` appended to node `n`'s configuration.
+    fn start_full(count: u8, own_binaries: bool, more: impl Fn(u8) -> String) -> Self {
         let bins = own_binaries.then(|| {
             let d = tempfile::Builder::new()
                 .prefix("natsmesh-bins-")
@@ -104,9 +109,10 @@ jetstream = true
 
 [fleet]
 lease_ttl = "{TTL}"
-"#,
+{more}"#,
                 ip = ip(n),
                 ns = dns.addr(),
+                more = more(n),
             );
             let mut opts = options(&extra);
             if let Some(b) = &bins {
@@ -159,9 +165,11 @@ lease_ttl = "{TTL}"
     fn kill_and_restart(&mut self, n: u8) {
         let d = self.nodes.get_mut(&n).unwrap();
         let dir = std::mem::replace(&mut d.dir, natsmesh_harness::scratch());
+        // Clients keep the address they were given, as after a reboot.
+        let mut opts = options(&self.extras[&n]);
+        opts.client_port = Some(d.client_port);
         self.nodes.remove(&n);
-        self.nodes
-            .insert(n, Daemon::start_in(dir, CURRENT, options(&self.extras[&n])));
+        self.nodes.insert(n, Daemon::start_in(dir, CURRENT, opts));
     }
 
     /// Installs a new file over node `n`'s copy of `name` as a package
@@ -1447,4 +1455,241 @@ fn the_next_boot_brings_a_node_in_maintenance_back_and_releases_its_lease() {
         std::thread::sleep(Duration::from_secs(1));
     }
     ok_cli(&region.nodes[&2], &["maintenance", "stop"]);
+}
+
+/// OS updates on a whole region at once: `/run/reboot-required` (each
+/// node's own test path) appears on all three nodes of a region under
+/// acknowledged publish load to an R3 stream; they reboot one at a time
+/// (never two out of service at once, sampled), each through its
+/// maintenance lease, each running its reboot command once (a script that
+/// records the call; the test then stands in for the reboot: the file
+/// gone with /run, natsmeshd started again in a new boot), and no
+/// acknowledged message is lost.
+#[test]
+fn a_reboot_required_on_every_node_reboots_them_one_at_a_time_under_load() {
+    let scratch = tempfile::Builder::new()
+        .prefix("natsmesh-reboot-")
+        .tempdir()
+        .unwrap();
+    let calls = scratch.path().join("calls");
+    let script = scratch.path().join("reboot.sh");
+    std::fs::write(&script, "#!/bin/sh\necho \"$1\" >> \"$2\"\n").unwrap();
+    let required = |n: u8| scratch.path().join(format!("n{n}-reboot-required"));
+    let mut region = Region::start_full(3, false, |n| {
+        format!(
+            r#"
+[maintenance]
+max_down = "3m"
+reboot = "coordinated"
+window = "00:00-24:00 UTC"
+reboot_command = ["/bin/sh", "{script}", "n{n}", "{calls}"]
+reboot_required = "{required}"
+"#,
+            script = script.display(),
+            calls = calls.display(),
+            required = required(n).display(),
+        )
+    });
+    create_stream(&region.urls());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = publisher(region.urls(), stop.clone());
+    let states = watch_states(region.sockets(), stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+
+    for n in 1..=3 {
+        std::fs::write(required(n), "*** System restart required ***\n").unwrap();
+    }
+    let mut rebooted: Vec<String> = Vec::new();
+    let mut said = std::collections::BTreeSet::new();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(170);
+    while rebooted.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "rebooted {rebooted:?} only; said {said:#?}\n{}",
+            region.logs()
+        );
+        for d in region.nodes.values_mut() {
+            if let Some(line) = d.status().and_then(|s| s.reboot)
+                && said.insert(line.clone())
+            {
+                println!("{:?} said: {line}", started.elapsed());
+            }
+        }
+        let called: Vec<String> = std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            called.len() <= rebooted.len() + 1,
+            "two nodes asked to reboot at once: {called:?}"
+        );
+        if let Some(name) = called.get(rebooted.len()) {
+            let n: u8 = name.trim_start_matches('n').parse().unwrap();
+            // The broker is down before the command runs.
+            let s = region.nodes.get_mut(&n).unwrap().status().unwrap();
+            assert_eq!((s.state.as_str(), s.broker_pid), ("stopped", None), "{s:?}");
+            assert!(s.maintenance.is_some(), "{s:?}");
+            // The reboot: /run is emptied, a new boot starts natsmeshd.
+            std::fs::remove_file(required(n)).unwrap();
+            let marker = region.nodes[&n].dir.path().join("state/maintenance.json");
+            let mut m: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&marker).expect("the marker is kept"))
+                    .unwrap();
+            assert_eq!(m["reboot"], true, "{m}");
+            m["boot_id"] = "an-earlier-boot".into();
+            std::fs::write(&marker, serde_json::to_vec(&m).unwrap()).unwrap();
+            region.kill_and_restart(n);
+            println!("{:?} rebooted {name}", started.elapsed());
+            rebooted.push(name.clone());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for (n, d) in &mut region.nodes {
+        d.wait_status(
+            &format!("n{n} back after its reboot"),
+            |s| {
+                s.state == "ready"
+                    && s.jetstream == "JetStream current"
+                    && s.maintenance.is_none()
+                    && s.reboot.is_none()
+            },
+            Duration::from_secs(60),
+        );
+        println!("{:?} n{n} back", started.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = load.join().unwrap();
+    println!("{:?} load stopped", started.elapsed());
+    let (worst, when, _) = states.join().unwrap();
+    println!(
+        "rebooted {rebooted:?}; {} acknowledged, {failed} failed attempts; said {said:#?}",
+        acked.len()
+    );
+    let mut each = rebooted.clone();
+    each.sort();
+    assert_eq!(each, ["n1", "n2", "n3"], "each once");
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap().lines().count(),
+        3,
+        "one reboot command per node"
+    );
+    assert_eq!(worst, 1, "at most one node out at once: {when:?}");
+    assert!(
+        said.iter()
+            .any(|l| l.contains("waiting for its turn") && l.contains("is in maintenance")),
+        "the others said why they waited: {said:#?}"
+    );
+    assert!(!acked.is_empty());
+    check_stream(&region.urls(), &acked);
+}
+
+/// Where the majority rule's "wherever it is" comes from: nats-server
+/// places a stream's replicas inside one cluster (region). In a
+/// supercluster of two two-server clusters (one meta group of four across
+/// both), an R2 stream is placed, and an R3 one is refused rather than
+/// spread over the clusters — with or without a cluster asked for. Only a
+/// stream moving between clusters (a placement change) has its peers in
+/// two regions for a while, which the rule counts wherever they are.
+#[test]
+fn nats_server_does_not_spread_a_streams_replicas_over_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    // Servers 0 and 1 form cluster c0, 2 and 3 cluster c1.
+    let ports: Vec<(u16, u16, u16)> = (0..4)
+        .map(|_| (free_port(), free_port(), free_port()))
+        .collect();
+    let gateways = format!(
+        "{{name: c0, url: \"nats://127.0.0.1:{}\"}}, {{name: c1, url: \"nats://127.0.0.1:{}\"}}",
+        ports[0].2, ports[2].2
+    );
+    struct Kill(Vec<std::process::Child>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut servers = Kill(Vec::new());
+    for (i, (client, route, gw)) in ports.iter().enumerate() {
+        let c = i / 2;
+        let routes = (2 * c..2 * c + 2)
+            .map(|j| format!("\"nats://127.0.0.1:{}\"", ports[j].1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let conf = dir.path().join(format!("s{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                r#"server_name: s{i}
+listen: "127.0.0.1:{client}"
+jetstream {{ store_dir: "{store}" }}
+cluster {{ name: c{c}, listen: "127.0.0.1:{route}", routes: [{routes}] }}
+gateway {{ name: c{c}, listen: "127.0.0.1:{gw}", gateways: [{gateways}] }}
+"#,
+                store = dir.path().join(format!("js{i}")).display(),
+            ),
+        )
+        .unwrap();
+        servers.0.push(
+            std::process::Command::new(natsmesh_harness::broker_binary(CURRENT))
+                .arg("-c")
+                .arg(&conf)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join(format!("s{i}.log"))).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let url = format!("nats://127.0.0.1:{}", ports[0].0);
+    runtime().block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            match async_nats::connect(&url).await {
+                Ok(c) => break c,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "s0 never listened: {e}\n{}",
+                    std::fs::read_to_string(dir.path().join("s0.log")).unwrap_or_default()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let js = async_nats::jetstream::new(client);
+        let config = |name: &str, replicas: usize, cluster: Option<&str>| {
+            async_nats::jetstream::stream::Config {
+                name: name.into(),
+                subjects: vec![format!("{name}.>")],
+                num_replicas: replicas,
+                placement: cluster.map(|c| async_nats::jetstream::stream::Placement {
+                    cluster: Some(c.into()),
+                    tags: Vec::new(),
+                }),
+                ..Default::default()
+            }
+        };
+        // The meta group (across the three clusters) elects its leader.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match js.create_stream(config("TWO", 2, None)).await {
+                Ok(_) => break,
+                Err(e) => assert!(Instant::now() < deadline, "R2 stream: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        for cluster in [None, Some("c1")] {
+            let e = js
+                .create_stream(config("THREE", 3, cluster))
+                .await
+                .expect_err("an R3 stream over two clusters of two servers");
+            let text = e.to_string();
+            println!("R3, placement {cluster:?}: {text}");
+            assert!(
+                text.contains("no suitable peers for placement"),
+                "{cluster:?}: {text}"
+            );
+        }
+    });
 }

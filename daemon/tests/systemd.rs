@@ -583,3 +583,67 @@ fn the_broker_reads_no_secret_and_the_metadata_guard_refuses_it() {
         "the broker's user reached the metadata service: {out:?}"
     );
 }
+
+/// OS updates under real systemd: with `reboot = "coordinated"` and a
+/// window covering now, `/run/reboot-required` appearing makes natsmeshd
+/// (its service user, through the package's polkit rule) take the node
+/// out of service and run the real `systemctl reboot`: the container's
+/// systemd reboots, which ends systemd-nspawn from outside.
+#[test]
+fn reboot_required_reboots_the_machine_through_systemctl() {
+    let root = install_into(Root::with_packages("bookworm", "polkit", "polkitd"));
+    root.install(
+        &packaging("natsmesh-reboot.rules"),
+        "/usr/share/polkit-1/rules.d/50-natsmesh-reboot.rules",
+        0o644,
+    );
+    root.write(
+        "/etc/natsmesh/natsmesh.d/10-node.toml",
+        &format!("{NODE}\n[maintenance]\nreboot = \"coordinated\"\nwindow = \"00:00-24:00 UTC\"\n"),
+        0o644,
+    );
+    let mut c = root.boot();
+    c.ok(&["systemctl", "start", "natsmeshd"]);
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    // Nothing required yet: it serves on.
+    assert!(
+        c.unit_property("natsmeshd", "StatusText")
+            .starts_with("ready: "),
+        "{}",
+        c.unit_property("natsmeshd", "StatusText")
+    );
+    c.ok(&["touch", "/run/reboot-required"]);
+    // What natsmeshd said, as long as the container answers.
+    let mut journal = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = c.wait_exit(std::time::Duration::from_millis(300)) {
+            break Some(status);
+        }
+        let out = c.exec(&["journalctl", "-u", "natsmeshd", "-o", "cat", "--no-pager"]);
+        if out.status.success() {
+            journal = String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+    };
+    let console = c.console();
+    let status = status.unwrap_or_else(|| {
+        panic!("no reboot within 120 s; journal:\n{journal}\nconsole:\n{console}")
+    });
+    assert!(
+        journal.contains("coordinated reboot: safe to reboot, rebooting"),
+        "natsmeshd asked for it: {journal}"
+    );
+    assert!(
+        !journal.contains("the reboot command failed"),
+        "systemctl reboot refused: {journal}"
+    );
+    // The container's systemd went to reboot.target and rebooted (not a
+    // power-off), which ended systemd-nspawn.
+    assert!(
+        console.contains("reboot.target") && console.contains("Rebooting."),
+        "{status}; console:\n{console}\njournal:\n{journal}"
+    );
+}

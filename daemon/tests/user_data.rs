@@ -348,6 +348,11 @@ fn appliance_user_data_installs_nothing_and_names_the_api_proxies() {
         assert!(doc.get(key).is_none(), "{key} in appliance user-data");
     }
     assert!(said.contains("comes with the appliance image"), "{said}");
+    // The image reboots for OS updates through the maintenance lease.
+    assert_eq!(
+        raw.maintenance.reboot,
+        natsmesh::config::schema::RebootMode::Coordinated
+    );
     assert_eq!(
         raw.dns_publish.api_url.as_deref(),
         Some("https://egress.example.com/do")

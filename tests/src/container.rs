@@ -84,6 +84,13 @@ impl Root {
         ))
     }
 
+    /// Unpacks `release` with `extra` packages (comma-separated), cached
+    /// as `<release>-<tag>.tar`, into a fresh directory.
+    pub fn with_packages(release: &str, tag: &str, extra: &str) -> Self {
+        require_container_tools();
+        Self::from_image(&image_with(release, tag, extra))
+    }
+
     fn from_image(tar: &Path) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("natsmesh-nspawn-")
@@ -313,6 +320,19 @@ impl Container {
         self.root
             .as_ref()
             .expect("booted from an image: no root directory")
+    }
+
+    /// Waits up to `timeout` for the container to end by itself (a
+    /// reboot or power-off inside ends systemd-nspawn); its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.script.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     /// What the console printed.

@@ -114,14 +114,40 @@ pub struct RawMaintenance {
     /// How long a maintenance lease holds while its node is down (a node
     /// that never comes back frees the others after this).
     pub max_down: Span,
+    /// OS updates that need a reboot: `"off"` (the operator reboots) or
+    /// `"coordinated"` (natsmeshd reboots through the maintenance path).
+    pub reboot: RebootMode,
+    /// When coordinated reboots may begin (`"Mon-Fri 02:00-05:00 UTC"`);
+    /// left out: at any time.
+    pub window: Option<String>,
+    /// What reboots the machine, as argv (no shell).
+    pub reboot_command: Vec<String>,
+    /// The file whose presence asks for a reboot (unattended-upgrades').
+    pub reboot_required: PathBuf,
 }
 
 impl Default for RawMaintenance {
     fn default() -> Self {
         Self {
             max_down: Span(Duration::from_secs(15 * 60)),
+            reboot: RebootMode::Off,
+            window: None,
+            reboot_command: vec!["systemctl".into(), "reboot".into()],
+            reboot_required: PathBuf::from("/run/reboot-required"),
         }
     }
+}
+
+/// `[maintenance] reboot`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RebootMode {
+    /// natsmeshd does not reboot the machine.
+    #[default]
+    Off,
+    /// One node at a time across the supercluster, under the maintenance
+    /// lease.
+    Coordinated,
 }
 
 /// How many nodes may be down for planned restarts at once.

@@ -170,7 +170,8 @@ pub fn rule(me: &str, groups: &[Group], out: &BTreeMap<String, String>) -> Resul
 
 /// The groups `me` belongs to that the rule counts: the meta group (from
 /// its leader's view), and each stream with three or more replicas and one
-/// on `me` (from its leader's view; a stream without a leader counts all
+/// on `me` (from its leader's view, wherever the leader is: `view` holds
+/// every region's answers; a stream without a leader in `view` counts all
 /// its other replicas down). Streams of fewer replicas are not counted.
 pub fn groups(me: &str, meta: &MetaGroup, view: &View) -> Vec<Group> {
     let mut out = Vec::new();
@@ -239,6 +240,10 @@ pub struct Marker {
     pub since_unix_ms: u64,
     /// When the lease lapses (Unix milliseconds).
     pub expires_unix_ms: u64,
+    /// Taken by a coordinated reboot ([`super::reboot`]): natsmeshd runs
+    /// the reboot command itself, also after a restart in the same boot.
+    #[serde(default)]
+    pub reboot: bool,
 }
 
 impl Marker {
@@ -284,6 +289,7 @@ pub fn kept(state_dir: &Path) -> Option<Marker> {
                 boot_id: boot_id(),
                 since_unix_ms: 0,
                 expires_unix_ms: 0,
+                reboot: false,
             });
         }
     };
@@ -292,6 +298,7 @@ pub fn kept(state_dir: &Path) -> Option<Marker> {
         boot_id: boot_id(),
         since_unix_ms: 0,
         expires_unix_ms: 0,
+        reboot: false,
     }))
 }
 
@@ -468,7 +475,7 @@ pub async fn take(
     let started = tokio::time::Instant::now();
     let mut last = String::new();
     loop {
-        match attempt(settings, &fleet, max_down, kind, why).await {
+        match attempt(settings, &fleet, max_down, kind, why, false).await {
             Ok(until) => return Ok(Taken::Until(until)),
             Err(NotYet::Raced) => continue,
             Err(NotYet::Rule(e)) if !wait => return Err(e),
@@ -488,12 +495,73 @@ pub async fn take(
     }
 }
 
+/// Takes this node's maintenance lease for a coordinated reboot, under
+/// the rule and only while no other node of the supercluster holds a
+/// maintenance lease (reboots go one at a time, wherever they are). One
+/// look (a lost race looks again): a refusal, or a precondition not met,
+/// comes back as the reason, for the caller to try again later.
+pub async fn take_alone(
+    settings: &Settings,
+    max_down: Duration,
+    why: &str,
+) -> Result<Taken, String> {
+    let fleet = match &settings.fleet {
+        Coordination::Lease(f) => f.clone(),
+        Coordination::Off(reason) => {
+            return Ok(Taken::Uncoordinated(format!(
+                "not coordinated ({reason}): no lease taken"
+            )));
+        }
+    };
+    for _ in 0..10 {
+        match attempt(settings, &fleet, max_down, Kind::Maintenance, why, true).await {
+            Ok(until) => return Ok(Taken::Until(until)),
+            Err(NotYet::Raced) => {}
+            Err(NotYet::Rule(e) | NotYet::Precondition(e)) => return Err(e),
+        }
+    }
+    Err("the maintenance leases kept changing".into())
+}
+
+/// Who counts as out for `me`: every other node with a live lease,
+/// wherever it is (another region's node may hold a replica of a stream
+/// here, and the meta group spans every region), and the holders of
+/// restart leases.
+pub fn out_of(live: &Leases, me: &str, restarting: &[String]) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = live
+        .nodes
+        .iter()
+        .filter(|(n, _)| *n != me)
+        .map(|(n, r)| (n.clone(), r.kind.noun().to_owned()))
+        .collect();
+    for holder in restarting.iter().filter(|h| *h != me) {
+        out.entry(holder.clone())
+            .or_insert_with(|| "restarting".into());
+    }
+    out
+}
+
+/// With `alone`, refused while another node holds a maintenance lease:
+/// which one.
+pub fn another_in_maintenance(live: &Leases, me: &str) -> Option<String> {
+    live.nodes
+        .iter()
+        .find(|(n, r)| *n != me && r.kind == Kind::Maintenance)
+        .map(|(n, r)| {
+            format!(
+                "{n} (region {}) is in maintenance: coordinated reboots go one node at a time across the supercluster",
+                r.region
+            )
+        })
+}
+
 async fn attempt(
     settings: &Settings,
     fleet: &FleetSettings,
     max_down: Duration,
     kind: Kind,
     why: &str,
+    alone: bool,
 ) -> Result<u64, NotYet> {
     let me = &settings.server.server_name;
     let cluster = super::cluster_name(settings);
@@ -503,17 +571,8 @@ async fn attempt(
     let (leases, revision) = read(&b.store).await.map_err(NotYet::Precondition)?;
     let now = crate::unix_ms(SystemTime::now());
     let live = leases.live(now);
-    let mut out: BTreeMap<String, String> = live
-        .nodes
-        .iter()
-        .filter(|(n, _)| *n != me)
-        .map(|(n, r)| (n.clone(), r.kind.noun().to_owned()))
-        .collect();
-    // A node of the region restarting under the restart lease is out too.
-    if let Some(holder) = restart_lease_holder(&b, fleet, &cluster).await
-        && holder != *me
-    {
-        out.entry(holder).or_insert_with(|| "restarting".into());
+    if alone && let Some(other) = another_in_maintenance(&live, me) {
+        return Err(NotYet::Rule(other));
     }
     let sys = crate::auth::system_client(settings)
         .await
@@ -527,10 +586,31 @@ async fn attempt(
             "refused by the majority rule: the JetStream meta group has no leader (no majority to keep); see `natsmeshd fleet peers`".into(),
         ));
     }
-    let view = super::view::gather(&sys, &cluster, ANSWER_WAIT)
+    // A node restarting under a restart lease is out too: this region's,
+    // and with per-region leases every other region's in the meta group
+    // (which spans them all).
+    let mut regions: BTreeSet<String> =
+        meta.peers.iter().filter_map(|p| p.region.clone()).collect();
+    regions.insert(cluster.clone());
+    let mut restarting = Vec::new();
+    for region in &regions {
+        if let Some(holder) = restart_lease_holder(&b, fleet, region).await {
+            restarting.push(holder);
+        }
+        if fleet.scope == crate::config::schema::LeaseScope::Supercluster {
+            break;
+        }
+    }
+    let out = out_of(&live, me, &restarting);
+    // Every server of the supercluster answers: a stream with a replica
+    // here may have its leader and other replicas in another region (a
+    // stream moving between clusters has its peers in both), and its
+    // majority is counted wherever they are.
+    let wide = super::view::gather_all(&sys, ANSWER_WAIT)
         .await
         .map_err(NotYet::Precondition)?;
-    rule(me, &groups(me, &meta, &view), &out).map_err(NotYet::Rule)?;
+    rule(me, &groups(me, &meta, &wide), &out).map_err(NotYet::Rule)?;
+    let view = wide.of_cluster(&cluster);
     // The preconditions of a planned restart, servers out on purpose
     // excepted.
     let away = out
@@ -904,12 +984,166 @@ mod tests {
         assert_eq!(live.nodes.keys().collect::<Vec<_>>(), ["n2"]);
     }
 
+    fn meta_of(names: &[&str]) -> MetaGroup {
+        let mut m = meta3(None);
+        m.peers = names
+            .iter()
+            .map(|n| {
+                let mut p = m.peers[1].clone();
+                p.name = (*n).into();
+                p
+            })
+            .collect();
+        m.cluster_size = names.len();
+        m
+    }
+
+    fn answer_in(
+        name: &str,
+        cluster: &str,
+        streams: serde_json::Value,
+    ) -> super::super::view::Answer {
+        let mut a = answer(name, streams);
+        a.server.cluster = cluster.into();
+        a
+    }
+
+    fn lease(region: &str, kind: Kind) -> Record {
+        Record {
+            region: region.into(),
+            kind,
+            why: String::new(),
+            since_unix_ms: 0,
+            expires_unix_ms: u64::MAX,
+        }
+    }
+
+    /// DATA: R3 with one replica per region (n1 in fra1, a1 in ams1, s1
+    /// in sfo1), led by a1 — as a stream moving between clusters has its
+    /// peers in several.
+    fn across_regions() -> View {
+        let data = |leader: &str, replicas: serde_json::Value| {
+            serde_json::json!([{
+                "name": "DATA",
+                "config": {"num_replicas": 3},
+                "cluster": {"leader": leader, "replicas": replicas},
+            }])
+        };
+        View {
+            answers: vec![
+                answer_in(
+                    "a1",
+                    "ams1",
+                    data(
+                        "a1",
+                        serde_json::json!([
+                            {"name": "n1", "current": true},
+                            {"name": "s1", "current": true},
+                        ]),
+                    ),
+                ),
+                answer_in(
+                    "n1",
+                    "fra1",
+                    data("a1", serde_json::json!([{"name": "a1"}, {"name": "s1"}])),
+                ),
+                answer_in("n2", "fra1", serde_json::json!([])),
+                answer_in(
+                    "s1",
+                    "sfo1",
+                    data("a1", serde_json::json!([{"name": "a1"}, {"name": "n1"}])),
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_stream_across_regions_counts_its_peers_and_leases_wherever_they_are() {
+        let meta = meta_of(&["a1", "a2", "a3", "n1", "n2", "n3", "s1", "s2", "s3"]);
+        let wide = across_regions();
+        let gs = groups("n1", &meta, &wide);
+        let data = gs
+            .iter()
+            .find(|g| g.what.starts_with("stream DATA"))
+            .unwrap();
+        assert_eq!(
+            data.members,
+            ["a1", "n1", "s1"].map(str::to_owned).into(),
+            "led from ams1, seen from there"
+        );
+        assert_eq!(rule("n1", &gs, &out(&[])), Ok(()));
+        // s1, in another region, is in maintenance: n1 may not go too.
+        let live = Leases {
+            nodes: [("s1".to_owned(), lease("sfo1", Kind::Maintenance))].into(),
+        };
+        let e = rule("n1", &gs, &out_of(&live, "n1", &[])).unwrap_err();
+        assert!(
+            e.contains("stream DATA (account APP) would keep 1 of its 3 servers, and needs 2")
+                && e.contains("s1 (maintenance)"),
+            "{e}"
+        );
+        // Nor while ams1's a1 restarts under its region's restart lease.
+        let e = rule("n1", &gs, &out_of(&Leases::default(), "n1", &["a1".into()])).unwrap_err();
+        assert!(e.contains("a1 (restarting)"), "{e}");
+        // n2 holds no replica of DATA: the meta group of nine spares it.
+        assert_eq!(
+            rule("n2", &groups("n2", &meta, &wide), &out_of(&live, "n2", &[])),
+            Ok(())
+        );
+        // The region's answers alone do not see DATA's leader: the rule
+        // would count its other replicas down, which is why every region
+        // is asked.
+        let local = groups("n1", &meta, &wide.of_cluster("fra1"));
+        assert!(
+            local
+                .iter()
+                .any(|g| g.what == "stream DATA (account APP) (no leader now)"),
+            "{local:?}"
+        );
+    }
+
+    #[test]
+    fn out_is_every_other_node_with_a_lease_in_any_region() {
+        let live = Leases {
+            nodes: [
+                ("n1".to_owned(), lease("fra1", Kind::Maintenance)),
+                ("a2".to_owned(), lease("ams1", Kind::Drain)),
+                ("s3".to_owned(), lease("sfo1", Kind::Maintenance)),
+            ]
+            .into(),
+        };
+        assert_eq!(
+            out_of(&live, "n1", &["n1".into(), "a2".into(), "s1".into()]),
+            out(&[("a2", "drain"), ("s1", "restarting"), ("s3", "maintenance")])
+        );
+    }
+
+    #[test]
+    fn a_reboot_waits_for_any_other_maintenance_in_the_supercluster() {
+        let mut live = Leases::default();
+        assert_eq!(another_in_maintenance(&live, "n1"), None);
+        // Its own lease, and another node's drain, do not hold it back
+        // (the rule counts the drain).
+        live.nodes
+            .insert("n1".into(), lease("fra1", Kind::Maintenance));
+        live.nodes.insert("a1".into(), lease("ams1", Kind::Drain));
+        assert_eq!(another_in_maintenance(&live, "n1"), None);
+        live.nodes
+            .insert("s2".into(), lease("sfo1", Kind::Maintenance));
+        let e = another_in_maintenance(&live, "n1").unwrap();
+        assert!(
+            e.starts_with("s2 (region sfo1) is in maintenance") && e.contains("one node at a time"),
+            "{e}"
+        );
+    }
+
     fn marker(boot: Option<&str>) -> Marker {
         Marker {
             why: "kernel".into(),
             boot_id: boot.map(str::to_owned),
             since_unix_ms: 1,
             expires_unix_ms: 2,
+            reboot: false,
         }
     }
 

@@ -16,9 +16,11 @@ pub use crate::auth::creds;
 pub mod decommission;
 pub mod heartbeat;
 pub mod lease;
+pub mod maintain;
 pub mod maintenance;
 pub mod pause;
 pub mod peers;
+pub mod reboot;
 pub mod report;
 pub mod view;
 
@@ -214,4 +216,17 @@ async fn renew(
             Err(e) => tracing::debug!(error = %e, "cannot renew the restart lease (yet)"),
         }
     }
+}
+
+/// What the fleet operations on the control socket reach: the fleet
+/// pause bucket (or why not) and the node's settings for `$SYS`.
+#[derive(Debug)]
+pub struct FleetOps {
+    /// The fleet pause bucket, or why this node cannot reach it.
+    pub pause: Result<pause::Access, String>,
+    /// The settings natsmeshd started with (the system user).
+    pub settings: crate::config::Settings,
+    /// Tells [`crate::fleet::maintenance::settle`] to give a lease back
+    /// once the node serves again.
+    pub settle: std::sync::Arc<tokio::sync::Notify>,
 }

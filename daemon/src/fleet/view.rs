@@ -163,6 +163,29 @@ pub async fn gather(
     Ok(view)
 }
 
+/// Asks every server of the supercluster for its JetStream view through
+/// `$SYS` and gathers the answers for `wait`.
+pub async fn gather_all(sys: &async_nats::Client, wait: Duration) -> Result<View, String> {
+    let body = serde_json::json!({
+        "accounts": true,
+        "streams": true,
+        "config": true,
+    });
+    let answers = crate::auth::sys_ping(sys, "$SYS.REQ.SERVER.PING.JSZ", body.to_string(), wait)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut view = View::default();
+    for msg in answers {
+        match serde_json::from_slice::<Answer>(&msg.payload) {
+            Ok(a) => view.answers.push(a),
+            Err(e) => tracing::debug!(error = %e, "unreadable JetStream answer"),
+        }
+    }
+    view.answers
+        .sort_by(|a, b| a.server.name.cmp(&b.server.name));
+    Ok(view)
+}
+
 /// A stream somewhere in the region.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StreamId {
@@ -179,6 +202,18 @@ impl std::fmt::Display for StreamId {
 }
 
 impl View {
+    /// The answers of `cluster`'s servers only.
+    pub fn of_cluster(&self, cluster: &str) -> View {
+        View {
+            answers: self
+                .answers
+                .iter()
+                .filter(|a| a.server.cluster == cluster)
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// Servers with JetStream on.
     pub fn jetstream_servers(&self) -> usize {
         self.answers.iter().filter(|a| !a.data.disabled).count()

@@ -108,6 +108,10 @@ pub struct Status {
     /// when its lease holds; `None`: not in maintenance.
     #[serde(default)]
     pub maintenance: Option<String>,
+    /// A coordinated reboot (`[maintenance] reboot = "coordinated"`):
+    /// required, and what it waits for; `None`: none required.
+    #[serde(default)]
+    pub reboot: Option<String>,
     /// What keeps this node's DNS records from being as they should.
     #[serde(default)]
     pub dns_problem: Option<String>,
@@ -220,6 +224,9 @@ impl Status {
         if self.maintenance.is_some() {
             s.push_str("; in maintenance");
         }
+        if self.reboot.is_some() {
+            s.push_str("; reboot required");
+        }
         if !self.server_name.is_empty() {
             let _ = write!(s, " — {}", self.server_name);
         }
@@ -323,6 +330,7 @@ impl Status {
                 f
             }),
             ("maintenance", self.maintenance.clone().unwrap_or_default()),
+            ("reboot", self.reboot.clone().unwrap_or_default()),
             (
                 "gateways",
                 self.gateways.as_ref().map_or_else(String::new, |g| {
@@ -348,7 +356,7 @@ impl Status {
         for (k, v) in rows.into_iter().filter(|(k, v)| {
             !matches!(
                 *k,
-                "dns" | "balancer" | "gateways" | "clock" | "maintenance"
+                "dns" | "balancer" | "gateways" | "clock" | "maintenance" | "reboot"
             ) || !v.is_empty()
         }) {
             let _ = writeln!(s, "{k:>10}  {v}");

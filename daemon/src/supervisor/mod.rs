@@ -843,6 +843,12 @@ impl Supervisor {
             Command::Resume { reply } => answer(reply, self.resume()),
             Command::Reload { reply } => self.request_reload(reply),
             Command::Maintenance { why, reply } => self.maintenance(why, reply),
+            Command::Reboot { line } => {
+                if self.status.reboot != line {
+                    self.status.reboot = line;
+                    self.publish();
+                }
+            }
         }
     }
 

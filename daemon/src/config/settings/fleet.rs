@@ -42,16 +42,19 @@ pub fn marker(state_dir: &Path) -> PathBuf {
 }
 
 /// `[maintenance]`, validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaintenanceSettings {
     /// How long a maintenance lease holds without its node coming back.
     pub max_down: std::time::Duration,
+    /// Coordinated reboots (`reboot = "coordinated"`), if on.
+    pub reboot: Option<super::reboot::RebootSettings>,
 }
 
 impl Default for MaintenanceSettings {
     fn default() -> Self {
         Self {
             max_down: std::time::Duration::from_secs(15 * 60),
+            reboot: None,
         }
     }
 }

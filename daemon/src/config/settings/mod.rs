@@ -10,5 +10,6 @@ pub mod gate;
 pub mod metrics;
 pub mod provider;
 pub mod publish;
+pub mod reboot;
 pub mod record;
 pub mod tls;

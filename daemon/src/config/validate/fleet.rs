@@ -28,7 +28,52 @@ pub(super) fn apply_maintenance(
             ),
         );
     }
-    crate::config::settings::fleet::MaintenanceSettings { max_down }
+    crate::config::settings::fleet::MaintenanceSettings {
+        max_down,
+        reboot: apply_reboot(c, &raw.maintenance),
+    }
+}
+
+/// `[maintenance] reboot`, `window`, `reboot_command`, `reboot_required`.
+fn apply_reboot(
+    c: &mut Checker<'_>,
+    raw: &crate::config::schema::RawMaintenance,
+) -> Option<crate::config::settings::reboot::RebootSettings> {
+    use crate::config::schema::RebootMode;
+    let window = match raw.window.as_deref().map(str::parse) {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(e)) => {
+            c.problem("maintenance.window", e);
+            None
+        }
+    };
+    if raw
+        .reboot_command
+        .first()
+        .is_none_or(|p| p.trim().is_empty())
+    {
+        c.problem(
+            "maintenance.reboot_command",
+            "empty: the program and its arguments, as a list (e.g. [\"systemctl\", \"reboot\"])",
+        );
+    }
+    if !raw.reboot_required.is_absolute() {
+        c.problem(
+            "maintenance.reboot_required",
+            format!(
+                "{}: an absolute path (unattended-upgrades writes /run/reboot-required)",
+                raw.reboot_required.display()
+            ),
+        );
+    }
+    (raw.reboot == RebootMode::Coordinated).then(|| {
+        crate::config::settings::reboot::RebootSettings {
+            window,
+            command: raw.reboot_command.clone(),
+            required: raw.reboot_required.clone(),
+        }
+    })
 }
 
 /// The coordination `[fleet]` asks for and the set-up allows; in accounts
