@@ -31,12 +31,61 @@ fn ip(n: u8) -> IpAddr {
 }
 
 struct Region {
-    _dns: Dns,
+    dns: Dns,
+    /// Every node's route port.
+    port: u16,
     nodes: BTreeMap<u8, Daemon>,
     extras: BTreeMap<u8, String>,
     /// Each node's own copies of natsmeshd and nats-server, when asked
     /// for (a package upgrade replaces them).
     bins: Option<tempfile::TempDir>,
+}
+
+/// The region's DNS: the route SRV and an address for nodes `1..=count`.
+fn records(port: u16, count: u8) -> Records {
+    let mut records = Records::default();
+    for n in 1..=count {
+        let host = format!("n{n}.fra1.nats.test");
+        records.srv.push((SRV.into(), host.clone(), port));
+        records.hosts.push((host, ip(n)));
+    }
+    records
+}
+
+/// Node `n`'s drop-in.
+fn node_extra(n: u8, port: u16, dns: &Dns) -> String {
+    format!(
+        r#"[node]
+name = "n{n}"
+domain = "nats.test"
+
+[broker.cluster]
+enabled = true
+bind = "{ip}"
+port = {port}
+
+[discovery]
+enabled = true
+nameservers = ["{ns}"]
+min_refresh = "300ms"
+max_refresh = "1s"
+
+[health]
+route_wait = "30s"
+
+[auth]
+mode = "accounts"
+anonymous_account = "APP"
+
+[accounts.APP]
+jetstream = true
+
+[fleet]
+lease_ttl = "{TTL}"
+"#,
+        ip = ip(n),
+        ns = dns.addr(),
+    )
 }
 
 impl Region {
@@ -72,48 +121,10 @@ impl Region {
             d
         });
         let port = free_port();
-        let mut records = Records::default();
-        for n in 1..=count {
-            let host = format!("n{n}.fra1.nats.test");
-            records.srv.push((SRV.into(), host.clone(), port));
-            records.hosts.push((host, ip(n)));
-        }
-        let dns = Dns::start(IpAddr::from([127, 0, 0, 1]), &records);
+        let dns = Dns::start(IpAddr::from([127, 0, 0, 1]), &records(port, count));
         let (mut nodes, mut extras) = (BTreeMap::new(), BTreeMap::new());
         for n in 1..=count {
-            let extra = format!(
-                r#"[node]
-name = "n{n}"
-domain = "nats.test"
-
-[broker.cluster]
-enabled = true
-bind = "{ip}"
-port = {port}
-
-[discovery]
-enabled = true
-nameservers = ["{ns}"]
-min_refresh = "300ms"
-max_refresh = "1s"
-
-[health]
-route_wait = "30s"
-
-[auth]
-mode = "accounts"
-anonymous_account = "APP"
-
-[accounts.APP]
-jetstream = true
-
-[fleet]
-lease_ttl = "{TTL}"
-{more}"#,
-                ip = ip(n),
-                ns = dns.addr(),
-                more = more(n),
-            );
+            let extra = node_extra(n, port, &dns) + &more(n);
             let mut opts = options(&extra);
             if let Some(b) = &bins {
                 let dir = b.path().join(format!("n{n}"));
@@ -124,7 +135,8 @@ lease_ttl = "{TTL}"
             extras.insert(n, extra);
         }
         let mut r = Self {
-            _dns: dns,
+            dns,
+            port,
             nodes,
             extras,
             bins,
@@ -149,6 +161,16 @@ lease_ttl = "{TTL}"
             .map(|d| format!("nats://{}", d.client_addr()))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// A brand-new machine, node `n` (never started, empty state): put in
+    /// DNS beside the others, then started.
+    fn add(&mut self, n: u8) {
+        self.dns.set(&records(self.port, n));
+        let extra = node_extra(n, self.port, &self.dns);
+        self.nodes
+            .insert(n, Daemon::start(CURRENT, options(&extra)));
+        self.extras.insert(n, extra);
     }
 
     fn sockets(&self) -> Vec<(u8, PathBuf)> {
@@ -553,8 +575,10 @@ fn ok_cli(d: &Daemon, args: &[&str]) -> String {
 /// `natsmeshd fleet pause` on one node holds a planned restart back on
 /// another (its own `resume` does not lift it), outlives a restart of
 /// every natsmeshd and broker, is seen by a node that starts knowing
-/// nothing of it (its kept word deleted), and is scoped: another region's
-/// pause holds nothing here, this region's does, until `fleet resume`.
+/// nothing of it (its kept word deleted) and by a brand-new fourth node
+/// that joins while it holds (new name, empty state; its planned restart
+/// is held back until the resume), and is scoped: another region's pause
+/// holds nothing here, this region's does, until `fleet resume`.
 #[test]
 fn a_fleet_pause_holds_every_node_outlives_restarts_and_is_scoped_by_region() {
     let mut region = Region::start(3);
@@ -644,6 +668,48 @@ fn a_fleet_pause_holds_every_node_outlives_restarts_and_is_scoped_by_region() {
         Duration::from_secs(10),
     );
 
+    // A brand-new machine joins while the pause holds: never started
+    // before, a name of its own, an empty state directory (so no kept
+    // word). It learns the pause from JetStream alone, says so in its
+    // report, and holds its own planned restart back.
+    region.add(4);
+    let d4 = region.nodes.get_mut(&4).unwrap();
+    let s = d4.wait_status(
+        "n4 joins the region, held by the fleet pause",
+        |s| {
+            s.state == "ready"
+                && s.routes == Some(3)
+                && s.jetstream == "JetStream current"
+                && holds_all(s)
+        },
+        Duration::from_secs(60),
+    );
+    let pid4 = s.broker_pid;
+    wait_fleet(
+        &region.nodes[&1],
+        "n4 reported as fleet-paused",
+        Duration::from_secs(12),
+        |rows| {
+            rows.get("n4").is_some_and(|r| {
+                r["last_report"]["paused"] == true
+                    && r["last_report"]["fleet_paused"]
+                        .as_str()
+                        .is_some_and(|p| p.contains("all regions"))
+            })
+        },
+    );
+    change_file_store(&region.nodes[&4], 200);
+    let d4 = region.nodes.get_mut(&4).unwrap();
+    let s = d4.wait_status(
+        "n4: restart pending, held back by the fleet pause",
+        |s| !s.restart_pending.is_empty() && s.fleet.starts_with("paused"),
+        Duration::from_secs(10),
+    );
+    assert!(!s.paused, "not n4's own pause: {s:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    let s = d4.status().unwrap();
+    assert_eq!((s.broker_pid, s.restarts), (pid4, 0), "held back: {s:?}");
+
     // This region's own pause holds once the supercluster's is lifted.
     ok_cli(
         &region.nodes[&1],
@@ -679,6 +745,17 @@ fn a_fleet_pause_holds_every_node_outlives_restarts_and_is_scoped_by_region() {
                 && s.fleet.is_empty()
         },
         Duration::from_secs(90),
+    );
+    // The new node's held change goes too, under the lease after n3's.
+    region.nodes.get_mut(&4).unwrap().wait_status(
+        "n4 restarts once no pause holds",
+        |s| {
+            s.fleet_paused.is_none()
+                && s.state == "ready"
+                && s.restarts == 1
+                && s.restart_pending.is_empty()
+        },
+        Duration::from_secs(120),
     );
     // The other region's pause is still there, and still not ours.
     let out = ok_cli(&region.nodes[&3], &["fleet", "resume", "--region", "nyc3"]);
