@@ -82,7 +82,8 @@ pub struct Tree {
     next: u64,
     /// fsync and fdatasync calls on files so far.
     fsyncs: u64,
-    power_losses: u64,
+    /// When a file was last fsynced.
+    last_fsync: Option<std::time::Instant>,
 }
 
 /// What a power loss would take now (or took): files and bytes whose
@@ -123,7 +124,7 @@ impl Tree {
             nodes: BTreeMap::from([(INodeNo::ROOT.0, root)]),
             next: INodeNo::ROOT.0 + 1,
             fsyncs: 0,
-            power_losses: 0,
+            last_fsync: None,
         }
     }
 
@@ -326,6 +327,7 @@ impl Tree {
         if let Kind::File { data, durable } = &mut self.node_mut(ino)?.kind {
             durable.clone_from(data);
             self.fsyncs += 1;
+            self.last_fsync = Some(std::time::Instant::now());
         }
         Ok(())
     }
@@ -337,7 +339,6 @@ impl Tree {
                 data.clone_from(durable);
             }
         }
-        self.power_losses += 1;
     }
 
     /// What a power loss would lose now.
@@ -821,19 +822,29 @@ impl Volatile {
     pub fn fsyncs(&self) -> u64 {
         lock(&self.tree).fsyncs()
     }
+
+    /// When a file here was last fsynced.
+    pub fn last_fsync(&self) -> Option<std::time::Instant> {
+        lock(&self.tree).last_fsync
+    }
 }
 
 impl Drop for Volatile {
     fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            // Unmounts; a process still inside keeps it busy, so detach
-            // lazily as a last resort rather than leave a dead mount.
-            if session.umount_and_join().is_err() {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.mountpoint)
-                    .status();
-            }
+        // Unmounts without waiting for the session's thread: a mount
+        // namespace that still holds a copy of the mount would keep it
+        // (and the join) alive. A busy mount is detached lazily rather than
+        // left behind.
+        drop(self.session.take());
+        let mounted = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(1) == self.mountpoint.to_str())
+        });
+        if mounted {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
         }
     }
 }
