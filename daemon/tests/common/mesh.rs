@@ -150,6 +150,10 @@ pub struct Mesh {
     /// elsewhere than their scratch directory, e.g. on a filesystem that
     /// can lose power (`common::power`).
     pub state_dirs: BTreeMap<String, PathBuf>,
+    /// The broker every node runs instead of the cached one (without
+    /// [`Mesh::own_binaries`]), e.g. a wrapper that adds a setting
+    /// natsmeshd does not render.
+    pub broker_binary: Option<PathBuf>,
     /// With [`Mesh::own_binaries`], every node's own copies of natsmeshd
     /// and nats-server (`<dir>/<node>/`), for upgrades.
     bins: Option<tempfile::TempDir>,
@@ -224,6 +228,7 @@ impl Mesh {
             extra: String::new(),
             retired: std::collections::BTreeSet::new(),
             state_dirs: BTreeMap::new(),
+            broker_binary: None,
             bins: None,
             natsmeshd: None,
             pki: None,
@@ -598,7 +603,10 @@ route_wait = "30s"
                 .map(|b| b.path().join(format!("{}-n{n}", r.name)));
             Options {
                 extra,
-                binary: bins.as_ref().map(|d| d.join("nats-server")),
+                binary: bins
+                    .as_ref()
+                    .map(|d| d.join("nats-server"))
+                    .or_else(|| self.broker_binary.clone()),
                 natsmeshd: bins.as_ref().map(|d| d.join("natsmeshd")),
                 resolv_conf: Some(self.resolv.clone()),
                 log_level: self.log_level.clone(),
