@@ -6,20 +6,28 @@
 //! file back to that durable content. Closing a file makes nothing
 //! durable, as on a real disk.
 //!
+//! Writes through a file opened with O_SYNC or O_DSYNC are durable when
+//! they return (nats-server writes its Raft snapshots and peer state that
+//! way, not with fsync).
+//!
 //! Metadata operations (create, mkdir, rename, unlink, rmdir, truncate,
 //! chmod) are durable at once: a power loss keeps them. That is the worst
 //! case ext4's default `data=ordered` allows for the data, and so at least
 //! as strict as it: ext4 journals metadata and commits it within its
 //! commit interval (5 s) or at any fsync, but with delayed allocation a
-//! file's unfsynced appended data has no blocks yet, and its on-disk size
-//! only grows when that data is written back, so a crash can keep the
-//! metadata (a created file, a rename over an old file, an unlink) and
-//! still lose the data — here it always does. Stricter than ext4 in two
-//! places: its `auto_da_alloc` flushes a file's data before a rename over
-//! another file or a truncate to zero commits, and writeback within about
-//! 30 s makes data durable without any fsync; neither happens here, so
-//! only an fsync saves data. A truncate cuts the durable content too (the
-//! new size is metadata); growing a file by truncate extends it with zeros.
+//! file's unfsynced data has no blocks yet, and its on-disk size only
+//! grows when that data is written back, so a crash can keep the metadata
+//! (a created file, an unlink) and still lose the data — here it always
+//! does. One exception follows ext4's default `auto_da_alloc`: a file
+//! renamed over an existing one has its data made durable with the rename
+//! (ext4 writes it before the rename commits, so a crash shows the old
+//! file or the new, never an empty one: the atomic replace that
+//! nats-server's index and metadata files rely on). Stricter than ext4:
+//! its writeback makes data durable within about 30 s without any fsync,
+//! and `auto_da_alloc` also flushes a file truncated to zero when it is
+//! closed; neither happens here. A truncate cuts the durable content too
+//! (the new size is metadata); growing a file by truncate extends it with
+//! zeros.
 //!
 //! The kernel caches nothing that could outlive a power loss: every file
 //! is opened with `FOPEN_DIRECT_IO` (no page cache) and attributes and
@@ -261,6 +269,12 @@ impl Tree {
             }
             self.node_mut(old)?.links = 0;
             self.collect(old);
+            // ext4's auto_da_alloc (on by default): a file renamed over
+            // another has its data written before the rename commits, so
+            // a crash shows the old file or the new one, never an empty one.
+            if let Kind::File { data, durable } = &mut self.node_mut(ino)?.kind {
+                durable.clone_from(data);
+            }
         }
         self.entries_mut(parent)?.remove(name);
         self.entries_mut(new_parent)?
@@ -278,17 +292,26 @@ impl Tree {
         }
     }
 
-    pub fn write(&mut self, ino: u64, offset: u64, bytes: &[u8]) -> Res<usize> {
+    /// Writes `bytes` at `offset`; with `sync` (a file opened O_SYNC or
+    /// O_DSYNC) they are durable when the write returns, as that flag
+    /// promises (the rest of the file as it was).
+    pub fn write(&mut self, ino: u64, offset: u64, bytes: &[u8], sync: bool) -> Res<usize> {
         let start = usize::try_from(offset).map_err(|_| Errno::EFBIG)?;
         let end = start.checked_add(bytes.len()).ok_or(Errno::EFBIG)?;
         if u64::try_from(end).map_or(true, |e| e > CAPACITY) {
             return Err(Errno::ENOSPC);
         }
-        let (data, _) = self.file_mut(ino)?;
+        let (data, durable) = self.file_mut(ino)?;
         if data.len() < end {
             data.resize(end, 0);
         }
         data[start..end].copy_from_slice(bytes);
+        if sync {
+            if durable.len() < end {
+                durable.resize(end, 0);
+            }
+            durable[start..end].copy_from_slice(bytes);
+        }
         self.node_mut(ino)?.mtime = SystemTime::now();
         Ok(bytes.len())
     }
@@ -659,7 +682,8 @@ impl Filesystem for Fs {
         } else {
             offset
         };
-        match tree.write(ino.0, offset, data) {
+        let sync = flags.0 & libc::O_DSYNC != 0;
+        match tree.write(ino.0, offset, data, sync) {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(e),
         }
@@ -867,7 +891,7 @@ mod tests {
     fn a_write_without_fsync_is_gone_after_power_loss() {
         let mut t = Tree::new();
         let f = file(&mut t, "blk");
-        t.write(f, 0, b"acked").unwrap();
+        t.write(f, 0, b"acked", false).unwrap();
         assert_eq!(content(&t, "blk"), b"acked");
         assert_eq!(t.unsynced(), Unsynced { files: 1, bytes: 5 });
         t.power_loss();
@@ -880,10 +904,10 @@ mod tests {
     fn an_fsynced_write_survives_and_only_later_writes_are_lost() {
         let mut t = Tree::new();
         let f = file(&mut t, "blk");
-        t.write(f, 0, b"one").unwrap();
+        t.write(f, 0, b"one", false).unwrap();
         t.fsync(f).unwrap();
-        t.write(f, 3, b"two").unwrap();
-        t.write(f, 0, b"ONE").unwrap();
+        t.write(f, 3, b"two", false).unwrap();
+        t.write(f, 0, b"ONE", false).unwrap();
         assert_eq!(t.unsynced(), Unsynced { files: 1, bytes: 6 });
         t.power_loss();
         assert_eq!(content(&t, "blk"), b"one");
@@ -891,11 +915,23 @@ mod tests {
     }
 
     #[test]
+    fn a_write_through_o_dsync_is_durable_when_it_returns() {
+        let mut t = Tree::new();
+        let f = file(&mut t, "snap");
+        t.write(f, 0, b"unsynced", false).unwrap();
+        t.write(f, 8, b"+synced", true).unwrap();
+        t.power_loss();
+        // Only the synchronous write's bytes: the earlier ones were never
+        // made durable (a hole of zeros stays where they were).
+        assert_eq!(content(&t, "snap"), b"\0\0\0\0\0\0\0\0+synced");
+    }
+
+    #[test]
     fn fsync_is_per_file() {
         let mut t = Tree::new();
         let (a, b) = (file(&mut t, "a"), file(&mut t, "b"));
-        t.write(a, 0, b"a").unwrap();
-        t.write(b, 0, b"b").unwrap();
+        t.write(a, 0, b"a", false).unwrap();
+        t.write(b, 0, b"b", false).unwrap();
         t.fsync(a).unwrap();
         t.power_loss();
         assert_eq!(content(&t, "a"), b"a");
@@ -905,30 +941,31 @@ mod tests {
     #[test]
     fn metadata_is_durable_at_once_and_the_data_behind_it_is_not() {
         let mut t = Tree::new();
+        // A new file renamed to a new name, no fsync: the rename survives,
+        // the data does not (ext4 may lose it too).
+        let fresh = file(&mut t, "meta.tmp");
+        t.write(fresh, 0, b"meta", false).unwrap();
+        let root = INodeNo::ROOT.0;
+        t.rename(root, OsStr::new("meta.tmp"), root, OsStr::new("meta"))
+            .unwrap();
+        t.power_loss();
+        assert_eq!(content(&t, "meta"), b"");
+        assert_eq!(t.lookup(root, OsStr::new("meta.tmp")), Err(Errno::ENOENT));
+        // Renamed over an existing file (ext4's auto_da_alloc): the new
+        // data is durable with the rename, never an empty file.
         let old = file(&mut t, "index");
-        t.write(old, 0, b"old").unwrap();
+        t.write(old, 0, b"old", false).unwrap();
         t.fsync(old).unwrap();
-        // Write a replacement, rename it over the old file, no fsync: the
-        // rename survives, the new data does not (ext4 may lose it too).
         let new = file(&mut t, "index.tmp");
-        t.write(new, 0, b"new").unwrap();
-        t.rename(
-            INodeNo::ROOT.0,
-            OsStr::new("index.tmp"),
-            INodeNo::ROOT.0,
-            OsStr::new("index"),
-        )
-        .unwrap();
+        t.write(new, 0, b"new", false).unwrap();
+        t.rename(root, OsStr::new("index.tmp"), root, OsStr::new("index"))
+            .unwrap();
         assert!(!t.nodes.contains_key(&old), "the replaced file is freed");
         t.power_loss();
-        assert_eq!(content(&t, "index"), b"");
-        assert_eq!(
-            t.lookup(INodeNo::ROOT.0, OsStr::new("index.tmp")),
-            Err(Errno::ENOENT)
-        );
+        assert_eq!(content(&t, "index"), b"new");
         // A truncate cuts the durable content too.
         let f = file(&mut t, "log");
-        t.write(f, 0, b"0123456789").unwrap();
+        t.write(f, 0, b"0123456789", false).unwrap();
         t.fsync(f).unwrap();
         t.truncate(f, 4).unwrap();
         t.power_loss();

@@ -55,16 +55,37 @@ fn a_write_without_fsync_is_lost_with_the_power_and_an_fsynced_one_is_kept() {
     assert_eq!(std::fs::metadata(&kept).unwrap().len(), 7);
     assert_eq!(std::fs::read(&lost).unwrap(), b"never fsynced");
 
-    // Metadata is durable at once: a renamed and a removed file stay so.
+    // Metadata is durable at once: a renamed and a removed file stay so;
+    // the data of a new name is lost, that of a file renamed over another
+    // is kept (ext4's auto_da_alloc).
     std::fs::write(root.join("jetstream/new"), b"unsynced").unwrap();
-    std::fs::rename(root.join("jetstream/new"), &kept).unwrap();
+    std::fs::rename(root.join("jetstream/new"), root.join("jetstream/fresh")).unwrap();
+    std::fs::write(root.join("jetstream/replacement"), b"replaced").unwrap();
+    std::fs::rename(root.join("jetstream/replacement"), &kept).unwrap();
     std::fs::remove_file(&lost).unwrap();
+    // A file opened O_SYNC (as nats-server writes its Raft snapshots):
+    // durable at each write.
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut s = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .custom_flags(nix::libc::O_SYNC)
+            .open(root.join("jetstream/snap"))
+            .unwrap();
+        s.write_all(b"snapshot").unwrap();
+    }
     fs.power_loss();
-    assert_eq!(std::fs::read(&kept).unwrap(), b"");
+    assert_eq!(std::fs::read(root.join("jetstream/fresh")).unwrap(), b"");
+    assert_eq!(std::fs::read(&kept).unwrap(), b"replaced");
+    assert_eq!(
+        std::fs::read(root.join("jetstream/snap")).unwrap(),
+        b"snapshot"
+    );
     assert!(!lost.exists());
     let names: Vec<_> = std::fs::read_dir(root.join("jetstream"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, ["kept.blk"]);
+    assert_eq!(names, ["fresh", "kept.blk", "snap"]);
 }
