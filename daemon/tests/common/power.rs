@@ -13,8 +13,10 @@ use super::mesh::Mesh;
 /// (declare it first): the nodes must be gone before their stores are
 /// unmounted.
 pub struct Stores {
-    dir: tempfile::TempDir,
+    /// Before `dir`: fields drop in order, and the mounts must be gone
+    /// before their directory is removed.
     mounts: BTreeMap<String, Volatile>,
+    dir: tempfile::TempDir,
 }
 
 impl Default for Stores {
