@@ -13,7 +13,9 @@
 //! nyc3 is behind the fake DigitalOcean Load Balancer and a user connects
 //! through it every 100 ms.
 //!
-//! Drills: a whole region lost and returned (SIGKILL); a flapping region
+//! Drills: a whole region lost and returned (SIGKILL); a host lost with
+//! its unsynced writes, then a region's power (nyc3's stores on a FUSE
+//! filesystem that forgets what was not fsynced); a flapping region
 //! (nftables cuts its links again and again); scaling (a server added,
 //! one removed with `natsmeshd decommission`); a rolling upgrade of
 //! natsmesh and nats-server through the supercluster's restart lease.
@@ -24,7 +26,9 @@
 //! README's targets ([`TARGETS`], the one place they live). The test runs play the lost region,
 //! reduced; `make drills` plays all, longer. Knobs (seconds):
 //! `NATSMESH_DRILL_LOSS_SECS` (10), `NATSMESH_DRILL_LOAD_SECS` (before and
-//! after, 3), `NATSMESH_DRILL_FLAPS` (3), `NATSMESH_DRILL_CUT_SECS` (4);
+//! after, 3), `NATSMESH_DRILL_FLAPS` (3), `NATSMESH_DRILL_CUT_SECS` (4),
+//! `NATSMESH_DRILL_POWER_AFTER_SECS` (130), `NATSMESH_DRILL_SYNC`
+//! (`always`: every broker syncs every write);
 //! `NATSMESH_DRILL_PREVIOUS_NATSMESHD`, the build an upgrade starts from.
 //! Needs root and nftables; runs alone.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
