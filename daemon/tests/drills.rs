@@ -13,7 +13,9 @@
 //! nyc3 is behind the fake DigitalOcean Load Balancer and a user connects
 //! through it every 100 ms.
 //!
-//! Drills: a whole region lost and returned (SIGKILL); a flapping region
+//! Drills: a whole region lost and returned (SIGKILL); a host lost with
+//! its unsynced writes, then a region's power (nyc3's stores on a FUSE
+//! filesystem that forgets what was not fsynced); a flapping region
 //! (nftables cuts its links again and again); scaling (a server added,
 //! one removed with `natsmeshd decommission`); a rolling upgrade of
 //! natsmesh and nats-server through the supercluster's restart lease;
@@ -28,7 +30,9 @@
 //! README's targets ([`TARGETS`], the one place they live). The test runs play the lost region,
 //! reduced; `make drills` plays all, longer. Knobs (seconds):
 //! `NATSMESH_DRILL_LOSS_SECS` (10), `NATSMESH_DRILL_LOAD_SECS` (before and
-//! after, 3), `NATSMESH_DRILL_FLAPS` (3), `NATSMESH_DRILL_CUT_SECS` (4);
+//! after, 3), `NATSMESH_DRILL_FLAPS` (3), `NATSMESH_DRILL_CUT_SECS` (4),
+//! `NATSMESH_DRILL_POWER_AFTER_SECS` (130), `NATSMESH_DRILL_SYNC`
+//! (`always`: every broker syncs every write);
 //! `NATSMESH_DRILL_PREVIOUS_NATSMESHD`, the build an upgrade starts from;
 //! `NATSMESH_DRILL_CLIENTS` (300), `NATSMESH_DRILL_RAMP_SECS` (20) and
 //! `NATSMESH_DRILL_HOLD_SECS` (10) for the client scaling.
@@ -107,7 +111,7 @@ struct Target {
 /// reconnect wait and a second to reconnect and resubscribe.
 const CORE_GAP_LIMIT: Duration = RECONNECT_WAIT.saturating_add(Duration::from_secs(1));
 
-const TARGETS: [Target; 6] = [
+const TARGETS: [Target; 7] = [
     Target {
         what: "acknowledged messages lost",
         planned_only: false,
@@ -172,10 +176,22 @@ const TARGETS: [Target; 6] = [
         measure: |r| r.client_scaling.as_ref().and_then(|c| c.connect_p99_ms),
         none_passes: false,
     },
+    Target {
+        what: "acknowledged messages lost outside a region that lost power",
+        planned_only: false,
+        drill: Some(HOST_LOST),
+        at_most: 0,
+        unit: "",
+        why: "a region's power loss takes only what its own stores had not synced",
+        measure: |r| r.lost_outside_power_loss,
+        none_passes: true,
+    },
 ];
 
 /// The client-scaling drill's result name.
 const CLIENT_SCALING: &str = "client-scaling";
+/// The host-lost drill's result name.
+const HOST_LOST: &str = "host-lost";
 
 /// The slowest connect (p99) the client-scaling drill allows, and why:
 /// from its runs on this project's machine (docs/drills.md has them), with
@@ -670,6 +686,9 @@ struct Report {
     /// Failed connections through a load balancer (no balancer in the
     /// drills yet).
     lb_failed_connections: Option<u64>,
+    /// Acked messages lost, when a whole region lost power, by the streams
+    /// with no replica there (the host-lost drill; `None` elsewhere).
+    lost_outside_power_loss: Option<u64>,
     /// From the end of the disruption to every node joined and the
     /// drill's region serving again.
     converge_ms: u64,
@@ -1578,6 +1597,7 @@ fn new_report(
         reconnect_p50_ms: None,
         reconnect_p99_ms: None,
         lb_failed_connections: None,
+        lost_outside_power_loss: None,
         converge_ms: 0,
         facts: Vec::new(),
         orphans: None,
@@ -2681,7 +2701,12 @@ fn drill_targets_judge_their_measurements() {
         .filter(|t| t.applies(&r))
         .map(|t| t.what)
         .collect();
+    // The power-loss target judges the host-lost drill alone.
     assert_eq!(applied, ["acknowledged messages lost"]);
+    let power = TARGETS.iter().find(|t| t.drill == Some(HOST_LOST)).unwrap();
+    assert!(power.judge(&r).pass, "no power lost: nothing to lose");
+    r.lost_outside_power_loss = Some(1);
+    assert!(!power.judge(&r).pass);
 }
 
 /// A start without a mesh, for the tests below.
@@ -3088,4 +3113,325 @@ fn drill_report_tallies_where_orphans_went() {
     let md = orphans_markdown(&o);
     assert!(md.contains("| fra1 | 3 | 20 | 20.7 |"), "{md}");
     assert!(md.contains("| sgp1 then fra1 | fra1 | 1 |"), "{md}");
+}
+
+// Host lost: one machine gone at once — its processes killed and the
+// writes its store had not fsynced lost with its power — then a whole
+// region's power. The stores of nyc3's nodes are FUSE filesystems that
+// forget whatever was not fsynced (`common::power`,
+// `natsmesh_harness::volatile`).
+
+/// The payload numbers `stream` holds (its publisher numbers them 0, 1,
+/// …), read through `js`.
+async fn payloads(js: &jetstream::Context, stream: &str) -> std::collections::BTreeSet<u64> {
+    let mut s = js.get_stream(stream).await.unwrap();
+    let info = s.info().await.unwrap().clone();
+    let mut have = std::collections::BTreeSet::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        if let Ok(m) = s.get_raw_message(seq).await
+            && let Some(n) = std::str::from_utf8(&m.payload)
+                .ok()
+                .and_then(|p| p.parse::<u64>().ok())
+        {
+            have.insert(n);
+        }
+    }
+    have
+}
+
+/// How many of the payload numbers in `range` are missing from `have`.
+fn missing(have: &std::collections::BTreeSet<u64>, range: std::ops::Range<u64>) -> u64 {
+    range.filter(|n| !have.contains(n)).count() as u64
+}
+
+/// Whether `server` is a current replica (or the leader) of `stream`.
+async fn replica_current(js: &jetstream::Context, stream: &str, server: &str) -> bool {
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return false;
+    };
+    let Ok(info) = s.info().await else {
+        return false;
+    };
+    info.cluster.as_ref().is_some_and(|c| {
+        c.leader.as_deref() == Some(server)
+            || c.replicas
+                .iter()
+                .any(|p| p.name == server && p.current && !p.offline && p.lag.unwrap_or(0) == 0)
+    })
+}
+
+/// When each acknowledgement of a stream arrived, sampled every 50 ms:
+/// `(when, acked so far)`.
+struct AckClock {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Instant, u64)>>,
+}
+
+impl AckClock {
+    fn start(progress: Arc<AtomicU64>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !stopping.load(Ordering::Relaxed) {
+                samples.push((Instant::now(), progress.load(Ordering::Relaxed)));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            samples
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> Vec<(Instant, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// When message `k` (0-based) had been acknowledged, within a sample.
+fn acked_at(samples: &[(Instant, u64)], k: u64) -> Option<Instant> {
+    samples.iter().find(|(_, n)| *n > k).map(|(t, _)| *t)
+}
+
+/// A jetstream context on a client first connected to `node`.
+fn context(rt: &tokio::runtime::Runtime, mesh: &mut Mesh, node: &str) -> jetstream::Context {
+    let servers = servers(mesh, node);
+    rt.block_on(async { jetstream::new(client(servers, None).await) })
+}
+
+#[test]
+fn a_host_lost_with_its_unsynced_writes_loses_no_acknowledged_message() {
+    use common::power::Stores;
+    let loss = env_secs("NATSMESH_DRILL_LOSS_SECS", 10);
+    let warm = env_secs("NATSMESH_DRILL_LOAD_SECS", 3);
+    // When the region's power goes, counted from the start of the load:
+    // by default past nats-server's first sync of the streams (every
+    // 2 min), so what is lost is what one sync interval had not synced.
+    let power_after = env_secs("NATSMESH_DRILL_POWER_AFTER_SECS", 130);
+    // `always`: every node's nats-server fsyncs after every write (set by
+    // a wrapper: natsmesh renders no such setting); else its default.
+    let sync_always = std::env::var("NATSMESH_DRILL_SYNC").is_ok_and(|v| v == "always");
+    // Declared before the mesh: the nodes go before their stores.
+    let mut stores = Stores::new();
+    let (mut mesh, start) = supercluster(38, CURRENT, |m| {
+        for n in 1..=3 {
+            stores.attach(m, &format!("nyc3-n{n}"));
+        }
+        if sync_always {
+            m.broker_binary =
+                Some(stores.sync_always_broker(&natsmesh_harness::broker_binary(CURRENT)));
+        }
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let load_began = Instant::now();
+    let load = Load::start(&mut mesh, NYC3);
+    let clock = AckClock::start(load.progress[1].clone());
+    std::thread::sleep(warm);
+    load.reset();
+    let acked = |load: &Load| -> [u64; 3] {
+        std::array::from_fn(|i| load.progress[i].load(Ordering::Relaxed))
+    };
+
+    // 1. One machine lost at once, then back with what its store kept.
+    let host = "nyc3-n1";
+    eprintln!("host-lost: {host} lost");
+    mesh.kill(NYC3, 1);
+    let host_dropped = stores.power_loss(host);
+    std::thread::sleep(loss);
+    let returned = Instant::now();
+    mesh.revive(NYC3, 1);
+    mesh.wait_joined(NYC3, &[FRA1, SGP1]);
+    load.wait_progress(1, Duration::from_secs(120));
+    // Converged: the returned machine is a current replica of nyc3's
+    // stream again.
+    let us = context(&rt, &mut mesh, "nyc3-n2");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !rt.block_on(replica_current(&us, "US", host)) {
+        assert!(
+            Instant::now() < deadline,
+            "{host} not a current replica of US within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let host_converge = returned.elapsed();
+    eprintln!("host-lost: {host} current again after {host_converge:?}");
+    // Everything acknowledged so far is there, in every stream.
+    let acked_host = acked(&load);
+    let mut host_lost = 0;
+    let contexts: Vec<jetstream::Context> = STREAMS
+        .iter()
+        .map(|(_, region)| context(&rt, &mut mesh, &format!("{region}-n2")))
+        .collect();
+    for (((name, _), js), n) in STREAMS.iter().zip(&contexts).zip(acked_host) {
+        host_lost += missing(&rt.block_on(payloads(js, name)), 0..n);
+    }
+
+    // 2. The whole region's power: every nyc3 machine killed, then every
+    // store back to what it had fsynced.
+    if let Some(wait) = power_after.checked_sub(load_began.elapsed()) {
+        std::thread::sleep(wait);
+    }
+    eprintln!("host-lost: nyc3's power goes");
+    for n in 1..=3 {
+        mesh.kill(NYC3, n);
+    }
+    let power_at = Instant::now();
+    let acked_power = acked(&load);
+    let mut region_dropped = Vec::new();
+    for n in 1..=3 {
+        let node = format!("nyc3-n{n}");
+        let last_sync = stores.store(&node).last_fsync();
+        let dropped = stores.power_loss(&node);
+        region_dropped.push((node, dropped, last_sync));
+    }
+    std::thread::sleep(loss);
+    let back = Instant::now();
+    for n in 1..=3 {
+        mesh.revive(NYC3, n);
+    }
+    mesh.wait_joined(NYC3, &[FRA1, SGP1]);
+    // Whether nyc3's stream serves again, and when (reported, not
+    // assumed: every replica lost the same unsynced tail).
+    let before = load.progress[1].load(Ordering::Relaxed);
+    eprintln!("host-lost: nyc3 back");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let us_back = loop {
+        if load.progress[1].load(Ordering::Relaxed) > before {
+            break Some(back.elapsed());
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(warm);
+    let samples = clock.finish();
+
+    let mut r = report(
+        if sync_always {
+            "host-lost-sync-always"
+        } else {
+            HOST_LOST
+        },
+        format!(
+            "Two losses under acknowledged load, with nyc3's stores on a filesystem that forgets what was not fsynced: (1) one machine, {host}: natsmeshd and nats-server SIGKILLed, its store's unsynced writes dropped, back after {} s on what the store kept; (2) {} s after the load began, the whole of nyc3: all three machines killed and power-lost at once, back after {} s.",
+            loss.as_secs(),
+            power_after.as_secs(),
+            loss.as_secs()
+        ),
+        false,
+        start,
+        &mesh,
+    );
+    r.converge_ms = ms(host_converge);
+    r.settings
+        .insert("drill.loss".into(), format!("{}s", loss.as_secs()));
+    r.settings
+        .insert("drill.load".into(), format!("{}s", warm.as_secs()));
+    r.settings.insert(
+        "drill.power_after".into(),
+        format!("{}s", power_after.as_secs()),
+    );
+    // natsmesh renders no sync setting: nats-server's default holds
+    // unless the drill's wrapper set `always`.
+    r.settings.insert(
+        "jetstream.sync_interval".into(),
+        if sync_always {
+            "always (added by the drill's broker wrapper)".into()
+        } else {
+            "2m (nats-server's default)".into()
+        },
+    );
+    load.finish(&mut r);
+
+    // Recount by payload number (Load::finish counts in order, which a
+    // hole left by the region's power loss would overcount).
+    let final_acked: Vec<u64> = r.acked.iter().map(|(_, n)| *n).collect();
+    let have: Vec<_> = STREAMS
+        .iter()
+        .zip(&contexts)
+        .map(|((name, _), js)| rt.block_on(payloads(js, name)))
+        .collect();
+    let mut outside = 0;
+    for i in [0, 2] {
+        outside += missing(&have[i], acked_host[i]..final_acked[i]);
+    }
+    let us_after_return = missing(&have[1], acked_power[1]..final_acked[1]);
+    let us_power_lost = missing(&have[1], 0..acked_power[1]);
+    r.acked_lost = host_lost + outside + us_after_return;
+    r.lost_outside_power_loss = Some(outside);
+    let oldest_lost = have[1]
+        .iter()
+        .zip(0..)
+        .find(|(n, i)| **n != *i)
+        .map_or_else(|| (have[1].len() as u64).min(acked_power[1]), |(_, i)| i);
+    let window = (us_power_lost > 0)
+        .then(|| acked_at(&samples, oldest_lost))
+        .flatten()
+        .map(|t| power_at.saturating_duration_since(t));
+
+    let bytes =
+        |u: natsmesh_harness::volatile::Unsynced| format!("{} files, {} bytes", u.files, u.bytes);
+    r.facts
+        .push((format!("{host}'s power loss dropped"), bytes(host_dropped)));
+    r.facts.push((
+        format!("{host} current in US again after"),
+        format!("{} ms", ms(host_converge)),
+    ));
+    r.facts.push((
+        "acked lost with one machine (all streams)".into(),
+        host_lost.to_string(),
+    ));
+    for (node, dropped, last_sync) in &region_dropped {
+        r.facts.push((
+            format!("{node}'s power loss dropped"),
+            format!(
+                "{}; its last fsync {} before the power went",
+                bytes(*dropped),
+                last_sync.map_or("never".to_owned(), |t| format!(
+                    "{:.1} s",
+                    power_at.saturating_duration_since(t).as_secs_f64()
+                ))
+            ),
+        ));
+    }
+    r.facts.push((
+        "US (all replicas in nyc3): acked lost with nyc3's power".into(),
+        format!(
+            "{us_power_lost} of {} acked before the power went{}",
+            acked_power[1],
+            window.map_or_else(String::new, |w| format!(
+                "; the oldest lost was acked {:.1} s before",
+                w.as_secs_f64()
+            ))
+        ),
+    ));
+    r.facts.push((
+        "US serving again after nyc3's power returned".into(),
+        us_back.map_or("not within 120 s".to_owned(), |d| format!("{} ms", ms(d))),
+    ));
+    r.facts.push((
+        "EU and AP (no replica in nyc3): acked lost through nyc3's power loss".into(),
+        outside.to_string(),
+    ));
+    r.facts.push((
+        "a stream with one replica per region".into(),
+        "not placeable: nats-server picks every peer of a stream from one cluster (createGroupForStream in server/jetstream_cluster.go), and natsmesh makes each region one cluster".into(),
+    ));
+    check(&mut r);
+    // The drill took something: at nats-server's default, unsynced
+    // writes were dropped both times (with `always` there may be none).
+    if !sync_always {
+        assert!(
+            host_dropped.bytes > 0,
+            "{host}'s store had nothing unsynced"
+        );
+        assert!(
+            region_dropped.iter().all(|(_, d, _)| d.bytes > 0),
+            "a nyc3 store had nothing unsynced: {region_dropped:?}"
+        );
+    }
 }

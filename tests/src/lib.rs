@@ -16,6 +16,7 @@ pub mod fakes;
 pub mod flood;
 pub mod netns;
 pub mod packages;
+pub mod volatile;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

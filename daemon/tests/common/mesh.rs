@@ -146,6 +146,14 @@ pub struct Mesh {
     pub extra: String,
     /// Nodes taken out for good: left out of DNS.
     pub retired: std::collections::BTreeSet<String>,
+    /// Nodes whose state directory (the JetStream store with it) is
+    /// elsewhere than their scratch directory, e.g. on a filesystem that
+    /// can lose power (`common::power`).
+    pub state_dirs: BTreeMap<String, PathBuf>,
+    /// The broker every node runs instead of the cached one (without
+    /// [`Mesh::own_binaries`]), e.g. a wrapper that adds a setting
+    /// natsmeshd does not render.
+    pub broker_binary: Option<PathBuf>,
     /// With [`Mesh::own_binaries`], every node's own copies of natsmeshd
     /// and nats-server (`<dir>/<node>/`), for upgrades.
     bins: Option<tempfile::TempDir>,
@@ -219,6 +227,8 @@ impl Mesh {
             log_level: None,
             extra: String::new(),
             retired: std::collections::BTreeSet::new(),
+            state_dirs: BTreeMap::new(),
+            broker_binary: None,
             bins: None,
             natsmeshd: None,
             pki: None,
@@ -580,14 +590,23 @@ route_wait = "30s"
                 max = self.refresh.1,
             ) + &self.balancer_config(r)
                 + &self.tls_config(r)
-                + &self.extra;
+                + &self.extra
+                + &self
+                    .state_dirs
+                    .get(&format!("{}-n{n}", r.name))
+                    .map_or_else(String::new, |d| {
+                        format!("\n[broker]\nstate_dir = \"{}\"\n", d.display())
+                    });
             let bins = self
                 .bins
                 .as_ref()
                 .map(|b| b.path().join(format!("{}-n{n}", r.name)));
             Options {
                 extra,
-                binary: bins.as_ref().map(|d| d.join("nats-server")),
+                binary: bins
+                    .as_ref()
+                    .map(|d| d.join("nats-server"))
+                    .or_else(|| self.broker_binary.clone()),
                 natsmeshd: bins.as_ref().map(|d| d.join("natsmeshd")),
                 resolv_conf: Some(self.resolv.clone()),
                 log_level: self.log_level.clone(),

@@ -14,6 +14,7 @@ pub mod cloud;
 pub mod fleet;
 pub mod mesh;
 pub mod pki;
+pub mod power;
 pub mod terraform;
 
 use natsmesh::supervisor::Status;
