@@ -16,7 +16,10 @@
 //! Drills: a whole region lost and returned (SIGKILL); a flapping region
 //! (nftables cuts its links again and again); scaling (a server added,
 //! one removed with `natsmeshd decommission`); a rolling upgrade of
-//! natsmesh and nats-server through the supercluster's restart lease;
+//! natsmesh and nats-server through the supercluster's restart lease, and
+//! the same region by region under region-scoped leases (one server of
+//! each region at a time, the regions in parallel; every stream's group
+//! sampled for a majority);
 //! clients scaling up and down in every region through the region's
 //! balancer (`client_scaling`, with its own clients and targets). The lost
 //! region also records where its clients went, beside the gateways' round
@@ -2584,7 +2587,47 @@ fn clients_scaling_up_and_down_in_every_region_are_all_served() {
 /// drill's clients connect — gets INFO, CONNECT and PING answered by PONG
 /// within a second each ([`in_service`]). The control socket is asked
 /// only which broker version runs.
-type Roll = (usize, Vec<String>, Option<Instant>, Option<Instant>);
+type Roll = (
+    usize,
+    Vec<String>,
+    Option<Instant>,
+    Option<Instant>,
+    RegionsOut,
+);
+
+/// Per region (its name, the first four letters of its servers'): the
+/// most of its servers out of service at once and which, sampled as in
+/// [`watch_roll`]; and the most regions with a server out at once.
+#[derive(Debug, Default, Clone)]
+struct RegionsOut {
+    worst: std::collections::BTreeMap<String, (usize, Vec<String>)>,
+    most_regions_at_once: usize,
+}
+
+impl RegionsOut {
+    /// One sample: the servers (`name: why`) out of service now.
+    fn sample(&mut self, down: &[String]) {
+        let mut by_region = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for d in down {
+            by_region
+                .entry(d.chars().take(4).collect())
+                .or_default()
+                .push(d.clone());
+        }
+        self.most_regions_at_once = self.most_regions_at_once.max(by_region.len());
+        for (region, out) in by_region {
+            let w = self.worst.entry(region).or_default();
+            if out.len() > w.0 {
+                *w = (out.len(), out);
+            }
+        }
+    }
+
+    /// The most servers of any one region out at once.
+    fn most_in_a_region(&self) -> usize {
+        self.worst.values().map(|(n, _)| *n).max().unwrap_or(0)
+    }
+}
 
 fn watch_roll(
     nodes: Vec<(String, std::path::PathBuf, std::net::SocketAddr)>,
@@ -2606,6 +2649,7 @@ fn watch_roll(
             })
             .collect();
         let (mut worst, mut when) = (0, Vec::new());
+        let mut regions = RegionsOut::default();
         let (mut first_new, mut all_new) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(600);
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -2629,13 +2673,14 @@ fn watch_roll(
             if new == nodes.len() && all_new.is_none() {
                 all_new = Some(Instant::now());
             }
+            regions.sample(&down);
             if down.len() > worst {
                 worst = down.len();
                 when = down;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        (worst, when, first_new, all_new)
+        (worst, when, first_new, all_new, regions)
     })
 }
 
@@ -2724,6 +2769,127 @@ fn explain_gaps(
         .collect()
 }
 
+/// A stream's group as sampled through the JetStream API during an
+/// upgrade: whether it kept a majority of its peers current (the leader
+/// and the replicas nats-server reports `current`: for the leader, those
+/// that have persisted everything committed).
+#[derive(Debug, Default, Clone, Serialize)]
+struct MajorityWatch {
+    stream: String,
+    /// The region (cluster) its group is placed in, and its peers.
+    region: String,
+    peers: usize,
+    /// Samples answered with a leader.
+    answered: u64,
+    /// Samples without an answer naming a leader within a second (a
+    /// leader election, or the sampler's own server restarting).
+    unanswered: u64,
+    /// The longest run without such an answer.
+    longest_unanswered_ms: u64,
+    /// The fewest current peers (the leader included) any answer showed.
+    fewest_current: Option<usize>,
+    /// Answers with no majority current: when (s after the upgrade
+    /// began) and what they showed.
+    below_majority: Vec<String>,
+}
+
+/// Samples every 200 ms each of `streams`' group (leader, current
+/// replicas) through a client of `servers` until `stop`.
+fn watch_majorities(
+    servers: Vec<ServerAddr>,
+    streams: Vec<String>,
+    began: Instant,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<MajorityWatch>> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let js = jetstream::new(client(servers, None).await);
+            let mut watches: Vec<(MajorityWatch, Option<Instant>)> = streams
+                .iter()
+                .map(|s| {
+                    (
+                        MajorityWatch {
+                            stream: s.clone(),
+                            ..MajorityWatch::default()
+                        },
+                        None,
+                    )
+                })
+                .collect();
+            while !stop.load(Ordering::Relaxed) {
+                for (w, dark) in &mut watches {
+                    let cluster =
+                        tokio::time::timeout(Duration::from_secs(1), js.get_stream(&w.stream))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .and_then(|s| s.cached_info().cluster.clone())
+                            .filter(|c| c.leader.is_some());
+                    majority_sample(w, dark, cluster.as_ref(), began);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            watches
+                .into_iter()
+                .map(|(mut w, dark)| {
+                    if let Some(d) = dark {
+                        w.longest_unanswered_ms = w.longest_unanswered_ms.max(ms(d.elapsed()));
+                    }
+                    w
+                })
+                .collect()
+        })
+    })
+}
+
+/// Counts one sample of a stream's group (`None`: no answer naming a
+/// leader); `dark` is when the current run without one began.
+fn majority_sample(
+    w: &mut MajorityWatch,
+    dark: &mut Option<Instant>,
+    cluster: Option<&jetstream::stream::ClusterInfo>,
+    began: Instant,
+) {
+    let Some(c) = cluster.filter(|c| c.leader.is_some()) else {
+        w.unanswered += 1;
+        dark.get_or_insert_with(Instant::now);
+        return;
+    };
+    if let Some(d) = dark.take() {
+        w.longest_unanswered_ms = w.longest_unanswered_ms.max(ms(d.elapsed()));
+    }
+    w.answered += 1;
+    w.region = c.name.clone().unwrap_or_default();
+    w.peers = 1 + c.replicas.len();
+    // The raft leader's own view (a replica that has persisted everything
+    // committed) decides; `offline` is the meta layer's view of the
+    // server, which lags a restart, and is only shown.
+    let current = 1 + c.replicas.iter().filter(|p| p.current).count();
+    w.fewest_current = Some(w.fewest_current.map_or(current, |f| f.min(current)));
+    if current * 2 <= w.peers {
+        w.below_majority.push(format!(
+            "{:.2}s: {current} of {} current (leader {}; {})",
+            began.elapsed().as_secs_f64(),
+            w.peers,
+            c.leader.as_deref().unwrap_or("?"),
+            c.replicas
+                .iter()
+                .map(|p| format!(
+                    "{} {}{}",
+                    p.name,
+                    if p.current { "current" } else { "behind" },
+                    if p.offline { " (offline)" } else { "" }
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+}
+
 /// Whether a client gets served at `to` (see [`watch_roll`]): a second
 /// for each step, so a hung broker counts as out of service, not as a
 /// stalled sampler.
@@ -2731,23 +2897,58 @@ fn in_service(to: std::net::SocketAddr, tls: Option<&UserTls>) -> Result<(), Str
     nats_handshake(to, tls, Duration::from_secs(1))
 }
 
-#[test]
-fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
+/// An upgrade drill: how the fleet's restart leases pace it.
+#[derive(Clone, Copy)]
+struct Upgrade {
+    /// The result name.
+    drill: &'static str,
+    /// The drill's LAN.
+    lan: u8,
+    /// `[fleet] lease_scope`.
+    scope: &'static str,
+    /// How the leases pace it, for the result file.
+    paced: &'static str,
+    /// Asks nats-server for a stream spanning the regions first.
+    across_regions: bool,
+}
+
+/// What an upgrade drill saw besides its report (checked and written).
+struct Upgraded {
+    report: Report,
+    /// Most servers of the supercluster out of service at once.
+    worst: usize,
+    /// nats-server's answer to a stream spanning the regions, if asked:
+    /// where it placed it, or its refusal.
+    across: Option<Result<String, String>>,
+    regions: RegionsOut,
+    took_over: usize,
+    served: u64,
+    majorities: Vec<MajorityWatch>,
+}
+
+/// natsmesh and nats-server replaced on all nine servers at once, as a
+/// package upgrade does, under load; natsmeshd re-executes itself and
+/// restarts its broker under `u`'s leases. Checks the targets; the
+/// pacing is the caller's to assert.
+fn upgrade(u: Upgrade) -> Upgraded {
     let warm = env_secs("NATSMESH_DRILL_LOAD_SECS", 3);
     // A previous natsmeshd build to start from (`make drills` builds one);
     // without it the nodes start from a copy of the current build.
     let previous = std::env::var_os("NATSMESH_DRILL_PREVIOUS_NATSMESHD")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from);
-    let (mut mesh, start) = supercluster(34, PREVIOUS, |m| {
+    let (mut mesh, start) = supercluster(u.lan, PREVIOUS, |m| {
         m.own_binaries(previous.clone());
-        // One node of all regions at a time. The lease outlasts a restart
-        // (30 s of lame duck, nats-server's least, and a start).
-        m.extra
-            .push_str("\n[fleet]\nlease_scope = \"supercluster\"\nlease_ttl = \"60s\"\n");
+        // The lease outlasts a restart (30 s of lame duck, nats-server's
+        // least, and a start).
+        m.extra.push_str(&format!(
+            "\n[fleet]\nlease_scope = \"{}\"\nlease_ttl = \"60s\"\n",
+            u.scope
+        ));
         m.balance(NYC3);
     });
     wait_in_service(&mesh, 3, Duration::from_secs(30));
+    let across = u.across_regions.then(|| stream_across_regions(&mut mesh));
     let load = Load::start(&mut mesh, NYC3);
     let probe = LbProbe::start(mesh.balancer().frontend(), NYC3);
     std::thread::sleep(warm);
@@ -2772,6 +2973,12 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
     let gateways = watch_gateways(fra1, "nyc3", stop.clone());
     // A package upgrade of both on every node at once.
     let began = Instant::now();
+    let majorities = watch_majorities(
+        servers(&mut mesh, "sgp1-n2"),
+        STREAMS.iter().map(|(s, _)| (*s).to_owned()).collect(),
+        began,
+        stop.clone(),
+    );
     for (name, _, _) in &nodes {
         mesh.replace_binary(name, "natsmeshd", std::path::Path::new(common::NATSMESHD));
         mesh.replace_binary(
@@ -2794,8 +3001,9 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
     }
     let converge = began.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let (worst, when, first_new, all_new) = watcher.join().unwrap();
+    let (worst, when, first_new, all_new, regions) = watcher.join().unwrap();
     let gateway_changes = gateways.join().unwrap();
+    let majorities = majorities.join().unwrap();
     wait_in_service(&mesh, 3, Duration::from_secs(30));
     std::thread::sleep(warm);
     let seen = probe.finish();
@@ -2829,13 +3037,15 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
     }
 
     let mut r = report(
-        "rolling-upgrade",
+        u.drill,
         format!(
-            "natsmesh ({}) and nats-server ({PREVIOUS} → {CURRENT}) replaced on all nine servers at once, as a package upgrade does; natsmeshd re-executes itself and restarts its broker under the supercluster's restart lease (`[fleet] lease_scope = \"supercluster\"`; lame duck 30 s, nats-server's least).",
+            "natsmesh ({}) and nats-server ({PREVIOUS} → {CURRENT}) replaced on all nine servers at once, as a package upgrade does; natsmeshd re-executes itself and restarts its broker {} (`[fleet] lease_scope = \"{}\"`; lame duck 30 s, nats-server's least).",
             previous.as_ref().map_or_else(
                 || "a fresh copy of the current build: no previous build given".to_owned(),
                 |p| format!("{} → the current build", build_name(p))
-            )
+            ),
+            u.paced,
+            u.scope,
         ),
         true,
         start,
@@ -2856,6 +3066,49 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
         "most servers of the supercluster out of service at once".into(),
         format!("{worst} ({})", when.join(", ")),
     ));
+    r.facts.push((
+        "most servers of one region out of service at once".into(),
+        regions
+            .worst
+            .iter()
+            .map(|(region, (n, out))| format!("{region} {n} ({})", out.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; "),
+    ));
+    r.facts.push((
+        "most regions with a server out of service at once".into(),
+        regions.most_regions_at_once.to_string(),
+    ));
+    if let Some(a) = &across {
+        r.facts.push((
+            "a stream spanning the regions (4 replicas asked, no placement)".into(),
+            match a {
+                Ok(placed) => format!("placed: {placed}"),
+                Err(e) => format!(
+                    "refused: {e} (nats-server places a stream's group inside one cluster, `createGroupForStream`; so no stream here spans regions)"
+                ),
+            },
+        ));
+    }
+    for w in &majorities {
+        r.facts.push((
+            format!("stream {}'s group (sampled every 200 ms)", w.stream),
+            format!(
+                "in {}, {} peers; {} answers naming a leader, fewest current {}; {} unanswered (longest run {} ms); without a majority current: {}",
+                w.region,
+                w.peers,
+                w.answered,
+                w.fewest_current.map_or("–".to_owned(), |f| f.to_string()),
+                w.unanswered,
+                w.longest_unanswered_ms,
+                if w.below_majority.is_empty() {
+                    "never".to_owned()
+                } else {
+                    w.below_majority.join("; ")
+                }
+            ),
+        ));
+    }
     if let (Some(a), Some(b)) = (first_new, all_new) {
         r.facts.push((
             "mixed broker versions for".into(),
@@ -2891,9 +3144,116 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
     }
     load.finish(&mut r);
     check(&mut r);
-    assert_eq!(worst, 1, "{r:?}");
-    assert_eq!(took_over, 9, "{r:?}");
-    assert!(seen.ok > 0, "{r:?}");
+    Upgraded {
+        report: r,
+        worst,
+        across,
+        regions,
+        took_over,
+        served: seen.ok,
+        majorities,
+    }
+}
+
+/// Asks nats-server for a stream of four replicas with no placement, one
+/// more than a region has: placed only if a stream's group may span
+/// regions. Where it went (`Ok`), or the refusal.
+fn stream_across_regions(mesh: &mut Mesh) -> Result<String, String> {
+    let servers = servers(mesh, "fra1-n1");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let js = jetstream::new(client(servers, None).await);
+        let config = jetstream::stream::Config {
+            name: "WORLD".into(),
+            subjects: vec!["drill.world".into()],
+            num_replicas: 4,
+            ..Default::default()
+        };
+        match js.create_stream(config).await {
+            Ok(s) => {
+                let c = s.cached_info().cluster.clone().unwrap_or_default();
+                Ok(format!(
+                    "{} (leader {}; {})",
+                    c.name.unwrap_or_default(),
+                    c.leader.unwrap_or_default(),
+                    c.replicas
+                        .iter()
+                        .map(|p| p.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    })
+}
+
+/// Every stream's group kept a majority of its peers current through the
+/// upgrade, by every answer its leader gave.
+fn assert_majorities_kept(u: &Upgraded) {
+    for w in &u.majorities {
+        assert!(w.answered > 0, "stream {} never answered: {w:?}", w.stream);
+        assert!(
+            w.below_majority.is_empty(),
+            "{}: stream {} lost its majority: {w:?}",
+            u.report.drill,
+            w.stream
+        );
+    }
+}
+
+#[test]
+fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
+    let u = upgrade(Upgrade {
+        drill: "rolling-upgrade",
+        lan: 34,
+        scope: "supercluster",
+        paced: "under the supercluster's restart lease, one server of all nine at a time",
+        across_regions: false,
+    });
+    assert_eq!(u.worst, 1, "{:?}", u.report);
+    assert_eq!(u.took_over, 9, "{:?}", u.report);
+    assert!(u.served > 0, "{:?}", u.report);
+    assert_majorities_kept(&u);
+}
+
+/// The seed's pattern: region-scoped leases (the default), one server of
+/// each region at a time, the regions in parallel.
+#[test]
+fn a_region_by_region_upgrade_moves_one_node_of_each_region_at_a_time() {
+    let u = upgrade(Upgrade {
+        drill: "region-by-region-upgrade",
+        lan: 36,
+        scope: "region",
+        paced: "under its region's restart lease, one server of each region at a time, the regions in parallel",
+        across_regions: true,
+    });
+    assert_eq!(
+        u.regions.most_in_a_region(),
+        1,
+        "{:?} {:?}",
+        u.regions,
+        u.report
+    );
+    assert_eq!(
+        u.regions.worst.len(),
+        3,
+        "every region restarted: {:?}",
+        u.regions
+    );
+    // No stream spans regions (nats-server keeps a group in one cluster):
+    // should that change, this drill must place one across the three.
+    assert!(
+        matches!(u.across, Some(Err(_))),
+        "a stream spanning the regions was placed ({:?}): add it to this drill's load",
+        u.across
+    );
+    assert_eq!(u.took_over, 9, "{:?}", u.report);
+    assert!(u.served > 0, "{:?}", u.report);
+    assert_majorities_kept(&u);
 }
 
 /// The documentation's "Failure drills" page (docs/drills.md) states the
@@ -3000,6 +3360,100 @@ fn drill_targets_derive_the_gap_between_regions() {
         ms(RECONNECT_WAIT + Duration::from_secs(1))
     );
     assert!(TARGETS[1].at_most < t.at_most);
+}
+
+/// Servers out of service are counted per region (the first four letters
+/// of their names): the most of one region at once, which, and the most
+/// regions out at once.
+#[test]
+fn drill_report_counts_servers_out_by_region() {
+    let mut r = RegionsOut::default();
+    r.sample(&[]);
+    r.sample(&["fra1-n1: refused".into(), "nyc3-n2: refused".into()]);
+    r.sample(&["fra1-n2: refused".into()]);
+    assert_eq!(r.most_in_a_region(), 1, "{r:?}");
+    assert_eq!(r.most_regions_at_once, 2, "{r:?}");
+    r.sample(&[
+        "sgp1-n1: refused".into(),
+        "sgp1-n3: timed out".into(),
+        "nyc3-n1: refused".into(),
+        "fra1-n3: refused".into(),
+    ]);
+    assert_eq!(r.most_in_a_region(), 2, "{r:?}");
+    assert_eq!(r.most_regions_at_once, 3, "{r:?}");
+    assert_eq!(
+        r.worst["sgp1"].1,
+        ["sgp1-n1: refused", "sgp1-n3: timed out"],
+        "{r:?}"
+    );
+    assert_eq!(r.worst["fra1"].0, 1, "{r:?}");
+}
+
+/// A stream's group keeps its majority while its leader and one replica
+/// of three are current; one current peer of three is a loss, recorded;
+/// a sample without a leader counts as unanswered, its run timed.
+#[test]
+fn drill_report_judges_a_streams_majority() {
+    use jetstream::stream::{ClusterInfo, PeerInfo};
+    let peer = |name: &str, current: bool, offline: bool| PeerInfo {
+        name: name.into(),
+        current,
+        offline,
+        ..PeerInfo::default()
+    };
+    let group = |replicas: Vec<PeerInfo>| ClusterInfo {
+        name: Some("nyc3".into()),
+        leader: Some("nyc3-n1".into()),
+        replicas,
+        ..ClusterInfo::default()
+    };
+    let began = Instant::now();
+    let mut w = MajorityWatch::default();
+    let mut dark = None;
+    let two_of_three = group(vec![
+        peer("nyc3-n2", true, false),
+        peer("nyc3-n3", false, true),
+    ]);
+    majority_sample(&mut w, &mut dark, Some(&two_of_three), began);
+    assert!(w.below_majority.is_empty(), "{w:?}");
+    assert_eq!(
+        (w.answered, w.peers, w.fewest_current),
+        (1, 3, Some(2)),
+        "{w:?}"
+    );
+    assert_eq!(w.region, "nyc3");
+    // No leader: unanswered, and the run lasts until the next answer.
+    let leaderless = ClusterInfo {
+        leader: None,
+        ..two_of_three.clone()
+    };
+    majority_sample(&mut w, &mut dark, Some(&leaderless), began);
+    majority_sample(&mut w, &mut dark, None, began);
+    assert_eq!(w.unanswered, 2, "{w:?}");
+    std::thread::sleep(Duration::from_millis(30));
+    // A current replica the meta layer still calls offline (its server
+    // just restarted) counts: the raft leader has its writes.
+    let stale = group(vec![
+        peer("nyc3-n2", false, false),
+        peer("nyc3-n3", true, true),
+    ]);
+    majority_sample(&mut w, &mut dark, Some(&stale), began);
+    assert!(dark.is_none());
+    assert!(w.longest_unanswered_ms >= 30, "{w:?}");
+    assert!(w.below_majority.is_empty(), "{w:?}");
+    // Both replicas behind: only the leader current.
+    let one_of_three = group(vec![
+        peer("nyc3-n2", false, false),
+        peer("nyc3-n3", false, true),
+    ]);
+    majority_sample(&mut w, &mut dark, Some(&one_of_three), began);
+    assert_eq!(w.fewest_current, Some(1), "{w:?}");
+    assert_eq!(w.below_majority.len(), 1, "{w:?}");
+    assert!(
+        w.below_majority[0]
+            .contains("1 of 3 current (leader nyc3-n1; nyc3-n2 behind, nyc3-n3 behind (offline))"),
+        "{w:?}"
+    );
 }
 
 /// A start without a mesh, for the tests below.
