@@ -104,9 +104,10 @@ rpm: package-tools release stage-broker manpage
 unit-security:
 	scripts/unit-security
 
-# Failure drills (root; about 13 minutes): every drill, longer, reports in
-# bench/results/drills/ (Markdown and JSON). CI plays one, reduced (a lost
-# region). The rolling upgrade starts from natsmeshd as built at
+# Failure drills (root; about 16 minutes): every drill, longer, reports in
+# bench/results/drills/ (Markdown and JSON). CI plays two, reduced (a lost
+# region; the rolling upgrade from a copy of the current build). Here the
+# rolling upgrade starts from natsmeshd as built at
 # PREVIOUS_REV (a git revision, 2cc3837 by default; scripts/build-previous
 # builds it once into target/previous/), or from the binary
 # PREVIOUS_NATSMESHD names; PREVIOUS_REV= (empty) starts from a copy of the
