@@ -16,8 +16,6 @@
 //! same region); a wrong set-up is never joined, and the log and
 //! `natsmeshd status` say exactly what to change.
 
-pub mod digitalocean;
-pub mod linode;
 pub mod ready;
 
 use std::time::Duration;
@@ -25,10 +23,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
-use crate::provider::rest::{ClientError, RestError};
-
 pub use crate::config::settings::balancer::{Backend, LbProvider, LbSettings};
 use crate::health::{Announced, Status};
+use crate::provider::LoadBalancer;
+pub use crate::provider::lb::{Health, LbError, Rule, Setup};
 use crate::secret::Secret;
 
 /// What a derived stop budget allows beyond the drain delay: the API
@@ -63,70 +61,6 @@ pub const HEALTH_PROTOCOL: &str = "http";
 /// The only NodeBalancer check that works on a NATS port (it has no
 /// separate check port, so it cannot ask the readiness endpoint).
 pub const LINODE_CHECK: &str = "connection";
-
-/// A forwarding rule, as natsmesh checks it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    /// `tcp:4222`
-    pub entry: String,
-    /// `tcp`, `http`, …
-    pub target_protocol: String,
-    /// The port on the node.
-    pub target_port: Option<u16>,
-    /// TLS passed through (DigitalOcean).
-    pub tls_passthrough: bool,
-}
-
-/// The balancer's health check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Health {
-    /// `http`, `https`, `tcp`.
-    pub protocol: String,
-    /// Port on the node.
-    pub port: Option<u16>,
-    /// HTTP path.
-    pub path: String,
-    /// Between checks.
-    pub interval: Duration,
-    /// Per check.
-    pub timeout: Duration,
-    /// Failures before out.
-    pub unhealthy: u32,
-    /// Successes before in.
-    pub healthy: u32,
-}
-
-impl Health {
-    /// How long the balancer may keep sending after this node stops
-    /// passing its check: every failing check it needs, each up to its
-    /// timeout late.
-    pub fn drain_delay(&self) -> Duration {
-        (self.interval + self.timeout) * self.unhealthy.max(1)
-    }
-}
-
-/// What the API says of the balancer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Setup {
-    /// Forwarding rules.
-    pub rules: Vec<Rule>,
-    /// Health check.
-    pub health: Health,
-    /// Provider region.
-    pub region: String,
-    /// `active`, `new`, `errored`.
-    pub status: String,
-    /// DigitalOcean: the droplet tag a tag-based balancer targets.
-    pub tag: Option<String>,
-    /// Whether this machine is a member now.
-    pub registered: bool,
-    /// Linode: this machine's node on each config.
-    pub members: Vec<linode::Member>,
-    /// What reading found wrong beyond the balancer's own settings (a
-    /// droplet in another VPC, a Linode without the VPC address a VPC
-    /// backend needs).
-    pub wrong: Vec<String>,
-}
 
 /// Why the set-up is not one to join, one line per thing to change.
 pub fn check(setup: &Setup, s: &LbSettings) -> Vec<String> {
@@ -224,160 +158,6 @@ fn check_linode(setup: &Setup, s: &LbSettings) -> Vec<String> {
     wrong
 }
 
-/// A provider call that did not work.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LbError {
-    /// What was asked.
-    pub what: String,
-    /// The HTTP status, if any.
-    pub status: Option<u16>,
-    /// Why.
-    pub why: String,
-    /// Worth retrying.
-    pub retry: bool,
-    /// When the provider asked to be called again.
-    pub retry_after: Option<Duration>,
-}
-
-impl LbError {
-    fn fatal(what: impl Into<String>, why: impl Into<String>) -> Self {
-        Self {
-            what: what.into(),
-            status: None,
-            why: why.into(),
-            retry: false,
-            retry_after: None,
-        }
-    }
-
-    fn from_rest(e: RestError, retry: bool) -> Self {
-        Self {
-            why: match e.status {
-                Some(s) => format!("{s} {}", e.text),
-                None => e.text,
-            },
-            what: e.what,
-            status: e.status,
-            retry,
-            retry_after: e.retry_after,
-        }
-    }
-}
-
-/// Adds to a refusal (403, not retried) the scope the token lacks for the
-/// call, when the call tells it (`scope` maps `METHOD /path` to it).
-fn name_missing_scope(
-    e: RestError,
-    retry: bool,
-    scope: impl Fn(&str) -> Option<&'static str>,
-) -> LbError {
-    let needs = (e.status == Some(403) && !retry)
-        .then(|| scope(e.what.split_once(' ').map_or("", |(_, op)| op)))
-        .flatten();
-    let mut err = LbError::from_rest(e, retry);
-    if let Some(scope) = needs {
-        err.why
-            .push_str(&format!(" (the token lacks the {scope} scope for this)"));
-    }
-    err
-}
-
-impl std::fmt::Display for LbError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.what, self.why)
-    }
-}
-
-/// The provider behind one interface.
-enum Client {
-    DigitalOcean(digitalocean::DigitalOcean),
-    Linode(linode::Linode),
-}
-
-/// Why membership cannot even start.
-#[derive(Debug, thiserror::Error)]
-enum SetupError {
-    /// DigitalOcean names droplets by number.
-    #[error("droplet id {0:?} is not a number")]
-    DropletId(String),
-    /// A private-address backend without one.
-    #[error("a NodeBalancer node needs this Linode's private IPv4 address")]
-    NoPrivateIp,
-    /// No HTTPS client.
-    #[error(transparent)]
-    Client(#[from] ClientError),
-}
-
-impl Client {
-    fn new(s: &LbSettings) -> Result<Self, SetupError> {
-        match s.provider {
-            LbProvider::DigitalOcean => {
-                let id: u64 = s
-                    .instance_id
-                    .parse()
-                    .map_err(|_| SetupError::DropletId(s.instance_id.clone()))?;
-                Ok(Self::DigitalOcean(digitalocean::DigitalOcean::new(
-                    &s.url, &s.id, id,
-                )?))
-            }
-            LbProvider::Linode => {
-                let reach = match s.backend {
-                    Backend::Private => {
-                        linode::Reach::Private(s.private_ip.ok_or(SetupError::NoPrivateIp)?)
-                    }
-                    Backend::Vpc { subnet_id } => linode::Reach::Vpc {
-                        linode_id: s.instance_id.clone(),
-                        subnet_id,
-                        client_bind: s.client_bind,
-                    },
-                };
-                Ok(Self::Linode(linode::Linode::new(
-                    &s.url,
-                    &s.id,
-                    reach,
-                    s.client_port,
-                    &s.server_name,
-                )?))
-            }
-        }
-    }
-
-    async fn read(&self, token: &str) -> Result<Setup, LbError> {
-        match self {
-            Self::DigitalOcean(c) => c.read(token).await,
-            Self::Linode(c) => c.read(token).await.map(|seen| {
-                let mut setup = seen.setup;
-                setup.members = seen.members;
-                setup
-            }),
-        }
-    }
-
-    async fn register(&self, token: &str, setup: &Setup) -> Result<(), LbError> {
-        match self {
-            Self::DigitalOcean(c) => c.register(token, setup.tag.as_deref()).await,
-            // Node ids as they are now (another pass may have created one).
-            Self::Linode(c) => c.register(token, &c.read(token).await?).await,
-        }
-    }
-
-    async fn deregister(&self, token: &str, setup: &Setup) -> Result<(), LbError> {
-        match self {
-            Self::DigitalOcean(c) => c.deregister(token, setup.tag.as_deref()).await,
-            // Out of rotation, pinned connections go on; deleted on stop.
-            Self::Linode(c) => c.drain(token, &c.read(token).await?.members).await,
-        }
-    }
-
-    /// After the drain delay on stop: what is left to remove.
-    async fn finish_leaving(&self, token: &str) -> Result<(), LbError> {
-        match self {
-            Self::DigitalOcean(_) => Ok(()),
-            Self::Linode(c) => c.remove(token, &c.read(token).await?.members).await,
-        }
-    }
-}
-
 /// Retry waits: 500 ms doubling to 30 s, or what the provider asked for.
 fn retry_wait(failures: u32, hint: Option<Duration>) -> Duration {
     let backoff = (Duration::from_millis(500) * (1u32 << failures.saturating_sub(1).min(6)))
@@ -420,7 +200,7 @@ pub async fn follow(
             a.line = line;
         });
     };
-    let client = match Client::new(&s) {
+    let client = match crate::provider::load_balancer(&s) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "load-balancer membership cannot start");
@@ -454,7 +234,7 @@ pub async fn follow(
         let leaving = matches!(state.as_str(), "draining" | "stopped");
         let due = retry_at.is_none_or(|t| now >= t);
         if due && (setup.is_none() || (now >= check_at && !leaving)) {
-            match read(&client, &s, &name).await {
+            match read(client.as_ref(), &s, &name).await {
                 Ok(found) => {
                     let derived = stop_budget(&s, Some(&found.health));
                     up.send_if_modified(|a| {
@@ -547,9 +327,9 @@ pub async fn follow(
             };
             let joining = want_in && !leaving;
             let result = if joining {
-                client.register(token.expose(), &found).await
+                client.join(token.expose(), &found).await
             } else {
-                client.deregister(token.expose(), &found).await
+                client.leave(token.expose(), &found).await
             };
             match result {
                 Ok(()) => {
@@ -643,10 +423,10 @@ pub async fn follow(
     }
 }
 
-async fn read(client: &Client, s: &LbSettings, name: &str) -> Result<Setup, LbError> {
+async fn read(client: &dyn LoadBalancer, s: &LbSettings, name: &str) -> Result<Setup, LbError> {
     let token = Secret::read(&s.token_file, &format!("{} API token", s.provider))
         .map_err(|e| LbError::fatal(format!("reading {name}'s token"), e.why))?;
-    client.read(token.expose()).await
+    client.setup(token.expose()).await
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@
 //! Provider trouble is retried with backoff and never reaches supervision;
 //! the only coupling is a bounded wait for the withdrawal before lame duck.
 
-pub mod api;
 pub use crate::config::settings::record;
 pub mod regions;
 pub mod rfc2136;
@@ -27,6 +26,8 @@ pub use crate::config::settings::publish::{BackendSettings, PublishSettings};
 pub use record::{Data, Record};
 
 use crate::health::{Announced, Status};
+use crate::provider::DnsZone;
+pub use crate::provider::dns::{Present, Provider, PublishError};
 
 impl BackendSettings {
     /// A name for logs: `rfc2136 127.0.0.1:53`, `digitalocean`.
@@ -38,104 +39,36 @@ impl BackendSettings {
     }
 }
 
-/// A provider call that did not work.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{what}: {why}")]
-pub struct PublishError {
-    /// The call (`POST /v2/domains/example.net/records`, `update of x`).
-    pub what: String,
-    /// Why, in the provider's own words where it gave some.
-    pub why: String,
-    /// When the provider asked to be called again (rate limits).
-    pub retry_after: Option<Duration>,
+/// The DNS backend of this node's settings: the configured cloud's DNS
+/// API, or an RFC 2136 server.
+pub type Backend = Box<dyn DnsZone>;
+
+/// A backend for these settings (nothing is contacted yet).
+pub fn backend(s: &PublishSettings) -> Result<Backend, PublishError> {
+    backend_in_zone(s, &s.zone)
 }
 
-impl From<crate::secret::SecretError> for PublishError {
-    fn from(e: crate::secret::SecretError) -> Self {
-        Self::new(e.what, e.why)
-    }
-}
-
-impl PublishError {
-    /// An error without a retry hint.
-    pub fn new(what: impl Into<String>, why: impl Into<String>) -> Self {
-        Self {
-            what: what.into(),
-            why: why.into(),
-            retry_after: None,
-        }
-    }
-}
-
-/// A record as the provider lists it, with the provider's id for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Present {
-    /// The record.
-    pub record: Record,
-    /// The provider's id (empty for RFC 2136, which deletes by content).
-    pub id: String,
-}
-
-/// The DNS provider behind one interface.
-pub enum Backend {
-    /// RFC 2136.
-    Rfc2136(rfc2136::Rfc2136),
-    /// An HTTP API.
-    Api(api::Api),
-}
-
-impl Backend {
-    /// A backend for these settings (nothing is contacted yet).
-    pub fn new(s: &PublishSettings) -> Result<Self, PublishError> {
-        Self::in_zone(s, &s.zone)
-    }
-
-    /// The same backend for another zone.
-    pub fn in_zone(s: &PublishSettings, zone: &str) -> Result<Self, PublishError> {
-        Ok(match &s.backend {
-            BackendSettings::Rfc2136 {
-                server,
-                key_name,
-                algorithm,
-                secret_file,
-            } => Self::Rfc2136(rfc2136::Rfc2136::new(
-                *server,
-                key_name,
-                algorithm,
-                secret_file.clone(),
-                zone,
-            )),
-            BackendSettings::Api {
-                provider,
-                url,
-                token_file,
-            } => Self::Api(api::Api::new(*provider, url, token_file.clone(), zone)?),
-        })
-    }
-
-    /// The records of natsmesh's types at `names`.
-    pub async fn list(&mut self, names: &BTreeSet<String>) -> Result<Vec<Present>, PublishError> {
-        match self {
-            Self::Rfc2136(b) => b.list(names).await,
-            Self::Api(b) => b.list(names).await,
-        }
-    }
-
-    /// Adds one record.
-    pub async fn add(&mut self, record: &Record, ttl: u32) -> Result<(), PublishError> {
-        match self {
-            Self::Rfc2136(b) => b.add(record, ttl).await,
-            Self::Api(b) => b.add(record, ttl).await,
-        }
-    }
-
-    /// Removes exactly this record (by id where the provider has ids).
-    pub async fn remove(&mut self, present: &Present) -> Result<(), PublishError> {
-        match self {
-            Self::Rfc2136(b) => b.remove(&present.record).await,
-            Self::Api(b) => b.remove(present).await,
-        }
-    }
+/// The same backend for another zone.
+pub fn backend_in_zone(s: &PublishSettings, zone: &str) -> Result<Backend, PublishError> {
+    Ok(match &s.backend {
+        BackendSettings::Rfc2136 {
+            server,
+            key_name,
+            algorithm,
+            secret_file,
+        } => Box::new(rfc2136::Rfc2136::new(
+            *server,
+            key_name,
+            algorithm,
+            secret_file.clone(),
+            zone,
+        )),
+        BackendSettings::Api {
+            provider,
+            url,
+            token_file,
+        } => crate::provider::dns_zone(*provider, url, token_file.clone(), zone)?,
+    })
 }
 
 /// What a reconciliation changes.
@@ -238,7 +171,7 @@ pub async fn announce_for_bootstrap(s: PublishSettings) {
     let mut failures = 0;
     loop {
         let pass = async {
-            let mut backend = Backend::new(&s)?;
+            let mut backend = backend(&s)?;
             sync(&mut backend, &s, &want).await
         };
         match pass.await {
@@ -267,7 +200,7 @@ pub async fn announce_for_bootstrap(s: PublishSettings) {
 /// timeout; a failure is logged and start goes on.
 pub async fn reconcile_at_start(s: &PublishSettings) {
     let pass = async {
-        let mut backend = Backend::new(s)?;
+        let mut backend = backend(s)?;
         sync(&mut backend, s, &[]).await
     };
     match tokio::time::timeout(s.withdraw_timeout, pass).await {
@@ -371,7 +304,7 @@ pub async fn follow(
             budget: None,
         });
     };
-    let mut backend = match Backend::new(&s) {
+    let mut backend = match backend(&s) {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "DNS publication cannot start; records stay as they are");
@@ -382,7 +315,7 @@ pub async fn follow(
         }
     };
     let backend_name = s.backend.describe();
-    let mut regions_backend = match s.regions.as_ref().map(|l| Backend::in_zone(&s, &l.zone)) {
+    let mut regions_backend = match s.regions.as_ref().map(|l| backend_in_zone(&s, &l.zone)) {
         Some(Ok(b)) => Some(b),
         Some(Err(e)) => {
             tracing::error!(error = %e, "the regions record cannot be kept; list this region by hand");
