@@ -393,6 +393,54 @@ mod tests {
         assert_eq!(id(Provider::None, "", "", "web 1").server_name(), "web-1");
     }
 
+    fn lb(provider: LbProvider) -> LbSettings {
+        LbSettings {
+            provider,
+            id: "lb".into(),
+            url: "http://127.0.0.1:1".into(),
+            token_file: "/nonexistent".into(),
+            instance_id: "42".into(),
+            private_ip: None,
+            backend: Backend::Private,
+            client_bind: Ipv4Addr::new(10, 0, 0, 5).into(),
+            server_name: "n1".into(),
+            region: "fra1".into(),
+            client_port: 4222,
+            monitoring_port: Some(8222),
+            ready: "10.0.0.5:8223".parse().expect("addr"),
+            dwell: Duration::from_secs(5),
+            stop_budget: None,
+        }
+    }
+
+    #[test]
+    fn the_configured_cloud_gets_its_balancer_or_says_what_it_lacks() {
+        assert!(load_balancer(&lb(LbProvider::DigitalOcean)).is_ok());
+        let named = LbSettings {
+            instance_id: "web-1".into(),
+            ..lb(LbProvider::DigitalOcean)
+        };
+        assert!(matches!(
+            load_balancer(&named).err(),
+            Some(LbSetupError::DropletId(id)) if id == "web-1"
+        ));
+        // A Linode node points at the private address: none, no balancer.
+        assert!(matches!(
+            load_balancer(&lb(LbProvider::Linode)).err(),
+            Some(LbSetupError::NoPrivateIp)
+        ));
+        let private = LbSettings {
+            private_ip: Some(Ipv4Addr::new(192, 168, 130, 5)),
+            ..lb(LbProvider::Linode)
+        };
+        assert!(load_balancer(&private).is_ok());
+        let vpc = LbSettings {
+            backend: Backend::Vpc { subnet_id: None },
+            ..lb(LbProvider::Linode)
+        };
+        assert!(load_balancer(&vpc).is_ok());
+    }
+
     #[test]
     fn what_is_worth_retrying() {
         let st = |status| MetadataError::Status {

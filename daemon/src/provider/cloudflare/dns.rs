@@ -129,3 +129,41 @@ fn cf_body(r: &Record, ttl: u32) -> Value {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_reads_absolute_names_and_srv_data() {
+        let zone = "example.net";
+        let srv = json!({
+            "id": "372e67954025e0ba6aaa6d586b9e0b59", "type": "SRV",
+            "name": "_nats-route._tcp.fra1.example.net",
+            "content": "10 6222 n1.fra1.example.net",
+            "data": { "priority": 10, "weight": 10, "port": 6222, "target": "n1.fra1.example.net" },
+        });
+        let p = listed(&srv, zone).expect("an SRV record");
+        assert_eq!(p.id, "372e67954025e0ba6aaa6d586b9e0b59");
+        assert_eq!(
+            p.record,
+            Record::srv(
+                "_nats-route._tcp.fra1.example.net",
+                6222,
+                "n1.fra1.example.net"
+            )
+        );
+        let aaaa = json!({
+            "id": "a1", "type": "AAAA", "name": "fra1.example.net", "content": "2001:db8::1",
+        });
+        let p = listed(&aaaa, zone).expect("an AAAA record");
+        assert_eq!(
+            p.record,
+            Record::address("fra1.example.net", "2001:db8::1".parse().expect("v6"))
+        );
+        // Cloudflare takes absolute names and the SRV fields in `data`.
+        let body = cf_body(&p.record, 60);
+        assert_eq!(body["name"], "fra1.example.net");
+        assert_eq!(body["proxied"], false);
+    }
+}

@@ -54,9 +54,7 @@ impl Domains {
                     )
                 })?;
                 for r in records {
-                    let name = listed_name(r, &self.0.zone);
-                    let value = r["data"].as_str().unwrap_or("");
-                    if let Some(p) = present(r, name, value, r, &self.0.zone) {
+                    if let Some(p) = listed(r, &self.0.zone) {
                         out.push(p);
                     }
                 }
@@ -95,4 +93,50 @@ fn do_body(r: &Record, zone: &str, ttl: u32) -> Result<Value, PublishError> {
         }),
         Data::Txt { text } => json!({ "type": "TXT", "name": name, "data": text, "ttl": ttl }),
     })
+}
+
+/// One listed record: relative names, the value in `data`.
+fn listed(r: &Value, zone: &str) -> Option<Present> {
+    present(
+        r,
+        listed_name(r, zone),
+        r["data"].as_str().unwrap_or(""),
+        r,
+        zone,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_reads_relative_names_and_data_and_skips_the_soa() {
+        let zone = "example.net";
+        let srv = json!({
+            "id": 3352896, "type": "SRV", "name": "_nats-route._tcp.fra1",
+            "data": "n1.fra1.example.net.", "priority": 10, "weight": 10, "port": 6222,
+        });
+        let p = listed(&srv, zone).expect("an SRV record");
+        assert_eq!(p.id, "3352896");
+        assert_eq!(
+            p.record,
+            Record::srv(
+                "_nats-route._tcp.fra1.example.net",
+                6222,
+                "n1.fra1.example.net"
+            )
+        );
+        let apex = json!({ "id": 7, "type": "A", "name": "@", "data": "192.0.2.1" });
+        let p = listed(&apex, zone).expect("an A record");
+        assert_eq!(p.record, Record::address(zone, [192, 0, 2, 1].into()));
+        let txt = json!({ "id": 8, "type": "TXT", "name": "_nats-regions", "data": "\"fra1\"" });
+        let p = listed(&txt, zone).expect("a TXT record");
+        assert_eq!(p.record, Record::txt("_nats-regions.example.net", "fra1"));
+        // The SOA is listed with a null id: never one of ours.
+        let soa = json!({ "id": null, "type": "A", "name": "@", "data": "192.0.2.1" });
+        assert_eq!(listed(&soa, zone), None);
+        let body = do_body(&p.record, zone, 60).expect("in the zone");
+        assert_eq!(body["name"], "_nats-regions");
+    }
 }

@@ -165,6 +165,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_listing_reads_srv_owners_from_service_and_protocol() {
+        let zone = "fra1.example.net";
+        let srv = json!({
+            "id": 5, "type": "SRV", "name": "", "service": "_nats-route", "protocol": "_tcp",
+            "target": "n1.fra1.example.net", "priority": 10, "weight": 10, "port": 6222,
+        });
+        let p = listed(&srv, zone).expect("an SRV record");
+        assert_eq!(p.id, "5");
+        assert_eq!(
+            p.record,
+            Record::srv(
+                "_nats-route._tcp.fra1.example.net",
+                6222,
+                "n1.fra1.example.net"
+            )
+        );
+        let a = json!({ "id": 6, "type": "A", "name": "n1", "target": "10.0.0.1" });
+        let p = listed(&a, zone).expect("an A record");
+        assert_eq!(
+            p.record,
+            Record::address("n1.fra1.example.net", [10, 0, 0, 1].into())
+        );
+        // An SRV record without its owner is not read as anyone's.
+        let ownerless = json!({
+            "id": 9, "type": "SRV", "target": "n1", "priority": 10, "weight": 10, "port": 6222,
+        });
+        assert_eq!(listed(&ownerless, zone), None);
+    }
+
+    #[test]
     fn linode_srv_owners_sit_at_the_apex() {
         assert_eq!(
             linode_srv_owner("_nats-route._tcp.fra1.example.net", "fra1.example.net"),
