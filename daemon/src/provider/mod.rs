@@ -3,8 +3,8 @@
 //! machine is ([`Metadata`]), its load balancer ([`LoadBalancer`]) and its
 //! DNS zones ([`DnsZone`]). The features (`balancer`, `publish`, config's
 //! identity) see only the traits; which cloud answers is chosen here, by
-//! one `match` per capability on the configured provider ([`identity`],
-//! [`load_balancer`], [`dns_zone`]). Base URLs are parameters so tests
+//! one `match` per capability on the configured provider
+//! ([`cloud_identity`], [`load_balancer`], [`dns_zone`]). Base URLs are parameters so tests
 //! point them at fakes. HTTP and REST plumbing shared by the clouds stays
 //! here (`http`, `rest`), as do the shapes the traits speak in (`lb`,
 //! `dns`).
@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use crate::config::identity::Identity;
-use crate::config::schema::Provider;
+use crate::config::schema::{Provider, RawMetadata};
 use crate::config::settings::balancer::{Backend, LbProvider, LbSettings};
 use crate::config::settings::publish::Provider as DnsProvider;
 use crate::config::settings::record::Record;
@@ -160,6 +160,28 @@ impl MetadataError {
 pub trait Metadata {
     /// Asks once.
     fn identity(&self) -> impl Future<Output = Result<Identity, MetadataError>>;
+}
+
+/// Asks the configured cloud's metadata service who this machine is,
+/// retrying for at most `retry_for`; `None` without a cloud (`[node]`
+/// says it).
+pub async fn cloud_identity(
+    provider: Provider,
+    m: &RawMetadata,
+    retry_for: Duration,
+) -> Option<Result<Identity, MetadataError>> {
+    let http = http::client(m.timeout.0);
+    Some(match provider {
+        Provider::None => return None,
+        Provider::DigitalOcean => {
+            identity_with_retry(&digitalocean::DoMetadata::new(&m.url, http), retry_for).await
+        }
+        Provider::Linode => {
+            let mut bases = vec![m.url.clone()];
+            bases.extend(m.ipv6_url.clone());
+            identity_with_retry(&linode::LinodeMetadata::new(&bases, http), retry_for).await
+        }
+    })
 }
 
 /// A cloud load balancer, seen from this machine: its set-up, and this
@@ -439,6 +461,33 @@ mod tests {
             ..lb(LbProvider::Linode)
         };
         assert!(load_balancer(&vpc).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_configured_cloud_is_asked_who_this_machine_is() {
+        let m = RawMetadata {
+            // Nothing listens on port 1: the answer names who was asked.
+            url: "http://127.0.0.1:1".into(),
+            ipv6_url: None,
+            timeout: crate::config::units::Span(Duration::from_secs(1)),
+            retry_for: crate::config::units::Span(Duration::ZERO),
+        };
+        assert!(
+            cloud_identity(Provider::None, &m, Duration::ZERO)
+                .await
+                .is_none()
+        );
+        for (provider, path) in [
+            (Provider::DigitalOcean, "/metadata/v1"),
+            (Provider::Linode, "/v1/token"),
+        ] {
+            match cloud_identity(provider, &m, Duration::ZERO).await {
+                Some(Err(MetadataError::Unreachable { endpoint, .. })) => {
+                    assert!(endpoint.contains(path), "{provider:?} asked {endpoint}");
+                }
+                other => panic!("{provider:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]
