@@ -18,8 +18,12 @@
 //!    features depend on it, never the reverse: config names no feature;
 //! 3. `health`: the supervisor's state, its status and what a pointer
 //!    announces, read by many features without naming the supervisor;
-//! 4. the features: `provider`, `tls`, `auth`, `discovery`, `gate`,
-//!    `prepare`, `fleet`, `publish`, `balancer`, `metrics`;
+//!    `reconcile`: the loop and the backoff the pointers (`balancer`,
+//!    `publish`) share, following that status;
+//! 4. the features: `provider` (one module per cloud: its metadata,
+//!    balancer and DNS API behind traits, naming no other feature), `tls`,
+//!    `auth`, `discovery`, `gate`, `prepare`, `fleet`, `publish`,
+//!    `balancer`, `metrics`;
 //! 5. `supervisor`, which runs the broker with the features, and the
 //!    commands' own modules: `control`, `ca_cli`, `user_cli`, `user_data`,
 //!    `plan`;
@@ -48,6 +52,7 @@ pub mod plan;
 pub mod prepare;
 pub mod provider;
 pub mod publish;
+pub mod reconcile;
 pub mod run;
 pub mod secret;
 pub mod supervisor;

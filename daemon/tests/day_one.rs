@@ -411,7 +411,8 @@ fn setup_problems(fake: &FakeDoLb, region: &str, id: &str, droplet: u64) -> Vec<
         id,
         droplet,
     );
-    let client = balancer::digitalocean::DigitalOcean::new(&s.url, id, droplet).unwrap();
+    let client =
+        natsmesh::provider::digitalocean::balancer::DigitalOcean::new(&s.url, id, droplet).unwrap();
     let setup = runtime().block_on(client.read(LB_TOKEN)).unwrap();
     balancer::check(&setup, &s)
 }
@@ -495,10 +496,10 @@ fn apply_linode(
             .allow_network(IpAddr::from([a, b, c, 0]), 24);
         let mut s = settings(LbProvider::Linode, fake.api_url(), r, &lb_id(r), *id);
         s.private_ip = Some(private);
-        let client = balancer::linode::Linode::new(
+        let client = natsmesh::provider::linode::balancer::Linode::new(
             &s.url,
             &s.id,
-            balancer::linode::Reach::Private(private),
+            natsmesh::provider::linode::balancer::Reach::Private(private),
             s.client_port,
             &s.server_name,
         )

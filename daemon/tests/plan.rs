@@ -186,7 +186,8 @@ fn do_setup_problems(lb: &Res, region: &str) -> Vec<String> {
         Model::default(),
     );
     let s = settings(LbProvider::DigitalOcean, region, &server.api_url(), id);
-    let client = balancer::digitalocean::DigitalOcean::new(&s.url, id, 42).unwrap();
+    let client =
+        natsmesh::provider::digitalocean::balancer::DigitalOcean::new(&s.url, id, 42).unwrap();
     let setup = runtime().block_on(client.read(TOKEN)).unwrap();
     balancer::check(&setup, &s)
 }
@@ -202,10 +203,10 @@ fn linode_setup_problems(nb: &Res, config: &Res, region: &str) -> Vec<String> {
     }
     let server = FakeLinodeLb::start(TOKEN, fake, Model::default());
     let s = settings(LbProvider::Linode, region, &server.api_url(), "7001");
-    let client = balancer::linode::Linode::new(
+    let client = natsmesh::provider::linode::balancer::Linode::new(
         &s.url,
         "7001",
-        balancer::linode::Reach::Private("192.168.130.5".parse().unwrap()),
+        natsmesh::provider::linode::balancer::Reach::Private("192.168.130.5".parse().unwrap()),
         s.client_port,
         &s.server_name,
     )

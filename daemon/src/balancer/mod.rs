@@ -15,20 +15,24 @@
 //! the client port, a health check on natsmeshd's readiness endpoint, the
 //! same region); a wrong set-up is never joined, and the log and
 //! `natsmeshd status` say exactly what to change.
+//!
+//! The cloud's API calls are in `provider::<cloud>::balancer`, behind
+//! [`LoadBalancer`]; the loop, its backoff and its reports are the ones
+//! DNS publication uses too (`reconcile`). What is here is membership's
+//! own: the set-up check, the dwell, joining, leaving and the drain delay.
 
-pub mod digitalocean;
-pub mod linode;
 pub mod ready;
 
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until};
-
-use crate::provider::rest::{ClientError, RestError};
+use tokio::time::Instant;
 
 pub use crate::config::settings::balancer::{Backend, LbProvider, LbSettings};
 use crate::health::{Announced, Status};
+use crate::provider::LoadBalancer;
+pub use crate::provider::lb::{Health, LbError, Rule, Setup};
+use crate::reconcile::{self, Announcer, Backoff, Next, Phase, Reconciler, Retry, Turn, Word};
 use crate::secret::Secret;
 
 /// What a derived stop budget allows beyond the drain delay: the API
@@ -63,70 +67,6 @@ pub const HEALTH_PROTOCOL: &str = "http";
 /// The only NodeBalancer check that works on a NATS port (it has no
 /// separate check port, so it cannot ask the readiness endpoint).
 pub const LINODE_CHECK: &str = "connection";
-
-/// A forwarding rule, as natsmesh checks it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    /// `tcp:4222`
-    pub entry: String,
-    /// `tcp`, `http`, …
-    pub target_protocol: String,
-    /// The port on the node.
-    pub target_port: Option<u16>,
-    /// TLS passed through (DigitalOcean).
-    pub tls_passthrough: bool,
-}
-
-/// The balancer's health check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Health {
-    /// `http`, `https`, `tcp`.
-    pub protocol: String,
-    /// Port on the node.
-    pub port: Option<u16>,
-    /// HTTP path.
-    pub path: String,
-    /// Between checks.
-    pub interval: Duration,
-    /// Per check.
-    pub timeout: Duration,
-    /// Failures before out.
-    pub unhealthy: u32,
-    /// Successes before in.
-    pub healthy: u32,
-}
-
-impl Health {
-    /// How long the balancer may keep sending after this node stops
-    /// passing its check: every failing check it needs, each up to its
-    /// timeout late.
-    pub fn drain_delay(&self) -> Duration {
-        (self.interval + self.timeout) * self.unhealthy.max(1)
-    }
-}
-
-/// What the API says of the balancer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Setup {
-    /// Forwarding rules.
-    pub rules: Vec<Rule>,
-    /// Health check.
-    pub health: Health,
-    /// Provider region.
-    pub region: String,
-    /// `active`, `new`, `errored`.
-    pub status: String,
-    /// DigitalOcean: the droplet tag a tag-based balancer targets.
-    pub tag: Option<String>,
-    /// Whether this machine is a member now.
-    pub registered: bool,
-    /// Linode: this machine's node on each config.
-    pub members: Vec<linode::Member>,
-    /// What reading found wrong beyond the balancer's own settings (a
-    /// droplet in another VPC, a Linode without the VPC address a VPC
-    /// backend needs).
-    pub wrong: Vec<String>,
-}
 
 /// Why the set-up is not one to join, one line per thing to change.
 pub fn check(setup: &Setup, s: &LbSettings) -> Vec<String> {
@@ -224,167 +164,14 @@ fn check_linode(setup: &Setup, s: &LbSettings) -> Vec<String> {
     wrong
 }
 
-/// A provider call that did not work.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LbError {
-    /// What was asked.
-    pub what: String,
-    /// The HTTP status, if any.
-    pub status: Option<u16>,
-    /// Why.
-    pub why: String,
-    /// Worth retrying.
-    pub retry: bool,
-    /// When the provider asked to be called again.
-    pub retry_after: Option<Duration>,
-}
-
-impl LbError {
-    fn fatal(what: impl Into<String>, why: impl Into<String>) -> Self {
-        Self {
-            what: what.into(),
-            status: None,
-            why: why.into(),
-            retry: false,
-            retry_after: None,
-        }
-    }
-
-    fn from_rest(e: RestError, retry: bool) -> Self {
-        Self {
-            why: match e.status {
-                Some(s) => format!("{s} {}", e.text),
-                None => e.text,
-            },
-            what: e.what,
-            status: e.status,
-            retry,
-            retry_after: e.retry_after,
-        }
-    }
-}
-
-/// Adds to a refusal (403, not retried) the scope the token lacks for the
-/// call, when the call tells it (`scope` maps `METHOD /path` to it).
-fn name_missing_scope(
-    e: RestError,
-    retry: bool,
-    scope: impl Fn(&str) -> Option<&'static str>,
-) -> LbError {
-    let needs = (e.status == Some(403) && !retry)
-        .then(|| scope(e.what.split_once(' ').map_or("", |(_, op)| op)))
-        .flatten();
-    let mut err = LbError::from_rest(e, retry);
-    if let Some(scope) = needs {
-        err.why
-            .push_str(&format!(" (the token lacks the {scope} scope for this)"));
-    }
-    err
-}
-
-impl std::fmt::Display for LbError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.what, self.why)
-    }
-}
-
-/// The provider behind one interface.
-enum Client {
-    DigitalOcean(digitalocean::DigitalOcean),
-    Linode(linode::Linode),
-}
-
-/// Why membership cannot even start.
-#[derive(Debug, thiserror::Error)]
-enum SetupError {
-    /// DigitalOcean names droplets by number.
-    #[error("droplet id {0:?} is not a number")]
-    DropletId(String),
-    /// A private-address backend without one.
-    #[error("a NodeBalancer node needs this Linode's private IPv4 address")]
-    NoPrivateIp,
-    /// No HTTPS client.
-    #[error(transparent)]
-    Client(#[from] ClientError),
-}
-
-impl Client {
-    fn new(s: &LbSettings) -> Result<Self, SetupError> {
-        match s.provider {
-            LbProvider::DigitalOcean => {
-                let id: u64 = s
-                    .instance_id
-                    .parse()
-                    .map_err(|_| SetupError::DropletId(s.instance_id.clone()))?;
-                Ok(Self::DigitalOcean(digitalocean::DigitalOcean::new(
-                    &s.url, &s.id, id,
-                )?))
-            }
-            LbProvider::Linode => {
-                let reach = match s.backend {
-                    Backend::Private => {
-                        linode::Reach::Private(s.private_ip.ok_or(SetupError::NoPrivateIp)?)
-                    }
-                    Backend::Vpc { subnet_id } => linode::Reach::Vpc {
-                        linode_id: s.instance_id.clone(),
-                        subnet_id,
-                        client_bind: s.client_bind,
-                    },
-                };
-                Ok(Self::Linode(linode::Linode::new(
-                    &s.url,
-                    &s.id,
-                    reach,
-                    s.client_port,
-                    &s.server_name,
-                )?))
-            }
-        }
-    }
-
-    async fn read(&self, token: &str) -> Result<Setup, LbError> {
-        match self {
-            Self::DigitalOcean(c) => c.read(token).await,
-            Self::Linode(c) => c.read(token).await.map(|seen| {
-                let mut setup = seen.setup;
-                setup.members = seen.members;
-                setup
-            }),
-        }
-    }
-
-    async fn register(&self, token: &str, setup: &Setup) -> Result<(), LbError> {
-        match self {
-            Self::DigitalOcean(c) => c.register(token, setup.tag.as_deref()).await,
-            // Node ids as they are now (another pass may have created one).
-            Self::Linode(c) => c.register(token, &c.read(token).await?).await,
-        }
-    }
-
-    async fn deregister(&self, token: &str, setup: &Setup) -> Result<(), LbError> {
-        match self {
-            Self::DigitalOcean(c) => c.deregister(token, setup.tag.as_deref()).await,
-            // Out of rotation, pinned connections go on; deleted on stop.
-            Self::Linode(c) => c.drain(token, &c.read(token).await?.members).await,
-        }
-    }
-
-    /// After the drain delay on stop: what is left to remove.
-    async fn finish_leaving(&self, token: &str) -> Result<(), LbError> {
-        match self {
-            Self::DigitalOcean(_) => Ok(()),
-            Self::Linode(c) => c.remove(token, &c.read(token).await?.members).await,
-        }
-    }
-}
-
-/// Retry waits: 500 ms doubling to 30 s, or what the provider asked for.
-fn retry_wait(failures: u32, hint: Option<Duration>) -> Duration {
-    let backoff = (Duration::from_millis(500) * (1u32 << failures.saturating_sub(1).min(6)))
-        .min(Duration::from_secs(30));
-    hint.map_or(backoff, |h| h.min(Duration::from_secs(300)))
-        + Duration::from_millis(fastrand::u64(0..=200))
-}
+/// Retry waits: 500 ms doubling to 30 s, or what the provider asked for
+/// (at most 5 minutes).
+pub const BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(500),
+    max: Duration::from_secs(30),
+    hint_max: Duration::from_secs(300),
+    jitter: Duration::from_millis(200),
+};
 
 /// How often a set-up is read again: soon while it is wrong (an operator
 /// is fixing it), rarely while it is right.
@@ -396,75 +183,70 @@ const RECHECK_RIGHT: Duration = Duration::from_secs(300);
 /// Follows the supervisor's status until it ends; `up` tells the
 /// supervisor whether this node may still receive clients through the
 /// balancer (a stop waits for `false` before lame duck).
-pub async fn follow(
-    s: LbSettings,
-    mut status: watch::Receiver<Status>,
-    up: watch::Sender<Announced>,
-) {
+pub async fn follow(s: LbSettings, status: watch::Receiver<Status>, up: watch::Sender<Announced>) {
     // Every word keeps the budget last derived, so a stop's wait follows
     // the health check as last read.
-    let tell = |may_receive: bool, member: Option<bool>, line: String| {
-        up.send_modify(|a| {
-            a.up = may_receive;
-            a.member = member;
-            a.line = line;
-            a.problem = None;
-        });
-    };
-    // The balancer is not where it should be: the line is the reason.
-    let trouble = |may_receive: bool, member: Option<bool>, line: String| {
-        up.send_modify(|a| {
-            a.up = may_receive;
-            a.member = member;
-            a.problem = Some(line.clone());
-            a.line = line;
-        });
-    };
-    let client = match Client::new(&s) {
+    let up = Announcer::new(up);
+    let client = match crate::provider::load_balancer(&s) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "load-balancer membership cannot start");
-            trouble(false, None, format!("not managed: {e}"));
+            up.say(false, None, Word::Trouble(format!("not managed: {e}")));
             // Kept open, so `status` keeps the reason (a closed channel
             // reads as "nothing to say").
             return std::future::pending().await;
         }
     };
     let name = format!("{} load balancer {}", s.provider, s.id);
-    let mut setup: Option<Setup> = None;
-    let mut setup_wrong: Vec<String> = Vec::new();
-    let mut check_at = Instant::now();
-    // Membership as last seen or made (None: unknown).
-    let mut member: Option<bool> = None;
-    // Whether this run has joined the balancer once (the first join does
-    // not wait for the dwell).
-    let mut joined_once = false;
-    let mut state_since = Instant::now();
-    let mut last_state = String::new();
-    let mut retry_at: Option<Instant> = None;
-    let mut failures = 0u32;
-    let mut left = false;
-    loop {
-        let state = status.borrow_and_update().state.clone();
-        let now = Instant::now();
-        if state != last_state {
-            last_state.clone_from(&state);
-            state_since = now;
-        }
-        let leaving = matches!(state.as_str(), "draining" | "stopped");
-        let due = retry_at.is_none_or(|t| now >= t);
-        if due && (setup.is_none() || (now >= check_at && !leaving)) {
-            match read(&client, &s, &name).await {
+    let membership = Membership {
+        s,
+        up,
+        client,
+        name,
+        setup: None,
+        setup_wrong: Vec::new(),
+        check_at: Instant::now(),
+        member: None,
+        joined_once: false,
+        left: false,
+    };
+    reconcile::follow(status, membership, BACKOFF).await;
+}
+
+/// Membership's own side of the reconcile loop.
+struct Membership {
+    s: LbSettings,
+    up: Announcer,
+    client: Box<dyn LoadBalancer>,
+    name: String,
+    setup: Option<Setup>,
+    setup_wrong: Vec<String>,
+    check_at: Instant,
+    /// Membership as last seen or made (None: unknown).
+    member: Option<bool>,
+    /// Whether this run has joined the balancer once (the first join does
+    /// not wait for the dwell).
+    joined_once: bool,
+    left: bool,
+}
+
+impl Reconciler for Membership {
+    async fn turn(&mut self, t: Turn<'_>, retry: &mut Retry) -> Next {
+        let (s, name, now) = (&self.s, self.name.as_str(), t.now);
+        let leaving = t.phase == Phase::Leaving;
+        let due = retry.due(now);
+        if due && (self.setup.is_none() || (now >= self.check_at && !leaving)) {
+            match read(self.client.as_ref(), s, name).await {
                 Ok(found) => {
-                    let derived = stop_budget(&s, Some(&found.health));
-                    up.send_if_modified(|a| {
+                    let derived = stop_budget(s, Some(&found.health));
+                    self.up.sender().send_if_modified(|a| {
                         let new = a.budget != Some(derived);
                         a.budget = Some(derived);
                         new
                     });
-                    setup_wrong = check(&found, &s);
-                    check_at = Instant::now()
-                        + if setup_wrong.is_empty() {
+                    self.setup_wrong = check(&found, s);
+                    self.check_at = Instant::now()
+                        + if self.setup_wrong.is_empty() {
                             RECHECK_RIGHT
                         } else if found.status == "new" {
                             // Creation takes about a minute; join soon after.
@@ -472,18 +254,21 @@ pub async fn follow(
                         } else {
                             RECHECK_WRONG
                         };
-                    if !setup_wrong.is_empty() {
+                    if !self.setup_wrong.is_empty() {
                         tracing::error!(
                             balancer = %name,
-                            problems = ?setup_wrong,
+                            problems = ?self.setup_wrong,
                             "the load balancer is not set up for NATS; this node does not join it until it is"
                         );
-                        trouble(
+                        self.up.say(
                             found.registered,
                             Some(found.registered),
-                            format!("not joining {name}: {}", setup_wrong.join("; ")),
+                            Word::Trouble(format!(
+                                "not joining {name}: {}",
+                                self.setup_wrong.join("; ")
+                            )),
                         );
-                    } else if member != Some(found.registered) || up.borrow().problem.is_some() {
+                    } else if self.member != Some(found.registered) || self.up.in_trouble() {
                         // What the balancer says now (a crashed run may
                         // have left this machine in it).
                         let line = if found.registered {
@@ -491,115 +276,115 @@ pub async fn follow(
                         } else {
                             format!("not in {name}")
                         };
-                        tell(found.registered, Some(found.registered), line);
+                        self.up
+                            .say(found.registered, Some(found.registered), Word::Fine(line));
                     }
-                    member = Some(found.registered);
-                    setup = Some(found);
-                    failures = 0;
-                    retry_at = None;
+                    self.member = Some(found.registered);
+                    self.setup = Some(found);
+                    retry.succeeded();
                 }
                 Err(e) => {
-                    failures += 1;
                     let wait = if e.retry {
-                        retry_wait(failures, e.retry_after)
+                        retry.failed(e.retry_after)
                     } else {
-                        RECHECK_WRONG
+                        retry.failed_for(RECHECK_WRONG)
                     };
-                    retry_at = Some(Instant::now() + wait);
                     tracing::warn!(balancer = %name, error = %e, retry_in = ?wait, "cannot read the load balancer");
-                    trouble(
-                        member.unwrap_or(false),
-                        member,
-                        format!("cannot read {name}: {e}; retrying in {}s", wait.as_secs()),
+                    self.up.say(
+                        self.member.unwrap_or(false),
+                        self.member,
+                        Word::Trouble(format!(
+                            "cannot read {name}: {e}; retrying in {}s",
+                            wait.as_secs()
+                        )),
                     );
                 }
             }
-            continue;
+            return Next::Again;
         }
         // What membership should be now.
-        let want_in = state == "ready" && setup_wrong.is_empty();
+        let want_in = t.phase == Phase::Serving && self.setup_wrong.is_empty();
         // The dwell guards against flapping; a node's first ready since it
         // started has no history to flap, and a fresh machine should take
         // clients as soon as it serves.
-        let settled = now.duration_since(state_since) >= s.dwell || (want_in && !joined_once);
-        let change = setup.is_some()
-            && match member {
-                _ if leaving => member != Some(false),
+        let settled = now.duration_since(t.since) >= s.dwell || (want_in && !self.joined_once);
+        let change = self.setup.is_some()
+            && match self.member {
+                _ if leaving => self.member != Some(false),
                 Some(m) => m != want_in && settled,
                 None => false,
             };
         if change && due {
-            let Some(found) = setup.clone() else {
-                continue;
+            let Some(found) = self.setup.clone() else {
+                return Next::Again;
             };
             let token = match Secret::read(&s.token_file, &format!("{} API token", s.provider)) {
                 Ok(t) => t,
                 Err(e) => {
-                    failures += 1;
-                    retry_at = Some(Instant::now() + retry_wait(failures, None));
-                    trouble(
-                        member.unwrap_or(false),
-                        member,
-                        format!("cannot act on {name}: {e}"),
+                    retry.failed(None);
+                    self.up.say(
+                        self.member.unwrap_or(false),
+                        self.member,
+                        Word::Trouble(format!("cannot act on {name}: {e}")),
                     );
-                    continue;
+                    return Next::Again;
                 }
             };
             let joining = want_in && !leaving;
             let result = if joining {
-                client.register(token.expose(), &found).await
+                self.client.join(token.expose(), &found).await
             } else {
-                client.deregister(token.expose(), &found).await
+                self.client.leave(token.expose(), &found).await
             };
             match result {
                 Ok(()) => {
-                    failures = 0;
-                    retry_at = None;
-                    member = Some(joining);
+                    retry.succeeded();
+                    self.member = Some(joining);
                     if joining {
-                        joined_once = true;
+                        self.joined_once = true;
                         tracing::info!(balancer = %name, "joined the load balancer");
-                        tell(true, member, format!("in {name}"));
+                        self.up
+                            .say(true, self.member, Word::Fine(format!("in {name}")));
                     } else {
-                        tracing::info!(balancer = %name, state = %state, "left the load balancer");
-                        tell(true, member, format!("left {name}"));
+                        tracing::info!(balancer = %name, state = %t.state, "left the load balancer");
+                        self.up
+                            .say(true, self.member, Word::Fine(format!("left {name}")));
                     }
                 }
                 Err(e) => {
-                    failures += 1;
                     let wait = if e.retry {
-                        retry_wait(failures, e.retry_after)
+                        retry.failed(e.retry_after)
                     } else {
                         // Refused: read the balancer again before another
                         // try (its set-up may have changed, e.g. to a tag).
-                        check_at = Instant::now();
-                        RECHECK_WRONG
+                        self.check_at = Instant::now();
+                        retry.failed_for(RECHECK_WRONG)
                     };
-                    retry_at = Some(Instant::now() + wait);
                     if e.retry {
                         tracing::warn!(balancer = %name, error = %e, retry_in = ?wait, "load-balancer change failed; retrying");
                     } else {
                         tracing::error!(balancer = %name, error = %e, "load-balancer change refused (token needs {})", s.provider.scopes());
                     }
-                    trouble(
-                        member.unwrap_or(true),
-                        member,
-                        format!(
+                    self.up.say(
+                        self.member.unwrap_or(true),
+                        self.member,
+                        Word::Trouble(format!(
                             "change failing on {name}: {e}; retrying in {}s",
                             wait.as_secs()
-                        ),
+                        )),
                     );
                 }
             }
-            continue;
+            return Next::Again;
         }
-        if leaving && (member == Some(false) || setup.is_none()) && !left {
+        if leaving && (self.member == Some(false) || self.setup.is_none()) && !self.left {
             // Out: the balancer may still send until its health check
             // notices; wait that long before lame duck.
-            left = true;
+            self.left = true;
             // Only a budget set by hand cuts the delay short; a derived one
             // holds it whole.
-            let delay = setup
+            let delay = self
+                .setup
                 .as_ref()
                 .map_or(Duration::ZERO, |f| f.health.drain_delay())
                 .min(s.stop_budget.unwrap_or(Duration::MAX));
@@ -607,46 +392,45 @@ pub async fn follow(
                 let line = format!(
                     "out of {name}; drain delay {}s (health check {}×{}s)",
                     delay.as_secs(),
-                    setup.as_ref().map_or(0, |f| f.health.unhealthy),
-                    setup.as_ref().map_or(0, |f| f.health.interval.as_secs())
+                    self.setup.as_ref().map_or(0, |f| f.health.unhealthy),
+                    self.setup
+                        .as_ref()
+                        .map_or(0, |f| f.health.interval.as_secs())
                 );
                 tracing::info!(balancer = %name, delay = ?delay, "out of the load balancer; waiting for its health check before lame duck");
-                tell(true, member, line);
+                self.up.say(true, self.member, Word::Fine(line));
                 tokio::time::sleep(delay).await;
             }
-            if setup.is_some()
+            if self.setup.is_some()
                 && let Ok(token) = Secret::read(&s.token_file, &format!("{} API token", s.provider))
-                && let Err(e) = client.finish_leaving(token.expose()).await
+                && let Err(e) = self.client.finish_leaving(token.expose()).await
             {
                 // Drained already: a leftover node takes no new clients.
                 tracing::warn!(balancer = %name, error = %e, "cannot remove this node after draining it");
             }
-            tell(false, member, format!("out of {name}"));
-            continue;
+            self.up
+                .say(false, self.member, Word::Fine(format!("out of {name}")));
+            return Next::Again;
         }
         if !leaving {
-            left = false;
+            self.left = false;
         }
         let wake = [
-            retry_at,
-            (!leaving).then_some(check_at),
-            (member.is_some_and(|m| m != want_in) && !settled).then(|| state_since + s.dwell),
+            retry.at(),
+            (!leaving).then_some(self.check_at),
+            (self.member.is_some_and(|m| m != want_in) && !settled).then(|| t.since + s.dwell),
         ]
         .into_iter()
         .flatten()
-        .min()
-        .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            changed = status.changed() => if changed.is_err() { return },
-            _ = sleep_until(wake) => {}
-        }
+        .min();
+        Next::Wait(wake)
     }
 }
 
-async fn read(client: &Client, s: &LbSettings, name: &str) -> Result<Setup, LbError> {
+async fn read(client: &dyn LoadBalancer, s: &LbSettings, name: &str) -> Result<Setup, LbError> {
     let token = Secret::read(&s.token_file, &format!("{} API token", s.provider))
         .map_err(|e| LbError::fatal(format!("reading {name}'s token"), e.why))?;
-    client.read(token.expose()).await
+    client.setup(token.expose()).await
 }
 
 #[cfg(test)]

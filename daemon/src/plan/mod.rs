@@ -732,8 +732,8 @@ pub(crate) fn lb_scopes(cloud: Cloud) -> &'static str {
 /// The nodes' DNS token, as DNS publication states it.
 pub(crate) fn dns_scopes(cloud: Cloud) -> &'static str {
     match cloud {
-        Cloud::Digitalocean => crate::publish::api::Provider::DigitalOcean.scopes(),
-        Cloud::Linode => crate::publish::api::Provider::Linode.scopes(),
+        Cloud::Digitalocean => crate::publish::Provider::DigitalOcean.scopes(),
+        Cloud::Linode => crate::publish::Provider::Linode.scopes(),
     }
 }
 

@@ -5,12 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::digitalocean::DoMetadata;
-use super::linode::LinodeMetadata;
-use super::{Identity, identity_with_retry};
+use super::Identity;
 use crate::config::identity::static_identity;
 use crate::config::load::{self, Loaded};
-use crate::config::schema::Provider;
 use crate::config::{Environment, Patience, Problem, Problems, Settings, Sources, validate};
 
 /// Learns the identity: asks the provider (retrying at most `retry_cap`,
@@ -23,17 +20,8 @@ pub async fn resolve(
     let n = &loaded.raw.node;
     let m = &n.metadata;
     let retry_for = retry_cap.map_or(m.retry_for.0, |cap| cap.min(m.retry_for.0));
-    let http = crate::provider::http::client(m.timeout.0);
-    let found = match n.provider {
-        Provider::None => return Ok(static_identity(loaded, env)),
-        Provider::DigitalOcean => {
-            identity_with_retry(&DoMetadata::new(&m.url, http), retry_for).await
-        }
-        Provider::Linode => {
-            let mut bases = vec![m.url.clone()];
-            bases.extend(m.ipv6_url.clone());
-            identity_with_retry(&LinodeMetadata::new(&bases, http), retry_for).await
-        }
+    let Some(found) = super::cloud_identity(n.provider, m, retry_for).await else {
+        return Ok(static_identity(loaded, env));
     };
     found.map_err(|e| Problem {
         location: loaded.origins.get("node.provider").cloned(),

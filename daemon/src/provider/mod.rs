@@ -1,20 +1,38 @@
-//! Cloud providers: who this machine is (metadata), and later its load
-//! balancer and DNS. One module per provider behind small traits, chosen by
-//! one `match`; base URLs are parameters so tests point them at fakes.
+//! Cloud providers, one module per cloud (`digitalocean/`, `linode/`,
+//! `cloudflare/`), each holding what natsmesh asks of that cloud: who this
+//! machine is ([`Metadata`]), its load balancer ([`LoadBalancer`]) and its
+//! DNS zones ([`DnsZone`]). The features (`balancer`, `publish`, config's
+//! identity) see only the traits; which cloud answers is chosen here, by
+//! one `match` per capability on the configured provider
+//! ([`cloud_identity`], [`load_balancer`], [`dns_zone`]). Base URLs are parameters so tests
+//! point them at fakes. HTTP and REST plumbing shared by the clouds stays
+//! here (`http`, `rest`), as do the shapes the traits speak in (`lb`,
+//! `dns`).
 
+pub mod cloudflare;
 pub mod digitalocean;
+pub mod dns;
 pub mod http;
 pub mod identity;
+pub mod lb;
 pub mod linode;
 pub mod rest;
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 pub use crate::config::identity::Identity;
-use crate::config::schema::Provider;
+use crate::config::schema::{Provider, RawMetadata};
+use crate::config::settings::balancer::{Backend, LbProvider, LbSettings};
+use crate::config::settings::publish::Provider as DnsProvider;
+use crate::config::settings::record::Record;
+use dns::{Present, PublishError};
+use lb::{LbError, Setup};
+use rest::ClientError;
 
 /// Why the metadata service did not say who we are.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,6 +160,124 @@ impl MetadataError {
 pub trait Metadata {
     /// Asks once.
     fn identity(&self) -> impl Future<Output = Result<Identity, MetadataError>>;
+}
+
+/// Asks the configured cloud's metadata service who this machine is,
+/// retrying for at most `retry_for`; `None` without a cloud (`[node]`
+/// says it).
+pub async fn cloud_identity(
+    provider: Provider,
+    m: &RawMetadata,
+    retry_for: Duration,
+) -> Option<Result<Identity, MetadataError>> {
+    let http = http::client(m.timeout.0);
+    Some(match provider {
+        Provider::None => return None,
+        Provider::DigitalOcean => {
+            identity_with_retry(&digitalocean::DoMetadata::new(&m.url, http), retry_for).await
+        }
+        Provider::Linode => {
+            let mut bases = vec![m.url.clone()];
+            bases.extend(m.ipv6_url.clone());
+            identity_with_retry(&linode::LinodeMetadata::new(&bases, http), retry_for).await
+        }
+    })
+}
+
+/// A cloud load balancer, seen from this machine: its set-up, and this
+/// machine's membership in it. Each call gets the API token, read by the
+/// caller at each pass so a rotated credential takes effect.
+#[async_trait::async_trait]
+pub trait LoadBalancer: Send + Sync {
+    /// Reads the balancer: its set-up and whether this machine is in it.
+    async fn setup(&self, token: &str) -> Result<Setup, LbError>;
+    /// Puts this machine in (idempotent).
+    async fn join(&self, token: &str, setup: &Setup) -> Result<(), LbError>;
+    /// Takes this machine out of rotation (idempotent).
+    async fn leave(&self, token: &str, setup: &Setup) -> Result<(), LbError>;
+    /// After the drain delay on stop: removes what leaving left (a Linode
+    /// node drained, not deleted). Nothing by default.
+    async fn finish_leaving(&self, _token: &str) -> Result<(), LbError> {
+        Ok(())
+    }
+}
+
+/// Why balancer membership cannot even start.
+#[derive(Debug, thiserror::Error)]
+pub enum LbSetupError {
+    /// DigitalOcean names droplets by number.
+    #[error("droplet id {0:?} is not a number")]
+    DropletId(String),
+    /// A private-address backend without one.
+    #[error("a NodeBalancer node needs this Linode's private IPv4 address")]
+    NoPrivateIp,
+    /// No HTTPS client.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// The configured cloud's load balancer (nothing is contacted yet).
+pub fn load_balancer(s: &LbSettings) -> Result<Box<dyn LoadBalancer>, LbSetupError> {
+    Ok(match s.provider {
+        LbProvider::DigitalOcean => {
+            let id: u64 = s
+                .instance_id
+                .parse()
+                .map_err(|_| LbSetupError::DropletId(s.instance_id.clone()))?;
+            Box::new(digitalocean::balancer::DigitalOcean::new(
+                &s.url, &s.id, id,
+            )?)
+        }
+        LbProvider::Linode => {
+            let reach = match s.backend {
+                Backend::Private => {
+                    linode::balancer::Reach::Private(s.private_ip.ok_or(LbSetupError::NoPrivateIp)?)
+                }
+                Backend::Vpc { subnet_id } => linode::balancer::Reach::Vpc {
+                    linode_id: s.instance_id.clone(),
+                    subnet_id,
+                    client_bind: s.client_bind,
+                },
+            };
+            Box::new(linode::balancer::Linode::new(
+                &s.url,
+                &s.id,
+                reach,
+                s.client_port,
+                &s.server_name,
+            )?)
+        }
+    })
+}
+
+/// One DNS zone a node keeps its own records in: a cloud's DNS API, or
+/// an RFC 2136 server (not a cloud, so it lives with the publish feature
+/// and is chosen there).
+#[async_trait::async_trait]
+pub trait DnsZone: Send {
+    /// The records of natsmesh's types at `names`. Credentials are read
+    /// here, at the start of each pass, so a rotated one takes effect.
+    async fn list(&mut self, names: &BTreeSet<String>) -> Result<Vec<Present>, PublishError>;
+    /// Adds one record.
+    async fn add(&mut self, record: &Record, ttl: u32) -> Result<(), PublishError>;
+    /// Removes exactly this record (by id where the provider has ids).
+    async fn remove(&mut self, present: &Present) -> Result<(), PublishError>;
+}
+
+/// The configured cloud's DNS API for one zone (nothing is read or
+/// contacted until the first call).
+pub fn dns_zone(
+    provider: DnsProvider,
+    base: &str,
+    token_file: PathBuf,
+    zone: &str,
+) -> Result<Box<dyn DnsZone>, PublishError> {
+    let api = dns::Api::new(provider, base, token_file, zone)?;
+    Ok(match provider {
+        DnsProvider::DigitalOcean => Box::new(digitalocean::dns::Domains(api)),
+        DnsProvider::Linode => Box::new(linode::dns::Domains(api)),
+        DnsProvider::Cloudflare => Box::new(cloudflare::dns::Dns(api)),
+    })
 }
 
 /// Asks `source` until it answers, a non-retryable error, or `retry_for`
@@ -277,6 +413,81 @@ mod tests {
             "linode-us-east-532754976"
         );
         assert_eq!(id(Provider::None, "", "", "web 1").server_name(), "web-1");
+    }
+
+    fn lb(provider: LbProvider) -> LbSettings {
+        LbSettings {
+            provider,
+            id: "lb".into(),
+            url: "http://127.0.0.1:1".into(),
+            token_file: "/nonexistent".into(),
+            instance_id: "42".into(),
+            private_ip: None,
+            backend: Backend::Private,
+            client_bind: Ipv4Addr::new(10, 0, 0, 5).into(),
+            server_name: "n1".into(),
+            region: "fra1".into(),
+            client_port: 4222,
+            monitoring_port: Some(8222),
+            ready: "10.0.0.5:8223".parse().expect("addr"),
+            dwell: Duration::from_secs(5),
+            stop_budget: None,
+        }
+    }
+
+    #[test]
+    fn the_configured_cloud_gets_its_balancer_or_says_what_it_lacks() {
+        assert!(load_balancer(&lb(LbProvider::DigitalOcean)).is_ok());
+        let named = LbSettings {
+            instance_id: "web-1".into(),
+            ..lb(LbProvider::DigitalOcean)
+        };
+        assert!(matches!(
+            load_balancer(&named).err(),
+            Some(LbSetupError::DropletId(id)) if id == "web-1"
+        ));
+        // A Linode node points at the private address: none, no balancer.
+        assert!(matches!(
+            load_balancer(&lb(LbProvider::Linode)).err(),
+            Some(LbSetupError::NoPrivateIp)
+        ));
+        let private = LbSettings {
+            private_ip: Some(Ipv4Addr::new(192, 168, 130, 5)),
+            ..lb(LbProvider::Linode)
+        };
+        assert!(load_balancer(&private).is_ok());
+        let vpc = LbSettings {
+            backend: Backend::Vpc { subnet_id: None },
+            ..lb(LbProvider::Linode)
+        };
+        assert!(load_balancer(&vpc).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_configured_cloud_is_asked_who_this_machine_is() {
+        let m = RawMetadata {
+            // Nothing listens on port 1: the answer names who was asked.
+            url: "http://127.0.0.1:1".into(),
+            ipv6_url: None,
+            timeout: crate::config::units::Span(Duration::from_secs(1)),
+            retry_for: crate::config::units::Span(Duration::ZERO),
+        };
+        assert!(
+            cloud_identity(Provider::None, &m, Duration::ZERO)
+                .await
+                .is_none()
+        );
+        for (provider, path) in [
+            (Provider::DigitalOcean, "/metadata/v1"),
+            (Provider::Linode, "/v1/token"),
+        ] {
+            match cloud_identity(provider, &m, Duration::ZERO).await {
+                Some(Err(MetadataError::Unreachable { endpoint, .. })) => {
+                    assert!(endpoint.contains(path), "{provider:?} asked {endpoint}");
+                }
+                other => panic!("{provider:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

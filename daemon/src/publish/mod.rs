@@ -9,8 +9,12 @@
 //! crashed node's stale records are repaired rather than duplicated.
 //! Provider trouble is retried with backoff and never reaches supervision;
 //! the only coupling is a bounded wait for the withdrawal before lame duck.
+//!
+//! Where the records live is a [`DnsZone`]: a cloud's DNS API
+//! (`provider::<cloud>::dns`) or an RFC 2136 server (`rfc2136`, here: it is
+//! no cloud). The loop, its backoff and its reports are the ones balancer
+//! membership uses too (`reconcile`).
 
-pub mod api;
 pub use crate::config::settings::record;
 pub mod regions;
 pub mod rfc2136;
@@ -21,12 +25,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 pub use crate::config::settings::publish::{BackendSettings, PublishSettings};
 pub use record::{Data, Record};
 
 use crate::health::{Announced, Status};
+use crate::provider::DnsZone;
+pub use crate::provider::dns::{Present, Provider, PublishError};
+use crate::reconcile::{self, Announcer, Backoff, Next, Phase, Reconciler, Retry, Turn, Word};
 
 impl BackendSettings {
     /// A name for logs: `rfc2136 127.0.0.1:53`, `digitalocean`.
@@ -38,104 +45,36 @@ impl BackendSettings {
     }
 }
 
-/// A provider call that did not work.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{what}: {why}")]
-pub struct PublishError {
-    /// The call (`POST /v2/domains/example.net/records`, `update of x`).
-    pub what: String,
-    /// Why, in the provider's own words where it gave some.
-    pub why: String,
-    /// When the provider asked to be called again (rate limits).
-    pub retry_after: Option<Duration>,
+/// The DNS backend of this node's settings: the configured cloud's DNS
+/// API, or an RFC 2136 server.
+pub type Backend = Box<dyn DnsZone>;
+
+/// A backend for these settings (nothing is contacted yet).
+pub fn backend(s: &PublishSettings) -> Result<Backend, PublishError> {
+    backend_in_zone(s, &s.zone)
 }
 
-impl From<crate::secret::SecretError> for PublishError {
-    fn from(e: crate::secret::SecretError) -> Self {
-        Self::new(e.what, e.why)
-    }
-}
-
-impl PublishError {
-    /// An error without a retry hint.
-    pub fn new(what: impl Into<String>, why: impl Into<String>) -> Self {
-        Self {
-            what: what.into(),
-            why: why.into(),
-            retry_after: None,
-        }
-    }
-}
-
-/// A record as the provider lists it, with the provider's id for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Present {
-    /// The record.
-    pub record: Record,
-    /// The provider's id (empty for RFC 2136, which deletes by content).
-    pub id: String,
-}
-
-/// The DNS provider behind one interface.
-pub enum Backend {
-    /// RFC 2136.
-    Rfc2136(rfc2136::Rfc2136),
-    /// An HTTP API.
-    Api(api::Api),
-}
-
-impl Backend {
-    /// A backend for these settings (nothing is contacted yet).
-    pub fn new(s: &PublishSettings) -> Result<Self, PublishError> {
-        Self::in_zone(s, &s.zone)
-    }
-
-    /// The same backend for another zone.
-    pub fn in_zone(s: &PublishSettings, zone: &str) -> Result<Self, PublishError> {
-        Ok(match &s.backend {
-            BackendSettings::Rfc2136 {
-                server,
-                key_name,
-                algorithm,
-                secret_file,
-            } => Self::Rfc2136(rfc2136::Rfc2136::new(
-                *server,
-                key_name,
-                algorithm,
-                secret_file.clone(),
-                zone,
-            )),
-            BackendSettings::Api {
-                provider,
-                url,
-                token_file,
-            } => Self::Api(api::Api::new(*provider, url, token_file.clone(), zone)?),
-        })
-    }
-
-    /// The records of natsmesh's types at `names`.
-    pub async fn list(&mut self, names: &BTreeSet<String>) -> Result<Vec<Present>, PublishError> {
-        match self {
-            Self::Rfc2136(b) => b.list(names).await,
-            Self::Api(b) => b.list(names).await,
-        }
-    }
-
-    /// Adds one record.
-    pub async fn add(&mut self, record: &Record, ttl: u32) -> Result<(), PublishError> {
-        match self {
-            Self::Rfc2136(b) => b.add(record, ttl).await,
-            Self::Api(b) => b.add(record, ttl).await,
-        }
-    }
-
-    /// Removes exactly this record (by id where the provider has ids).
-    pub async fn remove(&mut self, present: &Present) -> Result<(), PublishError> {
-        match self {
-            Self::Rfc2136(b) => b.remove(&present.record).await,
-            Self::Api(b) => b.remove(present).await,
-        }
-    }
+/// The same backend for another zone.
+pub fn backend_in_zone(s: &PublishSettings, zone: &str) -> Result<Backend, PublishError> {
+    Ok(match &s.backend {
+        BackendSettings::Rfc2136 {
+            server,
+            key_name,
+            algorithm,
+            secret_file,
+        } => Box::new(rfc2136::Rfc2136::new(
+            *server,
+            key_name,
+            algorithm,
+            secret_file.clone(),
+            zone,
+        )),
+        BackendSettings::Api {
+            provider,
+            url,
+            token_file,
+        } => crate::provider::dns_zone(*provider, url, token_file.clone(), zone)?,
+    })
 }
 
 /// What a reconciliation changes.
@@ -235,20 +174,19 @@ impl PublishSettings {
 /// publisher takes over once the broker runs.
 pub async fn announce_for_bootstrap(s: PublishSettings) {
     let want = s.route_records();
-    let mut failures = 0;
+    let mut retry = Retry::new(BACKOFF);
     loop {
         let pass = async {
-            let mut backend = Backend::new(&s)?;
+            let mut backend = backend(&s)?;
             sync(&mut backend, &s, &want).await
         };
         match pass.await {
             Ok(plan) => {
-                log_change(&s.backend.describe(), true, &plan, failures);
+                log_change(&s.backend.describe(), true, &plan, retry.failures());
                 return;
             }
             Err(e) => {
-                failures += 1;
-                let wait = retry_wait(failures, e.retry_after);
+                let wait = retry.failed(e.retry_after);
                 tracing::warn!(
                     backend = %s.backend.describe(),
                     error = %e,
@@ -267,7 +205,7 @@ pub async fn announce_for_bootstrap(s: PublishSettings) {
 /// timeout; a failure is logged and start goes on.
 pub async fn reconcile_at_start(s: &PublishSettings) {
     let pass = async {
-        let mut backend = Backend::new(s)?;
+        let mut backend = backend(s)?;
         sync(&mut backend, s, &[]).await
     };
     match tokio::time::timeout(s.withdraw_timeout, pass).await {
@@ -318,16 +256,14 @@ async fn keep_region_listed(
     }
 }
 
-/// Retry waits: 1 s doubling to 60 s, or what a rate limit asked for.
-fn retry_wait(failures: u32, hint: Option<Duration>) -> Duration {
-    let backoff =
-        Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60));
-    let jitter = Duration::from_millis(fastrand::u64(0..=250));
-    match hint {
-        Some(h) => h.min(Duration::from_secs(900)) + jitter,
-        None => backoff + jitter,
-    }
-}
+/// Retry waits: 1 s doubling to 60 s, or what a rate limit asked for
+/// (at most 15 minutes).
+pub const BACKOFF: Backoff = Backoff {
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    hint_max: Duration::from_secs(900),
+    jitter: Duration::from_millis(250),
+};
 
 /// What should be in DNS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,41 +284,27 @@ enum Target {
 /// node announced its route records for JetStream's first start.
 pub async fn follow(
     s: PublishSettings,
-    mut status: watch::Receiver<Status>,
+    status: watch::Receiver<Status>,
     up: watch::Sender<Announced>,
     bootstrapped: bool,
 ) {
-    let tell = |may_exist: bool, line: String| {
-        up.send_replace(Announced {
-            up: may_exist,
-            member: None,
-            line,
-            problem: None,
-            budget: None,
-        });
-    };
-    // Publication is not as it should be: the line is the reason.
-    let trouble = |may_exist: bool, line: String| {
-        up.send_replace(Announced {
-            up: may_exist,
-            member: None,
-            problem: Some(line.clone()),
-            line,
-            budget: None,
-        });
-    };
-    let mut backend = match Backend::new(&s) {
+    let up = Announcer::new(up);
+    let backend = match backend(&s) {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "DNS publication cannot start; records stay as they are");
-            trouble(false, format!("publication cannot start: {e}"));
+            up.say(
+                false,
+                None,
+                Word::Trouble(format!("publication cannot start: {e}")),
+            );
             // Kept open, so `status` keeps the reason (a closed channel
             // reads as "nothing to say").
             return std::future::pending().await;
         }
     };
     let backend_name = s.backend.describe();
-    let mut regions_backend = match s.regions.as_ref().map(|l| Backend::in_zone(&s, &l.zone)) {
+    let regions_backend = match s.regions.as_ref().map(|l| backend_in_zone(&s, &l.zone)) {
         Some(Ok(b)) => Some(b),
         Some(Err(e)) => {
             tracing::error!(error = %e, "the regions record cannot be kept; list this region by hand");
@@ -390,114 +312,153 @@ pub async fn follow(
         }
         None => None,
     };
-    let routes = s.route_records();
-    let mut served = false;
     if bootstrapped {
-        tell(
+        up.say(
             true,
-            format!("route records announced for JetStream's first start ({backend_name})"),
+            None,
+            Word::Fine(format!(
+                "route records announced for JetStream's first start ({backend_name})"
+            )),
         );
     }
-    // What the provider was last brought to (None: not known yet).
-    let mut achieved: Option<Target> = bootstrapped.then_some(Target::Routes);
-    let mut failures = 0u32;
-    let mut retry_at: Option<Instant> = None;
-    // The target of the failed attempt, and whether the provider itself
-    // asked for the wait (a rate limit binds whatever comes next; a plain
-    // backoff does not delay a different target, e.g. a stop's withdrawal).
-    let mut failed: Option<(Target, bool)> = None;
-    let mut verify_at: Option<Instant> = None;
-    loop {
-        let state = status.borrow_and_update().state.clone();
-        served |= state == "ready";
-        let target = match state.as_str() {
-            "ready" => Target::All,
-            "starting" | "syncing" if bootstrapped && !served => Target::Routes,
+    let publication = Publication {
+        routes: s.route_records(),
+        s,
+        up,
+        backend,
+        regions_backend,
+        backend_name,
+        bootstrapped,
+        served: false,
+        achieved: bootstrapped.then_some(Target::Routes),
+        failed: None,
+        verify_at: None,
+    };
+    reconcile::follow(status, publication, BACKOFF).await;
+}
+
+/// Publication's own side of the reconcile loop.
+struct Publication {
+    s: PublishSettings,
+    up: Announcer,
+    backend: Backend,
+    regions_backend: Option<Backend>,
+    backend_name: String,
+    routes: Vec<Record>,
+    bootstrapped: bool,
+    served: bool,
+    /// What the provider was last brought to (None: not known yet).
+    achieved: Option<Target>,
+    /// The target of the failed attempt, and whether the provider itself
+    /// asked for the wait (a rate limit binds whatever comes next; a plain
+    /// backoff does not delay a different target, e.g. a stop's withdrawal).
+    failed: Option<(Target, bool)>,
+    verify_at: Option<Instant>,
+}
+
+impl Reconciler for Publication {
+    async fn turn(&mut self, t: Turn<'_>, retry: &mut Retry) -> Next {
+        self.served |= t.phase == Phase::Serving;
+        let target = match t.phase {
+            Phase::Serving => Target::All,
+            Phase::Starting if self.bootstrapped && !self.served => Target::Routes,
             _ => Target::Nothing,
         };
-        let now = Instant::now();
-        if verify_at.is_some_and(|t| now >= t) {
-            verify_at = None;
-            achieved = None;
+        let now = t.now;
+        if self.verify_at.is_some_and(|v| now >= v) {
+            self.verify_at = None;
+            self.achieved = None;
         }
-        if failed.is_some_and(|(t, hinted)| t != target && !hinted) {
-            retry_at = None;
+        if self
+            .failed
+            .is_some_and(|(f, hinted)| f != target && !hinted)
+        {
+            retry.due_now();
         }
-        let due = retry_at.is_none_or(|t| now >= t);
-        if achieved != Some(target) && due {
-            let may_exist = up.borrow().up;
-            if target != Target::Nothing && !may_exist {
-                tell(true, format!("publishing via {backend_name}"));
-            }
-            let want: &[Record] = match target {
-                Target::Nothing => &[],
-                Target::Routes => &routes,
-                Target::All => &s.records,
-            };
-            let publishing = target != Target::Nothing;
-            match sync(&mut backend, &s, want).await {
-                Ok(plan) => {
-                    if failures > 0 || !plan.add.is_empty() || !plan.remove.is_empty() {
-                        log_change(&backend_name, publishing, &plan, failures);
-                    }
-                    achieved = Some(target);
-                    failures = 0;
-                    retry_at = None;
-                    failed = None;
-                    verify_at = publishing.then(|| Instant::now() + s.verify_every);
-                    if let (Some(l), Some(rb)) = (&s.regions, regions_backend.as_mut()) {
-                        keep_region_listed(&mut backend, rb, l, target, s.ttl).await;
-                    }
-                    let line = match target {
-                        Target::Nothing => format!("no records (withdrawn) via {backend_name}"),
-                        Target::Routes => {
-                            format!("{} route records announced via {backend_name}", want.len())
-                        }
-                        Target::All => format!(
-                            "{} records published via {backend_name}, ttl {}s",
-                            want.len(),
-                            s.ttl
-                        ),
-                    };
-                    tell(publishing, line);
+        if self.achieved != Some(target) && retry.due(now) {
+            self.pass(target, retry).await;
+            return Next::Again;
+        }
+        let wake = [
+            retry.at().filter(|_| self.achieved != Some(target)),
+            self.verify_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        Next::Wait(wake)
+    }
+}
+
+impl Publication {
+    /// One attempt to bring the provider to `target`.
+    async fn pass(&mut self, target: Target, retry: &mut Retry) {
+        let (s, backend_name) = (&self.s, self.backend_name.as_str());
+        if target != Target::Nothing && !self.up.up() {
+            self.up.say(
+                true,
+                None,
+                Word::Fine(format!("publishing via {backend_name}")),
+            );
+        }
+        let want: &[Record] = match target {
+            Target::Nothing => &[],
+            Target::Routes => &self.routes,
+            Target::All => &s.records,
+        };
+        let publishing = target != Target::Nothing;
+        match sync(&mut self.backend, s, want).await {
+            Ok(plan) => {
+                let failures = retry.failures();
+                if failures > 0 || !plan.add.is_empty() || !plan.remove.is_empty() {
+                    log_change(backend_name, publishing, &plan, failures);
                 }
-                Err(e) => {
-                    failures += 1;
-                    let wait = retry_wait(failures, e.retry_after);
-                    tracing::warn!(
-                        backend = %backend_name,
-                        error = %e,
-                        attempt = failures,
-                        retry_in = ?wait,
-                        "DNS {} failed; supervision goes on and this is retried",
-                        if publishing { "publication" } else { "withdrawal" }
-                    );
-                    retry_at = Some(Instant::now() + wait);
-                    failed = Some((target, e.retry_after.is_some()));
-                    let may_exist = up.borrow().up;
-                    trouble(
-                        may_exist,
-                        format!(
-                            "{} failing via {backend_name} (attempt {failures}, retry in {}s): {e}",
-                            if publishing {
-                                "publication"
-                            } else {
-                                "withdrawal"
-                            },
-                            wait.as_secs()
-                        ),
-                    );
+                self.achieved = Some(target);
+                retry.succeeded();
+                self.failed = None;
+                self.verify_at = publishing.then(|| Instant::now() + s.verify_every);
+                if let (Some(l), Some(rb)) = (&s.regions, self.regions_backend.as_mut()) {
+                    keep_region_listed(&mut self.backend, rb, l, target, s.ttl).await;
                 }
+                let line = match target {
+                    Target::Nothing => format!("no records (withdrawn) via {backend_name}"),
+                    Target::Routes => {
+                        format!("{} route records announced via {backend_name}", want.len())
+                    }
+                    Target::All => format!(
+                        "{} records published via {backend_name}, ttl {}s",
+                        want.len(),
+                        s.ttl
+                    ),
+                };
+                self.up.say(publishing, None, Word::Fine(line));
             }
-            continue;
-        }
-        let wake = [retry_at.filter(|_| achieved != Some(target)), verify_at]
-            .into_iter()
-            .flatten()
-            .min();
-        tokio::select! {
-            changed = status.changed() => if changed.is_err() { return },
-            _ = sleep_until(wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))) => {}
+            Err(e) => {
+                let wait = retry.failed(e.retry_after);
+                let failures = retry.failures();
+                tracing::warn!(
+                    backend = %backend_name,
+                    error = %e,
+                    attempt = failures,
+                    retry_in = ?wait,
+                    "DNS {} failed; supervision goes on and this is retried",
+                    if publishing { "publication" } else { "withdrawal" }
+                );
+                self.failed = Some((target, e.retry_after.is_some()));
+                self.up.say(
+                    self.up.up(),
+                    None,
+                    Word::Trouble(format!(
+                        "{} failing via {backend_name} (attempt {failures}, retry in {}s): {e}",
+                        if publishing {
+                            "publication"
+                        } else {
+                            "withdrawal"
+                        },
+                        wait.as_secs()
+                    )),
+                );
+            }
         }
     }
 }
@@ -582,9 +543,10 @@ mod tests {
 
     #[test]
     fn retry_waits_grow_and_honour_rate_limits() {
-        assert!(retry_wait(1, None) < Duration::from_millis(1300));
-        assert!(retry_wait(3, None) >= Duration::from_secs(4));
-        assert!(retry_wait(30, None) <= Duration::from_millis(60_250));
-        assert!(retry_wait(1, Some(Duration::from_secs(30))) >= Duration::from_secs(30));
+        assert!(BACKOFF.wait(1, None) < Duration::from_millis(1300));
+        assert!(BACKOFF.wait(3, None) >= Duration::from_secs(4));
+        assert!(BACKOFF.wait(30, None) <= Duration::from_millis(60_250));
+        assert!(BACKOFF.wait(1, Some(Duration::from_secs(30))) >= Duration::from_secs(30));
+        assert!(BACKOFF.wait(1, Some(Duration::from_secs(3600))) <= Duration::from_millis(900_250));
     }
 }

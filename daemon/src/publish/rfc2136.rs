@@ -21,6 +21,7 @@ use super::record::normal;
 use super::secret::Secret;
 use super::{Data, Present, PublishError, Record};
 pub use crate::config::settings::publish::ALGORITHMS;
+use crate::provider::DnsZone;
 
 /// Per request, and for the TCP connection.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,7 +94,7 @@ impl Rfc2136 {
     }
 
     /// The SRV, A, AAAA and TXT records at `names`, as the primary answers.
-    pub async fn list(&mut self, names: &BTreeSet<String>) -> Result<Vec<Present>, PublishError> {
+    async fn list_names(&mut self, names: &BTreeSet<String>) -> Result<Vec<Present>, PublishError> {
         let mut client = self.connect().await?;
         let mut out = Vec::new();
         for n in names {
@@ -131,7 +132,7 @@ impl Rfc2136 {
     }
 
     /// Adds one record (a duplicate is ignored by the server, §2.5.1).
-    pub async fn add(&mut self, record: &Record, ttl: u32) -> Result<(), PublishError> {
+    async fn add_record(&mut self, record: &Record, ttl: u32) -> Result<(), PublishError> {
         let rr = to_record(record, ttl)?;
         let mut client = self.connect().await?;
         let answer = client.append(rr, name(&self.zone)?, false).await;
@@ -139,7 +140,7 @@ impl Rfc2136 {
     }
 
     /// Deletes exactly this record (§2.5.4).
-    pub async fn remove(&mut self, record: &Record) -> Result<(), PublishError> {
+    async fn remove_record(&mut self, record: &Record) -> Result<(), PublishError> {
         let rr = to_record(record, 0)?;
         let mut client = self.connect().await?;
         let answer = client.delete_by_rdata(rr, name(&self.zone)?).await;
@@ -160,6 +161,22 @@ impl Rfc2136 {
             )),
             Err(e) => Err(PublishError::new(what, net_why(&e))),
         }
+    }
+}
+
+/// Deletes by content (RFC 2136 §2.5.4), so `Present`'s id is unused.
+#[async_trait::async_trait]
+impl DnsZone for Rfc2136 {
+    async fn list(&mut self, names: &BTreeSet<String>) -> Result<Vec<Present>, PublishError> {
+        self.list_names(names).await
+    }
+
+    async fn add(&mut self, record: &Record, ttl: u32) -> Result<(), PublishError> {
+        self.add_record(record, ttl).await
+    }
+
+    async fn remove(&mut self, present: &Present) -> Result<(), PublishError> {
+        self.remove_record(&present.record).await
     }
 }
 

@@ -9,9 +9,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use reqwest::{Client, Method};
 
-use super::http::{self, Answer};
-use super::{Identity, Metadata, MetadataError, text_field};
 use crate::config::schema::Provider;
+use crate::provider::http::{self, Answer};
+use crate::provider::{Identity, Metadata, MetadataError, text_field};
 
 /// The droplet metadata client.
 #[derive(Debug, Clone)]

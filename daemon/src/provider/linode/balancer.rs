@@ -21,7 +21,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::{Health, LbError, Rule, Setup};
+use crate::provider::LoadBalancer;
+use crate::provider::lb::{Health, LbError, Rule, Setup, name_missing_scope};
 use crate::provider::rest::{ClientError, Flavor, Purpose, Rest, RestError};
 
 /// One NodeBalancer, seen from one Linode.
@@ -440,7 +441,7 @@ fn classify(e: RestError) -> LbError {
         Some(400) => e.text.to_ascii_lowercase().contains("busy"),
         Some(_) => false,
     };
-    super::name_missing_scope(e, retry, scope)
+    name_missing_scope(e, retry, scope)
 }
 
 /// The OAuth scope each NodeBalancer call needs (the spec's operation
@@ -453,6 +454,31 @@ fn scope(op: &str) -> Option<&'static str> {
         } else {
             "nodebalancers:read_write"
         })
+}
+
+#[async_trait::async_trait]
+impl LoadBalancer for Linode {
+    async fn setup(&self, token: &str) -> Result<Setup, LbError> {
+        self.read(token).await.map(|seen| {
+            let mut setup = seen.setup;
+            setup.members = seen.members;
+            setup
+        })
+    }
+
+    async fn join(&self, token: &str, _setup: &Setup) -> Result<(), LbError> {
+        // Node ids as they are now (another pass may have created one).
+        self.register(token, &self.read(token).await?).await
+    }
+
+    async fn leave(&self, token: &str, _setup: &Setup) -> Result<(), LbError> {
+        // Out of rotation, pinned connections go on; deleted on stop.
+        self.drain(token, &self.read(token).await?.members).await
+    }
+
+    async fn finish_leaving(&self, token: &str) -> Result<(), LbError> {
+        self.remove(token, &self.read(token).await?.members).await
+    }
 }
 
 #[cfg(test)]

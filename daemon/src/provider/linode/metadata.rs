@@ -14,9 +14,9 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::http;
-use super::{Identity, Metadata, MetadataError, text_field};
 use crate::config::schema::Provider;
+use crate::provider::http;
+use crate::provider::{Identity, Metadata, MetadataError, text_field};
 
 /// How long a token natsmeshd asks for lives.
 const TOKEN_SECONDS: u64 = 300;

@@ -15,7 +15,8 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::{Health, LbError, Setup};
+use crate::provider::LoadBalancer;
+use crate::provider::lb::{Health, LbError, Rule, Setup, name_missing_scope};
 use crate::provider::rest::{ClientError, Flavor, Purpose, Rest, RestError};
 
 /// One balancer, seen from one droplet.
@@ -72,7 +73,7 @@ impl DigitalOcean {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|r| super::Rule {
+                .map(|r| Rule {
                     entry: format!(
                         "{}:{}",
                         r["entry_protocol"].as_str().unwrap_or("?"),
@@ -180,7 +181,7 @@ fn classify(e: RestError) -> LbError {
         Some(403) => e.text.contains("processes previous actions"),
         Some(_) => false,
     };
-    super::name_missing_scope(e, retry, scope)
+    name_missing_scope(e, retry, scope)
 }
 
 /// The custom scope each call needs (DigitalOcean's scope reference; a
@@ -203,6 +204,21 @@ fn scope(op: &str) -> Option<&'static str> {
         Some("droplet:read")
     } else {
         None
+    }
+}
+
+#[async_trait::async_trait]
+impl LoadBalancer for DigitalOcean {
+    async fn setup(&self, token: &str) -> Result<Setup, LbError> {
+        self.read(token).await
+    }
+
+    async fn join(&self, token: &str, setup: &Setup) -> Result<(), LbError> {
+        self.register(token, setup.tag.as_deref()).await
+    }
+
+    async fn leave(&self, token: &str, setup: &Setup) -> Result<(), LbError> {
+        self.deregister(token, setup.tag.as_deref()).await
     }
 }
 

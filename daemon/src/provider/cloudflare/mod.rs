@@ -1,0 +1,3 @@
+//! Cloudflare: DNS only (no machines, so no metadata or balancer).
+
+pub mod dns;

@@ -1,0 +1,410 @@
+//! The reconcile loop the pointers share: load-balancer membership
+//! (`balancer`) and DNS publication (`publish`) each keep something outside
+//! this machine pointing here exactly while the broker serves. Both follow
+//! the supervisor's status, decide from its state whether the pointer
+//! should point here, act against a provider that may fail, retry with a
+//! backoff, and report where the pointer stands through [`Announced`].
+//! That much lives here, once; each feature supplies only its own actions
+//! (a [`Reconciler`]).
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+
+use crate::health::{Announced, Status};
+
+/// What the supervisor's state means for a pointer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `ready`: the broker serves clients; point here.
+    Serving,
+    /// `starting` or `syncing`: not serving (yet, or for now).
+    Starting,
+    /// `draining` or `stopped`: leaving service; stop pointing here now,
+    /// without waiting out any hysteresis.
+    Leaving,
+    /// Anything else (`restarting`): not serving.
+    Other,
+}
+
+impl Phase {
+    /// The phase of a state as the status names it.
+    pub fn of(state: &str) -> Self {
+        match state {
+            "ready" => Self::Serving,
+            "starting" | "syncing" => Self::Starting,
+            "draining" | "stopped" => Self::Leaving,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// Capped exponential waits with jitter, or what the provider asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The wait after the first failure; doubled after each further one.
+    pub first: Duration,
+    /// The longest wait the doubling reaches.
+    pub max: Duration,
+    /// The longest wait a provider's own hint (`Retry-After`) is followed
+    /// for: a broken header must not park the pointer for days.
+    pub hint_max: Duration,
+    /// Random extra, so nodes failing together do not retry together.
+    pub jitter: Duration,
+}
+
+impl Backoff {
+    /// The wait after `failures` failures in a row (1 for the first),
+    /// `hint` when the provider named one.
+    pub fn wait(&self, failures: u32, hint: Option<Duration>) -> Duration {
+        // 2^6 = 64 times the first wait at most before the cap: enough to
+        // reach every cap in use, and no overflow however many failures.
+        let doubled = (self.first * (1u32 << failures.saturating_sub(1).min(6))).min(self.max);
+        let jitter_ms = u64::try_from(self.jitter.as_millis()).unwrap_or(u64::MAX);
+        hint.map_or(doubled, |h| h.min(self.hint_max))
+            + Duration::from_millis(fastrand::u64(0..=jitter_ms))
+    }
+}
+
+/// Failures in a row and when the next attempt is due.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    backoff: Backoff,
+    failures: u32,
+    at: Option<Instant>,
+}
+
+impl Retry {
+    /// No failure yet: due now.
+    pub fn new(backoff: Backoff) -> Self {
+        Self {
+            backoff,
+            failures: 0,
+            at: None,
+        }
+    }
+
+    /// Whether an attempt may be made at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        self.at.is_none_or(|t| now >= t)
+    }
+
+    /// When the next attempt is due, if one waits.
+    pub fn at(&self) -> Option<Instant> {
+        self.at
+    }
+
+    /// Failures in a row so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// One more failure: waits the backoff (or the provider's `hint`).
+    /// Returns the wait.
+    pub fn failed(&mut self, hint: Option<Duration>) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let wait = self.backoff.wait(self.failures, hint);
+        self.at = Some(Instant::now() + wait);
+        wait
+    }
+
+    /// One more failure, not worth a quick retry: waits `wait` whatever
+    /// the count.
+    pub fn failed_for(&mut self, wait: Duration) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        self.at = Some(Instant::now() + wait);
+        wait
+    }
+
+    /// It worked: no failures, nothing to wait for.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+        self.at = None;
+    }
+
+    /// Due now again, the failures still counted (a different aim is not
+    /// held back by the backoff of an earlier one).
+    pub fn due_now(&mut self) {
+        self.at = None;
+    }
+}
+
+/// How a report reads: as it should be, or the reason it is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Word {
+    /// All is as it should be; what happened last.
+    Fine(String),
+    /// The pointer is not where it should be: the reason (`degraded` at
+    /// the edge).
+    Trouble(String),
+}
+
+/// Where a pointer stands, told to the supervisor (a stop waits for `up`
+/// to turn false) and to `status`.
+#[derive(Debug)]
+pub struct Announcer(watch::Sender<Announced>);
+
+impl Announcer {
+    /// Reports through `tx`.
+    pub fn new(tx: watch::Sender<Announced>) -> Self {
+        Self(tx)
+    }
+
+    /// The one way a report is made: whether the pointer may still point
+    /// here, the membership the provider shows (`None`: unknown, or not
+    /// that kind of pointer) and the word. A budget announced earlier is
+    /// kept: every report keeps the budget last derived.
+    pub fn say(&self, up: bool, member: Option<bool>, word: Word) {
+        self.0.send_modify(|a| {
+            a.up = up;
+            a.member = member;
+            match word {
+                Word::Fine(line) => {
+                    a.line = line;
+                    a.problem = None;
+                }
+                Word::Trouble(line) => {
+                    a.problem = Some(line.clone());
+                    a.line = line;
+                }
+            }
+        });
+    }
+
+    /// Whether the pointer may point here, as last reported.
+    pub fn up(&self) -> bool {
+        self.0.borrow().up
+    }
+
+    /// Whether the last report was trouble.
+    pub fn in_trouble(&self) -> bool {
+        self.0.borrow().problem.is_some()
+    }
+
+    /// The channel itself, for what is a feature's own (a budget).
+    pub fn sender(&self) -> &watch::Sender<Announced> {
+        &self.0
+    }
+}
+
+/// One turn of the loop, as the feature sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Turn<'a> {
+    /// The supervisor's state as the status names it.
+    pub state: &'a str,
+    /// What it means for a pointer.
+    pub phase: Phase,
+    /// When the state last changed (hysteresis counts from here).
+    pub since: Instant,
+    /// Now.
+    pub now: Instant,
+}
+
+/// What the loop does after a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Take another turn at once (something was done; look again).
+    Again,
+    /// Wait for a change of state, or until then (`None`: only a change).
+    Wait(Option<Instant>),
+}
+
+/// A feature's own actions: one turn looks at the state, acts at most
+/// once against its provider (retrying through `retry`), reports, and
+/// says when to look again.
+pub trait Reconciler {
+    /// One turn.
+    fn turn(&mut self, t: Turn<'_>, retry: &mut Retry) -> impl Future<Output = Next> + Send;
+}
+
+/// How long a loop with nothing planned sleeps before looking again on
+/// its own (a state change wakes it sooner).
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// Follows the supervisor's status until its channel closes, turning `r`
+/// at every change of state and whenever `r` asked to be woken.
+pub async fn follow<R: Reconciler>(
+    mut status: watch::Receiver<Status>,
+    mut r: R,
+    backoff: Backoff,
+) {
+    let mut retry = Retry::new(backoff);
+    let mut last_state = String::new();
+    let mut since = Instant::now();
+    loop {
+        let state = status.borrow_and_update().state.clone();
+        let now = Instant::now();
+        if state != last_state {
+            last_state.clone_from(&state);
+            since = now;
+        }
+        let turn = Turn {
+            state: &state,
+            phase: Phase::of(&state),
+            since,
+            now,
+        };
+        let wake = match r.turn(turn, &mut retry).await {
+            Next::Again => continue,
+            Next::Wait(wake) => wake.unwrap_or_else(|| Instant::now() + IDLE),
+        };
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            _ = sleep_until(wake) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: Backoff = Backoff {
+        first: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+        hint_max: Duration::from_secs(300),
+        jitter: Duration::from_millis(200),
+    };
+
+    #[test]
+    fn waits_double_to_the_cap_and_follow_hints_to_theirs() {
+        let within = |d: Duration, lo_ms: u64| {
+            d >= Duration::from_millis(lo_ms) && d <= Duration::from_millis(lo_ms + 200)
+        };
+        assert!(within(B.wait(1, None), 500), "{:?}", B.wait(1, None));
+        assert!(within(B.wait(2, None), 1000));
+        assert!(within(B.wait(4, None), 4000));
+        assert!(within(B.wait(7, None), 30_000));
+        assert!(within(B.wait(u32::MAX, None), 30_000));
+        assert!(within(B.wait(1, Some(Duration::from_secs(42))), 42_000));
+        assert!(within(B.wait(1, Some(Duration::from_secs(9999))), 300_000));
+        // No jitter: exact.
+        let exact = Backoff {
+            jitter: Duration::ZERO,
+            ..B
+        };
+        assert_eq!(exact.wait(3, None), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_states_phases() {
+        assert_eq!(Phase::of("ready"), Phase::Serving);
+        assert_eq!(Phase::of("starting"), Phase::Starting);
+        assert_eq!(Phase::of("syncing"), Phase::Starting);
+        assert_eq!(Phase::of("draining"), Phase::Leaving);
+        assert_eq!(Phase::of("stopped"), Phase::Leaving);
+        assert_eq!(Phase::of("restarting"), Phase::Other);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_counts_failures_and_is_due_after_its_wait() {
+        let mut r = Retry::new(Backoff {
+            jitter: Duration::ZERO,
+            ..B
+        });
+        assert!(r.due(Instant::now()) && r.at().is_none());
+        assert_eq!(r.failed(None), Duration::from_millis(500));
+        assert_eq!(r.failed(None), Duration::from_secs(1));
+        assert_eq!(r.failures(), 2);
+        assert!(!r.due(Instant::now()));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(r.due(Instant::now()));
+        assert_eq!(
+            r.failed_for(Duration::from_secs(15)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(r.failures(), 3);
+        r.due_now();
+        assert!(r.due(Instant::now()) && r.failures() == 3);
+        r.failed(None);
+        r.succeeded();
+        assert!(r.due(Instant::now()) && r.failures() == 0);
+    }
+
+    #[test]
+    fn a_word_sets_or_clears_the_problem_and_keeps_the_budget() {
+        let (tx, rx) = watch::channel(Announced {
+            budget: Some(Duration::from_secs(90)),
+            ..Announced::default()
+        });
+        let a = Announcer::new(tx);
+        a.say(true, Some(false), Word::Trouble("cannot read x".into()));
+        {
+            let seen = rx.borrow();
+            assert!(seen.up && seen.member == Some(false));
+            assert_eq!(seen.problem.as_deref(), Some("cannot read x"));
+            assert_eq!(seen.line, "cannot read x");
+            assert_eq!(seen.budget, Some(Duration::from_secs(90)));
+        }
+        assert!(a.in_trouble() && a.up());
+        a.say(false, None, Word::Fine("out of x".into()));
+        let seen = rx.borrow();
+        assert!(!seen.up && seen.member.is_none() && seen.problem.is_none());
+        assert_eq!(seen.line, "out of x");
+        assert_eq!(seen.budget, Some(Duration::from_secs(90)));
+    }
+
+    /// Records each turn; acts once per state (`Again`), then sleeps
+    /// until a fixed wake.
+    struct Log {
+        turns: std::sync::Arc<std::sync::Mutex<Vec<(String, Duration)>>>,
+        start: Instant,
+        acted_in: String,
+    }
+
+    impl Reconciler for Log {
+        async fn turn(&mut self, t: Turn<'_>, _retry: &mut Retry) -> Next {
+            if let Ok(mut v) = self.turns.lock() {
+                v.push((t.state.to_owned(), t.since - self.start));
+            }
+            if self.acted_in != t.state {
+                self.acted_in = t.state.to_owned();
+                return Next::Again;
+            }
+            Next::Wait(Some(t.now + Duration::from_secs(10)))
+        }
+    }
+
+    fn status(state: &str) -> Status {
+        Status {
+            state: state.to_owned(),
+            ..Status::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_turns_on_changes_and_wakes_and_ends_with_the_status() {
+        let (tx, rx) = watch::channel(status("starting"));
+        let turns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let start = Instant::now();
+        let log = Log {
+            turns: turns.clone(),
+            start,
+            acted_in: String::new(),
+        };
+        let task = tokio::spawn(follow(rx, log, B));
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        tx.send_replace(status("ready"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the loop ends when the status channel closes")
+            .expect("no panic");
+        let seen = turns.lock().map(|v| v.clone()).unwrap_or_default();
+        let s = |st: &str, at: u64| (st.to_owned(), Duration::from_secs(at));
+        // starting: acted (Again), then waited; woken at 10 s; ready at
+        // 15 s: its own `since`, acted, then waited.
+        assert_eq!(
+            seen,
+            vec![
+                s("starting", 0),
+                s("starting", 0),
+                s("starting", 0),
+                s("ready", 15),
+                s("ready", 15),
+            ]
+        );
+    }
+}
