@@ -503,10 +503,16 @@ impl Core {
                 jitter,
             } => self.on_exit(pid, status, jitter, now, &mut out),
             Event::Stop { why, pointed } => {
-                // The stop's first EXTEND_TIMEOUT_USEC goes at once.
-                self.last_extend = None;
+                // The stop's first EXTEND_TIMEOUT_USEC goes at once (an
+                // extension of a slow start does not count; a second stop
+                // while stopping changes nothing).
+                if self.after_exit != AfterExit::Finish {
+                    self.last_extend = None;
+                }
                 self.restart_at = None;
                 let res = self.begin_drain(AfterExit::Finish, &why, pointed, now, &mut out);
+                // Then every EXTEND_EVERY from `next_deadline`.
+                self.extend_stop(now, &mut out);
                 out.push(Action::Answer(res));
             }
             Event::Drain { pointed } => {
