@@ -531,21 +531,7 @@ async fn maintenance_stop(
 ) -> Result<String, String> {
     use crate::fleet::maintenance;
     let s = &access.settings;
-    maintenance::forget(&s.state_dir)?;
-    let (tx, rx) = oneshot::channel();
-    if commands
-        .send(Command::Maintenance {
-            why: None,
-            reply: Some(tx),
-        })
-        .await
-        .is_err()
-    {
-        return Err("natsmeshd is stopping".into());
-    }
-    let said = rx
-        .await
-        .map_err(|_| "natsmeshd stopped before answering".to_owned())??;
+    let said = crate::fleet::maintain::end(commands, access).await?;
     tracing::info!("maintenance stop: {said}");
     let back = matches!(
         tokio::time::timeout(

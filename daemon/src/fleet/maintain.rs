@@ -101,9 +101,9 @@ pub async fn enter(
     }
 }
 
-/// Out of maintenance without waiting: the marker goes, the broker
-/// starts, and the settle task gives the lease back once it serves.
-pub async fn leave(commands: &mpsc::Sender<Command>, access: &FleetOps) -> Result<String, String> {
+/// Out of maintenance: the marker goes and the supervisor is told to
+/// serve again; its answer. The lease is the caller's to give back.
+pub async fn end(commands: &mpsc::Sender<Command>, access: &FleetOps) -> Result<String, String> {
     crate::fleet::maintenance::forget(&access.settings.state_dir)?;
     let (tx, rx) = oneshot::channel();
     if commands
@@ -116,9 +116,14 @@ pub async fn leave(commands: &mpsc::Sender<Command>, access: &FleetOps) -> Resul
     {
         return Err("natsmeshd is stopping".into());
     }
-    let said = rx
-        .await
-        .map_err(|_| "natsmeshd stopped before answering".to_owned())??;
+    rx.await
+        .map_err(|_| "natsmeshd stopped before answering".to_owned())?
+}
+
+/// Out of maintenance without waiting: the settle task gives the lease
+/// back once the node serves.
+pub async fn leave(commands: &mpsc::Sender<Command>, access: &FleetOps) -> Result<String, String> {
+    let said = end(commands, access).await?;
     access.settle.notify_one();
     Ok(said)
 }
