@@ -141,43 +141,38 @@ pub async fn gather(
     cluster: &str,
     wait: Duration,
 ) -> Result<View, String> {
-    let body = serde_json::json!({
-        "accounts": true,
-        "streams": true,
-        "config": true,
-        "cluster": cluster,
-    });
-    let answers = crate::auth::sys_ping(sys, "$SYS.REQ.SERVER.PING.JSZ", body.to_string(), wait)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut view = View::default();
-    for msg in answers {
-        match serde_json::from_slice::<Answer>(&msg.payload) {
-            Ok(a) if a.server.cluster == cluster => view.answers.push(a),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "unreadable JetStream answer"),
-        }
-    }
-    view.answers
-        .sort_by(|a, b| a.server.name.cmp(&b.server.name));
-    Ok(view)
+    ask(sys, Some(cluster), wait).await
 }
 
 /// Asks every server of the supercluster for its JetStream view through
 /// `$SYS` and gathers the answers for `wait`.
 pub async fn gather_all(sys: &async_nats::Client, wait: Duration) -> Result<View, String> {
-    let body = serde_json::json!({
+    ask(sys, None, wait).await
+}
+
+/// The answers of `cluster`'s servers (all servers without one), sorted
+/// by server name.
+async fn ask(
+    sys: &async_nats::Client,
+    cluster: Option<&str>,
+    wait: Duration,
+) -> Result<View, String> {
+    let mut body = serde_json::json!({
         "accounts": true,
         "streams": true,
         "config": true,
     });
+    if let Some(c) = cluster {
+        body["cluster"] = c.into();
+    }
     let answers = crate::auth::sys_ping(sys, "$SYS.REQ.SERVER.PING.JSZ", body.to_string(), wait)
         .await
         .map_err(|e| e.to_string())?;
     let mut view = View::default();
     for msg in answers {
         match serde_json::from_slice::<Answer>(&msg.payload) {
-            Ok(a) => view.answers.push(a),
+            Ok(a) if cluster.is_none_or(|c| a.server.cluster == c) => view.answers.push(a),
+            Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "unreadable JetStream answer"),
         }
     }
