@@ -71,18 +71,22 @@ fn negative_ttl(e: &NetError) -> Option<Duration> {
 }
 
 /// How long to wait after `failures` failed lookups in a row: the
-/// negative TTL when the server gave one, else a doubling backoff; always
-/// within the refresh bounds.
+/// negative TTL when the server gave one, else a doubling backoff from
+/// twice the shortest refresh; always within the refresh bounds. No
+/// jitter: the lookups of a region's nodes are spread by their TTLs.
 pub fn retry_wait(
     s: &DiscoverySettings,
     failures: u32,
     negative_ttl: Option<Duration>,
 ) -> Duration {
-    let wait = negative_ttl.unwrap_or_else(|| {
-        s.min_refresh
-            .saturating_mul(2u32.saturating_pow(failures.min(8)))
-    });
-    wait.clamp(s.min_refresh, s.max_refresh)
+    crate::backoff::Backoff {
+        first: s.min_refresh.saturating_mul(2),
+        max: s.max_refresh,
+        hint_max: s.max_refresh,
+        jitter: Duration::ZERO,
+    }
+    .wait(failures, negative_ttl)
+    .clamp(s.min_refresh, s.max_refresh.max(s.min_refresh))
 }
 
 /// A resolver and what to ask it.
