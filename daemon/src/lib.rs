@@ -13,7 +13,8 @@
 //!    (addresses derived from listeners), `nkey` (NATS key checks),
 //!    `secret` (API tokens and TSIG secrets, never printed), `command`
 //!    (what a caller may ask the supervisor), `backoff` (the one retry
-//!    backoff: provider calls, DNS lookups, metadata, crash restarts);
+//!    backoff: provider calls, DNS lookups, metadata, crash restarts),
+//!    `shutdown` (the one cancellation token and task tracker);
 //! 2. `config`: the files, their validation and each feature's settings as
 //!    plain data (`config::settings`). Config owns the settings and the
 //!    features depend on it, never the reverse: config names no feature;
@@ -57,6 +58,7 @@ pub mod publish;
 pub mod reconcile;
 pub mod run;
 pub mod secret;
+pub mod shutdown;
 pub mod supervisor;
 pub mod tls;
 pub mod upgrade;

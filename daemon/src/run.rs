@@ -9,11 +9,15 @@ use std::path::PathBuf;
 use crate::config::Settings;
 use crate::control;
 use crate::notify::Notifier;
+use crate::shutdown::{GRACE, Tasks};
 use crate::supervisor::{Command, Exit, Supervisor};
 
 /// Runs until stopped; returns the process exit code.
 pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     let notifier = Notifier::from_env();
+    // Every task below runs on these, with the supervisor's own work: when
+    // supervision ends they end together, within the grace.
+    let tasks = Tasks::default();
     let socket = settings.control_socket.clone();
     let mut settings = settings;
     // The image this one replaced (a natsmeshd upgrade) hands its broker
@@ -72,7 +76,7 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         Some(g) => match tokio::net::TcpListener::bind(g.listen).await {
             Ok(l) => {
                 tracing::info!(listen = %g.listen, broker = %g.broker, "gateway gate: a peer's claimed region must match its certificate");
-                Some(tokio::spawn(crate::gate::serve(l, g)))
+                Some((l, g))
             }
             Err(e) => {
                 eprintln!("natsmeshd: cannot listen for gateways on {}: {e}", g.listen);
@@ -106,8 +110,17 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     };
     let fleet_settings = settings.clone();
     let pause_settings = settings.clone();
+    // Signal handlers are installed before anything is spawned: failing
+    // here leaves nothing running.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("natsmeshd: cannot install signal handlers: {e}");
+            return crate::EXIT_FAILURE;
+        }
+    };
     let (mut supervisor, status) =
-        match Supervisor::new(config_path, settings, notifier.clone()).await {
+        match Supervisor::new(config_path, settings, notifier.clone(), tasks.clone()).await {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("natsmeshd: {e:#}");
@@ -125,82 +138,82 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
             return crate::EXIT_FAILURE;
         }
     };
+    // Nothing fails from here on: the tasks start.
+    if let Some((l, g)) = gate {
+        tasks.spawn(crate::gate::serve(l, g));
+    }
     let discovery_health = followed
         .as_ref()
         .map(|_| std::sync::Arc::new(crate::discovery::Health::default()));
-    let follower = followed.map(|(discovery, found, _)| {
+    if let Some((discovery, found, _)) = followed {
         let (tx, rx) = tokio::sync::watch::channel(found);
         supervisor.follow(rx);
         let health = discovery_health.clone().unwrap_or_default();
-        tokio::spawn(crate::discovery::follow(discovery, tx, health))
-    });
-    let publisher = publish.map(|p| {
+        tasks.spawn(crate::discovery::follow(discovery, tx, health));
+    }
+    if let Some(p) = publish {
         let (up_tx, up_rx) = tokio::sync::watch::channel(crate::supervisor::Announced::default());
         supervisor.announce(crate::supervisor::Pointer::Dns, up_rx, p.withdraw_timeout);
-        tokio::spawn(crate::publish::follow(
+        tasks.spawn(crate::publish::follow(
             p,
             status.clone(),
             up_tx,
             bootstrapped,
-        ))
-    });
-    let ready =
-        ready_listener.map(|l| tokio::spawn(crate::balancer::ready::serve(l, status.clone())));
-    let metrics = metrics.and_then(|(l, m, broker, gateways)| {
+        ));
+    }
+    if let Some(l) = ready_listener {
+        tasks.spawn(crate::balancer::ready::serve(l, status.clone()));
+    }
+    if let Some((l, m, Some(broker), gateways)) = metrics {
         let sources = crate::metrics::Sources {
             status: status.clone(),
-            broker: broker?,
+            broker,
             discovery: discovery_health.clone(),
             gateways_configured: gateways,
         };
-        Some(tokio::spawn(crate::metrics::serve(l, m, sources)))
-    });
-    let member = balancer.map(|b| {
+        tasks.spawn(crate::metrics::serve(l, m, sources));
+    }
+    if let Some(b) = balancer {
         let (tx, rx) = tokio::sync::watch::channel(crate::supervisor::Announced::default());
         // Until the balancer is read, its health check is unknown.
         let budget = crate::balancer::stop_budget(&b, None);
         supervisor.announce(crate::supervisor::Pointer::LoadBalancer, rx, budget);
-        tokio::spawn(crate::balancer::follow(b, status.clone(), tx))
-    });
+        tasks.spawn(crate::balancer::follow(b, status.clone(), tx));
+    }
     // Every node's reports, heard in the system account (which needs
     // natsmeshd's system user).
-    let fleet = fleet_settings.system_user.is_some().then(|| {
+    let fleet_table = fleet_settings.system_user.is_some().then(|| {
         let (tx, rx) = tokio::sync::watch::channel(crate::fleet::report::Table::default());
-        (
-            tokio::spawn(crate::fleet::heartbeat::run(
-                fleet_settings,
-                status.clone(),
-                tx,
-            )),
-            rx,
-        )
+        tasks.spawn(crate::fleet::heartbeat::run(
+            fleet_settings,
+            status.clone(),
+            tx,
+        ));
+        rx
     });
-    let (heartbeat, fleet_table) = fleet.map_or((None, None), |(t, rx)| (Some(t), Some(rx)));
     // The fleet pause: followed beside the supervisor (seeded with the
     // last word kept, so a pause holds from the first moment), written
     // through the control socket.
     let access = crate::fleet::pause::Access::new(&pause_settings);
-    let pause_watch = access.as_ref().ok().map(|a| {
+    if let Ok(a) = access.as_ref() {
         let (tx, rx) =
             tokio::sync::watch::channel(crate::fleet::pause::cached(&pause_settings.state_dir));
         supervisor.follow_fleet_pause(rx);
-        tokio::spawn(crate::fleet::pause::watch(a.clone(), tx))
-    });
+        tasks.spawn(crate::fleet::pause::watch(a.clone(), tx));
+    }
     let (commands, rx) = mpsc::channel(16);
     // Operators' temporary users (`fleet creds`) expire beside the loop:
     // the task only sends the loop a reload, as `natsmeshd reload` does.
-    let expiry = crate::fleet::creds::check_mode(pause_settings.system_user.as_ref())
-        .is_ok()
-        .then(|| {
-            tokio::spawn(crate::fleet::creds::expire(
-                pause_settings.state_dir.clone(),
-                commands.clone(),
-            ))
-        });
+    if crate::fleet::creds::check_mode(pause_settings.system_user.as_ref()).is_ok() {
+        tasks.spawn(crate::fleet::creds::expire(
+            pause_settings.state_dir.clone(),
+            commands.clone(),
+        ));
+    }
     // A maintenance or drain lease of this node goes back once it serves
     // with JetStream current: at start (after the reboot), and when told.
     let settle = std::sync::Arc::new(tokio::sync::Notify::new());
-    let settler = tokio::spawn(crate::fleet::maintenance::settle(
+    tasks.spawn(crate::fleet::maintenance::settle(
         pause_settings.clone(),
         status.clone(),
         settle.clone(),
@@ -212,53 +225,29 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     });
     // Coordinated reboots: the reboot-required file is looked for beside
     // the supervisor, which only hears what to show and the maintenance.
-    let rebooter = ops.settings.maintenance.reboot.clone().map(|r| {
-        tokio::spawn(crate::fleet::reboot::watch(
+    if let Some(r) = ops.settings.maintenance.reboot.clone() {
+        tasks.spawn(crate::fleet::reboot::watch(
             ops.clone(),
             r,
             commands.clone(),
             status.clone(),
-        ))
-    });
-    let control = tokio::spawn(control::serve(
+        ));
+    }
+    tasks.spawn(control::serve(
         listener,
         commands.clone(),
         status,
         fleet_table,
         ops,
     ));
-    let signals = match forward_signals(commands.clone()) {
-        Ok(task) => task,
-        Err(e) => {
-            eprintln!("natsmeshd: cannot install signal handlers: {e}");
-            return crate::EXIT_FAILURE;
-        }
-    };
+    tasks.spawn(signals.forward(commands.clone()));
     drop(commands);
+    // The supervisor shuts the tasks down as supervision ends (its own
+    // awaited work, a lease release, may need the others no more); this
+    // second call only confirms they are gone, and waits for nothing new.
     let exit = supervisor.run(rx).await;
-    control.abort();
-    if let Some(e) = expiry {
-        e.abort();
-    }
-    if let Some(h) = heartbeat {
-        h.abort();
-    }
-    if let Some(g) = gate {
-        g.abort();
-    }
-    signals.abort();
-    if let Some(f) = follower {
-        f.abort();
-    }
-    settler.abort();
-    if let Some(r) = rebooter {
-        r.abort();
-    }
-    for task in [publisher, member, ready, metrics, pause_watch]
-        .into_iter()
-        .flatten()
-    {
-        task.abort();
+    if !tasks.shutdown(GRACE).await {
+        tracing::warn!("some of natsmeshd's tasks did not end within {GRACE:?}; left behind");
     }
     let _ = std::fs::remove_file(&socket);
     match exit {
@@ -339,23 +328,62 @@ async fn first_answer(
     Ok((discovery, found, false))
 }
 
-/// SIGTERM and SIGINT stop (drain first); SIGHUP reloads.
-fn forward_signals(
-    commands: mpsc::Sender<Command>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    Ok(tokio::spawn(async move {
+/// The signals natsmeshd answers, installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// SIGTERM and SIGINT stop (drain first); SIGHUP reloads. Runs until
+    /// the supervisor stops listening (or the task is cancelled).
+    async fn forward(mut self, commands: mpsc::Sender<Command>) {
         loop {
             let cmd = tokio::select! {
-                _ = term.recv() => Command::Stop,
-                _ = int.recv() => Command::Stop,
-                _ = hup.recv() => Command::Reload { reply: None },
+                _ = self.term.recv() => Command::Stop,
+                _ = self.int.recv() => Command::Stop,
+                _ = self.hup.recv() => Command::Reload { reply: None },
             };
             if commands.send(cmd).await.is_err() {
                 return;
             }
         }
-    }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn signals_are_forwarded_until_the_shutdown_ends_the_task() {
+        let tasks = Tasks::default();
+        let (tx, mut rx) = mpsc::channel(4);
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => panic!("cannot install signal handlers: {e}"),
+        };
+        tasks.spawn(signals.forward(tx));
+        let hup = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGHUP);
+        assert!(hup.is_ok(), "{hup:?}");
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await;
+        assert!(
+            matches!(got, Ok(Some(Command::Reload { reply: None }))),
+            "SIGHUP was not forwarded as a reload"
+        );
+        let t = tokio::time::Instant::now();
+        assert!(tasks.shutdown(GRACE).await, "the forwarder did not end");
+        assert!(t.elapsed() < GRACE);
+        // Ended: its sender is gone.
+        assert!(rx.recv().await.is_none());
+    }
 }

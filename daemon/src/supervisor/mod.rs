@@ -20,7 +20,6 @@ mod maintenance;
 pub mod output;
 mod planned;
 pub mod probe;
-mod shutdown;
 mod tasks;
 mod upgrades;
 
@@ -147,8 +146,9 @@ pub struct Supervisor {
     /// The loop should hand over to the new natsmeshd binary now.
     reexec_due: bool,
     /// The work that runs off the loop, ended together when supervision
-    /// ends (see `shutdown.rs`).
-    tasks: shutdown::Tasks,
+    /// ends (see `crate::shutdown`): run's own tasks share it, so one
+    /// shutdown ends them all.
+    tasks: crate::shutdown::Tasks,
     /// Results of the work that runs off the loop (see `tasks.rs`).
     events: mpsc::Sender<Event>,
     event_rx: mpsc::Receiver<Event>,
@@ -172,10 +172,13 @@ pub struct Supervisor {
 impl Supervisor {
     /// Prepares the first configuration (rendered, validated, `-t`) and
     /// writes it to the state directory. Fails before any broker starts.
+    /// The work it runs off its loop goes on `tasks`, which it shuts down
+    /// (bounded) when supervision ends.
     pub async fn new(
         config_path: Option<PathBuf>,
         settings: Settings,
         notifier: Notifier,
+        tasks: crate::shutdown::Tasks,
     ) -> anyhow::Result<(Self, watch::Receiver<Status>)> {
         std::fs::create_dir_all(&settings.state_dir).map_err(|e| {
             anyhow::anyhow!(
@@ -281,7 +284,7 @@ impl Supervisor {
                 handoff: None,
                 reexec_due: false,
                 cert: cert.clone(),
-                tasks: shutdown::Tasks::default(),
+                tasks,
                 events,
                 event_rx,
                 job: None,
@@ -362,10 +365,10 @@ impl Supervisor {
             if let Some(exit) = self.exit.take() {
                 // Checks and waits are given up; a lease release or a
                 // JetStream removal under way finishes, within the grace.
-                if !self.tasks.shutdown(shutdown::GRACE).await {
+                if !self.tasks.shutdown(crate::shutdown::GRACE).await {
                     tracing::warn!(
                         "some of natsmeshd's own work did not end within {:?}; left behind",
-                        shutdown::GRACE
+                        crate::shutdown::GRACE
                     );
                 }
                 return exit;
