@@ -473,47 +473,6 @@ pub async fn wait_for_peers(
     }
 }
 
-/// Puts what DNS found into the settings: the routes, and the gateways
-/// when the regions came from DNS (a pure function of the names).
-pub fn apply(settings: &mut crate::config::Settings, found: &Found) {
-    if let Some(c) = settings.server.cluster.as_mut() {
-        c.routes = found.routes.clone();
-    }
-    let leaf_remotes = settings
-        .discovery
-        .as_ref()
-        .map(|d| d.settings.leaf_remotes.clone())
-        .unwrap_or_default();
-    if let Some(l) = settings.server.leafnodes.as_mut() {
-        for (index, urls) in leaf_remotes.iter().zip(&found.leaves) {
-            if let Some(remote) = l.remotes.get_mut(*index) {
-                remote.urls = urls.clone();
-            }
-        }
-    }
-    let domain = settings
-        .discovery
-        .as_ref()
-        .map(|d| d.settings.domain.clone());
-    // Behind natsmeshd's gate the broker's own listener is on loopback,
-    // maybe on another port: every region is dialled at the gate's.
-    let gate_port = settings.gate.as_ref().map(|g| g.listen.port());
-    if let (Some(g), Some(regions), Some(domain)) =
-        (settings.server.gateway.as_mut(), &found.regions, domain)
-        && !regions.is_empty()
-    {
-        let port = match (gate_port, g.listen.port) {
-            (Some(p), _) => p,
-            (None, natsmesh_broker::model::Port::Fixed(p)) => p,
-            (None, natsmesh_broker::model::Port::Random) => 0,
-        };
-        g.gateways = regions
-            .iter()
-            .filter_map(|r| crate::config::validate::region_gateway(r, &domain, port))
-            .collect();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,6 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     // supervision ends they end together, within the grace.
     let tasks = Tasks::default();
     let socket = settings.control_socket.clone();
-    let mut settings = settings;
     // The image this one replaced (a natsmeshd upgrade) hands its broker
     // over; the node kept serving, so its DNS records stand.
     let handoff = match crate::upgrade::take_handoff() {
@@ -49,7 +48,6 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     if let Some((_, found, _)) = &followed {
         // A milestone of a machine's first boot (the boot benchmark reads it).
         tracing::info!(routes = found.routes.len(), regions = ?found.regions, "first DNS answer taken");
-        crate::discovery::apply(&mut settings, found);
     }
     let bootstrapped = followed.as_ref().is_some_and(|(_, _, b)| *b);
     let publish = settings.publish.clone();
@@ -89,27 +87,13 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     let metrics = match &settings.metrics {
         None => None,
         Some(m) => match tokio::net::TcpListener::bind(m.listen).await {
-            Ok(l) => {
-                let gateways = settings
-                    .server
-                    .gateway
-                    .as_ref()
-                    .map(|g| g.gateways.iter().filter(|r| r.name != g.name).count() as u64);
-                Some((
-                    l,
-                    m.clone(),
-                    crate::metrics::broker_monitor(&settings),
-                    gateways,
-                ))
-            }
+            Ok(l) => Some((l, m.clone())),
             Err(e) => {
                 tracing::warn!(listen = %m.listen, error = %e, "cannot serve /metrics; running without");
                 None
             }
         },
     };
-    let fleet_settings = settings.clone();
-    let pause_settings = settings.clone();
     // Signal handlers are installed before anything is spawned: failing
     // here leaves nothing running.
     let signals = match Signals::install() {
@@ -119,15 +103,37 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
             return crate::EXIT_FAILURE;
         }
     };
-    let (mut supervisor, status) =
-        match Supervisor::new(config_path, settings, notifier.clone(), tasks.clone()).await {
-            Ok(v) => v,
-            Err(e) => {
-                eprintln!("natsmeshd: {e:#}");
-                notifier.status(&format!("failed: {e}"));
-                return crate::EXIT_CONFIG;
-            }
-        };
+    // What DNS finds, followed from its first answer.
+    let (found_tx, found_rx) = match followed {
+        Some((discovery, found, _)) => {
+            let (tx, rx) = tokio::sync::watch::channel(found);
+            (Some((discovery, tx)), Some(rx))
+        }
+        None => (None, None),
+    };
+    let (mut supervisor, status) = match Supervisor::new(
+        config_path,
+        settings,
+        found_rx,
+        notifier.clone(),
+        tasks.clone(),
+    )
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("natsmeshd: {e}");
+            notifier.status(&format!("failed: {e}"));
+            return if e.is_config_error() {
+                crate::EXIT_CONFIG
+            } else {
+                crate::EXIT_FAILURE
+            };
+        }
+    };
+    // The settings the broker runs with (the validated ones with what DNS
+    // found and natsmeshd's logins), for the tasks that start with them.
+    let settings = supervisor.spine().settings.borrow().clone();
     if let Some(h) = handoff {
         supervisor.take_over(h);
     }
@@ -142,12 +148,10 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     if let Some((l, g)) = gate {
         tasks.spawn(crate::gate::serve(l, g));
     }
-    let discovery_health = followed
+    let discovery_health = found_tx
         .as_ref()
         .map(|_| std::sync::Arc::new(crate::discovery::Health::default()));
-    if let Some((discovery, found, _)) = followed {
-        let (tx, rx) = tokio::sync::watch::channel(found);
-        supervisor.follow(rx);
+    if let Some((discovery, tx)) = found_tx {
         let health = discovery_health.clone().unwrap_or_default();
         tasks.spawn(crate::discovery::follow(discovery, tx, health));
     }
@@ -164,7 +168,14 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     if let Some(l) = ready_listener {
         tasks.spawn(crate::balancer::ready::serve(l, status.clone()));
     }
-    if let Some((l, m, Some(broker), gateways)) = metrics {
+    if let Some((l, m)) = metrics
+        && let Some(broker) = crate::metrics::broker_monitor(&settings)
+    {
+        let gateways = settings
+            .server
+            .gateway
+            .as_ref()
+            .map(|g| g.gateways.iter().filter(|r| r.name != g.name).count() as u64);
         let sources = crate::metrics::Sources {
             status: status.clone(),
             broker,
@@ -182,10 +193,10 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     }
     // Every node's reports, heard in the system account (which needs
     // natsmeshd's system user).
-    let fleet_table = fleet_settings.system_user.is_some().then(|| {
+    let fleet_table = settings.system_user.is_some().then(|| {
         let (tx, rx) = tokio::sync::watch::channel(crate::fleet::report::Table::default());
         tasks.spawn(crate::fleet::heartbeat::run(
-            fleet_settings,
+            Settings::clone(&settings),
             status.clone(),
             tx,
         ));
@@ -194,19 +205,19 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     // The fleet pause: followed beside the supervisor (seeded with the
     // last word kept, so a pause holds from the first moment), written
     // through the control socket.
-    let access = crate::fleet::pause::Access::new(&pause_settings);
+    let access = crate::fleet::pause::Access::new(&settings);
     if let Ok(a) = access.as_ref() {
         let (tx, rx) =
-            tokio::sync::watch::channel(crate::fleet::pause::cached(&pause_settings.state_dir));
+            tokio::sync::watch::channel(crate::fleet::pause::cached(&settings.state_dir));
         supervisor.follow_fleet_pause(rx);
         tasks.spawn(crate::fleet::pause::watch(a.clone(), tx));
     }
     let (commands, rx) = mpsc::channel(16);
     // Operators' temporary users (`fleet creds`) expire beside the loop:
     // the task only sends the loop a reload, as `natsmeshd reload` does.
-    if crate::fleet::creds::check_mode(pause_settings.system_user.as_ref()).is_ok() {
+    if crate::fleet::creds::check_mode(settings.system_user.as_ref()).is_ok() {
         tasks.spawn(crate::fleet::creds::expire(
-            pause_settings.state_dir.clone(),
+            settings.state_dir.clone(),
             commands.clone(),
         ));
     }
@@ -214,13 +225,13 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     // with JetStream current: at start (after the reboot), and when told.
     let settle = std::sync::Arc::new(tokio::sync::Notify::new());
     tasks.spawn(crate::fleet::maintenance::settle(
-        pause_settings.clone(),
+        Settings::clone(&settings),
         status.clone(),
         settle.clone(),
     ));
     let ops = std::sync::Arc::new(control::FleetOps {
         pause: access,
-        settings: pause_settings,
+        settings: Settings::clone(&settings),
         settle,
     });
     // Coordinated reboots: the reboot-required file is looked for beside

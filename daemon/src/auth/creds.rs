@@ -3,7 +3,7 @@
 //! jetstream`) work without anyone learning a node's own password.
 //!
 //! Accounts mode only. A user lives in `<state_dir>/operators.json`
-//! (0600, bcrypt hashes only): [`crate::auth::add_system_account`] renders
+//! (0600, bcrypt hashes only): [`crate::auth::system_account`] renders
 //! the ones not yet expired beside natsmeshd's own user, so a reload adds
 //! one, a restart keeps it, and the reload after its expiry (the expiry
 //! task's, or any other) drops it. The plaintext password exists only in

@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use natsmesh_broker::monitor::ClientPort;
@@ -89,10 +90,17 @@ pub struct Supervisor {
     /// `--config`, if given: the files are found again on every reload, so
     /// a drop-in added since the start is read.
     config_path: Option<PathBuf>,
+    /// The settings the broker runs with: built by
+    /// [`crate::prepare::effective`] from `inputs`, what DNS found and the
+    /// certificate set; replaced whole, never edited.
     settings: Settings,
+    /// The validated settings and natsmeshd's logins they were built from.
+    inputs: Inputs,
     current: Prepared,
     /// The last configuration a broker served with, and its settings.
-    last_good: Option<(Prepared, Settings)>,
+    last_good: Option<(Prepared, Built)>,
+    /// The inputs and the prepared configuration, on watch channels.
+    spine: Spine,
     /// The broker's lifecycle: state, deadlines, what follows an exit.
     core: Core,
     /// When the core's state began, monotonic and wall clock.
@@ -172,25 +180,25 @@ pub struct Supervisor {
 impl Supervisor {
     /// Prepares the first configuration (rendered, validated, `-t`) and
     /// writes it to the state directory. Fails before any broker starts.
-    /// The work it runs off its loop goes on `tasks`, which it shuts down
-    /// (bounded) when supervision ends.
+    /// `discovery`, when DNS is followed, carries each answer (its current
+    /// value is the first). The work it runs off its loop goes on `tasks`,
+    /// which it shuts down (bounded) when supervision ends.
     pub async fn new(
         config_path: Option<PathBuf>,
         settings: Settings,
+        discovery: Option<watch::Receiver<crate::discovery::Found>>,
         notifier: Notifier,
         tasks: crate::shutdown::Tasks,
-    ) -> anyhow::Result<(Self, watch::Receiver<Status>)> {
-        std::fs::create_dir_all(&settings.state_dir).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create state directory {}: {e}",
-                settings.state_dir.display()
-            )
+    ) -> Result<(Self, watch::Receiver<Status>), StartError> {
+        std::fs::create_dir_all(&settings.state_dir).map_err(|source| StartError::StateDir {
+            path: settings.state_dir.clone(),
+            source,
         })?;
         let cert = match &settings.tls {
             None => None,
             Some(t) => {
                 let (current, issued) = crate::tls::ensure(t, std::time::SystemTime::now(), false)
-                    .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+                    .map_err(StartError::Tls)?;
                 for w in &current.warnings {
                     tracing::warn!("{w}");
                 }
@@ -202,19 +210,28 @@ impl Supervisor {
         };
         // The first start fixes the server name for good (JetStream).
         config::identity::persist_name(&settings.state_dir, &settings.server.server_name).map_err(
-            |e| {
-                anyhow::anyhow!(
-                    "cannot record the server name in {}: {e}",
-                    settings.state_dir.display()
-                )
+            |source| StartError::ServerName {
+                path: settings.state_dir.clone(),
+                source,
             },
         )?;
         crate::fleet::decommission::refuse_if_decommissioned(&settings.state_dir)
-            .map_err(|e| anyhow::anyhow!(e))?;
-        let mut settings = settings;
-        let state_dir = settings.state_dir.clone();
-        crate::auth::add_system_account(&mut settings, &state_dir)
-            .map_err(|e| anyhow::anyhow!("system user: {e}"))?;
+            .map_err(StartError::Decommissioned)?;
+        let system = crate::auth::system_account(&settings, &settings.state_dir)
+            .map_err(StartError::SystemUser)?;
+        let mut discovery = discovery;
+        let found = discovery.as_mut().map(|rx| rx.borrow_and_update().clone());
+        let inputs = Inputs {
+            validated: Arc::new(settings),
+            system,
+        };
+        let certs = cert_set(&inputs.validated, cert.as_ref());
+        let settings = crate::prepare::effective(
+            &inputs.validated,
+            found.as_ref(),
+            certs.as_ref(),
+            inputs.system.as_ref(),
+        );
         let current = prepare_in(&settings, &settings.state_dir, CONFIG_NAME).await?;
         let status = Status {
             natsmesh_version: env!("CARGO_PKG_VERSION").into(),
@@ -245,6 +262,11 @@ impl Supervisor {
             ..Status::default()
         };
         let (status_tx, status_rx) = watch::channel(status.clone());
+        let spine = Spine {
+            settings: watch::Sender::new(Arc::new(settings.clone())),
+            certs: watch::Sender::new(certs),
+            prepared: watch::Sender::new(Arc::new(current.clone())),
+        };
         let (events, event_rx) = mpsc::channel(16);
         let now = Instant::now();
         Ok((
@@ -253,6 +275,8 @@ impl Supervisor {
                 since_wall: (now, std::time::SystemTime::now()),
                 config_path,
                 settings,
+                inputs,
+                spine,
                 current,
                 last_good: None,
                 running: None,
@@ -266,8 +290,8 @@ impl Supervisor {
                 exit: None,
                 cert_due: cert.as_ref().map(|c| due(c.renew_at)),
                 accounts_check_due: false,
-                found: None,
-                discovery: None,
+                found,
+                discovery,
                 announcers: Vec::new(),
                 planned: None,
                 removal: None,
@@ -323,11 +347,32 @@ impl Supervisor {
         self.handoff = Some(handoff);
     }
 
-    /// Follows DNS: `rx` carries each new answer (its current value is the
-    /// one the settings were built with).
-    pub fn follow(&mut self, mut rx: watch::Receiver<crate::discovery::Found>) {
-        self.found = Some(rx.borrow_and_update().clone());
-        self.discovery = Some(rx);
+    /// The broker configuration's inputs and output as they change: the
+    /// settings it runs with, the certificate set in use and the prepared
+    /// configuration (what DNS found has its own channel, from
+    /// [`crate::discovery::follow`]).
+    pub fn spine(&self) -> SpineRx {
+        SpineRx {
+            settings: self.spine.settings.subscribe(),
+            certs: self.spine.certs.subscribe(),
+            prepared: self.spine.prepared.subscribe(),
+        }
+    }
+
+    /// The settings the broker runs with now, with what they were built
+    /// from.
+    pub(super) fn built(&self) -> Built {
+        Built {
+            inputs: self.inputs.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+
+    /// Puts `built` in force (the settings the broker runs with and their
+    /// inputs); the settings it replaced.
+    pub(super) fn set_built(&mut self, built: Built) -> Settings {
+        self.inputs = built.inputs;
+        std::mem::replace(&mut self.settings, built.settings)
     }
 
     /// Follows the fleet pause: `rx` carries each new word (its current
@@ -589,6 +634,36 @@ impl Supervisor {
             self.last_status_line = line;
         }
         self.status_tx.send_replace(self.status.clone());
+        self.publish_spine();
+    }
+
+    /// The inputs and the prepared configuration, on their channels when
+    /// they changed (the readers are woken only then).
+    fn publish_spine(&self) {
+        let settings = &self.settings;
+        self.spine.settings.send_if_modified(|s| {
+            let changed = **s != *settings;
+            if changed {
+                *s = Arc::new(settings.clone());
+            }
+            changed
+        });
+        let certs = cert_set(settings, self.cert.as_ref());
+        self.spine.certs.send_if_modified(|c| {
+            let changed = *c != certs;
+            if changed {
+                *c = certs;
+            }
+            changed
+        });
+        let current = &self.current;
+        self.spine.prepared.send_if_modified(|p| {
+            let changed = p.path != current.path || p.rendered.text != current.rendered.text;
+            if changed {
+                *p = Arc::new(current.clone());
+            }
+            changed
+        });
     }
 
     /// Spawns the broker from the installed configuration: the core hears
@@ -747,7 +822,7 @@ impl Supervisor {
     /// The broker serves (the core says): the configuration is good, a
     /// restart's waiting request is answered; READY=1 the first time.
     fn become_ready(&mut self, first: bool) {
-        self.last_good = Some((self.current.clone(), self.settings.clone()));
+        self.last_good = Some((self.current.clone(), self.built()));
         self.status.restart_pending.clear();
         self.publish();
         let line = self.status.line();
@@ -809,7 +884,7 @@ impl Supervisor {
         }
         // The core already counts it as installed.
         self.current = good;
-        self.settings = good_settings;
+        self.set_built(good_settings);
         self.status.restart_pending.clear();
         self.status.reloads_failed += 1;
         self.status.last_reload = Some(why.clone());
@@ -884,6 +959,96 @@ impl Supervisor {
         if let Some(held) = self.lease.take() {
             self.status.fleet.clear();
             self.tasks.spawn_awaited(planned::release(held));
+        }
+    }
+}
+
+/// The certificate set `settings` loads, when TLS is on and a certificate
+/// is in use.
+fn cert_set(
+    settings: &Settings,
+    cert: Option<&crate::tls::Current>,
+) -> Option<crate::tls::CertSet> {
+    let tls = settings.tls.as_ref()?;
+    Some(crate::tls::CertSet::new(tls, cert?.clone()))
+}
+
+/// What the broker's settings are built from besides DNS and the
+/// certificate: the validated settings as read (never edited) and
+/// natsmeshd's logins, read with them.
+#[derive(Debug, Clone)]
+pub(super) struct Inputs {
+    pub(super) validated: Arc<Settings>,
+    pub(super) system: Option<crate::auth::SystemAccount>,
+}
+
+/// The settings a broker runs with and what they were built from.
+#[derive(Debug, Clone)]
+pub(super) struct Built {
+    pub(super) inputs: Inputs,
+    pub(super) settings: Settings,
+}
+
+/// The senders of the configuration's channels.
+struct Spine {
+    settings: watch::Sender<Arc<Settings>>,
+    certs: watch::Sender<Option<crate::tls::CertSet>>,
+    prepared: watch::Sender<Arc<Prepared>>,
+}
+
+/// The broker configuration's inputs and output, each on a watch channel
+/// the supervisor publishes to when it changes.
+#[derive(Debug, Clone)]
+pub struct SpineRx {
+    /// The settings the broker runs with (built by
+    /// [`crate::prepare::effective`]).
+    pub settings: watch::Receiver<Arc<Settings>>,
+    /// The node certificate set in use (`None`: TLS off).
+    pub certs: watch::Receiver<Option<crate::tls::CertSet>>,
+    /// The configuration in place, rendered and checked.
+    pub prepared: watch::Receiver<Arc<Prepared>>,
+}
+
+/// Why supervision cannot begin.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state directory cannot be created.
+    #[error("cannot create state directory {}: {source}", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The node certificate cannot be issued or read.
+    #[error("TLS: {0}")]
+    Tls(#[source] crate::tls::TlsError),
+    /// The server name cannot be recorded.
+    #[error("cannot record the server name in {}: {source}", path.display())]
+    ServerName {
+        /// The state directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// This node was decommissioned.
+    #[error("{0}")]
+    Decommissioned(String),
+    /// natsmeshd's system user cannot be set up.
+    #[error("system user: {0}")]
+    SystemUser(#[source] crate::auth::AuthError),
+    /// The first configuration cannot be prepared.
+    #[error(transparent)]
+    Prepare(#[from] crate::prepare::PrepareError),
+}
+
+impl StartError {
+    /// Whether the configuration (not the machine) is at fault.
+    pub fn is_config_error(&self) -> bool {
+        match self {
+            Self::Prepare(e) => e.is_config_error(),
+            Self::Tls(_) | Self::SystemUser(_) | Self::Decommissioned(_) => true,
+            Self::StateDir { .. } | Self::ServerName { .. } => false,
         }
     }
 }

@@ -23,8 +23,11 @@ use nix::sys::signal::Signal;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::{NEXT_NAME, RELOAD_CONFIRM, Reloaded, Reply, State, Supervisor, due, local_addr};
-use crate::config::{self, Settings};
+use super::{
+    Built, Inputs, NEXT_NAME, RELOAD_CONFIRM, Reloaded, Reply, State, Supervisor, cert_set, due,
+    local_addr,
+};
+use crate::config;
 use crate::files::PLAIN;
 use crate::fleet::view::StreamId;
 use crate::logging::ids;
@@ -87,7 +90,7 @@ pub(super) struct Checked {
     /// natsmeshd's own settings that changed, and how each applies.
     changes: Vec<config::reload::Change>,
     /// The settings and their prepared broker file, or why refused.
-    result: Result<(Settings, Prepared), String>,
+    result: Result<(Built, Prepared), String>,
 }
 
 /// Who asked for a configuration change, and who waits for its outcome.
@@ -110,7 +113,7 @@ enum Phase {
     Checking,
     /// The new file is installed; the broker is being asked to load it.
     Reloading {
-        settings: Box<Settings>,
+        settings: Box<Built>,
         next: Box<Prepared>,
         keys: Vec<String>,
         targets: Box<super::probe::Targets>,
@@ -153,9 +156,9 @@ impl Queued {
 /// What the check task needs.
 struct CheckInput {
     config_path: Option<PathBuf>,
-    /// The running settings: the base of a discovery change, and what
-    /// [dns_publish] stays at.
-    running: Settings,
+    /// The running settings' inputs: the base of a discovery change, and
+    /// what [dns_publish] stays at.
+    running: Inputs,
     found: Option<crate::discovery::Found>,
     /// Read the files again (else: the running settings with `found`).
     reread: bool,
@@ -167,7 +170,7 @@ struct CheckInput {
 /// `nats-server -t` on the rendered file.
 async fn check_change(input: CheckInput) -> Checked {
     let staged = tokio::task::spawn_blocking(move || stage(input)).await;
-    let (settings, cert, changes) = match staged {
+    let (inputs, found, cert, changes) = match staged {
         Ok(Ok(v)) => v,
         Ok(Err(why)) => {
             return Checked {
@@ -195,9 +198,16 @@ async fn check_change(input: CheckInput) -> Checked {
         Some(Ok(c)) => Some(c),
         None => None,
     };
+    // The one function that builds what the broker runs with.
+    let settings = crate::prepare::effective(
+        &inputs.validated,
+        found.as_ref(),
+        cert_set(&inputs.validated, cert.as_ref().map(|(c, _)| c)).as_ref(),
+        inputs.system.as_ref(),
+    );
     let result = prepare_in(&settings, &settings.state_dir, NEXT_NAME)
         .await
-        .map(|next| (settings, next))
+        .map(|next| (Built { inputs, settings }, next))
         .map_err(|e| format!("configuration refused, the previous one keeps serving: {e}"));
     Checked {
         cert,
@@ -207,7 +217,8 @@ async fn check_change(input: CheckInput) -> Checked {
 }
 
 type Staged = (
-    Settings,
+    Inputs,
+    Option<crate::discovery::Found>,
     Option<Result<(crate::tls::Current, bool), String>>,
     Vec<config::reload::Change>,
 );
@@ -216,16 +227,18 @@ type Staged = (
 /// certificate (new roots, a new intermediate or new names may need a new
 /// one; a broken one refuses the change).
 fn stage(input: CheckInput) -> Result<Staged, String> {
-    let (mut settings, changes) = if input.reread {
-        let identity = input.running.identity.clone();
+    let (inputs, changes) = if input.reread {
+        let running = &input.running.validated;
+        let identity = running.identity.clone();
         let found = config::discover(input.config_path.as_deref());
         let (_, mut settings) = found
             .and_then(|sources| config::load_settings_as(&sources, &identity))
             .map_err(|p| format!("configuration refused, the previous one keeps serving:\n{p}"))?;
-        let state_dir = settings.state_dir.clone();
-        crate::auth::add_system_account(&mut settings, &state_dir)
+        // natsmeshd's own keys a reload cannot apply keep their running
+        // values: part of reading the new settings, before they are used.
+        let changes = config::reload::sort_out(running, &mut settings, input.live);
+        let system = crate::auth::system_account(&settings, &settings.state_dir)
             .map_err(|e| format!("system user: {e}; the previous configuration keeps serving"))?;
-        let changes = config::reload::sort_out(&input.running, &mut settings, input.live);
         let restart = config::reload::restart_keys(&changes);
         if !restart.is_empty() {
             tracing::warn!(
@@ -233,18 +246,19 @@ fn stage(input: CheckInput) -> Result<Staged, String> {
                 "changed, but natsmeshd keeps the old value until `systemctl restart natsmeshd`"
             );
         }
-        (settings, changes)
+        let inputs = Inputs {
+            validated: std::sync::Arc::new(settings),
+            system,
+        };
+        (inputs, changes)
     } else {
         (input.running, Vec::new())
     };
-    if let Some(found) = &input.found {
-        crate::discovery::apply(&mut settings, found);
-    }
-    let cert = settings.tls.as_ref().map(|tls| {
+    let cert = inputs.validated.tls.as_ref().map(|tls| {
         crate::tls::ensure(tls, std::time::SystemTime::now(), false)
             .map_err(|e| format!("TLS: {e}; the previous configuration keeps serving"))
     });
-    Ok((settings, cert, changes))
+    Ok((inputs, input.found, cert, changes))
 }
 
 impl Supervisor {
@@ -297,7 +311,7 @@ impl Supervisor {
         let id = self.next_job;
         let input = CheckInput {
             config_path: self.config_path.clone(),
-            running: self.settings.clone(),
+            running: self.inputs.clone(),
             found: self.found.clone(),
             reread: !matches!(origin, Origin::Discovery),
             // The publisher and the balancer's membership run with the
@@ -409,7 +423,7 @@ impl Supervisor {
     fn install_for_reload(
         &mut self,
         id: u64,
-        settings: Settings,
+        settings: Built,
         next: Prepared,
         keys: Vec<String>,
     ) -> Option<Reloaded> {
@@ -673,7 +687,7 @@ impl Supervisor {
         if let Phase::Reloading { settings, next, .. } = job.phase {
             // The new file is installed: whatever runs next starts from
             // it, so it is the configuration in force.
-            self.settings = *settings;
+            self.set_built(*settings);
             self.set_current(*next, false);
         }
         if let Origin::Request(replies) = job.origin {
@@ -700,7 +714,7 @@ impl Supervisor {
             return;
         };
         if let Phase::Reloading { settings, next, .. } = job.phase {
-            self.settings = *settings;
+            self.set_built(*settings);
             self.set_current(*next, false);
         }
         let why = "the broker exited during the reload; it starts again with the new configuration";
@@ -713,8 +727,8 @@ impl Supervisor {
 
     /// The running settings become `settings`; what natsmeshd applies
     /// itself follows (the restart policy).
-    pub(super) fn adopt_settings(&mut self, settings: Settings) {
-        let old = std::mem::replace(&mut self.settings, settings);
+    pub(super) fn adopt_settings(&mut self, settings: Built) {
+        let old = self.set_built(settings);
         if old.restart != self.settings.restart {
             self.retune(false);
         }
@@ -769,7 +783,7 @@ impl Supervisor {
     /// plan the restart (through the region's lease when coordinated).
     pub(super) fn restart_for(
         &mut self,
-        settings: Settings,
+        settings: Built,
         next: Prepared,
         reasons: Vec<String>,
     ) -> Reloaded {

@@ -54,6 +54,8 @@ impl Supervisor {
         // Looked at once per new file, whatever comes of it.
         self.broker_bin = now;
         self.binary_checking = true;
+        // The settings the running broker was built with (by
+        // `prepare::effective`), checked against the new binary.
         let settings = self.settings.clone();
         let tx = self.events.clone();
         self.tasks.spawn(async move {
@@ -97,8 +99,8 @@ impl Supervisor {
             Ok(next) => {
                 let running = self.running_version();
                 let why = format!("a new nats-server binary ({running} → {})", next.version);
-                let settings = self.settings.clone();
-                let _ = self.restart_for(settings, next, vec![why]);
+                let built = self.built();
+                let _ = self.restart_for(built, next, vec![why]);
             }
         }
     }
