@@ -124,11 +124,9 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         Err(e) => {
             eprintln!("natsmeshd: {e}");
             notifier.status(&format!("failed: {e}"));
-            return if e.is_config_error() {
-                crate::EXIT_CONFIG
-            } else {
-                crate::EXIT_FAILURE
-            };
+            // As before the error had kinds: a start refused here is the
+            // configuration's exit code.
+            return crate::EXIT_CONFIG;
         }
     };
     // The settings the broker runs with (the validated ones with what DNS

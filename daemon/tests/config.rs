@@ -1360,3 +1360,74 @@ fn the_effective_settings_load_the_certificate_set_in_use() {
     assert!(s.tls.is_none());
     assert_eq!(natsmesh::prepare::effective(&s, None, Some(&same), None), s);
 }
+
+/// The supervisor builds its first configuration with the one function and
+/// publishes it on the spine: the settings the broker runs with (DNS's
+/// routes in, the validated settings' untouched), the certificate set (TLS
+/// off here: none) and the prepared file. Runs the real `nats-server -t`.
+#[test]
+fn the_supervisor_publishes_the_effective_settings_it_prepared() {
+    let f = Fixture::new();
+    let bin = f.dir.path().join("bin/nats-server");
+    std::fs::remove_file(&bin).unwrap();
+    std::os::unix::fs::symlink(
+        natsmesh_harness::broker_binary(natsmesh_harness::CURRENT),
+        &bin,
+    )
+    .unwrap();
+    f.write(
+        "natsmesh.toml",
+        "[node]\nregion = \"fra1\"\n\n[broker.jetstream]\nenabled = false\n\n[broker.cluster]\nenabled = true\nbind = \"127.0.0.1\"\n",
+    );
+    let s = f.settings().unwrap();
+    assert!(s.tls.is_none());
+    let hp = |a: &str| natsmesh_broker::model::HostPort::parse(a).unwrap();
+    let found = natsmesh::discovery::Found {
+        routes: vec![hp("127.0.0.1:6222"), hp("127.0.0.9:6222")],
+        regions: None,
+        leaves: Vec::new(),
+    };
+    let (_tx, rx) = tokio::sync::watch::channel(found.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tasks = natsmesh::shutdown::Tasks::default();
+        let (sup, _status) = natsmesh::supervisor::Supervisor::new(
+            None,
+            s.clone(),
+            Some(rx),
+            natsmesh::notify::Notifier::from_env(),
+            tasks.clone(),
+        )
+        .await
+        .unwrap();
+        let spine = sup.spine();
+        let system = natsmesh::auth::system_account(&s, &s.state_dir).unwrap();
+        let want = natsmesh::prepare::effective(&s, Some(&found), None, system.as_ref());
+        assert_eq!(**spine.settings.borrow(), want);
+        assert_eq!(
+            spine
+                .settings
+                .borrow()
+                .server
+                .cluster
+                .as_ref()
+                .unwrap()
+                .routes,
+            found.routes
+        );
+        assert_ne!(
+            s.server.cluster.as_ref().unwrap().routes,
+            found.routes,
+            "the validated settings took DNS's routes"
+        );
+        assert!(spine.certs.borrow().is_none());
+        let prepared = spine.prepared.borrow().clone();
+        let text = std::fs::read_to_string(&prepared.path).unwrap();
+        assert_eq!(text, prepared.rendered.text);
+        assert!(text.contains("127.0.0.9:6222"), "{text}");
+        assert!(tasks.shutdown(natsmesh::shutdown::GRACE).await);
+    });
+}
