@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::command::Command;
 use crate::fleet::report::{NodeRow, Table};
-use crate::health::Status;
+use crate::health::{Health, State, Status};
 
 /// A request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,7 +165,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 pub async fn serve(
     listener: UnixListener,
     commands: mpsc::Sender<Command>,
-    status: watch::Receiver<Status>,
+    status: watch::Receiver<Health>,
     fleet: Option<watch::Receiver<Table>>,
     access: FleetAccess,
 ) {
@@ -198,7 +198,7 @@ async fn handle(
     stream: UnixStream,
     allowed: bool,
     commands: mpsc::Sender<Command>,
-    status: watch::Receiver<Status>,
+    status: watch::Receiver<Health>,
     fleet: Option<watch::Receiver<Table>>,
     access: FleetAccess,
 ) -> std::io::Result<()> {
@@ -229,14 +229,7 @@ async fn handle(
             peers: None,
             creds: None,
         },
-        Ok(Request::Status) => Reply {
-            ok: true,
-            message: String::new(),
-            status: Some(status.borrow().clone()),
-            fleet: None,
-            peers: None,
-            creds: None,
-        },
+        Ok(Request::Status) => status_reply(&status.borrow()),
         Ok(Request::Reload { wait }) => {
             let (tx, rx) = oneshot::channel();
             let reply = wait.then_some(tx);
@@ -446,12 +439,12 @@ async fn issue_creds(
 /// after `undrain`, once JetStream is current.
 async fn drain(
     commands: &mpsc::Sender<Command>,
-    status: &watch::Receiver<Status>,
+    status: &watch::Receiver<Health>,
     access: &FleetOps,
     force: bool,
 ) -> Reply {
     use crate::fleet::maintenance::{self, Kind, Taken};
-    let serving = matches!(status.borrow().state.as_str(), "ready" | "syncing");
+    let serving = serves(status.borrow().state);
     let mut note = String::new();
     if serving && !force {
         let s = &access.settings;
@@ -478,6 +471,28 @@ async fn drain(
     reply
 }
 
+/// The answer to `status`: the printable status, made here at the edge
+/// from the supervisor's health.
+fn status_reply(h: &Health) -> Reply {
+    Reply {
+        ok: true,
+        message: String::new(),
+        status: Some(Status::from_health(h)),
+        fleet: None,
+        peers: None,
+        creds: None,
+    }
+}
+
+/// Whether a drain in `state` takes a broker out of service (the region's
+/// majority rule applies): it serves clients, or is about to once routed.
+fn serves(state: State) -> bool {
+    match state {
+        State::Ready | State::Syncing => true,
+        State::Starting | State::Draining | State::Restarting | State::Stopped => false,
+    }
+}
+
 /// Ends when the client hangs up (its half of the socket closes).
 async fn hangup(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
     let mut byte = [0u8; 1];
@@ -494,7 +509,7 @@ async fn hangup(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
 /// service and down; answers once the broker is down.
 async fn maintenance_start(
     commands: &mpsc::Sender<Command>,
-    status: watch::Receiver<Status>,
+    status: watch::Receiver<Health>,
     access: &FleetOps,
     wait: bool,
     reason: String,
@@ -526,7 +541,7 @@ async fn maintenance_start(
 /// goes back once it serves with JetStream current.
 async fn maintenance_stop(
     commands: &mpsc::Sender<Command>,
-    mut status: watch::Receiver<Status>,
+    mut status: watch::Receiver<Health>,
     access: &FleetOps,
 ) -> Result<String, String> {
     use crate::fleet::maintenance;
@@ -536,10 +551,7 @@ async fn maintenance_stop(
     let back = matches!(
         tokio::time::timeout(
             crate::fleet::maintain::ANSWER_WITHIN,
-            status.wait_for(|st| {
-                st.state == "ready"
-                    && (st.jetstream == "JetStream current" || st.jetstream == "JetStream off")
-            }),
+            status.wait_for(Health::ready_and_settled),
         )
         .await,
         Ok(Ok(_))
@@ -637,4 +649,35 @@ pub async fn request(path: &Path, req: &Request) -> Result<Reply, ControlError> 
         path: path.to_path_buf(),
         detail: format!("{e}: {line:?}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_takes_the_region_majority_rule_only_from_a_serving_broker() {
+        for state in State::ALL {
+            assert_eq!(
+                serves(state),
+                matches!(state, State::Ready | State::Syncing),
+                "{state}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_status_reply_writes_each_state_as_its_word() {
+        for state in State::ALL {
+            let h = Health {
+                state,
+                broker_pid: Some(7),
+                ..Health::default()
+            };
+            let json = serde_json::to_value(status_reply(&h)).expect("json");
+            assert_eq!(json["ok"], true);
+            assert_eq!(json["status"]["state"], state.as_str());
+            assert_eq!(json["status"]["broker_pid"], 7);
+        }
+    }
 }

@@ -18,7 +18,8 @@
 //! 2. `config`: the files, their validation and each feature's settings as
 //!    plain data (`config::settings`). Config owns the settings and the
 //!    features depend on it, never the reverse: config names no feature;
-//! 3. `health`: the supervisor's state, its status and what a pointer
+//! 3. `health`: the supervisor's typed `Health` (its state, the probes),
+//!    the printable status built from it at the edge and what a pointer
 //!    announces, read by many features without naming the supervisor;
 //!    `reconcile`: the loop and the backoff the pointers (`balancer`,
 //!    `publish`) share, following that status;

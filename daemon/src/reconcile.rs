@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
-use crate::health::{Announced, Status};
+use crate::health::{Announced, Health, State};
 
 /// What the supervisor's state means for a pointer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,13 +29,14 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// The phase of a state as the status names it.
-    pub fn of(state: &str) -> Self {
+    /// The phase of a state. Every state is named: a new one must be
+    /// given a phase, not fall into one by accident.
+    pub fn of(state: State) -> Self {
         match state {
-            "ready" => Self::Serving,
-            "starting" | "syncing" => Self::Starting,
-            "draining" | "stopped" => Self::Leaving,
-            _ => Self::Other,
+            State::Ready => Self::Serving,
+            State::Starting | State::Syncing => Self::Starting,
+            State::Draining | State::Stopped => Self::Leaving,
+            State::Restarting => Self::Other,
         }
     }
 }
@@ -102,9 +103,9 @@ impl Announcer {
 
 /// One turn of the loop, as the feature sees it.
 #[derive(Debug, Clone, Copy)]
-pub struct Turn<'a> {
-    /// The supervisor's state as the status names it.
-    pub state: &'a str,
+pub struct Turn {
+    /// The supervisor's state.
+    pub state: State,
     /// What it means for a pointer.
     pub phase: Phase,
     /// When the state last changed (hysteresis counts from here).
@@ -127,33 +128,34 @@ pub enum Next {
 /// says when to look again.
 pub trait Reconciler {
     /// One turn.
-    fn turn(&mut self, t: Turn<'_>, retry: &mut Retry) -> impl Future<Output = Next> + Send;
+    fn turn(&mut self, t: Turn, retry: &mut Retry) -> impl Future<Output = Next> + Send;
 }
 
 /// How long a loop with nothing planned sleeps before looking again on
 /// its own (a state change wakes it sooner).
 const IDLE: Duration = Duration::from_secs(3600);
 
-/// Follows the supervisor's status until its channel closes, turning `r`
+/// Follows the supervisor's health until its channel closes, turning `r`
 /// at every change of state and whenever `r` asked to be woken.
 pub async fn follow<R: Reconciler>(
-    mut status: watch::Receiver<Status>,
+    mut status: watch::Receiver<Health>,
     mut r: R,
     backoff: Backoff,
 ) {
     let mut retry = Retry::new(backoff);
-    let mut last_state = String::new();
+    // `None` before the first look: the first state is a change.
+    let mut last_state = None;
     let mut since = Instant::now();
     loop {
-        let state = status.borrow_and_update().state.clone();
+        let state = status.borrow_and_update().state;
         let now = Instant::now();
-        if state != last_state {
-            last_state.clone_from(&state);
+        if last_state != Some(state) {
+            last_state = Some(state);
             since = now;
         }
         let turn = Turn {
-            state: &state,
-            phase: Phase::of(&state),
+            state,
+            phase: Phase::of(state),
             since,
             now,
         };
@@ -181,12 +183,20 @@ mod tests {
 
     #[test]
     fn the_states_phases() {
-        assert_eq!(Phase::of("ready"), Phase::Serving);
-        assert_eq!(Phase::of("starting"), Phase::Starting);
-        assert_eq!(Phase::of("syncing"), Phase::Starting);
-        assert_eq!(Phase::of("draining"), Phase::Leaving);
-        assert_eq!(Phase::of("stopped"), Phase::Leaving);
-        assert_eq!(Phase::of("restarting"), Phase::Other);
+        assert_eq!(Phase::of(State::Ready), Phase::Serving);
+        assert_eq!(Phase::of(State::Starting), Phase::Starting);
+        assert_eq!(Phase::of(State::Syncing), Phase::Starting);
+        assert_eq!(Phase::of(State::Draining), Phase::Leaving);
+        assert_eq!(Phase::of(State::Stopped), Phase::Leaving);
+        assert_eq!(Phase::of(State::Restarting), Phase::Other);
+        // Only ready points a pointer here.
+        for state in State::ALL {
+            assert_eq!(
+                Phase::of(state) == Phase::Serving,
+                state == State::Ready,
+                "{state}"
+            );
+        }
     }
 
     #[test]
@@ -215,44 +225,44 @@ mod tests {
     /// Records each turn; acts once per state (`Again`), then sleeps
     /// until a fixed wake.
     struct Log {
-        turns: std::sync::Arc<std::sync::Mutex<Vec<(String, Duration)>>>,
+        turns: std::sync::Arc<std::sync::Mutex<Vec<(State, Duration)>>>,
         start: Instant,
-        acted_in: String,
+        acted_in: Option<State>,
     }
 
     impl Reconciler for Log {
-        async fn turn(&mut self, t: Turn<'_>, _retry: &mut Retry) -> Next {
+        async fn turn(&mut self, t: Turn, _retry: &mut Retry) -> Next {
             if let Ok(mut v) = self.turns.lock() {
-                v.push((t.state.to_owned(), t.since - self.start));
+                v.push((t.state, t.since - self.start));
             }
-            if self.acted_in != t.state {
-                self.acted_in = t.state.to_owned();
+            if self.acted_in != Some(t.state) {
+                self.acted_in = Some(t.state);
                 return Next::Again;
             }
             Next::Wait(Some(t.now + Duration::from_secs(10)))
         }
     }
 
-    fn status(state: &str) -> Status {
-        Status {
-            state: state.to_owned(),
-            ..Status::default()
+    fn status(state: State) -> Health {
+        Health {
+            state,
+            ..Health::default()
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_loop_turns_on_changes_and_wakes_and_ends_with_the_status() {
-        let (tx, rx) = watch::channel(status("starting"));
+        let (tx, rx) = watch::channel(status(State::Starting));
         let turns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let start = Instant::now();
         let log = Log {
             turns: turns.clone(),
             start,
-            acted_in: String::new(),
+            acted_in: None,
         };
         let task = tokio::spawn(follow(rx, log, B));
         tokio::time::sleep(Duration::from_secs(15)).await;
-        tx.send_replace(status("ready"));
+        tx.send_replace(status(State::Ready));
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(tx);
         tokio::time::timeout(Duration::from_secs(1), task)
@@ -260,17 +270,17 @@ mod tests {
             .expect("the loop ends when the status channel closes")
             .expect("no panic");
         let seen = turns.lock().map(|v| v.clone()).unwrap_or_default();
-        let s = |st: &str, at: u64| (st.to_owned(), Duration::from_secs(at));
+        let s = |st: State, at: u64| (st, Duration::from_secs(at));
         // starting: acted (Again), then waited; woken at 10 s; ready at
         // 15 s: its own `since`, acted, then waited.
         assert_eq!(
             seen,
             vec![
-                s("starting", 0),
-                s("starting", 0),
-                s("starting", 0),
-                s("ready", 15),
-                s("ready", 15),
+                s(State::Starting, 0),
+                s(State::Starting, 0),
+                s(State::Starting, 0),
+                s(State::Ready, 15),
+                s(State::Ready, 15),
             ]
         );
     }

@@ -2930,6 +2930,31 @@ struct Upgrade {
     paced: &'static str,
     /// Asks nats-server for a stream spanning the regions first.
     across_regions: bool,
+    /// Every product default (lame duck, probes, dwell, lease TTL and
+    /// scope, discovery) and the balancer at the DigitalOcean API's own
+    /// health check with [`AT_DEFAULTS_PROPAGATION`].
+    defaults: bool,
+}
+
+/// How long the fake balancer takes to act on an API change in the
+/// at-defaults drill. DigitalOcean documents no figure; a few seconds is
+/// what its control panel shows after adding a droplet, so the drill
+/// assumes 5 s (and 3 s of "processing previous actions" after each
+/// write) rather than the other drills' 500 ms and 300 ms.
+const AT_DEFAULTS_PROPAGATION: Duration = Duration::from_secs(5);
+const AT_DEFAULTS_PROCESSING: Duration = Duration::from_secs(3);
+
+/// The DigitalOcean API's defaults for a load balancer's health check
+/// (tests/specs/digitalocean/…/models/health_check.yml): every 10 s,
+/// 5 s timeout, 5 failures out, 3 successes in.
+fn do_api_default_model() -> natsmesh_harness::fakes::lb::Model {
+    natsmesh_harness::fakes::lb::Model {
+        check_interval: Duration::from_secs(10),
+        response_timeout: Duration::from_secs(5),
+        unhealthy_threshold: 5,
+        healthy_threshold: 3,
+        propagation: AT_DEFAULTS_PROPAGATION,
+    }
 }
 
 /// What an upgrade drill saw besides its report (checked and written).
@@ -2959,15 +2984,24 @@ fn upgrade(u: Upgrade) -> Upgraded {
         .map(PathBuf::from);
     let (mut mesh, start) = supercluster(u.lan, PREVIOUS, |m| {
         m.own_binaries(previous.clone());
-        // The lease outlasts a restart (30 s of lame duck, nats-server's
-        // least, and a start).
-        m.extra.push_str(&format!(
-            "\n[fleet]\nlease_scope = \"{}\"\nlease_ttl = \"60s\"\n",
-            u.scope
-        ));
-        m.balance(NYC3);
+        if u.defaults {
+            m.defaults = true;
+            m.balance_with(NYC3, do_api_default_model(), AT_DEFAULTS_PROCESSING);
+        } else {
+            // The lease outlasts a restart (30 s of lame duck, nats-server's
+            // least, and a start).
+            m.extra.push_str(&format!(
+                "\n[fleet]\nlease_scope = \"{}\"\nlease_ttl = \"60s\"\n",
+                u.scope
+            ));
+            m.balance(NYC3);
+        }
     });
-    wait_in_service(&mesh, 3, Duration::from_secs(30));
+    // At defaults a node is in service only after propagation and three
+    // checks 10 s apart, and each restart waits out a 75 s drain delay and
+    // up to 2 min of lame duck: the waits stretch accordingly.
+    let patience = if u.defaults { 5 } else { 1 };
+    wait_in_service(&mesh, 3, Duration::from_secs(30) * patience);
     let across = u.across_regions.then(|| stream_across_regions(&mut mesh));
     let load = Load::start(&mut mesh, NYC3);
     let probe = LbProbe::start(mesh.balancer().frontend(), NYC3);
@@ -3016,7 +3050,7 @@ fn upgrade(u: Upgrade) -> Upgraded {
                     && s.jetstream == "JetStream current"
                     && s.fleet.is_empty()
             },
-            Duration::from_secs(400),
+            Duration::from_secs(400) * patience,
         );
     }
     let converge = began.elapsed();
@@ -3024,7 +3058,7 @@ fn upgrade(u: Upgrade) -> Upgraded {
     let (worst, when, first_new, all_new, regions) = watcher.join().unwrap();
     let gateway_changes = gateways.join().unwrap();
     let majorities = majorities.join().unwrap();
-    wait_in_service(&mesh, 3, Duration::from_secs(30));
+    wait_in_service(&mesh, 3, Duration::from_secs(30) * patience);
     std::thread::sleep(warm);
     let seen = probe.finish();
     if seen.failed > 0 {
@@ -3059,13 +3093,22 @@ fn upgrade(u: Upgrade) -> Upgraded {
     let mut r = report(
         u.drill,
         format!(
-            "natsmesh ({}) and nats-server ({PREVIOUS} → {CURRENT}) replaced on all nine servers at once, as a package upgrade does; natsmeshd re-executes itself and restarts its broker {} (`[fleet] lease_scope = \"{}\"`; lame duck 30 s, nats-server's least).",
+            "natsmesh ({}) and nats-server ({PREVIOUS} → {CURRENT}) replaced on all nine servers at once, as a package upgrade does; natsmeshd re-executes itself and restarts its broker {} (`[fleet] lease_scope = \"{}\"`; {}).",
             previous.as_ref().map_or_else(
                 || "a fresh copy of the current build: no previous build given".to_owned(),
                 |p| format!("{} → the current build", build_name(p))
             ),
             u.paced,
             u.scope,
+            if u.defaults {
+                format!(
+                    "every product default — lame duck 2 min with 10 s grace, the default probe profile, dwell, lease TTL 5 min, discovery refresh — and nyc3's balancer at the DigitalOcean API's default health check (every 10 s, 5 s timeout, 5 failures out, 3 successes in) with {} s propagation and {} s processing after each write, so each of nyc3's stops waits out a 75 s drain delay",
+                    AT_DEFAULTS_PROPAGATION.as_secs(),
+                    AT_DEFAULTS_PROCESSING.as_secs()
+                )
+            } else {
+                "lame duck 30 s, nats-server's least".to_owned()
+            }
         ),
         true,
         start,
@@ -3233,6 +3276,7 @@ fn a_rolling_upgrade_moves_one_node_of_the_supercluster_at_a_time() {
         scope: "supercluster",
         paced: "under the supercluster's restart lease, one server of all nine at a time",
         across_regions: false,
+        defaults: false,
     });
     assert_eq!(u.worst, 1, "{:?}", u.report);
     assert_eq!(u.took_over, 9, "{:?}", u.report);
@@ -3250,6 +3294,7 @@ fn a_region_by_region_upgrade_moves_one_node_of_each_region_at_a_time() {
         scope: "region",
         paced: "under its region's restart lease, one server of each region at a time, the regions in parallel",
         across_regions: true,
+        defaults: false,
     });
     assert_eq!(
         u.regions.most_in_a_region(),
@@ -3270,6 +3315,32 @@ fn a_region_by_region_upgrade_moves_one_node_of_each_region_at_a_time() {
         matches!(u.across, Some(Err(_))),
         "a stream spanning the regions was placed ({:?}): add it to this drill's load",
         u.across
+    );
+    assert_eq!(u.took_over, 9, "{:?}", u.report);
+    assert!(u.served > 0, "{:?}", u.report);
+    assert_majorities_kept(&u);
+}
+
+/// The same package upgrade with nothing tuned for tests: every product
+/// default and a balancer at the DigitalOcean API's default health check
+/// (a 75 s drain delay per stop). Region-scoped leases, the default. Not
+/// in CI (about 15 minutes); `make drills` plays it.
+#[test]
+fn a_rolling_upgrade_at_product_defaults_keeps_its_targets() {
+    let u = upgrade(Upgrade {
+        drill: "rolling-upgrade-at-defaults",
+        lan: 37,
+        scope: "region",
+        paced: "under its region's restart lease (the default scope), one server of each region at a time, the regions in parallel",
+        across_regions: false,
+        defaults: true,
+    });
+    assert_eq!(
+        u.regions.most_in_a_region(),
+        1,
+        "{:?} {:?}",
+        u.regions,
+        u.report
     );
     assert_eq!(u.took_over, 9, "{:?}", u.report);
     assert!(u.served > 0, "{:?}", u.report);

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use natsmesh::health::{Announced, Certificate, Health};
 use natsmesh::metrics::node::{DiscoveryFigures, Figures};
 use natsmesh::metrics::{BrokerFigures, Snapshot, render};
 use natsmesh::provider::rest::{Flavor, Purpose};
-use natsmesh::supervisor::Status;
 use natsmesh_broker::monitor::{JetStreamMeta, Varz, VarzJetStream};
 
 fn grafana() -> PathBuf {
@@ -41,6 +41,10 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     assert!(said.contains("SUCCESS"), "{said}");
 }
 
+fn at(secs: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+}
+
 /// Every series name one scrape can hold: a snapshot with every optional
 /// part present.
 fn exported() -> BTreeSet<String> {
@@ -52,15 +56,25 @@ fn exported() -> BTreeSet<String> {
         ..Varz::default()
     };
     let text = render(Snapshot {
-        status: Status {
-            certificate_not_after_unix: Some(1),
-            intermediate_not_after_unix: Some(2),
-            root_not_after_unix: Some(3),
-            dns_up: Some(true),
-            load_balancer_registered: Some(true),
+        health: Health {
+            certificate: Some(Certificate {
+                serial: "01".into(),
+                not_after: at(1),
+                renew_at: at(1),
+                intermediate_not_after: Some(at(2)),
+                root_not_after: Some(at(3)),
+            }),
+            dns: Some(Announced {
+                up: true,
+                ..Announced::default()
+            }),
+            load_balancer: Some(Announced {
+                member: Some(true),
+                ..Announced::default()
+            }),
             gateways: Some(vec!["nyc3".into()]),
             clock_synchronized: Some(true),
-            ..Status::default()
+            ..Health::default()
         },
         broker: BrokerFigures {
             varz: Some(varz),

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use crate::config::settings::balancer::{Backend, LbProvider, LbSettings};
-use crate::health::{Announced, Status};
+use crate::health::{self, Announced};
 use crate::provider::LoadBalancer;
 pub use crate::provider::lb::{Health, LbError, Rule, Setup};
 use crate::reconcile::{self, Announcer, Backoff, Next, Phase, Reconciler, Retry, Turn, Word};
@@ -180,10 +180,14 @@ const RECHECK_WRONG: Duration = Duration::from_secs(15);
 const RECHECK_NEW: Duration = Duration::from_secs(3);
 const RECHECK_RIGHT: Duration = Duration::from_secs(300);
 
-/// Follows the supervisor's status until it ends; `up` tells the
+/// Follows the supervisor's health until it ends; `up` tells the
 /// supervisor whether this node may still receive clients through the
 /// balancer (a stop waits for `false` before lame duck).
-pub async fn follow(s: LbSettings, status: watch::Receiver<Status>, up: watch::Sender<Announced>) {
+pub async fn follow(
+    s: LbSettings,
+    status: watch::Receiver<health::Health>,
+    up: watch::Sender<Announced>,
+) {
     // Every word keeps the budget last derived, so a stop's wait follows
     // the health check as last read.
     let up = Announcer::new(up);
@@ -231,7 +235,7 @@ struct Membership {
 }
 
 impl Reconciler for Membership {
-    async fn turn(&mut self, t: Turn<'_>, retry: &mut Retry) -> Next {
+    async fn turn(&mut self, t: Turn, retry: &mut Retry) -> Next {
         let (s, name, now) = (&self.s, self.name.as_str(), t.now);
         let leaving = t.phase == Phase::Leaving;
         let due = retry.due(now);

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::httpd::{read_request, respond};
 use tokio::sync::watch;
 
-use crate::health::Status;
+use crate::health::{Health, State};
 
 /// The path the health check must ask for.
 pub const PATH: &str = "/ready";
@@ -25,32 +25,45 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves health checks from `listener` with the latest status.
-pub async fn serve(listener: TcpListener, status: watch::Receiver<Status>) {
+/// Serves health checks from `listener` with the latest health.
+pub async fn serve(listener: TcpListener, status: watch::Receiver<Health>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of descriptors and the like: back off, keep serving.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let state = status.borrow().state.clone();
+        let state = status.borrow().state;
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, &state)).await;
+            let _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, state)).await;
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, state: &str) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, state: State) -> std::io::Result<()> {
     let Some(req) = read_request(&mut stream).await? else {
         return Ok(());
     };
-    let (code, text) = match (req.method.as_str(), req.path.as_str()) {
-        ("GET" | "HEAD", PATH) if state == "ready" => (200, "ready"),
-        ("GET" | "HEAD", PATH) => (503, state),
+    let (code, text) = verdict(&req.method, &req.path, state);
+    respond(&mut stream, code, "text/plain", &format!("{text}\n")).await
+}
+
+/// The answer to `method path` in `state`: 200 only in `ready` (the same
+/// serving probe as membership: `syncing` is not in the balancer), 503
+/// with the state's name otherwise.
+fn verdict(method: &str, path: &str, state: State) -> (u16, &'static str) {
+    match (method, path) {
+        ("GET" | "HEAD", PATH) => match state {
+            State::Ready => (200, "ready"),
+            State::Starting
+            | State::Syncing
+            | State::Draining
+            | State::Restarting
+            | State::Stopped => (503, state.as_str()),
+        },
         ("GET" | "HEAD", _) => (404, "not found"),
         _ => (405, "method not allowed"),
-    };
-    respond(&mut stream, code, "text/plain", &format!("{text}\n")).await
+    }
 }
 
 #[cfg(test)]
@@ -72,17 +85,14 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = watch::channel(Status {
-            state: "starting".into(),
-            ..Status::default()
-        });
+        let (tx, rx) = watch::channel(Health::default());
         let task = tokio::spawn(serve(listener, rx));
         let r = get(addr, "GET /ready HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(
             r.starts_with("HTTP/1.1 503 ") && r.ends_with("starting\n"),
             "{r}"
         );
-        tx.send_modify(|s| s.state = "ready".into());
+        tx.send_modify(|s| s.state = State::Ready);
         let r = get(addr, "GET /ready HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
         let r = get(addr, "GET /varz HTTP/1.1\r\n\r\n").await;
@@ -90,5 +100,20 @@ mod tests {
         let r = get(addr, "POST /ready HTTP/1.1\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 405 "), "{r}");
         task.abort();
+    }
+
+    #[test]
+    fn only_ready_is_in_service_every_other_state_says_its_name() {
+        for state in State::ALL {
+            let (code, text) = verdict("GET", PATH, state);
+            if state == State::Ready {
+                assert_eq!((code, text), (200, "ready"));
+            } else {
+                assert_eq!((code, text), (503, state.as_str()), "{state}");
+            }
+            assert_eq!(verdict("HEAD", PATH, state).0, code, "{state}");
+            assert_eq!(verdict("GET", "/varz", state), (404, "not found"));
+            assert_eq!(verdict("POST", PATH, state), (405, "method not allowed"));
+        }
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::report::{INTERVAL, NodeReport, SUBJECT_PREFIX, Table};
 use crate::config::Settings;
-use crate::health::Status;
+use crate::health::{Health, State, Status};
 
 /// A report larger than this is not natsmeshd's.
 const MAX_REPORT: usize = 64 * 1024;
@@ -24,7 +24,7 @@ fn now_ms() -> u64 {
 /// Runs until the status channel closes.
 pub async fn run(
     settings: Settings,
-    mut status: watch::Receiver<Status>,
+    mut status: watch::Receiver<Health>,
     table: watch::Sender<Table>,
 ) {
     let me = settings.server.server_name.clone();
@@ -56,7 +56,7 @@ pub async fn run(
         };
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_state = String::new();
+        let mut last_state: Option<State> = None;
         loop {
             let say = tokio::select! {
                 _ = tick.tick() => true,
@@ -64,7 +64,7 @@ pub async fn run(
                     if changed.is_err() {
                         return;
                     }
-                    status.borrow().state != last_state
+                    Some(status.borrow().state) != last_state
                 }
                 msg = heard.next() => {
                     let Some(msg) = msg else { break };
@@ -86,8 +86,13 @@ pub async fn run(
             if !say {
                 continue;
             }
-            let report = NodeReport::from_status(&status.borrow(), now_ms());
-            last_state.clone_from(&report.state);
+            // The report is a wire format, made from the printable status.
+            let (state, printable) = {
+                let h = status.borrow();
+                (h.state, Status::from_health(&h))
+            };
+            last_state = Some(state);
+            let report = NodeReport::from_status(&printable, now_ms());
             let Ok(body) = serde_json::to_vec(&report) else {
                 continue;
             };

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::FleetOps;
 use crate::command::Command;
-use crate::health::Status;
+use crate::health::{Health, State};
 
 /// How long `maintenance start` waits for the broker to be down, and
 /// `maintenance stop` for JetStream to be current, before answering.
@@ -21,7 +21,7 @@ pub const ANSWER_WITHIN: Duration = Duration::from_secs(600);
 /// back.
 pub async fn enter(
     commands: &mpsc::Sender<Command>,
-    mut status: watch::Receiver<Status>,
+    mut status: watch::Receiver<Health>,
     access: &FleetOps,
     reason: String,
     taken: crate::fleet::maintenance::Taken,
@@ -77,16 +77,12 @@ pub async fn enter(
     }
     tracing::info!(reason = %reason, until_unix_ms = until, "maintenance: leaving service");
     let down = matches!(
-        tokio::time::timeout(
-            ANSWER_WITHIN,
-            status.wait_for(|st| st.state == "stopped" && st.broker_pid.is_none()),
-        )
-        .await,
+        tokio::time::timeout(ANSWER_WITHIN, status.wait_for(Health::down),).await,
         Ok(Ok(_))
     );
     let until_text =
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(until));
-    let state = status.borrow().state.clone();
+    let state: State = status.borrow().state;
     match down {
         true => {
             tracing::info!("maintenance: the broker is down; safe to reboot");

@@ -36,7 +36,7 @@ use super::peers::MetaGroup;
 use super::view::View;
 use super::{Coordination, FleetSettings};
 use crate::config::Settings;
-use crate::health::Status;
+use crate::health::Health;
 
 /// The key, in the fleet bucket, holding every node out on purpose.
 pub const KEY: &str = "maintenance";
@@ -719,7 +719,7 @@ pub async fn release(settings: &Settings) -> Result<bool, String> {
 /// current and no maintenance is kept here: at start, and whenever
 /// `wake` is notified (`maintenance stop`, `undrain`). Runs beside the
 /// supervisor until aborted.
-pub async fn settle(settings: Settings, mut status: watch::Receiver<Status>, wake: Arc<Notify>) {
+pub async fn settle(settings: Settings, mut status: watch::Receiver<Health>, wake: Arc<Notify>) {
     if !matches!(settings.fleet, Coordination::Lease(_)) {
         return;
     }
@@ -734,11 +734,7 @@ pub async fn settle(settings: Settings, mut status: watch::Receiver<Status>, wak
     loop {
         // Serving with JetStream current, and not in maintenance.
         let serving = status
-            .wait_for(|s| {
-                s.state == "ready"
-                    && (s.jetstream == "JetStream current" || s.jetstream == "JetStream off")
-                    && s.maintenance.is_none()
-            })
+            .wait_for(|h| h.ready_and_settled() && h.maintenance.is_none())
             .await
             .is_ok();
         if !serving {

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use crate::command::Command;
 pub use crate::config::settings::reboot::{RebootSettings, Window};
 use crate::fleet::FleetOps;
-use crate::health::Status;
+use crate::health::Health;
 
 /// How often the reboot-required file is looked for.
 pub const POLL: Duration = Duration::from_secs(5);
@@ -81,7 +81,7 @@ pub async fn watch(
     access: Arc<FleetOps>,
     reboot: RebootSettings,
     commands: mpsc::Sender<Command>,
-    status: watch::Receiver<Status>,
+    status: watch::Receiver<Health>,
 ) {
     let mut last: Option<String> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
@@ -100,10 +100,7 @@ pub async fn watch(
             // interrupted by a natsmeshd restart in the same boot goes on
             // once the broker is down.
             let ours = kept.as_ref().is_some_and(|m| m.reboot);
-            let down = {
-                let s = status.borrow();
-                s.state == "stopped" && s.broker_pid.is_none()
-            };
+            let down = status.borrow().down();
             if ours && down && required {
                 if !reboot_now(&access, &reboot, &commands, &mut last).await {
                     retry_at = Some(tokio::time::Instant::now() + RETRY_AFTER);

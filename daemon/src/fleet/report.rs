@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::health::Status;
+use crate::health::{State, Status};
 
 /// The subject prefix; a node publishes on `<prefix>.<server name>`.
 pub const SUBJECT_PREFIX: &str = "natsmesh.v1.node";
@@ -111,9 +111,13 @@ impl NodeReport {
     }
 
     /// Whether the node said it was leaving service: silence after this
-    /// is a stop, not a loss.
+    /// is a stop, not a loss. The report's word is read into the state
+    /// once, here at the edge (a word no natsmeshd writes is not leaving).
     fn leaving(&self) -> bool {
-        matches!(self.state.as_str(), "draining" | "stopping" | "stopped")
+        matches!(
+            self.state.parse::<State>(),
+            Ok(State::Draining | State::Stopped)
+        )
     }
 }
 
@@ -314,5 +318,23 @@ mod tests {
             NodeReport::from_status(&s, 1).lease,
             "waiting to restart: …"
         );
+    }
+
+    #[test]
+    fn a_report_of_each_state_reads_back_as_leaving_only_when_it_leaves() {
+        for state in State::ALL {
+            let h = crate::health::Health {
+                state,
+                ..crate::health::Health::default()
+            };
+            let r = NodeReport::from_status(&Status::from_health(&h), 1);
+            assert_eq!(r.state, state.as_str());
+            assert_eq!(
+                r.leaving(),
+                matches!(state, State::Draining | State::Stopped),
+                "{state}"
+            );
+        }
+        assert!(!report("x", "fra1", "unheard-of", 1).leaving());
     }
 }

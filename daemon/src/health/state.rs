@@ -73,6 +73,25 @@ impl State {
     }
 }
 
+/// A name that is no state's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no such state: {0:?}")]
+pub struct UnknownState(pub String);
+
+impl std::str::FromStr for State {
+    type Err = UnknownState;
+
+    /// The state a name (as [`State::as_str`] writes it) stands for: where
+    /// a status comes back as JSON (`natsmeshd status`), the text is read
+    /// into the enum once, at that edge.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        State::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_owned()))
+    }
+}
+
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -191,5 +210,16 @@ mod tests {
         }
         assert!(!State::Stopped.can_go_to(State::Ready));
         assert!(!State::Restarting.can_go_to(State::Ready));
+    }
+
+    #[test]
+    fn every_state_reads_back_from_its_name_and_nothing_else_does() {
+        for st in State::ALL {
+            assert_eq!(st.as_str().parse::<State>(), Ok(st));
+            assert_eq!(st.to_string(), st.as_str());
+        }
+        for bad in ["", "Ready", "stopping", "degraded", "ready "] {
+            assert_eq!(bad.parse::<State>(), Err(UnknownState(bad.into())));
+        }
     }
 }

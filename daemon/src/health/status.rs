@@ -1,9 +1,15 @@
 //! The status natsmeshd reports: on the control socket (`natsmeshd status`),
-//! and as systemd STATUS= lines a person can read.
+//! and as systemd STATUS= lines a person can read. It is built at the edge
+//! from the supervisor's [`Health`] ([`Status::from_health`]), never kept
+//! as a second copy: its text is for people and for the JSON schema, and
+//! nothing inside natsmeshd decides on it.
 
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
+
+use super::probes::describe_client_port;
+use super::{Certificate, Health, State};
 
 /// Everything `natsmeshd status` shows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -139,7 +145,101 @@ pub fn clock_synchronized() -> Option<bool> {
     dir.is_dir().then(|| dir.join("synchronized").exists())
 }
 
+/// Unix seconds, as the status writes times.
+fn unix_s(t: std::time::SystemTime) -> u64 {
+    crate::unix_ms(t) / 1000
+}
+
+/// The certificate line: serial, expiry and the next check.
+fn describe_cert(c: &Certificate) -> String {
+    let t = |x| humantime::format_rfc3339_seconds(x).to_string();
+    format!(
+        "serial {}, valid until {}, next check {}",
+        c.serial,
+        t(c.not_after),
+        t(c.renew_at)
+    )
+}
+
 impl Status {
+    /// The printable status of `h`: the control socket's JSON
+    /// (`natsmeshd status --json`, a documented schema whose names and
+    /// values do not change) and the source of the STATUS= line. Pure: it
+    /// reads no clock and no file.
+    pub fn from_health(h: &Health) -> Self {
+        let cert = h.certificate.as_ref();
+        let degraded_why = h.degraded_why();
+        Self {
+            natsmesh_version: env!("CARGO_PKG_VERSION").into(),
+            state: h.state.as_str().into(),
+            reason: h.reason.clone(),
+            since_unix_ms: crate::unix_ms(h.since),
+            server_name: h.server_name.clone(),
+            region: h.region.clone(),
+            identity: h.identity.clone(),
+            broker_version: h.broker_version.clone(),
+            broker_pid: h.broker_pid,
+            config_file: h.config_file.display().to_string(),
+            // A failing renewal says so in place of the certificate's line;
+            // the dates stay those of the certificate still in use.
+            certificate: match (&h.certificate_failing, cert) {
+                (Some(e), _) => format!("renewal failing: {e}"),
+                (None, Some(c)) => describe_cert(c),
+                (None, None) => "TLS off".into(),
+            },
+            certificate_not_after_unix: cert.map(|c| unix_s(c.not_after)),
+            intermediate_not_after_unix: cert.and_then(|c| c.intermediate_not_after).map(unix_s),
+            root_not_after_unix: cert.and_then(|c| c.root_not_after).map(unix_s),
+            certificate_failing: h.certificate_failing.is_some(),
+            warnings: h.warnings.clone(),
+            alive: h
+                .alive
+                .as_ref()
+                .map(|a| a.detail.clone())
+                .unwrap_or_default(),
+            serving: h
+                .client_port
+                .as_ref()
+                .map(describe_client_port)
+                .unwrap_or_default(),
+            jetstream: h
+                .jetstream
+                .as_ref()
+                .map(super::JetStream::describe)
+                .unwrap_or_default(),
+            routes: h.routes,
+            clients: h.clients,
+            gateways: h.gateways.clone(),
+            clock_synchronized: h.clock_synchronized,
+            restart_pending: h.restart_pending.clone(),
+            natsmeshd_restart_pending: h.natsmeshd_restart_pending.clone(),
+            restarts: h.restarts,
+            crashes: h.crashes,
+            hang_kills: h.hang_kills,
+            reloads_ok: h.reloads_ok,
+            reloads_failed: h.reloads_failed,
+            last_reload: h.last_reload.clone(),
+            log_lines_dropped: h.log_lines_dropped,
+            dns: h.dns.as_ref().map(|a| a.line.clone()).unwrap_or_default(),
+            load_balancer: h
+                .load_balancer
+                .as_ref()
+                .map(|a| a.line.clone())
+                .unwrap_or_default(),
+            dns_up: h.dns.as_ref().map(|a| a.up),
+            load_balancer_registered: h.load_balancer.as_ref().and_then(|a| a.member),
+            fleet: h.fleet.clone(),
+            paused: h.paused,
+            fleet_paused: h.fleet_paused.clone(),
+            maintenance: h.maintenance.clone(),
+            reboot: h.reboot.clone(),
+            dns_problem: h.dns.as_ref().and_then(|a| a.problem.clone()),
+            load_balancer_problem: h.load_balancer.as_ref().and_then(|a| a.problem.clone()),
+            degraded: !degraded_why.is_empty(),
+            degraded_why,
+        }
+    }
+
     /// When the intermediate and the root expire, for the screen.
     fn ca_expiry(&self) -> String {
         let at = |secs: u64| {
@@ -158,27 +258,6 @@ impl Status {
         }
     }
 
-    /// Sets `degraded` and `degraded_why` from the other fields: a serving
-    /// node whose balancer cannot be read or is set up wrong, or whose DNS
-    /// publication fails. Derived for people and metrics; serving,
-    /// membership and publication do not follow it.
-    pub fn derive_degraded(&mut self) {
-        self.degraded_why = if self.state == "ready" {
-            [
-                self.load_balancer_problem
-                    .as_ref()
-                    .map(|p| format!("load balancer: {p}")),
-                self.dns_problem.as_ref().map(|p| format!("DNS: {p}")),
-            ]
-            .into_iter()
-            .flatten()
-            .collect()
-        } else {
-            Vec::new()
-        };
-        self.degraded = !self.degraded_why.is_empty();
-    }
-
     /// One line for systemd's STATUS=, e.g. "ready: 2 routes, 14 clients,
     /// JetStream current — digitalocean-nyc3-2756294".
     pub fn line(&self) -> String {
@@ -188,8 +267,11 @@ impl Status {
         } else {
             format!("{}: ", self.state)
         };
-        match self.state.as_str() {
-            "ready" | "syncing" => {
+        // The state read back into the enum: this status may have come as
+        // JSON from the daemon (`natsmeshd status`).
+        let state = self.state.parse::<State>().ok();
+        match state {
+            Some(State::Ready | State::Syncing) => {
                 let mut parts = Vec::new();
                 if let Some(r) = self.routes {
                     parts.push(format!("{r} route{}", if r == 1 { "" } else { "s" }));
@@ -199,11 +281,11 @@ impl Status {
                 }
                 parts.push(self.jetstream.clone());
                 s.push_str(&parts.join(", "));
-                if self.state == "syncing" {
+                if state == Some(State::Syncing) {
                     let _ = write!(s, " ({})", self.reason);
                 }
             }
-            "draining" if !self.load_balancer.is_empty() => {
+            Some(State::Draining) if !self.load_balancer.is_empty() => {
                 // The drain delay the balancer's health check implies.
                 let _ = write!(s, "{}; {}", self.reason, self.load_balancer);
             }
@@ -370,26 +452,286 @@ impl Status {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    fn serving() -> Status {
-        Status {
-            state: "ready".into(),
+    use natsmesh_broker::monitor::ClientPort;
+
+    use super::*;
+    use crate::health::{Alive, Announced, JetStream};
+
+    fn serving_health() -> Health {
+        Health {
+            state: State::Ready,
             reason: "serving clients".into(),
             server_name: "n1".into(),
             routes: Some(2),
             clients: Some(3),
-            jetstream: "JetStream current".into(),
-            ..Status::default()
+            client_port: Some(ClientPort::Serving),
+            jetstream: Some(JetStream::Current),
+            ..Health::default()
+        }
+    }
+
+    fn serving() -> Status {
+        Status::from_health(&serving_health())
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn trouble(line: &str) -> Announced {
+        Announced {
+            up: true,
+            member: Some(true),
+            line: line.into(),
+            problem: Some(line.into()),
+            budget: None,
         }
     }
 
     #[test]
+    fn every_state_is_written_as_it_always_was() {
+        // The JSON schema's values: `natsmeshd status --json` readers and
+        // the fleet reports parse these words.
+        let words = [
+            (State::Starting, "starting"),
+            (State::Syncing, "syncing"),
+            (State::Ready, "ready"),
+            (State::Draining, "draining"),
+            (State::Restarting, "restarting"),
+            (State::Stopped, "stopped"),
+        ];
+        assert_eq!(words.len(), State::ALL.len());
+        for (state, word) in words {
+            let s = Status::from_health(&Health {
+                state,
+                reason: "why".into(),
+                ..Health::default()
+            });
+            assert_eq!(s.state, word);
+            let json = serde_json::to_value(&s).expect("json");
+            assert_eq!(json["state"], word);
+            assert!(s.line().starts_with(&format!("{word}: ")), "{}", s.line());
+        }
+    }
+
+    #[test]
+    fn every_field_of_health_reaches_the_status() {
+        let h = Health {
+            state: State::Syncing,
+            reason: "waiting for the first route".into(),
+            since: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            server_name: "n1".into(),
+            region: "nyc3".into(),
+            identity: "digitalocean droplet 1 in nyc3".into(),
+            broker_version: "2.11.11".into(),
+            broker_pid: Some(42),
+            config_file: "/var/lib/natsmesh/nats-server.conf".into(),
+            certificate: Some(Certificate {
+                serial: "0a1b".into(),
+                not_after: at(2_000_000_000),
+                renew_at: at(1_900_000_000),
+                intermediate_not_after: Some(at(2_100_000_000)),
+                root_not_after: Some(at(2_200_000_000)),
+            }),
+            certificate_failing: None,
+            warnings: vec!["a root key on the node".into()],
+            alive: Some(Alive {
+                answered: true,
+                detail: "answered 200".into(),
+            }),
+            client_port: Some(ClientPort::LameDuck),
+            jetstream: Some(JetStream::Catching("stream X".into())),
+            routes: Some(1),
+            clients: Some(7),
+            gateways: Some(vec!["fra1".into()]),
+            clock_synchronized: Some(false),
+            restart_pending: vec!["cluster port".into()],
+            natsmeshd_restart_pending: vec!["metrics.listen".into()],
+            restarts: 1,
+            crashes: 2,
+            hang_kills: 3,
+            reloads_ok: 4,
+            reloads_failed: 5,
+            last_reload: Some("reloaded".into()),
+            log_lines_dropped: 6,
+            dns: Some(Announced {
+                up: true,
+                member: None,
+                line: "published n1.example.".into(),
+                problem: None,
+                budget: None,
+            }),
+            load_balancer: Some(Announced {
+                up: false,
+                member: Some(false),
+                line: "out of lb-1".into(),
+                problem: None,
+                budget: None,
+            }),
+            fleet: "waiting to restart: x".into(),
+            paused: true,
+            fleet_paused: Some("fleet pause".into()),
+            maintenance: Some("in maintenance".into()),
+            reboot: Some("reboot required".into()),
+        };
+        let s = Status::from_health(&h);
+        assert_eq!(
+            s,
+            Status {
+                natsmesh_version: env!("CARGO_PKG_VERSION").into(),
+                state: "syncing".into(),
+                reason: "waiting for the first route".into(),
+                since_unix_ms: 1_700_000_000_123,
+                server_name: "n1".into(),
+                region: "nyc3".into(),
+                identity: "digitalocean droplet 1 in nyc3".into(),
+                broker_version: "2.11.11".into(),
+                broker_pid: Some(42),
+                config_file: "/var/lib/natsmesh/nats-server.conf".into(),
+                certificate:
+                    "serial 0a1b, valid until 2033-05-18T03:33:20Z, next check 2030-03-17T17:46:40Z"
+                        .into(),
+                certificate_not_after_unix: Some(2_000_000_000),
+                intermediate_not_after_unix: Some(2_100_000_000),
+                root_not_after_unix: Some(2_200_000_000),
+                certificate_failing: false,
+                warnings: vec!["a root key on the node".into()],
+                alive: "answered 200".into(),
+                serving: "lame duck".into(),
+                jetstream: "JetStream catching up (stream X)".into(),
+                routes: Some(1),
+                clients: Some(7),
+                gateways: Some(vec!["fra1".into()]),
+                clock_synchronized: Some(false),
+                restart_pending: vec!["cluster port".into()],
+                natsmeshd_restart_pending: vec!["metrics.listen".into()],
+                restarts: 1,
+                crashes: 2,
+                hang_kills: 3,
+                reloads_ok: 4,
+                reloads_failed: 5,
+                last_reload: Some("reloaded".into()),
+                log_lines_dropped: 6,
+                dns: "published n1.example.".into(),
+                load_balancer: "out of lb-1".into(),
+                dns_up: Some(true),
+                load_balancer_registered: Some(false),
+                fleet: "waiting to restart: x".into(),
+                paused: true,
+                fleet_paused: Some("fleet pause".into()),
+                maintenance: Some("in maintenance".into()),
+                reboot: Some("reboot required".into()),
+                dns_problem: None,
+                load_balancer_problem: None,
+                degraded: false,
+                degraded_why: vec![],
+            }
+        );
+        // The STATUS= line, word for word.
+        assert_eq!(
+            s.line(),
+            "syncing: 1 route, 7 clients, JetStream catching up (stream X) (waiting for the first route); restart pending: cluster port; waiting to restart: x; paused; fleet pause; in maintenance; reboot required — n1"
+        );
+    }
+
+    #[test]
+    fn nothing_probed_yet_and_tls_off_read_as_before() {
+        let s = Status::from_health(&Health::default());
+        assert_eq!(
+            (s.alive.as_str(), s.serving.as_str(), s.jetstream.as_str()),
+            ("", "", "")
+        );
+        assert_eq!(s.certificate, "TLS off");
+        assert_eq!(s.certificate_not_after_unix, None);
+        assert_eq!((s.dns.as_str(), s.dns_up), ("", None));
+        assert_eq!(
+            (s.load_balancer.as_str(), s.load_balancer_registered),
+            ("", None)
+        );
+        assert_eq!(s.since_unix_ms, 0);
+    }
+
+    #[test]
+    fn each_probe_word_is_the_phrase_it_always_was() {
+        for (port, word) in [
+            (ClientPort::Serving, "accepting clients"),
+            (ClientPort::LameDuck, "lame duck"),
+            (ClientPort::Refused, "client port closed"),
+            (ClientPort::Timeout, "client port: no INFO in time"),
+            (ClientPort::Failed("reset".into()), "client port: reset"),
+        ] {
+            let h = Health {
+                client_port: Some(port.clone()),
+                ..Health::default()
+            };
+            assert_eq!(h.serving(), port == ClientPort::Serving, "{word}");
+            assert_eq!(Status::from_health(&h).serving, word);
+        }
+        for (js, word, settled) in [
+            (JetStream::Disabled, "JetStream off", true),
+            (JetStream::Current, "JetStream current", true),
+            (
+                JetStream::Catching("s".into()),
+                "JetStream catching up (s)",
+                false,
+            ),
+            (
+                JetStream::NotCurrent("m".into()),
+                "JetStream not current (m)",
+                false,
+            ),
+            (
+                JetStream::Unknown("timeout".into()),
+                "JetStream unknown (timeout)",
+                false,
+            ),
+        ] {
+            assert_eq!(js.settled(), settled, "{word}");
+            let h = Health {
+                state: State::Ready,
+                jetstream: Some(js),
+                ..Health::default()
+            };
+            assert_eq!(h.ready_and_settled(), settled, "{word}");
+            assert_eq!(Status::from_health(&h).jetstream, word);
+        }
+        // Not probed yet: nothing is settled.
+        let h = Health {
+            state: State::Ready,
+            ..Health::default()
+        };
+        assert!(!h.ready_and_settled());
+    }
+
+    #[test]
+    fn a_failing_renewal_replaces_the_line_and_keeps_the_dates() {
+        let mut h = serving_health();
+        h.certificate = Some(Certificate {
+            serial: "ff".into(),
+            not_after: at(2_000_000_000),
+            renew_at: at(1_900_000_000),
+            intermediate_not_after: None,
+            root_not_after: None,
+        });
+        h.certificate_failing = Some("issuer unreachable".into());
+        let s = Status::from_health(&h);
+        assert_eq!(s.certificate, "renewal failing: issuer unreachable");
+        assert!(s.certificate_failing);
+        assert_eq!(s.certificate_not_after_unix, Some(2_000_000_000));
+        assert_eq!(
+            (s.intermediate_not_after_unix, s.root_not_after_unix),
+            (None, None)
+        );
+    }
+
+    #[test]
     fn serving_with_a_balancer_or_dns_problem_is_degraded_never_plain_ready() {
-        let mut s = serving();
-        s.load_balancer_problem = Some("cannot read digitalocean load balancer x: 404".into());
-        s.dns_problem = Some("publication failing via digitalocean".into());
-        s.derive_degraded();
+        let mut h = serving_health();
+        h.load_balancer = Some(trouble("cannot read digitalocean load balancer x: 404"));
+        h.dns = Some(trouble("publication failing via digitalocean"));
+        let s = Status::from_health(&h);
         assert!(s.degraded);
         assert_eq!(
             s.degraded_why,
@@ -398,6 +740,10 @@ mod tests {
                 "DNS: publication failing via digitalocean"
             ]
         );
+        assert_eq!(
+            s.load_balancer_problem.as_deref(),
+            Some("cannot read digitalocean load balancer x: 404")
+        );
         let line = s.line();
         assert!(
             line.starts_with("degraded (load balancer: cannot read digitalocean load balancer x: 404; DNS: publication failing via digitalocean): 2 routes, 3 clients"),
@@ -405,9 +751,9 @@ mod tests {
         );
         assert!(s.screen().contains("degraded: load balancer: cannot read"));
         // Fixed: plain ready again.
-        s.load_balancer_problem = None;
-        s.dns_problem = None;
-        s.derive_degraded();
+        h.load_balancer = Some(Announced::default());
+        h.dns = None;
+        let s = Status::from_health(&h);
         assert!(!s.degraded && s.degraded_why.is_empty());
         assert!(s.line().starts_with("ready: 2 routes"), "{}", s.line());
     }
@@ -440,13 +786,31 @@ mod tests {
 
     #[test]
     fn a_node_that_does_not_serve_is_not_degraded_its_state_says_why() {
-        for state in ["starting", "syncing", "draining", "stopped", "restarting"] {
-            let mut s = serving();
-            s.state = state.into();
-            s.load_balancer_problem = Some("not joining x: health check".into());
-            s.derive_degraded();
+        for state in State::ALL.into_iter().filter(|s| *s != State::Ready) {
+            let mut h = serving_health();
+            h.state = state;
+            h.load_balancer = Some(trouble("not joining x: health check"));
+            assert!(h.degraded_why().is_empty(), "{state}");
+            let s = Status::from_health(&h);
             assert!(!s.degraded, "{state}");
             assert!(s.line().starts_with(&format!("{state}: ")), "{}", s.line());
         }
+    }
+
+    #[test]
+    fn a_status_read_back_from_json_prints_the_same_line() {
+        // `natsmeshd status` prints what the daemon sent as JSON: the line
+        // reads the state back from its word.
+        let mut h = serving_health();
+        h.state = State::Syncing;
+        let s = Status::from_health(&h);
+        let back: Status =
+            serde_json::from_str(&serde_json::to_string(&s).expect("json")).expect("parse");
+        assert_eq!(back.line(), s.line());
+        assert!(
+            back.line().ends_with("(serving clients) — n1"),
+            "{}",
+            back.line()
+        );
     }
 }

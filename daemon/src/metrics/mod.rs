@@ -17,8 +17,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::health::State;
-use crate::health::Status;
+use crate::health::{Health, State};
 use crate::httpd::{read_request, respond};
 
 pub mod node;
@@ -103,8 +102,8 @@ type Cache = Arc<Mutex<BrokerFigures>>;
 
 /// Where a scrape's figures come from.
 pub struct Sources {
-    /// The supervisor's status.
-    pub status: watch::Receiver<Status>,
+    /// The supervisor's health.
+    pub status: watch::Receiver<Health>,
     /// The broker's monitoring port.
     pub broker: Monitor,
     /// Discovery, when it follows DNS.
@@ -131,7 +130,7 @@ pub async fn serve(listener: TcpListener, settings: MetricsSettings, sources: So
             continue;
         };
         let snapshot = Snapshot {
-            status: sources.status.borrow().clone(),
+            health: sources.status.borrow().clone(),
             broker: cache.lock().map(|c| c.clone()).unwrap_or_default(),
             node: node::Figures::now(sources.discovery.as_deref(), sources.gateways_configured),
         };
@@ -198,8 +197,8 @@ async fn read_broker(broker: Monitor, streams: bool, every: Duration, cache: Cac
 /// One scrape's worth of series.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// The supervisor's status.
-    pub status: Status,
+    /// The supervisor's health.
+    pub health: Health,
     /// The broker's figures.
     pub broker: BrokerFigures,
     /// The node's own: discovery, clock, provider APIs.
@@ -208,21 +207,21 @@ pub struct Snapshot {
 
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        node::encode(&mut e, &self.status, &self.node)?;
-        let s = &self.status;
+        node::encode(&mut e, &self.health, &self.node)?;
+        let s = &self.health;
         let up = |b: bool| ConstGauge::new(i64::from(b));
         family(
             &mut e,
             "natsmesh_state",
             "Supervisor state: 1 for the state natsmeshd is in",
             "state",
-            State::ALL.map(|state| (state.as_str(), up(s.state == state.as_str()))),
+            State::ALL.map(|state| (state.as_str(), up(s.state == state))),
         )?;
         gauge(
             &mut e,
             "natsmesh_state_since_timestamp_seconds",
             "When the supervisor entered its state",
-            s.since_unix_ms as f64 / 1000.0,
+            crate::unix_ms(s.since) as f64 / 1000.0,
         )?;
         family(
             &mut e,
@@ -230,11 +229,11 @@ impl prometheus_client::collector::Collector for Snapshot {
             "Probe outcome: 1 when it passed (alive, serving, jetstream current)",
             "probe",
             [
-                ("alive", up(s.alive.starts_with("answered"))),
-                ("serving", up(s.serving == "accepting clients")),
+                ("alive", up(s.alive.as_ref().is_some_and(|a| a.answered))),
+                ("serving", up(s.serving())),
                 (
                     "jetstream",
-                    up(s.jetstream == "JetStream current" || s.jetstream == "JetStream off"),
+                    up(s.jetstream.as_ref().is_some_and(|j| j.settled())),
                 ),
             ],
         )?;
@@ -542,11 +541,73 @@ mod tests {
     }
 
     #[test]
+    fn the_probes_and_the_state_are_read_from_the_typed_health() {
+        use natsmesh_broker::monitor::ClientPort;
+
+        use crate::health::{Alive, Announced, JetStream};
+        let scrape = |health: Health| {
+            render(Snapshot {
+                health,
+                ..Snapshot::default()
+            })
+        };
+        let serving = Health {
+            state: State::Ready,
+            alive: Some(Alive {
+                answered: true,
+                detail: "answered 200".into(),
+            }),
+            client_port: Some(ClientPort::Serving),
+            jetstream: Some(JetStream::Disabled),
+            ..Health::default()
+        };
+        let text = scrape(serving.clone());
+        for line in [
+            "natsmesh_state{state=\"ready\"} 1\n",
+            "natsmesh_state{state=\"syncing\"} 0\n",
+            "natsmesh_probe_ok{probe=\"alive\"} 1\n",
+            "natsmesh_probe_ok{probe=\"serving\"} 1\n",
+            "natsmesh_probe_ok{probe=\"jetstream\"} 1\n",
+            "natsmesh_degraded 0.0\n",
+        ] {
+            assert!(text.contains(line), "{line}{text}");
+        }
+        let text = scrape(Health {
+            state: State::Draining,
+            alive: Some(Alive {
+                answered: false,
+                detail: "no answer within 2s".into(),
+            }),
+            client_port: Some(ClientPort::LameDuck),
+            jetstream: Some(JetStream::Catching("s".into())),
+            ..serving.clone()
+        });
+        for line in [
+            "natsmesh_state{state=\"draining\"} 1\n",
+            "natsmesh_state{state=\"ready\"} 0\n",
+            "natsmesh_probe_ok{probe=\"alive\"} 0\n",
+            "natsmesh_probe_ok{probe=\"serving\"} 0\n",
+            "natsmesh_probe_ok{probe=\"jetstream\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line}{text}");
+        }
+        // Serving with a pointer in trouble: degraded.
+        let text = scrape(Health {
+            dns: Some(Announced {
+                problem: Some("publication failing".into()),
+                ..Announced::default()
+            }),
+            ..serving
+        });
+        assert!(text.contains("natsmesh_degraded 1.0\n"), "{text}");
+    }
+
+    #[test]
     fn a_scrape_without_the_broker_says_so() {
         let text = render(Snapshot {
-            status: Status {
-                state: "restarting".into(),
-                ..Status::default()
+            health: Health {
+                state: State::Restarting,
+                ..Health::default()
             },
             ..Snapshot::default()
         });

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::{counter, gauge};
 use crate::discovery::Health;
-use crate::health::Status;
+use crate::health;
 use crate::provider::rest::{self, ErrorKey};
 
 /// What a scrape reads beside the status.
@@ -122,44 +122,50 @@ pub fn streams(
 }
 
 /// Encodes the node's series.
-pub fn encode(e: &mut DescriptorEncoder, s: &Status, f: &Figures) -> Result<(), std::fmt::Error> {
-    if let Some(not_after) = s.certificate_not_after_unix {
+pub fn encode(
+    e: &mut DescriptorEncoder,
+    s: &health::Health,
+    f: &Figures,
+) -> Result<(), std::fmt::Error> {
+    // Whole seconds, as the status gives them.
+    let secs = |t| (crate::unix_ms(t) / 1000) as f64;
+    if let Some(cert) = &s.certificate {
         gauge(
             e,
             "natsmesh_certificate_expiry_timestamp_seconds",
             "When the node certificate in use expires",
-            not_after as f64,
+            secs(cert.not_after),
         )?;
-        if let Some(t) = s.intermediate_not_after_unix {
+        if let Some(t) = cert.intermediate_not_after {
             gauge(
                 e,
                 "natsmesh_intermediate_expiry_timestamp_seconds",
                 "When the region's intermediate (the node certificate's issuer) expires",
-                t as f64,
+                secs(t),
             )?;
         }
-        if let Some(t) = s.root_not_after_unix {
+        if let Some(t) = cert.root_not_after {
             gauge(
                 e,
                 "natsmesh_root_expiry_timestamp_seconds",
                 "When the earliest-expiring trusted root expires",
-                t as f64,
+                secs(t),
             )?;
         }
         gauge(
             e,
             "natsmesh_certificate_renewal_failing",
             "1 while renewing the node certificate fails (the current one stays)",
-            flag(s.certificate_failing),
+            flag(s.certificate_failing.is_some()),
         )?;
     }
     gauge(
         e,
         "natsmesh_degraded",
         "1 while serving but not where it should be (balancer unreadable or set up wrong, DNS publication failing)",
-        flag(s.degraded),
+        flag(!s.degraded_why().is_empty()),
     )?;
-    if let Some(up) = s.dns_up {
+    if let Some(up) = s.dns.as_ref().map(|a| a.up) {
         gauge(
             e,
             "natsmesh_dns_published",
@@ -167,7 +173,7 @@ pub fn encode(e: &mut DescriptorEncoder, s: &Status, f: &Figures) -> Result<(), 
             flag(up),
         )?;
     }
-    if let Some(up) = s.load_balancer_registered {
+    if let Some(up) = s.load_balancer.as_ref().and_then(|a| a.member) {
         gauge(
             e,
             "natsmesh_load_balancer_registered",

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 pub use crate::config::settings::publish::{BackendSettings, PublishSettings};
 pub use record::{Data, Record};
 
-use crate::health::{Announced, Status};
+use crate::health::{Announced, Health};
 use crate::provider::DnsZone;
 pub use crate::provider::dns::{Present, Provider, PublishError};
 use crate::reconcile::{self, Announcer, Backoff, Next, Phase, Reconciler, Retry, Turn, Word};
@@ -278,13 +278,13 @@ enum Target {
     All,
 }
 
-/// Follows the supervisor's status until it ends. `up` is true from the
+/// Follows the supervisor's health until it ends. `up` is true from the
 /// moment records may exist until a withdrawal has succeeded; a stop waits
 /// (bounded) for it to turn false before lame duck. `bootstrapped`: this
 /// node announced its route records for JetStream's first start.
 pub async fn follow(
     s: PublishSettings,
-    status: watch::Receiver<Status>,
+    status: watch::Receiver<Health>,
     up: watch::Sender<Announced>,
     bootstrapped: bool,
 ) {
@@ -357,7 +357,7 @@ struct Publication {
 }
 
 impl Reconciler for Publication {
-    async fn turn(&mut self, t: Turn<'_>, retry: &mut Retry) -> Next {
+    async fn turn(&mut self, t: Turn, retry: &mut Retry) -> Next {
         self.served |= t.phase == Phase::Serving;
         let target = match t.phase {
             Phase::Serving => Target::All,

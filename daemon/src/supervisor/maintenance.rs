@@ -26,7 +26,7 @@ impl Supervisor {
             AtStart::StayDown(m) => {
                 let line = m.describe(crate::unix_ms(std::time::SystemTime::now()));
                 tracing::info!(maintenance = %line, "in maintenance (same boot): the broker stays down");
-                self.status.maintenance = Some(line);
+                self.health.maintenance = Some(line);
                 self.step(Step::StayDown {
                     why:
                         "in maintenance: `natsmeshd maintenance stop` (or a reboot) brings it back"
@@ -46,7 +46,7 @@ impl Supervisor {
                     || format!("in maintenance ({why})"),
                     |m| m.describe(crate::unix_ms(std::time::SystemTime::now())),
                 );
-                self.status.maintenance = Some(line);
+                self.health.maintenance = Some(line);
                 if self.running.is_none() {
                     self.publish();
                     return answer(reply, Ok("the broker is not running".into()));
@@ -56,7 +56,7 @@ impl Supervisor {
                 answer(reply, res.unwrap_or_else(|| Err("no answer".into())));
             }
             None => {
-                if self.status.maintenance.take().is_none() {
+                if self.health.maintenance.take().is_none() {
                     return answer(reply, Ok("not in maintenance".into()));
                 }
                 self.publish();

@@ -4,7 +4,8 @@
 //! never makes an outage worse.
 //!
 //! One task owns everything here; the rest of natsmeshd talks to it through
-//! [`Command`]s and reads its [`Status`] from a watch channel. It sends
+//! [`Command`]s and reads its [`Health`] from a watch channel (the
+//! printable [`Status`] is made from it at the edge). It sends
 //! systemd WATCHDOG=1 from its own loop, so a stalled loop is noticed.
 //! The broker's lifecycle itself is a pure state machine (`lifecycle.rs`):
 //! this loop is its shell, executing what it decides (spawn, signal,
@@ -39,7 +40,7 @@ use tokio::time::{Instant, sleep_until};
 pub use crate::command::Command;
 use crate::config::{self, Settings};
 use crate::files::PLAIN;
-pub use crate::health::{Announced, Status, state, status};
+pub use crate::health::{Announced, Health, Status, state, status};
 use crate::logging::ids;
 use crate::notify::Notifier;
 use crate::prepare::{Prepared, prepare_in};
@@ -108,8 +109,9 @@ pub struct Supervisor {
     running: Option<Running>,
     notifier: Notifier,
     output: BrokerOutput,
-    status: Status,
-    status_tx: watch::Sender<Status>,
+    /// What it publishes: the one copy of how this node is doing.
+    health: Health,
+    health_tx: watch::Sender<Health>,
     last_status_line: String,
     pending_reply: Option<Reply>,
     /// What the pending reply adds about natsmeshd's own settings.
@@ -189,7 +191,7 @@ impl Supervisor {
         discovery: Option<watch::Receiver<crate::discovery::Found>>,
         notifier: Notifier,
         tasks: crate::shutdown::Tasks,
-    ) -> Result<(Self, watch::Receiver<Status>), StartError> {
+    ) -> Result<(Self, watch::Receiver<Health>), StartError> {
         std::fs::create_dir_all(&settings.state_dir).map_err(|source| StartError::StateDir {
             path: settings.state_dir.clone(),
             source,
@@ -233,35 +235,20 @@ impl Supervisor {
             inputs.system.as_ref(),
         );
         let current = prepare_in(&settings, &settings.state_dir, CONFIG_NAME).await?;
-        let status = Status {
-            natsmesh_version: env!("CARGO_PKG_VERSION").into(),
+        let health = Health {
             server_name: settings.server.server_name.clone(),
             region: settings.region.clone(),
             identity: settings.identity.describe(),
             broker_version: current.version.to_string(),
-            config_file: current.path.display().to_string(),
+            config_file: current.path.clone(),
             warnings: cert
                 .as_ref()
                 .map(|c| c.warnings.clone())
                 .unwrap_or_default(),
-            certificate: cert
-                .as_ref()
-                .map(describe_cert)
-                .unwrap_or_else(|| "TLS off".into()),
-            certificate_not_after_unix: cert
-                .as_ref()
-                .map(|c| crate::unix_ms(c.info.not_after) / 1000),
-            intermediate_not_after_unix: cert
-                .as_ref()
-                .and_then(|c| c.issuer_not_after)
-                .map(|t| crate::unix_ms(t) / 1000),
-            root_not_after_unix: cert
-                .as_ref()
-                .and_then(|c| c.root_not_after)
-                .map(|t| crate::unix_ms(t) / 1000),
-            ..Status::default()
+            certificate: cert.as_ref().map(cert_facts),
+            ..Health::default()
         };
-        let (status_tx, status_rx) = watch::channel(status.clone());
+        let (health_tx, health_rx) = watch::channel(health.clone());
         let spine = Spine {
             settings: watch::Sender::new(Arc::new(settings.clone())),
             certs: watch::Sender::new(certs),
@@ -282,8 +269,8 @@ impl Supervisor {
                 running: None,
                 notifier,
                 output: BrokerOutput::start(),
-                status,
-                status_tx,
+                health,
+                health_tx,
                 last_status_line: String::new(),
                 pending_reply: None,
                 pending_notes: String::new(),
@@ -321,7 +308,7 @@ impl Supervisor {
                 probe: None,
                 next_probe: now,
             },
-            status_rx,
+            health_rx,
         ))
     }
 
@@ -466,15 +453,9 @@ impl Supervisor {
                 }
                 Some((kind, announced)) = next_announcement(&mut self.announcers) => {
                     match kind {
-                        Pointer::Dns => {
-                            self.status.dns = announced.line;
-                            self.status.dns_up = Some(announced.up);
-                            self.status.dns_problem = announced.problem;
-                        }
+                        Pointer::Dns => self.health.dns = Some(announced.clone()),
                         Pointer::LoadBalancer => {
-                            self.status.load_balancer = announced.line;
-                            self.status.load_balancer_registered = announced.member;
-                            self.status.load_balancer_problem = announced.problem;
+                            self.health.load_balancer = Some(announced.clone());
                         }
                     }
                     self.publish();
@@ -550,9 +531,9 @@ impl Supervisor {
             }
             let c = self.core.counters();
             (
-                self.status.restarts,
-                self.status.crashes,
-                self.status.hang_kills,
+                self.health.restarts,
+                self.health.crashes,
+                self.health.hang_kills,
             ) = (c.restarts, c.crashes, c.hang_kills);
         }
         self.publish();
@@ -576,7 +557,7 @@ impl Supervisor {
             Action::Ready { first } => self.become_ready(first),
             Action::UpWithoutBroker => {
                 self.publish();
-                let line = self.status.line();
+                let line = self.status_line();
                 self.notifier.ready(&line);
             }
             Action::ExtendTimeout(by) => self.notifier.extend_timeout(by),
@@ -617,24 +598,28 @@ impl Supervisor {
         if self.since_wall.0 != life.since() {
             self.since_wall = (life.since(), std::time::SystemTime::now());
         }
-        let since_wall = self.since_wall.1;
-        let s = &mut self.status;
-        s.state = life.state().to_string();
-        s.reason = life.reason().to_owned();
-        s.since_unix_ms = crate::unix_ms(since_wall);
-        s.broker_pid = self.running.as_ref().map(|r| r.pid);
-        s.broker_version = broker_version;
-        s.log_lines_dropped = self.output.dropped();
-        s.paused = self.paused;
-        s.fleet_paused.clone_from(&self.fleet_paused);
-        s.derive_degraded();
-        let line = s.line();
+        let h = &mut self.health;
+        h.state = life.state();
+        h.reason = life.reason().to_owned();
+        h.since = self.since_wall.1;
+        h.broker_pid = self.running.as_ref().map(|r| r.pid);
+        h.broker_version = broker_version;
+        h.log_lines_dropped = self.output.dropped();
+        h.paused = self.paused;
+        h.fleet_paused.clone_from(&self.fleet_paused);
+        let line = self.status_line();
         if line != self.last_status_line {
             self.notifier.status(&line);
             self.last_status_line = line;
         }
-        self.status_tx.send_replace(self.status.clone());
+        self.health_tx.send_replace(self.health.clone());
         self.publish_spine();
+    }
+
+    /// The STATUS= line of what is known now, made at the edge from the
+    /// health.
+    fn status_line(&self) -> String {
+        Status::from_health(&self.health).line()
     }
 
     /// The inputs and the prepared configuration, on their channels when
@@ -783,38 +768,32 @@ impl Supervisor {
             return;
         };
         tracing::trace!(alive = %report.alive_detail, client = ?report.client, jetstream = ?report.jetstream, "probe round");
-        self.status.alive = report.alive_detail.clone();
-        self.status.serving = match &report.client {
-            ClientPort::Serving => "accepting clients".into(),
-            ClientPort::LameDuck => "lame duck".into(),
-            ClientPort::Refused => "client port closed".into(),
-            ClientPort::Timeout => "client port: no INFO in time".into(),
-            ClientPort::Failed(e) => format!("client port: {e}"),
-        };
-        self.status.jetstream = report.jetstream.describe();
+        self.health.alive = Some(crate::health::Alive {
+            answered: report.alive == liveness::Observation::Answered,
+            detail: report.alive_detail.clone(),
+        });
+        self.health.client_port = Some(report.client.clone());
+        self.health.jetstream = Some(report.jetstream.clone());
         if let Some(v) = &report.varz {
-            self.status.routes = self
+            self.health.routes = self
                 .settings
                 .server
                 .cluster
                 .is_some()
                 .then(|| v.route_peers());
-            self.status.clients = Some(v.connections);
+            self.health.clients = Some(v.connections);
         }
-        self.status.gateways = report
+        self.health.gateways = report
             .gatewayz
             .as_ref()
             .map(|g| g.outbound_gateways.keys().cloned().collect());
-        self.status.clock_synchronized = status::clock_synchronized();
+        self.health.clock_synchronized = status::clock_synchronized();
         let seen = lifecycle::Seen {
             alive: report.alive,
             serving: report.client == ClientPort::Serving,
             routes: report.varz.as_ref().map_or(0, |v| v.route_peers()),
-            jetstream_current: matches!(
-                report.jetstream,
-                probe::JetStream::Current | probe::JetStream::Disabled
-            ),
-            serving_line: self.status.serving.clone(),
+            jetstream_current: report.jetstream.settled(),
+            serving_line: crate::health::probes::describe_client_port(&report.client),
         };
         self.step(Step::Probe { pid, seen });
     }
@@ -823,9 +802,9 @@ impl Supervisor {
     /// restart's waiting request is answered; READY=1 the first time.
     fn become_ready(&mut self, first: bool) {
         self.last_good = Some((self.current.clone(), self.built()));
-        self.status.restart_pending.clear();
+        self.health.restart_pending.clear();
         self.publish();
-        let line = self.status.line();
+        let line = self.status_line();
         tracing::info!(message_id = ids::READY, status = %line, "ready");
         if first {
             // READY=1 once: systemd's start is over; later readiness (after
@@ -885,9 +864,9 @@ impl Supervisor {
         // The core already counts it as installed.
         self.current = good;
         self.set_built(good_settings);
-        self.status.restart_pending.clear();
-        self.status.reloads_failed += 1;
-        self.status.last_reload = Some(why.clone());
+        self.health.restart_pending.clear();
+        self.health.reloads_failed += 1;
+        self.health.last_reload = Some(why.clone());
         if let Some(reply) = self.pending_reply.take() {
             let _ = reply.send(Err(why));
         }
@@ -922,8 +901,8 @@ impl Supervisor {
             Command::Reload { reply } => self.request_reload(reply),
             Command::Maintenance { why, reply } => self.maintenance(why, reply),
             Command::Reboot { line } => {
-                if self.status.reboot != line {
-                    self.status.reboot = line;
+                if self.health.reboot != line {
+                    self.health.reboot = line;
                     self.publish();
                 }
             }
@@ -957,7 +936,7 @@ impl Supervisor {
             return;
         }
         if let Some(held) = self.lease.take() {
-            self.status.fleet.clear();
+            self.health.fleet.clear();
             self.tasks.spawn_awaited(planned::release(held));
         }
     }
@@ -1092,27 +1071,23 @@ fn due(at: std::time::SystemTime) -> Instant {
             .unwrap_or_default()
 }
 
-fn describe_cert(c: &crate::tls::Current) -> String {
-    let t = |x| humantime::format_rfc3339_seconds(x).to_string();
-    format!(
-        "serial {}, valid until {}, next check {}",
-        c.info.serial,
-        t(c.info.not_after),
-        t(c.renew_at)
-    )
+/// The facts of a certificate in use that the health carries.
+fn cert_facts(c: &crate::tls::Current) -> crate::health::Certificate {
+    crate::health::Certificate {
+        serial: c.info.serial.clone(),
+        not_after: c.info.not_after,
+        renew_at: c.renew_at,
+        intermediate_not_after: c.issuer_not_after,
+        root_not_after: c.root_not_after,
+    }
 }
 
 impl Supervisor {
-    /// The certificate in use, in the status.
+    /// The certificate in use, in the health.
     fn show_cert(&mut self, current: &crate::tls::Current) {
-        self.status.certificate = describe_cert(current);
-        self.status.certificate_not_after_unix =
-            Some(crate::unix_ms(current.info.not_after) / 1000);
-        self.status.intermediate_not_after_unix =
-            current.issuer_not_after.map(|t| crate::unix_ms(t) / 1000);
-        self.status.root_not_after_unix = current.root_not_after.map(|t| crate::unix_ms(t) / 1000);
-        self.status.certificate_failing = false;
-        self.status.warnings = current.warnings.clone();
+        self.health.certificate = Some(cert_facts(current));
+        self.health.certificate_failing = None;
+        self.health.warnings = current.warnings.clone();
     }
 }
 

@@ -59,7 +59,7 @@ impl Supervisor {
         let why = plan.why();
         let decommission = matches!(plan, Plan::Decommission(_));
         if self.held_back() && !decommission {
-            self.status.fleet = format!("paused; then: {why}");
+            self.health.fleet = format!("paused; then: {why}");
             self.gate = None;
             self.publish();
             return;
@@ -68,7 +68,7 @@ impl Supervisor {
             Coordination::Off(reason) => {
                 tracing::debug!(%reason, "not coordinated");
                 self.planned = None;
-                self.status.fleet.clear();
+                self.health.fleet.clear();
                 self.carry_out(plan);
             }
             // Nobody else in the region to keep serving (and a lone
@@ -80,7 +80,7 @@ impl Supervisor {
             {
                 tracing::debug!("a region of one server: nothing to coordinate");
                 self.planned = None;
-                self.status.fleet.clear();
+                self.health.fleet.clear();
                 self.carry_out(plan);
             }
             Coordination::Lease(fleet) => {
@@ -96,7 +96,7 @@ impl Supervisor {
                     tx,
                 ));
                 self.gate = Some(rx);
-                self.status.fleet = format!(
+                self.health.fleet = format!(
                     "{why}: asking the {} for the restart lease",
                     fleet.scope.noun()
                 );
@@ -139,7 +139,7 @@ impl Supervisor {
     pub(super) fn on_gate(&mut self, gate: Option<Gate>) {
         match gate {
             Some(Gate::Waiting(why)) => {
-                self.status.fleet = format!("waiting to restart: {why}");
+                self.health.fleet = format!("waiting to restart: {why}");
                 self.publish();
             }
             Some(Gate::Granted(held)) => {
@@ -149,7 +149,7 @@ impl Supervisor {
                     self.tasks.spawn_awaited(release(*held));
                     return;
                 };
-                self.status.fleet = format!(
+                self.health.fleet = format!(
                     "{}: holding the {}'s restart lease",
                     plan.why(),
                     held.scope.noun()
@@ -169,7 +169,7 @@ impl Supervisor {
             self.planned = None;
             self.gate = None;
             if self.lease.is_none() {
-                self.status.fleet.clear();
+                self.health.fleet.clear();
             }
         }
     }
@@ -195,12 +195,12 @@ impl Supervisor {
                 if self.lease.is_none() && !decommission {
                     self.gate = None;
                     if let Some(plan) = &self.planned {
-                        self.status.fleet = format!("paused; then: {}", plan.why());
+                        self.health.fleet = format!("paused; then: {}", plan.why());
                     }
                 }
             }
             (true, false) => {
-                self.status.fleet.clear();
+                self.health.fleet.clear();
                 self.ask_for_lease();
             }
             _ => {}
@@ -219,7 +219,7 @@ impl Supervisor {
         } else {
             self.gate = None;
             if let Some(plan) = &self.planned {
-                self.status.fleet = format!("paused; then: {}", plan.why());
+                self.health.fleet = format!("paused; then: {}", plan.why());
             }
             "paused: no planned restarts until `natsmeshd resume`"
         };
@@ -246,7 +246,7 @@ impl Supervisor {
                 "resumed here, but planned restarts still wait: {fleet} (`natsmeshd fleet resume` lifts it)"
             ));
         }
-        self.status.fleet.clear();
+        self.health.fleet.clear();
         tracing::info!("resumed: planned restarts go ahead");
         self.ask_for_lease();
         self.publish();
@@ -339,7 +339,7 @@ impl Supervisor {
             let _ = tx.send(decommission::remove_self(&settings, &streams).await);
         });
         self.removal = Some(rx);
-        self.status.fleet = "decommission: leaving the JetStream group".into();
+        self.health.fleet = "decommission: leaving the JetStream group".into();
         self.publish();
     }
 
@@ -355,7 +355,7 @@ impl Supervisor {
             }
             Err(e) => {
                 tracing::error!(error = %e, "decommission failed; this node keeps serving");
-                self.status.fleet = format!("decommission failed: {e}");
+                self.health.fleet = format!("decommission failed: {e}");
                 self.publish();
             }
         }
@@ -368,7 +368,7 @@ impl Supervisor {
         {
             tracing::error!(error = %e, "cannot mark this node decommissioned");
         }
-        self.status.fleet = format!("decommissioned: {msg}");
+        self.health.fleet = format!("decommissioned: {msg}");
         self.notifier.stopping();
         self.leave("decommissioned: leaving the region");
     }

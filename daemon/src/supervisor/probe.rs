@@ -24,6 +24,8 @@ use tokio::time::Instant;
 
 use super::liveness::Observation;
 pub use crate::addr::local_addr;
+/// The JetStream probe's answer: a value of the published health.
+pub use crate::health::JetStream;
 use crate::tls::probe::ClientPortTls;
 
 /// Where and how to probe one broker.
@@ -79,34 +81,6 @@ impl Targets {
     /// The monitoring client.
     pub fn monitor(&self) -> &Monitor {
         &self.monitor
-    }
-}
-
-/// JetStream health as reported.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JetStream {
-    /// Not enabled on this node.
-    Disabled,
-    /// Server and every asset current.
-    Current,
-    /// Meta current, some stream or consumer catching up.
-    Catching(String),
-    /// Not current with the meta leader (or no meta leader).
-    NotCurrent(String),
-    /// No answer.
-    Unknown(String),
-}
-
-impl JetStream {
-    /// A short phrase for STATUS.
-    pub fn describe(&self) -> String {
-        match self {
-            JetStream::Disabled => "JetStream off".into(),
-            JetStream::Current => "JetStream current".into(),
-            JetStream::Catching(w) => format!("JetStream catching up ({w})"),
-            JetStream::NotCurrent(w) => format!("JetStream not current ({w})"),
-            JetStream::Unknown(w) => format!("JetStream unknown ({w})"),
-        }
     }
 }
 

@@ -409,7 +409,7 @@ impl Supervisor {
                 let _ = std::fs::remove_file(&next.path);
                 let reasons = decision.restart_reasons();
                 tracing::warn!(message_id = ids::RESTART, reasons = %reasons.join("; "), "restart pending: DNS changed what only a restart applies; waiting for a coordinated restart");
-                self.status.restart_pending = reasons.clone();
+                self.health.restart_pending = reasons.clone();
                 self.publish();
                 Reloaded::Done(Ok(format!("restart pending: {}", reasons.join("; "))))
             }
@@ -590,8 +590,8 @@ impl Supervisor {
                 tracing::info!(message_id = ids::RELOADED, changes = %keys.join(", "), "configuration reloaded");
                 self.adopt_settings(*settings);
                 self.set_current(*next, true);
-                self.status.reloads_ok += 1;
-                self.status.last_reload = Some(msg.clone());
+                self.health.reloads_ok += 1;
+                self.health.last_reload = Some(msg.clone());
                 self.publish();
                 Reloaded::Done(Ok(msg))
             }
@@ -641,7 +641,7 @@ impl Supervisor {
                 Reloaded::Pending => {}
             },
             Origin::Request(replies) => {
-                let line = self.status.line();
+                let line = self.status_line();
                 self.notifier.ready(&line);
                 for reply in replies {
                     match &res {
@@ -666,7 +666,7 @@ impl Supervisor {
                         tracing::warn!(%serial, "certificate renewal goes through a restart (see restart pending)")
                     }
                 }
-                let line = self.status.line();
+                let line = self.status_line();
                 self.notifier.ready(&line);
                 self.publish();
             }
@@ -747,8 +747,8 @@ impl Supervisor {
             return res;
         }
         let restart = config::reload::restart_keys(changes);
-        if self.status.natsmeshd_restart_pending != restart {
-            self.status.natsmeshd_restart_pending = restart;
+        if self.health.natsmeshd_restart_pending != restart {
+            self.health.natsmeshd_restart_pending = restart;
             self.publish();
         }
         let notes = config::reload::describe(changes);
@@ -759,7 +759,7 @@ impl Supervisor {
                 } else {
                     format!("{msg}; {notes}")
                 };
-                self.status.last_reload = Some(msg.clone());
+                self.health.last_reload = Some(msg.clone());
                 self.publish();
                 Reloaded::Done(Ok(msg))
             }
@@ -773,8 +773,8 @@ impl Supervisor {
 
     fn refused(&mut self, why: String) -> Reloaded {
         tracing::error!(message_id = ids::RELOAD_FAILED, "{why}");
-        self.status.reloads_failed += 1;
-        self.status.last_reload = Some(why.lines().next().unwrap_or_default().to_owned());
+        self.health.reloads_failed += 1;
+        self.health.last_reload = Some(why.lines().next().unwrap_or_default().to_owned());
         self.publish();
         Reloaded::Done(Err(why))
     }
@@ -794,7 +794,7 @@ impl Supervisor {
             return self.refused(format!("cannot install the new configuration: {e}"));
         }
         tracing::warn!(message_id = ids::RESTART, reasons = %reasons.join("; "), "restart pending: the change needs a broker restart");
-        self.status.restart_pending = reasons.clone();
+        self.health.restart_pending = reasons.clone();
         self.adopt_settings(settings);
         self.retune(true);
         self.set_current(Prepared { path, ..next }, false);
@@ -840,8 +840,7 @@ impl Supervisor {
                 // Keep the certificate in use; try again soon.
                 let until = self.cert.as_ref().map(|c| c.info.not_after);
                 tracing::error!(error = %e, valid_until = ?until.map(humantime::format_rfc3339_seconds), "certificate renewal failed; the current certificate stays");
-                self.status.certificate = format!("renewal failing: {e}");
-                self.status.certificate_failing = true;
+                self.health.certificate_failing = Some(e.to_string());
                 self.cert_due = Some(Instant::now() + Duration::from_secs(30));
                 self.publish();
             }

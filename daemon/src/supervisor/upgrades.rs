@@ -80,7 +80,7 @@ impl Supervisor {
                     error = %e,
                     "a new nats-server binary cannot run this configuration; the running broker stays"
                 );
-                self.status.warnings.push(format!(
+                self.health.warnings.push(format!(
                     "new nats-server at {} refused: {e}",
                     path.display()
                 ));
@@ -116,7 +116,7 @@ impl Supervisor {
         }
         self.reexec_checking = true;
         let held = self.lease.take();
-        self.status.fleet.clear();
+        self.health.fleet.clear();
         let tx = self.events.clone();
         let output = self.output.clone();
         self.tasks.spawn(async move {
@@ -146,7 +146,7 @@ impl Supervisor {
         self.reexec_checking = false;
         if let Err(e) = result {
             tracing::error!(error = %e, "the new natsmeshd refuses this configuration; this one keeps running");
-            self.status
+            self.health
                 .warnings
                 .push(format!("new natsmeshd not taken: {e}"));
             self.exe = upgrade::file_id(&exe).map(|id| (exe, id));
@@ -197,7 +197,7 @@ impl Supervisor {
         // Still here: the exec failed and this image goes on.
         let _ = std::fs::remove_file(&path);
         tracing::error!(error = %err, "cannot re-execute natsmeshd; this one keeps running");
-        self.status.warnings.push(err);
+        self.health.warnings.push(err);
         self.exe = upgrade::file_id(&exe).map(|id| (exe, id));
         self.publish();
     }
@@ -247,7 +247,7 @@ impl Supervisor {
         });
         if h.rendered != self.current.rendered.text {
             let why = "this natsmeshd renders a different configuration".to_owned();
-            self.status.restart_pending = vec![why.clone()];
+            self.health.restart_pending = vec![why.clone()];
             self.plan_restart(why);
         }
     }

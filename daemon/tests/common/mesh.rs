@@ -20,6 +20,7 @@ use natsmesh_harness::delay::DelayProxy;
 use natsmesh_harness::dns::{Dns, Records, require_root};
 use natsmesh_harness::fakes::do_lb::{DoLb, FakeDoLb};
 use natsmesh_harness::fakes::do_metadata::{Droplet, FakeDoMetadata};
+use natsmesh_harness::fakes::lb::Model;
 use natsmesh_harness::netns::Lan;
 use natsmesh_harness::netns::Relay;
 use natsmesh_harness::{CURRENT, free_port};
@@ -144,6 +145,10 @@ pub struct Mesh {
     pub log_level: Option<String>,
     /// Appended to every node's drop-in.
     pub extra: String,
+    /// Every node at the product's defaults where the tests speed things
+    /// up (lame duck, probes, discovery refresh, route wait, metadata
+    /// timeouts, the balancer's dwell): see [`Options::defaults`].
+    pub defaults: bool,
     /// Nodes taken out for good: left out of DNS.
     pub retired: std::collections::BTreeSet<String>,
     /// Nodes whose state directory (the JetStream store with it) is
@@ -226,6 +231,7 @@ impl Mesh {
             refresh: ("300ms", "1s"),
             log_level: None,
             extra: String::new(),
+            defaults: false,
             retired: std::collections::BTreeSet::new(),
             state_dirs: BTreeMap::new(),
             broker_binary: None,
@@ -242,6 +248,13 @@ impl Mesh {
     /// metadata services and keep themselves in the balancer while they
     /// serve. Needs [`Mesh::in_namespaces`].
     pub fn balance(&mut self, r: Region) {
+        self.balance_with(r, super::fleet::model(), Duration::from_millis(300));
+    }
+
+    /// [`Mesh::balance`] with the balancer's data plane as `model` (the
+    /// API shows its health check) and `processing` after each write, as
+    /// DigitalOcean's "processing previous actions" window.
+    pub fn balance_with(&mut self, r: Region, model: Model, processing: Duration) {
         let dir = self._dir.path().to_owned();
         let net = self
             .net
@@ -255,10 +268,11 @@ impl Mesh {
             .collect();
         let lb = FakeDoLb::start(
             LB_TOKEN,
-            DoLb::tcp(LB_ID, r.name, BALANCED_CLIENT_PORT, READY_PORT),
+            DoLb::tcp(LB_ID, r.name, BALANCED_CLIENT_PORT, READY_PORT).with_model(&model),
             droplets,
-            super::fleet::model(),
+            model,
         );
+        lb.state.lock().unwrap().processing = processing;
         let [a, b, c, _] = net.lan.gateway().octets();
         lb.pool().allow_network(IpAddr::from([a, b, c, 0]), 24);
         let token = dir.join("lb.token");
@@ -558,12 +572,7 @@ enabled = true
 
 [discovery]
 enabled = true
-min_refresh = "{min}"
-max_refresh = "{max}"
-
-[health]
-route_wait = "30s"
-"#,
+{refresh}"#,
                 region = r.name,
                 identity = if self.is_balanced(r) {
                     "provider = \"digitalocean\"".to_owned()
@@ -586,8 +595,14 @@ route_wait = "30s"
                     )
                 },
                 route = self.route_port,
-                min = self.refresh.0,
-                max = self.refresh.1,
+                refresh = if self.defaults {
+                    String::new()
+                } else {
+                    format!(
+                        "min_refresh = \"{}\"\nmax_refresh = \"{}\"\n\n[health]\nroute_wait = \"30s\"\n",
+                        self.refresh.0, self.refresh.1
+                    )
+                },
             ) + &self.balancer_config(r)
                 + &self.tls_config(r)
                 + &self.extra
@@ -617,6 +632,7 @@ route_wait = "30s"
                 host: self.net.as_ref().map(|_| self.addr(r, n)),
                 cloud: self.is_balanced(r),
                 client_port: self.is_balanced(r).then_some(BALANCED_CLIENT_PORT),
+                defaults: self.defaults,
                 ..Options::default()
             }
         }
@@ -684,18 +700,24 @@ route_wait = "30s"
         };
         format!(
             r#"
-[node.metadata]
-timeout = "300ms"
-retry_for = "5s"
-
+{metadata}
 [load_balancer]
 provider = "digitalocean"
 id = "{LB_ID}"
 token_file = "{token}"
 api_url = "{api}"
 ready_port = {READY_PORT}
-dwell = "1s"
-"#,
+{dwell}"#,
+            metadata = if self.defaults {
+                ""
+            } else {
+                "[node.metadata]\ntimeout = \"300ms\"\nretry_for = \"5s\"\n"
+            },
+            dwell = if self.defaults {
+                ""
+            } else {
+                "dwell = \"1s\"\n"
+            },
             token = b.token.display(),
             api = b.lb.api_url(),
         )

@@ -63,6 +63,10 @@ pub struct Options {
     pub client_port: Option<u16>,
     /// natsmeshd's options before `run` (e.g. `--broker-user`).
     pub args: Vec<String>,
+    /// Leave the product's defaults where the tests speed things up
+    /// (lame duck, probes, restart backoff, metrics scrape): for drills
+    /// that must hold at defaults.
+    pub defaults: bool,
 }
 
 impl Daemon {
@@ -74,8 +78,23 @@ impl Daemon {
         self.dir.path().join("control.sock")
     }
 
-    /// Writes the config: fast probes, 30 s lame duck with a 1 s grace.
-    pub fn write_config(&self, client_port: u16, extra: &str, binary: &Path, cloud: bool) {
+    /// Writes the config: fast probes, 30 s lame duck with a 1 s grace
+    /// (with `defaults`, the product's own for those).
+    pub fn write_config(
+        &self,
+        client_port: u16,
+        extra: &str,
+        binary: &Path,
+        cloud: bool,
+        defaults: bool,
+    ) {
+        let speed = |text: &str| {
+            if defaults {
+                String::new()
+            } else {
+                text.to_owned()
+            }
+        };
         std::fs::write(
             self.config_path(),
             format!(
@@ -87,9 +106,7 @@ region = "fra1"
 [broker]
 binary = "{binary}"
 state_dir = "{state}"
-lame_duck_duration = "30s"
-lame_duck_grace_period = "1s"
-
+{lame_duck}
 [broker.client]
 bind = "{host}"
 port = {client_port}
@@ -102,13 +119,7 @@ port = {monitor}
 max_memory_store = "64MiB"
 max_file_store = "256MiB"
 
-[health]
-profile = "fast"
-
-[restart]
-backoff_initial = "200ms"
-backoff_max = "1s"
-
+{speed}
 [control]
 socket = "{socket}"
 
@@ -118,8 +129,7 @@ mode = "none"
 [metrics]
 bind = "{host}"
 port = {metrics}
-scrape_every = "1s"
-"#,
+{scrape}"#,
                 binary = binary.display(),
                 state = self.dir.path().join("state").display(),
                 monitor = self.monitor_port,
@@ -127,6 +137,11 @@ scrape_every = "1s"
                 socket = self.socket().display(),
                 host = self.host,
                 name = if cloud { "" } else { "name = \"n1\"" },
+                lame_duck = speed("lame_duck_duration = \"30s\"\nlame_duck_grace_period = \"1s\"\n"),
+                speed = speed(
+                    "[health]\nprofile = \"fast\"\n\n[restart]\nbackoff_initial = \"200ms\"\nbackoff_max = \"1s\"\n"
+                ),
+                scrape = speed("scrape_every = \"1s\"\n"),
             ),
         )
         .unwrap();
@@ -159,7 +174,13 @@ scrape_every = "1s"
             .binary
             .clone()
             .unwrap_or_else(|| broker_binary(version));
-        d.write_config(d.client_port, &opts.extra, &binary, opts.cloud);
+        d.write_config(
+            d.client_port,
+            &opts.extra,
+            &binary,
+            opts.cloud,
+            opts.defaults,
+        );
 
         let notify_path = d.dir.path().join("notify.sock");
         // A directory reused after a kill still has the old socket.
