@@ -373,7 +373,9 @@ impl Signals {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    // Real time: a signal arrives from the OS, which paused time would not
+    // wait for (its timeout would fire first, as it auto-advances).
+    #[tokio::test]
     async fn signals_are_forwarded_until_the_shutdown_ends_the_task() {
         let tasks = Tasks::default();
         let (tx, mut rx) = mpsc::channel(4);
