@@ -458,22 +458,7 @@ fn lib_rs_declarations_are_the_modules() {
 /// has none left (so an entry goes as soon as its file is converted and
 /// no new use can hide behind it).
 const STRING_ERRORS_PENDING: &[&str] = &[
-    "broker_user.rs",
-    "command.rs",
-    "config/settings/reboot.rs",
-    "control.rs",
-    "fleet/decommission.rs",
-    "fleet/lease.rs",
-    "fleet/maintain.rs",
-    "fleet/maintenance.rs",
-    "fleet/mod.rs",
-    "fleet/pause.rs",
-    "fleet/peers.rs",
-    "fleet/reboot.rs",
-    "fleet/view.rs",
-    "supervisor/lifecycle.rs",
     "supervisor/mod.rs",
-    "supervisor/planned.rs",
     "supervisor/tasks.rs",
     "supervisor/upgrades.rs",
 ];
