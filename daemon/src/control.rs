@@ -162,6 +162,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 /// Serves requests until the command channel closes.
+#[tracing::instrument(name = "control", skip_all)]
 pub async fn serve(
     listener: UnixListener,
     commands: mpsc::Sender<Command>,

@@ -719,3 +719,89 @@ fn typed_errors_aliases_comments_and_tests_are_not_string_errors() {
         [(text.lines().count(), "Result<u8, String>".to_owned())]
     );
 }
+
+// ---------------------------------------------------------------------
+// Tracing spans per subsystem.
+
+/// natsmeshd's long-running tasks (file, the entry's first words, the
+/// span it runs in): their lines carry the subsystem, as SPAN_NAME in
+/// journald and a prefix on stderr (`auth::creds`'s test shows one live).
+const TASK_SPANS: &[(&str, &str, &str)] = &[
+    ("supervisor/mod.rs", "pub async fn run(", "supervisor"),
+    ("discovery.rs", "pub async fn follow(", "discovery"),
+    ("publish/mod.rs", "pub async fn follow(", "publish"),
+    (
+        "publish/mod.rs",
+        "pub async fn announce_for_bootstrap(",
+        "publish",
+    ),
+    ("balancer/mod.rs", "pub async fn follow(", "balancer"),
+    ("balancer/ready.rs", "pub async fn serve(", "balancer"),
+    ("metrics/mod.rs", "pub async fn serve(", "metrics"),
+    ("gate.rs", "pub async fn serve(", "gate"),
+    ("control.rs", "pub async fn serve(", "control"),
+    ("fleet/heartbeat.rs", "pub async fn run(", "fleet"),
+    ("fleet/pause.rs", "pub async fn watch(", "fleet"),
+    ("fleet/maintenance.rs", "pub async fn settle(", "fleet"),
+    ("fleet/reboot.rs", "pub async fn watch(", "fleet"),
+    ("fleet/mod.rs", "pub async fn acquire(", "fleet"),
+    ("auth/creds.rs", "pub async fn expire(", "fleet"),
+];
+
+/// Whether the item starting with `entry` in `text` carries
+/// `#[tracing::instrument(name = "<span>"…)]` among the attributes and
+/// doc comments right above it; `None` when there is no such item.
+fn instrumented(text: &str, entry: &str, span: &str) -> Option<bool> {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(entry))?;
+    let want = format!("#[tracing::instrument(name = \"{span}\"");
+    Some(
+        lines[..at]
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .take_while(|l| l.starts_with("#[") || l.starts_with("///"))
+            .any(|l| l.starts_with(&want)),
+    )
+}
+
+#[test]
+fn every_long_running_task_runs_in_its_subsystems_span() {
+    let mut missing = Vec::new();
+    for (file, entry, span) in TASK_SPANS {
+        let text = std::fs::read_to_string(src().join(file)).expect("read");
+        match instrumented(&text, entry, span) {
+            Some(true) => {}
+            Some(false) => missing.push(format!(
+                "  daemon/src/{file}: `{entry}…` lacks #[tracing::instrument(name = \"{span}\", skip_all)]"
+            )),
+            None => missing.push(format!("  daemon/src/{file}: no `{entry}…` (moved? update TASK_SPANS)")),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "tasks whose lines would not name their subsystem:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn a_span_is_found_only_on_its_own_item() {
+    let text = "/// Runs.\n#[tracing::instrument(name = \"gate\", skip_all)]\npub async fn serve() {}\n\
+                #[tracing::instrument(name = \"gate\", skip_all)]\nfn other() {}\n\n/// Bare.\npub async fn bare() {}\n";
+    assert_eq!(
+        instrumented(text, "pub async fn serve(", "gate"),
+        Some(true)
+    );
+    assert_eq!(
+        instrumented(text, "pub async fn serve(", "metrics"),
+        Some(false)
+    );
+    assert_eq!(
+        instrumented(text, "pub async fn bare(", "gate"),
+        Some(false)
+    );
+    assert_eq!(instrumented(text, "pub async fn gone(", "gate"), None);
+}

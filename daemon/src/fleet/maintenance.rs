@@ -823,6 +823,7 @@ pub async fn release(settings: &Settings) -> Result<bool, MaintenanceError> {
 /// current and no maintenance is kept here: at start, and whenever
 /// `wake` is notified (`maintenance stop`, `undrain`). Runs beside the
 /// supervisor until aborted.
+#[tracing::instrument(name = "fleet", skip_all, fields(task = "settle"))]
 pub async fn settle(settings: Settings, mut status: watch::Receiver<Status>, wake: Arc<Notify>) {
     if !matches!(settings.fleet, Coordination::Lease(_)) {
         return;

@@ -119,6 +119,7 @@ pub fn nonce() -> String {
 
 /// Waits until this node may disrupt its broker for `why`, telling `tx`
 /// why it waits, and ends with the lease (or when `tx` is dropped).
+#[tracing::instrument(name = "fleet", skip_all, fields(task = "lease"))]
 pub async fn acquire(
     settings: Settings,
     fleet: FleetSettings,

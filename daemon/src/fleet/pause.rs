@@ -317,6 +317,7 @@ fn record(entry: &kv::Entry) -> Option<Record> {
 
 /// Follows this node's two keys until `tx` has no receiver, sending the
 /// pauses that apply (seeded from the state directory).
+#[tracing::instrument(name = "fleet", skip_all, fields(task = "pause"))]
 pub async fn watch(access: Access, tx: watch::Sender<Pauses>) {
     let state_dir = access.settings.state_dir.clone();
     let all_key = ALL_KEY.to_owned();

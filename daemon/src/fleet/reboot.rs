@@ -117,6 +117,7 @@ pub async fn run_command(command: &[String]) -> Result<(), RebootError> {
 
 /// Watches for the reboot-required file and reboots through the
 /// maintenance path. Runs beside the supervisor until aborted.
+#[tracing::instrument(name = "fleet", skip_all, fields(task = "reboot"))]
 pub async fn watch(
     access: Arc<FleetOps>,
     reboot: RebootSettings,

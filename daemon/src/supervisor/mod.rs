@@ -336,6 +336,7 @@ impl Supervisor {
     }
 
     /// Runs until stopped or until the broker cannot be kept up.
+    #[tracing::instrument(name = "supervisor", skip_all)]
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Exit {
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
