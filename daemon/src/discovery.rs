@@ -411,6 +411,7 @@ impl Health {
 /// Follows DNS: looks up again when the answer's TTL runs out (within the
 /// bounds), publishes a changed answer, keeps the last good one through
 /// failures (retried with backoff).
+#[tracing::instrument(name = "discovery", skip_all)]
 pub async fn follow(discovery: Discovery, tx: watch::Sender<Found>, health: Arc<Health>) {
     let s = discovery.settings().clone();
     let mut failures = 0u32;

@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
 pub use crate::command::Command;
+use crate::command::{Answer, Reply};
 use crate::config::{self, Settings};
 use crate::files::PLAIN;
 pub use crate::health::{Announced, Health, Status, state, status};
@@ -84,7 +85,6 @@ struct Running {
 
 /// A probe round in flight, tagged with the broker process it probes.
 type ProbeFuture = Pin<Box<dyn Future<Output = (u32, Report)> + Send>>;
-type Reply = oneshot::Sender<Result<String, String>>;
 
 /// The supervisor task.
 pub struct Supervisor {
@@ -371,6 +371,7 @@ impl Supervisor {
     }
 
     /// Runs until stopped or until the broker cannot be kept up.
+    #[tracing::instrument(name = "supervisor", skip_all)]
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Exit {
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -511,7 +512,7 @@ impl Supervisor {
     /// Feeds `event` to the lifecycle core and executes what it decides,
     /// feeding back what that produced (a spawn's outcome) until nothing is
     /// left; the last answer to a command, if any.
-    fn step(&mut self, event: Step) -> Option<Result<String, String>> {
+    fn step(&mut self, event: Step) -> Option<Answer> {
         let mut answer = None;
         let mut events = VecDeque::from([event]);
         while let Some(event) = events.pop_front() {
@@ -521,7 +522,7 @@ impl Supervisor {
             self.core.retune(tuning(&self.settings), false);
             for action in self.core.step(event, Instant::now()) {
                 match action {
-                    Action::Answer(res) => answer = Some(res),
+                    Action::Answer(res) => answer = Some(res.map_err(Into::into)),
                     action => events.extend(self.execute(action)),
                 }
             }
@@ -677,7 +678,7 @@ impl Supervisor {
         ];
         for dir in writes.iter().flatten() {
             if let Err(e) = crate::broker_user::ensure_broker_dir(dir) {
-                return Step::SpawnFailed(e);
+                return Step::SpawnFailed(e.to_string());
             }
         }
         let process = match spawn(
@@ -868,7 +869,7 @@ impl Supervisor {
         self.health.reloads_failed += 1;
         self.health.last_reload = Some(why.clone());
         if let Some(reply) = self.pending_reply.take() {
-            let _ = reply.send(Err(why));
+            let _ = reply.send(Err(why.into()));
         }
     }
 
@@ -1011,8 +1012,8 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// This node was decommissioned.
-    #[error("{0}")]
-    Decommissioned(String),
+    #[error(transparent)]
+    Decommissioned(crate::fleet::decommission::DecommissionError),
     /// natsmeshd's system user cannot be set up.
     #[error("system user: {0}")]
     SystemUser(#[source] crate::auth::AuthError),
@@ -1142,7 +1143,7 @@ async fn next_announcement(list: &mut Vec<Announcer>) -> Option<(Pointer, Announ
 
 /// The next value of a followed channel (DNS answers, the publisher's
 /// word); pending forever when there is none (or once its task has gone).
-fn answer(reply: Option<Reply>, res: Result<String, String>) {
+fn answer(reply: Option<Reply>, res: Answer) {
     if let Some(r) = reply {
         let _ = r.send(res);
     }

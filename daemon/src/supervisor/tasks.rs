@@ -646,7 +646,7 @@ impl Supervisor {
                 for reply in replies {
                     match &res {
                         Reloaded::Done(r) => {
-                            let _ = reply.send(r.clone());
+                            let _ = reply.send(r.clone().map_err(Into::into));
                         }
                         Reloaded::Pending => {
                             if let Some(old) = self.pending_reply.replace(reply) {
@@ -678,7 +678,7 @@ impl Supervisor {
     pub(super) fn abandon_changes(&mut self, why: &str) {
         let queued = std::mem::take(&mut self.queued);
         for reply in queued.request.into_iter().flatten() {
-            let _ = reply.send(Err(why.to_owned()));
+            let _ = reply.send(Err(why.into()));
         }
         let Some(job) = self.job.take() else {
             return;
@@ -692,7 +692,7 @@ impl Supervisor {
         }
         if let Origin::Request(replies) = job.origin {
             for reply in replies {
-                let _ = reply.send(Err(why.to_owned()));
+                let _ = reply.send(Err(why.into()));
             }
         }
     }
