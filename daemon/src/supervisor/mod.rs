@@ -41,6 +41,7 @@ pub use crate::command::Command;
 use crate::command::{Answer, Reply};
 use crate::config::{self, Settings};
 use crate::files::PLAIN;
+use crate::fleet::decommission::DecommissionError;
 pub use crate::health::{Announced, Health, Status, state, status};
 use crate::logging::ids;
 use crate::notify::Notifier;
@@ -132,7 +133,7 @@ pub struct Supervisor {
     /// What natsmeshd wants to do under the lease (see `planned.rs`).
     planned: Option<planned::Plan>,
     /// The decommission's JetStream removal, while it runs.
-    removal: Option<oneshot::Receiver<Result<String, String>>>,
+    removal: Option<oneshot::Receiver<Result<String, DecommissionError>>>,
     /// The wait for the region's restart lease.
     gate: Option<mpsc::Receiver<crate::fleet::Gate>>,
     /// The lease, while this node holds it.
@@ -657,7 +658,7 @@ impl Supervisor {
     fn start_broker(&mut self) -> Step {
         let targets = match self.probe_targets() {
             Ok(t) => t,
-            Err(why) => return Step::SpawnFailed(why),
+            Err(why) => return Step::SpawnFailed(why.to_string()),
         };
         // The file it starts from: a later package upgrade replaces it.
         self.broker_bin = crate::upgrade::resolve(&self.settings.binary)
@@ -698,19 +699,19 @@ impl Supervisor {
     }
 
     /// Where the probes look, or why they cannot.
-    fn probe_targets(&self) -> Result<Targets, String> {
+    fn probe_targets(&self) -> Result<Targets, TargetsError> {
         let s = &self.settings;
         let (Some(mon), Some(client)) = (
             s.server.monitoring.as_ref().and_then(local_addr),
             local_addr(&s.server.listen),
         ) else {
-            return Err("the monitoring and client listeners need fixed ports".into());
+            return Err(TargetsError::NoFixedPorts);
         };
         let https = match s.tls.as_ref().filter(|t| t.monitoring) {
             None => None,
             Some(t) => match crate::tls::probe::monitoring_client(t) {
                 Ok(c) => Some(c),
-                Err(e) => return Err(format!("cannot probe HTTPS monitoring: {e}")),
+                Err(e) => return Err(TargetsError::HttpsMonitoring(e)),
             },
         };
         Ok(Targets::new(
@@ -1092,8 +1093,35 @@ impl Supervisor {
     }
 }
 
+/// Why the probes have nowhere to look: the broker is not started (the
+/// core hears it as a failed spawn, in these words).
+#[derive(Debug, thiserror::Error)]
+enum TargetsError {
+    /// A listener without a fixed port cannot be probed on loopback.
+    #[error("the monitoring and client listeners need fixed ports")]
+    NoFixedPorts,
+    /// Monitoring is served over HTTPS and the probes' TLS client cannot
+    /// be built from the node's roots.
+    #[error("cannot probe HTTPS monitoring: {0}")]
+    HttpsMonitoring(#[source] crate::tls::probe::ProbeError),
+}
+
+/// Why the decommission's JetStream removal did not end this node's
+/// membership.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RemovalError {
+    /// The removal ran and failed.
+    #[error(transparent)]
+    Failed(#[from] DecommissionError),
+    /// Its task went away without a word (natsmeshd is stopping).
+    #[error("the removal task ended without an answer")]
+    NoAnswer,
+}
+
+/// A configuration change's outcome: done (what came of it, or why it
+/// was refused), or waiting for a restart.
 enum Reloaded {
-    Done(Result<String, String>),
+    Done(Result<String, tasks::ChangeError>),
     Pending,
 }
 
@@ -1151,12 +1179,13 @@ fn answer(reply: Option<Reply>, res: Answer) {
 
 /// The outcome of the decommission's removal; pends forever without one.
 async fn next_removal(
-    removal: &mut Option<oneshot::Receiver<Result<String, String>>>,
-) -> Result<String, String> {
+    removal: &mut Option<oneshot::Receiver<Result<String, DecommissionError>>>,
+) -> Result<String, RemovalError> {
     match removal {
-        Some(rx) => rx
-            .await
-            .unwrap_or_else(|_| Err("the removal task ended without an answer".into())),
+        Some(rx) => match rx.await {
+            Ok(res) => res.map_err(RemovalError::Failed),
+            Err(_) => Err(RemovalError::NoAnswer),
+        },
         None => std::future::pending().await,
     }
 }
@@ -1195,5 +1224,54 @@ async fn poll_probe(probe: &mut Option<ProbeFuture>) -> (u32, Report) {
     match probe {
         Some(p) => p.await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The words the operator reads in `status` (the decommission's
+    /// failure) and the core's failed spawn stay as they were.
+    #[test]
+    fn removal_and_probe_target_errors_keep_their_words() {
+        assert_eq!(
+            RemovalError::NoAnswer.to_string(),
+            "the removal task ended without an answer"
+        );
+        let failed = DecommissionError::WouldBreak(vec!["ORDERS (R3 on 3 servers)".into()]);
+        let words = failed.to_string();
+        assert_eq!(RemovalError::from(failed).to_string(), words);
+        assert_eq!(
+            TargetsError::NoFixedPorts.to_string(),
+            "the monitoring and client listeners need fixed ports"
+        );
+    }
+
+    /// A removal whose task went away answers `NoAnswer`; one that ran
+    /// answers its own result.
+    #[tokio::test]
+    async fn the_removal_wait_turns_a_lost_task_into_no_answer() {
+        let (tx, rx) = oneshot::channel::<Result<String, DecommissionError>>();
+        drop(tx);
+        let mut removal = Some(rx);
+        assert!(matches!(
+            next_removal(&mut removal).await,
+            Err(RemovalError::NoAnswer)
+        ));
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Err(DecommissionError::NoOwnAnswer));
+        let mut removal = Some(rx);
+        assert!(matches!(
+            next_removal(&mut removal).await,
+            Err(RemovalError::Failed(DecommissionError::NoOwnAnswer))
+        ));
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok("removed".into()));
+        let mut removal = Some(rx);
+        assert_eq!(
+            next_removal(&mut removal).await.ok().as_deref(),
+            Some("removed")
+        );
     }
 }

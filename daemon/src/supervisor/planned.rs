@@ -294,10 +294,7 @@ impl Supervisor {
         let settings = self.settings.clone();
         let tx = self.events.clone();
         self.tasks.spawn(async move {
-            // In the events' words until they carry the typed error.
-            let result = decommission::check(&settings)
-                .await
-                .map_err(|e| e.to_string());
+            let result = decommission::check(&settings).await;
             let _ = tx.send(Event::DecommissionChecked { reply, result }).await;
         });
     }
@@ -306,7 +303,7 @@ impl Supervisor {
     pub(super) fn on_decommission_checked(
         &mut self,
         reply: Option<Reply>,
-        result: Result<Vec<(StreamId, usize)>, impl std::fmt::Display>,
+        result: Result<Vec<(StreamId, usize)>, decommission::DecommissionError>,
     ) {
         self.decommission_checking = false;
         let streams = match result {
@@ -340,17 +337,15 @@ impl Supervisor {
         let (tx, rx) = oneshot::channel();
         let settings = self.settings.clone();
         self.tasks.spawn_awaited(async move {
-            // In the removal channel's words until it carries the typed
-            // error.
             let removed = decommission::remove_self(&settings, &streams).await;
-            let _ = tx.send(removed.map_err(|e| e.to_string()));
+            let _ = tx.send(removed);
         });
         self.removal = Some(rx);
         self.health.fleet = "decommission: leaving the JetStream group".into();
         self.publish();
     }
 
-    pub(super) fn on_removed(&mut self, res: Result<String, impl std::fmt::Display>) {
+    pub(super) fn on_removed(&mut self, res: Result<String, super::RemovalError>) {
         self.removal = None;
         if let Some(held) = self.lease.take() {
             self.tasks.spawn_awaited(release(held));
