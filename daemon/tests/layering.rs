@@ -452,17 +452,6 @@ fn lib_rs_declarations_are_the_modules() {
 // words. The binary's edge (`main.rs`) and test code may use what they
 // like.
 
-/// Files that still return `Result<…, String>` while their conversion is
-/// under way in another branch. This list must only shrink, to nothing:
-/// the test fails on a file not listed here, and on a listed file that
-/// has none left (so an entry goes as soon as its file is converted and
-/// no new use can hide behind it).
-const STRING_ERRORS_PENDING: &[&str] = &[
-    "supervisor/mod.rs",
-    "supervisor/tasks.rs",
-    "supervisor/upgrades.rs",
-];
-
 /// The source with every item that follows `#[cfg(test)]` blanked out
 /// (newlines kept, so line numbers stay), and the names of out-of-line
 /// modules declared under `#[cfg(test)]` (`#[cfg(test)] mod tests;`).
@@ -653,32 +642,19 @@ fn daemon_string_errors() -> Vec<(String, usize, String)> {
     found
 }
 
+/// Every file of daemon/src is held to it: there is no list of files
+/// waiting for their conversion any more (the supervisor's were the last).
 #[test]
 fn the_library_returns_no_string_errors() {
-    let found = daemon_string_errors();
-    let mut unlisted = Vec::new();
-    let mut pending = BTreeSet::new();
-    for (file, line, ty) in &found {
-        if STRING_ERRORS_PENDING.contains(&file.as_str()) {
-            pending.insert(file.as_str());
-        } else {
-            unlisted.push(format!("  daemon/src/{file}:{line}: {ty}"));
-        }
-    }
-    assert!(
-        unlisted.is_empty(),
-        "library code returns a String as its error; give the module a thiserror \
-         enum naming what failed and why (STYLE.md, \"Errors\"):\n{}",
-        unlisted.join("\n")
-    );
-    let stale: Vec<&&str> = STRING_ERRORS_PENDING
+    let found: Vec<String> = daemon_string_errors()
         .iter()
-        .filter(|f| !pending.contains(**f))
+        .map(|(file, line, ty)| format!("  daemon/src/{file}:{line}: {ty}"))
         .collect();
     assert!(
-        stale.is_empty(),
-        "{stale:?} no longer return Result<…, String>: take them off \
-         STRING_ERRORS_PENDING in daemon/tests/layering.rs (the list shrinks to nothing)"
+        found.is_empty(),
+        "library code returns a String as its error; give the module a thiserror \
+         enum naming what failed and why (STYLE.md, \"Errors\"):\n{}",
+        found.join("\n")
     );
 }
 
