@@ -1431,3 +1431,49 @@ fn the_supervisor_publishes_the_effective_settings_it_prepared() {
         assert!(tasks.shutdown(natsmesh::shutdown::GRACE).await);
     });
 }
+
+#[test]
+fn jetstream_sync_interval_is_a_duration_up_to_an_hour_or_always() {
+    use natsmesh_broker::model::SyncInterval;
+    use std::time::Duration;
+    let f = Fixture::new();
+    f.write("natsmesh.toml", MINIMAL);
+    // Unset: nats-server's own default, nothing rendered.
+    let js = f.settings().unwrap().server.jetstream.unwrap();
+    assert_eq!(js.sync_interval, None);
+    for (written, expected) in [
+        ("always", SyncInterval::Always),
+        ("ALWAYS", SyncInterval::Always),
+        ("10s", SyncInterval::Every(Duration::from_secs(10))),
+        ("2m", SyncInterval::Every(Duration::from_secs(120))),
+        ("1h", SyncInterval::Every(Duration::from_secs(3600))),
+        ("250ms", SyncInterval::Every(Duration::from_millis(250))),
+    ] {
+        f.write(
+            "natsmesh.toml",
+            &format!("{MINIMAL}sync_interval = \"{written}\"\n"),
+        );
+        let js = f.settings().unwrap().server.jetstream.unwrap();
+        assert_eq!(js.sync_interval, Some(expected), "{written}");
+    }
+    let line = MINIMAL.lines().count() + 1;
+    for (written, needle) in [
+        ("0s", "0 is no interval; write \"always\""),
+        ("61m", "longer than 1h"),
+        ("never", "is neither \"always\" nor a duration"),
+        ("10", "is neither \"always\" nor a duration"),
+        ("", "is neither \"always\" nor a duration"),
+    ] {
+        let main = f.write(
+            "natsmesh.toml",
+            &format!("{MINIMAL}sync_interval = \"{written}\"\n"),
+        );
+        assert_problem(
+            &f.problems(),
+            "broker.jetstream.sync_interval",
+            &main,
+            line,
+            needle,
+        );
+    }
+}
