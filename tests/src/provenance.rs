@@ -174,6 +174,19 @@ impl Provenance {
         }
     }
 
+    /// This tree, this machine, now, for a run of the pinned releases
+    /// `versions`: each recorded as its binary reports itself
+    /// (`nats-server --version`), so the line says what actually ran.
+    pub fn for_brokers(versions: &[&str]) -> Self {
+        Self::now(versions.iter().map(|v| reported_version(v)).collect())
+    }
+
+    /// `# <title>` and the provenance line: how every benchmark's result
+    /// file begins.
+    pub fn heading(&self, title: &str) -> String {
+        format!("# {title}\n\n{}\n\n", self.line())
+    }
+
     /// `Ran at <rev> (clean|with uncommitted changes), <date> UTC, on
     /// <host> (<cores> cores, <MiB> MiB)`: the part every result file
     /// shares; the drills go on with the brokers at the start and end.
@@ -208,6 +221,24 @@ impl Provenance {
             self.ran_at()
         )
     }
+}
+
+/// What the installed binary of pinned release `version` says it is
+/// (`nats-server: v2.15.1` → `2.15.1`), or why it could not say.
+fn reported_version(version: &str) -> String {
+    let path = crate::brokers_dir().join(version).join("nats-server");
+    let out = std::process::Command::new(&path).arg("--version").output();
+    match out {
+        Ok(o) if o.status.success() => parse_version(&String::from_utf8_lossy(&o.stdout))
+            .unwrap_or_else(|| format!("{version} (unreadable --version)")),
+        _ => format!("{version} (not installed)"),
+    }
+}
+
+/// The version in `nats-server --version` output.
+fn parse_version(out: &str) -> Option<String> {
+    let v = out.trim().strip_prefix("nats-server: v")?;
+    semver::Version::parse(v).ok().map(|v| v.to_string())
 }
 
 #[cfg(test)]
@@ -354,6 +385,30 @@ mod tests {
         let v = serde_json::to_value(p).unwrap();
         assert!(v.get("brokers").is_none(), "{v}");
         assert!(v["dirty"].is_null(), "{v}");
+    }
+
+    #[test]
+    fn heading_starts_every_result_file() {
+        let h = fixed(Some(false)).heading("Supervisor benchmark");
+        assert!(h.starts_with("# Supervisor benchmark\n\nRan at 0123456789abcdef0123456789abcdef01234567 (clean), 2026-01-01T00:00:00Z UTC, on bench-1 (2 cores, 3914 MiB), load average 0.52 1.07 2.00"), "{h}");
+        assert!(h.ends_with("nats-server 2.14.6, 2.15.1.\n\n"), "{h}");
+    }
+
+    #[test]
+    fn broker_versions_as_the_binaries_report_them() {
+        assert_eq!(
+            parse_version("nats-server: v2.15.1\n").as_deref(),
+            Some("2.15.1")
+        );
+        assert_eq!(parse_version("v2.15.1"), None);
+        assert_eq!(parse_version("nats-server: vlatest"), None);
+        // The pinned current release answers for itself.
+        assert_eq!(reported_version(crate::CURRENT), crate::CURRENT);
+        assert_eq!(reported_version("0.0.0-none"), "0.0.0-none (not installed)");
+        assert_eq!(
+            Provenance::for_brokers(&[crate::CURRENT]).brokers,
+            [crate::CURRENT]
+        );
     }
 
     /// This tree and this machine: the values a run records are real.
