@@ -166,6 +166,11 @@ const RULES: &[Rule] = &[
         "JetStream limits may only grow at run time, from 2.12.7 on",
     ),
     rule(
+        "jetstream.sync_interval",
+        Restart,
+        "nats-server's reload refuses a changed sync_interval (no release up to 2.15 reloads it)",
+    ),
+    rule(
         "jetstream",
         Restart,
         "JetStream storage, domain and enablement are fixed at start",

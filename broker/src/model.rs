@@ -352,6 +352,31 @@ pub struct JetStream {
     pub max_file_store: u64,
     /// JetStream domain, for leafnode edges.
     pub domain: Option<String>,
+    /// How often the file store fsyncs; `None` leaves nats-server's
+    /// default (every 2 minutes), which a host's power loss can cost.
+    pub sync_interval: Option<SyncInterval>,
+}
+
+/// `jetstream.sync_interval` (2.10+): when the file store flushes to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncInterval {
+    /// fsync after every write: nothing acknowledged is lost with the
+    /// machine's power, at the cost of throughput.
+    Always,
+    /// fsync in the background this often; never zero.
+    Every(Duration),
+}
+
+impl SyncInterval {
+    /// The value nats-server reads: the string `"always"` (its parser takes
+    /// any string equal to it, ignoring case, before trying a duration) or a
+    /// quoted Go duration.
+    fn value(self) -> Value {
+        match self {
+            SyncInterval::Always => Value::from("always"),
+            SyncInterval::Every(d) => Value::from(d),
+        }
+    }
 }
 
 /// `cluster {}`: the routes of one region.
@@ -906,7 +931,8 @@ fn to_tree(cfg: &ServerConfig) -> Result<Block, RenderError> {
         )
         .set("max_memory_store", size_value(js.max_memory_store))
         .set("max_file_store", size_value(js.max_file_store))
-        .set_opt("domain", js.domain.clone());
+        .set_opt("domain", js.domain.clone())
+        .set_opt("sync_interval", js.sync_interval.map(SyncInterval::value));
         top.set("jetstream", b);
     }
     if let Some(c) = &cfg.cluster {
@@ -1077,6 +1103,35 @@ mod tests {
         let ok =
             render(&cfg, &Version::new(2, 10, 0), Path::new("/")).expect("2.10 knows pool_size");
         assert!(ok.text.contains("pool_size: 3"));
+    }
+
+    #[test]
+    fn sync_interval_renders_in_the_jetstream_block_from_2_10() {
+        let mut cfg = ServerConfig::standalone("n1", Listen::new(LOCAL, 4222));
+        let js = |sync| JetStream {
+            store_dir: "/var/lib/natsmesh".into(),
+            max_memory_store: 1 << 20,
+            max_file_store: 1 << 20,
+            domain: None,
+            sync_interval: sync,
+        };
+        let v = Version::new(2, 10, 0);
+        cfg.jetstream = Some(js(Some(SyncInterval::Always)));
+        let r = render(&cfg, &v, Path::new("/")).expect("2.10 knows sync_interval");
+        assert!(r.text.contains("sync_interval: \"always\""), "{}", r.text);
+        cfg.jetstream = Some(js(Some(SyncInterval::Every(Duration::from_secs(120)))));
+        let r = render(&cfg, &v, Path::new("/")).expect("renders");
+        assert!(r.text.contains("sync_interval: \"120s\""), "{}", r.text);
+        let err = render(&cfg, &Version::new(2, 9, 10), Path::new("/"))
+            .expect_err("2.9.10 lacks sync_interval");
+        assert_eq!(
+            err.to_string(),
+            "`jetstream.sync_interval` needs nats-server 2.10.0 or newer; this broker is 2.9.10"
+        );
+        // Unset is nats-server's own default: nothing rendered, any release.
+        cfg.jetstream = Some(js(None));
+        let r = render(&cfg, &Version::new(2, 9, 10), Path::new("/")).expect("renders");
+        assert!(!r.text.contains("sync_interval"), "{}", r.text);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::model::{Listen, Port, ServerConfig};
+use crate::model::{Listen, Port, ServerConfig, SyncInterval};
 
 /// One thing wrong with a model, naming the nats-server key it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +121,14 @@ pub fn validate(cfg: &ServerConfig) -> Vec<Problem> {
         }
         if let Some(d) = &js.domain {
             out.extend(name_problem("jetstream.domain", "JetStream domain", d));
+        }
+        // `-t` takes "0s" (and even "-1s"), but an interval of nothing is no
+        // schedule; "always" is how to ask for a flush after every write.
+        if js.sync_interval == Some(SyncInterval::Every(Duration::ZERO)) {
+            out.push(Problem {
+                key: "jetstream.sync_interval",
+                message: "0 is no interval; use \"always\" to fsync after every write".into(),
+            });
         }
     } else if cfg.mqtt.is_some() {
         out.push(Problem {
@@ -349,6 +357,7 @@ mod tests {
             max_memory_store: 1,
             max_file_store: 1,
             domain: None,
+            sync_interval: None,
         });
         assert_eq!(keys(&c), ["cluster"]);
     }
@@ -372,11 +381,29 @@ mod tests {
             max_memory_store: 0,
             max_file_store: 0,
             domain: None,
+            sync_interval: Some(SyncInterval::Every(Duration::ZERO)),
         });
         assert_eq!(
             keys(&c),
-            ["jetstream.max_memory_store", "jetstream.max_file_store"]
+            [
+                "jetstream.max_memory_store",
+                "jetstream.max_file_store",
+                "jetstream.sync_interval"
+            ]
         );
+        c.jetstream = Some(JetStream {
+            store_dir: "/tmp".into(),
+            max_memory_store: 1,
+            max_file_store: 1,
+            domain: None,
+            sync_interval: Some(SyncInterval::Every(Duration::from_millis(1))),
+        });
+        assert!(keys(&c).is_empty(), "{:?}", keys(&c));
+        c.jetstream = Some(JetStream {
+            sync_interval: Some(SyncInterval::Always),
+            ..c.jetstream.clone().expect("set above")
+        });
+        assert!(keys(&c).is_empty(), "{:?}", keys(&c));
         c.jetstream = None;
         c.mqtt = Some(Mqtt {
             listen: Listen::new(LOCAL, 1883),

@@ -38,6 +38,7 @@ pub const GATED_KEYS: &[GatedKey] = &[
     gate("leafnodes.compression", 2, 10, 0),
     gate("leafnodes.remotes.compression", 2, 10, 0),
     gate("logtime_utc", 2, 9, 21),
+    gate("jetstream.sync_interval", 2, 10, 0),
 ];
 
 /// The first release that accepts `path`, when it is newer than [`MINIMUM`].
@@ -139,5 +140,13 @@ mod tests {
         assert!(!supports_key(&v2921, "cluster.pool_size"));
         assert!(supports_key(&Version::new(2, 10, 0), "cluster.pool_size"));
         assert!(supports_key(&v2910, "server_name"));
+        assert!(!supports_key(
+            &Version::new(2, 9, 25),
+            "jetstream.sync_interval"
+        ));
+        assert!(supports_key(
+            &Version::new(2, 10, 0),
+            "jetstream.sync_interval"
+        ));
     }
 }

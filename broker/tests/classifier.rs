@@ -37,6 +37,7 @@ fn js(dir: &Path) -> JetStream {
         max_memory_store: 64 << 20,
         max_file_store: 64 << 20,
         domain: None,
+        sync_interval: None,
     }
 }
 
@@ -181,6 +182,17 @@ rows! {
     jetstream_store_dir => |d| {
         let old = ServerConfig { jetstream: Some(js(d)), ..common::base(d) };
         let new = ServerConfig { jetstream: Some(JetStream { store_dir: d.join("js2"), ..js(d) }), ..old.clone() };
+        (old, new)
+    };
+    jetstream_sync_interval_set => |d| {
+        let old = ServerConfig { jetstream: Some(js(d)), ..common::base(d) };
+        let new = ServerConfig { jetstream: Some(JetStream { sync_interval: Some(SyncInterval::Always), ..js(d) }), ..old.clone() };
+        (old, new)
+    };
+    jetstream_sync_interval_changed => |d| {
+        let every = |s| Some(JetStream { sync_interval: Some(SyncInterval::Every(Duration::from_secs(s))), ..js(d) });
+        let old = ServerConfig { jetstream: every(120), ..common::base(d) };
+        let new = ServerConfig { jetstream: every(10), ..old.clone() };
         (old, new)
     };
     cluster_routes => |d| {

@@ -21,6 +21,9 @@ fn config_with(path: &str) -> String {
             "leafnodes { remotes: [ { urls: [\"nats-leaf://127.0.0.1:7422\"], compression: \"off\" } ] }".into()
         }
         "logtime_utc" => "logtime_utc: true".into(),
+        "jetstream.sync_interval" => {
+            "jetstream { store_dir: \"/nonexistent/js\", max_memory_store: 1, max_file_store: 1, sync_interval: \"2m\" }".into()
+        }
         other => panic!("no sample config for gated key {other}; add one"),
     }
 }

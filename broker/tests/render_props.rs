@@ -76,6 +76,7 @@ fn config_for(case: &Case, dir: &std::path::Path) -> natsmesh_broker::model::Ser
         max_memory_store: case.max_memory,
         max_file_store: case.max_file,
         domain: None,
+        sync_interval: None,
     });
     cfg
 }

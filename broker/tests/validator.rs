@@ -19,6 +19,7 @@ fn js(dir: &std::path::Path) -> JetStream {
         max_memory_store: 64 << 20,
         max_file_store: 64 << 20,
         domain: None,
+        sync_interval: None,
     }
 }
 

@@ -164,6 +164,8 @@ fn bare_rolling(out: &mut String) {
 }
 
 fn main() {
+    // Before any work, so the load average is the machine's own.
+    let run = natsmesh_harness::provenance::Provenance::for_brokers(&[CURRENT]);
     let rounds: usize = std::env::var("NATSMESH_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -194,7 +196,7 @@ fn main() {
         exit.push(asked.elapsed());
     }
     let mut out = String::new();
-    let _ = writeln!(out, "# Load-balancer benchmark\n");
+    out.push_str(&run.heading("Load-balancer benchmark"));
     let _ = writeln!(
         out,
         "nats-server {CURRENT}, natsmeshd {}, {} on this machine. DigitalOcean balancer fake: health check every 1 s, 2 successes in, 2 failures out, 1 s timeout, changes propagate after 500 ms; natsmeshd dwell 1 s.\n",

@@ -90,7 +90,7 @@ const MILESTONES: &[(&str, &str)] = &[
     ("cloud-init done", "the rest of cloud-init's final stage"),
 ];
 
-fn natsmesh_round(round: u8) -> Milestones {
+fn natsmesh_round(round: u8) -> (Milestones, String) {
     let mut region = Region::new(20 + round, 1, 1);
     let root = region.machine(1);
     let power_on = unix_secs(SystemTime::now());
@@ -110,6 +110,18 @@ fn natsmesh_round(round: u8) -> Milestones {
         std::thread::sleep(Duration::from_millis(20));
     };
     wait_ready(&c, Duration::from_secs(60));
+    // The version of the broker natsmeshd runs (the package's or
+    // Debian's, whichever it chose), asked of the running binary itself.
+    let broker = c.ok(&[
+        "sh",
+        "-c",
+        r#"for p in /proc/[0-9]*; do [ "$(cat "$p/comm" 2>/dev/null)" = nats-server ] && exec "$(readlink "$p/exe")" --version; done; echo unknown"#,
+    ]);
+    let broker = broker
+        .trim()
+        .strip_prefix("nats-server: v")
+        .unwrap_or(broker.trim())
+        .to_owned();
     let events = cloud_init_events(&c);
     let nm = journal(&c, "natsmeshd");
     let event = |name: &str, kind: &str| {
@@ -143,7 +155,7 @@ fn natsmesh_round(round: u8) -> Milestones {
     for v in m.values_mut() {
         *v -= power_on;
     }
-    m
+    (m, broker)
 }
 
 /// The same image with an empty cloud-config: power-on to cloud-init done.
@@ -172,19 +184,26 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // Before any work, so the load average is the machine's own; the
+    // broker is the image's, so its version comes from a booted machine.
+    let mut run = natsmesh_harness::provenance::Provenance::now(Vec::new());
     let rounds = u8::try_from(env_num("NATSMESH_BENCH_ROUNDS", 3).clamp(1, 9)).unwrap();
     let mut runs = Vec::new();
     let mut baseline = Vec::new();
     for round in 0..rounds {
         baseline.push(baseline_round());
-        runs.push(natsmesh_round(round));
+        let (milestones, broker) = natsmesh_round(round);
+        runs.push(milestones);
+        if !run.brokers.contains(&broker) {
+            run.brokers.push(broker);
+        }
         eprintln!("round {} of {rounds} done", round + 1);
     }
 
-    let mut out = String::new();
+    let mut out = run.heading("A fresh droplet: power-on → in service through the load balancer");
     let _ = writeln!(
         out,
-        "# A fresh droplet: power-on → in service through the load balancer\n\n{rounds} rounds (each a new Debian 13 root booted in systemd-nspawn with cloud-init 25.1.4 and a NoCloud seed of `natsmeshd user-data`; natsmesh installed from a local signed apt repository, so no download time; the balancer's health check every 1 s, 2 to pass). Seconds since power-on, median (min–max); each phase is the time since the milestone before it in this order.\n"
+        "{rounds} rounds (each a new Debian 13 root booted in systemd-nspawn with cloud-init 25.1.4 and a NoCloud seed of `natsmeshd user-data`; natsmesh installed from a local signed apt repository, so no download time; the balancer's health check every 1 s, 2 to pass). Seconds since power-on, median (min–max); each phase is the time since the milestone before it in this order.\n"
     );
     let _ = writeln!(
         out,

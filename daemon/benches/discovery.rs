@@ -344,12 +344,14 @@ fn bare_latency(count: usize) -> Vec<Duration> {
 }
 
 fn main() {
+    // Before any work, so the load average is the machine's own.
+    let run = natsmesh_harness::provenance::Provenance::for_brokers(&[CURRENT]);
     let rounds = env_num("NATSMESH_BENCH_ROUNDS", 10) as usize;
     let requests = env_num("NATSMESH_BENCH_REQUESTS", 2000) as usize;
-    let mut table = String::new();
+    let mut table = run.heading("Discovery benchmark");
     writeln!(
         table,
-        "# Discovery benchmark\n\nnats-server {CURRENT}, natsmeshd {}, {} on this machine; DNS: dnsmasq on loopback, TTL 1 s.\n",
+        "nats-server {CURRENT}, natsmeshd {}, {} on this machine; DNS: dnsmasq on loopback, TTL 1 s.\n",
         env!("CARGO_PKG_VERSION"),
         std::env::consts::ARCH
     )

@@ -139,6 +139,8 @@ fn measure(s: Scenario, streams: u64, window: Duration, tck: f64) -> Measured {
 }
 
 fn main() {
+    // Before any work, so the load average is the machine's own.
+    let run = natsmesh_harness::provenance::Provenance::for_brokers(&[CURRENT]);
     let streams = env_num("NATSMESH_BENCH_STREAMS", 1000);
     let window = Duration::from_secs(env_num("NATSMESH_BENCH_WINDOW_SECS", 30));
     let rounds = env_num("NATSMESH_BENCH_ROUNDS", 2);
@@ -156,7 +158,7 @@ fn main() {
     };
     let base = mean(&results[0], |m| m.broker_ms_per_min);
     let mut out = String::new();
-    let _ = writeln!(out, "# /metrics: what reading the broker costs it\n");
+    out.push_str(&run.heading("/metrics: what reading the broker costs it"));
     let _ = writeln!(
         out,
         "nats-server {CURRENT}, natsmeshd {}, {} streams (R1, file, one message each), {rounds} interleaved rounds of {} s, {} cores; natsmeshd's probes at the test harness's `fast` health profile in every scenario.\n",

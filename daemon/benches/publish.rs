@@ -119,6 +119,8 @@ fn round(
 }
 
 fn main() {
+    // Before any work, so the load average is the machine's own.
+    let run = natsmesh_harness::provenance::Provenance::for_brokers(&[CURRENT]);
     let rounds: usize = std::env::var("NATSMESH_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -142,7 +144,7 @@ fn main() {
         }
     }
     let mut out = String::new();
-    let _ = writeln!(out, "# DNS self-publication benchmark\n");
+    out.push_str(&run.heading("DNS self-publication benchmark"));
     let _ = writeln!(
         out,
         "nats-server {CURRENT}, natsmeshd {}, {} on this machine; BIND 9 on loopback; the DigitalOcean API is the test fake (no network latency: only natsmeshd's own cost shows).\n",

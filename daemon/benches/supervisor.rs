@@ -271,6 +271,8 @@ fn toggle_debug(d: &Daemon, on: bool) {
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
     let version = CURRENT;
+    // Before any work, so the load average is the machine's own.
+    let run = natsmesh_harness::provenance::Provenance::for_brokers(&[version]);
     let rounds = env_num("NATSMESH_BENCH_ROUNDS", 20) as usize;
     let reloads = env_num("NATSMESH_BENCH_RELOADS", 100) as usize;
     let soak = Duration::from_secs(env_num("NATSMESH_BENCH_SOAK_SECS", 120));
@@ -288,6 +290,7 @@ fn main() {
             ),
             &ready_rows(version, kill_rounds),
             "ready.md",
+            &run,
         );
         return;
     }
@@ -511,6 +514,7 @@ fn main() {
         ),
         &rows,
         "supervisor.md",
+        &run,
     );
 }
 
@@ -521,9 +525,14 @@ fn cores() -> usize {
 }
 
 /// Prints the table and writes it to `bench/results/<file>`.
-fn write_table(title: &str, header: &str, rows: &[(String, String, String)], file: &str) {
-    let mut table = String::new();
-    let _ = writeln!(table, "# {title}\n");
+fn write_table(
+    title: &str,
+    header: &str,
+    rows: &[(String, String, String)],
+    file: &str,
+    run: &natsmesh_harness::provenance::Provenance,
+) {
+    let mut table = run.heading(title);
     let _ = writeln!(table, "{header}\n");
     let _ = writeln!(table, "| measurement | result | note |\n|---|---|---|");
     for (a, b, c) in rows {

@@ -40,6 +40,8 @@ fn renewals(log: &str) -> Vec<(Duration, bool)> {
 }
 
 fn main() {
+    // Before any work, so the load average is the machine's own.
+    let run = natsmesh_harness::provenance::Provenance::for_brokers(MATRIX);
     let wanted = std::env::var("NATSMESH_BENCH_RENEWALS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -103,8 +105,7 @@ fn main() {
             lat.last().copied().map(ms).unwrap_or(f64::NAN),
         ));
     }
-    let mut table = String::new();
-    let _ = writeln!(table, "# TLS renewal benchmark\n");
+    let mut table = run.heading("TLS renewal benchmark");
     let _ = writeln!(
         table,
         "12-second node certificates (renewed about every 8 s), one TLS client publishing 128-byte messages at about 20,000/s and subscribing to them during {wanted} renewals; `make bench`.\n"

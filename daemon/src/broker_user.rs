@@ -24,7 +24,7 @@
 //! both.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use natsmesh_broker::process::RunAs;
@@ -221,29 +221,71 @@ pub fn share_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Why a directory the broker writes in is not ready for it.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerDirError {
+    /// Left with another group by a version whose broker ran as natsmeshd.
+    #[error(
+        "{} (group {gid}) is not the broker's ({user}): run /usr/lib/natsmesh/broker-dirs as root (the unit's ExecStartPre= does) to hand it over",
+        dir.display()
+    )]
+    WrongGroup {
+        /// The directory.
+        dir: PathBuf,
+        /// Its group.
+        gid: u32,
+        /// The broker's user.
+        user: String,
+    },
+    /// Something else is in its place.
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// It could not be created (or given the broker's group).
+    #[error("cannot make {}: {source}", dir.display())]
+    Make {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// It could not be looked at.
+    #[error("{}: {source}", dir.display())]
+    Stat {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
 /// Makes `dir` (the JetStream store, the resolver's directory) a directory
 /// the broker can write in: natsmeshd's, 0770, the broker's group. One
 /// that exists with another group was left by a version whose broker ran
 /// as natsmeshd: its contents are natsmesh's, which only root can give the
 /// broker (the unit's `ExecStartPre=`), so it is refused, not half fixed.
-pub fn ensure_broker_dir(dir: &Path) -> Result<(), String> {
+pub fn ensure_broker_dir(dir: &Path) -> Result<(), BrokerDirError> {
     use std::os::unix::fs::MetadataExt as _;
     let Some(u) = chosen() else {
         return Ok(());
     };
     match std::fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() && m.gid() == u.gid => Ok(()),
-        Ok(m) if m.is_dir() => Err(format!(
-            "{} (group {}) is not the broker's ({}): run /usr/lib/natsmesh/broker-dirs as root (the unit's ExecStartPre= does) to hand it over",
-            dir.display(),
-            m.gid(),
-            u.name
-        )),
-        Ok(_) => Err(format!("{} is not a directory", dir.display())),
+        Ok(m) if m.is_dir() => Err(BrokerDirError::WrongGroup {
+            dir: dir.to_path_buf(),
+            gid: m.gid(),
+            user: u.name.clone(),
+        }),
+        Ok(_) => Err(BrokerDirError::NotADirectory(dir.to_path_buf())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(dir)
             .and_then(|()| crate::files::share(dir, BROKER_DIR, u.gid))
-            .map_err(|e| format!("cannot make {}: {e}", dir.display())),
-        Err(e) => Err(format!("{}: {e}", dir.display())),
+            .map_err(|source| BrokerDirError::Make {
+                dir: dir.to_path_buf(),
+                source,
+            }),
+        Err(source) => Err(BrokerDirError::Stat {
+            dir: dir.to_path_buf(),
+            source,
+        }),
     }
 }
 

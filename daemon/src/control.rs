@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::command::Command;
+use crate::command::{Answer, Command, Refused};
 use crate::fleet::report::{NodeRow, Table};
 use crate::health::{Health, State, Status};
 
@@ -162,6 +162,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 /// Serves requests until the command channel closes.
+#[tracing::instrument(name = "control", skip_all)]
 pub async fn serve(
     listener: UnixListener,
     commands: mpsc::Sender<Command>,
@@ -308,8 +309,11 @@ async fn handle(
         Ok(Request::FleetPause { pause, region, why }) => {
             let region = region.filter(|r| !r.is_empty());
             let done = match &access.pause {
-                Ok(a) => a.set(region.as_deref(), pause.then_some(why.as_str())).await,
-                Err(e) => Err(e.clone()),
+                Ok(a) => a
+                    .set(region.as_deref(), pause.then_some(why.as_str()))
+                    .await
+                    .map_err(Refused::because),
+                Err(e) => Err(Refused::because(e)),
             };
             match &done {
                 Ok(m) => tracing::info!(region = ?region, "{m}"),
@@ -331,14 +335,14 @@ async fn handle(
                 peers: Some(group),
                 creds: None,
             },
-            Err(e) => outcome(Ok(Err(e))),
+            Err(e) => outcome(Ok(Err(Refused::because(e)))),
         },
         Ok(Request::FleetRemovePeer { server }) => {
             let done = crate::fleet::peers::remove(&access.settings, &server).await;
             if let Err(e) = &done {
                 tracing::warn!(%server, error = %e, "meta group peer not removed");
             }
-            outcome(Ok(done))
+            outcome(Ok(done.map_err(Refused::because)))
         }
         Ok(Request::FleetCreds { ttl_ms }) => match issue_creds(&commands, &access, ttl_ms).await {
             Ok(issued) => Reply {
@@ -349,7 +353,7 @@ async fn handle(
                 peers: None,
                 creds: Some(issued),
             },
-            Err(e) => outcome(Ok(Err(e.to_string()))),
+            Err(e) => outcome(Ok(Err(Refused::because(e)))),
         },
     };
     let mut write = write;
@@ -372,7 +376,7 @@ enum IssueError {
     Join(#[source] tokio::task::JoinError),
     /// The reload that adds the user failed (the supervisor's words).
     #[error("fleet creds: the reload adding the user failed: {0}")]
-    Reload(String),
+    Reload(#[source] Refused),
 }
 
 /// `fleet creds`: a new temporary user in the file, then a reload through
@@ -400,14 +404,14 @@ async fn issue_creds(
         .await
         .is_err()
     {
-        Err("natsmeshd is stopping".to_owned())
+        Err(Refused::Stopping)
     } else {
         match rx.await {
-            Ok(Ok(m)) if m.starts_with("restart pending") => {
-                Err(format!("the broker did not load the new user: {m}"))
-            }
+            Ok(Ok(m)) if m.starts_with("restart pending") => Err(Refused::Because(format!(
+                "the broker did not load the new user: {m}"
+            ))),
             Ok(r) => r,
-            Err(_) => Err("natsmeshd stopped before answering".to_owned()),
+            Err(_) => Err(Refused::NoAnswer),
         }
     };
     if let Err(e) = reloaded {
@@ -453,9 +457,9 @@ async fn drain(
             Ok(Taken::Uncoordinated(why)) => note = format!(" ({why})"),
             Err(e) => {
                 tracing::warn!(error = %e, "drain refused");
-                return outcome(Ok(Err(format!(
+                return outcome(Ok(Err(Refused::Because(format!(
                     "drain refused: {e} (`natsmeshd drain --force` drains anyway)"
-                ))));
+                )))));
             }
         }
     }
@@ -514,7 +518,7 @@ async fn maintenance_start(
     wait: bool,
     reason: String,
     hangup: impl std::future::Future<Output = ()>,
-) -> Result<String, String> {
+) -> Answer {
     use crate::fleet::maintenance::{self, Kind};
     let s = &access.settings;
     if status.borrow().maintenance.is_some() {
@@ -533,8 +537,11 @@ async fn maintenance_start(
             return Err("given up".into());
         }
     }
-    .inspect_err(|e| tracing::warn!(error = %e, "maintenance refused"))?;
-    crate::fleet::maintain::enter(commands, status, access, reason, taken, false).await
+    .inspect_err(|e| tracing::warn!(error = %e, "maintenance refused"))
+    .map_err(Refused::because)?;
+    crate::fleet::maintain::enter(commands, status, access, reason, taken, false)
+        .await
+        .map_err(Refused::because)
 }
 
 /// `maintenance stop`: the marker goes, the broker starts, and the lease
@@ -543,10 +550,12 @@ async fn maintenance_stop(
     commands: &mpsc::Sender<Command>,
     mut status: watch::Receiver<Health>,
     access: &FleetOps,
-) -> Result<String, String> {
+) -> Answer {
     use crate::fleet::maintenance;
     let s = &access.settings;
-    let said = crate::fleet::maintain::end(commands, access).await?;
+    let said = crate::fleet::maintain::end(commands, access)
+        .await
+        .map_err(Refused::because)?;
     tracing::info!("maintenance stop: {said}");
     let back = matches!(
         tokio::time::timeout(
@@ -585,7 +594,7 @@ async fn maintenance_stop(
 /// Sends a command that answers, and waits for the answer.
 async fn ask(
     commands: &mpsc::Sender<Command>,
-    command: impl FnOnce(Option<oneshot::Sender<Result<String, String>>>) -> Command,
+    command: impl FnOnce(Option<crate::command::Reply>) -> Command,
 ) -> Reply {
     let (tx, rx) = oneshot::channel();
     if commands.send(command(Some(tx))).await.is_err() {
@@ -601,7 +610,7 @@ async fn ask(
     outcome(rx.await)
 }
 
-fn outcome(r: Result<Result<String, String>, oneshot::error::RecvError>) -> Reply {
+fn outcome(r: Result<Answer, oneshot::error::RecvError>) -> Reply {
     match r {
         Ok(Ok(message)) => Reply {
             ok: true,
@@ -611,9 +620,9 @@ fn outcome(r: Result<Result<String, String>, oneshot::error::RecvError>) -> Repl
             peers: None,
             creds: None,
         },
-        Ok(Err(message)) => Reply {
+        Ok(Err(refused)) => Reply {
             ok: false,
-            message,
+            message: refused.to_string(),
             status: None,
             fleet: None,
             peers: None,

@@ -71,18 +71,22 @@ fn negative_ttl(e: &NetError) -> Option<Duration> {
 }
 
 /// How long to wait after `failures` failed lookups in a row: the
-/// negative TTL when the server gave one, else a doubling backoff; always
-/// within the refresh bounds.
+/// negative TTL when the server gave one, else a doubling backoff from
+/// twice the shortest refresh; always within the refresh bounds. No
+/// jitter: the lookups of a region's nodes are spread by their TTLs.
 pub fn retry_wait(
     s: &DiscoverySettings,
     failures: u32,
     negative_ttl: Option<Duration>,
 ) -> Duration {
-    let wait = negative_ttl.unwrap_or_else(|| {
-        s.min_refresh
-            .saturating_mul(2u32.saturating_pow(failures.min(8)))
-    });
-    wait.clamp(s.min_refresh, s.max_refresh)
+    crate::backoff::Backoff {
+        first: s.min_refresh.saturating_mul(2),
+        max: s.max_refresh,
+        hint_max: s.max_refresh,
+        jitter: Duration::ZERO,
+    }
+    .wait(failures, negative_ttl)
+    .clamp(s.min_refresh, s.max_refresh.max(s.min_refresh))
 }
 
 /// A resolver and what to ask it.
@@ -407,6 +411,7 @@ impl Health {
 /// Follows DNS: looks up again when the answer's TTL runs out (within the
 /// bounds), publishes a changed answer, keeps the last good one through
 /// failures (retried with backoff).
+#[tracing::instrument(name = "discovery", skip_all)]
 pub async fn follow(discovery: Discovery, tx: watch::Sender<Found>, health: Arc<Health>) {
     let s = discovery.settings().clone();
     let mut failures = 0u32;
@@ -466,47 +471,6 @@ pub async fn wait_for_peers(
             "waiting for the region's servers before JetStream's first start"
         );
         tokio::time::sleep(discovery.settings().min_refresh).await;
-    }
-}
-
-/// Puts what DNS found into the settings: the routes, and the gateways
-/// when the regions came from DNS (a pure function of the names).
-pub fn apply(settings: &mut crate::config::Settings, found: &Found) {
-    if let Some(c) = settings.server.cluster.as_mut() {
-        c.routes = found.routes.clone();
-    }
-    let leaf_remotes = settings
-        .discovery
-        .as_ref()
-        .map(|d| d.settings.leaf_remotes.clone())
-        .unwrap_or_default();
-    if let Some(l) = settings.server.leafnodes.as_mut() {
-        for (index, urls) in leaf_remotes.iter().zip(&found.leaves) {
-            if let Some(remote) = l.remotes.get_mut(*index) {
-                remote.urls = urls.clone();
-            }
-        }
-    }
-    let domain = settings
-        .discovery
-        .as_ref()
-        .map(|d| d.settings.domain.clone());
-    // Behind natsmeshd's gate the broker's own listener is on loopback,
-    // maybe on another port: every region is dialled at the gate's.
-    let gate_port = settings.gate.as_ref().map(|g| g.listen.port());
-    if let (Some(g), Some(regions), Some(domain)) =
-        (settings.server.gateway.as_mut(), &found.regions, domain)
-        && !regions.is_empty()
-    {
-        let port = match (gate_port, g.listen.port) {
-            (Some(p), _) => p,
-            (None, natsmesh_broker::model::Port::Fixed(p)) => p,
-            (None, natsmesh_broker::model::Port::Random) => 0,
-        };
-        g.gateways = regions
-            .iter()
-            .filter_map(|r| crate::config::validate::region_gateway(r, &domain, port))
-            .collect();
     }
 }
 

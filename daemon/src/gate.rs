@@ -67,6 +67,7 @@ pub enum GateError {
 }
 
 /// Serves until the task is aborted.
+#[tracing::instrument(name = "gate", skip_all)]
 pub async fn serve(listener: TcpListener, settings: GateSettings) {
     let settings = Arc::new(settings);
     loop {

@@ -12,7 +12,9 @@
 //!    `httpd`, `upgrade`, `broker_user` (the broker's OS user), `addr`
 //!    (addresses derived from listeners), `nkey` (NATS key checks),
 //!    `secret` (API tokens and TSIG secrets, never printed), `command`
-//!    (what a caller may ask the supervisor);
+//!    (what a caller may ask the supervisor), `backoff` (the one retry
+//!    backoff: provider calls, DNS lookups, metadata, crash restarts),
+//!    `shutdown` (the one cancellation token and task tracker);
 //! 2. `config`: the files, their validation and each feature's settings as
 //!    plain data (`config::settings`). Config owns the settings and the
 //!    features depend on it, never the reverse: config names no feature;
@@ -33,6 +35,7 @@
 
 pub mod addr;
 pub mod auth;
+pub mod backoff;
 pub mod balancer;
 pub mod broker_user;
 pub mod ca_cli;
@@ -56,6 +59,7 @@ pub mod publish;
 pub mod reconcile;
 pub mod run;
 pub mod secret;
+pub mod shutdown;
 pub mod supervisor;
 pub mod tls;
 pub mod upgrade;

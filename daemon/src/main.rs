@@ -708,16 +708,26 @@ async fn check_in_scratch(
     {
         *file = scratch.path().join("system.password");
     }
-    if let Err(e) = natsmesh::auth::add_system_account(&mut settings, scratch.path()) {
-        eprintln!("system user: {e}");
-        return Err(EXIT_CONFIG);
-    }
-    if let Some(tls) = &settings.tls
-        && let Err(e) = natsmesh::tls::ensure(tls, std::time::SystemTime::now(), true)
-    {
-        eprintln!("TLS: {e}");
-        return Err(EXIT_CONFIG);
-    }
+    let system = match natsmesh::auth::system_account(&settings, scratch.path()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("system user: {e}");
+            return Err(EXIT_CONFIG);
+        }
+    };
+    let certs = match &settings.tls {
+        None => None,
+        Some(tls) => match natsmesh::tls::ensure(tls, std::time::SystemTime::now(), true) {
+            Ok((current, _)) => Some(natsmesh::tls::CertSet::new(tls, current)),
+            Err(e) => {
+                eprintln!("TLS: {e}");
+                return Err(EXIT_CONFIG);
+            }
+        },
+    };
+    // The same function builds the daemon's configuration (no DNS answer
+    // here: the seeds and configured gateways are shown).
+    let settings = natsmesh::prepare::effective(&settings, None, certs.as_ref(), system.as_ref());
     match prepare_in(&settings, scratch.path(), "nats-server.conf").await {
         Ok(p) => Ok((p, scratch, settings)),
         Err(e) => {

@@ -9,13 +9,16 @@ use std::path::PathBuf;
 use crate::config::Settings;
 use crate::control;
 use crate::notify::Notifier;
+use crate::shutdown::{GRACE, Tasks};
 use crate::supervisor::{Command, Exit, Supervisor};
 
 /// Runs until stopped; returns the process exit code.
 pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     let notifier = Notifier::from_env();
+    // Every task below runs on these, with the supervisor's own work: when
+    // supervision ends they end together, within the grace.
+    let tasks = Tasks::default();
     let socket = settings.control_socket.clone();
-    let mut settings = settings;
     // The image this one replaced (a natsmeshd upgrade) hands its broker
     // over; the node kept serving, so its DNS records stand.
     let handoff = match crate::upgrade::take_handoff() {
@@ -45,7 +48,6 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     if let Some((_, found, _)) = &followed {
         // A milestone of a machine's first boot (the boot benchmark reads it).
         tracing::info!(routes = found.routes.len(), regions = ?found.regions, "first DNS answer taken");
-        crate::discovery::apply(&mut settings, found);
     }
     let bootstrapped = followed.as_ref().is_some_and(|(_, _, b)| *b);
     let publish = settings.publish.clone();
@@ -72,7 +74,7 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         Some(g) => match tokio::net::TcpListener::bind(g.listen).await {
             Ok(l) => {
                 tracing::info!(listen = %g.listen, broker = %g.broker, "gateway gate: a peer's claimed region must match its certificate");
-                Some(tokio::spawn(crate::gate::serve(l, g)))
+                Some((l, g))
             }
             Err(e) => {
                 eprintln!("natsmeshd: cannot listen for gateways on {}: {e}", g.listen);
@@ -85,36 +87,51 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
     let metrics = match &settings.metrics {
         None => None,
         Some(m) => match tokio::net::TcpListener::bind(m.listen).await {
-            Ok(l) => {
-                let gateways = settings
-                    .server
-                    .gateway
-                    .as_ref()
-                    .map(|g| g.gateways.iter().filter(|r| r.name != g.name).count() as u64);
-                Some((
-                    l,
-                    m.clone(),
-                    crate::metrics::broker_monitor(&settings),
-                    gateways,
-                ))
-            }
+            Ok(l) => Some((l, m.clone())),
             Err(e) => {
                 tracing::warn!(listen = %m.listen, error = %e, "cannot serve /metrics; running without");
                 None
             }
         },
     };
-    let fleet_settings = settings.clone();
-    let pause_settings = settings.clone();
-    let (mut supervisor, status) =
-        match Supervisor::new(config_path, settings, notifier.clone()).await {
-            Ok(v) => v,
-            Err(e) => {
-                eprintln!("natsmeshd: {e:#}");
-                notifier.status(&format!("failed: {e}"));
-                return crate::EXIT_CONFIG;
-            }
-        };
+    // Signal handlers are installed before anything is spawned: failing
+    // here leaves nothing running.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("natsmeshd: cannot install signal handlers: {e}");
+            return crate::EXIT_FAILURE;
+        }
+    };
+    // What DNS finds, followed from its first answer.
+    let (found_tx, found_rx) = match followed {
+        Some((discovery, found, _)) => {
+            let (tx, rx) = tokio::sync::watch::channel(found);
+            (Some((discovery, tx)), Some(rx))
+        }
+        None => (None, None),
+    };
+    let (mut supervisor, status) = match Supervisor::new(
+        config_path,
+        settings,
+        found_rx,
+        notifier.clone(),
+        tasks.clone(),
+    )
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("natsmeshd: {e}");
+            notifier.status(&format!("failed: {e}"));
+            // As before the error had kinds: a start refused here is the
+            // configuration's exit code.
+            return crate::EXIT_CONFIG;
+        }
+    };
+    // The settings the broker runs with (the validated ones with what DNS
+    // found and natsmeshd's logins), for the tasks that start with them.
+    let settings = supervisor.spine().settings.borrow().clone();
     if let Some(h) = handoff {
         supervisor.take_over(h);
     }
@@ -125,140 +142,121 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
             return crate::EXIT_FAILURE;
         }
     };
-    let discovery_health = followed
+    // Nothing fails from here on: the tasks start.
+    if let Some((l, g)) = gate {
+        tasks.spawn(crate::gate::serve(l, g));
+    }
+    let discovery_health = found_tx
         .as_ref()
         .map(|_| std::sync::Arc::new(crate::discovery::Health::default()));
-    let follower = followed.map(|(discovery, found, _)| {
-        let (tx, rx) = tokio::sync::watch::channel(found);
-        supervisor.follow(rx);
+    if let Some((discovery, tx)) = found_tx {
         let health = discovery_health.clone().unwrap_or_default();
-        tokio::spawn(crate::discovery::follow(discovery, tx, health))
-    });
-    let publisher = publish.map(|p| {
+        tasks.spawn(crate::discovery::follow(discovery, tx, health));
+    }
+    if let Some(p) = publish {
         let (up_tx, up_rx) = tokio::sync::watch::channel(crate::supervisor::Announced::default());
         supervisor.announce(crate::supervisor::Pointer::Dns, up_rx, p.withdraw_timeout);
-        tokio::spawn(crate::publish::follow(
+        tasks.spawn(crate::publish::follow(
             p,
             status.clone(),
             up_tx,
             bootstrapped,
-        ))
-    });
-    let ready =
-        ready_listener.map(|l| tokio::spawn(crate::balancer::ready::serve(l, status.clone())));
-    let metrics = metrics.and_then(|(l, m, broker, gateways)| {
+        ));
+    }
+    if let Some(l) = ready_listener {
+        tasks.spawn(crate::balancer::ready::serve(l, status.clone()));
+    }
+    if let Some((l, m)) = metrics
+        && let Some(broker) = crate::metrics::broker_monitor(&settings)
+    {
+        let gateways = settings
+            .server
+            .gateway
+            .as_ref()
+            .map(|g| g.gateways.iter().filter(|r| r.name != g.name).count() as u64);
         let sources = crate::metrics::Sources {
             status: status.clone(),
-            broker: broker?,
+            broker,
             discovery: discovery_health.clone(),
             gateways_configured: gateways,
         };
-        Some(tokio::spawn(crate::metrics::serve(l, m, sources)))
-    });
-    let member = balancer.map(|b| {
+        tasks.spawn(crate::metrics::serve(l, m, sources));
+    }
+    if let Some(b) = balancer {
         let (tx, rx) = tokio::sync::watch::channel(crate::supervisor::Announced::default());
         // Until the balancer is read, its health check is unknown.
         let budget = crate::balancer::stop_budget(&b, None);
         supervisor.announce(crate::supervisor::Pointer::LoadBalancer, rx, budget);
-        tokio::spawn(crate::balancer::follow(b, status.clone(), tx))
-    });
+        tasks.spawn(crate::balancer::follow(b, status.clone(), tx));
+    }
     // Every node's reports, heard in the system account (which needs
     // natsmeshd's system user).
-    let fleet = fleet_settings.system_user.is_some().then(|| {
+    let fleet_table = settings.system_user.is_some().then(|| {
         let (tx, rx) = tokio::sync::watch::channel(crate::fleet::report::Table::default());
-        (
-            tokio::spawn(crate::fleet::heartbeat::run(
-                fleet_settings,
-                status.clone(),
-                tx,
-            )),
-            rx,
-        )
+        tasks.spawn(crate::fleet::heartbeat::run(
+            Settings::clone(&settings),
+            status.clone(),
+            tx,
+        ));
+        rx
     });
-    let (heartbeat, fleet_table) = fleet.map_or((None, None), |(t, rx)| (Some(t), Some(rx)));
     // The fleet pause: followed beside the supervisor (seeded with the
     // last word kept, so a pause holds from the first moment), written
     // through the control socket.
-    let access = crate::fleet::pause::Access::new(&pause_settings);
-    let pause_watch = access.as_ref().ok().map(|a| {
+    let access = crate::fleet::pause::Access::new(&settings);
+    if let Ok(a) = access.as_ref() {
         let (tx, rx) =
-            tokio::sync::watch::channel(crate::fleet::pause::cached(&pause_settings.state_dir));
+            tokio::sync::watch::channel(crate::fleet::pause::cached(&settings.state_dir));
         supervisor.follow_fleet_pause(rx);
-        tokio::spawn(crate::fleet::pause::watch(a.clone(), tx))
-    });
+        tasks.spawn(crate::fleet::pause::watch(a.clone(), tx));
+    }
     let (commands, rx) = mpsc::channel(16);
     // Operators' temporary users (`fleet creds`) expire beside the loop:
     // the task only sends the loop a reload, as `natsmeshd reload` does.
-    let expiry = crate::fleet::creds::check_mode(pause_settings.system_user.as_ref())
-        .is_ok()
-        .then(|| {
-            tokio::spawn(crate::fleet::creds::expire(
-                pause_settings.state_dir.clone(),
-                commands.clone(),
-            ))
-        });
+    if crate::fleet::creds::check_mode(settings.system_user.as_ref()).is_ok() {
+        tasks.spawn(crate::fleet::creds::expire(
+            settings.state_dir.clone(),
+            commands.clone(),
+        ));
+    }
     // A maintenance or drain lease of this node goes back once it serves
     // with JetStream current: at start (after the reboot), and when told.
     let settle = std::sync::Arc::new(tokio::sync::Notify::new());
-    let settler = tokio::spawn(crate::fleet::maintenance::settle(
-        pause_settings.clone(),
+    tasks.spawn(crate::fleet::maintenance::settle(
+        Settings::clone(&settings),
         status.clone(),
         settle.clone(),
     ));
     let ops = std::sync::Arc::new(control::FleetOps {
         pause: access,
-        settings: pause_settings,
+        settings: Settings::clone(&settings),
         settle,
     });
     // Coordinated reboots: the reboot-required file is looked for beside
     // the supervisor, which only hears what to show and the maintenance.
-    let rebooter = ops.settings.maintenance.reboot.clone().map(|r| {
-        tokio::spawn(crate::fleet::reboot::watch(
+    if let Some(r) = ops.settings.maintenance.reboot.clone() {
+        tasks.spawn(crate::fleet::reboot::watch(
             ops.clone(),
             r,
             commands.clone(),
             status.clone(),
-        ))
-    });
-    let control = tokio::spawn(control::serve(
+        ));
+    }
+    tasks.spawn(control::serve(
         listener,
         commands.clone(),
         status,
         fleet_table,
         ops,
     ));
-    let signals = match forward_signals(commands.clone()) {
-        Ok(task) => task,
-        Err(e) => {
-            eprintln!("natsmeshd: cannot install signal handlers: {e}");
-            return crate::EXIT_FAILURE;
-        }
-    };
+    tasks.spawn(signals.forward(commands.clone()));
     drop(commands);
+    // The supervisor shuts the tasks down as supervision ends (its own
+    // awaited work, a lease release, may need the others no more); this
+    // second call only confirms they are gone, and waits for nothing new.
     let exit = supervisor.run(rx).await;
-    control.abort();
-    if let Some(e) = expiry {
-        e.abort();
-    }
-    if let Some(h) = heartbeat {
-        h.abort();
-    }
-    if let Some(g) = gate {
-        g.abort();
-    }
-    signals.abort();
-    if let Some(f) = follower {
-        f.abort();
-    }
-    settler.abort();
-    if let Some(r) = rebooter {
-        r.abort();
-    }
-    for task in [publisher, member, ready, metrics, pause_watch]
-        .into_iter()
-        .flatten()
-    {
-        task.abort();
+    if !tasks.shutdown(GRACE).await {
+        tracing::warn!("some of natsmeshd's tasks did not end within {GRACE:?}; left behind");
     }
     let _ = std::fs::remove_file(&socket);
     match exit {
@@ -339,23 +337,64 @@ async fn first_answer(
     Ok((discovery, found, false))
 }
 
-/// SIGTERM and SIGINT stop (drain first); SIGHUP reloads.
-fn forward_signals(
-    commands: mpsc::Sender<Command>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    Ok(tokio::spawn(async move {
+/// The signals natsmeshd answers, installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// SIGTERM and SIGINT stop (drain first); SIGHUP reloads. Runs until
+    /// the supervisor stops listening (or the task is cancelled).
+    async fn forward(mut self, commands: mpsc::Sender<Command>) {
         loop {
             let cmd = tokio::select! {
-                _ = term.recv() => Command::Stop,
-                _ = int.recv() => Command::Stop,
-                _ = hup.recv() => Command::Reload { reply: None },
+                _ = self.term.recv() => Command::Stop,
+                _ = self.int.recv() => Command::Stop,
+                _ = self.hup.recv() => Command::Reload { reply: None },
             };
             if commands.send(cmd).await.is_err() {
                 return;
             }
         }
-    }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Real time: a signal arrives from the OS, which paused time would not
+    // wait for (its timeout would fire first, as it auto-advances).
+    #[tokio::test]
+    async fn signals_are_forwarded_until_the_shutdown_ends_the_task() {
+        let tasks = Tasks::default();
+        let (tx, mut rx) = mpsc::channel(4);
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => panic!("cannot install signal handlers: {e}"),
+        };
+        tasks.spawn(signals.forward(tx));
+        let hup = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGHUP);
+        assert!(hup.is_ok(), "{hup:?}");
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await;
+        assert!(
+            matches!(got, Ok(Some(Command::Reload { reply: None }))),
+            "SIGHUP was not forwarded as a reload"
+        );
+        let t = tokio::time::Instant::now();
+        assert!(tasks.shutdown(GRACE).await, "the forwarder did not end");
+        assert!(t.elapsed() < GRACE);
+        // Ended: its sender is gone.
+        assert!(rx.recv().await.is_none());
+    }
 }

@@ -143,6 +143,44 @@ fn a_key_the_broker_version_lacks_is_refused_naming_the_key() {
 }
 
 #[test]
+fn sync_interval_is_rendered_where_the_broker_knows_it_and_refused_where_not() {
+    let dir = scratch();
+    let extra = "sync_interval = \"always\"\n";
+    let main = write_config(dir.path(), DEBIAN_12, extra);
+    let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("broker.jetstream.sync_interval: `jetstream.sync_interval` needs nats-server 2.10.0 or newer; this broker is 2.9.10"),
+        "{err}"
+    );
+    for (written, rendered_as) in [("always", "\"always\""), ("10s", "\"10s\"")] {
+        let main = write_config(
+            dir.path(),
+            CURRENT,
+            &format!("sync_interval = \"{written}\"\n"),
+        );
+        let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], dir.path());
+        assert!(out.status.success(), "{written}: {}", text(&out.stderr));
+        let out = natsmeshd(&["render", "-c", main.to_str().unwrap()], dir.path());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let rendered = text(&out.stdout);
+        assert!(
+            rendered.contains(&format!("sync_interval: {rendered_as}")),
+            "{rendered}"
+        );
+    }
+    let main = write_config(dir.path(), CURRENT, "sync_interval = \"2h\"\n");
+    let out = natsmeshd(&["check", "-c", main.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("broker.jetstream.sync_interval: \"2h\" is longer than 1h"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_include_the_broker_refuses_fails_the_check_with_its_message() {
     let dir = scratch();
     std::fs::write(

@@ -507,7 +507,7 @@ fn discovery_gateways_are_a_function_of_the_region_names() {
         regions: None,
         leaves: Vec::new(),
     };
-    natsmesh::discovery::apply(&mut applied, &found);
+    applied = natsmesh::prepare::effective(&applied, Some(&found), None, None);
     assert_eq!(
         applied.server.cluster.as_ref().unwrap().routes,
         found.routes
@@ -530,7 +530,7 @@ fn regions_from_txt_become_gateways_when_found() {
         regions: Some(vec!["ams3".into(), "fra1".into()]),
         leaves: Vec::new(),
     };
-    natsmesh::discovery::apply(&mut s, &found);
+    s = natsmesh::prepare::effective(&s, Some(&found), None, None);
     let names: Vec<_> = s
         .server
         .gateway
@@ -1134,13 +1134,15 @@ fn regions_from_dns_are_dialled_at_the_gates_port() {
         s.server.gateway.as_ref().unwrap().listen.to_string(),
         "127.0.0.1:17443"
     );
-    natsmesh::discovery::apply(
-        &mut s,
-        &natsmesh::discovery::Found {
+    s = natsmesh::prepare::effective(
+        &s,
+        Some(&natsmesh::discovery::Found {
             routes: Vec::new(),
             regions: Some(vec!["fra1".into(), "nyc3".into()]),
             leaves: Vec::new(),
-        },
+        }),
+        None,
+        None,
     );
     let urls: Vec<String> = s
         .server
@@ -1236,4 +1238,242 @@ fn coordinated_reboots_are_off_by_default_and_their_keys_are_checked() {
         &format!("{MINIMAL}\n[maintenance]\nreboot = \"sometimes\"\n"),
     );
     assert!(f.settings().is_err());
+}
+
+/// A certificate set for the files at `cert` and `key` (what is known of
+/// the certificate does not reach the broker's configuration).
+fn cert_set(cert: PathBuf, key: PathBuf) -> natsmesh::tls::CertSet {
+    let t = std::time::SystemTime::UNIX_EPOCH;
+    natsmesh::tls::CertSet {
+        cert_file: cert,
+        key_file: key,
+        current: natsmesh::tls::Current {
+            info: natsmesh::tls::pki::CertInfo {
+                serial: "01".into(),
+                subject: "CN=n1".into(),
+                not_before: t,
+                not_after: t,
+                is_ca: false,
+                self_signed: false,
+                dns_names: Vec::new(),
+                ips: Vec::new(),
+                public_key: Vec::new(),
+            },
+            renew_at: t,
+            warnings: Vec::new(),
+            issuer_not_after: None,
+            root_not_after: None,
+        },
+    }
+}
+
+/// The one function that builds the broker's settings: peers in and out,
+/// a new value every time (the validated settings are never touched), the
+/// same output for the same inputs.
+#[test]
+fn the_effective_settings_are_built_from_the_inputs_alone() {
+    let f = Fixture::new();
+    f.write(
+        "natsmesh.toml",
+        &format!("{DISCOVERY}seeds = [\"10.0.0.2:6222\"]\n{}", f.tls()),
+    );
+    let s = f.settings().unwrap();
+    let before = s.clone();
+    let hp = |a: &str| natsmesh_broker::model::HostPort::parse(a).unwrap();
+    let found = natsmesh::discovery::Found {
+        routes: vec![hp("10.0.0.1:6222"), hp("10.0.0.7:6222")],
+        regions: Some(vec!["ams3".into(), "fra1".into()]),
+        leaves: Vec::new(),
+    };
+    let e = natsmesh::prepare::effective(&s, Some(&found), None, None);
+    assert_eq!(e.server.cluster.as_ref().unwrap().routes, found.routes);
+    let names: Vec<_> = e
+        .server
+        .gateway
+        .as_ref()
+        .unwrap()
+        .gateways
+        .iter()
+        .map(|g| g.name.clone())
+        .collect();
+    assert_eq!(names, ["ams3", "fra1"]);
+    assert_eq!(s, before, "the validated settings changed");
+    assert_eq!(
+        e,
+        natsmesh::prepare::effective(&s, Some(&found), None, None)
+    );
+    // Peers out: nothing found, nothing changed.
+    assert_eq!(natsmesh::prepare::effective(&s, None, None, None), s);
+    // Fewer peers later: the routes follow.
+    let fewer = natsmesh::discovery::Found {
+        routes: vec![hp("10.0.0.1:6222")],
+        ..found.clone()
+    };
+    let e = natsmesh::prepare::effective(&s, Some(&fewer), None, None);
+    assert_eq!(e.server.cluster.as_ref().unwrap().routes, fewer.routes);
+    // natsmeshd's logins join the accounts, in the output only.
+    let cache = f.dir.path().join("cache");
+    if let Some(system) = natsmesh::auth::system_account(&s, &cache).unwrap() {
+        let e = natsmesh::prepare::effective(&s, None, None, Some(&system));
+        let has_sys = |x: &Settings| x.server.accounts.iter().any(|a| a.name.as_str() == "SYS");
+        assert!(has_sys(&e), "no system account in {:?}", e.server.accounts);
+        assert!(!has_sys(&s));
+        assert_eq!(
+            e,
+            natsmesh::prepare::effective(&s, None, None, Some(&system))
+        );
+    } else {
+        panic!("the discovery fixture has natsmeshd's system user");
+    }
+}
+
+/// The certificate set: TLS on, the broker loads the set's files (the
+/// same files: nothing changes); TLS off, no block loads one.
+#[test]
+fn the_effective_settings_load_the_certificate_set_in_use() {
+    let f = Fixture::new();
+    f.write("natsmesh.toml", &format!("{DISCOVERY}{}", f.tls()));
+    let s = f.settings().unwrap();
+    let before = s.clone();
+    let tls = s.tls.as_ref().unwrap();
+    let same = cert_set(tls.cert_file.clone(), tls.key_file.clone());
+    assert_eq!(natsmesh::prepare::effective(&s, None, Some(&same), None), s);
+    let (cert, key) = (
+        f.dir.path().join("elsewhere/node.crt"),
+        f.dir.path().join("elsewhere/node.key"),
+    );
+    let moved =
+        natsmesh::prepare::effective(&s, None, Some(&cert_set(cert.clone(), key.clone())), None);
+    assert_eq!(moved.tls.as_ref().unwrap().cert_file, cert);
+    let cluster_tls = moved.server.cluster.as_ref().unwrap().tls.as_ref().unwrap();
+    assert_eq!(
+        (&cluster_tls.cert_file, &cluster_tls.key_file),
+        (&cert, &key)
+    );
+    let gateway_tls = moved.server.gateway.as_ref().unwrap().tls.as_ref().unwrap();
+    assert_eq!(gateway_tls.cert_file, cert);
+    assert_eq!(s, before, "the validated settings changed");
+    // TLS off: a set changes nothing.
+    let off = Fixture::new();
+    off.write("natsmesh.toml", MINIMAL);
+    let s = off.settings().unwrap();
+    assert!(s.tls.is_none());
+    assert_eq!(natsmesh::prepare::effective(&s, None, Some(&same), None), s);
+}
+
+/// The supervisor builds its first configuration with the one function and
+/// publishes it on the spine: the settings the broker runs with (DNS's
+/// routes in, the validated settings' untouched), the certificate set (TLS
+/// off here: none) and the prepared file. Runs the real `nats-server -t`.
+#[test]
+fn the_supervisor_publishes_the_effective_settings_it_prepared() {
+    let f = Fixture::new();
+    let bin = f.dir.path().join("bin/nats-server");
+    std::fs::remove_file(&bin).unwrap();
+    std::os::unix::fs::symlink(
+        natsmesh_harness::broker_binary(natsmesh_harness::CURRENT),
+        &bin,
+    )
+    .unwrap();
+    f.write(
+        "natsmesh.toml",
+        "[node]\nregion = \"fra1\"\n\n[broker.jetstream]\nenabled = false\n\n[broker.cluster]\nenabled = true\nbind = \"127.0.0.1\"\n",
+    );
+    let s = f.settings().unwrap();
+    assert!(s.tls.is_none());
+    let hp = |a: &str| natsmesh_broker::model::HostPort::parse(a).unwrap();
+    let found = natsmesh::discovery::Found {
+        routes: vec![hp("127.0.0.1:6222"), hp("127.0.0.9:6222")],
+        regions: None,
+        leaves: Vec::new(),
+    };
+    let (_tx, rx) = tokio::sync::watch::channel(found.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tasks = natsmesh::shutdown::Tasks::default();
+        let (sup, _status) = natsmesh::supervisor::Supervisor::new(
+            None,
+            s.clone(),
+            Some(rx),
+            natsmesh::notify::Notifier::from_env(),
+            tasks.clone(),
+        )
+        .await
+        .unwrap();
+        let spine = sup.spine();
+        let system = natsmesh::auth::system_account(&s, &s.state_dir).unwrap();
+        let want = natsmesh::prepare::effective(&s, Some(&found), None, system.as_ref());
+        assert_eq!(**spine.settings.borrow(), want);
+        assert_eq!(
+            spine
+                .settings
+                .borrow()
+                .server
+                .cluster
+                .as_ref()
+                .unwrap()
+                .routes,
+            found.routes
+        );
+        assert_ne!(
+            s.server.cluster.as_ref().unwrap().routes,
+            found.routes,
+            "the validated settings took DNS's routes"
+        );
+        assert!(spine.certs.borrow().is_none());
+        let prepared = spine.prepared.borrow().clone();
+        let text = std::fs::read_to_string(&prepared.path).unwrap();
+        assert_eq!(text, prepared.rendered.text);
+        assert!(text.contains("127.0.0.9:6222"), "{text}");
+        assert!(tasks.shutdown(natsmesh::shutdown::GRACE).await);
+    });
+}
+
+#[test]
+fn jetstream_sync_interval_is_a_duration_up_to_an_hour_or_always() {
+    use natsmesh_broker::model::SyncInterval;
+    use std::time::Duration;
+    let f = Fixture::new();
+    f.write("natsmesh.toml", MINIMAL);
+    // Unset: nats-server's own default, nothing rendered.
+    let js = f.settings().unwrap().server.jetstream.unwrap();
+    assert_eq!(js.sync_interval, None);
+    for (written, expected) in [
+        ("always", SyncInterval::Always),
+        ("ALWAYS", SyncInterval::Always),
+        ("10s", SyncInterval::Every(Duration::from_secs(10))),
+        ("2m", SyncInterval::Every(Duration::from_secs(120))),
+        ("1h", SyncInterval::Every(Duration::from_secs(3600))),
+        ("250ms", SyncInterval::Every(Duration::from_millis(250))),
+    ] {
+        f.write(
+            "natsmesh.toml",
+            &format!("{MINIMAL}sync_interval = \"{written}\"\n"),
+        );
+        let js = f.settings().unwrap().server.jetstream.unwrap();
+        assert_eq!(js.sync_interval, Some(expected), "{written}");
+    }
+    let line = MINIMAL.lines().count() + 1;
+    for (written, needle) in [
+        ("0s", "0 is no interval; write \"always\""),
+        ("61m", "longer than 1h"),
+        ("never", "is neither \"always\" nor a duration"),
+        ("10", "is neither \"always\" nor a duration"),
+        ("", "is neither \"always\" nor a duration"),
+    ] {
+        let main = f.write(
+            "natsmesh.toml",
+            &format!("{MINIMAL}sync_interval = \"{written}\"\n"),
+        );
+        assert_problem(
+            &f.problems(),
+            "broker.jetstream.sync_interval",
+            &main,
+            line,
+            needle,
+        );
+    }
 }

@@ -175,3 +175,60 @@ fn anchors_follow_githubs_rule() {
     let l = links("see [x](docs/a.md#b) and `[y](z)`\n```\n[q](r)\n```\n");
     assert_eq!(l, vec![(1, "docs/a.md#b".to_owned())]);
 }
+
+/// Every benchmark's result file begins with the run's provenance, made
+/// by the harness's one writer (`Provenance::heading`, whose text its own
+/// tests pin): the committed files only change when the benchmarks run
+/// again, so the writers are checked here, not the files.
+#[test]
+fn every_benchmark_result_file_begins_with_its_provenance() {
+    let benches = root().join("daemon/benches");
+    let sources: BTreeMap<String, String> = std::fs::read_dir(&benches)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), text)
+        })
+        .collect();
+    // The result files the benchmarks write, each with the bench that
+    // writes it.
+    let results = [
+        ("supervisor.md", "supervisor.rs"),
+        ("ready.md", "supervisor.rs"),
+        ("tls.md", "tls.rs"),
+        ("discovery.md", "discovery.rs"),
+        ("publish.md", "publish.rs"),
+        ("balancer.md", "balancer.rs"),
+        ("metrics.md", "metrics.rs"),
+        ("boot.md", "boot.rs"),
+    ];
+    for (file, bench) in results {
+        let src = &sources[bench];
+        assert!(src.contains(file), "{bench} no longer writes {file}");
+    }
+    for (bench, src) in &sources {
+        if !src.contains("bench/results") {
+            continue;
+        }
+        assert!(
+            results.iter().any(|(_, b)| b == bench),
+            "{bench} writes under bench/results: list its result file here"
+        );
+        assert!(
+            src.contains("provenance::Provenance::") && src.contains(".heading("),
+            "{bench}: its result file must begin with Provenance::heading"
+        );
+        // A title written by hand would put the provenance line below
+        // something else, or leave a second heading without it.
+        for (n, line) in src.lines().enumerate() {
+            assert!(
+                !line.contains("\"# ") && !line.contains("\"\\n# "),
+                "{bench}:{}: a result heading written by hand: {line}",
+                n + 1
+            );
+        }
+    }
+}

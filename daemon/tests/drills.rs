@@ -540,82 +540,14 @@ struct GatewayReconnects {
 /// read later (and told apart from a run on another tree or machine).
 #[derive(Debug, Serialize)]
 struct Provenance {
-    /// `git rev-parse HEAD` of the tree the drill was built from.
-    revision: String,
-    /// Whether tracked files differed from that revision, outside
-    /// `bench/results/` (which the drills themselves rewrite); `None`
-    /// without git.
-    dirty: Option<bool>,
-    /// When the drill started (UTC, RFC 3339).
-    date_utc: String,
-    host: Host,
+    /// The tree, the date, the host and its load when the drill started
+    /// (the harness's, shared with the benchmarks).
+    #[serde(flatten)]
+    run: natsmesh_harness::provenance::Provenance,
     /// The nats-server versions the nodes reported on `/varz` once all
     /// had joined, and when the drill ended.
     brokers_at_start: Vec<String>,
     brokers_at_end: Vec<String>,
-}
-
-/// The machine a drill ran on.
-#[derive(Debug, Serialize)]
-struct Host {
-    hostname: String,
-    cores: usize,
-    memory_mib: Option<u64>,
-}
-
-impl Host {
-    fn this() -> Self {
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map_or_else(|_| "unknown".to_owned(), |h| h.trim().to_owned());
-        let memory_mib = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| mem_total_mib(&m));
-        Self {
-            hostname,
-            cores: std::thread::available_parallelism().map_or(0, usize::from),
-            memory_mib,
-        }
-    }
-}
-
-/// `MemTotal` of `/proc/meminfo`, in MiB.
-fn mem_total_mib(meminfo: &str) -> Option<u64> {
-    let kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024)
-}
-
-/// The revision this tree is at and whether it is dirty (see
-/// [`Provenance::dirty`]).
-fn revision() -> (String, Option<bool>) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(&root)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    let rev = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    let dirty = git(&[
-        "status",
-        "--porcelain",
-        "--untracked-files=no",
-        "--",
-        ".",
-        ":(exclude)bench/results",
-    ])
-    .map(|s| !s.is_empty());
-    (rev, dirty)
 }
 
 /// The nats-server versions `nodes` report (distinct, sorted), each with
@@ -701,7 +633,9 @@ fn node_settings(config: &std::path::Path) -> std::collections::BTreeMap<String,
 /// What a drill knows before its disruption.
 struct Start {
     rtts: Vec<GatewayRtt>,
-    date_utc: String,
+    /// The tree, the date, the host and its load average before the mesh
+    /// started.
+    run: natsmesh_harness::provenance::Provenance,
     brokers: Vec<String>,
     /// The watched region's (nyc3's) first node's settings, and the
     /// clients'.
@@ -828,17 +762,8 @@ fn write_report(r: &Report, dir: &std::path::Path) -> PathBuf {
     );
     let p = &r.provenance;
     md.push_str(&format!(
-        "\nRan at {} ({}), {} UTC, on {} ({} cores, {} MiB); nats-server {} at the start, {} at the end.\n",
-        p.revision,
-        match p.dirty {
-            Some(true) => "with uncommitted changes",
-            Some(false) => "clean",
-            None => "tree state unknown",
-        },
-        p.date_utc,
-        p.host.hostname,
-        p.host.cores,
-        p.host.memory_mib.map_or("?".to_owned(), |m| m.to_string()),
+        "\n{}; nats-server {} at the start, {} at the end.\n",
+        p.run.ran_at(),
         p.brokers_at_start.join(", "),
         p.brokers_at_end.join(", "),
     ));
@@ -1143,7 +1068,7 @@ password_hash = "{hash}"
 /// every node's broker is `version`. `prepare` adjusts the mesh before the
 /// nodes start.
 fn supercluster(index: u8, version: &str, prepare: impl FnOnce(&mut Mesh)) -> (Mesh, Start) {
-    let date_utc = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let run = natsmesh_harness::provenance::Provenance::now(Vec::new());
     let mut mesh = Mesh::in_namespaces(&REGIONS, index, &LATENCY);
     mesh.log_level = Some("info,natsmesh=debug".into());
     mesh.extra.push_str(&accounts());
@@ -1183,7 +1108,7 @@ fn supercluster(index: u8, version: &str, prepare: impl FnOnce(&mut Mesh)) -> (M
     let brokers = broker_versions(mesh.nodes.values());
     let start = Start {
         rtts,
-        date_utc,
+        run,
         brokers,
         settings,
     };
@@ -1810,14 +1735,10 @@ fn new_report(
     start: Start,
     brokers_at_end: Vec<String>,
 ) -> Report {
-    let (revision, dirty) = revision();
     Report {
         drill,
         provenance: Provenance {
-            revision,
-            dirty,
-            date_utc: start.date_utc,
-            host: Host::this(),
+            run: start.run,
             brokers_at_start: start.brokers,
             brokers_at_end,
         },
@@ -2535,7 +2456,7 @@ fn clients_scaling_up_and_down_in_every_region_are_all_served() {
         "clients ran in".into(),
         format!(
             "the drill's own process, on the same {} cores as the servers; {} ms from the first client's arrival to the last one's departure",
-            r.provenance.host.cores,
+            r.provenance.run.host.cores,
             outcome.lasted_ms
         ),
     ));
@@ -3554,9 +3475,11 @@ fn drill_report_judges_a_streams_majority() {
 
 /// A start without a mesh, for the tests below.
 fn offline_start() -> Start {
+    let mut run = natsmesh_harness::provenance::Provenance::now(Vec::new());
+    run.date_utc = "2026-01-01T00:00:00Z".into();
     Start {
         rtts: Vec::new(),
-        date_utc: "2026-01-01T00:00:00Z".into(),
+        run,
         brokers: vec![format!("{PREVIOUS} ×9")],
         settings: std::collections::BTreeMap::from([(
             "client.reconnect_wait".into(),
@@ -3597,6 +3520,11 @@ fn drill_report_carries_provenance_settings_and_targets() {
         "{p}"
     );
     assert!(p["dirty"].is_boolean(), "{p}");
+    assert!(
+        rev.starts_with(p["revision_short"].as_str().unwrap()),
+        "{p}"
+    );
+    assert!(p["load_average"]["one"].is_string(), "{p}");
     assert_eq!(p["date_utc"], "2026-01-01T00:00:00Z");
     assert!(p["host"]["cores"].as_u64().unwrap() >= 1, "{p}");
     assert!(p["host"]["memory_mib"].as_u64().unwrap() > 0, "{p}");
@@ -3616,7 +3544,14 @@ fn drill_report_carries_provenance_settings_and_targets() {
     assert_eq!(v["core_gap_in_region_net_ms"], 1266);
     assert_eq!(v["drill_stalls"]["longest_ms"], 134);
     let md = std::fs::read_to_string(dir.path().join("t.md")).unwrap();
-    assert!(md.contains(&format!("Ran at {rev}")), "{md}");
+    assert!(
+        md.contains(&format!(
+            "\n{}; nats-server {PREVIOUS} ×9 at the start, {CURRENT} ×9 at the end.\n",
+            r.provenance.run.ran_at()
+        )),
+        "{md}"
+    );
+    assert!(md.contains(&format!("Ran at {rev} (")), "{md}");
     assert!(
         md.contains("| longest core gap within a region, less the drill's own stalls ≤ 1250 ms | 1266 ms | **no** |"),
         "{md}"
@@ -3694,22 +3629,10 @@ fn drill_settings_come_from_the_node_configuration() {
     assert!(!s.contains_key("load_balancer.dwell"), "no balancer: {s:?}");
 }
 
-#[test]
-fn drill_report_reads_memory_from_meminfo() {
-    assert_eq!(
-        mem_total_mib("MemTotal:       24731400 kB\nMemFree: 1 kB\n"),
-        Some(24151)
-    );
-    assert_eq!(mem_total_mib("MemFree: 1 kB\n"), None);
-}
-
 /// The machine's 1-minute load average (`/proc/loadavg`), as printed
 /// there: the other work the drill's numbers shared the cores with.
 fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "unknown".into())
+    natsmesh_harness::provenance::LoadAverage::now().map_or_else(|| "unknown".into(), |l| l.one)
 }
 
 /// A nats-server on loopback whose one user is `user`/`password`.

@@ -16,6 +16,7 @@ pub mod fakes;
 pub mod flood;
 pub mod netns;
 pub mod packages;
+pub mod provenance;
 pub mod volatile;
 
 use std::io::{BufRead, BufReader};

@@ -3,7 +3,7 @@
 //! jetstream`) work without anyone learning a node's own password.
 //!
 //! Accounts mode only. A user lives in `<state_dir>/operators.json`
-//! (0600, bcrypt hashes only): [`crate::auth::add_system_account`] renders
+//! (0600, bcrypt hashes only): [`crate::auth::system_account`] renders
 //! the ones not yet expired beside natsmeshd's own user, so a reload adds
 //! one, a restart keeps it, and the reload after its expiry (the expiry
 //! task's, or any other) drops it. The plaintext password exists only in
@@ -208,6 +208,7 @@ pub fn prune(dir: &Path, now_ms: u64) -> Result<Vec<String>, CredsError> {
 /// a reload (a command, as `natsmeshd reload` sends) so the broker forgets
 /// them. A failed reload is retried 10 s later: the file no longer holds
 /// the user, so any later reload (or start) drops it too.
+#[tracing::instrument(name = "fleet", skip_all, fields(task = "creds"))]
 pub async fn expire(dir: PathBuf, commands: tokio::sync::mpsc::Sender<crate::command::Command>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -288,6 +289,56 @@ pub fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    /// A log line buffer for a `fmt` subscriber.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The task's lines carry its subsystem (the span journald shows as
+    /// SPAN_NAME, stderr as a prefix): an expired user's line is logged
+    /// inside `fleet{task="creds"}`.
+    #[tokio::test]
+    async fn the_expiry_task_logs_inside_its_span() {
+        use tracing::instrument::WithSubscriber as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Valid for MIN_TTL from 1970: long expired.
+        add(dir.path(), MIN_TTL, 1_000).expect("added");
+        let lines = Lines::default();
+        let out = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let task = tokio::spawn(expire(dir.path().to_path_buf(), tx).with_subscriber(subscriber));
+        let cmd = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a reload within 10 s");
+        let Some(crate::command::Command::Reload { reply: Some(reply) }) = cmd else {
+            panic!("not a reload that waits: {cmd:?}");
+        };
+        let _ = reply.send(Ok("reloaded".into()));
+        task.abort();
+        let text = String::from_utf8_lossy(&lines.0.lock().expect("lines")).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.contains("temporary system-account users expired"))
+            .unwrap_or_else(|| panic!("no expiry line in {text:?}"));
+        assert!(line.contains("fleet{task=\"creds\"}:"), "{line}");
+    }
 
     #[test]
     fn a_user_is_kept_hashed_0600_and_pruned_when_it_expires() {

@@ -204,12 +204,41 @@ fn cached_hash(pw: &Secret, cache_dir: &Path) -> Result<String, AuthError> {
     Ok(hash)
 }
 
-/// Adds the system account with natsmeshd's user to the broker
-/// configuration (accounts mode), and natsmeshd's user to its own account
-/// (the lease bucket's) when that is rendered; `cache_dir` keeps the hash.
-pub fn add_system_account(settings: &mut Settings, cache_dir: &Path) -> Result<(), AuthError> {
+/// natsmeshd's logins in the broker's configuration: the system account
+/// with natsmeshd's user (and operators' temporary users), and
+/// natsmeshd's user in its own account (the lease bucket's) when that is
+/// rendered. Read from the files once (the password, its hash, the
+/// temporary users); adding it to a configuration is pure
+/// ([`crate::prepare::effective`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemAccount {
+    account: Account,
+    fleet_user: User,
+}
+
+impl SystemAccount {
+    /// Adds it to `server`'s accounts, replacing any of the same name.
+    pub fn add_to(&self, server: &mut natsmesh_broker::model::ServerConfig) {
+        server.accounts.retain(|a| a.name != self.account.name);
+        server.accounts.push(self.account.clone());
+        if let Some(fleet) = server
+            .accounts
+            .iter_mut()
+            .find(|a| a.name.as_str() == FLEET_ACCOUNT)
+        {
+            fleet.users = vec![self.fleet_user.clone()];
+        }
+    }
+}
+
+/// natsmeshd's logins for `settings` (accounts mode with a password; none
+/// otherwise); `cache_dir` keeps the hash and the temporary users.
+pub fn system_account(
+    settings: &Settings,
+    cache_dir: &Path,
+) -> Result<Option<SystemAccount>, AuthError> {
     let Some(SystemUser::Password { file, generate }) = &settings.system_user else {
-        return Ok(());
+        return Ok(None);
     };
     let pw = system_password(file, *generate)?;
     let hash = cached_hash(&pw, cache_dir)?;
@@ -234,29 +263,22 @@ pub fn add_system_account(settings: &mut Settings, cache_dir: &Path) -> Result<(
         },
         permissions: Permissions::default(),
     }));
-    settings.server.accounts.retain(|a| a.name != name);
-    settings.server.accounts.push(Account {
-        name,
-        jetstream: None,
-        users,
-        exports: Vec::new(),
-        imports: Vec::new(),
-    });
-    if let Some(fleet) = settings
-        .server
-        .accounts
-        .iter_mut()
-        .find(|a| a.name.as_str() == FLEET_ACCOUNT)
-    {
-        fleet.users = vec![User {
+    Ok(Some(SystemAccount {
+        account: Account {
+            name,
+            jetstream: None,
+            users,
+            exports: Vec::new(),
+            imports: Vec::new(),
+        },
+        fleet_user: User {
             credential: Credential::Password {
                 user: FLEET_USER.into(),
                 password: hash,
             },
             permissions: Permissions::default(),
-        }];
-    }
-    Ok(())
+        },
+    }))
 }
 
 /// Connects to the local broker as natsmeshd's system user.

@@ -183,6 +183,7 @@ const RECHECK_RIGHT: Duration = Duration::from_secs(300);
 /// Follows the supervisor's health until it ends; `up` tells the
 /// supervisor whether this node may still receive clients through the
 /// balancer (a stop waits for `false` before lame duck).
+#[tracing::instrument(name = "balancer", skip_all)]
 pub async fn follow(
     s: LbSettings,
     status: watch::Receiver<health::Health>,

@@ -26,6 +26,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves health checks from `listener` with the latest health.
+#[tracing::instrument(name = "balancer", skip_all, fields(task = "ready"))]
 pub async fn serve(listener: TcpListener, status: watch::Receiver<Health>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {

@@ -869,6 +869,10 @@ pub struct RawJetStream {
     pub max_file_store: Option<Size>,
     /// JetStream domain (leafnode edges).
     pub domain: Option<String>,
+    /// When the file store fsyncs: a duration (`"10s"`) or `"always"`.
+    /// Unset keeps nats-server's default (2 minutes). Kept as text so a bad
+    /// value is reported by validation with the key and the reason.
+    pub sync_interval: Option<String>,
 }
 
 impl Default for RawJetStream {
@@ -878,6 +882,7 @@ impl Default for RawJetStream {
             max_memory_store: None,
             max_file_store: None,
             domain: None,
+            sync_interval: None,
         }
     }
 }

@@ -18,7 +18,7 @@ use natsmesh_broker::conf::IncludePath;
 use natsmesh_broker::model::{
     Account, AccountJetStream, Cluster, Compression, Credential, Export, Gateway, HostPort, Import,
     JetStream, LeafRemote, LeafUser, Leafnodes, Listen, Mqtt, OperatorAuth, Permissions,
-    RemoteGateway, ServerConfig, Tls, User, Websocket,
+    RemoteGateway, ServerConfig, SyncInterval, Tls, User, Websocket,
 };
 
 use super::bind::Bind;
@@ -631,11 +631,17 @@ pub fn validate(
             "broker.jetstream.max_file_store",
             b.jetstream.max_file_store,
         );
+        let sync_interval = b
+            .jetstream
+            .sync_interval
+            .as_deref()
+            .and_then(|v| sync_interval(&mut c, v));
         server.jetstream = Some(JetStream {
             store_dir: state_dir.clone(),
             max_memory_store,
             max_file_store,
             domain: b.jetstream.domain.clone(),
+            sync_interval,
         });
     }
 
@@ -2125,6 +2131,51 @@ fn health_timings(c: &mut Checker<'_>, raw: &RawConfig) -> HealthTimings {
     t
 }
 
+/// The longest background fsync interval natsmesh renders. The interval is
+/// how much acknowledged data a host's power loss can take with it; beyond
+/// an hour it is no longer a schedule but a gamble (nats-server's default
+/// is 2 minutes).
+const SYNC_INTERVAL_MAX: Duration = Duration::from_secs(3600);
+
+/// `broker.jetstream.sync_interval`: `"always"` (any case, as nats-server
+/// reads it) or a duration in (0, 1h].
+fn sync_interval(c: &mut Checker<'_>, raw: &str) -> Option<SyncInterval> {
+    const KEY: &str = "broker.jetstream.sync_interval";
+    let text = raw.trim();
+    if text.eq_ignore_ascii_case("always") {
+        return Some(SyncInterval::Always);
+    }
+    let d = match humantime::parse_duration(text) {
+        Ok(d) => d,
+        Err(e) => {
+            c.problem(
+                KEY,
+                format!(
+                    "{raw:?} is neither \"always\" nor a duration ({e}); write e.g. \"10s\", \"2m\" or \"always\""
+                ),
+            );
+            return None;
+        }
+    };
+    if d.is_zero() {
+        c.problem(
+            KEY,
+            "0 is no interval; write \"always\" to fsync after every write, or leave the key out for nats-server's default (2m)",
+        );
+        return None;
+    }
+    if d > SYNC_INTERVAL_MAX {
+        c.problem(
+            KEY,
+            format!(
+                "{raw:?} is longer than 1h: a host's power loss can take every acknowledged write of that window; use at most \"1h\", or \"always\""
+            ),
+        );
+        return None;
+    }
+    Some(SyncInterval::Every(d))
+}
+
 /// The TOML key an operator writes for a nats-server key.
 fn toml_key(nats_key: &str) -> &'static str {
     match nats_key {
@@ -2137,6 +2188,7 @@ fn toml_key(nats_key: &str) -> &'static str {
         "jetstream.max_memory_store" => "broker.jetstream.max_memory_store",
         "jetstream.max_file_store" => "broker.jetstream.max_file_store",
         "jetstream.domain" => "broker.jetstream.domain",
+        "jetstream.sync_interval" => "broker.jetstream.sync_interval",
         "cluster.name" | "gateway.name" => "node.region",
         "cluster" | "cluster.routes" => "broker.cluster.routes",
         "cluster.listen" => "broker.cluster.port",

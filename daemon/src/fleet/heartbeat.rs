@@ -22,6 +22,7 @@ fn now_ms() -> u64 {
 }
 
 /// Runs until the status channel closes.
+#[tracing::instrument(name = "fleet", skip_all, fields(task = "heartbeat"))]
 pub async fn run(
     settings: Settings,
     mut status: watch::Receiver<Health>,

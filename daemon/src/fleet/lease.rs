@@ -11,6 +11,42 @@ use serde::{Deserialize, Serialize};
 
 const KEY: &str = "holder";
 
+/// A JetStream error of any of the key-value calls (each has its own
+/// kind type); kept as the source, shown in its own words.
+type NatsError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the restart lease could not be read, taken, renewed or given back.
+/// Every kind is worth another try later: the lease lives in JetStream,
+/// which comes and goes with the brokers.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The bucket neither existed nor could be created.
+    #[error("cannot create the restart lease bucket {name}: {source}")]
+    Bucket {
+        /// The bucket.
+        name: String,
+        /// Why the creation failed.
+        source: NatsError,
+    },
+    /// The holder record could not be encoded.
+    #[error("{0}")]
+    Encode(#[from] serde_json::Error),
+    /// Taking the lease: the key could not be created, read or updated.
+    #[error("restart lease: {0}")]
+    Take(#[source] NatsError),
+    /// Renewing, releasing or reading the key failed.
+    #[error("{0}")]
+    Kv(#[source] NatsError),
+}
+
+fn take_failed(e: impl std::error::Error + Send + Sync + 'static) -> LeaseError {
+    LeaseError::Take(Box::new(e))
+}
+
+fn kv_failed(e: impl std::error::Error + Send + Sync + 'static) -> LeaseError {
+    LeaseError::Kv(Box::new(e))
+}
+
 /// What the key holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
@@ -72,7 +108,7 @@ pub async fn bucket(
     cluster: &str,
     ttl: Duration,
     replicas: usize,
-) -> Result<kv::Store, String> {
+) -> Result<kv::Store, LeaseError> {
     let name = name.to_owned();
     let replicas = replicas.clamp(1, 3);
     if let Ok(store) = js.get_key_value(&name).await {
@@ -115,7 +151,10 @@ pub async fn bucket(
         Err(e) => js
             .get_key_value(&name)
             .await
-            .map_err(|_| format!("cannot create the restart lease bucket {name}: {e}")),
+            .map_err(|_| LeaseError::Bucket {
+                name,
+                source: Box::new(e),
+            }),
     }
 }
 
@@ -130,17 +169,14 @@ pub enum Take {
 
 /// Takes the lease unless another live holder has it. A record of this
 /// server from an earlier natsmeshd (that died holding it) is taken over.
-pub async fn take(store: &kv::Store, me: &Holder) -> Result<Take, String> {
-    let value = serde_json::to_vec(me).map_err(|e| e.to_string())?;
+pub async fn take(store: &kv::Store, me: &Holder) -> Result<Take, LeaseError> {
+    let value = serde_json::to_vec(me)?;
     match store.create(KEY, value.clone().into()).await {
         Ok(rev) => return Ok(Take::Taken(rev)),
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("restart lease: {e}")),
+        Err(e) => return Err(take_failed(e)),
     }
-    let entry = store
-        .entry(KEY)
-        .await
-        .map_err(|e| format!("restart lease: {e}"))?;
+    let entry = store.entry(KEY).await.map_err(take_failed)?;
     let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
         // Released (or expired) between the two calls: try again later.
         return Ok(Take::HeldBy("nobody (released just now)".into()));
@@ -162,13 +198,13 @@ pub async fn take(store: &kv::Store, me: &Holder) -> Result<Take, String> {
         .update(KEY, value.into(), entry.revision)
         .await
         .map(Take::Taken)
-        .map_err(|e| format!("restart lease: {e}"))
+        .map_err(take_failed)
 }
 
 /// Rewrites the key so it does not expire; the new revision, or why the
 /// lease is no longer ours.
-pub async fn renew(store: &kv::Store, me: &Holder, revision: u64) -> Result<u64, String> {
-    let value = serde_json::to_vec(me).map_err(|e| e.to_string())?;
+pub async fn renew(store: &kv::Store, me: &Holder, revision: u64) -> Result<u64, LeaseError> {
+    let value = serde_json::to_vec(me)?;
     match store.update(KEY, value.clone().into(), revision).await {
         Ok(next) => Ok(next),
         // A write that timed out on our side may have landed: the record
@@ -177,14 +213,14 @@ pub async fn renew(store: &kv::Store, me: &Holder, revision: u64) -> Result<u64,
             Some(current) if current != revision => store
                 .update(KEY, value.into(), current)
                 .await
-                .map_err(|e| e.to_string()),
-            _ => Err(e.to_string()),
+                .map_err(kv_failed),
+            _ => Err(kv_failed(e)),
         },
     }
 }
 
 /// Gives the lease back, only if it is still ours.
-pub async fn release(store: &kv::Store, me: &Holder, revision: u64) -> Result<(), String> {
+pub async fn release(store: &kv::Store, me: &Holder, revision: u64) -> Result<(), LeaseError> {
     match store.delete_expect_revision(KEY, Some(revision)).await {
         Ok(()) => Ok(()),
         // A renewal we did not hear back from moved the revision on: left
@@ -193,8 +229,8 @@ pub async fn release(store: &kv::Store, me: &Holder, revision: u64) -> Result<()
             Some(current) if current != revision => store
                 .delete_expect_revision(KEY, Some(current))
                 .await
-                .map_err(|e| e.to_string()),
-            _ => Err(e.to_string()),
+                .map_err(kv_failed),
+            _ => Err(kv_failed(e)),
         },
     }
 }
@@ -211,8 +247,8 @@ async fn ours(store: &kv::Store, me: &Holder) -> Option<u64> {
 }
 
 /// Who holds the lease now, if anyone.
-pub async fn holder(store: &kv::Store) -> Result<Option<Holder>, String> {
-    let entry = store.entry(KEY).await.map_err(|e| e.to_string())?;
+pub async fn holder(store: &kv::Store) -> Result<Option<Holder>, LeaseError> {
+    let entry = store.entry(KEY).await.map_err(kv_failed)?;
     Ok(entry
         .filter(|e| e.operation == kv::Operation::Put)
         .and_then(|e| serde_json::from_slice(&e.value).ok()))

@@ -8,8 +8,28 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::FleetOps;
-use crate::command::Command;
+use super::maintenance::MaintenanceError;
+use crate::command::{Command, Refused};
 use crate::health::{Health, State};
+
+/// Why maintenance could not begin or end.
+#[derive(Debug, thiserror::Error)]
+pub enum MaintainError {
+    /// The marker could not be kept or removed.
+    #[error(transparent)]
+    Marker(#[from] MaintenanceError),
+    /// The supervisor refused, or did not answer.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// In maintenance, but the broker did not stop in time.
+    #[error(
+        "in maintenance, but the broker is not down yet (state {state}); `natsmeshd status` follows it"
+    )]
+    NotDown {
+        /// The supervisor's state.
+        state: State,
+    },
+}
 
 /// How long `maintenance start` waits for the broker to be down, and
 /// `maintenance stop` for JetStream to be current, before answering.
@@ -26,7 +46,7 @@ pub async fn enter(
     reason: String,
     taken: crate::fleet::maintenance::Taken,
     reboot: bool,
-) -> Result<String, String> {
+) -> Result<String, MaintainError> {
     use crate::fleet::maintenance::{self, Marker, Taken};
     let s = &access.settings;
     let now = crate::unix_ms(std::time::SystemTime::now());
@@ -44,7 +64,7 @@ pub async fn enter(
         expires_unix_ms: until,
         reboot,
     };
-    let undo = |e: String| async move {
+    let undo = |e: MaintainError| async move {
         let _ = maintenance::forget(&access.settings.state_dir);
         if let Err(r) = maintenance::release(&access.settings).await {
             tracing::warn!(error = %r, "cannot give the maintenance lease back; it lapses by itself");
@@ -52,7 +72,7 @@ pub async fn enter(
         Err(e)
     };
     if let Err(e) = maintenance::keep(&s.state_dir, &marker) {
-        return undo(e).await;
+        return undo(e.into()).await;
     }
     let (tx, rx) = oneshot::channel();
     let why = if reason.is_empty() {
@@ -68,12 +88,12 @@ pub async fn enter(
         .await
         .is_err()
     {
-        return undo("natsmeshd is stopping".into()).await;
+        return undo(Refused::Stopping.into()).await;
     }
     match rx.await {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => return undo(e).await,
-        Err(_) => return undo("natsmeshd stopped before answering".into()).await,
+        Ok(Err(e)) => return undo(e.into()).await,
+        Err(_) => return undo(Refused::NoAnswer.into()).await,
     }
     tracing::info!(reason = %reason, until_unix_ms = until, "maintenance: leaving service");
     let down = matches!(
@@ -91,15 +111,16 @@ pub async fn enter(
                 s.server.server_name
             ))
         }
-        false => Err(format!(
-            "in maintenance, but the broker is not down yet (state {state}); `natsmeshd status` follows it"
-        )),
+        false => Err(MaintainError::NotDown { state }),
     }
 }
 
 /// Out of maintenance: the marker goes and the supervisor is told to
 /// serve again; its answer. The lease is the caller's to give back.
-pub async fn end(commands: &mpsc::Sender<Command>, access: &FleetOps) -> Result<String, String> {
+pub async fn end(
+    commands: &mpsc::Sender<Command>,
+    access: &FleetOps,
+) -> Result<String, MaintainError> {
     crate::fleet::maintenance::forget(&access.settings.state_dir)?;
     let (tx, rx) = oneshot::channel();
     if commands
@@ -110,15 +131,17 @@ pub async fn end(commands: &mpsc::Sender<Command>, access: &FleetOps) -> Result<
         .await
         .is_err()
     {
-        return Err("natsmeshd is stopping".into());
+        return Err(Refused::Stopping.into());
     }
-    rx.await
-        .map_err(|_| "natsmeshd stopped before answering".to_owned())?
+    Ok(rx.await.map_err(|_| Refused::NoAnswer)??)
 }
 
 /// Out of maintenance without waiting: the settle task gives the lease
 /// back once the node serves.
-pub async fn leave(commands: &mpsc::Sender<Command>, access: &FleetOps) -> Result<String, String> {
+pub async fn leave(
+    commands: &mpsc::Sender<Command>,
+    access: &FleetOps,
+) -> Result<String, MaintainError> {
     let said = end(commands, access).await?;
     access.settle.notify_one();
     Ok(said)

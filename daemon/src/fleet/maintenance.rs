@@ -38,6 +38,110 @@ use super::{Coordination, FleetSettings};
 use crate::config::Settings;
 use crate::health::Health;
 
+/// A JetStream error of any of the key-value calls (each has its own
+/// kind type); kept as the source, shown in its own words.
+type NatsError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a node may not go out now: the majority rule, or another node's
+/// maintenance (coordinated reboots go one at a time). Waiting may help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A group this node belongs to would lose its majority.
+    #[error(
+        "refused by the majority rule: without {me}, {what} would keep {left} of its {members} servers, and needs {majority}; already out: {already}"
+    )]
+    Majority {
+        /// This node.
+        me: String,
+        /// The group, for a person.
+        what: String,
+        /// Its members that would be left.
+        left: usize,
+        /// Its members.
+        members: usize,
+        /// Its majority.
+        majority: usize,
+        /// Who is out already, and why (`none`).
+        already: String,
+    },
+    /// The meta group has no leader, hence no majority to keep.
+    #[error(
+        "refused by the majority rule: the JetStream meta group has no leader (no majority to keep); see `natsmeshd fleet peers`"
+    )]
+    NoMetaLeader,
+    /// Another node is in maintenance (see [`another_in_maintenance`]).
+    #[error("{0}")]
+    Alone(String),
+}
+
+/// Why the maintenance lease could not be taken or given back, or the
+/// marker not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum MaintenanceError {
+    /// The rule refuses (without waiting).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// What a planned restart needs was not there within a minute.
+    #[error("not now: {0}")]
+    NotNow(#[source] Box<MaintenanceError>),
+    /// A marker or the leases could not be encoded.
+    #[error("{0}")]
+    Encode(#[from] serde_json::Error),
+    /// The marker could not be written.
+    #[error("cannot keep the maintenance marker: {0}")]
+    Keep(#[source] std::io::Error),
+    /// The marker could not be removed.
+    #[error("cannot remove the maintenance marker: {0}")]
+    Forget(#[source] std::io::Error),
+    /// natsmeshd's own account user could not connect.
+    #[error("cannot reach the fleet bucket: {0}")]
+    Reach(#[source] crate::auth::AuthError),
+    /// The fleet bucket could not be opened.
+    #[error(transparent)]
+    Bucket(#[from] super::pause::PauseError),
+    /// The fleet bucket did not answer in time.
+    #[error("the fleet bucket did not answer")]
+    Timeout,
+    /// The leases could not be read.
+    #[error("cannot read the maintenance leases: {0}")]
+    Read(#[source] NatsError),
+    /// The leases are larger than natsmeshd writes them.
+    #[error("the maintenance leases at revision {0} are too large to be natsmeshd's")]
+    TooLarge(u64),
+    /// The leases are not what natsmeshd writes.
+    #[error(
+        "the maintenance leases at revision {revision} are unreadable ({source}); fix or purge key {KEY} of bucket {}",
+        super::pause::BUCKET
+    )]
+    Unreadable {
+        /// The key's revision.
+        revision: u64,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The leases could not be written.
+    #[error("cannot write the maintenance leases: {0}")]
+    Write(#[source] NatsError),
+    /// Other nodes kept writing first.
+    #[error("the maintenance leases kept changing")]
+    KeptChanging,
+    /// Other nodes kept writing first while giving the lease back.
+    #[error("the maintenance leases kept changing; try again")]
+    KeptChangingOnRelease,
+    /// natsmeshd's system user could not connect.
+    #[error("cannot ask the region (system user): {0}")]
+    AskRegion(#[source] crate::auth::AuthError),
+    /// The meta group could not be asked.
+    #[error(transparent)]
+    Peers(#[from] super::peers::PeersError),
+    /// The servers' JetStream views could not be asked.
+    #[error(transparent)]
+    View(#[from] super::view::AskError),
+    /// The region cannot spare a server now.
+    #[error(transparent)]
+    NotReady(#[from] super::view::NotReady),
+}
+
 /// The key, in the fleet bucket, holding every node out on purpose.
 pub const KEY: &str = "maintenance";
 /// This node's own word, in the state directory.
@@ -132,7 +236,7 @@ pub struct Group {
 /// majority of its members without it and without those in `out` (server
 /// → why it is out) or down in the group; else which group would not,
 /// naming the rule and who is out.
-pub fn rule(me: &str, groups: &[Group], out: &BTreeMap<String, String>) -> Result<(), String> {
+pub fn rule(me: &str, groups: &[Group], out: &BTreeMap<String, String>) -> Result<(), Refusal> {
     for g in groups {
         if !g.members.contains(me) || g.members.len() < 2 {
             continue;
@@ -159,10 +263,14 @@ pub fn rule(me: &str, groups: &[Group], out: &BTreeMap<String, String>) -> Resul
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            return Err(format!(
-                "refused by the majority rule: without {me}, {} would keep {left} of its {n} servers, and needs {majority}; already out: {already}",
-                g.what
-            ));
+            return Err(Refusal::Majority {
+                me: me.to_owned(),
+                what: g.what.clone(),
+                left,
+                members: n,
+                majority,
+                already,
+            });
         }
     }
     Ok(())
@@ -303,18 +411,18 @@ pub fn kept(state_dir: &Path) -> Option<Marker> {
 }
 
 /// Keeps `marker` in `state_dir` (0600).
-pub fn keep(state_dir: &Path, marker: &Marker) -> Result<(), String> {
-    let body = serde_json::to_vec(marker).map_err(|e| e.to_string())?;
+pub fn keep(state_dir: &Path, marker: &Marker) -> Result<(), MaintenanceError> {
+    let body = serde_json::to_vec(marker)?;
     crate::files::write_atomic(&marker_path(state_dir), &body, 0o600)
-        .map_err(|e| format!("cannot keep the maintenance marker: {e}"))
+        .map_err(MaintenanceError::Keep)
 }
 
 /// Removes the marker (gone already is fine).
-pub fn forget(state_dir: &Path) -> Result<(), String> {
+pub fn forget(state_dir: &Path) -> Result<(), MaintenanceError> {
     match std::fs::remove_file(marker_path(state_dir)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("cannot remove the maintenance marker: {e}")),
+        Err(e) => Err(MaintenanceError::Forget(e)),
     }
 }
 
@@ -364,10 +472,10 @@ struct Bucket {
     store: kv::Store,
 }
 
-async fn bucket(settings: &Settings, fleet: &FleetSettings) -> Result<Bucket, String> {
+async fn bucket(settings: &Settings, fleet: &FleetSettings) -> Result<Bucket, MaintenanceError> {
     let client = crate::auth::local_client(settings, &fleet.login, &fleet.user)
         .await
-        .map_err(|e| format!("cannot reach the fleet bucket: {e}"))?;
+        .map_err(MaintenanceError::Reach)?;
     let js = jetstream::new(client.clone());
     let store = super::pause::open(&js, super::region_size(settings)).await?;
     Ok(Bucket {
@@ -377,11 +485,11 @@ async fn bucket(settings: &Settings, fleet: &FleetSettings) -> Result<Bucket, St
 }
 
 /// The key's value and revision (`None`: never written).
-async fn read(store: &kv::Store) -> Result<(Leases, Option<u64>), String> {
+async fn read(store: &kv::Store) -> Result<(Leases, Option<u64>), MaintenanceError> {
     let entry = tokio::time::timeout(KV_WAIT, store.entry(KEY))
         .await
-        .map_err(|_| "the fleet bucket did not answer".to_owned())?
-        .map_err(|e| format!("cannot read the maintenance leases: {e}"))?;
+        .map_err(|_| MaintenanceError::Timeout)?
+        .map_err(|e| MaintenanceError::Read(Box::new(e)))?;
     let Some(entry) = entry else {
         return Ok((Leases::default(), None));
     };
@@ -389,46 +497,35 @@ async fn read(store: &kv::Store) -> Result<(Leases, Option<u64>), String> {
         return Ok((Leases::default(), Some(entry.revision)));
     }
     if entry.value.len() > MAX_VALUE {
-        return Err(format!(
-            "the maintenance leases at revision {} are too large to be natsmeshd's",
-            entry.revision
-        ));
+        return Err(MaintenanceError::TooLarge(entry.revision));
     }
-    let leases = serde_json::from_slice(&entry.value).map_err(|e| {
-        format!(
-            "the maintenance leases at revision {} are unreadable ({e}); fix or purge key {KEY} of bucket {}",
-            entry.revision,
-            super::pause::BUCKET
-        )
-    })?;
+    let leases =
+        serde_json::from_slice(&entry.value).map_err(|source| MaintenanceError::Unreadable {
+            revision: entry.revision,
+            source,
+        })?;
     Ok((leases, Some(entry.revision)))
 }
 
 /// Writes `leases` if the key is still at `revision`; `Ok(false)` when
 /// someone wrote first.
-async fn write(store: &kv::Store, leases: &Leases, revision: Option<u64>) -> Result<bool, String> {
-    let body = serde_json::to_vec(leases).map_err(|e| e.to_string())?;
-    let done = match revision {
+async fn write(
+    store: &kv::Store,
+    leases: &Leases,
+    revision: Option<u64>,
+) -> Result<bool, MaintenanceError> {
+    let body = serde_json::to_vec(leases)?;
+    let done: Result<(), (bool, NatsError)> = match revision {
         None => tokio::time::timeout(KV_WAIT, store.create(KEY, body.into()))
             .await
-            .map_err(|_| "the fleet bucket did not answer".to_owned())?
+            .map_err(|_| MaintenanceError::Timeout)?
             .map(|_| ())
-            .map_err(|e| {
-                (
-                    e.kind() == kv::CreateErrorKind::AlreadyExists,
-                    e.to_string(),
-                )
-            }),
+            .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.into())),
         Some(rev) => tokio::time::timeout(KV_WAIT, store.update(KEY, body.into(), rev))
             .await
-            .map_err(|_| "the fleet bucket did not answer".to_owned())?
+            .map_err(|_| MaintenanceError::Timeout)?
             .map(|_| ())
-            .map_err(|e| {
-                (
-                    e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                    e.to_string(),
-                )
-            }),
+            .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.into())),
     };
     match done {
         Ok(()) => Ok(true),
@@ -436,8 +533,8 @@ async fn write(store: &kv::Store, leases: &Leases, revision: Option<u64>) -> Res
         // Newer servers answer a stale revision with error 10164 ("wrong
         // last sequence", constant form), which this client does not
         // classify: a race lost all the same.
-        Err((false, e)) if e.contains("wrong last sequence") => Ok(false),
-        Err((false, e)) => Err(format!("cannot write the maintenance leases: {e}")),
+        Err((false, e)) if e.to_string().contains("wrong last sequence") => Ok(false),
+        Err((false, e)) => Err(MaintenanceError::Write(e)),
     }
 }
 
@@ -445,9 +542,9 @@ async fn write(store: &kv::Store, leases: &Leases, revision: Option<u64>) -> Res
 #[derive(Debug)]
 enum NotYet {
     /// The rule refuses.
-    Rule(String),
+    Rule(Refusal),
     /// A precondition of a planned restart is not met (yet).
-    Precondition(String),
+    Precondition(MaintenanceError),
     /// Another node wrote the key between the read and the write.
     Raced,
 }
@@ -463,7 +560,7 @@ pub async fn take(
     kind: Kind,
     why: &str,
     wait: bool,
-) -> Result<Taken, String> {
+) -> Result<Taken, MaintenanceError> {
     let fleet = match &settings.fleet {
         Coordination::Lease(f) => f.clone(),
         Coordination::Off(reason) => {
@@ -474,24 +571,31 @@ pub async fn take(
     };
     let started = tokio::time::Instant::now();
     let mut last = String::new();
+    let mut waiting = say_waiting(kind, &mut last);
     loop {
         match attempt(settings, &fleet, max_down, kind, why, false).await {
             Ok(until) => return Ok(Taken::Until(until)),
             Err(NotYet::Raced) => continue,
-            Err(NotYet::Rule(e)) if !wait => return Err(e),
+            Err(NotYet::Rule(e)) if !wait => return Err(e.into()),
             Err(NotYet::Precondition(e))
                 if !wait && started.elapsed() >= PRECONDITIONS_PATIENCE =>
             {
-                return Err(format!("not now: {e}"));
+                return Err(MaintenanceError::NotNow(Box::new(e)));
             }
-            Err(NotYet::Rule(e) | NotYet::Precondition(e)) => {
-                if e != last {
-                    tracing::info!(reason = %e, "waiting to go out for {}", kind.noun());
-                    last = e;
-                }
-            }
+            Err(NotYet::Rule(r)) => waiting(r.to_string()),
+            Err(NotYet::Precondition(p)) => waiting(p.to_string()),
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Until `take` gives up: say why it waits, once per reason.
+fn say_waiting(kind: Kind, last: &mut String) -> impl FnMut(String) + '_ {
+    move |e| {
+        if e != *last {
+            tracing::info!(reason = %e, "waiting to go out for {}", kind.noun());
+            *last = e;
+        }
     }
 }
 
@@ -504,7 +608,7 @@ pub async fn take_alone(
     settings: &Settings,
     max_down: Duration,
     why: &str,
-) -> Result<Taken, String> {
+) -> Result<Taken, MaintenanceError> {
     let fleet = match &settings.fleet {
         Coordination::Lease(f) => f.clone(),
         Coordination::Off(reason) => {
@@ -517,10 +621,11 @@ pub async fn take_alone(
         match attempt(settings, &fleet, max_down, Kind::Maintenance, why, true).await {
             Ok(until) => return Ok(Taken::Until(until)),
             Err(NotYet::Raced) => {}
-            Err(NotYet::Rule(e) | NotYet::Precondition(e)) => return Err(e),
+            Err(NotYet::Rule(e)) => return Err(e.into()),
+            Err(NotYet::Precondition(e)) => return Err(e),
         }
     }
-    Err("the maintenance leases kept changing".into())
+    Err(MaintenanceError::KeptChanging)
 }
 
 /// Who counts as out for `me`: every other node with a live lease,
@@ -572,19 +677,17 @@ async fn attempt(
     let now = crate::unix_ms(SystemTime::now());
     let live = leases.live(now);
     if alone && let Some(other) = another_in_maintenance(&live, me) {
-        return Err(NotYet::Rule(other));
+        return Err(NotYet::Rule(Refusal::Alone(other)));
     }
     let sys = crate::auth::system_client(settings)
         .await
-        .map_err(|e| NotYet::Precondition(format!("cannot ask the region (system user): {e}")))?;
+        .map_err(|e| NotYet::Precondition(MaintenanceError::AskRegion(e)))?;
     let meta = super::peers::gather(settings)
         .await
-        .map_err(NotYet::Precondition)?;
+        .map_err(|e| NotYet::Precondition(e.into()))?;
     let clustered = settings.server.cluster.is_some() || settings.server.gateway.is_some();
     if meta.leader.is_empty() && clustered {
-        return Err(NotYet::Rule(
-            "refused by the majority rule: the JetStream meta group has no leader (no majority to keep); see `natsmeshd fleet peers`".into(),
-        ));
+        return Err(NotYet::Rule(Refusal::NoMetaLeader));
     }
     // A node restarting under a restart lease is out too: this region's,
     // and with per-region leases every other region's in the meta group
@@ -608,7 +711,7 @@ async fn attempt(
     // majority is counted wherever they are.
     let wide = super::view::gather_all(&sys, ANSWER_WAIT)
         .await
-        .map_err(NotYet::Precondition)?;
+        .map_err(|e| NotYet::Precondition(e.into()))?;
     rule(me, &groups(me, &meta, &wide), &out).map_err(NotYet::Rule)?;
     let view = wide.of_cluster(&cluster);
     // The preconditions of a planned restart, servers out on purpose
@@ -623,8 +726,9 @@ async fn attempt(
         .filter(|n| view.answer(n).is_none())
         .count();
     view.peers_ready(super::region_size(settings).saturating_sub(away))
-        .map_err(NotYet::Precondition)?;
-    view.others_current(me).map_err(NotYet::Precondition)?;
+        .map_err(|e| NotYet::Precondition(e.into()))?;
+    view.others_current(me)
+        .map_err(|e| NotYet::Precondition(e.into()))?;
     let until = now.saturating_add(u64::try_from(max_down.as_millis()).unwrap_or(u64::MAX));
     let mut next = live;
     next.nodes.insert(
@@ -681,7 +785,7 @@ pub async fn out_in_region(js: &jetstream::Context, settings: &Settings) -> Opti
 }
 
 /// This node's lease, if it holds one.
-pub async fn ours(settings: &Settings) -> Result<Option<Record>, String> {
+pub async fn ours(settings: &Settings) -> Result<Option<Record>, MaintenanceError> {
     let Coordination::Lease(fleet) = &settings.fleet else {
         return Ok(None);
     };
@@ -695,7 +799,7 @@ pub async fn ours(settings: &Settings) -> Result<Option<Record>, String> {
 
 /// Gives this node's lease back (and drops expired ones); whether there
 /// was one.
-pub async fn release(settings: &Settings) -> Result<bool, String> {
+pub async fn release(settings: &Settings) -> Result<bool, MaintenanceError> {
     let Coordination::Lease(fleet) = &settings.fleet else {
         return Ok(false);
     };
@@ -712,13 +816,14 @@ pub async fn release(settings: &Settings) -> Result<bool, String> {
             return Ok(had);
         }
     }
-    Err("the maintenance leases kept changing; try again".into())
+    Err(MaintenanceError::KeptChangingOnRelease)
 }
 
 /// Gives this node's lease back once its broker serves with JetStream
 /// current and no maintenance is kept here: at start, and whenever
 /// `wake` is notified (`maintenance stop`, `undrain`). Runs beside the
 /// supervisor until aborted.
+#[tracing::instrument(name = "fleet", skip_all, fields(task = "settle"))]
 pub async fn settle(settings: Settings, mut status: watch::Receiver<Health>, wake: Arc<Notify>) {
     if !matches!(settings.fleet, Coordination::Lease(_)) {
         return;
@@ -769,6 +874,28 @@ pub async fn settle(settings: Settings, mut status: watch::Receiver<Health>, wak
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The rule in the words the operator reads (the tests below match
+    /// them); its kinds are checked in `the_rule_names_the_group_and_its_numbers`.
+    fn rule(me: &str, groups: &[Group], out: &BTreeMap<String, String>) -> Result<(), String> {
+        super::rule(me, groups, out).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_rule_names_the_group_and_its_numbers() {
+        let meta = [group("the JetStream meta group", &["n1", "n2", "n3"], &[])];
+        assert_eq!(
+            super::rule("n2", &meta, &out(&[("n1", "maintenance")])),
+            Err(Refusal::Majority {
+                me: "n2".into(),
+                what: "the JetStream meta group".into(),
+                left: 1,
+                members: 3,
+                majority: 2,
+                already: "n1 (maintenance)".into(),
+            })
+        );
+    }
 
     fn group(what: &str, members: &[&str], down: &[(&str, &str)]) -> Group {
         Group {

@@ -39,6 +39,33 @@ const ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// How often a waiting node looks again.
 const POLL: Duration = Duration::from_secs(1);
 
+/// Why this node may not take the restart lease yet (every kind is
+/// worth another look a second later).
+#[derive(Debug, thiserror::Error)]
+pub enum NotYet {
+    /// natsmeshd's system user could not connect.
+    #[error("cannot ask the region (system user): {0}")]
+    AskRegion(#[source] crate::auth::AuthError),
+    /// The region's servers could not be asked.
+    #[error(transparent)]
+    View(#[from] view::AskError),
+    /// The region cannot spare a server now.
+    #[error(transparent)]
+    NotReady(#[from] view::NotReady),
+    /// natsmeshd's own account user could not connect.
+    #[error("cannot reach the lease bucket: {0}")]
+    Reach(#[source] crate::auth::AuthError),
+    /// A node of the region is out on purpose (maintenance, a drain).
+    #[error("{0} is out of service; waiting for it to come back")]
+    Away(String),
+    /// The lease bucket failed.
+    #[error(transparent)]
+    Lease(#[from] lease::LeaseError),
+    /// Another node holds the lease.
+    #[error("the restart lease is held by {0}")]
+    HeldBy(String),
+}
+
 /// What the supervisor hears while it waits.
 #[derive(Debug)]
 pub enum Gate {
@@ -72,7 +99,7 @@ impl std::fmt::Debug for Held {
 
 impl Held {
     /// Gives the lease back (if it is still ours).
-    pub async fn release(self) -> Result<(), String> {
+    pub async fn release(self) -> Result<(), lease::LeaseError> {
         self.renewer.abort();
         let revision = *self.revision.lock().unwrap_or_else(|e| e.into_inner());
         lease::release(&self.store, &self.holder, revision).await
@@ -92,6 +119,7 @@ pub fn nonce() -> String {
 
 /// Waits until this node may disrupt its broker for `why`, telling `tx`
 /// why it waits, and ends with the lease (or when `tx` is dropped).
+#[tracing::instrument(name = "fleet", skip_all, fields(task = "lease"))]
 pub async fn acquire(
     settings: Settings,
     fleet: FleetSettings,
@@ -112,6 +140,7 @@ pub async fn acquire(
                 return;
             }
             Err(wait) => {
+                let wait = wait.to_string();
                 if wait != last {
                     tracing::info!(reason = %wait, "waiting before a restart");
                     if tx.send(Gate::Waiting(wait.clone())).await.is_err() {
@@ -152,18 +181,18 @@ async fn attempt(
     fleet: &FleetSettings,
     why: &str,
     nonce: &str,
-) -> Result<Held, String> {
+) -> Result<Held, NotYet> {
     let me = &settings.server.server_name;
     let cluster = cluster_name(settings);
     let sys = crate::auth::system_client(settings)
         .await
-        .map_err(|e| format!("cannot ask the region (system user): {e}"))?;
+        .map_err(NotYet::AskRegion)?;
     let view = view::gather(&sys, &cluster, ANSWER_WAIT).await?;
     view.peers_ready(region_size(settings))?;
     view.others_current(me)?;
     let client = crate::auth::local_client(settings, &fleet.login, &fleet.user)
         .await
-        .map_err(|e| format!("cannot reach the lease bucket: {e}"))?;
+        .map_err(NotYet::Reach)?;
     let js = jetstream::new(client.clone());
     let name = match fleet.scope {
         LeaseScope::Region => lease::bucket_name(&cluster),
@@ -172,14 +201,12 @@ async fn attempt(
     // A node of the region out for maintenance (or a drain) is out on
     // purpose: no planned restart here until it is back.
     if let Some(away) = maintenance::out_in_region(&js, settings).await {
-        return Err(format!(
-            "{away} is out of service; waiting for it to come back"
-        ));
+        return Err(NotYet::Away(away));
     }
     let store = lease::bucket(&js, &name, &cluster, fleet.ttl, view.jetstream_servers()).await?;
     let holder = lease::Holder::new(me, nonce, why);
     match lease::take(&store, &holder).await? {
-        lease::Take::HeldBy(who) => Err(format!("the restart lease is held by {who}")),
+        lease::Take::HeldBy(who) => Err(NotYet::HeldBy(who)),
         lease::Take::Taken(revision) => {
             let revision = Arc::new(Mutex::new(revision));
             let renewer = tokio::spawn(renew(
@@ -223,7 +250,7 @@ async fn renew(
 #[derive(Debug)]
 pub struct FleetOps {
     /// The fleet pause bucket, or why this node cannot reach it.
-    pub pause: Result<pause::Access, String>,
+    pub pause: Result<pause::Access, pause::PauseError>,
     /// The settings natsmeshd started with (the system user).
     pub settings: crate::config::Settings,
     /// Tells [`crate::fleet::maintenance::settle`] to give a lease back

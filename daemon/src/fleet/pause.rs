@@ -24,6 +24,70 @@ use tokio::sync::watch;
 use super::FleetSettings;
 use crate::config::Settings;
 
+/// A JetStream error of any of the key-value calls (each has its own
+/// kind type); kept as the source, shown in its own words.
+type NatsError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the fleet pause cannot be reached, read or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    /// This node does not use natsmeshd's JetStream bucket at all.
+    #[error(
+        "the fleet pause lives in natsmeshd's JetStream bucket, which this node does not use: {0}"
+    )]
+    Off(String),
+    /// natsmeshd's own account user could not connect.
+    #[error("cannot reach the fleet bucket: {0}")]
+    Reach(#[source] crate::auth::AuthError),
+    /// The bucket neither existed nor could be created.
+    #[error("cannot create the fleet bucket {BUCKET}: {0}")]
+    Create(#[source] NatsError),
+    /// The pause record could not be encoded.
+    #[error("{0}")]
+    Encode(#[from] serde_json::Error),
+    /// A key could not be written, read or deleted.
+    #[error("cannot {what} {key}: {source}")]
+    Key {
+        /// `write`, `read` or `delete`.
+        what: &'static str,
+        /// The key.
+        key: String,
+        /// Why.
+        source: NatsError,
+    },
+    /// The bucket did not answer in time.
+    #[error(
+        "the fleet bucket did not answer within {WRITE_WAIT:?} (is JetStream's meta group up?)"
+    )]
+    Timeout,
+    /// The watch of this node's keys could not start.
+    #[error("cannot watch the fleet bucket: {0}")]
+    Watch(#[source] NatsError),
+    /// A reread of this node's keys failed.
+    #[error("cannot read the fleet bucket: {0}")]
+    Read(#[source] NatsError),
+    /// The watch broke off with an error.
+    #[error("the fleet bucket's watch failed: {0}")]
+    WatchFailed(#[source] NatsError),
+    /// The watch ended.
+    #[error("the fleet bucket's watch ended")]
+    WatchEnded,
+}
+
+impl PauseError {
+    fn key(
+        what: &'static str,
+        key: &str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Key {
+            what,
+            key: key.to_owned(),
+            source: Box::new(e),
+        }
+    }
+}
+
 /// The bucket, one for the supercluster.
 pub const BUCKET: &str = "natsmesh-fleet";
 /// The key pausing every region.
@@ -116,22 +180,20 @@ pub struct Access {
 
 impl Access {
     /// Access as the settings say; why not when they allow none.
-    pub fn new(settings: &Settings) -> Result<Self, String> {
+    pub fn new(settings: &Settings) -> Result<Self, PauseError> {
         match &settings.fleet {
             super::Coordination::Lease(f) => Ok(Self {
                 settings: settings.clone(),
                 fleet: f.clone(),
             }),
-            super::Coordination::Off(why) => Err(format!(
-                "the fleet pause lives in natsmeshd's JetStream bucket, which this node does not use: {why}"
-            )),
+            super::Coordination::Off(why) => Err(PauseError::Off(why.to_string())),
         }
     }
 
-    async fn store(&self) -> Result<(async_nats::Client, kv::Store), String> {
+    async fn store(&self) -> Result<(async_nats::Client, kv::Store), PauseError> {
         let client = crate::auth::local_client(&self.settings, &self.fleet.login, &self.fleet.user)
             .await
-            .map_err(|e| format!("cannot reach the fleet bucket: {e}"))?;
+            .map_err(PauseError::Reach)?;
         let js = jetstream::new(client.clone());
         let store = open(&js, super::region_size(&self.settings)).await?;
         Ok((client, store))
@@ -139,7 +201,11 @@ impl Access {
 
     /// Pauses (`Some(why)`) or resumes (`None`) `region`'s planned
     /// restarts, or every region's; what was done, for a person.
-    pub async fn set(&self, region: Option<&str>, pause: Option<&str>) -> Result<String, String> {
+    pub async fn set(
+        &self,
+        region: Option<&str>,
+        pause: Option<&str>,
+    ) -> Result<String, PauseError> {
         let work = async {
             let (_client, store) = self.store().await?;
             let key = region.map_or_else(|| ALL_KEY.to_owned(), region_key);
@@ -151,11 +217,11 @@ impl Access {
                         since_unix_ms: crate::unix_ms(SystemTime::now()),
                         why: why.to_owned(),
                     };
-                    let body = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+                    let body = serde_json::to_vec(&record)?;
                     store
                         .put(&key, body.into())
                         .await
-                        .map_err(|e| format!("cannot write {key}: {e}"))?;
+                        .map_err(|e| PauseError::key("write", &key, e))?;
                     Ok(format!(
                         "paused planned restarts in {scope} (key {key} in {BUCKET}); `natsmeshd fleet resume{}` lifts it",
                         region.map(|r| format!(" --region {r}")).unwrap_or_default()
@@ -165,7 +231,7 @@ impl Access {
                     let was = store
                         .entry(&key)
                         .await
-                        .map_err(|e| format!("cannot read {key}: {e}"))?
+                        .map_err(|e| PauseError::key("read", &key, e))?
                         .is_some_and(|e| e.operation == kv::Operation::Put);
                     if !was {
                         return Ok(format!("{scope} was not paused"));
@@ -173,20 +239,20 @@ impl Access {
                     store
                         .delete(&key)
                         .await
-                        .map_err(|e| format!("cannot delete {key}: {e}"))?;
+                        .map_err(|e| PauseError::key("delete", &key, e))?;
                     Ok(format!("resumed planned restarts in {scope}"))
                 }
             }
         };
         tokio::time::timeout(WRITE_WAIT, work)
             .await
-            .map_err(|_| format!("the fleet bucket did not answer within {WRITE_WAIT:?} (is JetStream's meta group up?)"))?
+            .map_err(|_| PauseError::Timeout)?
     }
 }
 
 /// Opens the bucket, creating it when missing with up to three replicas
 /// in the creating node's region (a pause must survive a server's loss).
-pub async fn open(js: &jetstream::Context, region_size: usize) -> Result<kv::Store, String> {
+pub async fn open(js: &jetstream::Context, region_size: usize) -> Result<kv::Store, PauseError> {
     if let Ok(store) = js.get_key_value(BUCKET).await {
         return Ok(store);
     }
@@ -207,7 +273,7 @@ pub async fn open(js: &jetstream::Context, region_size: usize) -> Result<kv::Sto
         Err(e) => js
             .get_key_value(BUCKET)
             .await
-            .map_err(|_| format!("cannot create the fleet bucket {BUCKET}: {e}")),
+            .map_err(|_| PauseError::Create(Box::new(e))),
     }
 }
 
@@ -251,6 +317,7 @@ fn record(entry: &kv::Entry) -> Option<Record> {
 
 /// Follows this node's two keys until `tx` has no receiver, sending the
 /// pauses that apply (seeded from the state directory).
+#[tracing::instrument(name = "fleet", skip_all, fields(task = "pause"))]
 pub async fn watch(access: Access, tx: watch::Sender<Pauses>) {
     let state_dir = access.settings.state_dir.clone();
     let all_key = ALL_KEY.to_owned();
@@ -271,12 +338,12 @@ pub async fn watch(access: Access, tx: watch::Sender<Pauses>) {
         if tx.is_closed() {
             return;
         }
-        let outcome: Result<(), String> = async {
+        let outcome: Result<(), PauseError> = async {
             let (_client, store) = access.store().await?;
             let mut changes = store
                 .watch("pause.>")
                 .await
-                .map_err(|e| format!("cannot watch the fleet bucket: {e}"))?;
+                .map_err(|e| PauseError::Watch(Box::new(e)))?;
             let mut reread = tokio::time::interval(REREAD);
             loop {
                 tokio::select! {
@@ -288,7 +355,7 @@ pub async fn watch(access: Access, tx: watch::Sender<Pauses>) {
                                     .entry(key)
                                     .await
                                     .map(|e| e.as_ref().and_then(record))
-                                    .map_err(|e| format!("cannot read the fleet bucket: {e}"))
+                                    .map_err(|e| PauseError::Read(Box::new(e)))
                             }
                         };
                         let all = read(all_key.clone()).await?;
@@ -299,8 +366,8 @@ pub async fn watch(access: Access, tx: watch::Sender<Pauses>) {
                     change = changes.next() => {
                         let entry = match change {
                             Some(Ok(e)) => e,
-                            Some(Err(e)) => return Err(format!("the fleet bucket's watch failed: {e}")),
-                            None => return Err("the fleet bucket's watch ended".into()),
+                            Some(Err(e)) => return Err(PauseError::WatchFailed(Box::new(e))),
+                            None => return Err(PauseError::WatchEnded),
                         };
                         let mut next = tx.borrow().clone();
                         if entry.key == all_key {

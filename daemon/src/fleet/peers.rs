@@ -14,7 +14,42 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthError;
 use crate::config::Settings;
+
+/// Why the meta group could not be asked, or a peer not removed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeersError {
+    /// natsmeshd's system user could not connect.
+    #[error("cannot reach the broker (system user): {0}")]
+    Reach(#[source] AuthError),
+    /// The `$SYS` requests failed.
+    #[error(transparent)]
+    Ask(AuthError),
+    /// The removal would be wrong (the server answers, is current, or is
+    /// no peer), or impossible (no meta leader).
+    #[error("not removing {server}: {why}")]
+    NotRemoving {
+        /// The server asked for.
+        server: String,
+        /// Why not.
+        why: String,
+    },
+    /// The meta leader did not answer the removal in time.
+    #[error("the JetStream meta leader did not answer the removal request")]
+    RemovalTimeout,
+    /// The removal request could not be sent.
+    #[error("removal request: {0}")]
+    RemovalRequest(#[source] async_nats::RequestError),
+    /// The meta leader answered with an error.
+    #[error("the meta leader refused to remove {server}: {source}")]
+    Refused {
+        /// The server asked for.
+        server: String,
+        /// Its answer.
+        source: AuthError,
+    },
+}
 
 /// How long servers have to answer a `$SYS` ping.
 const ANSWER_WAIT: Duration = Duration::from_secs(1);
@@ -166,23 +201,23 @@ fn assemble(leader: Option<MetaCluster>, answering: BTreeMap<String, String>) ->
     }
 }
 
-async fn system(settings: &Settings) -> Result<async_nats::Client, String> {
+async fn system(settings: &Settings) -> Result<async_nats::Client, PeersError> {
     crate::auth::system_client(settings)
         .await
-        .map_err(|e| format!("cannot reach the broker (system user): {e}"))
+        .map_err(PeersError::Reach)
 }
 
 /// Asks the supercluster for its meta group.
-pub async fn gather(settings: &Settings) -> Result<MetaGroup, String> {
+pub async fn gather(settings: &Settings) -> Result<MetaGroup, PeersError> {
     let sys = system(settings).await?;
     gather_with(&sys).await
 }
 
-async fn gather_with(sys: &async_nats::Client) -> Result<MetaGroup, String> {
+async fn gather_with(sys: &async_nats::Client) -> Result<MetaGroup, PeersError> {
     let body = serde_json::json!({ "leader_only": true }).to_string();
     let jsz = crate::auth::sys_ping(sys, "$SYS.REQ.SERVER.PING.JSZ", body, ANSWER_WAIT)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(PeersError::Ask)?;
     let leader = jsz
         .iter()
         .filter_map(|m| serde_json::from_slice::<JszAnswer>(&m.payload).ok())
@@ -190,7 +225,7 @@ async fn gather_with(sys: &async_nats::Client) -> Result<MetaGroup, String> {
         .find(|m| !m.leader.is_empty());
     let pings = crate::auth::sys_ping(sys, "$SYS.REQ.SERVER.PING", String::new(), ANSWER_WAIT)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(PeersError::Ask)?;
     let answering = pings
         .iter()
         .filter_map(|m| serde_json::from_slice::<PingAnswer>(&m.payload).ok())
@@ -231,11 +266,14 @@ fn refusal(group: &MetaGroup, server: &str) -> Option<String> {
 /// Removes `server`, gone for good, from the meta group (its stream
 /// replicas are re-placed where the streams' placement allows), unless it
 /// answers or is current; what was done, or why not.
-pub async fn remove(settings: &Settings, server: &str) -> Result<String, String> {
+pub async fn remove(settings: &Settings, server: &str) -> Result<String, PeersError> {
     let sys = system(settings).await?;
     let group = gather_with(&sys).await?;
     if let Some(why) = refusal(&group, server) {
-        return Err(format!("not removing {server}: {why}"));
+        return Err(PeersError::NotRemoving {
+            server: server.to_owned(),
+            why,
+        });
     }
     // The request names the server in `peer` (its id would be `peer_id`).
     let body = serde_json::json!({ "peer": server }).to_string();
@@ -244,10 +282,12 @@ pub async fn remove(settings: &Settings, server: &str) -> Result<String, String>
         sys.request("$JS.API.SERVER.REMOVE", body.into()),
     )
     .await
-    .map_err(|_| "the JetStream meta leader did not answer the removal request".to_owned())?
-    .map_err(|e| format!("removal request: {e}"))?;
-    crate::auth::api_answer(&reply.payload)
-        .map_err(|e| format!("the meta leader refused to remove {server}: {e}"))?;
+    .map_err(|_| PeersError::RemovalTimeout)?
+    .map_err(PeersError::RemovalRequest)?;
+    crate::auth::api_answer(&reply.payload).map_err(|source| PeersError::Refused {
+        server: server.to_owned(),
+        source,
+    })?;
     tracing::info!(%server, "removed a server gone for good from the JetStream meta group");
     Ok(format!(
         "removed {server} from the JetStream meta group (leader {}); its stream replicas are re-placed where placement allows — `natsmeshd fleet peers` follows it",

@@ -50,10 +50,44 @@ async fn say(commands: &mpsc::Sender<Command>, line: Option<String>, last: &mut 
     let _ = commands.send(Command::Reboot { line }).await;
 }
 
+/// Why the reboot command did not reboot.
+#[derive(Debug, thiserror::Error)]
+pub enum RebootError {
+    /// `reboot_command` is empty.
+    #[error("no reboot_command")]
+    NoCommand,
+    /// It ran past its time.
+    #[error("{program} did not finish within {after:?}")]
+    Timeout {
+        /// The program.
+        program: String,
+        /// Its time.
+        after: Duration,
+    },
+    /// It could not be started.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It exited unsuccessfully.
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed {
+        /// The program.
+        program: String,
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// What it said on stderr (trimmed).
+        stderr: String,
+    },
+}
+
 /// Runs `command` (argv) and waits for it, bounded.
-pub async fn run_command(command: &[String]) -> Result<(), String> {
+pub async fn run_command(command: &[String]) -> Result<(), RebootError> {
     let Some((program, args)) = command.split_first() else {
-        return Err("no reboot_command".into());
+        return Err(RebootError::NoCommand);
     };
     let child = tokio::process::Command::new(program)
         .args(args)
@@ -62,21 +96,28 @@ pub async fn run_command(command: &[String]) -> Result<(), String> {
         .output();
     let out = tokio::time::timeout(COMMAND_WAIT, child)
         .await
-        .map_err(|_| format!("{program} did not finish within {COMMAND_WAIT:?}"))?
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+        .map_err(|_| RebootError::Timeout {
+            program: program.clone(),
+            after: COMMAND_WAIT,
+        })?
+        .map_err(|source| RebootError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{program} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(RebootError::Failed {
+            program: program.clone(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
 /// Watches for the reboot-required file and reboots through the
 /// maintenance path. Runs beside the supervisor until aborted.
+#[tracing::instrument(name = "fleet", skip_all, fields(task = "reboot"))]
 pub async fn watch(
     access: Arc<FleetOps>,
     reboot: RebootSettings,
@@ -247,11 +288,19 @@ mod tests {
         .unwrap();
         assert!(dir.path().join("called; true").exists());
         let e = run_command(&["false".into()]).await.unwrap_err();
-        assert!(e.starts_with("false failed"), "{e}");
+        assert!(
+            matches!(&e, RebootError::Failed { status, .. } if !status.success()),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("false failed"), "{e}");
         let e = run_command(&["/nonexistent/reboot".into()])
             .await
             .unwrap_err();
-        assert!(e.contains("cannot run"), "{e}");
-        assert!(run_command(&[]).await.is_err());
+        assert!(matches!(e, RebootError::Spawn { .. }), "{e:?}");
+        assert!(e.to_string().contains("cannot run"), "{e}");
+        assert!(matches!(
+            run_command(&[]).await,
+            Err(RebootError::NoCommand)
+        ));
     }
 }

@@ -127,6 +127,54 @@ pub struct Replica {
     pub lag: u64,
 }
 
+/// Why the servers' JetStream views could not be asked for.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct AskError(#[from] crate::auth::AuthError);
+
+/// Why the region cannot spare a server now (each worth waiting for).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// Fewer servers answered than the region has.
+    #[error("{} of {expected} servers of the region answered ({})", .answered.len(), .answered.join(", "))]
+    Missing {
+        /// The servers that answered.
+        answered: Vec<String>,
+        /// How many the region has.
+        expected: usize,
+    },
+    /// A server sees no JetStream meta leader.
+    #[error("{0} has no JetStream meta leader")]
+    NoMetaLeader(String),
+    /// A replicated stream hosted here has no leader.
+    #[error("stream {0} has no leader")]
+    NoStreamLeader(StreamId),
+    /// A stream's leader did not answer, so its replicas' state is unknown.
+    #[error("stream {id}: its leader {leader} did not answer")]
+    LeaderSilent {
+        /// The stream.
+        id: StreamId,
+        /// Its leader.
+        leader: String,
+    },
+    /// Another replica of a stream hosted here is offline or behind.
+    #[error("stream {id}: replica on {server} is {} ({lag} behind)", behind_word(*.offline))]
+    ReplicaBehind {
+        /// The stream.
+        id: StreamId,
+        /// The replica's server.
+        server: String,
+        /// Offline (else merely not current).
+        offline: bool,
+        /// How far behind, as the leader counts.
+        lag: u64,
+    },
+}
+
+fn behind_word(offline: bool) -> &'static str {
+    if offline { "offline" } else { "not current" }
+}
+
 /// Every answer from one cluster.
 #[derive(Debug, Clone, Default)]
 pub struct View {
@@ -140,13 +188,13 @@ pub async fn gather(
     sys: &async_nats::Client,
     cluster: &str,
     wait: Duration,
-) -> Result<View, String> {
+) -> Result<View, AskError> {
     ask(sys, Some(cluster), wait).await
 }
 
 /// Asks every server of the supercluster for its JetStream view through
 /// `$SYS` and gathers the answers for `wait`.
-pub async fn gather_all(sys: &async_nats::Client, wait: Duration) -> Result<View, String> {
+pub async fn gather_all(sys: &async_nats::Client, wait: Duration) -> Result<View, AskError> {
     ask(sys, None, wait).await
 }
 
@@ -156,7 +204,7 @@ async fn ask(
     sys: &async_nats::Client,
     cluster: Option<&str>,
     wait: Duration,
-) -> Result<View, String> {
+) -> Result<View, AskError> {
     let mut body = serde_json::json!({
         "accounts": true,
         "streams": true,
@@ -165,9 +213,8 @@ async fn ask(
     if let Some(c) = cluster {
         body["cluster"] = c.into();
     }
-    let answers = crate::auth::sys_ping(sys, "$SYS.REQ.SERVER.PING.JSZ", body.to_string(), wait)
-        .await
-        .map_err(|e| e.to_string())?;
+    let answers =
+        crate::auth::sys_ping(sys, "$SYS.REQ.SERVER.PING.JSZ", body.to_string(), wait).await?;
     let mut view = View::default();
     for msg in answers {
         match serde_json::from_slice::<Answer>(&msg.payload) {
@@ -275,18 +322,12 @@ impl View {
     /// `Ok` when all `expected` servers of the region answered, each with
     /// JetStream running under a meta leader (or standalone: a server
     /// without a cluster has no meta group to wait for); else why not.
-    pub fn peers_ready(&self, expected: usize) -> Result<(), String> {
+    pub fn peers_ready(&self, expected: usize) -> Result<(), NotReady> {
         if self.answers.len() < expected {
-            let names: Vec<_> = self
-                .answers
-                .iter()
-                .map(|a| a.server.name.as_str())
-                .collect();
-            return Err(format!(
-                "{} of {expected} servers of the region answered ({})",
-                self.answers.len(),
-                names.join(", ")
-            ));
+            return Err(NotReady::Missing {
+                answered: self.answers.iter().map(|a| a.server.name.clone()).collect(),
+                expected,
+            });
         }
         for a in &self.answers {
             if a.data.disabled {
@@ -299,7 +340,7 @@ impl View {
                 .as_ref()
                 .is_some_and(|m| m.leader.is_empty())
             {
-                return Err(format!("{} has no JetStream meta leader", a.server.name));
+                return Err(NotReady::NoMetaLeader(a.server.name.clone()));
             }
         }
         Ok(())
@@ -308,7 +349,7 @@ impl View {
     /// `Ok` when every replicated stream hosted on `me` has its other
     /// replicas current as its leader sees them; else the first that is
     /// not, and why.
-    pub fn others_current(&self, me: &str) -> Result<(), String> {
+    pub fn others_current(&self, me: &str) -> Result<(), NotReady> {
         for (id, detail) in self.hosted_on(me) {
             let Some(cluster) = &detail.cluster else {
                 continue;
@@ -318,22 +359,22 @@ impl View {
                 continue;
             }
             if cluster.leader.is_empty() {
-                return Err(format!("stream {id} has no leader"));
+                return Err(NotReady::NoStreamLeader(id));
             }
             let Some(seen) = self.leader_view(&id, &cluster.leader) else {
-                return Err(format!(
-                    "stream {id}: its leader {} did not answer",
-                    cluster.leader
-                ));
+                return Err(NotReady::LeaderSilent {
+                    id,
+                    leader: cluster.leader.clone(),
+                });
             };
             for r in seen.replicas.iter().filter(|r| r.name != me) {
                 if r.offline || !r.current {
-                    return Err(format!(
-                        "stream {id}: replica on {} is {} ({} behind)",
-                        r.name,
-                        if r.offline { "offline" } else { "not current" },
-                        r.lag
-                    ));
+                    return Err(NotReady::ReplicaBehind {
+                        id,
+                        server: r.name.clone(),
+                        offline: r.offline,
+                        lag: r.lag,
+                    });
                 }
             }
         }
@@ -411,7 +452,9 @@ mod tests {
     fn the_leaders_view_decides() {
         assert_eq!(region(true).others_current("n2"), Ok(()));
         assert_eq!(
-            region(false).others_current("n2"),
+            region(false)
+                .others_current("n2")
+                .map_err(|e| e.to_string()),
             Err("stream ORDERS (account APP): replica on n3 is not current (42 behind)".into())
         );
         // n3 itself being behind does not stop n3: it is the one leaving.
@@ -425,15 +468,23 @@ mod tests {
         let v = region(true);
         assert_eq!(v.peers_ready(3), Ok(()));
         assert_eq!(
-            v.peers_ready(4),
+            v.peers_ready(4).map_err(|e| e.to_string()),
             Err("3 of 4 servers of the region answered (n1, n2, n3)".into())
         );
+        assert!(matches!(
+            v.peers_ready(4),
+            Err(NotReady::Missing { expected: 4, ref answered }) if answered.len() == 3
+        ));
         // A clustered server between meta elections waits ...
         let mut electing = region(true);
         electing.answers[1].data.meta_cluster =
             serde_json::from_value(serde_json::json!({"leader": ""})).unwrap();
         assert_eq!(
             electing.peers_ready(3),
+            Err(NotReady::NoMetaLeader("n2".into()))
+        );
+        assert_eq!(
+            electing.peers_ready(3).map_err(|e| e.to_string()),
             Err("n2 has no JetStream meta leader".into())
         );
         // ... a standalone one (no meta group at all) does not.

@@ -114,6 +114,7 @@ pub struct Sources {
 
 /// Serves `/metrics` from `listener` until dropped, reading the broker
 /// every `scrape_every`.
+#[tracing::instrument(name = "metrics", skip_all)]
 pub async fn serve(listener: TcpListener, settings: MetricsSettings, sources: Sources) {
     let cache: Cache = Arc::new(Mutex::new(BrokerFigures::default()));
     // Ends with this task (which is aborted at shutdown).

@@ -280,21 +280,34 @@ pub fn dns_zone(
     })
 }
 
+/// How the metadata service is asked again while it is not there yet:
+/// from 250 ms doubling to 5 s (it comes up with the machine, so soon).
+pub const METADATA_BACKOFF: crate::backoff::Backoff = crate::backoff::Backoff {
+    first: Duration::from_millis(250),
+    max: Duration::from_secs(5),
+    hint_max: Duration::from_secs(5),
+    jitter: Duration::ZERO,
+};
+
 /// Asks `source` until it answers, a non-retryable error, or `retry_for`
-/// has passed (backoff from 250 ms doubling to 5 s).
+/// has passed (waiting [`METADATA_BACKOFF`] between attempts).
 pub async fn identity_with_retry(
     source: &impl Metadata,
     retry_for: Duration,
 ) -> Result<Identity, MetadataError> {
     let deadline = Instant::now() + retry_for;
-    let mut delay = Duration::from_millis(250);
+    let mut failures = 0u32;
     loop {
         match source.identity().await {
             Ok(id) => return Ok(id),
-            Err(e) if e.retryable() && Instant::now() + delay < deadline => {
+            Err(e) if e.retryable() => {
+                failures = failures.saturating_add(1);
+                let delay = METADATA_BACKOFF.wait(failures, None);
+                if Instant::now() + delay >= deadline {
+                    return Err(e);
+                }
                 tracing::warn!(error = %e, retry_in = ?delay, "metadata not available yet");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(e),
         }
@@ -506,5 +519,32 @@ mod tests {
             }
             .retryable()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metadata_is_asked_again_on_the_shared_backoff_until_the_deadline() {
+        struct Down(std::sync::Mutex<Vec<Duration>>, Instant);
+        impl Metadata for Down {
+            async fn identity(&self) -> Result<Identity, MetadataError> {
+                if let Ok(mut asked) = self.0.lock() {
+                    asked.push(self.1.elapsed());
+                }
+                Err(MetadataError::Unreachable {
+                    endpoint: "e".into(),
+                    reason: "down".into(),
+                })
+            }
+        }
+        let down = Down(std::sync::Mutex::default(), Instant::now());
+        let res = identity_with_retry(&down, Duration::from_secs(4)).await;
+        assert!(matches!(res, Err(MetadataError::Unreachable { .. })));
+        let asked: Vec<u128> = down
+            .0
+            .lock()
+            .map(|a| a.iter().map(Duration::as_millis).collect())
+            .unwrap_or_default();
+        // 250 ms doubling; the 4 s wait after the fifth would pass the
+        // deadline, so the fifth answer is the last.
+        assert_eq!(asked, [0, 250, 750, 1750, 3750]);
     }
 }

@@ -172,6 +172,7 @@ impl PublishSettings {
 /// (retried until they are), though it serves nothing yet. Nothing sends
 /// clients by these records; the gateway address waits for serving. The
 /// publisher takes over once the broker runs.
+#[tracing::instrument(name = "publish", skip_all, fields(task = "bootstrap"))]
 pub async fn announce_for_bootstrap(s: PublishSettings) {
     let want = s.route_records();
     let mut retry = Retry::new(BACKOFF);
@@ -282,6 +283,7 @@ enum Target {
 /// moment records may exist until a withdrawal has succeeded; a stop waits
 /// (bounded) for it to turn false before lame duck. `bootstrapped`: this
 /// node announced its route records for JetStream's first start.
+#[tracing::instrument(name = "publish", skip_all)]
 pub async fn follow(
     s: PublishSettings,
     status: watch::Receiver<Health>,

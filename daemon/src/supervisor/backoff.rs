@@ -1,5 +1,6 @@
-//! Restarting a broker that exited on its own: capped exponential backoff
-//! with jitter (the first retry is immediate), and crash-loop detection so
+//! Restarting a broker that exited on its own: the shared capped
+//! exponential backoff (`crate::backoff`) with jitter (the first retry is
+//! immediate), and crash-loop detection so
 //! that a broker that cannot stay up ends natsmeshd and systemd sees it.
 
 use std::collections::VecDeque;
@@ -64,12 +65,15 @@ impl RestartPolicy {
         if self.consecutive == 1 {
             return AfterCrash::RestartIn(Duration::ZERO);
         }
-        let exp = (self.consecutive - 2).min(20);
-        let base = self
-            .settings
-            .backoff_initial
-            .saturating_mul(1 << exp)
-            .min(self.settings.backoff_max);
+        // The shared doubling (no jitter of its own: a crash's is relative,
+        // below); the second crash in a row waits the initial backoff.
+        let base = crate::backoff::Backoff {
+            first: self.settings.backoff_initial,
+            max: self.settings.backoff_max,
+            hint_max: self.settings.backoff_max,
+            jitter: Duration::ZERO,
+        }
+        .wait(self.consecutive - 1, None);
         let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
         AfterCrash::RestartIn(base.mul_f64(factor).min(self.settings.backoff_max))
     }

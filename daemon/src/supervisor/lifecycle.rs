@@ -36,6 +36,24 @@ use super::state::{IllegalTransition, Lifecycle, State};
 use crate::config::validate::RestartSettings;
 use crate::logging::ids;
 
+/// Why the core refused a command (drain, stop, undrain, maintenance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Nothing to drain or stop.
+    #[error("no broker is running")]
+    NoBroker,
+    /// `undrain` while not drained (the broker runs or is starting).
+    #[error("not drained (state {0}); nothing to undo")]
+    NotDrained(State),
+}
+
+/// The control socket's reply carries the core's words.
+impl From<Refusal> for crate::command::Refused {
+    fn from(r: Refusal) -> Self {
+        Self::because(r)
+    }
+}
+
 /// How often, and by a multiple of which, EXTEND_TIMEOUT_USEC is sent.
 pub(crate) const EXTEND_EVERY: Duration = Duration::from_secs(5);
 /// Consecutive failed serving probes before a ready node leaves service.
@@ -260,7 +278,7 @@ pub enum Action {
         line: String,
     },
     /// The answer to a command.
-    Answer(Result<String, String>),
+    Answer(Result<String, Refusal>),
     /// Supervision ends.
     Exit(Exit),
     /// A transition the machine refused: a bug, reported.
@@ -527,10 +545,7 @@ impl Core {
             }
             Event::Undrain => {
                 if self.life.state() != State::Stopped || self.broker.is_some() || self.spawning {
-                    out.push(Action::Answer(Err(format!(
-                        "not drained (state {}); nothing to undo",
-                        self.life.state()
-                    ))));
+                    out.push(Action::Answer(Err(Refusal::NotDrained(self.life.state()))));
                 } else {
                     out.push(Action::Log {
                         id: None,
@@ -944,13 +959,13 @@ impl Core {
         pointed: Option<Duration>,
         now: Instant,
         out: &mut Vec<Action>,
-    ) -> Result<String, String> {
+    ) -> Result<String, Refusal> {
         let Some(b) = &self.broker else {
             if after == AfterExit::Finish {
                 self.go(State::Stopped, "stopped", now, out);
                 self.finish(Exit::Stopped, out);
             }
-            return Err("no broker is running".into());
+            return Err(Refusal::NoBroker);
         };
         if self.life.state() == State::Draining {
             // Already leaving: a stop now only changes what follows.

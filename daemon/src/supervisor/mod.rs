@@ -21,7 +21,6 @@ mod maintenance;
 pub mod output;
 mod planned;
 pub mod probe;
-mod shutdown;
 mod tasks;
 mod upgrades;
 
@@ -29,6 +28,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use natsmesh_broker::monitor::ClientPort;
@@ -38,8 +38,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
 pub use crate::command::Command;
+use crate::command::{Answer, Reply};
 use crate::config::{self, Settings};
 use crate::files::PLAIN;
+use crate::fleet::decommission::DecommissionError;
 pub use crate::health::{Announced, Health, Status, state, status};
 use crate::logging::ids;
 use crate::notify::Notifier;
@@ -84,17 +86,23 @@ struct Running {
 
 /// A probe round in flight, tagged with the broker process it probes.
 type ProbeFuture = Pin<Box<dyn Future<Output = (u32, Report)> + Send>>;
-type Reply = oneshot::Sender<Result<String, String>>;
 
 /// The supervisor task.
 pub struct Supervisor {
     /// `--config`, if given: the files are found again on every reload, so
     /// a drop-in added since the start is read.
     config_path: Option<PathBuf>,
+    /// The settings the broker runs with: built by
+    /// [`crate::prepare::effective`] from `inputs`, what DNS found and the
+    /// certificate set; replaced whole, never edited.
     settings: Settings,
+    /// The validated settings and natsmeshd's logins they were built from.
+    inputs: Inputs,
     current: Prepared,
     /// The last configuration a broker served with, and its settings.
-    last_good: Option<(Prepared, Settings)>,
+    last_good: Option<(Prepared, Built)>,
+    /// The inputs and the prepared configuration, on watch channels.
+    spine: Spine,
     /// The broker's lifecycle: state, deadlines, what follows an exit.
     core: Core,
     /// When the core's state began, monotonic and wall clock.
@@ -125,7 +133,7 @@ pub struct Supervisor {
     /// What natsmeshd wants to do under the lease (see `planned.rs`).
     planned: Option<planned::Plan>,
     /// The decommission's JetStream removal, while it runs.
-    removal: Option<oneshot::Receiver<Result<String, String>>>,
+    removal: Option<oneshot::Receiver<Result<String, DecommissionError>>>,
     /// The wait for the region's restart lease.
     gate: Option<mpsc::Receiver<crate::fleet::Gate>>,
     /// The lease, while this node holds it.
@@ -149,8 +157,9 @@ pub struct Supervisor {
     /// The loop should hand over to the new natsmeshd binary now.
     reexec_due: bool,
     /// The work that runs off the loop, ended together when supervision
-    /// ends (see `shutdown.rs`).
-    tasks: shutdown::Tasks,
+    /// ends (see `crate::shutdown`): run's own tasks share it, so one
+    /// shutdown ends them all.
+    tasks: crate::shutdown::Tasks,
     /// Results of the work that runs off the loop (see `tasks.rs`).
     events: mpsc::Sender<Event>,
     event_rx: mpsc::Receiver<Event>,
@@ -174,22 +183,25 @@ pub struct Supervisor {
 impl Supervisor {
     /// Prepares the first configuration (rendered, validated, `-t`) and
     /// writes it to the state directory. Fails before any broker starts.
+    /// `discovery`, when DNS is followed, carries each answer (its current
+    /// value is the first). The work it runs off its loop goes on `tasks`,
+    /// which it shuts down (bounded) when supervision ends.
     pub async fn new(
         config_path: Option<PathBuf>,
         settings: Settings,
+        discovery: Option<watch::Receiver<crate::discovery::Found>>,
         notifier: Notifier,
-    ) -> anyhow::Result<(Self, watch::Receiver<Health>)> {
-        std::fs::create_dir_all(&settings.state_dir).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create state directory {}: {e}",
-                settings.state_dir.display()
-            )
+        tasks: crate::shutdown::Tasks,
+    ) -> Result<(Self, watch::Receiver<Health>), StartError> {
+        std::fs::create_dir_all(&settings.state_dir).map_err(|source| StartError::StateDir {
+            path: settings.state_dir.clone(),
+            source,
         })?;
         let cert = match &settings.tls {
             None => None,
             Some(t) => {
                 let (current, issued) = crate::tls::ensure(t, std::time::SystemTime::now(), false)
-                    .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+                    .map_err(StartError::Tls)?;
                 for w in &current.warnings {
                     tracing::warn!("{w}");
                 }
@@ -201,19 +213,28 @@ impl Supervisor {
         };
         // The first start fixes the server name for good (JetStream).
         config::identity::persist_name(&settings.state_dir, &settings.server.server_name).map_err(
-            |e| {
-                anyhow::anyhow!(
-                    "cannot record the server name in {}: {e}",
-                    settings.state_dir.display()
-                )
+            |source| StartError::ServerName {
+                path: settings.state_dir.clone(),
+                source,
             },
         )?;
         crate::fleet::decommission::refuse_if_decommissioned(&settings.state_dir)
-            .map_err(|e| anyhow::anyhow!(e))?;
-        let mut settings = settings;
-        let state_dir = settings.state_dir.clone();
-        crate::auth::add_system_account(&mut settings, &state_dir)
-            .map_err(|e| anyhow::anyhow!("system user: {e}"))?;
+            .map_err(StartError::Decommissioned)?;
+        let system = crate::auth::system_account(&settings, &settings.state_dir)
+            .map_err(StartError::SystemUser)?;
+        let mut discovery = discovery;
+        let found = discovery.as_mut().map(|rx| rx.borrow_and_update().clone());
+        let inputs = Inputs {
+            validated: Arc::new(settings),
+            system,
+        };
+        let certs = cert_set(&inputs.validated, cert.as_ref());
+        let settings = crate::prepare::effective(
+            &inputs.validated,
+            found.as_ref(),
+            certs.as_ref(),
+            inputs.system.as_ref(),
+        );
         let current = prepare_in(&settings, &settings.state_dir, CONFIG_NAME).await?;
         let health = Health {
             server_name: settings.server.server_name.clone(),
@@ -229,6 +250,11 @@ impl Supervisor {
             ..Health::default()
         };
         let (health_tx, health_rx) = watch::channel(health.clone());
+        let spine = Spine {
+            settings: watch::Sender::new(Arc::new(settings.clone())),
+            certs: watch::Sender::new(certs),
+            prepared: watch::Sender::new(Arc::new(current.clone())),
+        };
         let (events, event_rx) = mpsc::channel(16);
         let now = Instant::now();
         Ok((
@@ -237,6 +263,8 @@ impl Supervisor {
                 since_wall: (now, std::time::SystemTime::now()),
                 config_path,
                 settings,
+                inputs,
+                spine,
                 current,
                 last_good: None,
                 running: None,
@@ -250,8 +278,8 @@ impl Supervisor {
                 exit: None,
                 cert_due: cert.as_ref().map(|c| due(c.renew_at)),
                 accounts_check_due: false,
-                found: None,
-                discovery: None,
+                found,
+                discovery,
                 announcers: Vec::new(),
                 planned: None,
                 removal: None,
@@ -268,7 +296,7 @@ impl Supervisor {
                 handoff: None,
                 reexec_due: false,
                 cert: cert.clone(),
-                tasks: shutdown::Tasks::default(),
+                tasks,
                 events,
                 event_rx,
                 job: None,
@@ -307,11 +335,32 @@ impl Supervisor {
         self.handoff = Some(handoff);
     }
 
-    /// Follows DNS: `rx` carries each new answer (its current value is the
-    /// one the settings were built with).
-    pub fn follow(&mut self, mut rx: watch::Receiver<crate::discovery::Found>) {
-        self.found = Some(rx.borrow_and_update().clone());
-        self.discovery = Some(rx);
+    /// The broker configuration's inputs and output as they change: the
+    /// settings it runs with, the certificate set in use and the prepared
+    /// configuration (what DNS found has its own channel, from
+    /// [`crate::discovery::follow`]).
+    pub fn spine(&self) -> SpineRx {
+        SpineRx {
+            settings: self.spine.settings.subscribe(),
+            certs: self.spine.certs.subscribe(),
+            prepared: self.spine.prepared.subscribe(),
+        }
+    }
+
+    /// The settings the broker runs with now, with what they were built
+    /// from.
+    pub(super) fn built(&self) -> Built {
+        Built {
+            inputs: self.inputs.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+
+    /// Puts `built` in force (the settings the broker runs with and their
+    /// inputs); the settings it replaced.
+    pub(super) fn set_built(&mut self, built: Built) -> Settings {
+        self.inputs = built.inputs;
+        std::mem::replace(&mut self.settings, built.settings)
     }
 
     /// Follows the fleet pause: `rx` carries each new word (its current
@@ -323,6 +372,7 @@ impl Supervisor {
     }
 
     /// Runs until stopped or until the broker cannot be kept up.
+    #[tracing::instrument(name = "supervisor", skip_all)]
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Exit {
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -349,10 +399,10 @@ impl Supervisor {
             if let Some(exit) = self.exit.take() {
                 // Checks and waits are given up; a lease release or a
                 // JetStream removal under way finishes, within the grace.
-                if !self.tasks.shutdown(shutdown::GRACE).await {
+                if !self.tasks.shutdown(crate::shutdown::GRACE).await {
                     tracing::warn!(
                         "some of natsmeshd's own work did not end within {:?}; left behind",
-                        shutdown::GRACE
+                        crate::shutdown::GRACE
                     );
                 }
                 return exit;
@@ -463,7 +513,7 @@ impl Supervisor {
     /// Feeds `event` to the lifecycle core and executes what it decides,
     /// feeding back what that produced (a spawn's outcome) until nothing is
     /// left; the last answer to a command, if any.
-    fn step(&mut self, event: Step) -> Option<Result<String, String>> {
+    fn step(&mut self, event: Step) -> Option<Answer> {
         let mut answer = None;
         let mut events = VecDeque::from([event]);
         while let Some(event) = events.pop_front() {
@@ -473,7 +523,7 @@ impl Supervisor {
             self.core.retune(tuning(&self.settings), false);
             for action in self.core.step(event, Instant::now()) {
                 match action {
-                    Action::Answer(res) => answer = Some(res),
+                    Action::Answer(res) => answer = Some(res.map_err(Into::into)),
                     action => events.extend(self.execute(action)),
                 }
             }
@@ -565,6 +615,7 @@ impl Supervisor {
             self.last_status_line = line;
         }
         self.health_tx.send_replace(self.health.clone());
+        self.publish_spine();
     }
 
     /// The STATUS= line of what is known now, made at the edge from the
@@ -573,12 +624,41 @@ impl Supervisor {
         Status::from_health(&self.health).line()
     }
 
+    /// The inputs and the prepared configuration, on their channels when
+    /// they changed (the readers are woken only then).
+    fn publish_spine(&self) {
+        let settings = &self.settings;
+        self.spine.settings.send_if_modified(|s| {
+            let changed = **s != *settings;
+            if changed {
+                *s = Arc::new(settings.clone());
+            }
+            changed
+        });
+        let certs = cert_set(settings, self.cert.as_ref());
+        self.spine.certs.send_if_modified(|c| {
+            let changed = *c != certs;
+            if changed {
+                *c = certs;
+            }
+            changed
+        });
+        let current = &self.current;
+        self.spine.prepared.send_if_modified(|p| {
+            let changed = p.path != current.path || p.rendered.text != current.rendered.text;
+            if changed {
+                *p = Arc::new(current.clone());
+            }
+            changed
+        });
+    }
+
     /// Spawns the broker from the installed configuration: the core hears
     /// [`Step::Spawned`] or [`Step::SpawnFailed`].
     fn start_broker(&mut self) -> Step {
         let targets = match self.probe_targets() {
             Ok(t) => t,
-            Err(why) => return Step::SpawnFailed(why),
+            Err(why) => return Step::SpawnFailed(why.to_string()),
         };
         // The file it starts from: a later package upgrade replaces it.
         self.broker_bin = crate::upgrade::resolve(&self.settings.binary)
@@ -599,7 +679,7 @@ impl Supervisor {
         ];
         for dir in writes.iter().flatten() {
             if let Err(e) = crate::broker_user::ensure_broker_dir(dir) {
-                return Step::SpawnFailed(e);
+                return Step::SpawnFailed(e.to_string());
             }
         }
         let process = match spawn(
@@ -619,19 +699,19 @@ impl Supervisor {
     }
 
     /// Where the probes look, or why they cannot.
-    fn probe_targets(&self) -> Result<Targets, String> {
+    fn probe_targets(&self) -> Result<Targets, TargetsError> {
         let s = &self.settings;
         let (Some(mon), Some(client)) = (
             s.server.monitoring.as_ref().and_then(local_addr),
             local_addr(&s.server.listen),
         ) else {
-            return Err("the monitoring and client listeners need fixed ports".into());
+            return Err(TargetsError::NoFixedPorts);
         };
         let https = match s.tls.as_ref().filter(|t| t.monitoring) {
             None => None,
             Some(t) => match crate::tls::probe::monitoring_client(t) {
                 Ok(c) => Some(c),
-                Err(e) => return Err(format!("cannot probe HTTPS monitoring: {e}")),
+                Err(e) => return Err(TargetsError::HttpsMonitoring(e)),
             },
         };
         Ok(Targets::new(
@@ -723,7 +803,7 @@ impl Supervisor {
     /// The broker serves (the core says): the configuration is good, a
     /// restart's waiting request is answered; READY=1 the first time.
     fn become_ready(&mut self, first: bool) {
-        self.last_good = Some((self.current.clone(), self.settings.clone()));
+        self.last_good = Some((self.current.clone(), self.built()));
         self.health.restart_pending.clear();
         self.publish();
         let line = self.status_line();
@@ -785,12 +865,12 @@ impl Supervisor {
         }
         // The core already counts it as installed.
         self.current = good;
-        self.settings = good_settings;
+        self.set_built(good_settings);
         self.health.restart_pending.clear();
         self.health.reloads_failed += 1;
         self.health.last_reload = Some(why.clone());
         if let Some(reply) = self.pending_reply.take() {
-            let _ = reply.send(Err(why));
+            let _ = reply.send(Err(why.into()));
         }
     }
 
@@ -864,6 +944,96 @@ impl Supervisor {
     }
 }
 
+/// The certificate set `settings` loads, when TLS is on and a certificate
+/// is in use.
+fn cert_set(
+    settings: &Settings,
+    cert: Option<&crate::tls::Current>,
+) -> Option<crate::tls::CertSet> {
+    let tls = settings.tls.as_ref()?;
+    Some(crate::tls::CertSet::new(tls, cert?.clone()))
+}
+
+/// What the broker's settings are built from besides DNS and the
+/// certificate: the validated settings as read (never edited) and
+/// natsmeshd's logins, read with them.
+#[derive(Debug, Clone)]
+pub(super) struct Inputs {
+    pub(super) validated: Arc<Settings>,
+    pub(super) system: Option<crate::auth::SystemAccount>,
+}
+
+/// The settings a broker runs with and what they were built from.
+#[derive(Debug, Clone)]
+pub(super) struct Built {
+    pub(super) inputs: Inputs,
+    pub(super) settings: Settings,
+}
+
+/// The senders of the configuration's channels.
+struct Spine {
+    settings: watch::Sender<Arc<Settings>>,
+    certs: watch::Sender<Option<crate::tls::CertSet>>,
+    prepared: watch::Sender<Arc<Prepared>>,
+}
+
+/// The broker configuration's inputs and output, each on a watch channel
+/// the supervisor publishes to when it changes.
+#[derive(Debug, Clone)]
+pub struct SpineRx {
+    /// The settings the broker runs with (built by
+    /// [`crate::prepare::effective`]).
+    pub settings: watch::Receiver<Arc<Settings>>,
+    /// The node certificate set in use (`None`: TLS off).
+    pub certs: watch::Receiver<Option<crate::tls::CertSet>>,
+    /// The configuration in place, rendered and checked.
+    pub prepared: watch::Receiver<Arc<Prepared>>,
+}
+
+/// Why supervision cannot begin.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state directory cannot be created.
+    #[error("cannot create state directory {}: {source}", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The node certificate cannot be issued or read.
+    #[error("TLS: {0}")]
+    Tls(#[source] crate::tls::TlsError),
+    /// The server name cannot be recorded.
+    #[error("cannot record the server name in {}: {source}", path.display())]
+    ServerName {
+        /// The state directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// This node was decommissioned.
+    #[error(transparent)]
+    Decommissioned(crate::fleet::decommission::DecommissionError),
+    /// natsmeshd's system user cannot be set up.
+    #[error("system user: {0}")]
+    SystemUser(#[source] crate::auth::AuthError),
+    /// The first configuration cannot be prepared.
+    #[error(transparent)]
+    Prepare(#[from] crate::prepare::PrepareError),
+}
+
+impl StartError {
+    /// Whether the configuration (not the machine) is at fault.
+    pub fn is_config_error(&self) -> bool {
+        match self {
+            Self::Prepare(e) => e.is_config_error(),
+            Self::Tls(_) | Self::SystemUser(_) | Self::Decommissioned(_) => true,
+            Self::StateDir { .. } | Self::ServerName { .. } => false,
+        }
+    }
+}
+
 /// What the lifecycle core needs of the settings.
 fn tuning(s: &Settings) -> Tuning {
     Tuning {
@@ -923,8 +1093,35 @@ impl Supervisor {
     }
 }
 
+/// Why the probes have nowhere to look: the broker is not started (the
+/// core hears it as a failed spawn, in these words).
+#[derive(Debug, thiserror::Error)]
+enum TargetsError {
+    /// A listener without a fixed port cannot be probed on loopback.
+    #[error("the monitoring and client listeners need fixed ports")]
+    NoFixedPorts,
+    /// Monitoring is served over HTTPS and the probes' TLS client cannot
+    /// be built from the node's roots.
+    #[error("cannot probe HTTPS monitoring: {0}")]
+    HttpsMonitoring(#[source] crate::tls::probe::ProbeError),
+}
+
+/// Why the decommission's JetStream removal did not end this node's
+/// membership.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RemovalError {
+    /// The removal ran and failed.
+    #[error(transparent)]
+    Failed(#[from] DecommissionError),
+    /// Its task went away without a word (natsmeshd is stopping).
+    #[error("the removal task ended without an answer")]
+    NoAnswer,
+}
+
+/// A configuration change's outcome: done (what came of it, or why it
+/// was refused), or waiting for a restart.
 enum Reloaded {
-    Done(Result<String, String>),
+    Done(Result<String, tasks::ChangeError>),
     Pending,
 }
 
@@ -974,7 +1171,7 @@ async fn next_announcement(list: &mut Vec<Announcer>) -> Option<(Pointer, Announ
 
 /// The next value of a followed channel (DNS answers, the publisher's
 /// word); pending forever when there is none (or once its task has gone).
-fn answer(reply: Option<Reply>, res: Result<String, String>) {
+fn answer(reply: Option<Reply>, res: Answer) {
     if let Some(r) = reply {
         let _ = r.send(res);
     }
@@ -982,12 +1179,13 @@ fn answer(reply: Option<Reply>, res: Result<String, String>) {
 
 /// The outcome of the decommission's removal; pends forever without one.
 async fn next_removal(
-    removal: &mut Option<oneshot::Receiver<Result<String, String>>>,
-) -> Result<String, String> {
+    removal: &mut Option<oneshot::Receiver<Result<String, DecommissionError>>>,
+) -> Result<String, RemovalError> {
     match removal {
-        Some(rx) => rx
-            .await
-            .unwrap_or_else(|_| Err("the removal task ended without an answer".into())),
+        Some(rx) => match rx.await {
+            Ok(res) => res.map_err(RemovalError::Failed),
+            Err(_) => Err(RemovalError::NoAnswer),
+        },
         None => std::future::pending().await,
     }
 }
@@ -1026,5 +1224,54 @@ async fn poll_probe(probe: &mut Option<ProbeFuture>) -> (u32, Report) {
     match probe {
         Some(p) => p.await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The words the operator reads in `status` (the decommission's
+    /// failure) and the core's failed spawn stay as they were.
+    #[test]
+    fn removal_and_probe_target_errors_keep_their_words() {
+        assert_eq!(
+            RemovalError::NoAnswer.to_string(),
+            "the removal task ended without an answer"
+        );
+        let failed = DecommissionError::WouldBreak(vec!["ORDERS (R3 on 3 servers)".into()]);
+        let words = failed.to_string();
+        assert_eq!(RemovalError::from(failed).to_string(), words);
+        assert_eq!(
+            TargetsError::NoFixedPorts.to_string(),
+            "the monitoring and client listeners need fixed ports"
+        );
+    }
+
+    /// A removal whose task went away answers `NoAnswer`; one that ran
+    /// answers its own result.
+    #[tokio::test]
+    async fn the_removal_wait_turns_a_lost_task_into_no_answer() {
+        let (tx, rx) = oneshot::channel::<Result<String, DecommissionError>>();
+        drop(tx);
+        let mut removal = Some(rx);
+        assert!(matches!(
+            next_removal(&mut removal).await,
+            Err(RemovalError::NoAnswer)
+        ));
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Err(DecommissionError::NoOwnAnswer));
+        let mut removal = Some(rx);
+        assert!(matches!(
+            next_removal(&mut removal).await,
+            Err(RemovalError::Failed(DecommissionError::NoOwnAnswer))
+        ));
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok("removed".into()));
+        let mut removal = Some(rx);
+        assert_eq!(
+            next_removal(&mut removal).await.ok().as_deref(),
+            Some("removed")
+        );
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::lifecycle::Event as Step;
 use super::tasks::Event;
 use super::{Reply, State, Supervisor, answer};
+use crate::command::{Answer, Refused};
 use crate::fleet::decommission;
 use crate::fleet::view::StreamId;
 use crate::fleet::{Coordination, Gate};
@@ -208,7 +209,7 @@ impl Supervisor {
         self.publish();
     }
 
-    pub(super) fn pause(&mut self) -> Result<String, String> {
+    pub(super) fn pause(&mut self) -> Answer {
         if self.paused {
             return Ok("already paused".into());
         }
@@ -228,7 +229,7 @@ impl Supervisor {
         Ok(msg.into())
     }
 
-    pub(super) fn resume(&mut self) -> Result<String, String> {
+    pub(super) fn resume(&mut self) -> Answer {
         if !self.paused {
             return Ok(match &self.fleet_paused {
                 Some(fleet) => format!(
@@ -271,7 +272,7 @@ impl Supervisor {
                 "only a serving node can be decommissioned (state {})",
                 self.core.state()
             );
-            answer(reply, Err(why));
+            answer(reply, Err(why.into()));
             return;
         }
         let me = self.settings.server.server_name.clone();
@@ -302,12 +303,12 @@ impl Supervisor {
     pub(super) fn on_decommission_checked(
         &mut self,
         reply: Option<Reply>,
-        result: Result<Vec<(StreamId, usize)>, String>,
+        result: Result<Vec<(StreamId, usize)>, decommission::DecommissionError>,
     ) {
         self.decommission_checking = false;
         let streams = match result {
             Ok(s) => s,
-            Err(e) => return answer(reply, Err(e)),
+            Err(e) => return answer(reply, Err(Refused::because(e))),
         };
         // A stop (or a crash) came while it was checked.
         if self.core.state() != State::Ready {
@@ -315,7 +316,7 @@ impl Supervisor {
                 "only a serving node can be decommissioned (state {})",
                 self.core.state()
             );
-            return answer(reply, Err(why));
+            return answer(reply, Err(why.into()));
         }
         let me = self.settings.server.server_name.clone();
         tracing::info!(streams = streams.len(), "decommission accepted");
@@ -336,14 +337,15 @@ impl Supervisor {
         let (tx, rx) = oneshot::channel();
         let settings = self.settings.clone();
         self.tasks.spawn_awaited(async move {
-            let _ = tx.send(decommission::remove_self(&settings, &streams).await);
+            let removed = decommission::remove_self(&settings, &streams).await;
+            let _ = tx.send(removed);
         });
         self.removal = Some(rx);
         self.health.fleet = "decommission: leaving the JetStream group".into();
         self.publish();
     }
 
-    pub(super) fn on_removed(&mut self, res: Result<String, String>) {
+    pub(super) fn on_removed(&mut self, res: Result<String, super::RemovalError>) {
         self.removal = None;
         if let Some(held) = self.lease.take() {
             self.tasks.spawn_awaited(release(held));
@@ -374,7 +376,7 @@ impl Supervisor {
     }
 
     /// Back into service after `drain`.
-    pub(super) fn undrain(&mut self) -> Result<String, String> {
+    pub(super) fn undrain(&mut self) -> Answer {
         self.step(Step::Undrain)
             .unwrap_or_else(|| Err("no answer".into()))
     }

@@ -23,12 +23,81 @@ use nix::sys::signal::Signal;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::{NEXT_NAME, RELOAD_CONFIRM, Reloaded, Reply, State, Supervisor, due, local_addr};
-use crate::config::{self, Settings};
+use super::{
+    Built, Inputs, NEXT_NAME, RELOAD_CONFIRM, Reloaded, Reply, State, Supervisor, cert_set, due,
+    local_addr,
+};
+use crate::auth::AuthError;
+use crate::config;
 use crate::files::PLAIN;
+use crate::fleet::decommission::DecommissionError;
 use crate::fleet::view::StreamId;
 use crate::logging::ids;
-use crate::prepare::{Prepared, prepare_in};
+use crate::prepare::{PrepareError, Prepared, prepare_in};
+use crate::tls::TlsError;
+
+/// Why a configuration change (SIGHUP, `natsmeshd reload`, a new
+/// certificate, what DNS found) was not applied. The words are what the
+/// operator reads in the reload's answer, the log and `status`'s last
+/// reload, and what the tests match: each variant keeps them word for
+/// word. Every refusal leaves the running configuration in force.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ChangeError {
+    /// The files do not read as valid settings.
+    #[error("configuration refused, the previous one keeps serving:\n{0}")]
+    Settings(#[source] config::Problems),
+    /// natsmeshd's system user cannot be set up for the new settings.
+    #[error("system user: {0}; the previous configuration keeps serving")]
+    SystemUser(#[source] AuthError),
+    /// The node certificate the new settings need cannot be issued or read.
+    #[error("TLS: {0}; the previous configuration keeps serving")]
+    Tls(#[source] TlsError),
+    /// The blocking part of the check ended without a result (it
+    /// panicked or the runtime is going away).
+    #[error("the configuration check failed: {0}")]
+    CheckTask(#[source] tokio::task::JoinError),
+    /// The broker's file cannot be rendered, or `nats-server -t` refused
+    /// it (boxed: it is the largest kind, and refusals are rare).
+    #[error("configuration refused, the previous one keeps serving: {0}")]
+    Prepare(#[source] Box<PrepareError>),
+    /// The node is stopping, draining or restarting: there is no broker
+    /// to load a change into.
+    #[error("cannot reload while {0}")]
+    NotWhile(State),
+    /// The broker is not running (it exited, or never started).
+    #[error("no broker is running")]
+    NoBroker,
+    /// The checked file cannot take the running one's place.
+    #[error("cannot install the new configuration: {0}")]
+    Install(#[source] std::io::Error),
+    /// SIGHUP cannot be delivered.
+    #[error("cannot signal the broker: {0}")]
+    Signal(#[source] std::io::Error),
+    /// The broker answered (through `$SYS` or its log) that it refused
+    /// the file; its own words.
+    #[error("nats-server refused the new configuration, the previous one keeps serving: {0}")]
+    BrokerRefused(String),
+    /// The broker said nothing about the reload in time.
+    #[error(
+        "nats-server logged no reload outcome within {:?}; the previous configuration stays",
+        RELOAD_CONFIRM
+    )]
+    NoOutcome,
+    /// The broker exited while it was asked to load the new file.
+    #[error("the broker exited during the reload; it starts again with the new configuration")]
+    BrokerExited,
+}
+
+/// Why the node certificate could not be renewed (or read again).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RenewError {
+    /// Issuance or the files failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The blocking task ended without a result.
+    #[error("the renewal task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
 
 /// What a task tells the loop.
 pub(super) enum Event {
@@ -46,7 +115,7 @@ pub(super) enum Event {
         /// `/varz` before the reload.
         before: Option<Box<Varz>>,
         /// The broker's verdict through `$SYS`, when it was asked there.
-        via_sys: Option<Result<(), String>>,
+        via_sys: Option<Result<(), AuthError>>,
     },
     /// The reload's outcome, confirmed against `/varz`.
     Confirmed {
@@ -56,26 +125,26 @@ pub(super) enum Event {
         confirmed: bool,
     },
     /// The certificate renewal (or look at the files) ended.
-    Certificate(Result<crate::tls::Current, String>),
+    Certificate(Result<crate::tls::Current, RenewError>),
     /// The peers' account sets, asked for the broker `pid`.
     Accounts {
         pid: u32,
-        answers: Result<Vec<(String, BTreeSet<String>)>, String>,
+        answers: Result<Vec<(String, BTreeSet<String>)>, AuthError>,
     },
     /// A new nats-server binary was checked against the configuration.
     NewBroker {
         path: PathBuf,
-        next: Result<Prepared, String>,
+        next: Result<Prepared, PrepareError>,
     },
     /// The new natsmeshd binary was checked (and the lease given back).
     ReexecChecked {
         exe: PathBuf,
-        result: Result<(), String>,
+        result: Result<(), crate::upgrade::CheckError>,
     },
     /// `natsmeshd decommission` was checked against the JetStream group.
     DecommissionChecked {
         reply: Option<Reply>,
-        result: Result<Vec<(StreamId, usize)>, String>,
+        result: Result<Vec<(StreamId, usize)>, DecommissionError>,
     },
 }
 
@@ -87,7 +156,7 @@ pub(super) struct Checked {
     /// natsmeshd's own settings that changed, and how each applies.
     changes: Vec<config::reload::Change>,
     /// The settings and their prepared broker file, or why refused.
-    result: Result<(Settings, Prepared), String>,
+    result: Result<(Built, Prepared), ChangeError>,
 }
 
 /// Who asked for a configuration change, and who waits for its outcome.
@@ -110,7 +179,7 @@ enum Phase {
     Checking,
     /// The new file is installed; the broker is being asked to load it.
     Reloading {
-        settings: Box<Settings>,
+        settings: Box<Built>,
         next: Box<Prepared>,
         keys: Vec<String>,
         targets: Box<super::probe::Targets>,
@@ -153,9 +222,9 @@ impl Queued {
 /// What the check task needs.
 struct CheckInput {
     config_path: Option<PathBuf>,
-    /// The running settings: the base of a discovery change, and what
-    /// [dns_publish] stays at.
-    running: Settings,
+    /// The running settings' inputs: the base of a discovery change, and
+    /// what [dns_publish] stays at.
+    running: Inputs,
     found: Option<crate::discovery::Found>,
     /// Read the files again (else: the running settings with `found`).
     reread: bool,
@@ -167,7 +236,7 @@ struct CheckInput {
 /// `nats-server -t` on the rendered file.
 async fn check_change(input: CheckInput) -> Checked {
     let staged = tokio::task::spawn_blocking(move || stage(input)).await;
-    let (settings, cert, changes) = match staged {
+    let (inputs, found, cert, changes) = match staged {
         Ok(Ok(v)) => v,
         Ok(Err(why)) => {
             return Checked {
@@ -180,25 +249,32 @@ async fn check_change(input: CheckInput) -> Checked {
             return Checked {
                 cert: None,
                 changes: Vec::new(),
-                result: Err(format!("the configuration check failed: {e}")),
+                result: Err(ChangeError::CheckTask(e)),
             };
         }
     };
     let cert = match cert {
-        Some(Err(why)) => {
+        Some(Err(e)) => {
             return Checked {
                 cert: None,
                 changes: Vec::new(),
-                result: Err(why),
+                result: Err(ChangeError::Tls(e)),
             };
         }
         Some(Ok(c)) => Some(c),
         None => None,
     };
+    // The one function that builds what the broker runs with.
+    let settings = crate::prepare::effective(
+        &inputs.validated,
+        found.as_ref(),
+        cert_set(&inputs.validated, cert.as_ref().map(|(c, _)| c)).as_ref(),
+        inputs.system.as_ref(),
+    );
     let result = prepare_in(&settings, &settings.state_dir, NEXT_NAME)
         .await
-        .map(|next| (settings, next))
-        .map_err(|e| format!("configuration refused, the previous one keeps serving: {e}"));
+        .map(|next| (Built { inputs, settings }, next))
+        .map_err(|e| ChangeError::Prepare(Box::new(e)));
     Checked {
         cert,
         changes,
@@ -207,25 +283,28 @@ async fn check_change(input: CheckInput) -> Checked {
 }
 
 type Staged = (
-    Settings,
-    Option<Result<(crate::tls::Current, bool), String>>,
+    Inputs,
+    Option<crate::discovery::Found>,
+    Option<Result<(crate::tls::Current, bool), TlsError>>,
     Vec<config::reload::Change>,
 );
 
 /// The blocking part of a check: the files, the system account, the
 /// certificate (new roots, a new intermediate or new names may need a new
 /// one; a broken one refuses the change).
-fn stage(input: CheckInput) -> Result<Staged, String> {
-    let (mut settings, changes) = if input.reread {
-        let identity = input.running.identity.clone();
+fn stage(input: CheckInput) -> Result<Staged, ChangeError> {
+    let (inputs, changes) = if input.reread {
+        let running = &input.running.validated;
+        let identity = running.identity.clone();
         let found = config::discover(input.config_path.as_deref());
         let (_, mut settings) = found
             .and_then(|sources| config::load_settings_as(&sources, &identity))
-            .map_err(|p| format!("configuration refused, the previous one keeps serving:\n{p}"))?;
-        let state_dir = settings.state_dir.clone();
-        crate::auth::add_system_account(&mut settings, &state_dir)
-            .map_err(|e| format!("system user: {e}; the previous configuration keeps serving"))?;
-        let changes = config::reload::sort_out(&input.running, &mut settings, input.live);
+            .map_err(ChangeError::Settings)?;
+        // natsmeshd's own keys a reload cannot apply keep their running
+        // values: part of reading the new settings, before they are used.
+        let changes = config::reload::sort_out(running, &mut settings, input.live);
+        let system = crate::auth::system_account(&settings, &settings.state_dir)
+            .map_err(ChangeError::SystemUser)?;
         let restart = config::reload::restart_keys(&changes);
         if !restart.is_empty() {
             tracing::warn!(
@@ -233,18 +312,20 @@ fn stage(input: CheckInput) -> Result<Staged, String> {
                 "changed, but natsmeshd keeps the old value until `systemctl restart natsmeshd`"
             );
         }
-        (settings, changes)
+        let inputs = Inputs {
+            validated: std::sync::Arc::new(settings),
+            system,
+        };
+        (inputs, changes)
     } else {
         (input.running, Vec::new())
     };
-    if let Some(found) = &input.found {
-        crate::discovery::apply(&mut settings, found);
-    }
-    let cert = settings.tls.as_ref().map(|tls| {
-        crate::tls::ensure(tls, std::time::SystemTime::now(), false)
-            .map_err(|e| format!("TLS: {e}; the previous configuration keeps serving"))
-    });
-    Ok((settings, cert, changes))
+    let cert = inputs
+        .validated
+        .tls
+        .as_ref()
+        .map(|tls| crate::tls::ensure(tls, std::time::SystemTime::now(), false));
+    Ok((inputs, input.found, cert, changes))
 }
 
 impl Supervisor {
@@ -287,8 +368,7 @@ impl Supervisor {
             Origin::Request(_) | Origin::Certificate { .. } => {
                 self.notifier.reloading();
                 if matches!(state, State::Draining | State::Stopped | State::Restarting) {
-                    let why = format!("cannot reload while {state}");
-                    self.finish_change(origin, Reloaded::Done(Err(why)));
+                    self.finish_change(origin, Reloaded::Done(Err(ChangeError::NotWhile(state))));
                     return;
                 }
             }
@@ -297,7 +377,7 @@ impl Supervisor {
         let id = self.next_job;
         let input = CheckInput {
             config_path: self.config_path.clone(),
-            running: self.settings.clone(),
+            running: self.inputs.clone(),
             found: self.found.clone(),
             reread: !matches!(origin, Origin::Discovery),
             // The publisher and the balancer's membership run with the
@@ -369,7 +449,7 @@ impl Supervisor {
         };
         if !allowed {
             let _ = std::fs::remove_file(&next.path);
-            self.end_job(Reloaded::Done(Err(format!("cannot reload while {state}"))));
+            self.end_job(Reloaded::Done(Err(ChangeError::NotWhile(state))));
             return;
         }
         let decision = classify(&self.current.snapshot, &next.snapshot);
@@ -409,17 +489,17 @@ impl Supervisor {
     fn install_for_reload(
         &mut self,
         id: u64,
-        settings: Settings,
+        settings: Built,
         next: Prepared,
         keys: Vec<String>,
     ) -> Option<Reloaded> {
         let Some(targets) = self.running.as_ref().map(|r| r.targets.clone()) else {
             let _ = std::fs::remove_file(&next.path);
-            return Some(Reloaded::Done(Err("no broker is running".into())));
+            return Some(Reloaded::Done(Err(ChangeError::NoBroker)));
         };
         let path = self.current.path.clone();
         if let Err(e) = std::fs::rename(&next.path, &path) {
-            return Some(self.refused(format!("cannot install the new configuration: {e}")));
+            return Some(self.refused(ChangeError::Install(e)));
         }
         let next = Prepared { path, ..next };
         // From 2.10 the broker answers a reload request on `$SYS` with its
@@ -434,11 +514,7 @@ impl Supervisor {
             let via_sys = match (sys, before.as_ref().and_then(|v| v.server_id.clone())) {
                 (Some(settings), Some(server_id)) => {
                     match crate::auth::system_client(&settings).await {
-                        Ok(client) => Some(
-                            crate::auth::sys_reload(&client, &server_id)
-                                .await
-                                .map_err(|e| e.to_string()),
-                        ),
+                        Ok(client) => Some(crate::auth::sys_reload(&client, &server_id).await),
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot reach the broker as the system user; reloading with SIGHUP");
                             None
@@ -474,7 +550,7 @@ impl Supervisor {
         &mut self,
         id: u64,
         before: Option<Box<Varz>>,
-        via_sys: Option<Result<(), String>>,
+        via_sys: Option<Result<(), AuthError>>,
     ) {
         if !self.current_job(id) {
             return;
@@ -494,7 +570,9 @@ impl Supervisor {
             }
             Some(Err(why)) => {
                 tracing::warn!(reason = %why, "the broker refused the reload (answered through $SYS)");
-                (Some(ReloadOutcome::Failed(why)), None)
+                // The broker's verdict is its words: the same as it logs
+                // after SIGHUP, read by `needs_restart`.
+                (Some(ReloadOutcome::Failed(why.to_string())), None)
             }
             None => {
                 let outcomes = self.output.reloads();
@@ -504,7 +582,7 @@ impl Supervisor {
                 };
                 if let Err(e) = sent {
                     self.write_back_current();
-                    let res = self.refused(format!("cannot signal the broker: {e}"));
+                    let res = self.refused(ChangeError::Signal(e));
                     self.end_job(res);
                     return;
                 }
@@ -588,11 +666,11 @@ impl Supervisor {
             ),
             Some(ReloadOutcome::Failed(why)) => {
                 self.write_back_current();
-                self.refused(format!("nats-server refused the new configuration, the previous one keeps serving: {why}"))
+                self.refused(ChangeError::BrokerRefused(why))
             }
             None => {
                 self.write_back_current();
-                self.refused(format!("nats-server logged no reload outcome within {RELOAD_CONFIRM:?}; the previous configuration stays"))
+                self.refused(ChangeError::NoOutcome)
             }
         };
         self.end_job(res);
@@ -632,7 +710,7 @@ impl Supervisor {
                 for reply in replies {
                     match &res {
                         Reloaded::Done(r) => {
-                            let _ = reply.send(r.clone());
+                            let _ = reply.send(answer_of(r));
                         }
                         Reloaded::Pending => {
                             if let Some(old) = self.pending_reply.replace(reply) {
@@ -664,7 +742,7 @@ impl Supervisor {
     pub(super) fn abandon_changes(&mut self, why: &str) {
         let queued = std::mem::take(&mut self.queued);
         for reply in queued.request.into_iter().flatten() {
-            let _ = reply.send(Err(why.to_owned()));
+            let _ = reply.send(Err(why.into()));
         }
         let Some(job) = self.job.take() else {
             return;
@@ -673,12 +751,12 @@ impl Supervisor {
         if let Phase::Reloading { settings, next, .. } = job.phase {
             // The new file is installed: whatever runs next starts from
             // it, so it is the configuration in force.
-            self.settings = *settings;
+            self.set_built(*settings);
             self.set_current(*next, false);
         }
         if let Origin::Request(replies) = job.origin {
             for reply in replies {
-                let _ = reply.send(Err(why.to_owned()));
+                let _ = reply.send(Err(why.into()));
             }
         }
     }
@@ -700,12 +778,12 @@ impl Supervisor {
             return;
         };
         if let Phase::Reloading { settings, next, .. } = job.phase {
-            self.settings = *settings;
+            self.set_built(*settings);
             self.set_current(*next, false);
         }
-        let why = "the broker exited during the reload; it starts again with the new configuration";
+        let why = ChangeError::BrokerExited;
         tracing::warn!("{why}");
-        self.finish_change(job.origin, Reloaded::Done(Err(why.into())));
+        self.finish_change(job.origin, Reloaded::Done(Err(why)));
         if let Some(origin) = self.queued.take_next() {
             self.begin_change(origin);
         }
@@ -713,8 +791,8 @@ impl Supervisor {
 
     /// The running settings become `settings`; what natsmeshd applies
     /// itself follows (the restart policy).
-    pub(super) fn adopt_settings(&mut self, settings: Settings) {
-        let old = std::mem::replace(&mut self.settings, settings);
+    pub(super) fn adopt_settings(&mut self, settings: Built) {
+        let old = self.set_built(settings);
         if old.restart != self.settings.restart {
             self.retune(false);
         }
@@ -757,10 +835,10 @@ impl Supervisor {
         }
     }
 
-    fn refused(&mut self, why: String) -> Reloaded {
+    fn refused(&mut self, why: ChangeError) -> Reloaded {
         tracing::error!(message_id = ids::RELOAD_FAILED, "{why}");
         self.health.reloads_failed += 1;
-        self.health.last_reload = Some(why.lines().next().unwrap_or_default().to_owned());
+        self.health.last_reload = Some(last_reload_line(&why));
         self.publish();
         Reloaded::Done(Err(why))
     }
@@ -769,7 +847,7 @@ impl Supervisor {
     /// plan the restart (through the region's lease when coordinated).
     pub(super) fn restart_for(
         &mut self,
-        settings: Settings,
+        settings: Built,
         next: Prepared,
         reasons: Vec<String>,
     ) -> Reloaded {
@@ -777,7 +855,7 @@ impl Supervisor {
         if next.path != path
             && let Err(e) = std::fs::rename(&next.path, &path)
         {
-            return self.refused(format!("cannot install the new configuration: {e}"));
+            return self.refused(ChangeError::Install(e));
         }
         tracing::warn!(message_id = ids::RESTART, reasons = %reasons.join("; "), "restart pending: the change needs a broker restart");
         self.health.restart_pending = reasons.clone();
@@ -785,7 +863,7 @@ impl Supervisor {
         self.retune(true);
         self.set_current(Prepared { path, ..next }, false);
         if self.running.is_none() {
-            return Reloaded::Done(Err("no broker is running".into()));
+            return Reloaded::Done(Err(ChangeError::NoBroker));
         }
         self.plan_restart(format!("configuration change: {}", reasons.join("; ")));
         Reloaded::Pending
@@ -805,10 +883,10 @@ impl Supervisor {
             let res = tokio::task::spawn_blocking(move || {
                 crate::tls::ensure(&tls, std::time::SystemTime::now(), false)
                     .map(|(current, _)| current)
-                    .map_err(|e| e.to_string())
+                    .map_err(RenewError::Tls)
             })
             .await
-            .unwrap_or_else(|e| Err(format!("the renewal task failed: {e}")));
+            .unwrap_or_else(|e| Err(RenewError::Task(e)));
             let _ = tx.send(Event::Certificate(res)).await;
         });
     }
@@ -817,7 +895,7 @@ impl Supervisor {
     /// confirmed by asking the broker which certificate it serves; or a
     /// restart where the broker would keep an old one (gateways before
     /// 2.11.4).
-    fn on_certificate(&mut self, res: Result<crate::tls::Current, String>) {
+    fn on_certificate(&mut self, res: Result<crate::tls::Current, RenewError>) {
         let Some(tls) = self.settings.tls.clone() else {
             return;
         };
@@ -915,10 +993,8 @@ impl Supervisor {
         let tx = self.events.clone();
         self.tasks.spawn(async move {
             let answers = match crate::auth::system_client(&settings).await {
-                Ok(client) => crate::auth::accounts_of_all(&client)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(client) => crate::auth::accounts_of_all(&client).await,
+                Err(e) => Err(e),
             };
             let _ = tx.send(Event::Accounts { pid, answers }).await;
         });
@@ -927,7 +1003,11 @@ impl Supervisor {
     /// Compares this node's accounts with every server's answer. The same:
     /// the node serves. Not the same: it stays out of service, saying what
     /// differs, until they agree (a reload on either side).
-    fn on_accounts(&mut self, pid: u32, answers: Result<Vec<(String, BTreeSet<String>)>, String>) {
+    fn on_accounts(
+        &mut self,
+        pid: u32,
+        answers: Result<Vec<(String, BTreeSet<String>)>, AuthError>,
+    ) {
         if self.accounts_asked == Some(pid) {
             self.accounts_asked = None;
         }
@@ -1002,6 +1082,25 @@ impl Supervisor {
     }
 }
 
+/// A change's outcome as a command's answer: the refusal's words go back
+/// to whoever asked (the control socket's reply).
+fn answer_of(res: &Result<String, ChangeError>) -> crate::command::Answer {
+    match res {
+        Ok(msg) => Ok(msg.clone()),
+        Err(why) => Err(crate::command::Refused::because(why)),
+    }
+}
+
+/// What `status` shows as the last reload for a refusal: its first line
+/// (the config problems that follow it are in the log and the answer).
+fn last_reload_line(why: &ChangeError) -> String {
+    why.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// The outcome the broker logs after SIGHUP, within [`RELOAD_CONFIRM`].
 async fn wait_outcome(mut outcomes: broadcast::Receiver<ReloadOutcome>) -> Option<ReloadOutcome> {
     tokio::time::timeout(RELOAD_CONFIRM, async {
@@ -1038,6 +1137,103 @@ mod tests {
         };
         assert!(matches!(q.take_next(), Some(Origin::Discovery)));
         assert!(q.take_next().is_none());
+    }
+
+    /// The refusals' words are what operators read and tests match: the
+    /// typed kinds say exactly what the strings said before them.
+    #[test]
+    fn change_refusals_keep_their_words() {
+        let problems = config::Problems(vec![
+            config::Problem {
+                location: None,
+                key: Some("broker.listen".into()),
+                message: "not an address".into(),
+            },
+            config::Problem {
+                location: None,
+                key: Some("broker.cluster.routes".into()),
+                message: "empty".into(),
+            },
+        ]);
+        let settings = ChangeError::Settings(problems.clone());
+        assert_eq!(
+            settings.to_string(),
+            format!("configuration refused, the previous one keeps serving:\n{problems}")
+        );
+        // `status` shows the first line; the problems follow in the log.
+        assert_eq!(
+            last_reload_line(&settings),
+            "configuration refused, the previous one keeps serving:"
+        );
+        let tls = TlsError::Read {
+            path: "/etc/natsmesh/ca.pem".into(),
+            why: "gone".into(),
+        };
+        let cases = [
+            (
+                ChangeError::Tls(tls.clone()),
+                "TLS: cannot read /etc/natsmesh/ca.pem: gone; the previous configuration keeps serving".to_owned(),
+            ),
+            (
+                ChangeError::SystemUser(AuthError::NoSystemUser),
+                "system user: no system user configured; the previous configuration keeps serving".to_owned(),
+            ),
+            (
+                ChangeError::Prepare(Box::new(PrepareError::Write {
+                    path: "/var/lib/natsmesh/nats-server.next.conf".into(),
+                    source: std::io::Error::other("denied"),
+                })),
+                "configuration refused, the previous one keeps serving: cannot write /var/lib/natsmesh/nats-server.next.conf: denied".to_owned(),
+            ),
+            (
+                ChangeError::NotWhile(State::Draining),
+                "cannot reload while draining".to_owned(),
+            ),
+            (ChangeError::NoBroker, "no broker is running".to_owned()),
+            (
+                ChangeError::Install(std::io::Error::other("denied")),
+                "cannot install the new configuration: denied".to_owned(),
+            ),
+            (
+                ChangeError::Signal(std::io::Error::other("no such process")),
+                "cannot signal the broker: no such process".to_owned(),
+            ),
+            (
+                ChangeError::BrokerRefused("config reload not supported for jetstream".into()),
+                "nats-server refused the new configuration, the previous one keeps serving: config reload not supported for jetstream".to_owned(),
+            ),
+            (
+                ChangeError::NoOutcome,
+                format!(
+                    "nats-server logged no reload outcome within {RELOAD_CONFIRM:?}; the previous configuration stays"
+                ),
+            ),
+            (
+                ChangeError::BrokerExited,
+                "the broker exited during the reload; it starts again with the new configuration".to_owned(),
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.to_string(), want);
+            assert_eq!(last_reload_line(&err), want, "one line");
+        }
+        // A failed renewal shows the TLS error itself in `status`.
+        assert_eq!(RenewError::Tls(tls.clone()).to_string(), tls.to_string());
+    }
+
+    /// Whoever asked for the change gets the refusal's words, or what
+    /// was done.
+    #[test]
+    fn a_change_answers_its_asker_in_the_same_words() {
+        use crate::command::Refused;
+        assert_eq!(
+            answer_of(&Err(ChangeError::NotWhile(State::Stopped))),
+            Err(Refused::Because("cannot reload while stopped".into()))
+        );
+        assert_eq!(
+            answer_of(&Ok("reloaded (max_payload)".into())),
+            Ok("reloaded (max_payload)".into())
+        );
     }
 
     #[test]

@@ -12,8 +12,7 @@ use super::lifecycle::Event as Step;
 use super::planned::Plan;
 use super::{Event, NEXT_NAME, State, Supervisor};
 use crate::logging::ids;
-use crate::prepare::Prepared;
-use crate::prepare::prepare_in;
+use crate::prepare::{PrepareError, Prepared, prepare_in};
 use crate::upgrade::{self, HandoffFile};
 
 /// How often the binaries are looked at.
@@ -54,12 +53,12 @@ impl Supervisor {
         // Looked at once per new file, whatever comes of it.
         self.broker_bin = now;
         self.binary_checking = true;
+        // The settings the running broker was built with (by
+        // `prepare::effective`), checked against the new binary.
         let settings = self.settings.clone();
         let tx = self.events.clone();
         self.tasks.spawn(async move {
-            let next = prepare_in(&settings, &settings.state_dir, NEXT_NAME)
-                .await
-                .map_err(|e| e.to_string());
+            let next = prepare_in(&settings, &settings.state_dir, NEXT_NAME).await;
             let _ = tx.send(Event::NewBroker { path, next }).await;
         });
     }
@@ -68,7 +67,7 @@ impl Supervisor {
     pub(super) fn on_new_broker(
         &mut self,
         path: std::path::PathBuf,
-        next: Result<Prepared, String>,
+        next: Result<Prepared, PrepareError>,
     ) {
         self.binary_checking = false;
         match next {
@@ -97,8 +96,8 @@ impl Supervisor {
             Ok(next) => {
                 let running = self.running_version();
                 let why = format!("a new nats-server binary ({running} → {})", next.version);
-                let settings = self.settings.clone();
-                let _ = self.restart_for(settings, next, vec![why]);
+                let built = self.built();
+                let _ = self.restart_for(built, next, vec![why]);
             }
         }
     }
@@ -125,7 +124,7 @@ impl Supervisor {
             // The new binary must accept this configuration before it gets
             // the broker: an image that refused it would exit, and the
             // broker with it.
-            let result = upgrade::check_with(&exe).await.map_err(|e| e.to_string());
+            let result = upgrade::check_with(&exe).await;
             if result.is_ok() {
                 // The broker's lines so far reach the log before the exec.
                 let _ = tokio::time::timeout(Duration::from_secs(1), output.flush()).await;
@@ -139,7 +138,7 @@ impl Supervisor {
     pub(super) fn on_reexec_checked(
         &mut self,
         exe: std::path::PathBuf,
-        result: Result<(), String>,
+        result: Result<(), upgrade::CheckError>,
     ) {
         self.reexec_checking = false;
         if let Err(e) = result {
@@ -206,7 +205,7 @@ impl Supervisor {
         let targets = match self.probe_targets() {
             Ok(t) => t,
             Err(why) => {
-                self.step(Step::SpawnFailed(why));
+                self.step(Step::SpawnFailed(why.to_string()));
                 return;
             }
         };

@@ -106,6 +106,31 @@ pub struct Current {
     pub root_not_after: Option<SystemTime>,
 }
 
+/// The node certificate set in use: the files the broker loads and what is
+/// known about the certificate in them. An input of the broker's
+/// effective configuration ([`crate::prepare::effective`]) and, on its
+/// watch channel, what status and metrics read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSet {
+    /// The certificate (chain) file.
+    pub cert_file: std::path::PathBuf,
+    /// Its key.
+    pub key_file: std::path::PathBuf,
+    /// The certificate, its issuer's and the roots' expiry.
+    pub current: Current,
+}
+
+impl CertSet {
+    /// The set `settings` names, holding `current`.
+    pub fn new(settings: &TlsSettings, current: Current) -> Self {
+        Self {
+            cert_file: settings.cert_file.clone(),
+            key_file: settings.key_file.clone(),
+            current,
+        }
+    }
+}
+
 /// The earliest expiry among the trusted roots.
 fn earliest_root(settings: &TlsSettings) -> Option<SystemTime> {
     let roots = roots(settings).ok()?;

@@ -44,19 +44,45 @@ impl std::fmt::Display for Window {
     }
 }
 
-fn day(name: &str) -> Result<usize, String> {
-    DAYS.iter()
-        .position(|d| d.eq_ignore_ascii_case(name))
-        .ok_or_else(|| {
-            format!(
-                "{name:?} is not a day: use {} (a range like Mon-Fri, or a list like Sat,Sun)",
-                DAYS.join(" ")
-            )
-        })
+/// Why a `window` is not one; each names the part at fault and the form
+/// expected (shown under the key `maintenance.window`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    /// Not three-letter English day names.
+    #[error("{0:?} is not a day: use {days} (a range like Mon-Fri, or a list like Sat,Sun)", days = DAYS.join(" "))]
+    NotADay(String),
+    /// Not `HH:MM`.
+    #[error("{0:?} is not a time of day: use HH:MM, 00:00 to 24:00")]
+    NotATime(String),
+    /// Not `[DAYS] HH:MM-HH:MM UTC` at all.
+    #[error(
+        "{0:?} is not a window: use \"[DAYS] HH:MM-HH:MM UTC\", e.g. \"Mon-Fri 02:00-05:00 UTC\""
+    )]
+    NotAWindow(String),
+    /// A zone other than UTC, or none.
+    #[error(
+        "the window {0:?} must end with its zone, UTC (only UTC is understood: write the hours in UTC), as in \"Mon-Fri 02:00-05:00 UTC\""
+    )]
+    NotUtc(String),
+    /// A list of days that names none.
+    #[error("the window {0:?} names no day")]
+    NoDay(String),
+    /// Not `HH:MM-HH:MM`.
+    #[error("{0:?} is not a span of the day: use HH:MM-HH:MM, e.g. 02:00-05:00")]
+    NotASpan(String),
+    /// Start and end are the same time.
+    #[error("the window {0:?} is empty: leave `window` out to allow reboots at any time")]
+    Empty(String),
 }
 
-fn minute(hhmm: &str) -> Result<u32, String> {
-    let bad = || format!("{hhmm:?} is not a time of day: use HH:MM, 00:00 to 24:00");
+fn day(name: &str) -> Result<usize, WindowError> {
+    DAYS.iter()
+        .position(|d| d.eq_ignore_ascii_case(name))
+        .ok_or_else(|| WindowError::NotADay(name.to_owned()))
+}
+
+fn minute(hhmm: &str) -> Result<u32, WindowError> {
+    let bad = || WindowError::NotATime(hhmm.to_owned());
     let (h, m) = hhmm.split_once(':').ok_or_else(bad)?;
     if h.len() != 2 || m.len() != 2 {
         return Err(bad());
@@ -69,26 +95,22 @@ fn minute(hhmm: &str) -> Result<u32, String> {
 }
 
 impl std::str::FromStr for Window {
-    type Err = String;
+    type Err = WindowError;
 
     /// `[DAYS] HH:MM-HH:MM UTC`; DAYS is a comma-separated list of days
     /// (`Mon` … `Sun`) and ranges (`Mon-Fri`, `Fri-Mon`), every day when
     /// left out. Only UTC: a machine's local zone is not the fleet's.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, WindowError> {
         let words: Vec<&str> = s.split_whitespace().collect();
         let (days, span, zone) = match words.as_slice() {
             [span, zone] => (None, *span, *zone),
             [days, span, zone] => (Some(*days), *span, *zone),
             _ => {
-                return Err(format!(
-                    "{s:?} is not a window: use \"[DAYS] HH:MM-HH:MM UTC\", e.g. \"Mon-Fri 02:00-05:00 UTC\""
-                ));
+                return Err(WindowError::NotAWindow(s.to_owned()));
             }
         };
         if zone != "UTC" {
-            return Err(format!(
-                "the window {s:?} must end with its zone, UTC (only UTC is understood: write the hours in UTC), as in \"Mon-Fri 02:00-05:00 UTC\""
-            ));
+            return Err(WindowError::NotUtc(s.to_owned()));
         }
         let mut on = [days.is_none(); 7];
         for part in days
@@ -113,16 +135,14 @@ impl std::str::FromStr for Window {
             }
         }
         if on == [false; 7] {
-            return Err(format!("the window {s:?} names no day"));
+            return Err(WindowError::NoDay(s.to_owned()));
         }
-        let (a, b) = span.split_once('-').ok_or_else(|| {
-            format!("{span:?} is not a span of the day: use HH:MM-HH:MM, e.g. 02:00-05:00")
-        })?;
+        let (a, b) = span
+            .split_once('-')
+            .ok_or_else(|| WindowError::NotASpan(span.to_owned()))?;
         let (start, end) = (minute(a)? % MINUTES_PER_DAY, minute(b)?);
         if start == end {
-            return Err(format!(
-                "the window {span:?} is empty: leave `window` out to allow reboots at any time"
-            ));
+            return Err(WindowError::Empty(span.to_owned()));
         }
         Ok(Self {
             days: on,
@@ -214,7 +234,11 @@ mod tests {
 
     #[test]
     fn bad_windows_say_what_is_wrong() {
-        let e = |s: &str| s.parse::<Window>().unwrap_err();
+        let e = |s: &str| s.parse::<Window>().unwrap_err().to_string();
+        assert_eq!(
+            "Mon-Fry 02:00-05:00 UTC".parse::<Window>(),
+            Err(WindowError::NotADay("Fry".into()))
+        );
         assert!(e("Mon-Fri 02:00-05:00").contains("must end with its zone, UTC"));
         assert!(e("Mon-Fri 02:00-05:00 CET").contains("only UTC"));
         assert!(e("Mon - Fri 02:00-05:00 UTC").contains("is not a window"));

@@ -40,11 +40,12 @@ fn apply_reboot(
     raw: &crate::config::schema::RawMaintenance,
 ) -> Option<crate::config::settings::reboot::RebootSettings> {
     use crate::config::schema::RebootMode;
-    let window = match raw.window.as_deref().map(str::parse) {
+    use crate::config::settings::reboot::Window;
+    let window = match raw.window.as_deref().map(str::parse::<Window>) {
         None => None,
         Some(Ok(w)) => Some(w),
         Some(Err(e)) => {
-            c.problem("maintenance.window", e);
+            c.problem("maintenance.window", e.to_string());
             None
         }
     };

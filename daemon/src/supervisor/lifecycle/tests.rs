@@ -414,10 +414,14 @@ fn a_stop_with_no_broker_ends_at_once() {
 fn drain_stays_down_until_undrain() {
     let mut h = H::new(tuning());
     let pid = h.ready();
-    assert!(matches!(
-        h.step(Event::Undrain).as_slice(),
-        [Action::Answer(Err(_))]
-    ));
+    assert_eq!(
+        h.step(Event::Undrain),
+        [Action::Answer(Err(Refusal::NotDrained(State::Ready)))]
+    );
+    assert_eq!(
+        Refusal::NotDrained(State::Ready).to_string(),
+        "not drained (state ready); nothing to undo"
+    );
     let out = h.step(Event::Drain { pointed: None });
     assert_eq!(signals(&out), [Sig::LameDuck]);
     let out = h.exited(pid);

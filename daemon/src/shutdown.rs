@@ -1,10 +1,13 @@
-//! One shutdown for the work the supervisor runs off its loop: every task
-//! it starts is tracked, and when supervision ends the tasks that may be
-//! given up (checks, confirmations, the wait for the lease) are cancelled
-//! while those that must finish (giving the restart lease back, removing
-//! this server from the JetStream group) are awaited — all within a
-//! bounded grace, so natsmeshd's exit never waits on a peer that does not
-//! answer, and never drops a lease release half-sent either.
+//! One shutdown for every task natsmeshd runs: those `run` starts beside
+//! the supervisor (the control socket, signals, discovery, the pointers,
+//! metrics, the fleet's watchers) and the work the supervisor runs off its
+//! loop. Every task is tracked, and when supervision ends the tasks that
+//! may be given up (servers, followers, checks, the wait for the lease)
+//! are cancelled while those that must finish (giving the restart lease
+//! back, removing this server from the JetStream group) are awaited — all
+//! within a bounded grace, so natsmeshd's exit never waits on a peer that
+//! does not answer, and never drops a lease release half-sent either.
+//! A leaf: it names no other module.
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,18 +18,18 @@ use tokio_util::task::TaskTracker;
 /// How long the end of supervision waits for the work that must finish (a
 /// lease release is one request; a JetStream removal a few). systemd's
 /// stop budget has room for it after the broker's own stop.
-pub(crate) const GRACE: Duration = Duration::from_secs(10);
+pub const GRACE: Duration = Duration::from_secs(10);
 
-/// The supervisor's tasks.
+/// natsmeshd's tasks; clones share them.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Tasks {
+pub struct Tasks {
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
 
 impl Tasks {
     /// Work that may be given up: it ends as soon as shutdown begins.
-    pub(crate) fn spawn<F>(&self, work: F)
+    pub fn spawn<F>(&self, work: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -37,7 +40,7 @@ impl Tasks {
     }
 
     /// Work that must finish: awaited at shutdown (up to the grace).
-    pub(crate) fn spawn_awaited<F>(&self, work: F)
+    pub fn spawn_awaited<F>(&self, work: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -46,7 +49,7 @@ impl Tasks {
 
     /// Ends them: cancels what may be given up and waits up to `grace` for
     /// the rest; whether every task ended.
-    pub(crate) async fn shutdown(&self, grace: Duration) -> bool {
+    pub async fn shutdown(&self, grace: Duration) -> bool {
         self.cancel.cancel();
         self.tracker.close();
         tokio::time::timeout(grace, self.tracker.wait())
@@ -106,5 +109,47 @@ mod tests {
         tasks.spawn(async move { flag.store(true, Ordering::SeqCst) });
         tokio::task::yield_now().await;
         assert!(!ran.load(Ordering::SeqCst));
+    }
+
+    /// Counts the tasks still alive: dropped when a task's future is.
+    struct Alive(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Alive {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_task_that_watches_the_shutdown_ends_and_one_that_ignores_it_is_left_at_the_grace()
+     {
+        let tasks = Tasks::default();
+        let alive = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Servers and followers as run starts them: loops that never end
+        // by themselves.
+        for _ in 0..12 {
+            alive.fetch_add(1, Ordering::SeqCst);
+            let guard = Alive(alive.clone());
+            tasks.spawn(async move {
+                let _guard = guard;
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+        // One that must finish but never does.
+        tasks.spawn_awaited(std::future::pending());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(alive.load(Ordering::SeqCst), 12);
+        let t = Instant::now();
+        assert!(
+            !tasks.shutdown(GRACE).await,
+            "the stuck task counted as ended"
+        );
+        assert_eq!(
+            t.elapsed(),
+            GRACE,
+            "the shutdown was not bounded by its grace"
+        );
+        assert_eq!(alive.load(Ordering::SeqCst), 0, "a cancelled task lives on");
     }
 }
