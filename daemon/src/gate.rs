@@ -66,6 +66,47 @@ pub enum GateError {
     Timeout,
 }
 
+/// How often [`bind_when_free`] tries the gateway's address again.
+const RETRY_BIND: Duration = Duration::from_secs(1);
+
+/// The gateway's address once nobody else listens on it.
+///
+/// After a package upgrade from a natsmeshd without the gate, the broker
+/// it hands over still listens on the gateway's address itself; the gate
+/// can take it only once that broker restarts with the new configuration
+/// (its gateway on loopback), which the changed configuration brings under
+/// the restart lease. Until then the broker keeps answering gateways as it
+/// did before the upgrade. Other errors are retried too, at the same pace:
+/// the gate must come up without a natsmeshd restart.
+pub async fn bind_when_free(listen: std::net::SocketAddr) -> TcpListener {
+    let mut told = false;
+    loop {
+        match TcpListener::bind(listen).await {
+            Ok(l) => {
+                if told {
+                    tracing::info!(%listen, "gateway gate: the address is free and the gate listens");
+                }
+                return l;
+            }
+            Err(e) => {
+                if !told {
+                    tracing::warn!(%listen, error = %e, "gateway gate: the running broker still listens for gateways itself (started by a natsmeshd without the gate); the gate takes the address when it restarts");
+                    told = true;
+                }
+                tokio::time::sleep(RETRY_BIND).await;
+            }
+        }
+    }
+}
+
+/// Takes the gateway's address once it is free ([`bind_when_free`]), then
+/// serves.
+#[tracing::instrument(name = "gate", skip_all)]
+pub async fn serve_when_free(settings: GateSettings) {
+    let listener = bind_when_free(settings.listen).await;
+    serve(listener, settings).await;
+}
+
 /// Serves until the task is aborted.
 #[tracing::instrument(name = "gate", skip_all)]
 pub async fn serve(listener: TcpListener, settings: GateSettings) {
@@ -231,6 +272,31 @@ pub use crate::addr::broker_listener;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_gate_takes_its_address_once_the_old_broker_lets_go() {
+        // The broker a natsmeshd without the gate started, still on the
+        // gateway's address.
+        let held = match std::net::TcpListener::bind("127.0.0.1:0") {
+            Ok(l) => l,
+            Err(e) => panic!("bind: {e}"),
+        };
+        let addr = match held.local_addr() {
+            Ok(a) => a,
+            Err(e) => panic!("local_addr: {e}"),
+        };
+        let waiting = tokio::spawn(bind_when_free(addr));
+        tokio::time::sleep(RETRY_BIND * 2).await;
+        assert!(!waiting.is_finished(), "bound an address someone holds");
+        // The broker restarts with its gateway on loopback: the address
+        // is free, and the gate has it within one retry.
+        drop(held);
+        let l = match tokio::time::timeout(RETRY_BIND * 3, waiting).await {
+            Ok(Ok(l)) => l,
+            other => panic!("the gate did not take the freed address: {other:?}"),
+        };
+        assert_eq!(l.local_addr().ok(), Some(addr));
+    }
 
     #[test]
     fn the_claimed_region_is_read_from_connect_and_must_be_a_label() {

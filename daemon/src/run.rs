@@ -68,13 +68,19 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         },
     };
     // The gateway gate takes the gateway's address before the broker
-    // starts: a taken port is a clear start-up failure.
+    // starts: a taken port is a clear start-up failure — unless a broker
+    // is handed over, which may be one a natsmeshd without the gate
+    // started, still listening there itself: the gate then takes the
+    // address when that broker restarts (`gate::bind_when_free`).
     let gate = match settings.gate.clone() {
         None => None,
         Some(g) => match tokio::net::TcpListener::bind(g.listen).await {
             Ok(l) => {
                 tracing::info!(listen = %g.listen, broker = %g.broker, "gateway gate: a peer's claimed region must match its certificate");
-                Some((l, g))
+                Some((Some(l), g))
+            }
+            Err(e) if handoff.is_some() && e.kind() == std::io::ErrorKind::AddrInUse => {
+                Some((None, g))
             }
             Err(e) => {
                 eprintln!("natsmeshd: cannot listen for gateways on {}: {e}", g.listen);
@@ -143,8 +149,14 @@ pub async fn run(config_path: Option<PathBuf>, settings: Settings) -> i32 {
         }
     };
     // Nothing fails from here on: the tasks start.
-    if let Some((l, g)) = gate {
-        tasks.spawn(crate::gate::serve(l, g));
+    match gate {
+        Some((Some(l), g)) => {
+            tasks.spawn(crate::gate::serve(l, g));
+        }
+        Some((None, g)) => {
+            tasks.spawn(crate::gate::serve_when_free(g));
+        }
+        None => {}
     }
     let discovery_health = found_tx
         .as_ref()

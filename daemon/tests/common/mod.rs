@@ -250,8 +250,19 @@ port = {metrics}
         let stderr = child.stderr.take().unwrap();
         let log = d.log.clone();
         let done = d.log_done.clone();
+        // Also on disk beside the config, for a person looking at a test
+        // that hangs (or was killed before it could print the log).
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.dir.path().join("natsmeshd.log"))
+            .ok();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = file.as_mut() {
+                    use std::io::Write as _;
+                    let _ = writeln!(f, "{line}");
+                }
                 let mut l = log.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
