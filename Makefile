@@ -104,7 +104,7 @@ rpm: package-tools release stage-broker manpage
 unit-security:
 	scripts/unit-security
 
-# Failure drills (root; about 16 minutes): every drill, longer, reports in
+# Failure drills (root; about 30 minutes): every drill, longer, reports in
 # bench/results/drills/ (Markdown and JSON). CI plays two, reduced (a lost
 # region; the rolling upgrade from a copy of the current build). Here the
 # rolling upgrade starts from natsmeshd as built at

@@ -2,9 +2,10 @@
 //! (a restart a configuration change needs, an upgrade) first takes the
 //! region's restart lease, held in the supercluster itself, and only once
 //! the region can spare this node — all its servers answer, every
-//! replicated stream hosted here has its other replicas current, and no
-//! other node of it holds a maintenance or drain lease
-//! ([`maintenance`]).
+//! replicated stream hosted here has its other replicas current (wherever
+//! they are), no other node of it holds a maintenance or drain lease
+//! ([`maintenance`]), and, under per-region leases, no replica of such a
+//! stream in another region holds that region's restart lease.
 //!
 //! The supervisor asks with [`acquire`] and hears back through a channel:
 //! why it still waits (for STATUS), then the lease ([`Held`]), which it
@@ -24,6 +25,7 @@ pub mod reboot;
 pub mod report;
 pub mod view;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +66,95 @@ pub enum NotYet {
     /// Another node holds the lease.
     #[error("the restart lease is held by {0}")]
     HeldBy(String),
+    /// A replica, in another region, of a stream hosted here restarts
+    /// under its own region's lease.
+    #[error(
+        "{peer} (region {region}), a replica of a stream hosted here, holds its region's restart lease"
+    )]
+    PeerRestarting {
+        /// The peer.
+        peer: String,
+        /// Its region.
+        region: String,
+    },
+    /// Taken and given back: such a peer took its region's lease at the
+    /// same moment (each gives way; they try again apart).
+    #[error(
+        "gave the restart lease back: {peer} (region {region}), a replica of a stream hosted here, took its region's at the same moment"
+    )]
+    Yielded {
+        /// The peer.
+        peer: String,
+        /// Its region.
+        region: String,
+    },
+    /// Another region's restart lease, which a replica of a stream hosted
+    /// here may hold, could not be read.
+    #[error(
+        "cannot read region {region}'s restart lease (a replica of a stream hosted here is there): {source}"
+    )]
+    PeerLease {
+        /// The region.
+        region: String,
+        /// Why.
+        #[source]
+        source: lease::LeaseError,
+    },
+}
+
+/// The first peer elsewhere (`elsewhere`: peer → its region) that holds
+/// its region's restart lease (`holders`: region → holder), and its region.
+pub fn peer_restarting(
+    elsewhere: &BTreeMap<String, String>,
+    holders: &BTreeMap<String, Option<String>>,
+) -> Option<(String, String)> {
+    elsewhere.iter().find_map(|(peer, region)| {
+        holders
+            .get(region)?
+            .as_ref()
+            .filter(|h| *h == peer)
+            .map(|_| (peer.clone(), region.clone()))
+    })
+}
+
+/// Who holds the restart lease of each region in `elsewhere`'s values
+/// (nobody where the bucket was never made).
+async fn holders_of(
+    js: &jetstream::Context,
+    elsewhere: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Option<String>>, NotYet> {
+    let regions: BTreeSet<&String> = elsewhere.values().collect();
+    let mut out = BTreeMap::new();
+    for region in regions {
+        let failed = |e: Box<dyn std::error::Error + Send + Sync>| NotYet::PeerLease {
+            region: region.clone(),
+            source: lease::LeaseError::Kv(e),
+        };
+        let name = lease::bucket_name(region);
+        match js.get_stream(format!("KV_{name}")).await {
+            Ok(_) => {}
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                out.insert(region.clone(), None);
+                continue;
+            }
+            Err(e) => return Err(failed(Box::new(e))),
+        }
+        let store = js
+            .get_key_value(&name)
+            .await
+            .map_err(|e| failed(Box::new(e)))?;
+        let holder = lease::holder(&store)
+            .await
+            .map_err(|source| NotYet::PeerLease {
+                region: region.clone(),
+                source,
+            })?;
+        out.insert(region.clone(), holder.map(|h| h.server));
+    }
+    Ok(out)
 }
 
 /// What the supervisor hears while it waits.
@@ -140,6 +231,14 @@ pub async fn acquire(
                 return;
             }
             Err(wait) => {
+                // Two peers that gave way to each other try again apart.
+                if matches!(wait, NotYet::Yielded { .. }) {
+                    let apart = Duration::from_millis(fastrand::u64(0..=2000));
+                    tokio::select! {
+                        _ = tokio::time::sleep(apart) => {}
+                        _ = tx.closed() => return,
+                    }
+                }
                 let wait = wait.to_string();
                 if wait != last {
                     tracing::info!(reason = %wait, "waiting before a restart");
@@ -187,9 +286,19 @@ async fn attempt(
     let sys = crate::auth::system_client(settings)
         .await
         .map_err(NotYet::AskRegion)?;
-    let view = view::gather(&sys, &cluster, ANSWER_WAIT).await?;
+    // The whole supercluster answers: a stream hosted here may have its
+    // leader or other replicas in another region while it moves between
+    // clusters, and its majority is counted wherever they are.
+    let wide = view::gather_all(&sys, ANSWER_WAIT).await?;
+    let view = wide.of_cluster(&cluster);
     view.peers_ready(region_size(settings))?;
-    view.others_current(me)?;
+    wide.others_current(me)?;
+    // Under per-region leases, regions restart in parallel: a peer of a
+    // stream hosted here restarting in another region counts as out.
+    let elsewhere = match fleet.scope {
+        LeaseScope::Region => wide.peers_elsewhere(me, &cluster),
+        LeaseScope::Supercluster => BTreeMap::new(),
+    };
     let client = crate::auth::local_client(settings, &fleet.login, &fleet.user)
         .await
         .map_err(NotYet::Reach)?;
@@ -203,11 +312,29 @@ async fn attempt(
     if let Some(away) = maintenance::out_in_region(&js, settings).await {
         return Err(NotYet::Away(away));
     }
+    if let Some((peer, region)) = peer_restarting(&elsewhere, &holders_of(&js, &elsewhere).await?) {
+        return Err(NotYet::PeerRestarting { peer, region });
+    }
     let store = lease::bucket(&js, &name, &cluster, fleet.ttl, view.jetstream_servers()).await?;
     let holder = lease::Holder::new(me, nonce, why);
     match lease::take(&store, &holder).await? {
         lease::Take::HeldBy(who) => Err(NotYet::HeldBy(who)),
         lease::Take::Taken(revision) => {
+            // Two peers in two regions may each have looked before the
+            // other took its lease. Each looks again once its own is
+            // written: whichever looks last sees the other, so at most one
+            // goes on (both may give way; they try again apart).
+            let again = match holders_of(&js, &elsewhere).await {
+                Ok(h) => peer_restarting(&elsewhere, &h)
+                    .map(|(peer, region)| NotYet::Yielded { peer, region }),
+                Err(e) => Some(e),
+            };
+            if let Some(wait) = again {
+                if let Err(e) = lease::release(&store, &holder, revision).await {
+                    tracing::warn!(error = %e, "cannot give the restart lease back; it expires");
+                }
+                return Err(wait);
+            }
             let revision = Arc::new(Mutex::new(revision));
             let renewer = tokio::spawn(renew(
                 store.clone(),
@@ -256,4 +383,69 @@ pub struct FleetOps {
     /// Tells [`crate::fleet::maintenance::settle`] to give a lease back
     /// once the node serves again.
     pub settle: std::sync::Arc<tokio::sync::Notify>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_peer_elsewhere_holding_its_regions_lease_holds_this_node_back() {
+        let elsewhere = map(&[("a1", "nyc3"), ("s2", "sgp1")]);
+        let holders =
+            |nyc3: Option<&str>, sgp1: Option<&str>| -> BTreeMap<String, Option<String>> {
+                [("nyc3", nyc3), ("sgp1", sgp1)]
+                    .into_iter()
+                    .map(|(r, h)| (r.to_owned(), h.map(str::to_owned)))
+                    .collect()
+            };
+        // Nobody restarting, or only servers that host none of our streams.
+        assert_eq!(peer_restarting(&elsewhere, &holders(None, None)), None);
+        assert_eq!(
+            peer_restarting(&elsewhere, &holders(Some("a2"), Some("s1"))),
+            None
+        );
+        // A peer restarting in its region.
+        assert_eq!(
+            peer_restarting(&elsewhere, &holders(Some("a2"), Some("s2"))),
+            Some(("s2".into(), "sgp1".into()))
+        );
+        // A holder's name in a region it is not in does not count.
+        assert_eq!(
+            peer_restarting(&map(&[("a1", "nyc3")]), &holders(None, Some("a1"))),
+            None
+        );
+        // No peer elsewhere (every stream inside the region): nothing to ask.
+        assert_eq!(
+            peer_restarting(&BTreeMap::new(), &holders(Some("a1"), None)),
+            None
+        );
+    }
+
+    #[test]
+    fn waiting_for_a_peer_elsewhere_says_who_and_where() {
+        let e = NotYet::PeerRestarting {
+            peer: "a1".into(),
+            region: "nyc3".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "a1 (region nyc3), a replica of a stream hosted here, holds its region's restart lease"
+        );
+        let y = NotYet::Yielded {
+            peer: "a1".into(),
+            region: "nyc3".into(),
+        };
+        assert!(
+            y.to_string()
+                .starts_with("gave the restart lease back: a1 (region nyc3)")
+        );
+    }
 }

@@ -4,6 +4,7 @@
 //! every replicated stream this node hosts has its other replicas current
 //! (as that stream's leader sees them — only the leader tracks its peers).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -381,6 +382,37 @@ impl View {
         Ok(())
     }
 
+    /// The peers of the replicated streams hosted on `me` that are in
+    /// another cluster than `cluster`, each with the cluster its own
+    /// answer names. nats-server keeps a stream's group inside one
+    /// cluster except while it moves between clusters (its peers are then
+    /// in both); a peer that did not answer is left out here, as the
+    /// leader's view already holds it back when it is not current.
+    pub fn peers_elsewhere(&self, me: &str, cluster: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (id, detail) in self.hosted_on(me) {
+            let Some(group) = &detail.cluster else {
+                continue;
+            };
+            let mut names: BTreeSet<&str> =
+                group.replicas.iter().map(|r| r.name.as_str()).collect();
+            if !group.leader.is_empty() {
+                names.insert(group.leader.as_str());
+                if let Some(seen) = self.leader_view(&id, &group.leader) {
+                    names.extend(seen.replicas.iter().map(|r| r.name.as_str()));
+                }
+            }
+            for name in names.into_iter().filter(|n| *n != me) {
+                if let Some(a) = self.answer(name)
+                    && a.server.cluster != cluster
+                {
+                    out.insert(name.to_owned(), a.server.cluster.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Why removing `me` from the region would break a stream's
     /// replication: streams whose replicas could not all be placed on the
     /// servers left, or whose only copy is here.
@@ -461,6 +493,64 @@ mod tests {
         assert_eq!(region(false).others_current("n3"), Ok(()));
         // The leader checks its own followers.
         assert!(region(false).others_current("n1").is_err());
+    }
+
+    fn in_cluster(mut a: Answer, cluster: &str) -> Answer {
+        a.server.cluster = cluster.into();
+        a
+    }
+
+    #[test]
+    fn peers_in_other_clusters_are_named_with_their_cluster() {
+        // Within one region there are none.
+        assert!(region(true).peers_elsewhere("n2", "fra1").is_empty());
+        // A group moving from fra1 to nyc3: its leader in fra1 sees the
+        // new peers in nyc3, which follower n2 does not list yet.
+        let lead = serde_json::json!([
+            {"name": "n2", "current": true},
+            {"name": "a1", "current": true},
+            {"name": "a2", "current": false},
+        ]);
+        let follower = serde_json::json!([{"name": "n1", "current": false}]);
+        let moving = View {
+            answers: vec![
+                answer("n1", orders("n1", lead)),
+                answer("n2", orders("n1", follower.clone())),
+                answer("n3", serde_json::json!([])),
+                in_cluster(answer("a1", orders("n1", follower.clone())), "nyc3"),
+                in_cluster(answer("a2", orders("n1", follower)), "nyc3"),
+            ],
+        };
+        let expected: BTreeMap<String, String> = [("a1", "nyc3"), ("a2", "nyc3")]
+            .into_iter()
+            .map(|(n, c)| (n.to_owned(), c.to_owned()))
+            .collect();
+        assert_eq!(moving.peers_elsewhere("n2", "fra1"), expected);
+        // n3 hosts no replica of it: nothing in another region to respect.
+        assert!(moving.peers_elsewhere("n3", "fra1").is_empty());
+        // From nyc3's side the peers in fra1 are the ones elsewhere.
+        assert_eq!(
+            moving
+                .peers_elsewhere("a1", "nyc3")
+                .keys()
+                .collect::<Vec<_>>(),
+            vec!["n1", "n2"]
+        );
+        // The leader's view spans the clusters: a2 behind holds n2 back.
+        assert!(matches!(
+            moving.others_current("n2"),
+            Err(NotReady::ReplicaBehind { ref server, .. }) if server == "a2"
+        ));
+        // A leader in another region is found in the whole view; in the
+        // region's alone it is silent, and a node would wait for ever.
+        assert!(matches!(
+            moving.of_cluster("nyc3").others_current("a1"),
+            Err(NotReady::LeaderSilent { .. })
+        ));
+        assert!(matches!(
+            moving.others_current("a1"),
+            Err(NotReady::ReplicaBehind { .. })
+        ));
     }
 
     #[test]
