@@ -1173,6 +1173,80 @@ fn a_lease_renewed_unseen_is_still_given_back() {
     });
 }
 
+/// Another region's restart lease as a node checks it before (and just
+/// after) taking its own: read from each bucket's stream leader, nobody
+/// where no bucket was made, the holder's name when a peer holds it, and
+/// an unreadable record never read as "nobody".
+#[test]
+fn another_regions_lease_is_read_at_its_leader_and_never_guessed() {
+    use natsmesh::fleet::{self, NotYet, lease};
+    let dir = natsmesh_harness::scratch();
+    let conf = dir.path().join("js.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\" }}\nports_file_dir: \"{}\"\n",
+            dir.path().join("js").display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let broker = natsmesh_harness::Broker::start(
+        &natsmesh_harness::broker_binary(CURRENT),
+        &conf,
+        dir.path(),
+    );
+    runtime().block_on(async {
+        let client = async_nats::connect(broker.url("nats")).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let elsewhere: BTreeMap<String, String> = [("a1", "nyc3"), ("s2", "sgp1")]
+            .into_iter()
+            .map(|(p, r)| (p.to_owned(), r.to_owned()))
+            .collect();
+        let nobody: BTreeMap<String, Option<String>> =
+            [("nyc3".to_owned(), None), ("sgp1".to_owned(), None)].into();
+        // No bucket in either region: nobody there ever restarted.
+        assert_eq!(fleet::holders_of(&js, &elsewhere).await.unwrap(), nobody);
+
+        let nyc3 = lease::bucket(
+            &js,
+            &lease::bucket_name("nyc3"),
+            "",
+            Duration::from_secs(60),
+            1,
+        )
+        .await
+        .unwrap();
+        let a1 = lease::Holder::new("a1", "nonce-a1", "an upgrade");
+        let lease::Take::Taken(revision) = lease::take(&nyc3, &a1).await.unwrap() else {
+            panic!("not taken");
+        };
+        let held = fleet::holders_of(&js, &elsewhere).await.unwrap();
+        assert_eq!(held.get("nyc3"), Some(&Some("a1".to_owned())));
+        assert_eq!(
+            fleet::peer_restarting(&elsewhere, &held),
+            Some(("a1".to_owned(), "nyc3".to_owned()))
+        );
+        lease::release(&nyc3, &a1, revision).await.unwrap();
+        assert_eq!(fleet::holders_of(&js, &elsewhere).await.unwrap(), nobody);
+
+        // A record nobody can read is someone's lease, not nobody's.
+        nyc3.put("holder", "not json".into()).await.unwrap();
+        match fleet::holders_of(&js, &elsewhere).await {
+            Err(NotYet::PeerLease { region, source }) => {
+                assert_eq!(region, "nyc3");
+                assert!(
+                    matches!(source, lease::LeaseError::Unreadable(_)),
+                    "{source}"
+                );
+            }
+            other => panic!("an unreadable record was read as {other:?}"),
+        }
+        nyc3.purge("holder").await.unwrap();
+        assert_eq!(fleet::holders_of(&js, &elsewhere).await.unwrap(), nobody);
+    });
+}
+
 /// `natsmeshd fleet status --json` on node `d`: the rows by server name.
 fn fleet_rows(d: &Daemon, region: Option<&str>) -> BTreeMap<String, serde_json::Value> {
     let mut args = vec!["fleet", "status", "--json"];

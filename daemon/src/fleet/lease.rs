@@ -37,6 +37,10 @@ pub enum LeaseError {
     /// Renewing, releasing or reading the key failed.
     #[error("{0}")]
     Kv(#[source] NatsError),
+    /// The holder record is there but cannot be read: someone holds the
+    /// lease, nobody can tell who.
+    #[error("the restart lease's record is unreadable: {0}")]
+    Unreadable(#[source] serde_json::Error),
 }
 
 fn take_failed(e: impl std::error::Error + Send + Sync + 'static) -> LeaseError {
@@ -252,6 +256,40 @@ pub async fn holder(store: &kv::Store) -> Result<Option<Holder>, LeaseError> {
     Ok(entry
         .filter(|e| e.operation == kv::Operation::Put)
         .and_then(|e| serde_json::from_slice(&e.value).ok()))
+}
+
+/// Who holds the lease now, as the bucket's stream leader has it. A read
+/// through [`holder`] may be answered by a follower that has not applied
+/// the latest write yet (the buckets allow direct gets); a check that
+/// must see a write acknowledged a moment ago reads here. An unreadable
+/// record is an error, never "nobody".
+pub async fn holder_at_leader(store: &kv::Store) -> Result<Option<Holder>, LeaseError> {
+    let subject = format!("{}{KEY}", store.prefix);
+    match store.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(m) => {
+            // A delete or purge marker: released.
+            let released = m
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+            if released {
+                return Ok(None);
+            }
+            serde_json::from_slice(&m.payload)
+                .map(Some)
+                .map_err(LeaseError::Unreadable)
+        }
+        // Never taken, or expired (the bucket's max age).
+        Err(e)
+            if matches!(
+                e.kind(),
+                async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(kv_failed(e)),
+    }
 }
 
 #[cfg(test)]

@@ -784,6 +784,28 @@ pub async fn out_in_region(js: &jetstream::Context, settings: &Settings) -> Opti
         .map(|(n, r)| format!("{n} ({})", r.kind.noun()))
 }
 
+/// One of `nodes` with a live lease (maintenance or drain), if any: a
+/// replica elsewhere of a stream hosted here that is out on purpose (or
+/// about to be) counts as out. Unreadable leases hold nothing back, as
+/// in [`out_in_region`].
+pub async fn out_among<'a>(
+    js: &jetstream::Context,
+    nodes: impl IntoIterator<Item = &'a String>,
+) -> Option<String> {
+    let nodes: BTreeSet<&String> = nodes.into_iter().collect();
+    if nodes.is_empty() {
+        return None;
+    }
+    let store = js.get_key_value(super::pause::BUCKET).await.ok()?;
+    let (leases, _) = read(&store).await.ok()?;
+    leases
+        .live(crate::unix_ms(SystemTime::now()))
+        .nodes
+        .into_iter()
+        .find(|(n, _)| nodes.contains(n))
+        .map(|(n, r)| format!("{n} (region {}, {})", r.region, r.kind.noun()))
+}
+
 /// This node's lease, if it holds one.
 pub async fn ours(settings: &Settings) -> Result<Option<Record>, MaintenanceError> {
     let Coordination::Lease(fleet) = &settings.fleet else {

@@ -77,17 +77,11 @@ pub enum NotYet {
         /// Its region.
         region: String,
     },
-    /// Taken and given back: such a peer took its region's lease at the
-    /// same moment (each gives way; they try again apart).
-    #[error(
-        "gave the restart lease back: {peer} (region {region}), a replica of a stream hosted here, took its region's at the same moment"
-    )]
-    Yielded {
-        /// The peer.
-        peer: String,
-        /// Its region.
-        region: String,
-    },
+    /// Taken and given back: looked at again once written, a peer in
+    /// another region had taken its region's lease at the same moment (or
+    /// its lease could not be read). Each gives way; they try again apart.
+    #[error("gave the restart lease back: {0}")]
+    GaveBack(#[source] Box<NotYet>),
     /// Another region's restart lease, which a replica of a stream hosted
     /// here may hold, could not be read.
     #[error(
@@ -118,8 +112,10 @@ pub fn peer_restarting(
 }
 
 /// Who holds the restart lease of each region in `elsewhere`'s values
-/// (nobody where the bucket was never made).
-async fn holders_of(
+/// (nobody where the bucket was never made), as each bucket's stream
+/// leader has it: the look after a take must see a write acknowledged a
+/// moment ago.
+pub async fn holders_of(
     js: &jetstream::Context,
     elsewhere: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, Option<String>>, NotYet> {
@@ -146,7 +142,7 @@ async fn holders_of(
             .get_key_value(&name)
             .await
             .map_err(|e| failed(Box::new(e)))?;
-        let holder = lease::holder(&store)
+        let holder = lease::holder_at_leader(&store)
             .await
             .map_err(|source| NotYet::PeerLease {
                 region: region.clone(),
@@ -232,7 +228,7 @@ pub async fn acquire(
             }
             Err(wait) => {
                 // Two peers that gave way to each other try again apart.
-                if matches!(wait, NotYet::Yielded { .. }) {
+                if matches!(wait, NotYet::GaveBack(_)) {
                     let apart = Duration::from_millis(fastrand::u64(0..=2000));
                     tokio::select! {
                         _ = tokio::time::sleep(apart) => {}
@@ -295,10 +291,7 @@ async fn attempt(
     wide.others_current(me)?;
     // Under per-region leases, regions restart in parallel: a peer of a
     // stream hosted here restarting in another region counts as out.
-    let elsewhere = match fleet.scope {
-        LeaseScope::Region => wide.peers_elsewhere(me, &cluster),
-        LeaseScope::Supercluster => BTreeMap::new(),
-    };
+    let elsewhere = wide.peers_elsewhere(me, &cluster)?;
     let client = crate::auth::local_client(settings, &fleet.login, &fleet.user)
         .await
         .map_err(NotYet::Reach)?;
@@ -312,6 +305,15 @@ async fn attempt(
     if let Some(away) = maintenance::out_in_region(&js, settings).await {
         return Err(NotYet::Away(away));
     }
+    // So is a replica elsewhere of a stream hosted here.
+    if let Some(away) = maintenance::out_among(&js, elsewhere.keys()).await {
+        return Err(NotYet::Away(away));
+    }
+    // Only per-region leases let another region restart beside this one.
+    let elsewhere = match fleet.scope {
+        LeaseScope::Region => elsewhere,
+        LeaseScope::Supercluster => BTreeMap::new(),
+    };
     if let Some((peer, region)) = peer_restarting(&elsewhere, &holders_of(&js, &elsewhere).await?) {
         return Err(NotYet::PeerRestarting { peer, region });
     }
@@ -326,9 +328,10 @@ async fn attempt(
             // goes on (both may give way; they try again apart).
             let again = match holders_of(&js, &elsewhere).await {
                 Ok(h) => peer_restarting(&elsewhere, &h)
-                    .map(|(peer, region)| NotYet::Yielded { peer, region }),
+                    .map(|(peer, region)| NotYet::PeerRestarting { peer, region }),
                 Err(e) => Some(e),
-            };
+            }
+            .map(|why| NotYet::GaveBack(Box::new(why)));
             if let Some(wait) = again {
                 if let Err(e) = lease::release(&store, &holder, revision).await {
                     tracing::warn!(error = %e, "cannot give the restart lease back; it expires");
@@ -439,13 +442,10 @@ mod tests {
             e.to_string(),
             "a1 (region nyc3), a replica of a stream hosted here, holds its region's restart lease"
         );
-        let y = NotYet::Yielded {
-            peer: "a1".into(),
-            region: "nyc3".into(),
-        };
-        assert!(
-            y.to_string()
-                .starts_with("gave the restart lease back: a1 (region nyc3)")
+        let y = NotYet::GaveBack(Box::new(e));
+        assert_eq!(
+            y.to_string(),
+            "gave the restart lease back: a1 (region nyc3), a replica of a stream hosted here, holds its region's restart lease"
         );
     }
 }

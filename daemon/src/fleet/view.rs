@@ -158,6 +158,15 @@ pub enum NotReady {
         /// Its leader.
         leader: String,
     },
+    /// A replica of a stream hosted here did not answer: it may be going
+    /// down this moment, while its leader still counts it current.
+    #[error("stream {id}: its replica on {server} did not answer")]
+    PeerSilent {
+        /// The stream.
+        id: StreamId,
+        /// The replica's server.
+        server: String,
+    },
     /// Another replica of a stream hosted here is offline or behind.
     #[error("stream {id}: replica on {server} is {} ({lag} behind)", behind_word(*.offline))]
     ReplicaBehind {
@@ -386,9 +395,14 @@ impl View {
     /// another cluster than `cluster`, each with the cluster its own
     /// answer names. nats-server keeps a stream's group inside one
     /// cluster except while it moves between clusters (its peers are then
-    /// in both); a peer that did not answer is left out here, as the
-    /// leader's view already holds it back when it is not current.
-    pub fn peers_elsewhere(&self, me: &str, cluster: &str) -> BTreeMap<String, String> {
+    /// in both). A peer that did not answer is an error: it may be going
+    /// down under its own region's lease while its leader still counts it
+    /// current, and where it is cannot be told.
+    pub fn peers_elsewhere(
+        &self,
+        me: &str,
+        cluster: &str,
+    ) -> Result<BTreeMap<String, String>, NotReady> {
         let mut out = BTreeMap::new();
         for (id, detail) in self.hosted_on(me) {
             let Some(group) = &detail.cluster else {
@@ -403,14 +417,18 @@ impl View {
                 }
             }
             for name in names.into_iter().filter(|n| *n != me) {
-                if let Some(a) = self.answer(name)
-                    && a.server.cluster != cluster
-                {
+                let Some(a) = self.answer(name) else {
+                    return Err(NotReady::PeerSilent {
+                        id,
+                        server: name.to_owned(),
+                    });
+                };
+                if a.server.cluster != cluster {
                     out.insert(name.to_owned(), a.server.cluster.clone());
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// Why removing `me` from the region would break a stream's
@@ -503,7 +521,12 @@ mod tests {
     #[test]
     fn peers_in_other_clusters_are_named_with_their_cluster() {
         // Within one region there are none.
-        assert!(region(true).peers_elsewhere("n2", "fra1").is_empty());
+        assert!(
+            region(true)
+                .peers_elsewhere("n2", "fra1")
+                .unwrap()
+                .is_empty()
+        );
         // A group moving from fra1 to nyc3: its leader in fra1 sees the
         // new peers in nyc3, which follower n2 does not list yet.
         let lead = serde_json::json!([
@@ -525,16 +548,27 @@ mod tests {
             .into_iter()
             .map(|(n, c)| (n.to_owned(), c.to_owned()))
             .collect();
-        assert_eq!(moving.peers_elsewhere("n2", "fra1"), expected);
+        assert_eq!(moving.peers_elsewhere("n2", "fra1"), Ok(expected));
         // n3 hosts no replica of it: nothing in another region to respect.
-        assert!(moving.peers_elsewhere("n3", "fra1").is_empty());
+        assert!(moving.peers_elsewhere("n3", "fra1").unwrap().is_empty());
         // From nyc3's side the peers in fra1 are the ones elsewhere.
         assert_eq!(
             moving
                 .peers_elsewhere("a1", "nyc3")
-                .keys()
+                .unwrap()
+                .into_keys()
                 .collect::<Vec<_>>(),
-            vec!["n1", "n2"]
+            vec!["n1".to_owned(), "n2".to_owned()]
+        );
+        // A peer that did not answer (going down under its region's
+        // lease, or its answer late) holds the node back: where it is and
+        // whether it restarts cannot be told.
+        let mut late = moving.clone();
+        late.answers.retain(|a| a.server.name != "a2");
+        assert_eq!(
+            late.peers_elsewhere("n2", "fra1")
+                .map_err(|e| e.to_string()),
+            Err("stream ORDERS (account APP): its replica on a2 did not answer".into())
         );
         // The leader's view spans the clusters: a2 behind holds n2 back.
         assert!(matches!(
