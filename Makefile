@@ -122,9 +122,13 @@ drills: brokers
 
 # Benchmarks (about 12 minutes): each prints a table and writes it to
 # bench/results/{supervisor,tls,discovery,publish,balancer,metrics,boot}.md. NATSMESH_BENCH_SOAK_SECS=1800
-# for the 30-minute leak check; discovery needs root.
+# for the 30-minute leak check; discovery needs root. The supervisor's
+# footprint is measured beside the build at PREVIOUS_REV (the drills'
+# starting point; PREVIOUS_NATSMESHD=<path> for another).
 bench: brokers
-	$(CARGO) bench -p natsmesh --bench supervisor
+	prev="$(if $(PREVIOUS_NATSMESHD),$(abspath $(PREVIOUS_NATSMESHD)))"; \
+	if [ -z "$$prev" ] && [ -n "$(PREVIOUS_REV)" ]; then prev=$$(scripts/build-previous "$(PREVIOUS_REV)"); fi; \
+	NATSMESH_BENCH_PREVIOUS_NATSMESHD="$$prev" $(CARGO) bench -p natsmesh --bench supervisor
 	$(CARGO) bench -p natsmesh --bench tls
 	$(CARGO) bench -p natsmesh --bench discovery
 	$(CARGO) bench -p natsmesh --bench publish

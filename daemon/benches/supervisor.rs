@@ -11,6 +11,9 @@
 //! - `NATSMESH_BENCH_STORE_MB` (default 1000): JetStream store for (b');
 //! - `NATSMESH_BENCH_KILLS` (default 50): kill -9 rounds of (b''), the
 //!   default profile's kill → broker serving → natsmeshd ready;
+//! - `NATSMESH_BENCH_PREVIOUS_NATSMESHD`: an earlier natsmeshd whose
+//!   footprint (e') is measured beside this build's (`make bench` passes
+//!   the drills' starting build, `PREVIOUS_REV`);
 //! - `NATSMESH_BENCH_ONLY=ready`: only (b''), written to
 //!   `bench/results/ready.md`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -23,7 +26,7 @@ mod stats;
 use stats::{env_num, ms, percentile};
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -227,6 +230,38 @@ fn rss_kb(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// A /proc/<pid>/status field in kB (0 if absent).
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A fresh natsmeshd (`natsmeshd`, or this build) at the harness's fast
+/// profile, 2 s after READY=1: RSS, the anonymous part of it (the heap
+/// and stacks; the rest is the binary's own pages, read from disk), and
+/// CPU over `idle`.
+fn footprint(version: &str, natsmeshd: Option<PathBuf>, idle: Duration) -> (u64, u64, f64) {
+    let mut d = Daemon::start(
+        version,
+        Options {
+            natsmeshd,
+            ..quiet()
+        },
+    );
+    d.wait_ready();
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = d.pid();
+    let rss = status_kb(pid, "VmRSS:");
+    let anon = status_kb(pid, "RssAnon:");
+    let cpu = cpu_percent(pid, idle);
+    (rss, anon, cpu)
 }
 
 /// utime + stime of a process, in clock ticks (100 Hz on Linux).
@@ -474,6 +509,54 @@ fn main() {
     ));
     drop(d);
     eprintln!("(e) done");
+
+    // (e') the same footprint of a fresh natsmeshd, this build against an
+    // earlier one (`make bench` passes the drills' starting build) in
+    // the same run: what the code added costs.
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    let (rss, anon, cpu) = footprint(version, None, idle);
+    let previous = std::env::var_os("NATSMESH_BENCH_PREVIOUS_NATSMESHD")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    match previous {
+        Some(prev) => {
+            let name = prev.parent().and_then(|p| p.file_name()).map_or_else(
+                || prev.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            let (p_rss, p_anon, p_cpu) = footprint(version, Some(prev), idle);
+            rows.push((
+                format!(
+                    "(e') fresh natsmeshd, the build at {name}: RSS (anonymous), CPU over {} s",
+                    idle.as_secs()
+                ),
+                format!("{:.1} MB ({:.1} MB), {p_cpu:.2} %", mb(p_rss), mb(p_anon)),
+                "baseline, same run".into(),
+            ));
+            rows.push((
+                format!(
+                    "(e') fresh natsmeshd, this build: RSS (anonymous), CPU over {} s",
+                    idle.as_secs()
+                ),
+                format!("{:.1} MB ({:.1} MB), {cpu:.2} %", mb(rss), mb(anon)),
+                format!(
+                    "{:+.1} MB ({:+.1} MB anonymous), {:+.2} % against the baseline",
+                    mb(rss) - mb(p_rss),
+                    mb(anon) - mb(p_anon),
+                    cpu - p_cpu
+                ),
+            ));
+        }
+        None => rows.push((
+            format!(
+                "(e') fresh natsmeshd, this build: RSS (anonymous), CPU over {} s",
+                idle.as_secs()
+            ),
+            format!("{:.1} MB ({:.1} MB), {cpu:.2} %", mb(rss), mb(anon)),
+            "no baseline: set NATSMESH_BENCH_PREVIOUS_NATSMESHD (make bench does)".into(),
+        )),
+    }
+    eprintln!("(e') done");
 
     // (f) broker CPU answering natsmeshd's probes: the default profile
     // (2 s interval) against a bare broker over the same window.
