@@ -120,7 +120,7 @@ drills: brokers
 	  NATSMESH_DRILL_FLAPS=5 NATSMESH_DRILL_CUT_SECS=10 \
 	  $(CARGO) nextest run -p natsmesh --test drills --profile drills --no-capture
 
-# Benchmarks (about 12 minutes): each prints a table and writes it to
+# Benchmarks (about 20 minutes with their builds): each prints a table and writes it to
 # bench/results/{supervisor,tls,discovery,publish,balancer,metrics,boot}.md. NATSMESH_BENCH_SOAK_SECS=1800
 # for the 30-minute leak check; discovery needs root. The supervisor's
 # footprint is measured beside the build at PREVIOUS_REV (the drills'
