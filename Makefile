@@ -104,6 +104,11 @@ rpm: package-tools release stage-broker manpage
 unit-security:
 	scripts/unit-security
 
+# Shell that sets $prev to the earlier natsmeshd the drills start from and
+# the supervisor benchmark measures beside this build (empty: none).
+previous_natsmeshd = prev="$(if $(PREVIOUS_NATSMESHD),$(abspath $(PREVIOUS_NATSMESHD)))"; \
+	if [ -z "$$prev" ] && [ -n "$(PREVIOUS_REV)" ]; then prev=$$(scripts/build-previous "$(PREVIOUS_REV)"); fi;
+
 # Failure drills (root; about 30 minutes): every drill, longer, reports in
 # bench/results/drills/ (Markdown and JSON). CI plays two, reduced (a lost
 # region; the rolling upgrade from a copy of the current build). Here the
@@ -113,8 +118,7 @@ unit-security:
 # PREVIOUS_NATSMESHD names; PREVIOUS_REV= (empty) starts from a copy of the
 # current build.
 drills: brokers
-	prev="$(if $(PREVIOUS_NATSMESHD),$(abspath $(PREVIOUS_NATSMESHD)))"; \
-	if [ -z "$$prev" ] && [ -n "$(PREVIOUS_REV)" ]; then prev=$$(scripts/build-previous "$(PREVIOUS_REV)"); fi; \
+	$(previous_natsmeshd) \
 	NATSMESH_DRILL_PREVIOUS_NATSMESHD="$$prev" \
 	NATSMESH_DRILL_OUT=$(CURDIR)/bench/results/drills NATSMESH_DRILL_LOSS_SECS=30 NATSMESH_DRILL_LOAD_SECS=15 \
 	  NATSMESH_DRILL_FLAPS=5 NATSMESH_DRILL_CUT_SECS=10 \
@@ -126,8 +130,7 @@ drills: brokers
 # footprint is measured beside the build at PREVIOUS_REV (the drills'
 # starting point; PREVIOUS_NATSMESHD=<path> for another).
 bench: brokers
-	prev="$(if $(PREVIOUS_NATSMESHD),$(abspath $(PREVIOUS_NATSMESHD)))"; \
-	if [ -z "$$prev" ] && [ -n "$(PREVIOUS_REV)" ]; then prev=$$(scripts/build-previous "$(PREVIOUS_REV)"); fi; \
+	$(previous_natsmeshd) \
 	NATSMESH_BENCH_PREVIOUS_NATSMESHD="$$prev" $(CARGO) bench -p natsmesh --bench supervisor
 	$(CARGO) bench -p natsmesh --bench tls
 	$(CARGO) bench -p natsmesh --bench discovery

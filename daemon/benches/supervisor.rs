@@ -222,16 +222,6 @@ fn ready_rows(version: &str, kills: usize) -> Vec<(String, String, String)> {
     ]
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A /proc/<pid>/status field in kB (0 if absent).
 fn status_kb(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -472,7 +462,7 @@ fn main() {
     // (e) natsmeshd RSS and CPU idle, then after a reload soak.
     let pid = d.pid();
     std::thread::sleep(Duration::from_secs(2));
-    let rss_idle = rss_kb(pid);
+    let rss_idle = status_kb(pid, "VmRSS:");
     let cpu_idle = cpu_percent(pid, idle);
     let soak_start = Instant::now();
     let mut n = 0u64;
@@ -484,7 +474,7 @@ fn main() {
         n += 1;
     }
     std::thread::sleep(Duration::from_secs(2));
-    let rss_after = rss_kb(pid);
+    let rss_after = status_kb(pid, "VmRSS:");
     rows.push((
         "(e) natsmeshd RSS idle".into(),
         format!("{:.1} MB", rss_idle as f64 / 1024.0),

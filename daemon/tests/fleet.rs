@@ -1118,12 +1118,9 @@ fn a_new_natsmeshd_that_refuses_the_configuration_is_not_taken() {
     assert!(!d.log().contains("re-executing natsmeshd"), "{}", d.log());
 }
 
-/// A renewal whose answer was lost (a timeout on our side) still moved the
-/// lease's revision on; giving the lease back must still work, or every
-/// other node waits until it expires (found by the rolling-upgrade drill).
-#[test]
-fn a_lease_renewed_unseen_is_still_given_back() {
-    use natsmesh::fleet::lease;
+/// A standalone nats-server with JetStream on, for the lease functions
+/// alone (its directory lives as long as the returned guard).
+fn jetstream_broker() -> (tempfile::TempDir, natsmesh_harness::Broker) {
     let dir = natsmesh_harness::scratch();
     let conf = dir.path().join("js.conf");
     std::fs::write(
@@ -1140,6 +1137,16 @@ fn a_lease_renewed_unseen_is_still_given_back() {
         &conf,
         dir.path(),
     );
+    (dir, broker)
+}
+
+/// A renewal whose answer was lost (a timeout on our side) still moved the
+/// lease's revision on; giving the lease back must still work, or every
+/// other node waits until it expires (found by the rolling-upgrade drill).
+#[test]
+fn a_lease_renewed_unseen_is_still_given_back() {
+    use natsmesh::fleet::lease;
+    let (_dir, broker) = jetstream_broker();
     runtime().block_on(async {
         let client = async_nats::connect(broker.url("nats")).await.unwrap();
         let js = async_nats::jetstream::new(client);
@@ -1180,22 +1187,7 @@ fn a_lease_renewed_unseen_is_still_given_back() {
 #[test]
 fn another_regions_lease_is_read_at_its_leader_and_never_guessed() {
     use natsmesh::fleet::{self, NotYet, lease};
-    let dir = natsmesh_harness::scratch();
-    let conf = dir.path().join("js.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listen: 127.0.0.1:-1\njetstream {{ store_dir: \"{}\" }}\nports_file_dir: \"{}\"\n",
-            dir.path().join("js").display(),
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let broker = natsmesh_harness::Broker::start(
-        &natsmesh_harness::broker_binary(CURRENT),
-        &conf,
-        dir.path(),
-    );
+    let (_dir, broker) = jetstream_broker();
     runtime().block_on(async {
         let client = async_nats::connect(broker.url("nats")).await.unwrap();
         let js = async_nats::jetstream::new(client);

@@ -258,14 +258,18 @@ pub async fn holder(store: &kv::Store) -> Result<Option<Holder>, LeaseError> {
         .and_then(|e| serde_json::from_slice(&e.value).ok()))
 }
 
-/// Who holds the lease now, as the bucket's stream leader has it. A read
+/// Who holds the lease of `bucket` now, as its stream's leader has it. A read
 /// through [`holder`] may be answered by a follower that has not applied
 /// the latest write yet (the buckets allow direct gets); a check that
 /// must see a write acknowledged a moment ago reads here. An unreadable
 /// record is an error, never "nobody".
-pub async fn holder_at_leader(store: &kv::Store) -> Result<Option<Holder>, LeaseError> {
-    let subject = format!("{}{KEY}", store.prefix);
-    match store.stream.get_last_raw_message_by_subject(&subject).await {
+pub async fn holder_at_leader(
+    stream: &jetstream::stream::Stream,
+    bucket: &str,
+) -> Result<Option<Holder>, LeaseError> {
+    // The subject a key-value bucket keeps a key under.
+    let subject = format!("$KV.{bucket}.{KEY}");
+    match stream.get_last_raw_message_by_subject(&subject).await {
         Ok(m) => {
             // A delete or purge marker: released.
             let released = m

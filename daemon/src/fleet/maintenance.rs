@@ -774,14 +774,26 @@ async fn restart_lease_holder(b: &Bucket, fleet: &FleetSettings, cluster: &str) 
 /// it. Unreadable leases hold nothing back (the restart lease's own
 /// checks still apply).
 pub async fn out_in_region(js: &jetstream::Context, settings: &Settings) -> Option<String> {
+    first_out(js, |n, r| {
+        *n != settings.server.server_name && r.region == settings.region
+    })
+    .await
+    .map(|(n, r)| format!("{n} ({})", r.kind.noun()))
+}
+
+/// The first node with a live lease that `which` picks, read through
+/// `js`; unreadable leases hold nothing back.
+async fn first_out(
+    js: &jetstream::Context,
+    which: impl Fn(&String, &Record) -> bool,
+) -> Option<(String, Record)> {
     let store = js.get_key_value(super::pause::BUCKET).await.ok()?;
     let (leases, _) = read(&store).await.ok()?;
     leases
         .live(crate::unix_ms(SystemTime::now()))
         .nodes
         .into_iter()
-        .find(|(n, r)| *n != settings.server.server_name && r.region == settings.region)
-        .map(|(n, r)| format!("{n} ({})", r.kind.noun()))
+        .find(|(n, r)| which(n, r))
 }
 
 /// One of `nodes` with a live lease (maintenance or drain), if any: a
@@ -796,13 +808,8 @@ pub async fn out_among<'a>(
     if nodes.is_empty() {
         return None;
     }
-    let store = js.get_key_value(super::pause::BUCKET).await.ok()?;
-    let (leases, _) = read(&store).await.ok()?;
-    leases
-        .live(crate::unix_ms(SystemTime::now()))
-        .nodes
-        .into_iter()
-        .find(|(n, _)| nodes.contains(n))
+    first_out(js, |n, _| nodes.contains(n))
+        .await
         .map(|(n, r)| format!("{n} (region {}, {})", r.region, r.kind.noun()))
 }
 

@@ -127,8 +127,8 @@ pub async fn holders_of(
             source: lease::LeaseError::Kv(e),
         };
         let name = lease::bucket_name(region);
-        match js.get_stream(format!("KV_{name}")).await {
-            Ok(_) => {}
+        let stream = match js.get_stream(format!("KV_{name}")).await {
+            Ok(stream) => stream,
             Err(e)
                 if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
                     if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
@@ -137,12 +137,8 @@ pub async fn holders_of(
                 continue;
             }
             Err(e) => return Err(failed(Box::new(e))),
-        }
-        let store = js
-            .get_key_value(&name)
-            .await
-            .map_err(|e| failed(Box::new(e)))?;
-        let holder = lease::holder_at_leader(&store)
+        };
+        let holder = lease::holder_at_leader(&stream, &name)
             .await
             .map_err(|source| NotYet::PeerLease {
                 region: region.clone(),
