@@ -640,6 +640,15 @@ fn a_fleet_pause_holds_every_node_outlives_restarts_and_is_scoped_by_region() {
 
     // Every natsmeshd dies with its broker and starts again; n2 starts
     // without the word it kept, so it learns of the pause from JetStream.
+    // Each keeps the word before it shows it, so once every status shows
+    // the pause every word is kept (only n3's was awaited above).
+    for (n, d) in &mut region.nodes {
+        d.wait_status(
+            &format!("n{n} sees the fleet pause"),
+            holds_all,
+            Duration::from_secs(15),
+        );
+    }
     for n in 1..=3u8 {
         if n == 2 {
             // Nothing changes the pause meanwhile, so nothing writes it
