@@ -258,6 +258,25 @@ pub async fn holder(store: &kv::Store) -> Result<Option<Holder>, LeaseError> {
         .and_then(|e| serde_json::from_slice(&e.value).ok()))
 }
 
+/// Who holds the lease kept in `bucket`, as its stream's leader has it
+/// (see [`holder_at_leader`]); nobody where the bucket was never made.
+pub async fn holder_of(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> Result<Option<Holder>, LeaseError> {
+    let stream = match js.get_stream(format!("KV_{bucket}")).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(kv_failed(e)),
+    };
+    holder_at_leader(&stream, bucket).await
+}
+
 /// Who holds the lease of `bucket` now, as its stream's leader has it. A read
 /// through [`holder`] may be answered by a follower that has not applied
 /// the latest write yet (the buckets allow direct gets); a check that

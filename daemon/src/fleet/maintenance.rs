@@ -140,6 +140,14 @@ pub enum MaintenanceError {
     /// The region cannot spare a server now.
     #[error(transparent)]
     NotReady(#[from] super::view::NotReady),
+    /// A restart lease could not be read: someone may be restarting.
+    #[error("cannot tell who holds the restart lease in {bucket}: {source}")]
+    RestartLease {
+        /// The lease's bucket.
+        bucket: String,
+        /// Why.
+        source: super::lease::LeaseError,
+    },
 }
 
 /// The key, in the fleet bucket, holding every node out on purpose.
@@ -697,7 +705,10 @@ async fn attempt(
     regions.insert(cluster.clone());
     let mut restarting = Vec::new();
     for region in &regions {
-        if let Some(holder) = restart_lease_holder(&b, fleet, region).await {
+        if let Some(holder) = restart_lease_holder(&b, fleet, region)
+            .await
+            .map_err(NotYet::Precondition)?
+        {
             restarting.push(holder);
         }
         if fleet.scope == crate::config::schema::LeaseScope::Supercluster {
@@ -756,8 +767,15 @@ async fn attempt(
     }
 }
 
-/// The region's restart lease holder, if it can be read.
-async fn restart_lease_holder(b: &Bucket, fleet: &FleetSettings, cluster: &str) -> Option<String> {
+/// Who holds `cluster`'s restart lease (the supercluster's, with one
+/// lease for all), as the bucket's stream leader has it: a direct get may
+/// be answered by a follower without the latest take. A lease that cannot
+/// be read is not "nobody": the caller waits.
+async fn restart_lease_holder(
+    b: &Bucket,
+    fleet: &FleetSettings,
+    cluster: &str,
+) -> Result<Option<String>, MaintenanceError> {
     let name = match fleet.scope {
         crate::config::schema::LeaseScope::Region => super::lease::bucket_name(cluster),
         crate::config::schema::LeaseScope::Supercluster => {
@@ -765,8 +783,13 @@ async fn restart_lease_holder(b: &Bucket, fleet: &FleetSettings, cluster: &str) 
         }
     };
     let js = jetstream::new(b._client.clone());
-    let store = js.get_key_value(name).await.ok()?;
-    super::lease::holder(&store).await.ok()?.map(|h| h.server)
+    super::lease::holder_of(&js, &name)
+        .await
+        .map(|h| h.map(|h| h.server))
+        .map_err(|source| MaintenanceError::RestartLease {
+            bucket: name,
+            source,
+        })
 }
 
 /// Another node of this node's region with a live lease, if any (read

@@ -122,23 +122,7 @@ pub async fn holders_of(
     let regions: BTreeSet<&String> = elsewhere.values().collect();
     let mut out = BTreeMap::new();
     for region in regions {
-        let failed = |e: Box<dyn std::error::Error + Send + Sync>| NotYet::PeerLease {
-            region: region.clone(),
-            source: lease::LeaseError::Kv(e),
-        };
-        let name = lease::bucket_name(region);
-        let stream = match js.get_stream(format!("KV_{name}")).await {
-            Ok(stream) => stream,
-            Err(e)
-                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
-                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-            {
-                out.insert(region.clone(), None);
-                continue;
-            }
-            Err(e) => return Err(failed(Box::new(e))),
-        };
-        let holder = lease::holder_at_leader(&stream, &name)
+        let holder = lease::holder_of(js, &lease::bucket_name(region))
             .await
             .map_err(|source| NotYet::PeerLease {
                 region: region.clone(),
