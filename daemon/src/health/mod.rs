@@ -7,6 +7,7 @@
 //! it imports no feature, so a feature can read the supervisor's state
 //! without importing the supervisor (which imports the features).
 
+pub mod fleet;
 pub mod probes;
 pub mod state;
 pub mod status;
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use natsmesh_broker::monitor::ClientPort;
 
+pub use fleet::Coordinating;
 pub use probes::{Alive, JetStream};
 pub use state::State;
 pub use status::Status;
@@ -92,9 +94,9 @@ pub struct Health {
     pub dns: Option<Announced>,
     /// What the load balancer's task last said, when natsmeshd manages one.
     pub load_balancer: Option<Announced>,
-    /// The region's restart lease: waiting for it (and why), or held; a
-    /// line for a person.
-    pub fleet: String,
+    /// The fleet's coordination of planned work here: the restart lease
+    /// asked for, waited for (and why) or held; a pause; a decommission.
+    pub fleet: Coordinating,
     /// Planned restarts are paused on this node (`natsmeshd pause`).
     pub paused: bool,
     /// The fleet pause that holds planned restarts back here.
@@ -154,7 +156,7 @@ impl Default for Health {
             log_lines_dropped: 0,
             dns: None,
             load_balancer: None,
-            fleet: String::new(),
+            fleet: Coordinating::Idle,
             paused: false,
             fleet_paused: None,
             maintenance: None,

@@ -276,13 +276,13 @@ impl prometheus_client::collector::Collector for Snapshot {
             &mut e,
             "natsmesh_lease_held",
             "1 while this node holds its region's restart lease",
-            f64::from(u8::from(s.fleet.contains("holding"))),
+            f64::from(u8::from(s.fleet.holds_lease())),
         )?;
         gauge(
             &mut e,
             "natsmesh_lease_waiting",
             "1 while this node waits to restart",
-            f64::from(u8::from(s.fleet.starts_with("waiting"))),
+            f64::from(u8::from(s.fleet.waits())),
         )?;
         gauge(
             &mut e,
@@ -601,6 +601,63 @@ mod tests {
             ..serving
         });
         assert!(text.contains("natsmesh_degraded 1.0\n"), "{text}");
+    }
+
+    #[test]
+    fn the_lease_gauges_follow_the_typed_coordination_not_its_words() {
+        use crate::health::Coordinating;
+        let scrape = |fleet: Coordinating| {
+            render(Snapshot {
+                health: Health {
+                    fleet,
+                    ..Health::default()
+                },
+                ..Snapshot::default()
+            })
+        };
+        let cases = [
+            (Coordinating::Idle, 0, 0),
+            (
+                // Its reason names a holder; this node holds nothing.
+                Coordinating::Waiting {
+                    why: "n2 is holding the region's restart lease".into(),
+                },
+                0,
+                1,
+            ),
+            (
+                Coordinating::Asking {
+                    why: "a new broker binary".into(),
+                    scope: "region",
+                },
+                0,
+                1,
+            ),
+            (
+                Coordinating::Holding {
+                    why: "a new broker binary".into(),
+                    scope: "region",
+                },
+                1,
+                0,
+            ),
+            (
+                Coordinating::Paused {
+                    then: "waiting for nothing, holding nothing".into(),
+                },
+                0,
+                0,
+            ),
+        ];
+        for (fleet, held, waiting) in cases {
+            let text = scrape(fleet.clone());
+            for line in [
+                format!("natsmesh_lease_held {held}.0\n"),
+                format!("natsmesh_lease_waiting {waiting}.0\n"),
+            ] {
+                assert!(text.contains(&line), "{fleet:?}: {line}{text}");
+            }
+        }
     }
 
     #[test]

@@ -938,7 +938,7 @@ impl Supervisor {
             return;
         }
         if let Some(held) = self.lease.take() {
-            self.health.fleet.clear();
+            self.health.fleet = crate::health::Coordinating::Idle;
             self.tasks.spawn_awaited(planned::release(held));
         }
     }

@@ -18,6 +18,7 @@ use crate::command::{Answer, Refused};
 use crate::fleet::decommission;
 use crate::fleet::view::StreamId;
 use crate::fleet::{Coordination, Gate};
+use crate::health::Coordinating;
 
 /// What a node waits for the lease to do.
 #[derive(Debug, Clone)]
@@ -60,7 +61,7 @@ impl Supervisor {
         let why = plan.why();
         let decommission = matches!(plan, Plan::Decommission(_));
         if self.held_back() && !decommission {
-            self.health.fleet = format!("paused; then: {why}");
+            self.health.fleet = Coordinating::Paused { then: why };
             self.gate = None;
             self.publish();
             return;
@@ -69,7 +70,7 @@ impl Supervisor {
             Coordination::Off(reason) => {
                 tracing::debug!(%reason, "not coordinated");
                 self.planned = None;
-                self.health.fleet.clear();
+                self.health.fleet = Coordinating::Idle;
                 self.carry_out(plan);
             }
             // Nobody else in the region to keep serving (and a lone
@@ -81,7 +82,7 @@ impl Supervisor {
             {
                 tracing::debug!("a region of one server: nothing to coordinate");
                 self.planned = None;
-                self.health.fleet.clear();
+                self.health.fleet = Coordinating::Idle;
                 self.carry_out(plan);
             }
             Coordination::Lease(fleet) => {
@@ -97,10 +98,10 @@ impl Supervisor {
                     tx,
                 ));
                 self.gate = Some(rx);
-                self.health.fleet = format!(
-                    "{why}: asking the {} for the restart lease",
-                    fleet.scope.noun()
-                );
+                self.health.fleet = Coordinating::Asking {
+                    why,
+                    scope: fleet.scope.noun(),
+                };
                 self.publish();
             }
         }
@@ -140,7 +141,7 @@ impl Supervisor {
     pub(super) fn on_gate(&mut self, gate: Option<Gate>) {
         match gate {
             Some(Gate::Waiting(why)) => {
-                self.health.fleet = format!("waiting to restart: {why}");
+                self.health.fleet = Coordinating::Waiting { why };
                 self.publish();
             }
             Some(Gate::Granted(held)) => {
@@ -150,11 +151,10 @@ impl Supervisor {
                     self.tasks.spawn_awaited(release(*held));
                     return;
                 };
-                self.health.fleet = format!(
-                    "{}: holding the {}'s restart lease",
-                    plan.why(),
-                    held.scope.noun()
-                );
+                self.health.fleet = Coordinating::Holding {
+                    why: plan.why(),
+                    scope: held.scope.noun(),
+                };
                 self.lease = Some(*held);
                 self.carry_out(plan);
             }
@@ -170,7 +170,7 @@ impl Supervisor {
             self.planned = None;
             self.gate = None;
             if self.lease.is_none() {
-                self.health.fleet.clear();
+                self.health.fleet = Coordinating::Idle;
             }
         }
     }
@@ -196,12 +196,12 @@ impl Supervisor {
                 if self.lease.is_none() && !decommission {
                     self.gate = None;
                     if let Some(plan) = &self.planned {
-                        self.health.fleet = format!("paused; then: {}", plan.why());
+                        self.health.fleet = Coordinating::Paused { then: plan.why() };
                     }
                 }
             }
             (true, false) => {
-                self.health.fleet.clear();
+                self.health.fleet = Coordinating::Idle;
                 self.ask_for_lease();
             }
             _ => {}
@@ -220,7 +220,7 @@ impl Supervisor {
         } else {
             self.gate = None;
             if let Some(plan) = &self.planned {
-                self.health.fleet = format!("paused; then: {}", plan.why());
+                self.health.fleet = Coordinating::Paused { then: plan.why() };
             }
             "paused: no planned restarts until `natsmeshd resume`"
         };
@@ -247,7 +247,7 @@ impl Supervisor {
                 "resumed here, but planned restarts still wait: {fleet} (`natsmeshd fleet resume` lifts it)"
             ));
         }
-        self.health.fleet.clear();
+        self.health.fleet = Coordinating::Idle;
         tracing::info!("resumed: planned restarts go ahead");
         self.ask_for_lease();
         self.publish();
@@ -341,7 +341,7 @@ impl Supervisor {
             let _ = tx.send(removed);
         });
         self.removal = Some(rx);
-        self.health.fleet = "decommission: leaving the JetStream group".into();
+        self.health.fleet = Coordinating::Decommissioning;
         self.publish();
     }
 
@@ -357,7 +357,7 @@ impl Supervisor {
             }
             Err(e) => {
                 tracing::error!(error = %e, "decommission failed; this node keeps serving");
-                self.health.fleet = format!("decommission failed: {e}");
+                self.health.fleet = Coordinating::DecommissionFailed(e.to_string());
                 self.publish();
             }
         }
@@ -370,7 +370,7 @@ impl Supervisor {
         {
             tracing::error!(error = %e, "cannot mark this node decommissioned");
         }
-        self.health.fleet = format!("decommissioned: {msg}");
+        self.health.fleet = Coordinating::Decommissioned(msg);
         self.notifier.stopping();
         self.leave("decommissioned: leaving the region");
     }

@@ -113,7 +113,7 @@ impl Supervisor {
         }
         self.reexec_checking = true;
         let held = self.lease.take();
-        self.health.fleet.clear();
+        self.health.fleet = crate::health::Coordinating::Idle;
         let tx = self.events.clone();
         let output = self.output.clone();
         self.tasks.spawn(async move {
