@@ -4043,8 +4043,9 @@ fn a_host_lost_with_its_unsynced_writes_loses_no_acknowledged_message() {
     // by default past nats-server's first sync of the streams (every
     // 2 min), so what is lost is what one sync interval had not synced.
     let power_after = env_secs("NATSMESH_DRILL_POWER_AFTER_SECS", 130);
-    // `always`: every node's nats-server fsyncs after every write (set by
-    // a wrapper: natsmesh renders no such setting); else its default.
+    // `always`: every node's nats-server fsyncs after every write, as an
+    // operator sets it (`[broker.jetstream] sync_interval`); else its
+    // default.
     let sync_always = std::env::var("NATSMESH_DRILL_SYNC").is_ok_and(|v| v == "always");
     // Declared before the mesh: the nodes go before their stores.
     let mut stores = Stores::new();
@@ -4053,10 +4054,26 @@ fn a_host_lost_with_its_unsynced_writes_loses_no_acknowledged_message() {
             stores.attach(m, &format!("nyc3-n{n}"));
         }
         if sync_always {
-            m.broker_binary =
-                Some(stores.sync_always_broker(&natsmesh_harness::broker_binary(CURRENT)));
+            m.extra
+                .push_str("\n[broker.jetstream]\nsync_interval = \"always\"\n");
         }
     });
+    // The setting reached every broker (or the run would measure the
+    // default and say "always").
+    for r in REGIONS {
+        for n in 1..=r.nodes {
+            let name = format!("{}-n{n}", r.name);
+            let v = mesh.node(&name).monitor("/varz").unwrap();
+            assert_eq!(
+                v["jetstream"]["config"]["sync_always"]
+                    .as_bool()
+                    .unwrap_or(false),
+                sync_always,
+                "{name}: {}",
+                v["jetstream"]["config"]
+            );
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -60,33 +60,3 @@ impl Stores {
             .unwrap_or_else(|| panic!("{node} has no volatile store"))
     }
 }
-
-impl Stores {
-    /// A wrapper around the broker `real` that sets JetStream's
-    /// `sync_interval` to `always` (fsync after every write) in the
-    /// configuration natsmeshd rendered, then runs it (natsmeshd renders no
-    /// sync setting, so nats-server's default of every 2 min holds
-    /// otherwise). For [`Mesh::broker_binary`].
-    pub fn sync_always_broker(&self, real: &std::path::Path) -> std::path::PathBuf {
-        use std::os::unix::fs::PermissionsExt as _;
-        let path = self.dir.path().join("nats-server-sync-always");
-        let script = format!(
-            r#"#!/bin/sh
-# nats-server with jetstream {{ sync_interval: always }} added to the
-# configuration it is given with -c.
-prev=
-for a in "$@"; do
-    if [ "$prev" = "-c" ] && ! grep -q '^  sync_interval:' "$a"; then
-        sed -i 's/^jetstream: {{$/jetstream: {{\n  sync_interval: "always"/' "$a"
-    fi
-    prev=$a
-done
-exec "{}" "$@"
-"#,
-            real.display()
-        );
-        std::fs::write(&path, script).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    }
-}
