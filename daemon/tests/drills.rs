@@ -2098,15 +2098,67 @@ struct LbProbe {
 /// What a user connecting through the balancer saw.
 struct Seen {
     ok: u64,
-    failed: u64,
-    /// The first failures, with when.
-    why: Vec<String>,
+    /// Every failed attempt: when it failed, and what the client saw.
+    failures: Vec<(std::time::SystemTime, String)>,
+}
+
+/// Which of `failures` nats-server's reload race explains (see
+/// `auth::nats_server_refuses_a_connect_that_races_a_reload_when_accounts_are_configured`):
+/// refused as an authorization violation, or closed unanswered, within
+/// 2 s after (or 1 s before) a server in `logs` (natsmeshd's, which carry
+/// their broker's lines) logged "Reloaded: authorization users". Indexes
+/// into `failures`.
+fn reload_races(failures: &[(std::time::SystemTime, String)], logs: &[String]) -> Vec<usize> {
+    let reloads: Vec<std::time::SystemTime> = logs
+        .iter()
+        .flat_map(|l| l.lines())
+        .filter(|l| l.contains("Reloaded: authorization users"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        })
+        .collect();
+    let near = |at: std::time::SystemTime, reload: std::time::SystemTime| {
+        at.duration_since(reload)
+            .map(|after| after <= Duration::from_secs(2))
+            .unwrap_or_else(|before| before.duration() <= Duration::from_secs(1))
+    };
+    failures
+        .iter()
+        .enumerate()
+        .filter(|(_, (at, why))| {
+            (why.contains("Authorization Violation") || why == "closed before PONG")
+                && reloads.iter().any(|r| near(*at, *r))
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
 
 impl Seen {
     /// Into the report: the failed connections, and the balancer's model.
-    fn record(&self, mesh: &Mesh, r: &mut Report) {
-        r.lb_failed_connections = Some(self.failed);
+    /// Refusals that nats-server's reload race explains are counted apart
+    /// (the balancer sent the client to a serving server); `departed`:
+    /// nodes no longer in `mesh` whose logs still count.
+    fn record(&self, mesh: &Mesh, departed: &[&common::Daemon], r: &mut Report) {
+        let logs: Vec<String> = mesh
+            .nodes
+            .values()
+            .chain(departed.iter().copied())
+            .map(common::Daemon::log)
+            .collect();
+        let raced = reload_races(&self.failures, &logs);
+        let stamp = |(at, why): &(std::time::SystemTime, String)| {
+            format!("{} {why}", humantime::format_rfc3339_millis(*at))
+        };
+        let failed: Vec<String> = self
+            .failures
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !raced.contains(i))
+            .map(|(_, f)| stamp(f))
+            .collect();
+        r.lb_failed_connections = Some(failed.len() as u64);
         r.facts.push(("balancer".into(), balancer_model(mesh)));
         let m = mesh.balancer().pool().model();
         for (k, v) in [
@@ -2131,15 +2183,31 @@ impl Seen {
             "fake_balancer.unhealthy_threshold".into(),
             m.unhealthy_threshold.to_string(),
         );
-        let first = if self.why.is_empty() {
+        let first = if failed.is_empty() {
             String::new()
         } else {
-            format!("; first: {}", self.why.join("; "))
+            format!(
+                "; first: {}",
+                failed
+                    .iter()
+                    .take(10)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
         };
+        let total = self.ok + self.failures.len() as u64;
         r.facts.push((
             "connections through the balancer".into(),
-            format!("{} ({} failed{first})", self.ok + self.failed, self.failed),
+            format!("{total} ({} failed{first})", failed.len()),
         ));
+        if !raced.is_empty() {
+            let raced: Vec<String> = raced.iter().map(|&i| stamp(&self.failures[i])).collect();
+            r.facts.push((
+                "refused by nats-server as it reloaded (its race with configured accounts; not the balancer's, and not counted above)".into(),
+                format!("{}: {}", raced.len(), raced.join("; ")),
+            ));
+        }
     }
 }
 
@@ -2153,28 +2221,18 @@ impl LbProbe {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
-            let began = Instant::now();
-            let (mut ok, mut failed, mut why) = (0u64, 0u64, Vec::new());
+            let (mut ok, mut failures) = (0u64, Vec::new());
             for _ in 0..10_000 {
                 if stop2.load(Ordering::Relaxed) {
                     break;
                 }
                 match nats_handshake(frontend, tls.as_ref(), Duration::from_secs(2)) {
                     Ok(()) => ok += 1,
-                    Err(e) => {
-                        failed += 1;
-                        if why.len() < 10 {
-                            why.push(format!(
-                                "{} (+{:.1} s): {e}",
-                                humantime::format_rfc3339_millis(std::time::SystemTime::now()),
-                                began.elapsed().as_secs_f64()
-                            ));
-                        }
-                    }
+                    Err(e) => failures.push((std::time::SystemTime::now(), e)),
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Seen { ok, failed, why }
+            Seen { ok, failures }
         });
         Self { stop, thread }
     }
@@ -2397,7 +2455,7 @@ fn scaling_a_region_up_and_down_under_load_leaves_no_ghost() {
     r.converge_ms = ms(converge);
     r.settings
         .insert("drill.load".into(), format!("{}s", warm.as_secs()));
-    seen.record(&mesh, &mut r);
+    seen.record(&mesh, &[&gone], &mut r);
     r.facts.push((
         "fourth server started → routed, gateways up, JetStream current".into(),
         format!("{} ms", ms(added)),
@@ -2982,7 +3040,7 @@ fn upgrade(u: Upgrade) -> Upgraded {
     wait_in_service(&mesh, 3, Duration::from_secs(30) * patience);
     std::thread::sleep(warm);
     let seen = probe.finish();
-    if seen.failed > 0 {
+    if !seen.failures.is_empty() {
         // What nyc3's nodes did meanwhile, to tell why.
         for n in 1..=3 {
             let log = mesh.node(&format!("nyc3-n{n}")).log();
@@ -3045,7 +3103,7 @@ fn upgrade(u: Upgrade) -> Upgraded {
             |p| build_name(p),
         ),
     );
-    seen.record(&mesh, &mut r);
+    seen.record(&mesh, &[], &mut r);
     r.facts.push((
         "most servers of the supercluster out of service at once".into(),
         format!("{worst} ({})", when.join(", ")),
@@ -3697,6 +3755,39 @@ fn drill_sampler_probes_the_client_port_itself() {
         l.local_addr().unwrap()
     };
     assert!(in_service(closed, None).is_err());
+}
+
+/// A refusal through the balancer is nats-server's reload race only when
+/// it is a refusal of that kind and some server reloaded its accounts
+/// within moments of it; anything else stays the balancer's failure.
+#[test]
+fn drill_report_tells_the_reload_race_from_the_balancers_failures() {
+    let at = |s: &str| humantime::parse_rfc3339_weak(s).unwrap();
+    let logs = vec![
+        "2026-12-07T16:43:27.500000Z  INFO nats-server: Reloaded: authorization users broker_pid=7\n\
+         2026-12-07T16:43:27.500100Z  INFO nats-server: Reloaded server configuration broker_pid=7\n"
+            .to_owned(),
+        "2026-12-07T16:50:00.000000Z  INFO natsmeshd: ready\n".to_owned(),
+    ];
+    let violation = "-ERR 'Authorization Violation'".to_owned();
+    let failures = vec![
+        // Just after the reload: the race.
+        (at("2026-12-07T16:43:28.782Z"), violation.clone()),
+        // Closed unanswered just before it was logged: the race too.
+        (
+            at("2026-12-07T16:43:27.100Z"),
+            "closed before PONG".to_owned(),
+        ),
+        // The same refusal long after any reload: not explained.
+        (at("2026-12-07T16:45:00.000Z"), violation.clone()),
+        // Near the reload, but nothing the race does.
+        (
+            at("2026-12-07T16:43:28.000Z"),
+            "connect: Connection refused (os error 111)".to_owned(),
+        ),
+    ];
+    assert_eq!(reload_races(&failures, &logs), vec![0, 1]);
+    assert!(reload_races(&failures, &logs[1..]).is_empty());
 }
 
 /// Core sequence numbers: a skipped number is lost, a lower one counted
