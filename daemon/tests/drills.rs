@@ -2097,6 +2097,9 @@ struct LbProbe {
 
 /// What a user connecting through the balancer saw.
 struct Seen {
+    /// The region behind the balancer: only its servers' reloads explain
+    /// a refusal.
+    region: &'static str,
     ok: u64,
     /// Every failed attempt: when it failed, and what the client saw.
     failures: Vec<(std::time::SystemTime, String)>,
@@ -2104,10 +2107,12 @@ struct Seen {
 
 /// Which of `failures` nats-server's reload race explains (see
 /// `auth::nats_server_refuses_a_connect_that_races_a_reload_when_accounts_are_configured`):
-/// refused as an authorization violation, or closed unanswered, within
-/// 2 s after (or 1 s before) a server in `logs` (natsmeshd's, which carry
-/// their broker's lines) logged "Reloaded: authorization users". Indexes
-/// into `failures`.
+/// refused as an authorization violation within 2 s after (or 1 s before)
+/// a server in `logs` (natsmeshd's, which carry their broker's lines)
+/// logged "Reloaded: authorization users". The race may also close a
+/// connection unanswered, but so does a server going away, which is the
+/// balancer's to prevent: such a failure always counts. Indexes into
+/// `failures`.
 fn reload_races(failures: &[(std::time::SystemTime, String)], logs: &[String]) -> Vec<usize> {
     let reloads: Vec<std::time::SystemTime> = logs
         .iter()
@@ -2128,8 +2133,7 @@ fn reload_races(failures: &[(std::time::SystemTime, String)], logs: &[String]) -
         .iter()
         .enumerate()
         .filter(|(_, (at, why))| {
-            (why.contains("Authorization Violation") || why == "closed before PONG")
-                && reloads.iter().any(|r| near(*at, *r))
+            why.contains("Authorization Violation") && reloads.iter().any(|r| near(*at, *r))
         })
         .map(|(i, _)| i)
         .collect()
@@ -2139,11 +2143,15 @@ impl Seen {
     /// Into the report: the failed connections, and the balancer's model.
     /// Refusals that nats-server's reload race explains are counted apart
     /// (the balancer sent the client to a serving server); `departed`:
-    /// nodes no longer in `mesh` whose logs still count.
+    /// nodes of the balancer's region no longer in `mesh` whose logs
+    /// still count.
     fn record(&self, mesh: &Mesh, departed: &[&common::Daemon], r: &mut Report) {
+        let prefix = format!("{}-", self.region);
         let logs: Vec<String> = mesh
             .nodes
-            .values()
+            .iter()
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .map(|(_, d)| d)
             .chain(departed.iter().copied())
             .map(common::Daemon::log)
             .collect();
@@ -2232,7 +2240,11 @@ impl LbProbe {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Seen { ok, failures }
+            Seen {
+                region: r.name,
+                ok,
+                failures,
+            }
         });
         Self { stop, thread }
     }
@@ -3773,9 +3785,12 @@ fn drill_report_tells_the_reload_race_from_the_balancers_failures() {
     let failures = vec![
         // Just after the reload: the race.
         (at("2026-12-07T16:43:28.782Z"), violation.clone()),
-        // Closed unanswered just before it was logged: the race too.
+        // Refused just before the reload was logged: the race too.
+        (at("2026-12-07T16:43:27.100Z"), violation.clone()),
+        // Closed unanswered beside the reload: maybe the race, maybe a
+        // server going away; the balancer's either way.
         (
-            at("2026-12-07T16:43:27.100Z"),
+            at("2026-12-07T16:43:27.600Z"),
             "closed before PONG".to_owned(),
         ),
         // The same refusal long after any reload: not explained.

@@ -1248,6 +1248,66 @@ fn another_regions_lease_is_read_at_its_leader_and_never_guessed() {
     });
 }
 
+/// Who is out on purpose, as the restart lease reads it: nobody while the
+/// fleet bucket was never made, the node whose lease is live, and an
+/// error — never "nobody" — when the leases cannot be read, so a planned
+/// restart waits rather than going beside a node in maintenance.
+#[test]
+fn the_restart_lease_never_reads_unreadable_maintenance_leases_as_nobody() {
+    use natsmesh::fleet::maintenance::{self, Kind, Leases, MaintenanceError, Record};
+    let (_dir, broker) = jetstream_broker();
+    runtime().block_on(async {
+        let client = async_nats::connect(broker.url("nats")).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let a1 = "a1".to_owned();
+        assert_eq!(maintenance::out_among(&js, [&a1]).await.unwrap(), None);
+
+        let store = js
+            .create_key_value(async_nats::jetstream::kv::Config {
+                bucket: natsmesh::fleet::pause::BUCKET.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let now = natsmesh::unix_ms(std::time::SystemTime::now());
+        let leases = Leases {
+            nodes: [(
+                a1.clone(),
+                Record {
+                    region: "nyc3".into(),
+                    kind: Kind::Maintenance,
+                    why: "kernel".into(),
+                    since_unix_ms: now,
+                    expires_unix_ms: now + 60_000,
+                },
+            )]
+            .into(),
+        };
+        store
+            .put(
+                maintenance::KEY,
+                serde_json::to_vec(&leases).unwrap().into(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            maintenance::out_among(&js, [&a1]).await.unwrap().as_deref(),
+            Some("a1 (region nyc3, maintenance)")
+        );
+        let b2 = "b2".to_owned();
+        assert_eq!(maintenance::out_among(&js, [&b2]).await.unwrap(), None);
+
+        store
+            .put(maintenance::KEY, "not json".into())
+            .await
+            .unwrap();
+        match maintenance::out_among(&js, [&b2]).await {
+            Err(MaintenanceError::Unreadable { .. }) => {}
+            other => panic!("unreadable leases were read as {other:?}"),
+        }
+    });
+}
+
 /// `natsmeshd fleet status --json` on node `d`: the rows by server name.
 fn fleet_rows(d: &Daemon, region: Option<&str>) -> BTreeMap<String, serde_json::Value> {
     let mut args = vec!["fleet", "status", "--json"];

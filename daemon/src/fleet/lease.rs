@@ -266,15 +266,17 @@ pub async fn holder_of(
 ) -> Result<Option<Holder>, LeaseError> {
     let stream = match js.get_stream(format!("KV_{bucket}")).await {
         Ok(stream) => stream,
-        Err(e)
-            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
-                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            return Ok(None);
-        }
+        Err(e) if never_made(&e) => return Ok(None),
         Err(e) => return Err(kv_failed(e)),
     };
     holder_at_leader(&stream, bucket).await
+}
+
+/// The stream asked for does not exist (as opposed to: it could not be
+/// asked).
+pub fn never_made(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// Who holds the lease of `bucket` now, as its stream's leader has it. A read

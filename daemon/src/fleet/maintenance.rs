@@ -794,46 +794,57 @@ async fn restart_lease_holder(
 
 /// Another node of this node's region with a live lease, if any (read
 /// through `js`, natsmeshd's own account): the restart lease waits for
-/// it. Unreadable leases hold nothing back (the restart lease's own
-/// checks still apply).
-pub async fn out_in_region(js: &jetstream::Context, settings: &Settings) -> Option<String> {
-    first_out(js, |n, r| {
+/// it. Leases that cannot be read are an error, never "nobody": the
+/// restart lease waits for them too.
+pub async fn out_in_region(
+    js: &jetstream::Context,
+    settings: &Settings,
+) -> Result<Option<String>, MaintenanceError> {
+    Ok(first_out(js, |n, r| {
         *n != settings.server.server_name && r.region == settings.region
     })
-    .await
-    .map(|(n, r)| format!("{n} ({})", r.kind.noun()))
+    .await?
+    .map(|(n, r)| format!("{n} ({})", r.kind.noun())))
 }
 
 /// The first node with a live lease that `which` picks, read through
-/// `js`; unreadable leases hold nothing back.
+/// `js`; nobody where the fleet bucket was never made.
 async fn first_out(
     js: &jetstream::Context,
     which: impl Fn(&String, &Record) -> bool,
-) -> Option<(String, Record)> {
-    let store = js.get_key_value(super::pause::BUCKET).await.ok()?;
-    let (leases, _) = read(&store).await.ok()?;
-    leases
+) -> Result<Option<(String, Record)>, MaintenanceError> {
+    match js.get_stream(format!("KV_{}", super::pause::BUCKET)).await {
+        Ok(_) => {}
+        Err(e) if super::lease::never_made(&e) => return Ok(None),
+        Err(e) => return Err(MaintenanceError::Read(Box::new(e))),
+    }
+    let store = js
+        .get_key_value(super::pause::BUCKET)
+        .await
+        .map_err(|e| MaintenanceError::Read(Box::new(e)))?;
+    let (leases, _) = read(&store).await?;
+    Ok(leases
         .live(crate::unix_ms(SystemTime::now()))
         .nodes
         .into_iter()
-        .find(|(n, r)| which(n, r))
+        .find(|(n, r)| which(n, r)))
 }
 
 /// One of `nodes` with a live lease (maintenance or drain), if any: a
 /// replica elsewhere of a stream hosted here that is out on purpose (or
-/// about to be) counts as out. Unreadable leases hold nothing back, as
-/// in [`out_in_region`].
+/// about to be) counts as out. Unreadable leases are an error, as in
+/// [`out_in_region`].
 pub async fn out_among<'a>(
     js: &jetstream::Context,
     nodes: impl IntoIterator<Item = &'a String>,
-) -> Option<String> {
+) -> Result<Option<String>, MaintenanceError> {
     let nodes: BTreeSet<&String> = nodes.into_iter().collect();
     if nodes.is_empty() {
-        return None;
+        return Ok(None);
     }
-    first_out(js, |n, _| nodes.contains(n))
-        .await
-        .map(|(n, r)| format!("{n} (region {}, {})", r.region, r.kind.noun()))
+    Ok(first_out(js, |n, _| nodes.contains(n))
+        .await?
+        .map(|(n, r)| format!("{n} (region {}, {})", r.region, r.kind.noun())))
 }
 
 /// This node's lease, if it holds one.

@@ -60,6 +60,9 @@ pub enum NotYet {
     /// A node of the region is out on purpose (maintenance, a drain).
     #[error("{0} is out of service; waiting for it to come back")]
     Away(String),
+    /// Who is out on purpose could not be read: someone may be.
+    #[error("cannot tell who is out for maintenance: {0}")]
+    Maintenance(#[source] Box<maintenance::MaintenanceError>),
     /// The lease bucket failed.
     #[error(transparent)]
     Lease(#[from] lease::LeaseError),
@@ -282,11 +285,18 @@ async fn attempt(
     };
     // A node of the region out for maintenance (or a drain) is out on
     // purpose: no planned restart here until it is back.
-    if let Some(away) = maintenance::out_in_region(&js, settings).await {
+    let unreadable = |e| NotYet::Maintenance(Box::new(e));
+    if let Some(away) = maintenance::out_in_region(&js, settings)
+        .await
+        .map_err(unreadable)?
+    {
         return Err(NotYet::Away(away));
     }
     // So is a replica elsewhere of a stream hosted here.
-    if let Some(away) = maintenance::out_among(&js, elsewhere.keys()).await {
+    if let Some(away) = maintenance::out_among(&js, elsewhere.keys())
+        .await
+        .map_err(unreadable)?
+    {
         return Err(NotYet::Away(away));
     }
     // Only per-region leases let another region restart beside this one.
