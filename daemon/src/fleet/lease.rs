@@ -279,6 +279,15 @@ pub fn never_made(e: &jetstream::context::GetStreamError) -> bool {
         if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
+/// The bucket asked for does not exist: `get_key_value` keeps the error
+/// of its stream lookup as its source.
+pub fn bucket_never_made(e: &jetstream::context::KeyValueError) -> bool {
+    e.kind() == jetstream::context::KeyValueErrorKind::GetBucket
+        && std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<jetstream::context::GetStreamError>())
+            .is_some_and(never_made)
+}
+
 /// Who holds the lease of `bucket` now, as its stream's leader has it. A read
 /// through [`holder`] may be answered by a follower that has not applied
 /// the latest write yet (the buckets allow direct gets); a check that

@@ -476,7 +476,7 @@ pub enum Taken {
 
 /// Where the key lives, reached as natsmeshd's own account's user.
 struct Bucket {
-    _client: async_nats::Client,
+    client: async_nats::Client,
     store: kv::Store,
 }
 
@@ -486,10 +486,7 @@ async fn bucket(settings: &Settings, fleet: &FleetSettings) -> Result<Bucket, Ma
         .map_err(MaintenanceError::Reach)?;
     let js = jetstream::new(client.clone());
     let store = super::pause::open(&js, super::region_size(settings)).await?;
-    Ok(Bucket {
-        _client: client,
-        store,
-    })
+    Ok(Bucket { client, store })
 }
 
 /// The key's value and revision (`None`: never written).
@@ -782,7 +779,7 @@ async fn restart_lease_holder(
             super::lease::SUPERCLUSTER_BUCKET.to_owned()
         }
     };
-    let js = jetstream::new(b._client.clone());
+    let js = jetstream::new(b.client.clone());
     super::lease::holder_of(&js, &name)
         .await
         .map(|h| h.map(|h| h.server))
@@ -813,15 +810,11 @@ async fn first_out(
     js: &jetstream::Context,
     which: impl Fn(&String, &Record) -> bool,
 ) -> Result<Option<(String, Record)>, MaintenanceError> {
-    match js.get_stream(format!("KV_{}", super::pause::BUCKET)).await {
-        Ok(_) => {}
-        Err(e) if super::lease::never_made(&e) => return Ok(None),
+    let store = match js.get_key_value(super::pause::BUCKET).await {
+        Ok(store) => store,
+        Err(e) if super::lease::bucket_never_made(&e) => return Ok(None),
         Err(e) => return Err(MaintenanceError::Read(Box::new(e))),
-    }
-    let store = js
-        .get_key_value(super::pause::BUCKET)
-        .await
-        .map_err(|e| MaintenanceError::Read(Box::new(e)))?;
+    };
     let (leases, _) = read(&store).await?;
     Ok(leases
         .live(crate::unix_ms(SystemTime::now()))

@@ -1,6 +1,6 @@
 //! What the fleet's coordination is doing for this node, as a typed value:
-//! metrics and the fleet report decide on it, and the words a person reads
-//! (`natsmeshd status`, the report's `lease`) are made from it at the edge.
+//! metrics decide on it, and the words a person reads (`natsmeshd status`,
+//! the fleet report's `lease`) are made from it at the edge.
 
 use std::fmt;
 
@@ -51,11 +51,6 @@ impl Coordinating {
     /// This node waits for a restart lease (asked, or told to wait).
     pub fn waits(&self) -> bool {
         matches!(self, Self::Asking { .. } | Self::Waiting { .. })
-    }
-
-    /// Nothing to say.
-    pub fn is_idle(&self) -> bool {
-        *self == Self::Idle
     }
 }
 
